@@ -1,0 +1,118 @@
+"""The admission rule: may this user start one more stream? A pure function; the clock is passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from playgate.config import Policy
+from playgate.domain import Decision, EndedStream, PlayRequest, Quota, Reason, Status, Stream
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decision and the user's streams after it: what the ledger must write."""
+
+    decision: Decision
+    streams: tuple[Stream, ...]
+    ended: tuple[EndedStream, ...] = ()
+    started: Stream | None = None
+    renewed: Stream | None = None
+
+
+def decide(
+    request: PlayRequest,
+    *,
+    streams: Sequence[Stream],
+    quota: Quota,
+    now: float,
+    lease_s: float,
+    new_stream_id: str,
+    prior: Decision | None = None,
+    policy: Policy = Policy.deny,
+) -> Verdict:
+    """Decide `request` against the user's `streams` (expired ones included; they are dropped).
+
+    A request already decided (`prior`) gets the same decision again and changes nothing.
+    """
+    live = tuple(s for s in streams if s.live(now))
+    ended = tuple(EndedStream(s, Reason.expired) for s in streams if not s.live(now))
+    if prior is not None:
+        return Verdict(prior, live, ended)
+    if not quota.exists:
+        return Verdict(_denied(request, Reason.unknown_user, len(live), 0, now), live, ended)
+    if quota.disabled:
+        return Verdict(_denied(request, Reason.user_disabled, len(live), quota.limit, now), live, ended)
+
+    same = next((s for s in live if s.device_id == request.device_id and s.video_id == request.video_id), None)
+    if same is not None:
+        renewed = replace(same, expires_at=now + lease_s)
+        after = tuple(renewed if s.id == same.id else s for s in live)
+        return Verdict(_allowed(request, renewed, len(after), quota.limit, now), after, ended, renewed=renewed)
+
+    kept, freed = _make_room(request, live, quota.limit, policy)
+    if len(kept) >= quota.limit:
+        return Verdict(_denied(request, Reason.limit_reached, len(live), quota.limit, now), live, ended)
+    started = Stream(
+        id=new_stream_id,
+        user_id=request.user_id,
+        video_id=request.video_id,
+        device_id=request.device_id,
+        started_at=now,
+        expires_at=now + lease_s,
+    )
+    after = (*kept, started)
+    decision = _allowed(request, started, len(after), quota.limit, now)
+    return Verdict(decision, after, ended + freed, started=started)
+
+
+def _make_room(
+    request: PlayRequest, live: tuple[Stream, ...], limit: int, policy: Policy
+) -> tuple[tuple[Stream, ...], tuple[EndedStream, ...]]:
+    """The streams kept and those ended to make room: the one named to replace, or the oldest on evict."""
+    kept = live
+    freed: tuple[EndedStream, ...] = ()
+    if request.replace_stream_id is not None:
+        target = next((s for s in live if s.id == request.replace_stream_id), None)
+        if target is not None:
+            kept = tuple(s for s in live if s.id != target.id)
+            freed = (EndedStream(target, Reason.replaced),)
+    if policy is Policy.evict_oldest and limit > 0 and len(kept) >= limit:
+        by_age = sorted(kept, key=lambda s: (s.started_at, s.id))
+        surplus = by_age[: len(kept) - limit + 1]
+        gone = {s.id for s in surplus}
+        kept = tuple(s for s in kept if s.id not in gone)
+        freed += tuple(EndedStream(s, Reason.evicted) for s in surplus)
+    if len(kept) >= limit:
+        # Nothing is ended when the request is denied anyway.
+        return live, ()
+    return kept, freed
+
+
+def _allowed(request: PlayRequest, stream: Stream, active: int, limit: int, now: float) -> Decision:
+    return Decision(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        video_id=request.video_id,
+        device_id=request.device_id,
+        status=Status.allowed,
+        active=active,
+        limit=limit,
+        decided_at=now,
+        stream_id=stream.id,
+        expires_at=stream.expires_at,
+    )
+
+
+def _denied(request: PlayRequest, reason: Reason, active: int, limit: int, now: float) -> Decision:
+    return Decision(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        video_id=request.video_id,
+        device_id=request.device_id,
+        status=Status.denied,
+        active=active,
+        limit=limit,
+        decided_at=now,
+        reason=reason,
+    )

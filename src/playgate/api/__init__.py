@@ -1,0 +1,1 @@
+"""The HTTP and Socket.IO surface of PlayGate."""

@@ -1,0 +1,57 @@
+"""The app factory: FastAPI for HTTP and python-socketio beside it, one ASGI app."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import socketio
+from fastapi import FastAPI
+from starlette.types import ASGIApp
+
+from playgate import __version__
+from playgate.api import errors
+from playgate.api.middleware import BodyLimit, CountRequests
+from playgate.api.routes import admin, auth, health, seed, v1
+from playgate.api.socket import create_server, register
+from playgate.config import Settings
+from playgate.metrics import Metrics
+from playgate.runtime import Runtime
+from playgate.service import PlayGate
+
+DESCRIPTION = """PlayGate decides whether a user may start one more video stream, and tells the player.
+
+Ask with `POST /v1/plays` (or the seed's `GET /videos/{videoId}/request?user=`); the decision arrives on the
+user's Socket.IO connections (`/socket.io`, event `message`), at `GET /v1/plays/{requestId}`, or at once with
+`?wait=`. Errors are `application/problem+json`. Authenticate with a bearer token from `POST /auth/token`.
+"""
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> ASGIApp:
+    """The whole PlayGate process as one ASGI app: HTTP routes, Socket.IO, worker and sweeper tasks."""
+    metrics = Metrics()
+    sio = create_server()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings, emitter=sio, metrics=metrics, clock=clock)
+        app.state.gate = runtime.gate
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    api = FastAPI(title="PlayGate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    api.state.web_app = False
+    errors.install(api)
+    for module in (health, auth, seed, v1, admin):
+        api.include_router(module.router)
+
+    def gate() -> PlayGate:
+        service: PlayGate = api.state.gate
+        return service
+
+    register(sio, gate)
+    app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=CountRequests(api, metrics))
+    return BodyLimit(app, settings.max_body_bytes)

@@ -1,0 +1,45 @@
+"""Dependencies of the routes: the application service and the caller (`GateDep`, `Caller`, `Admin`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from playgate.errors import Forbidden
+from playgate.service import PlayGate, Principal
+
+_bearer = HTTPBearer(auto_error=False, description="A token from POST /auth/token.")
+
+
+def get_gate(request: Request) -> PlayGate:
+    """The PlayGate service of this app."""
+    gate: PlayGate = request.app.state.gate
+    return gate
+
+
+GateDep = Annotated[PlayGate, Depends(get_gate)]
+
+
+async def get_caller(
+    request: Request,
+    gate: GateDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The authenticated caller (401 without a valid token; with auth disabled, `?user=` is believed)."""
+    token = credentials.credentials if credentials else None
+    return await gate.principal(token, request.query_params.get("user"))
+
+
+Caller = Annotated[Principal, Depends(get_caller)]
+
+
+async def get_admin(caller: Caller) -> Principal:
+    """The caller, who must be an admin (403 otherwise)."""
+    if not caller.admin:
+        raise Forbidden("This needs an admin.")
+    return caller
+
+
+Admin = Annotated[Principal, Depends(get_admin)]

@@ -1,0 +1,96 @@
+"""One table that turns every error into application/problem+json (RFC 9457)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from playgate.api.schemas import Problem
+from playgate.errors import PlayGateError, Unauthorized
+
+log = logging.getLogger("playgate.api")
+
+PROBLEM = "application/problem+json"
+
+
+Responses = dict[int | str, dict[str, Any]]
+
+
+def problem_responses(descriptions: Mapping[int, str]) -> Responses:
+    """OpenAPI `responses` entries for error statuses, each a problem+json document."""
+    schema = Problem.model_json_schema()
+    return {
+        code: {"description": text, "content": {PROBLEM: {"schema": schema}}} for code, text in descriptions.items()
+    }
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    """A problem+json response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or str(loc[0] if loc else "body")
+
+
+async def _playgate_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PlayGateError)
+    if exc.status >= 500:
+        log.warning("%s: %s", type(exc).__name__, exc.detail)
+    return problem(exc.status, exc.title, exc.detail, **exc.extra)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": _field(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "body", "message": "invalid"}
+    return problem(
+        422,
+        "Unprocessable content",
+        f"{first['field']}: {first['message']}",
+        field=first["field"],
+        errors=errors,
+    )
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    titles = {
+        404: "Not found",
+        405: "Method not allowed",
+        413: "Content too large",
+        415: "Unsupported media type",
+    }
+    response = problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "Internal error", "Something went wrong on our side; it was logged.")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+    app.add_exception_handler(PlayGateError, _playgate_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+__all__ = ["PROBLEM", "Responses", "Unauthorized", "install", "problem", "problem_responses"]

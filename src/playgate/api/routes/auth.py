@@ -1,0 +1,60 @@
+"""POST /auth/token: credentials in, access token out (JSON, or the OAuth2 password form)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from playgate.api.deps import GateDep
+from playgate.api.errors import problem_responses
+from playgate.api.schemas import TokenIn, TokenOut, UserOut
+
+router = APIRouter(tags=["auth"])
+
+_TOKEN_IN = TokenIn.model_json_schema()
+_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _TOKEN_IN},
+            "application/x-www-form-urlencoded": {"schema": _TOKEN_IN},
+        },
+    }
+}
+
+
+async def _credentials(request: Request) -> TokenIn:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            form = await request.form()
+            values = {k: v for k, v in form.items() if k in ("username", "password") and isinstance(v, str)}
+            return TokenIn.model_validate(values)
+        return TokenIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise RequestValidationError(
+            [{"loc": ("body",), "msg": f"not valid JSON or form data ({exc})", "type": "body_parse"}]
+        ) from None
+
+
+@router.post(
+    "/auth/token",
+    response_model=TokenOut,
+    summary="Log in: a bearer token for username and password",
+    description="JSON `{username, password}` or the OAuth2 password form. Wrong credentials: 401.",
+    openapi_extra=_BODY,
+    responses=problem_responses({401: "Wrong username or password.", 422: "A field is missing or wrong."}),
+)
+async def token(request: Request, gate: GateDep) -> TokenOut:
+    """Exchange credentials for an access token."""
+    credentials = await _credentials(request)
+    access_token, user = await gate.login(credentials.username, credentials.password)
+    return TokenOut(access_token=access_token, expires_in=gate.tokens.ttl_s, user=UserOut.of(user))

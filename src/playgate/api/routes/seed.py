@@ -1,0 +1,117 @@
+"""The seed's routes, with its paths and payload shapes, so that its clients keep working."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from playgate.api.deps import Admin, Caller, GateDep
+from playgate.api.errors import problem_responses
+from playgate.api.schemas import Id, SeedPlayData, SeedPlayOut, SeedPlayStatus, StreamOut, UserOut, VideoOut
+from playgate.errors import Forbidden, Invalid
+from playgate.service import PlayGate, Principal
+
+router = APIRouter(tags=["seed"])
+
+UserParam = Annotated[Id | None, Query(description="The user acting; must be the caller unless an admin.")]
+UserIdPath = Annotated[Id, Path(description="A user id.")]
+VideoIdPath = Annotated[Id, Path(description="A video id.")]
+ERRORS = problem_responses(
+    {
+        401: "No valid token.",
+        403: "Not yours.",
+        404: "Unknown user or video.",
+    }
+)
+
+
+def _acting(gate: PlayGate, caller: Principal, user: str | None) -> str:
+    if user is None and caller.user is None:
+        raise Invalid("Name the user: ?user=<userId>.", field="user")
+    return gate.acting_user(caller, user)
+
+
+@router.get("/users", summary="All users, or the one with ?name= (admin)", responses=ERRORS)
+async def list_users(
+    gate: GateDep, _admin: Admin, name: Annotated[str | None, Query(min_length=1, max_length=200)] = None
+) -> list[UserOut] | UserOut:
+    """`[User]`, or with `?name=` that `User` (404 if no such name)."""
+    if name is not None:
+        return UserOut.of(await gate.catalog.find_user(name))
+    return [UserOut.of(u) for u in await gate.catalog.list_users()]
+
+
+@router.get("/users/{userId}", summary="One user (that user, or admin)", responses=ERRORS)
+async def get_user(gate: GateDep, caller: Caller, user_id: Annotated[Id, Path(alias="userId")]) -> UserOut:
+    """A user: yourself, or anyone for an admin."""
+    if not caller.may_see(user_id):
+        raise Forbidden("You may only see yourself.")
+    return UserOut.of(await gate.catalog.get_user(user_id))
+
+
+@router.get("/users/{userId}/streams", summary="A user's active streams (that user, or admin)", responses=ERRORS)
+async def user_streams(gate: GateDep, caller: Caller, user_id: Annotated[Id, Path(alias="userId")]) -> list[StreamOut]:
+    """The user's active streams, oldest first."""
+    if not caller.may_see(user_id):
+        raise Forbidden("You may only see your own streams.")
+    await gate.catalog.get_user(user_id)
+    return [StreamOut.of(s) for s in await gate.streams(user_id)]
+
+
+@router.get("/videos", summary="All videos (anyone)")
+async def list_videos(gate: GateDep) -> list[VideoOut]:
+    """Every video."""
+    return [VideoOut.of(v) for v in await gate.catalog.list_videos()]
+
+
+@router.get(
+    "/videos/stop",
+    status_code=204,
+    response_class=Response,
+    summary="Stop all of the user's streams (log-out)",
+    responses=ERRORS,
+)
+async def stop_all(gate: GateDep, caller: Caller, user: UserParam = None) -> Response:
+    """204, whether or not anything was playing."""
+    await gate.stop_streams(_acting(gate, caller, user))
+    return Response(status_code=204)
+
+
+@router.get("/videos/{videoId}", summary="One video (anyone)", responses=ERRORS)
+async def get_video(gate: GateDep, video_id: Annotated[Id, Path(alias="videoId")]) -> VideoOut:
+    """A video, 404 if unknown."""
+    return VideoOut.of(await gate.catalog.get_video(video_id))
+
+
+@router.get(
+    "/videos/{videoId}/request",
+    status_code=202,
+    summary="Ask to stream a video; the decision comes over Socket.IO as `message`",
+    responses=ERRORS,
+)
+async def request_video(
+    gate: GateDep, caller: Caller, video_id: Annotated[Id, Path(alias="videoId")], user: UserParam = None
+) -> SeedPlayOut:
+    """202 with the request id; 404 for an unknown video or user, before anything is queued."""
+    ticket = await gate.request_play(_acting(gate, caller, user), video_id)
+    request = ticket.request
+    return SeedPlayOut(
+        data=SeedPlayStatus(data=SeedPlayData(video_id=request.video_id, user_id=request.user_id)),
+        request_id=request.request_id,
+    )
+
+
+@router.get(
+    "/videos/{videoId}/stop",
+    status_code=204,
+    response_class=Response,
+    summary="Stop the user's streams of this video",
+    responses=ERRORS,
+)
+async def stop_video(
+    gate: GateDep, caller: Caller, video_id: Annotated[Id, Path(alias="videoId")], user: UserParam = None
+) -> Response:
+    """204, also when nothing was playing."""
+    await gate.stop_streams(_acting(gate, caller, user), video_id)
+    return Response(status_code=204)

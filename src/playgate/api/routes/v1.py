@@ -1,0 +1,103 @@
+"""/v1 plays and streams: the REST surface for players."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from playgate.api.deps import Caller, GateDep
+from playgate.api.errors import problem_responses
+from playgate.api.schemas import HeartbeatOut, Id, PlayIn, PlayOut, StreamOut, iso
+from playgate.service import MAX_WAIT_S
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+ERRORS = problem_responses(
+    {
+        401: "No valid token.",
+        404: "Unknown or not yours.",
+        422: "A field is wrong; `field` names it.",
+    }
+)
+
+
+@router.post(
+    "/plays",
+    status_code=202,
+    summary="Ask to play a video",
+    description=(
+        "Queues the request: 202 `{requestId, status: pending}`. With `?wait=<s>` (at most 10; larger values "
+        "are taken as 10) the answer waits for the decision: 200 with it when it comes in time, else the 202. "
+        "`Idempotency-Key` (per user): a retry with the same key gets the same request and decision."
+    ),
+    responses={200: {"model": PlayOut, "description": "Decided within ?wait=."}, **ERRORS},
+)
+async def create_play(
+    body: PlayIn,
+    response: Response,
+    gate: GateDep,
+    caller: Caller,
+    wait: Annotated[float, Query(ge=0, allow_inf_nan=False, description="Seconds to wait for the decision.")] = 0,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
+    ] = None,
+) -> PlayOut:
+    """Queue a play request for the caller."""
+    ticket = await gate.request_play(
+        caller.user_id,
+        body.video_id,
+        device_id=body.device_id,
+        idempotency_key=idempotency_key,
+        replace_stream_id=body.replace_stream_id,
+        wait_s=min(wait, MAX_WAIT_S),
+    )
+    if ticket.decision is not None:
+        response.status_code = 200
+        return PlayOut.of(ticket.decision)
+    return PlayOut.of(ticket.request)
+
+
+@router.get("/plays/{requestId}", summary="A play request's status (own requests only)", responses=ERRORS)
+async def get_play(gate: GateDep, caller: Caller, request_id: Annotated[Id, Path(alias="requestId")]) -> PlayOut:
+    """pending, allowed or denied."""
+    return PlayOut.of(await gate.play_status(caller, request_id))
+
+
+@router.get("/streams", summary="Your active streams", responses=ERRORS)
+async def list_streams(gate: GateDep, caller: Caller) -> list[StreamOut]:
+    """The caller's active streams, oldest first."""
+    return [StreamOut.of(s) for s in await gate.streams(caller.user_id)]
+
+
+@router.post("/streams/{streamId}/heartbeat", summary="Renew a stream's lease", responses=ERRORS)
+async def heartbeat(gate: GateDep, caller: Caller, stream_id: Annotated[Id, Path(alias="streamId")]) -> HeartbeatOut:
+    """200 with the new expiry; 404 when the stream is no longer active."""
+    stream = await gate.heartbeat(caller, stream_id)
+    return HeartbeatOut(expires_at=iso(stream.expires_at))
+
+
+@router.delete(
+    "/streams/{streamId}",
+    status_code=204,
+    response_class=Response,
+    summary="Stop a stream (an admin may stop anyone's)",
+    responses=ERRORS,
+)
+async def stop_stream(gate: GateDep, caller: Caller, stream_id: Annotated[Id, Path(alias="streamId")]) -> Response:
+    """204; 404 if not active."""
+    await gate.stop_stream(caller, stream_id)
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/streams",
+    status_code=204,
+    response_class=Response,
+    summary="Stop all your streams (log-out)",
+    responses=ERRORS,
+)
+async def stop_streams(gate: GateDep, caller: Caller) -> Response:
+    """204, whether or not anything was playing."""
+    await gate.stop_streams(caller.user_id)
+    return Response(status_code=204)

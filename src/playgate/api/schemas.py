@@ -1,0 +1,262 @@
+"""Wire shapes of API.md: camelCase JSON, string ids, ISO-8601 UTC times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from playgate.domain import Decision, Plan, PlayRequest, Stream, User, Video
+
+# Ids, names and keys: printable, no control characters, bounded.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Url = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00-\x20\x7f]+$")]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Limit = Annotated[int, Field(ge=0, le=10_000)]
+
+
+def iso(epoch_s: float) -> str:
+    """Epoch seconds as ISO-8601 UTC with milliseconds and a Z."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Wire(BaseModel):
+    """Base of every body: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+
+class Input(Wire):
+    """Base of request bodies: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Status(Wire):
+    """Health answer."""
+
+    status: str
+    service: str = "playgate"
+    version: str
+    checks: dict[str, str] | None = None
+
+
+class UserOut(Wire):
+    """A user as API.md shows it: `limit` is the effective limit; never a password or its hash."""
+
+    id: str
+    name: str
+    limit: int
+    own_limit: int | None = Field(description="The user's own limit; null falls back to the plan, then the default.")
+    plan: str | None
+    disabled: bool
+    admin: bool
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        """From the domain object."""
+        return cls(
+            id=user.id,
+            name=user.name,
+            limit=user.limit,
+            own_limit=user.own_limit,
+            plan=user.plan,
+            disabled=user.disabled,
+            admin=user.is_admin,
+        )
+
+
+class VideoOut(Wire):
+    """A video."""
+
+    id: str
+    title: str
+    url: str
+
+    @classmethod
+    def of(cls, video: Video) -> VideoOut:
+        """From the domain object."""
+        return cls(id=video.id, title=video.title, url=video.url)
+
+
+class PlanOut(Wire):
+    """A plan."""
+
+    id: str
+    name: str
+    max_streams: int
+
+    @classmethod
+    def of(cls, plan: Plan) -> PlanOut:
+        """From the domain object."""
+        return cls(id=plan.id, name=plan.name, max_streams=plan.max_streams)
+
+
+class StreamOut(Wire):
+    """An active stream."""
+
+    id: str
+    user_id: str
+    video_id: str
+    device_id: str
+    started_at: str
+    expires_at: str
+
+    @classmethod
+    def of(cls, stream: Stream) -> StreamOut:
+        """From the domain object."""
+        return cls(
+            id=stream.id,
+            user_id=stream.user_id,
+            video_id=stream.video_id,
+            device_id=stream.device_id,
+            started_at=iso(stream.started_at),
+            expires_at=iso(stream.expires_at),
+        )
+
+
+class TokenIn(Input):
+    """Credentials for POST /auth/token."""
+
+    username: Name
+    password: Password
+
+
+class TokenOut(Wire):
+    """An access token and who it is for."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the OAuth2 token type)
+    expires_in: int = Field(description="Seconds until the token expires.")
+    user: UserOut
+
+
+class PlayIn(Input):
+    """Body of POST /v1/plays."""
+
+    video_id: Id
+    device_id: DeviceId | None = Field(None, description="The player; without it the request is a device of its own.")
+    replace_stream_id: Id | None = Field(
+        None, description="One of your streams to end in exchange, atomically, if the limit is reached."
+    )
+
+
+class PlayOut(Wire):
+    """A play request and, once decided, its decision."""
+
+    request_id: str
+    status: Literal["pending", "allowed", "denied"]
+    video_id: str
+    stream_id: str | None = None
+    reason: str | None = None
+    active: int | None = Field(None, description="The user's active streams after the decision.")
+    limit: int | None = None
+    expires_at: str | None = Field(None, description="When the new stream's lease runs out, unless renewed.")
+
+    @classmethod
+    def of(cls, item: PlayRequest | Decision) -> PlayOut:
+        """From a pending request or a decision."""
+        if isinstance(item, PlayRequest):
+            return cls(request_id=item.request_id, status="pending", video_id=item.video_id)
+        return cls(
+            request_id=item.request_id,
+            status=item.status.value,
+            video_id=item.video_id,
+            stream_id=item.stream_id,
+            reason=item.reason.value if item.reason else None,
+            active=item.active,
+            limit=item.limit,
+            expires_at=iso(item.expires_at) if item.expires_at is not None else None,
+        )
+
+
+class SeedPlayData(Wire):
+    """`data.data` of the seed's request answer."""
+
+    video_id: str
+    user_id: str
+
+
+class SeedPlayStatus(Wire):
+    """`data` of the seed's request answer."""
+
+    status: Literal["pending"] = "pending"
+    data: SeedPlayData
+
+
+class SeedPlayOut(Wire):
+    """The seed's 202 answer to GET /videos/{videoId}/request."""
+
+    message: str = "Streaming request created."
+    data: SeedPlayStatus
+    request_id: str
+
+
+class HeartbeatOut(Wire):
+    """A renewed lease."""
+
+    expires_at: str
+
+
+class UserIn(Input):
+    """A new user."""
+
+    name: Name
+    password: Password
+    limit: Limit | None = Field(None, description="Own limit; null falls back to the plan, then the default.")
+    plan: Id | None = None
+    disabled: bool = False
+
+
+class UserPatch(Input):
+    """Changes to a user; absent fields stay as they are, `limit: null` falls back to the plan."""
+
+    name: Name | None = None
+    password: Password | None = None
+    limit: Limit | None = None
+    plan: Id | None = None
+    disabled: bool | None = None
+
+
+class VideoIn(Input):
+    """A new video."""
+
+    title: Text
+    url: Url
+
+
+class VideoPatch(Input):
+    """Changes to a video."""
+
+    title: Text | None = None
+    url: Url | None = None
+
+
+class PlanIn(Input):
+    """A new plan."""
+
+    name: Name
+    max_streams: Limit
+
+
+class PlanPatch(Input):
+    """Changes to a plan."""
+
+    name: Name | None = None
+    max_streams: Limit | None = None
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    field: str | None = None
+    errors: list[dict[str, object]] | None = None

@@ -1,0 +1,80 @@
+"""The Socket.IO side: token checked at connect, one room per user, and a `heartbeat` event with an ack."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+import socketio
+
+from playgate.api.schemas import iso
+from playgate.bus.protocol import user_room
+from playgate.errors import PlayGateError
+from playgate.service import PlayGate
+
+log = logging.getLogger("playgate.socket")
+
+
+class _Json:
+    """orjson behind the json-module interface python-socketio expects (dumps must return str)."""
+
+    @staticmethod
+    def dumps(obj: Any, **_kwargs: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(data: str | bytes, **_kwargs: Any) -> Any:
+        return orjson.loads(data)
+
+
+def create_server(cors_origins: list[str] | None = None) -> socketio.AsyncServer:
+    """An ASGI Socket.IO server; same-origin browsers only unless origins are given."""
+    return socketio.AsyncServer(async_mode="asgi", json=_Json, cors_allowed_origins=cors_origins)
+
+
+def _token(environ: dict[str, Any], auth: Any) -> tuple[str | None, str | None]:
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    token = user = None
+    if isinstance(auth, dict):
+        token = auth.get("token") if isinstance(auth.get("token"), str) else None
+        user = auth.get("user") if isinstance(auth.get("user"), str) else None
+    token = token or (query.get("token") or [None])[0]
+    user = user or (query.get("user") or [None])[0]
+    return token, user
+
+
+def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> None:
+    """Attach PlayGate's handlers to `sio`; `gate` returns the service once the app has started."""
+
+    @sio.event  # type: ignore[untyped-decorator]
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        token, claimed_user = _token(environ, auth)
+        try:
+            principal = await gate().principal(token, claimed_user)
+        except PlayGateError as exc:
+            raise socketio.exceptions.ConnectionRefusedError(exc.detail) from None
+        if principal.user is None:
+            raise socketio.exceptions.ConnectionRefusedError("Name the user: auth {user} or ?user=.")
+        await sio.save_session(sid, {"user_id": principal.user.id, "admin": principal.admin})
+        await sio.enter_room(sid, user_room(principal.user.id))
+        gate().metrics.sockets.inc()
+
+    @sio.event  # type: ignore[untyped-decorator]
+    async def disconnect(sid: str, *_args: Any) -> None:
+        gate().metrics.sockets.dec()
+
+    @sio.on("heartbeat")  # type: ignore[untyped-decorator]
+    async def heartbeat(sid: str, data: Any = None) -> dict[str, Any]:
+        """Renew a stream's lease: `{"streamId"}` → ack `{"expiresAt"}` or `{"error", "status"}`."""
+        stream_id = data.get("streamId") if isinstance(data, dict) else None
+        if not isinstance(stream_id, str) or not stream_id:
+            return {"error": 'Send {"streamId": "..."}.', "status": 422, "field": "streamId"}
+        session = await sio.get_session(sid)
+        service = gate()
+        stream = await service.ledger.heartbeat(stream_id, session["user_id"])
+        if stream is None:
+            return {"error": f"Stream {stream_id!r} is not active.", "status": 404}
+        return {"streamId": stream.id, "expiresAt": iso(stream.expires_at)}

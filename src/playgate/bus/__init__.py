@@ -1,0 +1,1 @@
+"""Request queues and decision fan-outs: in-process (embedded) and, in distributed mode, on Redis."""

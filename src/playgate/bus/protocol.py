@@ -1,0 +1,113 @@
+"""The bus: a queue of play requests to the workers, and a fan-out of decisions back to the players."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from playgate.domain import Decision, EndedStream, PlayRequest
+from playgate.ledger.protocol import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A request handed to a worker; `attempts` counts deliveries including this one."""
+
+    request: PlayRequest
+    attempts: int = 1
+    receipt: Any = None
+
+
+class RequestQueue(Protocol):
+    """Carries requests from the API to the workers; a request stays owed until acknowledged."""
+
+    async def put(self, request: PlayRequest) -> None:
+        """Queue a request; it is pending until a worker acknowledges its decision."""
+        ...
+
+    async def pending(self, request_id: str) -> PlayRequest | None:
+        """The request if it is queued or being decided."""
+        ...
+
+    async def take(self, max_items: int, wait_s: float) -> list[Delivery]:
+        """Up to max_items requests, waiting up to wait_s for the first one."""
+        ...
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """These were decided and published: forget them."""
+        ...
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """These could not be decided now: deliver them again."""
+        ...
+
+    async def depth(self) -> int:
+        """Requests waiting or in hand."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise Unavailable unless the queue answers."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class Emitter(Protocol):
+    """What sends a Socket.IO event to a room: the server itself, or a write-only client manager."""
+
+    async def emit(self, event: str, data: Any = None, *, room: str | None = None) -> None:
+        """Send `event` with `data` to every socket in `room`."""
+        ...
+
+
+class Fanout(Protocol):
+    """Hands decisions and ended streams to the sockets of the user concerned, and wakes `?wait=` callers."""
+
+    async def publish(self, outcomes: Sequence[Outcome]) -> None:
+        """Send each decision (and each stream it ended) to its user's sockets; wake its waiters."""
+        ...
+
+    async def announce(self, ended: Sequence[EndedStream]) -> None:
+        """Tell users' sockets of streams that ended without their device asking."""
+        ...
+
+    def watch(self, request_id: str) -> Any:
+        """Start waiting for a decision; returns an awaitable that resolves to it."""
+        ...
+
+    def unwatch(self, request_id: str, waiter: Any) -> None:
+        """Stop waiting (the awaitable from watch)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def user_room(user_id: str) -> str:
+    """The Socket.IO room of one user's sockets."""
+    return f"user:{user_id}"
+
+
+def decision_message(decision: Decision) -> dict[str, Any]:
+    """The `message` event payload of API.md for a decision."""
+    body: dict[str, Any] = {
+        "status": decision.status.value,
+        "data": {"videoId": decision.video_id, "userId": decision.user_id},
+        "requestId": decision.request_id,
+        "active": decision.active,
+        "limit": decision.limit,
+    }
+    if decision.stream_id is not None:
+        body["streamId"] = decision.stream_id
+    if decision.reason is not None:
+        body["reason"] = decision.reason.value
+    return body
+
+
+def ended_message(ended: EndedStream) -> dict[str, Any]:
+    """The `stream_ended` event payload of API.md."""
+    return {"streamId": ended.stream.id, "videoId": ended.stream.video_id, "reason": ended.reason.value}

@@ -1,0 +1,94 @@
+"""The SQL schema: catalogue tables (users, plans, videos) and the SQL ledger's tables (streams, decisions)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base sharing one MetaData with a naming convention (stable migration names)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class PlanRow(Base):
+    """A subscription plan."""
+
+    __tablename__ = "plans"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    max_streams: Mapped[int] = mapped_column(Integer)
+
+
+class UserRow(Base):
+    """An account; `own_limit` None falls back to the plan's limit, then the default."""
+
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    own_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    plan_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("plans.id", ondelete="RESTRICT"), nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class VideoRow(Base):
+    """A video of the catalogue."""
+
+    __tablename__ = "videos"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(String(500))
+    url: Mapped[str] = mapped_column(String(2000))
+
+
+class StreamRow(Base):
+    """An active stream held by the SQL ledger (times in epoch seconds)."""
+
+    __tablename__ = "streams"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    video_id: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class DecisionRow(Base):
+    """A decided play request, kept so that a redelivery or a retry gets the same answer."""
+
+    __tablename__ = "decisions"
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    video_id: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    stream_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    active: Mapped[int] = mapped_column(Integer)
+    limit: Mapped[int] = mapped_column(Integer)
+    decided_at: Mapped[float] = mapped_column(Float, index=True)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class IdempotencyRow(Base):
+    """An Idempotency-Key of a user, bound to the request it first created."""
+
+    __tablename__ = "idempotency_keys"
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    video_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)

@@ -1,0 +1,386 @@
+"""The catalogue service: users, plans and videos, their queries, and a short-lived cache for the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from playgate.catalog.models import PlanRow, UserRow, VideoRow
+from playgate.domain import Plan, Quota, User, Video
+from playgate.errors import Conflict, Invalid, NotFound, Unavailable
+from playgate.security import hash_password, verify_password
+
+ADMIN_NAME = "admin"
+DEMO_USERS = (("1", "user1", 3), ("2", "user2", 4), ("3", "user3", 3))
+DEMO_VIDEOS = tuple((str(n), f"video{n}") for n in range(1, 7))
+# A hash nobody's password matches, checked when a name is unknown so that timing does not tell.
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+def _new_catalog_id() -> str:
+    return secrets.token_hex(6)
+
+
+@asynccontextmanager
+async def translate_db_errors() -> AsyncIterator[None]:
+    """Turn a lost or failing database connection into Unavailable (503), once, here."""
+    try:
+        yield
+    except (OperationalError, OSError, ConnectionError) as exc:
+        raise Unavailable(f"The database does not answer: {type(exc).__name__}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Unavailable("The database connection was lost.") from exc
+        raise
+
+
+class _TTLCache:
+    """A tiny expiring map for catalogue lookups on the request path."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._items: dict[str, tuple[float, Any]] = {}
+
+    def get(self, key: str) -> Any:
+        hit = self._items.get(key)
+        if hit is None or hit[0] <= self._clock():
+            return None
+        return hit[1]
+
+    def put(self, key: str, value: Any) -> None:
+        if self._ttl_s > 0:
+            if len(self._items) > 100_000:
+                self._items.clear()
+            self._items[key] = (self._clock() + self._ttl_s, value)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class Catalog:
+    """Reads and writes users, plans and videos; raises NotFound, Conflict, Invalid or Unavailable."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, default_limit: int, cache_ttl_s: float, clock: Callable[[], float]
+    ) -> None:
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._default_limit = default_limit
+        self._clock = clock
+        self._users = _TTLCache(cache_ttl_s, clock)
+        self._videos = _TTLCache(cache_ttl_s, clock)
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[AsyncSession]:
+        async with translate_db_errors(), self._sessions() as session:
+            yield session
+
+    # ---- users -------------------------------------------------------------------------------------
+
+    def _user_query(self) -> Select[UserRow, int]:
+        return select(UserRow, PlanRow.max_streams).outerjoin(PlanRow, UserRow.plan_id == PlanRow.id)
+
+    def _to_user(self, row: UserRow, plan_limit: int | None) -> User:
+        if row.own_limit is not None:
+            limit = row.own_limit
+        elif plan_limit is not None:
+            limit = plan_limit
+        else:
+            limit = self._default_limit
+        return User(
+            id=row.id,
+            name=row.name,
+            limit=limit,
+            own_limit=row.own_limit,
+            plan=row.plan_id,
+            disabled=row.disabled,
+            is_admin=row.is_admin,
+        )
+
+    async def list_users(self) -> list[User]:
+        """Every user, ordered by name."""
+        async with self._session() as session:
+            rows = (await session.execute(self._user_query().order_by(UserRow.name))).all()
+        return [self._to_user(user, plan_limit) for user, plan_limit in rows]
+
+    async def get_user(self, user_id: str, *, fresh: bool = False) -> User:
+        """The user with this id (cached for cache_ttl_s unless `fresh`), else NotFound."""
+        if not fresh:
+            cached = self._users.get(user_id)
+            if cached is not None:
+                return cached  # type: ignore[no-any-return]
+        async with self._session() as session:
+            row = (await session.execute(self._user_query().where(UserRow.id == user_id))).first()
+        if row is None:
+            raise NotFound(f"No user with id {user_id!r}.")
+        user = self._to_user(row[0], row[1])
+        self._users.put(user_id, user)
+        return user
+
+    async def find_user(self, name: str) -> User:
+        """The user with this name, else NotFound."""
+        async with self._session() as session:
+            row = (await session.execute(self._user_query().where(UserRow.name == name))).first()
+        if row is None:
+            raise NotFound(f"No user named {name!r}.")
+        return self._to_user(row[0], row[1])
+
+    async def authenticate(self, name: str, password: str) -> User | None:
+        """The user if `password` is theirs and they are not disabled, else None."""
+        async with self._session() as session:
+            found = (await session.execute(self._user_query().where(UserRow.name == name))).first()
+        # Hashing is slow on purpose: keep it off the event loop.
+        password_hash = found[0].password_hash if found else _DUMMY_HASH
+        matches = await asyncio.to_thread(verify_password, password_hash, password)
+        if found is None or not matches:
+            return None
+        user = self._to_user(found[0], found[1])
+        return None if user.disabled else user
+
+    async def quotas(self, user_ids: Iterable[str]) -> dict[str, Quota]:
+        """Each user's limit and state at decision time; unknown users are marked as such."""
+        wanted = set(user_ids)
+        result: dict[str, Quota] = {}
+        missing = []
+        for user_id in wanted:
+            cached = self._users.get(user_id)
+            if cached is None:
+                missing.append(user_id)
+            else:
+                result[user_id] = Quota(limit=cached.limit, disabled=cached.disabled)
+        if missing:
+            async with self._session() as session:
+                rows = (await session.execute(self._user_query().where(UserRow.id.in_(missing)))).all()
+            for row, plan_limit in rows:
+                user = self._to_user(row, plan_limit)
+                self._users.put(user.id, user)
+                result[user.id] = Quota(limit=user.limit, disabled=user.disabled)
+        for user_id in wanted - result.keys():
+            result[user_id] = Quota(limit=0, exists=False)
+        return result
+
+    async def create_user(
+        self,
+        *,
+        name: str,
+        password: str,
+        limit: int | None = None,
+        plan: str | None = None,
+        disabled: bool = False,
+        is_admin: bool = False,
+        user_id: str | None = None,
+    ) -> User:
+        """A new user (the server picks the id unless given); Conflict if the name is taken."""
+        password_hash = await asyncio.to_thread(hash_password, password)
+        async with self._session() as session:
+            await self._check_plan(session, plan)
+            row = UserRow(
+                id=user_id or _new_catalog_id(),
+                name=name,
+                password_hash=password_hash,
+                own_limit=limit,
+                plan_id=plan,
+                disabled=disabled,
+                is_admin=is_admin,
+                created_at=self._clock(),
+            )
+            session.add(row)
+            await self._commit(session, f"A user named {name!r} exists already.", "name")
+        return await self.get_user(row.id, fresh=True)
+
+    async def update_user(self, user_id: str, changes: Mapping[str, Any]) -> User:
+        """Apply `changes` (name, password, limit, plan, disabled) to a user; NotFound, Conflict."""
+        password = changes.get("password")
+        password_hash = await asyncio.to_thread(hash_password, password) if password else None
+        async with self._session() as session:
+            row = await session.get(UserRow, user_id)
+            if row is None:
+                raise NotFound(f"No user with id {user_id!r}.")
+            if "plan" in changes:
+                await self._check_plan(session, changes["plan"])
+                row.plan_id = changes["plan"]
+            if "limit" in changes:
+                row.own_limit = changes["limit"]
+            if changes.get("name") is not None:
+                row.name = changes["name"]
+            if changes.get("disabled") is not None:
+                row.disabled = changes["disabled"]
+            if password_hash is not None:
+                row.password_hash = password_hash
+            await self._commit(session, f"A user named {changes.get('name')!r} exists already.", "name")
+        self._users.clear()
+        return await self.get_user(user_id, fresh=True)
+
+    async def delete_user(self, user_id: str) -> None:
+        """Remove a user; NotFound if there is none."""
+        async with self._session() as session:
+            result = await session.execute(delete(UserRow).where(UserRow.id == user_id))
+            await session.commit()
+        self._users.clear()
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFound(f"No user with id {user_id!r}.")
+
+    async def _check_plan(self, session: AsyncSession, plan: str | None) -> None:
+        if plan is not None and await session.get(PlanRow, plan) is None:
+            raise Invalid(f"No plan with id {plan!r}.", field="plan")
+
+    async def _commit(self, session: AsyncSession, conflict: str, field: str) -> None:
+        try:
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            raise Conflict(conflict, field=field) from None
+
+    # ---- plans -------------------------------------------------------------------------------------
+
+    async def list_plans(self) -> list[Plan]:
+        """Every plan, ordered by name."""
+        async with self._session() as session:
+            rows = (await session.scalars(select(PlanRow).order_by(PlanRow.name))).all()
+        return [Plan(r.id, r.name, r.max_streams) for r in rows]
+
+    async def get_plan(self, plan_id: str) -> Plan:
+        """The plan with this id, else NotFound."""
+        async with self._session() as session:
+            row = await session.get(PlanRow, plan_id)
+        if row is None:
+            raise NotFound(f"No plan with id {plan_id!r}.")
+        return Plan(row.id, row.name, row.max_streams)
+
+    async def create_plan(self, *, name: str, max_streams: int) -> Plan:
+        """A new plan; Conflict if the name is taken."""
+        async with self._session() as session:
+            row = PlanRow(id=_new_catalog_id(), name=name, max_streams=max_streams)
+            session.add(row)
+            await self._commit(session, f"A plan named {name!r} exists already.", "name")
+        return Plan(row.id, row.name, row.max_streams)
+
+    async def update_plan(self, plan_id: str, changes: Mapping[str, Any]) -> Plan:
+        """Rename a plan or change its limit (its users' limits follow within cache_ttl_s)."""
+        async with self._session() as session:
+            row = await session.get(PlanRow, plan_id)
+            if row is None:
+                raise NotFound(f"No plan with id {plan_id!r}.")
+            if changes.get("name") is not None:
+                row.name = changes["name"]
+            if changes.get("max_streams") is not None:
+                row.max_streams = changes["max_streams"]
+            await self._commit(session, f"A plan named {changes.get('name')!r} exists already.", "name")
+        self._users.clear()
+        return Plan(row.id, row.name, row.max_streams)
+
+    async def delete_plan(self, plan_id: str) -> None:
+        """Remove a plan; Conflict while users are on it."""
+        async with self._session() as session:
+            users = await session.scalar(select(func.count()).where(UserRow.plan_id == plan_id))
+            if users:
+                raise Conflict(f"{users} user(s) are on plan {plan_id!r}; move them first.", field="plan")
+            result = await session.execute(delete(PlanRow).where(PlanRow.id == plan_id))
+            await session.commit()
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFound(f"No plan with id {plan_id!r}.")
+
+    # ---- videos ------------------------------------------------------------------------------------
+
+    async def list_videos(self) -> list[Video]:
+        """Every video, ordered by id."""
+        async with self._session() as session:
+            rows = (await session.scalars(select(VideoRow).order_by(VideoRow.id))).all()
+        return [Video(r.id, r.title, r.url) for r in rows]
+
+    async def get_video(self, video_id: str) -> Video:
+        """The video with this id (cached for cache_ttl_s), else NotFound."""
+        cached = self._videos.get(video_id)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        async with self._session() as session:
+            row = await session.get(VideoRow, video_id)
+        if row is None:
+            raise NotFound(f"No video with id {video_id!r}.")
+        video = Video(row.id, row.title, row.url)
+        self._videos.put(video_id, video)
+        return video
+
+    async def create_video(self, *, title: str, url: str, video_id: str | None = None) -> Video:
+        """A new video (the server picks the id unless given)."""
+        async with self._session() as session:
+            row = VideoRow(id=video_id or _new_catalog_id(), title=title, url=url)
+            session.add(row)
+            await self._commit(session, f"A video with id {video_id!r} exists already.", "id")
+        return Video(row.id, row.title, row.url)
+
+    async def update_video(self, video_id: str, changes: Mapping[str, Any]) -> Video:
+        """Change a video's title or URL."""
+        async with self._session() as session:
+            row = await session.get(VideoRow, video_id)
+            if row is None:
+                raise NotFound(f"No video with id {video_id!r}.")
+            if changes.get("title") is not None:
+                row.title = changes["title"]
+            if changes.get("url") is not None:
+                row.url = changes["url"]
+            await session.commit()
+        self._videos.clear()
+        return Video(row.id, row.title, row.url)
+
+    async def delete_video(self, video_id: str) -> None:
+        """Remove a video; NotFound if there is none."""
+        async with self._session() as session:
+            result = await session.execute(delete(VideoRow).where(VideoRow.id == video_id))
+            await session.commit()
+        self._videos.clear()
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFound(f"No video with id {video_id!r}.")
+
+    # ---- start-up ----------------------------------------------------------------------------------
+
+    async def is_empty(self) -> bool:
+        """True when there are no users and no videos (a fresh database)."""
+        async with self._session() as session:
+            users = await session.scalar(select(func.count()).select_from(UserRow))
+            videos = await session.scalar(select(func.count()).select_from(VideoRow))
+        return not users and not videos
+
+    async def load_demo(self) -> bool:
+        """Add the original service's demo users and videos, unless already there; True if added."""
+        added = False
+        for user_id, name, limit in DEMO_USERS:
+            try:
+                await self.get_user(user_id, fresh=True)
+            except NotFound:
+                await self.create_user(name=name, password=name, limit=limit, user_id=user_id)
+                added = True
+        for video_id, title in DEMO_VIDEOS:
+            try:
+                await self.get_video(video_id)
+            except NotFound:
+                await self.create_video(title=title, url=f"/media/{title}.mp4", video_id=video_id)
+                added = True
+        return added
+
+    async def ensure_admin(self, password: str) -> User:
+        """Create the `admin` user with this password, or set it if the admin exists."""
+        try:
+            admin = await self.find_user(ADMIN_NAME)
+        except NotFound:
+            return await self.create_user(name=ADMIN_NAME, password=password, is_admin=True, limit=0)
+        async with self._session() as session:
+            row = await session.get(UserRow, admin.id)
+            assert row is not None
+            row.password_hash = await asyncio.to_thread(hash_password, password)
+            row.is_admin = True
+            await session.commit()
+        return await self.get_user(admin.id, fresh=True)
+
+    async def ping(self) -> None:
+        """Raise Unavailable unless the database answers a trivial query."""
+        async with self._session() as session:
+            await session.execute(select(1))

@@ -1,0 +1,177 @@
+"""The `playgate` command: serve, api, worker, db upgrade, demo, token, version."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+import uvicorn
+
+from playgate import __version__
+from playgate.catalog.db import upgrade
+from playgate.config import Settings, jwt_secret, load_settings
+from playgate.errors import ConfigError, NotFound, PlayGateError
+from playgate.runtime import open_catalog, preflight, prepare_catalog
+from playgate.security import TokenIssuer
+
+T = TypeVar("T")
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(coro: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(coro())  # type: ignore[arg-type]
+    except PlayGateError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="playgate")
+def main() -> None:
+    """PlayGate: concurrent-stream limits, decided by a worker, told to players over Socket.IO.
+
+    Every setting is an environment variable PLAYGATE_* (see the README); a bad value stops
+    start-up with one line naming the variable.
+    """
+
+
+@main.command()
+@click.option("--host", help="Bind address (PLAYGATE_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (PLAYGATE_PORT or PORT, default 8080).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run API and worker in one process (embedded: SQLite, in-process queue); migrates the database first."""
+    settings = _settings(host=host, port=port)
+    _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
+    from playgate.api.app import create_app  # heavy import, only for commands that serve
+
+    try:
+        preflight(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _logging(settings)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(3)
+
+
+@main.command()
+def api() -> None:
+    """Run an API process of the distributed deployment (needs PLAYGATE_REDIS_URL)."""
+    _distributed_only("api")
+
+
+@main.command()
+def worker() -> None:
+    """Run a worker process of the distributed deployment (needs PLAYGATE_REDIS_URL)."""
+    _distributed_only("worker")
+
+
+def _distributed_only(command: str) -> None:
+    settings = _settings()
+    if not settings.distributed:
+        raise click.ClickException(
+            f"playgate {command} runs beside other processes and needs PLAYGATE_REDIS_URL; "
+            "for one process use `playgate serve`"
+        )
+    try:
+        preflight(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration to PLAYGATE_DATABASE_URL (default: the SQLite file in the data dir)."""
+    settings = _settings()
+    _run(lambda: upgrade(settings.resolved_database_url))
+    click.echo(f"database at {_safe_url(settings.resolved_database_url)} is up to date")
+
+
+@main.command()
+def demo() -> None:
+    """Load the demo catalogue (users user1..user3, videos 1..6) where missing."""
+    settings = _settings(demo=True)
+
+    async def load() -> bool:
+        await upgrade(settings.resolved_database_url)
+        engine, catalog = open_catalog(settings, time.time)
+        try:
+            return await catalog.load_demo()
+        finally:
+            await engine.dispose()
+
+    added = _run(load)
+    click.echo("demo catalogue loaded" if added else "demo catalogue already there")
+
+
+@main.command()
+@click.argument("user")
+def token(user: str) -> None:
+    """Print an access token for USER (a user name or id), for curl and scripts."""
+    settings = _settings()
+
+    async def issue() -> str:
+        engine, catalog = open_catalog(settings, time.time)
+        try:
+            await prepare_catalog(settings, catalog)
+            try:
+                found = await catalog.find_user(user)
+            except NotFound:
+                found = await catalog.get_user(user)
+        finally:
+            await engine.dispose()
+        issuer = TokenIssuer(jwt_secret(settings), settings.token_ttl_s)
+        return issuer.issue(found.id, admin=found.is_admin, now=time.time())
+
+    click.echo(_run(issue))
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(__version__)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,170 @@
+"""Settings: every knob of PlayGate, read from PLAYGATE_* environment variables at the edge."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from playgate.errors import ConfigError
+
+JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
+MIN_JWT_SECRET_LEN = 32
+
+
+class AuthMode(StrEnum):
+    """Whether callers must present a token (`enabled`) or are believed on `?user=` (`disabled`)."""
+
+    enabled = "enabled"
+    disabled = "disabled"
+
+
+class Policy(StrEnum):
+    """What happens when a user at the limit asks for one more stream."""
+
+    deny = "deny"
+    evict_oldest = "evict_oldest"
+
+
+class Settings(BaseSettings):
+    """PlayGate configuration; each field is the environment variable PLAYGATE_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="PLAYGATE_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(
+        8080,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("PLAYGATE_PORT", "PORT"),
+        description="HTTP port; plain PORT is honoured too.",
+    )
+    data_dir: Path = Field(Path("data"), description="Where the SQLite file and the JWT secret live.")
+    database_url: str | None = Field(
+        None, description="Catalogue (and embedded ledger) database; default a SQLite file in the data dir."
+    )
+    redis_url: str | None = Field(None, description="Set to run distributed: ledger, queue and fan-out on Redis.")
+    admin_password: str | None = Field(
+        None, description="Creates or updates the `admin` user at start; without it no admin exists."
+    )
+    jwt_secret: str | None = Field(None, description="Token signing key; else generated once in the data dir.")
+    token_ttl_s: int = Field(
+        12 * 3600, ge=60, validation_alias=AliasChoices("PLAYGATE_TOKEN_TTL"), description="Token lifetime."
+    )
+    auth: AuthMode = Field(AuthMode.enabled, description="`enabled`, or `disabled` for the seed's trust model.")
+    stream_ttl_s: float = Field(
+        90.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_STREAM_TTL"),
+        description="Lease of a stream: seconds after its last heartbeat before it stops counting.",
+    )
+    default_limit: int = Field(3, ge=0, description="Limit of a user with no own limit and no plan.")
+    demo: bool = Field(True, description="Load the demo catalogue on first start with an empty database.")
+    policy: Policy = Field(Policy.deny, description="`deny` or `evict_oldest` when the limit is reached.")
+    batch_size: int = Field(256, ge=1, le=10_000, description="Most requests the worker decides per transaction.")
+    cache_ttl_s: float = Field(
+        2.0,
+        ge=0,
+        validation_alias=AliasChoices("PLAYGATE_CACHE_TTL"),
+        description="How long users, limits and videos are cached; a change applies within this time.",
+    )
+    decision_ttl_s: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_DECISION_TTL"),
+        description="How long decisions are kept for GET /v1/plays/{id} and retries.",
+    )
+    sweep_interval_s: float = Field(
+        1.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_SWEEP_INTERVAL"),
+        description="How often expired streams are swept and announced.",
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return value.lower()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The catalogue URL: the configured one, else a SQLite file in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'playgate.sqlite3').resolve()}"
+
+    @property
+    def distributed(self) -> bool:
+        """True when Redis carries the ledger, the queue and the fan-out."""
+        return self.redis_url is not None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from `environ` (default: the process environment); a bad value raises ConfigError."""
+    try:
+        if environ is None:
+            return Settings(**overrides)
+        # Only this mapping is read: the process environment is not consulted.
+        source = {k: v for k, v in environ.items() if k.startswith("PLAYGATE_") or k == "PORT"}
+        return _settings_from_mapping(source, overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = _env_name(error)
+        raise ConfigError(f"{name}: {error['msg']} (got {error.get('input')!r})") from None
+
+
+def _settings_from_mapping(source: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        candidates = alias.choices if isinstance(alias, AliasChoices) else [f"PLAYGATE_{name.upper()}"]
+        for key in candidates:
+            if isinstance(key, str) and key in source:
+                values[name] = source[key]
+                break
+    values.update(overrides)
+    return Settings.model_validate(values, by_name=True)
+
+
+def _env_name(error: Any) -> str:
+    loc = error.get("loc") or ("?",)
+    field_name = str(loc[0])
+    field = Settings.model_fields.get(field_name)
+    if field is not None and isinstance(field.validation_alias, AliasChoices):
+        first = field.validation_alias.choices[0]
+        if isinstance(first, str):
+            return first
+    if field_name.startswith("PLAYGATE_") or field_name == "PORT":
+        return field_name
+    return f"PLAYGATE_{field_name.upper()}"
+
+
+def jwt_secret(settings: Settings) -> str:
+    """The signing key: PLAYGATE_JWT_SECRET, else one generated once and kept in the data dir."""
+    if settings.jwt_secret:
+        if len(settings.jwt_secret) < MIN_JWT_SECRET_LEN:
+            raise ConfigError(f"PLAYGATE_JWT_SECRET: must be at least {MIN_JWT_SECRET_LEN} characters")
+        return settings.jwt_secret
+    path = settings.data_dir / JWT_SECRET_FILE
+    if path.exists():
+        return path.read_text().strip()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    # Create with owner-only permissions; O_EXCL so two processes starting together agree on one key.
+    try:
+        fd = path.open("x", encoding="ascii")
+    except FileExistsError:
+        return path.read_text().strip()
+    with fd:
+        path.chmod(0o600)
+        fd.write(secret)
+    return secret

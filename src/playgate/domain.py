@@ -1,0 +1,132 @@
+"""The nouns of PlayGate: users, videos, plans, play requests, decisions and streams."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Where a play request stands."""
+
+    pending = "pending"
+    allowed = "allowed"
+    denied = "denied"
+
+
+class Reason(StrEnum):
+    """Why a request was denied, or why a stream ended without its device asking."""
+
+    limit_reached = "limit_reached"
+    user_disabled = "user_disabled"
+    unknown_user = "unknown_user"
+    error = "error"
+    expired = "expired"
+    evicted = "evicted"
+    replaced = "replaced"
+    stopped_by_admin = "stopped_by_admin"
+    stopped = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A subscription plan: how many streams its users may watch at once."""
+
+    id: str
+    name: str
+    max_streams: int
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An account; `limit` is the effective limit (own, else the plan's, else the default)."""
+
+    id: str
+    name: str
+    limit: int
+    own_limit: int | None
+    plan: str | None
+    disabled: bool
+    is_admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Video:
+    """Something to watch."""
+
+    id: str
+    title: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What the admission rule needs to know of a user at decision time."""
+
+    limit: int
+    disabled: bool = False
+    exists: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PlayRequest:
+    """A user's wish to start a video on a device, as queued for the worker (times in epoch seconds)."""
+
+    request_id: str
+    user_id: str
+    video_id: str
+    device_id: str
+    accepted_at: float
+    replace_stream_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """An active (or, once its lease ran out, expired) stream."""
+
+    id: str
+    user_id: str
+    video_id: str
+    device_id: str
+    started_at: float
+    expires_at: float
+
+    def live(self, now: float) -> bool:
+        """True while the lease has not run out."""
+        return self.expires_at > now
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one play request; `active` is the user's stream count after it."""
+
+    request_id: str
+    user_id: str
+    video_id: str
+    device_id: str
+    status: Status
+    active: int
+    limit: int
+    decided_at: float
+    stream_id: str | None = None
+    reason: Reason | None = None
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndedStream:
+    """A stream that stopped counting, and why."""
+
+    stream: Stream
+    reason: Reason
+
+
+def new_id() -> str:
+    """A fresh opaque id for requests and streams (128 random bits, URL-safe)."""
+    return secrets.token_hex(16)
+
+
+def own_device(request_id: str) -> str:
+    """The device id of a request that named none: a device of its own."""
+    return f"req:{request_id}"

@@ -1,0 +1,74 @@
+"""The one exception tree of PlayGate; the API turns each kind into problem+json once, at the boundary."""
+
+from __future__ import annotations
+
+
+class PlayGateError(Exception):
+    """Root of every error PlayGate raises on purpose."""
+
+    status = 500
+    title = "Internal error"
+    type = "about:blank"
+
+    def __init__(self, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class ConfigError(PlayGateError):
+    """A setting is missing or wrong; start-up stops with this one line."""
+
+    title = "Configuration error"
+
+
+class BadRequest(PlayGateError):
+    """The client's input cannot be used."""
+
+    status = 400
+    title = "Bad request"
+
+
+class Invalid(PlayGateError):
+    """A field of the client's input is well-formed but not acceptable (`field` names it)."""
+
+    status = 422
+    title = "Unprocessable content"
+
+    def __init__(self, detail: str, *, field: str) -> None:
+        super().__init__(detail, field=field)
+
+
+class Unauthorized(PlayGateError):
+    """No valid credentials."""
+
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(PlayGateError):
+    """Valid credentials, but not for this."""
+
+    status = 403
+    title = "Forbidden"
+
+
+class NotFound(PlayGateError):
+    """The named thing does not exist (or is not the caller's to know of)."""
+
+    status = 404
+    title = "Not found"
+
+
+class Conflict(PlayGateError):
+    """The change clashes with what is stored (a taken name, a plan still in use)."""
+
+    status = 409
+    title = "Conflict"
+
+
+class Unavailable(PlayGateError):
+    """A backend (database, Redis) does not answer; try again later."""
+
+    status = 503
+    title = "Service unavailable"

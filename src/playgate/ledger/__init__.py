@@ -1,0 +1,1 @@
+"""Stream ledgers: the SQL one (SQLite, embedded) and, in distributed mode, the Redis one."""

@@ -1,0 +1,82 @@
+"""The stream ledger: who is watching what, and which requests were decided. One protocol, one twin per backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from playgate.domain import Decision, EndedStream, PlayRequest, Quota, Stream
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """One request to decide, with the user's quota as known at decision time."""
+
+    request: PlayRequest
+    quota: Quota
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What deciding one admission did: the decision, and the streams it ended to make room (if any)."""
+
+    decision: Decision
+    ended: tuple[EndedStream, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """The request an idempotency key is bound to; `created` when this call bound it."""
+
+    request_id: str
+    video_id: str
+    created: bool
+
+
+class Ledger(Protocol):
+    """Active streams and decisions; every method is atomic per user, whatever runs beside it."""
+
+    async def decide(self, admissions: Sequence[Admission]) -> list[Outcome]:
+        """Decide a batch in order, atomically per user; a request decided before gets its first decision."""
+        ...
+
+    async def decision(self, request_id: str) -> Decision | None:
+        """The decision of a request, if it was decided (and is still kept)."""
+        ...
+
+    async def streams(self, user_id: str) -> list[Stream]:
+        """The user's active streams, oldest first."""
+        ...
+
+    async def stream(self, stream_id: str) -> Stream | None:
+        """One active stream, whoever holds it."""
+        ...
+
+    async def heartbeat(self, stream_id: str, user_id: str | None = None) -> Stream | None:
+        """Renew an active stream's lease (only the user's own, when `user_id` is given); None if not active."""
+        ...
+
+    async def stop(self, stream_ids: Sequence[str] | None, user_id: str, video_id: str | None = None) -> list[Stream]:
+        """End the user's streams: these ids, or all of them (of one video, if given); the ones ended."""
+        ...
+
+    async def sweep(self) -> list[EndedStream]:
+        """End every stream whose lease ran out, forget old decisions and keys; what was ended."""
+        ...
+
+    async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
+        """Bind an Idempotency-Key of this user to `request_id`, or return the request it is bound to."""
+        ...
+
+    async def count_active(self) -> int:
+        """Active streams of all users (for metrics)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise Unavailable unless the backend answers."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

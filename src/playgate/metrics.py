@@ -1,0 +1,57 @@
+"""Prometheus metrics of one PlayGate process, on a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Decision latency runs from well under a millisecond to seconds under overload.
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The counters, gauges and histograms PlayGate exports at /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "playgate_decisions",
+            "Play requests decided, by outcome and reason.",
+            ["status", "reason"],
+            registry=r,
+        )
+        self.decision_latency = Histogram(
+            "playgate_decision_latency_seconds",
+            "Time from a request accepted by the API to its decision published.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "playgate_worker_batch_size",
+            "Requests decided per ledger transaction.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.requests_accepted = Counter("playgate_requests_accepted", "Play requests queued.", registry=r)
+        self.queue_depth = Gauge("playgate_queue_depth", "Play requests queued or in hand.", registry=r)
+        self.active_streams = Gauge("playgate_active_streams", "Streams whose lease has not run out.", registry=r)
+        self.streams_ended = Counter(
+            "playgate_streams_ended",
+            "Streams ended without their device asking, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.sockets = Gauge("playgate_sockets_connected", "Socket.IO connections of this process.", registry=r)
+        self.ledger_errors = Counter(
+            "playgate_ledger_errors", "Worker batches that failed on the ledger and were retried.", registry=r
+        )
+        self.http_requests = Counter(
+            "playgate_http_requests",
+            "HTTP requests answered, by route and status.",
+            ["route", "status"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

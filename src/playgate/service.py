@@ -1,0 +1,267 @@
+"""The application service: what the routes and socket handlers call; it owns no transport of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from playgate.bus.protocol import Fanout, RequestQueue
+from playgate.catalog.service import Catalog
+from playgate.config import AuthMode, Settings
+from playgate.domain import Decision, EndedStream, PlayRequest, Reason, Stream, User, new_id, own_device
+from playgate.errors import Forbidden, Invalid, NotFound, Unauthorized
+from playgate.ledger.protocol import Ledger
+from playgate.metrics import Metrics
+from playgate.security import TokenIssuer
+
+log = logging.getLogger("playgate.service")
+
+MAX_WAIT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a user, and whether they may act as an admin."""
+
+    user: User | None
+    admin: bool
+
+    @property
+    def user_id(self) -> str:
+        """The caller's user id; Unauthorized when the caller named no user."""
+        if self.user is None:
+            raise Unauthorized("Name the user: ?user=<userId>.")
+        return self.user.id
+
+    def may_see(self, user_id: str) -> bool:
+        """True for the user themself and for admins."""
+        return self.admin or (self.user is not None and self.user.id == user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PlayTicket:
+    """A play request as the API answers it: its id, and its decision when already known."""
+
+    request: PlayRequest
+    decision: Decision | None
+
+
+class PlayGate:
+    """Authentication, play requests, streams and announcements, over catalogue, ledger and bus."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        ledger: Ledger,
+        queue: RequestQueue,
+        fanout: Fanout,
+        tokens: TokenIssuer,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.ledger = ledger
+        self.queue = queue
+        self.fanout = fanout
+        self.tokens = tokens
+        self.metrics = metrics
+        self.clock = clock
+
+    # ---- who is calling ----------------------------------------------------------------------------
+
+    async def login(self, name: str, password: str) -> tuple[str, User]:
+        """A token for valid credentials; Unauthorized otherwise (same answer for any wrong part)."""
+        user = await self.catalog.authenticate(name, password)
+        if user is None:
+            raise Unauthorized("Wrong username or password.")
+        return self.tokens.issue(user.id, admin=user.is_admin, now=self.clock()), user
+
+    async def principal(self, token: str | None, claimed_user: str | None = None) -> Principal:
+        """The caller of a request: from the token, or (auth disabled) from `?user=`, believed."""
+        if self.settings.auth is AuthMode.disabled and not token:
+            user = await self._existing_user(claimed_user) if claimed_user else None
+            return Principal(user=user, admin=True)
+        if not token:
+            raise Unauthorized("Send Authorization: Bearer <accessToken> (get one from POST /auth/token).")
+        claims = self.tokens.check(token)
+        try:
+            user = await self.catalog.get_user(claims.user_id)
+        except NotFound:
+            raise Unauthorized("The token's user no longer exists.") from None
+        if user.disabled:
+            raise Unauthorized("This user is disabled.")
+        return Principal(user=user, admin=claims.admin and user.is_admin)
+
+    async def _existing_user(self, user_id: str) -> User:
+        return await self.catalog.get_user(user_id)
+
+    def acting_user(self, principal: Principal, user_id: str | None) -> str:
+        """The user a seed route acts for: `?user=` must be the caller (or the caller an admin)."""
+        if user_id is None:
+            return principal.user_id
+        if not principal.may_see(user_id):
+            raise Forbidden("You may only act for yourself.")
+        return user_id
+
+    # ---- plays -------------------------------------------------------------------------------------
+
+    async def request_play(
+        self,
+        user_id: str,
+        video_id: str,
+        *,
+        device_id: str | None = None,
+        idempotency_key: str | None = None,
+        replace_stream_id: str | None = None,
+        wait_s: float = 0.0,
+    ) -> PlayTicket:
+        """Queue a play request (404 for an unknown user or video, before anything is queued)."""
+        user = await self.catalog.get_user(user_id)
+        await self.catalog.get_video(video_id)
+        request_id = new_id()
+        if idempotency_key is not None:
+            claim = await self.ledger.claim_key(user.id, idempotency_key, request_id, video_id)
+            if not claim.created:
+                if claim.video_id != video_id:
+                    raise Invalid(
+                        "This Idempotency-Key was used for another video; use a new key.",
+                        field="Idempotency-Key",
+                    )
+                return await self._replay(claim.request_id, user.id, video_id, device_id, replace_stream_id, wait_s)
+        request = PlayRequest(
+            request_id=request_id,
+            user_id=user.id,
+            video_id=video_id,
+            device_id=device_id or own_device(request_id),
+            accepted_at=self.clock(),
+            replace_stream_id=replace_stream_id,
+        )
+        return await self._submit(request, wait_s)
+
+    async def _replay(
+        self,
+        request_id: str,
+        user_id: str,
+        video_id: str,
+        device_id: str | None,
+        replace_stream_id: str | None,
+        wait_s: float,
+    ) -> PlayTicket:
+        """A retry with a known key: the first request's decision, or its wait; re-queued if it was lost."""
+        decision = await self.ledger.decision(request_id)
+        pending = await self.queue.pending(request_id)
+        request = pending or PlayRequest(
+            request_id=request_id,
+            user_id=user_id,
+            video_id=video_id,
+            device_id=device_id or own_device(request_id),
+            accepted_at=self.clock(),
+            replace_stream_id=replace_stream_id,
+        )
+        if decision is not None:
+            return PlayTicket(request, decision)
+        if pending is None:
+            # Bound to the key but neither queued nor decided: the process stopped in between. Deciding it
+            # now is safe, since a request id is decided once.
+            return await self._submit(request, wait_s)
+        return PlayTicket(request, await self._wait(request_id, wait_s))
+
+    async def _submit(self, request: PlayRequest, wait_s: float) -> PlayTicket:
+        waiter = self.fanout.watch(request.request_id) if wait_s > 0 else None
+        try:
+            await self.queue.put(request)
+            self.metrics.requests_accepted.inc()
+            decision = await self._await(waiter, wait_s) if waiter is not None else None
+        finally:
+            if waiter is not None:
+                self.fanout.unwatch(request.request_id, waiter)
+        return PlayTicket(request, decision)
+
+    async def _wait(self, request_id: str, wait_s: float) -> Decision | None:
+        if wait_s <= 0:
+            return None
+        waiter = self.fanout.watch(request_id)
+        try:
+            # Watch first, then look: a decision published in between is not missed.
+            decision = await self.ledger.decision(request_id)
+            return decision or await self._await(waiter, wait_s)
+        finally:
+            self.fanout.unwatch(request_id, waiter)
+
+    @staticmethod
+    async def _await(waiter: asyncio.Future[Decision], wait_s: float) -> Decision | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), min(wait_s, MAX_WAIT_S))
+        except TimeoutError:
+            return None
+
+    async def play_status(self, principal: Principal, request_id: str) -> PlayRequest | Decision:
+        """A request's decision, or the request while pending; 404 for others' and unknown requests."""
+        decision = await self.ledger.decision(request_id)
+        found: PlayRequest | Decision | None = decision or await self.queue.pending(request_id)
+        if found is None or not principal.may_see(found.user_id):
+            raise NotFound(f"No play request {request_id!r}.")
+        return found
+
+    # ---- streams -----------------------------------------------------------------------------------
+
+    async def streams(self, user_id: str) -> list[Stream]:
+        """The user's active streams, oldest first."""
+        return await self.ledger.streams(user_id)
+
+    async def heartbeat(self, principal: Principal, stream_id: str) -> Stream:
+        """Renew one of the caller's streams; 404 when it is no longer active (or not theirs)."""
+        owner = None if principal.admin else principal.user_id
+        stream = await self.ledger.heartbeat(stream_id, owner)
+        if stream is None:
+            raise NotFound(f"Stream {stream_id!r} is not active.")
+        return stream
+
+    async def stop_stream(self, principal: Principal, stream_id: str) -> Stream:
+        """Stop one stream: the caller's own, or anyone's for an admin (announced `stopped_by_admin`)."""
+        stream = await self.ledger.stream(stream_id)
+        if stream is None or not principal.may_see(stream.user_id):
+            raise NotFound(f"Stream {stream_id!r} is not active.")
+        stopped = await self.ledger.stop([stream_id], stream.user_id)
+        if not stopped:
+            raise NotFound(f"Stream {stream_id!r} is not active.")
+        if principal.user is None or principal.user.id != stream.user_id:
+            await self._announce(stopped, Reason.stopped_by_admin)
+        return stopped[0]
+
+    async def stop_streams(self, user_id: str, video_id: str | None = None) -> list[Stream]:
+        """Stop all of a user's streams (of one video, if given)."""
+        return await self.ledger.stop(None, user_id, video_id)
+
+    async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
+        ended = [EndedStream(s, reason) for s in streams]
+        if ended:
+            await self.fanout.announce(ended)
+            for _ in ended:
+                self.metrics.streams_ended.labels(reason.value).inc()
+
+    async def disable_user(self, user_id: str) -> None:
+        """End a disabled user's streams at once, and tell their players why."""
+        await self._announce(await self.ledger.stop(None, user_id), Reason.user_disabled)
+
+    # ---- health ------------------------------------------------------------------------------------
+
+    async def ready(self) -> dict[str, str]:
+        """Each backend's state: "ok" or why not."""
+        checks: dict[str, str] = {}
+        for name, ping in (
+            ("catalog", self.catalog.ping),
+            ("ledger", self.ledger.ping),
+            ("queue", self.queue.ping),
+        ):
+            try:
+                await asyncio.wait_for(ping(), 2.0)
+                checks[name] = "ok"
+            except Exception as exc:  # any failure means "not ready"; say which and why
+                checks[name] = f"{type(exc).__name__}: {exc}"
+        return checks

@@ -1,0 +1,165 @@
+"""The admission loop: take a batch, look up quotas, decide in the ledger, publish, acknowledge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+from playgate.bus.protocol import Delivery, Fanout, RequestQueue
+from playgate.catalog.service import Catalog
+from playgate.domain import Decision, Reason, Status
+from playgate.errors import Unavailable
+from playgate.ledger.protocol import Admission, Ledger, Outcome
+from playgate.metrics import Metrics
+
+log = logging.getLogger("playgate.worker")
+
+MAX_ATTEMPTS = 5
+BACKOFF_MAX_S = 5.0
+
+
+class Worker:
+    """Decides queued play requests in batches; each batch is one ledger transaction, then one publish."""
+
+    def __init__(
+        self,
+        *,
+        queue: RequestQueue,
+        ledger: Ledger,
+        fanout: Fanout,
+        catalog: Catalog,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        batch_size: int,
+        sweep_interval_s: float,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        self._queue = queue
+        self._ledger = ledger
+        self._fanout = fanout
+        self._catalog = catalog
+        self._metrics = metrics
+        self._clock = clock
+        self.batch_size = batch_size
+        self.sweep_interval_s = sweep_interval_s
+        self.max_attempts = max_attempts
+        self._failures = 0
+
+    async def run(self, stop: asyncio.Event, *, poll_s: float = 0.5) -> None:
+        """Decide batches until `stop` is set, then drain what is already queued (burst mode) and return."""
+        while not stop.is_set():
+            try:
+                await self.step(wait_s=poll_s)
+            except Unavailable as exc:
+                await self._back_off(stop, exc)
+            except Exception as exc:  # a bug must not silently end the loop: log it, retry the batch later
+                log.exception("worker step failed")
+                await self._back_off(stop, exc)
+        drained = 0
+        while True:
+            try:
+                decided = await self.step(wait_s=0)
+            except Unavailable as exc:
+                log.error("worker stopping with undecided requests: %s", exc)
+                return
+            if decided == 0:
+                break
+            drained += decided
+        if drained:
+            log.info("worker drained %d queued requests before stopping", drained)
+
+    async def step(self, *, wait_s: float) -> int:
+        """Decide one batch; returns how many requests it decided (0 when the queue was empty)."""
+        deliveries = await self._queue.take(self.batch_size, wait_s)
+        if not deliveries:
+            return 0
+        poisoned = [d for d in deliveries if d.attempts > self.max_attempts]
+        healthy = [d for d in deliveries if d.attempts <= self.max_attempts]
+        try:
+            outcomes = await self._decide(healthy)
+        except Exception:
+            self._metrics.ledger_errors.inc()
+            await self._queue.release(healthy)
+            await self._fail(poisoned)
+            raise
+        await self._fanout.publish(outcomes)
+        await self._queue.ack(healthy)
+        await self._fail(poisoned)
+        self._observe(healthy, outcomes)
+        self._failures = 0
+        return len(deliveries)
+
+    async def _decide(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        if not deliveries:
+            return []
+        quotas = await self._catalog.quotas({d.request.user_id for d in deliveries})
+        admissions = [Admission(d.request, quotas[d.request.user_id]) for d in deliveries]
+        return await self._ledger.decide(admissions)
+
+    async def _fail(self, deliveries: Sequence[Delivery]) -> None:
+        """Answer requests that failed max_attempts times with a denial, reason `error`: never silence."""
+        if not deliveries:
+            return
+        now = self._clock()
+        outcomes = [
+            Outcome(
+                Decision(
+                    request_id=d.request.request_id,
+                    user_id=d.request.user_id,
+                    video_id=d.request.video_id,
+                    device_id=d.request.device_id,
+                    status=Status.denied,
+                    active=0,
+                    limit=0,
+                    decided_at=now,
+                    reason=Reason.error,
+                )
+            )
+            for d in deliveries
+        ]
+        log.error("giving up on %d request(s) after %d attempts", len(deliveries), self.max_attempts)
+        await self._fanout.publish(outcomes)
+        await self._queue.ack(deliveries)
+        self._observe(deliveries, outcomes)
+
+    def _observe(self, deliveries: Sequence[Delivery], outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        now = self._clock()
+        self._metrics.batch_size.observe(len(outcomes))
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            decision = outcome.decision
+            reason = decision.reason.value if decision.reason else ""
+            self._metrics.decisions.labels(decision.status.value, reason).inc()
+            self._metrics.decision_latency.observe(max(0.0, now - delivery.request.accepted_at))
+            for ended in outcome.ended:
+                self._metrics.streams_ended.labels(ended.reason.value).inc()
+
+    async def _back_off(self, stop: asyncio.Event, exc: Exception) -> None:
+        self._failures += 1
+        delay_s = min(BACKOFF_MAX_S, 0.05 * 2**self._failures)
+        log.warning("ledger unavailable (%s); retrying in %.2fs", exc, delay_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay_s)
+
+    async def sweep_forever(self, stop: asyncio.Event) -> None:
+        """Every sweep_interval_s: end expired streams and announce them; refresh the active-streams gauge."""
+        while not stop.is_set():
+            try:
+                await self.sweep()
+            except Unavailable as exc:
+                log.warning("sweep skipped: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.sweep_interval_s)
+
+    async def sweep(self) -> None:
+        """One sweep of expired streams."""
+        ended = await self._ledger.sweep()
+        if ended:
+            await self._fanout.announce(ended)
+            for item in ended:
+                self._metrics.streams_ended.labels(item.reason.value).inc()
+        self._metrics.active_streams.set(await self._ledger.count_active())
+        self._metrics.queue_depth.set(await self._queue.depth())
