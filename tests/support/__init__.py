@@ -1,0 +1,1 @@
+"""Test helpers: real PlayGate processes, HTTP clients with tokens, Socket.IO clients that record events."""

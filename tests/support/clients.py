@@ -1,0 +1,83 @@
+"""HTTP and Socket.IO clients of a running PlayGate, logged in as a user."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import socketio
+
+from tests.support.servers import ADMIN_PASSWORD
+
+
+async def token_for(base_url: str, name: str, password: str) -> str:
+    """Log in and return the access token (assert 200)."""
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        response = await client.post("/auth/token", json={"username": name, "password": password})
+    assert response.status_code == 200, response.text
+    return str(response.json()["accessToken"])
+
+
+def api_client(base_url: str, token: str | None = None) -> httpx.AsyncClient:
+    """An httpx client for the server, with the bearer token if given."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15.0)
+
+
+async def admin_client(base_url: str) -> httpx.AsyncClient:
+    """A client logged in as the test admin."""
+    return api_client(base_url, await token_for(base_url, "admin", ADMIN_PASSWORD))
+
+
+@dataclass
+class TestUser:
+    """A user made for one test: its id, name, password and token."""
+
+    id: str
+    name: str
+    password: str
+    token: str
+    limit: int
+
+
+async def new_user(base_url: str, admin: httpx.AsyncClient, limit: int | None = 3, **fields: Any) -> TestUser:
+    """Create a fresh user through the admin API and log it in."""
+    name = f"u-{secrets.token_hex(5)}"
+    password = secrets.token_urlsafe(12)
+    response = await admin.post("/v1/users", json={"name": name, "password": password, "limit": limit, **fields})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    token = await token_for(base_url, name, password)
+    return TestUser(body["id"], name, password, token, body["limit"])
+
+
+@dataclass
+class SocketClient:
+    """A python-socketio client that records every `message` and `stream_ended` event it gets."""
+
+    sio: socketio.AsyncClient
+    messages: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    ended: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+
+    async def next_message(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        return await asyncio.wait_for(self.messages.get(), timeout_s)
+
+    async def next_ended(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        return await asyncio.wait_for(self.ended.get(), timeout_s)
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+
+
+async def connect_socket(base_url: str, *, token: str | None = None, **auth: str) -> SocketClient:
+    """Connect a Socket.IO client with `auth: {"token": ...}` and start recording events."""
+    sio = socketio.AsyncClient(reconnection=False)
+    client = SocketClient(sio)
+    sio.on("message", client.messages.put)
+    sio.on("stream_ended", client.ended.put)
+    payload = {"token": token, **auth} if token else dict(auth)
+    await sio.connect(base_url, auth=payload, transports=["websocket"], wait_timeout=5)
+    return client

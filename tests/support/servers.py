@@ -1,0 +1,105 @@
+"""Start and stop real `playgate` processes on free ports, each with a data dir of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ADMIN_PASSWORD = "admin-password-for-tests"
+JWT_SECRET = "test-secret-that-is-long-enough-0123456789"
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A running `playgate` command and where to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+        """Send `sig` and wait for the exit code (SIGKILL after timeout_s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def playgate_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a test process: this interpreter's, minus any PLAYGATE_* of the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLAYGATE_") and k != "PORT"}
+    env.update(
+        PLAYGATE_DATA_DIR=str(data_dir),
+        PLAYGATE_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        PLAYGATE_JWT_SECRET=JWT_SECRET,
+        PLAYGATE_LOG_LEVEL="warning",
+    )
+    env.update(extra)
+    return env
+
+
+def start_playgate(
+    data_dir: Path, *args: str, port: int | None = None, wait_ready: bool = True, **env: str
+) -> ServerProcess:
+    """Run `playgate <args>` (default `serve`) and wait until /readyz answers 200."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    full_env = playgate_env(data_dir, PLAYGATE_PORT=str(port), **env)
+    log_path = data_dir / f"playgate-{port}.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "playgate", *(args or ("serve",))],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess(proc, port, data_dir, log_path, full_env)
+    if wait_ready:
+        wait_until_ready(server)
+    return server
+
+
+def wait_until_ready(server: ServerProcess, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Poll /readyz until 200; fail with the process log if it exits or never gets there."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"playgate exited with {server.proc.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.base_url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"playgate not ready after {timeout_s}s:\n{server.log()}")
