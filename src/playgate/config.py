@@ -123,16 +123,22 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
 
 def _settings_from_mapping(source: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
+    # model_validate reads no environment: alias fields take their alias as key, the others their name.
     values: dict[str, Any] = {}
     for name, field in Settings.model_fields.items():
         alias = field.validation_alias
-        candidates = alias.choices if isinstance(alias, AliasChoices) else [f"PLAYGATE_{name.upper()}"]
-        for key in candidates:
-            if isinstance(key, str) and key in source:
-                values[name] = source[key]
-                break
-    values.update(overrides)
-    return Settings.model_validate(values, by_name=True)
+        if isinstance(alias, AliasChoices):
+            found = next((k for k in alias.choices if isinstance(k, str) and k in source), None)
+            key = str(alias.choices[0])
+            if name in overrides:
+                values[key] = overrides[name]
+            elif found is not None:
+                values[key] = source[found]
+        elif name in overrides:
+            values[name] = overrides[name]
+        elif f"PLAYGATE_{name.upper()}" in source:
+            values[name] = source[f"PLAYGATE_{name.upper()}"]
+    return Settings.model_validate(values)
 
 
 def _env_name(error: Any) -> str:

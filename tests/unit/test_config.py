@@ -1,0 +1,76 @@
+"""Settings: read from an injected environment; a bad value is one line naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from playgate.config import AuthMode, Policy, jwt_secret, load_settings
+from playgate.errors import ConfigError
+
+
+def test_defaults() -> None:
+    settings = load_settings({})
+    assert (settings.host, settings.port, settings.stream_ttl_s, settings.default_limit) == ("127.0.0.1", 8080, 90, 3)
+    assert settings.auth is AuthMode.enabled
+    assert settings.policy is Policy.deny
+    assert settings.demo is True
+    assert settings.resolved_database_url.startswith("sqlite+aiosqlite:///")
+    assert settings.resolved_database_url.endswith("data/playgate.sqlite3")
+
+
+def test_values_from_the_environment() -> None:
+    settings = load_settings(
+        {
+            "PLAYGATE_PORT": "9000",
+            "PLAYGATE_STREAM_TTL": "30",
+            "PLAYGATE_DEMO": "false",
+            "PLAYGATE_POLICY": "evict_oldest",
+            "PLAYGATE_AUTH": "disabled",
+            "PLAYGATE_DEFAULT_LIMIT": "5",
+            "UNRELATED": "x",
+        }
+    )
+    assert (settings.port, settings.stream_ttl_s, settings.demo, settings.default_limit) == (9000, 30, False, 5)
+    assert settings.policy is Policy.evict_oldest
+    assert settings.auth is AuthMode.disabled
+
+
+def test_plain_port_is_honoured_and_playgate_port_wins() -> None:
+    assert load_settings({"PORT": "7000"}).port == 7000
+    assert load_settings({"PORT": "7000", "PLAYGATE_PORT": "7001"}).port == 7001
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"PLAYGATE_PORT": "eighty"}, "PLAYGATE_PORT"),
+        ({"PORT": "70000"}, "PLAYGATE_PORT"),
+        ({"PLAYGATE_STREAM_TTL": "-1"}, "PLAYGATE_STREAM_TTL"),
+        ({"PLAYGATE_AUTH": "maybe"}, "PLAYGATE_AUTH"),
+        ({"PLAYGATE_DEMO": "perhaps"}, "PLAYGATE_DEMO"),
+        ({"PLAYGATE_DEFAULT_LIMIT": "-3"}, "PLAYGATE_DEFAULT_LIMIT"),
+        ({"PLAYGATE_LOG_LEVEL": "loud"}, "PLAYGATE_LOG_LEVEL"),
+    ],
+)
+def test_a_bad_value_names_the_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    message = str(caught.value)
+    assert message.startswith(f"{variable}:")
+    assert "\n" not in message
+
+
+def test_jwt_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
+    settings = load_settings({"PLAYGATE_DATA_DIR": str(tmp_path)})
+    first = jwt_secret(settings)
+    assert len(first) >= 32
+    assert jwt_secret(settings) == first
+    assert (tmp_path / "jwt-secret").stat().st_mode & 0o077 == 0
+
+
+def test_a_short_jwt_secret_is_refused(tmp_path: Path) -> None:
+    settings = load_settings({"PLAYGATE_DATA_DIR": str(tmp_path), "PLAYGATE_JWT_SECRET": "short"})
+    with pytest.raises(ConfigError, match=r"^PLAYGATE_JWT_SECRET:"):
+        jwt_secret(settings)

@@ -1,0 +1,46 @@
+"""Passwords and tokens."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from playgate.errors import Unauthorized
+from playgate.security import TokenIssuer, hash_password, verify_password
+
+SECRET = "x" * 40
+
+
+def test_password_hash_verifies_only_the_password() -> None:
+    hashed = hash_password("user1")
+    assert hashed.startswith("$argon2")
+    assert verify_password(hashed, "user1")
+    assert not verify_password(hashed, "user2")
+    assert not verify_password("not a hash", "user1")
+
+
+def test_token_round_trip_and_admin_scope() -> None:
+    issuer = TokenIssuer(SECRET, ttl_s=60)
+    now = time.time()
+    claims = issuer.check(issuer.issue("7", admin=True, now=now))
+    assert (claims.user_id, claims.admin) == ("7", True)
+    assert issuer.check(issuer.issue("8", admin=False, now=now)).admin is False
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "not-a-jwt",
+        jwt.encode({"sub": "1", "exp": 4_000_000_000}, "another-secret-of-enough-length-here", algorithm="HS256"),
+        jwt.encode({"sub": "1", "exp": 1}, SECRET, algorithm="HS256"),
+        jwt.encode({"exp": 4_000_000_000}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "1"}, SECRET, algorithm="HS256"),
+    ],
+    ids=["empty", "garbage", "forged", "expired", "no-sub", "no-exp"],
+)
+def test_bad_tokens_are_unauthorized(token: str) -> None:
+    with pytest.raises(Unauthorized):
+        TokenIssuer(SECRET, ttl_s=60).check(token)
