@@ -202,8 +202,10 @@ class PlayGate:
 
     async def play_status(self, principal: Principal, request_id: str) -> PlayRequest | Decision:
         """A request's decision, or the request while pending; 404 for others' and unknown requests."""
-        decision = await self.ledger.decision(request_id)
-        found: PlayRequest | Decision | None = decision or await self.queue.pending(request_id)
+        # Pending first: a request leaves the queue only after its decision is committed, so looking the other
+        # way round could miss it in between.
+        found: PlayRequest | Decision | None = await self.queue.pending(request_id)
+        found = found or await self.ledger.decision(request_id)
         if found is None or not principal.may_see(found.user_id):
             raise NotFound(f"No play request {request_id!r}.")
         return found

@@ -36,6 +36,8 @@ async def admin_client(base_url: str) -> httpx.AsyncClient:
 class TestUser:
     """A user made for one test: its id, name, password and token."""
 
+    __test__ = False  # a helper, not a test class
+
     id: str
     name: str
     password: str

@@ -66,7 +66,7 @@ async def get_user(user_id: UserId, gate: GateDep, _admin: Admin) -> UserOut:
 )
 async def update_user(user_id: UserId, body: UserPatch, gate: GateDep, _admin: Admin) -> UserOut:
     """200 with the changed user."""
-    user = await gate.catalog.update_user(user_id, body.model_dump(exclude_unset=True))
+    user = await gate.catalog.update_user(user_id, body.model_dump(exclude_unset=True, by_alias=False))
     if user.disabled:
         await gate.disable_user(user.id)
     return UserOut.of(user)
@@ -101,7 +101,7 @@ async def get_video(video_id: VideoId, gate: GateDep, _admin: Admin) -> VideoOut
 @router.patch("/videos/{videoId}", summary="Change a video", responses=ERRORS)
 async def update_video(video_id: VideoId, body: VideoPatch, gate: GateDep, _admin: Admin) -> VideoOut:
     """200 with the changed video."""
-    return VideoOut.of(await gate.catalog.update_video(video_id, body.model_dump(exclude_unset=True)))
+    return VideoOut.of(await gate.catalog.update_video(video_id, body.model_dump(exclude_unset=True, by_alias=False)))
 
 
 @router.delete(
@@ -134,7 +134,7 @@ async def get_plan(plan_id: PlanId, gate: GateDep, _admin: Admin) -> PlanOut:
 @router.patch("/plans/{planId}", summary="Change a plan", responses=ERRORS)
 async def update_plan(plan_id: PlanId, body: PlanPatch, gate: GateDep, _admin: Admin) -> PlanOut:
     """200 with the changed plan."""
-    return PlanOut.of(await gate.catalog.update_plan(plan_id, body.model_dump(exclude_unset=True)))
+    return PlanOut.of(await gate.catalog.update_plan(plan_id, body.model_dump(exclude_unset=True, by_alias=False)))
 
 
 @router.delete(
