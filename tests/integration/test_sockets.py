@@ -1,0 +1,94 @@
+"""Socket.IO over a real server: tokens at connect, decisions to the user's sockets only, heartbeats with acks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import socketio
+
+from tests.support.clients import api_client, connect_socket, new_user
+
+
+@pytest.mark.parametrize("auth", [{}, {"token": "garbage"}, {"token": ""}])
+async def test_a_socket_without_a_valid_token_is_refused(base_url: str, auth: dict[str, str]) -> None:
+    sio = socketio.AsyncClient(reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await sio.connect(base_url, auth=auth, transports=["websocket"], wait_timeout=5)
+    assert not sio.connected
+
+
+async def test_token_in_the_query_is_accepted(base_url: str, admin: httpx.AsyncClient) -> None:
+    user = await new_user(base_url, admin)
+    sio = socketio.AsyncClient(reconnection=False)
+    await sio.connect(f"{base_url}?token={user.token}", transports=["websocket"], wait_timeout=5)
+    assert sio.connected
+    await sio.disconnect()
+
+
+async def test_decisions_reach_only_the_users_sockets(base_url: str, admin: httpx.AsyncClient) -> None:
+    alice = await new_user(base_url, admin, limit=1)
+    bob = await new_user(base_url, admin, limit=1)
+    alice_phone = await connect_socket(base_url, token=alice.token)
+    alice_tv = await connect_socket(base_url, token=alice.token)
+    bob_phone = await connect_socket(base_url, token=bob.token)
+    try:
+        async with api_client(base_url, alice.token) as client:
+            request_id = (await client.post("/v1/plays", json={"videoId": "1", "deviceId": "tv"})).json()["requestId"]
+        for sock in (alice_phone, alice_tv):
+            message = await sock.next_message()
+            assert message["requestId"] == request_id
+            assert message["status"] == "allowed"
+            assert message["data"] == {"videoId": "1", "userId": alice.id}
+            assert (message["active"], message["limit"]) == (1, 1)
+            assert message["streamId"]
+        async with api_client(base_url, bob.token) as client:
+            bob_request = (await client.post("/v1/plays", json={"videoId": "2"})).json()["requestId"]
+        assert (await bob_phone.next_message())["requestId"] == bob_request
+        await asyncio.sleep(0.3)
+        assert alice_phone.messages.empty(), "alice must not see bob's decision"
+        assert alice_tv.messages.empty()
+        assert bob_phone.messages.empty(), "bob got exactly one message"
+    finally:
+        for sock in (alice_phone, alice_tv, bob_phone):
+            await sock.close()
+
+
+async def test_heartbeat_event_renews_the_lease(base_url: str, admin: httpx.AsyncClient) -> None:
+    user = await new_user(base_url, admin)
+    other = await new_user(base_url, admin)
+    sock = await connect_socket(base_url, token=user.token)
+    other_sock = await connect_socket(base_url, token=other.token)
+    try:
+        async with api_client(base_url, user.token) as client:
+            play = (await client.post("/v1/plays?wait=5", json={"videoId": "1"})).json()
+            before = (await client.get("/v1/streams")).json()[0]["expiresAt"]
+        await asyncio.sleep(0.01)
+        ack = await sock.sio.call("heartbeat", {"streamId": play["streamId"]}, timeout=5)
+        assert ack["streamId"] == play["streamId"]
+        assert ack["expiresAt"] >= before
+        assert (await sock.sio.call("heartbeat", {"streamId": "nope"}, timeout=5))["status"] == 404
+        assert (await sock.sio.call("heartbeat", "not an object", timeout=5))["status"] == 422
+        # someone else's stream is not found for them
+        assert (await other_sock.sio.call("heartbeat", {"streamId": play["streamId"]}, timeout=5))["status"] == 404
+    finally:
+        await sock.close()
+        await other_sock.close()
+
+
+async def test_sockets_are_counted_in_metrics(base_url: str, admin: httpx.AsyncClient) -> None:
+    user = await new_user(base_url, admin)
+
+    async def sockets_gauge() -> float:
+        text = (await admin.get("/metrics")).text
+        line = next(line for line in text.splitlines() if line.startswith("playgate_sockets_connected "))
+        return float(line.split()[1])
+
+    before = await sockets_gauge()
+    sock = await connect_socket(base_url, token=user.token)
+    assert await sockets_gauge() == before + 1
+    await sock.close()
+    async with asyncio.timeout(5):
+        while await sockets_gauge() != before:
+            await asyncio.sleep(0.05)
