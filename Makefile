@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check install clean
+.PHONY: run test lint typecheck check install clean web
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,26 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
+# The web app (web/): npm installs from the lock file, vite builds into src/playgate/web/dist, served at /app/.
+WEB_STAMP := web/node_modules/.package-lock.json
+
+$(WEB_STAMP): web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web: $(WEB_STAMP)
+	cd web && npm run build
+
+# The browser tests drive Debian's chromium (tests/browser); installed here when missing.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core
+
+run: $(STAMP) web
 	$(BIN)/playgate serve
 
-test: $(STAMP)
+test: $(STAMP) web $(CHROMIUM)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src
@@ -31,4 +47,4 @@ typecheck: $(STAMP)
 	$(BIN)/mypy src
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/node_modules src/playgate/web/dist

@@ -5,15 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import socketio
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from playgate import __version__
 from playgate.api import errors
 from playgate.api.middleware import BodyLimit, CountRequests
-from playgate.api.routes import admin, auth, health, seed, v1
+from playgate.api.routes import admin, auth, content, health, seed, v1
 from playgate.api.socket import create_server, register
 from playgate.config import Settings
 from playgate.metrics import Metrics
@@ -27,6 +29,9 @@ user's Socket.IO connections (`/socket.io`, event `message`), at `GET /v1/plays/
 `?wait=`. Errors are `application/problem+json`. Authenticate with a bearer token from `POST /auth/token`.
 """
 
+# The web app, built from web/ by `npm run build` (make run / make test do it); absent in a bare checkout.
+WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
+
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> ASGIApp:
     """The whole PlayGate process as one ASGI app: HTTP routes, Socket.IO, worker and sweeper tasks."""
@@ -37,6 +42,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings, emitter=sio, metrics=metrics, clock=clock)
         app.state.gate = runtime.gate
+        app.state.content = runtime.content
         try:
             yield
         finally:
@@ -45,8 +51,11 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     api = FastAPI(title="PlayGate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     api.state.web_app = False
     errors.install(api)
-    for module in (health, auth, seed, v1, admin):
+    for module in (health, auth, seed, v1, content, admin):
         api.include_router(module.router)
+    if (WEB_DIST / "index.html").is_file():
+        api.mount("/app", StaticFiles(directory=WEB_DIST, html=True), name="web")
+        api.state.web_app = True
 
     def gate() -> PlayGate:
         service: PlayGate = api.state.gate

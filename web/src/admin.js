@@ -1,0 +1,370 @@
+// The admin page: users with their limits and active streams (refreshed every POLL_MS), change a limit, stop a
+// stream, disable or enable a user; the videos with add and edit.
+//
+// Live updates poll GET /v1/users and GET /users/{id}/streams instead of listening to the socket: a stream a
+// user stops themself is not announced on any socket, so only a poll sees every way a stream ends, and it costs
+// the server nothing while no admin page is open, in either deployment.
+import { ApiError, createApi, h, loadSession, since } from "./api.js";
+import "./style.css";
+
+const SESSION_KEY = "playgate.admin";
+const POLL_MS = 2000;
+const MAX_USERS_POLLED = 200; // streams are fetched for this many users per refresh, at most
+
+const $ = (id) => document.getElementById(id);
+
+let session = loadSession(localStorage, SESSION_KEY);
+let timer = null;
+let videos = new Map(); // videoId -> Video
+const userRows = new Map(); // userId -> UserRow
+const videoRows = new Map(); // videoId -> VideoRow
+
+const api = createApi(
+  () => session && session.token,
+  () => endSession("Your admin session ended (token expired). Log in again.", true),
+);
+
+function showError(id, err) {
+  const el = $(id);
+  el.textContent = err ? (err.field ? `${err.field}: ${err.message}` : err.message) : "";
+  el.hidden = !err;
+}
+
+function videoTitle(videoId) {
+  return (videos.get(videoId) || { title: `video ${videoId}` }).title;
+}
+
+// ---- users ----------------------------------------------------------------------------------------------------
+
+/** One user's row; inputs keep what the admin is typing across refreshes. */
+class UserRow {
+  constructor(user) {
+    this.id = user.id;
+    this.dirty = false;
+    const inputId = `limit-${user.id}`;
+    this.name = h("span", { class: "name" });
+    this.plan = h("span", { class: "hint" });
+    this.limit = h("input", { id: inputId, type: "number", min: "0", max: "10000", inputmode: "numeric", class: "narrow" });
+    this.limit.addEventListener("input", () => {
+      this.dirty = true;
+    });
+    this.limitLabel = h("label", { for: inputId, class: "sr-only" });
+    this.effective = h("span", { class: "hint" });
+    this.rowError = h("p", { class: "error", role: "alert", hidden: true });
+    this.limitForm = h(
+      "form",
+      { class: "limit-form", onsubmit: (event) => this.saveLimit(event) },
+      this.limitLabel,
+      this.limit,
+      h("button", { type: "submit" }, "Save"),
+    );
+    this.account = h("span");
+    this.toggle = h("button", { type: "button", onclick: () => this.toggleDisabled() });
+    this.streams = h("ul", { class: "streams" });
+    this.streamItems = new Map();
+    this.el = h(
+      "tr",
+      { "data-user-id": user.id },
+      h("th", { scope: "row" }, this.name, h("br"), this.plan),
+      h("td", {}, this.limitForm, this.effective, this.rowError),
+      h("td", {}, this.account, " ", this.toggle),
+      h("td", {}, this.streams),
+    );
+  }
+
+  update(user, streams) {
+    this.user = user;
+    this.name.textContent = user.admin ? `${user.name} (admin)` : user.name;
+    this.plan.textContent = `id ${user.id}${user.plan ? `, plan ${user.plan}` : ""}`;
+    this.limitLabel.textContent = `Own limit of ${user.name}`;
+    if (!this.dirty && document.activeElement !== this.limit) this.limit.value = user.ownLimit ?? "";
+    this.limit.placeholder = "plan";
+    this.effective.textContent = `effective ${user.limit}${user.ownLimit == null ? " (plan or default)" : ""}`;
+    this.account.textContent = user.disabled ? "Disabled" : "Active";
+    this.account.className = user.disabled ? "badge off" : "badge on";
+    this.toggle.textContent = user.disabled ? "Enable" : "Disable";
+    this.toggle.setAttribute("aria-label", `${user.disabled ? "Enable" : "Disable"} ${user.name}`);
+    this.updateStreams(streams);
+  }
+
+  updateStreams(streams) {
+    const seen = new Set();
+    for (const stream of streams) {
+      seen.add(stream.id);
+      let item = this.streamItems.get(stream.id);
+      if (!item) {
+        const text = h("span");
+        const title = videoTitle(stream.videoId);
+        const button = h(
+          "button",
+          {
+            type: "button",
+            "aria-label": `Stop ${title} of ${this.user.name} on ${stream.deviceId}`,
+            onclick: () => this.stopStream(stream.id),
+          },
+          "Stop",
+        );
+        item = { el: h("li", { "data-stream-id": stream.id }, text, " ", button), text };
+        this.streamItems.set(stream.id, item);
+        this.streams.append(item.el);
+      }
+      item.text.textContent = `${videoTitle(stream.videoId)} on ${stream.deviceId}, since ${since(stream.startedAt)}`;
+    }
+    for (const [id, item] of this.streamItems) {
+      if (!seen.has(id)) {
+        const hadFocus = item.el.contains(document.activeElement);
+        item.el.remove();
+        this.streamItems.delete(id);
+        if (hadFocus) this.toggle.focus();
+      }
+    }
+    if (!this.streams.children.length && !this.streams.querySelector(".none")) {
+      this.streams.append(h("li", { class: "none hint" }, "none"));
+    } else if (this.streamItems.size) {
+      for (const none of this.streams.querySelectorAll(".none")) none.remove();
+    }
+  }
+
+  async saveLimit(event) {
+    event.preventDefault();
+    const raw = this.limit.value.trim();
+    const limit = raw === "" ? null : Number(raw);
+    if (limit !== null && (!Number.isInteger(limit) || limit < 0)) {
+      this.showRowError(new Error("The limit is a whole number, 0 or more (empty: the plan's)."));
+      return;
+    }
+    this.dirty = false;
+    if (!(await this.patch({ limit }))) this.dirty = true;
+  }
+
+  async toggleDisabled() {
+    await this.patch({ disabled: !this.user.disabled });
+  }
+
+  /** PATCH the user, then refresh the table; false (and the problem shown in the row) when refused. */
+  async patch(changes) {
+    try {
+      await api.patch(`/v1/users/${encodeURIComponent(this.id)}`, changes);
+      this.showRowError(null);
+    } catch (err) {
+      this.showRowError(err);
+      return false;
+    }
+    await refresh();
+    return true;
+  }
+
+  async stopStream(streamId) {
+    try {
+      await api.del(`/v1/streams/${encodeURIComponent(streamId)}`);
+      this.showRowError(null);
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 404)) this.showRowError(err);
+    }
+    refresh();
+  }
+
+  showRowError(err) {
+    this.rowError.textContent = err ? err.message : "";
+    this.rowError.hidden = !err;
+  }
+}
+
+async function refreshUsers() {
+  const users = await api.get("/v1/users");
+  const streams = await Promise.all(
+    users.map((user, index) =>
+      user.disabled || index >= MAX_USERS_POLLED ? [] : api.get(`/users/${encodeURIComponent(user.id)}/streams`),
+    ),
+  );
+  const body = $("users").tBodies[0];
+  const seen = new Set();
+  users.forEach((user, index) => {
+    seen.add(user.id);
+    let row = userRows.get(user.id);
+    if (!row) {
+      row = new UserRow(user);
+      userRows.set(user.id, row);
+      body.append(row.el);
+    }
+    row.update(user, streams[index]);
+  });
+  for (const [id, row] of userRows) {
+    if (!seen.has(id)) {
+      row.el.remove();
+      userRows.delete(id);
+    }
+  }
+}
+
+// ---- videos ---------------------------------------------------------------------------------------------------
+
+/** One video's row: title and URL inputs with a Save button. */
+class VideoRow {
+  constructor(video) {
+    this.id = video.id;
+    this.dirty = false;
+    this.title = h("input", { id: `title-${video.id}`, maxlength: "500", required: true });
+    this.url = h("input", { id: `url-${video.id}`, maxlength: "2000", required: true });
+    for (const input of [this.title, this.url]) {
+      input.addEventListener("input", () => {
+        this.dirty = true;
+      });
+    }
+    this.save = h("button", { type: "button", onclick: () => this.store() }, "Save");
+    this.titleLabel = h("label", { for: this.title.id, class: "sr-only" });
+    this.urlLabel = h("label", { for: this.url.id, class: "sr-only" });
+    this.el = h(
+      "tr",
+      { "data-video-id": video.id },
+      h("td", {}, video.id),
+      h("td", {}, this.titleLabel, this.title),
+      h("td", {}, this.urlLabel, this.url),
+      h("td", {}, this.save),
+    );
+  }
+
+  update(video) {
+    this.titleLabel.textContent = `Title of video ${video.id}`;
+    this.urlLabel.textContent = `URL of video ${video.id}`;
+    this.save.setAttribute("aria-label", `Save video ${video.id}`);
+    if (!this.dirty) {
+      this.title.value = video.title;
+      this.url.value = video.url;
+    }
+  }
+
+  async store() {
+    try {
+      const video = await api.patch(`/v1/videos/${encodeURIComponent(this.id)}`, {
+        title: this.title.value.trim(),
+        url: this.url.value.trim(),
+      });
+      this.dirty = false;
+      showError("videos-error", null);
+      this.update(video);
+      await refreshVideos();
+    } catch (err) {
+      showError("videos-error", err);
+    }
+  }
+}
+
+async function refreshVideos() {
+  const list = await api.get("/v1/videos");
+  videos = new Map(list.map((video) => [video.id, video]));
+  const body = $("videos").tBodies[0];
+  for (const video of list) {
+    let row = videoRows.get(video.id);
+    if (!row) {
+      row = new VideoRow(video);
+      videoRows.set(video.id, row);
+      body.append(row.el);
+    }
+    row.update(video);
+  }
+}
+
+async function addVideo(event) {
+  event.preventDefault();
+  const title = $("new-title").value.trim();
+  const url = $("new-url").value.trim();
+  if (!title || !url) {
+    showError("videos-error", new Error(title ? "Give the video a URL." : "Give the video a title."));
+    $(title ? "new-url" : "new-title").focus();
+    return;
+  }
+  try {
+    await api.post("/v1/videos", { title, url });
+    event.target.reset();
+    showError("videos-error", null);
+    await refreshVideos();
+  } catch (err) {
+    showError("videos-error", err);
+  }
+}
+
+// ---- refresh loop and session ---------------------------------------------------------------------------------
+
+async function refresh() {
+  if (!session) return;
+  clearTimeout(timer);
+  try {
+    await refreshUsers();
+    showError("users-error", null);
+    $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  } catch (err) {
+    if (session) showError("users-error", err);
+  }
+  if (session) timer = setTimeout(refresh, POLL_MS);
+}
+
+async function start() {
+  $("login-view").hidden = true;
+  $("admin-view").hidden = false;
+  $("who").hidden = false;
+  $("who-name").textContent = session.user.name;
+  try {
+    await refreshVideos();
+  } catch (err) {
+    showError("videos-error", err);
+  }
+  await refresh();
+}
+
+function endSession(message, isError = false) {
+  clearTimeout(timer);
+  session = null;
+  localStorage.removeItem(SESSION_KEY);
+  for (const row of userRows.values()) row.el.remove();
+  userRows.clear();
+  for (const row of videoRows.values()) row.el.remove();
+  videoRows.clear();
+  $("admin-view").hidden = true;
+  $("who").hidden = true;
+  $("login-view").hidden = false;
+  const el = $("login-error");
+  el.textContent = message;
+  el.hidden = !message;
+  el.classList.toggle("info", !isError);
+}
+
+async function login(event) {
+  event.preventDefault();
+  const username = $("username").value.trim();
+  const password = $("password").value;
+  const error = $("login-error");
+  error.classList.remove("info");
+  if (!username || !password) {
+    error.textContent = username ? "Enter the password." : "Enter the user name.";
+    error.hidden = false;
+    $(username ? "password" : "username").focus();
+    return;
+  }
+  const button = event.target.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const answer = await api.login(username, password);
+    if (!answer.user.admin) {
+      error.textContent = `${answer.user.name} is not an admin. Log in as admin.`;
+      error.hidden = false;
+      return;
+    }
+    session = { token: answer.accessToken, user: answer.user };
+    localStorage.setItem(SESSION_KEY, JSON.stringify(session));
+    error.hidden = true;
+    $("password").value = "";
+    await start();
+  } catch (err) {
+    error.textContent = err.status === 401 ? "Wrong user name or password." : `Could not log in: ${err.message}`;
+    error.hidden = false;
+    $("password").select();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+$("login-form").addEventListener("submit", login);
+$("logout").addEventListener("click", () => endSession("You logged out."));
+$("video-add").addEventListener("submit", addVideo);
+if (session) start();
