@@ -63,6 +63,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PLAYGATE_STREAM_TTL"),
         description="Lease of a stream: seconds after its last heartbeat before it stops counting.",
     )
+    playback_token_ttl_s: int = Field(
+        900,
+        ge=1,
+        le=86_400,
+        validation_alias=AliasChoices("PLAYGATE_PLAYBACK_TOKEN_TTL"),
+        description="Lifetime of a playback token (the media URL of one stream); heartbeats hand out fresh ones.",
+    )
+    media_dir: Path | None = Field(
+        None, description="Where the generated clips and posters live; default <data dir>/media."
+    )
     default_limit: int = Field(3, ge=0, description="Limit of a user with no own limit and no plan.")
     demo: bool = Field(True, description="Load the demo catalogue on first start with an empty database.")
     policy: Policy = Field(Policy.deny, description="`deny` or `evict_oldest` when the limit is reached.")
@@ -101,6 +111,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'playgate.sqlite3').resolve()}"
+
+    @property
+    def resolved_media_dir(self) -> Path:
+        """Where clips and posters live: the configured folder, else `media` in the data dir."""
+        return self.media_dir if self.media_dir is not None else self.data_dir / "media"
 
     @property
     def distributed(self) -> bool:

@@ -14,10 +14,11 @@ from playgate.bus.protocol import Emitter
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.service import Catalog
 from playgate.config import AuthMode, Settings, jwt_secret
-from playgate.errors import ConfigError
+from playgate.errors import ConfigError, PlayGateError
 from playgate.ledger.sql import SqlLedger
+from playgate.media import ContentGate, MediaLibrary, playback_url
 from playgate.metrics import Metrics
-from playgate.security import TokenIssuer
+from playgate.security import PlaybackTokens, TokenIssuer
 from playgate.service import PlayGate
 from playgate.worker import Worker
 
@@ -56,6 +57,14 @@ async def prepare_catalog(settings: Settings, catalog: Catalog) -> None:
         log.info("admin user ready")
 
 
+async def _prepare_media(library: MediaLibrary, catalog: Catalog) -> None:
+    """Make the clips and posters of every catalogue video that has none yet (logged, never fatal)."""
+    try:
+        await library.prepare(v.id for v in await catalog.list_videos())
+    except PlayGateError as exc:
+        log.error("could not make the demo media (it is retried on the first media request): %s", exc.detail)
+
+
 @dataclass
 class Runtime:
     """The running parts of one process, and the tasks to stop at shutdown."""
@@ -63,6 +72,7 @@ class Runtime:
     gate: PlayGate
     engine: AsyncEngine
     worker: Worker
+    content: ContentGate
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -94,7 +104,8 @@ class Runtime:
             clock=clock,
         )
         queue = LocalQueue()
-        fanout = LocalFanout(emitter)
+        playback = PlaybackTokens(jwt_secret(settings), settings.playback_token_ttl_s)
+        fanout = LocalFanout(emitter, playback_url=lambda decision: playback_url(playback, decision, clock()))
         gate = PlayGate(
             settings=settings,
             catalog=catalog,
@@ -115,10 +126,14 @@ class Runtime:
             batch_size=settings.batch_size,
             sweep_interval_s=settings.sweep_interval_s,
         )
-        runtime = cls(gate=gate, engine=engine, worker=worker)
+        library = MediaLibrary(settings.resolved_media_dir)
+        content = ContentGate(gate=gate, tokens=playback, library=library, clock=clock)
+        runtime = cls(gate=gate, engine=engine, worker=worker, content=content)
         runtime.tasks = [
             asyncio.create_task(worker.run(runtime.stop_event), name="playgate-worker"),
             asyncio.create_task(worker.sweep_forever(runtime.stop_event), name="playgate-sweeper"),
+            # Clips are made in the background: start-up does not wait, a first media request waits for its own.
+            asyncio.create_task(_prepare_media(library, catalog), name="playgate-media"),
         ]
         return runtime
 

@@ -1,7 +1,10 @@
-"""Passwords (argon2) and access tokens (JWT, HS256): `sub` is the user id, admins carry scope `admin`."""
+"""Passwords (argon2), access tokens (JWT, HS256: `sub` is the user id, admins carry scope `admin`) and playback
+tokens (JWT bound to one stream of one user, signed with a key of their own)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 import jwt
@@ -12,6 +15,10 @@ from playgate.errors import Unauthorized
 
 ALGORITHM = "HS256"
 ADMIN_SCOPE = "admin"
+PLAYBACK_AUDIENCE = "playgate:playback"
+# Playback tokens travel in URLs and logs: signing them with a key derived for them alone means that a leaked
+# playback token can never be replayed as an access token, nor the other way round.
+_PLAYBACK_KEY_LABEL = b"playgate playback token key v1"
 
 _hasher = PasswordHasher()
 
@@ -64,3 +71,50 @@ class TokenIssuer:
             raise Unauthorized("The token names no user.")
         scopes = str(payload.get("scope", "")).split()
         return Claims(user_id=sub, admin=ADMIN_SCOPE in scopes)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackClaims:
+    """What a valid playback token says: whose stream, which stream, which video."""
+
+    user_id: str
+    stream_id: str
+    video_id: str
+
+
+class PlaybackTokens:
+    """Issues and checks playback tokens: short-lived, bound to one stream of one user; the clock is passed in."""
+
+    def __init__(self, secret: str, ttl_s: int) -> None:
+        self._key = hmac.new(secret.encode(), _PLAYBACK_KEY_LABEL, hashlib.sha256).hexdigest()
+        self.ttl_s = ttl_s
+
+    def issue(self, *, user_id: str, stream_id: str, video_id: str, now: float) -> str:
+        """A signed token for one stream, valid for ttl_s from `now`."""
+        payload: dict[str, object] = {
+            "sub": user_id,
+            "sid": stream_id,
+            "vid": video_id,
+            "aud": PLAYBACK_AUDIENCE,
+            "exp": int(now) + self.ttl_s,
+        }
+        return jwt.encode(payload, self._key, algorithm=ALGORITHM)
+
+    def check(self, token: str) -> PlaybackClaims:
+        """The claims of a valid playback token; Unauthorized for a malformed, expired or forged one."""
+        try:
+            payload = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=PLAYBACK_AUDIENCE,
+                options={"require": ["sub", "sid", "vid", "exp", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The playback token has expired; ask for the stream again.") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("The playback token is not valid.") from None
+        claims = (payload.get("sub"), payload.get("sid"), payload.get("vid"))
+        if not all(isinstance(c, str) and c for c in claims):
+            raise Unauthorized("The playback token names no stream.")
+        return PlaybackClaims(user_id=str(claims[0]), stream_id=str(claims[1]), video_id=str(claims[2]))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from playgate.bus.protocol import Fanout, RequestQueue
 from playgate.catalog.service import Catalog
-from playgate.config import AuthMode, Settings
+from playgate.config import AuthMode, Policy, Settings
 from playgate.domain import Decision, EndedStream, PlayRequest, Reason, Stream, User, new_id, own_device
 from playgate.errors import Forbidden, Invalid, NotFound, Unauthorized
 from playgate.ledger.protocol import Ledger
@@ -217,11 +217,32 @@ class PlayGate:
         return await self.ledger.streams(user_id)
 
     async def heartbeat(self, principal: Principal, stream_id: str) -> Stream:
-        """Renew one of the caller's streams; 404 when it is no longer active (or not theirs)."""
-        owner = None if principal.admin else principal.user_id
-        stream = await self.ledger.heartbeat(stream_id, owner)
+        """Renew one of the caller's streams (anyone's for an admin); 404 when it is no longer active."""
+        owner = principal.user.id if principal.user is not None else None
+        if principal.admin:
+            stream = await self.ledger.stream(stream_id)
+            owner = stream.user_id if stream is not None else owner
+        if owner is None:
+            raise NotFound(f"Stream {stream_id!r} is not active.")
+        return await self.renew(stream_id, owner)
+
+    async def renew(self, stream_id: str, user_id: str) -> Stream:
+        """Renew a stream of `user_id` (any heartbeat: HTTP, socket, media request); NotFound once it has ended.
+
+        A user disabled since, or now over a lowered limit, is held to it here: all the streams of a disabled
+        user end (`user_disabled`); a stream beyond the new limit ends (`evicted`), the rest keep playing.
+        """
+        stream = await self.ledger.heartbeat(stream_id, user_id)
         if stream is None:
             raise NotFound(f"Stream {stream_id!r} is not active.")
+        quota = (await self.catalog.quotas([user_id]))[user_id]
+        if quota.disabled or not quota.exists:
+            await self._announce(await self.ledger.stop(None, user_id), Reason.user_disabled)
+            raise NotFound(f"Stream {stream_id!r} has ended: the user is disabled.")
+        streams = await self.ledger.streams(user_id)
+        if len(streams) > quota.limit and stream.id in _over_limit(streams, quota.limit, self.settings.policy):
+            await self._announce(await self.ledger.stop([stream.id], user_id), Reason.evicted)
+            raise NotFound(f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.")
         return stream
 
     async def stop_stream(self, principal: Principal, stream_id: str) -> Stream:
@@ -267,3 +288,14 @@ class PlayGate:
             except Exception as exc:  # any failure means "not ready"; say which and why
                 checks[name] = f"{type(exc).__name__}: {exc}"
         return checks
+
+
+def _over_limit(streams: Sequence[Stream], limit: int, policy: Policy) -> set[str]:
+    """The ids of the streams beyond `limit`: the newest under `deny` (first come keeps its slot), the oldest
+    under `evict_oldest` (as a new request would have evicted them)."""
+    by_age = sorted(streams, key=lambda s: (s.started_at, s.id))
+    surplus = len(by_age) - max(limit, 0)
+    if surplus <= 0:
+        return set()
+    ended = by_age[:surplus] if policy is Policy.evict_oldest else by_age[len(by_age) - surplus :]
+    return {s.id for s in ended}

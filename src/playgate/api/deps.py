@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from playgate.errors import Forbidden
+from playgate.media import ContentGate
 from playgate.service import PlayGate, Principal
 
 _bearer = HTTPBearer(auto_error=False, description="A token from POST /auth/token.")
@@ -20,6 +21,15 @@ def get_gate(request: Request) -> PlayGate:
 
 
 GateDep = Annotated[PlayGate, Depends(get_gate)]
+
+
+def get_content(request: Request) -> ContentGate:
+    """The content gate of this app: playback tokens, leases renewed by media requests, the media files."""
+    content: ContentGate = request.app.state.content
+    return content
+
+
+ContentDep = Annotated[ContentGate, Depends(get_content)]
 
 
 async def get_caller(

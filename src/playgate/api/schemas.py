@@ -77,11 +77,12 @@ class VideoOut(Wire):
     id: str
     title: str
     url: str
+    poster_url: str = Field(description="Its poster image (JPEG), for anyone.")
 
     @classmethod
     def of(cls, video: Video) -> VideoOut:
         """From the domain object."""
-        return cls(id=video.id, title=video.title, url=video.url)
+        return cls(id=video.id, title=video.title, url=video.url, poster_url=f"/videos/{video.id}/poster")
 
 
 class PlanOut(Wire):
@@ -157,10 +158,15 @@ class PlayOut(Wire):
     active: int | None = Field(None, description="The user's active streams after the decision.")
     limit: int | None = None
     expires_at: str | None = Field(None, description="When the new stream's lease runs out, unless renewed.")
+    playback_url: str | None = Field(
+        None,
+        description="Allowed: the stream's media, `/v1/streams/{streamId}/content?token=<playback token>` "
+        "(relative; fit for a `<video src>`). Each media request renews the lease.",
+    )
 
     @classmethod
-    def of(cls, item: PlayRequest | Decision) -> PlayOut:
-        """From a pending request or a decision."""
+    def of(cls, item: PlayRequest | Decision, playback_url: str | None = None) -> PlayOut:
+        """From a pending request or a decision (with its playback URL when allowed)."""
         if isinstance(item, PlayRequest):
             return cls(request_id=item.request_id, status="pending", video_id=item.video_id)
         return cls(
@@ -172,6 +178,7 @@ class PlayOut(Wire):
             active=item.active,
             limit=item.limit,
             expires_at=iso(item.expires_at) if item.expires_at is not None else None,
+            playback_url=playback_url,
         )
 
 
@@ -201,6 +208,7 @@ class HeartbeatOut(Wire):
     """A renewed lease."""
 
     expires_at: str
+    playback_url: str | None = Field(None, description="A fresh playback URL for the stream (a new token).")
 
 
 class UserIn(Input):

@@ -73,8 +73,8 @@ def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> None:
         if not isinstance(stream_id, str) or not stream_id:
             return {"error": 'Send {"streamId": "..."}.', "status": 422, "field": "streamId"}
         session = await sio.get_session(sid)
-        service = gate()
-        stream = await service.ledger.heartbeat(stream_id, session["user_id"])
-        if stream is None:
-            return {"error": f"Stream {stream_id!r} is not active.", "status": 404}
+        try:
+            stream = await gate().renew(stream_id, session["user_id"])
+        except PlayGateError as exc:
+            return {"error": exc.detail, "status": exc.status}
         return {"streamId": stream.id, "expiresAt": iso(stream.expires_at)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from playgate.bus.protocol import Delivery, Emitter, decision_message, ended_message, user_room
 from playgate.domain import Decision, EndedStream, PlayRequest, Reason
@@ -75,8 +75,9 @@ class LocalQueue:
 class LocalFanout:
     """Emits straight to this process's Socket.IO server and resolves local waiters."""
 
-    def __init__(self, emitter: Emitter) -> None:
+    def __init__(self, emitter: Emitter, playback_url: Callable[[Decision], str | None] | None = None) -> None:
         self._emitter = emitter
+        self._playback_url = playback_url
         self._waiters: dict[str, set[asyncio.Future[Decision]]] = {}
 
     async def publish(self, outcomes: Sequence[Outcome]) -> None:
@@ -86,7 +87,8 @@ class LocalFanout:
             for waiter in self._waiters.get(decision.request_id, ()):
                 if not waiter.done():
                     waiter.set_result(decision)
-            await self._emitter.emit("message", decision_message(decision), room=user_room(decision.user_id))
+            url = self._playback_url(decision) if self._playback_url is not None else None
+            await self._emitter.emit("message", decision_message(decision, url), room=user_room(decision.user_id))
             await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
 
     async def announce(self, ended: Sequence[EndedStream]) -> None:

@@ -92,8 +92,8 @@ def user_room(user_id: str) -> str:
     return f"user:{user_id}"
 
 
-def decision_message(decision: Decision) -> dict[str, Any]:
-    """The `message` event payload of API.md for a decision."""
+def decision_message(decision: Decision, playback_url: str | None = None) -> dict[str, Any]:
+    """The `message` event payload of API.md for a decision; an allowed one carries its stream's `playbackUrl`."""
     body: dict[str, Any] = {
         "status": decision.status.value,
         "data": {"videoId": decision.video_id, "userId": decision.user_id},
@@ -103,6 +103,8 @@ def decision_message(decision: Decision) -> dict[str, Any]:
     }
     if decision.stream_id is not None:
         body["streamId"] = decision.stream_id
+    if playback_url is not None:
+        body["playbackUrl"] = playback_url
     if decision.reason is not None:
         body["reason"] = decision.reason.value
     return body

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from playgate.api.deps import Caller, GateDep
+from playgate.api.deps import Caller, ContentDep, GateDep
 from playgate.api.errors import problem_responses
 from playgate.api.schemas import HeartbeatOut, Id, PlayIn, PlayOut, StreamOut, iso
+from playgate.domain import Decision
 from playgate.service import MAX_WAIT_S
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -37,6 +38,7 @@ async def create_play(
     body: PlayIn,
     response: Response,
     gate: GateDep,
+    content: ContentDep,
     caller: Caller,
     wait: Annotated[float, Query(ge=0, allow_inf_nan=False, description="Seconds to wait for the decision.")] = 0,
     idempotency_key: Annotated[
@@ -54,14 +56,17 @@ async def create_play(
     )
     if ticket.decision is not None:
         response.status_code = 200
-        return PlayOut.of(ticket.decision)
+        return PlayOut.of(ticket.decision, content.url_for_decision(ticket.decision))
     return PlayOut.of(ticket.request)
 
 
 @router.get("/plays/{requestId}", summary="A play request's status (own requests only)", responses=ERRORS)
-async def get_play(gate: GateDep, caller: Caller, request_id: Annotated[Id, Path(alias="requestId")]) -> PlayOut:
-    """pending, allowed or denied."""
-    return PlayOut.of(await gate.play_status(caller, request_id))
+async def get_play(
+    gate: GateDep, content: ContentDep, caller: Caller, request_id: Annotated[Id, Path(alias="requestId")]
+) -> PlayOut:
+    """pending, allowed (with a fresh playback URL) or denied."""
+    found = await gate.play_status(caller, request_id)
+    return PlayOut.of(found, content.url_for_decision(found) if isinstance(found, Decision) else None)
 
 
 @router.get("/streams", summary="Your active streams", responses=ERRORS)
@@ -71,10 +76,12 @@ async def list_streams(gate: GateDep, caller: Caller) -> list[StreamOut]:
 
 
 @router.post("/streams/{streamId}/heartbeat", summary="Renew a stream's lease", responses=ERRORS)
-async def heartbeat(gate: GateDep, caller: Caller, stream_id: Annotated[Id, Path(alias="streamId")]) -> HeartbeatOut:
-    """200 with the new expiry; 404 when the stream is no longer active."""
+async def heartbeat(
+    gate: GateDep, content: ContentDep, caller: Caller, stream_id: Annotated[Id, Path(alias="streamId")]
+) -> HeartbeatOut:
+    """200 with the new expiry and a fresh playback URL; 404 when the stream is no longer active."""
     stream = await gate.heartbeat(caller, stream_id)
-    return HeartbeatOut(expires_at=iso(stream.expires_at))
+    return HeartbeatOut(expires_at=iso(stream.expires_at), playback_url=content.url_for(stream))
 
 
 @router.delete(

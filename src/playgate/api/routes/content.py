@@ -1,0 +1,155 @@
+"""Media: a stream's video behind its playback token (HTTP Range), posters, and `auth_request` for web servers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path as FilePath
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from playgate.api.deps import ContentDep, GateDep
+from playgate.api.errors import problem, problem_responses
+from playgate.api.schemas import Id
+from playgate.media import RangeNotSatisfiable, parse_range
+
+router = APIRouter(tags=["content"])
+
+CHUNK_BYTES = 64 * 1024
+TokenQuery = Annotated[str | None, Query(description="The playback token of the stream (from `playbackUrl`).")]
+TokenHeader = Annotated[
+    str | None, Header(alias="X-Playback-Token", description="The playback token, when not in the URL.")
+]
+GATE_ERRORS = problem_responses(
+    {
+        401: "No playback token, or a malformed, expired or forged one.",
+        403: "The token is for another stream, or the stream has ended (stopped, expired, evicted, replaced).",
+        416: "The Range cannot be served (`Content-Range: bytes */<size>` gives the size).",
+    }
+)
+
+
+@router.api_route(
+    "/v1/streams/{streamId}/content",
+    methods=["GET", "HEAD"],
+    summary="A stream's video (HTTP Range), opened by its playback token",
+    description=(
+        "The `playbackUrl` of an allowed decision: `?token=<playback token>` (or header `X-Playback-Token`), "
+        "so that a `<video src>` can carry it. The token is bound to the stream and its user, and works only "
+        "while the stream is active: every request renews the stream's lease, and a stream that ended "
+        "(stopped, expired, evicted, replaced, user disabled) is refused at once. Range: `bytes=a-b`, `bytes=a-` "
+        "and `bytes=-n` → 206; several ranges → 200 with the whole file; unsatisfiable → 416."
+    ),
+    response_class=Response,
+    responses={
+        200: {"content": {"video/mp4": {}}, "description": "The whole clip."},
+        206: {"content": {"video/mp4": {}}, "description": "The range asked for."},
+        **GATE_ERRORS,
+    },
+)
+async def stream_content(
+    request: Request,
+    content: ContentDep,
+    stream_id: Annotated[Id, Path(alias="streamId")],
+    token: TokenQuery = None,
+    header_token: TokenHeader = None,
+) -> Response:
+    """Serve the stream's clip to a holder of its playback token, renewing the lease."""
+    _, files = await content.open(token or header_token, stream_id)
+    return await _ranged(request, files.clip, "video/mp4")
+
+
+@router.api_route(
+    "/videos/{videoId}/poster",
+    methods=["GET", "HEAD"],
+    summary="A video's poster image (anyone)",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "The poster (JPEG)."},
+        **problem_responses({404: "Unknown video."}),
+    },
+)
+async def poster(gate: GateDep, content: ContentDep, video_id: Annotated[Id, Path(alias="videoId")]) -> FileResponse:
+    """The poster of a catalogue video; 404 for an unknown one."""
+    await gate.catalog.get_video(video_id)
+    files = await content.library.ensure(video_id)
+    return FileResponse(files.poster, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=300"})
+
+
+@router.get(
+    "/v1/authorize",
+    status_code=204,
+    response_class=Response,
+    summary="Authorize a media request for a web server's auth_request (nginx)",
+    description=(
+        "For media served by nginx or a CDN edge: nginx's `auth_request` sends the original URI in "
+        "`X-Original-URI`. The playback token comes from that URI's `?token=`, or from `X-Playback-Token` "
+        "(or `?token=` of this call). When the URI is given, its path must end in `/{streamId}/{videoId}.<ext>` "
+        "of the token's stream. 204 (lease renewed; `X-Stream-Id`, `X-User-Id`, `X-Video-Id` tell whose), "
+        "401 for a missing or bad token, 403 for another stream's token or an ended stream. "
+        "`deploy/nginx/` holds a configuration."
+    ),
+    responses={204: {"description": "Allowed; the stream's lease was renewed."}, **GATE_ERRORS},
+)
+async def authorize(
+    content: ContentDep,
+    original_uri: Annotated[
+        str | None, Header(alias="X-Original-URI", description="The URI nginx is asked for.")
+    ] = None,
+    header_token: TokenHeader = None,
+    token: TokenQuery = None,
+) -> Response:
+    """204 when the token opens an active stream (renewing its lease); 401 or 403 otherwise."""
+    stream = await content.authorize(original_uri, header_token or token)
+    return Response(
+        status_code=204,
+        headers={"X-Stream-Id": stream.id, "X-User-Id": stream.user_id, "X-Video-Id": stream.video_id},
+    )
+
+
+async def _ranged(request: Request, path: FilePath, media_type: str) -> Response:
+    """The file, or the one byte range asked for (206), or 416; HEAD gets the headers alone."""
+    stat = await anyio.Path(path).stat()
+    size_bytes = stat.st_size
+    etag = f'"{size_bytes:x}-{stat.st_mtime_ns:x}"'
+    header = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if if_range is not None and if_range != etag:
+        header = None  # the client's copy is of another version: send the whole file
+    try:
+        byte_range = parse_range(header, size_bytes)
+    except RangeNotSatisfiable as exc:
+        answer = problem(exc.status, exc.title, exc.detail, field="Range")
+        answer.headers["Content-Range"] = f"bytes */{exc.size_bytes}"
+        return answer
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        # The URL carries a token: no shared cache may keep it.
+        "Cache-Control": "private, no-store",
+    }
+    start, length_bytes, status = 0, size_bytes, 200
+    if byte_range is not None:
+        start, length_bytes, status = byte_range.start, byte_range.length_bytes, 206
+        headers["Content-Range"] = byte_range.content_range
+    headers["Content-Length"] = str(length_bytes)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    return StreamingResponse(
+        _read(path, start, length_bytes), status_code=status, headers=headers, media_type=media_type
+    )
+
+
+async def _read(path: FilePath, start: int, length_bytes: int) -> AsyncIterator[bytes]:
+    """`length_bytes` bytes of the file from `start`, in chunks."""
+    async with await anyio.open_file(path, "rb") as handle:
+        await handle.seek(start)
+        left = length_bytes
+        while left > 0:
+            chunk = await handle.read(min(CHUNK_BYTES, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield chunk

@@ -1,0 +1,131 @@
+"""Small real clips (H.264 MP4, browser-playable) and posters, made offline with the ffmpeg imageio-ffmpeg ships."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from playgate.errors import NotFound, Unavailable
+
+log = logging.getLogger("playgate.media")
+
+CLIP_SECONDS = 4
+CLIP_SIZE = "320x180"
+CLIP_FPS = 24
+POSTER_AT_S = 1
+FFMPEG_TIMEOUT_S = 60.0
+# Ids that are safe as file names; catalogue ids are narrower than this already, but a path is built from them.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFiles:
+    """The clip and the poster of one video."""
+
+    clip: Path
+    poster: Path
+
+
+def _ffmpeg_exe() -> str:
+    # Imported here: finding the binary is I/O, and only a process that serves media needs it.
+    import imageio_ffmpeg
+
+    try:
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except RuntimeError as exc:
+        raise Unavailable(f"No ffmpeg to make the media with: {exc}") from exc
+
+
+def _hue_deg(video_id: str) -> int:
+    """A hue shift of its own for each video, so that two clips are told apart at a glance."""
+    return int.from_bytes(hashlib.sha256(video_id.encode()).digest()[:2], "big") % 360
+
+
+class MediaLibrary:
+    """Finds, or makes once, the clip (`<id>.mp4`) and poster (`<id>.jpg`) of a video in one folder.
+
+    Files are written under a temporary name and renamed into place, so that processes sharing the folder
+    (or nginx serving it) never see half a file.
+    """
+
+    def __init__(self, folder: Path, *, ffmpeg: str | None = None) -> None:
+        self.folder = folder
+        self._ffmpeg = ffmpeg
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def files(self, video_id: str) -> MediaFiles:
+        """Where the video's files live (made or not); NotFound for an id that cannot name a file."""
+        if not _SAFE_ID.match(video_id):
+            raise NotFound(f"No media for video {video_id!r}.")
+        return MediaFiles(self.folder / f"{video_id}.mp4", self.folder / f"{video_id}.jpg")
+
+    async def ensure(self, video_id: str) -> MediaFiles:
+        """The video's files, made first if missing."""
+        files = self.files(video_id)
+        if files.clip.exists() and files.poster.exists():
+            return files
+        lock = self._locks.setdefault(video_id, asyncio.Lock())
+        async with lock:
+            if not files.clip.exists():
+                await self._make_clip(video_id, files.clip)
+            if not files.poster.exists():
+                await self._make_poster(files.clip, files.poster)
+        return files
+
+    async def prepare(self, video_ids: Iterable[str]) -> int:
+        """Make whatever files of these videos are missing, one video at a time; how many videos needed it."""
+        made = 0
+        for video_id in video_ids:
+            if not _SAFE_ID.match(video_id):
+                continue
+            files = self.files(video_id)
+            if files.clip.exists() and files.poster.exists():
+                continue
+            await self.ensure(video_id)
+            made += 1
+        if made:
+            log.info("made media for %d video(s) in %s", made, self.folder)
+        return made
+
+    async def _make_clip(self, video_id: str, target: Path) -> None:
+        source = f"testsrc2=size={CLIP_SIZE}:rate={CLIP_FPS}:duration={CLIP_SECONDS}"
+        await self._run(
+            target,
+            "-f", "lavfi", "-i", source,
+            "-vf", f"hue=h={_hue_deg(video_id)}",
+            # Baseline H.264 in yuv420p with the index up front: what every browser's <video> plays at once.
+            "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline", "-pix_fmt", "yuv420p",
+            "-g", str(CLIP_FPS), "-an", "-movflags", "+faststart", "-f", "mp4",
+        )  # fmt: skip
+
+    async def _make_poster(self, clip: Path, target: Path) -> None:
+        await self._run(target, "-ss", str(POSTER_AT_S), "-i", str(clip), "-frames:v", "1", "-q:v", "4", "-f", "image2")
+
+    async def _run(self, target: Path, *args: str) -> None:
+        """Run ffmpeg writing `target` (atomically); Unavailable with ffmpeg's own words if it fails."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        exe = self._ffmpeg or _ffmpeg_exe()
+        proc = await asyncio.create_subprocess_exec(
+            exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args, str(partial),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            _, stderr = await asyncio.wait_for(proc.communicate(), FFMPEG_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            partial.unlink(missing_ok=True)
+            raise Unavailable(f"ffmpeg took over {FFMPEG_TIMEOUT_S:.0f}s making {target.name}") from None
+        if proc.returncode != 0:
+            partial.unlink(missing_ok=True)
+            words = stderr.decode(errors="replace").strip()[-500:]
+            raise Unavailable(f"ffmpeg could not make {target.name} (exit {proc.returncode}): {words}")
+        partial.replace(target)
