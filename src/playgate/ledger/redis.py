@@ -1,0 +1,324 @@
+"""The Redis ledger: each user's streams in one hash under a `{user id}` hash tag, decided by Lua scripts.
+
+Keys (all under PREFIX):
+- `playgate:{<user id>}:streams` hash, stream id -> JSON [video id, device id, started_at, expires_at];
+- `playgate:{<user id>}:key:<idempotency key>` JSON {request id, video id}, kept decision_ttl_s;
+- `playgate:decision:<request id>` the decision, JSON, kept decision_ttl_s;
+- `playgate:leases` sorted set of every stream id by expires_at, for the sweeper and the active count.
+
+A stream id carries its user (`<user id as hex>-<random>`), so that a stream is found from its id alone. Each
+admission is one EVALSHA of admission.lua (the rule of playgate.admission.decide, mirrored step for step, on the
+instant the injected clock gives); a batch is one pipeline of them, in order. The lease index is one key for all
+users, so this ledger runs on one Redis server (with replicas), not on a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import orjson
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from playgate.config import Policy
+from playgate.domain import Decision, EndedStream, Reason, Status, Stream
+from playgate.errors import Unavailable
+from playgate.ledger.protocol import Admission, KeyClaim, Outcome
+
+PREFIX = "playgate:"
+LEASES_KEY = f"{PREFIX}leases"
+SOCKET_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 2.0
+SWEEP_CHUNK = 500
+SWEEP_MAX_CHUNKS = 20
+
+
+def streams_key(user_id: str) -> str:
+    """The hash of one user's streams; the hash tag keeps all of a user's keys on one slot."""
+    return f"{PREFIX}{{{user_id}}}:streams"
+
+
+def idempotency_key(user_id: str, key: str) -> str:
+    """Where an Idempotency-Key of a user is bound to its request."""
+    return f"{PREFIX}{{{user_id}}}:key:{key}"
+
+
+def decision_key(request_id: str) -> str:
+    """Where the decision of a request is kept."""
+    return f"{PREFIX}decision:{request_id}"
+
+
+def new_stream_id(user_id: str) -> str:
+    """A fresh stream id that names its user: `<user id, UTF-8 as hex>-<96 random bits as hex>`."""
+    return f"{user_id.encode().hex()}-{secrets.token_hex(12)}"
+
+
+def stream_owner(stream_id: str) -> str | None:
+    """The user id carried in a stream id of this ledger, or None for an id it did not make."""
+    head, dash, _ = stream_id.partition("-")
+    if not dash or not head:
+        return None
+    try:
+        return bytes.fromhex(head).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def connect(url: str) -> Redis:
+    """A redis-py asyncio client for `url` with bounded timeouts (a dead server answers 503, it does not hang)."""
+    client: Redis = Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        health_check_interval=10,
+    )
+    return client
+
+
+@asynccontextmanager
+async def translate_redis_errors() -> AsyncIterator[None]:
+    """Turn a lost, loading or refusing Redis into Unavailable (503), once, here."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise Unavailable(f"Redis does not answer: {type(exc).__name__}: {exc}") from exc
+    except redis_errors.ResponseError as exc:
+        message = str(exc)
+        if message.startswith(("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY ")):
+            raise Unavailable(f"Redis cannot serve now: {message}") from exc
+        raise
+
+
+def _script(name: str) -> str:
+    return (resources.files("playgate.ledger") / name).read_text(encoding="utf-8")
+
+
+def _time(value: Any) -> float:
+    return float(value)
+
+
+def _stream_from(stream_id: str, user_id: str, fields: Sequence[Any]) -> Stream:
+    """A Stream from the JSON list [video id, device id, started_at, expires_at] the scripts keep."""
+    return Stream(
+        id=stream_id,
+        user_id=user_id,
+        video_id=str(fields[0]),
+        device_id=str(fields[1]),
+        started_at=_time(fields[2]),
+        expires_at=_time(fields[3]),
+    )
+
+
+def decision_to_json(d: Decision) -> dict[str, Any]:
+    """A Decision as the JSON object admission.lua keeps (times as exact strings)."""
+    body: dict[str, Any] = {
+        "r": d.request_id,
+        "u": d.user_id,
+        "v": d.video_id,
+        "d": d.device_id,
+        "s": d.status.value,
+        "a": d.active,
+        "l": d.limit,
+        "t": repr(d.decided_at),
+    }
+    if d.stream_id is not None:
+        body["sid"] = d.stream_id
+    if d.reason is not None:
+        body["why"] = d.reason.value
+    if d.expires_at is not None:
+        body["x"] = repr(d.expires_at)
+    return body
+
+
+def decision_from_json(d: dict[str, Any]) -> Decision:
+    """A Decision from the JSON object admission.lua keeps."""
+    return Decision(
+        request_id=d["r"],
+        user_id=d["u"],
+        video_id=d["v"],
+        device_id=d["d"],
+        status=Status(d["s"]),
+        active=int(d["a"]),
+        limit=int(d["l"]),
+        decided_at=_time(d["t"]),
+        stream_id=d.get("sid"),
+        reason=Reason(d["why"]) if d.get("why") else None,
+        expires_at=_time(d["x"]) if d.get("x") is not None else None,
+    )
+
+
+def _outcome_from(raw: str, user_id: str) -> Outcome:
+    reply = orjson.loads(raw)
+    ended_rows = reply.get("ended") or []  # cjson writes an empty list as {}
+    ended = tuple(EndedStream(_stream_from(row[0], user_id, row[1:5]), Reason(row[5])) for row in ended_rows)
+    return Outcome(decision_from_json(reply["decision"]), ended)
+
+
+class RedisLedger:
+    """Ledger on Redis: atomic per user because every change of a user's streams is one Lua script."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease_s: float,
+        decision_ttl_s: float,
+        policy: Policy,
+        clock: Callable[[], float],
+    ) -> None:
+        self._redis = connect(url)
+        self._lease_s = lease_s
+        self._decision_ttl_ms = max(1, round(decision_ttl_s * 1000))
+        self._policy = policy
+        self._clock = clock
+        self._admit = self._redis.register_script(_script("admission.lua"))
+        self._renew = self._redis.register_script(_script("heartbeat.lua"))
+        self._stop = self._redis.register_script(_script("stop.lua"))
+        self._expire = self._redis.register_script(_script("expire.lua"))
+
+    def _admission_args(self, admission: Admission, now: float) -> list[Any]:
+        request, quota = admission.request, admission.quota
+        return [
+            repr(now),
+            repr(float(self._lease_s)),
+            self._decision_ttl_ms,
+            self._policy.value,
+            new_stream_id(request.user_id),
+            request.request_id,
+            request.user_id,
+            request.video_id,
+            request.device_id,
+            request.replace_stream_id or "",
+            quota.limit,
+            "1" if quota.disabled else "0",
+            "1" if quota.exists else "0",
+        ]
+
+    async def decide(self, admissions: Sequence[Admission]) -> list[Outcome]:
+        """Decide the batch in order: one admission.lua call per request, all in one pipeline."""
+        if not admissions:
+            return []
+        now = self._clock()
+        async with translate_redis_errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for admission in admissions:
+                keys = [
+                    streams_key(admission.request.user_id),
+                    LEASES_KEY,
+                    decision_key(admission.request.request_id),
+                ]
+                await self._admit(keys=keys, args=self._admission_args(admission, now), client=pipe)
+            replies = await pipe.execute()
+        return [_outcome_from(raw, a.request.user_id) for raw, a in zip(replies, admissions, strict=True)]
+
+    async def decision(self, request_id: str) -> Decision | None:
+        """The kept decision of a request, if any."""
+        async with translate_redis_errors():
+            raw = await self._redis.get(decision_key(request_id))
+        return decision_from_json(orjson.loads(raw)) if raw else None
+
+    async def streams(self, user_id: str) -> list[Stream]:
+        """The user's streams whose lease has not run out, oldest first."""
+        async with translate_redis_errors():
+            raw = await self._redis.hgetall(streams_key(user_id))
+        now = self._clock()
+        found = [_stream_from(str(sid), user_id, orjson.loads(value)) for sid, value in raw.items()]
+        return sorted((s for s in found if s.live(now)), key=lambda s: (s.started_at, s.id))
+
+    async def stream(self, stream_id: str) -> Stream | None:
+        """One active stream, found through the user its id names."""
+        user_id = stream_owner(stream_id)
+        if user_id is None:
+            return None
+        async with translate_redis_errors():
+            raw = await self._redis.hget(streams_key(user_id), stream_id)
+        if raw is None:
+            return None
+        stream = _stream_from(stream_id, user_id, orjson.loads(raw))
+        return stream if stream.live(self._clock()) else None
+
+    async def heartbeat(self, stream_id: str, user_id: str | None = None) -> Stream | None:
+        """Push the lease of an active stream to now + lease_s (only the user's own, when user_id is given)."""
+        owner = stream_owner(stream_id)
+        if owner is None or (user_id is not None and owner != user_id):
+            return None
+        async with translate_redis_errors():
+            raw = await self._renew(
+                keys=[streams_key(owner), LEASES_KEY], args=[stream_id, repr(self._clock()), repr(self._lease_s)]
+            )
+        return _stream_from(stream_id, owner, orjson.loads(raw)) if raw else None
+
+    async def stop(self, stream_ids: Sequence[str] | None, user_id: str, video_id: str | None = None) -> list[Stream]:
+        """End the user's chosen streams; return those that were still active, oldest first."""
+        if stream_ids is not None and not stream_ids:
+            return []
+        args: list[Any] = [repr(self._clock()), video_id or "", "all" if stream_ids is None else "ids"]
+        args.extend(stream_ids or ())
+        async with translate_redis_errors():
+            raw = await self._stop(keys=[streams_key(user_id), LEASES_KEY], args=args)
+        rows = orjson.loads(raw) or []
+        stopped = [_stream_from(row[0], user_id, row[1:5]) for row in rows]
+        return sorted(stopped, key=lambda s: (s.started_at, s.id))
+
+    async def sweep(self) -> list[EndedStream]:
+        """End every stream whose lease ran out; several sweepers at once end (and report) each one once.
+
+        Decisions and idempotency keys need no sweeping: Redis drops them after decision_ttl_s.
+        """
+        ended: list[EndedStream] = []
+        now = self._clock()
+        async with translate_redis_errors():
+            for _ in range(SWEEP_MAX_CHUNKS):
+                due = await self._redis.zrangebyscore(LEASES_KEY, "-inf", repr(now), start=0, num=SWEEP_CHUNK)
+                candidates = [str(member) for member in due]
+                if not candidates:
+                    break
+                pipe = self._redis.pipeline(transaction=False)
+                owners = []
+                for stream_id in candidates:
+                    owner = stream_owner(stream_id)
+                    if owner is None:
+                        pipe.zrem(LEASES_KEY, stream_id)
+                    else:
+                        await self._expire(
+                            keys=[streams_key(owner), LEASES_KEY], args=[stream_id, repr(now)], client=pipe
+                        )
+                    owners.append(owner)
+                replies = await pipe.execute()
+                for stream_id, owner, raw in zip(candidates, owners, replies, strict=True):
+                    if owner is not None and isinstance(raw, str):
+                        ended.append(EndedStream(_stream_from(stream_id, owner, orjson.loads(raw)), Reason.expired))
+                if len(candidates) < SWEEP_CHUNK:
+                    break
+        return ended
+
+    async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
+        """Bind the key to request_id unless it is bound already (SET NX GET: one atomic command)."""
+        value = orjson.dumps({"r": request_id, "v": video_id}).decode()
+        async with translate_redis_errors():
+            previous = await self._redis.set(
+                idempotency_key(user_id, key), value, nx=True, get=True, px=self._decision_ttl_ms
+            )
+        if not isinstance(previous, str | bytes):
+            return KeyClaim(request_id, video_id, created=True)
+        bound = orjson.loads(previous)
+        return KeyClaim(bound["r"], bound["v"], created=False)
+
+    async def count_active(self) -> int:
+        """Streams whose lease has not run out, from the lease index."""
+        async with translate_redis_errors():
+            return int(await self._redis.zcount(LEASES_KEY, f"({self._clock()!r}", "+inf"))
+
+    async def ping(self) -> None:
+        """Raise Unavailable unless Redis answers."""
+        async with translate_redis_errors():
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()

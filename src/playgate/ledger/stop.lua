@@ -1,0 +1,38 @@
+--[[
+stop.lua: end some or all of one user's streams.
+
+KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at])
+KEYS[2]  the lease index: sorted set playgate:leases (member stream id, score expires_at)
+ARGV[1]  now, epoch seconds
+ARGV[2]  only streams of this video id; "" for any video
+ARGV[3]  "ids" to end only the stream ids in ARGV[4..], "all" to end every stream of the user
+
+Returns a JSON list of [stream id, video id, device id, started_at, expires_at] of the ended streams whose lease had
+not run out (expired ones are deleted too, but they were no longer active).
+]]
+
+local now = tonumber(ARGV[1])
+local wanted = nil
+if ARGV[3] == 'ids' then
+    wanted = {}
+    for i = 4, #ARGV do
+        wanted[ARGV[i]] = true
+    end
+end
+local stopped = {}
+local raw = redis.call('HGETALL', KEYS[1])
+for i = 1, #raw, 2 do
+    local id = raw[i]
+    local v = cjson.decode(raw[i + 1])
+    if (wanted == nil or wanted[id]) and (ARGV[2] == '' or v[1] == ARGV[2]) then
+        redis.call('HDEL', KEYS[1], id)
+        redis.call('ZREM', KEYS[2], id)
+        if tonumber(v[4]) > now then
+            stopped[#stopped + 1] = {id, v[1], v[2], v[3], v[4]}
+        end
+    end
+end
+if #stopped == 0 then
+    return '[]'
+end
+return cjson.encode(stopped)

@@ -1,0 +1,73 @@
+"""Backends for the contract suite: every test here runs unchanged against each implementation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from playgate.catalog.db import upgrade
+from playgate.config import Policy
+from playgate.ledger.protocol import Ledger
+from playgate.ledger.redis import RedisLedger
+from playgate.ledger.sql import SqlLedger
+from tests.support.redis_server import RedisServer, redis_binary, start_redis
+
+LEASE_S = 90.0
+DECISION_TTL_S = 3600.0
+
+
+class Clock:
+    """The injected clock: time moves only when a test says so (epoch seconds)."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A throwaway redis-server for the contract suite (skipped, with the reason, when none is installed)."""
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    server = start_redis(Path(tmp_path_factory.mktemp("contract-redis")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+LedgerFactory = Callable[..., Awaitable[Ledger]]
+
+
+@pytest_asyncio.fixture(params=["sql", "redis"])
+async def make_ledger(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> AsyncIterator[LedgerFactory]:
+    """Makes ledgers of one backend on one fresh store; each call is another client of the same store."""
+    made: list[Ledger] = []
+    if request.param == "sql":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
+        await upgrade(url)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        url = server.url
+
+    async def make(policy: Policy = Policy.deny, lease_s: float = LEASE_S) -> Ledger:
+        cls = SqlLedger if request.param == "sql" else RedisLedger
+        ledger: Ledger = cls(url, lease_s=lease_s, decision_ttl_s=DECISION_TTL_S, policy=policy, clock=clock)
+        made.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in made:
+        await ledger.close()

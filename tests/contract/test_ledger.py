@@ -1,0 +1,323 @@
+"""The Ledger contract, run unchanged against the SQLite and the Redis ledger.
+
+The model-based test replays random sequences of admissions, heartbeats, stops, sweeps and clock moves on a
+ledger and on a model made of the pure rule `playgate.admission.decide` alone: every decision, every ended stream
+and every read must be the same, so both ledgers follow the one rule (same inputs, same decisions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from playgate.admission import decide
+from playgate.config import Policy
+from playgate.domain import Decision, EndedStream, PlayRequest, Quota, Reason, Status, Stream
+from playgate.ledger.protocol import Admission, Ledger
+from tests.contract.conftest import LEASE_S, Clock, LedgerFactory
+
+USERS = ("u1", "u2", "u3")
+VIDEOS = ("v1", "v2", "v3")
+DEVICES = ("tv", "phone", "web")
+
+
+def play(
+    rid: str, user: str = "u1", video: str = "v1", device: str = "tv", replace_id: str | None = None
+) -> PlayRequest:
+    return PlayRequest(rid, user, video, device, accepted_at=0.0, replace_stream_id=replace_id)
+
+
+def admit(request: PlayRequest, limit: int = 3, **quota: bool) -> Admission:
+    return Admission(request, Quota(limit, **quota))
+
+
+async def one(ledger: Ledger, request: PlayRequest, limit: int = 3, **quota: bool) -> Decision:
+    [outcome] = await ledger.decide([admit(request, limit, **quota)])
+    return outcome.decision
+
+
+# ---- the rule, case by case ---------------------------------------------------------------------------
+
+
+async def test_allows_up_to_the_limit_then_denies(make_ledger: LedgerFactory) -> None:
+    ledger = await make_ledger()
+    decisions = [await one(ledger, play(f"r{i}", video=f"v{i}", device=f"d{i}")) for i in range(4)]
+    assert [d.status for d in decisions] == [Status.allowed] * 3 + [Status.denied]
+    assert [d.active for d in decisions] == [1, 2, 3, 3]
+    assert decisions[3].reason is Reason.limit_reached
+    assert decisions[3].limit == 3
+    assert len(await ledger.streams("u1")) == 3
+    assert await ledger.count_active() == 3
+
+
+async def test_same_device_and_video_reuses_its_stream_and_renews_it(make_ledger: LedgerFactory, clock: Clock) -> None:
+    ledger = await make_ledger()
+    first = await one(ledger, play("r1"), limit=1)
+    clock.advance(30)
+    again = await one(ledger, play("r2"), limit=1)
+    assert again.status is Status.allowed
+    assert again.stream_id == first.stream_id
+    assert again.expires_at == clock.now + LEASE_S
+    [stream] = await ledger.streams("u1")
+    assert stream.expires_at == clock.now + LEASE_S
+
+
+async def test_a_request_is_decided_once(make_ledger: LedgerFactory, clock: Clock) -> None:
+    ledger = await make_ledger()
+    first = await one(ledger, play("r1"))
+    clock.advance(1)
+    outcomes = await ledger.decide([admit(play("r1")), admit(play("r1"))])
+    assert [o.decision for o in outcomes] == [first, first]
+    assert await ledger.decision("r1") == first
+    assert len(await ledger.streams("u1")) == 1
+    assert await ledger.decision("nope") is None
+
+
+async def test_expired_streams_stop_counting_and_are_reported(make_ledger: LedgerFactory, clock: Clock) -> None:
+    ledger = await make_ledger()
+    old = await one(ledger, play("r1"), limit=1)
+    clock.advance(LEASE_S)
+    [outcome] = await ledger.decide([admit(play("r2", video="v2"), limit=1)])
+    assert outcome.decision.status is Status.allowed
+    assert [(e.stream.id, e.reason) for e in outcome.ended] == [(old.stream_id, Reason.expired)]
+    assert await ledger.stream(old.stream_id or "") is None
+
+
+async def test_replace_ends_the_named_stream(make_ledger: LedgerFactory) -> None:
+    ledger = await make_ledger()
+    a = await one(ledger, play("r1", video="v1"), limit=2)
+    await one(ledger, play("r2", video="v2"), limit=2)
+    [outcome] = await ledger.decide([admit(play("r3", video="v3", replace_id=a.stream_id), limit=2)])
+    assert outcome.decision.status is Status.allowed
+    assert [(e.stream.id, e.reason) for e in outcome.ended] == [(a.stream_id, Reason.replaced)]
+    assert {s.video_id for s in await ledger.streams("u1")} == {"v2", "v3"}
+
+
+async def test_evict_oldest_makes_room(make_ledger: LedgerFactory, clock: Clock) -> None:
+    ledger = await make_ledger(Policy.evict_oldest)
+    oldest = await one(ledger, play("r1", video="v1"), limit=2)
+    clock.advance(1)
+    await one(ledger, play("r2", video="v2"), limit=2)
+    clock.advance(1)
+    [outcome] = await ledger.decide([admit(play("r3", video="v3"), limit=2)])
+    assert outcome.decision.status is Status.allowed
+    assert outcome.decision.active == 2
+    assert [(e.stream.id, e.reason) for e in outcome.ended] == [(oldest.stream_id, Reason.evicted)]
+
+
+@pytest.mark.parametrize(
+    ("quota", "reason", "limit"),
+    [
+        ({"exists": False}, Reason.unknown_user, 0),
+        ({"disabled": True}, Reason.user_disabled, 3),
+    ],
+)
+async def test_unknown_and_disabled_users_are_denied(
+    make_ledger: LedgerFactory, quota: dict[str, bool], reason: Reason, limit: int
+) -> None:
+    ledger = await make_ledger()
+    decision = await one(ledger, play("r1"), 3, **quota)
+    assert (decision.status, decision.reason, decision.limit) == (Status.denied, reason, limit)
+    assert await ledger.streams("u1") == []
+
+
+async def test_heartbeat_stop_and_lookup(make_ledger: LedgerFactory, clock: Clock) -> None:
+    ledger = await make_ledger()
+    a = await one(ledger, play("r1", video="v1"))
+    b = await one(ledger, play("r2", video="v2"))
+    assert a.stream_id
+    assert b.stream_id
+    clock.advance(10)
+    renewed = await ledger.heartbeat(a.stream_id, "u1")
+    assert renewed is not None
+    assert renewed.expires_at == clock.now + LEASE_S
+    assert await ledger.heartbeat(a.stream_id, "u2") is None
+    assert await ledger.heartbeat("no-such-stream") is None
+    found = await ledger.stream(b.stream_id)
+    assert found is not None
+    assert (found.user_id, found.video_id) == ("u1", "v2")
+    assert [s.id for s in await ledger.stop(None, "u1", "v2")] == [b.stream_id]
+    assert await ledger.stop([b.stream_id], "u1") == []
+    assert [s.id for s in await ledger.stop(None, "u1")] == [a.stream_id]
+    assert await ledger.streams("u1") == []
+    clock.advance(LEASE_S + 1)
+    assert await ledger.heartbeat(a.stream_id) is None
+
+
+async def test_idempotency_keys_bind_once_per_user(make_ledger: LedgerFactory) -> None:
+    ledger = await make_ledger()
+    first = await ledger.claim_key("u1", "k", "r1", "v1")
+    again = await ledger.claim_key("u1", "k", "r2", "v2")
+    other = await ledger.claim_key("u2", "k", "r3", "v1")
+    assert (first.request_id, first.created) == ("r1", True)
+    assert (again.request_id, again.video_id, again.created) == ("r1", "v1", False)
+    assert (other.request_id, other.created) == ("r3", True)
+
+
+async def test_sweep_ends_each_expired_stream_once_among_concurrent_sweepers(
+    make_ledger: LedgerFactory, clock: Clock
+) -> None:
+    ledger = await make_ledger()
+    for n, user in enumerate(USERS):
+        for v in range(2):
+            await one(ledger, play(f"r{n}-{v}", user=user, video=f"v{v}"))
+    clock.advance(LEASE_S)
+    survivor = await one(ledger, play("late", user="u1", video="v9"))
+    sweepers = [await make_ledger() for _ in range(3)]
+    swept = await asyncio.gather(*(s.sweep() for s in sweepers))
+    ended = [e for batch in swept for e in batch]
+    assert len(ended) == 6 - 2  # u1's two expired streams were already ended by the late admission
+    assert len({e.stream.id for e in ended}) == len(ended)
+    assert all(e.reason is Reason.expired for e in ended)
+    assert [s.id for s in await ledger.streams("u1")] == [survivor.stream_id]
+    assert await ledger.count_active() == 1
+
+
+async def test_concurrent_clients_never_exceed_the_limit(make_ledger: LedgerFactory) -> None:
+    clients = [await make_ledger() for _ in range(4)]
+    batches = [
+        [admit(play(f"c{c}-r{i}", video=f"v{c}-{i}", device=f"d{c}-{i}"), limit=2) for i in range(5)]
+        for c in range(len(clients))
+    ]
+    results = await asyncio.gather(*(c.decide(b) for c, b in zip(clients, batches, strict=True)))
+    allowed = [o.decision for batch in results for o in batch if o.decision.status is Status.allowed]
+    assert len(allowed) == 2
+    assert all(o.decision.active <= 2 for batch in results for o in batch)
+    assert len(await clients[0].streams("u1")) == 2
+
+
+# ---- model-based: the ledger against the pure rule --------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """What a ledger should hold, kept with nothing but admission.decide."""
+
+    policy: Policy
+    streams: dict[str, list[Stream]] = field(default_factory=dict)
+    decisions: dict[str, Decision] = field(default_factory=dict)
+
+    def admit(self, admission: Admission, now: float, stream_id: str | None) -> tuple[Decision, set[tuple[str, str]]]:
+        request = admission.request
+        verdict = decide(
+            request,
+            streams=self.streams.get(request.user_id, []),
+            quota=admission.quota,
+            now=now,
+            lease_s=LEASE_S,
+            new_stream_id=stream_id or "unused",
+            prior=self.decisions.get(request.request_id),
+            policy=self.policy,
+        )
+        self.streams[request.user_id] = list(verdict.streams)
+        self.decisions.setdefault(request.request_id, verdict.decision)
+        return verdict.decision, {(e.stream.id, e.reason.value) for e in verdict.ended}
+
+    def live(self, user_id: str, now: float) -> list[Stream]:
+        return sorted((s for s in self.streams.get(user_id, []) if s.live(now)), key=lambda s: (s.started_at, s.id))
+
+    def all_ids(self) -> list[str]:
+        return [s.id for streams in self.streams.values() for s in streams]
+
+
+def ended_set(ended: tuple[EndedStream, ...] | list[EndedStream]) -> set[tuple[str, str]]:
+    return {(e.stream.id, e.reason.value) for e in ended}
+
+
+async def step_admit(ledger: Ledger, model: Model, rng: random.Random, now: float, counter: list[int]) -> None:
+    batch = []
+    for _ in range(rng.randint(1, 4)):
+        user = rng.choice(USERS)
+        if model.decisions and rng.random() < 0.15:
+            rid = rng.choice(sorted(model.decisions))  # a redelivery: same request again
+            prior = model.decisions[rid]
+            request = play(rid, prior.user_id, prior.video_id, prior.device_id)
+        else:
+            counter[0] += 1
+            own = model.streams.get(user, [])
+            replace_id = rng.choice(own).id if own and rng.random() < 0.2 else None
+            request = play(f"r{counter[0]}", user, rng.choice(VIDEOS), rng.choice(DEVICES), replace_id)
+        limit = rng.choice((0, 1, 2, 2, 3, 3))
+        batch.append(Admission(request, Quota(limit, disabled=rng.random() < 0.05, exists=rng.random() > 0.03)))
+    outcomes = await ledger.decide(batch)
+    assert len(outcomes) == len(batch)
+    for admission, outcome in zip(batch, outcomes, strict=True):
+        expected, expected_ended = model.admit(admission, now, outcome.decision.stream_id)
+        assert outcome.decision == expected
+        assert ended_set(outcome.ended) == expected_ended
+
+
+async def step_heartbeat(ledger: Ledger, model: Model, rng: random.Random, now: float) -> None:
+    ids = model.all_ids()
+    stream_id = rng.choice(ids) if ids and rng.random() < 0.9 else "unknown-stream"
+    as_user = rng.choice((None, *USERS))
+    got = await ledger.heartbeat(stream_id, as_user)
+    for user, streams in model.streams.items():
+        for i, s in enumerate(streams):
+            if s.id == stream_id and s.live(now) and as_user in (None, user):
+                streams[i] = replace(s, expires_at=now + LEASE_S)
+                assert got == streams[i]
+                return
+    assert got is None
+
+
+async def step_stop(ledger: Ledger, model: Model, rng: random.Random, now: float) -> None:
+    user = rng.choice(USERS)
+    own = model.streams.get(user, [])
+    mode = rng.choice(("ids", "all", "video"))
+    ids = [s.id for s in own if rng.random() < 0.5] if mode == "ids" else None
+    video = rng.choice(VIDEOS) if mode == "video" else None
+    got = await ledger.stop(ids, user, video)
+    gone = [s for s in own if (ids is None or s.id in ids) and (video is None or s.video_id == video)]
+    model.streams[user] = [s for s in own if s not in gone]
+    expected = sorted((s for s in gone if s.live(now)), key=lambda s: (s.started_at, s.id))
+    assert sorted(got, key=lambda s: (s.started_at, s.id)) == expected
+
+
+async def step_sweep(ledger: Ledger, model: Model, now: float) -> None:
+    got = await ledger.sweep()
+    expired = {(s.id, "expired") for streams in model.streams.values() for s in streams if not s.live(now)}
+    for user, streams in model.streams.items():
+        model.streams[user] = [s for s in streams if s.live(now)]
+    assert ended_set(got) == expired
+
+
+async def check_reads(ledger: Ledger, model: Model, rng: random.Random, now: float) -> None:
+    for user in USERS:
+        assert await ledger.streams(user) == model.live(user, now)
+    assert await ledger.count_active() == sum(len(model.live(u, now)) for u in USERS)
+    if model.decisions:
+        rid = rng.choice(sorted(model.decisions))
+        assert await ledger.decision(rid) == model.decisions[rid]
+    ids = model.all_ids()
+    if ids:
+        sid = rng.choice(ids)
+        expected = next((s for u in USERS for s in model.live(u, now) if s.id == sid), None)
+        assert await ledger.stream(sid) == expected
+
+
+@pytest.mark.parametrize("policy", [Policy.deny, Policy.evict_oldest])
+@pytest.mark.parametrize("seed", range(6))
+async def test_ledger_follows_the_pure_rule(
+    make_ledger: LedgerFactory, clock: Clock, policy: Policy, seed: int
+) -> None:
+    ledger = await make_ledger(policy)
+    model = Model(policy)
+    rng = random.Random(f"{seed}-{policy.value}")
+    counter = [0]
+    for _ in range(60):
+        roll = rng.random()
+        if roll < 0.55:
+            await step_admit(ledger, model, rng, clock.now, counter)
+        elif roll < 0.7:
+            await step_heartbeat(ledger, model, rng, clock.now)
+        elif roll < 0.8:
+            await step_stop(ledger, model, rng, clock.now)
+        elif roll < 0.87:
+            await step_sweep(ledger, model, clock.now)
+        else:
+            clock.advance(rng.choice((0.25, 1.0, 10.0, LEASE_S / 2, LEASE_S)))
+        await check_reads(ledger, model, rng, clock.now)

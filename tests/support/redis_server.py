@@ -1,0 +1,108 @@
+"""A throwaway redis-server on a free port in a temp dir, started and stopped by the tests."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from tests.support.servers import free_port
+
+START_TIMEOUT_S = 10.0
+
+
+def redis_binary() -> str | None:
+    """The redis-server on PATH, if any."""
+    return shutil.which("redis-server")
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process of the tests; `restart` keeps the port and, with AOF on, the data."""
+
+    port: int
+    data_dir: Path
+    appendonly: bool
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        binary = redis_binary()
+        assert binary is not None, "redis-server is not installed"
+        args = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                try:
+                    if client.ping():
+                        return
+                except redis.exceptions.BusyLoadingError:
+                    pass
+                except redis.exceptions.ConnectionError:
+                    pass
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise RuntimeError(f"redis-server not answering on port {self.port} after {START_TIMEOUT_S}s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server (SIGTERM: it writes its AOF and exits) and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop, stay down for down_s seconds, start again on the same port and directory."""
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+    def flush(self) -> None:
+        """Empty every database (between tests sharing the server)."""
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+
+def start_redis(data_dir: Path, *, appendonly: bool = False) -> RedisServer:
+    """A started redis-server on a free port, keeping its files in data_dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(free_port(), data_dir, appendonly)
+    server.start()
+    return server
