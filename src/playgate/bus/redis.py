@@ -1,0 +1,362 @@
+"""The distributed bus: a Redis Streams request queue with one consumer group, and a fan-out over Redis pub/sub.
+
+Keys (all under playgate:):
+- `playgate:requests` the stream of play requests (XADD with MAXLEN ~ maxlen), read by the group `workers`;
+- `playgate:requests:dead` the dead-letter stream: requests given up after max_attempts deliveries;
+- `playgate:pending:<request id>` the request while it is owed a decision, so that any API process answers
+  `GET /v1/plays/{id}` with "pending"; written in the same MULTI as the XADD, deleted at the ack, kept at most
+  pending_ttl_s;
+- channel `playgate:decisions` carries every decision to the API processes' `?wait=` waiters.
+
+Socket.IO events go through python-socketio's Redis client manager (channel `socketio`): the worker holds a
+write-only manager as its Emitter, every API process's server holds a full one and delivers to its own sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from redis import exceptions as redis_errors
+from redis.typing import EncodableT, FieldT
+
+from playgate.bus.local import ANNOUNCED
+from playgate.bus.protocol import Delivery, Emitter, decision_message, ended_message, user_room
+from playgate.domain import Decision, EndedStream, PlayRequest
+from playgate.ledger.protocol import Outcome
+from playgate.ledger.redis import PREFIX, connect, decision_from_json, decision_to_json, translate_redis_errors
+
+log = logging.getLogger("playgate.bus")
+
+REQUESTS_KEY = f"{PREFIX}requests"
+DEAD_LETTER_KEY = f"{PREFIX}requests:dead"
+GROUP = "workers"
+DECISIONS_CHANNEL = f"{PREFIX}decisions"
+DEAD_LETTER_MAXLEN = 100_000
+LISTEN_POLL_S = 1.0
+LISTEN_BACKOFF_MAX_S = 2.0
+
+
+def pending_key(request_id: str) -> str:
+    """The marker of a request still owed a decision."""
+    return f"{PREFIX}pending:{request_id}"
+
+
+def request_to_json(request: PlayRequest) -> str:
+    """A PlayRequest as the JSON kept in the stream and the pending marker."""
+    return orjson.dumps(
+        {
+            "rid": request.request_id,
+            "uid": request.user_id,
+            "vid": request.video_id,
+            "dev": request.device_id,
+            "at": request.accepted_at,
+            "rep": request.replace_stream_id,
+        }
+    ).decode()
+
+
+def request_from_json(raw: str | bytes) -> PlayRequest:
+    """The PlayRequest of request_to_json; ValueError, KeyError or TypeError on anything else."""
+    body = orjson.loads(raw)
+    return PlayRequest(
+        request_id=str(body["rid"]),
+        user_id=str(body["uid"]),
+        video_id=str(body["vid"]),
+        device_id=str(body["dev"]),
+        accepted_at=float(body["at"]),
+        replace_stream_id=body.get("rep"),
+    )
+
+
+class RedisQueue:
+    """Requests on a Redis stream; each worker is one consumer of the group `workers`.
+
+    An entry is acknowledged only after its decision is committed and published (the Worker calls ack then).
+    Entries left pending longer than claim_idle_s (their worker died) are claimed by another worker; every
+    delivery counts in Delivery.attempts, and an entry acknowledged after more than max_attempts deliveries (the
+    Worker answered it with reason `error`) is copied to the dead-letter stream.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        consumer: str,
+        claim_idle_s: float,
+        maxlen: int,
+        pending_ttl_s: float,
+        max_attempts: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = connect(url)
+        self.consumer = consumer
+        self._claim_idle_ms = max(1, round(claim_idle_s * 1000))
+        self._claim_every_s = max(0.05, min(1.0, claim_idle_s / 2))
+        self._maxlen = maxlen
+        self._pending_ttl_ms = max(1, round(pending_ttl_s * 1000))
+        self._max_attempts = max_attempts
+        self._clock = clock
+        self._next_claim_at = 0.0
+        self._group_ready = False
+        self._released: list[Delivery] = []
+        self._reading = True
+
+    async def put(self, request: PlayRequest) -> None:
+        """Append the request to the stream and mark it pending, both or neither (MULTI)."""
+        body = request_to_json(request)
+        async with translate_redis_errors():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(pending_key(request.request_id), body, px=self._pending_ttl_ms)
+            pipe.xadd(REQUESTS_KEY, {"r": body}, maxlen=self._maxlen, approximate=True)
+            await pipe.execute()
+
+    async def pending(self, request_id: str) -> PlayRequest | None:
+        """The request while it is owed a decision, seen from any process."""
+        async with translate_redis_errors():
+            raw = await self._redis.get(pending_key(request_id))
+        return request_from_json(raw) if raw else None
+
+    def stop_reading(self) -> None:
+        """Take no new entries from now on (a stopping worker finishes its batch; others take the rest)."""
+        self._reading = False
+
+    async def take(self, max_items: int, wait_s: float) -> list[Delivery]:
+        """Released entries first, then entries of dead workers, then new ones (blocking up to wait_s)."""
+        async with translate_redis_errors():
+            await self._ensure_group()
+            batch = await self._reclaim_released(max_items)
+            if self._reading and len(batch) < max_items and self._clock() >= self._next_claim_at:
+                batch += await self._claim_idle(max_items - len(batch))
+                self._next_claim_at = self._clock() + self._claim_every_s
+            if self._reading and len(batch) < max_items:
+                block_ms = round(wait_s * 1000) if not batch and wait_s > 0 else None
+                batch += await self._read_new(max_items - len(batch), block_ms)
+        return batch
+
+    async def _ensure_group(self, *, force: bool = False) -> None:
+        if self._group_ready and not force:
+            return
+        try:
+            await self._redis.xgroup_create(REQUESTS_KEY, GROUP, id="0", mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _reclaim_released(self, max_items: int) -> list[Delivery]:
+        """Claim released entries back to this consumer (counting one more delivery each)."""
+        if not self._released:
+            return []
+        chosen, self._released = self._released[:max_items], self._released[max_items:]
+        try:
+            await self._redis.xclaim(REQUESTS_KEY, GROUP, self.consumer, 0, [d.receipt for d in chosen])
+        except BaseException:
+            self._released = chosen + self._released
+            raise
+        return [Delivery(d.request, d.attempts + 1, d.receipt) for d in chosen]
+
+    async def _claim_idle(self, max_items: int) -> list[Delivery]:
+        """XAUTOCLAIM entries idle longer than claim_idle_s; their attempts from XPENDING."""
+        reply = await self._redis.xautoclaim(
+            REQUESTS_KEY, GROUP, self.consumer, self._claim_idle_ms, start_id="0-0", count=max_items
+        )
+        entries = [e for e in reply[1] if e and e[1]]
+        deleted = reply[2] if len(reply) > 2 else []
+        if deleted:
+            log.error("%d pending request(s) were trimmed from the stream before being decided", len(deleted))
+            await self._redis.xack(REQUESTS_KEY, GROUP, *deleted)
+        if not entries:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id, _ in entries:
+            pipe.xpending_range(REQUESTS_KEY, GROUP, min=entry_id, max=entry_id, count=1)
+        counts = await pipe.execute()
+        attempts = [int(found[0]["times_delivered"]) if found else 1 for found in counts]
+        log.warning("claimed %d request(s) left pending by another worker", len(entries))
+        return await self._deliveries(entries, attempts)
+
+    async def _read_new(self, max_items: int, block_ms: int | None) -> list[Delivery]:
+        try:
+            reply = await self._redis.xreadgroup(
+                GROUP, self.consumer, {REQUESTS_KEY: ">"}, count=max_items, block=block_ms
+            )
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The server lost the group (restarted without persistence): make it again; read next time.
+            await self._ensure_group(force=True)
+            return []
+        if not reply:
+            return []
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        return await self._deliveries(entries, [1] * len(entries))
+
+    async def _deliveries(self, entries: Sequence[Any], attempts: Sequence[int]) -> list[Delivery]:
+        """Deliveries of stream entries; an entry that is not a request is dead-lettered at once."""
+        batch: list[Delivery] = []
+        for (entry_id, fields), count in zip(entries, attempts, strict=True):
+            try:
+                request = request_from_json(fields["r"])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("dead-lettering stream entry %s that is not a play request: %s", entry_id, exc)
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.xadd(DEAD_LETTER_KEY, {"entry": entry_id, **fields}, maxlen=DEAD_LETTER_MAXLEN)
+                pipe.xack(REQUESTS_KEY, GROUP, entry_id)
+                await pipe.execute()
+                continue
+            batch.append(Delivery(request, count, entry_id))
+        return batch
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """XACK the entries and drop their pending markers; those past max_attempts go to the dead letters."""
+        if not deliveries:
+            return
+        async with translate_redis_errors():
+            pipe = self._redis.pipeline(transaction=True)
+            for d in deliveries:
+                if d.attempts > self._max_attempts:
+                    fields: dict[FieldT, EncodableT] = {
+                        "r": request_to_json(d.request),
+                        "attempts": d.attempts,
+                        "entry": str(d.receipt),
+                    }
+                    pipe.xadd(DEAD_LETTER_KEY, fields, maxlen=DEAD_LETTER_MAXLEN)
+            pipe.xack(REQUESTS_KEY, GROUP, *[d.receipt for d in deliveries])
+            pipe.delete(*[pending_key(d.request.request_id) for d in deliveries])
+            await pipe.execute()
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Keep them pending on this consumer and hand them out again first (each re-delivery is counted)."""
+        self._released.extend(deliveries)
+
+    async def depth(self) -> int:
+        """Entries not yet read by the group plus entries read and not yet acknowledged."""
+        async with translate_redis_errors():
+            try:
+                groups = await self._redis.xinfo_groups(REQUESTS_KEY)
+            except redis_errors.ResponseError:
+                return 0  # no stream yet
+        for group in groups:
+            if group.get("name") == GROUP:
+                return int(group.get("pending") or 0) + int(group.get("lag") or 0)
+        async with translate_redis_errors():
+            return int(await self._redis.xlen(REQUESTS_KEY))
+
+    async def dead_letters(self, count: int = 100) -> list[PlayRequest]:
+        """The latest requests in the dead-letter stream (for operators and tests)."""
+        async with translate_redis_errors():
+            entries = await self._redis.xrevrange(DEAD_LETTER_KEY, count=count)
+        found = []
+        for _, fields in entries or ():
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                assert fields is not None
+                found.append(request_from_json(fields["r"]))
+        return found
+
+    async def ping(self) -> None:
+        """Raise Unavailable unless Redis answers."""
+        async with translate_redis_errors():
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+
+class RedisFanout:
+    """Decisions to sockets through a Socket.IO Redis manager; `?wait=` waiters woken over Redis pub/sub."""
+
+    def __init__(
+        self, url: str, emitter: Emitter, playback_url: Callable[[Decision], str | None] | None = None
+    ) -> None:
+        self._redis = connect(url)
+        self._emitter = emitter
+        self._playback_url = playback_url
+        self._waiters: dict[str, set[asyncio.Future[Decision]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self, ready_timeout_s: float = 5.0) -> None:
+        """Listen for decisions (API processes); waits until subscribed, or ready_timeout_s if Redis is down."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="playgate-decision-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), ready_timeout_s)
+
+    async def publish(self, outcomes: Sequence[Outcome]) -> None:
+        """Wake every API process's waiters (one PUBLISH), then emit each decision and the streams it ended."""
+        if not outcomes:
+            return
+        payload = orjson.dumps([decision_to_json(o.decision) for o in outcomes])
+        async with translate_redis_errors():
+            await self._redis.publish(DECISIONS_CHANNEL, payload)
+        for outcome in outcomes:
+            decision = outcome.decision
+            url = self._playback_url(decision) if self._playback_url is not None else None
+            await self._emitter.emit("message", decision_message(decision, url), room=user_room(decision.user_id))
+            await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
+
+    async def announce(self, ended: Sequence[EndedStream]) -> None:
+        """Emit `stream_ended` to each ended stream's user, whichever API process holds their sockets."""
+        for item in ended:
+            await self._emitter.emit("stream_ended", ended_message(item), room=user_room(item.stream.user_id))
+
+    def watch(self, request_id: str) -> asyncio.Future[Decision]:
+        """A future resolved when any worker publishes the decision."""
+        waiter: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(request_id, set()).add(waiter)
+        return waiter
+
+    def unwatch(self, request_id: str, waiter: asyncio.Future[Decision]) -> None:
+        """Drop a waiter."""
+        waiters = self._waiters.get(request_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[request_id]
+
+    def _resolve(self, raw: str | bytes) -> None:
+        for item in orjson.loads(raw):
+            for waiter in self._waiters.get(item["r"], ()):
+                if not waiter.done():
+                    waiter.set_result(decision_from_json(item))
+
+    async def _listen(self) -> None:
+        """Subscribe and resolve waiters; after a lost connection, subscribe again with a growing pause."""
+        backoff_s = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(DECISIONS_CHANNEL)
+                self._subscribed.set()
+                backoff_s = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=LISTEN_POLL_S)
+                    if message is not None and message.get("type") == "message":
+                        self._resolve(message["data"])
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+                self._subscribed.clear()
+                log.warning("decision listener lost Redis (%s); subscribing again in %.1fs", exc, backoff_s)
+            finally:
+                with contextlib.suppress(redis_errors.RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(LISTEN_BACKOFF_MAX_S, backoff_s * 2)
+
+    async def close(self) -> None:
+        """Stop listening, cancel anyone still waiting, close the connection pool."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.cancel()
+        self._waiters.clear()
+        await self._redis.aclose()

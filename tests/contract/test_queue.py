@@ -1,0 +1,81 @@
+"""The RequestQueue contract, run unchanged against the in-process queue and the Redis Streams queue."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from playgate.bus.local import LocalQueue
+from playgate.bus.protocol import RequestQueue
+from playgate.bus.redis import RedisQueue
+from playgate.domain import PlayRequest
+from tests.support.redis_server import RedisServer
+
+
+def play(rid: str) -> PlayRequest:
+    return PlayRequest(rid, "u1", "v1", "tv", accepted_at=1_800_000_000.5, replace_stream_id=None)
+
+
+@pytest_asyncio.fixture(params=["local", "redis"])
+async def queue(request: pytest.FixtureRequest) -> AsyncIterator[RequestQueue]:
+    if request.param == "local":
+        made: RequestQueue = LocalQueue()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        made = RedisQueue(
+            server.url,
+            consumer=f"test-{secrets.token_hex(4)}",
+            claim_idle_s=30.0,
+            maxlen=10_000,
+            pending_ttl_s=60.0,
+            max_attempts=5,
+        )
+    yield made
+    await made.close()
+
+
+async def test_requests_come_out_in_order_and_stay_pending_until_acked(queue: RequestQueue) -> None:
+    for rid in ("a", "b", "c"):
+        await queue.put(play(rid))
+    assert await queue.pending("b") == play("b")
+    assert await queue.depth() == 3
+    first = await queue.take(2, wait_s=1.0)
+    assert [d.request for d in first] == [play("a"), play("b")]
+    assert [d.attempts for d in first] == [1, 1]
+    rest = await queue.take(10, wait_s=1.0)
+    assert [d.request.request_id for d in rest] == ["c"]
+    assert await queue.depth() == 3  # taken, not yet acknowledged
+    await queue.ack(first)
+    assert await queue.pending("a") is None
+    assert await queue.pending("c") == play("c")
+    assert await queue.depth() == 1
+    await queue.ack(rest)
+    assert await queue.depth() == 0
+    assert await queue.pending("unknown") is None
+
+
+async def test_released_requests_come_back_first_with_one_more_attempt(queue: RequestQueue) -> None:
+    await queue.put(play("a"))
+    await queue.put(play("b"))
+    [a] = await queue.take(1, wait_s=1.0)
+    await queue.release([a])
+    again = await queue.take(2, wait_s=1.0)
+    assert [(d.request.request_id, d.attempts) for d in again] == [("a", 2), ("b", 1)]
+    await queue.release(again[:1])
+    [third] = await queue.take(1, wait_s=1.0)
+    assert (third.request.request_id, third.attempts) == ("a", 3)
+    await queue.ack([third, again[1]])
+    assert await queue.depth() == 0
+
+
+async def test_take_waits_at_most_wait_s_on_an_empty_queue(queue: RequestQueue) -> None:
+    started = time.monotonic()
+    assert await queue.take(5, wait_s=0.3) == []
+    assert 0.2 <= time.monotonic() - started < 2.0
+    assert await queue.take(5, wait_s=0) == []
+    await queue.ping()

@@ -1,0 +1,131 @@
+"""What only the Redis bus has to prove: dead workers' entries re-claimed, poison dead-lettered, fan-out across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest_asyncio
+
+from playgate.bus.redis import RedisFanout, RedisQueue
+from playgate.domain import Decision, PlayRequest, Reason, Status
+from playgate.ledger.protocol import Outcome
+from playgate.metrics import Metrics
+from playgate.worker import Worker
+from tests.support.redis_server import RedisServer
+
+QueueFactory = Callable[..., RedisQueue]
+
+
+def play(rid: str, user: str = "u1") -> PlayRequest:
+    return PlayRequest(rid, user, "v1", "tv", accepted_at=time.time(), replace_stream_id=None)
+
+
+@pytest_asyncio.fixture
+async def make_queue(redis_server: RedisServer) -> AsyncIterator[QueueFactory]:
+    """Queues on one fresh Redis, each a consumer of its own (as separate worker processes are)."""
+    redis_server.flush()
+    made: list[RedisQueue] = []
+
+    def make(claim_idle_s: float = 0.2, max_attempts: int = 5) -> RedisQueue:
+        queue = RedisQueue(
+            redis_server.url,
+            consumer=f"worker-{secrets.token_hex(4)}",
+            claim_idle_s=claim_idle_s,
+            maxlen=10_000,
+            pending_ttl_s=60.0,
+            max_attempts=max_attempts,
+        )
+        made.append(queue)
+        return queue
+
+    yield make
+    for queue in made:
+        await queue.close()
+
+
+class Recorder:
+    """An Emitter that keeps what was emitted."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any, str | None]] = []
+
+    async def emit(self, event: str, data: Any = None, *, room: str | None = None) -> None:
+        self.events.append((event, data, room))
+
+
+async def test_entries_of_a_dead_worker_are_claimed_by_another(make_queue: QueueFactory) -> None:
+    dead, alive = make_queue(), make_queue()
+    for rid in ("a", "b"):
+        await dead.put(play(rid))
+    taken = await dead.take(10, wait_s=1.0)
+    assert len(taken) == 2  # ... and this worker dies without acknowledging
+    assert await alive.take(10, wait_s=0.1) == []  # not idle long enough yet
+    await asyncio.sleep(0.3)
+    claimed = await alive.take(10, wait_s=0.1)
+    assert sorted((d.request.request_id, d.attempts) for d in claimed) == [("a", 2), ("b", 2)]
+    assert await alive.pending("a") is not None  # still owed until acknowledged
+    await alive.ack(claimed)
+    assert await alive.pending("a") is None
+    assert await alive.depth() == 0
+
+
+async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
+    make_queue: QueueFactory, redis_server: RedisServer
+) -> None:
+    queue = make_queue(claim_idle_s=0.05, max_attempts=2)
+    await queue.put(play("poison"))
+    for _ in range(2):  # two deliveries to workers that die before deciding
+        await asyncio.sleep(0.1)
+        assert len(await make_queue(claim_idle_s=0.05).take(1, wait_s=0.5)) == 1
+    await asyncio.sleep(0.1)
+    recorder = Recorder()
+    fanout = RedisFanout(redis_server.url, recorder)
+    worker = Worker(
+        queue=queue,
+        ledger=None,  # type: ignore[arg-type]  # never reached: the only entry is past max_attempts
+        fanout=fanout,
+        catalog=None,  # type: ignore[arg-type]
+        metrics=Metrics(),
+        clock=time.time,
+        batch_size=10,
+        sweep_interval_s=1.0,
+        max_attempts=2,
+    )
+    assert await worker.step(wait_s=0.5) == 1
+    [(event, message, room)] = recorder.events
+    assert (event, room) == ("message", "user:u1")
+    assert (message["status"], message["reason"], message["requestId"]) == ("denied", "error", "poison")
+    assert [r.request_id for r in await queue.dead_letters()] == ["poison"]
+    assert await queue.depth() == 0
+    assert await queue.pending("poison") is None
+    await fanout.close()
+
+
+async def test_a_malformed_entry_is_dead_lettered_not_delivered(
+    make_queue: QueueFactory, redis_server: RedisServer
+) -> None:
+    queue = make_queue()
+    await queue.put(play("good"))
+    await queue._redis.xadd("playgate:requests", {"r": "not json"})
+    taken = await queue.take(10, wait_s=1.0)
+    assert [d.request.request_id for d in taken] == ["good"]
+    await queue.ack(taken)
+    assert await queue.depth() == 0
+
+
+async def test_waiters_in_one_process_are_woken_by_a_worker_in_another(redis_server: RedisServer) -> None:
+    api, worker = RedisFanout(redis_server.url, Recorder()), RedisFanout(redis_server.url, Recorder())
+    await api.start()
+    waiter = api.watch("r1")
+    other = api.watch("r2")
+    api.unwatch("r2", other)
+    decision = Decision("r1", "u1", "v1", "tv", Status.denied, 3, 3, 1_800_000_000.25, reason=Reason.limit_reached)
+    await worker.publish([Outcome(decision)])
+    assert await asyncio.wait_for(waiter, 5.0) == decision
+    assert not other.done()
+    await api.close()
+    await worker.close()
