@@ -1,4 +1,4 @@
-"""What only the Redis bus has to prove: dead workers' entries re-claimed, poison dead-lettered, fan-out across processes."""
+"""Only the Redis bus: dead workers' entries re-claimed, poison dead-lettered, fan-out across processes."""
 
 from __future__ import annotations
 
