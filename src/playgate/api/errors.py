@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -68,6 +69,9 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot parse (not JSON, not UTF-8): a client error about the body.
+        return problem(422, "Unprocessable content", f"body: {exc.detail}", field="body")
     titles = {
         404: "Not found",
         405: "Method not allowed",
@@ -85,8 +89,37 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return problem(500, "Internal error", "Something went wrong on our side; it was logged.")
 
 
+def _document_problems(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """OpenAPI generation that documents every 422 (and each error) as the problem+json it really is."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            problem_schema = Problem.model_json_schema()
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    responses = operation.get("responses", {})
+                    if "422" in responses:
+                        responses["422"] = {
+                            "description": "A field is missing or wrong; `field` names it.",
+                            "content": {PROBLEM: {"schema": problem_schema}},
+                        }
+                    responses.setdefault(
+                        "413",
+                        {"description": "The body is too large.", "content": {PROBLEM: {"schema": problem_schema}}},
+                    )
+            components = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
 def install(app: FastAPI) -> None:
-    """Register the handlers on `app`."""
+    """Register the handlers on `app`, and document them in its OpenAPI schema."""
+    app.openapi = _document_problems(app)  # type: ignore[method-assign]
     app.add_exception_handler(PlayGateError, _playgate_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -1,0 +1,146 @@
+"""Bad input gets a 4xx problem+json, never a 5xx, and the service goes on serving with nothing lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.clients import admin_client, api_client, new_user, token_for
+from tests.support.servers import ADMIN_PASSWORD, ServerProcess, start_playgate
+
+PROBLEM = "application/problem+json"
+
+
+async def test_huge_bodies_are_refused(base_url: str, admin: httpx.AsyncClient) -> None:
+    user = await new_user(base_url, admin)
+    async with api_client(base_url, user.token) as client:
+        big = b'{"videoId": "' + b"x" * 200_000 + b'"}'
+        announced = await client.post("/v1/plays", content=big, headers={"content-type": "application/json"})
+        assert announced.status_code == 413
+        assert announced.headers["content-type"].startswith(PROBLEM)
+
+        async def chunks() -> object:
+            for _ in range(100):
+                yield b"x" * 10_000
+
+        streamed = await client.post("/v1/plays", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        # and the service goes on
+        assert (await client.post("/v1/plays?wait=5", json={"videoId": "1"})).json()["status"] == "allowed"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/videos/..%2F..%2Fetc%2Fpasswd", 404),
+        ("GET", "/videos/%00", 422),
+        ("GET", "/videos/1%27%20OR%201=1", 422),
+        ("GET", "/videos/" + "9" * 65, 422),
+        ("GET", "/videos/../users", 403),
+        ("GET", "/users/1/../2", 403),
+        ("GET", "/v1/plays/%2e%2e", 404),
+        ("GET", "/no/such/route", 404),
+        ("PUT", "/v1/plays", 405),
+        ("GET", "/videos/1/request?user=", 422),
+    ],
+)
+async def test_path_tricks_and_unknown_routes(
+    base_url: str, admin: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    user = await new_user(base_url, admin)
+    async with api_client(base_url, user.token) as client:
+        response = await client.request(method, path)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"", "application/json"),
+        (b"null", "application/json"),
+        (b"[]", "application/json"),
+        (b'"videoId"', "application/json"),
+        (b"\xff\xfe\x00", "application/json"),
+        (b"videoId=1", "application/x-www-form-urlencoded"),
+        (b'{"videoId": {"$gt": ""}}', "application/json"),
+        (b'{"videoId": "1", "deviceId": 12}', "application/json"),
+    ],
+)
+async def test_wrong_bodies_are_422(base_url: str, admin: httpx.AsyncClient, body: bytes, content_type: str) -> None:
+    user = await new_user(base_url, admin)
+    async with api_client(base_url, user.token) as client:
+        response = await client.post("/v1/plays", content=body, headers={"content-type": content_type})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["status"] == 422
+    assert problem["field"]
+
+
+async def test_wrong_types_in_admin_bodies(base_url: str, admin: httpx.AsyncClient) -> None:
+    for path, body, field in (
+        ("/v1/users", {"name": "x", "password": "y", "limit": "three"}, "limit"),
+        ("/v1/users", {"name": "x", "password": "y", "disabled": "maybe"}, "disabled"),
+        ("/v1/users", {"name": "a\nb", "password": "y"}, "name"),
+        ("/v1/plans", {"name": "p", "maxStreams": 1.5}, "maxStreams"),
+        ("/v1/videos", {"title": "", "url": "u"}, "title"),
+    ):
+        response = await admin.post(path, json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == field
+    before = (await admin.get("/v1/users")).json()
+    assert (await admin.patch(f"/v1/users/{before[0]['id']}", json={"limit": "x"})).status_code == 422
+    assert (await admin.get("/v1/users")).json() == before, "a refused change changes nothing"
+
+
+# ---- schemathesis against the service's own OpenAPI document ---------------------------------------------
+
+
+@pytest.fixture
+def fuzzed_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_playgate(tmp_path / "data")
+    yield server
+    server.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_schemathesis_finds_no_5xx_and_no_schema_violation(fuzzed_server: ServerProcess) -> None:
+    base = fuzzed_server.base_url
+    admin = await admin_client(base)
+    user = await new_user(base, admin, limit=3)
+    await admin.aclose()
+    admin_token = await token_for(base, "admin", ADMIN_PASSWORD)
+    checks = "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance"
+    for token in (user.token, admin_token):
+        run = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "st"),
+                "run",
+                f"{base}/openapi.json",
+                "-H",
+                f"Authorization: Bearer {token}",
+                "--checks",
+                checks,
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--max-time",
+                "25",
+                "--workers",
+                "2",
+                "--seed",
+                "20261129",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "unhandled error" not in fuzzed_server.log(), fuzzed_server.log()[-4000:]
+    async with api_client(base) as client:
+        assert (await client.get("/readyz")).status_code == 200
