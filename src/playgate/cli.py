@@ -16,7 +16,7 @@ from playgate import __version__
 from playgate.catalog.db import upgrade
 from playgate.config import Settings, jwt_secret, load_settings
 from playgate.errors import ConfigError, NotFound, PlayGateError
-from playgate.runtime import open_catalog, preflight, prepare_catalog
+from playgate.runtime import Role, open_catalog, preflight, prepare_catalog, run_worker
 from playgate.security import TokenIssuer
 
 T = TypeVar("T")
@@ -63,7 +63,7 @@ def serve(host: str | None, port: int | None) -> None:
     _serve(settings)
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings, role: Role = Role.serve) -> None:
     from playgate.api.app import create_app  # heavy import, only for commands that serve
 
     try:
@@ -72,7 +72,7 @@ def _serve(settings: Settings) -> None:
         raise click.ClickException(str(exc)) from None
     _logging(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, role=role),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -89,19 +89,29 @@ def _serve(settings: Settings) -> None:
 
 
 @main.command()
-def api() -> None:
-    """Run an API process of the distributed deployment (needs PLAYGATE_REDIS_URL)."""
-    _distributed_only("api")
+@click.option("--host", help="Bind address (PLAYGATE_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (PLAYGATE_PORT or PORT, default 8080).")
+def api(host: str | None, port: int | None) -> None:
+    """Run an API process of the distributed deployment: HTTP and Socket.IO, no worker (needs PLAYGATE_REDIS_URL).
+
+    It does not migrate: run `playgate db upgrade` once before starting API and worker processes.
+    """
+    _serve(_distributed_only("api", host=host, port=port), role=Role.api)
 
 
 @main.command()
 def worker() -> None:
-    """Run a worker process of the distributed deployment (needs PLAYGATE_REDIS_URL)."""
-    _distributed_only("worker")
+    """Run a worker process of the distributed deployment: decides queued requests, no HTTP (needs PLAYGATE_REDIS_URL).
+
+    SIGTERM finishes and acknowledges the batch in hand, then exits; other workers take what is still queued.
+    """
+    settings = _distributed_only("worker")
+    _logging(settings)
+    _run(lambda: run_worker(settings))
 
 
-def _distributed_only(command: str) -> None:
-    settings = _settings()
+def _distributed_only(command: str, **overrides: Any) -> Settings:
+    settings = _settings(**overrides)
     if not settings.distributed:
         raise click.ClickException(
             f"playgate {command} runs beside other processes and needs PLAYGATE_REDIS_URL; "
@@ -111,6 +121,7 @@ def _distributed_only(command: str) -> None:
         preflight(settings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    return settings
 
 
 @main.group()

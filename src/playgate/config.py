@@ -95,6 +95,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PLAYGATE_SWEEP_INTERVAL"),
         description="How often expired streams are swept and announced.",
     )
+    claim_idle_s: float = Field(
+        15.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_CLAIM_IDLE"),
+        description="Distributed: seconds a request may stay unacknowledged with a worker before another takes it.",
+    )
+    queue_maxlen: int = Field(
+        1_000_000, ge=1000, description="Distributed: the request stream is trimmed to about this many entries."
+    )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted.")
     log_level: str = Field("info", description="debug, info, warning or error.")
 

@@ -4,36 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate.bus.local import LocalFanout, LocalQueue
-from playgate.bus.protocol import Emitter
+from playgate.bus.protocol import Emitter, Fanout, RequestQueue
+from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.service import Catalog
 from playgate.config import AuthMode, Settings, jwt_secret
+from playgate.domain import Decision
 from playgate.errors import ConfigError, PlayGateError
+from playgate.ledger.protocol import Ledger
+from playgate.ledger.redis import RedisLedger, check_redis_url
 from playgate.ledger.sql import SqlLedger
 from playgate.media import ContentGate, MediaLibrary, playback_url
 from playgate.metrics import Metrics
 from playgate.security import PlaybackTokens, TokenIssuer
 from playgate.service import PlayGate
-from playgate.worker import Worker
+from playgate.worker import MAX_ATTEMPTS, Worker
 
 log = logging.getLogger("playgate")
 
 
 def preflight(settings: Settings) -> None:
     """Refuse settings this process cannot run with, in one line naming the variable (ConfigError)."""
-    if settings.distributed:
-        raise ConfigError(
-            "PLAYGATE_REDIS_URL: the distributed deployment is not part of this version; unset it to run embedded"
-        )
     url = settings.resolved_database_url
     check_url(url)
-    if not is_sqlite(url):
+    if settings.redis_url is not None:
+        check_redis_url(settings.redis_url)
+    elif not is_sqlite(url):
         raise ConfigError(
             "PLAYGATE_DATABASE_URL: the embedded deployment keeps its ledger in SQLite; use a sqlite+aiosqlite URL"
         )
@@ -65,6 +72,41 @@ async def _prepare_media(library: MediaLibrary, catalog: Catalog) -> None:
         log.error("could not make the demo media (it is retried on the first media request): %s", exc.detail)
 
 
+class Role(StrEnum):
+    """What one process runs: `serve` API and worker, `api` HTTP and Socket.IO only, `worker` the worker only."""
+
+    serve = "serve"
+    api = "api"
+    worker = "worker"
+
+
+def open_backends(
+    settings: Settings,
+    emitter: Emitter,
+    playback: Callable[[Decision], str | None],
+    clock: Callable[[], float],
+) -> tuple[Ledger, RequestQueue, Fanout]:
+    """The one mapping from settings to backends: PLAYGATE_REDIS_URL set -> Redis ledger, Redis Streams queue and
+    Redis fan-out; unset -> the SQLite ledger in the catalogue's database and the in-process bus."""
+    lease_s, decision_ttl_s, policy = settings.stream_ttl_s, settings.decision_ttl_s, settings.policy
+    if settings.redis_url is not None:
+        url = settings.redis_url
+        queue = RedisQueue(
+            url,
+            consumer=f"{socket.gethostname()}-{os.getpid()}",
+            claim_idle_s=settings.claim_idle_s,
+            maxlen=settings.queue_maxlen,
+            pending_ttl_s=settings.decision_ttl_s,
+            max_attempts=MAX_ATTEMPTS,
+        )
+        ledger: Ledger = RedisLedger(url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, policy=policy, clock=clock)
+        return ledger, queue, RedisFanout(url, emitter, playback)
+    ledger = SqlLedger(
+        settings.resolved_database_url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, policy=policy, clock=clock
+    )
+    return ledger, LocalQueue(), LocalFanout(emitter, playback_url=playback)
+
+
 @dataclass
 class Runtime:
     """The running parts of one process, and the tasks to stop at shutdown."""
@@ -85,6 +127,7 @@ class Runtime:
         metrics: Metrics,
         clock: Callable[[], float],
         migrate: bool = True,
+        role: Role = Role.serve,
     ) -> Runtime:
         """Check the settings, migrate, prepare the catalogue, and start the worker and sweeper tasks."""
         preflight(settings)
@@ -95,17 +138,14 @@ class Runtime:
         if migrate:
             await upgrade(url)
         engine, catalog = open_catalog(settings, clock)
-        await prepare_catalog(settings, catalog)
-        ledger = SqlLedger(
-            url,
-            lease_s=settings.stream_ttl_s,
-            decision_ttl_s=settings.decision_ttl_s,
-            policy=settings.policy,
-            clock=clock,
-        )
-        queue = LocalQueue()
+        if role is not Role.worker:  # workers start beside API processes that already did this
+            await prepare_catalog(settings, catalog)
         playback = PlaybackTokens(jwt_secret(settings), settings.playback_token_ttl_s)
-        fanout = LocalFanout(emitter, playback_url=lambda decision: playback_url(playback, decision, clock()))
+        ledger, queue, fanout = open_backends(
+            settings, emitter, lambda decision: playback_url(playback, decision, clock()), clock
+        )
+        if isinstance(fanout, RedisFanout) and role is not Role.worker:
+            await fanout.start()  # this process's ?wait= callers are woken by decisions of any worker
         gate = PlayGate(
             settings=settings,
             catalog=catalog,
@@ -129,19 +169,46 @@ class Runtime:
         library = MediaLibrary(settings.resolved_media_dir)
         content = ContentGate(gate=gate, tokens=playback, library=library, clock=clock)
         runtime = cls(gate=gate, engine=engine, worker=worker, content=content)
-        runtime.tasks = [
-            asyncio.create_task(worker.run(runtime.stop_event), name="playgate-worker"),
-            asyncio.create_task(worker.sweep_forever(runtime.stop_event), name="playgate-sweeper"),
+        if role is not Role.api:
+            runtime.tasks += [
+                asyncio.create_task(worker.run(runtime.stop_event), name="playgate-worker"),
+                asyncio.create_task(worker.sweep_forever(runtime.stop_event), name="playgate-sweeper"),
+            ]
+        if role is not Role.worker:
             # Clips are made in the background: start-up does not wait, a first media request waits for its own.
-            asyncio.create_task(_prepare_media(library, catalog), name="playgate-media"),
-        ]
+            runtime.tasks.append(asyncio.create_task(_prepare_media(library, catalog), name="playgate-media"))
         return runtime
 
     async def stop(self) -> None:
-        """Let the worker finish what is queued, then close every connection."""
+        """Let the worker finish what is queued (distributed: its batch in hand), then close every connection."""
+        if isinstance(self.gate.queue, RedisQueue):
+            self.gate.queue.stop_reading()  # the other workers take what is still queued
         self.stop_event.set()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.gate.fanout.close()
         await self.gate.queue.close()
         await self.gate.ledger.close()
         await self.engine.dispose()
+
+
+async def run_worker(settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    """A worker process of the distributed deployment: the Worker loop and the sweeper, no HTTP.
+
+    Decisions reach the sockets through a write-only Socket.IO Redis manager. SIGTERM or SIGINT: the batch in
+    hand is decided, published and acknowledged, nothing new is taken, and the process exits.
+    """
+    assert settings.redis_url is not None, "run_worker needs PLAYGATE_REDIS_URL"
+    emitter = socket_manager(settings.redis_url, write_only=True)
+    runtime = await Runtime.start(
+        settings, emitter=emitter, metrics=Metrics(), clock=clock, migrate=False, role=Role.worker
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker %s started", runtime.gate.queue.consumer if isinstance(runtime.gate.queue, RedisQueue) else "")
+    try:
+        await stop.wait()
+    finally:
+        await runtime.stop()
+        log.info("worker stopped")

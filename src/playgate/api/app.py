@@ -17,9 +17,10 @@ from playgate.api import errors
 from playgate.api.middleware import BodyLimit, CountRequests
 from playgate.api.routes import admin, auth, content, health, seed, v1
 from playgate.api.socket import create_server, register
+from playgate.bus.redis import socket_manager
 from playgate.config import Settings
 from playgate.metrics import Metrics
-from playgate.runtime import Runtime
+from playgate.runtime import Role, Runtime
 from playgate.service import PlayGate
 
 DESCRIPTION = """PlayGate decides whether a user may start one more video stream, and tells the player.
@@ -33,14 +34,17 @@ user's Socket.IO connections (`/socket.io`, event `message`), at `GET /v1/plays/
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> ASGIApp:
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, role: Role = Role.serve) -> ASGIApp:
     """The whole PlayGate process as one ASGI app: HTTP routes, Socket.IO, worker and sweeper tasks."""
     metrics = Metrics()
-    sio = create_server()
+    manager = socket_manager(settings.redis_url) if settings.redis_url is not None else None
+    sio = create_server(client_manager=manager)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.start(settings, emitter=sio, metrics=metrics, clock=clock)
+        runtime = await Runtime.start(
+            settings, emitter=sio, metrics=metrics, clock=clock, migrate=role is Role.serve, role=role
+        )
         app.state.gate = runtime.gate
         app.state.content = runtime.content
         try:

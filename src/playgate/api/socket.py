@@ -30,9 +30,11 @@ class _Json:
         return orjson.loads(data)
 
 
-def create_server(cors_origins: list[str] | None = None) -> socketio.AsyncServer:
+def create_server(cors_origins: list[str] | None = None, client_manager: Any = None) -> socketio.AsyncServer:
     """An ASGI Socket.IO server; same-origin browsers only unless origins are given."""
-    return socketio.AsyncServer(async_mode="asgi", json=_Json, cors_allowed_origins=cors_origins)
+    return socketio.AsyncServer(
+        async_mode="asgi", json=_Json, cors_allowed_origins=cors_origins, client_manager=client_manager
+    )
 
 
 def _token(environ: dict[str, Any], auth: Any) -> tuple[str | None, str | None]:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
+import socketio
 from redis import exceptions as redis_errors
 from redis.typing import EncodableT, FieldT
 
@@ -29,7 +30,15 @@ from playgate.bus.local import ANNOUNCED
 from playgate.bus.protocol import Delivery, Emitter, decision_message, ended_message, user_room
 from playgate.domain import Decision, EndedStream, PlayRequest
 from playgate.ledger.protocol import Outcome
-from playgate.ledger.redis import PREFIX, connect, decision_from_json, decision_to_json, translate_redis_errors
+from playgate.ledger.redis import (
+    CONNECT_TIMEOUT_S,
+    PREFIX,
+    SOCKET_TIMEOUT_S,
+    connect,
+    decision_from_json,
+    decision_to_json,
+    translate_redis_errors,
+)
 
 log = logging.getLogger("playgate.bus")
 
@@ -71,6 +80,15 @@ def request_from_json(raw: str | bytes) -> PlayRequest:
         device_id=str(body["dev"]),
         accepted_at=float(body["at"]),
         replace_stream_id=body.get("rep"),
+    )
+
+
+def socket_manager(url: str, *, write_only: bool = False) -> socketio.AsyncRedisManager:
+    """python-socketio's Redis client manager: a full one for an API process's server, write-only for a worker."""
+    return socketio.AsyncRedisManager(
+        url,
+        write_only=write_only,
+        redis_options={"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S},
     )
 
 

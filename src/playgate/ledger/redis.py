@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from playgate.config import Policy
 from playgate.domain import Decision, EndedStream, Reason, Status, Stream
-from playgate.errors import Unavailable
+from playgate.errors import ConfigError, Unavailable
 from playgate.ledger.protocol import Admission, KeyClaim, Outcome
 
 PREFIX = "playgate:"
@@ -66,6 +66,16 @@ def stream_owner(stream_id: str) -> str | None:
         return bytes.fromhex(head).decode()
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str) -> None:
+    """ConfigError naming PLAYGATE_REDIS_URL unless `url` is a redis://, rediss:// or unix:// URL."""
+    scheme = url.partition("://")[0].lower()
+    if scheme not in REDIS_SCHEMES or "://" not in url:
+        raise ConfigError(f"PLAYGATE_REDIS_URL: not a Redis URL (use redis://host:port/db), got scheme {scheme!r}")
 
 
 def connect(url: str) -> Redis:
