@@ -1,0 +1,107 @@
+"""The `playgate` command: help, version, db upgrade, demo, token, start-up errors, the seed's trust mode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.clients import api_client, connect_socket
+from tests.support.servers import playgate_env, start_playgate
+
+
+def playgate(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "playgate", *args],
+        env=playgate_env(data_dir, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    result = playgate(tmp_path, "--help")
+    assert result.returncode == 0
+    for command in ("serve", "api", "worker", "db", "demo", "token", "version"):
+        assert f"  {command} " in result.stdout
+    assert "upgrade" in playgate(tmp_path, "db", "--help").stdout
+    assert playgate(tmp_path, "version").stdout.strip() == playgate(tmp_path, "--version").stdout.split()[-1]
+
+
+def test_db_upgrade_demo_and_token(tmp_path: Path) -> None:
+    upgraded = playgate(tmp_path, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "up to date" in upgraded.stdout
+    assert playgate(tmp_path, "demo").stdout.strip() == "demo catalogue loaded"
+    assert playgate(tmp_path, "demo").stdout.strip() == "demo catalogue already there"
+    by_name = playgate(tmp_path, "token", "user2")
+    by_id = playgate(tmp_path, "token", "2")
+    assert by_name.returncode == by_id.returncode == 0
+    assert by_name.stdout.count(".") == 2  # a JWT
+    unknown = playgate(tmp_path, "token", "nobody")
+    assert unknown.returncode != 0
+    assert "nobody" in unknown.stderr
+
+
+async def test_a_printed_token_works_against_the_server(tmp_path: Path) -> None:
+    server = start_playgate(tmp_path)
+    try:
+        token = playgate(tmp_path, "token", "user3").stdout.strip()
+        async with api_client(server.base_url, token) as client:
+            assert (await client.get("/users/3")).json()["name"] == "user3"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PLAYGATE_PORT": "http"}, "PLAYGATE_PORT"),
+        ({"PLAYGATE_STREAM_TTL": "0"}, "PLAYGATE_STREAM_TTL"),
+        ({"PLAYGATE_DATABASE_URL": "mysql://x"}, "PLAYGATE_DATABASE_URL"),
+        ({"PLAYGATE_JWT_SECRET": "short"}, "PLAYGATE_JWT_SECRET"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path, env: dict[str, str], variable: str) -> None:
+    result = playgate(tmp_path, "serve", **env)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+async def test_without_demo_the_catalogue_starts_empty(tmp_path: Path) -> None:
+    server = start_playgate(tmp_path, PLAYGATE_DEMO="false")
+    try:
+        async with api_client(server.base_url) as client:
+            assert (await client.get("/videos")).json() == []
+            login = await client.post("/auth/token", json={"username": "user1", "password": "user1"})
+            assert login.status_code == 401
+    finally:
+        server.stop()
+
+
+async def test_auth_disabled_is_the_seed_trust_model(tmp_path: Path) -> None:
+    server = start_playgate(tmp_path, PLAYGATE_AUTH="disabled", PLAYGATE_INSECURE="true")
+    try:
+        assert "PLAYGATE_AUTH=disabled" in server.log()
+        sock = await connect_socket(server.base_url, user="1")
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            assert len((await client.get("/users")).json()) >= 3
+            assert (await client.get("/users", params={"name": "user1"})).json()["id"] == "1"
+            response = await client.get("/videos/1/request", params={"user": "1"})
+            assert response.status_code == 202
+            message = await sock.next_message()
+            assert (message["status"], message["data"]) == ("allowed", {"videoId": "1", "userId": "1"})
+            assert len((await client.get("/users/1/streams")).json()) == 1
+            assert (await client.get("/videos/stop", params={"user": "1"})).status_code == 204
+            assert (await client.get("/videos/1/request", params={"user": "nobody"})).status_code == 404
+        await sock.close()
+    finally:
+        server.stop()
