@@ -1,0 +1,129 @@
+"""The content gate over real processes: media requests are the heartbeat, ended streams lose their media at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from playgate.security import PlaybackTokens
+from tests.lifecycle.conftest import Deployment
+from tests.lifecycle.helpers import active_ids, ended_events, fetch, keep_watching, play
+from tests.support.clients import api_client, connect_socket, new_user
+from tests.support.servers import JWT_SECRET
+
+
+async def test_pause_a_watch_b_resume_a_by_media_requests_alone(
+    deny: Deployment, deny_admin: httpx.AsyncClient
+) -> None:
+    base = deny.base_url
+    user = await new_user(base, deny_admin, limit=1)
+    sock = await connect_socket(base, token=user.token)
+    try:
+        async with api_client(base, user.token) as client:
+            a = await play(client, "1", "laptop")
+            assert a["status"] == "allowed"
+            assert a["playbackUrl"] == f"/v1/streams/{a['streamId']}/content?token=" + a["playbackUrl"].split("=", 1)[1]
+            message = await sock.next_message()
+            assert message["playbackUrl"].startswith(f"/v1/streams/{a['streamId']}/content?token=")
+
+            # Watching A: media requests alone keep it alive past its lease.
+            await keep_watching(base, a["playbackUrl"], deny.stream_ttl_s * 1.5)
+            assert a["streamId"] in await active_ids(client)
+            b = await play(client, "2", "laptop")
+            assert (b["status"], b["reason"]) == ("denied", "limit_reached")
+
+            # Pause A (no more media requests): its lease runs out, the sweeper frees and announces it.
+            [ended] = await ended_events(sock, 1, deny.stream_ttl_s + 3.0)
+            assert ended == {"streamId": a["streamId"], "videoId": "1", "reason": "expired"}
+            assert (await fetch(base, a["playbackUrl"])).status_code == 403
+
+            # Watch B.
+            b = await play(client, "2", "laptop")
+            assert b["status"] == "allowed", b
+            await keep_watching(base, b["playbackUrl"], 1.0)
+
+            # Pause B; resume A as soon as the limit allows, without any stop call.
+            [ended] = await ended_events(sock, 1, deny.stream_ttl_s + 3.0)
+            assert ended["streamId"] == b["streamId"]
+            again = await play(client, "1", "laptop")
+            assert again["status"] == "allowed"
+            response = await fetch(base, again["playbackUrl"])
+            assert response.status_code == 206
+    finally:
+        await sock.close()
+
+
+async def test_a_stream_whose_media_requests_stop_is_freed_within_ttl_and_grace(
+    deny: Deployment, deny_admin: httpx.AsyncClient
+) -> None:
+    base = deny.base_url
+    user = await new_user(base, deny_admin, limit=2)
+    sock = await connect_socket(base, token=user.token)
+    try:
+        async with api_client(base, user.token) as client:
+            decision = await play(client, "3", "tv")
+            assert (await fetch(base, decision["playbackUrl"])).status_code == 206
+            last_request = time.monotonic()
+            grace_s = deny.sweep_interval_s + 1.0  # the sweep period, plus slack for a loaded machine
+            [ended] = await ended_events(sock, 1, deny.stream_ttl_s + grace_s + 2.0)
+            elapsed_s = time.monotonic() - last_request
+            assert ended == {"streamId": decision["streamId"], "videoId": "3", "reason": "expired"}
+            assert deny.stream_ttl_s - 0.2 <= elapsed_s <= deny.stream_ttl_s + grace_s, elapsed_s
+            assert await active_ids(client) == set()
+    finally:
+        await sock.close()
+
+
+async def test_tokens_that_do_not_open_the_stream(deny: Deployment, deny_admin: httpx.AsyncClient) -> None:
+    base = deny.base_url
+    alice = await new_user(base, deny_admin, limit=2)
+    bob = await new_user(base, deny_admin, limit=2)
+    async with api_client(base, alice.token) as a_client, api_client(base, bob.token) as b_client:
+        mine = await play(a_client, "1", "phone")
+        theirs = await play(b_client, "1", "phone")
+        url, token = mine["playbackUrl"].split("?token=")
+        other_token = theirs["playbackUrl"].split("?token=")[1]
+        # The token goes in the URL or in a header.
+        assert (await fetch(base, url, **{"X-Playback-Token": token})).status_code == 206
+        no_token = await fetch(base, url)
+        assert no_token.status_code == 401
+        assert no_token.headers["content-type"] == "application/problem+json"
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        assert (await fetch(base, f"{url}?token={forged}")).status_code == 401
+        assert (await fetch(base, f"{url}?token={other_token}")).status_code == 403
+        # An access token is not a playback token, and a playback token from another secret is forged.
+        assert (await fetch(base, f"{url}?token={alice.token}")).status_code == 401
+        foreign = PlaybackTokens("another-secret-that-is-long-enough-0123456789", 60)
+        foreign_token = foreign.issue(user_id=alice.id, stream_id=mine["streamId"], video_id="1", now=time.time())
+        assert (await fetch(base, f"{url}?token={foreign_token}")).status_code == 401
+        expired = PlaybackTokens(JWT_SECRET, 1).issue(
+            user_id=alice.id, stream_id=mine["streamId"], video_id="1", now=time.time() - 120
+        )
+        response = await fetch(base, f"{url}?token={expired}")
+        assert response.status_code == 401
+        assert "expired" in response.json()["detail"]
+        # Stopped: the token stops working at once, not when it expires.
+        assert (await a_client.delete(f"/v1/streams/{mine['streamId']}")).status_code == 204
+        assert (await fetch(base, mine["playbackUrl"])).status_code == 403
+
+
+async def test_heartbeats_hand_out_fresh_playback_urls_and_media_requests_renew(
+    deny: Deployment, deny_admin: httpx.AsyncClient
+) -> None:
+    base = deny.base_url
+    user = await new_user(base, deny_admin, limit=1)
+    async with api_client(base, user.token) as client:
+        decision = await play(client, "4", "tv")
+        response = await client.post(f"/v1/streams/{decision['streamId']}/heartbeat")
+        assert response.status_code == 200
+        fresh = response.json()["playbackUrl"]
+        assert fresh.startswith(f"/v1/streams/{decision['streamId']}/content?token=")
+        before = (await client.get("/v1/streams")).json()[0]["expiresAt"]
+        await asyncio.sleep(0.3)
+        assert (await fetch(base, fresh)).status_code == 206
+        after = (await client.get("/v1/streams")).json()[0]["expiresAt"]
+        assert after > before
+        status = (await client.get(f"/v1/plays/{decision['requestId']}")).json()
+        assert status["playbackUrl"].startswith(f"/v1/streams/{decision['streamId']}/content?token=")
