@@ -33,7 +33,21 @@ $(CHROMIUM):
 run: $(STAMP) web
 	$(BIN)/playgate serve
 
-test: $(STAMP) web $(CHROMIUM)
+# promtool (Debian package prometheus) checks and unit-tests the alert rules in deploy/prometheus (tests/ops).
+PROMTOOL := /usr/bin/promtool
+
+$(PROMTOOL):
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+
+# A real nginx runs in front of the media in tests/lifecycle (auth_request; deploy/nginx); installed when missing.
+NGINX := /usr/sbin/nginx
+
+$(NGINX):
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx
+
+test: $(STAMP) web $(CHROMIUM) $(PROMTOOL) $(NGINX)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src
