@@ -66,9 +66,9 @@ class UserRow {
       "tr",
       { "data-user-id": user.id },
       h("th", { scope: "row" }, this.name, h("br"), this.plan),
-      h("td", {}, this.limitForm, this.effective, this.rowError),
-      h("td", {}, this.account, " ", this.toggle),
-      h("td", {}, this.streams),
+      h("td", { "data-label": "Limit" }, this.limitForm, this.effective, this.rowError),
+      h("td", { "data-label": "Account" }, this.account, " ", this.toggle),
+      h("td", { "data-label": "Active streams" }, this.streams),
     );
   }
 
@@ -83,6 +83,7 @@ class UserRow {
     this.account.textContent = user.disabled ? "Disabled" : "Active";
     this.account.className = user.disabled ? "badge off" : "badge on";
     this.toggle.textContent = user.disabled ? "Enable" : "Disable";
+    this.toggle.hidden = user.id === session.user.id; // an admin does not lock themself out
     this.toggle.setAttribute("aria-label", `${user.disabled ? "Enable" : "Disable"} ${user.name}`);
     this.updateStreams(streams);
   }
@@ -217,9 +218,9 @@ class VideoRow {
     this.el = h(
       "tr",
       { "data-video-id": video.id },
-      h("td", {}, video.id),
-      h("td", {}, this.titleLabel, this.title),
-      h("td", {}, this.urlLabel, this.url),
+      h("td", { "data-label": "Id" }, video.id),
+      h("td", { "data-label": "Title" }, this.titleLabel, this.title),
+      h("td", { "data-label": "URL" }, this.urlLabel, this.url),
       h("td", {}, this.save),
     );
   }

@@ -13,6 +13,7 @@ const HEARTBEAT_MIN_MS = 2000;
 const HEARTBEAT_MAX_MS = 30000;
 const HEARTBEAT_RETRY_MS = 5000;
 const ACK_TIMEOUT_MS = 5000;
+const MAX_MEDIA_RELOADS = 3; // fresh playback URLs tried after media errors, per stream
 const KEPT_DECISIONS = 200;
 
 const $ = (id) => document.getElementById(id);
@@ -42,9 +43,15 @@ const api = createApi(
 
 // ---- video cards ---------------------------------------------------------------------------------------------
 
-function poster(video) {
-  if (video.posterUrl) return h("img", { class: "poster", src: video.posterUrl, alt: "", loading: "lazy" });
+function placeholder(video) {
   return h("div", { class: "poster placeholder", "aria-hidden": "true" }, h("span", {}, video.title));
+}
+
+function poster(video) {
+  if (!video.posterUrl) return placeholder(video);
+  const img = h("img", { class: "poster", src: video.posterUrl, alt: "", loading: "lazy" });
+  img.addEventListener("error", () => img.replaceWith(placeholder(video)));
+  return img;
 }
 
 /** One video in the grid and its state in this tab: idle, requesting, playing, denied, ended or error. */
@@ -78,7 +85,8 @@ class Card {
     const hadFocus = this.el.contains(document.activeElement);
     this.el.dataset.state = state;
     this.status.textContent = text;
-    this.playButton.disabled = state === "requesting";
+    // aria-disabled, not disabled: a disabled button would drop the keyboard focus while the request runs.
+    this.playButton.setAttribute("aria-disabled", String(state === "requesting"));
     this.playButton.textContent = state === "requesting" ? "Requesting…" : "Play";
     this.playButton.hidden = state === "playing";
     this.stopButton.hidden = state !== "playing";
@@ -91,20 +99,38 @@ class Card {
       controls: true,
       autoplay: true,
       muted: true,
+      loop: true,
       playsInline: true,
       preload: "auto",
       "aria-label": `${this.video.title}, playing`,
     });
     video.setAttribute("muted", "");
-    video.addEventListener("error", () => {
-      // The media answer failed: ask the lease whether the stream is still ours.
-      if (this.streamId) heartbeat(this, this.streamId);
-    });
+    this.reloads = 0;
+    video.addEventListener("error", () => this.mediaFailed(video));
     video.src = url;
     this.media.replaceChildren(video);
     video.play().catch(() => {
       // Autoplay refused (rare when muted): the controls let the viewer start it.
     });
+  }
+
+  /** The media request failed: if the stream is still ours, resume from a fresh playback URL, else end it. */
+  async mediaFailed(video) {
+    const streamId = this.streamId;
+    if (!streamId || this.reloads >= MAX_MEDIA_RELOADS) return;
+    this.reloads += 1;
+    let answer;
+    try {
+      answer = await api.post(`/v1/streams/${encodeURIComponent(streamId)}/heartbeat`);
+    } catch (err) {
+      if (this.streamId === streamId && err instanceof ApiError && err.status === 404) ended(this, "stopped_elsewhere");
+      return;
+    }
+    if (this.streamId !== streamId || !answer.playbackUrl || !video.isConnected) return;
+    const at = video.currentTime;
+    video.src = answer.playbackUrl;
+    video.currentTime = at;
+    video.play().catch(() => {});
   }
 
   hideVideo() {
@@ -167,7 +193,7 @@ function startPlaying(card, decision) {
     card.showVideo(url);
     card.set("playing", "Playing");
   } else {
-    card.set("playing", "Playing (this server sends no media; heartbeats keep the slot)");
+    card.set("playing", "Playing (no media from this server: heartbeats hold the slot)");
   }
   scheduleHeartbeat(card, decision.expiresAt);
   if (denial && denial.card === card) hideDenial();
@@ -281,12 +307,16 @@ async function renderDenial() {
       h("td", {}, since(stream.startedAt)),
       h(
         "td",
-        { class: "row-actions" },
-        h("button", { type: "button", "aria-label": `Stop ${name} on ${where}`, onclick: () => stopFromPanel(stream) }, "Stop"),
+        {},
         h(
-          "button",
-          { type: "button", "aria-label": `Replace ${name} on ${where} with ${title}`, onclick: () => replace(stream) },
-          `Replace with ${title}`,
+          "div",
+          { class: "row-actions" },
+          h("button", { type: "button", "aria-label": `Stop ${name} on ${where}`, onclick: () => stopFromPanel(stream) }, "Stop"),
+          h(
+            "button",
+            { type: "button", "aria-label": `Replace ${name} on ${where} with ${title}`, onclick: () => replace(stream) },
+            `Replace with ${title}`,
+          ),
         ),
       ),
     );
@@ -382,14 +412,15 @@ function onDecision(message) {
 }
 
 function onEnded(message) {
+  if (message.reason === "user_disabled") {
+    // The token no longer works: say why at once instead of letting the next call fail.
+    endSession("An admin disabled this account; its streams were stopped.", true);
+    return;
+  }
   const card = playing.get(message.streamId);
   if (card) ended(card, message.reason);
   else refreshUsage();
-  if (message.reason === "user_disabled") {
-    endSession("An admin disabled this account; its streams were stopped.", true);
-  } else if (denial) {
-    renderDenial();
-  }
+  if (denial) renderDenial();
 }
 
 function connectSocket() {
