@@ -91,3 +91,24 @@ async def test_streams_stop_counting_when_the_lease_runs_out(tmp_path: Path) -> 
         await sock.close()
     finally:
         server.stop()
+
+
+async def test_two_processes_on_one_sqlite_file_never_exceed_the_limit(tmp_path: Path) -> None:
+    """The SQLite ledger holds the write lock per batch, so a second process on the same file is safe."""
+    first = start_playgate(tmp_path / "data")
+    second = start_playgate(tmp_path / "data")
+    try:
+        admin = await admin_client(first.base_url)
+        user = await new_user(first.base_url, admin, limit=3)
+        await admin.aclose()
+        async with api_client(first.base_url, user.token) as a, api_client(second.base_url, user.token) as b:
+            responses = await asyncio.gather(
+                *((a if n % 2 else b).post("/v1/plays?wait=10", json={"videoId": str(1 + n % 6)}) for n in range(40))
+            )
+            statuses = [r.json()["status"] for r in responses]
+            assert statuses.count("allowed") == 3, statuses
+            assert statuses.count("denied") == 37
+            assert len((await b.get("/v1/streams")).json()) == 3
+    finally:
+        first.stop()
+        second.stop()
