@@ -19,7 +19,7 @@ async def test_pause_a_watch_b_resume_a_by_media_requests_alone(
 ) -> None:
     base = deny.base_url
     user = await new_user(base, deny_admin, limit=1)
-    sock = await connect_socket(base, token=user.token)
+    sock = await connect_socket(deny.socket_url, token=user.token)
     try:
         async with api_client(base, user.token) as client:
             a = await play(client, "1", "laptop")
@@ -60,7 +60,7 @@ async def test_a_stream_whose_media_requests_stop_is_freed_within_ttl_and_grace(
 ) -> None:
     base = deny.base_url
     user = await new_user(base, deny_admin, limit=2)
-    sock = await connect_socket(base, token=user.token)
+    sock = await connect_socket(deny.socket_url, token=user.token)
     try:
         async with api_client(base, user.token) as client:
             decision = await play(client, "3", "tv")

@@ -14,7 +14,7 @@ from tests.support.clients import api_client, connect_socket, new_user
 async def test_evict_oldest_under_concurrent_requests(evict: Deployment, evict_admin: httpx.AsyncClient) -> None:
     base = evict.base_url
     user = await new_user(base, evict_admin, limit=2)
-    sock = await connect_socket(base, token=user.token)
+    sock = await connect_socket(evict.socket_url, token=user.token)
     try:
         async with api_client(base, user.token) as client:
             decisions = await asyncio.gather(*(play(client, str(1 + n % 6), f"device-{n}") for n in range(8)))
@@ -39,7 +39,7 @@ async def test_evict_oldest_under_concurrent_requests(evict: Deployment, evict_a
 async def test_evict_oldest_ends_the_oldest(evict: Deployment, evict_admin: httpx.AsyncClient) -> None:
     base = evict.base_url
     user = await new_user(base, evict_admin, limit=2)
-    sock = await connect_socket(base, token=user.token)
+    sock = await connect_socket(evict.socket_url, token=user.token)
     try:
         async with api_client(base, user.token) as client:
             first = await play(client, "1", "tv")
@@ -59,7 +59,7 @@ async def test_replace_stream_id_swaps_atomically_under_concurrency(
 ) -> None:
     base = deny.base_url
     user = await new_user(base, deny_admin, limit=2)
-    sock = await connect_socket(base, token=user.token)
+    sock = await connect_socket(deny.socket_url, token=user.token)
     try:
         async with api_client(base, user.token) as client:
             kept = await play(client, "1", "tv")

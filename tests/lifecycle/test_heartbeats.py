@@ -14,7 +14,7 @@ async def test_a_lowered_limit_ends_the_streams_over_it_at_their_next_heartbeat(
 ) -> None:
     base = deny.base_url
     user = await new_user(base, deny_admin, limit=3)
-    sock = await connect_socket(base, token=user.token)
+    sock = await connect_socket(deny.socket_url, token=user.token)
     try:
         async with api_client(base, user.token) as client:
             first, second, third = [await play(client, video, f"device-{video}") for video in ("1", "2", "3")]
@@ -41,7 +41,7 @@ async def test_a_media_request_over_a_lowered_limit_is_refused(
 ) -> None:
     base = evict.base_url
     user = await new_user(base, evict_admin, limit=2)
-    sock = await connect_socket(base, token=user.token)
+    sock = await connect_socket(evict.socket_url, token=user.token)
     try:
         async with api_client(base, user.token) as client:
             older = await play(client, "1", "tv")
@@ -59,7 +59,7 @@ async def test_a_media_request_over_a_lowered_limit_is_refused(
 async def test_socket_heartbeats_keep_a_stream_alive(deny: Deployment, deny_admin: httpx.AsyncClient) -> None:
     base = deny.base_url
     user = await new_user(base, deny_admin, limit=1)
-    sock = await connect_socket(base, token=user.token)
+    sock = await connect_socket(deny.socket_url, token=user.token)
     try:
         async with api_client(base, user.token) as client:
             decision = await play(client, "5", "tv")
@@ -78,7 +78,7 @@ async def test_disabling_a_user_ends_their_streams_and_their_media(
 ) -> None:
     base = deny.base_url
     user = await new_user(base, deny_admin, limit=2)
-    sock = await connect_socket(base, token=user.token)
+    sock = await connect_socket(deny.socket_url, token=user.token)
     try:
         async with api_client(base, user.token) as client:
             decision = await play(client, "6", "tv")

@@ -101,7 +101,7 @@ async def test_nginx_refuses_forged_other_users_evicted_and_expired_tokens(
 ) -> None:
     alice = await new_user(evict.base_url, evict_admin, limit=1)
     bob = await new_user(evict.base_url, evict_admin, limit=1)
-    sock = await connect_socket(evict.base_url, token=alice.token)
+    sock = await connect_socket(evict.socket_url, token=alice.token)
     try:
         async with (
             api_client(evict.base_url, alice.token) as a_client,
