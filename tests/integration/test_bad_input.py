@@ -135,6 +135,7 @@ async def test_schemathesis_finds_no_5xx_and_no_schema_violation(fuzzed_server: 
                 "--seed",
                 "20261129",
             ],
+            cwd=fuzzed_server.data_dir,  # schemathesis keeps its replay files in the working directory
             capture_output=True,
             text=True,
             timeout=240,
