@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import secrets
 from collections.abc import Mapping
 from enum import StrEnum
@@ -29,6 +31,14 @@ class Policy(StrEnum):
 
     deny = "deny"
     evict_oldest = "evict_oldest"
+
+
+class LogFormat(StrEnum):
+    """How log lines look: one JSON object per line, console lines for people, or `auto` (console on a terminal)."""
+
+    auto = "auto"
+    json = "json"
+    console = "console"
 
 
 class Settings(BaseSettings):
@@ -106,6 +116,28 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted.")
     log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: LogFormat = Field(
+        LogFormat.auto, description="`json` (one object per line), `console`, or `auto`: console on a terminal."
+    )
+    insecure: bool = Field(False, description="Must be true as well for PLAYGATE_AUTH=disabled to be accepted.")
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed to call the API from a browser; empty: same origin only."
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Proxies whose X-Forwarded-For is believed for the client address (comma-separated)."
+    )
+    login_failures_per_user: int = Field(
+        5, ge=1, description="Failed logins per user name within login_window_s before 429."
+    )
+    login_failures_per_address: int = Field(
+        20, ge=1, description="Failed logins per client address within login_window_s before 429."
+    )
+    login_window_s: int = Field(
+        60,
+        ge=1,
+        validation_alias=AliasChoices("PLAYGATE_LOGIN_WINDOW"),
+        description="The window of the login rate limits, seconds.",
+    )
 
     @field_validator("log_level")
     @classmethod
@@ -125,6 +157,19 @@ class Settings(BaseSettings):
     def resolved_media_dir(self) -> Path:
         """Where clips and posters live: the configured folder, else `media` in the data dir."""
         return self.media_dir if self.media_dir is not None else self.data_dir / "media"
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",") if o.strip()):
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com (no path)")
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """The allowed cross-origin callers; empty means same origin only."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def distributed(self) -> bool:
@@ -176,6 +221,40 @@ def _env_name(error: Any) -> str:
     if field_name.startswith("PLAYGATE_") or field_name == "PORT":
         return field_name
     return f"PLAYGATE_{field_name.upper()}"
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def security_problems(settings: Settings) -> list[str]:
+    """What makes these settings unsafe to run with, one line each naming the variable (empty when none)."""
+    problems: list[str] = []
+    if settings.auth is AuthMode.disabled and not settings.insecure:
+        problems.append(
+            "PLAYGATE_AUTH=disabled lets any caller act as any user and as an admin; "
+            "set PLAYGATE_INSECURE=true as well if that is really meant (the seed's test UI only)"
+        )
+    if settings.jwt_secret and len(settings.jwt_secret) < MIN_JWT_SECRET_LEN:
+        problems.append(f"PLAYGATE_JWT_SECRET: must be at least {MIN_JWT_SECRET_LEN} characters")
+    if not is_loopback(settings.host):
+        if not settings.jwt_secret:
+            problems.append(
+                f"PLAYGATE_JWT_SECRET: must be set when binding a non-loopback host (PLAYGATE_HOST={settings.host}), "
+                "so that every process signs tokens with one key you manage"
+            )
+        if settings.demo:
+            problems.append(
+                f"PLAYGATE_DEMO: the demo users' passwords equal their names; set PLAYGATE_DEMO=false when binding "
+                f"a non-loopback host (PLAYGATE_HOST={settings.host})"
+            )
+    return problems
 
 
 def jwt_secret(settings: Settings) -> str:

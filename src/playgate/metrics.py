@@ -34,6 +34,28 @@ class Metrics:
         )
         self.requests_accepted = Counter("playgate_requests_accepted", "Play requests queued.", registry=r)
         self.queue_depth = Gauge("playgate_queue_depth", "Play requests queued or in hand.", registry=r)
+        self.queue_lag = Gauge(
+            "playgate_queue_lag_seconds",
+            "How long the oldest request of the last batch waited in the queue before a worker took it.",
+            registry=r,
+        )
+        self.queue_pending = Gauge(
+            "playgate_queue_pending",
+            "Requests delivered to a worker and not yet acknowledged (where the queue tracks them).",
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "playgate_requests_dead_lettered",
+            "Requests given up on after max_attempts deliveries: answered denied/error and set aside.",
+            registry=r,
+        )
+        self.ready = Gauge("playgate_ready", "1 when the last readiness check passed, else 0.", registry=r)
+        self.logins_throttled = Counter(
+            "playgate_logins_throttled",
+            "Login attempts refused with 429, by the limit that refused them.",
+            ["limit"],
+            registry=r,
+        )
         self.active_streams = Gauge("playgate_active_streams", "Streams whose lease has not run out.", registry=r)
         self.streams_ended = Counter(
             "playgate_streams_ended",
@@ -49,6 +71,13 @@ class Metrics:
             "playgate_http_requests",
             "HTTP requests answered, by route and status.",
             ["route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "playgate_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
 

@@ -19,7 +19,7 @@ from playgate.bus.protocol import Emitter, Fanout, RequestQueue
 from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.service import Catalog
-from playgate.config import AuthMode, Settings, jwt_secret
+from playgate.config import AuthMode, Settings, is_loopback, jwt_secret, security_problems
 from playgate.domain import Decision
 from playgate.errors import ConfigError, PlayGateError
 from playgate.ledger.protocol import Ledger
@@ -33,9 +33,14 @@ from playgate.worker import MAX_ATTEMPTS, Worker
 
 log = logging.getLogger("playgate")
 
+DEMO_USER_NAMES = ("user1", "user2", "user3")
+
 
 def preflight(settings: Settings) -> None:
     """Refuse settings this process cannot run with, in one line naming the variable (ConfigError)."""
+    problems = security_problems(settings)
+    if problems:
+        raise ConfigError(problems[0])
     url = settings.resolved_database_url
     check_url(url)
     if settings.redis_url is not None:
@@ -62,6 +67,18 @@ async def prepare_catalog(settings: Settings, catalog: Catalog) -> None:
     if settings.admin_password:
         await catalog.ensure_admin(settings.admin_password)
         log.info("admin user ready")
+    if not is_loopback(settings.host):
+        await refuse_demo_passwords(catalog)
+
+
+async def refuse_demo_passwords(catalog: Catalog) -> None:
+    """ConfigError when a demo user still logs in with its demo password (name = password)."""
+    for name in DEMO_USER_NAMES:
+        if await catalog.authenticate(name, name) is not None:
+            raise ConfigError(
+                f"the demo user {name!r} still has its demo password and this process binds a non-loopback host; "
+                "change its password or delete it (PATCH or DELETE /v1/users/{id})"
+            )
 
 
 async def _prepare_media(library: MediaLibrary, catalog: Catalog) -> None:

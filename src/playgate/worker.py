@@ -15,9 +15,28 @@ from playgate.ledger.protocol import Admission, Ledger, Outcome
 from playgate.metrics import Metrics
 
 log = logging.getLogger("playgate.worker")
+# One line per decision, on a logger of its own so that it can be turned down alone.
+decision_log = logging.getLogger("playgate.decision")
 
 MAX_ATTEMPTS = 5
 BACKOFF_MAX_S = 5.0
+
+
+def decision_fields(decision: Decision, latency_s: float, attempts: int) -> dict[str, object]:
+    """The fields of a decision's log line: who, what, the outcome and how long it took."""
+    return {
+        "request_id": decision.request_id,
+        "user_id": decision.user_id,
+        "video_id": decision.video_id,
+        "device_id": decision.device_id,
+        "stream_id": decision.stream_id,
+        "decision": decision.status.value,
+        "reason": decision.reason.value if decision.reason else None,
+        "active": decision.active,
+        "limit": decision.limit,
+        "latency_ms": round(latency_s * 1000, 3),
+        "attempts": attempts,
+    }
 
 
 class Worker:
@@ -74,7 +93,10 @@ class Worker:
         """Decide one batch; returns how many requests it decided (0 when the queue was empty)."""
         deliveries = await self._queue.take(self.batch_size, wait_s)
         if not deliveries:
+            self._metrics.queue_lag.set(0)
             return 0
+        oldest_s = min(d.request.accepted_at for d in deliveries)
+        self._metrics.queue_lag.set(max(0.0, self._clock() - oldest_s))
         poisoned = [d for d in deliveries if d.attempts > self.max_attempts]
         healthy = [d for d in deliveries if d.attempts <= self.max_attempts]
         try:
@@ -119,7 +141,13 @@ class Worker:
             )
             for d in deliveries
         ]
-        log.error("giving up on %d request(s) after %d attempts", len(deliveries), self.max_attempts)
+        log.error(
+            "giving up on %d request(s) after %d attempts",
+            len(deliveries),
+            self.max_attempts,
+            extra={"request_ids": [d.request.request_id for d in deliveries]},
+        )
+        self._metrics.dead_lettered.inc(len(deliveries))
         await self._fanout.publish(outcomes)
         await self._queue.ack(deliveries)
         self._observe(deliveries, outcomes)
@@ -129,13 +157,17 @@ class Worker:
             return
         now = self._clock()
         self._metrics.batch_size.observe(len(outcomes))
+        verbose = decision_log.isEnabledFor(logging.INFO)
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
             decision = outcome.decision
             reason = decision.reason.value if decision.reason else ""
+            latency_s = max(0.0, now - delivery.request.accepted_at)
             self._metrics.decisions.labels(decision.status.value, reason).inc()
-            self._metrics.decision_latency.observe(max(0.0, now - delivery.request.accepted_at))
+            self._metrics.decision_latency.observe(latency_s)
             for ended in outcome.ended:
                 self._metrics.streams_ended.labels(ended.reason.value).inc()
+            if verbose:
+                decision_log.info("decision", extra=decision_fields(decision, latency_s, delivery.attempts))
 
     async def _back_off(self, stop: asyncio.Event, exc: Exception) -> None:
         self._failures += 1

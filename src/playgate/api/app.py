@@ -9,6 +9,7 @@ from pathlib import Path
 
 import socketio
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
@@ -19,9 +20,11 @@ from playgate.api.routes import admin, auth, content, health, seed, v1
 from playgate.api.socket import create_server, register
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
+from playgate.logs import RequestContext
 from playgate.metrics import Metrics
 from playgate.runtime import Role, Runtime
 from playgate.service import PlayGate
+from playgate.throttle import LoginThrottle
 
 DESCRIPTION = """PlayGate decides whether a user may start one more video stream, and tells the player.
 
@@ -38,7 +41,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, ro
     """The whole PlayGate process as one ASGI app: HTTP routes, Socket.IO, worker and sweeper tasks."""
     metrics = Metrics()
     manager = socket_manager(settings.redis_url) if settings.redis_url is not None else None
-    sio = create_server(client_manager=manager)
+    sio = create_server(socket_origins(settings), client_manager=manager)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,6 +57,17 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, ro
 
     api = FastAPI(title="PlayGate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     api.state.web_app = False
+    api.state.login_throttle = LoginThrottle(settings, clock=clock)
+    if settings.cors_origin_list:
+        # Without PLAYGATE_CORS_ORIGINS no CORS headers are sent, so browsers keep to the same origin.
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"],
+            expose_headers=["Retry-After", "X-Request-Id", "Location"],
+            max_age=600,
+        )
     errors.install(api)
     for module in (health, auth, seed, v1, content, admin):
         api.include_router(module.router)
@@ -67,4 +81,12 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, ro
 
     register(sio, gate)
     app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=CountRequests(api, metrics))
-    return BodyLimit(app, settings.max_body_bytes)
+    return RequestContext(BodyLimit(app, settings.max_body_bytes))
+
+
+def socket_origins(settings: Settings) -> str | list[str] | None:
+    """The Socket.IO server's allowed origins: same origin only (None) unless PLAYGATE_CORS_ORIGINS names some."""
+    origins = settings.cors_origin_list
+    if not origins:
+        return None
+    return "*" if "*" in origins else origins

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -62,6 +63,7 @@ class CountRequests:
             await self.app(scope, receive, send)
             return
         status = 500
+        started = time.perf_counter()
 
         async def remember(message: Message) -> None:
             nonlocal status
@@ -75,3 +77,4 @@ class CountRequests:
             route: Any = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             self.metrics.http_requests.labels(path, str(status)).inc()
+            self.metrics.http_duration.labels(path).observe(time.perf_counter() - started)

@@ -30,8 +30,8 @@ class _Json:
         return orjson.loads(data)
 
 
-def create_server(cors_origins: list[str] | None = None, client_manager: Any = None) -> socketio.AsyncServer:
-    """An ASGI Socket.IO server; same-origin browsers only unless origins are given."""
+def create_server(cors_origins: str | list[str] | None = None, client_manager: Any = None) -> socketio.AsyncServer:
+    """An ASGI Socket.IO server; same-origin browsers only unless origins (or "*") are given."""
     return socketio.AsyncServer(
         async_mode="asgi", json=_Json, cors_allowed_origins=cors_origins, client_manager=client_manager
     )

@@ -7,11 +7,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from playgate.api.deps import GateDep
-from playgate.api.errors import problem_responses
+from playgate.api.errors import problem, problem_responses
 from playgate.api.schemas import TokenIn, TokenOut, UserOut
+from playgate.errors import Unauthorized
+from playgate.throttle import LoginThrottle, Throttled
 
 router = APIRouter(tags=["auth"])
 
@@ -51,10 +54,29 @@ async def _credentials(request: Request) -> TokenIn:
     summary="Log in: a bearer token for username and password",
     description="JSON `{username, password}` or the OAuth2 password form. Wrong credentials: 401.",
     openapi_extra=_BODY,
-    responses=problem_responses({401: "Wrong username or password.", 422: "A field is missing or wrong."}),
+    responses=problem_responses(
+        {
+            401: "Wrong username or password.",
+            422: "A field is missing or wrong.",
+            429: "Too many failed logins for this user name or from this address; see Retry-After.",
+        }
+    ),
 )
-async def token(request: Request, gate: GateDep) -> TokenOut:
-    """Exchange credentials for an access token."""
+async def token(request: Request, gate: GateDep) -> TokenOut | JSONResponse:
+    """Exchange credentials for an access token; 429 after too many failed logins for the name or address."""
     credentials = await _credentials(request)
-    access_token, user = await gate.login(credentials.username, credentials.password)
+    throttle: LoginThrottle = request.app.state.login_throttle
+    address = request.client.host if request.client else "unknown"
+    try:
+        await throttle.check(credentials.username, address)
+    except Throttled as exc:
+        gate.metrics.logins_throttled.labels(exc.limit).inc()
+        response = problem(exc.status, exc.title, exc.detail)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
+    try:
+        access_token, user = await gate.login(credentials.username, credentials.password)
+    except Unauthorized:
+        await throttle.failed(credentials.username, address)
+        raise
     return TokenOut(access_token=access_token, expires_in=gate.tokens.ttl_s, user=UserOut.of(user))

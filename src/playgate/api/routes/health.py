@@ -48,6 +48,7 @@ async def readyz(gate: GateDep) -> Response | Status:
     """200 when catalogue, ledger and queue answer; 503 naming the one that does not."""
     checks = await gate.ready()
     ready = all(v == "ok" for v in checks.values())
+    gate.metrics.ready.set(1 if ready else 0)
     body = Status(status="ok" if ready else "unavailable", version=__version__, checks=checks)
     if ready:
         return body

@@ -1,0 +1,193 @@
+"""`playgate doctor`: checks the settings and every connection this process would need, in plain words.
+
+Each check says `ok`, `warn` (works, but worth a look) or `FAIL` (this process would not start or not work);
+the command exits 1 when any check fails, so it serves as a container probe and as a pre-deploy step. It only
+reads: it creates no database file, no secret and no Redis key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from playgate.catalog.db import alembic_config, check_url, create_engine, is_sqlite
+from playgate.config import JWT_SECRET_FILE, Settings, is_loopback, security_problems
+from playgate.errors import ConfigError
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+class Verdict(StrEnum):
+    """The outcome of one check."""
+
+    ok = "ok"
+    warn = "warn"
+    fail = "FAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the report: what was checked, the verdict, and what was found in plain words."""
+
+    name: str
+    verdict: Verdict
+    detail: str
+
+    def line(self) -> str:
+        """The check as printed: `verdict  name: detail`."""
+        return f"{self.verdict.value:<5} {self.name}: {self.detail}"
+
+
+def safe_url(url: str) -> str:
+    """A database or Redis URL with its password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy can parse: show only its scheme
+        return url.split("://", 1)[0] + "://…"
+
+
+def check_settings(settings: Settings) -> list[Check]:
+    """The settings: safe to run with (auth, secrets, demo users on an open host), and a known database driver."""
+    checks = [Check("settings", Verdict.fail, problem) for problem in security_problems(settings)]
+    try:
+        check_url(settings.resolved_database_url)
+    except ConfigError as exc:
+        checks.append(Check("settings", Verdict.fail, exc.detail))
+    if not checks:
+        where = "loopback only" if is_loopback(settings.host) else "every interface this host has"
+        checks.append(Check("settings", Verdict.ok, f"valid; serves on {settings.host}:{settings.port} ({where})"))
+    checks.append(_check_secret(settings))
+    return checks
+
+
+def _check_secret(settings: Settings) -> Check:
+    if settings.jwt_secret:
+        return Check("jwt secret", Verdict.ok, "set by PLAYGATE_JWT_SECRET")
+    path = settings.data_dir / JWT_SECRET_FILE
+    if path.exists():
+        return Check("jwt secret", Verdict.ok, f"generated earlier, kept in {path}")
+    return Check(
+        "jwt secret",
+        Verdict.warn,
+        f"none yet: one is generated into {path} at the first start; "
+        "set PLAYGATE_JWT_SECRET when more than one process signs tokens",
+    )
+
+
+async def check_database(settings: Settings) -> list[Check]:
+    """Connect to the catalogue database and compare its migration revision with this version's."""
+    url = settings.resolved_database_url
+    shown = safe_url(url)
+    try:
+        check_url(url)
+    except ConfigError:
+        return []  # reported by check_settings
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        return [
+            Check(
+                "database",
+                Verdict.fail,
+                f"no database file at {missing} yet: run `playgate db upgrade` (`playgate serve` also creates it)",
+            )
+        ]
+    engine = create_engine(url)
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            current = await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        return [Check("database", Verdict.fail, f"cannot connect to {shown}: {_reason(exc)}")]
+    finally:
+        await engine.dispose()
+    checks = [Check("database", Verdict.ok, f"connected to {shown}")]
+    heads = set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+    if current in heads:
+        checks.append(Check("migrations", Verdict.ok, f"the schema is at revision {current}, the newest"))
+    else:
+        checks.append(
+            Check(
+                "migrations",
+                Verdict.fail,
+                f"the schema is at revision {current or 'none (empty database)'}, this version needs "
+                f"{', '.join(sorted(heads))}: run `playgate db upgrade`",
+            )
+        )
+    return checks
+
+
+async def check_redis(settings: Settings) -> list[Check]:
+    """Ping Redis when the deployment uses it; warn when it keeps no append-only file."""
+    if not settings.redis_url:
+        return [Check("redis", Verdict.ok, "not configured: embedded deployment (in-process queue, SQLite ledger)")]
+    shown = safe_url(settings.redis_url)
+    client: Any = aioredis.from_url(
+        settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
+    )
+    try:
+        await client.ping()
+        persistence = await client.info("persistence")
+    except (RedisError, OSError, ValueError) as exc:
+        return [Check("redis", Verdict.fail, f"cannot connect to {shown}: {_reason(exc)}")]
+    finally:
+        await client.aclose()
+    checks = [Check("redis", Verdict.ok, f"connected to {shown}")]
+    if not int(persistence.get("aof_enabled", 0)):
+        checks.append(
+            Check(
+                "redis persistence",
+                Verdict.warn,
+                "append-only file is off: a Redis restart loses queued requests and active streams "
+                "(run redis-server with --appendonly yes)",
+            )
+        )
+    return checks
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite database file that does not exist (connecting would create it empty), else None."""
+    if not is_sqlite(url):
+        return None
+    database = make_url(url).database
+    if database and database != ":memory:" and not Path(database).exists():
+        return database
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    original = getattr(exc, "orig", None) or exc
+    return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+
+
+async def run_checks(settings: Settings) -> list[Check]:
+    """Every check, in order: settings, database and migrations, Redis."""
+    checks = check_settings(settings)
+    steps: list[Callable[[Settings], Awaitable[list[Check]]]] = [check_database, check_redis]
+    for step in steps:
+        checks += await step(settings)
+    return checks
+
+
+def report(checks: list[Check]) -> tuple[str, int]:
+    """The printed report and the exit code (1 when any check failed)."""
+    failed = [c for c in checks if c.verdict is Verdict.fail]
+    lines = [c.line() for c in checks]
+    if failed:
+        lines.append(f"{len(failed)} problem(s) found: PlayGate would not start or not work with this set-up.")
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines), 1 if failed else 0

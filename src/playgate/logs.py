@@ -1,0 +1,222 @@
+"""Logging: one JSON object per line (or console lines for people), a request id per HTTP call, secrets redacted.
+
+Every record goes through the standard library: `log.info("decision", extra={"user_id": ...})` puts the extra
+fields into the JSON object. The HTTP request id (the caller's `X-Request-Id`, else a new one) is kept in a
+context variable and added to every line logged while that request is handled, and echoed in the response.
+Whatever the format, the finished line passes through `Redactor`, so a token, password or secret that reaches a
+log call (from PlayGate or a library) is written as `[redacted]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any
+from urllib.parse import quote, urlsplit
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from playgate.config import LogFormat, Settings
+from playgate.domain import new_id
+
+REDACTED = "[redacted]"
+REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID_LEN = 128
+
+CHATTY_LOGGERS = {"socketio": logging.WARNING, "engineio": logging.WARNING, "aiosqlite": logging.INFO}
+
+request_id_var: ContextVar[str | None] = ContextVar("playgate_request_id", default=None)
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and goes into the line
+# (uvicorn's `color_message` is the same text with terminal colours: left out).
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
+
+
+_PATTERNS = (
+    # A JWT (header.payload.signature, base64url): access tokens, wherever they appear.
+    re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]+"),
+    # `Bearer <token>` in a header dump.
+    re.compile(r"(?i)(?<=bearer )[\w.~+/=-]{8,}"),
+    # key=value and "key": "value" pairs whose key says secret.
+    re.compile(
+        r"(?i)(?<![\w-])((?:password|passwd|secret|jwt_secret|token|access_?token|authorization)"
+        r"[\"']?\s*[:=]\s*[\"']?)(?!\[redacted\])[^\"'&,\s}]+"
+    ),
+    # A password inside a URL: scheme://user:password@host.
+    re.compile(r"(?<=://)([^:/@\s]+:)[^@/\s]+(?=@)"),
+)
+
+
+class Redactor:
+    """Replaces known secret values and anything shaped like a token or password in a finished log line."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        # Longest first, so that a secret containing another is replaced whole.
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        """The line with every secret replaced by [redacted]."""
+        for secret in self._secrets:
+            line = line.replace(secret, REDACTED)
+        for pattern in _PATTERNS:
+            line = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, line)
+        return line
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = datetime.fromtimestamp(record.created, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and not k.startswith("_")}
+    request_id = request_id_var.get()
+    if request_id is not None:
+        fields.setdefault("request_id", request_id)
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, the `extra` fields, and exc for a traceback."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redact = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
+        body: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        body.update(_fields(record))
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        line = orjson.dumps(body, default=str).decode()
+        return self._redact(line)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...` for a person at a terminal."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redact = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a console line (a traceback follows on its own lines)."""
+        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        line = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if extras:
+            line = f"{line}  {extras}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return self._redact(line)
+
+
+def _url_passwords(settings: Settings) -> list[str | None]:
+    """Passwords inside the database and Redis URLs (URL-decoded and as written)."""
+    found: list[str | None] = []
+    for url in (settings.database_url, settings.redis_url):
+        if url:
+            try:
+                password = urlsplit(url).password
+            except ValueError:
+                continue  # not a URL the settings would accept either; nothing to find in it
+            found += [password, quote(password, safe="") if password else None]
+    return found
+
+
+def resolve_format(log_format: LogFormat, stream: IO[str]) -> LogFormat:
+    """`auto` becomes console on a terminal and JSON anywhere else (containers, files, pipes)."""
+    if log_format is LogFormat.auto:
+        return LogFormat.console if stream.isatty() else LogFormat.json
+    return log_format
+
+
+def configure_logging(settings: Settings, *, secrets: Iterable[str | None] = (), stream: IO[str] | None = None) -> None:
+    """Send every logger (PlayGate's, uvicorn's, the libraries') to one handler in the configured format."""
+    stream = stream or sys.stderr
+    redactor = Redactor([settings.jwt_secret, settings.admin_password, *_url_passwords(settings), *secrets])
+    handler = logging.StreamHandler(stream)
+    if resolve_format(settings.log_format, stream) is LogFormat.json:
+        handler.setFormatter(JsonFormatter(redactor))
+    else:
+        handler.setFormatter(ConsoleFormatter(redactor))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    # uvicorn configures loggers of its own; route them through ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    # Libraries that log every packet or statement: the Socket.IO and Engine.IO servers (payloads included)
+    # at info, aiosqlite at debug. Keep them quieter than PlayGate's own lines.
+    for name, floor in CHATTY_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(floor, root.level))
+
+
+class RequestContext:
+    """ASGI middleware: a request id per HTTP call (the caller's X-Request-Id or a new one), echoed back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._log = logging.getLogger("playgate.http")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_id(scope) or new_id()
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, with_id)
+        finally:
+            if self._log.isEnabledFor(logging.DEBUG):
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                self._log.debug(
+                    "http request",
+                    extra={
+                        "method": scope.get("method"),
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    },
+                )
+            request_id_var.reset(token)
+
+
+def _incoming_id(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == REQUEST_ID_HEADER.encode():
+            text = bytes(value).decode("latin-1").strip()
+            # Only a sane id is echoed and logged: printable, no spaces, bounded.
+            if 0 < len(text) <= MAX_REQUEST_ID_LEN and re.fullmatch(r"[\w.:@/+=-]+", text):
+                return text
+    return None
