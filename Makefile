@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check install clean web
+.PHONY: run test lint typecheck check install clean web bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -59,6 +59,16 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src
+
+# The benchmark (bench/README.md): a sweep over C, the admission path alone, 10,000 idle sockets.
+# On a 2-core machine the server is pinned to core 0 and the load to core 1. Reports: bench/reports/.
+BENCH_DURATION ?= 30
+bench: $(STAMP)
+	$(BIN)/playgate bench load --sweep 10:10,100:20,1000:20,5000:20 --duration $(BENCH_DURATION) --warmup 5 \
+	  --server-cpu 0 --load-cpu 1
+	$(BIN)/playgate bench admission --ledger sqlite
+	$(BIN)/playgate bench admission --ledger redis
+	$(BIN)/playgate bench idle --sockets 10000 --server-cpu 0 --load-cpu 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/node_modules src/playgate/web/dist

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -12,10 +13,10 @@ import click
 import uvicorn
 
 from playgate import __version__
+from playgate.bench.cli import bench as bench_commands
 from playgate.catalog.db import upgrade
 from playgate.config import Settings, jwt_secret, load_settings
 from playgate.errors import ConfigError, NotFound, PlayGateError
-from playgate.logs import configure_logging
 from playgate.runtime import Role, open_catalog, preflight, prepare_catalog, run_worker
 from playgate.security import TokenIssuer
 
@@ -37,7 +38,11 @@ def _run(coro: Callable[[], Awaitable[T]]) -> T:
 
 
 def _logging(settings: Settings) -> None:
-    configure_logging(settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,13 +80,8 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
         http="httptools",
         lifespan="on",
         log_level=settings.log_level,
-        log_config=None,  # our handler (JSON or console, secrets redacted) takes uvicorn's records too
         access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        # On SIGTERM: stop accepting, finish in-flight requests (a ?wait= call takes up to 10 s), close
-        # websockets with 1012 "service restart" (Socket.IO clients reconnect), then drain the worker.
-        timeout_graceful_shutdown=15,
+        timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
     server.run()
@@ -183,18 +183,10 @@ def version() -> None:
     click.echo(__version__)
 
 
-@main.command()
-def doctor() -> None:
-    """Check the settings, the database (and its migrations) and Redis; say what is wrong. Exit 1 on a problem."""
-    from playgate.doctor import report, run_checks
-
-    settings = _settings()
-    text, code = report(asyncio.run(run_checks(settings)))
-    click.echo(text)
-    sys.exit(code)
-
-
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+main.add_command(bench_commands)

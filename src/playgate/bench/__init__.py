@@ -1,0 +1,1 @@
+"""`playgate bench`: load generator, admission micro-benchmark and idle-socket check for PlayGate."""

@@ -1,0 +1,251 @@
+"""The admission path alone: the worker deciding queued requests against a ledger, no HTTP, no sockets.
+
+For each batch size a fresh ledger is filled with the same workload, and the worker's steps are timed until
+the queue is empty: decisions/s by batch size. Ledgers: SQLite (a temp file) or Redis (pipelined Lua).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import secrets
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from playgate.bench.target import BenchError, free_port
+from playgate.bus.local import LocalFanout, LocalQueue
+from playgate.catalog.db import create_engine, upgrade
+from playgate.catalog.service import Catalog
+from playgate.config import Policy
+from playgate.domain import PlayRequest, Status
+from playgate.ledger.protocol import Ledger
+from playgate.ledger.sql import SqlLedger
+from playgate.metrics import Metrics
+from playgate.worker import Worker
+
+USER_LIMIT = 4
+DEVICES_PER_USER = 8  # twice the limit: in steady state half the requests renew a stream, half are denied
+LEASE_S = 3600.0
+REDIS_START_TIMEOUT_S = 10.0
+
+
+class NullEmitter:
+    """Counts the Socket.IO emits the fan-out would make (no sockets in this benchmark)."""
+
+    def __init__(self) -> None:
+        self.emitted = 0
+        self.statuses: Counter[str] = Counter()
+
+    async def emit(self, event: str, data: Any = None, *, room: str | None = None) -> None:
+        """Count one emit, and the outcome of each decision."""
+        self.emitted += 1
+        if event == "message" and isinstance(data, dict):
+            self.statuses[str(data.get("status"))] += 1
+
+
+@dataclass(frozen=True)
+class AdmissionSpec:
+    """The workload: `requests` decisions over `users` users, for each batch size."""
+
+    batch_sizes: tuple[int, ...]
+    requests: int
+    users: int
+    ledger: str  # "sqlite" or "redis"
+    redis_url: str | None = None
+
+
+def workload(user_ids: Sequence[str], count: int, now: float) -> list[PlayRequest]:
+    """`count` play requests, users taking turns, each user cycling over DEVICES_PER_USER devices."""
+    requests = []
+    for i in range(count):
+        turn = i // len(user_ids)
+        device = turn % DEVICES_PER_USER
+        request_id = secrets.token_hex(16)
+        requests.append(
+            PlayRequest(
+                request_id=request_id,
+                user_id=user_ids[i % len(user_ids)],
+                video_id=str(device % 6 + 1),
+                device_id=f"device{device}",
+                accepted_at=now,
+            )
+        )
+    return requests
+
+
+@contextlib.asynccontextmanager
+async def redis_server(url: str | None) -> AsyncIterator[str]:
+    """The given Redis URL, or a throwaway redis-server on a free port (no persistence), stopped afterwards."""
+    if url is not None:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError(
+            "redis-server is not installed: give --redis-url, or install it (apt-get install redis-server)"
+        )
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await _wait_for_port(port, process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), REDIS_START_TIMEOUT_S)
+
+
+async def _wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
+    """Until something accepts connections on the port; BenchError if the process exits or time runs out."""
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    while True:
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline or process.returncode is not None:
+                raise BenchError(f"redis-server did not start on port {port}") from None
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
+def _redis_ledger(url: str, clock: Callable[[], float]) -> Ledger:
+    """The Redis ledger of the distributed deployment (imported here: the embedded one does not need it)."""
+    try:
+        module = importlib.import_module("playgate.ledger.redis")
+    except ImportError as exc:
+        raise BenchError(f"the Redis ledger is not available in this version ({exc})") from None
+    ledger: Ledger = module.RedisLedger(url, lease_s=LEASE_S, decision_ttl_s=3600.0, policy=Policy.deny, clock=clock)
+    return ledger
+
+
+async def _flush(url: str) -> None:
+    from redis.asyncio import Redis
+
+    client: Redis = Redis.from_url(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
+async def _redis_memory_bytes(url: str) -> int:
+    from redis.asyncio import Redis
+
+    client: Redis = Redis.from_url(url)
+    try:
+        info = await client.info("memory")
+        return int(info["used_memory"])
+    finally:
+        await client.aclose()
+
+
+async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
+    """Time the worker over the workload once per batch size; one result document."""
+    clock = time.time
+    with tempfile.TemporaryDirectory(prefix="playgate-bench-admission-") as tmp:
+        catalog_url = f"sqlite+aiosqlite:///{Path(tmp) / 'catalog.sqlite3'}"
+        await upgrade(catalog_url)
+        engine = create_engine(catalog_url)
+        catalog = Catalog(engine, default_limit=USER_LIMIT, cache_ttl_s=3600.0, clock=clock)
+        try:
+            password = secrets.token_urlsafe(12)
+            user_ids = [
+                (await catalog.create_user(name=f"bench{i}", password=password, limit=USER_LIMIT)).id
+                for i in range(spec.users)
+            ]
+            async with contextlib.AsyncExitStack() as stack:
+                redis_url = None
+                if spec.ledger == "redis":
+                    redis_url = await stack.enter_async_context(redis_server(spec.redis_url))
+                runs = []
+                for index, batch_size in enumerate(spec.batch_sizes):
+                    if redis_url is not None:
+                        await _flush(redis_url)
+                        ledger = _redis_ledger(redis_url, clock)
+                    else:
+                        ledger_url = f"sqlite+aiosqlite:///{Path(tmp) / f'ledger-{index}.sqlite3'}"
+                        await upgrade(ledger_url)
+                        ledger = SqlLedger(
+                            ledger_url, lease_s=LEASE_S, decision_ttl_s=3600.0, policy=Policy.deny, clock=clock
+                        )
+                    try:
+                        runs.append(await _time_batches(ledger, catalog, user_ids, spec.requests, batch_size, clock))
+                        if redis_url is not None:
+                            used = await _redis_memory_bytes(redis_url)
+                            active = await ledger.count_active()
+                            runs[-1]["redis_used_memory_bytes"] = used
+                            runs[-1]["active_streams"] = active
+                    finally:
+                        await ledger.close()
+        finally:
+            await engine.dispose()
+    return {
+        "tool": "playgate bench admission",
+        "params": {
+            "ledger": spec.ledger,
+            "requests": spec.requests,
+            "users": spec.users,
+            "user_limit": USER_LIMIT,
+            "devices_per_user": DEVICES_PER_USER,
+            "batch_sizes": list(spec.batch_sizes),
+        },
+        "runs": runs,
+    }
+
+
+async def _time_batches(
+    ledger: Ledger, catalog: Catalog, user_ids: list[str], count: int, batch_size: int, clock: Callable[[], float]
+) -> dict[str, Any]:
+    queue = LocalQueue()
+    emitter = NullEmitter()
+    fanout = LocalFanout(emitter)
+    worker = Worker(
+        queue=queue,
+        ledger=ledger,
+        fanout=fanout,
+        catalog=catalog,
+        metrics=Metrics(),
+        clock=clock,
+        batch_size=batch_size,
+        sweep_interval_s=3600.0,
+    )
+    await catalog.quotas(user_ids)  # warm the catalogue cache: the quota lookups are part of each step
+    for request in workload(user_ids, count, clock()):
+        await queue.put(request)
+    steps = 0
+    started = time.perf_counter()
+    while await worker.step(wait_s=0):
+        steps += 1
+    elapsed_s = time.perf_counter() - started
+    return {
+        "batch_size": batch_size,
+        "decisions": count,
+        "elapsed_s": round(elapsed_s, 4),
+        "decisions_per_s": round(count / elapsed_s, 1),
+        "batches": steps,
+        "ms_per_batch": round(1000 * elapsed_s / max(1, steps), 3),
+        "allowed": emitter.statuses.get(Status.allowed.value, 0),
+        "denied": emitter.statuses.get(Status.denied.value, 0),
+        "emits": emitter.emitted,
+    }

@@ -1,0 +1,294 @@
+"""`playgate bench load | admission | idle`: the commands of the benchmark (heavy imports inside each)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from playgate.bench.report import DEFAULT_OUT_DIR
+
+
+def _cpus(_ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[int] | None:
+    from playgate.bench.target import parse_cpus
+
+    try:
+        cpus = parse_cpus(value)
+    except ValueError:
+        raise click.BadParameter("a CPU list such as 0, 0,1 or 2-3", param=param) from None
+    return frozenset(cpus) if cpus is not None else None
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: end-to-end load over HTTP and Socket.IO, the admission path alone, idle sockets.
+
+    Each run writes one JSON result under --out (default bench/reports/) and prints a summary line.
+    """
+
+
+@contextlib.contextmanager
+def _progress(label: str) -> Iterator[Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=1.0, rate="")
+
+        def hook(elapsed_s: float, window_s: float, decisions: int) -> None:
+            rate = decisions / elapsed_s if elapsed_s > 0 else 0.0
+            bar.update(task, completed=min(1.0, elapsed_s / window_s), rate=f"{decisions:,} decisions, {rate:,.0f}/s")
+
+        yield hook
+
+
+@bench.command()
+@click.option("--url", help="Drive this running PlayGate instead of starting one (embedded) on a temp data dir.")
+@click.option("--admin-password", envvar="PLAYGATE_ADMIN_PASSWORD", help="Admin of --url, to create the users.")
+@click.option("--server-pid", type=int, help="Pid of the --url server, to sample its CPU and RSS.")
+@click.option(
+    "-c",
+    "--sockets",
+    type=click.IntRange(1, 100_000),
+    default=10,
+    show_default=True,
+    help="Connected Socket.IO sockets C (viewers' included).",
+)
+@click.option(
+    "-v",
+    "--viewers",
+    type=click.IntRange(1, 10_000),
+    default=10,
+    show_default=True,
+    help="Viewers V in a closed loop: request, decision on the socket, stop if allowed, repeat.",
+)
+@click.option(
+    "--idle-users",
+    type=click.IntRange(1, 100_000),
+    help="Users the C - V idle sockets belong to [default: one per socket, at most 100].",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Open loop: this many requests/s in all, whatever the answers (instead of the closed loop).",
+)
+@click.option(
+    "-d", "--duration", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True, help="Measured seconds."
+)
+@click.option(
+    "-w",
+    "--warmup",
+    type=click.FloatRange(0, 600),
+    default=2.0,
+    show_default=True,
+    help="Seconds of load before measuring.",
+)
+@click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Load processes; sockets and viewers are spread over them.",
+)
+@click.option("--server-cpu", callback=_cpus, help="Pin the server the bench starts to these CPUs (e.g. 0).")
+@click.option("--load-cpu", callback=_cpus, help="Pin the load processes to these CPUs (e.g. 1).")
+@click.option(
+    "--sweep",
+    help="Run once per point, C or C:V, e.g. 10:10,100:20,1000:20,5000:20; writes sweep.md and sweep.png too.",
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
+def load(
+    url: str | None,
+    admin_password: str | None,
+    server_pid: int | None,
+    sockets: int,
+    viewers: int,
+    idle_users: int | None,
+    rate: float | None,
+    duration: float,
+    warmup: float,
+    processes: int,
+    server_cpu: frozenset[int] | None,
+    load_cpu: frozenset[int] | None,
+    sweep: str | None,
+    out: Path,
+) -> None:
+    """End to end over real HTTP and Socket.IO: decisions/s, latency, errors, per-socket accounting."""
+    from playgate.bench.load import LoadSpec, run_load, sweep_points
+    from playgate.bench.report import run_dir, summary_line, sweep_chart, sweep_table, write_json
+    from playgate.bench.target import BenchError, Target
+
+    try:
+        points = sweep_points(sweep, viewers) if sweep else [(sockets, viewers)]
+        target = (
+            Target.running(url, admin_password=admin_password, server_pid=server_pid)
+            if url
+            else Target.embedded(server_cpus=server_cpu)
+        )
+    except BenchError as exc:
+        raise click.ClickException(exc.detail) from None
+    folder = run_dir(out, "sweep" if sweep else f"load-c{sockets}-v{viewers}")
+    results = []
+    try:
+        for point_sockets, point_viewers in points:
+            spec = LoadSpec(
+                sockets=point_sockets,
+                viewers=point_viewers,
+                duration_s=duration,
+                warmup_s=warmup,
+                idle_users=idle_users,
+                rate_per_s=rate,
+                processes=processes,
+                load_cpus=load_cpu,
+            )
+            with _progress(f"C={point_sockets:,} V={point_viewers}") as hook:
+                result = run_load(target, spec, hook)
+            result["command"] = ["playgate", *sys.argv[1:]]
+            result["server_cpus"] = sorted(server_cpu) if server_cpu else None
+            path = write_json(folder / f"load-c{point_sockets}-v{point_viewers}.json", result)
+            click.echo(summary_line(result))
+            click.echo(f"  → {path}")
+            results.append(result)
+    except BenchError as exc:
+        raise click.ClickException(f"{exc.detail}\n{target.server_log()}") from None
+    finally:
+        target.stop()
+    if sweep:
+        (folder / "sweep.md").write_text(sweep_table(results))
+        chart = sweep_chart(results, folder / "sweep.png")
+        write_json(folder / "sweep.json", {"tool": "playgate bench load --sweep", "runs": results})
+        click.echo(sweep_table(results))
+        click.echo(f"table {folder / 'sweep.md'}, chart {chart}")
+
+
+def _batch_sizes(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("comma-separated whole numbers, e.g. 1,16,256", param=param) from None
+    if not sizes or min(sizes) < 1 or max(sizes) > 10_000:
+        raise click.BadParameter("each batch size between 1 and 10000", param=param)
+    return sizes
+
+
+@bench.command()
+@click.option("--ledger", type=click.Choice(["sqlite", "redis"]), default="sqlite", show_default=True)
+@click.option("--redis-url", help="Redis for --ledger redis [default: a throwaway redis-server on a free port].")
+@click.option(
+    "--batch-sizes",
+    callback=_batch_sizes,
+    default="1,4,16,64,256,1024",
+    show_default=True,
+    help="Worker batch sizes to time.",
+)
+@click.option(
+    "-n",
+    "--requests",
+    type=click.IntRange(1, 10_000_000),
+    default=5000,
+    show_default=True,
+    help="Decisions per batch size.",
+)
+@click.option("--users", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
+def admission(
+    ledger: str, redis_url: str | None, batch_sizes: tuple[int, ...], requests: int, users: int, out: Path
+) -> None:
+    """The worker and the ledger alone (no HTTP, no sockets): decisions/s by batch size."""
+    import asyncio
+
+    from playgate.bench.admission import AdmissionSpec, run_admission
+    from playgate.bench.report import run_dir, write_json
+    from playgate.bench.target import BenchError
+
+    spec = AdmissionSpec(batch_sizes=batch_sizes, requests=requests, users=users, ledger=ledger, redis_url=redis_url)
+    try:
+        result = asyncio.run(run_admission(spec))
+    except BenchError as exc:
+        raise click.ClickException(exc.detail) from None
+    result["command"] = ["playgate", *sys.argv[1:]]
+    path = write_json(run_dir(out, f"admission-{ledger}") / "admission.json", result)
+    for run in result["runs"]:
+        extra = ""
+        if "redis_used_memory_bytes" in run and run.get("active_streams"):
+            extra = f", redis {run['redis_used_memory_bytes'] / run['active_streams']:,.0f} B per active stream"
+        click.echo(
+            f"{ledger} batch {run['batch_size']:>5}: {run['decisions_per_s']:>10,.0f} decisions/s, "
+            f"{run['ms_per_batch']:.2f} ms/batch ({run['allowed']} allowed, {run['denied']} denied){extra}"
+        )
+    click.echo(f"  → {path}")
+
+
+@bench.command()
+@click.option("--url", help="Check this running PlayGate (give --server-pid) instead of starting one.")
+@click.option("--admin-password", envvar="PLAYGATE_ADMIN_PASSWORD", help="Admin of --url, to create the users.")
+@click.option("--server-pid", type=int, help="Pid of the --url server, whose RSS is read.")
+@click.option("-c", "--sockets", type=click.IntRange(1, 100_000), default=10_000, show_default=True)
+@click.option(
+    "--idle-users", type=click.IntRange(1, 100_000), default=100, show_default=True, help="Users the sockets belong to."
+)
+@click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Load processes holding the sockets.",
+)
+@click.option(
+    "--hold",
+    type=click.FloatRange(0.5, 600),
+    default=5.0,
+    show_default=True,
+    help="Seconds to hold every socket before reading the RSS.",
+)
+@click.option("--server-cpu", callback=_cpus, help="Pin the server the bench starts to these CPUs.")
+@click.option("--load-cpu", callback=_cpus, help="Pin the load processes to these CPUs.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
+def idle(
+    url: str | None,
+    admin_password: str | None,
+    server_pid: int | None,
+    sockets: int,
+    idle_users: int,
+    processes: int,
+    hold: float,
+    server_cpu: frozenset[int] | None,
+    load_cpu: frozenset[int] | None,
+    out: Path,
+) -> None:
+    """C idle Socket.IO connections on one API process: the server's RSS per idle socket."""
+    from playgate.bench.load import run_idle
+    from playgate.bench.report import run_dir, write_json
+    from playgate.bench.target import BenchError, Target
+
+    try:
+        target = (
+            Target.running(url, admin_password=admin_password, server_pid=server_pid)
+            if url
+            else Target.embedded(server_cpus=server_cpu)
+        )
+    except BenchError as exc:
+        raise click.ClickException(exc.detail) from None
+    try:
+        result = run_idle(
+            target, sockets=sockets, idle_users=idle_users, processes=processes, hold_s=hold, load_cpus=load_cpu
+        )
+    except BenchError as exc:
+        raise click.ClickException(f"{exc.detail}\n{target.server_log()}") from None
+    finally:
+        target.stop()
+    result["command"] = ["playgate", *sys.argv[1:]]
+    path = write_json(run_dir(out, f"idle-c{sockets}") / "idle.json", result)
+    click.echo(
+        f"{result['connected']:,}/{sockets:,} idle sockets held: server RSS {result['server_rss_before_mb']} MB → "
+        f"{result['server_rss_held_mb']} MB, {result['server_rss_per_socket_kb']} KB per socket; "
+        f"messages on idle sockets {result['messages_on_idle_sockets']}"
+    )
+    click.echo(f"  → {path}")

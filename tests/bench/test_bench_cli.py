@@ -1,0 +1,107 @@
+"""`playgate bench` run as a user runs it, against a server it starts itself: short runs, checked results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+RUN_TIMEOUT_S = 100
+
+
+def bench(out: Path, *args: str) -> tuple[str, list[Path]]:
+    """Run `playgate bench ARGS --out OUT`; its stdout and the JSON files it wrote."""
+    done = subprocess.run(
+        [sys.executable, "-m", "playgate", "bench", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout, sorted(out.rglob("*.json"))
+
+
+def check_load_result(result: dict[str, Any], sockets: int, viewers: int) -> None:
+    """Every field is there, and every request got exactly one decision on each socket of its user."""
+    assert result["params"]["sockets"] == sockets
+    assert result["params"]["viewers"] == viewers
+    assert result["decisions"] > 0
+    assert result["decisions_per_s"] == round(result["decisions"] / result["params"]["duration_s"], 1)
+    assert result["allowed"] + result["denied"] == result["decisions"]
+    latency = result["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert result["http_errors"] == 0, result["http_errors_by_kind"]
+    assert result["missing_decisions"] == 0
+    accounting = result["sockets"]
+    assert accounting["connected"] == sockets
+    assert accounting["failed"] == 0
+    assert accounting["exact"] == sockets
+    assert accounting["foreign_messages"] == 0
+    assert accounting["duplicate_messages"] == 0
+    assert accounting["idle_sockets_with_messages"] == 0
+    assert accounting["decisions_per_request_per_socket"] == {"min": 1.0, "max": 1.0}
+    assert accounting["requests"] >= result["decisions"]
+    assert result["server"]["cpu_percent"] > 0
+    assert result["server"]["rss_mb"] > 10
+    load = result["load"]
+    assert len(load["processes"]) >= 1
+    assert all(p["cpu_percent"] > 0 and p["loop_lag_ms"]["max"] is not None for p in load["processes"])
+    assert isinstance(load["saturated"], bool)
+
+
+def test_closed_loop_sweep_writes_results_table_and_chart(tmp_path: Path) -> None:
+    stdout, files = bench(tmp_path, "load", "--sweep", "3:2,9:3", "--duration", "1.5", "--warmup", "0.5")
+    results = {p.name: json.loads(p.read_text()) for p in files}
+    check_load_result(results["load-c3-v2.json"], sockets=3, viewers=2)
+    check_load_result(results["load-c9-v3.json"], sockets=9, viewers=3)
+    assert results["load-c9-v3.json"]["params"]["idle_users"] == 6
+    assert [r["params"]["sockets"] for r in results["sweep.json"]["runs"]] == [3, 9]
+    folder = files[0].parent
+    table = (folder / "sweep.md").read_text().splitlines()
+    assert table[0].startswith("| C sockets | V viewers | decisions/s |")
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["3", "9"]
+    assert (folder / "sweep.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "C=9 V=3 closed:" in stdout
+
+
+def test_open_loop_over_two_load_processes(tmp_path: Path) -> None:
+    stdout, files = bench(
+        tmp_path, "load", "-c", "6", "-v", "4", "--rate", "40", "-p", "2", "--duration", "1.5", "--warmup", "0.5"
+    )
+    result = json.loads(files[0].read_text())
+    check_load_result(result, sockets=6, viewers=4)
+    assert result["params"]["mode"] == "open"
+    assert len(result["load"]["processes"]) == 2
+    # 40 requests/s for 1.5 s: the decisions measured are the ones due in the window, give or take the edges.
+    assert 40 <= result["decisions"] <= 80
+    assert result["dropped_requests"] == 0
+    assert "open:" in stdout
+
+
+def test_admission_micro_benchmark_by_batch_size(tmp_path: Path) -> None:
+    stdout, files = bench(tmp_path, "admission", "-n", "120", "--users", "3", "--batch-sizes", "1,16")
+    result = json.loads(files[0].read_text())
+    assert [run["batch_size"] for run in result["runs"]] == [1, 16]
+    for run in result["runs"]:
+        assert run["decisions"] == 120
+        assert run["allowed"] + run["denied"] == 120
+        # 3 users at limit 4 cycling over 8 devices: the first 4 devices of each are allowed, then renewed.
+        assert run["allowed"] == 60
+        assert run["decisions_per_s"] > 0
+    assert result["runs"][0]["batches"] == 120
+    assert result["runs"][1]["batches"] == 8
+    assert "sqlite batch    16:" in stdout
+
+
+def test_idle_sockets_cost_reported_per_socket(tmp_path: Path) -> None:
+    stdout, files = bench(tmp_path, "idle", "-c", "40", "-p", "1", "--hold", "0.5", "--idle-users", "4")
+    result = json.loads(files[0].read_text())
+    assert result["connected"] == 40
+    assert result["connect_failures"] == {}
+    assert result["server_rss_held_mb"] >= result["server_rss_before_mb"] > 10
+    assert result["server_rss_per_socket_kb"] is not None
+    assert result["messages_on_idle_sockets"] == 0
+    assert "40/40 idle sockets held" in stdout
