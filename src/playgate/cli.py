@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from playgate.bench.cli import bench as bench_commands
 from playgate.catalog.db import upgrade
 from playgate.config import Settings, jwt_secret, load_settings
 from playgate.errors import ConfigError, NotFound, PlayGateError
+from playgate.logs import configure_logging
 from playgate.runtime import Role, open_catalog, preflight, prepare_catalog, run_worker
 from playgate.security import TokenIssuer
 
@@ -38,11 +38,7 @@ def _run(coro: Callable[[], Awaitable[T]]) -> T:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,8 +76,13 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
         http="httptools",
         lifespan="on",
         log_level=settings.log_level,
+        log_config=None,  # our handler (JSON or console, secrets redacted) takes uvicorn's records too
         access_log=False,
-        timeout_graceful_shutdown=10,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        # On SIGTERM: stop accepting, finish in-flight requests (a ?wait= call takes up to 10 s), close
+        # websockets with 1012 "service restart" (Socket.IO clients reconnect), then drain the worker.
+        timeout_graceful_shutdown=15,
     )
     server = uvicorn.Server(config)
     server.run()
@@ -181,6 +182,17 @@ def token(user: str) -> None:
 def version() -> None:
     """Print the version."""
     click.echo(__version__)
+
+
+@main.command()
+def doctor() -> None:
+    """Check the settings, the database (and its migrations) and Redis; say what is wrong. Exit 1 on a problem."""
+    from playgate.doctor import report, run_checks
+
+    settings = _settings()
+    text, code = report(asyncio.run(run_checks(settings)))
+    click.echo(text)
+    sys.exit(code)
 
 
 def _safe_url(url: str) -> str:
