@@ -127,7 +127,9 @@ async def test_logout_stops_every_stream_of_the_user(browsing: Browsing, web_ser
     await expect_stopped(staying, "video2", "stopped from another device")
 
 
-async def test_on_a_phone_the_page_fits_and_works_from_the_keyboard(browsing: Browsing, screenshot: Screenshot) -> None:
+async def test_on_a_phone_the_page_fits_and_works_from_the_keyboard(
+    browsing: Browsing, web_server: ServerProcess, screenshot: Screenshot
+) -> None:
     page, _ = await browsing.page("phone", viewport=PHONE)
     await log_in_viewer(page, "user2", "user2")
     assert await no_sideways_scroll(page)
@@ -138,6 +140,12 @@ async def test_on_a_phone_the_page_fits_and_works_from_the_keyboard(browsing: Br
     # Focus follows the card's action: the Stop button now has it, and Enter stops the stream.
     await expect(page.get_by_role("button", name="Stop video6")).to_be_focused()
     await screenshot(page, "viewer-phone")
+    # A reload keeps the tab's device, and with it the stream (asking again from the same device re-uses it).
+    await page.reload(wait_until="domcontentloaded")
+    await expect_playing(page, "video6")
+    async with api_client(web_server.base_url, await token_for(web_server.base_url, "user2", "user2")) as api:
+        assert [s["videoId"] for s in (await api.get("/v1/streams")).json()] == ["6"]
+    await page.get_by_role("button", name="Stop video6").focus()
     await page.keyboard.press("Enter")
     await expect(card(page, "video6").locator(".state")).to_have_text("Stopped")
     assert await no_sideways_scroll(page)

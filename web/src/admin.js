@@ -290,6 +290,7 @@ async function addVideo(event) {
 async function refresh() {
   if (!session) return;
   clearTimeout(timer);
+  if (document.hidden) return; // a hidden tab asks nothing; visibilitychange refreshes it when seen again
   try {
     await refreshUsers();
     showError("users-error", null);
@@ -368,4 +369,7 @@ async function login(event) {
 $("login-form").addEventListener("submit", login);
 $("logout").addEventListener("click", () => endSession("You logged out."));
 $("video-add").addEventListener("submit", addVideo);
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden) refresh();
+});
 if (session) start();
