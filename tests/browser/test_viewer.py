@@ -150,3 +150,17 @@ async def test_on_a_phone_the_page_fits_and_works_from_the_keyboard(
     await expect(card(page, "video6").locator(".state")).to_have_text("Stopped")
     assert await no_sideways_scroll(page)
     await page.get_by_role("button", name="Log out").click()
+
+
+async def test_the_api_serves_the_built_app_and_sends_browsers_to_it(web_server: ServerProcess) -> None:
+    async with api_client(web_server.base_url) as http:
+        browser_root = await http.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
+        assert (browser_root.status_code, browser_root.headers["location"]) == (303, "/app/")
+        program_root = await http.get("/", headers={"Accept": "application/json"})
+        assert program_root.json()["status"] == "ok"
+        for path in ("/app/", "/app/admin/"):
+            page = await http.get(path)
+            assert page.status_code == 200
+            assert page.headers["content-type"].startswith("text/html")
+            assert '<script type="module"' in page.text
+        assert (await http.get("/app/no-such-file.js")).status_code == 404
