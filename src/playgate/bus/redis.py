@@ -112,7 +112,7 @@ class RedisQueue:
         max_attempts: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis = connect(url)
+        self._redis = connect(url, client_name=f"playgate-queue:{consumer}")
         self.consumer = consumer
         self._claim_idle_ms = max(1, round(claim_idle_s * 1000))
         self._claim_every_s = max(0.05, min(1.0, claim_idle_s / 2))

@@ -78,10 +78,14 @@ def check_redis_url(url: str) -> None:
         raise ConfigError(f"PLAYGATE_REDIS_URL: not a Redis URL (use redis://host:port/db), got scheme {scheme!r}")
 
 
-def connect(url: str) -> Redis:
-    """A redis-py asyncio client for `url` with bounded timeouts (a dead server answers 503, it does not hang)."""
+def connect(url: str, *, client_name: str | None = None) -> Redis:
+    """A redis-py asyncio client for `url` with bounded timeouts (a dead server answers 503, it does not hang).
+
+    `client_name` names its connections in CLIENT LIST (the queue names them after the worker's consumer).
+    """
     client: Redis = Redis.from_url(
         url,
+        client_name=client_name,
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,

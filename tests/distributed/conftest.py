@@ -1,0 +1,122 @@
+"""A distributed PlayGate for the tests: a throwaway redis-server (AOF on), a fresh PostgreSQL database,
+2 `playgate api` and 2 `playgate worker` processes on them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import redis
+
+from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
+from tests.support.redis_server import RedisServer, redis_binary, start_redis
+from tests.support.servers import ServerProcess, playgate_env, start_playgate
+
+CLAIM_IDLE_S = 2.0
+WORKER_READY_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Cluster:
+    """The running processes of one distributed deployment, and what they share."""
+
+    redis: RedisServer
+    db: PgDatabase
+    data_dir: Path
+    apis: list[ServerProcess] = field(default_factory=list)
+    workers: list[ServerProcess] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "PLAYGATE_REDIS_URL": self.redis.url,
+            "PLAYGATE_DATABASE_URL": self.db.url,
+            "PLAYGATE_CLAIM_IDLE": str(CLAIM_IDLE_S),
+            "PLAYGATE_MEDIA_DIR": str(self.data_dir / "media"),
+        }
+
+    @property
+    def urls(self) -> list[str]:
+        return [api.base_url for api in self.apis]
+
+    def start_api(self) -> ServerProcess:
+        api = start_playgate(self.data_dir, "api", **self.env)
+        self.apis.append(api)
+        return api
+
+    def start_worker(self) -> ServerProcess:
+        """Start a worker and wait until it reads from the consumer group."""
+        before = self.consumers()
+        worker = start_playgate(self.data_dir, "worker", wait_ready=False, **self.env)
+        self.workers.append(worker)
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"playgate worker exited with {worker.proc.returncode}:\n{worker.log()}")
+            if self.consumers() > before:  # its queue connected: it is taking requests
+                return worker
+            time.sleep(0.1)
+        raise RuntimeError(f"playgate worker never read from the queue:\n{worker.log()}")
+
+    def consumers(self) -> int:
+        """Queue connections open on Redis: each process names them `playgate-queue:<consumer>`."""
+        client = redis.Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=2)
+        try:
+            names = {c.get("name", "") for c in client.client_list()}
+        finally:
+            client.close()
+        return sum(name.startswith("playgate-queue:") for name in names)
+
+    def stop(self) -> None:
+        for proc in (*self.apis, *self.workers):
+            proc.stop()
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    """Redis, PostgreSQL, `playgate db upgrade`, then 2 APIs and 2 workers (skipped with the reason if a server
+    binary or PostgreSQL is missing on this machine; .ci/run installs and starts them)."""
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    reason = await pg_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    data_dir = Path(tmp_path_factory.mktemp("distributed"))
+    server = start_redis(data_dir / "redis", appendonly=True)
+    db = await create_database()
+    cluster = Cluster(server, db, data_dir)
+    try:
+        env = playgate_env(data_dir, **cluster.env)
+        upgrade = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "playgate", "db", "upgrade"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert upgrade.returncode == 0, upgrade.stderr.decode()
+        cluster.start_api()  # the first API loads the catalogue and the admin before the others start
+        cluster.start_api()
+        cluster.start_worker()
+        cluster.start_worker()
+        yield cluster
+    finally:
+        cluster.stop()
+        server.stop()
+        with contextlib.suppress(OSError):
+            await drop_database(db)
+
+
+def kill(proc: ServerProcess) -> None:
+    """kill -9, and reap it."""
+    proc.proc.send_signal(signal.SIGKILL)
+    proc.proc.wait(10)
