@@ -53,7 +53,7 @@ _PATTERNS = (
         r"[\"']?\s*[:=]\s*[\"']?)(?!\[redacted\])[^\"'&,\s}]+"
     ),
     # A password inside a URL: scheme://user:password@host.
-    re.compile(r"(?<=://)([^:/@\s]+:)[^@/\s]+(?=@)"),
+    re.compile(r"(?<=://)([^:/@\s]*:)[^@/\s]+(?=@)"),
 )
 
 

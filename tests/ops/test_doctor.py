@@ -1,0 +1,102 @@
+"""`playgate doctor`: plain words about what is wrong, exit 1 when something is, 0 when all is well."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
+from tests.support.redis_server import redis_binary, start_redis
+from tests.support.servers import free_port, playgate_env
+
+
+def doctor(data_dir: Path, *args: str, **env: str) -> tuple[int, str]:
+    """Run `playgate <args>` (default `doctor`) with a test environment: exit code and output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "playgate", *(args or ("doctor",))],
+        env=playgate_env(data_dir, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_a_fresh_data_dir_needs_the_migrations_and_doctor_creates_nothing(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path)
+    assert code == 1
+    assert "FAIL  database: no database file" in output
+    assert "run `playgate db upgrade`" in output
+    assert list(tmp_path.iterdir()) == []  # it only looked
+    assert doctor(tmp_path, "db", "upgrade")[0] == 0
+    code, output = doctor(tmp_path)
+    assert code == 0, output
+    assert "ok    migrations: the schema is at revision" in output
+    assert "ok    redis: not configured" in output
+    assert output.rstrip().endswith("no problems found")
+
+
+def test_unsafe_settings_are_reported_in_plain_words(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path, PLAYGATE_AUTH="disabled", PLAYGATE_HOST="0.0.0.0")
+    assert code == 1
+    assert "set PLAYGATE_INSECURE=true as well" in output
+    assert "PLAYGATE_DEMO: the demo users' passwords equal their names" in output
+
+
+def test_a_bad_value_names_the_variable(tmp_path: Path) -> None:
+    code, output = doctor(tmp_path, PLAYGATE_PORT="eighty")
+    assert code != 0
+    assert "PLAYGATE_PORT" in output
+    assert "Traceback" not in output
+
+
+def test_servers_that_do_not_answer_are_named_without_their_password(tmp_path: Path) -> None:
+    port = free_port()  # nobody listens there
+    code, output = doctor(
+        tmp_path,
+        PLAYGATE_DATABASE_URL=f"postgresql+asyncpg://playgate:db-password@127.0.0.1:{port}/playgate",
+        PLAYGATE_REDIS_URL=f"redis://:redis-password@127.0.0.1:{port}/0",
+    )
+    assert code == 1
+    assert f"FAIL  database: cannot connect to postgresql+asyncpg://playgate:***@127.0.0.1:{port}/playgate" in output
+    assert f"FAIL  redis: cannot connect to redis://:***@127.0.0.1:{port}/0" in output
+    assert "db-password" not in output
+    assert "redis-password" not in output
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pg_database() -> AsyncIterator[PgDatabase]:
+    reason = await pg_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    db = await create_database()
+    yield db
+    await drop_database(db)
+
+
+async def test_real_postgres_and_redis_before_and_after_the_migrations(tmp_path: Path, pg_database: PgDatabase) -> None:
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    redis_plain = start_redis(tmp_path / "redis-plain")
+    redis_aof = start_redis(tmp_path / "redis-aof", appendonly=True)
+    try:
+        env = {"PLAYGATE_DATABASE_URL": pg_database.url, "PLAYGATE_REDIS_URL": redis_plain.url}
+        code, output = doctor(tmp_path, **env)
+        assert code == 1
+        assert "ok    database: connected to postgresql+asyncpg://" in output
+        assert "FAIL  migrations: the schema is at revision none (empty database)" in output
+        assert "warn  redis persistence: append-only file is off" in output
+        assert doctor(tmp_path, "db", "upgrade", **env)[0] == 0
+        code, output = doctor(tmp_path, **{**env, "PLAYGATE_REDIS_URL": redis_aof.url})
+        assert code == 0, output
+        assert "ok    redis: connected to redis://" in output
+        assert "redis persistence" not in output
+    finally:
+        redis_plain.stop()
+        redis_aof.stop()
