@@ -66,7 +66,10 @@ class ContentGate:
         token = header_token
         stream_id = video_id = None
         if original_uri:
-            parts = urlsplit(original_uri)
+            try:
+                parts = urlsplit(original_uri)
+            except ValueError:
+                raise Forbidden("X-Original-URI is not a URI.") from None
             token = token or next(iter(parse_qs(parts.query).get("token", [])), None)
             match = _MEDIA_PATH.search(parts.path)
             if match is None:

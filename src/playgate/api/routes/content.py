@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path as FilePath
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -26,29 +26,33 @@ GATE_ERRORS = problem_responses(
     {
         401: "No playback token, or a malformed, expired or forged one.",
         403: "The token is for another stream, or the stream has ended (stopped, expired, evicted, replaced).",
-        416: "The Range cannot be served (`Content-Range: bytes */<size>` gives the size).",
     }
 )
+RANGE_ERRORS = problem_responses({416: "The Range cannot be served (`Content-Range: bytes */<size>` gives the size)."})
 
 
-@router.api_route(
-    "/v1/streams/{streamId}/content",
-    methods=["GET", "HEAD"],
-    summary="A stream's video (HTTP Range), opened by its playback token",
-    description=(
+CONTENT_ROUTE = "/v1/streams/{streamId}/content"
+CONTENT_DOC: dict[str, Any] = {
+    "summary": "A stream's video (HTTP Range), opened by its playback token",
+    "description": (
         "The `playbackUrl` of an allowed decision: `?token=<playback token>` (or header `X-Playback-Token`), "
         "so that a `<video src>` can carry it. The token is bound to the stream and its user, and works only "
         "while the stream is active: every request renews the stream's lease, and a stream that ended "
         "(stopped, expired, evicted, replaced, user disabled) is refused at once. Range: `bytes=a-b`, `bytes=a-` "
         "and `bytes=-n` → 206; several ranges → 200 with the whole file; unsatisfiable → 416."
     ),
-    response_class=Response,
-    responses={
+    "response_class": Response,
+    "responses": {
         200: {"content": {"video/mp4": {}}, "description": "The whole clip."},
         206: {"content": {"video/mp4": {}}, "description": "The range asked for."},
         **GATE_ERRORS,
+        **RANGE_ERRORS,
     },
-)
+}
+
+
+@router.get(CONTENT_ROUTE, operation_id="get_stream_content", **CONTENT_DOC)
+@router.head(CONTENT_ROUTE, operation_id="head_stream_content", **CONTENT_DOC)
 async def stream_content(
     request: Request,
     content: ContentDep,
@@ -61,16 +65,19 @@ async def stream_content(
     return await _ranged(request, files.clip, "video/mp4")
 
 
-@router.api_route(
-    "/videos/{videoId}/poster",
-    methods=["GET", "HEAD"],
-    summary="A video's poster image (anyone)",
-    response_class=FileResponse,
-    responses={
+POSTER_ROUTE = "/videos/{videoId}/poster"
+POSTER_DOC: dict[str, Any] = {
+    "summary": "A video's poster image (anyone)",
+    "response_class": FileResponse,
+    "responses": {
         200: {"content": {"image/jpeg": {}}, "description": "The poster (JPEG)."},
         **problem_responses({404: "Unknown video."}),
     },
-)
+}
+
+
+@router.get(POSTER_ROUTE, operation_id="get_video_poster", **POSTER_DOC)
+@router.head(POSTER_ROUTE, operation_id="head_video_poster", **POSTER_DOC)
 async def poster(gate: GateDep, content: ContentDep, video_id: Annotated[Id, Path(alias="videoId")]) -> FileResponse:
     """The poster of a catalogue video; 404 for an unknown one."""
     await gate.catalog.get_video(video_id)
