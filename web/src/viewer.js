@@ -328,9 +328,11 @@ async function renderDenial() {
     h(
       "p",
       {},
-      free
-        ? `A slot is free now (${streams.length} of ${limit} streams in use).`
-        : `Your account may play ${limit} streams at once, and all ${limit} are in use. Stop one, or replace it with ${title}:`,
+      limit === 0
+        ? "This account may not play any stream (its limit is 0)."
+        : free
+          ? `A slot is free now (${streams.length} of ${limit} streams in use).`
+          : `Your account may play ${limit} streams at once, and all ${limit} are in use. Stop one, or replace it with ${title}:`,
     ),
     streams.length
       ? h(
@@ -348,7 +350,9 @@ async function renderDenial() {
     h(
       "div",
       { class: "actions" },
-      free ? h("button", { type: "button", class: "primary", onclick: () => { hideDenial(); play(card); } }, `Play ${title}`) : null,
+      free && limit > 0
+        ? h("button", { type: "button", class: "primary", onclick: () => { hideDenial(); play(card); } }, `Play ${title}`)
+        : null,
       h("button", { type: "button", onclick: hideDenial }, "Close"),
     ),
   );
