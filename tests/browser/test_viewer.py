@@ -78,7 +78,7 @@ async def test_three_devices_play_and_the_fourth_is_denied_with_the_streams_that
     await expect(panel).to_be_hidden()
 
     # The tab whose stream was stopped learns it from its next heartbeat.
-    await expect_stopped(first_page, "video1", "stopped from another device")
+    await expect_stopped(first_page, "video1", "it is no longer active (stopped on another device, or expired)")
 
     async with api_client(web_server.base_url, await token_for(web_server.base_url, "user1", "user1")) as api:
         streams = (await api.get("/v1/streams")).json()
@@ -124,7 +124,7 @@ async def test_logout_stops_every_stream_of_the_user(browsing: Browsing, web_ser
     await expect(leaving.get_by_label("User name")).to_be_visible()
     async with api_client(web_server.base_url, await token_for(web_server.base_url, "user3", "user3")) as api:
         assert (await api.get("/v1/streams")).json() == []
-    await expect_stopped(staying, "video2", "stopped from another device")
+    await expect_stopped(staying, "video2", "it is no longer active (stopped on another device, or expired)")
 
 
 async def test_on_a_phone_the_page_fits_and_works_from_the_keyboard(

@@ -100,5 +100,6 @@ export const ENDED_REASONS = {
   replaced: "replaced by a stream on another device",
   stopped_by_admin: "stopped by an admin",
   user_disabled: "your account was disabled",
-  stopped_elsewhere: "stopped from another device",
+  // A heartbeat found the stream gone without an event telling why (stopped on another device, or expired offline).
+  stopped_elsewhere: "it is no longer active (stopped on another device, or expired)",
 };
