@@ -1,0 +1,38 @@
+"""The Redis ledger's naming: stream ids that carry their user, one hash tag per user, URLs it accepts."""
+
+from __future__ import annotations
+
+import pytest
+
+from playgate.errors import ConfigError
+from playgate.ledger.redis import check_redis_url, idempotency_key, new_stream_id, stream_owner, streams_key
+
+
+@pytest.mark.parametrize("user_id", ["1", "a1b2c3d4e5f6", "user-with-dashes", "ünïcode", "{braces}"])
+def test_a_stream_id_names_its_user(user_id: str) -> None:
+    stream_id = new_stream_id(user_id)
+    assert stream_owner(stream_id) == user_id
+    assert stream_id != new_stream_id(user_id)
+    assert all(c.isalnum() or c == "-" for c in stream_id)  # safe in a URL path
+
+
+@pytest.mark.parametrize("stream_id", ["", "-abc", "zz-abc", "nodash", "ff-", "c3-x"])
+def test_ids_it_did_not_make_name_no_user_or_a_wrong_one_that_is_never_found(stream_id: str) -> None:
+    owner = stream_owner(stream_id)
+    assert owner is None or new_stream_id(owner).split("-")[0] == stream_id.split("-")[0]
+
+
+def test_a_users_keys_share_one_hash_tag() -> None:
+    assert streams_key("42") == "playgate:{42}:streams"
+    assert idempotency_key("42", "k").startswith("playgate:{42}:")
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://cache:6380", "unix:///run/redis.sock"])
+def test_redis_urls_are_accepted(url: str) -> None:
+    check_redis_url(url)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "postgresql://x/y"])
+def test_other_urls_are_refused_naming_the_variable(url: str) -> None:
+    with pytest.raises(ConfigError, match="PLAYGATE_REDIS_URL"):
+        check_redis_url(url)

@@ -1,0 +1,39 @@
+"""`playgate serve` with PLAYGATE_REDIS_URL: API and worker in one process, on Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.distributed.conftest import Cluster
+from tests.support.clients import admin_client, api_client, connect_socket, new_user
+from tests.support.redis_server import start_redis
+from tests.support.servers import start_playgate
+
+
+async def test_serve_with_redis_and_postgres_runs_api_and_worker_in_one_process(cluster: Cluster) -> None:
+    redis = start_redis(cluster.data_dir / "serve-redis")
+    env = {**cluster.env, "PLAYGATE_REDIS_URL": redis.url}
+    server = start_playgate(cluster.data_dir, "serve", **env)
+    try:
+        admin = await admin_client(server.base_url)
+        user = await new_user(server.base_url, admin, limit=2)
+        await admin.aclose()
+        sock = await connect_socket(server.base_url, token=user.token)
+        async with api_client(server.base_url, user.token) as client:
+            answers = []
+            for video in ("1", "2", "3"):
+                response = await client.post("/v1/plays", params={"wait": 5}, json={"videoId": video})
+                assert response.status_code == 200, response.text
+                answers.append(response.json())
+            assert [a["status"] for a in answers] == ["allowed", "allowed", "denied"]
+            assert answers[2]["reason"] == "limit_reached"
+            messages = [await sock.next_message() for _ in range(3)]
+            assert [m["requestId"] for m in messages] == [a["requestId"] for a in answers]
+            ready = await client.get("/readyz")
+            assert ready.json()["checks"] == {"catalog": "ok", "ledger": "ok", "queue": "ok"}
+        await sock.close()
+        async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
+            assert (await anonymous.get("/healthz")).status_code == 200
+    finally:
+        server.stop()
+        redis.stop()
