@@ -49,6 +49,11 @@ class Metrics:
             "Requests given up on after max_attempts deliveries: answered denied/error and set aside.",
             registry=r,
         )
+        self.queue_dead_letters = Gauge(
+            "playgate_queue_dead_letters",
+            "Entries in the dead-letter stream (where the queue has one).",
+            registry=r,
+        )
         self.ready = Gauge("playgate_ready", "1 when the last readiness check passed, else 0.", registry=r)
         self.logins_throttled = Counter(
             "playgate_logins_throttled",

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from playgate.bus.protocol import Delivery, Fanout, RequestQueue
+from playgate.bus.protocol import Delivery, Fanout, QueueBacklog, RequestQueue
 from playgate.catalog.service import Catalog
 from playgate.domain import Decision, Reason, Status
 from playgate.errors import Unavailable
@@ -195,3 +195,6 @@ class Worker:
                 self._metrics.streams_ended.labels(item.reason.value).inc()
         self._metrics.active_streams.set(await self._ledger.count_active())
         self._metrics.queue_depth.set(await self._queue.depth())
+        if isinstance(self._queue, QueueBacklog):
+            self._metrics.queue_pending.set(await self._queue.pending_count())
+            self._metrics.queue_dead_letters.set(await self._queue.dead_letter_count())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from playgate.domain import Decision, EndedStream, PlayRequest
 from playgate.ledger.protocol import Outcome
@@ -52,6 +52,19 @@ class RequestQueue(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class QueueBacklog(Protocol):
+    """What a durable queue can tell about its backlog, for the metrics (the in-process queue has no such parts)."""
+
+    async def pending_count(self) -> int:
+        """Requests delivered to a worker and not yet acknowledged."""
+        ...
+
+    async def dead_letter_count(self) -> int:
+        """Requests set aside after too many failed deliveries."""
         ...
 
 
