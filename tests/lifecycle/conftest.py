@@ -23,10 +23,11 @@ import pytest_asyncio
 from tests.support.clients import admin_client
 from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
-from tests.support.servers import ServerProcess, playgate_env, start_playgate
+from tests.support.servers import ServerProcess, playgate_env, start_playgate, wait_until_ready
 
 STREAM_TTL_S = 2.0
 SWEEP_INTERVAL_S = 0.2
+START_TIMEOUT_S = 90.0
 DEPLOYMENTS = ["embedded", "distributed"]
 
 
@@ -77,11 +78,22 @@ async def start_deployment(kind: str, root: Path, media_dir: Path, **env: str) -
     """Start a deployment of `kind` with short leases; `env` adds PLAYGATE_* settings."""
     settings = lifecycle_env(media_dir, **env)
     if kind == "embedded":
-        server = await asyncio.to_thread(start_playgate, root / "embedded", **settings)
+        server = await _start(root / "embedded", "serve", **settings)
         return Deployment(kind, server.base_url, server.base_url, media_dir, [server])
     if kind == "distributed":
         return await _start_distributed(root, media_dir, settings)
     raise ValueError(f"unknown deployment {kind!r}")
+
+
+async def _start(data_dir: Path, command: str, **settings: str) -> ServerProcess:
+    """Start `playgate <command>` and wait for /readyz, allowing for a machine busy with other test sessions."""
+    server = start_playgate(data_dir, command, wait_ready=False, **settings)
+    try:
+        await asyncio.to_thread(wait_until_ready, server, START_TIMEOUT_S)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 async def _start_distributed(root: Path, media_dir: Path, settings: dict[str, str]) -> Deployment:
@@ -104,14 +116,10 @@ async def _start_distributed(root: Path, media_dir: Path, settings: dict[str, st
             timeout=60,
         )
         assert upgrade.returncode == 0, upgrade.stderr.decode()
-        # The first API loads the catalogue and the admin; then the second API and the worker start together.
-        deployment.servers.append(await asyncio.to_thread(start_playgate, data_dir, "api", **settings))
-        second, worker = await asyncio.gather(
-            asyncio.to_thread(start_playgate, data_dir, "api", **settings),
-            asyncio.to_thread(start_playgate, data_dir, "worker", wait_ready=False, **settings),
-        )
-        deployment.servers.append(second)
-        deployment.workers.append(worker)
+        # The first API loads the catalogue and the admin before the second starts.
+        for _ in range(2):
+            deployment.servers.append(await _start(data_dir, "api", **settings))
+        deployment.workers.append(start_playgate(data_dir, "worker", wait_ready=False, **settings))
     except BaseException:
         await deployment.stop()
         raise

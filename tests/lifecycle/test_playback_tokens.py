@@ -1,0 +1,49 @@
+"""Playback tokens: bound to one stream, short-lived, and never interchangeable with access tokens."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from playgate.errors import Unauthorized
+from playgate.security import PlaybackClaims, PlaybackTokens, TokenIssuer
+
+SECRET = "a-secret-for-the-playback-token-tests-0123456789"
+NOW = time.time()
+
+
+def test_a_token_names_its_stream_user_and_video() -> None:
+    tokens = PlaybackTokens(SECRET, ttl_s=60)
+    token = tokens.issue(user_id="u1", stream_id="s1", video_id="v1", now=NOW)
+    assert tokens.check(token) == PlaybackClaims(user_id="u1", stream_id="s1", video_id="v1")
+
+
+def test_an_expired_token_is_refused() -> None:
+    tokens = PlaybackTokens(SECRET, ttl_s=60)
+    token = tokens.issue(user_id="u1", stream_id="s1", video_id="v1", now=NOW - 3600)
+    with pytest.raises(Unauthorized, match="expired"):
+        tokens.check(token)
+
+
+@pytest.mark.parametrize("token", ["", "not-a-jwt", "a.b.c", "é"])
+def test_malformed_tokens_are_refused(token: str) -> None:
+    with pytest.raises(Unauthorized):
+        PlaybackTokens(SECRET, ttl_s=60).check(token)
+
+
+def test_access_and_playback_tokens_do_not_stand_in_for_each_other() -> None:
+    access = TokenIssuer(SECRET, ttl_s=60)
+    playback = PlaybackTokens(SECRET, ttl_s=60)
+    access_token = access.issue("u1", admin=True, now=NOW)
+    playback_token = playback.issue(user_id="u1", stream_id="s1", video_id="v1", now=NOW)
+    with pytest.raises(Unauthorized):
+        playback.check(access_token)
+    with pytest.raises(Unauthorized):
+        access.check(playback_token)
+
+
+def test_another_secret_makes_a_forged_token() -> None:
+    forged = PlaybackTokens(SECRET + "-other", ttl_s=60).issue(user_id="u1", stream_id="s1", video_id="v1", now=NOW)
+    with pytest.raises(Unauthorized, match="not valid"):
+        PlaybackTokens(SECRET, ttl_s=60).check(forged)
