@@ -11,8 +11,10 @@ from typing import Any
 import pytest_asyncio
 
 from playgate.bus.redis import RedisFanout, RedisQueue
+from playgate.config import Policy
 from playgate.domain import Decision, PlayRequest, Reason, Status
 from playgate.ledger.protocol import Outcome
+from playgate.ledger.redis import RedisLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
 from tests.support.redis_server import RedisServer
@@ -102,6 +104,11 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
     assert [r.request_id for r in await queue.dead_letters()] == ["poison"]
     assert await queue.depth() == 0
     assert await queue.pending("poison") is None
+    ledger = RedisLedger(redis_server.url, lease_s=90, decision_ttl_s=60, policy=Policy.deny, clock=time.time)
+    kept = await ledger.decision("poison")  # GET /v1/plays/{id} tells the same answer
+    assert kept is not None
+    assert (kept.status, kept.reason) == (Status.denied, Reason.error)
+    await ledger.close()
     await fanout.close()
 
 

@@ -28,7 +28,7 @@ from redis.typing import EncodableT, FieldT
 
 from playgate.bus.local import ANNOUNCED
 from playgate.bus.protocol import Delivery, Emitter, decision_message, ended_message, user_room
-from playgate.domain import Decision, EndedStream, PlayRequest
+from playgate.domain import Decision, EndedStream, PlayRequest, Reason, Status
 from playgate.ledger.protocol import Outcome
 from playgate.ledger.redis import (
     CONNECT_TIMEOUT_S,
@@ -36,6 +36,7 @@ from playgate.ledger.redis import (
     SOCKET_TIMEOUT_S,
     connect,
     decision_from_json,
+    decision_key,
     decision_to_json,
     translate_redis_errors,
 )
@@ -92,6 +93,21 @@ def socket_manager(url: str, *, write_only: bool = False) -> socketio.AsyncRedis
     )
 
 
+def error_decision(request: PlayRequest, now: float) -> Decision:
+    """The answer to a request given up after too many deliveries (the one Worker publishes): denied, `error`."""
+    return Decision(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        video_id=request.video_id,
+        device_id=request.device_id,
+        status=Status.denied,
+        active=0,
+        limit=0,
+        decided_at=now,
+        reason=Reason.error,
+    )
+
+
 class RedisQueue:
     """Requests on a Redis stream; each worker is one consumer of the group `workers`.
 
@@ -111,6 +127,7 @@ class RedisQueue:
         pending_ttl_s: float,
         max_attempts: int,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = connect(url, client_name=f"playgate-queue:{consumer}")
         self.consumer = consumer
@@ -120,6 +137,7 @@ class RedisQueue:
         self._pending_ttl_ms = max(1, round(pending_ttl_s * 1000))
         self._max_attempts = max_attempts
         self._clock = clock
+        self._wall_clock = wall_clock
         self._next_claim_at = 0.0
         self._group_ready = False
         self._released: list[Delivery] = []
@@ -232,7 +250,11 @@ class RedisQueue:
         return batch
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """XACK the entries and drop their pending markers; those past max_attempts go to the dead letters."""
+        """XACK the entries and drop their pending markers, all in one MULTI.
+
+        An entry past max_attempts (the Worker answered it `denied`, reason `error`) is copied to the dead letters,
+        and that answer is kept as its decision (unless it has one already), so GET /v1/plays/{id} tells it too.
+        """
         if not deliveries:
             return
         async with translate_redis_errors():
@@ -245,6 +267,8 @@ class RedisQueue:
                         "entry": str(d.receipt),
                     }
                     pipe.xadd(DEAD_LETTER_KEY, fields, maxlen=DEAD_LETTER_MAXLEN)
+                    answer = orjson.dumps(decision_to_json(error_decision(d.request, self._wall_clock())))
+                    pipe.set(decision_key(d.request.request_id), answer, nx=True, px=self._pending_ttl_ms)
             pipe.xack(REQUESTS_KEY, GROUP, *[d.receipt for d in deliveries])
             pipe.delete(*[pending_key(d.request.request_id) for d in deliveries])
             await pipe.execute()
