@@ -208,9 +208,24 @@ def test_compose_runs_two_apis_behind_nginx_two_workers_redis_with_aof_and_postg
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     assert services["postgres"]["image"].startswith("postgres:")
     assert services["nginx"]["depends_on"]["api"]["condition"] == "service_healthy"
-    nginx_conf = _compose()["configs"]["nginx-playgate"]["content"]
-    assert "server api:8080" in nginx_conf
-    assert "proxy_set_header Upgrade" in nginx_conf
+    assert services["nginx"]["environment"]["PLAYGATE_UPSTREAM"] == "api:8080"
+
+
+def test_compose_nginx_renders_every_variable_of_the_deploy_nginx_template() -> None:
+    nginx = _compose()["services"]["nginx"]
+    template_mount = next(v for v in nginx["volumes"] if v.endswith(":/etc/playgate/nginx.conf.template:ro"))
+    template = (DEPLOY / template_mount.split(":")[0]).read_text()
+    variables = set(re.findall(r"\$\{([A-Z_]+)\}", template))
+    assert variables
+    assert variables <= set(nginx["environment"])
+    script = nginx["command"][-1]
+    # $$ is compose's escape for a literal $: envsubst gets exactly the template's variables, so nginx's own
+    # $variables stay as they are.
+    assert set(re.findall(r"\$\$([A-Z_]+)", script.split("<")[0].split("envsubst", 1)[1])) == variables
+    # nginx reads the media PlayGate writes: one volume, mounted in both.
+    media_volume = next(v.split(":")[0] for v in nginx["volumes"] if nginx["environment"]["PLAYGATE_MEDIA_DIR"] in v)
+    api_volumes = _compose()["services"]["api"]["volumes"]
+    assert f"{media_volume}:/var/lib/playgate/media" in api_volumes
 
 
 # ---- Dockerfile -----------------------------------------------------------------------------------------
