@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RUN_TIMEOUT_S = 100
+import pytest
+
+from tests.support.redis_server import redis_binary
+
+RUN_TIMEOUT_S = 110
+needs_redis = pytest.mark.skipif(
+    redis_binary() is None, reason="redis-server is not installed (apt-get install redis-server; .ci/run installs it)"
+)
 
 
 def bench(out: Path, *args: str) -> tuple[str, list[Path]]:
@@ -105,3 +112,32 @@ def test_idle_sockets_cost_reported_per_socket(tmp_path: Path) -> None:
     assert result["server_rss_per_socket_kb"] is not None
     assert result["messages_on_idle_sockets"] == 0
     assert "40/40 idle sockets held" in stdout
+
+
+@needs_redis
+def test_distributed_load_crosses_apis_and_says_where_the_time_goes(tmp_path: Path) -> None:
+    stdout, files = bench(
+        tmp_path, "load", "--deployment", "distributed", "--apis", "2", "--workers", "1",
+        "-c", "6", "-v", "2", "--duration", "1.5", "--warmup", "0.5",
+    )  # fmt: skip
+    result = json.loads(files[0].read_text())
+    # Each viewer's socket is on one API and its requests go to the other: delivery crosses processes.
+    check_load_result(result, sockets=6, viewers=2)
+    assert result["target"]["deployment"] == "distributed"
+    assert len(result["target"]["urls"]) == 2
+    roles = result["server"]["by_role"]
+    assert {role: roles[role]["processes"] for role in roles} == {"api": 2, "worker": 1, "redis": 1}
+    assert all(roles[role]["cpu_percent"] > 0 for role in ("api", "worker"))
+    assert "C=6 V=2 closed:" in stdout
+
+
+@needs_redis
+def test_admission_micro_benchmark_on_redis_reports_memory_per_stream(tmp_path: Path) -> None:
+    _stdout, files = bench(
+        tmp_path, "admission", "--ledger", "redis", "-n", "120", "--users", "3", "--batch-sizes", "16"
+    )
+    (run,) = json.loads(files[0].read_text())["runs"]
+    assert run["decisions"] == 120
+    assert run["allowed"] == 60
+    assert run["active_streams"] == 12  # 3 users x limit 4
+    assert run["redis_used_memory_bytes"] > 0

@@ -48,9 +48,20 @@ def _progress(label: str) -> Iterator[Any]:
 
 
 @bench.command()
-@click.option("--url", help="Drive this running PlayGate instead of starting one (embedded) on a temp data dir.")
+@click.option(
+    "--deployment",
+    type=click.Choice(["embedded", "distributed"]),
+    default="embedded",
+    show_default=True,
+    help="What the bench starts: `playgate serve`, or --apis x `playgate api` + --workers x `playgate worker` "
+    "on a throwaway redis-server (or --redis-url) and a shared SQLite catalogue.",
+)
+@click.option("--apis", type=click.IntRange(1, 16), default=2, show_default=True, help="Distributed: API processes.")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="Distributed: workers.")
+@click.option("--redis-url", help="Distributed: this Redis instead of a throwaway redis-server.")
+@click.option("--url", multiple=True, help="Drive this running PlayGate (repeat for several APIs) instead.")
 @click.option("--admin-password", envvar="PLAYGATE_ADMIN_PASSWORD", help="Admin of --url, to create the users.")
-@click.option("--server-pid", type=int, help="Pid of the --url server, to sample its CPU and RSS.")
+@click.option("--server-pid", type=int, multiple=True, help="Pids of the --url deployment, to sample CPU and RSS.")
 @click.option(
     "-c",
     "--sockets",
@@ -96,7 +107,7 @@ def _progress(label: str) -> Iterator[Any]:
     show_default=True,
     help="Load processes; sockets and viewers are spread over them.",
 )
-@click.option("--server-cpu", callback=_cpus, help="Pin the server the bench starts to these CPUs (e.g. 0).")
+@click.option("--server-cpu", callback=_cpus, help="Pin the server processes the bench starts to these CPUs (e.g. 0).")
 @click.option("--load-cpu", callback=_cpus, help="Pin the load processes to these CPUs (e.g. 1).")
 @click.option(
     "--sweep",
@@ -104,9 +115,13 @@ def _progress(label: str) -> Iterator[Any]:
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
 def load(
-    url: str | None,
+    deployment: str,
+    apis: int,
+    workers: int,
+    redis_url: str | None,
+    url: tuple[str, ...],
     admin_password: str | None,
-    server_pid: int | None,
+    server_pid: tuple[int, ...],
     sockets: int,
     viewers: int,
     idle_users: int | None,
@@ -126,14 +141,16 @@ def load(
 
     try:
         points = sweep_points(sweep, viewers) if sweep else [(sockets, viewers)]
-        target = (
-            Target.running(url, admin_password=admin_password, server_pid=server_pid)
-            if url
-            else Target.embedded(server_cpus=server_cpu)
-        )
+        if url:
+            target = Target.running(list(url), admin_password=admin_password, server_pids=list(server_pid))
+        elif deployment == "distributed":
+            target = Target.distributed(apis=apis, workers=workers, server_cpus=server_cpu, redis_url=redis_url)
+        else:
+            target = Target.embedded(server_cpus=server_cpu)
     except BenchError as exc:
         raise click.ClickException(exc.detail) from None
-    folder = run_dir(out, "sweep" if sweep else f"load-c{sockets}-v{viewers}")
+    label = f"{target.deployment}-" + ("sweep" if sweep else f"load-c{sockets}-v{viewers}")
+    folder = run_dir(out, label)
     results = []
     try:
         for point_sockets, point_viewers in points:
@@ -270,7 +287,7 @@ def idle(
 
     try:
         target = (
-            Target.running(url, admin_password=admin_password, server_pid=server_pid)
+            Target.running([url], admin_password=admin_password, server_pids=[server_pid] if server_pid else [])
             if url
             else Target.embedded(server_cpus=server_cpu)
         )

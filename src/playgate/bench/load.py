@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import time
@@ -18,7 +19,7 @@ import psutil
 
 from playgate.bench.loadgen import DECISION_TIMEOUT_S, SETTLE_S, LoadPlan, Schedule, Viewer, process_main
 from playgate.bench.stats import CpuWindow, percentiles_ms
-from playgate.bench.target import BenchError, Target
+from playgate.bench.target import Account, BenchError, Target
 
 DEMO_VIDEOS = ("1", "2", "3", "4", "5", "6")
 START_DELAY_S = 0.5
@@ -74,15 +75,21 @@ def run_load(target: Target, spec: LoadSpec, progress: ProgressHook | None = Non
     idle_names = [f"idle{i}" for i in range(spec.idle_user_count)]
     accounts = asyncio.run(target.accounts_for(viewer_names + idle_names))
     viewer_accounts, idle_accounts = accounts[: spec.viewers], accounts[spec.viewers :]
-    viewers = [Viewer(a.user_id, a.token, DEMO_VIDEOS[i % len(DEMO_VIDEOS)]) for i, a in enumerate(viewer_accounts)]
-    idle = [
-        (idle_accounts[i % len(idle_accounts)].user_id, idle_accounts[i % len(idle_accounts)].token)
-        for i in range(spec.sockets - spec.viewers)
+    urls = target.base_urls
+    viewers = [
+        Viewer(
+            a.user_id,
+            a.token,
+            DEMO_VIDEOS[i % len(DEMO_VIDEOS)],
+            socket_url=urls[i % len(urls)],
+            http_url=urls[(i + 1) % len(urls)],
+        )
+        for i, a in enumerate(viewer_accounts)
     ]
+    idle = _idle_sockets(idle_accounts, spec.sockets - spec.viewers, urls)
     processes = max(1, min(spec.processes, spec.viewers))
     plans = [
         LoadPlan(
-            base_url=target.base_url,
             viewers=tuple(viewers[p::processes]),
             idle_sockets=tuple(idle[p::processes]),
             mode=spec.mode,
@@ -94,9 +101,25 @@ def run_load(target: Target, spec: LoadSpec, progress: ProgressHook | None = Non
     started = time.time()
     parts = _run_processes(target, spec, plans, progress)
     result = _aggregate(spec, parts["results"], parts["server"], parts["connect"])
-    result["target"] = {"url": target.base_url, "deployment": target.deployment, "server_pid": target.server_pid}
+    result["target"] = _describe(target)
     result["started_at"] = started
     return result
+
+
+def _idle_sockets(accounts: list[Account], count: int, urls: list[str]) -> list[tuple[str, str, str]]:
+    """`count` listening sockets: users taking turns, APIs taking turns."""
+    return [
+        (accounts[i % len(accounts)].user_id, accounts[i % len(accounts)].token, urls[i % len(urls)])
+        for i in range(count)
+    ]
+
+
+def _describe(target: Target) -> dict[str, Any]:
+    return {
+        "urls": target.base_urls,
+        "deployment": target.deployment,
+        "processes": [{"role": p.role, "pid": p.pid} for p in target.processes],
+    }
 
 
 def _run_processes(
@@ -150,31 +173,48 @@ def _receive(pipe: Connection, timeout_s: float, what: str) -> Any:
 
 def _watch_server(
     target: Target, schedule: Schedule, counters: list[Synchronized[int]], progress: ProgressHook | None
-) -> dict[str, float] | None:
-    """Sample the server over the measured window (CPU, RSS), and report progress while waiting."""
-    sampler = None
-    if target.server_pid is not None:
-        try:
-            sampler = CpuWindow(psutil.Process(target.server_pid), include_children=True)
-        except psutil.Error:
-            sampler = None
+) -> dict[str, Any] | None:
+    """Sample the server processes over the measured window (CPU, RSS), and report progress while waiting."""
+    samplers: list[tuple[str, CpuWindow]] = []
+    for process in target.processes:
+        with contextlib.suppress(psutil.Error):
+            samplers.append((process.role, CpuWindow(psutil.Process(process.pid), include_children=True)))
     time.sleep(max(0.0, schedule.measure_from - time.time()))
-    if sampler is not None:
+    for _role, sampler in samplers:
         sampler.start()
     window_s = schedule.measure_until - schedule.measure_from
     while (now := time.time()) < schedule.measure_until:
         if progress is not None:
             progress(now - schedule.measure_from, window_s, sum(c.value for c in counters))
-        if sampler is not None:
-            sampler.rss_bytes()
+        for _role, sampler in samplers:
+            with contextlib.suppress(psutil.Error):
+                sampler.rss_bytes()
         time.sleep(min(SAMPLE_INTERVAL_S, max(0.0, schedule.measure_until - now)))
     if progress is not None:
         progress(window_s, window_s, sum(c.value for c in counters))
-    return sampler.result() if sampler is not None else None
+    if not samplers:
+        return None
+    return _by_role([(role, sampler.result()) for role, sampler in samplers])
+
+
+def _by_role(results: list[tuple[str, dict[str, float]]]) -> dict[str, Any]:
+    """Totals over every server process, and per role (serve, api, worker, redis)."""
+    roles: dict[str, dict[str, float]] = {}
+    for role, result in results:
+        into = roles.setdefault(role, {"processes": 0, "cpu_percent": 0.0, "rss_mb": 0.0, "rss_max_mb": 0.0})
+        into["processes"] += 1
+        for key in ("cpu_percent", "rss_mb", "rss_max_mb"):
+            into[key] = round(into[key] + result[key], 1)
+    return {
+        "cpu_percent": round(sum(r["cpu_percent"] for _, r in results), 1),
+        "rss_mb": round(sum(r["rss_mb"] for _, r in results), 1),
+        "rss_max_mb": round(sum(r["rss_max_mb"] for _, r in results), 1),
+        "by_role": roles,
+    }
 
 
 def _aggregate(
-    spec: LoadSpec, parts: list[dict[str, Any]], server: dict[str, float] | None, connect: list[dict[str, Any]]
+    spec: LoadSpec, parts: list[dict[str, Any]], server: dict[str, Any] | None, connect: list[dict[str, Any]]
 ) -> dict[str, Any]:
     latencies = [x for part in parts for x in part["latencies_s"]]
     decided = sum(p["decided_in_window"] for p in parts)
@@ -288,20 +328,17 @@ def run_idle(
     load_cpus: frozenset[int] | None = None,
 ) -> dict[str, Any]:
     """Connect `sockets` idle sockets, hold them `hold_s`, and report the server's RSS per socket."""
-    if target.server_pid is None:
+    if not target.processes:
         raise BenchError("the idle check needs the server's pid (--server-pid) to read its RSS")
-    server = psutil.Process(target.server_pid)
     accounts = asyncio.run(target.accounts_for([f"idle{i}" for i in range(min(idle_users, sockets))]))
-    idle = [(accounts[i % len(accounts)].user_id, accounts[i % len(accounts)].token) for i in range(sockets)]
+    idle = _idle_sockets(accounts, sockets, target.base_urls)
     processes = max(1, min(processes, sockets))
     plans = [
-        LoadPlan(
-            base_url=target.base_url, viewers=(), idle_sockets=tuple(idle[p::processes]), mode="closed", cpus=load_cpus
-        )
+        LoadPlan(viewers=(), idle_sockets=tuple(idle[p::processes]), mode="closed", cpus=load_cpus)
         for p in range(processes)
     ]
     time.sleep(SETTLE_S)
-    baseline_bytes = int(server.memory_info().rss)
+    baseline_bytes = sum(int(psutil.Process(p.pid).memory_info().rss) for p in target.processes)
     spec = LoadSpec(sockets=sockets, viewers=0, duration_s=hold_s, warmup_s=0.0, processes=processes)
     connect_started = time.perf_counter()
     parts = _run_processes(target, spec, plans, None)
@@ -315,7 +352,7 @@ def run_idle(
     return {
         "tool": "playgate bench idle",
         "params": {"sockets": sockets, "idle_users": len(accounts), "processes": processes, "hold_s": hold_s},
-        "target": {"url": target.base_url, "deployment": target.deployment, "server_pid": target.server_pid},
+        "target": _describe(target),
         "connected": connected,
         "connect_failures": dict(failures),
         "seconds_to_connect_and_hold": round(time.perf_counter() - connect_started, 2),

@@ -38,20 +38,22 @@ YIELD_EVERY = 32
 
 @dataclass(frozen=True)
 class Viewer:
-    """One viewer: the user it acts for, its token, and the video it asks for."""
+    """One viewer: the user it acts for, its token, the video it asks for, and the API its socket and its
+    requests go to (different APIs when there are several, as behind a load balancer)."""
 
     user_id: str
     token: str
     video_id: str
+    socket_url: str
+    http_url: str
 
 
 @dataclass(frozen=True)
 class LoadPlan:
     """What one load process does: the sockets it holds, and its viewers (closed loop) or its rate (open)."""
 
-    base_url: str
     viewers: tuple[Viewer, ...]
-    idle_sockets: tuple[tuple[str, str], ...]  # (user id, token) of each socket that only listens
+    idle_sockets: tuple[tuple[str, str, str], ...]  # (user id, token, API URL) of each socket that only listens
     mode: str  # "closed" or "open"
     rate_per_s: float = 0.0
     cpus: frozenset[int] | None = None
@@ -176,17 +178,17 @@ class LoadProcess:
     async def connect(self) -> None:
         """Connect every socket of the plan (the viewers' first), a bounded number at a time."""
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-        sockets = [(v.user_id, v.token, True) for v in self.plan.viewers]
-        sockets += [(user_id, token, False) for user_id, token in self.plan.idle_sockets]
+        sockets = [(v.user_id, v.token, v.socket_url, True) for v in self.plan.viewers]
+        sockets += [(user_id, token, url, False) for user_id, token, url in self.plan.idle_sockets]
 
-        async def one(user_id: str, token: str, viewer: bool) -> Listener:
+        async def one(user_id: str, token: str, url: str, viewer: bool) -> Listener:
             listener = Listener(user_id, keeps_early=viewer)
             sio = socketio.AsyncClient(reconnection=False, json=_Json)
             sio.on("message", listener.on_message)
             async with gate:
                 try:
                     await sio.connect(
-                        self.plan.base_url,
+                        url,
                         auth={"token": token},
                         transports=["websocket"],
                         wait_timeout=CONNECT_TIMEOUT_S,
@@ -209,9 +211,7 @@ class LoadProcess:
         """Run the load with the measurements beside it; the result for the parent."""
         window = Window.of(schedule)
         timeout = aiohttp.ClientTimeout(total=DECISION_TIMEOUT_S)
-        async with aiohttp.ClientSession(
-            self.plan.base_url, timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
-        ) as http:
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as http:
             self._http = http
             lag = asyncio.create_task(self.lag.run(window.measure_from, window.until))
             cpu = asyncio.create_task(self._cpu(window))
@@ -271,7 +271,7 @@ class LoadProcess:
         headers = self._headers[index]
         try:
             async with self._http.get(
-                f"/videos/{viewer.video_id}/request", params={"user": viewer.user_id}, headers=headers
+                f"{viewer.http_url}/videos/{viewer.video_id}/request", params={"user": viewer.user_id}, headers=headers
             ) as answer:
                 body = await answer.read()
                 status = answer.status
@@ -289,7 +289,7 @@ class LoadProcess:
         message, received_s = arrived
         self._count(message, sent_s, received_s, window)
         if message.get("status") == "allowed":
-            return await self._stop(str(message.get("streamId")), headers)
+            return await self._stop(viewer.http_url, str(message.get("streamId")), headers)
         return True
 
     def _count(self, message: dict[str, Any], sent_s: float, received_s: float, window: Window) -> None:
@@ -304,10 +304,10 @@ class LoadProcess:
         if self.progress is not None:
             self.progress.value += 1  # this process alone writes its counter
 
-    async def _stop(self, stream_id: str, headers: dict[str, str]) -> bool:
+    async def _stop(self, http_url: str, stream_id: str, headers: dict[str, str]) -> bool:
         assert self._http is not None
         try:
-            async with self._http.delete(f"/v1/streams/{stream_id}", headers=headers) as answer:
+            async with self._http.delete(f"{http_url}/v1/streams/{stream_id}", headers=headers) as answer:
                 await answer.read()
                 status = answer.status
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -1,4 +1,5 @@
-"""The PlayGate under test: one the benchmark starts (embedded, temp data dir, optionally pinned) or a running one."""
+"""The PlayGate under test: one the benchmark starts on a throwaway data dir (embedded, or distributed on a
+throwaway redis-server), optionally pinned to CPUs, or one that is already running."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import contextlib
 import os
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ STOP_TIMEOUT_S = 20.0
 BENCH_USER_LIMIT = 1000
 SETUP_CONCURRENCY = 8
 HTTP_TIMEOUT_S = 30.0
+WORKERS_JOIN_TIMEOUT_S = 10.0
 
 
 class BenchError(PlayGateError):
@@ -69,94 +74,245 @@ class Account:
 
 
 @dataclass
-class Target:
-    """Where the load goes: the URL, and the server process when it is on this machine."""
+class ServerProcess:
+    """One process of the deployment under test: its role (serve, api, worker, redis) and pid."""
 
-    base_url: str
-    deployment: str
-    server_pid: int | None = None
-    admin_password: str | None = None
-    process: subprocess.Popen[bytes] | None = None
-    data_dir: tempfile.TemporaryDirectory[str] | None = None
+    role: str
+    pid: int
+    popen: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+
+
+@dataclass
+class Target:
+    """Where the load goes: the API URLs, and the server processes when they run on this machine."""
+
+    base_urls: list[str]
+    deployment: str
+    processes: list[ServerProcess] = field(default_factory=list)
+    admin_password: str | None = None
+    data_dir: tempfile.TemporaryDirectory[str] | None = None
     accounts: dict[str, Account] = field(default_factory=dict)
+    _env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        """The first API's URL (where users are made)."""
+        return self.base_urls[0]
+
+    @property
+    def server_pid(self) -> int | None:
+        """The pid of the first API (or serve) process, if known."""
+        return next((p.pid for p in self.processes if p.role in ("serve", "api")), None)
 
     @classmethod
-    def embedded(cls, *, server_cpus: frozenset[int] | None = None, env: dict[str, str] | None = None) -> Target:
+    def embedded(cls, *, server_cpus: frozenset[int] | None = None) -> Target:
         """Start `playgate serve` on a free port with a throwaway data dir, and wait until it is ready."""
-        raise_fd_limit()  # inherited by the server: it must hold as many sockets as the load opens
-        data_dir = tempfile.TemporaryDirectory(prefix="playgate-bench-")
-        port = free_port()
-        admin_password = secrets.token_urlsafe(18)
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PLAYGATE_") and k != "PORT"}
-        full_env.update(
-            PLAYGATE_DATA_DIR=data_dir.name,
-            PLAYGATE_PORT=str(port),
-            PLAYGATE_ADMIN_PASSWORD=admin_password,
-            PLAYGATE_LOG_LEVEL="warning",
-            PLAYGATE_DEMO="true",
-        )
-        full_env.update(env or {})
-        log_path = Path(data_dir.name) / "server.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "playgate", "serve"], env=full_env, stdout=log, stderr=subprocess.STDOUT
-            )
-        if server_cpus is not None:
-            os.sched_setaffinity(process.pid, server_cpus)
-        target = cls(
-            base_url=f"http://127.0.0.1:{port}",
-            deployment="embedded",
-            server_pid=process.pid,
-            admin_password=admin_password,
-            process=process,
-            data_dir=data_dir,
-            log_path=log_path,
-        )
-        target.wait_ready()
+        target = cls._fresh("embedded")
+        try:
+            target._start_playgate("serve", server_cpus)
+        except BaseException:
+            target.stop()
+            raise
         return target
 
     @classmethod
-    def running(cls, base_url: str, *, admin_password: str | None, server_pid: int | None) -> Target:
-        """A PlayGate someone else started (its process is sampled only when its pid is given)."""
+    def distributed(
+        cls, *, apis: int, workers: int, server_cpus: frozenset[int] | None = None, redis_url: str | None = None
+    ) -> Target:
+        """Start `apis` x `playgate api` and `workers` x `playgate worker` on Redis (a throwaway redis-server
+        unless `redis_url`) and a shared SQLite catalogue in a throwaway data dir."""
+        target = cls._fresh("distributed")
+        try:
+            if redis_url is None:
+                redis_url = target._start_redis(server_cpus)
+            target._env["PLAYGATE_REDIS_URL"] = redis_url
+            target._env["PLAYGATE_DATABASE_URL"] = f"sqlite+aiosqlite:///{Path(target._dir) / 'catalog.sqlite3'}"
+            target._run_once("db", "upgrade")
+            for _ in range(apis):
+                target._start_playgate("api", server_cpus)
+            for _ in range(workers):
+                target._start_playgate("worker", server_cpus)
+            target._wait_for_workers(redis_url, workers)
+        except BaseException:
+            target.stop()
+            raise
+        return target
+
+    @classmethod
+    def running(cls, base_urls: list[str], *, admin_password: str | None, server_pids: list[int]) -> Target:
+        """A PlayGate someone else started (its processes are sampled only when their pids are given)."""
         return cls(
-            base_url=base_url.rstrip("/"), deployment="external", server_pid=server_pid, admin_password=admin_password
+            base_urls=[u.rstrip("/") for u in base_urls],
+            deployment="external",
+            processes=[ServerProcess("server", pid) for pid in server_pids],
+            admin_password=admin_password,
         )
 
-    def server_log(self) -> str:
-        """The tail of the started server's log (empty for a running one)."""
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-4000:]
+    @classmethod
+    def _fresh(cls, deployment: str) -> Target:
+        raise_fd_limit()  # inherited by the servers: they must hold as many sockets as the load opens
+        data_dir = tempfile.TemporaryDirectory(prefix="playgate-bench-")
+        target = cls(base_urls=[], deployment=deployment, data_dir=data_dir)
+        target.admin_password = secrets.token_urlsafe(18)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PLAYGATE_") and k != "PORT"}
+        env.update(
+            PLAYGATE_DATA_DIR=data_dir.name,
+            PLAYGATE_ADMIN_PASSWORD=target.admin_password,
+            PLAYGATE_JWT_SECRET=secrets.token_urlsafe(36),
+            PLAYGATE_LOG_LEVEL="warning",
+            PLAYGATE_DEMO="true",
+        )
+        target._env = env
+        return target
 
-    def wait_ready(self) -> None:
-        """Poll /readyz until 200; BenchError with the server log if it exits or never gets there."""
-        import urllib.error
-        import urllib.request
+    @property
+    def _dir(self) -> str:
+        assert self.data_dir is not None
+        return self.data_dir.name
 
+    def _start_playgate(self, role: str, cpus: frozenset[int] | None) -> None:
+        port = free_port()
+        log_path = Path(self._dir) / f"{role}-{len(self.processes)}.log"
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(  # noqa: S603 (this interpreter and our own arguments, no shell)
+                [sys.executable, "-m", "playgate", role],
+                env={**self._env, "PLAYGATE_PORT": str(port)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if cpus is not None:
+            os.sched_setaffinity(popen.pid, cpus)
+        process = ServerProcess(role, popen.pid, popen, log_path)
+        self.processes.append(process)
+        if role != "worker":
+            url = f"http://127.0.0.1:{port}"
+            self._wait_ready(url, process)
+            self.base_urls.append(url)
+
+    def _run_once(self, *args: str) -> None:
+        done = subprocess.run(  # noqa: S603 (this interpreter and our own arguments, no shell)
+            [sys.executable, "-m", "playgate", *args],
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BenchError(f"playgate {' '.join(args)} failed: {done.stdout}{done.stderr}")
+
+    def _start_redis(self, cpus: frozenset[int] | None) -> str:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise BenchError("redis-server is not installed (apt-get install redis-server), or give --redis-url")
+        port = free_port()
+        popen = subprocess.Popen(  # noqa: S603 (redis-server from PATH and our own arguments, no shell)
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if cpus is not None:
+            os.sched_setaffinity(popen.pid, cpus)
+        self.processes.append(ServerProcess("redis", popen.pid, popen))
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise BenchError(f"playgate exited with {self.process.returncode}:\n{self.server_log()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return f"redis://127.0.0.1:{port}/0"
+            time.sleep(0.05)
+        raise BenchError(f"redis-server did not start on port {port}")
+
+    def _wait_for_workers(self, redis_url: str, count: int) -> None:
+        """Until a play request gets its decision (a worker is taking requests), then, for a bounded time,
+        until `count` consumers have joined the request queue's group."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._decided_once():
+            for process in self.processes:
+                if process.popen is not None and process.popen.poll() is not None:
+                    raise BenchError(f"playgate {process.role} exited:\n{self.server_log()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"no worker decided a request in {START_TIMEOUT_S}s:\n{self.server_log()}")
+        import redis
+
+        from playgate.bus.redis import GROUP, REQUESTS_KEY
+
+        client = redis.Redis.from_url(redis_url, socket_timeout=2)
+        try:
+            joined_by = time.monotonic() + WORKERS_JOIN_TIMEOUT_S
+            while time.monotonic() < joined_by:
+                with contextlib.suppress(redis.ResponseError):
+                    if len(client.xinfo_consumers(REQUESTS_KEY, GROUP)) >= count:
+                        return
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+    def _decided_once(self) -> bool:
+        """One play request of the demo user1 through the first API, waiting for its decision; True if decided."""
+        url = self.base_urls[0]
+        try:
+            token = _call(f"{url}/auth/token", {"username": "user1", "password": "user1"})["accessToken"]
+            answer = _call(f"{url}/v1/plays?wait=5", {"videoId": "1", "deviceId": "bench-ready"}, token)
+        except (OSError, urllib.error.URLError, KeyError, ValueError):
+            time.sleep(0.2)
+            return False
+        if answer.get("status") not in ("allowed", "denied"):
+            return False
+        _call(f"{url}/v1/streams", None, token, method="DELETE")
+        return True
+
+    def _wait_ready(self, url: str, process: ServerProcess) -> None:
+        """Poll /readyz until 200; BenchError with the server log if it exits or never gets there."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.popen is not None and process.popen.poll() is not None:
+                raise BenchError(
+                    f"playgate {process.role} exited with {process.popen.returncode}:\n{self.server_log()}"
+                )
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(f"{self.base_url}/readyz", timeout=1.0) as answer,  # noqa: S310 (our own URL)
+                urllib.request.urlopen(f"{url}/readyz", timeout=1.0) as answer,  # noqa: S310 (our own URL)
             ):
                 if answer.status == 200:
                     return
             time.sleep(0.1)
-        self.stop()
-        raise BenchError(f"playgate not ready after {START_TIMEOUT_S}s:\n{self.server_log()}")
+        raise BenchError(f"playgate {process.role} not ready after {START_TIMEOUT_S}s:\n{self.server_log()}")
+
+    def server_log(self) -> str:
+        """The tail of each started process's log (empty for a running deployment)."""
+        tails = []
+        for process in self.processes:
+            if process.log_path is not None and process.log_path.exists():
+                tails.append(
+                    f"--- {process.role} {process.pid}\n{process.log_path.read_text(errors='replace')[-3000:]}"
+                )
+        return "\n".join(tails)
 
     def stop(self) -> None:
-        """Stop the server the benchmark started (SIGTERM, then SIGKILL) and remove its data dir."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        """Stop what the benchmark started (SIGTERM, then SIGKILL), workers first, and remove the data dir."""
+        order = {"worker": 0, "api": 1, "serve": 1, "redis": 2}
+        for process in sorted(self.processes, key=lambda p: order.get(p.role, 3)):
+            popen = process.popen
+            if popen is None or popen.poll() is not None:
+                continue
+            popen.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(STOP_TIMEOUT_S)
+                popen.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+                popen.kill()
+                popen.wait(5)
         if self.data_dir is not None:
             self.data_dir.cleanup()
             self.data_dir = None
@@ -174,6 +330,18 @@ class Target:
                     made = await _new_accounts(http, self.admin_password, missing)
             self.accounts.update(made)
         return [self.accounts[n] for n in names]
+
+
+def _call(url: str, body: dict[str, Any] | None, token: str | None = None, method: str = "POST") -> Any:
+    """A blocking JSON call (set-up only); the decoded answer, or None for an empty one."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = orjson.dumps(body) if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310 (our own URL)
+    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as answer:  # noqa: S310 (our own URL)
+        payload = answer.read()
+    return orjson.loads(payload) if payload else None
 
 
 async def _post_json(http: aiohttp.ClientSession, path: str, body: dict[str, Any], token: str | None = None) -> Any:
