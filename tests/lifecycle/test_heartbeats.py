@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from tests.lifecycle.conftest import Deployment
-from tests.lifecycle.helpers import active_ids, ended_events, fetch, play
+from tests.lifecycle.helpers import active_ids, ended_events, fetch, patch_user, play
 from tests.support.clients import api_client, connect_socket, new_user
 
 
@@ -18,8 +18,7 @@ async def test_a_lowered_limit_ends_the_streams_over_it_at_their_next_heartbeat(
     try:
         async with api_client(base, user.token) as client:
             first, second, third = [await play(client, video, f"device-{video}") for video in ("1", "2", "3")]
-            response = await deny_admin.patch(f"/v1/users/{user.id}", json={"limit": 1})
-            assert response.status_code == 200
+            await patch_user(deny_admin, user.id, {"limit": 1})
             # Under `deny` the first stream keeps its slot; the newer ones end when they next show life.
             assert (await client.post(f"/v1/streams/{first['streamId']}/heartbeat")).status_code == 200
             assert (await client.post(f"/v1/streams/{third['streamId']}/heartbeat")).status_code == 404
@@ -46,7 +45,7 @@ async def test_a_media_request_over_a_lowered_limit_is_refused(
         async with api_client(base, user.token) as client:
             older = await play(client, "1", "tv")
             newer = await play(client, "2", "phone")
-            assert (await evict_admin.patch(f"/v1/users/{user.id}", json={"limit": 1})).status_code == 200
+            await patch_user(evict_admin, user.id, {"limit": 1})
             # Under evict_oldest the oldest stream is the one over the limit.
             assert (await fetch(base, older["playbackUrl"])).status_code == 403
             assert (await fetch(base, newer["playbackUrl"])).status_code == 206
@@ -82,7 +81,7 @@ async def test_disabling_a_user_ends_their_streams_and_their_media(
     try:
         async with api_client(base, user.token) as client:
             decision = await play(client, "6", "tv")
-        assert (await deny_admin.patch(f"/v1/users/{user.id}", json={"disabled": True})).status_code == 200
+        await patch_user(deny_admin, user.id, {"disabled": True})
         [ended] = await ended_events(sock, 1, 5.0)
         assert ended == {"streamId": decision["streamId"], "videoId": "6", "reason": "user_disabled"}
         assert (await fetch(base, decision["playbackUrl"])).status_code == 403

@@ -13,6 +13,9 @@ from playgate.media.clips import MediaFiles, MediaLibrary
 from playgate.security import PlaybackClaims, PlaybackTokens
 from playgate.service import PlayGate
 
+# A media request rewrites a lease only once a tenth of it has passed (a 90 s lease: at most every 9 s), so a
+# player fetching many ranges a second costs reads; its stream still ends within the lease after it goes silent.
+MEDIA_RENEW_SLACK = 0.1
 TOKEN_HEADER = "X-Playback-Token"  # noqa: S105 (a header name, not a secret)
 # What a media URL behind a web server must end with, so that a token opens only its own stream's file.
 _MEDIA_PATH = re.compile(r"/(?P<stream>[^/?#]+)/(?P<video>[^/?#.]+)\.[A-Za-z0-9]+$")
@@ -87,6 +90,6 @@ class ContentGate:
         if claims.stream_id != stream_id or (video_id is not None and claims.video_id != video_id):
             raise Forbidden("This playback token is for another stream.")
         try:
-            return await self.gate.renew(claims.stream_id, claims.user_id)
+            return await self.gate.renew(claims.stream_id, claims.user_id, slack=MEDIA_RENEW_SLACK)
         except NotFound:
             raise Forbidden(f"Stream {stream_id!r} has ended; ask to play the video again.") from None
