@@ -230,6 +230,24 @@ async def test_a_killed_worker_s_requests_are_decided_by_the_other(cluster: Clus
     await close(group)
 
 
+async def test_a_worker_stopped_with_sigterm_finishes_its_batch_and_leaves_nothing_pending(cluster: Cluster) -> None:
+    rng = random.Random(17)
+    group = await players(cluster, 6, limits=(3,))
+    leaving = cluster.workers.pop(0)
+    consumer = f"{socket.gethostname()}-{leaving.proc.pid}"
+    load = asyncio.gather(*(request_plays(p, rng, 15) for p in group))
+    await asyncio.sleep(0.3)
+    assert await asyncio.to_thread(leaving.stop, signal.SIGTERM) == 0, leaving.log()
+    assert pending_on(cluster, consumer) == 0  # what it took, it decided and acknowledged before exiting
+    await load
+    for p in group:
+        found = await decisions(p)
+        seen = await socket_messages(p, len(p.request_ids))
+        assert check_one_decision_each(p, found, seen) == 0
+    cluster.start_worker()
+    await close(group)
+
+
 def pending_on(cluster: Cluster, consumer: str) -> int:
     """Entries of the request group pending on one consumer."""
     client = redis.Redis(host="127.0.0.1", port=cluster.redis.port, socket_timeout=2)
