@@ -204,7 +204,7 @@ async def test_many_users_hammered_over_both_apis_never_exceed_their_limit(clust
 async def test_a_killed_worker_s_requests_are_decided_by_the_other(cluster: Cluster) -> None:
     rng = random.Random(11)
     group = await players(cluster, 10, limits=(3,))
-    victim = cluster.workers.pop(0)
+    victim = cluster.workers[0]  # stays listed until killed: a failure here still stops it at teardown
     consumer = f"{socket.gethostname()}-{victim.proc.pid}"
     load = asyncio.gather(*(request_plays(p, rng, 20) for p in group))
     held = 0
@@ -217,6 +217,7 @@ async def test_a_killed_worker_s_requests_are_decided_by_the_other(cluster: Clus
         victim.proc.send_signal(signal.SIGCONT)
     assert held > 0, "the worker never held a batch; the test would prove nothing"
     kill(victim)  # kill -9 with a batch in hand: the other worker claims it after PLAYGATE_CLAIM_IDLE
+    cluster.workers.remove(victim)
     await load
     twice = 0
     for p in group:
@@ -233,11 +234,12 @@ async def test_a_killed_worker_s_requests_are_decided_by_the_other(cluster: Clus
 async def test_a_worker_stopped_with_sigterm_finishes_its_batch_and_leaves_nothing_pending(cluster: Cluster) -> None:
     rng = random.Random(17)
     group = await players(cluster, 6, limits=(3,))
-    leaving = cluster.workers.pop(0)
+    leaving = cluster.workers[0]
     consumer = f"{socket.gethostname()}-{leaving.proc.pid}"
     load = asyncio.gather(*(request_plays(p, rng, 15) for p in group))
     await asyncio.sleep(0.3)
     assert await asyncio.to_thread(leaving.stop, signal.SIGTERM) == 0, leaving.log()
+    cluster.workers.remove(leaving)
     assert pending_on(cluster, consumer) == 0  # what it took, it decided and acknowledged before exiting
     await load
     for p in group:
