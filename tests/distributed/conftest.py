@@ -21,7 +21,8 @@ from tests.support.pg_database import PgDatabase, create_database, drop_database
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
 from tests.support.servers import ServerProcess, playgate_env, start_playgate
 
-CLAIM_IDLE_S = 2.0
+# Long enough that a slow batch on a loaded machine is not taken over from a live worker.
+CLAIM_IDLE_S = 4.0
 WORKER_READY_TIMEOUT_S = 30.0
 
 

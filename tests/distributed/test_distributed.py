@@ -170,7 +170,7 @@ def check_one_decision_each(p: Player, found: dict[str, dict[str, Any]], seen: d
 
 async def test_a_socket_on_one_api_gets_decisions_of_requests_sent_to_the_other(cluster: Cluster) -> None:
     [p] = await players(cluster, 1)
-    other_api = p.clients[1] if p.socket is not None else p.clients[0]  # the socket is on API 1 (index 0)
+    other_api = p.clients[1]  # the socket is on API 1 (index 0)
     response = await other_api.post("/v1/plays", json={"videoId": "1", "deviceId": "tv"})
     assert response.status_code == 202, response.text
     message = await p.socket.next_message(timeout_s=10)
