@@ -27,6 +27,7 @@ from playgate.ledger.redis import RedisLedger, check_redis_url
 from playgate.ledger.sql import SqlLedger
 from playgate.media import ContentGate, MediaLibrary, playback_url
 from playgate.metrics import Metrics
+from playgate.probes import ProbeServer, probe_app
 from playgate.security import PlaybackTokens, TokenIssuer
 from playgate.service import PlayGate
 from playgate.worker import MAX_ATTEMPTS, Worker
@@ -224,8 +225,17 @@ async def run_worker(settings: Settings, *, clock: Callable[[], float] = time.ti
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker %s started", runtime.gate.queue.consumer if isinstance(runtime.gate.queue, RedisQueue) else "")
+    probes = None
+    if settings.metrics_port is not None:
+        # /healthz, /readyz and /metrics for Prometheus and the orchestrator's probes (PLAYGATE_METRICS_PORT).
+        app = probe_app(runtime.gate.metrics, runtime.gate.ready)
+        probes = ProbeServer(app, host=settings.host, port=settings.metrics_port, log_level=settings.log_level)
     try:
+        if probes is not None:
+            await probes.start()
         await stop.wait()
     finally:
+        if probes is not None:
+            await probes.stop()
         await runtime.stop()
         log.info("worker stopped")

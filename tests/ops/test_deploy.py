@@ -120,11 +120,14 @@ def test_every_container_runs_a_playgate_command_as_non_root_with_limits() -> No
             assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
             refs = {next(iter(source.values()))["name"] for source in container["envFrom"]}
             assert refs == {"playgate"}
+    # The worker has no API: its probe server listens on PLAYGATE_METRICS_PORT (tests/ops/test_worker_probes.py).
     worker = _container(_by_kind("Deployment")["playgate-worker"])
-    for probe in ("livenessProbe", "readinessProbe"):
-        command = worker[probe]["exec"]["command"]
-        assert command[0] == "playgate"
-        assert command[1] in commands
+    metrics_port = {e["name"]: e["value"] for e in worker["env"]}["PLAYGATE_METRICS_PORT"]
+    assert {p["name"]: p["containerPort"] for p in worker["ports"]}["metrics"] == int(metrics_port)
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    annotations = _by_kind("Deployment")["playgate-worker"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == metrics_port
 
 
 def test_budgets_and_autoscalers_target_the_deployments() -> None:
@@ -195,7 +198,8 @@ def test_compose_runs_two_apis_behind_nginx_two_workers_redis_with_aof_and_postg
     assert services["api"]["deploy"]["replicas"] == 2
     assert services["worker"]["command"] == ["worker"]
     assert services["worker"]["deploy"]["replicas"] == 2
-    assert services["worker"]["healthcheck"]["test"][1:3] == ["playgate", "doctor"]
+    port = services["worker"]["environment"]["PLAYGATE_METRICS_PORT"]
+    assert f"http://127.0.0.1:{port}/readyz" in services["worker"]["healthcheck"]["test"][-1]
     for name in ("api", "worker", "migrate"):
         assert services[name]["command"][0] in commands
         env = services[name]["environment"]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import api_client, connect_socket, new_user
+
+COUNTED_WITHIN_S = 5.0
 
 
 def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -31,7 +36,12 @@ async def test_metrics_cover_http_decisions_queue_streams_sockets_and_errors(
         second = await client.post("/v1/plays", json={"videoId": "2"}, params={"wait": "5"})
         assert second.json()["status"] == "denied"
         assert (await client.get("/readyz")).status_code == 200
+        # The worker counts a decision right after publishing it: poll briefly for both.
+        deadline = time.monotonic() + COUNTED_WITHIN_S
         samples = _samples((await client.get("/metrics")).text)
+        while _value(samples, "playgate_decision_latency_seconds_count") < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            samples = _samples((await client.get("/metrics")).text)
     await sock.close()
 
     assert _value(samples, "playgate_http_requests_total", route="/v1/plays", status="200") >= 2
