@@ -55,7 +55,9 @@ def preflight(settings: Settings) -> None:
 
 def open_catalog(settings: Settings, clock: Callable[[], float]) -> tuple[AsyncEngine, Catalog]:
     """The catalogue engine and service for the configured database."""
-    engine = create_engine(settings.resolved_database_url)
+    # Immediate: a catalogue write reads first (session.get, then commit); under SQLite's WAL a deferred BEGIN
+    # fails at once with "database is locked" when the ledger commits in between, a 503 to the admin.
+    engine = create_engine(settings.resolved_database_url, immediate=True)
     catalog = Catalog(engine, default_limit=settings.default_limit, cache_ttl_s=settings.cache_ttl_s, clock=clock)
     return engine, catalog
 
