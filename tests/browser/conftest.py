@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, ViewportSize, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Response,
+    ViewportSize,
+    async_playwright,
+)
 
 from playgate.api.app import WEB_DIST
 from tests.support.servers import ServerProcess, start_playgate
@@ -38,9 +46,17 @@ class ConsoleWatch:
     errors: list[str] = field(default_factory=list)
     expected_statuses: list[int] = field(default_factory=list)
 
+    failed_requests: list[str] = field(default_factory=list)
+
     def attach(self, page: Page) -> None:
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+        page.on("response", self._response)
+
+    def _response(self, response: Response) -> None:
+        # Kept to say which request a "Failed to load resource" console error was about.
+        if response.status >= 400:
+            self.failed_requests.append(f"{response.status} {response.request.method} {response.url}")
 
     def expect_http_error(self, status: int) -> None:
         """The next console line "Failed to load resource ... status of <status>" is expected (once)."""
@@ -81,7 +97,13 @@ class Browsing:
             await context.close()
 
     def problems(self) -> list[str]:
-        return [f"{w.name}: {e}" for w in self.watches for e in w.errors]
+        """Every unexpected console or page error, with the failed requests of the pages that had one."""
+        found = []
+        for watch in self.watches:
+            if watch.errors:
+                found += [f"{watch.name}: {e}" for e in watch.errors]
+                found += [f"{watch.name}: failed request {r}" for r in watch.failed_requests]
+        return found
 
 
 @pytest.fixture(scope="module")

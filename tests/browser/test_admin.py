@@ -74,6 +74,9 @@ async def test_streams_appear_live_and_an_admin_changes_a_limit_and_disables_a_u
         assert (await api.get("/v1/users/2")).json()["limit"] == 1
     await viewer.get_by_role("button", name="Play video2", exact=True).click()
     await expect(card(viewer, "video2").locator(".state")).to_have_text("Denied: all 1 of your streams are in use")
+    await expect(viewer.get_by_role("region", name="Limit reached: video2 cannot start")).to_be_visible()
+    # Let the viewer's own follow-up calls (stream list, usage) finish: once disabled, a call in flight gets 401.
+    await viewer.wait_for_load_state("networkidle")
 
     await row.get_by_role("button", name="Disable user2").click()
     await expect(row).to_contain_text("Disabled")

@@ -21,7 +21,7 @@ const videoRows = new Map(); // videoId -> VideoRow
 
 const api = createApi(
   () => session && session.token,
-  () => endSession("Your admin session ended (token expired). Log in again.", true),
+  (error) => endSession(`Your admin session ended: ${error.message} Log in again.`, true),
 );
 
 function showError(id, err) {

@@ -13,8 +13,8 @@ export class ApiError extends Error {
 }
 
 /**
- * A client for the PlayGate API. `getToken()` returns the access token (or null); `onUnauthorized()` is called
- * when an authenticated call answers 401 (expired token, disabled user).
+ * A client for the PlayGate API. `getToken()` returns the access token (or null); `onUnauthorized(error)` is
+ * called when an authenticated call answers 401 (expired token, disabled user); `error.message` says which.
  */
 export function createApi(getToken, onUnauthorized) {
   async function request(method, path, { body, headers = {}, auth = true } = {}) {
@@ -36,8 +36,9 @@ export function createApi(getToken, onUnauthorized) {
     const type = response.headers.get("content-type") || "";
     const data = type.includes("json") ? await response.json() : null;
     if (!response.ok) {
-      if (response.status === 401 && token) onUnauthorized();
-      throw new ApiError(response.status, data);
+      const error = new ApiError(response.status, data);
+      if (response.status === 401 && token) onUnauthorized(error);
+      throw error;
     }
     return data;
   }

@@ -38,7 +38,7 @@ let denial = null; // {card, limit} while the denial panel is open
 
 const api = createApi(
   () => session && session.token,
-  () => endSession("Your session ended (token expired or account disabled). Log in again.", true),
+  (error) => endSession(`Your session ended: ${error.message} Log in again.`, true),
 );
 
 // ---- video cards ---------------------------------------------------------------------------------------------
