@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -86,11 +86,50 @@ def request_from_json(raw: str | bytes) -> PlayRequest:
 
 def socket_manager(url: str, *, write_only: bool = False) -> socketio.AsyncRedisManager:
     """python-socketio's Redis client manager: a full one for an API process's server, write-only for a worker."""
-    return socketio.AsyncRedisManager(
-        url,
-        write_only=write_only,
-        redis_options={"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S},
-    )
+    options = {"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S}
+    if write_only:
+        return BatchingRedisManager(url, redis_options=options)
+    return socketio.AsyncRedisManager(url, redis_options=options)
+
+
+class BatchingRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]  # python-socketio is untyped
+    """A worker's write-only Socket.IO Redis manager: the emits made inside `batch()` leave in one pipeline.
+
+    It replaces only the transport hook `_publish` (what a pub/sub backend is meant to provide): each emit is
+    the message python-socketio builds, published on its channel, one round trip for a whole batch of
+    decisions instead of one each. A failed pipeline raises (Unavailable), so the worker retries the batch.
+    """
+
+    def __init__(self, url: str, *, redis_options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, write_only=True, redis_options=redis_options)
+        self._held: list[Any] | None = None
+
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Hold every emit made inside, then publish them all in one pipeline, in order."""
+        self._held = []
+        try:
+            yield
+            held = self._held
+        finally:
+            self._held = None
+        if held:
+            await self._publish_all(held)
+
+    async def _publish(self, data: Any) -> Any:
+        if self._held is not None:
+            self._held.append(data)
+            return None
+        return await super()._publish(data)
+
+    async def _publish_all(self, messages: Sequence[Any]) -> None:
+        async with translate_redis_errors():
+            if not self.connected:
+                self._redis_connect()
+            pipe = self.redis.pipeline(transaction=False)
+            for message in messages:
+                pipe.publish(self.channel, self.json.dumps(message))
+            await pipe.execute()
 
 
 def error_decision(request: PlayRequest, now: float) -> Decision:
@@ -332,17 +371,21 @@ class RedisFanout:
             await asyncio.wait_for(self._subscribed.wait(), ready_timeout_s)
 
     async def publish(self, outcomes: Sequence[Outcome]) -> None:
-        """Wake every API process's waiters (one PUBLISH), then emit each decision and the streams it ended."""
+        """Wake every API process's waiters (one PUBLISH), then emit each decision and the streams it ended
+        (in one pipeline when the emitter is a worker's BatchingRedisManager)."""
         if not outcomes:
             return
         payload = orjson.dumps([decision_to_json(o.decision) for o in outcomes])
         async with translate_redis_errors():
             await self._redis.publish(DECISIONS_CHANNEL, payload)
-        for outcome in outcomes:
-            decision = outcome.decision
-            url = self._playback_url(decision) if self._playback_url is not None else None
-            await self._emitter.emit("message", decision_message(decision, url), room=user_room(decision.user_id))
-            await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
+        batch = self._emitter.batch() if isinstance(self._emitter, BatchingRedisManager) else contextlib.nullcontext()
+        async with batch:
+            for outcome in outcomes:
+                decision = outcome.decision
+                url = self._playback_url(decision) if self._playback_url is not None else None
+                message = decision_message(decision, url)
+                await self._emitter.emit("message", message, room=user_room(decision.user_id))
+                await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
 
     async def announce(self, ended: Sequence[EndedStream]) -> None:
         """Emit `stream_ended` to each ended stream's user, whichever API process holds their sockets."""
