@@ -150,6 +150,7 @@ def demo() -> None:
         try:
             return await catalog.load_demo()
         finally:
+            await catalog.close()
             await engine.dispose()
 
     added = _run(load)
@@ -171,6 +172,7 @@ def token(user: str) -> None:
             except NotFound:
                 found = await catalog.get_user(user)
         finally:
+            await catalog.close()
             await engine.dispose()
         issuer = TokenIssuer(jwt_secret(settings), settings.token_ttl_s)
         return issuer.issue(found.id, admin=found.is_admin, now=time.time())

@@ -55,9 +55,8 @@ def preflight(settings: Settings) -> None:
 
 def open_catalog(settings: Settings, clock: Callable[[], float]) -> tuple[AsyncEngine, Catalog]:
     """The catalogue engine and service for the configured database."""
-    # Immediate: a catalogue write reads first (session.get, then commit); under SQLite's WAL a deferred BEGIN
-    # fails at once with "database is locked" when the ledger commits in between, a 503 to the admin.
-    engine = create_engine(settings.resolved_database_url, immediate=True)
+    # Reads stay deferred (no write lock on the hot path); Catalog writes on an immediate engine of its own.
+    engine = create_engine(settings.resolved_database_url)
     catalog = Catalog(engine, default_limit=settings.default_limit, cache_ttl_s=settings.cache_ttl_s, clock=clock)
     return engine, catalog
 
@@ -208,6 +207,7 @@ class Runtime:
         await self.gate.fanout.close()
         await self.gate.queue.close()
         await self.gate.ledger.close()
+        await self.gate.catalog.close()
         await self.engine.dispose()
 
 

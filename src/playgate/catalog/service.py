@@ -12,6 +12,7 @@ from sqlalchemy import Select, delete, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from playgate.catalog.db import create_engine, is_sqlite
 from playgate.catalog.models import PlanRow, UserRow, VideoRow
 from playgate.domain import Plan, Quota, User, Video
 from playgate.errors import Conflict, Invalid, NotFound, Unavailable
@@ -73,6 +74,11 @@ class Catalog:
     ) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # Writes read first (the row, the plan), then write. Under SQLite's WAL a deferred transaction whose
+        # snapshot went stale meanwhile fails with BUSY at once, whatever the timeout: so writes take the write
+        # lock at BEGIN, on an engine of their own (PostgreSQL ignores the flag).
+        self._writer = create_engine(str(engine.url), immediate=True) if is_sqlite(str(engine.url)) else engine
+        self._write_sessions = async_sessionmaker(self._writer, expire_on_commit=False)
         self._default_limit = default_limit
         self._clock = clock
         self._users = _TTLCache(cache_ttl_s, clock)
@@ -82,6 +88,16 @@ class Catalog:
     async def _session(self) -> AsyncIterator[AsyncSession]:
         async with translate_db_errors(), self._sessions() as session:
             yield session
+
+    @asynccontextmanager
+    async def _write_session(self) -> AsyncIterator[AsyncSession]:
+        async with translate_db_errors(), self._write_sessions() as session:
+            yield session
+
+    async def close(self) -> None:
+        """Release the write engine (the read engine belongs to the caller)."""
+        if self._writer is not self._engine:
+            await self._writer.dispose()
 
     # ---- users -------------------------------------------------------------------------------------
 
@@ -180,7 +196,7 @@ class Catalog:
     ) -> User:
         """A new user (the server picks the id unless given); Conflict if the name is taken."""
         password_hash = await asyncio.to_thread(hash_password, password)
-        async with self._session() as session:
+        async with self._write_session() as session:
             await self._check_plan(session, plan)
             row = UserRow(
                 id=user_id or _new_catalog_id(),
@@ -200,7 +216,7 @@ class Catalog:
         """Apply `changes` (name, password, limit, plan, disabled) to a user; NotFound, Conflict."""
         password = changes.get("password")
         password_hash = await asyncio.to_thread(hash_password, password) if password else None
-        async with self._session() as session:
+        async with self._write_session() as session:
             row = await session.get(UserRow, user_id)
             if row is None:
                 raise NotFound(f"No user with id {user_id!r}.")
@@ -221,7 +237,7 @@ class Catalog:
 
     async def delete_user(self, user_id: str) -> None:
         """Remove a user; NotFound if there is none."""
-        async with self._session() as session:
+        async with self._write_session() as session:
             result = await session.execute(delete(UserRow).where(UserRow.id == user_id))
             await session.commit()
         self._users.clear()
@@ -257,7 +273,7 @@ class Catalog:
 
     async def create_plan(self, *, name: str, max_streams: int) -> Plan:
         """A new plan; Conflict if the name is taken."""
-        async with self._session() as session:
+        async with self._write_session() as session:
             row = PlanRow(id=_new_catalog_id(), name=name, max_streams=max_streams)
             session.add(row)
             await self._commit(session, f"A plan named {name!r} exists already.", "name")
@@ -265,7 +281,7 @@ class Catalog:
 
     async def update_plan(self, plan_id: str, changes: Mapping[str, Any]) -> Plan:
         """Rename a plan or change its limit (its users' limits follow within cache_ttl_s)."""
-        async with self._session() as session:
+        async with self._write_session() as session:
             row = await session.get(PlanRow, plan_id)
             if row is None:
                 raise NotFound(f"No plan with id {plan_id!r}.")
@@ -279,7 +295,7 @@ class Catalog:
 
     async def delete_plan(self, plan_id: str) -> None:
         """Remove a plan; Conflict while users are on it."""
-        async with self._session() as session:
+        async with self._write_session() as session:
             users = await session.scalar(select(func.count()).where(UserRow.plan_id == plan_id))
             if users:
                 raise Conflict(f"{users} user(s) are on plan {plan_id!r}; move them first.", field="plan")
@@ -311,7 +327,7 @@ class Catalog:
 
     async def create_video(self, *, title: str, url: str, video_id: str | None = None) -> Video:
         """A new video (the server picks the id unless given)."""
-        async with self._session() as session:
+        async with self._write_session() as session:
             row = VideoRow(id=video_id or _new_catalog_id(), title=title, url=url)
             session.add(row)
             await self._commit(session, f"A video with id {video_id!r} exists already.", "id")
@@ -319,7 +335,7 @@ class Catalog:
 
     async def update_video(self, video_id: str, changes: Mapping[str, Any]) -> Video:
         """Change a video's title or URL."""
-        async with self._session() as session:
+        async with self._write_session() as session:
             row = await session.get(VideoRow, video_id)
             if row is None:
                 raise NotFound(f"No video with id {video_id!r}.")
@@ -333,7 +349,7 @@ class Catalog:
 
     async def delete_video(self, video_id: str) -> None:
         """Remove a video; NotFound if there is none."""
-        async with self._session() as session:
+        async with self._write_session() as session:
             result = await session.execute(delete(VideoRow).where(VideoRow.id == video_id))
             await session.commit()
         self._videos.clear()
@@ -372,7 +388,7 @@ class Catalog:
             admin = await self.find_user(ADMIN_NAME)
         except NotFound:
             return await self.create_user(name=ADMIN_NAME, password=password, is_admin=True, limit=0)
-        async with self._session() as session:
+        async with self._write_session() as session:
             row = await session.get(UserRow, admin.id)
             assert row is not None
             row.password_hash = await asyncio.to_thread(hash_password, password)
