@@ -188,6 +188,28 @@ async def test_by_default_only_the_same_origin_is_allowed(base_url: str) -> None
     assert (await _engineio_handshake(base_url, base_url)).status_code == 200
 
 
+async def test_behind_a_trusted_proxy_each_forwarded_address_is_counted_on_its_own(guarded: ServerProcess) -> None:
+    # The test server trusts 127.0.0.1 (the default PLAYGATE_FORWARDED_ALLOW_IPS), as a proxy on this host.
+    async with api_client(guarded.base_url) as client:
+        for i in range(FAILURES_PER_ADDRESS + 2):
+            response = await client.post(
+                "/auth/token",
+                json={"username": f"proxied-{i}", "password": "wrong"},
+                headers={"X-Forwarded-For": f"203.0.113.{i + 1}"},
+            )
+            assert response.status_code == 401, response.text
+        one_address = {"X-Forwarded-For": "198.51.100.7"}
+        for i in range(FAILURES_PER_ADDRESS):
+            response = await client.post(
+                "/auth/token", json={"username": f"from-one-{i}", "password": "wrong"}, headers=one_address
+            )
+            assert response.status_code == 401, response.text
+        throttled = await client.post(
+            "/auth/token", json={"username": "from-one-x", "password": "wrong"}, headers=one_address
+        )
+        _assert_throttled(throttled)
+
+
 async def test_failed_logins_from_one_address_are_throttled_for_every_name(guarded: ServerProcess) -> None:
     # Last in this module: once the address is throttled, every login from it waits out the window.
     async with api_client(guarded.base_url) as client:
