@@ -135,6 +135,7 @@ def _run_processes(
             counter: Synchronized[int] = ctx.Value("q", 0, lock=False)
             child: BaseProcess = ctx.Process(target=process_main, args=(plan, child_end, counter), daemon=True)
             child.start()
+            child_end.close()  # the child's copy is enough: a child that dies then reads as EOF here
             pipes.append(parent_end)
             counters.append(counter)
             children.append(child)

@@ -17,12 +17,12 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
-import aiohttp
 import orjson
 import psutil
 import socketio
 import uvloop
 
+from playgate.bench.rawhttp import HttpClient
 from playgate.bench.stats import CpuWindow, LoopLag
 from playgate.bench.target import raise_fd_limit
 
@@ -172,8 +172,14 @@ class LoadProcess:
         self.lag = LoopLag()
         self.listeners: list[Listener] = []
         self.connect_failures: Counter[str] = Counter()
-        self._http: aiohttp.ClientSession | None = None
-        self._headers = [{"Authorization": f"Bearer {v.token}"} for v in plan.viewers]
+        self._http: dict[str, HttpClient] = {}
+        for viewer in plan.viewers:
+            if viewer.http_url not in self._http:
+                self._http[viewer.http_url] = HttpClient(viewer.http_url, DECISION_TIMEOUT_S)
+        self._requests = [
+            self._http[v.http_url].build("GET", f"/videos/{v.video_id}/request?user={v.user_id}", v.token)
+            for v in plan.viewers
+        ]
 
     async def connect(self) -> None:
         """Connect every socket of the plan (the viewers' first), a bounded number at a time."""
@@ -210,18 +216,19 @@ class LoadProcess:
     async def drive(self, schedule: Schedule) -> dict[str, Any]:
         """Run the load with the measurements beside it; the result for the parent."""
         window = Window.of(schedule)
-        timeout = aiohttp.ClientTimeout(total=DECISION_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as http:
-            self._http = http
-            lag = asyncio.create_task(self.lag.run(window.measure_from, window.until))
-            cpu = asyncio.create_task(self._cpu(window))
-            await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
+        lag = asyncio.create_task(self.lag.run(window.measure_from, window.until))
+        cpu = asyncio.create_task(self._cpu(window))
+        await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
+        try:
             if self.plan.mode == "closed":
                 await asyncio.gather(*(self._viewer(i, window) for i in range(len(self.plan.viewers))))
             else:
                 await self._open_loop(window)
-            await lag
-            cpu_result = await cpu
+        finally:
+            for client in self._http.values():
+                client.close()
+        await lag
+        cpu_result = await cpu
         await asyncio.sleep(SETTLE_S)  # late duplicates or strays still count against the sockets
         return self._result(cpu_result)
 
@@ -266,16 +273,11 @@ class LoadProcess:
 
     async def _play(self, index: int, window: Window, sent_s: float) -> bool:
         """One play: the request, its decision on the socket, and the stop when allowed; False on an HTTP error."""
-        assert self._http is not None
         viewer = self.plan.viewers[index]
-        headers = self._headers[index]
+        http = self._http[viewer.http_url]
         try:
-            async with self._http.get(
-                f"{viewer.http_url}/videos/{viewer.video_id}/request", params={"user": viewer.user_id}, headers=headers
-            ) as answer:
-                body = await answer.read()
-                status = answer.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            status, body = await http.send(self._requests[index])
+        except (ConnectionError, OSError, TimeoutError) as exc:
             self.tally.http_errors[f"request {type(exc).__name__}"] += 1
             return False
         if status != 202:
@@ -288,8 +290,17 @@ class LoadProcess:
             return True
         message, received_s = arrived
         self._count(message, sent_s, received_s, window)
-        if message.get("status") == "allowed":
-            return await self._stop(viewer.http_url, str(message.get("streamId")), headers)
+        if message.get("status") != "allowed":
+            return True
+        stop = http.build("DELETE", f"/v1/streams/{message.get('streamId')}", viewer.token)
+        try:
+            status, _body = await http.send(stop)
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            self.tally.http_errors[f"stop {type(exc).__name__}"] += 1
+            return False
+        if status != 204:
+            self.tally.http_errors[f"stop {status}"] += 1
+            return False
         return True
 
     def _count(self, message: dict[str, Any], sent_s: float, received_s: float, window: Window) -> None:
@@ -303,20 +314,6 @@ class LoadProcess:
             self.tally.denied += 1
         if self.progress is not None:
             self.progress.value += 1  # this process alone writes its counter
-
-    async def _stop(self, http_url: str, stream_id: str, headers: dict[str, str]) -> bool:
-        assert self._http is not None
-        try:
-            async with self._http.delete(f"{http_url}/v1/streams/{stream_id}", headers=headers) as answer:
-                await answer.read()
-                status = answer.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.tally.http_errors[f"stop {type(exc).__name__}"] += 1
-            return False
-        if status != 204:
-            self.tally.http_errors[f"stop {status}"] += 1
-            return False
-        return True
 
     def _result(self, cpu: dict[str, float]) -> dict[str, Any]:
         tally = self.tally
