@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import socketio
 import websockets
 
 from tests.support.clients import admin_client, api_client, connect_socket, new_user
@@ -30,6 +31,7 @@ MAX_REQUESTS = 3000
 ACCEPTED_BEFORE_SIGTERM = 100
 LOAD_MAX_S = 30.0
 SERVICE_RESTART = 1012
+RECONNECT_WITHIN_S = 20.0
 
 
 async def _load(server: ServerProcess, tokens: list[str], accepted: list[tuple[int, str]]) -> int:
@@ -89,6 +91,11 @@ async def test_sigterm_under_load_decides_every_accepted_request_exactly_once(tm
     await admin.aclose()
     sockets = [await connect_socket(server.base_url, token=u.token) for u in users]
     raw = await _raw_socket(server.base_url, users[0].token)
+    # A player as the JS client behaves: on a closed transport it reconnects by itself.
+    player = socketio.AsyncClient(reconnection=True, reconnection_delay=0.5, reconnection_delay_max=1.0)
+    connects: list[float] = []
+    player.on("connect", lambda: connects.append(time.monotonic()))
+    await player.connect(server.base_url, auth={"token": users[1].token}, transports=["websocket"], wait_timeout=5)
     accepted: list[tuple[int, str]] = []
 
     load = asyncio.create_task(_load(server, [u.token for u in users], accepted))
@@ -134,6 +141,13 @@ async def test_sigterm_under_load_decides_every_accepted_request_exactly_once(tm
                 assert {s["id"] for s in streams} <= {d.get("streamId") for d in decisions.values()}
         assert len(decisions) == len(accepted)
         assert max(allowed_per_user.values()) <= LIMIT
+        # The player took the close as a hint and is connected to the new process.
+        deadline = time.monotonic() + RECONNECT_WITHIN_S
+        while len(connects) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(connects) == 2
+        assert player.connected
     finally:
+        await player.disconnect()
         again.stop()
     print(f"sent {sent}, accepted {len(accepted)} ({accepted_before_sigterm} before SIGTERM), pushed {len(pushed)}")
