@@ -12,11 +12,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
+from redis.asyncio import ConnectionPool
 
 from playgate.config import Settings
 from playgate.errors import PlayGateError, Unavailable
@@ -49,7 +51,11 @@ class LoginThrottle:
     """Checks a login against both limits before the password is verified, and counts failures after."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
-        options = {"implementation": "redispy", "key_prefix": KEY_PREFIX} if settings.redis_url else {}
+        options: dict[str, Any] = {}
+        # Our own connection pool, so that close() can release it (the storage itself has no close).
+        self._pool = ConnectionPool.from_url(settings.redis_url) if settings.redis_url else None
+        if self._pool is not None:
+            options = {"implementation": "redispy", "key_prefix": KEY_PREFIX, "connection_pool": self._pool}
         self._storage = storage_from_string(storage_url(settings), wrap_exceptions=True, **options)
         self._limiter = MovingWindowRateLimiter(self._storage)
         window_s = settings.login_window_s
@@ -81,6 +87,11 @@ class LoginThrottle:
                 retry_after_s=retry_after_s,
                 limit=kind,
             )
+
+    async def close(self) -> None:
+        """Release the Redis connections (nothing to do for the in-process counters)."""
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def failed(self, name: str, address: str) -> None:
         """Count one failed login against both limits."""

@@ -11,7 +11,10 @@ import httpx
 import pytest
 
 from playgate.config import is_loopback, load_settings, security_problems
+from playgate.errors import Unavailable
+from playgate.throttle import LoginThrottle, Throttled
 from tests.support.clients import api_client
+from tests.support.redis_server import redis_binary, start_redis
 from tests.support.servers import ADMIN_PASSWORD, ServerProcess, playgate_env, start_playgate
 
 SECRET = "a-secret-that-is-long-enough-for-hs256-0123"
@@ -220,3 +223,32 @@ async def test_failed_logins_from_one_address_are_throttled_for_every_name(guard
             assert response.status_code == 401
         _assert_throttled(await _login(client, "admin", ADMIN_PASSWORD))
         assert "address" in (await _login(client, "someone-new", "x")).json()["detail"]
+
+
+async def test_api_processes_share_the_login_counters_through_redis(tmp_path: Path) -> None:
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    redis = start_redis(tmp_path / "redis")
+    settings = load_settings(
+        {
+            "PLAYGATE_REDIS_URL": redis.url,
+            "PLAYGATE_LOGIN_FAILURES_PER_USER": "2",
+            "PLAYGATE_DATA_DIR": str(tmp_path),
+        }
+    )
+    first, second = LoginThrottle(settings), LoginThrottle(settings)  # as two API processes would
+    try:
+        await first.failed("shared-user", "192.0.2.1")
+        await second.failed("shared-user", "192.0.2.2")
+        with pytest.raises(Throttled) as caught:
+            await first.check("shared-user", "192.0.2.3")
+        assert caught.value.limit == "user"
+        assert 1 <= caught.value.retry_after_s <= settings.login_window_s
+        await second.check("another-user", "192.0.2.3")  # others are not affected
+        redis.stop()
+        with pytest.raises(Unavailable):
+            await first.check("shared-user", "192.0.2.3")  # Redis gone: 503, not an unhandled error
+    finally:
+        redis.stop()
+        await first.close()
+        await second.close()

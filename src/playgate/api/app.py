@@ -50,14 +50,15 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, ro
         )
         app.state.gate = runtime.gate
         app.state.content = runtime.content
+        app.state.login_throttle = LoginThrottle(settings, clock=clock)
         try:
             yield
         finally:
+            await app.state.login_throttle.close()
             await runtime.stop()
 
     api = FastAPI(title="PlayGate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     api.state.web_app = False
-    api.state.login_throttle = LoginThrottle(settings, clock=clock)
     if settings.cors_origin_list:
         # Without PLAYGATE_CORS_ORIGINS no CORS headers are sent, so browsers keep to the same origin.
         api.add_middleware(
