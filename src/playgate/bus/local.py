@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from playgate.bus.protocol import Delivery, Emitter, decision_message, ended_message, user_room
-from playgate.domain import Decision, EndedStream, PlayRequest, Reason
+from playgate.bus.protocol import Delivery, EmittingFanout
+from playgate.domain import PlayRequest
 from playgate.ledger.protocol import Outcome
-
-# Announced by the fan-out after an admission; `expired` ones are found by the sweeper as well.
-ANNOUNCED = frozenset({Reason.expired, Reason.evicted, Reason.replaced})
 
 
 class LocalQueue:
@@ -72,47 +69,15 @@ class LocalQueue:
         """Nothing to release."""
 
 
-class LocalFanout:
-    """Emits straight to this process's Socket.IO server and resolves local waiters."""
-
-    def __init__(self, emitter: Emitter, playback_url: Callable[[Decision], str | None] | None = None) -> None:
-        self._emitter = emitter
-        self._playback_url = playback_url
-        self._waiters: dict[str, set[asyncio.Future[Decision]]] = {}
+class LocalFanout(EmittingFanout):
+    """Emits straight to this process's Socket.IO server and resolves this process's waiters."""
 
     async def publish(self, outcomes: Sequence[Outcome]) -> None:
-        """Emit each decision to its user's room, then the streams it ended."""
+        """Wake the waiters of each decision, then emit it and the streams it ended."""
         for outcome in outcomes:
-            decision = outcome.decision
-            for waiter in self._waiters.get(decision.request_id, ()):
-                if not waiter.done():
-                    waiter.set_result(decision)
-            url = self._playback_url(decision) if self._playback_url is not None else None
-            await self._emitter.emit("message", decision_message(decision, url), room=user_room(decision.user_id))
-            await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
-
-    async def announce(self, ended: Sequence[EndedStream]) -> None:
-        """Emit `stream_ended` to each ended stream's user."""
-        for item in ended:
-            await self._emitter.emit("stream_ended", ended_message(item), room=user_room(item.stream.user_id))
-
-    def watch(self, request_id: str) -> asyncio.Future[Decision]:
-        """A future resolved when the decision is published."""
-        waiter: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(request_id, set()).add(waiter)
-        return waiter
-
-    def unwatch(self, request_id: str, waiter: asyncio.Future[Decision]) -> None:
-        """Drop a waiter."""
-        waiters = self._waiters.get(request_id)
-        if waiters is not None:
-            waiters.discard(waiter)
-            if not waiters:
-                del self._waiters[request_id]
+            self._wake(outcome.decision)
+        await self._emit(outcomes)
 
     async def close(self) -> None:
         """Cancel anyone still waiting."""
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                waiter.cancel()
-        self._waiters.clear()
+        self._cancel_waiters()

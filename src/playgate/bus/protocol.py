@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from playgate.domain import Decision, EndedStream, PlayRequest
+from playgate.domain import Decision, EndedStream, PlayRequest, Reason
 from playgate.ledger.protocol import Outcome
 
 
@@ -126,3 +127,57 @@ def decision_message(decision: Decision, playback_url: str | None = None) -> dic
 def ended_message(ended: EndedStream) -> dict[str, Any]:
     """The `stream_ended` event payload of API.md."""
     return {"streamId": ended.stream.id, "videoId": ended.stream.video_id, "reason": ended.reason.value}
+
+
+# Announced by the fan-out after an admission; `expired` ones are found by the sweeper as well.
+ANNOUNCED = frozenset({Reason.expired, Reason.evicted, Reason.replaced})
+
+
+class EmittingFanout:
+    """What every fan-out shares: `?wait=` futures by request id, and emitting outcomes through an Emitter.
+
+    A backend adds only its transport: how decisions reach the waiters of other processes (if any).
+    """
+
+    def __init__(self, emitter: Emitter, playback_url: Callable[[Decision], str | None] | None = None) -> None:
+        self._emitter = emitter
+        self._playback_url = playback_url
+        self._waiters: dict[str, set[asyncio.Future[Decision]]] = {}
+
+    async def _emit(self, outcomes: Sequence[Outcome]) -> None:
+        """Emit each decision to its user's room, then the streams it ended."""
+        for outcome in outcomes:
+            decision = outcome.decision
+            url = self._playback_url(decision) if self._playback_url is not None else None
+            await self._emitter.emit("message", decision_message(decision, url), room=user_room(decision.user_id))
+            await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
+
+    async def announce(self, ended: Sequence[EndedStream]) -> None:
+        """Emit `stream_ended` to each ended stream's user."""
+        for item in ended:
+            await self._emitter.emit("stream_ended", ended_message(item), room=user_room(item.stream.user_id))
+
+    def watch(self, request_id: str) -> asyncio.Future[Decision]:
+        """A future resolved when the decision is published."""
+        waiter: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(request_id, set()).add(waiter)
+        return waiter
+
+    def unwatch(self, request_id: str, waiter: asyncio.Future[Decision]) -> None:
+        """Drop a waiter."""
+        waiters = self._waiters.get(request_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[request_id]
+
+    def _wake(self, decision: Decision) -> None:
+        for waiter in self._waiters.get(decision.request_id, ()):
+            if not waiter.done():
+                waiter.set_result(decision)
+
+    def _cancel_waiters(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.cancel()
+        self._waiters.clear()

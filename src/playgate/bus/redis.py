@@ -26,9 +26,8 @@ import socketio
 from redis import exceptions as redis_errors
 from redis.typing import EncodableT, FieldT
 
-from playgate.bus.local import ANNOUNCED
-from playgate.bus.protocol import Delivery, Emitter, decision_message, ended_message, user_room
-from playgate.domain import Decision, EndedStream, PlayRequest, Reason, Status
+from playgate.bus.protocol import Delivery, Emitter, EmittingFanout
+from playgate.domain import Decision, PlayRequest, Reason, Status
 from playgate.ledger.protocol import Outcome
 from playgate.ledger.redis import (
     CONNECT_TIMEOUT_S,
@@ -350,16 +349,14 @@ class RedisQueue:
         await self._redis.aclose()
 
 
-class RedisFanout:
+class RedisFanout(EmittingFanout):
     """Decisions to sockets through a Socket.IO Redis manager; `?wait=` waiters woken over Redis pub/sub."""
 
     def __init__(
         self, url: str, emitter: Emitter, playback_url: Callable[[Decision], str | None] | None = None
     ) -> None:
+        super().__init__(emitter, playback_url)
         self._redis = connect(url)
-        self._emitter = emitter
-        self._playback_url = playback_url
-        self._waiters: dict[str, set[asyncio.Future[Decision]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -380,37 +377,12 @@ class RedisFanout:
             await self._redis.publish(DECISIONS_CHANNEL, payload)
         batch = self._emitter.batch() if isinstance(self._emitter, BatchingRedisManager) else contextlib.nullcontext()
         async with batch:
-            for outcome in outcomes:
-                decision = outcome.decision
-                url = self._playback_url(decision) if self._playback_url is not None else None
-                message = decision_message(decision, url)
-                await self._emitter.emit("message", message, room=user_room(decision.user_id))
-                await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
-
-    async def announce(self, ended: Sequence[EndedStream]) -> None:
-        """Emit `stream_ended` to each ended stream's user, whichever API process holds their sockets."""
-        for item in ended:
-            await self._emitter.emit("stream_ended", ended_message(item), room=user_room(item.stream.user_id))
-
-    def watch(self, request_id: str) -> asyncio.Future[Decision]:
-        """A future resolved when any worker publishes the decision."""
-        waiter: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(request_id, set()).add(waiter)
-        return waiter
-
-    def unwatch(self, request_id: str, waiter: asyncio.Future[Decision]) -> None:
-        """Drop a waiter."""
-        waiters = self._waiters.get(request_id)
-        if waiters is not None:
-            waiters.discard(waiter)
-            if not waiters:
-                del self._waiters[request_id]
+            await self._emit(outcomes)
 
     def _resolve(self, raw: str | bytes) -> None:
         for item in orjson.loads(raw):
-            for waiter in self._waiters.get(item["r"], ()):
-                if not waiter.done():
-                    waiter.set_result(decision_from_json(item))
+            if item["r"] in self._waiters:
+                self._wake(decision_from_json(item))
 
     async def _listen(self) -> None:
         """Subscribe and resolve waiters; after a lost connection, subscribe again with a growing pause."""
@@ -440,8 +412,5 @@ class RedisFanout:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                waiter.cancel()
-        self._waiters.clear()
+        self._cancel_waiters()
         await self._redis.aclose()
