@@ -141,3 +141,5 @@ def test_admission_micro_benchmark_on_redis_reports_memory_per_stream(tmp_path: 
     assert run["allowed"] == 60
     assert run["active_streams"] == 12  # 3 users x limit 4
     assert run["redis_used_memory_bytes"] > 0
+    assert run["redis_decisions_kept"] == 120
+    assert run["redis_bytes_per_active_stream"] > 0

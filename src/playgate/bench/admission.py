@@ -160,6 +160,29 @@ async def _redis_memory_bytes(url: str) -> int:
         await client.aclose()
 
 
+async def _redis_memory(url: str, ledger: Ledger, empty_bytes: int) -> dict[str, Any]:
+    """Redis memory after the run, then without the kept decisions: what the active streams alone cost."""
+    from redis.asyncio import Redis
+
+    used_bytes = await _redis_memory_bytes(url)
+    active = await ledger.count_active()
+    pattern = importlib.import_module("playgate.ledger.redis").decision_key("*")
+    client: Redis = Redis.from_url(url)
+    try:
+        decisions = 0
+        async for key in client.scan_iter(match=pattern, count=1000):
+            decisions += await client.unlink(key)
+    finally:
+        await client.aclose()
+    streams_bytes = await _redis_memory_bytes(url) - empty_bytes
+    return {
+        "redis_used_memory_bytes": used_bytes,
+        "redis_decisions_kept": decisions,
+        "active_streams": active,
+        "redis_bytes_per_active_stream": round(streams_bytes / active, 1) if active else None,
+    }
+
+
 async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
     """Time the worker over the workload once per batch size; one result document."""
     clock = time.time
@@ -182,6 +205,7 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
                 for index, batch_size in enumerate(spec.batch_sizes):
                     if redis_url is not None:
                         await _flush(redis_url)
+                        empty_bytes = await _redis_memory_bytes(redis_url)
                         ledger = _redis_ledger(redis_url, clock)
                     else:
                         ledger_url = f"sqlite+aiosqlite:///{Path(tmp) / f'ledger-{index}.sqlite3'}"
@@ -192,10 +216,7 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
                     try:
                         runs.append(await _time_batches(ledger, catalog, user_ids, spec.requests, batch_size, clock))
                         if redis_url is not None:
-                            used = await _redis_memory_bytes(redis_url)
-                            active = await ledger.count_active()
-                            runs[-1]["redis_used_memory_bytes"] = used
-                            runs[-1]["active_streams"] = active
+                            runs[-1].update(await _redis_memory(redis_url, ledger, empty_bytes))
                     finally:
                         await ledger.close()
         finally:

@@ -233,8 +233,11 @@ def admission(
     path = write_json(run_dir(out, f"admission-{ledger}") / "admission.json", result)
     for run in result["runs"]:
         extra = ""
-        if "redis_used_memory_bytes" in run and run.get("active_streams"):
-            extra = f", redis {run['redis_used_memory_bytes'] / run['active_streams']:,.0f} B per active stream"
+        if run.get("redis_bytes_per_active_stream") is not None:
+            extra = (
+                f", Redis {run['redis_bytes_per_active_stream']:,.0f} B per active stream "
+                f"({run['active_streams']} active; the {run['redis_decisions_kept']} kept decisions not counted)"
+            )
         click.echo(
             f"{ledger} batch {run['batch_size']:>5}: {run['decisions_per_s']:>10,.0f} decisions/s, "
             f"{run['ms_per_batch']:.2f} ms/batch ({run['allowed']} allowed, {run['denied']} denied){extra}"
