@@ -129,6 +129,7 @@ def test_distributed_load_crosses_apis_and_says_where_the_time_goes(tmp_path: Pa
     assert {role: roles[role]["processes"] for role in roles} == {"api": 2, "worker": 1, "redis": 1}
     assert all(roles[role]["cpu_percent"] > 0 for role in ("api", "worker"))
     assert "C=6 V=2 closed:" in stdout
+    assert "(api " in stdout  # the summary says where the server's CPU went
 
 
 @needs_redis

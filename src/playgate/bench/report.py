@@ -29,6 +29,17 @@ def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:,.1f}"
 
 
+def _server_cpu(server: dict[str, Any]) -> str:
+    """The server's CPU %, and per role when there are several (api, worker, redis): where the time goes."""
+    if not server:
+        return "—"
+    roles = server.get("by_role") or {}
+    if len(roles) <= 1:
+        return str(server.get("cpu_percent", "—"))
+    parts = ", ".join(f"{role} {roles[role]['cpu_percent']}" for role in sorted(roles))
+    return f"{server.get('cpu_percent')} ({parts})"
+
+
 def summary_line(result: dict[str, Any]) -> str:
     """One line for a terminal: the figures that matter of a load run."""
     params = result["params"]
@@ -40,7 +51,7 @@ def summary_line(result: dict[str, Any]) -> str:
         f"{result['decisions_per_s']:,.0f} decisions/s, p50 {_ms(latency['p50'])} ms, p99 {_ms(latency['p99'])} ms, "
         f"max {_ms(latency['max'])} ms; http errors {result['http_errors']}, missing {result['missing_decisions']}, "
         f"sockets exact {sockets['exact']}/{sockets['connected']} (failed {sockets['failed']}); "
-        f"server cpu {server.get('cpu_percent', '—')}% rss {server.get('rss_mb', '—')} MB; "
+        f"server cpu % {_server_cpu(server)}, rss {server.get('rss_mb', '—')} MB; "
         f"load cpu {result['load']['cpu_percent']}% lag max {_ms(result['load']['loop_lag_ms_max'])} ms"
         + (" (LOAD SATURATED)" if result["load"]["saturated"] else "")
     )
@@ -62,7 +73,7 @@ def sweep_table(results: Sequence[dict[str, Any]]) -> str:
             f"| {r['params']['sockets']:,} | {r['params']['viewers']} | {r['decisions_per_s']:,.0f} "
             f"| {_ms(latency['p50'])} | {_ms(latency['p90'])} | {_ms(latency['p99'])} | {_ms(latency['max'])} "
             f"| {r['http_errors']} | {r['missing_decisions']} | {sockets['exact']}/{sockets['connected']} "
-            f"| {server.get('cpu_percent', '—')} | {server.get('rss_mb', '—')} | {r['load']['cpu_percent']} "
+            f"| {_server_cpu(server)} | {server.get('rss_mb', '—')} | {r['load']['cpu_percent']} "
             f"| {_ms(r['load']['loop_lag_ms_max'])} |"
         )
     return TABLE_HEADER + "\n".join(rows) + "\n"
