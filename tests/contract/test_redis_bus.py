@@ -83,6 +83,7 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
     for _ in range(2):  # two deliveries to workers that die before deciding
         await asyncio.sleep(0.1)
         assert len(await make_queue(claim_idle_s=0.05).take(1, wait_s=0.5)) == 1
+    assert (await queue.pending_count(), await queue.dead_letter_count()) == (1, 0)
     await asyncio.sleep(0.1)
     recorder = Recorder()
     fanout = RedisFanout(redis_server.url, recorder)
@@ -102,6 +103,7 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
     assert (event, room) == ("message", "user:u1")
     assert (message["status"], message["reason"], message["requestId"]) == ("denied", "error", "poison")
     assert [r.request_id for r in await queue.dead_letters()] == ["poison"]
+    assert (await queue.pending_count(), await queue.dead_letter_count()) == (0, 1)
     assert await queue.depth() == 0
     assert await queue.pending("poison") is None
     ledger = RedisLedger(redis_server.url, lease_s=90, decision_ttl_s=60, policy=Policy.deny, clock=time.time)

@@ -328,6 +328,20 @@ class RedisQueue:
         async with translate_redis_errors():
             return int(await self._redis.xlen(REQUESTS_KEY))
 
+    async def pending_count(self) -> int:
+        """Entries read by a worker of the group and not yet acknowledged (XPENDING's count)."""
+        async with translate_redis_errors():
+            try:
+                summary = await self._redis.xpending(REQUESTS_KEY, GROUP)
+            except redis_errors.ResponseError:
+                return 0  # no stream or group yet
+        return int(summary.get("pending") or 0)
+
+    async def dead_letter_count(self) -> int:
+        """Entries in the dead-letter stream."""
+        async with translate_redis_errors():
+            return int(await self._redis.xlen(DEAD_LETTER_KEY))
+
     async def dead_letters(self, count: int = 100) -> list[PlayRequest]:
         """The latest requests in the dead-letter stream (for operators and tests)."""
         async with translate_redis_errors():
