@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +32,37 @@ def bench() -> None:
     """
 
 
+@dataclass
+class _Bars:
+    """Progress bars on stderr: sockets connecting, then the measured window."""
+
+    bar: Any
+    label: str
+    connect_task: Any = None
+    run_task: Any = None
+
+    def connecting(self, done: int, total: int) -> None:
+        if self.connect_task is None:
+            self.connect_task = self.bar.add_task(f"{self.label} connecting", total=total, rate="")
+        self.bar.update(self.connect_task, completed=done, rate=f"{done:,}/{total:,} sockets")
+
+    def measuring(self, elapsed_s: float, window_s: float, decisions: int) -> None:
+        if self.run_task is None:
+            self.run_task = self.bar.add_task(f"{self.label} measuring", total=1.0, rate="")
+        rate = decisions / elapsed_s if elapsed_s > 0 else 0.0
+        self.bar.update(
+            self.run_task, completed=min(1.0, elapsed_s / window_s), rate=f"{decisions:,} decisions, {rate:,.0f}/s"
+        )
+
+
 @contextlib.contextmanager
-def _progress(label: str) -> Iterator[Any]:
+def _progress(label: str) -> Iterator[_Bars]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(label, total=1.0, rate="")
-
-        def hook(elapsed_s: float, window_s: float, decisions: int) -> None:
-            rate = decisions / elapsed_s if elapsed_s > 0 else 0.0
-            bar.update(task, completed=min(1.0, elapsed_s / window_s), rate=f"{decisions:,} decisions, {rate:,.0f}/s")
-
-        yield hook
+        yield _Bars(bar, label)
 
 
 @bench.command()
@@ -164,8 +182,8 @@ def load(
                 processes=processes,
                 load_cpus=load_cpu,
             )
-            with _progress(f"C={point_sockets:,} V={point_viewers}") as hook:
-                result = run_load(target, spec, hook)
+            with _progress(f"C={point_sockets:,} V={point_viewers}") as bars:
+                result = run_load(target, spec, bars.measuring, bars.connecting)
             result["command"] = ["playgate", *sys.argv[1:]]
             result["server_cpus"] = sorted(server_cpu) if server_cpu else None
             path = write_json(folder / f"load-c{point_sockets}-v{point_viewers}.json", result)
@@ -297,9 +315,16 @@ def idle(
     except BenchError as exc:
         raise click.ClickException(exc.detail) from None
     try:
-        result = run_idle(
-            target, sockets=sockets, idle_users=idle_users, processes=processes, hold_s=hold, load_cpus=load_cpu
-        )
+        with _progress(f"C={sockets:,} idle") as bars:
+            result = run_idle(
+                target,
+                connecting=bars.connecting,
+                sockets=sockets,
+                idle_users=idle_users,
+                processes=processes,
+                hold_s=hold,
+                load_cpus=load_cpu,
+            )
     except BenchError as exc:
         raise click.ClickException(f"{exc.detail}\n{target.server_log()}") from None
     finally:

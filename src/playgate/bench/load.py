@@ -66,9 +66,12 @@ class LoadSpec:
 
 
 ProgressHook = Callable[[float, float, int], None]  # (elapsed in window s, window s, decisions so far)
+ConnectHook = Callable[[int, int], None]  # (sockets connected so far, sockets to connect)
 
 
-def run_load(target: Target, spec: LoadSpec, progress: ProgressHook | None = None) -> dict[str, Any]:
+def run_load(
+    target: Target, spec: LoadSpec, progress: ProgressHook | None = None, connecting: ConnectHook | None = None
+) -> dict[str, Any]:
     """Run one load against `target` and return its result (the JSON document of one run)."""
     spec.check()
     viewer_names = [f"viewer{i}" for i in range(spec.viewers)]
@@ -99,7 +102,7 @@ def run_load(target: Target, spec: LoadSpec, progress: ProgressHook | None = Non
         for p in range(processes)
     ]
     started = time.time()
-    parts = _run_processes(target, spec, plans, progress)
+    parts = _run_processes(target, spec, plans, progress, connecting)
     result = _aggregate(spec, parts["results"], parts["server"], parts["connect"])
     result["target"] = _describe(target)
     result["started_at"] = started
@@ -123,7 +126,11 @@ def _describe(target: Target) -> dict[str, Any]:
 
 
 def _run_processes(
-    target: Target, spec: LoadSpec, plans: list[LoadPlan], progress: ProgressHook | None
+    target: Target,
+    spec: LoadSpec,
+    plans: list[LoadPlan],
+    progress: ProgressHook | None,
+    connecting: ConnectHook | None = None,
 ) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     pipes: list[Connection] = []
@@ -140,7 +147,7 @@ def _run_processes(
             counters.append(counter)
             children.append(child)
         ready_timeout_s = READY_TIMEOUT_BASE_S + READY_TIMEOUT_PER_SOCKET_S * spec.sockets
-        connect = [_receive(pipe, ready_timeout_s, "connecting its sockets") for pipe in pipes]
+        connect = _wait_connected(pipes, counters, spec.sockets, ready_timeout_s, connecting)
         now = time.time()
         schedule = Schedule(
             start_at=now + START_DELAY_S,
@@ -161,6 +168,31 @@ def _run_processes(
             if child.is_alive():
                 child.terminate()
                 child.join(5)
+
+
+def _wait_connected(
+    pipes: list[Connection],
+    counters: list[Synchronized[int]],
+    sockets: int,
+    timeout_s: float,
+    connecting: ConnectHook | None,
+) -> list[dict[str, Any]]:
+    """Each process's report once it has connected its sockets, showing how many are connected meanwhile."""
+    reports: list[dict[str, Any] | None] = [None] * len(pipes)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for i, pipe in enumerate(pipes):
+            if reports[i] is None and pipe.poll(0):
+                reports[i] = _receive(pipe, 0, "connecting its sockets")
+        if connecting is not None:
+            done = sum(r["connected"] if r is not None else c.value for r, c in zip(reports, counters, strict=True))
+            connecting(done, sockets)
+        ready = [r for r in reports if r is not None]
+        if len(ready) == len(reports):
+            return ready
+        if time.monotonic() > deadline:
+            raise BenchError(f"load processes still connecting their sockets after {timeout_s:.0f}s")
+        time.sleep(SAMPLE_INTERVAL_S)
 
 
 def _receive(pipe: Connection, timeout_s: float, what: str) -> Any:
@@ -322,6 +354,7 @@ def sweep_points(text: str, default_viewers: int) -> list[tuple[int, int]]:
 def run_idle(
     target: Target,
     *,
+    connecting: ConnectHook | None = None,
     sockets: int,
     idle_users: int,
     processes: int,
@@ -342,7 +375,7 @@ def run_idle(
     baseline_bytes = sum(int(psutil.Process(p.pid).memory_info().rss) for p in target.processes)
     spec = LoadSpec(sockets=sockets, viewers=0, duration_s=hold_s, warmup_s=0.0, processes=processes)
     connect_started = time.perf_counter()
-    parts = _run_processes(target, spec, plans, None)
+    parts = _run_processes(target, spec, plans, None, connecting)
     connected = sum(item["connected"] for item in parts["connect"])
     held = parts["server"] or {}
     held_bytes = int(held.get("rss_mb", 0.0) * 1e6)

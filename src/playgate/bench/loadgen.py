@@ -203,6 +203,8 @@ class LoadProcess:
                     self.connect_failures[f"{type(exc).__name__}: {str(exc)[:100]}"] += 1
                     return listener
             listener.sio = sio
+            if self.progress is not None:
+                self.progress.value += 1  # connected sockets until the start, then decisions
             return listener
 
         self.listeners = list(await asyncio.gather(*(one(*s) for s in sockets)))
@@ -347,6 +349,8 @@ async def _serve_parent(plan: LoadPlan, conn: Connection, progress: Synchronized
     try:
         await process.connect()
         connected = sum(1 for s in process.listeners if s.sio is not None)
+        if progress is not None:
+            progress.value = 0
         conn.send({"connected": connected, "connect_failures": dict(process.connect_failures)})
         schedule = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
         if isinstance(schedule, Schedule):
