@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ def _cpus(_ctx: click.Context, param: click.Parameter, value: str | None) -> fro
     except ValueError:
         raise click.BadParameter("a CPU list such as 0, 0,1 or 2-3", param=param) from None
     return frozenset(cpus) if cpus is not None else None
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C does, so that the servers the bench started are stopped too."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
 
 
 @click.group()
@@ -153,6 +159,7 @@ def load(
     out: Path,
 ) -> None:
     """End to end over real HTTP and Socket.IO: decisions/s, latency, errors, per-socket accounting."""
+    _exit_on_sigterm()
     from playgate.bench.load import LoadSpec, run_load, sweep_points
     from playgate.bench.report import run_dir, summary_line, sweep_chart, sweep_table, write_json
     from playgate.bench.target import BenchError, Target
@@ -302,6 +309,7 @@ def idle(
     out: Path,
 ) -> None:
     """C idle Socket.IO connections on one API process: the server's RSS per idle socket."""
+    _exit_on_sigterm()
     from playgate.bench.load import run_idle
     from playgate.bench.report import run_dir, write_json
     from playgate.bench.target import BenchError, Target

@@ -162,6 +162,10 @@ def _run_processes(
             for pipe in pipes
         ]
         return {"results": results, "server": server, "connect": connect}
+    except BaseException:
+        for child in children:  # interrupted or failed: do not wait for the schedule to end
+            child.terminate()
+        raise
     finally:
         for child in children:
             child.join(JOIN_TIMEOUT_S)
