@@ -61,16 +61,7 @@ async def active_ids(client: httpx.AsyncClient) -> set[str]:
 
 
 async def patch_user(admin: httpx.AsyncClient, user_id: str, changes: dict[str, Any]) -> httpx.Response:
-    """PATCH /v1/users/{id}, asserting 200.
-
-    Retried on 503, at most 5 times: the embedded catalogue opens its write transactions deferred, so an admin
-    change that meets a ledger write (heartbeats, the sweeper) at the wrong moment gets SQLite's BUSY and a 503.
-    That is a catalogue bug reported on its own; these tests are about what happens after the change.
-    """
-    for _ in range(5):
-        response = await admin.patch(f"/v1/users/{user_id}", json=changes)
-        if response.status_code != 503:
-            break
-        await asyncio.sleep(0.1)
+    """PATCH /v1/users/{id}, asserting 200 (catalogue writes take SQLite's write lock at BEGIN: no BUSY 503)."""
+    response = await admin.patch(f"/v1/users/{user_id}", json=changes)
     assert response.status_code == 200, response.text
     return response
