@@ -130,8 +130,10 @@ async def test_schemathesis_finds_no_5xx_and_no_schema_violation(fuzzed_server: 
                 "examples,coverage,fuzzing",
                 "--max-time",
                 "25",
+                # One worker: hypothesis parses lambda sources with `ast`, which CPython 3.11.7 cannot do from two
+                # threads at once ("SystemError: AST constructor recursion depth mismatch", seen in CI).
                 "--workers",
-                "2",
+                "1",
                 "--seed",
                 "20261129",
             ],
