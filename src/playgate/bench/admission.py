@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import importlib
 import secrets
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from playgate.bench.target import BenchError, free_port
+from playgate.bench.target import BenchError, free_port, redis_server_command
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.service import Catalog
@@ -86,22 +85,9 @@ async def redis_server(url: str | None) -> AsyncIterator[str]:
     if url is not None:
         yield url
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BenchError(
-            "redis-server is not installed: give --redis-url, or install it (apt-get install redis-server)"
-        )
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
+        *redis_server_command(port),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )

@@ -65,6 +65,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def redis_server_command(port: int, data_dir: str | None = None) -> list[str]:
+    """The argv of a throwaway redis-server on 127.0.0.1:port that keeps nothing; BenchError if not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("redis-server is not installed (apt-get install redis-server), or give --redis-url")
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return [*argv, "--dir", data_dir] if data_dir else argv
+
+
 @dataclass
 class Account:
     """A user of the benchmark and its bearer token."""
@@ -203,24 +212,9 @@ class Target:
             raise BenchError(f"playgate {' '.join(args)} failed: {done.stdout}{done.stderr}")
 
     def _start_redis(self, cpus: frozenset[int] | None) -> str:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise BenchError("redis-server is not installed (apt-get install redis-server), or give --redis-url")
         port = free_port()
         popen = subprocess.Popen(  # noqa: S603 (redis-server from PATH and our own arguments, no shell)
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir,
-            ],
+            redis_server_command(port, self._dir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
