@@ -123,6 +123,17 @@ class PlayGate:
         """Queue a play request (404 for an unknown user or video, before anything is queued)."""
         user = await self.catalog.get_user(user_id)
         await self.catalog.get_video(video_id)
+
+        def request(request_id: str) -> PlayRequest:
+            return PlayRequest(
+                request_id=request_id,
+                user_id=user.id,
+                video_id=video_id,
+                device_id=device_id or own_device(request_id),
+                accepted_at=self.clock(),
+                replace_stream_id=replace_stream_id,
+            )
+
         request_id = new_id()
         if idempotency_key is not None:
             claim = await self.ledger.claim_key(user.id, idempotency_key, request_id, video_id)
@@ -132,44 +143,21 @@ class PlayGate:
                         "This Idempotency-Key was used for another video; use a new key.",
                         field="Idempotency-Key",
                     )
-                return await self._replay(claim.request_id, user.id, video_id, device_id, replace_stream_id, wait_s)
-        request = PlayRequest(
-            request_id=request_id,
-            user_id=user.id,
-            video_id=video_id,
-            device_id=device_id or own_device(request_id),
-            accepted_at=self.clock(),
-            replace_stream_id=replace_stream_id,
-        )
-        return await self._submit(request, wait_s)
+                return await self._replay(request(claim.request_id), wait_s)
+        return await self._submit(request(request_id), wait_s)
 
-    async def _replay(
-        self,
-        request_id: str,
-        user_id: str,
-        video_id: str,
-        device_id: str | None,
-        replace_stream_id: str | None,
-        wait_s: float,
-    ) -> PlayTicket:
+    async def _replay(self, retry: PlayRequest, wait_s: float) -> PlayTicket:
         """A retry with a known key: the first request's decision, or its wait; re-queued if it was lost."""
-        decision = await self.ledger.decision(request_id)
-        pending = await self.queue.pending(request_id)
-        request = pending or PlayRequest(
-            request_id=request_id,
-            user_id=user_id,
-            video_id=video_id,
-            device_id=device_id or own_device(request_id),
-            accepted_at=self.clock(),
-            replace_stream_id=replace_stream_id,
-        )
+        decision = await self.ledger.decision(retry.request_id)
+        pending = await self.queue.pending(retry.request_id)
+        request = pending or retry
         if decision is not None:
             return PlayTicket(request, decision)
         if pending is None:
             # Bound to the key but neither queued nor decided: the process stopped in between. Deciding it
             # now is safe, since a request id is decided once.
             return await self._submit(request, wait_s)
-        return PlayTicket(request, await self._wait(request_id, wait_s))
+        return PlayTicket(request, await self._wait(request.request_id, wait_s))
 
     async def _submit(self, request: PlayRequest, wait_s: float) -> PlayTicket:
         waiter = self.fanout.watch(request.request_id) if wait_s > 0 else None
