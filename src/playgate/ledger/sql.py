@@ -1,84 +1,137 @@
-"""The SQLite ledger: streams and decisions in the catalogue's database, one BEGIN IMMEDIATE transaction a batch."""
+"""The SQLite ledger: streams and decisions in the catalogue's database, one BEGIN IMMEDIATE transaction a call.
+
+Every call runs whole, as one function, on one connection in a thread of its own: one hop off the event loop per
+batch or stop, not one per statement, and no SQL compiled at run time (sqlite3 keeps its prepared statements).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, TypeVar
 
-from sqlalchemy import Row, Table, bindparam, delete, func, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+import orjson
+from sqlalchemy.engine import make_url
 
 from playgate.admission import decide
-from playgate.catalog.db import create_engine
-from playgate.catalog.models import DecisionRow, IdempotencyRow, StreamRow
-from playgate.catalog.service import translate_db_errors
+from playgate.catalog.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite_connection
 from playgate.config import Policy
 from playgate.domain import Decision, EndedStream, Reason, Status, Stream, new_id
+from playgate.errors import Unavailable
 from playgate.ledger.protocol import Admission, KeyClaim, Outcome
 
-streams_t = cast(Table, StreamRow.__table__)
-decisions_t = cast(Table, DecisionRow.__table__)
-keys_t = cast(Table, IdempotencyRow.__table__)
+T = TypeVar("T")
+
+# The statements, whole: a list goes in as one JSON array (`IN (SELECT value FROM json_each(?))`), and an
+# optional filter as a parameter that may be NULL, so that each is one prepared statement whatever the call.
+SELECT_PRIORS = (
+    'SELECT request_id, user_id, video_id, device_id, status, active, "limit", decided_at, stream_id, reason, '
+    "expires_at FROM decisions WHERE request_id IN (SELECT value FROM json_each(?))"
+)
+SELECT_DECISION = (
+    'SELECT request_id, user_id, video_id, device_id, status, active, "limit", decided_at, stream_id, reason, '
+    "expires_at FROM decisions WHERE request_id = ?"
+)
+INSERT_DECISION = (
+    'INSERT INTO decisions (request_id, user_id, video_id, device_id, status, active, "limit", decided_at, '
+    "stream_id, reason, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SELECT_USERS_STREAMS = (
+    "SELECT id, user_id, video_id, device_id, started_at, expires_at FROM streams "
+    "WHERE user_id IN (SELECT value FROM json_each(?))"
+)
+SELECT_LIVE_STREAMS = (
+    "SELECT id, user_id, video_id, device_id, started_at, expires_at FROM streams "
+    "WHERE user_id = ? AND expires_at > ? ORDER BY started_at, id"
+)
+SELECT_STREAM = (
+    "SELECT id, user_id, video_id, device_id, started_at, expires_at FROM streams WHERE id = ? AND expires_at > ?"
+)
+INSERT_STREAM = (
+    "INSERT INTO streams (id, user_id, video_id, device_id, started_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+DELETE_STREAMS = "DELETE FROM streams WHERE id IN (SELECT value FROM json_each(?))"
+RENEW_STREAM = "UPDATE streams SET expires_at = ? WHERE id = ?"
+HEARTBEAT = (
+    "UPDATE streams SET expires_at = ?1 WHERE id = ?2 AND expires_at > ?3 AND (?4 IS NULL OR user_id = ?4) "
+    "RETURNING id, user_id, video_id, device_id, started_at, expires_at"
+)
+STOP = (
+    "DELETE FROM streams WHERE user_id = ?1 AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2))) "
+    "AND (?3 IS NULL OR video_id = ?3) RETURNING id, user_id, video_id, device_id, started_at, expires_at"
+)
+SWEEP_STREAMS = (
+    "DELETE FROM streams WHERE expires_at <= ? RETURNING id, user_id, video_id, device_id, started_at, expires_at"
+)
+SWEEP_DECISIONS = "DELETE FROM decisions WHERE decided_at < ?"
+SWEEP_KEYS = "DELETE FROM idempotency_keys WHERE created_at < ?"
+COUNT_ACTIVE = "SELECT count(*) FROM streams WHERE expires_at > ?"
+CLAIM_KEY = (
+    "INSERT INTO idempotency_keys (user_id, key, request_id, video_id, created_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
+)
+SELECT_KEY = "SELECT request_id, video_id FROM idempotency_keys WHERE user_id = ? AND key = ?"
 
 
-def _stream(row: Row[Any]) -> Stream:
-    return Stream(
-        id=row.id,
-        user_id=row.user_id,
-        video_id=row.video_id,
-        device_id=row.device_id,
-        started_at=row.started_at,
-        expires_at=row.expires_at,
-    )
+def _stream(row: Sequence[Any]) -> Stream:
+    return Stream(id=row[0], user_id=row[1], video_id=row[2], device_id=row[3], started_at=row[4], expires_at=row[5])
 
 
-def _decision(row: Row[Any]) -> Decision:
+def _decision(row: Sequence[Any]) -> Decision:
     return Decision(
-        request_id=row.request_id,
-        user_id=row.user_id,
-        video_id=row.video_id,
-        device_id=row.device_id,
-        status=Status(row.status),
-        active=row.active,
-        limit=row.limit,
-        decided_at=row.decided_at,
-        stream_id=row.stream_id,
-        reason=Reason(row.reason) if row.reason else None,
-        expires_at=row.expires_at,
+        request_id=row[0],
+        user_id=row[1],
+        video_id=row[2],
+        device_id=row[3],
+        status=Status(row[4]),
+        active=row[5],
+        limit=row[6],
+        decided_at=row[7],
+        stream_id=row[8],
+        reason=Reason(row[9]) if row[9] else None,
+        expires_at=row[10],
     )
 
 
-def _decision_values(d: Decision) -> dict[str, Any]:
-    return {
-        "request_id": d.request_id,
-        "user_id": d.user_id,
-        "video_id": d.video_id,
-        "device_id": d.device_id,
-        "status": d.status.value,
-        "stream_id": d.stream_id,
-        "reason": d.reason.value if d.reason else None,
-        "active": d.active,
-        "limit": d.limit,
-        "decided_at": d.decided_at,
-        "expires_at": d.expires_at,
-    }
+def _decision_values(d: Decision) -> tuple[Any, ...]:
+    return (
+        d.request_id,
+        d.user_id,
+        d.video_id,
+        d.device_id,
+        d.status.value,
+        d.active,
+        d.limit,
+        d.decided_at,
+        d.stream_id,
+        d.reason.value if d.reason else None,
+        d.expires_at,
+    )
 
 
-def _stream_values(s: Stream) -> dict[str, Any]:
-    return {
-        "id": s.id,
-        "user_id": s.user_id,
-        "video_id": s.video_id,
-        "device_id": s.device_id,
-        "started_at": s.started_at,
-        "expires_at": s.expires_at,
-    }
+def _stream_values(s: Stream) -> tuple[Any, ...]:
+    return (s.id, s.user_id, s.video_id, s.device_id, s.started_at, s.expires_at)
+
+
+def _json_list(values: Iterator[str] | Sequence[str] | set[str]) -> bytes:
+    return orjson.dumps(list(values))
+
+
+def database_path(url: str) -> str:
+    """The file of a SQLite database URL (`sqlite+aiosqlite:///path`)."""
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        raise ValueError("the SQLite ledger needs a database file, shared with the catalogue")
+    return database
 
 
 class SqlLedger:
-    """Ledger on SQLite: safe across processes sharing the file, since each batch holds the write lock."""
+    """Ledger on SQLite: safe across processes sharing the file, since each call holds the write lock."""
 
     def __init__(
         self,
@@ -89,31 +142,66 @@ class SqlLedger:
         policy: Policy,
         clock: Callable[[], float],
     ) -> None:
-        self._writer: AsyncEngine = create_engine(url, immediate=True)
-        self._reader: AsyncEngine = create_engine(url)
+        self._path = database_path(url)
         self._lease_s = lease_s
         self._decision_ttl_s = decision_ttl_s
         self._policy = policy
         self._clock = clock
+        # One thread owns the connection: calls queue in order, and the event loop never waits on the file lock.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playgate-ledger")
+        self._conn: sqlite3.Connection | None = None
+
+    # ---- the thread and its connection -------------------------------------------------------------
+
+    async def _run(self, call: Callable[..., T], *args: Any) -> T:
+        """Run `call(conn, *args)` on the ledger's thread; a failing database file becomes Unavailable."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, partial(self._call, call, *args))
+        except (sqlite3.OperationalError, OSError) as exc:
+            raise Unavailable(f"The database does not answer: {type(exc).__name__}: {exc}") from exc
+
+    def _call(self, call: Callable[..., T], *args: Any) -> T:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            configure_sqlite_connection(conn)
+            self._conn = conn
+        return call(self._conn, *args)
+
+    @staticmethod
+    @contextmanager
+    def _write(conn: sqlite3.Connection) -> Iterator[None]:
+        """A transaction holding SQLite's write lock from its start, so that no other process interleaves."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # ---- admission ---------------------------------------------------------------------------------
 
     async def decide(self, admissions: Sequence[Admission]) -> list[Outcome]:
         """Decide the batch in one write transaction: read priors and streams, apply the rule, write the diff."""
         if not admissions:
             return []
-        request_ids = {a.request.request_id for a in admissions}
-        user_ids = {a.request.user_id for a in admissions}
-        async with translate_db_errors(), self._writer.begin() as conn:
+        return await self._run(self._decide, admissions)
+
+    def _decide(self, conn: sqlite3.Connection, admissions: Sequence[Admission]) -> list[Outcome]:
+        request_ids = _json_list({a.request.request_id for a in admissions})
+        user_ids = _json_list({a.request.user_id for a in admissions})
+        with self._write(conn):
             now = self._clock()
-            priors = {
-                row.request_id: _decision(row)
-                for row in await conn.execute(select(decisions_t).where(decisions_t.c.request_id.in_(request_ids)))
-            }
+            priors = {row[0]: _decision(row) for row in conn.execute(SELECT_PRIORS, (request_ids,))}
             before: dict[str, list[Stream]] = defaultdict(list)
-            for row in await conn.execute(select(streams_t).where(streams_t.c.user_id.in_(user_ids))):
-                before[row.user_id].append(_stream(row))
+            for row in conn.execute(SELECT_USERS_STREAMS, (user_ids,)):
+                before[row[1]].append(_stream(row))
             after = {user_id: list(streams) for user_id, streams in before.items()}
             outcomes = []
-            fresh: list[dict[str, Any]] = []
+            fresh: list[tuple[Any, ...]] = []
             for admission in admissions:
                 request = admission.request
                 prior = priors.get(request.request_id)
@@ -133,124 +221,121 @@ class SqlLedger:
                     priors[request.request_id] = verdict.decision
                     fresh.append(_decision_values(verdict.decision))
                 outcomes.append(Outcome(verdict.decision, verdict.ended))
-            await self._write(conn, before, after)
+            self._write_diff(conn, before, after)
             if fresh:
-                await conn.execute(decisions_t.insert(), fresh)
+                conn.executemany(INSERT_DECISION, fresh)
         return outcomes
 
-    async def _write(self, conn: Any, before: dict[str, list[Stream]], after: dict[str, list[Stream]]) -> None:
+    @staticmethod
+    def _write_diff(conn: sqlite3.Connection, before: dict[str, list[Stream]], after: dict[str, list[Stream]]) -> None:
         old = {s.id: s for streams in before.values() for s in streams}
         new = {s.id: s for streams in after.values() for s in streams}
         gone = old.keys() - new.keys()
         if gone:
-            await conn.execute(delete(streams_t).where(streams_t.c.id.in_(gone)))
+            conn.execute(DELETE_STREAMS, (_json_list(gone),))
         inserted = [_stream_values(s) for sid, s in new.items() if sid not in old]
         if inserted:
-            await conn.execute(streams_t.insert(), inserted)
-        renewed = [
-            {"sid": sid, "exp": s.expires_at}
-            for sid, s in new.items()
-            if sid in old and old[sid].expires_at != s.expires_at
-        ]
+            conn.executemany(INSERT_STREAM, inserted)
+        renewed = [(s.expires_at, sid) for sid, s in new.items() if sid in old and old[sid].expires_at != s.expires_at]
         if renewed:
-            await conn.execute(
-                update(streams_t).where(streams_t.c.id == bindparam("sid")).values(expires_at=bindparam("exp")),
-                renewed,
-            )
+            conn.executemany(RENEW_STREAM, renewed)
+
+    # ---- lookups -----------------------------------------------------------------------------------
 
     async def decision(self, request_id: str) -> Decision | None:
         """The stored decision of a request, if any."""
-        async with translate_db_errors(), self._reader.connect() as conn:
-            row = (await conn.execute(select(decisions_t).where(decisions_t.c.request_id == request_id))).first()
+        return await self._run(self._one_decision, request_id)
+
+    @staticmethod
+    def _one_decision(conn: sqlite3.Connection, request_id: str) -> Decision | None:
+        row = conn.execute(SELECT_DECISION, (request_id,)).fetchone()
         return _decision(row) if row else None
 
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's streams whose lease has not run out, oldest first."""
-        query = (
-            select(streams_t)
-            .where(streams_t.c.user_id == user_id, streams_t.c.expires_at > self._clock())
-            .order_by(streams_t.c.started_at, streams_t.c.id)
-        )
-        async with translate_db_errors(), self._reader.connect() as conn:
-            return [_stream(row) for row in await conn.execute(query)]
+        return await self._run(self._streams, user_id)
+
+    def _streams(self, conn: sqlite3.Connection, user_id: str) -> list[Stream]:
+        return [_stream(row) for row in conn.execute(SELECT_LIVE_STREAMS, (user_id, self._clock()))]
 
     async def stream(self, stream_id: str) -> Stream | None:
         """One active stream."""
-        query = select(streams_t).where(streams_t.c.id == stream_id, streams_t.c.expires_at > self._clock())
-        async with translate_db_errors(), self._reader.connect() as conn:
-            row = (await conn.execute(query)).first()
+        return await self._run(self._one_stream, stream_id)
+
+    def _one_stream(self, conn: sqlite3.Connection, stream_id: str) -> Stream | None:
+        row = conn.execute(SELECT_STREAM, (stream_id, self._clock())).fetchone()
         return _stream(row) if row else None
+
+    async def count_active(self) -> int:
+        """Streams whose lease has not run out."""
+        return await self._run(self._count_active)
+
+    def _count_active(self, conn: sqlite3.Connection) -> int:
+        return int(conn.execute(COUNT_ACTIVE, (self._clock(),)).fetchone()[0])
+
+    # ---- changes -----------------------------------------------------------------------------------
 
     async def heartbeat(self, stream_id: str, user_id: str | None = None) -> Stream | None:
         """Push the lease of an active stream to now + lease_s."""
-        async with translate_db_errors(), self._writer.begin() as conn:
+        return await self._run(self._heartbeat, stream_id, user_id)
+
+    def _heartbeat(self, conn: sqlite3.Connection, stream_id: str, user_id: str | None) -> Stream | None:
+        with self._write(conn):
             now = self._clock()
-            query = (
-                update(streams_t)
-                .where(streams_t.c.id == stream_id, streams_t.c.expires_at > now)
-                .values(expires_at=now + self._lease_s)
-                .returning(*streams_t.c)
-            )
-            if user_id is not None:
-                query = query.where(streams_t.c.user_id == user_id)
-            row = (await conn.execute(query)).first()
+            row = conn.execute(HEARTBEAT, (now + self._lease_s, stream_id, now, user_id)).fetchone()
         return _stream(row) if row else None
 
     async def stop(self, stream_ids: Sequence[str] | None, user_id: str, video_id: str | None = None) -> list[Stream]:
         """Delete the user's chosen streams; return those that were still active."""
-        query = delete(streams_t).where(streams_t.c.user_id == user_id).returning(*streams_t.c)
-        if stream_ids is not None:
-            query = query.where(streams_t.c.id.in_(stream_ids))
-        if video_id is not None:
-            query = query.where(streams_t.c.video_id == video_id)
-        async with translate_db_errors(), self._writer.begin() as conn:
+        return await self._run(self._stop, stream_ids, user_id, video_id)
+
+    def _stop(
+        self, conn: sqlite3.Connection, stream_ids: Sequence[str] | None, user_id: str, video_id: str | None
+    ) -> list[Stream]:
+        ids = _json_list(stream_ids) if stream_ids is not None else None
+        with self._write(conn):
             now = self._clock()
-            rows = (await conn.execute(query)).all()
+            rows = conn.execute(STOP, (user_id, ids, video_id)).fetchall()
         return sorted((s for s in map(_stream, rows) if s.live(now)), key=lambda s: s.started_at)
 
     async def sweep(self) -> list[EndedStream]:
         """Delete expired streams (returned, to be announced), and decisions and keys past decision_ttl_s."""
-        async with translate_db_errors(), self._writer.begin() as conn:
+        return await self._run(self._sweep)
+
+    def _sweep(self, conn: sqlite3.Connection) -> list[EndedStream]:
+        with self._write(conn):
             now = self._clock()
-            rows = (
-                await conn.execute(delete(streams_t).where(streams_t.c.expires_at <= now).returning(*streams_t.c))
-            ).all()
+            rows = conn.execute(SWEEP_STREAMS, (now,)).fetchall()
             horizon = now - self._decision_ttl_s
-            await conn.execute(delete(decisions_t).where(decisions_t.c.decided_at < horizon))
-            await conn.execute(delete(keys_t).where(keys_t.c.created_at < horizon))
+            conn.execute(SWEEP_DECISIONS, (horizon,))
+            conn.execute(SWEEP_KEYS, (horizon,))
         return [EndedStream(_stream(row), Reason.expired) for row in rows]
 
     async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
         """Insert the key if new; either way answer with the request it is bound to."""
-        async with translate_db_errors(), self._writer.begin() as conn:
-            inserted = await conn.execute(
-                sqlite_insert(keys_t)
-                .values(
-                    user_id=user_id,
-                    key=key,
-                    request_id=request_id,
-                    video_id=video_id,
-                    created_at=self._clock(),
-                )
-                .on_conflict_do_nothing()
-            )
+        return await self._run(self._claim_key, user_id, key, request_id, video_id)
+
+    def _claim_key(self, conn: sqlite3.Connection, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
+        with self._write(conn):
+            inserted = conn.execute(CLAIM_KEY, (user_id, key, request_id, video_id, self._clock()))
             if inserted.rowcount == 1:
                 return KeyClaim(request_id, video_id, created=True)
-            row = (await conn.execute(select(keys_t).where(keys_t.c.user_id == user_id, keys_t.c.key == key))).one()
-        return KeyClaim(row.request_id, row.video_id, created=False)
+            row = conn.execute(SELECT_KEY, (user_id, key)).fetchone()
+        return KeyClaim(row[0], row[1], created=False)
 
-    async def count_active(self) -> int:
-        """Streams whose lease has not run out."""
-        query = select(func.count()).select_from(streams_t).where(streams_t.c.expires_at > self._clock())
-        async with translate_db_errors(), self._reader.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
+    # ---- health ------------------------------------------------------------------------------------
 
     async def ping(self) -> None:
         """Raise Unavailable unless the database file answers."""
-        async with translate_db_errors(), self._reader.connect() as conn:
-            await conn.execute(select(1))
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        """Dispose both engines."""
-        await self._writer.dispose()
-        await self._reader.dispose()
+        """Close the connection in its thread, then end the thread."""
+
+        def close(conn: sqlite3.Connection) -> None:
+            conn.close()
+            self._conn = None
+
+        if self._conn is not None:
+            await self._run(close)
+        self._thread.shutdown(wait=True)
