@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 
 import jwt
@@ -15,6 +16,9 @@ from playgate.errors import Unauthorized
 
 ALGORITHM = "HS256"
 ADMIN_SCOPE = "admin"
+# Tokens verified once are remembered until they expire, so that a player's every request skips the HMAC and the
+# JSON decoding; the map is emptied when it reaches this many, which bounds it.
+CHECKED_TOKENS_MAX = 10_000
 PLAYBACK_AUDIENCE = "playgate:playback"
 # Playback tokens travel in URLs and logs: signing them with a key derived for them alone means that a leaked
 # playback token can never be replayed as an access token, nor the other way round.
@@ -50,6 +54,7 @@ class TokenIssuer:
     def __init__(self, secret: str, ttl_s: int) -> None:
         self._secret = secret
         self.ttl_s = ttl_s
+        self._checked: dict[str, tuple[Claims, float]] = {}
 
     def issue(self, user_id: str, *, admin: bool, now: float) -> str:
         """A signed token for `user_id`, valid for ttl_s from `now`."""
@@ -59,7 +64,15 @@ class TokenIssuer:
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
 
     def check(self, token: str) -> Claims:
-        """The claims of a valid token; Unauthorized for a missing, malformed, expired or forged one."""
+        """The claims of a valid token; Unauthorized for a missing, malformed, expired or forged one.
+
+        Only a token that verified is remembered, under its exact text, so a forged one is checked every time.
+        """
+        checked = self._checked.get(token)
+        if checked is not None:
+            if time.time() < checked[1]:
+                return checked[0]
+            del self._checked[token]
         try:
             payload = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
         except jwt.ExpiredSignatureError:
@@ -70,7 +83,11 @@ class TokenIssuer:
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("The token names no user.")
         scopes = str(payload.get("scope", "")).split()
-        return Claims(user_id=sub, admin=ADMIN_SCOPE in scopes)
+        claims = Claims(user_id=sub, admin=ADMIN_SCOPE in scopes)
+        if len(self._checked) >= CHECKED_TOKENS_MAX:
+            self._checked.clear()
+        self._checked[token] = (claims, float(payload["exp"]))
+        return claims
 
 
 @dataclass(frozen=True, slots=True)

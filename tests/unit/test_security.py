@@ -44,3 +44,17 @@ def test_token_round_trip_and_admin_scope() -> None:
 def test_bad_tokens_are_unauthorized(token: str) -> None:
     with pytest.raises(Unauthorized):
         TokenIssuer(SECRET, ttl_s=60).check(token)
+
+
+def test_a_remembered_token_still_expires_and_a_forged_twin_is_refused() -> None:
+    issuer = TokenIssuer(SECRET, ttl_s=1)
+    token = issuer.issue("7", admin=False, now=time.time())
+    assert issuer.check(token).user_id == "7"
+    assert issuer.check(token).user_id == "7"  # remembered
+    header, payload, signature = token.split(".")
+    with pytest.raises(Unauthorized):
+        issuer.check(f"{header}.{payload}.{'B' if signature[0] == 'A' else 'A'}{signature[1:]}")
+    expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, expires_at - time.time()) + 0.01)
+    with pytest.raises(Unauthorized, match="expired"):
+        issuer.check(token)
