@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -20,10 +19,9 @@ from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from playgate.config import LogFormat, Settings
-from playgate.domain import new_id
 
 REDACTED = "[redacted]"
 REQUEST_ID_HEADER = "x-request-id"
@@ -184,52 +182,11 @@ def configure_logging(settings: Settings, *, secrets: Iterable[str | None] = (),
         logging.getLogger(name).setLevel(max(floor, root.level))
 
 
-class RequestContext:
-    """ASGI middleware: a request id per HTTP call (the caller's X-Request-Id or a new one), echoed back."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._log = logging.getLogger("playgate.http")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _incoming_id(scope) or new_id()
-        token = request_id_var.set(request_id)
-        started = time.perf_counter()
-        status = 500
-
-        async def with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, with_id)
-        finally:
-            if self._log.isEnabledFor(logging.DEBUG):
-                route = getattr(scope.get("route"), "path", None) or "unmatched"
-                self._log.debug(
-                    "http request",
-                    extra={
-                        "method": scope.get("method"),
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    },
-                )
-            request_id_var.reset(token)
-
-
-def _incoming_id(scope: Scope) -> str | None:
+def incoming_request_id(scope: Scope) -> str | None:
+    """The caller's X-Request-Id when it is a sane one (printable, no spaces, bounded), else None."""
     for key, value in scope.get("headers", ()):
         if key == REQUEST_ID_HEADER.encode():
             text = bytes(value).decode("latin-1").strip()
-            # Only a sane id is echoed and logged: printable, no spaces, bounded.
             if 0 < len(text) <= MAX_REQUEST_ID_LEN and re.fullmatch(r"[\w.:@/+=-]+", text):
                 return text
     return None

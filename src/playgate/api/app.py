@@ -15,12 +15,11 @@ from starlette.types import ASGIApp
 
 from playgate import __version__
 from playgate.api import errors
-from playgate.api.middleware import BodyLimit, CountRequests
+from playgate.api.middleware import HttpEdge
 from playgate.api.routes import admin, auth, content, health, seed, v1
 from playgate.api.socket import create_server, register
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
-from playgate.logs import RequestContext
 from playgate.metrics import Metrics
 from playgate.runtime import Role, Runtime
 from playgate.service import PlayGate
@@ -34,6 +33,7 @@ user's Socket.IO connections (`/socket.io`, event `message`), at `GET /v1/plays/
 """
 
 # The web app, built from web/ by `npm run build` (make run / make test do it); absent in a bare checkout.
+SOCKET_PATH = "socket.io"
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 
@@ -81,8 +81,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, ro
         return service
 
     register(sio, gate)
-    app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=CountRequests(api, metrics))
-    return RequestContext(BodyLimit(app, settings.max_body_bytes))
+    app = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
+    return HttpEdge(app, max_bytes=settings.max_body_bytes, metrics=metrics, uncounted=f"/{SOCKET_PATH}/")
 
 
 def socket_origins(settings: Settings) -> str | list[str] | None:

@@ -1,36 +1,72 @@
-"""ASGI middleware: a cap on request bodies, and HTTP request counts by route and status."""
+"""The one ASGI middleware in front of PlayGate's HTTP: request id, body cap, request counts.
+
+One layer, not three: every layer costs each request a call, a closure and a wrapped `send` per message.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from playgate.api.errors import problem
+from playgate.domain import new_id
+from playgate.logs import REQUEST_ID_HEADER, incoming_request_id, request_id_var
 from playgate.metrics import Metrics
 
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
+log = logging.getLogger("playgate.http")
 
-class BodyLimit:
-    """Answers 413 problem+json for a body over max_bytes, whether its length is announced or not."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+class HttpEdge:
+    """For each HTTP request: a request id (the caller's X-Request-Id or a new one) set for the logs and echoed
+    back; 413 problem+json for a body over max_bytes, whether its length is announced or not; a count and a
+    duration by route template (not raw path, to bound label values) and status, except under `uncounted`
+    (the Socket.IO transport's own requests)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: Metrics, uncounted: str) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.metrics = metrics
+        self.uncounted = uncounted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = problem(413, "Content too large", f"The body may be at most {self.max_bytes} bytes.")
-        length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+        request_id = incoming_request_id(scope) or new_id()
+        context = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def answer(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (_REQUEST_ID_HEADER, request_id.encode())]
+            await send(message)
+
+        try:
+            body = await self._within_cap(scope, receive)
+            if body is None:
+                too_large = problem(413, "Content too large", f"The body may be at most {self.max_bytes} bytes.")
+                await too_large(scope, _no_body, answer)
+            else:
+                await self.app(scope, body, answer)
+        finally:
+            self._observe(scope, status, time.perf_counter() - started)
+            request_id_var.reset(context)
+
+    async def _within_cap(self, scope: Scope, receive: Receive) -> Receive | None:
+        """`receive` to hand on, or None when the body is over the cap (read here when its length is unknown)."""
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None:
-            if length.isdigit() and int(length) > self.max_bytes:
-                await too_large(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
-        # No announced length (chunked): read the body here, within the cap, then hand it on.
+            return None if length.isdigit() and int(length) > self.max_bytes else receive
+        if scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            return receive
+        # No announced length (chunked): read the body here, within the cap, then replay it.
         messages: list[Message] = []
         seen = 0
         while True:
@@ -40,41 +76,34 @@ class BodyLimit:
                 break
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                await too_large(scope, receive, send)
-                return
+                return None
             if not message.get("more_body", False):
                 break
 
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()
 
-        await self.app(scope, replay, send)
+        return replay
 
-
-class CountRequests:
-    """Counts answered HTTP requests by route template (not raw path, to bound label values) and status."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    def _observe(self, scope: Scope, status: int, duration_s: float) -> None:
+        route: Any = scope.get("route")
+        path = getattr(route, "path", None)
+        if path is None and scope["path"].startswith(self.uncounted):
             return
-        status = 500
-        started = time.perf_counter()
+        path = path or "unmatched"
+        self.metrics.http_requests.labels(path, str(status)).inc()
+        self.metrics.http_duration.labels(path).observe(duration_s)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "http request",
+                extra={
+                    "method": scope.get("method"),
+                    "route": path,
+                    "status": status,
+                    "duration_ms": round(duration_s * 1000, 3),
+                },
+            )
 
-        async def remember(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
 
-        try:
-            await self.app(scope, receive, remember)
-        finally:
-            route: Any = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_requests.labels(path, str(status)).inc()
-            self.metrics.http_duration.labels(path).observe(time.perf_counter() - started)
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
