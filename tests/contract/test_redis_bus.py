@@ -12,8 +12,8 @@ import pytest_asyncio
 
 from playgate.bus.redis import RedisFanout, RedisQueue
 from playgate.config import Policy
-from playgate.domain import Decision, PlayRequest, Reason, Status
-from playgate.ledger.protocol import Outcome
+from playgate.domain import Decision, PlayRequest, Quota, Reason, Status
+from playgate.ledger.protocol import Admission, Outcome
 from playgate.ledger.redis import RedisLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
@@ -138,3 +138,17 @@ async def test_waiters_in_one_process_are_woken_by_a_worker_in_another(redis_ser
     assert not other.done()
     await api.close()
     await worker.close()
+
+
+async def test_the_ledger_decides_on_after_redis_forgets_its_scripts(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    ledger = RedisLedger(redis_server.url, lease_s=60.0, decision_ttl_s=60.0, policy=Policy.deny, clock=time.time)
+    try:
+        [first] = await ledger.decide([Admission(play("r1"), Quota(1))])
+        await ledger._redis.script_flush()  # as after a restart without persistence of the script cache
+        other_device = PlayRequest("r2", "u1", "v1", "phone", accepted_at=time.time(), replace_stream_id=None)
+        outcomes = await ledger.decide([Admission(play("r1"), Quota(1)), Admission(other_device, Quota(1))])
+        assert [o.decision.status for o in outcomes] == [Status.allowed, Status.denied]
+        assert outcomes[0].decision == first.decision  # decided once, whatever the retry
+    finally:
+        await ledger.close()

@@ -6,10 +6,11 @@ Keys (all under PREFIX):
 - `playgate:decision:<request id>` the decision, JSON, kept decision_ttl_s;
 - `playgate:leases` sorted set of every stream id by expires_at, for the sweeper and the active count.
 
-A stream id carries its user (`<user id as hex>-<random>`), so that a stream is found from its id alone. Each
-admission is one EVALSHA of admission.lua (the rule of playgate.admission.decide, mirrored step for step, on the
-instant the injected clock gives); a batch is one pipeline of them, in order. The lease index is one key for all
-users, so this ledger runs on one Redis server (with replicas), not on a Redis Cluster.
+A stream id carries its user (`<user id as hex>-<random>`), so that a stream is found from its id alone. A batch
+of admissions is decided by admission.lua (the rule of playgate.admission.decide, mirrored step for step, on the
+instant the injected clock gives), ADMIT_CHUNK requests a call, the calls in one pipeline, in order. The lease
+index is one key for all users, and a call names the keys of several users, so this ledger runs on one Redis
+server (with replicas), not on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ LEASES_KEY = f"{PREFIX}leases"
 SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 SWEEP_CHUNK = 500
+# Requests one admission.lua call decides: enough to spread the call's cost, few enough that Redis is never
+# held long (about a millisecond).
+ADMIT_CHUNK = 64
 SWEEP_MAX_CHUNKS = 20
 
 
@@ -195,40 +199,54 @@ class RedisLedger:
         self._stop = self._redis.register_script(_script("stop.lua"))
         self._expire = self._redis.register_script(_script("expire.lua"))
 
-    def _admission_args(self, admission: Admission, now: float) -> list[Any]:
+    @staticmethod
+    def _request_arg(admission: Admission) -> bytes:
+        """One request as admission.lua reads it: a JSON array."""
         request, quota = admission.request, admission.quota
-        return [
-            repr(now),
-            repr(float(self._lease_s)),
-            self._decision_ttl_ms,
-            self._policy.value,
-            new_stream_id(request.user_id),
-            request.request_id,
-            request.user_id,
-            request.video_id,
-            request.device_id,
-            request.replace_stream_id or "",
-            quota.limit,
-            "1" if quota.disabled else "0",
-            "1" if quota.exists else "0",
-        ]
+        return orjson.dumps(
+            [
+                new_stream_id(request.user_id),
+                request.request_id,
+                request.user_id,
+                request.video_id,
+                request.device_id,
+                request.replace_stream_id or "",
+                quota.limit,
+                "1" if quota.disabled else "0",
+                "1" if quota.exists else "0",
+            ]
+        )
 
     async def decide(self, admissions: Sequence[Admission]) -> list[Outcome]:
-        """Decide the batch in order: one admission.lua call per request, all in one pipeline."""
+        """Decide the batch in order: one admission.lua call per ADMIT_CHUNK requests, all in one pipeline."""
         if not admissions:
             return []
         now = self._clock()
         async with translate_redis_errors():
-            pipe = self._redis.pipeline(transaction=False)
-            for admission in admissions:
-                keys = [
-                    streams_key(admission.request.user_id),
-                    LEASES_KEY,
-                    decision_key(admission.request.request_id),
-                ]
-                await self._admit(keys=keys, args=self._admission_args(admission, now), client=pipe)
-            replies = await pipe.execute()
+            try:
+                replies = await self._admit_all(admissions, now)
+            except redis_errors.NoScriptError:
+                # The server lost its scripts (a restart, SCRIPT FLUSH): load and run the batch again. A request
+                # the first run decided gets that decision back, since the script keeps each one.
+                await self._redis.script_load(self._admit.script)
+                replies = await self._admit_all(admissions, now)
         return [_outcome_from(raw, a.request.user_id) for raw, a in zip(replies, admissions, strict=True)]
+
+    async def _admit_all(self, admissions: Sequence[Admission], now: float) -> list[Any]:
+        """The replies of admission.lua, one per admission: chunks of ADMIT_CHUNK requests, one EVALSHA each, in
+        one pipeline (one round trip, without the SCRIPT EXISTS that redis-py sends before pipelined scripts)."""
+        settings = (repr(now), repr(float(self._lease_s)), self._decision_ttl_ms, self._policy.value)
+        pipe = self._redis.pipeline(transaction=False)
+        for start in range(0, len(admissions), ADMIT_CHUNK):
+            chunk = admissions[start : start + ADMIT_CHUNK]
+            keys: list[str] = [LEASES_KEY]
+            for admission in chunk:
+                keys += (streams_key(admission.request.user_id), decision_key(admission.request.request_id))
+            pipe.evalsha(self._admit.sha, len(keys), *keys, *settings, *map(self._request_arg, chunk))
+        replies: list[Any] = []
+        for chunk_replies in await pipe.execute():
+            replies += chunk_replies
+        return replies
 
     async def decision(self, request_id: str) -> Decision | None:
         """The kept decision of a request, if any."""
