@@ -34,12 +34,12 @@ ContentDep = Annotated[ContentGate, Depends(get_content)]
 
 
 async def get_caller(
-    request: Request,
-    gate: GateDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
     """The authenticated caller (401 without a valid token; with auth disabled, `?user=` is believed)."""
     token = credentials.credentials if credentials else None
+    # The service straight from the app, not through GateDep: each dependency costs every request a resolution.
+    gate: PlayGate = request.app.state.gate
     return await gate.principal(token, request.query_params.get("user"))
 
 
