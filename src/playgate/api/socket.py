@@ -60,6 +60,9 @@ def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> None:
             raise socketio.exceptions.ConnectionRefusedError(exc.detail) from None
         if principal.user is None:
             raise socketio.exceptions.ConnectionRefusedError("Name the user: auth {user} or ?user=.")
+        # The handshake's environ is kept for the socket's whole life; its body reader (a class that engineio's
+        # ASGI driver makes per request, about 2.5 KB) is never read again: let it go.
+        environ.pop("wsgi.input", None)
         await sio.save_session(sid, {"user_id": principal.user.id, "admin": principal.admin})
         await sio.enter_room(sid, user_room(principal.user.id))
         gate().metrics.sockets.inc()
