@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 import uvicorn
+import uvloop
 
 from playgate import __version__
 from playgate.bench.cli import bench as bench_commands
@@ -31,8 +32,9 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _run(coro: Callable[[], Awaitable[T]]) -> T:
+    """Run a command's coroutine on uvloop, the event loop `playgate serve` and `api` run on too."""
     try:
-        return asyncio.run(coro())  # type: ignore[arg-type]
+        return uvloop.run(coro())  # type: ignore[arg-type]
     except PlayGateError as exc:
         raise click.ClickException(exc.detail) from None
 

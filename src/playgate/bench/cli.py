@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import uvloop
 
 from playgate.bench.report import DEFAULT_OUT_DIR
 
@@ -243,7 +244,6 @@ def admission(
     ledger: str, redis_url: str | None, batch_sizes: tuple[int, ...], requests: int, users: int, out: Path
 ) -> None:
     """The worker and the ledger alone (no HTTP, no sockets): decisions/s by batch size."""
-    import asyncio
 
     from playgate.bench.admission import AdmissionSpec, run_admission
     from playgate.bench.report import run_dir, write_json
@@ -251,7 +251,7 @@ def admission(
 
     spec = AdmissionSpec(batch_sizes=batch_sizes, requests=requests, users=users, ledger=ledger, redis_url=redis_url)
     try:
-        result = asyncio.run(run_admission(spec))
+        result = uvloop.run(run_admission(spec))  # the worker's own event loop (`playgate worker`)
     except BenchError as exc:
         raise click.ClickException(exc.detail) from None
     result["command"] = ["playgate", *sys.argv[1:]]
