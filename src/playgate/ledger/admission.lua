@@ -119,28 +119,25 @@ local function admit(streams_key, decision_key, request)
 
     -- Make room: the stream named to replace, then (evict_oldest) the oldest ones.
     local kept, freed = live, {}
-    if replace_id ~= '' then
+    -- The streams `take(i, stream)` picks go to `freed` with `reason`; the others stay, in their order.
+    local function set_aside(streams, take, reason)
         local rest = {}
-        for _, stream in ipairs(live) do
-            if stream.id == replace_id then
-                freed[#freed + 1] = {stream, 'replaced'}
+        for i, stream in ipairs(streams) do
+            if take(i, stream) then
+                freed[#freed + 1] = {stream, reason}
             else
                 rest[#rest + 1] = stream
             end
         end
-        kept = rest
+        return rest
+    end
+    if replace_id ~= '' then
+        kept = set_aside(kept, function(_, stream) return stream.id == replace_id end, 'replaced')
     end
     if policy == 'evict_oldest' and limit > 0 and #kept >= limit then
         local surplus = #kept - limit + 1
-        local rest = {}
-        for i, stream in ipairs(kept) do -- kept is sorted oldest first
-            if i <= surplus then
-                freed[#freed + 1] = {stream, 'evicted'}
-            else
-                rest[#rest + 1] = stream
-            end
-        end
-        kept = rest
+        -- kept is sorted oldest first
+        kept = set_aside(kept, function(i, _) return i <= surplus end, 'evicted')
     end
     if #kept >= limit then
         -- Nothing is ended when the request is denied anyway.
