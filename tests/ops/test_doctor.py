@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
-from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
+from tests.support.pg_database import PgDatabase
 from tests.support.redis_server import redis_binary, start_redis
 from tests.support.servers import free_port, playgate_env
 
@@ -68,16 +66,6 @@ def test_servers_that_do_not_answer_are_named_without_their_password(tmp_path: P
     assert f"FAIL  redis: cannot connect to redis://:***@127.0.0.1:{port}/0" in output
     assert "db-password" not in output
     assert "redis-password" not in output
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pg_database() -> AsyncIterator[PgDatabase]:
-    reason = await pg_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    db = await create_database()
-    yield db
-    await drop_database(db)
 
 
 async def test_real_postgres_and_redis_before_and_after_the_migrations(tmp_path: Path, pg_database: PgDatabase) -> None:

@@ -7,31 +7,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import admin_client, api_client, new_user
-from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
+from tests.support.pg_database import PgDatabase
 from tests.support.redis_server import redis_binary, start_redis
 from tests.support.servers import ServerProcess, free_port, playgate_env, start_playgate, wait_until_ready
 
 READY_TIMEOUT_S = 60.0
 COUNTED_WITHIN_S = 5.0
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pg_database() -> AsyncIterator[PgDatabase]:
-    reason = await pg_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    db = await create_database()
-    yield db
-    await drop_database(db)
 
 
 def _decisions(text: str, status: str) -> float:
