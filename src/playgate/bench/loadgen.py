@@ -277,13 +277,8 @@ class LoadProcess:
         """One play: the request, its decision on the socket, and the stop when allowed; False on an HTTP error."""
         viewer = self.plan.viewers[index]
         http = self._http[viewer.http_url]
-        try:
-            status, body = await http.send(self._requests[index])
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            self.tally.http_errors[f"request {type(exc).__name__}"] += 1
-            return False
-        if status != 202:
-            self.tally.http_errors[f"request {status}"] += 1
+        body = await self._send(http, self._requests[index], "request", 202)
+        if body is None:
             return False
         self.tally.requests_by_user[viewer.user_id] += 1
         arrived = await self.listeners[index].decision(orjson.loads(body)["requestId"], DECISION_TIMEOUT_S)
@@ -295,15 +290,19 @@ class LoadProcess:
         if message.get("status") != "allowed":
             return True
         stop = http.build("DELETE", f"/v1/streams/{message.get('streamId')}", viewer.token)
+        return await self._send(http, stop, "stop", 204) is not None
+
+    async def _send(self, http: HttpClient, request: bytes, what: str, expected: int) -> bytes | None:
+        """The body of the answer, or None (counted as an HTTP error of `what`) on a failure or another status."""
         try:
-            status, _body = await http.send(stop)
+            status, body = await http.send(request)
         except (ConnectionError, OSError, TimeoutError) as exc:
-            self.tally.http_errors[f"stop {type(exc).__name__}"] += 1
-            return False
-        if status != 204:
-            self.tally.http_errors[f"stop {status}"] += 1
-            return False
-        return True
+            self.tally.http_errors[f"{what} {type(exc).__name__}"] += 1
+            return None
+        if status != expected:
+            self.tally.http_errors[f"{what} {status}"] += 1
+            return None
+        return body
 
     def _count(self, message: dict[str, Any], sent_s: float, received_s: float, window: Window) -> None:
         if not window.measure_from <= received_s < window.until:
