@@ -86,6 +86,8 @@ class Metrics:
             registry=r,
         )
 
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

@@ -20,11 +20,12 @@ from starlette.routing import Route
 from playgate import __version__
 from playgate.errors import Unavailable
 from playgate.metrics import Metrics
+from playgate.service import Readiness
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 
-ReadyCheck = Callable[[], Awaitable[dict[str, str]]]
+ReadyCheck = Callable[[], Awaitable[Readiness]]
 
 
 def probe_app(metrics: Metrics, ready: ReadyCheck) -> Starlette:
@@ -34,14 +35,13 @@ def probe_app(metrics: Metrics, ready: ReadyCheck) -> Starlette:
         return JSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(_request: Request) -> Response:
-        checks = await ready()
-        is_ready = all(v == "ok" for v in checks.values())
-        metrics.ready.set(1 if is_ready else 0)
-        body = {"status": "ok" if is_ready else "unavailable", "version": __version__, "checks": checks}
-        return JSONResponse(body, status_code=200 if is_ready else 503)
+        readiness = await ready()
+        status = "ok" if readiness.ok else "unavailable"
+        body = {"status": status, "version": __version__, "checks": readiness.checks}
+        return JSONResponse(body, status_code=200 if readiness.ok else 503)
 
     async def scrape(_request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     return Starlette(
         routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", scrape)],

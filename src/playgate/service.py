@@ -41,6 +41,18 @@ class Principal:
 
 
 @dataclass(frozen=True, slots=True)
+class Readiness:
+    """Each backend's state ("ok" or why not); ready when every one answers."""
+
+    checks: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        """True when every backend answered."""
+        return all(state == "ok" for state in self.checks.values())
+
+
+@dataclass(frozen=True, slots=True)
 class PlayTicket:
     """A play request as the API answers it: its id, and its decision when already known."""
 
@@ -274,8 +286,8 @@ class PlayGate:
 
     # ---- health ------------------------------------------------------------------------------------
 
-    async def ready(self) -> dict[str, str]:
-        """Each backend's state: "ok" or why not."""
+    async def ready(self) -> Readiness:
+        """Each backend's state, "ok" or why not; the `playgate_ready` gauge follows (API and worker probes)."""
         checks: dict[str, str] = {}
         for name, ping in (
             ("catalog", self.catalog.ping),
@@ -287,7 +299,9 @@ class PlayGate:
                 checks[name] = "ok"
             except Exception as exc:  # any failure means "not ready"; say which and why
                 checks[name] = f"{type(exc).__name__}: {exc}"
-        return checks
+        readiness = Readiness(checks)
+        self.metrics.ready.set(1 if readiness.ok else 0)
+        return readiness
 
 
 def _over_limit(streams: Sequence[Stream], limit: int, policy: Policy) -> set[str]:

@@ -47,11 +47,9 @@ async def healthz() -> Status:
 )
 async def readyz(gate: GateDep) -> Response | Status:
     """200 when catalogue, ledger and queue answer; 503 naming the one that does not."""
-    checks = await gate.ready()
-    ready = all(v == "ok" for v in checks.values())
-    gate.metrics.ready.set(1 if ready else 0)
-    body = Status(status="ok" if ready else "unavailable", version=__version__, checks=checks)
-    if ready:
+    readiness = await gate.ready()
+    body = Status(status="ok" if readiness.ok else "unavailable", version=__version__, checks=readiness.checks)
+    if readiness.ok:
         return body
     return JSONResponse(body.model_dump(by_alias=True), status_code=503)
 
@@ -68,4 +66,4 @@ async def metrics(gate: GateDep) -> Response:
     if isinstance(gate.queue, QueueBacklog):
         gate.metrics.queue_pending.set(await gate.queue.pending_count())
         gate.metrics.queue_dead_letters.set(await gate.queue.dead_letter_count())
-    return Response(gate.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(gate.metrics.render(), media_type=gate.metrics.content_type)
