@@ -64,6 +64,7 @@ async def test_a_printed_token_works_against_the_server(tmp_path: Path) -> None:
         ({"PLAYGATE_PORT": "http"}, "PLAYGATE_PORT"),
         ({"PLAYGATE_STREAM_TTL": "0"}, "PLAYGATE_STREAM_TTL"),
         ({"PLAYGATE_DATABASE_URL": "mysql://x"}, "PLAYGATE_DATABASE_URL"),
+        ({"PLAYGATE_DATABASE_URL": "sqlite+aiosqlite:///:memory:"}, "PLAYGATE_DATABASE_URL"),
         ({"PLAYGATE_JWT_SECRET": "short"}, "PLAYGATE_JWT_SECRET"),
     ],
 )

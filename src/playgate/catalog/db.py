@@ -29,6 +29,10 @@ def check_url(url: str) -> str:
         raise ConfigError(
             f"PLAYGATE_DATABASE_URL: driver {driver!r} is not supported; use one of {sorted(SUPPORTED_DRIVERS)}"
         )
+    if driver.startswith("sqlite") and make_url(url).database in (None, "", ":memory:"):
+        # The catalogue, the ledger and every process must open the same database: an in-memory one is per
+        # connection.
+        raise ConfigError("PLAYGATE_DATABASE_URL: SQLite needs a database file (sqlite+aiosqlite:///path), not memory")
     return driver
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from playgate.admission import decide
-from playgate.catalog.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite_connection
+from playgate.catalog.db import SQLITE_BUSY_TIMEOUT_MS, check_url, configure_sqlite_connection
 from playgate.config import Policy
 from playgate.domain import Decision, EndedStream, Reason, Status, Stream, new_id
 from playgate.errors import Unavailable
@@ -118,16 +118,14 @@ def _stream_values(s: Stream) -> tuple[Any, ...]:
     return (s.id, s.user_id, s.video_id, s.device_id, s.started_at, s.expires_at)
 
 
-def _json_list(values: Iterator[str] | Sequence[str] | set[str]) -> bytes:
+def _json_list(values: Iterable[str]) -> bytes:
     return orjson.dumps(list(values))
 
 
 def database_path(url: str) -> str:
     """The file of a SQLite database URL (`sqlite+aiosqlite:///path`)."""
-    database = make_url(url).database
-    if not database or database == ":memory:":
-        raise ValueError("the SQLite ledger needs a database file, shared with the catalogue")
-    return database
+    check_url(url)  # ConfigError for anything but a file
+    return str(make_url(url).database)
 
 
 class SqlLedger:
@@ -162,9 +160,8 @@ class SqlLedger:
 
     def _call(self, call: Callable[..., T], *args: Any) -> T:
         if self._conn is None:
-            conn = sqlite3.connect(
-                self._path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
+            # Made, used and closed on the ledger's thread alone (sqlite3's same-thread check stays on).
+            conn = sqlite3.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             configure_sqlite_connection(conn)
             self._conn = conn
         return call(self._conn, *args)
