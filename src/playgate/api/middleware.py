@@ -65,7 +65,7 @@ class HttpEdge:
         if length is not None:
             return None if length.isdigit() and int(length) > self.max_bytes else receive
         if scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS"):
-            return receive
+            return receive  # no route reads a body of these: nothing to cap, and no read on the players' hot path
         # No announced length (chunked): read the body here, within the cap, then replay it.
         messages: list[Message] = []
         seen = 0
