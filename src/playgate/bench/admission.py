@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import secrets
 import tempfile
 import time
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
 from playgate.bench.target import BenchError, free_port, redis_server_command
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.catalog.db import create_engine, upgrade
@@ -25,6 +26,7 @@ from playgate.catalog.service import Catalog
 from playgate.config import Policy
 from playgate.domain import PlayRequest, Status
 from playgate.ledger.protocol import Ledger
+from playgate.ledger.redis import RedisLedger, decision_key
 from playgate.ledger.sql import SqlLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
@@ -116,18 +118,11 @@ async def _wait_for_port(port: int, process: asyncio.subprocess.Process) -> None
 
 
 def _redis_ledger(url: str, clock: Callable[[], float]) -> Ledger:
-    """The Redis ledger of the distributed deployment (imported here: the embedded one does not need it)."""
-    try:
-        module = importlib.import_module("playgate.ledger.redis")
-    except ImportError as exc:
-        raise BenchError(f"the Redis ledger is not available in this version ({exc})") from None
-    ledger: Ledger = module.RedisLedger(url, lease_s=LEASE_S, decision_ttl_s=3600.0, policy=Policy.deny, clock=clock)
-    return ledger
+    """The Redis ledger of the distributed deployment."""
+    return RedisLedger(url, lease_s=LEASE_S, decision_ttl_s=3600.0, policy=Policy.deny, clock=clock)
 
 
 async def _flush(url: str) -> None:
-    from redis.asyncio import Redis
-
     client: Redis = Redis.from_url(url)
     try:
         await client.flushdb()
@@ -136,8 +131,6 @@ async def _flush(url: str) -> None:
 
 
 async def _redis_memory_bytes(url: str) -> int:
-    from redis.asyncio import Redis
-
     client: Redis = Redis.from_url(url)
     try:
         info = await client.info("memory")
@@ -148,16 +141,16 @@ async def _redis_memory_bytes(url: str) -> int:
 
 async def _redis_memory(url: str, ledger: Ledger, empty_bytes: int) -> dict[str, Any]:
     """Redis memory after the run, then without the kept decisions: what the active streams alone cost."""
-    from redis.asyncio import Redis
-
     used_bytes = await _redis_memory_bytes(url)
     active = await ledger.count_active()
-    pattern = importlib.import_module("playgate.ledger.redis").decision_key("*")
     client: Redis = Redis.from_url(url)
     try:
         decisions = 0
-        async for key in client.scan_iter(match=pattern, count=1000):
-            decisions += await client.unlink(key)
+        cursor = None
+        while cursor != 0:
+            cursor, keys = await client.scan(cursor or 0, match=decision_key("*"), count=1000)
+            if keys:
+                decisions += await client.unlink(*keys)
     finally:
         await client.aclose()
     streams_bytes = await _redis_memory_bytes(url) - empty_bytes
