@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from playgate.config import Policy
-from playgate.domain import Decision, EndedStream, PlayRequest, Quota, Reason, Status, Stream
+from playgate.domain import Decision, EndedStream, PlayRequest, Policy, Quota, Reason, Status, Stream
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from playgate.domain import Policy
 from playgate.errors import ConfigError
 
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
@@ -24,13 +25,6 @@ class AuthMode(StrEnum):
 
     enabled = "enabled"
     disabled = "disabled"
-
-
-class Policy(StrEnum):
-    """What happens when a user at the limit asks for one more stream."""
-
-    deny = "deny"
-    evict_oldest = "evict_oldest"
 
 
 class LogFormat(StrEnum):

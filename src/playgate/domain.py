@@ -15,6 +15,13 @@ class Status(StrEnum):
     denied = "denied"
 
 
+class Policy(StrEnum):
+    """What happens when a user at the limit asks for one more stream."""
+
+    deny = "deny"
+    evict_oldest = "evict_oldest"
+
+
 class Reason(StrEnum):
     """Why a request was denied, or why a stream ended without its device asking."""
 
@@ -120,6 +127,22 @@ class EndedStream:
 
     stream: Stream
     reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """One request to decide, with the user's quota as known at decision time."""
+
+    request: PlayRequest
+    quota: Quota
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What deciding one admission did: the decision, and the streams it ended to make room (if any)."""
+
+    decision: Decision
+    ended: tuple[EndedStream, ...] = ()
 
 
 def new_id() -> str:

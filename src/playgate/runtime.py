@@ -20,10 +20,11 @@ from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.service import Catalog
 from playgate.config import AuthMode, Settings, is_loopback, jwt_secret, security_problems
+from playgate.connections import check_redis_url
 from playgate.domain import Decision
 from playgate.errors import ConfigError, PlayGateError
 from playgate.ledger.protocol import Ledger
-from playgate.ledger.redis import RedisLedger, check_redis_url
+from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
 from playgate.media import ContentGate, MediaLibrary, playback_url
 from playgate.metrics import Metrics

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from playgate.bus.protocol import Fanout, RequestQueue
 from playgate.catalog.service import Catalog
-from playgate.config import AuthMode, Policy, Settings
-from playgate.domain import Decision, EndedStream, PlayRequest, Reason, Stream, User, new_id, own_device
+from playgate.config import AuthMode, Settings
+from playgate.domain import Decision, EndedStream, PlayRequest, Policy, Reason, Stream, User, new_id, own_device
 from playgate.errors import Forbidden, Invalid, NotFound, Unauthorized
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics

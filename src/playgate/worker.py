@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 
 from playgate.bus.protocol import Delivery, Fanout, QueueBacklog, RequestQueue
 from playgate.catalog.service import Catalog
-from playgate.domain import Decision, Reason, Status
+from playgate.domain import Admission, Decision, Outcome, Reason, Status
 from playgate.errors import Unavailable
-from playgate.ledger.protocol import Admission, Ledger, Outcome
+from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
 
 log = logging.getLogger("playgate.worker")

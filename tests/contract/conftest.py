@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 
 from playgate.catalog.db import upgrade
-from playgate.config import Policy
+from playgate.domain import Policy
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger

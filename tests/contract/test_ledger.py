@@ -14,9 +14,8 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from playgate.admission import decide
-from playgate.config import Policy
-from playgate.domain import Decision, EndedStream, PlayRequest, Quota, Reason, Status, Stream
-from playgate.ledger.protocol import Admission, Ledger
+from playgate.domain import Admission, Decision, EndedStream, PlayRequest, Policy, Quota, Reason, Status, Stream
+from playgate.ledger.protocol import Ledger
 from tests.contract.conftest import LEASE_S, Clock, LedgerFactory
 
 USERS = ("u1", "u2", "u3")

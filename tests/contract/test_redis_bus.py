@@ -11,9 +11,7 @@ from typing import Any
 import pytest_asyncio
 
 from playgate.bus.redis import RedisFanout, RedisQueue
-from playgate.config import Policy
-from playgate.domain import Decision, PlayRequest, Quota, Reason, Status
-from playgate.ledger.protocol import Admission, Outcome
+from playgate.domain import Admission, Decision, Outcome, PlayRequest, Policy, Quota, Reason, Status
 from playgate.ledger.redis import RedisLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from playgate.connections import check_redis_url, idempotency_key, streams_key
 from playgate.errors import ConfigError
-from playgate.ledger.redis import check_redis_url, idempotency_key, new_stream_id, stream_owner, streams_key
+from playgate.ledger.redis import new_stream_id, stream_owner
 
 
 @pytest.mark.parametrize("user_id", ["1", "a1b2c3d4e5f6", "user-with-dashes", "ünïcode", "{braces}"])

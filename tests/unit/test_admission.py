@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from playgate.admission import decide
-from playgate.config import Policy
-from playgate.domain import PlayRequest, Quota, Reason, Status, Stream
+from playgate.domain import PlayRequest, Policy, Quota, Reason, Status, Stream
 
 NOW = 1_000.0
 LEASE_S = 90.0

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from playgate.config import AuthMode, Policy, jwt_secret, load_settings
+from playgate.config import AuthMode, jwt_secret, load_settings
+from playgate.domain import Policy
 from playgate.errors import ConfigError
 
 

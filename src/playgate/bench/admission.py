@@ -23,10 +23,10 @@ from playgate.bench.target import BenchError, free_port, redis_server_command
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.service import Catalog
-from playgate.config import Policy
-from playgate.domain import PlayRequest, Status
+from playgate.connections import decision_key
+from playgate.domain import PlayRequest, Policy, Status
 from playgate.ledger.protocol import Ledger
-from playgate.ledger.redis import RedisLedger, decision_key
+from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker

@@ -240,7 +240,7 @@ class Target:
                 raise BenchError(f"no worker decided a request in {START_TIMEOUT_S}s:\n{self.server_log()}")
         import redis
 
-        from playgate.bus.redis import GROUP, REQUESTS_KEY
+        from playgate.connections import GROUP, REQUESTS_KEY
 
         client = redis.Redis.from_url(redis_url, socket_timeout=2)
         try:

@@ -7,8 +7,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from playgate.bus.protocol import Delivery, EmittingFanout
-from playgate.domain import PlayRequest
-from playgate.ledger.protocol import Outcome
+from playgate.domain import Outcome, PlayRequest
 
 
 class LocalQueue:

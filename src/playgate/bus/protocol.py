@@ -7,8 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from playgate.domain import Decision, EndedStream, PlayRequest, Reason
-from playgate.ledger.protocol import Outcome
+from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason
 
 
 @dataclass(frozen=True, slots=True)

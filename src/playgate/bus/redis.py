@@ -27,33 +27,27 @@ from redis import exceptions as redis_errors
 from redis.typing import EncodableT, FieldT
 
 from playgate.bus.protocol import Delivery, Emitter, EmittingFanout
-from playgate.domain import Decision, PlayRequest, Reason, Status
-from playgate.ledger.protocol import Outcome
-from playgate.ledger.redis import (
+from playgate.connections import (
     CONNECT_TIMEOUT_S,
-    PREFIX,
+    DEAD_LETTER_KEY,
+    DECISIONS_CHANNEL,
+    GROUP,
+    REQUESTS_KEY,
     SOCKET_TIMEOUT_S,
     connect,
     decision_from_json,
     decision_key,
     decision_to_json,
+    pending_key,
     translate_redis_errors,
 )
+from playgate.domain import Decision, Outcome, PlayRequest, Reason, Status
 
 log = logging.getLogger("playgate.bus")
 
-REQUESTS_KEY = f"{PREFIX}requests"
-DEAD_LETTER_KEY = f"{PREFIX}requests:dead"
-GROUP = "workers"
-DECISIONS_CHANNEL = f"{PREFIX}decisions"
 DEAD_LETTER_MAXLEN = 100_000
 LISTEN_POLL_S = 1.0
 LISTEN_BACKOFF_MAX_S = 2.0
-
-
-def pending_key(request_id: str) -> str:
-    """The marker of a request still owed a decision."""
-    return f"{PREFIX}pending:{request_id}"
 
 
 def request_to_json(request: PlayRequest) -> str:

@@ -6,23 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from playgate.domain import Decision, EndedStream, PlayRequest, Quota, Stream
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """One request to decide, with the user's quota as known at decision time."""
-
-    request: PlayRequest
-    quota: Quota
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What deciding one admission did: the decision, and the streams it ended to make room (if any)."""
-
-    decision: Decision
-    ended: tuple[EndedStream, ...] = ()
+from playgate.domain import Admission, Decision, EndedStream, Outcome, Stream
 
 
 @dataclass(frozen=True, slots=True)

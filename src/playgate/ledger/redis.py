@@ -1,6 +1,6 @@
 """The Redis ledger: each user's streams in one hash under a `{user id}` hash tag, decided by Lua scripts.
 
-Keys (all under PREFIX):
+Keys (all under PREFIX; their names are kept in playgate.connections, shared with the bus):
 - `playgate:{<user id>}:streams` hash, stream id -> JSON [video id, device id, started_at, expires_at];
 - `playgate:{<user id>}:key:<idempotency key>` JSON {request id, video id}, kept decision_ttl_s;
 - `playgate:decision:<request id>` the decision, JSON, kept decision_ttl_s;
@@ -16,44 +16,31 @@ server (with replicas), not on a Redis Cluster.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
 import orjson
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
-from playgate.config import Policy
-from playgate.domain import Decision, EndedStream, Reason, Status, Stream
-from playgate.errors import ConfigError, Unavailable
-from playgate.ledger.protocol import Admission, KeyClaim, Outcome
+from playgate.connections import (
+    LEASES_KEY,
+    connect,
+    decision_from_json,
+    decision_key,
+    idempotency_key,
+    parse_time,
+    streams_key,
+    translate_redis_errors,
+)
+from playgate.domain import Admission, Decision, EndedStream, Outcome, Policy, Reason, Stream
+from playgate.ledger.protocol import KeyClaim
 
-PREFIX = "playgate:"
-LEASES_KEY = f"{PREFIX}leases"
-SOCKET_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 2.0
 SWEEP_CHUNK = 500
 # Requests one admission.lua call decides: enough to spread the call's cost, few enough that Redis is never
 # held long (about a millisecond).
 ADMIT_CHUNK = 64
 SWEEP_MAX_CHUNKS = 20
-
-
-def streams_key(user_id: str) -> str:
-    """The hash of one user's streams; the hash tag keeps all of a user's keys on one slot."""
-    return f"{PREFIX}{{{user_id}}}:streams"
-
-
-def idempotency_key(user_id: str, key: str) -> str:
-    """Where an Idempotency-Key of a user is bound to its request."""
-    return f"{PREFIX}{{{user_id}}}:key:{key}"
-
-
-def decision_key(request_id: str) -> str:
-    """Where the decision of a request is kept."""
-    return f"{PREFIX}decision:{request_id}"
 
 
 def new_stream_id(user_id: str) -> str:
@@ -72,52 +59,8 @@ def stream_owner(stream_id: str) -> str | None:
         return None
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-
-
-def check_redis_url(url: str) -> None:
-    """ConfigError naming PLAYGATE_REDIS_URL unless `url` is a redis://, rediss:// or unix:// URL."""
-    scheme = url.partition("://")[0].lower()
-    if scheme not in REDIS_SCHEMES or "://" not in url:
-        raise ConfigError(f"PLAYGATE_REDIS_URL: not a Redis URL (use redis://host:port/db), got scheme {scheme!r}")
-
-
-def connect(url: str, *, client_name: str | None = None) -> Redis:
-    """A redis-py asyncio client for `url` with bounded timeouts (a dead server answers 503, it does not hang).
-
-    `client_name` names its connections in CLIENT LIST (the queue names them after the worker's consumer).
-    """
-    client: Redis = Redis.from_url(
-        url,
-        client_name=client_name,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        health_check_interval=10,
-    )
-    return client
-
-
-@asynccontextmanager
-async def translate_redis_errors() -> AsyncIterator[None]:
-    """Turn a lost, loading or refusing Redis into Unavailable (503), once, here."""
-    try:
-        yield
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise Unavailable(f"Redis does not answer: {type(exc).__name__}: {exc}") from exc
-    except redis_errors.ResponseError as exc:
-        message = str(exc)
-        if message.startswith(("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY ")):
-            raise Unavailable(f"Redis cannot serve now: {message}") from exc
-        raise
-
-
 def _script(name: str) -> str:
     return (resources.files("playgate.ledger") / name).read_text(encoding="utf-8")
-
-
-def _time(value: Any) -> float:
-    return float(value)
 
 
 def _stream_from(stream_id: str, user_id: str, fields: Sequence[Any]) -> Stream:
@@ -127,46 +70,8 @@ def _stream_from(stream_id: str, user_id: str, fields: Sequence[Any]) -> Stream:
         user_id=user_id,
         video_id=str(fields[0]),
         device_id=str(fields[1]),
-        started_at=_time(fields[2]),
-        expires_at=_time(fields[3]),
-    )
-
-
-def decision_to_json(d: Decision) -> dict[str, Any]:
-    """A Decision as the JSON object admission.lua keeps (times as exact strings)."""
-    body: dict[str, Any] = {
-        "r": d.request_id,
-        "u": d.user_id,
-        "v": d.video_id,
-        "d": d.device_id,
-        "s": d.status.value,
-        "a": d.active,
-        "l": d.limit,
-        "t": repr(d.decided_at),
-    }
-    if d.stream_id is not None:
-        body["sid"] = d.stream_id
-    if d.reason is not None:
-        body["why"] = d.reason.value
-    if d.expires_at is not None:
-        body["x"] = repr(d.expires_at)
-    return body
-
-
-def decision_from_json(d: dict[str, Any]) -> Decision:
-    """A Decision from the JSON object admission.lua keeps."""
-    return Decision(
-        request_id=d["r"],
-        user_id=d["u"],
-        video_id=d["v"],
-        device_id=d["d"],
-        status=Status(d["s"]),
-        active=int(d["a"]),
-        limit=int(d["l"]),
-        decided_at=_time(d["t"]),
-        stream_id=d.get("sid"),
-        reason=Reason(d["why"]) if d.get("why") else None,
-        expires_at=_time(d["x"]) if d.get("x") is not None else None,
+        started_at=parse_time(fields[2]),
+        expires_at=parse_time(fields[3]),
     )
 
 

@@ -20,10 +20,9 @@ from sqlalchemy.engine import make_url
 
 from playgate.admission import decide
 from playgate.catalog.db import SQLITE_BUSY_TIMEOUT_MS, check_url, configure_sqlite_connection
-from playgate.config import Policy
-from playgate.domain import Decision, EndedStream, Reason, Status, Stream, new_id
+from playgate.domain import Admission, Decision, EndedStream, Outcome, Policy, Reason, Status, Stream, new_id
 from playgate.errors import Unavailable
-from playgate.ledger.protocol import Admission, KeyClaim, Outcome
+from playgate.ledger.protocol import KeyClaim
 
 T = TypeVar("T")
 
