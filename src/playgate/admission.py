@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from playgate.domain import Decision, EndedStream, PlayRequest, Policy, Quota, Reason, Status, Stream
@@ -39,9 +39,9 @@ def decide(
     if prior is not None:
         return Verdict(prior, live, ended)
     if not quota.exists:
-        return Verdict(_denied(request, Reason.unknown_user, len(live), 0, now), live, ended)
+        return Verdict(denied(request, Reason.unknown_user, len(live), 0, now), live, ended)
     if quota.disabled:
-        return Verdict(_denied(request, Reason.user_disabled, len(live), quota.limit, now), live, ended)
+        return Verdict(denied(request, Reason.user_disabled, len(live), quota.limit, now), live, ended)
 
     same = next((s for s in live if s.device_id == request.device_id and s.video_id == request.video_id), None)
     if same is not None:
@@ -51,7 +51,7 @@ def decide(
 
     kept, freed = _make_room(request, live, quota.limit, policy)
     if len(kept) >= quota.limit:
-        return Verdict(_denied(request, Reason.limit_reached, len(live), quota.limit, now), live, ended)
+        return Verdict(denied(request, Reason.limit_reached, len(live), quota.limit, now), live, ended)
     started = Stream(
         id=new_stream_id,
         user_id=request.user_id,
@@ -77,8 +77,7 @@ def _make_room(
             kept = tuple(s for s in live if s.id != target.id)
             freed = (EndedStream(target, Reason.replaced),)
     if policy is Policy.evict_oldest and limit > 0 and len(kept) >= limit:
-        by_age = sorted(kept, key=lambda s: (s.started_at, s.id))
-        surplus = by_age[: len(kept) - limit + 1]
+        surplus = by_age(kept)[: len(kept) - limit + 1]
         gone = {s.id for s in surplus}
         kept = tuple(s for s in kept if s.id not in gone)
         freed += tuple(EndedStream(s, Reason.evicted) for s in surplus)
@@ -86,6 +85,22 @@ def _make_room(
         # Nothing is ended when the request is denied anyway.
         return live, ()
     return kept, freed
+
+
+def by_age(streams: Iterable[Stream]) -> list[Stream]:
+    """Streams oldest first: by `started_at`, then by id (the order every ledger answers in)."""
+    return sorted(streams, key=lambda s: (s.started_at, s.id))
+
+
+def over_limit(streams: Sequence[Stream], limit: int, policy: Policy) -> set[str]:
+    """The ids of the streams beyond a (lowered) `limit`: the newest under `deny` (first come keeps its slot),
+    the oldest under `evict_oldest` (as a new request would have evicted them)."""
+    ordered = by_age(streams)
+    surplus = len(ordered) - max(limit, 0)
+    if surplus <= 0:
+        return set()
+    ended = ordered[:surplus] if policy is Policy.evict_oldest else ordered[len(ordered) - surplus :]
+    return {s.id for s in ended}
 
 
 def _allowed(request: PlayRequest, stream: Stream, active: int, limit: int, now: float) -> Decision:
@@ -103,7 +118,8 @@ def _allowed(request: PlayRequest, stream: Stream, active: int, limit: int, now:
     )
 
 
-def _denied(request: PlayRequest, reason: Reason, active: int, limit: int, now: float) -> Decision:
+def denied(request: PlayRequest, reason: Reason, active: int, limit: int, now: float) -> Decision:
+    """`request` denied for `reason`: by the rule, or (reason `error`, active and limit 0) given up on."""
     return Decision(
         request_id=request.request_id,
         user_id=request.user_id,

@@ -7,10 +7,11 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from playgate.admission import over_limit
 from playgate.bus.protocol import Fanout, RequestQueue
 from playgate.catalog.service import Catalog
 from playgate.config import AuthMode, Settings
-from playgate.domain import Decision, EndedStream, PlayRequest, Policy, Reason, Stream, User, new_id, own_device
+from playgate.domain import Decision, EndedStream, PlayRequest, Reason, Stream, User, new_id, own_device
 from playgate.errors import Forbidden, Invalid, NotFound, Unauthorized
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
@@ -242,7 +243,7 @@ class PlayGate:
         if quota.disabled or not quota.exists:
             await self._announce(await self.ledger.stop(None, user_id), Reason.user_disabled)
             raise NotFound(f"Stream {stream_id!r} has ended: the user is disabled.")
-        if len(streams) > quota.limit and stream.id in _over_limit(streams, quota.limit, self.settings.policy):
+        if len(streams) > quota.limit and stream.id in over_limit(streams, quota.limit, self.settings.policy):
             await self._announce(await self.ledger.stop([stream.id], user_id), Reason.evicted)
             raise NotFound(f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.")
         lease_s = self.settings.stream_ttl_s
@@ -302,14 +303,3 @@ class PlayGate:
         readiness = Readiness(checks)
         self.metrics.ready.set(1 if readiness.ok else 0)
         return readiness
-
-
-def _over_limit(streams: Sequence[Stream], limit: int, policy: Policy) -> set[str]:
-    """The ids of the streams beyond `limit`: the newest under `deny` (first come keeps its slot), the oldest
-    under `evict_oldest` (as a new request would have evicted them)."""
-    by_age = sorted(streams, key=lambda s: (s.started_at, s.id))
-    surplus = len(by_age) - max(limit, 0)
-    if surplus <= 0:
-        return set()
-    ended = by_age[:surplus] if policy is Policy.evict_oldest else by_age[len(by_age) - surplus :]
-    return {s.id for s in ended}

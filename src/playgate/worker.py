@@ -7,9 +7,10 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
+from playgate.admission import denied
 from playgate.bus.protocol import Delivery, Fanout, QueueBacklog, RequestQueue
 from playgate.catalog.service import Catalog
-from playgate.domain import Admission, Decision, Outcome, Reason, Status
+from playgate.domain import Admission, Decision, Outcome, Reason
 from playgate.errors import Unavailable
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
@@ -121,26 +122,12 @@ class Worker:
         return await self._ledger.decide(admissions)
 
     async def _fail(self, deliveries: Sequence[Delivery]) -> None:
-        """Answer requests that failed max_attempts times with a denial, reason `error`: never silence."""
+        """Answer requests that failed max_attempts times with a denial, reason `error`, kept by the ledger: never
+        silence."""
         if not deliveries:
             return
         now = self._clock()
-        outcomes = [
-            Outcome(
-                Decision(
-                    request_id=d.request.request_id,
-                    user_id=d.request.user_id,
-                    video_id=d.request.video_id,
-                    device_id=d.request.device_id,
-                    status=Status.denied,
-                    active=0,
-                    limit=0,
-                    decided_at=now,
-                    reason=Reason.error,
-                )
-            )
-            for d in deliveries
-        ]
+        outcomes = [Outcome(denied(d.request, Reason.error, 0, 0, now)) for d in deliveries]
         log.error(
             "giving up on %d request(s) after %d attempts",
             len(deliveries),
@@ -148,6 +135,7 @@ class Worker:
             extra={"request_ids": [d.request.request_id for d in deliveries]},
         )
         self._metrics.dead_lettered.inc(len(deliveries))
+        await self._ledger.keep([o.decision for o in outcomes])  # GET /v1/plays/{id} tells it too
         await self._fanout.publish(outcomes)
         await self._queue.ack(deliveries)
         self._observe(deliveries, outcomes)

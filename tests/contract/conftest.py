@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -30,6 +31,16 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class Recorder:
+    """An Emitter that keeps what was emitted."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any, str | None]] = []
+
+    async def emit(self, event: str, data: Any = None, *, room: str | None = None) -> None:
+        self.events.append((event, data, room))
 
 
 @pytest.fixture(scope="session")

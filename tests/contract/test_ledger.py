@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from playgate.admission import decide
+from playgate.admission import decide, denied
 from playgate.domain import Admission, Decision, EndedStream, PlayRequest, Policy, Quota, Reason, Status, Stream
 from playgate.ledger.protocol import Ledger
 from tests.contract.conftest import LEASE_S, Clock, LedgerFactory
@@ -144,6 +144,27 @@ async def test_heartbeat_stop_and_lookup(make_ledger: LedgerFactory, clock: Cloc
     assert await ledger.streams("u1") == []
     clock.advance(LEASE_S + 1)
     assert await ledger.heartbeat(a.stream_id) is None
+
+
+async def test_streams_come_oldest_first_then_by_id(make_ledger: LedgerFactory, clock: Clock) -> None:
+    ledger = await make_ledger()
+    same_instant = await ledger.decide([admit(play(f"r{i}", video=f"v{i}"), limit=5) for i in range(3)])
+    clock.advance(1)
+    newest = await one(ledger, play("r3", video="v3"), limit=5)
+    started = sorted(o.decision.stream_id or "" for o in same_instant)
+    expected = [*started, newest.stream_id]
+    assert [s.id for s in await ledger.streams("u1")] == expected
+    assert [s.id for s in await ledger.stop(None, "u1")] == expected
+
+
+async def test_kept_decisions_are_told_and_never_replace_one(make_ledger: LedgerFactory, clock: Clock) -> None:
+    ledger = await make_ledger()
+    allowed = await one(ledger, play("r1"))
+    given_up = [denied(play(rid), Reason.error, 0, 0, clock.now) for rid in ("r1", "r2")]
+    await ledger.keep(given_up)
+    assert await ledger.decision("r1") == allowed
+    assert await ledger.decision("r2") == given_up[1]
+    await ledger.keep([])
 
 
 async def test_idempotency_keys_bind_once_per_user(make_ledger: LedgerFactory) -> None:

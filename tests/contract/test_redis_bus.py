@@ -6,7 +6,6 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest_asyncio
 
@@ -15,6 +14,7 @@ from playgate.domain import Admission, Decision, Outcome, PlayRequest, Policy, Q
 from playgate.ledger.redis import RedisLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
+from tests.contract.conftest import Recorder
 from tests.support.redis_server import RedisServer
 
 QueueFactory = Callable[..., RedisQueue]
@@ -47,16 +47,6 @@ async def make_queue(redis_server: RedisServer) -> AsyncIterator[QueueFactory]:
         await queue.close()
 
 
-class Recorder:
-    """An Emitter that keeps what was emitted."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any, str | None]] = []
-
-    async def emit(self, event: str, data: Any = None, *, room: str | None = None) -> None:
-        self.events.append((event, data, room))
-
-
 async def test_entries_of_a_dead_worker_are_claimed_by_another(make_queue: QueueFactory) -> None:
     dead, alive = make_queue(), make_queue()
     for rid in ("a", "b"):
@@ -85,11 +75,12 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
     await asyncio.sleep(0.1)
     recorder = Recorder()
     fanout = RedisFanout(redis_server.url, recorder)
+    ledger = RedisLedger(redis_server.url, lease_s=90, decision_ttl_s=60, policy=Policy.deny, clock=time.time)
     worker = Worker(
         queue=queue,
-        ledger=None,  # type: ignore[arg-type]  # never reached: the only entry is past max_attempts
+        ledger=ledger,
         fanout=fanout,
-        catalog=None,  # type: ignore[arg-type]
+        catalog=None,  # type: ignore[arg-type]  # never reached: the only entry is past max_attempts
         metrics=Metrics(),
         clock=time.time,
         batch_size=10,
@@ -104,7 +95,6 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
     assert (await queue.pending_count(), await queue.dead_letter_count()) == (0, 1)
     assert await queue.depth() == 0
     assert await queue.pending("poison") is None
-    ledger = RedisLedger(redis_server.url, lease_s=90, decision_ttl_s=60, policy=Policy.deny, clock=time.time)
     kept = await ledger.decision("poison")  # GET /v1/plays/{id} tells the same answer
     assert kept is not None
     assert (kept.status, kept.reason) == (Status.denied, Reason.error)

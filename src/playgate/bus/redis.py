@@ -36,12 +36,11 @@ from playgate.connections import (
     SOCKET_TIMEOUT_S,
     connect,
     decision_from_json,
-    decision_key,
     decision_to_json,
     pending_key,
     translate_redis_errors,
 )
-from playgate.domain import Decision, Outcome, PlayRequest, Reason, Status
+from playgate.domain import Decision, Outcome, PlayRequest
 
 log = logging.getLogger("playgate.bus")
 
@@ -125,21 +124,6 @@ class BatchingRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]  #
             await pipe.execute()
 
 
-def error_decision(request: PlayRequest, now: float) -> Decision:
-    """The answer to a request given up after too many deliveries (the one Worker publishes): denied, `error`."""
-    return Decision(
-        request_id=request.request_id,
-        user_id=request.user_id,
-        video_id=request.video_id,
-        device_id=request.device_id,
-        status=Status.denied,
-        active=0,
-        limit=0,
-        decided_at=now,
-        reason=Reason.error,
-    )
-
-
 class RedisQueue:
     """Requests on a Redis stream; each worker is one consumer of the group `workers`.
 
@@ -159,7 +143,6 @@ class RedisQueue:
         pending_ttl_s: float,
         max_attempts: int,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = connect(url, client_name=f"playgate-queue:{consumer}")
         self.consumer = consumer
@@ -169,7 +152,6 @@ class RedisQueue:
         self._pending_ttl_ms = max(1, round(pending_ttl_s * 1000))
         self._max_attempts = max_attempts
         self._clock = clock
-        self._wall_clock = wall_clock
         self._next_claim_at = 0.0
         self._group_ready = False
         self._released: list[Delivery] = []
@@ -284,8 +266,8 @@ class RedisQueue:
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """XACK the entries and drop their pending markers, all in one MULTI.
 
-        An entry past max_attempts (the Worker answered it `denied`, reason `error`) is copied to the dead letters,
-        and that answer is kept as its decision (unless it has one already), so GET /v1/plays/{id} tells it too.
+        An entry past max_attempts (the Worker answered it `denied`, reason `error`, and the ledger keeps that
+        answer) is copied to the dead letters.
         """
         if not deliveries:
             return
@@ -299,8 +281,6 @@ class RedisQueue:
                         "entry": str(d.receipt),
                     }
                     pipe.xadd(DEAD_LETTER_KEY, fields, maxlen=DEAD_LETTER_MAXLEN)
-                    answer = orjson.dumps(decision_to_json(error_decision(d.request, self._wall_clock())))
-                    pipe.set(decision_key(d.request.request_id), answer, nx=True, px=self._pending_ttl_ms)
             pipe.xack(REQUESTS_KEY, GROUP, *[d.receipt for d in deliveries])
             pipe.delete(*[pending_key(d.request.request_id) for d in deliveries])
             await pipe.execute()

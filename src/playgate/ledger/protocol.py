@@ -29,6 +29,10 @@ class Ledger(Protocol):
         """The decision of a request, if it was decided (and is still kept)."""
         ...
 
+    async def keep(self, decisions: Sequence[Decision]) -> None:
+        """Keep decisions made without the rule (requests the queue gave up on), unless a request has one."""
+        ...
+
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's active streams, oldest first."""
         ...

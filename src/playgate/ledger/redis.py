@@ -23,11 +23,13 @@ from typing import Any
 import orjson
 from redis import exceptions as redis_errors
 
+from playgate.admission import by_age
 from playgate.connections import (
     LEASES_KEY,
     connect,
     decision_from_json,
     decision_key,
+    decision_to_json,
     idempotency_key,
     parse_time,
     streams_key,
@@ -159,13 +161,24 @@ class RedisLedger:
             raw = await self._redis.get(decision_key(request_id))
         return decision_from_json(orjson.loads(raw)) if raw else None
 
+    async def keep(self, decisions: Sequence[Decision]) -> None:
+        """SET NX each decision, kept decision_ttl_s: a request decided already keeps its decision."""
+        if not decisions:
+            return
+        async with translate_redis_errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for d in decisions:
+                answer = orjson.dumps(decision_to_json(d))
+                pipe.set(decision_key(d.request_id), answer, nx=True, px=self._decision_ttl_ms)
+            await pipe.execute()
+
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's streams whose lease has not run out, oldest first."""
         async with translate_redis_errors():
             raw = await self._redis.hgetall(streams_key(user_id))
         now = self._clock()
         found = [_stream_from(str(sid), user_id, orjson.loads(value)) for sid, value in raw.items()]
-        return sorted((s for s in found if s.live(now)), key=lambda s: (s.started_at, s.id))
+        return by_age(s for s in found if s.live(now))
 
     async def stream(self, stream_id: str) -> Stream | None:
         """One active stream, found through the user its id names."""
@@ -200,7 +213,7 @@ class RedisLedger:
             raw = await self._stop(keys=[streams_key(user_id), LEASES_KEY], args=args)
         rows = orjson.loads(raw) or []
         stopped = [_stream_from(row[0], user_id, row[1:5]) for row in rows]
-        return sorted(stopped, key=lambda s: (s.started_at, s.id))
+        return by_age(stopped)
 
     async def sweep(self) -> list[EndedStream]:
         """End every stream whose lease ran out; several sweepers at once end (and report) each one once.

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import orjson
 from sqlalchemy.engine import make_url
 
-from playgate.admission import decide
+from playgate.admission import by_age, decide
 from playgate.catalog.db import SQLITE_BUSY_TIMEOUT_MS, check_url, configure_sqlite_connection
 from playgate.domain import Admission, Decision, EndedStream, Outcome, Policy, Reason, Status, Stream, new_id
 from playgate.errors import Unavailable
@@ -40,6 +40,7 @@ INSERT_DECISION = (
     'INSERT INTO decisions (request_id, user_id, video_id, device_id, status, active, "limit", decided_at, '
     "stream_id, reason, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+KEEP_DECISION = INSERT_DECISION + " ON CONFLICT DO NOTHING"
 SELECT_USERS_STREAMS = (
     "SELECT id, user_id, video_id, device_id, started_at, expires_at FROM streams "
     "WHERE user_id IN (SELECT value FROM json_each(?))"
@@ -247,6 +248,15 @@ class SqlLedger:
         row = conn.execute(SELECT_DECISION, (request_id,)).fetchone()
         return _decision(row) if row else None
 
+    async def keep(self, decisions: Sequence[Decision]) -> None:
+        """Insert the decisions of requests that have none yet."""
+        if decisions:
+            await self._run(self._keep, [_decision_values(d) for d in decisions])
+
+    def _keep(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        with self._write(conn):
+            conn.executemany(KEEP_DECISION, rows)
+
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's streams whose lease has not run out, oldest first."""
         return await self._run(self._streams, user_id)
@@ -292,7 +302,7 @@ class SqlLedger:
         with self._write(conn):
             now = self._clock()
             rows = conn.execute(STOP, (user_id, ids, video_id)).fetchall()
-        return sorted((s for s in map(_stream, rows) if s.live(now)), key=lambda s: s.started_at)
+        return by_age(s for s in map(_stream, rows) if s.live(now))
 
     async def sweep(self) -> list[EndedStream]:
         """Delete expired streams (returned, to be announced), and decisions and keys past decision_ttl_s."""

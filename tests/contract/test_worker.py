@@ -1,0 +1,40 @@
+"""The worker over every ledger: what it does with a request the queue gave up on."""
+
+from __future__ import annotations
+
+from playgate.bus.local import LocalFanout, LocalQueue
+from playgate.domain import PlayRequest, Reason, Status
+from playgate.metrics import Metrics
+from playgate.worker import Worker
+from tests.contract.conftest import Clock, LedgerFactory, Recorder
+
+
+async def test_a_request_given_up_on_is_answered_and_kept_by_the_ledger(
+    make_ledger: LedgerFactory, clock: Clock
+) -> None:
+    ledger = await make_ledger()
+    queue = LocalQueue()
+    recorder = Recorder()
+    fanout = LocalFanout(recorder)
+    worker = Worker(
+        queue=queue,
+        ledger=ledger,
+        fanout=fanout,
+        catalog=None,  # type: ignore[arg-type]  # never reached: the only request is past max_attempts
+        metrics=Metrics(),
+        clock=clock,
+        batch_size=10,
+        sweep_interval_s=1.0,
+        max_attempts=2,
+    )
+    await queue.put(PlayRequest("lost", "u1", "v1", "tv", accepted_at=clock.now, replace_stream_id=None))
+    for _ in range(2):  # two deliveries that could not be decided
+        await queue.release(await queue.take(1, wait_s=0))
+    assert await worker.step(wait_s=0) == 1
+    [(event, message, room)] = recorder.events
+    assert (event, room, message["reason"]) == ("message", "user:u1", "error")
+    kept = await ledger.decision("lost")  # GET /v1/plays/{id} answers it in the embedded deployment too
+    assert kept is not None
+    assert (kept.status, kept.reason, kept.decided_at) == (Status.denied, Reason.error, clock.now)
+    assert await queue.pending("lost") is None
+    await fanout.close()
