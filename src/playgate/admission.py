@@ -17,6 +17,8 @@ class Verdict:
     ended: tuple[EndedStream, ...] = ()
     started: Stream | None = None
     renewed: Stream | None = None
+    # When denied at the limit: the streams that hold it, oldest first (a player offers to stop one of them).
+    conflicts: tuple[Stream, ...] = ()
 
 
 def decide(
@@ -51,7 +53,8 @@ def decide(
 
     kept, freed = _make_room(request, live, quota.limit, policy)
     if len(kept) >= quota.limit:
-        return Verdict(denied(request, Reason.limit_reached, len(live), quota.limit, now), live, ended)
+        refusal = denied(request, Reason.limit_reached, len(live), quota.limit, now)
+        return Verdict(refusal, live, ended, conflicts=tuple(by_age(live)))
     started = Stream(
         id=new_stream_id,
         user_id=request.user_id,
@@ -59,6 +62,7 @@ def decide(
         device_id=request.device_id,
         started_at=now,
         expires_at=now + lease_s,
+        device_name=request.device_name,
     )
     after = (*kept, started)
     decision = _allowed(request, started, len(after), quota.limit, now)
@@ -68,14 +72,14 @@ def decide(
 def _make_room(
     request: PlayRequest, live: tuple[Stream, ...], limit: int, policy: Policy
 ) -> tuple[tuple[Stream, ...], tuple[EndedStream, ...]]:
-    """The streams kept and those ended to make room: the one named to replace, or the oldest on evict."""
-    kept = live
-    freed: tuple[EndedStream, ...] = ()
+    """The streams kept and those ended to make room: the device's own stream (one stream per device), the one
+    named to replace, or the oldest on evict."""
+    kept, freed = _replace_device_stream(request, live)
     if request.replace_stream_id is not None:
-        target = next((s for s in live if s.id == request.replace_stream_id), None)
+        target = next((s for s in kept if s.id == request.replace_stream_id), None)
         if target is not None:
-            kept = tuple(s for s in live if s.id != target.id)
-            freed = (EndedStream(target, Reason.replaced),)
+            kept = tuple(s for s in kept if s.id != target.id)
+            freed += (EndedStream(target, Reason.replaced),)
     if policy is Policy.evict_oldest and limit > 0 and len(kept) >= limit:
         surplus = by_age(kept)[: len(kept) - limit + 1]
         gone = {s.id for s in surplus}
@@ -101,6 +105,18 @@ def over_limit(streams: Sequence[Stream], limit: int, policy: Policy) -> set[str
         return set()
     ended = ordered[:surplus] if policy is Policy.evict_oldest else ordered[len(ordered) - surplus :]
     return {s.id for s in ended}
+
+
+def _replace_device_stream(
+    request: PlayRequest, live: tuple[Stream, ...]
+) -> tuple[tuple[Stream, ...], tuple[EndedStream, ...]]:
+    """One stream per device: the device's other streams (the episode before the next one) make way."""
+    if not request.replace_device_stream:
+        return live, ()
+    own = tuple(s for s in live if s.device_id == request.device_id)
+    return tuple(s for s in live if s.device_id != request.device_id), tuple(
+        EndedStream(s, Reason.replaced) for s in own
+    )
 
 
 def _allowed(request: PlayRequest, stream: Stream, active: int, limit: int, now: float) -> Decision:

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     default_limit: int = Field(3, ge=0, description="Limit of a user with no own limit and no plan.")
     demo: bool = Field(True, description="Load the demo catalogue on first start with an empty database.")
     policy: Policy = Field(Policy.deny, description="`deny` or `evict_oldest` when the limit is reached.")
+    one_stream_per_device: bool = Field(
+        True,
+        description="A device asking for another title replaces its own stream (next episode) instead of taking "
+        "a second slot; false lets one device hold several streams.",
+    )
     batch_size: int = Field(256, ge=1, le=10_000, description="Most requests the worker decides per transaction.")
     cache_ttl_s: float = Field(
         2.0,

@@ -34,6 +34,8 @@ class Reason(StrEnum):
     replaced = "replaced"
     stopped_by_admin = "stopped_by_admin"
     stopped = "stopped"
+    limit_lowered = "limit_lowered"
+    video_deleted = "video_deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,9 @@ class PlayRequest:
     device_id: str
     accepted_at: float
     replace_stream_id: str | None = None
+    device_name: str = ""
+    # One stream per device: a stream this device plays (another title) is replaced by this one, atomically.
+    replace_device_stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,7 @@ class Stream:
     device_id: str
     started_at: float
     expires_at: float
+    device_name: str = ""
 
     def live(self, now: float) -> bool:
         """True while the lease has not run out."""
@@ -139,10 +145,12 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What deciding one admission did: the decision, and the streams it ended to make room (if any)."""
+    """What deciding one admission did: the decision, the streams it ended to make room (if any), and, for a
+    request denied at the limit, the streams that hold the limit (`conflicts`)."""
 
     decision: Decision
     ended: tuple[EndedStream, ...] = ()
+    conflicts: tuple[Stream, ...] = ()
 
 
 def new_id() -> str:

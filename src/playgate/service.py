@@ -145,6 +145,7 @@ class PlayGate:
                 device_id=device_id or own_device(request_id),
                 accepted_at=self.clock(),
                 replace_stream_id=replace_stream_id,
+                replace_device_stream=self.settings.one_stream_per_device and device_id is not None,
             )
 
         request_id = new_id()

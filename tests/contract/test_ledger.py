@@ -24,9 +24,24 @@ DEVICES = ("tv", "phone", "web")
 
 
 def play(
-    rid: str, user: str = "u1", video: str = "v1", device: str = "tv", replace_id: str | None = None
+    rid: str,
+    user: str = "u1",
+    video: str = "v1",
+    device: str = "tv",
+    replace_id: str | None = None,
+    *,
+    own_device: bool = False,
 ) -> PlayRequest:
-    return PlayRequest(rid, user, video, device, accepted_at=0.0, replace_stream_id=replace_id)
+    return PlayRequest(
+        rid,
+        user,
+        video,
+        device,
+        accepted_at=0.0,
+        replace_stream_id=replace_id,
+        device_name=f"{device} of {user}",
+        replace_device_stream=own_device,
+    )
 
 
 def admit(request: PlayRequest, limit: int = 3, **quota: bool) -> Admission:
@@ -209,6 +224,45 @@ async def test_concurrent_clients_never_exceed_the_limit(make_ledger: LedgerFact
     assert len(await clients[0].streams("u1")) == 2
 
 
+async def test_next_episode_on_the_same_device_replaces_its_own_stream(make_ledger: LedgerFactory) -> None:
+    ledger = await make_ledger()
+    [first] = await ledger.decide([admit(play("r1", video="ep1", own_device=True), limit=1)])
+    [second] = await ledger.decide([admit(play("r2", video="ep2", own_device=True), limit=1)])
+    assert second.decision.status is Status.allowed
+    assert [(e.stream.id, e.reason) for e in second.ended] == [(first.decision.stream_id, Reason.replaced)]
+    [stream] = await ledger.streams("u1")
+    assert (stream.video_id, stream.device_name) == ("ep2", "tv of u1")
+
+
+async def test_a_denial_at_the_limit_names_the_streams_holding_it(make_ledger: LedgerFactory, clock: Clock) -> None:
+    ledger = await make_ledger()
+    await one(ledger, play("r1", video="v1", device="tv"), limit=2)
+    clock.advance(1)
+    await one(ledger, play("r2", video="v2", device="phone"), limit=2)
+    [denied] = await ledger.decide([admit(play("r3", video="v3", device="web"), limit=2)])
+    assert denied.decision.reason is Reason.limit_reached
+    assert [(s.video_id, s.device_id, s.device_name) for s in denied.conflicts] == [
+        ("v1", "tv", "tv of u1"),
+        ("v2", "phone", "phone of u1"),
+    ]
+    [again] = await ledger.decide([admit(play("r3", video="v3", device="web"), limit=2)])
+    assert again.decision == denied.decision
+
+
+async def test_concurrent_next_episodes_never_exceed_the_limit(make_ledger: LedgerFactory) -> None:
+    clients = [await make_ledger() for _ in range(4)]
+    # Four ledgers at once, each a device asking for episode after episode: one slot per device at most.
+    batches = [
+        [admit(play(f"c{c}-r{i}", video=f"ep{i}", device=f"d{c % 3}", own_device=True), limit=2) for i in range(5)]
+        for c in range(len(clients))
+    ]
+    results = await asyncio.gather(*(c.decide(b) for c, b in zip(clients, batches, strict=True)))
+    assert all(o.decision.active <= 2 for batch in results for o in batch)
+    streams = await clients[0].streams("u1")
+    assert len(streams) <= 2
+    assert len({s.device_id for s in streams}) == len(streams)
+
+
 # ---- model-based: the ledger against the pure rule --------------------------------------------------------
 
 
@@ -220,7 +274,9 @@ class Model:
     streams: dict[str, list[Stream]] = field(default_factory=dict)
     decisions: dict[str, Decision] = field(default_factory=dict)
 
-    def admit(self, admission: Admission, now: float, stream_id: str | None) -> tuple[Decision, set[tuple[str, str]]]:
+    def admit(
+        self, admission: Admission, now: float, stream_id: str | None
+    ) -> tuple[Decision, set[tuple[str, str]], tuple[Stream, ...]]:
         request = admission.request
         verdict = decide(
             request,
@@ -234,7 +290,8 @@ class Model:
         )
         self.streams[request.user_id] = list(verdict.streams)
         self.decisions.setdefault(request.request_id, verdict.decision)
-        return verdict.decision, {(e.stream.id, e.reason.value) for e in verdict.ended}
+        ended = {(e.stream.id, e.reason.value) for e in verdict.ended}
+        return verdict.decision, ended, verdict.conflicts
 
     def live(self, user_id: str, now: float) -> list[Stream]:
         return sorted((s for s in self.streams.get(user_id, []) if s.live(now)), key=lambda s: (s.started_at, s.id))
@@ -259,15 +316,19 @@ async def step_admit(ledger: Ledger, model: Model, rng: random.Random, now: floa
             counter[0] += 1
             own = model.streams.get(user, [])
             replace_id = rng.choice(own).id if own and rng.random() < 0.2 else None
-            request = play(f"r{counter[0]}", user, rng.choice(VIDEOS), rng.choice(DEVICES), replace_id)
+            own_device = rng.random() < 0.5
+            request = play(
+                f"r{counter[0]}", user, rng.choice(VIDEOS), rng.choice(DEVICES), replace_id, own_device=own_device
+            )
         limit = rng.choice((0, 1, 2, 2, 3, 3))
         batch.append(Admission(request, Quota(limit, disabled=rng.random() < 0.05, exists=rng.random() > 0.03)))
     outcomes = await ledger.decide(batch)
     assert len(outcomes) == len(batch)
     for admission, outcome in zip(batch, outcomes, strict=True):
-        expected, expected_ended = model.admit(admission, now, outcome.decision.stream_id)
+        expected, expected_ended, expected_conflicts = model.admit(admission, now, outcome.decision.stream_id)
         assert outcome.decision == expected
         assert ended_set(outcome.ended) == expected_ended
+        assert outcome.conflicts == expected_conflicts
 
 
 async def step_heartbeat(ledger: Ledger, model: Model, rng: random.Random, now: float) -> None:

@@ -15,8 +15,12 @@ NOW = 1_000.0
 LEASE_S = 90.0
 
 
-def request(rid: str = "r1", video: str = "v1", device: str = "d1", replace_id: str | None = None) -> PlayRequest:
-    return PlayRequest(rid, "u1", video, device, accepted_at=NOW, replace_stream_id=replace_id)
+def request(
+    rid: str = "r1", video: str = "v1", device: str = "d1", replace_id: str | None = None, *, own: bool = False
+) -> PlayRequest:
+    return PlayRequest(
+        rid, "u1", video, device, accepted_at=NOW, replace_stream_id=replace_id, replace_device_stream=own
+    )
 
 
 def stream(sid: str, video: str = "v1", device: str = "dx", started: float = 0.0, expires: float = NOW + 10) -> Stream:
@@ -120,6 +124,26 @@ CASES = [
         2,
     ),
     (
+        "next episode on the same device replaces its own stream at the limit",
+        [stream("ep1", device="d1", video="v2")],
+        Quota(1),
+        request(device="d1", video="v1", own=True),
+        Policy.deny,
+        Status.allowed,
+        None,
+        1,
+    ),
+    (
+        "one stream per device does not reach other devices' streams",
+        [stream("a", device="d2"), stream("b", device="d3")],
+        Quota(2),
+        request(device="d1", own=True),
+        Policy.deny,
+        Status.denied,
+        Reason.limit_reached,
+        2,
+    ),
+    (
         "over the limit after it was lowered: still denied, nothing ended",
         [stream("a"), stream("b"), stream("c")],
         Quota(1),
@@ -184,6 +208,25 @@ def test_eviction_and_replacement_are_reported_as_ended() -> None:
     assert [(e.stream.id, e.reason) for e in replaced.ended] == [("new", Reason.replaced)]
 
 
+def test_the_next_episode_ends_the_previous_one_as_replaced() -> None:
+    ep1 = stream("ep1", device="d1", video="v2")
+    verdict = decide(
+        request(device="d1", own=True), streams=[ep1], quota=Quota(1), now=NOW, lease_s=LEASE_S, new_stream_id="ep2"
+    )
+    assert [(e.stream.id, e.reason) for e in verdict.ended] == [("ep1", Reason.replaced)]
+    assert [s.id for s in verdict.streams] == ["ep2"]
+
+
+def test_a_denial_at_the_limit_carries_the_streams_holding_it_oldest_first() -> None:
+    held = [stream("b", started=5), stream("a", started=1)]
+    verdict = decide(request(), streams=held, quota=Quota(2), now=NOW, lease_s=LEASE_S, new_stream_id="s")
+    assert [s.id for s in verdict.conflicts] == ["a", "b"]
+    disabled = decide(
+        request(), streams=held, quota=Quota(2, disabled=True), now=NOW, lease_s=LEASE_S, new_stream_id="s"
+    )
+    assert disabled.conflicts == ()
+
+
 def test_expired_streams_are_reported_as_ended() -> None:
     gone = stream("gone", expires=NOW - 5)
     verdict = decide(request(), streams=[gone], quota=Quota(1), now=NOW, lease_s=LEASE_S, new_stream_id="s")
@@ -226,11 +269,13 @@ ops = st.lists(
     limit=st.integers(min_value=0, max_value=4),
     policy=st.sampled_from(list(Policy)),
     lease_s=st.floats(min_value=1, max_value=60),
+    one_per_device=st.booleans(),
 )
 def test_properties_over_any_sequence(
-    ops: list[tuple[str, str, str, float]], limit: int, policy: Policy, lease_s: float
+    ops: list[tuple[str, str, str, float]], limit: int, policy: Policy, lease_s: float, one_per_device: bool
 ) -> None:
-    """Never over the limit; a request decided twice gets the same answer; re-use takes no slot."""
+    """Never over the limit; a request decided twice gets the same answer; re-use takes no slot; with one stream
+    per device, a device never holds two."""
     now = 0.0
     streams: tuple[Stream, ...] = ()
     decided: dict[str, tuple[PlayRequest, object]] = {}
@@ -256,7 +301,7 @@ def test_properties_over_any_sequence(
             assert verdict.decision == decision
             streams = verdict.streams
             continue
-        req = PlayRequest(f"r{n}", "u1", video, device, accepted_at=now)
+        req = PlayRequest(f"r{n}", "u1", video, device, accepted_at=now, replace_device_stream=one_per_device)
         live_before = [s for s in streams if s.live(now)]
         playing_same = any(s.device_id == device and s.video_id == video for s in live_before)
         verdict = decide(
@@ -273,3 +318,5 @@ def test_properties_over_any_sequence(
             assert len(streams) == len(live_before), "re-use takes no new slot"
         if verdict.decision.status is Status.allowed:
             assert verdict.decision.stream_id in {s.id for s in streams}
+        if one_per_device:
+            assert len({s.device_id for s in streams}) == len(streams), "one stream per device"

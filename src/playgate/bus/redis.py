@@ -59,6 +59,8 @@ def request_to_json(request: PlayRequest) -> str:
             "dev": request.device_id,
             "at": request.accepted_at,
             "rep": request.replace_stream_id,
+            "dn": request.device_name,
+            "own": request.replace_device_stream,
         }
     ).decode()
 
@@ -73,6 +75,8 @@ def request_from_json(raw: str | bytes) -> PlayRequest:
         device_id=str(body["dev"]),
         accepted_at=float(body["at"]),
         replace_stream_id=body.get("rep"),
+        device_name=str(body.get("dn") or ""),
+        replace_device_stream=bool(body.get("own", False)),
     )
 
 

@@ -62,6 +62,7 @@ class StreamRow(Base):
     device_id: Mapped[str] = mapped_column(String(200))
     started_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float, index=True)
+    device_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
 
 class DecisionRow(Base):

@@ -1,7 +1,7 @@
 """The Redis ledger: each user's streams in one hash under a `{user id}` hash tag, decided by Lua scripts.
 
 Keys (all under PREFIX; their names are kept in playgate.connections, shared with the bus):
-- `playgate:{<user id>}:streams` hash, stream id -> JSON [video id, device id, started_at, expires_at];
+- `playgate:{<user id>}:streams` hash, stream id -> JSON [video id, device id, started_at, expires_at, device name];
 - `playgate:{<user id>}:key:<idempotency key>` JSON {request id, video id}, kept decision_ttl_s;
 - `playgate:decision:<request id>` the decision, JSON, kept decision_ttl_s;
 - `playgate:leases` sorted set of every stream id by expires_at, for the sweeper and the active count.
@@ -66,7 +66,8 @@ def _script(name: str) -> str:
 
 
 def _stream_from(stream_id: str, user_id: str, fields: Sequence[Any]) -> Stream:
-    """A Stream from the JSON list [video id, device id, started_at, expires_at] the scripts keep."""
+    """A Stream from the JSON list [video id, device id, started_at, expires_at, device name?] the scripts keep
+    (streams kept before device names have four fields)."""
     return Stream(
         id=stream_id,
         user_id=user_id,
@@ -74,14 +75,20 @@ def _stream_from(stream_id: str, user_id: str, fields: Sequence[Any]) -> Stream:
         device_id=str(fields[1]),
         started_at=parse_time(fields[2]),
         expires_at=parse_time(fields[3]),
+        device_name=str(fields[4]) if len(fields) > 4 else "",
     )
 
 
 def _outcome_from(raw: str, user_id: str) -> Outcome:
     reply = orjson.loads(raw)
-    ended_rows = reply.get("ended") or []  # cjson writes an empty list as {}
-    ended = tuple(EndedStream(_stream_from(row[0], user_id, row[1:5]), Reason(row[5])) for row in ended_rows)
-    return Outcome(decision_from_json(reply["decision"]), ended)
+    # cjson writes an empty list as {}; a row is [stream id, video id, device id, started_at, expires_at, reason,
+    # device name]
+    ended = tuple(
+        EndedStream(_stream_from(row[0], user_id, [*row[1:5], *row[6:]]), Reason(row[5]))
+        for row in reply.get("ended") or []
+    )
+    conflicts = tuple(_stream_from(row[0], user_id, [*row[1:5], *row[6:]]) for row in reply.get("conflicts") or [])
+    return Outcome(decision_from_json(reply["decision"]), ended, conflicts)
 
 
 class RedisLedger:
@@ -121,6 +128,8 @@ class RedisLedger:
                 quota.limit,
                 "1" if quota.disabled else "0",
                 "1" if quota.exists else "0",
+                "1" if request.replace_device_stream else "0",
+                request.device_name,
             ]
         )
 
@@ -212,7 +221,7 @@ class RedisLedger:
         async with translate_redis_errors():
             raw = await self._stop(keys=[streams_key(user_id), LEASES_KEY], args=args)
         rows = orjson.loads(raw) or []
-        stopped = [_stream_from(row[0], user_id, row[1:5]) for row in rows]
+        stopped = [_stream_from(row[0], user_id, row[1:]) for row in rows]
         return by_age(stopped)
 
     async def sweep(self) -> list[EndedStream]:

@@ -42,31 +42,35 @@ INSERT_DECISION = (
 )
 KEEP_DECISION = INSERT_DECISION + " ON CONFLICT DO NOTHING"
 SELECT_USERS_STREAMS = (
-    "SELECT id, user_id, video_id, device_id, started_at, expires_at FROM streams "
+    "SELECT id, user_id, video_id, device_id, started_at, expires_at, device_name FROM streams "
     "WHERE user_id IN (SELECT value FROM json_each(?))"
 )
 SELECT_LIVE_STREAMS = (
-    "SELECT id, user_id, video_id, device_id, started_at, expires_at FROM streams "
+    "SELECT id, user_id, video_id, device_id, started_at, expires_at, device_name FROM streams "
     "WHERE user_id = ? AND expires_at > ? ORDER BY started_at, id"
 )
 SELECT_STREAM = (
-    "SELECT id, user_id, video_id, device_id, started_at, expires_at FROM streams WHERE id = ? AND expires_at > ?"
+    "SELECT id, user_id, video_id, device_id, started_at, expires_at, device_name FROM streams "
+    "WHERE id = ? AND expires_at > ?"
 )
 INSERT_STREAM = (
-    "INSERT INTO streams (id, user_id, video_id, device_id, started_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO streams (id, user_id, video_id, device_id, started_at, expires_at, device_name) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 DELETE_STREAMS = "DELETE FROM streams WHERE id IN (SELECT value FROM json_each(?))"
 RENEW_STREAM = "UPDATE streams SET expires_at = ? WHERE id = ?"
 HEARTBEAT = (
     "UPDATE streams SET expires_at = ?1 WHERE id = ?2 AND expires_at > ?3 AND (?4 IS NULL OR user_id = ?4) "
-    "RETURNING id, user_id, video_id, device_id, started_at, expires_at"
+    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name"
 )
 STOP = (
     "DELETE FROM streams WHERE user_id = ?1 AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2))) "
-    "AND (?3 IS NULL OR video_id = ?3) RETURNING id, user_id, video_id, device_id, started_at, expires_at"
+    "AND (?3 IS NULL OR video_id = ?3) "
+    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name"
 )
 SWEEP_STREAMS = (
-    "DELETE FROM streams WHERE expires_at <= ? RETURNING id, user_id, video_id, device_id, started_at, expires_at"
+    "DELETE FROM streams WHERE expires_at <= ? "
+    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name"
 )
 SWEEP_DECISIONS = "DELETE FROM decisions WHERE decided_at < ?"
 SWEEP_KEYS = "DELETE FROM idempotency_keys WHERE created_at < ?"
@@ -79,7 +83,15 @@ SELECT_KEY = "SELECT request_id, video_id FROM idempotency_keys WHERE user_id = 
 
 
 def _stream(row: Sequence[Any]) -> Stream:
-    return Stream(id=row[0], user_id=row[1], video_id=row[2], device_id=row[3], started_at=row[4], expires_at=row[5])
+    return Stream(
+        id=row[0],
+        user_id=row[1],
+        video_id=row[2],
+        device_id=row[3],
+        started_at=row[4],
+        expires_at=row[5],
+        device_name=row[6],
+    )
 
 
 def _decision(row: Sequence[Any]) -> Decision:
@@ -115,7 +127,7 @@ def _decision_values(d: Decision) -> tuple[Any, ...]:
 
 
 def _stream_values(s: Stream) -> tuple[Any, ...]:
-    return (s.id, s.user_id, s.video_id, s.device_id, s.started_at, s.expires_at)
+    return (s.id, s.user_id, s.video_id, s.device_id, s.started_at, s.expires_at, s.device_name)
 
 
 def _json_list(values: Iterable[str]) -> bytes:
@@ -217,7 +229,7 @@ class SqlLedger:
                     # A duplicate later in the same batch gets this decision as its prior.
                     priors[request.request_id] = verdict.decision
                     fresh.append(_decision_values(verdict.decision))
-                outcomes.append(Outcome(verdict.decision, verdict.ended))
+                outcomes.append(Outcome(verdict.decision, verdict.ended, verdict.conflicts))
             self._write_diff(conn, before, after)
             if fresh:
                 conn.executemany(INSERT_DECISION, fresh)

@@ -1,13 +1,13 @@
 --[[
 stop.lua: end some or all of one user's streams.
 
-KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at])
+KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at, name?])
 KEYS[2]  the lease index: sorted set playgate:leases (member stream id, score expires_at)
 ARGV[1]  now, epoch seconds
 ARGV[2]  only streams of this video id; "" for any video
 ARGV[3]  "ids" to end only the stream ids in ARGV[4..], "all" to end every stream of the user
 
-Returns a JSON list of [stream id, video id, device id, started_at, expires_at] of the ended streams whose lease had
+Returns a JSON list of [stream id, video id, device id, started_at, expires_at, device name] of the ended streams whose lease had
 not run out (expired ones are deleted too, but they were no longer active).
 ]]
 
@@ -28,7 +28,7 @@ for i = 1, #raw, 2 do
         redis.call('HDEL', KEYS[1], id)
         redis.call('ZREM', KEYS[2], id)
         if tonumber(v[4]) > now then
-            stopped[#stopped + 1] = {id, v[1], v[2], v[3], v[4]}
+            stopped[#stopped + 1] = {id, v[1], v[2], v[3], v[4], v[5] or ''}
         end
     end
 end
