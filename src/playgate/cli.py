@@ -66,12 +66,12 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
     from playgate.api.app import create_app  # heavy import, only for commands that serve
 
     try:
-        preflight(settings)
+        secret = preflight(settings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _logging(settings)
     config = uvicorn.Config(
-        create_app(settings, role=role),
+        create_app(settings, role=role, secret=secret),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -122,10 +122,6 @@ def _distributed_only(command: str, **overrides: Any) -> Settings:
             f"playgate {command} runs beside other processes and needs PLAYGATE_REDIS_URL; "
             "for one process use `playgate serve`"
         )
-    try:
-        preflight(settings)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
     return settings
 
 

@@ -15,6 +15,11 @@ class PlayGateError(Exception):
         self.detail = detail
         self.extra = extra
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the problem document (`Retry-After`, say)."""
+        return {}
+
 
 class ConfigError(PlayGateError):
     """A setting is missing or wrong; start-up stops with this one line."""

@@ -9,13 +9,14 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate.bus.local import LocalFanout, LocalQueue
-from playgate.bus.protocol import Emitter, Fanout, RequestQueue
+from playgate.bus.protocol import Emitter, Fanout, ListeningFanout, RequestQueue, SharedQueue
 from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.service import Catalog
@@ -31,6 +32,7 @@ from playgate.metrics import Metrics
 from playgate.probes import ProbeServer, probe_app
 from playgate.security import PlaybackTokens, TokenIssuer
 from playgate.service import PlayGate
+from playgate.throttle import LoginThrottle
 from playgate.worker import MAX_ATTEMPTS, Worker
 
 log = logging.getLogger("playgate")
@@ -38,8 +40,9 @@ log = logging.getLogger("playgate")
 DEMO_USER_NAMES = ("user1", "user2", "user3")
 
 
-def preflight(settings: Settings) -> None:
-    """Refuse settings this process cannot run with, in one line naming the variable (ConfigError)."""
+def preflight(settings: Settings) -> str:
+    """Refuse settings this process cannot run with, in one line naming the variable (ConfigError); else the
+    JWT signing key, resolved once for the process (PLAYGATE_JWT_SECRET, or the one kept in the data dir)."""
     problems = security_problems(settings)
     if problems:
         raise ConfigError(problems[0])
@@ -51,7 +54,7 @@ def preflight(settings: Settings) -> None:
         raise ConfigError(
             "PLAYGATE_DATABASE_URL: the embedded deployment keeps its ledger in SQLite; use a sqlite+aiosqlite URL"
         )
-    jwt_secret(settings)
+    return jwt_secret(settings)
 
 
 def open_catalog(settings: Settings, clock: Callable[[], float]) -> tuple[AsyncEngine, Catalog]:
@@ -129,14 +132,15 @@ def open_backends(
 
 @dataclass
 class Runtime:
-    """The running parts of one process, and the tasks to stop at shutdown."""
+    """The running parts of one process; it owns what it opened and closes it, in reverse order, at stop."""
 
     gate: PlayGate
-    engine: AsyncEngine
+    catalog: Catalog
+    metrics: Metrics
     worker: Worker
     content: ContentGate
-    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stack: AsyncExitStack
+    consumer: str = ""
 
     @classmethod
     async def start(
@@ -148,68 +152,99 @@ class Runtime:
         clock: Callable[[], float],
         migrate: bool = True,
         role: Role = Role.serve,
+        secret: str | None = None,
     ) -> Runtime:
-        """Check the settings, migrate, prepare the catalogue, and start the worker and sweeper tasks."""
-        preflight(settings)
-        url = settings.resolved_database_url
+        """Check the settings (unless the caller did: `secret` is then preflight's answer), migrate, open the
+        backends, prepare the catalogue, and start the worker and sweeper tasks. A failed start closes what it
+        had opened."""
+        secret = preflight(settings) if secret is None else secret
         if settings.auth is AuthMode.disabled:
             log.warning("PLAYGATE_AUTH=disabled: callers are believed on ?user=; for the seed's test UI only")
-        tokens = TokenIssuer(jwt_secret(settings), settings.token_ttl_s)
-        if migrate:
-            await upgrade(url)
-        engine, catalog = open_catalog(settings, clock)
-        if role is not Role.worker:  # workers start beside API processes that already did this
-            await prepare_catalog(settings, catalog)
-        playback = PlaybackTokens(jwt_secret(settings), settings.playback_token_ttl_s)
-        ledger, queue, fanout = open_backends(
-            settings, emitter, lambda decision: playback_url(playback, decision, clock()), clock
-        )
-        if isinstance(fanout, RedisFanout) and role is not Role.worker:
-            await fanout.start()  # this process's ?wait= callers are woken by decisions of any worker
-        gate = PlayGate(
-            settings=settings,
-            catalog=catalog,
-            ledger=ledger,
-            queue=queue,
-            fanout=fanout,
-            tokens=tokens,
-            metrics=metrics,
-            clock=clock,
-        )
-        worker = Worker(
-            queue=queue,
-            ledger=ledger,
-            fanout=fanout,
-            catalog=catalog,
-            metrics=metrics,
-            clock=clock,
-            batch_size=settings.batch_size,
-            sweep_interval_s=settings.sweep_interval_s,
-        )
-        library = MediaLibrary(settings.resolved_media_dir)
-        content = ContentGate(gate=gate, tokens=playback, library=library, clock=clock)
-        runtime = cls(gate=gate, engine=engine, worker=worker, content=content)
-        if role is not Role.api:
-            runtime.tasks += [
-                asyncio.create_task(worker.run(runtime.stop_event), name="playgate-worker"),
-                asyncio.create_task(worker.sweep_forever(runtime.stop_event), name="playgate-sweeper"),
-            ]
-        if role is not Role.worker:
-            # Clips are made in the background: start-up does not wait, a first media request waits for its own.
-            runtime.tasks.append(asyncio.create_task(_prepare_media(library, catalog), name="playgate-media"))
+        async with AsyncExitStack() as stack:
+            if migrate:
+                await upgrade(settings.resolved_database_url)
+            engine, catalog = open_catalog(settings, clock)
+            stack.push_async_callback(engine.dispose)
+            stack.push_async_callback(catalog.close)
+            if role is not Role.worker:  # workers start beside API processes that already did this
+                await prepare_catalog(settings, catalog)
+            playback = PlaybackTokens(secret, settings.playback_token_ttl_s)
+            ledger, queue, fanout = open_backends(
+                settings, emitter, lambda decision: playback_url(playback, decision, clock()), clock
+            )
+            for backend in (ledger, queue, fanout):
+                stack.push_async_callback(backend.close)
+            if isinstance(fanout, ListeningFanout) and role is not Role.worker:
+                await fanout.start()  # this process's ?wait= callers are woken by decisions of any worker
+            throttle = LoginThrottle(settings, clock=clock)
+            stack.push_async_callback(throttle.close)
+            gate = PlayGate(
+                settings=settings,
+                catalog=catalog,
+                ledger=ledger,
+                queue=queue,
+                fanout=fanout,
+                tokens=TokenIssuer(secret, settings.token_ttl_s),
+                throttle=throttle,
+                metrics=metrics,
+                clock=clock,
+            )
+            worker = Worker(
+                queue=queue,
+                ledger=ledger,
+                fanout=fanout,
+                catalog=catalog,
+                metrics=metrics,
+                clock=clock,
+                batch_size=settings.batch_size,
+                sweep_interval_s=settings.sweep_interval_s,
+            )
+            library = MediaLibrary(settings.resolved_media_dir)
+            content = ContentGate(gate=gate, tokens=playback, library=library, clock=clock)
+            stack.push_async_callback(_stop_tasks, _start_tasks(role, worker, library, catalog), queue)
+            runtime = cls(
+                gate=gate,
+                catalog=catalog,
+                metrics=metrics,
+                worker=worker,
+                content=content,
+                stack=stack.pop_all(),
+                consumer=queue.consumer if isinstance(queue, SharedQueue) else "",
+            )
         return runtime
 
     async def stop(self) -> None:
         """Let the worker finish what is queued (distributed: its batch in hand), then close every connection."""
-        if isinstance(self.gate.queue, RedisQueue):
-            self.gate.queue.stop_reading()  # the other workers take what is still queued
-        self.stop_event.set()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.gate.fanout.close()
-        await self.gate.queue.close()
-        await self.gate.ledger.close()
-        await self.gate.catalog.close()
-        await self.engine.dispose()
+        await self.stack.aclose()
+
+
+@dataclass
+class _Tasks:
+    stop: asyncio.Event
+    running: list[asyncio.Task[None]]
+
+
+def _start_tasks(role: Role, worker: Worker, library: MediaLibrary, catalog: Catalog) -> _Tasks:
+    """The process's background tasks: worker and sweeper (unless an API process), the demo media (unless a
+    worker process)."""
+    tasks = _Tasks(asyncio.Event(), [])
+    if role is not Role.api:
+        tasks.running += [
+            asyncio.create_task(worker.run(tasks.stop), name="playgate-worker"),
+            asyncio.create_task(worker.sweep_forever(tasks.stop), name="playgate-sweeper"),
+        ]
+    if role is not Role.worker:
+        # Clips are made in the background: start-up does not wait, a first media request waits for its own.
+        tasks.running.append(asyncio.create_task(_prepare_media(library, catalog), name="playgate-media"))
+    return tasks
+
+
+async def _stop_tasks(tasks: _Tasks, queue: RequestQueue) -> None:
+    """Stop the background tasks; the worker decides what it holds (embedded: all that is queued) first."""
+    if isinstance(queue, SharedQueue):
+        queue.stop_reading()  # the other workers take what is still queued
+    tasks.stop.set()
+    await asyncio.gather(*tasks.running, return_exceptions=True)
 
 
 async def run_worker(settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
@@ -227,11 +262,11 @@ async def run_worker(settings: Settings, *, clock: Callable[[], float] = time.ti
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker %s started", runtime.gate.queue.consumer if isinstance(runtime.gate.queue, RedisQueue) else "")
+    log.info("worker %s started", runtime.consumer)
     probes = None
     if settings.metrics_port is not None:
         # /healthz, /readyz and /metrics for Prometheus and the orchestrator's probes (PLAYGATE_METRICS_PORT).
-        app = probe_app(runtime.gate.metrics, runtime.gate.ready)
+        app = probe_app(runtime.metrics, runtime.gate.ready)
         probes = ProbeServer(app, host=settings.host, port=settings.metrics_port, log_level=settings.log_level)
     try:
         if probes is not None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from playgate.admission import over_limit
-from playgate.bus.protocol import Fanout, RequestQueue
+from playgate.bus.protocol import Fanout, RequestQueue, observe_queue
 from playgate.catalog.service import Catalog
 from playgate.config import AuthMode, Settings
 from playgate.domain import Decision, EndedStream, PlayRequest, Reason, Stream, User, new_id, own_device
@@ -16,6 +17,7 @@ from playgate.errors import Forbidden, Invalid, NotFound, Unauthorized
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
 from playgate.security import TokenIssuer
+from playgate.throttle import LoginThrottle, Throttled
 
 log = logging.getLogger("playgate.service")
 
@@ -54,6 +56,15 @@ class Readiness:
 
 
 @dataclass(frozen=True, slots=True)
+class Login:
+    """A logged-in user's access token and how long it is valid."""
+
+    access_token: str
+    expires_in_s: int
+    user: User
+
+
+@dataclass(frozen=True, slots=True)
 class PlayTicket:
     """A play request as the API answers it: its id, and its decision when already known."""
 
@@ -73,37 +84,47 @@ class PlayGate:
         queue: RequestQueue,
         fanout: Fanout,
         tokens: TokenIssuer,
+        throttle: LoginThrottle,
         metrics: Metrics,
         clock: Callable[[], float],
     ) -> None:
-        self.settings = settings
-        self.catalog = catalog
-        self.ledger = ledger
-        self.queue = queue
-        self.fanout = fanout
-        self.tokens = tokens
-        self.metrics = metrics
-        self.clock = clock
+        self._settings = settings
+        self._catalog = catalog
+        self._ledger = ledger
+        self._queue = queue
+        self._fanout = fanout
+        self._tokens = tokens
+        self._throttle = throttle
+        self._metrics = metrics
+        self._clock = clock
 
     # ---- who is calling ----------------------------------------------------------------------------
 
-    async def login(self, name: str, password: str) -> tuple[str, User]:
-        """A token for valid credentials; Unauthorized otherwise (same answer for any wrong part)."""
-        user = await self.catalog.authenticate(name, password)
+    async def login(self, name: str, password: str, address: str) -> Login:
+        """A token for valid credentials; Unauthorized otherwise (same answer for any wrong part), and Throttled
+        (429) once this name or this client address has used up its failed logins."""
+        try:
+            await self._throttle.check(name, address)
+        except Throttled as exc:
+            self._metrics.logins_throttled.labels(exc.limit).inc()
+            raise
+        user = await self._catalog.authenticate(name, password)
         if user is None:
+            await self._throttle.failed(name, address)
             raise Unauthorized("Wrong username or password.")
-        return self.tokens.issue(user.id, admin=user.is_admin, now=self.clock()), user
+        token = self._tokens.issue(user.id, admin=user.is_admin, now=self._clock())
+        return Login(token, self._tokens.ttl_s, user)
 
     async def principal(self, token: str | None, claimed_user: str | None = None) -> Principal:
         """The caller of a request: from the token, or (auth disabled) from `?user=`, believed."""
-        if self.settings.auth is AuthMode.disabled and not token:
+        if self._settings.auth is AuthMode.disabled and not token:
             user = await self._existing_user(claimed_user) if claimed_user else None
             return Principal(user=user, admin=True)
         if not token:
             raise Unauthorized("Send Authorization: Bearer <accessToken> (get one from POST /auth/token).")
-        claims = self.tokens.check(token)
+        claims = self._tokens.check(token)
         try:
-            user = await self.catalog.get_user(claims.user_id)
+            user = await self._catalog.get_user(claims.user_id)
         except NotFound:
             raise Unauthorized("The token's user no longer exists.") from None
         if user.disabled:
@@ -111,7 +132,15 @@ class PlayGate:
         return Principal(user=user, admin=claims.admin and user.is_admin)
 
     async def _existing_user(self, user_id: str) -> User:
-        return await self.catalog.get_user(user_id)
+        return await self._catalog.get_user(user_id)
+
+    def socket_opened(self) -> None:
+        """Count a connected socket (the `playgate_sockets_connected` gauge)."""
+        self._metrics.sockets.inc()
+
+    def socket_closed(self) -> None:
+        """Count a socket gone."""
+        self._metrics.sockets.dec()
 
     def acting_user(self, principal: Principal, user_id: str | None) -> str:
         """The user a seed route acts for: `?user=` must be the caller (or the caller an admin)."""
@@ -134,8 +163,8 @@ class PlayGate:
         wait_s: float = 0.0,
     ) -> PlayTicket:
         """Queue a play request (404 for an unknown user or video, before anything is queued)."""
-        user = await self.catalog.get_user(user_id)
-        await self.catalog.get_video(video_id)
+        user = await self._catalog.get_user(user_id)
+        await self._catalog.get_video(video_id)
 
         def request(request_id: str) -> PlayRequest:
             return PlayRequest(
@@ -143,14 +172,14 @@ class PlayGate:
                 user_id=user.id,
                 video_id=video_id,
                 device_id=device_id or own_device(request_id),
-                accepted_at=self.clock(),
+                accepted_at=self._clock(),
                 replace_stream_id=replace_stream_id,
-                replace_device_stream=self.settings.one_stream_per_device and device_id is not None,
+                replace_device_stream=self._settings.one_stream_per_device and device_id is not None,
             )
 
         request_id = new_id()
         if idempotency_key is not None:
-            claim = await self.ledger.claim_key(user.id, idempotency_key, request_id, video_id)
+            claim = await self._ledger.claim_key(user.id, idempotency_key, request_id, video_id)
             if not claim.created:
                 if claim.video_id != video_id:
                     raise Invalid(
@@ -162,8 +191,8 @@ class PlayGate:
 
     async def _replay(self, retry: PlayRequest, wait_s: float) -> PlayTicket:
         """A retry with a known key: the first request's decision, or its wait; re-queued if it was lost."""
-        decision = await self.ledger.decision(retry.request_id)
-        pending = await self.queue.pending(retry.request_id)
+        decision = await self._ledger.decision(retry.request_id)
+        pending = await self._queue.pending(retry.request_id)
         request = pending or retry
         if decision is not None:
             return PlayTicket(request, decision)
@@ -174,26 +203,26 @@ class PlayGate:
         return PlayTicket(request, await self._wait(request.request_id, wait_s))
 
     async def _submit(self, request: PlayRequest, wait_s: float) -> PlayTicket:
-        waiter = self.fanout.watch(request.request_id) if wait_s > 0 else None
+        waiter = self._fanout.watch(request.request_id) if wait_s > 0 else None
         try:
-            await self.queue.put(request)
-            self.metrics.requests_accepted.inc()
+            await self._queue.put(request)
+            self._metrics.requests_accepted.inc()
             decision = await self._await(waiter, wait_s) if waiter is not None else None
         finally:
             if waiter is not None:
-                self.fanout.unwatch(request.request_id, waiter)
+                self._fanout.unwatch(request.request_id, waiter)
         return PlayTicket(request, decision)
 
     async def _wait(self, request_id: str, wait_s: float) -> Decision | None:
         if wait_s <= 0:
             return None
-        waiter = self.fanout.watch(request_id)
+        waiter = self._fanout.watch(request_id)
         try:
             # Watch first, then look: a decision published in between is not missed.
-            decision = await self.ledger.decision(request_id)
+            decision = await self._ledger.decision(request_id)
             return decision or await self._await(waiter, wait_s)
         finally:
-            self.fanout.unwatch(request_id, waiter)
+            self._fanout.unwatch(request_id, waiter)
 
     @staticmethod
     async def _await(waiter: asyncio.Future[Decision], wait_s: float) -> Decision | None:
@@ -206,8 +235,8 @@ class PlayGate:
         """A request's decision, or the request while pending; 404 for others' and unknown requests."""
         # Pending first: a request leaves the queue only after its decision is committed, so looking the other
         # way round could miss it in between.
-        found: PlayRequest | Decision | None = await self.queue.pending(request_id)
-        found = found or await self.ledger.decision(request_id)
+        found: PlayRequest | Decision | None = await self._queue.pending(request_id)
+        found = found or await self._ledger.decision(request_id)
         if found is None or not principal.may_see(found.user_id):
             raise NotFound(f"No play request {request_id!r}.")
         return found
@@ -216,13 +245,18 @@ class PlayGate:
 
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's active streams, oldest first."""
-        return await self.ledger.streams(user_id)
+        return await self._ledger.streams(user_id)
+
+    async def user_streams(self, user_id: str) -> list[Stream]:
+        """Another user's active streams, oldest first; 404 for an unknown user."""
+        await self._catalog.get_user(user_id)
+        return await self._ledger.streams(user_id)
 
     async def heartbeat(self, principal: Principal, stream_id: str) -> Stream:
         """Renew one of the caller's streams (anyone's for an admin); 404 when it is no longer active."""
         owner = principal.user.id if principal.user is not None else None
         if principal.admin:
-            stream = await self.ledger.stream(stream_id)
+            stream = await self._ledger.stream(stream_id)
             owner = stream.user_id if stream is not None else owner
         if owner is None:
             raise NotFound(f"Stream {stream_id!r} is not active.")
@@ -236,21 +270,21 @@ class PlayGate:
         With `slack` (a fraction of the lease), a lease renewed less than that long ago is only checked, not
         written again: a player fetching many ranges a second costs one read each, and a write now and then.
         """
-        streams = await self.ledger.streams(user_id)
+        streams = await self._ledger.streams(user_id)
         stream = next((s for s in streams if s.id == stream_id), None)
         if stream is None:
             raise NotFound(f"Stream {stream_id!r} is not active.")
-        quota = (await self.catalog.quotas([user_id]))[user_id]
+        quota = (await self._catalog.quotas([user_id]))[user_id]
         if quota.disabled or not quota.exists:
-            await self._announce(await self.ledger.stop(None, user_id), Reason.user_disabled)
+            await self._end_all(user_id)
             raise NotFound(f"Stream {stream_id!r} has ended: the user is disabled.")
-        if len(streams) > quota.limit and stream.id in over_limit(streams, quota.limit, self.settings.policy):
-            await self._announce(await self.ledger.stop([stream.id], user_id), Reason.evicted)
+        if len(streams) > quota.limit and stream.id in over_limit(streams, quota.limit, self._settings.policy):
+            await self._announce(await self._ledger.stop([stream.id], user_id), Reason.evicted)
             raise NotFound(f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.")
-        lease_s = self.settings.stream_ttl_s
-        if stream.expires_at - self.clock() > lease_s * (1.0 - slack):
+        lease_s = self._settings.stream_ttl_s
+        if stream.expires_at - self._clock() > lease_s * (1.0 - slack):
             return stream
-        renewed = await self.ledger.heartbeat(stream_id, user_id)
+        renewed = await self._ledger.heartbeat(stream_id, user_id)
         if renewed is None:
             raise NotFound(f"Stream {stream_id!r} is not active.")
         return renewed
@@ -259,13 +293,13 @@ class PlayGate:
         """Stop one stream: the caller's own, or anyone's for an admin (announced `stopped_by_admin`)."""
         if principal.user is not None:
             # The common case, a player stopping its own stream: one ledger write, no lookup first.
-            stopped = await self.ledger.stop([stream_id], principal.user.id)
+            stopped = await self._ledger.stop([stream_id], principal.user.id)
             if stopped:
                 return stopped[0]
-        stream = await self.ledger.stream(stream_id) if principal.admin else None
+        stream = await self._ledger.stream(stream_id) if principal.admin else None
         if stream is None:
             raise NotFound(f"Stream {stream_id!r} is not active.")
-        stopped = await self.ledger.stop([stream_id], stream.user_id)
+        stopped = await self._ledger.stop([stream_id], stream.user_id)
         if not stopped:
             raise NotFound(f"Stream {stream_id!r} is not active.")
         await self._announce(stopped, Reason.stopped_by_admin)
@@ -273,18 +307,32 @@ class PlayGate:
 
     async def stop_streams(self, user_id: str, video_id: str | None = None) -> list[Stream]:
         """Stop all of a user's streams (of one video, if given)."""
-        return await self.ledger.stop(None, user_id, video_id)
+        return await self._ledger.stop(None, user_id, video_id)
 
     async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
         ended = [EndedStream(s, reason) for s in streams]
         if ended:
-            await self.fanout.announce(ended)
+            await self._fanout.announce(ended)
             for _ in ended:
-                self.metrics.streams_ended.labels(reason.value).inc()
+                self._metrics.streams_ended.labels(reason.value).inc()
 
-    async def disable_user(self, user_id: str) -> None:
-        """End a disabled user's streams at once, and tell their players why."""
-        await self._announce(await self.ledger.stop(None, user_id), Reason.user_disabled)
+    async def _end_all(self, user_id: str) -> None:
+        """End all of a disabled or deleted user's streams at once, and tell their players why."""
+        await self._announce(await self._ledger.stop(None, user_id), Reason.user_disabled)
+
+    # ---- users (admin) -----------------------------------------------------------------------------
+
+    async def update_user(self, user_id: str, changes: Mapping[str, Any]) -> User:
+        """Change a user; disabling one ends their streams at once (announced `user_disabled`)."""
+        user = await self._catalog.update_user(user_id, dict(changes))
+        if user.disabled:
+            await self._end_all(user.id)
+        return user
+
+    async def delete_user(self, user_id: str) -> None:
+        """Delete a user; their streams end with them (announced `user_disabled`)."""
+        await self._catalog.delete_user(user_id)
+        await self._end_all(user_id)
 
     # ---- health ------------------------------------------------------------------------------------
 
@@ -292,9 +340,9 @@ class PlayGate:
         """Each backend's state, "ok" or why not; the `playgate_ready` gauge follows (API and worker probes)."""
         checks: dict[str, str] = {}
         for name, ping in (
-            ("catalog", self.catalog.ping),
-            ("ledger", self.ledger.ping),
-            ("queue", self.queue.ping),
+            ("catalog", self._catalog.ping),
+            ("ledger", self._ledger.ping),
+            ("queue", self._queue.ping),
         ):
             try:
                 await asyncio.wait_for(ping(), 2.0)
@@ -302,5 +350,10 @@ class PlayGate:
             except Exception as exc:  # any failure means "not ready"; say which and why
                 checks[name] = f"{type(exc).__name__}: {exc}"
         readiness = Readiness(checks)
-        self.metrics.ready.set(1 if readiness.ok else 0)
+        self._metrics.ready.set(1 if readiness.ok else 0)
         return readiness
+
+    async def metrics_page(self) -> tuple[bytes, str]:
+        """This process's metrics in Prometheus text format, the queue gauges refreshed first; and its type."""
+        await observe_queue(self._queue, self._metrics)
+        return self._metrics.render(), self._metrics.content_type

@@ -39,6 +39,11 @@ class Throttled(PlayGateError):
         self.retry_after_s = retry_after_s
         self.limit = limit
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """When to try again."""
+        return {"Retry-After": str(self.retry_after_s)}
+
 
 def storage_url(settings: Settings) -> str:
     """Where the counters live: Redis when the deployment has it, else this process's memory."""

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from playgate.admission import denied
-from playgate.bus.protocol import Delivery, Fanout, QueueBacklog, RequestQueue
+from playgate.bus.protocol import Delivery, Fanout, RequestQueue, observe_queue
 from playgate.catalog.service import Catalog
 from playgate.domain import Admission, Decision, Outcome, Reason
 from playgate.errors import Unavailable
@@ -182,7 +182,4 @@ class Worker:
             for item in ended:
                 self._metrics.streams_ended.labels(item.reason.value).inc()
         self._metrics.active_streams.set(await self._ledger.count_active())
-        self._metrics.queue_depth.set(await self._queue.depth())
-        if isinstance(self._queue, QueueBacklog):
-            self._metrics.queue_pending.set(await self._queue.pending_count())
-            self._metrics.queue_dead_letters.set(await self._queue.dead_letter_count())
+        await observe_queue(self._queue, self._metrics)

@@ -23,7 +23,6 @@ from playgate.config import Settings
 from playgate.metrics import Metrics
 from playgate.runtime import Role, Runtime
 from playgate.service import PlayGate
-from playgate.throttle import LoginThrottle
 
 DESCRIPTION = """PlayGate decides whether a user may start one more video stream, and tells the player.
 
@@ -37,8 +36,14 @@ SOCKET_PATH = "socket.io"
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, role: Role = Role.serve) -> ASGIApp:
-    """The whole PlayGate process as one ASGI app: HTTP routes, Socket.IO, worker and sweeper tasks."""
+def create_app(
+    settings: Settings, *, clock: Callable[[], float] = time.time, role: Role = Role.serve, secret: str | None = None
+) -> ASGIApp:
+    """The whole PlayGate process as one ASGI app: HTTP routes, Socket.IO, worker and sweeper tasks.
+
+    `secret` is the JWT key preflight resolved, when the caller ran it (the CLI does, to refuse bad settings before
+    the server starts); without it the app's start-up runs preflight itself.
+    """
     metrics = Metrics()
     manager = socket_manager(settings.redis_url) if settings.redis_url is not None else None
     sio = create_server(socket_origins(settings), client_manager=manager)
@@ -46,15 +51,14 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, ro
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(
-            settings, emitter=sio, metrics=metrics, clock=clock, migrate=role is Role.serve, role=role
+            settings, emitter=sio, metrics=metrics, clock=clock, migrate=role is Role.serve, role=role, secret=secret
         )
         app.state.gate = runtime.gate
+        app.state.catalog = runtime.catalog
         app.state.content = runtime.content
-        app.state.login_throttle = LoginThrottle(settings, clock=clock)
         try:
             yield
         finally:
-            await app.state.login_throttle.close()
             await runtime.stop()
 
     api = FastAPI(title="PlayGate", version=__version__, description=DESCRIPTION, lifespan=lifespan)

@@ -1,4 +1,5 @@
-"""Dependencies of the routes: the application service and the caller (`GateDep`, `Caller`, `Admin`)."""
+"""Dependencies of the routes: the application service, the catalogue and the caller (`GateDep`, `CatalogDep`,
+`Caller`, `Admin`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from playgate.catalog.service import Catalog
 from playgate.errors import Forbidden
 from playgate.media import ContentGate
 from playgate.service import PlayGate, Principal
@@ -22,6 +24,15 @@ async def get_gate(request: Request) -> PlayGate:
 
 
 GateDep = Annotated[PlayGate, Depends(get_gate)]
+
+
+async def get_catalog(request: Request) -> Catalog:
+    """The catalogue of this app, for the routes that only read or edit users, videos and plans."""
+    catalog: Catalog = request.app.state.catalog
+    return catalog
+
+
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 
 
 async def get_content(request: Request) -> ContentGate:

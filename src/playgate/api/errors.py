@@ -48,7 +48,9 @@ async def _playgate_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PlayGateError)
     if exc.status >= 500:
         log.warning("%s: %s", type(exc).__name__, exc.detail)
-    return problem(exc.status, exc.title, exc.detail, **exc.extra)
+    response = problem(exc.status, exc.title, exc.detail, **exc.extra)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

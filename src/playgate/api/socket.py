@@ -65,11 +65,11 @@ def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> None:
         environ.pop("wsgi.input", None)
         await sio.save_session(sid, {"user_id": principal.user.id, "admin": principal.admin})
         await sio.enter_room(sid, user_room(principal.user.id))
-        gate().metrics.sockets.inc()
+        gate().socket_opened()
 
     @sio.event  # type: ignore[untyped-decorator]
     async def disconnect(sid: str, *_args: Any) -> None:
-        gate().metrics.sockets.dec()
+        gate().socket_closed()
 
     @sio.on("heartbeat")  # type: ignore[untyped-decorator]
     async def heartbeat(sid: str, data: Any = None) -> dict[str, Any]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason
+from playgate.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,43 @@ class QueueBacklog(Protocol):
     async def dead_letter_count(self) -> int:
         """Requests set aside after too many failed deliveries."""
         ...
+
+
+@runtime_checkable
+class SharedQueue(Protocol):
+    """A queue other workers read too: one stopping hands what it has not taken to them."""
+
+    consumer: str
+
+    def stop_reading(self) -> None:
+        """Take nothing new; what is still queued is left to the other consumers."""
+        ...
+
+
+@runtime_checkable
+class ListeningFanout(Protocol):
+    """A fan-out that must listen before `?wait=` callers of this process hear other processes' decisions."""
+
+    async def start(self, ready_timeout_s: float = 5.0) -> None:
+        """Start listening; return once subscribed (or after ready_timeout_s)."""
+        ...
+
+
+@runtime_checkable
+class BatchingEmitter(Protocol):
+    """An Emitter that can send the emits of a block in one round trip."""
+
+    def batch(self) -> AbstractAsyncContextManager[None]:
+        """Collect the emits made inside the block and send them at its end."""
+        ...
+
+
+async def observe_queue(queue: RequestQueue, metrics: Metrics) -> None:
+    """Refresh the queue gauges: its depth, and its backlog when it is a queue that has one."""
+    metrics.queue_depth.set(await queue.depth())
+    if isinstance(queue, QueueBacklog):
+        metrics.queue_pending.set(await queue.pending_count())
+        metrics.queue_dead_letters.set(await queue.dead_letter_count())
 
 
 class Emitter(Protocol):

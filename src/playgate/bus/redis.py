@@ -26,7 +26,7 @@ import socketio
 from redis import exceptions as redis_errors
 from redis.typing import EncodableT, FieldT
 
-from playgate.bus.protocol import Delivery, Emitter, EmittingFanout
+from playgate.bus.protocol import BatchingEmitter, Delivery, Emitter, EmittingFanout
 from playgate.connections import (
     CONNECT_TIMEOUT_S,
     DEAD_LETTER_KEY,
@@ -367,7 +367,7 @@ class RedisFanout(EmittingFanout):
         payload = orjson.dumps([decision_to_json(o.decision) for o in outcomes])
         async with translate_redis_errors():
             await self._redis.publish(DECISIONS_CHANNEL, payload)
-        batch = self._emitter.batch() if isinstance(self._emitter, BatchingRedisManager) else contextlib.nullcontext()
+        batch = self._emitter.batch() if isinstance(self._emitter, BatchingEmitter) else contextlib.nullcontext()
         async with batch:
             await self._emit(outcomes)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from playgate.api.deps import Admin, GateDep
+from playgate.api.deps import Admin, CatalogDep, GateDep
 from playgate.api.errors import problem_responses
 from playgate.api.schemas import (
     Id,
@@ -38,24 +38,24 @@ PlanId = Annotated[Id, Path(alias="planId")]
 
 
 @router.get("/users", summary="List users", responses=ERRORS)
-async def list_users(gate: GateDep, _admin: Admin) -> list[UserOut]:
+async def list_users(catalog: CatalogDep, _admin: Admin) -> list[UserOut]:
     """Every user."""
-    return [UserOut.of(u) for u in await gate.catalog.list_users()]
+    return [UserOut.of(u) for u in await catalog.list_users()]
 
 
 @router.post("/users", status_code=201, summary="Create a user", responses=ERRORS)
-async def create_user(body: UserIn, gate: GateDep, _admin: Admin) -> UserOut:
+async def create_user(body: UserIn, catalog: CatalogDep, _admin: Admin) -> UserOut:
     """201 with the new user; the server assigns the id."""
-    user = await gate.catalog.create_user(
+    user = await catalog.create_user(
         name=body.name, password=body.password, limit=body.limit, plan=body.plan, disabled=body.disabled
     )
     return UserOut.of(user)
 
 
 @router.get("/users/{userId}", summary="One user", responses=ERRORS)
-async def get_user(user_id: UserId, gate: GateDep, _admin: Admin) -> UserOut:
+async def get_user(user_id: UserId, catalog: CatalogDep, _admin: Admin) -> UserOut:
     """A user."""
-    return UserOut.of(await gate.catalog.get_user(user_id, fresh=True))
+    return UserOut.of(await catalog.get_user(user_id, fresh=True))
 
 
 @router.patch(
@@ -66,75 +66,71 @@ async def get_user(user_id: UserId, gate: GateDep, _admin: Admin) -> UserOut:
 )
 async def update_user(user_id: UserId, body: UserPatch, gate: GateDep, _admin: Admin) -> UserOut:
     """200 with the changed user."""
-    user = await gate.catalog.update_user(user_id, body.model_dump(exclude_unset=True, by_alias=False))
-    if user.disabled:
-        await gate.disable_user(user.id)
-    return UserOut.of(user)
+    return UserOut.of(await gate.update_user(user_id, body.model_dump(exclude_unset=True, by_alias=False)))
 
 
 @router.delete("/users/{userId}", status_code=204, response_class=Response, summary="Delete a user", responses=ERRORS)
 async def delete_user(user_id: UserId, gate: GateDep, _admin: Admin) -> Response:
     """204; the user's streams end with them."""
-    await gate.catalog.delete_user(user_id)
-    await gate.disable_user(user_id)
+    await gate.delete_user(user_id)
     return Response(status_code=204)
 
 
 @router.get("/videos", summary="List videos", responses=ERRORS)
-async def list_videos(gate: GateDep, _admin: Admin) -> list[VideoOut]:
+async def list_videos(catalog: CatalogDep, _admin: Admin) -> list[VideoOut]:
     """Every video."""
-    return [VideoOut.of(v) for v in await gate.catalog.list_videos()]
+    return [VideoOut.of(v) for v in await catalog.list_videos()]
 
 
 @router.post("/videos", status_code=201, summary="Create a video", responses=ERRORS)
-async def create_video(body: VideoIn, gate: GateDep, _admin: Admin) -> VideoOut:
+async def create_video(body: VideoIn, catalog: CatalogDep, _admin: Admin) -> VideoOut:
     """201 with the new video."""
-    return VideoOut.of(await gate.catalog.create_video(title=body.title, url=body.url))
+    return VideoOut.of(await catalog.create_video(title=body.title, url=body.url))
 
 
 @router.get("/videos/{videoId}", summary="One video", responses=ERRORS)
-async def get_video(video_id: VideoId, gate: GateDep, _admin: Admin) -> VideoOut:
+async def get_video(video_id: VideoId, catalog: CatalogDep, _admin: Admin) -> VideoOut:
     """A video."""
-    return VideoOut.of(await gate.catalog.get_video(video_id))
+    return VideoOut.of(await catalog.get_video(video_id))
 
 
 @router.patch("/videos/{videoId}", summary="Change a video", responses=ERRORS)
-async def update_video(video_id: VideoId, body: VideoPatch, gate: GateDep, _admin: Admin) -> VideoOut:
+async def update_video(video_id: VideoId, body: VideoPatch, catalog: CatalogDep, _admin: Admin) -> VideoOut:
     """200 with the changed video."""
-    return VideoOut.of(await gate.catalog.update_video(video_id, body.model_dump(exclude_unset=True, by_alias=False)))
+    return VideoOut.of(await catalog.update_video(video_id, body.model_dump(exclude_unset=True, by_alias=False)))
 
 
 @router.delete(
     "/videos/{videoId}", status_code=204, response_class=Response, summary="Delete a video", responses=ERRORS
 )
-async def delete_video(video_id: VideoId, gate: GateDep, _admin: Admin) -> Response:
+async def delete_video(video_id: VideoId, catalog: CatalogDep, _admin: Admin) -> Response:
     """204."""
-    await gate.catalog.delete_video(video_id)
+    await catalog.delete_video(video_id)
     return Response(status_code=204)
 
 
 @router.get("/plans", summary="List plans", responses=ERRORS)
-async def list_plans(gate: GateDep, _admin: Admin) -> list[PlanOut]:
+async def list_plans(catalog: CatalogDep, _admin: Admin) -> list[PlanOut]:
     """Every plan."""
-    return [PlanOut.of(p) for p in await gate.catalog.list_plans()]
+    return [PlanOut.of(p) for p in await catalog.list_plans()]
 
 
 @router.post("/plans", status_code=201, summary="Create a plan", responses=ERRORS)
-async def create_plan(body: PlanIn, gate: GateDep, _admin: Admin) -> PlanOut:
+async def create_plan(body: PlanIn, catalog: CatalogDep, _admin: Admin) -> PlanOut:
     """201 with the new plan."""
-    return PlanOut.of(await gate.catalog.create_plan(name=body.name, max_streams=body.max_streams))
+    return PlanOut.of(await catalog.create_plan(name=body.name, max_streams=body.max_streams))
 
 
 @router.get("/plans/{planId}", summary="One plan", responses=ERRORS)
-async def get_plan(plan_id: PlanId, gate: GateDep, _admin: Admin) -> PlanOut:
+async def get_plan(plan_id: PlanId, catalog: CatalogDep, _admin: Admin) -> PlanOut:
     """A plan."""
-    return PlanOut.of(await gate.catalog.get_plan(plan_id))
+    return PlanOut.of(await catalog.get_plan(plan_id))
 
 
 @router.patch("/plans/{planId}", summary="Change a plan", responses=ERRORS)
-async def update_plan(plan_id: PlanId, body: PlanPatch, gate: GateDep, _admin: Admin) -> PlanOut:
+async def update_plan(plan_id: PlanId, body: PlanPatch, catalog: CatalogDep, _admin: Admin) -> PlanOut:
     """200 with the changed plan."""
-    return PlanOut.of(await gate.catalog.update_plan(plan_id, body.model_dump(exclude_unset=True, by_alias=False)))
+    return PlanOut.of(await catalog.update_plan(plan_id, body.model_dump(exclude_unset=True, by_alias=False)))
 
 
 @router.delete(
@@ -144,7 +140,7 @@ async def update_plan(plan_id: PlanId, body: PlanPatch, gate: GateDep, _admin: A
     summary="Delete a plan (none of its users left)",
     responses=ERRORS,
 )
-async def delete_plan(plan_id: PlanId, gate: GateDep, _admin: Admin) -> Response:
+async def delete_plan(plan_id: PlanId, catalog: CatalogDep, _admin: Admin) -> Response:
     """204; 409 while users are on it."""
-    await gate.catalog.delete_plan(plan_id)
+    await catalog.delete_plan(plan_id)
     return Response(status_code=204)

@@ -7,14 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from playgate.api.deps import GateDep
-from playgate.api.errors import problem, problem_responses
+from playgate.api.errors import problem_responses
 from playgate.api.schemas import TokenIn, TokenOut, UserOut
-from playgate.errors import Unauthorized
-from playgate.throttle import LoginThrottle, Throttled
 
 router = APIRouter(tags=["auth"])
 
@@ -62,21 +59,9 @@ async def _credentials(request: Request) -> TokenIn:
         }
     ),
 )
-async def token(request: Request, gate: GateDep) -> TokenOut | JSONResponse:
+async def token(request: Request, gate: GateDep) -> TokenOut:
     """Exchange credentials for an access token; 429 after too many failed logins for the name or address."""
     credentials = await _credentials(request)
-    throttle: LoginThrottle = request.app.state.login_throttle
     address = request.client.host if request.client else "unknown"
-    try:
-        await throttle.check(credentials.username, address)
-    except Throttled as exc:
-        gate.metrics.logins_throttled.labels(exc.limit).inc()
-        response = problem(exc.status, exc.title, exc.detail)
-        response.headers["Retry-After"] = str(exc.retry_after_s)
-        return response
-    try:
-        access_token, user = await gate.login(credentials.username, credentials.password)
-    except Unauthorized:
-        await throttle.failed(credentials.username, address)
-        raise
-    return TokenOut(access_token=access_token, expires_in=gate.tokens.ttl_s, user=UserOut.of(user))
+    login = await gate.login(credentials.username, credentials.password, address)
+    return TokenOut(access_token=login.access_token, expires_in=login.expires_in_s, user=UserOut.of(login.user))

@@ -10,7 +10,7 @@ import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from playgate.api.deps import ContentDep, GateDep
+from playgate.api.deps import CatalogDep, ContentDep
 from playgate.api.errors import problem, problem_responses
 from playgate.api.schemas import Id
 from playgate.media import RangeNotSatisfiable, parse_range
@@ -78,9 +78,11 @@ POSTER_DOC: dict[str, Any] = {
 
 @router.get(POSTER_ROUTE, operation_id="get_video_poster", **POSTER_DOC)
 @router.head(POSTER_ROUTE, operation_id="head_video_poster", **POSTER_DOC)
-async def poster(gate: GateDep, content: ContentDep, video_id: Annotated[Id, Path(alias="videoId")]) -> FileResponse:
+async def poster(
+    catalog: CatalogDep, content: ContentDep, video_id: Annotated[Id, Path(alias="videoId")]
+) -> FileResponse:
     """The poster of a catalogue video; 404 for an unknown one."""
-    await gate.catalog.get_video(video_id)
+    await catalog.get_video(video_id)
     files = await content.library.ensure(video_id)
     return FileResponse(files.poster, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=300"})
 

@@ -8,7 +8,6 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from playgate import __version__
 from playgate.api.deps import GateDep
 from playgate.api.schemas import Status
-from playgate.bus.protocol import QueueBacklog
 
 router = APIRouter(tags=["health"])
 
@@ -62,8 +61,5 @@ async def readyz(gate: GateDep) -> Response | Status:
 )
 async def metrics(gate: GateDep) -> Response:
     """Every metric of this process, in Prometheus text format."""
-    gate.metrics.queue_depth.set(await gate.queue.depth())
-    if isinstance(gate.queue, QueueBacklog):
-        gate.metrics.queue_pending.set(await gate.queue.pending_count())
-        gate.metrics.queue_dead_letters.set(await gate.queue.dead_letter_count())
-    return Response(gate.metrics.render(), media_type=gate.metrics.content_type)
+    body, media_type = await gate.metrics_page()
+    return Response(body, media_type=media_type)

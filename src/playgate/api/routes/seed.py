@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from playgate.api.deps import Admin, Caller, GateDep
+from playgate.api.deps import Admin, Caller, CatalogDep, GateDep
 from playgate.api.errors import problem_responses
 from playgate.api.schemas import Id, SeedPlayData, SeedPlayOut, SeedPlayStatus, StreamOut, UserOut, VideoOut
 from playgate.errors import Forbidden, Invalid
@@ -34,20 +34,20 @@ def _acting(gate: PlayGate, caller: Principal, user: str | None) -> str:
 
 @router.get("/users", summary="All users, or the one with ?name= (admin)", responses=ERRORS)
 async def list_users(
-    gate: GateDep, _admin: Admin, name: Annotated[str | None, Query(min_length=1, max_length=200)] = None
+    catalog: CatalogDep, _admin: Admin, name: Annotated[str | None, Query(min_length=1, max_length=200)] = None
 ) -> list[UserOut] | UserOut:
     """`[User]`, or with `?name=` that `User` (404 if no such name)."""
     if name is not None:
-        return UserOut.of(await gate.catalog.find_user(name))
-    return [UserOut.of(u) for u in await gate.catalog.list_users()]
+        return UserOut.of(await catalog.find_user(name))
+    return [UserOut.of(u) for u in await catalog.list_users()]
 
 
 @router.get("/users/{userId}", summary="One user (that user, or admin)", responses=ERRORS)
-async def get_user(gate: GateDep, caller: Caller, user_id: Annotated[Id, Path(alias="userId")]) -> UserOut:
+async def get_user(catalog: CatalogDep, caller: Caller, user_id: Annotated[Id, Path(alias="userId")]) -> UserOut:
     """A user: yourself, or anyone for an admin."""
     if not caller.may_see(user_id):
         raise Forbidden("You may only see yourself.")
-    return UserOut.of(await gate.catalog.get_user(user_id))
+    return UserOut.of(await catalog.get_user(user_id))
 
 
 @router.get("/users/{userId}/streams", summary="A user's active streams (that user, or admin)", responses=ERRORS)
@@ -55,14 +55,13 @@ async def user_streams(gate: GateDep, caller: Caller, user_id: Annotated[Id, Pat
     """The user's active streams, oldest first."""
     if not caller.may_see(user_id):
         raise Forbidden("You may only see your own streams.")
-    await gate.catalog.get_user(user_id)
-    return [StreamOut.of(s) for s in await gate.streams(user_id)]
+    return [StreamOut.of(s) for s in await gate.user_streams(user_id)]
 
 
 @router.get("/videos", summary="All videos (anyone)")
-async def list_videos(gate: GateDep) -> list[VideoOut]:
+async def list_videos(catalog: CatalogDep) -> list[VideoOut]:
     """Every video."""
-    return [VideoOut.of(v) for v in await gate.catalog.list_videos()]
+    return [VideoOut.of(v) for v in await catalog.list_videos()]
 
 
 @router.get(
@@ -79,9 +78,9 @@ async def stop_all(gate: GateDep, caller: Caller, user: UserParam = None) -> Res
 
 
 @router.get("/videos/{videoId}", summary="One video (anyone)", responses=ERRORS)
-async def get_video(gate: GateDep, video_id: Annotated[Id, Path(alias="videoId")]) -> VideoOut:
+async def get_video(catalog: CatalogDep, video_id: Annotated[Id, Path(alias="videoId")]) -> VideoOut:
     """A video, 404 if unknown."""
-    return VideoOut.of(await gate.catalog.get_video(video_id))
+    return VideoOut.of(await catalog.get_video(video_id))
 
 
 @router.get(
