@@ -1,4 +1,5 @@
-"""Session fixtures: one shared PlayGate server process for the tests that can share it."""
+"""Session fixtures: one shared PlayGate server process, and one app in this process (`app_url`, `app_admin`),
+for the tests that can share them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.support.clients import admin_client
+from tests.support.clients import OpenSocket, SocketClient, admin_client, connect_socket
+from tests.support.inprocess import served
 from tests.support.servers import ServerProcess, start_playgate
 
 
@@ -32,3 +34,34 @@ async def admin(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
     client = await admin_client(base_url)
     yield client
     await client.aclose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def app_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """PlayGate served in this process (tests/support/inprocess.py), shared by the session: its base URL, which
+    the clients of tests/support/clients.py reach without a socket. For routes and rules; not for Socket.IO."""
+    async with served(Path(tmp_path_factory.mktemp("inprocess-app"))) as url:
+        yield url
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def app_admin(app_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client logged in as admin on the in-process app."""
+    client = await admin_client(app_url)
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def open_socket() -> AsyncIterator[OpenSocket]:
+    """Connects Socket.IO clients (`await open_socket(base_url, token=...)`) and closes each at the test's end."""
+    opened: list[SocketClient] = []
+
+    async def open_one(base_url: str, **auth: str) -> SocketClient:
+        sock = await connect_socket(base_url, **auth)
+        opened.append(sock)
+        return sock
+
+    yield open_one
+    for sock in opened:
+        await sock.close()

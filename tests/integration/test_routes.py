@@ -1,4 +1,5 @@
-"""Every route of API.md over real HTTP: answers, errors (problem+json) and who may see what."""
+"""Every route of API.md: answers, errors (problem+json) and who may see what; in-process (httpx.ASGITransport
+over create_app), since none of this needs a socket."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ import pytest
 from tests.support.clients import TestUser, api_client, new_user
 
 PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="session")
+def base_url(app_url: str) -> str:
+    """The app in this process (tests/conftest.py)."""
+    return app_url
+
+
+@pytest.fixture(scope="session")
+def admin(app_admin: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The admin's client of the app in this process."""
+    return app_admin
 
 
 def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, object]:
@@ -105,7 +118,8 @@ async def test_login_input_errors_name_the_field(base_url: str) -> None:
 )
 async def test_protected_routes_need_a_valid_token(base_url: str, authorization: str | None) -> None:
     headers = {"Authorization": authorization} if authorization else {}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers) as client:
+    async with api_client(base_url) as client:
+        client.headers.update(headers)
         for method, path in (
             ("GET", "/users"),
             ("GET", "/users/1"),

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import socketio
 
-from tests.support.clients import api_client, connect_socket, new_user
+from tests.support.clients import OpenSocket, api_client, connect_socket, new_user
 
 
 @pytest.mark.parametrize("auth", [{}, {"token": "garbage"}, {"token": ""}])
@@ -55,26 +55,34 @@ async def test_decisions_reach_only_the_users_sockets(base_url: str, admin: http
             await sock.close()
 
 
-async def test_heartbeat_event_renews_the_lease(base_url: str, admin: httpx.AsyncClient) -> None:
+async def test_heartbeat_event_renews_the_lease(
+    base_url: str, admin: httpx.AsyncClient, open_socket: OpenSocket
+) -> None:
     user = await new_user(base_url, admin)
     other = await new_user(base_url, admin)
-    sock = await connect_socket(base_url, token=user.token)
-    other_sock = await connect_socket(base_url, token=other.token)
-    try:
-        async with api_client(base_url, user.token) as client:
-            play = (await client.post("/v1/plays?wait=5", json={"videoId": "1"})).json()
-            before = (await client.get("/v1/streams")).json()[0]["expiresAt"]
-        await asyncio.sleep(0.01)
-        ack = await sock.sio.call("heartbeat", {"streamId": play["streamId"]}, timeout=5)
-        assert ack["streamId"] == play["streamId"]
-        assert ack["expiresAt"] >= before
-        assert (await sock.sio.call("heartbeat", {"streamId": "nope"}, timeout=5))["status"] == 404
-        assert (await sock.sio.call("heartbeat", "not an object", timeout=5))["status"] == 422
-        # someone else's stream is not found for them
-        assert (await other_sock.sio.call("heartbeat", {"streamId": play["streamId"]}, timeout=5))["status"] == 404
-    finally:
-        await sock.close()
-        await other_sock.close()
+    sock = await open_socket(base_url, token=user.token)
+    other_sock = await open_socket(base_url, token=other.token)
+    async with api_client(base_url, user.token) as client:
+        play = (await client.post("/v1/plays?wait=5", json={"videoId": "1"})).json()
+        before = (await client.get("/v1/streams")).json()[0]["expiresAt"]
+    await asyncio.sleep(0.01)
+    ack = await sock.sio.call("heartbeat", {"streamId": play["streamId"]}, timeout=5)
+    assert ack["streamId"] == play["streamId"]
+    assert ack["expiresAt"] >= before
+    # errors are acked as the problem fields of HTTP (README: Errors)
+    gone = await sock.sio.call("heartbeat", {"streamId": "nope"}, timeout=5)
+    assert gone == {"type": "about:blank", "title": "Not found", "status": 404, "detail": gone["detail"]}
+    assert "nope" in gone["detail"]
+    bad = await sock.sio.call("heartbeat", "not an object", timeout=5)
+    assert (bad["type"], bad["title"], bad["status"], bad["field"]) == (
+        "about:blank",
+        "Unprocessable content",
+        422,
+        "streamId",
+    )
+    assert bad["detail"]
+    # someone else's stream is not found for them
+    assert (await other_sock.sio.call("heartbeat", {"streamId": play["streamId"]}, timeout=5))["status"] == 404
 
 
 async def test_sockets_are_counted_in_metrics(base_url: str, admin: httpx.AsyncClient) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,19 +13,22 @@ import socketio
 
 from tests.support.servers import ADMIN_PASSWORD
 
+# Base URLs of apps served in the test's own process (tests/support/inprocess.py), and the transport to each.
+TRANSPORTS: dict[str, httpx.AsyncBaseTransport] = {}
+
 
 async def token_for(base_url: str, name: str, password: str) -> str:
     """Log in and return the access token (assert 200)."""
-    async with httpx.AsyncClient(base_url=base_url) as client:
+    async with api_client(base_url) as client:
         response = await client.post("/auth/token", json={"username": name, "password": password})
     assert response.status_code == 200, response.text
     return str(response.json()["accessToken"])
 
 
 def api_client(base_url: str, token: str | None = None) -> httpx.AsyncClient:
-    """An httpx client for the server, with the bearer token if given."""
+    """An httpx client for the server (a real one, or one in this process), with the bearer token if given."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15.0)
+    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15.0, transport=TRANSPORTS.get(base_url))
 
 
 async def admin_client(base_url: str) -> httpx.AsyncClient:
@@ -83,3 +87,7 @@ async def connect_socket(base_url: str, *, token: str | None = None, **auth: str
     payload = {"token": token, **auth} if token else dict(auth)
     await sio.connect(base_url, auth=payload, transports=["websocket"], wait_timeout=5)
     return client
+
+
+# What the `open_socket` fixture (tests/conftest.py) gives: connect_socket, every socket closed at the test's end.
+OpenSocket = Callable[..., Awaitable[SocketClient]]

@@ -31,10 +31,21 @@ def problem_responses(descriptions: Mapping[int, str]) -> Responses:
     }
 
 
+def problem_fields(status: int, title: str, detail: str, *, type: str = "about:blank", **extra: Any) -> dict[str, Any]:
+    """The problem document (RFC 9457): `type`, `title`, `status`, `detail`, and any extra members that are set."""
+    body = {"type": type, "title": title, "status": status, "detail": detail}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def error_fields(exc: PlayGateError) -> dict[str, Any]:
+    """The problem document of a PlayGate error: the HTTP answer's body, and a Socket.IO ack's."""
+    return problem_fields(exc.status, exc.title, exc.detail, type=exc.type, **exc.extra)
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     """A problem+json response."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    body.update({k: v for k, v in extra.items() if v is not None})
+    body = problem_fields(status, title, detail, **extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
@@ -48,7 +59,7 @@ async def _playgate_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PlayGateError)
     if exc.status >= 500:
         log.warning("%s: %s", type(exc).__name__, exc.detail)
-    response = problem(exc.status, exc.title, exc.detail, **exc.extra)
+    response = problem(exc.status, exc.title, exc.detail, type=exc.type, **exc.extra)
     response.headers.update(exc.headers)
     return response
 
@@ -128,4 +139,13 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-__all__ = ["PROBLEM", "Responses", "Unauthorized", "install", "problem", "problem_responses"]
+__all__ = [
+    "PROBLEM",
+    "Responses",
+    "Unauthorized",
+    "error_fields",
+    "install",
+    "problem",
+    "problem_fields",
+    "problem_responses",
+]

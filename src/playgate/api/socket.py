@@ -10,9 +10,10 @@ from urllib.parse import parse_qs
 import orjson
 import socketio
 
+from playgate.api.errors import error_fields
 from playgate.api.schemas import iso
 from playgate.bus.protocol import user_room
-from playgate.errors import PlayGateError
+from playgate.errors import Invalid, PlayGateError
 from playgate.service import PlayGate
 
 log = logging.getLogger("playgate.socket")
@@ -73,13 +74,14 @@ def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> None:
 
     @sio.on("heartbeat")  # type: ignore[untyped-decorator]
     async def heartbeat(sid: str, data: Any = None) -> dict[str, Any]:
-        """Renew a stream's lease: `{"streamId"}` → ack `{"expiresAt"}` or `{"error", "status"}`."""
+        """Renew a stream's lease: `{"streamId"}` → ack `{"streamId", "expiresAt"}`, or the problem fields
+        `{"type", "title", "status", "detail"}` (and `field`) as HTTP answers them."""
         stream_id = data.get("streamId") if isinstance(data, dict) else None
-        if not isinstance(stream_id, str) or not stream_id:
-            return {"error": 'Send {"streamId": "..."}.', "status": 422, "field": "streamId"}
-        session = await sio.get_session(sid)
         try:
+            if not isinstance(stream_id, str) or not stream_id:
+                raise Invalid('Send {"streamId": "..."}.', field="streamId")
+            session = await sio.get_session(sid)
             stream = await gate().renew(stream_id, session["user_id"])
         except PlayGateError as exc:
-            return {"error": exc.detail, "status": exc.status}
+            return error_fields(exc)
         return {"streamId": stream.id, "expiresAt": iso(stream.expires_at)}

@@ -1,0 +1,70 @@
+"""PlayGate served in the test's own process: `create_app` behind httpx.ASGITransport, its lifespan driven here.
+
+The same app as `playgate serve` (routes, service, worker and sweeper tasks, SQLite ledger, in-process bus), with
+the same settings as tests/support/servers.py gives a real process, but no process, port or uvicorn: what a test
+of rules and routes needs, at a fraction of the cost. Socket.IO, signals, nginx and the like need a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.types import ASGIApp, Message
+
+from playgate.api.app import create_app
+from playgate.config import load_settings
+from tests.support.clients import TRANSPORTS
+from tests.support.servers import playgate_env
+
+LIFESPAN_TIMEOUT_S = 30.0
+
+
+@asynccontextmanager
+async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
+    """Run `app`'s ASGI lifespan: start-up on entry (its failure raised here), shutdown on exit."""
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    outbox: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def receive() -> Message:
+        return await inbox.get()
+
+    async def send(message: Message) -> None:
+        await outbox.put(message)
+
+    scope: dict[str, Any] = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+    task = asyncio.create_task(app(scope, receive, send))
+
+    async def step(event: str) -> None:
+        await inbox.put({"type": f"lifespan.{event}"})
+        answer = await asyncio.wait_for(outbox.get(), LIFESPAN_TIMEOUT_S)
+        if answer["type"] != f"lifespan.{event}.complete":
+            raise RuntimeError(f"lifespan {event} failed: {answer.get('message', answer)}")
+
+    try:
+        await step("startup")
+        yield
+        await step("shutdown")
+    finally:
+        await asyncio.wait_for(task, LIFESPAN_TIMEOUT_S)
+
+
+@asynccontextmanager
+async def served(data_dir: Path, *, clock: Callable[[], float] | None = None, **env: str) -> AsyncIterator[str]:
+    """Serve PlayGate in this process on `data_dir`; yields a base URL that tests/support/clients.py's clients
+    reach through an ASGI transport (no socket). `env` adds PLAYGATE_* settings, as start_playgate takes them."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(playgate_env(data_dir, **env))
+    app = create_app(settings) if clock is None else create_app(settings, clock=clock)
+    base_url = f"http://inprocess-{secrets.token_hex(4)}.test"
+    async with lifespan(app):
+        TRANSPORTS[base_url] = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+        try:
+            yield base_url
+        finally:
+            del TRANSPORTS[base_url]
