@@ -2,15 +2,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# What each command needs in .venv: the service alone for run and reset; the test and bench extras beside it.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check install clean web bench
+.PHONY: run reset test lint typecheck check install clean web bench
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
 
@@ -30,8 +38,15 @@ $(CHROMIUM):
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core
 
-run: $(STAMP) web
-	$(BIN)/playgate serve
+# `set -m`: the service runs as a job of its own, the terminal's foreground one, so Ctrl-C reaches it alone (it
+# stops cleanly) and not make, which would report "Interrupt"; SIGTERM to the service stops it cleanly as well.
+run: SHELL := /bin/bash
+run: $(RUN_STAMP) web
+	@set -m; $(BIN)/playgate serve; exit $$?
+
+# Delete every user, video, plan, stream and decision (stop the service first); the next run loads the demo again.
+reset: $(RUN_STAMP)
+	$(BIN)/playgate db reset --yes
 
 # promtool (Debian package prometheus) checks and unit-tests the alert rules in deploy/prometheus (tests/ops).
 PROMTOOL := /usr/bin/promtool

@@ -1,8 +1,9 @@
-"""The `playgate` command: serve, api, worker, db upgrade, demo, token, version."""
+"""The `playgate` command: serve, api, worker, db upgrade|reset, demo, token, version, doctor, bench."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from playgate.catalog.db import upgrade
 from playgate.config import Settings, jwt_secret, load_settings
 from playgate.errors import ConfigError, NotFound, PlayGateError
 from playgate.logs import configure_logging
-from playgate.runtime import Role, open_catalog, preflight, prepare_catalog, run_worker
+from playgate.runtime import Role, open_catalog, preflight, prepare_catalog, reset_data, run_worker
 from playgate.security import TokenIssuer
 
 T = TypeVar("T")
@@ -88,9 +89,17 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
         timeout_graceful_shutdown=15,
     )
     server = uvicorn.Server(config)
+    # uvicorn handles SIGINT and SIGTERM (graceful shutdown), then raises the signal again under the handlers it
+    # found: these let the process end there with status 0, not with a KeyboardInterrupt ("Aborted!") or killed.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stopped)
     server.run()
     if not server.started:
         sys.exit(3)
+
+
+def _stopped(_sig: int, _frame: object) -> None:
+    """Nothing left to do: uvicorn has already shut down gracefully when it raises the signal again."""
 
 
 @main.command()
@@ -136,6 +145,25 @@ def db_upgrade() -> None:
     settings = _settings()
     _run(lambda: upgrade(settings.resolved_database_url))
     click.echo(f"database at {_safe_url(settings.resolved_database_url)} is up to date")
+
+
+@db.command("reset")
+@click.option("--yes", is_flag=True, help="Confirm: every user, video, plan, stream and decision is deleted.")
+def db_reset(yes: bool) -> None:
+    """Delete all data: the database emptied and migrated again, PlayGate's Redis keys, the generated JWT key.
+
+    Stop the service first. The next `playgate serve` loads the demo catalogue again (unless PLAYGATE_DEMO=false).
+    """
+    settings = _settings()
+    where = _safe_url(settings.resolved_database_url)
+    if not yes:
+        raise click.ClickException(f"this deletes every user, video, plan, stream and decision in {where}; add --yes")
+    done = _run(lambda: reset_data(settings))
+    click.echo(f"database at {where} is empty and up to date")
+    if settings.redis_url is not None:
+        click.echo(f"deleted {done.redis_keys} Redis keys under playgate:")
+    if done.jwt_secret_file:
+        click.echo("deleted the generated JWT key: tokens issued before no longer work")
 
 
 @main.command()

@@ -71,6 +71,28 @@ def connect(url: str, *, client_name: str | None = None) -> Redis:
     return client
 
 
+FORGET_CHUNK = 1000
+
+
+async def forget_all(url: str) -> int:
+    """Delete every PlayGate key (those under PREFIX) on the Redis at `url`; how many were deleted."""
+    client = connect(url)
+    deleted = 0
+    try:
+        async with translate_redis_errors():
+            chunk: list[str] = []
+            async for key in client.scan_iter(match=f"{PREFIX}*", count=FORGET_CHUNK):
+                chunk.append(key)
+                if len(chunk) >= FORGET_CHUNK:
+                    deleted += await client.unlink(*chunk)
+                    chunk = []
+            if chunk:
+                deleted += await client.unlink(*chunk)
+    finally:
+        await client.aclose()
+    return deleted
+
+
 @asynccontextmanager
 async def translate_redis_errors() -> AsyncIterator[None]:
     """Turn a lost, loading or refusing Redis into Unavailable (503), once, here."""

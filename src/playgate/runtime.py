@@ -19,9 +19,10 @@ from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.bus.protocol import Emitter, Fanout, ListeningFanout, RequestQueue, SharedQueue
 from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
+from playgate.catalog.db import reset as reset_database
 from playgate.catalog.service import Catalog
-from playgate.config import AuthMode, Settings, is_loopback, jwt_secret, security_problems
-from playgate.connections import check_redis_url
+from playgate.config import JWT_SECRET_FILE, AuthMode, Settings, is_loopback, jwt_secret, security_problems
+from playgate.connections import check_redis_url, forget_all
 from playgate.domain import Decision
 from playgate.errors import ConfigError, PlayGateError
 from playgate.ledger.protocol import Ledger
@@ -75,6 +76,28 @@ async def prepare_catalog(settings: Settings, catalog: Catalog) -> None:
         log.info("admin user ready")
     if not is_loopback(settings.host):
         await refuse_demo_passwords(catalog)
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """What `playgate db reset` removed."""
+
+    redis_keys: int
+    jwt_secret_file: bool
+
+
+async def reset_data(settings: Settings) -> Reset:
+    """Delete PlayGate's data: the database emptied and migrated again (users, videos, plans; embedded: the
+    streams and decisions too), PlayGate's Redis keys when PLAYGATE_REDIS_URL is set, and the JWT key generated
+    into the data dir (tokens issued before stop working). The media files are kept: they are made from nothing
+    but the video ids."""
+    await reset_database(settings.resolved_database_url)
+    keys = await forget_all(settings.redis_url) if settings.redis_url is not None else 0
+    secret_file = settings.data_dir / JWT_SECRET_FILE
+    had_secret_file = settings.jwt_secret is None and secret_file.exists()
+    if had_secret_file:
+        secret_file.unlink()
+    return Reset(keys, had_secret_file)
 
 
 async def refuse_demo_passwords(catalog: Catalog) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from playgate.connections import check_redis_url, idempotency_key, streams_key
+from playgate.connections import check_redis_url, connect, forget_all, idempotency_key, streams_key
 from playgate.errors import ConfigError
 from playgate.ledger.redis import new_stream_id, stream_owner
+from tests.support.redis_server import RedisServer
 
 
 @pytest.mark.parametrize("user_id", ["1", "a1b2c3d4e5f6", "user-with-dashes", "ünïcode", "{braces}"])
@@ -37,3 +38,18 @@ def test_redis_urls_are_accepted(url: str) -> None:
 def test_other_urls_are_refused_naming_the_variable(url: str) -> None:
     with pytest.raises(ConfigError, match="PLAYGATE_REDIS_URL"):
         check_redis_url(url)
+
+
+async def test_forget_all_deletes_playgates_keys_and_no_others(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    client = connect(redis_server.url)
+    try:
+        for i in range(2500):  # more than one SCAN chunk
+            await client.set(f"playgate:decision:{i}", "x")
+        await client.set(streams_key("7"), "x")
+        await client.set("someone-else:key", "kept")
+        assert await forget_all(redis_server.url) == 2501
+        assert await client.keys("*") == ["someone-else:key"]
+        assert await forget_all(redis_server.url) == 0
+    finally:
+        await client.aclose()

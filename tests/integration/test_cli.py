@@ -29,7 +29,7 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("serve", "api", "worker", "db", "demo", "token", "version"):
         assert f"  {command} " in result.stdout
-    assert "upgrade" in playgate(tmp_path, "db", "--help").stdout
+    assert {"upgrade", "reset"} <= set(playgate(tmp_path, "db", "--help").stdout.split())
     assert playgate(tmp_path, "version").stdout.strip() == playgate(tmp_path, "--version").stdout.split()[-1]
 
 
@@ -46,6 +46,21 @@ def test_db_upgrade_demo_and_token(tmp_path: Path) -> None:
     unknown = playgate(tmp_path, "token", "nobody")
     assert unknown.returncode != 0
     assert "nobody" in unknown.stderr
+
+
+def test_db_reset_asks_for_yes_then_empties_the_database(tmp_path: Path) -> None:
+    assert playgate(tmp_path, "demo").returncode == 0
+    refused = playgate(tmp_path, "db", "reset")
+    assert refused.returncode != 0
+    assert "--yes" in refused.stderr
+    assert playgate(tmp_path, "token", "user1", PLAYGATE_DEMO="false").returncode == 0  # nothing was deleted
+    done = playgate(tmp_path, "db", "reset", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "is empty and up to date" in done.stdout
+    gone = playgate(tmp_path, "token", "user1", PLAYGATE_DEMO="false")
+    assert gone.returncode != 0
+    assert "user1" in gone.stderr
+    assert playgate(tmp_path, "demo").stdout.strip() == "demo catalogue loaded"  # usable again at once
 
 
 async def test_a_printed_token_works_against_the_server(tmp_path: Path) -> None:

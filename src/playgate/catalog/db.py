@@ -106,3 +106,15 @@ def _upgrade_sync(url: str) -> None:
 async def upgrade(url: str) -> None:
     """Apply every migration to the database at `url` (runs Alembic in a thread of its own)."""
     await asyncio.to_thread(_upgrade_sync, url)
+
+
+def _reset_sync(url: str) -> None:
+    check_url(url)
+    config = alembic_config(url)
+    command.downgrade(config, "base")
+    command.upgrade(config, "head")
+
+
+async def reset(url: str) -> None:
+    """Empty the database at `url`: every migration undone, then applied again (Alembic, in a thread)."""
+    await asyncio.to_thread(_reset_sync, url)

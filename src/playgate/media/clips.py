@@ -116,6 +116,8 @@ class MediaLibrary:
             exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args, str(partial),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            # A session of its own: a Ctrl-C in the terminal stops PlayGate cleanly, not its ffmpeg mid-clip.
+            start_new_session=True,
         )  # fmt: skip
         try:
             _, stderr = await asyncio.wait_for(proc.communicate(), FFMPEG_TIMEOUT_S)
