@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.lifecycle.conftest import Deployment
-from tests.lifecycle.helpers import active_ids, ended_events, play
+from tests.lifecycle.helpers import active_ids, ended_events, play, token_of
 from tests.support.clients import api_client, connect_socket, new_user
 from tests.support.servers import free_port
 
@@ -66,7 +66,7 @@ def nginx(evict: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def media_url(decision: dict[str, str], token: str | None = None) -> str:
     """The nginx URL of a stream's media, with the token of its playbackUrl (or the one given)."""
-    token = token if token is not None else decision["playbackUrl"].split("?token=")[1]
+    token = token if token is not None else token_of(decision)
     return f"/media/{decision['streamId']}/{decision['videoId']}.mp4?token={token}"
 
 
@@ -83,7 +83,7 @@ async def test_nginx_serves_an_active_streams_media_and_renews_its_lease(
         assert first.headers["content-range"] == f"bytes 0-99/{len(clip)}"
         whole = await media.get(media_url(decision))
         assert (whole.status_code, whole.content) == (200, clip)
-        token = decision["playbackUrl"].split("?token=")[1]
+        token = token_of(decision)
         by_header = await media.get(
             media_url(decision, token=""), headers={"X-Playback-Token": token, "Range": "bytes=-10"}
         )
@@ -110,12 +110,12 @@ async def test_nginx_refuses_forged_other_users_evicted_and_expired_tokens(
         ):
             first = await play(a_client, "2", "tv")
             bobs = await play(b_client, "2", "tv")
-            token = first["playbackUrl"].split("?token=")[1]
+            token = token_of(first)
             assert (await media.get(media_url(first))).status_code == 200
             assert (await media.get(media_url(first, token=""))).status_code == 401
             forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
             assert (await media.get(media_url(first, token=forged))).status_code == 401
-            other_users = bobs["playbackUrl"].split("?token=")[1]
+            other_users = token_of(bobs)
             assert (await media.get(media_url(first, token=other_users))).status_code == 403
             wrong_file = f"/media/{first['streamId']}/3.mp4?token={token}"
             assert (await media.get(wrong_file)).status_code == 403

@@ -1,7 +1,8 @@
 """Real media for every video and the content gate that serves it only to streams that are still active."""
 
 from playgate.media.clips import MediaFiles, MediaLibrary
-from playgate.media.gate import ContentGate, playback_url
+from playgate.media.gate import ContentGate, dash_url, play_url, playback_url
+from playgate.media.playlists import content_type, is_playlist, media_file, rewrite_playlist
 from playgate.media.ranges import ByteRange, RangeNotSatisfiable, parse_range
 
 __all__ = [
@@ -10,6 +11,12 @@ __all__ = [
     "MediaFiles",
     "MediaLibrary",
     "RangeNotSatisfiable",
+    "content_type",
+    "dash_url",
+    "is_playlist",
+    "media_file",
     "parse_range",
+    "play_url",
     "playback_url",
+    "rewrite_playlist",
 ]
