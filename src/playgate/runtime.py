@@ -19,14 +19,14 @@ from playgate.bus.protocol import Emitter, Fanout, RequestQueue
 from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.service import Catalog
-from playgate.config import AuthMode, Settings, is_loopback, jwt_secret, security_problems
+from playgate.config import AuthMode, EdgeSigning, Settings, is_loopback, jwt_secret, security_problems
 from playgate.connections import check_redis_url
 from playgate.domain import Decision
 from playgate.errors import ConfigError, PlayGateError
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
-from playgate.media import ContentGate, MediaLibrary, playback_url
+from playgate.media import ContentGate, EdgeSigner, MediaLibrary, PlaybackLinks
 from playgate.metrics import Metrics
 from playgate.probes import ProbeServer, probe_app
 from playgate.security import PlaybackTokens, TokenIssuer
@@ -90,6 +90,15 @@ async def _prepare_media(library: MediaLibrary, catalog: Catalog) -> None:
         await library.prepare(v.id for v in await catalog.list_videos())
     except PlayGateError as exc:
         log.error("could not make the demo media (it is retried on the first media request): %s", exc.detail)
+
+
+def playback_links(settings: Settings) -> PlaybackLinks:
+    """Playback URLs as configured: tokened paths at the content gate, or signed edge links."""
+    tokens = PlaybackTokens(jwt_secret(settings), settings.playback_token_ttl_s)
+    if settings.edge_signing is EdgeSigning.off or settings.edge_secret is None:
+        return PlaybackLinks(tokens)
+    signer = EdgeSigner(settings.edge_secret, settings.edge_link_ttl_s, settings.edge_prefix)
+    return PlaybackLinks(tokens, signer)
 
 
 class Role(StrEnum):
@@ -160,9 +169,9 @@ class Runtime:
         engine, catalog = open_catalog(settings, clock)
         if role is not Role.worker:  # workers start beside API processes that already did this
             await prepare_catalog(settings, catalog)
-        playback = PlaybackTokens(jwt_secret(settings), settings.playback_token_ttl_s)
+        links = playback_links(settings)
         ledger, queue, fanout = open_backends(
-            settings, emitter, lambda decision: playback_url(playback, decision, clock()), clock
+            settings, emitter, lambda decision: links.for_decision(decision, clock()), clock
         )
         if isinstance(fanout, RedisFanout) and role is not Role.worker:
             await fanout.start()  # this process's ?wait= callers are woken by decisions of any worker
@@ -187,7 +196,7 @@ class Runtime:
             sweep_interval_s=settings.sweep_interval_s,
         )
         library = MediaLibrary(settings.resolved_media_dir)
-        content = ContentGate(gate=gate, tokens=playback, library=library, clock=clock)
+        content = ContentGate(gate=gate, links=links, library=library, clock=clock)
         runtime = cls(gate=gate, engine=engine, worker=worker, content=content)
         if role is not Role.api:
             runtime.tasks += [

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from playgate.domain import Decision, Status, Stream
 from playgate.errors import Forbidden, NotFound, Unauthorized
 from playgate.media.clips import DASH_MANIFEST, MASTER_PLAYLIST, MediaFiles, MediaLibrary
+from playgate.media.edge import EdgeSigner
 from playgate.media.playlists import media_file, safe_relative
 from playgate.security import PlaybackClaims, PlaybackTokens
 from playgate.service import PlayGate
@@ -45,35 +46,51 @@ def dash_url(playback: str) -> str:
     return playback.rsplit("/", 1)[0] + f"/{DASH_MANIFEST}"
 
 
-def playback_url(tokens: PlaybackTokens, decision: Decision, now: float) -> str | None:
-    """The playback URL of an allowed decision (its HLS master playlist, a fresh token); None for a denial."""
-    if decision.status is not Status.allowed or decision.stream_id is None:
-        return None
-    token = tokens.issue(user_id=decision.user_id, stream_id=decision.stream_id, video_id=decision.video_id, now=now)
-    return play_url(token)
+class PlaybackLinks:
+    """The playback URL of a stream: its master playlist at the content gate, a fresh playback token in the path;
+    or, with edge signing, a signed short-lived link that the edge checks alone."""
+
+    def __init__(self, tokens: PlaybackTokens, signer: EdgeSigner | None = None) -> None:
+        self.tokens = tokens
+        self.signer = signer
+
+    def for_stream(self, *, stream_id: str, user_id: str, video_id: str, now: float) -> str:
+        """A fresh playback URL for one stream."""
+        if self.signer is not None:
+            return self.signer.url(stream_id=stream_id, video_id=video_id, now=now)
+        return play_url(self.tokens.issue(user_id=user_id, stream_id=stream_id, video_id=video_id, now=now))
+
+    def for_decision(self, decision: Decision, now: float) -> str | None:
+        """The playback URL of an allowed decision; None for a denial."""
+        if decision.status is not Status.allowed or decision.stream_id is None:
+            return None
+        return self.for_stream(
+            stream_id=decision.stream_id, user_id=decision.user_id, video_id=decision.video_id, now=now
+        )
 
 
 class ContentGate:
     """Checks playback tokens against the ledger, renews leases, and finds the media of admitted streams."""
 
     def __init__(
-        self, *, gate: PlayGate, tokens: PlaybackTokens, library: MediaLibrary, clock: Callable[[], float]
+        self, *, gate: PlayGate, links: PlaybackLinks, library: MediaLibrary, clock: Callable[[], float]
     ) -> None:
         self.gate = gate
-        self.tokens = tokens
+        self.links = links
+        self.tokens = links.tokens
         self.library = library
         self._clock = clock
 
     def url_for(self, stream: Stream) -> str:
-        """A fresh playback URL for an active stream (heartbeat answers carry one)."""
-        token = self.tokens.issue(
-            user_id=stream.user_id, stream_id=stream.id, video_id=stream.video_id, now=self._clock()
+        """A fresh playback URL for an active stream (heartbeat answers carry one: with edge signing, that is how
+        a playing client gets a link that outlives the one it has)."""
+        return self.links.for_stream(
+            stream_id=stream.id, user_id=stream.user_id, video_id=stream.video_id, now=self._clock()
         )
-        return play_url(token)
 
     def url_for_decision(self, decision: Decision) -> str | None:
         """The playback URL of an allowed decision; None for a denial."""
-        return playback_url(self.tokens, decision, self._clock())
+        return self.links.for_decision(decision, self._clock())
 
     async def open(self, token: str | None, stream_id: str) -> tuple[Stream, MediaFiles]:
         """Admit one media request of `stream_id` (401 bad token, 403 other or ended stream); its files."""
