@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     edge_prefix: str = Field(
         "/edge", pattern=r"^(/[A-Za-z0-9._-]+)+$", description="The path under which the edge serves signed links."
     )
+    media_roots: str = Field(
+        "", description="Comma-separated folders a video's own media (`source`) may be in; empty: none may be set."
+    )
     default_limit: int = Field(3, ge=0, description="Limit of a user with no own limit and no plan.")
     demo: bool = Field(True, description="Load the demo catalogue on first start with an empty database.")
     policy: Policy = Field(Policy.deny, description="`deny` or `evict_oldest` when the limit is reached.")
@@ -184,6 +187,11 @@ class Settings(BaseSettings):
     def resolved_media_dir(self) -> Path:
         """Where clips and posters live: the configured folder, else `media` in the data dir."""
         return self.media_dir if self.media_dir is not None else self.data_dir / "media"
+
+    @property
+    def media_root_list(self) -> list[Path]:
+        """The folders an admin's own media may come from."""
+        return [Path(p.strip()) for p in self.media_roots.split(",") if p.strip()]
 
     @field_validator("cors_origins")
     @classmethod

@@ -87,7 +87,7 @@ async def refuse_demo_passwords(catalog: Catalog) -> None:
 async def _prepare_media(library: MediaLibrary, catalog: Catalog) -> None:
     """Make the clips and posters of every catalogue video that has none yet (logged, never fatal)."""
     try:
-        await library.prepare(v.id for v in await catalog.list_videos())
+        await library.prepare((v.id, v.source) for v in await catalog.list_videos())
     except PlayGateError as exc:
         log.error("could not make the demo media (it is retried on the first media request): %s", exc.detail)
 

@@ -200,7 +200,7 @@ async def test_nginx_serves_hls_segments_from_disk_with_the_auth_answer_cached_p
         # One authorisation per token per cache period (and the first), however many segments and renditions.
         assert 1 <= asked <= 1 + int(elapsed_s / AUTH_CACHE_S) + 1, (asked, len(segments), elapsed_s)
         assert asked < len(segments) // 3
-        # Requests through nginx alone keep the stream past its lease.
+        # The authorisations nginx did make renewed the lease.
         assert decision["streamId"] in await active_ids(client)
 
 

@@ -87,30 +87,47 @@ class MediaLibrary:
                 await self._make_poster(files.clip, files.poster)
         return files
 
-    async def ensure_adaptive(self, video_id: str) -> Path:
-        """The folder of the video's HLS and DASH renditions (`master.m3u8`, `manifest.mpd`), made first if missing."""
+    async def ensure_adaptive(self, video_id: str, source: str | None = None) -> Path:
+        """The folder of the video's HLS and DASH renditions (`master.m3u8`, `manifest.mpd`): made first if
+        missing, or, for a video with media of its own (`source`, a checked folder), a link to that folder.
+
+        The link lives where a made set would (`<media dir>/<videoId>`), so a web server serving the media folder
+        serves either alike; it follows the catalogue, so every process sharing the folder agrees."""
         folder = self.files(video_id).adaptive
-        if (folder / MASTER_PLAYLIST).exists():
+        if _current(folder, source):
             return folder
         async with self._locks.setdefault(f"{video_id}/adaptive", asyncio.Lock()):
-            if not (folder / MASTER_PLAYLIST).exists():
+            if _current(folder, source):
+                return folder
+            if folder.is_symlink():
+                folder.unlink()
+            if source is not None:
+                shutil.rmtree(folder, ignore_errors=True)  # a set made before the video had its own media
+                link = folder.with_name(f".{folder.name}.{os.getpid()}.link")
+                link.unlink(missing_ok=True)
+                self.folder.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(source, target_is_directory=True)
+                link.replace(folder)
+            else:
                 await self._make_adaptive(video_id, folder)
         return folder
 
     def _complete(self, video_id: str) -> bool:
         files = self.files(video_id)
-        return files.clip.exists() and files.poster.exists() and (files.adaptive / MASTER_PLAYLIST).exists()
+        return files.clip.exists() and files.poster.exists() and files.adaptive.exists()
 
-    async def prepare(self, video_ids: Iterable[str]) -> int:
-        """Make whatever files of these videos are missing, one video at a time; how many videos needed it."""
+    async def prepare(self, videos: Iterable[str | tuple[str, str | None]]) -> int:
+        """Make whatever files of these videos (ids, or (id, source) pairs) are missing, one video at a time;
+        how many videos needed it."""
         made = 0
-        for video_id in video_ids:
+        for video in videos:
+            video_id, source = (video, None) if isinstance(video, str) else video
             if not _SAFE_ID.match(video_id):
                 continue
-            if self._complete(video_id):
+            if self._complete(video_id) and _current(self.files(video_id).adaptive, source):
                 continue
             await self.ensure(video_id)
-            await self.ensure_adaptive(video_id)
+            await self.ensure_adaptive(video_id, source)
             made += 1
         if made:
             log.info("made media for %d video(s) in %s", made, self.folder)
@@ -158,7 +175,7 @@ class MediaLibrary:
             try:
                 scratch.rename(folder)
             except OSError:
-                if not (folder / MASTER_PLAYLIST).exists():
+                if not folder.is_dir():  # noqa: ASYNC240 (one stat, after a failed rename)
                     raise
                 # Another process sharing the folder made the set first; theirs is as good as ours.
         finally:
@@ -191,3 +208,10 @@ class MediaLibrary:
             raise Unavailable(f"ffmpeg could not make {target.name} (exit {proc.returncode}): {words}")
         if atomic:
             partial.replace(target)
+
+
+def _current(folder: Path, source: str | None) -> bool:
+    """True when the video's set is in place: its own media linked, or a made set (which appears whole)."""
+    if source is not None:
+        return folder.is_symlink() and os.readlink(folder) == source
+    return folder.exists() and not folder.is_symlink()

@@ -17,6 +17,7 @@ from playgate.errors import Forbidden, NotFound, Unauthorized
 from playgate.media.clips import DASH_MANIFEST, MASTER_PLAYLIST, MediaFiles, MediaLibrary
 from playgate.media.edge import EdgeSigner
 from playgate.media.playlists import media_file, safe_relative
+from playgate.media.sources import check_source
 from playgate.security import PlaybackClaims, PlaybackTokens
 from playgate.service import PlayGate
 
@@ -92,6 +93,10 @@ class ContentGate:
         """The playback URL of an allowed decision; None for a denial."""
         return self.links.for_decision(decision, self._clock())
 
+    def check_source(self, source: str | None) -> str | None:
+        """A video's own media folder, checked against PLAYGATE_MEDIA_ROOTS (its real path); None stays None."""
+        return None if source is None else check_source(source, self.gate.settings.media_root_list)
+
     async def open(self, token: str | None, stream_id: str) -> tuple[Stream, MediaFiles]:
         """Admit one media request of `stream_id` (401 bad token, 403 other or ended stream); its files."""
         stream = await self._admit(self._claims(token), stream_id=stream_id)
@@ -102,8 +107,12 @@ class ContentGate:
         and the file `relative` names in it (404 for any path outside it)."""
         claims = self._claims(token)
         # The set first (made on the spot if the background task has not got to it): making it may take longer
-        # than a short lease, which is renewed after.
-        folder = await self.library.ensure_adaptive(claims.video_id)
+        # than a short lease, which is renewed after. The catalogue says whether the video has media of its own.
+        try:
+            video = await self.gate.catalog.get_video(claims.video_id)
+        except NotFound:
+            raise Forbidden(f"Video {claims.video_id!r} is no longer in the catalogue.") from None
+        folder = await self.library.ensure_adaptive(claims.video_id, video.source)
         stream = await self._admit(claims, stream_id=claims.stream_id)
         return stream, folder, media_file(folder, relative)
 
