@@ -62,7 +62,14 @@ $(NGINX):
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx
 
-test: $(STAMP) web $(CHROMIUM) $(PROMTOOL) $(NGINX)
+# ffprobe (Debian package ffmpeg) reads the HLS and DASH streams through the content gate in tests/lifecycle.
+FFPROBE := /usr/bin/ffprobe
+
+$(FFPROBE):
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg
+
+test: $(STAMP) web $(CHROMIUM) $(PROMTOOL) $(NGINX) $(FFPROBE)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src

@@ -12,7 +12,15 @@ import pytest_asyncio
 
 from tests.support.clients import OpenSocket, SocketClient, admin_client, connect_socket
 from tests.support.inprocess import served
-from tests.support.servers import ServerProcess, start_playgate
+from tests.support.servers import ServerProcess, share_media_dir, start_playgate
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The media folder every test server shares unless it names its own (made once per session, on demand)."""
+    folder = Path(tmp_path_factory.mktemp("media"))
+    share_media_dir(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

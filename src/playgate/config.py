@@ -27,6 +27,14 @@ class AuthMode(StrEnum):
     disabled = "disabled"
 
 
+class EdgeSigning(StrEnum):
+    """Who checks media requests: PlayGate on each one (`off`: the content gate, or nginx's auth_request), or the
+    edge alone on a signed, short-lived link (`nginx-secure-link`: nginx's secure_link format)."""
+
+    off = "off"
+    nginx_secure_link = "nginx-secure-link"
+
+
 class LogFormat(StrEnum):
     """How log lines look: one JSON object per line, console lines for people, or `auto` (console on a terminal)."""
 
@@ -76,6 +84,26 @@ class Settings(BaseSettings):
     )
     media_dir: Path | None = Field(
         None, description="Where the generated clips and posters live; default <data dir>/media."
+    )
+    edge_signing: EdgeSigning = Field(
+        EdgeSigning.off,
+        description="`off`, or `nginx-secure-link`: playbackUrl is a signed, short-lived link checked by the edge.",
+    )
+    edge_secret: str | None = Field(
+        None, description="The secret shared with the edge (nginx's secure_link_md5); needed with edge signing."
+    )
+    edge_link_ttl_s: int = Field(
+        120,
+        ge=10,
+        le=86_400,
+        validation_alias=AliasChoices("PLAYGATE_EDGE_LINK_TTL"),
+        description="How long a signed edge link works; heartbeats hand out fresh ones.",
+    )
+    edge_prefix: str = Field(
+        "/edge", pattern=r"^(/[A-Za-z0-9._-]+)+$", description="The path under which the edge serves signed links."
+    )
+    media_roots: str = Field(
+        "", description="Comma-separated folders a video's own media (`source`) may be in; empty: none may be set."
     )
     default_limit: int = Field(3, ge=0, description="Limit of a user with no own limit and no plan.")
     demo: bool = Field(True, description="Load the demo catalogue on first start with an empty database.")
@@ -159,6 +187,11 @@ class Settings(BaseSettings):
     def resolved_media_dir(self) -> Path:
         """Where clips and posters live: the configured folder, else `media` in the data dir."""
         return self.media_dir if self.media_dir is not None else self.data_dir / "media"
+
+    @property
+    def media_root_list(self) -> list[Path]:
+        """The folders an admin's own media may come from."""
+        return [Path(p.strip()) for p in self.media_roots.split(",") if p.strip()]
 
     @field_validator("cors_origins")
     @classmethod
@@ -245,6 +278,13 @@ def security_problems(settings: Settings) -> list[str]:
         )
     if settings.jwt_secret and len(settings.jwt_secret) < MIN_JWT_SECRET_LEN:
         problems.append(f"PLAYGATE_JWT_SECRET: must be at least {MIN_JWT_SECRET_LEN} characters")
+    if settings.edge_signing is not EdgeSigning.off and (
+        not settings.edge_secret or not re.fullmatch(r"[A-Za-z0-9_.~+/=-]{32,}", settings.edge_secret)
+    ):
+        problems.append(
+            f"PLAYGATE_EDGE_SECRET: PLAYGATE_EDGE_SIGNING={settings.edge_signing.value} needs a secret of at least "
+            f"32 characters of A-Z a-z 0-9 _ . ~ + / = - (nginx's configuration holds it too)"
+        )
     if not is_loopback(settings.host):
         if not settings.jwt_secret:
             problems.append(

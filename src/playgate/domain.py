@@ -67,6 +67,7 @@ class Video:
     id: str
     title: str
     url: str
+    source: str | None = None  # a folder of the admin's own HLS/DASH media, else the media PlayGate makes
 
 
 @dataclass(frozen=True, slots=True)

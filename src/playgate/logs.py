@@ -160,7 +160,9 @@ def resolve_format(log_format: LogFormat, stream: IO[str]) -> LogFormat:
 def configure_logging(settings: Settings, *, secrets: Iterable[str | None] = (), stream: IO[str] | None = None) -> None:
     """Send every logger (PlayGate's, uvicorn's, the libraries') to one handler in the configured format."""
     stream = stream or sys.stderr
-    redactor = Redactor([settings.jwt_secret, settings.admin_password, *_url_passwords(settings), *secrets])
+    redactor = Redactor(
+        [settings.jwt_secret, settings.edge_secret, settings.admin_password, *_url_passwords(settings), *secrets]
+    )
     handler = logging.StreamHandler(stream)
     if resolve_format(settings.log_format, stream) is LogFormat.json:
         handler.setFormatter(JsonFormatter(redactor))

@@ -21,14 +21,14 @@ from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.db import reset as reset_database
 from playgate.catalog.service import Catalog
-from playgate.config import JWT_SECRET_FILE, AuthMode, Settings, is_loopback, jwt_secret, security_problems
+from playgate.config import JWT_SECRET_FILE, AuthMode, EdgeSigning, Settings, is_loopback, jwt_secret, security_problems
 from playgate.connections import check_redis_url, forget_all
 from playgate.domain import Decision
 from playgate.errors import ConfigError, PlayGateError
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
-from playgate.media import ContentGate, MediaLibrary, playback_url
+from playgate.media import ContentGate, EdgeSigner, MediaLibrary, PlaybackLinks
 from playgate.metrics import Metrics
 from playgate.probes import ProbeServer, probe_app
 from playgate.security import PlaybackTokens, TokenIssuer
@@ -113,9 +113,18 @@ async def refuse_demo_passwords(catalog: Catalog) -> None:
 async def _prepare_media(library: MediaLibrary, catalog: Catalog) -> None:
     """Make the clips and posters of every catalogue video that has none yet (logged, never fatal)."""
     try:
-        await library.prepare(v.id for v in await catalog.list_videos())
+        await library.prepare((v.id, v.source) for v in await catalog.list_videos())
     except PlayGateError as exc:
         log.error("could not make the demo media (it is retried on the first media request): %s", exc.detail)
+
+
+def playback_links(settings: Settings, secret: str) -> PlaybackLinks:
+    """Playback URLs as configured: tokened paths at the content gate, or signed edge links."""
+    tokens = PlaybackTokens(secret, settings.playback_token_ttl_s)
+    if settings.edge_signing is EdgeSigning.off or settings.edge_secret is None:
+        return PlaybackLinks(tokens)
+    signer = EdgeSigner(settings.edge_secret, settings.edge_link_ttl_s, settings.edge_prefix)
+    return PlaybackLinks(tokens, signer)
 
 
 class Role(StrEnum):
@@ -191,9 +200,9 @@ class Runtime:
             stack.push_async_callback(catalog.close)
             if role is not Role.worker:  # workers start beside API processes that already did this
                 await prepare_catalog(settings, catalog)
-            playback = PlaybackTokens(secret, settings.playback_token_ttl_s)
+            links = playback_links(settings, secret)
             ledger, queue, fanout = open_backends(
-                settings, emitter, lambda decision: playback_url(playback, decision, clock()), clock
+                settings, emitter, lambda decision: links.for_decision(decision, clock()), clock
             )
             for backend in (ledger, queue, fanout):
                 stack.push_async_callback(backend.close)
@@ -223,7 +232,14 @@ class Runtime:
                 sweep_interval_s=settings.sweep_interval_s,
             )
             library = MediaLibrary(settings.resolved_media_dir)
-            content = ContentGate(gate=gate, tokens=playback, library=library, clock=clock)
+            content = ContentGate(
+                gate=gate,
+                catalog=catalog,
+                links=links,
+                library=library,
+                media_roots=settings.media_root_list,
+                clock=clock,
+            )
             stack.push_async_callback(_stop_tasks, _start_tasks(role, worker, library, catalog), queue)
             runtime = cls(
                 gate=gate,

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import jwt
 from argon2 import PasswordHasher
@@ -25,6 +26,34 @@ PLAYBACK_AUDIENCE = "playgate:playback"
 _PLAYBACK_KEY_LABEL = b"playgate playback token key v1"
 
 _hasher = PasswordHasher()
+_ClaimsT = TypeVar("_ClaimsT")
+
+
+class _Verified(Generic[_ClaimsT]):
+    """Tokens that verified, with their claims, until they expire; bounded by emptying at CHECKED_TOKENS_MAX.
+
+    Only a token that verified is kept, under its exact text, so a forged one is checked every time.
+    """
+
+    def __init__(self) -> None:
+        self._claims: dict[str, tuple[_ClaimsT, float]] = {}
+
+    def get(self, token: str) -> _ClaimsT | None:
+        """The claims of a token verified before and not yet expired."""
+        found = self._claims.get(token)
+        if found is None:
+            return None
+        if time.time() < found[1]:
+            return found[0]
+        del self._claims[token]
+        return None
+
+    def keep(self, token: str, claims: _ClaimsT, expires_at: float) -> _ClaimsT:
+        """Remember a token that verified; its claims."""
+        if len(self._claims) >= CHECKED_TOKENS_MAX:
+            self._claims.clear()
+        self._claims[token] = (claims, expires_at)
+        return claims
 
 
 def hash_password(password: str) -> str:
@@ -54,7 +83,7 @@ class TokenIssuer:
     def __init__(self, secret: str, ttl_s: int) -> None:
         self._secret = secret
         self.ttl_s = ttl_s
-        self._checked: dict[str, tuple[Claims, float]] = {}
+        self._checked: _Verified[Claims] = _Verified()
 
     def issue(self, user_id: str, *, admin: bool, now: float) -> str:
         """A signed token for `user_id`, valid for ttl_s from `now`."""
@@ -64,15 +93,10 @@ class TokenIssuer:
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
 
     def check(self, token: str) -> Claims:
-        """The claims of a valid token; Unauthorized for a missing, malformed, expired or forged one.
-
-        Only a token that verified is remembered, under its exact text, so a forged one is checked every time.
-        """
+        """The claims of a valid token; Unauthorized for a missing, malformed, expired or forged one."""
         checked = self._checked.get(token)
         if checked is not None:
-            if time.time() < checked[1]:
-                return checked[0]
-            del self._checked[token]
+            return checked
         try:
             payload = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
         except jwt.ExpiredSignatureError:
@@ -83,11 +107,7 @@ class TokenIssuer:
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("The token names no user.")
         scopes = str(payload.get("scope", "")).split()
-        claims = Claims(user_id=sub, admin=ADMIN_SCOPE in scopes)
-        if len(self._checked) >= CHECKED_TOKENS_MAX:
-            self._checked.clear()
-        self._checked[token] = (claims, float(payload["exp"]))
-        return claims
+        return self._checked.keep(token, Claims(user_id=sub, admin=ADMIN_SCOPE in scopes), float(payload["exp"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +125,7 @@ class PlaybackTokens:
     def __init__(self, secret: str, ttl_s: int) -> None:
         self._key = hmac.new(secret.encode(), _PLAYBACK_KEY_LABEL, hashlib.sha256).hexdigest()
         self.ttl_s = ttl_s
+        self._checked: _Verified[PlaybackClaims] = _Verified()
 
     def issue(self, *, user_id: str, stream_id: str, video_id: str, now: float) -> str:
         """A signed token for one stream, valid for ttl_s from `now`."""
@@ -118,7 +139,13 @@ class PlaybackTokens:
         return jwt.encode(payload, self._key, algorithm=ALGORITHM)
 
     def check(self, token: str) -> PlaybackClaims:
-        """The claims of a valid playback token; Unauthorized for a malformed, expired or forged one."""
+        """The claims of a valid playback token; Unauthorized for a malformed, expired or forged one.
+
+        A player sends the same token with every segment (a request every 2 s or so): once verified, it costs a
+        dictionary lookup until it expires."""
+        checked = self._checked.get(token)
+        if checked is not None:
+            return checked
         try:
             payload = jwt.decode(
                 token,
@@ -134,4 +161,5 @@ class PlaybackTokens:
         claims = (payload.get("sub"), payload.get("sid"), payload.get("vid"))
         if not all(isinstance(c, str) and c for c in claims):
             raise Unauthorized("The playback token names no stream.")
-        return PlaybackClaims(user_id=str(claims[0]), stream_id=str(claims[1]), video_id=str(claims[2]))
+        found = PlaybackClaims(user_id=str(claims[0]), stream_id=str(claims[1]), video_id=str(claims[2]))
+        return self._checked.keep(token, found, float(payload["exp"]))

@@ -144,3 +144,25 @@ def test_admission_micro_benchmark_on_redis_reports_memory_per_stream(tmp_path: 
     assert run["redis_used_memory_bytes"] > 0
     assert run["redis_decisions_kept"] == 120
     assert run["redis_bytes_per_active_stream"] > 0
+
+
+def test_bench_segments_reports_requests_latency_and_cpu_for_both_modes(
+    tmp_path: Path, shared_media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLAYGATE_MEDIA_DIR", str(shared_media_dir))
+    stdout, files = bench(tmp_path, "segments", "-n", "20", "--interval", "0.5", "-d", "2", "-w", "0.5")
+    assert "mode serve" in stdout
+    assert "mode authorize" in stdout
+    results = {json.loads(f.read_text())["params"]["mode"]: json.loads(f.read_text()) for f in files}
+    assert set(results) == {"serve", "authorize"}
+    for mode, ok in (("serve", "200"), ("authorize", "204")):
+        result = results[mode]
+        assert result["params"]["offered_per_s"] == 40
+        assert result["requests"] > 0
+        assert result["statuses"] == {ok: result["requests"]}, result["statuses"]
+        assert result["errors"] == 0
+        latency = result["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+        assert result["server"]["cpu_percent"] > 0
+    assert results["serve"]["mb_per_s"] > 0
+    assert results["authorize"]["mb_per_s"] == 0

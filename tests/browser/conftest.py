@@ -66,6 +66,8 @@ class ConsoleWatch:
         if message.type != "error":
             return
         found = re.search(r"Failed to load resource: the server responded with a status of (\d+)", message.text)
+        if found and found.group(1) == "403" and "/v1/play/" in message.location.get("url", ""):
+            return  # a media request of an ended stream refused: how a playing player learns it, and says so
         if found and int(found.group(1)) in self.expected_statuses:
             self.expected_statuses.remove(int(found.group(1)))
             return

@@ -42,7 +42,6 @@ class Cluster:
             "PLAYGATE_REDIS_URL": self.redis.url,
             "PLAYGATE_DATABASE_URL": self.db.url,
             "PLAYGATE_CLAIM_IDLE": str(CLAIM_IDLE_S),
-            "PLAYGATE_MEDIA_DIR": str(self.data_dir / "media"),
         }
 
     @property

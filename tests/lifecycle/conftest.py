@@ -58,9 +58,9 @@ class Deployment:
 
 
 @pytest.fixture(scope="session")
-def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One media folder for every server of the session: the clips are made once."""
-    return Path(tmp_path_factory.mktemp("media"))
+def media_dir(shared_media_dir: Path) -> Path:
+    """One media folder for every server of the session: the clips and adaptive sets are made once."""
+    return shared_media_dir
 
 
 def lifecycle_env(media_dir: Path, **env: str) -> dict[str, str]:

@@ -24,6 +24,19 @@ async def play(
     return decision
 
 
+def token_of(decision: dict[str, Any]) -> str:
+    """The playback token in a decision's playbackUrl (`/v1/play/{token}/master.m3u8`)."""
+    url: str = decision["playbackUrl"]
+    assert url.startswith("/v1/play/"), url
+    assert url.endswith("/master.m3u8"), url
+    return url.split("/")[3]
+
+
+def clip_url(decision: dict[str, Any]) -> str:
+    """The single-file URL of a decision's stream (its MP4 clip), the token of its playbackUrl in the query."""
+    return f"/v1/streams/{decision['streamId']}/content?token={token_of(decision)}"
+
+
 async def fetch(
     base_url: str, playback_url: str, *, range_header: str | None = "bytes=0-1023", **headers: str
 ) -> httpx.Response:

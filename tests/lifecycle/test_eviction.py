@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from tests.lifecycle.conftest import Deployment
-from tests.lifecycle.helpers import active_ids, ended_events, fetch, play
+from tests.lifecycle.helpers import active_ids, clip_url, ended_events, fetch, play
 from tests.support.clients import api_client, connect_socket, new_user
 
 
@@ -29,7 +29,7 @@ async def test_evict_oldest_under_concurrent_requests(evict: Deployment, evict_a
             assert {e["streamId"] for e in events} == started - survivors
             for decision in decisions:
                 expected = 206 if decision["streamId"] in survivors else 403
-                assert (await fetch(base, decision["playbackUrl"])).status_code == expected
+                assert (await fetch(base, clip_url(decision))).status_code == expected
             await asyncio.sleep(0.3)
             assert sock.ended.empty(), "each eviction is announced once"
     finally:
@@ -49,7 +49,7 @@ async def test_evict_oldest_ends_the_oldest(evict: Deployment, evict_admin: http
             assert await active_ids(client) == {second["streamId"], third["streamId"]}
             [ended] = await ended_events(sock, 1, 5.0)
             assert ended == {"streamId": first["streamId"], "videoId": "1", "reason": "evicted"}
-            assert (await fetch(base, first["playbackUrl"])).status_code == 403
+            assert (await fetch(base, clip_url(first))).status_code == 403
     finally:
         await sock.close()
 
@@ -76,8 +76,8 @@ async def test_replace_stream_id_swaps_atomically_under_concurrency(
             assert await active_ids(client) == {kept["streamId"], winners[0]["streamId"]}
             [ended] = await ended_events(sock, 1, 5.0)
             assert ended == {"streamId": target["streamId"], "videoId": "2", "reason": "replaced"}
-            assert (await fetch(base, target["playbackUrl"])).status_code == 403
-            assert (await fetch(base, winners[0]["playbackUrl"])).status_code == 206
+            assert (await fetch(base, clip_url(target))).status_code == 403
+            assert (await fetch(base, clip_url(winners[0]))).status_code == 206
             await asyncio.sleep(0.3)
             assert sock.ended.empty(), "the replaced stream is announced once"
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from tests.lifecycle.conftest import Deployment
-from tests.lifecycle.helpers import active_ids, ended_events, fetch, patch_user, play
+from tests.lifecycle.helpers import active_ids, clip_url, ended_events, fetch, patch_user, play
 from tests.support.clients import api_client, connect_socket, new_user
 
 
@@ -30,7 +30,7 @@ async def test_a_lowered_limit_ends_the_streams_over_it_at_their_next_heartbeat(
                 (second["streamId"], "evicted"),
             }
             assert await active_ids(client) == {first["streamId"]}
-            assert (await fetch(base, first["playbackUrl"])).status_code == 206
+            assert (await fetch(base, clip_url(first))).status_code == 206
     finally:
         await sock.close()
 
@@ -47,8 +47,8 @@ async def test_a_media_request_over_a_lowered_limit_is_refused(
             newer = await play(client, "2", "phone")
             await patch_user(evict_admin, user.id, {"limit": 1})
             # Under evict_oldest the oldest stream is the one over the limit.
-            assert (await fetch(base, older["playbackUrl"])).status_code == 403
-            assert (await fetch(base, newer["playbackUrl"])).status_code == 206
+            assert (await fetch(base, clip_url(older))).status_code == 403
+            assert (await fetch(base, clip_url(newer))).status_code == 206
             [ended] = await ended_events(sock, 1, 5.0)
             assert ended == {"streamId": older["streamId"], "videoId": "1", "reason": "evicted"}
     finally:
@@ -84,6 +84,6 @@ async def test_disabling_a_user_ends_their_streams_and_their_media(
         await patch_user(deny_admin, user.id, {"disabled": True})
         [ended] = await ended_events(sock, 1, 5.0)
         assert ended == {"streamId": decision["streamId"], "videoId": "6", "reason": "user_disabled"}
-        assert (await fetch(base, decision["playbackUrl"])).status_code == 403
+        assert (await fetch(base, clip_url(decision))).status_code == 403
     finally:
         await sock.close()

@@ -7,7 +7,7 @@ import pytest
 
 from playgate.media import ByteRange, RangeNotSatisfiable, parse_range
 from tests.lifecycle.conftest import Deployment
-from tests.lifecycle.helpers import fetch, play
+from tests.lifecycle.helpers import clip_url, fetch, play
 from tests.support.clients import api_client, new_user
 
 SIZE = 1000
@@ -46,7 +46,7 @@ async def test_range_requests_at_the_content_gate(deny: Deployment, deny_admin: 
     user = await new_user(base, deny_admin, limit=1)
     async with api_client(base, user.token) as client:
         decision = await play(client, "2", "tv")
-    url = decision["playbackUrl"]
+    url = clip_url(decision)
     whole = await fetch(base, url, range_header=None)
     assert whole.status_code == 200
     assert whole.headers["content-type"] == "video/mp4"

@@ -17,6 +17,14 @@ import httpx
 ADMIN_PASSWORD = "admin-password-for-tests"
 JWT_SECRET = "test-secret-that-is-long-enough-0123456789"
 START_TIMEOUT_S = 30.0
+# One media folder for every server of a test session (tests/conftest.py sets it): each video's clip, poster and
+# adaptive set are made once, not by every server that starts, which would cost the suite minutes of CPU.
+_shared_media_dir: list[Path] = []
+
+
+def share_media_dir(folder: Path) -> None:
+    """Make `folder` the PLAYGATE_MEDIA_DIR of every test server that does not name one of its own."""
+    _shared_media_dir[:] = [folder]
 
 
 def free_port() -> int:
@@ -67,6 +75,8 @@ def playgate_env(data_dir: Path, **extra: str) -> dict[str, str]:
         # keep the per-address login throttle out of their way. tests/ops/test_security.py sets its own limits.
         PLAYGATE_LOGIN_FAILURES_PER_ADDRESS="100000",
     )
+    if _shared_media_dir:
+        env["PLAYGATE_MEDIA_DIR"] = str(_shared_media_dir[0])
     env.update(extra)
     return env
 

@@ -1,5 +1,6 @@
 // The viewer: log in, see the videos, play (each tab is its own device), see denials with the streams that use
 // the limit, stop or replace one of them, and hear over Socket.IO about streams that end elsewhere.
+import Hls from "hls.js/light"; // no DRM, subtitles or alternate audio: about half the size
 import { io } from "socket.io-client";
 import { ApiError, ENDED_REASONS, createApi, h, loadSession, randomId, since } from "./api.js";
 import "./style.css";
@@ -15,6 +16,8 @@ const HEARTBEAT_RETRY_MS = 5000;
 const ACK_TIMEOUT_MS = 5000;
 const MAX_MEDIA_RELOADS = 3; // fresh playback URLs tried after media errors, per stream
 const KEPT_DECISIONS = 200;
+// hls.js buffers this far ahead and then waits: a paused player soon stops fetching, and its slot frees itself.
+const HLS_BUFFER_S = 8;
 
 const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -107,7 +110,10 @@ class Card {
     video.setAttribute("muted", "");
     this.reloads = 0;
     video.addEventListener("error", () => this.mediaFailed(video));
-    video.src = url;
+    // Segment requests are the heartbeat while playing; paused, no heartbeats either, so the slot frees itself.
+    video.addEventListener("pause", () => clearTimeout(this.timer));
+    video.addEventListener("play", () => this.streamId && scheduleHeartbeat(this));
+    setSource(video, url, () => this.mediaFailed(video));
     this.media.replaceChildren(video);
     video.play().catch(() => {
       // Autoplay refused (rare when muted): the controls let the viewer start it.
@@ -128,7 +134,7 @@ class Card {
     }
     if (this.streamId !== streamId || !answer.playbackUrl || !video.isConnected) return;
     const at = video.currentTime;
-    video.src = answer.playbackUrl;
+    setSource(video, answer.playbackUrl, () => this.mediaFailed(video));
     video.currentTime = at;
     video.play().catch(() => {});
   }
@@ -136,12 +142,34 @@ class Card {
   hideVideo() {
     const video = this.media.querySelector("video");
     if (video) {
+      if (video.hls) video.hls.destroy();
       video.pause();
       video.removeAttribute("src");
       video.load();
     }
     this.media.replaceChildren(poster(this.video));
   }
+}
+
+/** Play `url` in `video`: an HLS playlist through hls.js where Media Source Extensions exist, else natively (Safari,
+ * iOS); `failed` is called on a fatal error (a refused segment: the stream ended). */
+function setSource(video, url, failed) {
+  if (video.hls) video.hls.destroy();
+  video.hls = null;
+  if (!/\.m3u8$/.test(url) || !Hls.isSupported()) {
+    video.src = url;
+    return;
+  }
+  const hls = new Hls({ maxBufferLength: HLS_BUFFER_S, maxMaxBufferLength: HLS_BUFFER_S * 2 });
+  hls.on(Hls.Events.ERROR, (_event, data) => {
+    if (!data.fatal) return;
+    hls.destroy();
+    if (video.hls === hls) video.hls = null;
+    failed();
+  });
+  hls.loadSource(url);
+  hls.attachMedia(video);
+  video.hls = hls;
 }
 
 function notice(text) {

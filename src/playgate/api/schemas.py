@@ -85,6 +85,20 @@ class VideoOut(Wire):
         return cls(id=video.id, title=video.title, url=video.url, poster_url=f"/videos/{video.id}/poster")
 
 
+class AdminVideoOut(VideoOut):
+    """A video as an admin sees it: with the folder of its own media, if it has one."""
+
+    source: str | None = Field(
+        None,
+        description="The folder of the video's own HLS/DASH media (its real path); null: the media PlayGate makes.",
+    )
+
+    @classmethod
+    def of(cls, video: Video) -> AdminVideoOut:
+        """From the domain object."""
+        return cls(**VideoOut.of(video).model_dump(), source=video.source)
+
+
 class PlanOut(Wire):
     """A plan."""
 
@@ -231,11 +245,22 @@ class UserPatch(Input):
     disabled: bool | None = None
 
 
+Source = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1000, pattern=r"^/[^\x00-\x1f\x7f]*$"),
+    Field(
+        description="An absolute folder on the server holding the video's own HLS media (`master.m3u8`, and "
+        "`manifest.mpd` for DASH), inside one of PLAYGATE_MEDIA_ROOTS; the gate serves it instead of the demo media."
+    ),
+]
+
+
 class VideoIn(Input):
     """A new video."""
 
     title: Text
     url: Url
+    source: Source | None = None
 
 
 class VideoPatch(Input):
@@ -243,6 +268,7 @@ class VideoPatch(Input):
 
     title: Text | None = None
     url: Url | None = None
+    source: Source | None = None
 
 
 class PlanIn(Input):

@@ -33,7 +33,7 @@ def _exit_on_sigterm() -> None:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: end-to-end load over HTTP and Socket.IO, the admission path alone, idle sockets.
+    """Benchmarks: end-to-end load over HTTP and Socket.IO, the admission path alone, idle sockets, HLS segments.
 
     Each run writes one JSON result under --out (default bench/reports/) and prints a summary line.
     """
@@ -345,3 +345,62 @@ def idle(
         f"messages on idle sockets {result['messages_on_idle_sockets']}"
     )
     click.echo(f"  → {path}")
+
+
+@bench.command()
+@click.option("--mode", type=click.Choice(["serve", "authorize", "both"]), default="both", show_default=True,
+              help="`serve`: PlayGate serves each segment's bytes; `authorize`: /v1/authorize alone (nginx's "
+              "auth_request, uncached); `both`: one run each.")  # fmt: skip
+@click.option("-n", "--players", type=click.IntRange(1, 20_000), default=1000, show_default=True)
+@click.option(
+    "--interval", type=click.FloatRange(0.1, 60), default=2.0, show_default=True, help="Seconds between segments."
+)
+@click.option("-d", "--duration", type=click.FloatRange(1, 3600), default=20.0, show_default=True)
+@click.option("-w", "--warmup", type=click.FloatRange(0, 600), default=4.0, show_default=True)
+@click.option("--rendition", type=click.IntRange(0, 1), default=0, show_default=True, help="0: 320x180, 1: 160x90.")
+@click.option("--server-cpu", callback=_cpus, help="Pin the server the bench starts to these CPUs (e.g. 0).")
+@click.option("--load-cpu", callback=_cpus, help="Pin the load (this process) to these CPUs (e.g. 1).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
+def segments(
+    mode: str,
+    players: int,
+    interval: float,
+    duration: float,
+    warmup: float,
+    rendition: int,
+    server_cpu: frozenset[int] | None,
+    load_cpu: frozenset[int] | None,
+    out: Path,
+) -> None:
+    """Live-like HLS load: P players, one 2 s segment each every 2 s, through the gate: requests/s, p99, CPU."""
+    _exit_on_sigterm()
+    from playgate.bench.report import run_dir, write_json
+    from playgate.bench.segments import SegmentSpec, run_segments, summary
+    from playgate.bench.target import BenchError, Target
+
+    folder = run_dir(out, f"segments-p{players}")
+    for one_mode in ("serve", "authorize") if mode == "both" else (mode,):
+        spec = SegmentSpec(
+            players=players,
+            interval_s=interval,
+            duration_s=duration,
+            warmup_s=warmup,
+            mode=one_mode,
+            rendition=rendition,
+            load_cpus=load_cpu,
+        )
+        try:
+            target = Target.embedded(server_cpus=server_cpu)
+        except BenchError as exc:
+            raise click.ClickException(exc.detail) from None
+        try:
+            result = run_segments(target, spec, lambda line: click.echo(line, err=True))
+        except BenchError as exc:
+            raise click.ClickException(f"{exc.detail}\n{target.server_log()}") from None
+        finally:
+            target.stop()
+        result["command"] = ["playgate", *sys.argv[1:]]
+        result["server_cpus"] = sorted(server_cpu) if server_cpu else None
+        path = write_json(folder / f"segments-{one_mode}.json", result)
+        click.echo(summary(result))
+        click.echo(f"  → {path}")

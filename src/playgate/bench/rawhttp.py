@@ -92,6 +92,11 @@ class HttpClient:
             "Content-Length: 0\r\n\r\n"
         ).encode()
 
+    def build_raw(self, method: str, path: str, headers: dict[str, str] | None = None) -> bytes:
+        """The bytes of a body-less request without a bearer token (a player's media request), with `headers`."""
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        return f"{method} {path} HTTP/1.1\r\nHost: {self._authority}\r\n{extra}Content-Length: 0\r\n\r\n".encode()
+
     async def send(self, raw: bytes) -> Answer:
         """Send prebuilt request bytes; (status, body). ConnectionError or TimeoutError when it fails."""
         connection = self._idle.pop() if self._idle else None

@@ -164,9 +164,13 @@ class Target:
         data_dir = tempfile.TemporaryDirectory(prefix="playgate-bench-")
         target = cls(base_urls=[], deployment=deployment, data_dir=data_dir)
         target.admin_password = secrets.token_urlsafe(18)
+        # The media (clips, posters, adaptive sets) are kept between runs, so that no run's server spends its
+        # first seconds on ffmpeg: PLAYGATE_MEDIA_DIR if set, else data/media (where `make run` keeps them).
+        media_dir = Path(os.environ.get("PLAYGATE_MEDIA_DIR") or "data/media").resolve()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PLAYGATE_") and k != "PORT"}
         env.update(
             PLAYGATE_DATA_DIR=data_dir.name,
+            PLAYGATE_MEDIA_DIR=str(media_dir),
             PLAYGATE_ADMIN_PASSWORD=target.admin_password,
             PLAYGATE_JWT_SECRET=secrets.token_urlsafe(36),
             PLAYGATE_LOG_LEVEL="warning",

@@ -50,6 +50,7 @@ class VideoRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     title: Mapped[str] = mapped_column(String(500))
     url: Mapped[str] = mapped_column(String(2000))
+    source: Mapped[str | None] = mapped_column(String(1000), nullable=True)
 
 
 class StreamRow(Base):

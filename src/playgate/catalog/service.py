@@ -310,7 +310,7 @@ class Catalog:
         """Every video, ordered by id."""
         async with self._session() as session:
             rows = (await session.scalars(select(VideoRow).order_by(VideoRow.id))).all()
-        return [Video(r.id, r.title, r.url) for r in rows]
+        return [_video(r) for r in rows]
 
     async def get_video(self, video_id: str) -> Video:
         """The video with this id (cached for cache_ttl_s), else NotFound."""
@@ -321,20 +321,22 @@ class Catalog:
             row = await session.get(VideoRow, video_id)
         if row is None:
             raise NotFound(f"No video with id {video_id!r}.")
-        video = Video(row.id, row.title, row.url)
+        video = _video(row)
         self._videos.put(video_id, video)
         return video
 
-    async def create_video(self, *, title: str, url: str, video_id: str | None = None) -> Video:
-        """A new video (the server picks the id unless given)."""
+    async def create_video(
+        self, *, title: str, url: str, video_id: str | None = None, source: str | None = None
+    ) -> Video:
+        """A new video (the server picks the id unless given); `source` is a checked folder of its own media."""
         async with self._write_session() as session:
-            row = VideoRow(id=video_id or _new_catalog_id(), title=title, url=url)
+            row = VideoRow(id=video_id or _new_catalog_id(), title=title, url=url, source=source)
             session.add(row)
             await self._commit(session, f"A video with id {video_id!r} exists already.", "id")
-        return Video(row.id, row.title, row.url)
+        return _video(row)
 
     async def update_video(self, video_id: str, changes: Mapping[str, Any]) -> Video:
-        """Change a video's title or URL."""
+        """Change a video's title, URL or media source (`source: None` goes back to the media PlayGate makes)."""
         async with self._write_session() as session:
             row = await session.get(VideoRow, video_id)
             if row is None:
@@ -343,9 +345,11 @@ class Catalog:
                 row.title = changes["title"]
             if changes.get("url") is not None:
                 row.url = changes["url"]
+            if "source" in changes:
+                row.source = changes["source"]
             await session.commit()
         self._videos.clear()
-        return Video(row.id, row.title, row.url)
+        return _video(row)
 
     async def delete_video(self, video_id: str) -> None:
         """Remove a video; NotFound if there is none."""
@@ -400,3 +404,7 @@ class Catalog:
         """Raise Unavailable unless the database answers a trivial query."""
         async with self._session() as session:
             await session.execute(select(1))
+
+
+def _video(row: VideoRow) -> Video:
+    return Video(row.id, row.title, row.url, row.source)

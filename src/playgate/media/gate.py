@@ -1,15 +1,24 @@
 """The content gate: a playback token opens a stream's media only while the ledger holds the stream active, and
-every media request renews the stream's lease (so a player that stops fetching lets its slot go)."""
+every media request renews the stream's lease (so a player that stops fetching lets its slot go).
+
+Two URL shapes carry the token. Adaptive streams put it in the path, `/v1/play/{token}/master.m3u8`, so that every
+relative URI of the playlists (variants, init segments, segments) inherits it and any player works unchanged. A
+single file keeps the query form, `/v1/streams/{streamId}/content?token=`."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from playgate.catalog.service import Catalog
 from playgate.domain import Decision, Status, Stream
 from playgate.errors import Forbidden, NotFound, Unauthorized
-from playgate.media.clips import MediaFiles, MediaLibrary
+from playgate.media.clips import DASH_MANIFEST, MASTER_PLAYLIST, MediaFiles, MediaLibrary
+from playgate.media.edge import EdgeSigner
+from playgate.media.playlists import media_file, safe_relative
+from playgate.media.sources import check_source
 from playgate.security import PlaybackClaims, PlaybackTokens
 from playgate.service import PlayGate
 
@@ -19,6 +28,9 @@ MEDIA_RENEW_SLACK = 0.1
 TOKEN_HEADER = "X-Playback-Token"  # noqa: S105 (a header name, not a secret)
 # What a media URL behind a web server must end with, so that a token opens only its own stream's file.
 _MEDIA_PATH = re.compile(r"/(?P<stream>[^/?#]+)/(?P<video>[^/?#.]+)\.[A-Za-z0-9]+$")
+# An adaptive-stream URL: the token is the path segment after `/play/`, the file follows it.
+PLAY_PREFIX = "/v1/play"
+_PLAY_PATH = re.compile(r"/play/(?P<token>[A-Za-z0-9_.~-]+)/(?P<file>[^?#]+)$")
 
 
 def content_url(stream_id: str, token: str) -> str:
@@ -26,60 +38,121 @@ def content_url(stream_id: str, token: str) -> str:
     return f"/v1/streams/{stream_id}/content?token={token}"
 
 
-def playback_url(tokens: PlaybackTokens, decision: Decision, now: float) -> str | None:
-    """The playback URL of an allowed decision (a fresh token for its stream); None for a denial."""
-    if decision.status is not Status.allowed or decision.stream_id is None:
-        return None
-    token = tokens.issue(user_id=decision.user_id, stream_id=decision.stream_id, video_id=decision.video_id, now=now)
-    return content_url(decision.stream_id, token)
+def play_url(token: str, file: str = MASTER_PLAYLIST) -> str:
+    """The relative URL of a file of a stream's adaptive set (default its HLS master playlist), token in the path."""
+    return f"{PLAY_PREFIX}/{token}/{file}"
+
+
+def dash_url(playback: str) -> str:
+    """The DASH manifest beside the master playlist of a `playbackUrl`."""
+    return playback.rsplit("/", 1)[0] + f"/{DASH_MANIFEST}"
+
+
+class PlaybackLinks:
+    """The playback URL of a stream: its master playlist at the content gate, a fresh playback token in the path;
+    or, with edge signing, a signed short-lived link that the edge checks alone."""
+
+    def __init__(self, tokens: PlaybackTokens, signer: EdgeSigner | None = None) -> None:
+        self.tokens = tokens
+        self.signer = signer
+
+    def for_stream(self, *, stream_id: str, user_id: str, video_id: str, now: float) -> str:
+        """A fresh playback URL for one stream."""
+        if self.signer is not None:
+            return self.signer.url(stream_id=stream_id, video_id=video_id, now=now)
+        return play_url(self.tokens.issue(user_id=user_id, stream_id=stream_id, video_id=video_id, now=now))
+
+    def for_decision(self, decision: Decision, now: float) -> str | None:
+        """The playback URL of an allowed decision; None for a denial."""
+        if decision.status is not Status.allowed or decision.stream_id is None:
+            return None
+        return self.for_stream(
+            stream_id=decision.stream_id, user_id=decision.user_id, video_id=decision.video_id, now=now
+        )
 
 
 class ContentGate:
     """Checks playback tokens against the ledger, renews leases, and finds the media of admitted streams."""
 
     def __init__(
-        self, *, gate: PlayGate, tokens: PlaybackTokens, library: MediaLibrary, clock: Callable[[], float]
+        self,
+        *,
+        gate: PlayGate,
+        catalog: Catalog,
+        links: PlaybackLinks,
+        library: MediaLibrary,
+        media_roots: Sequence[Path],
+        clock: Callable[[], float],
     ) -> None:
         self.gate = gate
-        self.tokens = tokens
+        self._catalog = catalog
+        self._media_roots = tuple(media_roots)
+        self.links = links
+        self.tokens = links.tokens
         self.library = library
         self._clock = clock
 
     def url_for(self, stream: Stream) -> str:
-        """A fresh playback URL for an active stream (heartbeat answers carry one)."""
-        token = self.tokens.issue(
-            user_id=stream.user_id, stream_id=stream.id, video_id=stream.video_id, now=self._clock()
+        """A fresh playback URL for an active stream (heartbeat answers carry one: with edge signing, that is how
+        a playing client gets a link that outlives the one it has)."""
+        return self.links.for_stream(
+            stream_id=stream.id, user_id=stream.user_id, video_id=stream.video_id, now=self._clock()
         )
-        return content_url(stream.id, token)
 
     def url_for_decision(self, decision: Decision) -> str | None:
         """The playback URL of an allowed decision; None for a denial."""
-        return playback_url(self.tokens, decision, self._clock())
+        return self.links.for_decision(decision, self._clock())
+
+    def check_source(self, source: str | None) -> str | None:
+        """A video's own media folder, checked against PLAYGATE_MEDIA_ROOTS (its real path); None stays None."""
+        return None if source is None else check_source(source, self._media_roots)
 
     async def open(self, token: str | None, stream_id: str) -> tuple[Stream, MediaFiles]:
         """Admit one media request of `stream_id` (401 bad token, 403 other or ended stream); its files."""
         stream = await self._admit(self._claims(token), stream_id=stream_id)
         return stream, await self.library.ensure(stream.video_id)
 
-    async def authorize(self, original_uri: str | None, header_token: str | None) -> Stream:
-        """Answer a web server's `auth_request`: the token from the header or the original URI's `?token=`.
-
-        When the original URI is given, its path must end in `/{streamId}/{videoId}.<ext>` of the token's stream.
-        """
-        token = header_token
-        stream_id = video_id = None
-        if original_uri:
-            try:
-                parts = urlsplit(original_uri)
-            except ValueError:
-                raise Forbidden("X-Original-URI is not a URI.") from None
-            token = token or next(iter(parse_qs(parts.query).get("token", [])), None)
-            match = _MEDIA_PATH.search(parts.path)
-            if match is None:
-                raise Forbidden("The media path must end in /{streamId}/{videoId}.mp4.")
-            stream_id, video_id = unquote(match["stream"]), unquote(match["video"])
+    async def open_adaptive(self, token: str, relative: str) -> tuple[Stream, Path, Path]:
+        """Admit one request of a stream's adaptive set (401 bad token, 403 ended stream); the rendition folder
+        and the file `relative` names in it (404 for any path outside it)."""
         claims = self._claims(token)
-        return await self._admit(claims, stream_id=stream_id or claims.stream_id, video_id=video_id)
+        # The set first (made on the spot if the background task has not got to it): making it may take longer
+        # than a short lease, which is renewed after. The catalogue says whether the video has media of its own.
+        try:
+            video = await self._catalog.get_video(claims.video_id)
+        except NotFound:
+            raise Forbidden(f"Video {claims.video_id!r} is no longer in the catalogue.") from None
+        folder = await self.library.ensure_adaptive(claims.video_id, video.source)
+        stream = await self._admit(claims, stream_id=claims.stream_id)
+        return stream, folder, media_file(folder, relative)
+
+    async def authorize(self, original_uri: str | None, header_token: str | None) -> Stream:
+        """Answer a web server's `auth_request`: the token from the original URI's path (`/play/{token}/<file>`),
+        the header, or the URI's `?token=`.
+
+        A single-file URI's path must end in `/{streamId}/{videoId}.<ext>` of the token's stream; an adaptive
+        URI's file must be a plain relative path (no `..`, no hidden file).
+        """
+        if not original_uri:
+            claims = self._claims(header_token)
+            return await self._admit(claims, stream_id=claims.stream_id)
+        try:
+            parts = urlsplit(original_uri)
+        except ValueError:
+            raise Forbidden("X-Original-URI is not a URI.") from None
+        played = _PLAY_PATH.search(parts.path)
+        if played is not None:
+            if safe_relative(unquote(played["file"])) is None:
+                raise Forbidden("The media path names no file of the stream.")
+            claims = self._claims(played["token"])
+            return await self._admit(claims, stream_id=claims.stream_id)
+        token = header_token or next(iter(parse_qs(parts.query).get("token", [])), None)
+        match = _MEDIA_PATH.search(parts.path)
+        if match is None:
+            raise Forbidden("The media path must end in /play/{token}/<file> or /{streamId}/{videoId}.mp4.")
+        claims = self._claims(token)
+        stream_id, video_id = unquote(match["stream"]), unquote(match["video"])
+        return await self._admit(claims, stream_id=stream_id, video_id=video_id)
 
     def _claims(self, token: str | None) -> PlaybackClaims:
         if not token:

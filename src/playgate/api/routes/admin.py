@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from playgate.api.deps import Admin, CatalogDep, GateDep
+from playgate.api.deps import Admin, CatalogDep, ContentDep, GateDep
 from playgate.api.errors import problem_responses
 from playgate.api.schemas import (
+    AdminVideoOut,
     Id,
     PlanIn,
     PlanOut,
@@ -17,7 +18,6 @@ from playgate.api.schemas import (
     UserOut,
     UserPatch,
     VideoIn,
-    VideoOut,
     VideoPatch,
 )
 
@@ -77,27 +77,33 @@ async def delete_user(user_id: UserId, gate: GateDep, _admin: Admin) -> Response
 
 
 @router.get("/videos", summary="List videos", responses=ERRORS)
-async def list_videos(catalog: CatalogDep, _admin: Admin) -> list[VideoOut]:
+async def list_videos(catalog: CatalogDep, _admin: Admin) -> list[AdminVideoOut]:
     """Every video."""
-    return [VideoOut.of(v) for v in await catalog.list_videos()]
+    return [AdminVideoOut.of(v) for v in await catalog.list_videos()]
 
 
 @router.post("/videos", status_code=201, summary="Create a video", responses=ERRORS)
-async def create_video(body: VideoIn, catalog: CatalogDep, _admin: Admin) -> VideoOut:
-    """201 with the new video."""
-    return VideoOut.of(await catalog.create_video(title=body.title, url=body.url))
+async def create_video(body: VideoIn, catalog: CatalogDep, content: ContentDep, _admin: Admin) -> AdminVideoOut:
+    """201 with the new video; a `source` outside PLAYGATE_MEDIA_ROOTS, or without a master playlist, is 422."""
+    source = content.check_source(body.source)
+    return AdminVideoOut.of(await catalog.create_video(title=body.title, url=body.url, source=source))
 
 
 @router.get("/videos/{videoId}", summary="One video", responses=ERRORS)
-async def get_video(video_id: VideoId, catalog: CatalogDep, _admin: Admin) -> VideoOut:
+async def get_video(video_id: VideoId, catalog: CatalogDep, _admin: Admin) -> AdminVideoOut:
     """A video."""
-    return VideoOut.of(await catalog.get_video(video_id))
+    return AdminVideoOut.of(await catalog.get_video(video_id))
 
 
 @router.patch("/videos/{videoId}", summary="Change a video", responses=ERRORS)
-async def update_video(video_id: VideoId, body: VideoPatch, catalog: CatalogDep, _admin: Admin) -> VideoOut:
-    """200 with the changed video."""
-    return VideoOut.of(await catalog.update_video(video_id, body.model_dump(exclude_unset=True, by_alias=False)))
+async def update_video(
+    video_id: VideoId, body: VideoPatch, catalog: CatalogDep, content: ContentDep, _admin: Admin
+) -> AdminVideoOut:
+    """200 with the changed video; `source: null` goes back to the media PlayGate makes."""
+    changes = body.model_dump(exclude_unset=True, by_alias=False)
+    if "source" in changes:
+        changes["source"] = content.check_source(changes["source"])
+    return AdminVideoOut.of(await catalog.update_video(video_id, changes))
 
 
 @router.delete(

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from playgate.api.deps import CatalogDep, ContentDep
 from playgate.api.errors import problem, problem_responses
 from playgate.api.schemas import Id
-from playgate.media import RangeNotSatisfiable, parse_range
+from playgate.media import RangeNotSatisfiable, content_type, is_playlist, parse_range, rewrite_playlist
 
 router = APIRouter(tags=["content"])
 
@@ -63,6 +63,47 @@ async def stream_content(
     """Serve the stream's clip to a holder of its playback token, renewing the lease."""
     _, files = await content.open(token or header_token, stream_id)
     return await _ranged(request, files.clip, "video/mp4")
+
+
+PLAY_ROUTE = "/v1/play/{token}/{file:path}"
+PLAY_DOC: dict[str, Any] = {
+    "summary": "A file of a stream's adaptive set (HLS, DASH), the playback token in the path",
+    "description": (
+        "The `playbackUrl` of an allowed decision is `/v1/play/{token}/master.m3u8` (HLS; the DASH manifest is "
+        "`manifest.mpd` beside it), so every relative URI in the playlists (variant playlists, init segments, "
+        "segments) inherits the token and any player works unchanged. Playlists are served with absolute URIs "
+        "made relative. Every request renews the stream's lease; a stream that ended (stopped, expired, evicted, "
+        "replaced, user disabled) is refused at once with 403. Segments serve HTTP Range as the content route does."
+    ),
+    "response_class": Response,
+    "responses": {
+        200: {
+            "content": {"application/vnd.apple.mpegurl": {}, "application/dash+xml": {}, "video/iso.segment": {}},
+            "description": "The playlist, manifest or segment.",
+        },
+        206: {"content": {"video/iso.segment": {}}, "description": "The range asked for."},
+        **GATE_ERRORS,
+        **problem_responses({404: "The stream's media has no such file."}),
+        **RANGE_ERRORS,
+    },
+}
+
+
+@router.get(PLAY_ROUTE, operation_id="get_stream_play_file", **PLAY_DOC)
+@router.head(PLAY_ROUTE, operation_id="head_stream_play_file", **PLAY_DOC)
+async def play_file(
+    request: Request,
+    content: ContentDep,
+    token: Annotated[str, Path(description="The playback token of the stream (from `playbackUrl`).")],
+    file: Annotated[str, Path(description="A file of the stream's media, e.g. `master.m3u8`.")],
+) -> Response:
+    """Serve a playlist (rewritten) or a segment of the stream's adaptive set, renewing the lease."""
+    _, folder, path = await content.open_adaptive(token, file)
+    if not is_playlist(path):
+        return await _ranged(request, path, content_type(path))
+    text = await anyio.Path(path).read_text(errors="replace")
+    body = rewrite_playlist(text, root=folder, playlist=path)
+    return Response(body, media_type=content_type(path), headers={"Cache-Control": "private, no-store"})
 
 
 POSTER_ROUTE = "/videos/{videoId}/poster"
