@@ -31,6 +31,12 @@ $(WEB_STAMP): web/package-lock.json
 web: $(WEB_STAMP)
 	cd web && npm run build
 
+# The Socket.IO compatibility tests (tests/compat) drive the real socket.io-client 2 and 4 in Node.
+COMPAT_STAMP := tests/compat/node_modules/.package-lock.json
+
+$(COMPAT_STAMP): tests/compat/package-lock.json
+	cd tests/compat && npm ci --no-audit --no-fund
+
 # The browser tests drive Debian's chromium (tests/browser); installed here when missing.
 CHROMIUM := /usr/bin/chromium
 
@@ -69,7 +75,7 @@ $(FFPROBE):
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg
 
-test: $(STAMP) web $(CHROMIUM) $(PROMTOOL) $(NGINX) $(FFPROBE)
+test: $(STAMP) web $(COMPAT_STAMP) $(CHROMIUM) $(PROMTOOL) $(NGINX) $(FFPROBE)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src

@@ -144,6 +144,8 @@ def open_backends(
     """The one mapping from settings to backends: PLAYGATE_REDIS_URL set -> Redis ledger, Redis Streams queue and
     Redis fan-out; unset -> the SQLite ledger in the catalogue's database and the in-process bus."""
     lease_s, decision_ttl_s, policy = settings.stream_ttl_s, settings.decision_ttl_s, settings.policy
+    # Auth disabled: events go to the sockets that named no user as well (the original service's broadcast).
+    to_every_user_room = settings.auth is AuthMode.disabled
     if settings.redis_url is not None:
         url = settings.redis_url
         queue = RedisQueue(
@@ -155,11 +157,11 @@ def open_backends(
             max_attempts=MAX_ATTEMPTS,
         )
         ledger: Ledger = RedisLedger(url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, policy=policy, clock=clock)
-        return ledger, queue, RedisFanout(url, emitter, playback)
+        return ledger, queue, RedisFanout(url, emitter, playback, to_every_user_room=to_every_user_room)
     ledger = SqlLedger(
         settings.resolved_database_url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, policy=policy, clock=clock
     )
-    return ledger, LocalQueue(), LocalFanout(emitter, playback_url=playback)
+    return ledger, LocalQueue(), LocalFanout(emitter, playback_url=playback, to_every_user_room=to_every_user_room)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from playgate import __version__
 from playgate.api import errors
+from playgate.api.legacy_socketio import LegacySocketIO
 from playgate.api.middleware import HttpEdge
 from playgate.api.routes import admin, auth, content, health, seed, v1
 from playgate.api.socket import create_server, register
@@ -29,6 +30,9 @@ DESCRIPTION = """PlayGate decides whether a user may start one more video stream
 Ask with `POST /v1/plays` (or the seed's `GET /videos/{videoId}/request?user=`); the decision arrives on the
 user's Socket.IO connections (`/socket.io`, event `message`), at `GET /v1/plays/{requestId}`, or at once with
 `?wait=`. Errors are `application/problem+json`. Authenticate with a bearer token from `POST /auth/token`.
+
+The seed's routes (`/users…`, `/videos…`) answer the same with a trailing slash (`/videos/1/request/?user=1`),
+without a redirect. `/socket.io` serves Socket.IO v4 clients (Engine.IO 4) and v2 clients (`?EIO=3`) alike.
 """
 
 # The web app, built from web/ by `npm run build` (make run / make test do it); absent in a bare checkout.
@@ -86,7 +90,9 @@ def create_app(
         return service
 
     register(sio, gate)
-    app = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
+    app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
+    # Socket.IO v2 clients (`?EIO=3`, e.g. the original service's UI) on the same path.
+    app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings))
     return HttpEdge(app, max_bytes=settings.max_body_bytes, metrics=metrics, uncounted=f"/{SOCKET_PATH}/")
 
 

@@ -11,6 +11,7 @@ import orjson
 import socketio
 
 from playgate.api.errors import error_fields
+from playgate.api.legacy_socketio import LegacyAwareServer
 from playgate.api.schemas import iso
 from playgate.bus.protocol import user_room
 from playgate.errors import Invalid, PlayGateError
@@ -31,9 +32,10 @@ class _Json:
         return orjson.loads(data)
 
 
-def create_server(cors_origins: str | list[str] | None = None, client_manager: Any = None) -> socketio.AsyncServer:
-    """An ASGI Socket.IO server; same-origin browsers only unless origins (or "*") are given."""
-    return socketio.AsyncServer(
+def create_server(cors_origins: str | list[str] | None = None, client_manager: Any = None) -> LegacyAwareServer:
+    """An ASGI Socket.IO server (that Socket.IO v2 sessions can join: api/legacy_socketio.py); same-origin
+    browsers only unless origins (or "*") are given."""
+    return LegacyAwareServer(
         async_mode="asgi", json=_Json, cors_allowed_origins=cors_origins, client_manager=client_manager
     )
 

@@ -144,6 +144,11 @@ def user_room(user_id: str) -> str:
     return f"user:{user_id}"
 
 
+# Auth disabled: the room of the sockets that named no user, which get every user's events, as the original
+# service sent them (its Socket.IO v2 clients never say who they are).
+EVERY_USER_ROOM = "users:every"
+
+
 def decision_message(decision: Decision, playback_url: str | None = None) -> dict[str, Any]:
     """The `message` event payload of API.md for a decision; an allowed one carries its stream's `playbackUrl`."""
     body: dict[str, Any] = {
@@ -177,9 +182,16 @@ class EmittingFanout:
     A backend adds only its transport: how decisions reach the waiters of other processes (if any).
     """
 
-    def __init__(self, emitter: Emitter, playback_url: Callable[[Decision], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        emitter: Emitter,
+        playback_url: Callable[[Decision], str | None] | None = None,
+        *,
+        to_every_user_room: bool = False,
+    ) -> None:
         self._emitter = emitter
         self._playback_url = playback_url
+        self._to_every_user_room = to_every_user_room
         self._waiters: dict[str, set[asyncio.Future[Decision]]] = {}
 
     async def _emit(self, outcomes: Sequence[Outcome]) -> None:
@@ -187,13 +199,20 @@ class EmittingFanout:
         for outcome in outcomes:
             decision = outcome.decision
             url = self._playback_url(decision) if self._playback_url is not None else None
-            await self._emitter.emit("message", decision_message(decision, url), room=user_room(decision.user_id))
+            await self._emit_for(decision.user_id, "message", decision_message(decision, url))
             await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
 
     async def announce(self, ended: Sequence[EndedStream]) -> None:
         """Emit `stream_ended` to each ended stream's user."""
         for item in ended:
-            await self._emitter.emit("stream_ended", ended_message(item), room=user_room(item.stream.user_id))
+            await self._emit_for(item.stream.user_id, "stream_ended", ended_message(item))
+
+    async def _emit_for(self, user_id: str, event: str, body: dict[str, Any]) -> None:
+        """Emit to the user's room, and to EVERY_USER_ROOM when asked (auth disabled): a socket is in one or the
+        other, never both, so nobody gets an event twice."""
+        await self._emitter.emit(event, body, room=user_room(user_id))
+        if self._to_every_user_room:
+            await self._emitter.emit(event, body, room=EVERY_USER_ROOM)
 
     def watch(self, request_id: str) -> asyncio.Future[Decision]:
         """A future resolved when the decision is published."""

@@ -345,9 +345,14 @@ class RedisFanout(EmittingFanout):
     """Decisions to sockets through a Socket.IO Redis manager; `?wait=` waiters woken over Redis pub/sub."""
 
     def __init__(
-        self, url: str, emitter: Emitter, playback_url: Callable[[Decision], str | None] | None = None
+        self,
+        url: str,
+        emitter: Emitter,
+        playback_url: Callable[[Decision], str | None] | None = None,
+        *,
+        to_every_user_room: bool = False,
     ) -> None:
-        super().__init__(emitter, playback_url)
+        super().__init__(emitter, playback_url, to_every_user_room=to_every_user_room)
         self._redis = connect(url)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Response
 
@@ -26,13 +27,28 @@ ERRORS = problem_responses(
 )
 
 
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def seed_get(path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+    """Register a seed route at `path` and, answered the same, at `path/`: the original's clients call some
+    with a trailing slash (`/videos/1/request/?user=1`), and a redirect would cost each call a round trip."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        router.add_api_route(path, endpoint, methods=["GET"], **options)
+        router.add_api_route(f"{path}/", endpoint, methods=["GET"], include_in_schema=False, **options)
+        return endpoint
+
+    return register
+
+
 def _acting(gate: PlayGate, caller: Principal, user: str | None) -> str:
     if user is None and caller.user is None:
         raise Invalid("Name the user: ?user=<userId>.", field="user")
     return gate.acting_user(caller, user)
 
 
-@router.get("/users", summary="All users, or the one with ?name= (admin)", responses=ERRORS)
+@seed_get("/users", summary="All users, or the one with ?name= (admin)", responses=ERRORS)
 async def list_users(
     catalog: CatalogDep, _admin: Admin, name: Annotated[str | None, Query(min_length=1, max_length=200)] = None
 ) -> list[UserOut] | UserOut:
@@ -42,7 +58,7 @@ async def list_users(
     return [UserOut.of(u) for u in await catalog.list_users()]
 
 
-@router.get("/users/{userId}", summary="One user (that user, or admin)", responses=ERRORS)
+@seed_get("/users/{userId}", summary="One user (that user, or admin)", responses=ERRORS)
 async def get_user(catalog: CatalogDep, caller: Caller, user_id: Annotated[Id, Path(alias="userId")]) -> UserOut:
     """A user: yourself, or anyone for an admin."""
     if not caller.may_see(user_id):
@@ -50,7 +66,7 @@ async def get_user(catalog: CatalogDep, caller: Caller, user_id: Annotated[Id, P
     return UserOut.of(await catalog.get_user(user_id))
 
 
-@router.get("/users/{userId}/streams", summary="A user's active streams (that user, or admin)", responses=ERRORS)
+@seed_get("/users/{userId}/streams", summary="A user's active streams (that user, or admin)", responses=ERRORS)
 async def user_streams(gate: GateDep, caller: Caller, user_id: Annotated[Id, Path(alias="userId")]) -> list[StreamOut]:
     """The user's active streams, oldest first."""
     if not caller.may_see(user_id):
@@ -58,13 +74,13 @@ async def user_streams(gate: GateDep, caller: Caller, user_id: Annotated[Id, Pat
     return [StreamOut.of(s) for s in await gate.user_streams(user_id)]
 
 
-@router.get("/videos", summary="All videos (anyone)")
+@seed_get("/videos", summary="All videos (anyone)")
 async def list_videos(catalog: CatalogDep) -> list[VideoOut]:
     """Every video."""
     return [VideoOut.of(v) for v in await catalog.list_videos()]
 
 
-@router.get(
+@seed_get(
     "/videos/stop",
     status_code=204,
     response_class=Response,
@@ -77,13 +93,13 @@ async def stop_all(gate: GateDep, caller: Caller, user: UserParam = None) -> Res
     return Response(status_code=204)
 
 
-@router.get("/videos/{videoId}", summary="One video (anyone)", responses=ERRORS)
+@seed_get("/videos/{videoId}", summary="One video (anyone)", responses=ERRORS)
 async def get_video(catalog: CatalogDep, video_id: Annotated[Id, Path(alias="videoId")]) -> VideoOut:
     """A video, 404 if unknown."""
     return VideoOut.of(await catalog.get_video(video_id))
 
 
-@router.get(
+@seed_get(
     "/videos/{videoId}/request",
     status_code=202,
     summary="Ask to stream a video; the decision comes over Socket.IO as `message`",
@@ -101,7 +117,7 @@ async def request_video(
     )
 
 
-@router.get(
+@seed_get(
     "/videos/{videoId}/stop",
     status_code=204,
     response_class=Response,

@@ -1,0 +1,443 @@
+"""Socket.IO v2 clients (Engine.IO protocol 3) beside python-socketio's v4 server, on the same path.
+
+python-engineio 4 dropped Engine.IO 3, and no maintained Python library serves both protocols, so the original
+service's clients (socket.io-client 2.x, e.g. its Angular UI) are served here: Engine.IO 3 over polling and
+websocket (the `len:packet` payloads, the client pinging, the probe-and-upgrade), and the part of Socket.IO 2 a
+listening player needs (the implicit connection to the default namespace, events out, disconnect).
+
+A v2 socket is a participant of python-socketio's client manager like any v4 socket: it connects to the manager
+and enters its user's room. Every emit to a room, from this process or from a worker through the Redis manager,
+reaches the manager's participants through `_send_eio_packet`; `LegacyAwareServer` hands the packets of v2
+sessions to them. Socket.IO event packets are spelled the same in v2 and v4 (`2["message",{...}]`), only the
+Engine.IO framing around them differs.
+
+Who a v2 socket is: `?token=` (or, auth disabled, `?user=`); auth disabled and no user named, it is in
+EVERY_USER_ROOM and gets every user's events, as the original sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+import socketio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from playgate.bus.protocol import EVERY_USER_ROOM, user_room
+from playgate.errors import PlayGateError
+from playgate.service import PlayGate
+
+log = logging.getLogger("playgate.socket.v2")
+
+NAMESPACE = "/"
+# A client that stops reading is dropped once this many packets wait for it.
+MAX_QUEUED_PACKETS = 1000
+# Engine.IO 3 packet types (the first character of a packet).
+OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP = "0", "1", "2", "3", "4", "5", "6"
+# Socket.IO 2 packet types (the first character of an Engine.IO message).
+SIO_CONNECT, SIO_DISCONNECT, SIO_ERROR = "0", "1", "4"
+
+
+class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-socketio is untyped
+    """python-socketio's server, delivering the packets of Engine.IO 3 sessions to them instead of to engineio.
+
+    The manager sends every participant's packet through `_send_eio_packet` (one encoded packet for a room) or
+    `_send_packet` (a packet with an ack id); these two hooks are all this class changes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.legacy_sessions: dict[str, LegacySession] = {}
+
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        session = self.legacy_sessions.get(eio_sid)
+        if session is None:
+            await super()._send_eio_packet(eio_sid, eio_pkt)
+            return
+        encoded = eio_pkt.encode()
+        if isinstance(encoded, str):
+            session.push(encoded)
+        else:
+            log.warning("binary packet for Socket.IO v2 session %s not sent", eio_sid)
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        session = self.legacy_sessions.get(eio_sid)
+        if session is None:
+            await super()._send_packet(eio_sid, pkt)
+            return
+        encoded = pkt.encode()
+        for part in encoded if isinstance(encoded, list) else [encoded]:
+            if isinstance(part, str):
+                session.push(MESSAGE + part)
+
+
+@dataclass(eq=False)
+class LegacySession:
+    """One Engine.IO 3 connection: packets waiting for the client, and its state."""
+
+    eio_sid: str
+    last_seen_at: float
+    sid: str | None = None  # the Socket.IO sid in the manager, once connected
+    user_id: str | None = None
+    upgrading: bool = False  # probed over a websocket: polls answer at once, so that the client can pause
+    upgraded: bool = False  # on the websocket
+    polling: bool = False  # a GET is waiting
+    closed: bool = False
+    outbox: list[str] = field(default_factory=list)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    on_overflow: Callable[[LegacySession], None] | None = None
+
+    def push(self, packet: str) -> None:
+        """Queue an encoded Engine.IO packet for the client; past MAX_QUEUED_PACKETS unread, on_overflow."""
+        if self.closed:
+            return
+        self.outbox.append(packet)
+        self.ready.set()
+        if len(self.outbox) > MAX_QUEUED_PACKETS and self.on_overflow is not None:
+            log.warning("Socket.IO v2 session %s: %d packets unread", self.eio_sid, len(self.outbox))
+            self.on_overflow(self)
+
+    def take(self) -> list[str]:
+        """Every queued packet, oldest first."""
+        packets, self.outbox = self.outbox, []
+        self.ready.clear()
+        return packets
+
+
+def utf16_len(text: str) -> int:
+    """A string's length as JavaScript counts it (UTF-16 code units): the unit of Engine.IO 3's payload lengths."""
+    return len(text) + sum(1 for char in text if ord(char) > 0xFFFF)
+
+
+def encode_payload(packets: list[str]) -> str:
+    """Engine.IO 3's polling payload: each packet as `<length>:<packet>`."""
+    return "".join(f"{utf16_len(p)}:{p}" for p in packets)
+
+
+def decode_payload(body: str) -> list[str]:
+    """The packets of an Engine.IO 3 polling payload; ValueError if it is not one."""
+    packets: list[str] = []
+    at = 0
+    while at < len(body):
+        colon = body.find(":", at)
+        if colon < 0 or not body[at:colon].isdigit():
+            raise ValueError("not an Engine.IO 3 payload")
+        units, end = int(body[at:colon]), colon + 1
+        while units > 0:
+            if end >= len(body):
+                raise ValueError("truncated Engine.IO 3 payload")
+            units -= 2 if ord(body[end]) > 0xFFFF else 1
+            end += 1
+        packets.append(body[colon + 1 : end])
+        at = end
+    return packets
+
+
+def is_engineio3(scope: Scope, path: str) -> bool:
+    """Whether an ASGI request is Engine.IO 3 on the Socket.IO path (`?EIO=3`)."""
+    if scope["type"] not in ("http", "websocket") or scope["path"].rstrip("/") != path:
+        return False
+    return b"EIO=3" in scope.get("query_string", b"").split(b"&")
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    value = next((v for k, v in scope["headers"] if k == name), None)
+    return value.decode("latin-1") if value is not None else None
+
+
+class LegacySocketIO:
+    """ASGI middleware: Engine.IO 3 requests on the Socket.IO path are served here, everything else by `app`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        sio: LegacyAwareServer,
+        gate: Callable[[], PlayGate],
+        *,
+        path: str,
+        origins: str | list[str] | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.sio = sio
+        self.gate = gate
+        self.path = "/" + path.strip("/")
+        self.origins = origins
+        self.clock = clock
+        self.ping_interval_s = float(sio.eio.ping_interval)
+        self.ping_timeout_s = float(sio.eio.ping_timeout)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_engineio3(scope, self.path):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self._http(scope, receive, send)
+
+    # ---- sessions ---------------------------------------------------------------------------------------
+
+    @property
+    def deadline_s(self) -> float:
+        """A session that has not pinged for this long is closed."""
+        return self.ping_interval_s + self.ping_timeout_s
+
+    async def _open(self, query: dict[str, str], *, upgrades: list[str]) -> LegacySession:
+        """A new session: the open packet, then Socket.IO 2's implicit connect to "/" (or its refusal)."""
+        session = LegacySession(self.sio.eio.generate_id(), self.clock(), on_overflow=self._close)
+        handshake = {
+            "sid": session.eio_sid,
+            "upgrades": upgrades,
+            "pingInterval": round(self.ping_interval_s * 1000),
+            "pingTimeout": round(self.ping_timeout_s * 1000),
+        }
+        session.push(OPEN + orjson.dumps(handshake).decode())
+        try:
+            principal = await self.gate().principal(query.get("token"), query.get("user"))
+        except PlayGateError as exc:
+            # As a Socket.IO 2 server refuses a connection: an error packet for "/", then the close.
+            session.push(MESSAGE + SIO_ERROR + orjson.dumps(exc.detail).decode())
+            self._close(session)
+            return session
+        manager = self.sio.manager
+        if not self.sio.manager_initialized:  # the Redis manager starts listening here, as on a v4 connect
+            self.sio.manager_initialized = True
+            manager.initialize()
+        self.sio.legacy_sessions[session.eio_sid] = session
+        session.sid = await manager.connect(session.eio_sid, NAMESPACE)
+        session.user_id = principal.user.id if principal.user is not None else None
+        room = user_room(session.user_id) if session.user_id is not None else EVERY_USER_ROOM
+        await manager.enter_room(session.sid, NAMESPACE, room, eio_sid=session.eio_sid)
+        session.push(MESSAGE + SIO_CONNECT)
+        self.gate().metrics.sockets.inc()
+        asyncio.get_running_loop().call_later(self.deadline_s, self._check_alive, session)
+        return session
+
+    def _check_alive(self, session: LegacySession) -> None:
+        """Close a session whose client stopped pinging; else look again when its deadline would fall."""
+        if session.closed:
+            return
+        silent_s = self.clock() - session.last_seen_at
+        if silent_s >= self.deadline_s:
+            log.info("Socket.IO v2 session %s closed: no ping for %.0f s", session.eio_sid, silent_s)
+            self._close(session)
+            return
+        asyncio.get_running_loop().call_later(self.deadline_s - silent_s, self._check_alive, session)
+
+    def _close(self, session: LegacySession) -> None:
+        """Leave the manager, tell the client (the close packet), and wake whoever waits on the session."""
+        if session.closed:
+            return
+        session.closed = True
+        session.outbox.append(CLOSE)
+        session.ready.set()
+        self.sio.legacy_sessions.pop(session.eio_sid, None)
+        if session.sid is not None:
+            self.sio.manager.basic_disconnect(session.sid, NAMESPACE)
+            self.gate().metrics.sockets.dec()
+
+    def _received(self, session: LegacySession, packet: str) -> None:
+        """Handle one Engine.IO packet from the client."""
+        session.last_seen_at = self.clock()
+        kind, data = packet[:1], packet[1:]
+        if kind == PING:
+            session.push(PONG + data)
+        elif kind == CLOSE:
+            self._close(session)
+        elif kind == MESSAGE:
+            self._received_socketio(session, data)
+        elif kind not in (UPGRADE, NOOP):
+            log.debug("Socket.IO v2 session %s: unknown packet %r", session.eio_sid, packet[:20])
+
+    def _received_socketio(self, session: LegacySession, data: str) -> None:
+        """A Socket.IO 2 packet: a disconnect closes; a connect to "/" is confirmed, to any other refused."""
+        kind, rest = data[:1], data[1:]
+        if kind == SIO_DISCONNECT:
+            self._close(session)
+        elif kind == SIO_CONNECT and rest.strip(",") in ("", NAMESPACE):
+            session.push(MESSAGE + SIO_CONNECT)
+        elif kind == SIO_CONNECT:
+            namespace = rest.split(",", 1)[0].split("?", 1)[0]
+            session.push(MESSAGE + SIO_ERROR + namespace + "," + orjson.dumps("Invalid namespace").decode())
+        else:
+            # Players only listen; PlayGate takes no events from v2 sockets.
+            log.debug("Socket.IO v2 session %s: packet %r ignored", session.eio_sid, data[:20])
+
+    # ---- origins -----------------------------------------------------------------------------------------
+
+    def _origin_allowed(self, scope: Scope) -> bool:
+        """No Origin header (not a browser), the same origin, or one of PLAYGATE_CORS_ORIGINS (or "*")."""
+        origin = _header(scope, b"origin")
+        if origin is None or self.origins == "*":
+            return True
+        if isinstance(self.origins, list):
+            return origin in self.origins
+        scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
+        return origin == f"{scheme}://{_header(scope, b'host')}"
+
+    def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        origin = _header(scope, b"origin")
+        if origin is None or self.origins is None:
+            return []
+        # engine.io-client 3 sends its XHRs with credentials: the origin itself, never "*", must be allowed.
+        return [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"access-control-allow-credentials", b"true"),
+        ]
+
+    # ---- polling -----------------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._origin_allowed(scope):
+            await self._answer(scope, send, 400, b'{"code":3,"message":"Not an accepted origin."}', json=True)
+            return
+        method, query = scope["method"], _query(scope)
+        if method == "OPTIONS":
+            await self._preflight(scope, send)
+        elif query.get("transport") != "polling":
+            await self._answer(scope, send, 400, b'{"code":0,"message":"Transport unknown"}', json=True)
+        elif method == "GET" and "sid" not in query:
+            opened = await self._open(query, upgrades=["websocket"])
+            await self._answer(scope, send, 200, encode_payload(opened.take()).encode())
+        elif (session := self.sio.legacy_sessions.get(query.get("sid", ""))) is None:
+            await self._answer(scope, send, 400, b'{"code":1,"message":"Session ID unknown"}', json=True)
+        elif method == "GET":
+            await self._poll(scope, send, session)
+        elif method == "POST":
+            await self._post(scope, receive, send, session)
+        else:
+            await self._answer(scope, send, 400, b'{"code":2,"message":"Bad handshake method"}', json=True)
+
+    async def _poll(self, scope: Scope, send: Send, session: LegacySession) -> None:
+        """A long poll: the queued packets, as soon as there are any (a noop after a ping period without)."""
+        if session.polling or session.upgraded:
+            self._close(session)
+            await self._answer(scope, send, 400, b'{"code":3,"message":"Bad request"}', json=True)
+            return
+        session.polling = True
+        try:
+            if session.upgrading and not session.outbox:
+                session.push(NOOP)
+            if not session.outbox:
+                try:
+                    await asyncio.wait_for(session.ready.wait(), self.deadline_s)
+                except TimeoutError:
+                    session.push(NOOP)
+            packets = session.take()
+        finally:
+            session.polling = False
+        await self._answer(scope, send, 200, encode_payload(packets).encode())
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, session: LegacySession) -> None:
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        try:
+            packets = decode_payload(body.decode())
+        except ValueError:  # UnicodeDecodeError too: binary payloads are not taken
+            await self._answer(scope, send, 400, b'{"code":3,"message":"Bad request"}', json=True)
+            return
+        for packet in packets:
+            self._received(session, packet)
+        await self._answer(scope, send, 200, b"ok", content_type=b"text/html")
+
+    async def _preflight(self, scope: Scope, send: Send) -> None:
+        headers = self._cors_headers(scope)
+        if headers:
+            requested = _header(scope, b"access-control-request-headers")
+            headers.append((b"access-control-allow-methods", b"OPTIONS, GET, POST"))
+            if requested:
+                headers.append((b"access-control-allow-headers", requested.encode("latin-1")))
+        await send({"type": "http.response.start", "status": 200, "headers": [*headers, (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _answer(
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        body: bytes,
+        *,
+        json: bool = False,
+        content_type: bytes = b"text/plain; charset=UTF-8",
+    ) -> None:
+        headers = [
+            (b"content-type", b"application/json" if json else content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *self._cors_headers(scope),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    # ---- websocket ---------------------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        query = _query(scope)
+        session = self.sio.legacy_sessions.get(query.get("sid", "")) if "sid" in query else None
+        if not self._origin_allowed(scope) or ("sid" in query and (session is None or session.upgraded)):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send({"type": "websocket.accept"})
+        if session is None:
+            session = await self._open(query, upgrades=[])
+        elif not await self._probe(session, receive, send):
+            return
+        writer = asyncio.create_task(self._pump(session, send), name=f"socketio-v2-{session.eio_sid}")
+        client_left = False
+        try:
+            while not session.closed:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    client_left = True
+                    break
+                if message.get("text"):
+                    self._received(session, message["text"])
+        finally:
+            self._close(session)
+            if client_left:
+                writer.cancel()  # else it sends what is left (a refusal, the close packet) and closes the socket
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _probe(self, session: LegacySession, receive: Receive, send: Send) -> bool:
+        """The upgrade from polling: `2probe` answered `3probe`, the waiting poll released, then `5`."""
+        while not session.closed:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return False
+            text = message.get("text") or ""
+            session.last_seen_at = self.clock()
+            if text == PING + "probe":
+                await send({"type": "websocket.send", "text": PONG + "probe"})
+                session.upgrading = True  # the client waits for its pending poll to end before it upgrades
+                session.push(NOOP)
+            elif text == UPGRADE:
+                session.upgraded = True
+                return True
+        return False
+
+    async def _pump(self, session: LegacySession, send: Send) -> None:
+        """Send queued packets as frames, one packet each, until the session closes (then close the socket)."""
+        while True:
+            await session.ready.wait()
+            for packet in session.take():
+                message: Message = {"type": "websocket.send", "text": packet}
+                await send(message)
+            if session.closed:
+                await send({"type": "websocket.close", "code": 1000})
+                return
