@@ -287,7 +287,7 @@ class LegacySocketIO:
 
     def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         origin = _header(scope, b"origin")
-        if origin is None or self.origins is None:
+        if origin is None or self.origins is None or not self._origin_allowed(scope):
             return []
         # engine.io-client 3 sends its XHRs with credentials: the origin itself, never "*", must be allowed.
         return [
