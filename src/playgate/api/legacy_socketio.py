@@ -416,6 +416,12 @@ class LegacySocketIO:
 
     async def _probe(self, session: LegacySession, receive: Receive, send: Send) -> bool:
         """The upgrade from polling: `2probe` answered `3probe`, the waiting poll released, then `5`."""
+        try:
+            return await self._probed(session, receive, send)
+        finally:
+            session.upgrading = False  # upgraded, or the probe failed and the client goes on polling
+
+    async def _probed(self, session: LegacySession, receive: Receive, send: Send) -> bool:
         while not session.closed:
             message = await receive()
             if message["type"] == "websocket.disconnect":
