@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 
 import orjson
 import socketio
+from engineio import packet as eio_packet
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from playgate.bus.protocol import EVERY_USER_ROOM, user_room
@@ -67,14 +68,12 @@ class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-s
             log.warning("binary packet for Socket.IO v2 session %s not sent", eio_sid)
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
-        session = self.legacy_sessions.get(eio_sid)
-        if session is None:
+        if eio_sid not in self.legacy_sessions:
             await super()._send_packet(eio_sid, pkt)
             return
         encoded = pkt.encode()
         for part in encoded if isinstance(encoded, list) else [encoded]:
-            if isinstance(part, str):
-                session.push(MESSAGE + part)
+            await self._send_eio_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, part))
 
 
 @dataclass(eq=False)
