@@ -218,7 +218,7 @@ class LegacySocketIO:
         room = user_room(session.user_id) if session.user_id is not None else EVERY_USER_ROOM
         await manager.enter_room(session.sid, NAMESPACE, room, eio_sid=session.eio_sid)
         session.push(MESSAGE + SIO_CONNECT)
-        self.gate().metrics.sockets.inc()
+        self.gate().socket_opened()
         asyncio.get_running_loop().call_later(self.deadline_s, self._check_alive, session)
         return session
 
@@ -243,7 +243,7 @@ class LegacySocketIO:
         self.sio.legacy_sessions.pop(session.eio_sid, None)
         if session.sid is not None:
             self.sio.manager.basic_disconnect(session.sid, NAMESPACE)
-            self.gate().metrics.sockets.dec()
+            self.gate().socket_closed()
 
     def _received(self, session: LegacySession, packet: str) -> None:
         """Handle one Engine.IO packet from the client."""
