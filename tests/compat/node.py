@@ -60,24 +60,25 @@ class NodeSocket:
         assert event["event"] == "connect", event
         return str(event["data"]["transport"])
 
-    async def messages(self, count: int) -> list[dict[str, Any]]:
-        """The next `count` `message` events (other events in between are skipped)."""
+    async def messages(self, count: int, name: str = "message") -> list[dict[str, Any]]:
+        """The next `count` events called `name` (other events in between are skipped)."""
         found: list[dict[str, Any]] = []
         while len(found) < count:
             event = await self.next()
-            if event["event"] == "message":
+            if event["event"] == name:
                 found.append(event["data"])
         return found
 
     async def quiet(self, wait_s: float = 0.5) -> list[dict[str, Any]]:
-        """The `message` events that arrive within wait_s (none, when the socket was not meant to get any)."""
+        """The `message` and `stream_ended` events that arrive within wait_s (none, when the socket was not meant
+        to get any)."""
         found: list[dict[str, Any]] = []
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 while True:
                     event = await self.next()
-                    if event["event"] == "message":
-                        found.append(event["data"])
+                    if event["event"] in ("message", "stream_ended"):
+                        found.append(event)
         return found
 
     async def close(self) -> None:

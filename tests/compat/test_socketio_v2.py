@@ -84,8 +84,16 @@ async def test_auth_disabled_a_v2_client_naming_no_user_gets_every_users_decisio
         requests = [await play(url, user.id, "1") for user in users]
         expected = [(request, user.id, "allowed") for request, user in zip(requests, users, strict=True)]
         assert sorted(summary(await everyone.messages(2))) == sorted(expected)
-        assert summary(await only_second.messages(1)) == [expected[1]]
+        [second_decision] = await only_second.messages(1)
+        assert summary([second_decision]) == [expected[1]]
         assert summary(await first_v4.messages(1)) == [expected[0]]
+        # A stream ended by someone else (every caller is an admin here) is announced to its user's sockets.
+        async with api_client(url) as client:
+            stopped = await client.delete(f"/v1/streams/{second_decision['streamId']}")
+        assert stopped.status_code == 204, stopped.text
+        ended = {"streamId": second_decision["streamId"], "videoId": "1", "reason": "stopped_by_admin"}
+        assert await everyone.messages(1, "stream_ended") == [ended]
+        assert await only_second.messages(1, "stream_ended") == [ended]
         for sock in (everyone, only_second, first_v4):
             assert await sock.quiet() == []
     finally:
