@@ -102,16 +102,17 @@ class PlayGate:
 
     async def login(self, name: str, password: str, address: str) -> Login:
         """A token for valid credentials; Unauthorized otherwise (same answer for any wrong part), and Throttled
-        (429) once this name or this client address has used up its failed logins."""
+        (429) once this name from this address, or this address, has used up its failed logins. The attempt is
+        counted before the password is checked, so concurrent guesses get no more checks than the limit."""
         try:
-            await self._throttle.check(name, address)
+            await self._throttle.attempt(name, address)
         except Throttled as exc:
             self._metrics.logins_throttled.labels(exc.limit).inc()
             raise
         user = await self._catalog.authenticate(name, password)
         if user is None:
-            await self._throttle.failed(name, address)
             raise Unauthorized("Wrong username or password.")
+        await self._throttle.succeeded(name, address)
         token = self._tokens.issue(user.id, admin=user.is_admin, now=self._clock())
         return Login(token, self._tokens.ttl_s, user)
 

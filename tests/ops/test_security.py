@@ -238,16 +238,20 @@ async def test_api_processes_share_the_login_counters_through_redis(tmp_path: Pa
     )
     first, second = LoginThrottle(settings), LoginThrottle(settings)  # as two API processes would
     try:
-        await first.failed("shared-user", "192.0.2.1")
-        await second.failed("shared-user", "192.0.2.2")
+        await first.attempt("shared-user", "192.0.2.1")
+        await second.attempt("shared-user", "192.0.2.1")
         with pytest.raises(Throttled) as caught:
-            await first.check("shared-user", "192.0.2.3")
+            await first.attempt("shared-user", "192.0.2.1")
         assert caught.value.limit == "user"
         assert 1 <= caught.value.retry_after_s <= settings.login_window_s
-        await second.check("another-user", "192.0.2.3")  # others are not affected
+        await second.attempt("shared-user", "192.0.2.3")  # the same name from another address is not affected
+        await second.attempt("another-user", "192.0.2.1")  # nor another name
+        # A right password gives its attempt back: only failures use up the limit.
+        await first.succeeded("shared-user", "192.0.2.3")
+        await first.attempt("shared-user", "192.0.2.3")
         redis.stop()
         with pytest.raises(Unavailable):
-            await first.check("shared-user", "192.0.2.3")  # Redis gone: 503, not an unhandled error
+            await first.attempt("shared-user", "192.0.2.3")  # Redis gone: 503, not an unhandled error
     finally:
         redis.stop()
         await first.close()
