@@ -60,6 +60,27 @@ class User:
     is_admin: bool = False
 
 
+class KeyScope(StrEnum):
+    """What an API key may do: everything an admin may (`admin`), play and stop for any user (`plays`), or read
+    users, plans, videos and streams (`read`)."""
+
+    admin = "admin"
+    plays = "plays"
+    read = "read"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as stored (never the key itself): its id, name, scope, and when it was made, last used, revoked."""
+
+    id: str
+    name: str
+    scope: KeyScope
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class Video:
     """Something to watch."""

@@ -28,7 +28,9 @@ DESCRIPTION = """PlayGate decides whether a user may start one more video stream
 
 Ask with `POST /v1/plays` (or the seed's `GET /videos/{videoId}/request?user=`); the decision arrives on the
 user's Socket.IO connections (`/socket.io`, event `message`), at `GET /v1/plays/{requestId}`, or at once with
-`?wait=`. Errors are `application/problem+json`. Authenticate with a bearer token from `POST /auth/token`.
+`?wait=`. Errors are `application/problem+json`. Authenticate with a bearer token from `POST /auth/token`, the
+platform's own access token (RS256, ES256 or EdDSA, checked against its key set when `PLAYGATE_JWKS_URL` or
+`PLAYGATE_OIDC_ISSUER` is set), or an API key (`Authorization: Bearer pgk_...` or `X-API-Key`).
 """
 
 # The web app, built from web/ by `npm run build` (make run / make test do it); absent in a bare checkout.
@@ -68,8 +70,8 @@ def create_app(
         api.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
-            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id", "X-API-Key"],
             expose_headers=["Retry-After", "X-Request-Id", "Location"],
             max_age=600,
         )
@@ -87,7 +89,13 @@ def create_app(
 
     register(sio, gate)
     app = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
-    return HttpEdge(app, max_bytes=settings.max_body_bytes, metrics=metrics, uncounted=f"/{SOCKET_PATH}/")
+    return HttpEdge(
+        app,
+        max_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        uncounted=f"/{SOCKET_PATH}/",
+        import_bytes=settings.max_import_bytes,
+    )
 
 
 def socket_origins(settings: Settings) -> str | list[str] | None:
