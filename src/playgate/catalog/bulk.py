@@ -180,8 +180,8 @@ class _Batch:
             if missing is not None:
                 return kind.fields[missing], f"required for a new {kind.noun}"
         if kind.reference is not None:
-            column = kind.reference[0]
-            if merged[column] is not None and merged[column] not in self.references:
+            column = kind.reference[0]  # a stored reference is valid (a foreign key): check given ones only
+            if given.get(column) is not None and given[column] not in self.references:
                 return kind.fields[column], f"no {kind.fields[column]} with id {merged[column]!r}"
         if kind.unique is not None:
             owner = self.owners.get(merged[kind.unique])
