@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -211,6 +212,34 @@ async def test_behind_a_trusted_proxy_each_forwarded_address_is_counted_on_its_o
             "/auth/token", json={"username": "from-one-x", "password": "wrong"}, headers=one_address
         )
         _assert_throttled(throttled)
+
+
+async def test_concurrent_guesses_get_no_more_password_checks_than_the_limit(guarded: ServerProcess) -> None:
+    # Each attempt is counted before its password is checked: 60 at once cannot all slip past the count.
+    guesser, user = {"X-Forwarded-For": "198.51.100.50"}, {"X-Forwarded-For": "198.51.100.51"}
+    async with api_client(guarded.base_url) as client:
+        answers = await asyncio.gather(
+            *(
+                client.post("/auth/token", json={"username": "user3", "password": f"guess-{i}"}, headers=guesser)
+                for i in range(60)
+            )
+        )
+        codes = [a.status_code for a in answers]
+        assert codes.count(401) <= FAILURES_PER_USER, codes
+        assert codes.count(429) >= 60 - FAILURES_PER_USER, codes
+        right = {"username": "user3", "password": "user3"}
+        _assert_throttled(await client.post("/auth/token", json=right, headers=guesser))
+        # The user, on another address, still logs in: the guesser cannot lock them out.
+        assert (await client.post("/auth/token", json=right, headers=user)).status_code == 200
+        # The per-address limit holds under concurrency too, across names.
+        spray = {"X-Forwarded-For": "198.51.100.60"}
+        answers = await asyncio.gather(
+            *(
+                client.post("/auth/token", json={"username": f"spray-{i}", "password": "x"}, headers=spray)
+                for i in range(60)
+            )
+        )
+        assert [a.status_code for a in answers].count(401) <= FAILURES_PER_ADDRESS
 
 
 async def test_failed_logins_from_one_address_are_throttled_for_every_name(guarded: ServerProcess) -> None:
