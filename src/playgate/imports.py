@@ -112,7 +112,9 @@ def _cell(value: str) -> Any:
 
 
 def check(schema: Schema, numbered: Iterable[tuple[int, Any]]) -> Iterator[Parsed]:
-    """Each record as (number, column values) when it fits the schema, else a Refusal naming the field."""
+    """Each record as (number, column values) when it fits the schema, else a Refusal naming the field (an id
+    met before in the input is refused too: the first row with it is taken)."""
+    seen: set[str] = set()
     for number, record in numbered:
         if isinstance(record, Refusal):
             yield record
@@ -128,6 +130,10 @@ def check(schema: Schema, numbered: Iterable[tuple[int, Any]]) -> Iterator[Parse
             row_id = record.get("id") if isinstance(record.get("id"), str) else None
             yield Refusal(number, row_id, where, error["msg"])
             continue
+        if row.id in seen:
+            yield Refusal(number, row.id, "id", bulk.repeated(schema.kind, row.id))
+            continue
+        seen.add(row.id)
         given = row.model_dump(exclude_unset=True, by_alias=True)
         yield number, {"id": row.id, **bulk.columns_of(schema.kind, given)}
 

@@ -108,6 +108,11 @@ def columns_of(kind: Kind, values: Any) -> dict[str, Any]:
     return {column: values[name] for column, name in kind.fields.items() if name in values}
 
 
+def repeated(kind: Kind, row_id: str) -> str:
+    """Why a row whose id came before in the same input is refused."""
+    return f"{kind.noun} {row_id!r} appears twice in this import; the first row was taken"
+
+
 def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
     for start in range(0, len(values), CHUNK):
         yield values[start : start + CHUNK]
@@ -174,7 +179,7 @@ class _Batch:
     ) -> tuple[str, str] | None:
         kind = self.kind
         if row_id in self.seen:
-            return "id", f"{kind.noun} {row_id!r} appears twice in this import; the first row was taken"
+            return "id", repeated(kind, row_id)
         if old is None:
             missing = next((c for c in kind.required if given.get(c) is None), None)
             if missing is not None:
