@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 import redis
 
-from tests.support.jwks import IdentityProvider, new_key
+from playgate.bench.keyset import IdentityProvider, new_key
 from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
 from tests.support.servers import ServerProcess, playgate_env, start_playgate

@@ -18,11 +18,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from playgate.bench.keyset import AUDIENCE, IdentityProvider, SigningKey, new_key
 from playgate.errors import Unauthorized
 from playgate.security import KeySet, PlatformTokens
 from tests.integration.test_routes import assert_problem
 from tests.support.clients import admin_client, api_client, connect_socket
-from tests.support.jwks import AUDIENCE, IdentityProvider, SigningKey, new_key
 from tests.support.servers import ServerProcess, start_playgate
 
 REFETCH_S = 1.0
