@@ -12,6 +12,8 @@ from playgate.domain import ApiKey, Decision, KeyScope, Plan, PlayRequest, Strea
 
 # Ids, names and keys: printable, no control characters, bounded.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+# A stream id may carry its user's id (the Redis ledger's do, hex-encoded: up to 2 x 64 + 25 characters).
+StreamId = Annotated[str, StringConstraints(min_length=1, max_length=160, pattern=r"^[A-Za-z0-9._:-]+$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00-\x20\x7f]+$")]
@@ -156,7 +158,7 @@ class PlayIn(Input):
 
     video_id: Id
     device_id: DeviceId | None = Field(None, description="The player; without it the request is a device of its own.")
-    replace_stream_id: Id | None = Field(
+    replace_stream_id: StreamId | None = Field(
         None, description="One of your streams to end in exchange, atomically, if the limit is reached."
     )
     user_id: Id | None = Field(

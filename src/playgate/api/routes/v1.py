@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Path, Query, Response
 
 from playgate.api.deps import Caller, ContentDep, GateDep
 from playgate.api.errors import problem_responses
-from playgate.api.schemas import HeartbeatOut, Id, PlayIn, PlayOut, StreamOut, iso
+from playgate.api.schemas import HeartbeatOut, Id, PlayIn, PlayOut, StreamId, StreamOut, iso
 from playgate.domain import Decision
 from playgate.service import MAX_WAIT_S
 
@@ -84,7 +84,7 @@ async def list_streams(gate: GateDep, caller: Caller, user_id: ForUser = None) -
 
 @router.post("/streams/{streamId}/heartbeat", summary="Renew a stream's lease", responses=ERRORS)
 async def heartbeat(
-    gate: GateDep, content: ContentDep, caller: Caller, stream_id: Annotated[Id, Path(alias="streamId")]
+    gate: GateDep, content: ContentDep, caller: Caller, stream_id: Annotated[StreamId, Path(alias="streamId")]
 ) -> HeartbeatOut:
     """200 with the new expiry and a fresh playback URL; 404 when the stream is no longer active."""
     stream = await gate.heartbeat(caller, stream_id)
@@ -98,7 +98,9 @@ async def heartbeat(
     summary="Stop a stream (an admin may stop anyone's)",
     responses=ERRORS,
 )
-async def stop_stream(gate: GateDep, caller: Caller, stream_id: Annotated[Id, Path(alias="streamId")]) -> Response:
+async def stop_stream(
+    gate: GateDep, caller: Caller, stream_id: Annotated[StreamId, Path(alias="streamId")]
+) -> Response:
     """204; 404 if not active."""
     await gate.stop_stream(caller, stream_id)
     return Response(status_code=204)
