@@ -6,6 +6,11 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
+# Ids of users, videos, plans, requests: what platforms' identity providers use too (`auth0|5f7c...`,
+# `user@example.com`, UUIDs), and nothing that could break a Redis hash tag ({}), a path or a log line.
+ID_PATTERN = r"^[A-Za-z0-9._:@|-]+$"
+MAX_ID_LEN = 64
+
 
 class Status(StrEnum):
     """Where a play request stands."""

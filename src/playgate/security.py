@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from jwt import PyJWK, PyJWKSet
 
+from playgate.domain import ID_PATTERN, MAX_ID_LEN
 from playgate.errors import Unauthorized, Unavailable
 
 log = logging.getLogger("playgate.security")
@@ -198,6 +200,7 @@ KEY_TYPES = {
     "EdDSA": "OKP",
 }
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+_ID = re.compile(ID_PATTERN)
 FETCH_TIMEOUT_S = 5.0
 
 
@@ -365,6 +368,8 @@ class PlatformTokens:
         user_id = payload.get(self._claim_user)
         if not isinstance(user_id, str | int) or isinstance(user_id, bool) or not str(user_id):
             raise Unauthorized(f"The token names no user (claim {self._claim_user!r}).")
+        if len(str(user_id)) > MAX_ID_LEN or not _ID.match(str(user_id)):
+            raise Unauthorized(f"The token's user id (claim {self._claim_user!r}) is not an id PlayGate takes.")
         plan = payload.get(self._claim_plan) if self._claim_plan else None
         limit = payload.get(self._claim_limit) if self._claim_limit else None
         return PlatformClaims(

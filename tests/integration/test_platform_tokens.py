@@ -131,6 +131,7 @@ async def test_forged_wrong_and_expired_tokens_are_401_and_refetch_the_key_set_w
         "not yet valid": idp.mint("u-bad", nbf=int(time.time()) + 600),
         "signed by another key": idp.mint("u-bad", key=rogue),
         "no user": idp.mint("", sub=""),
+        "a user id PlayGate cannot take": idp.mint("x" * 65),
     }
     forged_kids = [idp.mint("u-bad", key=new_key(f"forged-{n}", "ES256")) for n in range(30)]
     before, started = idp.fetches, time.monotonic()
