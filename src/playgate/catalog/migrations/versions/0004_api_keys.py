@@ -1,7 +1,7 @@
 """API keys for platforms' backends (only their SHA-256 is stored)
 
-Revision ID: 0002_api_keys
-Revises: 0001
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-01 00:40:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_api_keys"
-down_revision = "0001"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
