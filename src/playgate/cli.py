@@ -1,4 +1,4 @@
-"""The `playgate` command: serve, api, worker, db upgrade|reset, demo, token, version, doctor, bench."""
+"""The `playgate` command: serve, api, worker, db upgrade|reset, demo, token, keys, import, version, doctor, bench."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -15,9 +16,13 @@ import uvloop
 
 from playgate import __version__
 from playgate.bench.cli import bench as bench_commands
+from playgate.catalog.bulk import UpsertResult
 from playgate.catalog.db import upgrade
+from playgate.catalog.service import Catalog
 from playgate.config import Settings, jwt_secret, load_settings
+from playgate.domain import KeyScope
 from playgate.errors import ConfigError, NotFound, PlayGateError
+from playgate.imports import SCHEMAS, Format, KindName, check, csv_records, format_of, ndjson_records, records, store
 from playgate.logs import configure_logging
 from playgate.runtime import Role, open_catalog, preflight, prepare_catalog, reset_data, run_worker
 from playgate.security import TokenIssuer
@@ -205,6 +210,100 @@ def token(user: str) -> None:
         return issuer.issue(found.id, admin=found.is_admin, now=time.time())
 
     click.echo(_run(issue))
+
+
+@main.group()
+def keys() -> None:
+    """API keys for a platform's backend: create (printed once), list, revoke."""
+
+
+def _with_catalog(work: Callable[[Catalog], Awaitable[T]]) -> T:
+    """Run `work` on the catalogue of PLAYGATE_DATABASE_URL (migrated first), then close it."""
+    settings = _settings()
+
+    async def run() -> T:
+        await upgrade(settings.resolved_database_url)
+        engine, catalog = open_catalog(settings, time.time)
+        try:
+            return await work(catalog)
+        finally:
+            await catalog.keys.flush()
+            await catalog.close()
+            await engine.dispose()
+
+    return _run(run)
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who the key is for (a backend, a team).")
+@click.option(
+    "--scope",
+    type=click.Choice([s.value for s in KeyScope]),
+    required=True,
+    help="admin: all an admin may; plays: play, list and stop streams for any user; read: read only.",
+)
+def keys_create(name: str, scope: str) -> None:
+    """Create a key and print it: shown this once, stored only as a hash."""
+    key, plain = _with_catalog(lambda catalog: catalog.keys.create(name=name, scope=KeyScope(scope)))
+    click.echo(plain)
+    click.echo(f"key {key.id} ({key.scope.value}) for {key.name!r}: keep it now, it is not shown again", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List the keys: id, scope, name, created, last used, revoked (never the keys themselves)."""
+    for key in _with_catalog(lambda catalog: catalog.keys.all()):
+        times = [_when(key.created_at), _when(key.last_used_at), _when(key.revoked_at)]
+        click.echo("\t".join([key.id, key.scope.value, key.name, *times]))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke the key KEY_ID: refused at once by every process."""
+    key = _with_catalog(lambda catalog: catalog.keys.revoke(key_id))
+    click.echo(f"key {key.id} ({key.name!r}) revoked")
+
+
+def _when(epoch_s: float | None) -> str:
+    return "-" if epoch_s is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
+
+
+@main.command("import")
+@click.argument("kind", type=click.Choice(["users", "videos", "plans"]))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["ndjson", "json", "csv"]), help="Default: from the file name.")
+def import_rows(kind: KindName, file: Path, fmt: Format | None) -> None:
+    """Create or update users, videos or plans by id from FILE (CSV with a header row, NDJSON, or a JSON array).
+
+    Absent fields keep their value; a bad row is reported with its reason and the rest stored; a re-run changes
+    nothing. Exit status 1 when a row was refused.
+    """
+    fmt = fmt or format_of(None, file.name)
+    schema = SCHEMAS[kind]
+
+    async def work(catalog: Catalog) -> UpsertResult:
+        with file.open(encoding="utf-8", newline="") as lines:
+            total = sum(1 for _ in lines) - (1 if fmt == "csv" else 0)
+        with (
+            file.open(encoding="utf-8", newline="") as source,
+            click.progressbar(length=max(total, 1), label=f"importing {kind}", file=sys.stderr) as bar,
+        ):
+            if fmt == "json":
+                numbered = records(source.read(), "json")
+            else:
+                numbered = csv_records(source) if fmt == "csv" else ndjson_records(source)
+            return await store(catalog, schema.kind, check(schema, numbered), on_batch=bar.update)
+
+    result = _with_catalog(work)
+    click.echo(
+        f"{kind}: {result.created} created, {result.updated} updated, {result.unchanged} unchanged, "
+        f"{len(result.refused)} refused"
+    )
+    for refusal in result.refused[:100]:
+        click.echo(f"row {refusal.row} ({refusal.id or '?'}): {refusal.field}: {refusal.reason}", err=True)
+    if result.refused:
+        sys.exit(1)
 
 
 @main.command()

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,13 @@ class EdgeSigning(StrEnum):
 
     off = "off"
     nginx_secure_link = "nginx-secure-link"
+
+
+class UnknownVideos(StrEnum):
+    """What a play for a title PlayGate has never seen gets: refused with 404 (`deny`) or decided (`allow`)."""
+
+    allow = "allow"
+    deny = "deny"
 
 
 class LogFormat(StrEnum):
@@ -168,6 +176,51 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PLAYGATE_LOGIN_WINDOW"),
         description="The window of the login rate limits, seconds.",
     )
+    login_checks_at_once: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Most password checks (argon2) running at once; the others wait, so logins cannot starve plays.",
+    )
+    jwks_url: str | None = Field(
+        None, description="The platform's key set (JWKS): its RS256/ES256/EdDSA access tokens are accepted."
+    )
+    oidc_issuer: str | None = Field(
+        None, description="OpenID Connect issuer: the key set is found at <issuer>/.well-known/openid-configuration."
+    )
+    token_issuer: str | None = Field(
+        None, description="Required `iss` of the platform's tokens; default PLAYGATE_OIDC_ISSUER."
+    )
+    token_audience: str | None = Field(None, description="Required `aud` of the platform's tokens.")
+    token_leeway_s: int = Field(
+        30,
+        ge=0,
+        le=300,
+        validation_alias=AliasChoices("PLAYGATE_TOKEN_LEEWAY"),
+        description="Clock skew tolerated on `exp` and `nbf` of the platform's tokens, seconds.",
+    )
+    jwks_refetch_s: float = Field(
+        30.0,
+        ge=0,
+        validation_alias=AliasChoices("PLAYGATE_JWKS_REFETCH"),
+        description="Least seconds between two key set fetches caused by an unknown `kid` (forged kids cannot "
+        "hammer the identity provider).",
+    )
+    jwks_ttl_s: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_JWKS_TTL"),
+        description="Seconds a fetched key set is used before it is fetched again.",
+    )
+    claim_user: str = Field("sub", min_length=1, description="The claim of a platform token that holds the user id.")
+    claim_plan: str | None = Field(None, description="The claim that holds the user's plan id (optional).")
+    claim_limit: str | None = Field(None, description="The claim that holds the user's own stream limit (optional).")
+    unknown_videos: UnknownVideos = Field(
+        UnknownVideos.deny, description="`deny`: a play for an unknown title is 404; `allow`: it is decided."
+    )
+    max_import_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest body of the import routes (POST /v1/users:import ...)."
+    )
 
     @field_validator("log_level")
     @classmethod
@@ -205,6 +258,16 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         """The allowed cross-origin callers; empty means same origin only."""
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def platform_tokens(self) -> bool:
+        """True when the platform's own tokens are accepted (a key set or an OpenID issuer is configured)."""
+        return bool(self.jwks_url or self.oidc_issuer)
+
+    @property
+    def expected_issuer(self) -> str | None:
+        """The `iss` platform tokens must carry."""
+        return self.token_issuer or self.oidc_issuer
 
     @property
     def distributed(self) -> bool:
@@ -285,6 +348,7 @@ def security_problems(settings: Settings) -> list[str]:
             f"PLAYGATE_EDGE_SECRET: PLAYGATE_EDGE_SIGNING={settings.edge_signing.value} needs a secret of at least "
             f"32 characters of A-Z a-z 0-9 _ . ~ + / = - (nginx's configuration holds it too)"
         )
+    problems += _platform_token_problems(settings)
     if not is_loopback(settings.host):
         if not settings.jwt_secret:
             problems.append(
@@ -297,6 +361,31 @@ def security_problems(settings: Settings) -> list[str]:
                 f"a non-loopback host (PLAYGATE_HOST={settings.host})"
             )
     return problems
+
+
+def _platform_token_problems(settings: Settings) -> list[str]:
+    """What is missing for the platform's tokens to be checked safely."""
+    if not settings.platform_tokens:
+        return []
+    problems: list[str] = []
+    if not settings.expected_issuer:
+        problems.append(
+            "PLAYGATE_TOKEN_ISSUER: must be set with PLAYGATE_JWKS_URL (the `iss` of the platform's tokens)"
+        )
+    if not settings.token_audience:
+        problems.append("PLAYGATE_TOKEN_AUDIENCE: must be set with PLAYGATE_JWKS_URL (the `aud` meant for PlayGate)")
+    for name, url in (("PLAYGATE_JWKS_URL", settings.jwks_url), ("PLAYGATE_OIDC_ISSUER", settings.oidc_issuer)):
+        if url and not _fetchable(url):
+            problems.append(f"{name}: must be an https:// URL (http:// only for a loopback host)")
+    return problems
+
+
+def _fetchable(url: str) -> bool:
+    """True for https URLs, and for http URLs of a loopback host (tests, a local key set)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    return parts.scheme == "http" and parts.hostname is not None and is_loopback(parts.hostname)
 
 
 def jwt_secret(settings: Settings) -> str:

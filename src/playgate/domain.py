@@ -6,6 +6,11 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
+# Ids of users, videos, plans, requests: what platforms' identity providers use too (`auth0|5f7c...`,
+# `user@example.com`, UUIDs), and nothing that could break a Redis hash tag ({}), a path or a log line.
+ID_PATTERN = r"^[A-Za-z0-9._:@|-]+$"
+MAX_ID_LEN = 64
+
 
 class Status(StrEnum):
     """Where a play request stands."""
@@ -58,6 +63,27 @@ class User:
     plan: str | None
     disabled: bool
     is_admin: bool = False
+
+
+class KeyScope(StrEnum):
+    """What an API key may do: everything an admin may (`admin`), play and stop for any user (`plays`), or read
+    users, plans, videos and streams (`read`)."""
+
+    admin = "admin"
+    plays = "plays"
+    read = "read"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as stored (never the key itself): its id, name, scope, and when it was made, last used, revoked."""
+
+    id: str
+    name: str
+    scope: KeyScope
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
 
 
 @dataclass(frozen=True, slots=True)

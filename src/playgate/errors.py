@@ -44,6 +44,13 @@ class Invalid(PlayGateError):
         super().__init__(detail, field=field)
 
 
+class TooLarge(PlayGateError):
+    """The client's input is larger than PlayGate takes in one call."""
+
+    status = 413
+    title = "Content too large"
+
+
 class Unauthorized(PlayGateError):
     """No valid credentials."""
 

@@ -31,7 +31,7 @@ from playgate.ledger.sql import SqlLedger
 from playgate.media import ContentGate, EdgeSigner, MediaLibrary, PlaybackLinks
 from playgate.metrics import Metrics
 from playgate.probes import ProbeServer, probe_app
-from playgate.security import PlaybackTokens, TokenIssuer
+from playgate.security import KeySet, PlatformTokens, PlaybackTokens, TokenIssuer
 from playgate.service import PlayGate
 from playgate.throttle import LoginThrottle
 from playgate.worker import MAX_ATTEMPTS, Worker
@@ -62,7 +62,13 @@ def open_catalog(settings: Settings, clock: Callable[[], float]) -> tuple[AsyncE
     """The catalogue engine and service for the configured database."""
     # Reads stay deferred (no write lock on the hot path); Catalog writes on an immediate engine of its own.
     engine = create_engine(settings.resolved_database_url)
-    catalog = Catalog(engine, default_limit=settings.default_limit, cache_ttl_s=settings.cache_ttl_s, clock=clock)
+    catalog = Catalog(
+        engine,
+        default_limit=settings.default_limit,
+        cache_ttl_s=settings.cache_ttl_s,
+        clock=clock,
+        hashes_at_once=settings.login_checks_at_once,
+    )
     return engine, catalog
 
 
@@ -164,6 +170,30 @@ def open_backends(
     return ledger, LocalQueue(), LocalFanout(emitter, playback_url=playback, to_every_user_room=to_every_user_room)
 
 
+def platform_tokens(settings: Settings) -> PlatformTokens | None:
+    """The checker of the platform's own tokens, when a key set (or an OpenID issuer) is configured."""
+    if not settings.platform_tokens:
+        return None
+    issuer, audience = settings.expected_issuer, settings.token_audience
+    if issuer is None or audience is None:
+        raise ConfigError("PLAYGATE_TOKEN_ISSUER and PLAYGATE_TOKEN_AUDIENCE must be set with PLAYGATE_JWKS_URL")
+    keys = KeySet(
+        jwks_url=settings.jwks_url,
+        oidc_issuer=settings.oidc_issuer,
+        ttl_s=settings.jwks_ttl_s,
+        refetch_s=settings.jwks_refetch_s,
+    )
+    return PlatformTokens(
+        keys,
+        issuer=issuer,
+        audience=audience,
+        leeway_s=settings.token_leeway_s,
+        claim_user=settings.claim_user,
+        claim_plan=settings.claim_plan,
+        claim_limit=settings.claim_limit,
+    )
+
+
 @dataclass
 class Runtime:
     """The running parts of one process; it owns what it opened and closes it, in reverse order, at stop."""
@@ -200,6 +230,7 @@ class Runtime:
             engine, catalog = open_catalog(settings, clock)
             stack.push_async_callback(engine.dispose)
             stack.push_async_callback(catalog.close)
+            stack.push_async_callback(catalog.keys.flush)  # the last-used times gathered since the last write
             if role is not Role.worker:  # workers start beside API processes that already did this
                 await prepare_catalog(settings, catalog)
             links = playback_links(settings, secret)
@@ -212,6 +243,9 @@ class Runtime:
                 await fanout.start()  # this process's ?wait= callers are woken by decisions of any worker
             throttle = LoginThrottle(settings, clock=clock)
             stack.push_async_callback(throttle.close)
+            platform = platform_tokens(settings)
+            if platform is not None:
+                stack.push_async_callback(platform.close)
             gate = PlayGate(
                 settings=settings,
                 catalog=catalog,
@@ -222,6 +256,7 @@ class Runtime:
                 throttle=throttle,
                 metrics=metrics,
                 clock=clock,
+                platform=platform,
             )
             worker = Worker(
                 queue=queue,

@@ -1,19 +1,31 @@
-"""Passwords (argon2), access tokens (JWT, HS256: `sub` is the user id, admins carry scope `admin`) and playback
-tokens (JWT bound to one stream of one user, signed with a key of their own)."""
+"""Passwords (argon2), access tokens (JWT, HS256: `sub` is the user id, admins carry scope `admin`), playback
+tokens (JWT bound to one stream of one user, signed with a key of their own), and the platform's own access tokens
+(RS256, ES256, EdDSA), checked against its key set (JWKS)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import hmac
+import logging
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+import httpx
 import jwt
+import orjson
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from jwt import PyJWK, PyJWKSet
 
-from playgate.errors import Unauthorized
+from playgate.domain import ID_PATTERN, MAX_ID_LEN
+from playgate.errors import Unauthorized, Unavailable
+
+log = logging.getLogger("playgate.security")
 
 ALGORITHM = "HS256"
 ADMIN_SCOPE = "admin"
@@ -84,6 +96,12 @@ class TokenIssuer:
         self._secret = secret
         self.ttl_s = ttl_s
         self._checked: _Verified[Claims] = _Verified()
+        # Every token issued here starts with this header ({"alg":"HS256","typ":"JWT"}, as PyJWT writes it).
+        self._header = jwt.encode({}, secret, algorithm=ALGORITHM).split(".")[0] + "."
+
+    def issued_here(self, token: str) -> bool:
+        """True when `token` has the header of PlayGate's own tokens (whether it verifies is for check())."""
+        return token.startswith(self._header)
 
     def issue(self, user_id: str, *, admin: bool, now: float) -> str:
         """A signed token for `user_id`, valid for ttl_s from `now`."""
@@ -163,3 +181,203 @@ class PlaybackTokens:
             raise Unauthorized("The playback token names no stream.")
         found = PlaybackClaims(user_id=str(claims[0]), stream_id=str(claims[1]), video_id=str(claims[2]))
         return self._checked.keep(token, found, float(payload["exp"]))
+
+
+# ---- the platform's own tokens, checked against its key set ------------------------------------------------
+
+# Public-key algorithms only, each with the key type it needs: a key set never verifies an HMAC (HS256 "signed"
+# with a public key is the classic confusion attack), nor `none`.
+KEY_TYPES = {
+    "RS256": "RSA",
+    "RS384": "RSA",
+    "RS512": "RSA",
+    "PS256": "RSA",
+    "PS384": "RSA",
+    "PS512": "RSA",
+    "ES256": "EC",
+    "ES384": "EC",
+    "ES512": "EC",
+    "EdDSA": "OKP",
+}
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+_ID = re.compile(ID_PATTERN)
+FETCH_TIMEOUT_S = 5.0
+
+
+class KeySet:
+    """The platform's JWKS, fetched over HTTP and cached; refetched when it is older than `ttl_s`, or when a token
+    names a `kid` it lacks, but then at most once per `refetch_s`, so that a flood of forged kids cannot hammer the
+    identity provider. With only an OpenID issuer, the key set's URL is discovered from its configuration."""
+
+    def __init__(
+        self,
+        *,
+        jwks_url: str | None,
+        oidc_issuer: str | None,
+        ttl_s: float,
+        refetch_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._jwks_url = jwks_url
+        self._oidc_issuer = oidc_issuer
+        self._ttl_s = ttl_s
+        self._refetch_s = refetch_s
+        self._clock = clock
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+        self._http = httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=False)
+        self.fetches = 0
+
+    async def key(self, kid: str) -> PyJWK:
+        """The key with this `kid`; Unauthorized when the key set, even refetched, has none."""
+        now = self._clock()
+        key = self._keys.get(kid)
+        if key is not None and self._fetched_at is not None and now - self._fetched_at < self._ttl_s:
+            return key
+        async with self._lock:  # concurrent requests with one new kid share one fetch
+            key = self._keys.get(kid)
+            fetched_at = self._fetched_at
+            stale = fetched_at is None or self._clock() - fetched_at >= self._ttl_s
+            may_refetch = fetched_at is None or self._clock() - fetched_at >= self._refetch_s
+            if stale or (key is None and may_refetch):
+                await self._fetch()
+                key = self._keys.get(kid)
+        if key is None:
+            raise Unauthorized("The token's key (kid) is not in the platform's key set.")
+        return key
+
+    async def _fetch(self) -> None:
+        self.fetches += 1
+        self._fetched_at = self._clock()  # a failed fetch also waits refetch_s before the next
+        try:
+            url = self._jwks_url or await self._discover()
+            answer = await self._http.get(url)
+            answer.raise_for_status()
+            keys = PyJWKSet.from_dict(answer.json()).keys
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+            log.warning("could not fetch the platform's key set: %s", exc)
+            if not self._keys:
+                raise Unavailable("The platform's key set cannot be fetched.") from None
+            return  # keep the keys we had
+        self._keys = {k.key_id: k for k in keys if k.key_id}
+
+    async def _discover(self) -> str:
+        assert self._oidc_issuer is not None
+        answer = await self._http.get(self._oidc_issuer.rstrip("/") + DISCOVERY_PATH)
+        answer.raise_for_status()
+        jwks_uri = answer.json().get("jwks_uri")
+        if not isinstance(jwks_uri, str):
+            raise ValueError("the OpenID configuration names no jwks_uri")
+        self._jwks_url = jwks_uri
+        return jwks_uri
+
+    async def close(self) -> None:
+        """Release the HTTP client."""
+        await self._http.aclose()
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The token's JOSE header, read but not trusted (it picks the key; the signature is checked after).
+
+    Read here rather than with PyJWT, whose per-character checks of each segment cost more than the signature.
+    """
+    segment = token.split(".", 1)[0]
+    try:
+        header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except ValueError:  # binascii.Error and orjson.JSONDecodeError are ValueErrors
+        raise Unauthorized("The token is not valid.") from None
+    if not isinstance(header, dict):
+        raise Unauthorized("The token is not valid.")
+    return header
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformClaims:
+    """What a valid platform token says: the user id, and the plan and own limit when the claims carry them."""
+
+    user_id: str
+    plan: str | None
+    limit: int | None
+
+
+class PlatformTokens:
+    """Checks the platform's access tokens: signature by a key of its key set, `iss`, `aud`, `exp` and `nbf`."""
+
+    def __init__(
+        self,
+        keys: KeySet,
+        *,
+        issuer: str,
+        audience: str,
+        leeway_s: int,
+        claim_user: str = "sub",
+        claim_plan: str | None = None,
+        claim_limit: str | None = None,
+    ) -> None:
+        self.keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway_s = leeway_s
+        self._claim_user = claim_user
+        self._claim_plan = claim_plan
+        self._claim_limit = claim_limit
+        self._checked: _Verified[PlatformClaims] = _Verified()
+
+    async def check(self, token: str) -> PlatformClaims:
+        """The claims of a valid platform token; Unauthorized otherwise (remembered until `exp`, as TokenIssuer)."""
+        checked = self._checked.get(token)
+        if checked is not None:
+            return checked
+        header = _unverified_header(token)
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if algorithm not in KEY_TYPES:
+            raise Unauthorized(f"Tokens signed with {algorithm!r} are not accepted.")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("The token names no key (kid).")
+        key = await self.keys.key(kid)
+        # The key's type must fit the algorithm, and an EC key's curve the ES variant (PyJWK names it from `crv`).
+        if key.key_type != KEY_TYPES[algorithm] or (key.key_type == "EC" and key.algorithm_name != algorithm):
+            raise Unauthorized("The token's algorithm does not match its key.")
+        payload = self._decode(token, key, algorithm)
+        return self._checked.keep(token, self._claims(payload), float(payload["exp"]))
+
+    def _decode(self, token: str, key: PyJWK, algorithm: str) -> dict[str, Any]:
+        try:
+            return jwt.decode(
+                token,
+                key.key,
+                algorithms=[algorithm],
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway_s,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The token has expired.") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("The token is not valid yet (nbf).") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("The token's issuer (iss) is not the one configured.") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("The token is not meant for PlayGate (aud).") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("The token is not valid.") from None
+
+    def _claims(self, payload: dict[str, Any]) -> PlatformClaims:
+        user_id = payload.get(self._claim_user)
+        if not isinstance(user_id, str | int) or isinstance(user_id, bool) or not str(user_id):
+            raise Unauthorized(f"The token names no user (claim {self._claim_user!r}).")
+        if len(str(user_id)) > MAX_ID_LEN or not _ID.match(str(user_id)):
+            raise Unauthorized(f"The token's user id (claim {self._claim_user!r}) is not an id PlayGate takes.")
+        plan = payload.get(self._claim_plan) if self._claim_plan else None
+        limit = payload.get(self._claim_limit) if self._claim_limit else None
+        return PlatformClaims(
+            user_id=str(user_id),
+            plan=str(plan) if isinstance(plan, str | int) and not isinstance(plan, bool) else None,
+            limit=limit if isinstance(limit, int) and not isinstance(limit, bool) and 0 <= limit <= 10_000 else None,
+        )
+
+    async def close(self) -> None:
+        """Release the key set's HTTP client."""
+        await self.keys.close()

@@ -8,15 +8,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from playgate import imports
 from playgate.admission import over_limit
 from playgate.bus.protocol import Fanout, RequestQueue, observe_queue
+from playgate.catalog.bulk import USERS, UpsertResult
+from playgate.catalog.keys import is_api_key
 from playgate.catalog.service import Catalog
-from playgate.config import AuthMode, Settings
-from playgate.domain import Decision, EndedStream, PlayRequest, Reason, Stream, User, new_id, own_device
-from playgate.errors import Forbidden, Invalid, NotFound, Unauthorized
+from playgate.config import AuthMode, Settings, UnknownVideos
+from playgate.domain import (
+    Decision,
+    EndedStream,
+    KeyScope,
+    PlayRequest,
+    Reason,
+    Stream,
+    User,
+    new_id,
+    own_device,
+)
+from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized
+from playgate.imports import Format, KindName
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
-from playgate.security import TokenIssuer
+from playgate.security import PlatformClaims, PlatformTokens, TokenIssuer
 from playgate.throttle import LoginThrottle, Throttled
 
 log = logging.getLogger("playgate.service")
@@ -26,10 +40,12 @@ MAX_WAIT_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a user, and whether they may act as an admin."""
+    """Who is calling: a user, and whether they may act as an admin; or a platform's backend with an API key of
+    some scope (`user` None)."""
 
     user: User | None
     admin: bool
+    scope: KeyScope | None = None
 
     @property
     def user_id(self) -> str:
@@ -39,8 +55,22 @@ class Principal:
         return self.user.id
 
     def may_see(self, user_id: str) -> bool:
-        """True for the user themself and for admins."""
-        return self.admin or (self.user is not None and self.user.id == user_id)
+        """True for the user themself, admins, and `plays` and `read` keys."""
+        return self.admin or self.scope is not None or (self.user is not None and self.user.id == user_id)
+
+    def may_act_for(self, user_id: str) -> bool:
+        """True for the user themself, admins, and `plays` keys (a backend mediating its players)."""
+        return self.admin or self.scope is KeyScope.plays or (self.user is not None and self.user.id == user_id)
+
+    @property
+    def reads_all(self) -> bool:
+        """True for admins and `read` keys: they may read users, plans, videos and keys."""
+        return self.admin or self.scope is KeyScope.read
+
+    @property
+    def stops_any(self) -> bool:
+        """True for admins and `plays` keys: they may renew and stop any user's streams."""
+        return self.admin or self.scope is KeyScope.plays
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +117,7 @@ class PlayGate:
         throttle: LoginThrottle,
         metrics: Metrics,
         clock: Callable[[], float],
+        platform: PlatformTokens | None = None,
     ) -> None:
         self._settings = settings
         self._catalog = catalog
@@ -95,6 +126,7 @@ class PlayGate:
         self._fanout = fanout
         self._tokens = tokens
         self._throttle = throttle
+        self._platform = platform
         self._metrics = metrics
         self._clock = clock
 
@@ -102,16 +134,17 @@ class PlayGate:
 
     async def login(self, name: str, password: str, address: str) -> Login:
         """A token for valid credentials; Unauthorized otherwise (same answer for any wrong part), and Throttled
-        (429) once this name or this client address has used up its failed logins."""
+        (429) once this name from this address, or this address, has used up its failed logins. The attempt is
+        counted before the password is checked, so concurrent guesses get no more checks than the limit."""
         try:
-            await self._throttle.check(name, address)
+            await self._throttle.attempt(name, address)
         except Throttled as exc:
             self._metrics.logins_throttled.labels(exc.limit).inc()
             raise
         user = await self._catalog.authenticate(name, password)
         if user is None:
-            await self._throttle.failed(name, address)
             raise Unauthorized("Wrong username or password.")
+        await self._throttle.succeeded(name, address)
         token = self._tokens.issue(user.id, admin=user.is_admin, now=self._clock())
         return Login(token, self._tokens.ttl_s, user)
 
@@ -122,6 +155,11 @@ class PlayGate:
             return Principal(user=user, admin=True)
         if not token:
             raise Unauthorized("Send Authorization: Bearer <accessToken> (get one from POST /auth/token).")
+        if is_api_key(token):
+            key = await self._catalog.keys.check(token)
+            return Principal(user=None, admin=key.scope is KeyScope.admin, scope=key.scope)
+        if self._platform is not None and not self._tokens.issued_here(token):
+            return Principal(user=await self._platform_user(await self._platform.check(token)), admin=False)
         claims = self._tokens.check(token)
         try:
             user = await self._catalog.get_user(claims.user_id)
@@ -142,12 +180,50 @@ class PlayGate:
         """Count a socket gone."""
         self._metrics.sockets.dec()
 
+    async def _platform_user(self, claims: PlatformClaims) -> User:
+        """The user a platform token names: created on first sight (no password), and its plan and own limit
+        kept as the token's claims say (written only when they differ)."""
+        try:
+            user = await self._catalog.get_user(claims.user_id)
+        except NotFound:
+            user = None
+        changes: dict[str, object] = {}
+        if claims.plan is not None and (user is None or user.plan != claims.plan):
+            changes["plan"] = claims.plan
+        if claims.limit is not None and (user is None or user.own_limit != claims.limit):
+            changes["limit"] = claims.limit
+        if user is None or changes:
+            try:
+                await self._catalog.put(USERS, claims.user_id, changes)
+            except Invalid as exc:
+                if exc.extra.get("field") != "plan":
+                    raise Unauthorized(f"The token's user cannot be stored: {exc.detail}") from None
+                log.warning("platform token names an unknown plan %r: the user keeps its own", claims.plan)
+                await self._catalog.put(USERS, claims.user_id, {k: v for k, v in changes.items() if k != "plan"})
+            except Conflict as exc:
+                raise Unauthorized(f"The token's user cannot be stored: {exc.detail}") from None
+            user = await self._catalog.get_user(claims.user_id, fresh=True)
+        if user.disabled:
+            raise Unauthorized("This user is disabled.")
+        return user
+
     def acting_user(self, principal: Principal, user_id: str | None) -> str:
-        """The user a seed route acts for: `?user=` must be the caller (or the caller an admin)."""
+        """The user a request acts for: the caller, or `user_id` when the caller may act for it (an admin, a
+        `plays` key); an API key must name the user."""
         if user_id is None:
+            if principal.user is None and principal.scope is not None:
+                raise Invalid("An API key acts for a user: name it (userId).", field="userId")
             return principal.user_id
-        if not principal.may_see(user_id):
+        if not principal.may_act_for(user_id):
             raise Forbidden("You may only act for yourself.")
+        return user_id
+
+    def viewed_user(self, principal: Principal, user_id: str | None) -> str:
+        """The user a read is about: the caller, or `user_id` when the caller may see it."""
+        if user_id is None:
+            return self.acting_user(principal, None)
+        if not principal.may_see(user_id):
+            raise Forbidden("You may only see your own.")
         return user_id
 
     # ---- plays -------------------------------------------------------------------------------------
@@ -164,7 +240,8 @@ class PlayGate:
     ) -> PlayTicket:
         """Queue a play request (404 for an unknown user or video, before anything is queued)."""
         user = await self._catalog.get_user(user_id)
-        await self._catalog.get_video(video_id)
+        if self._settings.unknown_videos is UnknownVideos.deny:
+            await self._catalog.get_video(video_id)
 
         def request(request_id: str) -> PlayRequest:
             return PlayRequest(
@@ -253,9 +330,10 @@ class PlayGate:
         return await self._ledger.streams(user_id)
 
     async def heartbeat(self, principal: Principal, stream_id: str) -> Stream:
-        """Renew one of the caller's streams (anyone's for an admin); 404 when it is no longer active."""
+        """Renew one of the caller's streams (anyone's for an admin or a `plays` key); 404 when it is no longer
+        active."""
         owner = principal.user.id if principal.user is not None else None
-        if principal.admin:
+        if principal.stops_any:
             stream = await self._ledger.stream(stream_id)
             owner = stream.user_id if stream is not None else owner
         if owner is None:
@@ -290,19 +368,21 @@ class PlayGate:
         return renewed
 
     async def stop_stream(self, principal: Principal, stream_id: str) -> Stream:
-        """Stop one stream: the caller's own, or anyone's for an admin (announced `stopped_by_admin`)."""
+        """Stop one stream: the caller's own, or anyone's for an admin (announced `stopped_by_admin`) or a `plays`
+        key."""
         if principal.user is not None:
             # The common case, a player stopping its own stream: one ledger write, no lookup first.
             stopped = await self._ledger.stop([stream_id], principal.user.id)
             if stopped:
                 return stopped[0]
-        stream = await self._ledger.stream(stream_id) if principal.admin else None
+        stream = await self._ledger.stream(stream_id) if principal.stops_any else None
         if stream is None:
             raise NotFound(f"Stream {stream_id!r} is not active.")
         stopped = await self._ledger.stop([stream_id], stream.user_id)
         if not stopped:
             raise NotFound(f"Stream {stream_id!r} is not active.")
-        await self._announce(stopped, Reason.stopped_by_admin)
+        if principal.admin:  # a `plays` key stops for the user, as the user's own player would: not announced
+            await self._announce(stopped, Reason.stopped_by_admin)
         return stopped[0]
 
     async def stop_streams(self, user_id: str, video_id: str | None = None) -> list[Stream]:
@@ -328,6 +408,27 @@ class PlayGate:
         if user.disabled:
             await self._end_all(user.id)
         return user
+
+    async def put_user(self, user_id: str, values: Mapping[str, Any]) -> tuple[User, bool]:
+        """Create or update a user by id (True when created); disabling one ends their streams at once."""
+        created = await self._catalog.put(USERS, user_id, values)
+        user = await self._catalog.get_user(user_id, fresh=True)
+        if user.disabled:
+            await self._end_all(user.id)
+        return user, created
+
+    async def import_rows(self, kind: KindName, data: bytes | str, fmt: Format) -> UpsertResult:
+        """Create or update the rows of `data` (NDJSON, JSON array or CSV; at most imports.MAX_ROWS) by id; bad
+        rows are refused with their reason, the others stored."""
+        schema = imports.SCHEMAS[kind]
+        try:
+            # Parsing and checking 100,000 rows takes a while: off the event loop, so that plays go on meanwhile.
+            parsed = await asyncio.to_thread(lambda: list(imports.check(schema, imports.records(data, fmt))))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Invalid(f"body: not {fmt} ({exc})", field="body") from None
+        if len(parsed) > imports.MAX_ROWS:
+            raise TooLarge(f"At most {imports.MAX_ROWS} rows per import; this one has {len(parsed)}.")
+        return await imports.store(self._catalog, schema.kind, parsed)
 
     async def delete_user(self, user_id: str) -> None:
         """Delete a user; their streams end with them (announced `user_disabled`)."""

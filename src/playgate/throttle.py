@@ -1,9 +1,11 @@
-"""Login throttling: failed logins counted per user name and per client address, in a moving window.
+"""Login throttling: logins counted per (user name, client address) and per client address, in a fixed window.
 
-Only failures count, so a user who types the password right is never slowed down, while guessing one
-account's password, or many accounts' from one address, is stopped with 429 and a Retry-After. The counters
-live in this process (embedded) or in Redis (distributed: every API process shares them), through the
-`limits` library; a storage failure is translated into `Unavailable`.
+Each attempt is counted before its password is checked, in one atomic step (the `limits` library's hit), so that
+any number of concurrent guesses gets no more checks than the limit; an attempt whose password was right is then
+given back, so only failures use up the limits and a user who types the password right is never slowed down. The
+name is counted per address (OWASP's advice on credential stuffing): a guesser on one address cannot lock the user
+out from another. The counters live in this process (embedded) or in Redis (distributed: every API process shares
+them); a storage failure is translated into `Unavailable`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.storage import Storage as AsyncStorage
+from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from redis.asyncio import ConnectionPool
@@ -53,7 +56,7 @@ def storage_url(settings: Settings) -> str:
 
 
 class LoginThrottle:
-    """Checks a login against both limits before the password is verified, and counts failures after."""
+    """Counts a login against both limits before the password is verified, and gives it back when it was right."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         options: dict[str, Any] = {}
@@ -61,47 +64,53 @@ class LoginThrottle:
         self._pool = ConnectionPool.from_url(settings.redis_url) if settings.redis_url else None
         if self._pool is not None:
             options = {"implementation": "redispy", "key_prefix": KEY_PREFIX, "connection_pool": self._pool}
-        self._storage = storage_from_string(storage_url(settings), wrap_exceptions=True, **options)
-        self._limiter = MovingWindowRateLimiter(self._storage)
+        self._storage = cast(AsyncStorage, storage_from_string(storage_url(settings), wrap_exceptions=True, **options))
+        self._limiter = FixedWindowRateLimiter(self._storage)
         window_s = settings.login_window_s
         self._per_user = RateLimitItemPerSecond(settings.login_failures_per_user, window_s)
         self._per_address = RateLimitItemPerSecond(settings.login_failures_per_address, window_s)
         self._clock = clock
 
-    def _limits(self, name: str, address: str) -> list[tuple[str, RateLimitItem, str]]:
+    def _limits(self, name: str, address: str) -> list[tuple[str, RateLimitItem, tuple[str, ...]]]:
         return [
-            ("user", self._per_user, name.strip().casefold()),
-            ("address", self._per_address, address),
+            ("user", self._per_user, ("login", "user", address, name.strip().casefold())),
+            ("address", self._per_address, ("login", "address", address)),
         ]
 
-    async def check(self, name: str, address: str) -> None:
-        """Raise Throttled when this user name or this address has used up its failed logins."""
-        for kind, item, key in self._limits(name, address):
+    async def attempt(self, name: str, address: str) -> None:
+        """Count one login attempt against both limits, atomically; Throttled when either is used up.
+
+        Call before verifying the password: concurrent attempts are each counted before any is checked.
+        """
+        refused: tuple[str, RateLimitItem, tuple[str, ...]] | None = None
+        try:
+            for kind, item, key in self._limits(name, address):
+                if not await self._limiter.hit(item, *key) and refused is None:
+                    refused = (kind, item, key)
+            if refused is None:
+                return
+            stats = await self._limiter.get_window_stats(refused[1], *refused[2])
+        except StorageError as exc:
+            raise Unavailable(f"The login rate limiter does not answer ({exc.storage_error}).") from None
+        kind = refused[0]
+        retry_after_s = max(1, math.ceil(stats.reset_time - self._clock()))
+        log.warning("login throttled", extra={"limit": kind, "retry_after_s": retry_after_s})
+        what = "this user name from your address" if kind == "user" else "your address"
+        raise Throttled(
+            f"Too many failed logins for {what}; try again in {retry_after_s} s.",
+            retry_after_s=retry_after_s,
+            limit=kind,
+        )
+
+    async def succeeded(self, name: str, address: str) -> None:
+        """Give back the attempt of a login whose password was right: only failures use up the limits."""
+        for _kind, item, key in self._limits(name, address):
             try:
-                allowed = await self._limiter.test(item, "login", kind, key)
-                if allowed:
-                    continue
-                stats = await self._limiter.get_window_stats(item, "login", kind, key)
+                await self._storage.incr(item.key_for(*key), item.get_expiry(), amount=-1)
             except StorageError as exc:
                 raise Unavailable(f"The login rate limiter does not answer ({exc.storage_error}).") from None
-            retry_after_s = max(1, math.ceil(stats.reset_time - self._clock()))
-            log.warning("login throttled", extra={"limit": kind, "retry_after_s": retry_after_s})
-            what = "this user name" if kind == "user" else "your address"
-            raise Throttled(
-                f"Too many failed logins for {what}; try again in {retry_after_s} s.",
-                retry_after_s=retry_after_s,
-                limit=kind,
-            )
 
     async def close(self) -> None:
         """Release the Redis connections (nothing to do for the in-process counters)."""
         if self._pool is not None:
             await self._pool.aclose()
-
-    async def failed(self, name: str, address: str) -> None:
-        """Count one failed login against both limits."""
-        for kind, item, key in self._limits(name, address):
-            try:
-                await self._limiter.hit(item, "login", kind, key)
-            except StorageError as exc:
-                raise Unavailable(f"The login rate limiter does not answer ({exc.storage_error}).") from None

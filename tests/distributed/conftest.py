@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 import redis
 
+from playgate.bench.keyset import IdentityProvider, new_key
 from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
 from tests.support.servers import ServerProcess, playgate_env, start_playgate
@@ -33,6 +34,7 @@ class Cluster:
     redis: RedisServer
     db: PgDatabase
     data_dir: Path
+    idp: IdentityProvider
     apis: list[ServerProcess] = field(default_factory=list)
     workers: list[ServerProcess] = field(default_factory=list)
 
@@ -42,6 +44,8 @@ class Cluster:
             "PLAYGATE_REDIS_URL": self.redis.url,
             "PLAYGATE_DATABASE_URL": self.db.url,
             "PLAYGATE_CLAIM_IDLE": str(CLAIM_IDLE_S),
+            # The platform's tokens are trusted too (the test's identity provider): tests/distributed/test_platform.py
+            **self.idp.env(PLAYGATE_CLAIM_PLAN="plan"),
         }
 
     @property
@@ -93,7 +97,8 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
     data_dir = Path(tmp_path_factory.mktemp("distributed"))
     server = start_redis(data_dir / "redis", appendonly=True)
     db = await create_database()
-    cluster = Cluster(server, db, data_dir)
+    idp = IdentityProvider([new_key("cluster-rsa"), new_key("cluster-ec", "ES256")]).start()
+    cluster = Cluster(server, db, data_dir, idp)
     try:
         env = playgate_env(data_dir, **cluster.env)
         upgrade = await asyncio.to_thread(
@@ -112,6 +117,7 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
     finally:
         cluster.stop()
         server.stop()
+        idp.stop()
         with contextlib.suppress(OSError):
             await drop_database(db)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -213,6 +214,34 @@ async def test_behind_a_trusted_proxy_each_forwarded_address_is_counted_on_its_o
         _assert_throttled(throttled)
 
 
+async def test_concurrent_guesses_get_no_more_password_checks_than_the_limit(guarded: ServerProcess) -> None:
+    # Each attempt is counted before its password is checked: 60 at once cannot all slip past the count.
+    guesser, user = {"X-Forwarded-For": "198.51.100.50"}, {"X-Forwarded-For": "198.51.100.51"}
+    async with api_client(guarded.base_url) as client:
+        answers = await asyncio.gather(
+            *(
+                client.post("/auth/token", json={"username": "user3", "password": f"guess-{i}"}, headers=guesser)
+                for i in range(60)
+            )
+        )
+        codes = [a.status_code for a in answers]
+        assert codes.count(401) <= FAILURES_PER_USER, codes
+        assert codes.count(429) >= 60 - FAILURES_PER_USER, codes
+        right = {"username": "user3", "password": "user3"}
+        _assert_throttled(await client.post("/auth/token", json=right, headers=guesser))
+        # The user, on another address, still logs in: the guesser cannot lock them out.
+        assert (await client.post("/auth/token", json=right, headers=user)).status_code == 200
+        # The per-address limit holds under concurrency too, across names.
+        spray = {"X-Forwarded-For": "198.51.100.60"}
+        answers = await asyncio.gather(
+            *(
+                client.post("/auth/token", json={"username": f"spray-{i}", "password": "x"}, headers=spray)
+                for i in range(60)
+            )
+        )
+        assert [a.status_code for a in answers].count(401) <= FAILURES_PER_ADDRESS
+
+
 async def test_failed_logins_from_one_address_are_throttled_for_every_name(guarded: ServerProcess) -> None:
     # Last in this module: once the address is throttled, every login from it waits out the window.
     async with api_client(guarded.base_url) as client:
@@ -238,16 +267,20 @@ async def test_api_processes_share_the_login_counters_through_redis(tmp_path: Pa
     )
     first, second = LoginThrottle(settings), LoginThrottle(settings)  # as two API processes would
     try:
-        await first.failed("shared-user", "192.0.2.1")
-        await second.failed("shared-user", "192.0.2.2")
+        await first.attempt("shared-user", "192.0.2.1")
+        await second.attempt("shared-user", "192.0.2.1")
         with pytest.raises(Throttled) as caught:
-            await first.check("shared-user", "192.0.2.3")
+            await first.attempt("shared-user", "192.0.2.1")
         assert caught.value.limit == "user"
         assert 1 <= caught.value.retry_after_s <= settings.login_window_s
-        await second.check("another-user", "192.0.2.3")  # others are not affected
+        await second.attempt("shared-user", "192.0.2.3")  # the same name from another address is not affected
+        await second.attempt("another-user", "192.0.2.1")  # nor another name
+        # A right password gives its attempt back: only failures use up the limit.
+        await first.succeeded("shared-user", "192.0.2.3")
+        await first.attempt("shared-user", "192.0.2.3")
         redis.stop()
         with pytest.raises(Unavailable):
-            await first.check("shared-user", "192.0.2.3")  # Redis gone: 503, not an unhandled error
+            await first.attempt("shared-user", "192.0.2.3")  # Redis gone: 503, not an unhandled error
     finally:
         redis.stop()
         await first.close()

@@ -29,7 +29,9 @@ DESCRIPTION = """PlayGate decides whether a user may start one more video stream
 
 Ask with `POST /v1/plays` (or the seed's `GET /videos/{videoId}/request?user=`); the decision arrives on the
 user's Socket.IO connections (`/socket.io`, event `message`), at `GET /v1/plays/{requestId}`, or at once with
-`?wait=`. Errors are `application/problem+json`. Authenticate with a bearer token from `POST /auth/token`.
+`?wait=`. Errors are `application/problem+json`. Authenticate with a bearer token from `POST /auth/token`, the
+platform's own access token (RS256, ES256 or EdDSA, checked against its key set when `PLAYGATE_JWKS_URL` or
+`PLAYGATE_OIDC_ISSUER` is set), or an API key (`Authorization: Bearer pgk_...` or `X-API-Key`).
 
 The seed's routes (`/users…`, `/videos…`) answer the same with a trailing slash (`/videos/1/request/?user=1`),
 without a redirect. `/socket.io` serves Socket.IO v4 clients (Engine.IO 4) and v2 clients (`?EIO=3`) alike.
@@ -72,8 +74,8 @@ def create_app(
         api.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
-            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id", "X-API-Key"],
             expose_headers=["Retry-After", "X-Request-Id", "Location"],
             max_age=600,
         )
@@ -93,7 +95,13 @@ def create_app(
     app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
     # Socket.IO v2 clients (`?EIO=3`, e.g. the original service's UI) on the same path.
     app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings))
-    return HttpEdge(app, max_bytes=settings.max_body_bytes, metrics=metrics, uncounted=f"/{SOCKET_PATH}/")
+    return HttpEdge(
+        app,
+        max_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        uncounted=f"/{SOCKET_PATH}/",
+        import_bytes=settings.max_import_bytes,
+    )
 
 
 def socket_origins(settings: Settings) -> str | list[str] | None:

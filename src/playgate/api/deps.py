@@ -1,19 +1,28 @@
 """Dependencies of the routes: the application service, the catalogue and the caller (`GateDep`, `CatalogDep`,
-`Caller`, `Admin`)."""
+`Caller`, `Admin`, `Reader`)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from playgate.catalog.service import Catalog
 from playgate.errors import Forbidden
 from playgate.media import ContentGate
 from playgate.service import PlayGate, Principal
 
-_bearer = HTTPBearer(auto_error=False, description="A token from POST /auth/token.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An access token from POST /auth/token, the platform's own token (when PLAYGATE_JWKS_URL or "
+    "PLAYGATE_OIDC_ISSUER is set), or an API key (`pgk_...`).",
+)
+_api_key = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="An API key (`pgk_...`, from `playgate keys create` or POST /v1/keys), for a platform's backend.",
+)
 
 
 # Plain-`def` dependencies run in FastAPI's threadpool: these are async so that each request skips that hop.
@@ -45,10 +54,13 @@ ContentDep = Annotated[ContentGate, Depends(get_content)]
 
 
 async def get_caller(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
-    """The authenticated caller (401 without a valid token; with auth disabled, `?user=` is believed)."""
-    token = credentials.credentials if credentials else None
+    """The authenticated caller: a bearer token or API key, or X-API-Key (401 without a valid one; with auth
+    disabled, `?user=` is believed)."""
+    token = credentials.credentials if credentials else api_key
     # The service straight from the app, not through GateDep: each dependency costs every request a resolution.
     gate: PlayGate = request.app.state.gate
     return await gate.principal(token, request.query_params.get("user"))
@@ -65,3 +77,13 @@ async def get_admin(caller: Caller) -> Principal:
 
 
 Admin = Annotated[Principal, Depends(get_admin)]
+
+
+async def get_reader(caller: Caller) -> Principal:
+    """The caller, who must be an admin or hold a `read` key (403 otherwise)."""
+    if not caller.reads_all:
+        raise Forbidden("This needs an admin, or an API key with scope read.")
+    return caller
+
+
+Reader = Annotated[Principal, Depends(get_reader)]

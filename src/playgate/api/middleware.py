@@ -17,6 +17,7 @@ from playgate.logs import REQUEST_ID_HEADER, incoming_request_id, request_id_var
 from playgate.metrics import Metrics
 
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
+IMPORT_SUFFIX = ":import"
 log = logging.getLogger("playgate.http")
 
 
@@ -26,9 +27,13 @@ class HttpEdge:
     duration by route template (not raw path, to bound label values) and status, except under `uncounted`
     (the Socket.IO transport's own requests)."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: Metrics, uncounted: str) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, metrics: Metrics, uncounted: str, import_bytes: int | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # The bulk import routes (`POST /v1/users:import` ...) take up to 100,000 rows: a cap of their own.
+        self.import_bytes = import_bytes or max_bytes
         self.metrics = metrics
         self.uncounted = uncounted
 
@@ -49,9 +54,10 @@ class HttpEdge:
             await send(message)
 
         try:
-            body = await self._within_cap(scope, receive)
+            cap = self.import_bytes if scope["path"].endswith(IMPORT_SUFFIX) else self.max_bytes
+            body = await self._within_cap(scope, receive, cap)
             if body is None:
-                too_large = problem(413, "Content too large", f"The body may be at most {self.max_bytes} bytes.")
+                too_large = problem(413, "Content too large", f"The body may be at most {cap} bytes.")
                 await too_large(scope, _no_body, answer)
             else:
                 await self.app(scope, body, answer)
@@ -59,11 +65,11 @@ class HttpEdge:
             self._observe(scope, status, time.perf_counter() - started)
             request_id_var.reset(context)
 
-    async def _within_cap(self, scope: Scope, receive: Receive) -> Receive | None:
+    async def _within_cap(self, scope: Scope, receive: Receive, cap: int) -> Receive | None:
         """`receive` to hand on, or None when the body is over the cap (read here when its length is unknown)."""
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None:
-            return None if length.isdigit() and int(length) > self.max_bytes else receive
+            return None if length.isdigit() and int(length) > cap else receive
         if scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS"):
             return receive  # no route reads a body of these: nothing to cap, and no read on the players' hot path
         # No announced length (chunked): read the body here, within the cap, then replay it.
@@ -75,7 +81,7 @@ class HttpEdge:
             if message["type"] != "http.request":
                 break
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > cap:
                 return None
             if not message.get("more_body", False):
                 break

@@ -8,10 +8,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from playgate.domain import Decision, Plan, PlayRequest, Stream, User, Video
+from playgate.domain import ID_PATTERN, MAX_ID_LEN, ApiKey, Decision, KeyScope, Plan, PlayRequest, Stream, User, Video
 
 # Ids, names and keys: printable, no control characters, bounded.
-Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
+# A stream id may carry its user's id (the Redis ledger's do, hex-encoded: up to 2 x 64 + 25 characters).
+StreamId = Annotated[str, StringConstraints(min_length=1, max_length=160, pattern=ID_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00-\x20\x7f]+$")]
@@ -156,8 +158,11 @@ class PlayIn(Input):
 
     video_id: Id
     device_id: DeviceId | None = Field(None, description="The player; without it the request is a device of its own.")
-    replace_stream_id: Id | None = Field(
+    replace_stream_id: StreamId | None = Field(
         None, description="One of your streams to end in exchange, atomically, if the limit is reached."
+    )
+    user_id: Id | None = Field(
+        None, description="The user to play for: for an API key of scope `plays` (or an admin); else yourself."
     )
 
 
@@ -283,6 +288,74 @@ class PlanPatch(Input):
 
     name: Name | None = None
     max_streams: Limit | None = None
+
+
+class UserPut(UserPatch):
+    """A user by id, created or updated: absent fields keep their value (a new user is named by its id and has no
+    password unless given: it logs in with the platform's tokens)."""
+
+
+class VideoPut(VideoPatch):
+    """A video by id, created or updated (a new one needs title and url)."""
+
+
+class PlanPut(PlanPatch):
+    """A plan by id, created or updated (a new one needs name and maxStreams)."""
+
+
+class KeyIn(Input):
+    """A new API key."""
+
+    name: Name
+    scope: KeyScope = Field(description="`admin`: all an admin may; `plays`: play and stop for any user; `read`: read.")
+
+
+class KeyOut(Wire):
+    """An API key as stored: never the key itself."""
+
+    id: str
+    name: str
+    scope: KeyScope
+    created_at: str
+    last_used_at: str | None = Field(description="Written at most every 10 s, so up to that much behind.")
+    revoked_at: str | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        """From the domain object."""
+        return cls(
+            id=key.id,
+            name=key.name,
+            scope=key.scope,
+            created_at=iso(key.created_at),
+            last_used_at=iso(key.last_used_at) if key.last_used_at is not None else None,
+            revoked_at=iso(key.revoked_at) if key.revoked_at is not None else None,
+        )
+
+
+class KeyCreated(KeyOut):
+    """A new API key, with the key itself: shown this once, stored only as a hash."""
+
+    key: str = Field(description="Send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
+
+
+class RefusalOut(Wire):
+    """An import row that was not stored, and why."""
+
+    row: int = Field(description="The row's number in the input (its line for NDJSON, from 1).")
+    id: str | None
+    field: str
+    reason: str
+
+
+class ImportOut(Wire):
+    """What an import did."""
+
+    created: int
+    updated: int
+    unchanged: int = Field(description="Rows equal to what was stored: left alone.")
+    refused: int
+    refused_rows: list[RefusalOut] = Field(description="Each refused row with its reason (at most 1,000 listed).")
 
 
 class Problem(BaseModel):

@@ -1,4 +1,4 @@
-"""`playgate bench load | admission | idle`: the commands of the benchmark (heavy imports inside each)."""
+"""`playgate bench load | admission | idle | segments | tokens`: the benchmark commands (heavy imports inside each)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def _exit_on_sigterm() -> None:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: end-to-end load over HTTP and Socket.IO, the admission path alone, idle sockets, HLS segments.
+    """Benchmarks: end-to-end load over HTTP and Socket.IO, the admission path alone, idle sockets, HLS segments,
+    token checks.
 
     Each run writes one JSON result under --out (default bench/reports/) and prints a summary line.
     """
@@ -404,3 +405,18 @@ def segments(
         path = write_json(folder / f"segments-{one_mode}.json", result)
         click.echo(summary(result))
         click.echo(f"  → {path}")
+
+
+@bench.command()
+@click.option("--count", type=click.IntRange(100, 1_000_000), default=5000, show_default=True, help="Tokens each.")
+@click.option("--cpu", type=click.IntRange(0, 1023), help="Pin this process to one CPU (e.g. 0).")
+def tokens(count: int, cpu: int | None) -> None:
+    """Checks of the platform's tokens (RS256, ES256, EdDSA) per second on one core, with a cached key set."""
+    import os
+
+    from playgate.bench.tokens import measure
+
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    for figures in uvloop.run(measure(count)):
+        click.echo(figures.line())

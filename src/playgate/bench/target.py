@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from playgate.bench.keyset import IdentityProvider, new_key
 from playgate.errors import PlayGateError
 
 START_TIMEOUT_S = 60.0
@@ -102,6 +103,8 @@ class Target:
     admin_password: str | None = None
     data_dir: tempfile.TemporaryDirectory[str] | None = None
     accounts: dict[str, Account] = field(default_factory=dict)
+    # The servers the bench starts trust this key set: users sign in with its tokens, no password hashed.
+    idp: IdentityProvider | None = None
     _env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -176,6 +179,8 @@ class Target:
             PLAYGATE_LOG_LEVEL="warning",
             PLAYGATE_DEMO="true",
         )
+        target.idp = IdentityProvider([new_key("bench-ec", "ES256")]).start()
+        env.update(target.idp.env())
         target._env = env
         return target
 
@@ -314,15 +319,21 @@ class Target:
         if self.data_dir is not None:
             self.data_dir.cleanup()
             self.data_dir = None
+        if self.idp is not None:
+            self.idp.stop()
+            self.idp = None
 
     async def accounts_for(self, names: list[str]) -> list[Account]:
-        """Users for the load, made through the admin API (or the demo users without an admin password)."""
+        """Users for the load: imported in one call and signed in with the bench's key set when the bench started
+        the servers; else made through the admin API (or the demo users without an admin password)."""
         missing = [n for n in names if n not in self.accounts]
         if missing:
             async with aiohttp.ClientSession(
                 self.base_url, timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
             ) as http:
-                if self.admin_password is None:
+                if self.admin_password is not None and self.idp is not None:
+                    made = await _platform_accounts(http, self.admin_password, self.idp, missing)
+                elif self.admin_password is None:
                     made = await _demo_accounts(http, missing)
                 else:
                     made = await _new_accounts(http, self.admin_password, missing)
@@ -374,6 +385,22 @@ async def _new_accounts(http: aiohttp.ClientSession, admin_password: str, names:
             return name, await _login(http, user_name, password)
 
     return dict(await asyncio.gather(*(one(n) for n in names)))
+
+
+async def _platform_accounts(
+    http: aiohttp.ClientSession, admin_password: str, idp: IdentityProvider, names: list[str]
+) -> dict[str, Account]:
+    """Import the users in one call (limit BENCH_USER_LIMIT), then mint each a token of the bench's key set."""
+    admin = await _login(http, "admin", admin_password)
+    run = secrets.token_hex(3)
+    ids = {name: f"bench-{run}-{name}" for name in names}
+    body = b"\n".join(orjson.dumps({"id": i, "limit": BENCH_USER_LIMIT}) for i in ids.values())
+    headers = {"Content-Type": "application/x-ndjson", "Authorization": f"Bearer {admin.token}"}
+    async with http.post("/v1/users:import", data=body, headers=headers) as answer:
+        report = await answer.read()
+        if answer.status != 200 or orjson.loads(report)["refused"]:
+            raise BenchError(f"POST /v1/users:import answered {answer.status}: {report[:300]!r}")
+    return {name: Account(user_id=i, token=idp.mint(i, ttl_s=24 * 3600)) for name, i in ids.items()}
 
 
 async def _demo_accounts(http: aiohttp.ClientSession, names: list[str]) -> dict[str, Account]:

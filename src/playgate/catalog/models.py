@@ -1,4 +1,5 @@
-"""The SQL schema: catalogue tables (users, plans, videos) and the SQL ledger's tables (streams, decisions)."""
+"""The SQL schema: catalogue tables (users, plans, videos, API keys) and the SQL ledger's tables (streams,
+decisions)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,19 @@ class VideoRow(Base):
     title: Mapped[str] = mapped_column(String(500))
     url: Mapped[str] = mapped_column(String(2000))
     source: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+
+
+class ApiKeyRow(Base):
+    """An API key for a platform's backend: only the SHA-256 of the key is kept (times in epoch seconds)."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class StreamRow(Base):

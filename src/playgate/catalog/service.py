@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,7 +12,10 @@ from sqlalchemy import Select, delete, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from playgate.catalog import bulk
+from playgate.catalog.bulk import Kind, UpsertResult
 from playgate.catalog.db import create_engine, is_sqlite
+from playgate.catalog.keys import KeyStore
 from playgate.catalog.models import PlanRow, UserRow, VideoRow
 from playgate.domain import Plan, Quota, User, Video
 from playgate.errors import Conflict, Invalid, NotFound, Unavailable
@@ -70,9 +73,18 @@ class Catalog:
     """Reads and writes users, plans and videos; raises NotFound, Conflict, Invalid or Unavailable."""
 
     def __init__(
-        self, engine: AsyncEngine, *, default_limit: int, cache_ttl_s: float, clock: Callable[[], float]
+        self,
+        engine: AsyncEngine,
+        *,
+        default_limit: int,
+        cache_ttl_s: float,
+        clock: Callable[[], float],
+        hashes_at_once: int = 2,
     ) -> None:
         self._engine = engine
+        # argon2 takes ~50 ms of a core on purpose: a burst of logins must queue here, not take every core
+        # (and the event loop's threads) from the players' requests.
+        self._hashing = asyncio.Semaphore(hashes_at_once)
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         # Writes read first (the row, the plan), then write. Under SQLite's WAL a deferred transaction whose
         # snapshot went stale meanwhile fails with BUSY at once, whatever the timeout: so writes take the write
@@ -83,6 +95,7 @@ class Catalog:
         self._clock = clock
         self._users = _TTLCache(cache_ttl_s, clock)
         self._videos = _TTLCache(cache_ttl_s, clock)
+        self.keys = KeyStore(self._session, self._write_session, clock)
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
@@ -155,7 +168,8 @@ class Catalog:
             found = (await session.execute(self._user_query().where(UserRow.name == name))).first()
         # Hashing is slow on purpose: keep it off the event loop.
         password_hash = found[0].password_hash if found else _DUMMY_HASH
-        matches = await asyncio.to_thread(verify_password, password_hash, password)
+        async with self._hashing:
+            matches = await asyncio.to_thread(verify_password, password_hash or _DUMMY_HASH, password)
         if found is None or not matches:
             return None
         user = self._to_user(found[0], found[1])
@@ -183,6 +197,10 @@ class Catalog:
             result[user_id] = Quota(limit=0, exists=False)
         return result
 
+    async def _hash(self, password: str) -> str:
+        async with self._hashing:
+            return await asyncio.to_thread(hash_password, password)
+
     async def create_user(
         self,
         *,
@@ -195,7 +213,7 @@ class Catalog:
         user_id: str | None = None,
     ) -> User:
         """A new user (the server picks the id unless given); Conflict if the name is taken."""
-        password_hash = await asyncio.to_thread(hash_password, password)
+        password_hash = await self._hash(password)
         async with self._write_session() as session:
             await self._check_plan(session, plan)
             row = UserRow(
@@ -215,7 +233,7 @@ class Catalog:
     async def update_user(self, user_id: str, changes: Mapping[str, Any]) -> User:
         """Apply `changes` (name, password, limit, plan, disabled) to a user; NotFound, Conflict."""
         password = changes.get("password")
-        password_hash = await asyncio.to_thread(hash_password, password) if password else None
+        password_hash = await self._hash(password) if password else None
         async with self._write_session() as session:
             row = await session.get(UserRow, user_id)
             if row is None:
@@ -360,6 +378,31 @@ class Catalog:
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFound(f"No video with id {video_id!r}.")
 
+    # ---- create or update by id, one row or many ----------------------------------------------------
+
+    async def upsert(self, kind: Kind, rows: Sequence[tuple[int, dict[str, Any]]]) -> UpsertResult:
+        """Create or update many rows of one kind in one transaction (see catalog.bulk); refused rows are reported,
+        not raised."""
+        async with self._write_session() as session:
+            result = await bulk.upsert(session, kind, rows, self._clock())
+            await self._commit(session, f"Rows of this import clash with each other or with other {kind.noun}s.", "id")
+        self._users.clear()
+        self._videos.clear()
+        return result
+
+    async def put(self, kind: Kind, row_id: str, values: Mapping[str, Any]) -> bool:
+        """Create or update one row by id from its fields (wire names); True when created. A user's `password` is
+        hashed here. Invalid or Conflict (a taken name) name the field at fault."""
+        values = {k: v for k, v in values.items() if not (k == "password" and v is None)}
+        if "password" in values:
+            values["password"] = await self._hash(values["password"])
+        result = await self.upsert(kind, [(1, {"id": row_id, **bulk.columns_of(kind, values)})])
+        if result.refused:
+            refusal = result.refused[0]
+            error = Conflict if refusal.field == "name" else Invalid
+            raise error(f"{refusal.field}: {refusal.reason}", field=refusal.field)
+        return result.created == 1
+
     # ---- start-up ----------------------------------------------------------------------------------
 
     async def is_empty(self) -> bool:
@@ -395,7 +438,7 @@ class Catalog:
         async with self._write_session() as session:
             row = await session.get(UserRow, admin.id)
             assert row is not None
-            row.password_hash = await asyncio.to_thread(hash_password, password)
+            row.password_hash = await self._hash(password)
             row.is_admin = True
             await session.commit()
         return await self.get_user(admin.id, fresh=True)

@@ -1,32 +1,43 @@
-"""/v1 management of users, videos and plans (admin only)."""
+"""/v1 management of users, videos, plans and API keys (admins and `admin` keys; `read` keys may read), with
+create-or-update by id and bulk import."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
-from playgate.api.deps import Admin, CatalogDep, ContentDep, GateDep
+from playgate.api.deps import Admin, CatalogDep, ContentDep, GateDep, Reader
 from playgate.api.errors import problem_responses
 from playgate.api.schemas import (
     AdminVideoOut,
     Id,
+    ImportOut,
+    KeyCreated,
+    KeyIn,
+    KeyOut,
     PlanIn,
     PlanOut,
     PlanPatch,
+    PlanPut,
+    RefusalOut,
     UserIn,
     UserOut,
     UserPatch,
+    UserPut,
     VideoIn,
     VideoPatch,
+    VideoPut,
 )
+from playgate.catalog.bulk import PLANS, VIDEOS
+from playgate.imports import MAX_ROWS, KindName, format_of
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
 ERRORS = problem_responses(
     {
-        401: "No valid token.",
-        403: "Not an admin.",
+        401: "No valid token or key.",
+        403: "Not an admin (nor, for reads, a `read` key).",
         404: "No such thing.",
         409: "Name taken, or still in use.",
         422: "A field is wrong; `field` names it.",
@@ -38,7 +49,7 @@ PlanId = Annotated[Id, Path(alias="planId")]
 
 
 @router.get("/users", summary="List users", responses=ERRORS)
-async def list_users(catalog: CatalogDep, _admin: Admin) -> list[UserOut]:
+async def list_users(catalog: CatalogDep, _reader: Reader) -> list[UserOut]:
     """Every user."""
     return [UserOut.of(u) for u in await catalog.list_users()]
 
@@ -53,7 +64,7 @@ async def create_user(body: UserIn, catalog: CatalogDep, _admin: Admin) -> UserO
 
 
 @router.get("/users/{userId}", summary="One user", responses=ERRORS)
-async def get_user(user_id: UserId, catalog: CatalogDep, _admin: Admin) -> UserOut:
+async def get_user(user_id: UserId, catalog: CatalogDep, _reader: Reader) -> UserOut:
     """A user."""
     return UserOut.of(await catalog.get_user(user_id, fresh=True))
 
@@ -77,7 +88,7 @@ async def delete_user(user_id: UserId, gate: GateDep, _admin: Admin) -> Response
 
 
 @router.get("/videos", summary="List videos", responses=ERRORS)
-async def list_videos(catalog: CatalogDep, _admin: Admin) -> list[AdminVideoOut]:
+async def list_videos(catalog: CatalogDep, _reader: Reader) -> list[AdminVideoOut]:
     """Every video."""
     return [AdminVideoOut.of(v) for v in await catalog.list_videos()]
 
@@ -90,7 +101,7 @@ async def create_video(body: VideoIn, catalog: CatalogDep, content: ContentDep, 
 
 
 @router.get("/videos/{videoId}", summary="One video", responses=ERRORS)
-async def get_video(video_id: VideoId, catalog: CatalogDep, _admin: Admin) -> AdminVideoOut:
+async def get_video(video_id: VideoId, catalog: CatalogDep, _reader: Reader) -> AdminVideoOut:
     """A video."""
     return AdminVideoOut.of(await catalog.get_video(video_id))
 
@@ -116,7 +127,7 @@ async def delete_video(video_id: VideoId, catalog: CatalogDep, _admin: Admin) ->
 
 
 @router.get("/plans", summary="List plans", responses=ERRORS)
-async def list_plans(catalog: CatalogDep, _admin: Admin) -> list[PlanOut]:
+async def list_plans(catalog: CatalogDep, _reader: Reader) -> list[PlanOut]:
     """Every plan."""
     return [PlanOut.of(p) for p in await catalog.list_plans()]
 
@@ -128,7 +139,7 @@ async def create_plan(body: PlanIn, catalog: CatalogDep, _admin: Admin) -> PlanO
 
 
 @router.get("/plans/{planId}", summary="One plan", responses=ERRORS)
-async def get_plan(plan_id: PlanId, catalog: CatalogDep, _admin: Admin) -> PlanOut:
+async def get_plan(plan_id: PlanId, catalog: CatalogDep, _reader: Reader) -> PlanOut:
     """A plan."""
     return PlanOut.of(await catalog.get_plan(plan_id))
 
@@ -149,4 +160,156 @@ async def update_plan(plan_id: PlanId, body: PlanPatch, catalog: CatalogDep, _ad
 async def delete_plan(plan_id: PlanId, catalog: CatalogDep, _admin: Admin) -> Response:
     """204; 409 while users are on it."""
     await catalog.delete_plan(plan_id)
+    return Response(status_code=204)
+
+
+# ---- create or update by id --------------------------------------------------------------------------------
+
+PUT_DOC = (
+    "Creates the {noun} with this id (201) or updates it (200); absent fields keep their value, so the same call "
+    "twice changes nothing the second time."
+)
+
+
+def _put_answer(response: Response, created: bool) -> None:
+    response.status_code = 201 if created else 200
+
+
+@router.put(
+    "/users/{userId}",
+    summary="Create or update a user by id",
+    description=PUT_DOC.format(noun="user") + " A new user without `name` is named by its id; without `password` "
+    "it logs in only with the platform's tokens. Disabling ends its streams at once.",
+    responses={201: {"model": UserOut, "description": "Created."}, **ERRORS},
+)
+async def put_user(user_id: UserId, body: UserPut, response: Response, gate: GateDep, _admin: Admin) -> UserOut:
+    """201 created, or 200 updated, with the user."""
+    user, created = await gate.put_user(user_id, body.model_dump(exclude_unset=True))
+    _put_answer(response, created)
+    return UserOut.of(user)
+
+
+@router.put(
+    "/videos/{videoId}",
+    summary="Create or update a video by id",
+    description=PUT_DOC.format(noun="video") + " A new video needs `title` and `url`.",
+    responses={201: {"model": AdminVideoOut, "description": "Created."}, **ERRORS},
+)
+async def put_video(
+    video_id: VideoId, body: VideoPut, response: Response, catalog: CatalogDep, _admin: Admin
+) -> AdminVideoOut:
+    """201 created, or 200 updated, with the video."""
+    _put_answer(response, await catalog.put(VIDEOS, video_id, body.model_dump(exclude_unset=True)))
+    return AdminVideoOut.of(await catalog.get_video(video_id))
+
+
+@router.put(
+    "/plans/{planId}",
+    summary="Create or update a plan by id",
+    description=PUT_DOC.format(noun="plan") + " A new plan needs `name` and `maxStreams`.",
+    responses={201: {"model": PlanOut, "description": "Created."}, **ERRORS},
+)
+async def put_plan(plan_id: PlanId, body: PlanPut, response: Response, catalog: CatalogDep, _admin: Admin) -> PlanOut:
+    """201 created, or 200 updated, with the plan."""
+    values = body.model_dump(exclude_unset=True, by_alias=True)
+    _put_answer(response, await catalog.put(PLANS, plan_id, values))
+    return PlanOut.of(await catalog.get_plan(plan_id))
+
+
+# ---- bulk import -------------------------------------------------------------------------------------------
+
+IMPORT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-ndjson": {"schema": {"type": "string", "description": "One JSON object per line."}},
+            "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+            "text/csv": {"schema": {"type": "string", "description": "A header row naming the fields, then rows."}},
+        },
+    }
+}
+IMPORT_ERRORS = problem_responses(
+    {
+        401: "No valid token or key.",
+        403: "Not an admin.",
+        413: f"More than {MAX_ROWS:,} rows, or a body over PLAYGATE_MAX_IMPORT_BYTES.",
+        422: "The body is not NDJSON, a JSON array or CSV.",
+    }
+)
+MAX_REFUSALS_LISTED = 1000
+
+
+def _import_route(kind: KindName, fields: str) -> None:
+    async def import_rows(request: Request, gate: GateDep, _admin: Admin) -> ImportOut:
+        body = await request.body()
+        result = await gate.import_rows(kind, body, format_of(request.headers.get("content-type")))
+        return ImportOut(
+            created=result.created,
+            updated=result.updated,
+            unchanged=result.unchanged,
+            refused=len(result.refused),
+            refused_rows=[
+                RefusalOut(row=r.row, id=r.id, field=r.field, reason=r.reason)
+                for r in result.refused[:MAX_REFUSALS_LISTED]
+            ],
+        )
+
+    router.add_api_route(
+        f"/{kind}:import",
+        import_rows,
+        methods=["POST"],
+        summary=f"Create or update many {kind} by id",
+        description=f"Up to {MAX_ROWS:,} rows per call as NDJSON (`application/x-ndjson`), a JSON array "
+        f"(`application/json`) or CSV (`text/csv`), each row {fields}. Rows are created or updated by id (absent "
+        "fields keep their value); a bad row is refused with its reason and the rest stored; a re-run of the "
+        "same rows changes nothing (`unchanged`).",
+        openapi_extra=IMPORT_BODY,
+        responses=IMPORT_ERRORS,
+        operation_id=f"import_{kind}",
+    )
+
+
+_import_route("users", "`{id, name?, limit?, plan?, disabled?}`")
+_import_route("videos", "`{id, title?, url?}` (a new video needs both)")
+_import_route("plans", "`{id, name?, maxStreams?}` (a new plan needs both)")
+
+
+# ---- API keys ----------------------------------------------------------------------------------------------
+
+KeyId = Annotated[Id, Path(alias="keyId")]
+
+
+@router.get("/keys", summary="List API keys", tags=["keys"], responses=ERRORS)
+async def list_keys(catalog: CatalogDep, _admin: Admin) -> list[KeyOut]:
+    """Every key, revoked ones too (never the keys themselves)."""
+    return [KeyOut.of(k) for k in await catalog.keys.all()]
+
+
+@router.post(
+    "/keys",
+    status_code=201,
+    summary="Create an API key",
+    description="201 with the key in `key`: shown this once, stored only as a hash. Scopes: `admin` (all an "
+    "admin may), `plays` (play, list and stop streams for any user: `userId`), `read` (read users, plans, "
+    "videos, streams).",
+    tags=["keys"],
+    responses=ERRORS,
+)
+async def create_key(body: KeyIn, catalog: CatalogDep, _admin: Admin) -> KeyCreated:
+    """201 with the new key."""
+    key, plain = await catalog.keys.create(name=body.name, scope=body.scope)
+    return KeyCreated(**KeyOut.of(key).model_dump(), key=plain)
+
+
+@router.delete(
+    "/keys/{keyId}",
+    status_code=204,
+    response_class=Response,
+    summary="Revoke an API key (at once, in every process)",
+    tags=["keys"],
+    responses=ERRORS,
+)
+async def revoke_key(key_id: KeyId, catalog: CatalogDep, _admin: Admin) -> Response:
+    """204; the key is refused from now on. Revoking twice is fine."""
+    await catalog.keys.revoke(key_id)
     return Response(status_code=204)

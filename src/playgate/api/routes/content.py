@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from playgate.api.deps import CatalogDep, ContentDep
 from playgate.api.errors import problem, problem_responses
-from playgate.api.schemas import Id
+from playgate.api.schemas import Id, StreamId
 from playgate.media import RangeNotSatisfiable, content_type, is_playlist, parse_range, rewrite_playlist
 
 router = APIRouter(tags=["content"])
@@ -56,7 +56,7 @@ CONTENT_DOC: dict[str, Any] = {
 async def stream_content(
     request: Request,
     content: ContentDep,
-    stream_id: Annotated[Id, Path(alias="streamId")],
+    stream_id: Annotated[StreamId, Path(alias="streamId")],
     token: TokenQuery = None,
     header_token: TokenHeader = None,
 ) -> Response:

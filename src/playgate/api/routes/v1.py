@@ -8,15 +8,21 @@ from fastapi import APIRouter, Header, Path, Query, Response
 
 from playgate.api.deps import Caller, ContentDep, GateDep
 from playgate.api.errors import problem_responses
-from playgate.api.schemas import HeartbeatOut, Id, PlayIn, PlayOut, StreamOut, iso
+from playgate.api.schemas import HeartbeatOut, Id, PlayIn, PlayOut, StreamId, StreamOut, iso
 from playgate.domain import Decision
 from playgate.service import MAX_WAIT_S
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
+ForUser = Annotated[
+    Id | None,
+    Query(alias="userId", description="The user to act for: an API key (scope plays) or an admin names it."),
+]
+
 ERRORS = problem_responses(
     {
         401: "No valid token.",
+        403: "Not yours to act for (another user, or a key without the scope).",
         404: "Unknown or not yours.",
         422: "A field is wrong; `field` names it.",
     }
@@ -30,7 +36,8 @@ ERRORS = problem_responses(
     description=(
         "Queues the request: 202 `{requestId, status: pending}`. With `?wait=<s>` (at most 10; larger values "
         "are taken as 10) the answer waits for the decision: 200 with it when it comes in time, else the 202. "
-        "`Idempotency-Key` (per user): a retry with the same key gets the same request and decision."
+        "`Idempotency-Key` (per user): a retry with the same key gets the same request and decision. "
+        "A platform's backend with an API key of scope `plays` (or an admin) names the user in `userId`."
     ),
     responses={200: {"model": PlayOut, "description": "Decided within ?wait=."}, **ERRORS},
 )
@@ -47,7 +54,7 @@ async def create_play(
 ) -> PlayOut:
     """Queue a play request for the caller."""
     ticket = await gate.request_play(
-        caller.user_id,
+        gate.acting_user(caller, body.user_id),
         body.video_id,
         device_id=body.device_id,
         idempotency_key=idempotency_key,
@@ -69,15 +76,15 @@ async def get_play(
     return PlayOut.of(found, content.url_for_decision(found) if isinstance(found, Decision) else None)
 
 
-@router.get("/streams", summary="Your active streams", responses=ERRORS)
-async def list_streams(gate: GateDep, caller: Caller) -> list[StreamOut]:
-    """The caller's active streams, oldest first."""
-    return [StreamOut.of(s) for s in await gate.streams(caller.user_id)]
+@router.get("/streams", summary="Your active streams (or a user's, for a key or an admin)", responses=ERRORS)
+async def list_streams(gate: GateDep, caller: Caller, user_id: ForUser = None) -> list[StreamOut]:
+    """The caller's active streams, oldest first; with `?userId=`, that user's (`plays` or `read` key, admin)."""
+    return [StreamOut.of(s) for s in await gate.streams(gate.viewed_user(caller, user_id))]
 
 
 @router.post("/streams/{streamId}/heartbeat", summary="Renew a stream's lease", responses=ERRORS)
 async def heartbeat(
-    gate: GateDep, content: ContentDep, caller: Caller, stream_id: Annotated[Id, Path(alias="streamId")]
+    gate: GateDep, content: ContentDep, caller: Caller, stream_id: Annotated[StreamId, Path(alias="streamId")]
 ) -> HeartbeatOut:
     """200 with the new expiry and a fresh playback URL; 404 when the stream is no longer active."""
     stream = await gate.heartbeat(caller, stream_id)
@@ -91,7 +98,9 @@ async def heartbeat(
     summary="Stop a stream (an admin may stop anyone's)",
     responses=ERRORS,
 )
-async def stop_stream(gate: GateDep, caller: Caller, stream_id: Annotated[Id, Path(alias="streamId")]) -> Response:
+async def stop_stream(
+    gate: GateDep, caller: Caller, stream_id: Annotated[StreamId, Path(alias="streamId")]
+) -> Response:
     """204; 404 if not active."""
     await gate.stop_stream(caller, stream_id)
     return Response(status_code=204)
@@ -104,7 +113,7 @@ async def stop_stream(gate: GateDep, caller: Caller, stream_id: Annotated[Id, Pa
     summary="Stop all your streams (log-out)",
     responses=ERRORS,
 )
-async def stop_streams(gate: GateDep, caller: Caller) -> Response:
-    """204, whether or not anything was playing."""
-    await gate.stop_streams(caller.user_id)
+async def stop_streams(gate: GateDep, caller: Caller, user_id: ForUser = None) -> Response:
+    """204, whether or not anything was playing; with `?userId=`, that user's streams (`plays` key, admin)."""
+    await gate.stop_streams(gate.acting_user(caller, user_id))
     return Response(status_code=204)

@@ -1,0 +1,181 @@
+"""Bulk import of users, videos and plans: rows read from NDJSON, a JSON array or CSV, each checked against its
+schema, then created or updated by id in batches (catalog.bulk). Shared by `POST /v1/users:import` (and videos,
+plans) and `playgate import`."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from playgate.api.schemas import Id, Limit, Name, Text, Url
+from playgate.catalog import bulk
+from playgate.catalog.bulk import Kind, Refusal, UpsertResult
+from playgate.catalog.service import Catalog
+
+MAX_ROWS = 100_000
+# Rows per transaction: big enough for bulk statements, small enough to let other writers in between.
+BATCH_ROWS = 10_000
+KindName = Literal["users", "videos", "plans"]
+Format = Literal["ndjson", "json", "csv"]
+
+
+class _Row(BaseModel):
+    """Base of an import row: camelCase fields, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: Id
+
+
+class UserRowIn(_Row):
+    """A user by the platform's id; absent fields keep their value (a new user: named by its id, no password)."""
+
+    name: Name | None = None
+    limit: Limit | None = Field(None, description="Own limit; null falls back to the plan, then the default.")
+    plan: Id | None = None
+    disabled: bool | None = None
+
+
+class VideoRowIn(_Row):
+    """A video by the platform's id (a new one needs title and url)."""
+
+    title: Text | None = None
+    url: Url | None = None
+
+
+class PlanRowIn(_Row):
+    """A plan by id (a new one needs name and maxStreams)."""
+
+    name: Name | None = None
+    max_streams: Limit | None = Field(None, alias="maxStreams")
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """One importable kind: its row model and how it is stored."""
+
+    row: type[_Row]
+    kind: Kind
+
+
+SCHEMAS: dict[KindName, Schema] = {
+    "users": Schema(UserRowIn, bulk.USERS),
+    "videos": Schema(VideoRowIn, bulk.VIDEOS),
+    "plans": Schema(PlanRowIn, bulk.PLANS),
+}
+
+Parsed = tuple[int, dict[str, Any]] | Refusal
+
+
+def records(data: bytes | str, fmt: Format) -> Iterator[tuple[int, Any]]:
+    """(row number, raw record) pairs of the input; a line that is not JSON comes out as a Refusal."""
+    text = data.decode() if isinstance(data, bytes) else data
+    if fmt == "json":
+        items = orjson.loads(text)
+        if not isinstance(items, list):
+            raise ValueError("a JSON import is an array of objects")
+        yield from enumerate(items, start=1)
+    elif fmt == "csv":
+        yield from csv_records(io.StringIO(text))
+    else:
+        yield from ndjson_records(text.splitlines())
+
+
+def ndjson_records(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """One record per non-blank line, numbered by line; a line that is not JSON is a Refusal."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield number, Refusal(number, None, "row", f"not JSON ({exc})")
+
+
+def csv_records(stream: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """One record per CSV row after the header (numbered from 1); an empty cell is an absent field."""
+    for number, row in enumerate(csv.DictReader(stream), start=1):
+        yield number, {k: _cell(v) for k, v in row.items() if k is not None and v not in (None, "")}
+
+
+def _cell(value: str) -> Any:
+    """CSV cells are text: numbers and booleans as their JSON spelling, `null` as null."""
+    if value in ("true", "false", "null") or value.lstrip("-").isdigit():
+        return orjson.loads(value)
+    return value
+
+
+def check(schema: Schema, numbered: Iterable[tuple[int, Any]]) -> Iterator[Parsed]:
+    """Each record as (number, column values) when it fits the schema, else a Refusal naming the field (an id
+    met before in the input is refused too: the first row with it is taken)."""
+    seen: set[str] = set()
+    for number, record in numbered:
+        if isinstance(record, Refusal):
+            yield record
+            continue
+        if not isinstance(record, dict):
+            yield Refusal(number, None, "row", "not an object")
+            continue
+        try:
+            row = schema.row.model_validate(record)
+        except ValidationError as exc:
+            error = exc.errors(include_input=False)[0]
+            where = ".".join(str(p) for p in error["loc"]) or "row"
+            row_id = record.get("id") if isinstance(record.get("id"), str) else None
+            yield Refusal(number, row_id, where, error["msg"])
+            continue
+        if row.id in seen:
+            yield Refusal(number, row.id, "id", bulk.repeated(schema.kind, row.id))
+            continue
+        seen.add(row.id)
+        given = row.model_dump(exclude_unset=True, by_alias=True)
+        yield number, {"id": row.id, **bulk.columns_of(schema.kind, given)}
+
+
+def batches(parsed: Iterable[Parsed], size: int) -> Iterator[tuple[list[tuple[int, dict[str, Any]]], list[Refusal]]]:
+    """The checked rows in batches of at most `size`, each with the refusals met on the way."""
+    rows: list[tuple[int, dict[str, Any]]] = []
+    refused: list[Refusal] = []
+    for item in parsed:
+        if isinstance(item, Refusal):
+            refused.append(item)
+        else:
+            rows.append(item)
+        if len(rows) + len(refused) >= size:
+            yield rows, refused
+            rows, refused = [], []
+    if rows or refused:
+        yield rows, refused
+
+
+async def store(
+    catalog: Catalog, kind: Kind, parsed: Iterable[Parsed], *, on_batch: Callable[[int], None] | None = None
+) -> UpsertResult:
+    """Create or update the checked rows by id, BATCH_ROWS per transaction; the refusals met on the way are added to
+    the result (sorted by row). `on_batch` is told how many input rows each batch covered (a progress bar)."""
+    result = UpsertResult()
+    for rows, refused in batches(parsed, BATCH_ROWS):
+        result.add(await catalog.upsert(kind, rows))
+        result.refused += refused
+        if on_batch is not None:
+            on_batch(len(rows) + len(refused))
+    result.refused.sort(key=lambda r: r.row)
+    return result
+
+
+def format_of(content_type: str | None, name: str | None = None) -> Format:
+    """The input's format from a content type (`application/x-ndjson`, `application/json`, `text/csv`) or a file
+    name (`.ndjson`/`.jsonl`, `.json`, `.csv`); NDJSON when neither says."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    suffix = (name or "").rsplit(".", 1)[-1].lower() if name and "." in name else ""
+    if media == "application/json" or suffix == "json":
+        return "json"
+    if media == "text/csv" or suffix == "csv":
+        return "csv"
+    return "ndjson"
