@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from playgate.devices import DeviceIdMode
 from playgate.domain import Policy
 from playgate.errors import ConfigError
 
@@ -116,6 +117,11 @@ class Settings(BaseSettings):
     default_limit: int = Field(3, ge=0, description="Limit of a user with no own limit and no plan.")
     demo: bool = Field(True, description="Load the demo catalogue on first start with an empty database.")
     policy: Policy = Field(Policy.deny, description="`deny` or `evict_oldest` when the limit is reached.")
+    device_ids: DeviceIdMode = Field(
+        DeviceIdMode.any,
+        description="`any`: a play request may name any deviceId; `issued`: only one this server issued (the "
+        "answer to a request without one carries it), so that players cannot share a slot by claiming one id.",
+    )
     one_stream_per_device: bool = Field(
         True,
         description="A device asking for another title replaces its own stream (next episode) instead of taking "

@@ -183,8 +183,3 @@ class Outcome:
 def new_id() -> str:
     """A fresh opaque id for requests and streams (128 random bits, URL-safe)."""
     return secrets.token_hex(16)
-
-
-def own_device(request_id: str) -> str:
-    """The device id of a request that named none: a device of its own."""
-    return f"req:{request_id}"

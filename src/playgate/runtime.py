@@ -8,13 +8,15 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from playgate.api.schemas import ConflictOut
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.bus.protocol import Emitter, Fanout, ListeningFanout, RequestQueue, SharedQueue
 from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
@@ -23,7 +25,8 @@ from playgate.catalog.db import reset as reset_database
 from playgate.catalog.service import Catalog
 from playgate.config import JWT_SECRET_FILE, AuthMode, EdgeSigning, Settings, is_loopback, jwt_secret, security_problems
 from playgate.connections import check_redis_url, forget_all
-from playgate.domain import Decision
+from playgate.devices import DeviceIds
+from playgate.domain import Decision, Stream
 from playgate.errors import ConfigError, PlayGateError
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
@@ -107,9 +110,10 @@ async def reset_data(settings: Settings) -> Reset:
 
 
 async def refuse_demo_passwords(catalog: Catalog) -> None:
-    """ConfigError when a demo user still logs in with its demo password (name = password)."""
+    """ConfigError when an enabled demo user still logs in with its demo password (name = password)."""
     for name in DEMO_USER_NAMES:
-        if await catalog.authenticate(name, name) is not None:
+        user = await catalog.authenticate(name, name)
+        if user is not None and not user.disabled:
             raise ConfigError(
                 f"the demo user {name!r} still has its demo password and this process binds a non-loopback host; "
                 "change its password or delete it (PATCH or DELETE /v1/users/{id})"
@@ -152,6 +156,10 @@ def open_backends(
     lease_s, decision_ttl_s, policy = settings.stream_ttl_s, settings.decision_ttl_s, settings.policy
     # Auth disabled: events go to the sockets that named no user as well (the original service's broadcast).
     to_every_user_room = settings.auth is AuthMode.disabled
+
+    def conflicts(streams: Sequence[Stream]) -> list[dict[str, Any]]:
+        return [ConflictOut.of(s, lease_s).model_dump() for s in streams]
+
     if settings.redis_url is not None:
         url = settings.redis_url
         queue = RedisQueue(
@@ -163,11 +171,15 @@ def open_backends(
             max_attempts=MAX_ATTEMPTS,
         )
         ledger: Ledger = RedisLedger(url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, policy=policy, clock=clock)
-        return ledger, queue, RedisFanout(url, emitter, playback, to_every_user_room=to_every_user_room)
+        return ledger, queue, RedisFanout(url, emitter, playback, conflicts, to_every_user_room=to_every_user_room)
     ledger = SqlLedger(
         settings.resolved_database_url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, policy=policy, clock=clock
     )
-    return ledger, LocalQueue(), LocalFanout(emitter, playback_url=playback, to_every_user_room=to_every_user_room)
+    return (
+        ledger,
+        LocalQueue(),
+        LocalFanout(emitter, playback_url=playback, conflicts=conflicts, to_every_user_room=to_every_user_room),
+    )
 
 
 def platform_tokens(settings: Settings) -> PlatformTokens | None:
@@ -253,6 +265,7 @@ class Runtime:
                 queue=queue,
                 fanout=fanout,
                 tokens=TokenIssuer(secret, settings.token_ttl_s),
+                devices=DeviceIds(secret),
                 throttle=throttle,
                 metrics=metrics,
                 clock=clock,

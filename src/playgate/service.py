@@ -15,6 +15,7 @@ from playgate.catalog.bulk import USERS, UpsertResult
 from playgate.catalog.keys import is_api_key
 from playgate.catalog.service import Catalog
 from playgate.config import AuthMode, Settings, UnknownVideos
+from playgate.devices import DeviceIdMode, DeviceIds
 from playgate.domain import (
     Decision,
     EndedStream,
@@ -24,7 +25,6 @@ from playgate.domain import (
     Stream,
     User,
     new_id,
-    own_device,
 )
 from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized
 from playgate.imports import Format, KindName
@@ -115,6 +115,7 @@ class PlayGate:
         fanout: Fanout,
         tokens: TokenIssuer,
         throttle: LoginThrottle,
+        devices: DeviceIds,
         metrics: Metrics,
         clock: Callable[[], float],
         platform: PlatformTokens | None = None,
@@ -126,6 +127,7 @@ class PlayGate:
         self._fanout = fanout
         self._tokens = tokens
         self._throttle = throttle
+        self._devices = devices
         self._platform = platform
         self._metrics = metrics
         self._clock = clock
@@ -133,9 +135,10 @@ class PlayGate:
     # ---- who is calling ----------------------------------------------------------------------------
 
     async def login(self, name: str, password: str, address: str) -> Login:
-        """A token for valid credentials; Unauthorized otherwise (same answer for any wrong part), and Throttled
-        (429) once this name from this address, or this address, has used up its failed logins. The attempt is
-        counted before the password is checked, so concurrent guesses get no more checks than the limit."""
+        """A token for valid credentials; Unauthorized otherwise (same answer for any wrong part), Forbidden, saying
+        so, for a disabled user who gave the right password, and Throttled (429) once this name from this address,
+        or this address, has used up its failed logins. The attempt is counted before the password is checked, so
+        concurrent guesses get no more checks than the limit."""
         try:
             await self._throttle.attempt(name, address)
         except Throttled as exc:
@@ -145,6 +148,8 @@ class PlayGate:
         if user is None:
             raise Unauthorized("Wrong username or password.")
         await self._throttle.succeeded(name, address)
+        if user.disabled:
+            raise Forbidden("This account is disabled. Ask the account's owner or the platform's support to enable it.")
         token = self._tokens.issue(user.id, admin=user.is_admin, now=self._clock())
         return Login(token, self._tokens.ttl_s, user)
 
@@ -234,23 +239,30 @@ class PlayGate:
         video_id: str,
         *,
         device_id: str | None = None,
+        device_name: str = "",
         idempotency_key: str | None = None,
         replace_stream_id: str | None = None,
         wait_s: float = 0.0,
     ) -> PlayTicket:
-        """Queue a play request (404 for an unknown user or video, before anything is queued)."""
+        """Queue a play request (404 for an unknown user or video, before anything is queued).
+
+        A request without a device id gets a new device of its own (a signed id, issued here, which the answer
+        carries); under PLAYGATE_DEVICE_IDS=issued a device id this server did not issue to the user is refused.
+        """
         user = await self._catalog.get_user(user_id)
         if self._settings.unknown_videos is UnknownVideos.deny:
             await self._catalog.get_video(video_id)
+        device = self._device(user.id, device_id)
 
         def request(request_id: str) -> PlayRequest:
             return PlayRequest(
                 request_id=request_id,
                 user_id=user.id,
                 video_id=video_id,
-                device_id=device_id or own_device(request_id),
+                device_id=device,
                 accepted_at=self._clock(),
                 replace_stream_id=replace_stream_id,
+                device_name=device_name,
                 replace_device_stream=self._settings.one_stream_per_device and device_id is not None,
             )
 
@@ -265,6 +277,16 @@ class PlayGate:
                     )
                 return await self._replay(request(claim.request_id), wait_s)
         return await self._submit(request(request_id), wait_s)
+
+    def _device(self, user_id: str, device_id: str | None) -> str:
+        """The request's device id: a new one issued when none is named, checked under `issued`."""
+        if device_id is None:
+            return self._devices.issue(user_id)
+        if self._settings.device_ids is DeviceIdMode.issued and not self._devices.issued(user_id, device_id):
+            raise Invalid(
+                "This deviceId was not issued by this server to this user; send none to get one.", field="deviceId"
+            )
+        return device_id
 
     async def _replay(self, retry: PlayRequest, wait_s: float) -> PlayTicket:
         """A retry with a known key: the first request's decision, or its wait; re-queued if it was lost."""
@@ -318,6 +340,18 @@ class PlayGate:
             raise NotFound(f"No play request {request_id!r}.")
         return found
 
+    @property
+    def lease_s(self) -> float:
+        """Seconds a stream counts after its last sign of life (PLAYGATE_STREAM_TTL)."""
+        return self._settings.stream_ttl_s
+
+    async def conflicts(self, decision: Decision) -> list[Stream]:
+        """The streams holding the limit that a denied decision ran into, as they are now; none for other
+        decisions (the socket `message` carries them as they were at the decision)."""
+        if decision.reason is not Reason.limit_reached:
+            return []
+        return await self._ledger.streams(decision.user_id)
+
     # ---- streams -----------------------------------------------------------------------------------
 
     async def streams(self, user_id: str) -> list[Stream]:
@@ -357,7 +391,7 @@ class PlayGate:
             await self._end_all(user_id)
             raise NotFound(f"Stream {stream_id!r} has ended: the user is disabled.")
         if len(streams) > quota.limit and stream.id in over_limit(streams, quota.limit, self._settings.policy):
-            await self._announce(await self._ledger.stop([stream.id], user_id), Reason.evicted)
+            await self._announce(await self._ledger.stop([stream.id], user_id), Reason.limit_lowered)
             raise NotFound(f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.")
         lease_s = self._settings.stream_ttl_s
         if stream.expires_at - self._clock() > lease_s * (1.0 - slack):
@@ -385,9 +419,15 @@ class PlayGate:
             await self._announce(stopped, Reason.stopped_by_admin)
         return stopped[0]
 
-    async def stop_streams(self, user_id: str, video_id: str | None = None) -> list[Stream]:
-        """Stop all of a user's streams (of one video, if given)."""
-        return await self._ledger.stop(None, user_id, video_id)
+    async def stop_streams(
+        self, user_id: str, video_id: str | None = None, *, device_id: str | None = None
+    ) -> list[Stream]:
+        """Stop all of a user's streams (of one video, or of one device, if given): a device's log-out ends its
+        own streams, "sign out of all devices" all of them."""
+        if device_id is None:
+            return await self._ledger.stop(None, user_id, video_id)
+        own = [s.id for s in await self._ledger.streams(user_id) if s.device_id == device_id]
+        return await self._ledger.stop(own, user_id, video_id)
 
     async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
         ended = [EndedStream(s, reason) for s in streams]

@@ -376,7 +376,9 @@ async def test_disabling_a_user_ends_their_streams_and_their_token(base_url: str
         assert_problem(await client.get("/v1/streams"), 401)
         async with api_client(base_url) as anonymous:
             login = await anonymous.post("/auth/token", json={"username": user.name, "password": user.password})
-            assert_problem(login, 401)
+            assert "disabled" in str(assert_problem(login, 403)["detail"])
+            wrong = await anonymous.post("/auth/token", json={"username": user.name, "password": "not it"})
+            assert_problem(wrong, 401)
 
 
 async def test_admin_stops_anyones_stream(base_url: str, admin: httpx.AsyncClient) -> None:

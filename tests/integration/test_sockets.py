@@ -100,3 +100,23 @@ async def test_sockets_are_counted_in_metrics(base_url: str, admin: httpx.AsyncC
     async with asyncio.timeout(5):
         while await sockets_gauge() != before:
             await asyncio.sleep(0.05)
+
+
+async def test_a_denial_at_the_limit_carries_the_streams_holding_it(base_url: str, admin: httpx.AsyncClient) -> None:
+    user = await new_user(base_url, admin, limit=1)
+    sock = await connect_socket(base_url, token=user.token)
+    try:
+        async with api_client(base_url, user.token) as client:
+            playing = await client.post("/v1/plays", json={"videoId": "1", "deviceId": "tv", "deviceName": "Den TV"})
+            allowed = await sock.next_message()
+            assert allowed["requestId"] == playing.json()["requestId"]
+            assert "conflicts" not in allowed
+            await client.post("/v1/plays", json={"videoId": "2", "deviceId": "phone"})
+        denied = await sock.next_message()
+        assert (denied["status"], denied["reason"]) == ("denied", "limit_reached")
+        [conflict] = denied["conflicts"]
+        assert conflict["streamId"] == allowed["streamId"]
+        assert (conflict["videoId"], conflict["deviceId"], conflict["deviceName"]) == ("1", "tv", "Den TV")
+        assert conflict["startedAt"] <= conflict["lastSeenAt"]
+    finally:
+        await sock.close()

@@ -26,8 +26,8 @@ async def test_a_lowered_limit_ends_the_streams_over_it_at_their_next_heartbeat(
             assert ack["status"] == 404
             events = await ended_events(sock, 2, 5.0)
             assert {(e["streamId"], e["reason"]) for e in events} == {
-                (third["streamId"], "evicted"),
-                (second["streamId"], "evicted"),
+                (third["streamId"], "limit_lowered"),
+                (second["streamId"], "limit_lowered"),
             }
             assert await active_ids(client) == {first["streamId"]}
             assert (await fetch(base, clip_url(first))).status_code == 206
@@ -50,7 +50,7 @@ async def test_a_media_request_over_a_lowered_limit_is_refused(
             assert (await fetch(base, clip_url(older))).status_code == 403
             assert (await fetch(base, clip_url(newer))).status_code == 206
             [ended] = await ended_events(sock, 1, 5.0)
-            assert ended == {"streamId": older["streamId"], "videoId": "1", "reason": "evicted"}
+            assert ended == {"streamId": older["streamId"], "videoId": "1", "reason": "limit_lowered"}
     finally:
         await sock.close()
 

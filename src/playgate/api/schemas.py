@@ -20,6 +20,7 @@ Url = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"
 Password = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Limit = Annotated[int, Field(ge=0, le=10_000)]
+DeviceName = Annotated[str, StringConstraints(min_length=1, max_length=80, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 def iso(epoch_s: float) -> str:
@@ -121,6 +122,7 @@ class StreamOut(Wire):
     user_id: str
     video_id: str
     device_id: str
+    device_name: str = Field(description='What people call the device ("Chrome on Linux"); "" when unknown.')
     started_at: str
     expires_at: str
 
@@ -132,8 +134,32 @@ class StreamOut(Wire):
             user_id=stream.user_id,
             video_id=stream.video_id,
             device_id=stream.device_id,
+            device_name=stream.device_name,
             started_at=iso(stream.started_at),
             expires_at=iso(stream.expires_at),
+        )
+
+
+class ConflictOut(Wire):
+    """A stream holding the limit that a denied request ran into: enough for a player to offer to stop it."""
+
+    stream_id: str
+    video_id: str
+    device_id: str
+    device_name: str
+    started_at: str
+    last_seen_at: str = Field(description="Its last sign of life (start, heartbeat or media request).")
+
+    @classmethod
+    def of(cls, stream: Stream, lease_s: float) -> ConflictOut:
+        """From a stream; its last sign of life is one lease before it runs out."""
+        return cls(
+            stream_id=stream.id,
+            video_id=stream.video_id,
+            device_id=stream.device_id,
+            device_name=stream.device_name,
+            started_at=iso(stream.started_at),
+            last_seen_at=iso(max(stream.started_at, stream.expires_at - lease_s)),
         )
 
 
@@ -157,7 +183,14 @@ class PlayIn(Input):
     """Body of POST /v1/plays."""
 
     video_id: Id
-    device_id: DeviceId | None = Field(None, description="The player; without it the request is a device of its own.")
+    device_id: DeviceId | None = Field(
+        None,
+        description="The player. Without it the request is a new device of its own, and the answer carries the "
+        "`deviceId` issued for it (keep it: under PLAYGATE_DEVICE_IDS=issued only issued ids are accepted).",
+    )
+    device_name: DeviceName | None = Field(
+        None, description='A name people recognise ("Living-room TV"); else one made from the User-Agent.'
+    )
     replace_stream_id: StreamId | None = Field(
         None, description="One of your streams to end in exchange, atomically, if the limit is reached."
     )
@@ -172,6 +205,7 @@ class PlayOut(Wire):
     request_id: str
     status: Literal["pending", "allowed", "denied"]
     video_id: str
+    device_id: str = Field(description="The request's device (issued by the server when the request named none).")
     stream_id: str | None = None
     reason: str | None = None
     active: int | None = Field(None, description="The user's active streams after the decision.")
@@ -182,16 +216,23 @@ class PlayOut(Wire):
         description="Allowed: the stream's media, `/v1/streams/{streamId}/content?token=<playback token>` "
         "(relative; fit for a `<video src>`). Each media request renews the lease.",
     )
+    conflicts: list[ConflictOut] | None = Field(
+        None, description="Denied at the limit: the streams holding it, oldest first (offer to stop one)."
+    )
 
     @classmethod
-    def of(cls, item: PlayRequest | Decision, playback_url: str | None = None) -> PlayOut:
-        """From a pending request or a decision (with its playback URL when allowed)."""
+    def of(
+        cls, item: PlayRequest | Decision, playback_url: str | None = None, conflicts: list[ConflictOut] | None = None
+    ) -> PlayOut:
+        """From a pending request or a decision (with its playback URL when allowed, its conflicts when denied)."""
         if isinstance(item, PlayRequest):
-            return cls(request_id=item.request_id, status="pending", video_id=item.video_id)
+            return cls(request_id=item.request_id, status="pending", video_id=item.video_id, device_id=item.device_id)
         return cls(
             request_id=item.request_id,
             status=item.status.value,
             video_id=item.video_id,
+            device_id=item.device_id,
+            conflicts=conflicts,
             stream_id=item.stream_id,
             reason=item.reason.value if item.reason else None,
             active=item.active,

@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason
+from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason, Stream
 from playgate.metrics import Metrics
 
 
@@ -149,8 +149,11 @@ def user_room(user_id: str) -> str:
 EVERY_USER_ROOM = "users:every"
 
 
-def decision_message(decision: Decision, playback_url: str | None = None) -> dict[str, Any]:
-    """The `message` event payload of API.md for a decision; an allowed one carries its stream's `playbackUrl`."""
+def decision_message(
+    decision: Decision, playback_url: str | None = None, conflicts: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The `message` event payload of API.md for a decision; an allowed one carries its stream's `playbackUrl`, a
+    denied one at the limit the streams holding it (`conflicts`)."""
     body: dict[str, Any] = {
         "status": decision.status.value,
         "data": {"videoId": decision.video_id, "userId": decision.user_id},
@@ -164,6 +167,8 @@ def decision_message(decision: Decision, playback_url: str | None = None) -> dic
         body["playbackUrl"] = playback_url
     if decision.reason is not None:
         body["reason"] = decision.reason.value
+    if decision.reason is Reason.limit_reached:
+        body["conflicts"] = conflicts or []
     return body
 
 
@@ -186,11 +191,13 @@ class EmittingFanout:
         self,
         emitter: Emitter,
         playback_url: Callable[[Decision], str | None] | None = None,
+        conflicts: Callable[[Sequence[Stream]], list[dict[str, Any]]] | None = None,
         *,
         to_every_user_room: bool = False,
     ) -> None:
         self._emitter = emitter
         self._playback_url = playback_url
+        self._conflicts = conflicts
         self._to_every_user_room = to_every_user_room
         self._waiters: dict[str, set[asyncio.Future[Decision]]] = {}
 
@@ -199,7 +206,8 @@ class EmittingFanout:
         for outcome in outcomes:
             decision = outcome.decision
             url = self._playback_url(decision) if self._playback_url is not None else None
-            await self._emit_for(decision.user_id, "message", decision_message(decision, url))
+            conflicts = self._conflicts(outcome.conflicts) if self._conflicts is not None else None
+            await self._emit_for(decision.user_id, "message", decision_message(decision, url, conflicts))
             await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
 
     async def announce(self, ended: Sequence[EndedStream]) -> None:

@@ -40,7 +40,7 @@ from playgate.connections import (
     pending_key,
     translate_redis_errors,
 )
-from playgate.domain import Decision, Outcome, PlayRequest
+from playgate.domain import Decision, Outcome, PlayRequest, Stream
 
 log = logging.getLogger("playgate.bus")
 
@@ -349,10 +349,11 @@ class RedisFanout(EmittingFanout):
         url: str,
         emitter: Emitter,
         playback_url: Callable[[Decision], str | None] | None = None,
+        conflicts: Callable[[Sequence[Stream]], list[dict[str, Any]]] | None = None,
         *,
         to_every_user_room: bool = False,
     ) -> None:
-        super().__init__(emitter, playback_url, to_every_user_room=to_every_user_room)
+        super().__init__(emitter, playback_url, conflicts, to_every_user_room=to_every_user_room)
         self._redis = connect(url)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()

@@ -163,7 +163,7 @@ class Catalog:
         return self._to_user(row[0], row[1])
 
     async def authenticate(self, name: str, password: str) -> User | None:
-        """The user if `password` is theirs and they are not disabled, else None."""
+        """The user if `password` is theirs (disabled or not: the caller says why it refuses one), else None."""
         async with self._session() as session:
             found = (await session.execute(self._user_query().where(UserRow.name == name))).first()
         # Hashing is slow on purpose: keep it off the event loop.
@@ -172,8 +172,7 @@ class Catalog:
             matches = await asyncio.to_thread(verify_password, password_hash or _DUMMY_HASH, password)
         if found is None or not matches:
             return None
-        user = self._to_user(found[0], found[1])
-        return None if user.disabled else user
+        return self._to_user(found[0], found[1])
 
     async def quotas(self, user_ids: Iterable[str]) -> dict[str, Quota]:
         """Each user's limit and state at decision time; unknown users are marked as such."""

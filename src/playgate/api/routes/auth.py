@@ -49,11 +49,13 @@ async def _credentials(request: Request) -> TokenIn:
     "/auth/token",
     response_model=TokenOut,
     summary="Log in: a bearer token for username and password",
-    description="JSON `{username, password}` or the OAuth2 password form. Wrong credentials: 401.",
+    description="JSON `{username, password}` or the OAuth2 password form. Wrong credentials: 401; a disabled "
+    "account (right password): 403 saying so.",
     openapi_extra=_BODY,
     responses=problem_responses(
         {
             401: "Wrong username or password.",
+            403: "The password is right but the account is disabled (said so, so that the user knows why).",
             422: "A field is missing or wrong.",
             429: "Too many failed logins for this user name or from this address; see Retry-After.",
         }

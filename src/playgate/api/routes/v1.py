@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response
+import orjson
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from playgate.api.deps import Caller, ContentDep, GateDep
 from playgate.api.errors import problem_responses
-from playgate.api.schemas import HeartbeatOut, Id, PlayIn, PlayOut, StreamId, StreamOut, iso
-from playgate.domain import Decision
-from playgate.service import MAX_WAIT_S
+from playgate.api.schemas import ConflictOut, DeviceId, HeartbeatOut, Id, PlayIn, PlayOut, StreamId, StreamOut, iso
+from playgate.devices import clean_name, device_name
+from playgate.domain import Decision, PlayRequest, Reason
+from playgate.errors import Invalid
+from playgate.media import ContentGate
+from playgate.service import MAX_WAIT_S, PlayGate
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -37,7 +41,9 @@ ERRORS = problem_responses(
         "Queues the request: 202 `{requestId, status: pending}`. With `?wait=<s>` (at most 10; larger values "
         "are taken as 10) the answer waits for the decision: 200 with it when it comes in time, else the 202. "
         "`Idempotency-Key` (per user): a retry with the same key gets the same request and decision. "
-        "A platform's backend with an API key of scope `plays` (or an admin) names the user in `userId`."
+        "A platform's backend with an API key of scope `plays` (or an admin) names the user in `userId`. "
+        "Without `deviceId` the answer carries the one issued for this new device. A request from a device that "
+        "plays another title replaces that stream (one stream per device). Denied at the limit: `conflicts`."
     ),
     responses={200: {"model": PlayOut, "description": "Decided within ?wait=."}, **ERRORS},
 )
@@ -51,29 +57,39 @@ async def create_play(
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
     ] = None,
+    user_agent: Annotated[str | None, Header(alias="User-Agent", include_in_schema=False)] = None,
 ) -> PlayOut:
     """Queue a play request for the caller."""
     ticket = await gate.request_play(
         gate.acting_user(caller, body.user_id),
         body.video_id,
         device_id=body.device_id,
+        device_name=clean_name(body.device_name or device_name(user_agent)),
         idempotency_key=idempotency_key,
         replace_stream_id=body.replace_stream_id,
         wait_s=min(wait, MAX_WAIT_S),
     )
     if ticket.decision is not None:
         response.status_code = 200
-        return PlayOut.of(ticket.decision, content.url_for_decision(ticket.decision))
-    return PlayOut.of(ticket.request)
+    return await _play_out(gate, content, ticket.decision or ticket.request)
+
+
+async def _play_out(gate: PlayGate, content: ContentGate, found: PlayRequest | Decision) -> PlayOut:
+    """A request as answered: pending, or its decision with a fresh playback URL or the conflicts of a denial."""
+    if isinstance(found, PlayRequest):
+        return PlayOut.of(found)
+    lease_s = gate.lease_s
+    held = await gate.conflicts(found) if found.reason is Reason.limit_reached else None
+    conflicts = [ConflictOut.of(s, lease_s) for s in held] if held is not None else None
+    return PlayOut.of(found, content.url_for_decision(found), conflicts)
 
 
 @router.get("/plays/{requestId}", summary="A play request's status (own requests only)", responses=ERRORS)
 async def get_play(
     gate: GateDep, content: ContentDep, caller: Caller, request_id: Annotated[Id, Path(alias="requestId")]
 ) -> PlayOut:
-    """pending, allowed (with a fresh playback URL) or denied."""
-    found = await gate.play_status(caller, request_id)
-    return PlayOut.of(found, content.url_for_decision(found) if isinstance(found, Decision) else None)
+    """pending, allowed (with a fresh playback URL) or denied (at the limit: with the streams holding it)."""
+    return await _play_out(gate, content, await gate.play_status(caller, request_id))
 
 
 @router.get("/streams", summary="Your active streams (or a user's, for a key or an admin)", responses=ERRORS)
@@ -106,14 +122,45 @@ async def stop_stream(
     return Response(status_code=204)
 
 
+@router.post(
+    "/streams/{streamId}/stop",
+    status_code=204,
+    response_class=Response,
+    summary="Stop a stream from a page being closed (navigator.sendBeacon)",
+    description="For `navigator.sendBeacon`, which cannot set headers: the access token travels in the body, "
+    'JSON `{"token": "<accessToken>"}` sent as any content type (text/plain avoids a CORS preflight). '
+    "204 when stopped; 401 for a missing or bad token; 404 if not active.",
+    responses=ERRORS,
+)
+async def stop_stream_by_beacon(
+    request: Request, gate: GateDep, stream_id: Annotated[StreamId, Path(alias="streamId")]
+) -> Response:
+    """Stop the token's user's stream; the token is read from the body."""
+    try:
+        token = orjson.loads(await request.body()).get("token")
+    except (orjson.JSONDecodeError, AttributeError):
+        token = None
+    if not isinstance(token, str) or not token:
+        raise Invalid('Send the body {"token": "<accessToken>"}.', field="token")
+    await gate.stop_stream(await gate.principal(token), stream_id)
+    return Response(status_code=204)
+
+
 @router.delete(
     "/streams",
     status_code=204,
     response_class=Response,
-    summary="Stop all your streams (log-out)",
+    summary="Stop your streams: this device's (log-out), or all (sign out of all devices)",
+    description="With `?deviceId=`: only that device's streams (a log-out on one device leaves the others "
+    'playing). Without: every stream of the account ("sign out of all devices").',
     responses=ERRORS,
 )
-async def stop_streams(gate: GateDep, caller: Caller, user_id: ForUser = None) -> Response:
+async def stop_streams(
+    gate: GateDep,
+    caller: Caller,
+    user_id: ForUser = None,
+    device_id: Annotated[DeviceId | None, Query(alias="deviceId", description="Only this device's streams.")] = None,
+) -> Response:
     """204, whether or not anything was playing; with `?userId=`, that user's streams (`plays` key, admin)."""
-    await gate.stop_streams(gate.acting_user(caller, user_id))
+    await gate.stop_streams(gate.acting_user(caller, user_id), device_id=device_id)
     return Response(status_code=204)

@@ -1,0 +1,80 @@
+"""Devices: the signed device ids the server issues, and the readable names people recognise a device by."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from enum import StrEnum
+
+_KEY_LABEL = b"playgate device id key v1"
+_PREFIX = "dv1"
+# A device id as issued: dv1.<96 random bits, hex>.<first 128 bits of HMAC-SHA256(user id, random), hex>.
+_ISSUED = re.compile(r"^dv1\.([0-9a-f]{24})\.([0-9a-f]{32})$")
+MAX_NAME_CHARS = 80
+
+# (pattern in the User-Agent, name), first match wins: Edge and Opera say "Chrome" too, Chrome says "Safari".
+_BROWSERS = (
+    (re.compile(r"Edg(e|A|iOS)?/"), "Edge"),
+    (re.compile(r"OPR/|Opera"), "Opera"),
+    (re.compile(r"Firefox/|FxiOS/"), "Firefox"),
+    (re.compile(r"Chrome/|CriOS/|Chromium/"), "Chrome"),
+    (re.compile(r"Safari/"), "Safari"),
+    (re.compile(r"ExoPlayer", re.IGNORECASE), "ExoPlayer"),
+    (re.compile(r"AppleCoreMedia|AVPlayer"), "AVPlayer"),
+    (re.compile(r"^curl/"), "curl"),
+)
+_SYSTEMS = (
+    (re.compile(r"iPhone"), "iPhone"),
+    (re.compile(r"iPad"), "iPad"),
+    (re.compile(r"Android"), "Android"),
+    (re.compile(r"CrOS"), "ChromeOS"),
+    (re.compile(r"Windows"), "Windows"),
+    (re.compile(r"Mac OS X|Macintosh"), "macOS"),
+    (re.compile(r"SMART-TV|SmartTV|Tizen|Web0S|webOS", re.IGNORECASE), "TV"),
+    (re.compile(r"Linux|X11"), "Linux"),
+)
+
+
+class DeviceIdMode(StrEnum):
+    """Which device ids a play request may carry."""
+
+    any = "any"
+    issued = "issued"
+
+
+class DeviceIds:
+    """Issues device ids bound to a user and signed with a key derived from the server's secret, and checks them."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
+
+    def _signature(self, user_id: str, nonce: str) -> str:
+        return hmac.new(self._key, f"{user_id}\x00{nonce}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def issue(self, user_id: str) -> str:
+        """A fresh device id for one of `user_id`'s devices."""
+        nonce = secrets.token_hex(12)
+        return f"{_PREFIX}.{nonce}.{self._signature(user_id, nonce)}"
+
+    def issued(self, user_id: str, device_id: str) -> bool:
+        """True when this server issued `device_id` to `user_id`."""
+        found = _ISSUED.match(device_id)
+        return found is not None and hmac.compare_digest(found[2], self._signature(user_id, found[1]))
+
+
+def device_name(user_agent: str | None) -> str:
+    """A name people recognise from a User-Agent ("Chrome on Linux"); "" when it tells nothing."""
+    if not user_agent:
+        return ""
+    browser = next((name for pattern, name in _BROWSERS if pattern.search(user_agent)), None)
+    system = next((name for pattern, name in _SYSTEMS if pattern.search(user_agent)), None)
+    if browser and system:
+        return f"{browser} on {system}"
+    return browser or (f"A device on {system}" if system else "")
+
+
+def clean_name(name: str) -> str:
+    """A device name as kept: whitespace collapsed, at most MAX_NAME_CHARS characters."""
+    return " ".join(name.split())[:MAX_NAME_CHARS]

@@ -1,0 +1,141 @@
+"""What players rely on, in process: denials with their conflicts, issued device ids, device names, one stream per
+device under concurrent requests, log-out of one device, and the beacon stop of a page being closed."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tests.support.clients import api_client
+from tests.support.inprocess import served
+from tests.support.servers import ADMIN_PASSWORD
+
+CHROME_ON_LINUX = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+    """PlayGate with the default settings (device ids: any; one stream per device), shared by the module."""
+    async with served(Path(tmp_path_factory.mktemp("kit"))) as base_url, api_client(base_url) as client:
+        yield client
+
+
+async def log_in(client: httpx.AsyncClient, name: str, password: str) -> dict[str, str]:
+    """The Authorization header of `name` (asserts the log-in worked)."""
+    response = await client.post("/auth/token", json={"username": name, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['accessToken']}"}
+
+
+async def user_with_limit(client: httpx.AsyncClient, limit: int) -> dict[str, str]:
+    """A new user with its own limit; its Authorization header."""
+    admin = await log_in(client, "admin", ADMIN_PASSWORD)
+    name = f"u-{secrets.token_hex(4)}"
+    created = await client.post("/v1/users", json={"name": name, "password": name, "limit": limit}, headers=admin)
+    assert created.status_code == 201, created.text
+    return await log_in(client, name, name)
+
+
+async def play(client: httpx.AsyncClient, auth: dict[str, str], video: str, **body: str) -> dict[str, object]:
+    response = await client.post("/v1/plays?wait=5", json={"videoId": video, **body}, headers=auth)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def test_a_denial_carries_its_conflicts_with_wait_and_when_looked_up(app: httpx.AsyncClient) -> None:
+    auth = await user_with_limit(app, 1)
+    allowed = await play(app, auth, "1", deviceId="tv", deviceName="Living-room TV")
+    assert allowed["conflicts"] is None
+    denied = await play(app, auth, "2", deviceId="phone")
+    assert (denied["status"], denied["reason"]) == ("denied", "limit_reached")
+    looked_up = (await app.get(f"/v1/plays/{denied['requestId']}", headers=auth)).json()
+    for answer in (denied, looked_up):
+        [conflict] = answer["conflicts"]
+        assert conflict["streamId"] == allowed["streamId"]
+        assert (conflict["videoId"], conflict["deviceId"], conflict["deviceName"]) == ("1", "tv", "Living-room TV")
+        assert {"startedAt", "lastSeenAt"} <= conflict.keys()
+
+
+async def test_a_device_is_named_from_its_user_agent_unless_the_viewer_names_it(app: httpx.AsyncClient) -> None:
+    auth = await user_with_limit(app, 3)
+    await play(app, auth, "1", deviceId="browser")
+    await play(app, {**auth, "User-Agent": CHROME_ON_LINUX}, "2", deviceId="laptop")
+    streams = (await app.get("/v1/streams", headers=auth)).json()
+    assert {s["deviceId"]: s["deviceName"] for s in streams} == {"browser": "", "laptop": "Chrome on Linux"}
+
+
+async def test_the_next_episode_on_the_same_device_replaces_its_stream_at_once(app: httpx.AsyncClient) -> None:
+    auth = await user_with_limit(app, 1)
+    first = await play(app, auth, "1", deviceId="tv")
+    second = await play(app, auth, "2", deviceId="tv")
+    assert second["status"] == "allowed"
+    [stream] = (await app.get("/v1/streams", headers=auth)).json()
+    assert (stream["id"], stream["videoId"]) == (second["streamId"], "2")
+    assert stream["id"] != first["streamId"]
+
+
+async def test_concurrent_next_episodes_never_exceed_the_limit(app: httpx.AsyncClient) -> None:
+    auth = await user_with_limit(app, 2)
+    # Three devices, each asking for episode after episode at once: the limit holds at every decision.
+    answers = await asyncio.gather(
+        *(
+            app.post("/v1/plays?wait=10", json={"videoId": str(1 + n % 6), "deviceId": f"d{n % 3}"}, headers=auth)
+            for n in range(24)
+        )
+    )
+    decisions = [a.json() for a in answers]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert all(d["active"] <= 2 for d in decisions)
+    assert any(d["status"] == "allowed" for d in decisions)
+    streams = (await app.get("/v1/streams", headers=auth)).json()
+    assert len(streams) <= 2
+    assert len({s["deviceId"] for s in streams}) == len(streams), "one stream per device"
+
+
+async def test_log_out_of_one_device_leaves_the_others_playing(app: httpx.AsyncClient) -> None:
+    auth = await user_with_limit(app, 3)
+    await play(app, auth, "1", deviceId="tv")
+    phone = await play(app, auth, "2", deviceId="phone")
+    assert (await app.delete("/v1/streams?deviceId=tv", headers=auth)).status_code == 204
+    assert [s["id"] for s in (await app.get("/v1/streams", headers=auth)).json()] == [phone["streamId"]]
+    assert (await app.delete("/v1/streams", headers=auth)).status_code == 204  # sign out of all devices
+    assert (await app.get("/v1/streams", headers=auth)).json() == []
+
+
+async def test_a_beacon_stops_the_stream_with_the_token_in_its_body(app: httpx.AsyncClient) -> None:
+    auth = await user_with_limit(app, 3)
+    token = auth["Authorization"].removeprefix("Bearer ")
+    stream_id = (await play(app, auth, "1", deviceId="tab"))["streamId"]
+    beacon = f"/v1/streams/{stream_id}/stop"
+    assert (await app.post(beacon, content=b"not json")).status_code == 422
+    assert (await app.post(beacon, content=b'{"token": "forged"}')).status_code == 401
+    stopped = await app.post(beacon, content=f'{{"token": "{token}"}}', headers={"Content-Type": "text/plain"})
+    assert stopped.status_code == 204
+    assert (await app.get("/v1/streams", headers=auth)).json() == []
+    assert (await app.post(beacon, content=f'{{"token": "{token}"}}')).status_code == 404
+
+
+async def test_issued_device_ids_are_required_when_the_platform_says_so(tmp_path: Path) -> None:
+    async with served(tmp_path, PLAYGATE_DEVICE_IDS="issued") as base_url, api_client(base_url) as client:
+        user1 = await log_in(client, "user1", "user1")
+        user2 = await log_in(client, "user2", "user2")
+        first = await play(client, user1, "1")
+        issued = str(first["deviceId"])
+        assert issued.startswith("dv1.")
+        again = await play(client, user1, "1", deviceId=issued)
+        assert again["streamId"] == first["streamId"], "the issued id is the same device"
+        for forged, who in ((f"{issued[:-1]}0" if issued[-1] != "0" else f"{issued[:-1]}1", user1), (issued, user2)):
+            refused = await client.post("/v1/plays", json={"videoId": "2", "deviceId": forged}, headers=who)
+            assert refused.status_code == 422
+            assert refused.json()["field"] == "deviceId"
+        assert (
+            await client.post("/v1/plays", json={"videoId": "2", "deviceId": "tv"}, headers=user1)
+        ).status_code == 422
