@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: run reset test lint typecheck check install clean web bench
+.PHONY: run reset test lint typecheck check install clean web web-test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The web app (web/): npm installs from the lock file, vite builds into src/playgate/web/dist, served at /app/.
+# The web app (web/): npm installs from the lock file (workspaces: the player kit in web/packages/player), vite
+# builds the kit (library mode, typings by tsc) and the app into src/playgate/web/dist, served at /app/.
 WEB_STAMP := web/node_modules/.package-lock.json
 
 $(WEB_STAMP): web/package-lock.json
@@ -36,6 +37,10 @@ COMPAT_STAMP := tests/compat/node_modules/.package-lock.json
 
 $(COMPAT_STAMP): tests/compat/package-lock.json
 	cd tests/compat && npm ci --no-audit --no-fund
+
+# The player kit's unit tests (web/packages/player, vitest).
+web-test: $(WEB_STAMP)
+	cd web && npm test
 
 # The browser tests drive Debian's chromium (tests/browser); installed here when missing.
 CHROMIUM := /usr/bin/chromium
@@ -79,6 +84,7 @@ test: $(STAMP) web $(COMPAT_STAMP) $(CHROMIUM) $(PROMTOOL) $(NGINX) $(FFPROBE)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src
+	cd web && npm test
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -7,6 +7,8 @@ const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 
 export default defineConfig({
   base: "/app/",
+  // The app uses the player kit from its sources, so that it builds and runs without the kit's dist/.
+  resolve: { alias: { "@playgate/player": here("packages/player/src/index.ts") } },
   build: {
     outDir: here("../src/playgate/web/dist"),
     emptyOutDir: true,

@@ -402,12 +402,13 @@ class PlayGate:
         return renewed
 
     async def stop_stream(self, principal: Principal, stream_id: str) -> Stream:
-        """Stop one stream: the caller's own, or anyone's for an admin (announced `stopped_by_admin`) or a `plays`
-        key."""
+        """Stop one stream: the caller's own (announced `stopped`, so that the device playing it, if another one,
+        hears it at once), or anyone's for an admin (announced `stopped_by_admin`) or a `plays` key."""
         if principal.user is not None:
             # The common case, a player stopping its own stream: one ledger write, no lookup first.
             stopped = await self._ledger.stop([stream_id], principal.user.id)
             if stopped:
+                await self._announce(stopped, Reason.stopped)
                 return stopped[0]
         stream = await self._ledger.stream(stream_id) if principal.stops_any else None
         if stream is None:
@@ -422,12 +423,15 @@ class PlayGate:
     async def stop_streams(
         self, user_id: str, video_id: str | None = None, *, device_id: str | None = None
     ) -> list[Stream]:
-        """Stop all of a user's streams (of one video, or of one device, if given): a device's log-out ends its
-        own streams, "sign out of all devices" all of them."""
+        """Stop all of a user's streams (of one video, or of one device, if given), announced `stopped`: a device's
+        log-out ends its own streams, "sign out of all devices" all of them (and those devices hear it at once)."""
         if device_id is None:
-            return await self._ledger.stop(None, user_id, video_id)
-        own = [s.id for s in await self._ledger.streams(user_id) if s.device_id == device_id]
-        return await self._ledger.stop(own, user_id, video_id)
+            stopped = await self._ledger.stop(None, user_id, video_id)
+        else:
+            own = [s.id for s in await self._ledger.streams(user_id) if s.device_id == device_id]
+            stopped = await self._ledger.stop(own, user_id, video_id)
+        await self._announce(stopped, Reason.stopped)
+        return stopped
 
     async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
         ended = [EndedStream(s, reason) for s in streams]

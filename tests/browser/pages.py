@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from playwright.async_api import Locator, Page, expect
 
@@ -65,6 +66,20 @@ async def expect_stopped(page: Page, title: str, why: str) -> None:
     await expect(item.get_by_role("button", name=f"Play {title}", exact=True)).to_be_visible()
 
 
+async def expect_lost(page: Page, title: str, why: str) -> None:
+    """The stream of `title` ended without this device asking: said full screen with its reason, and on the card.
+
+    The dialog is closed afterwards (Escape), as a viewer would.
+    """
+    dialog = page.get_by_role("alertdialog", name=f"{title} stopped")
+    await expect(dialog).to_be_visible()
+    await expect(dialog).to_contain_text(f"Why: {why}.")
+    await expect(dialog.get_by_role("button", name="OK")).to_be_focused()
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect_stopped(page, title, why)
+
+
 async def no_sideways_scroll(page: Page) -> bool:
     """True when the page fits the viewport's width (nothing to scroll sideways)."""
     return bool(await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
@@ -79,3 +94,17 @@ async def media_fetched(page: Page, title: str) -> None:
             arg=await video.element_handle(),
             timeout=15_000,
         )
+
+
+AXE = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+async def assert_accessible(page: Page, view: str) -> None:
+    """axe-core (npm `axe-core`, injected into the page) finds no WCAG 2 A/AA violation in `view`."""
+    if not await page.evaluate("typeof window.axe !== 'undefined'"):
+        await page.add_script_tag(path=str(AXE))
+    result = await page.evaluate(
+        "async () => (await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']})).violations"
+        ".map(v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target.join(' ')).join(', ')})`)"
+    )
+    assert result == [], f"{view}: {result}"

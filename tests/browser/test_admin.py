@@ -11,7 +11,7 @@ from playwright.async_api import Locator, Page, expect
 from tests.browser.conftest import PHONE, Browsing
 from tests.browser.pages import (
     card,
-    expect_stopped,
+    expect_lost,
     log_in,
     log_in_admin,
     log_in_viewer,
@@ -45,10 +45,7 @@ async def test_a_stream_stopped_on_the_admin_page_leaves_the_viewer_with_its_rea
     await screenshot(admin, "admin")
     await row.get_by_role("button", name=f"Stop video5 of user1 on {device_id}", exact=True).click()
 
-    await expect_stopped(viewer, "video5", "stopped by an admin")
-    await expect(viewer.get_by_role("status").filter(has_text="video5 stopped")).to_have_text(
-        "video5 stopped: stopped by an admin."
-    )
+    await expect_lost(viewer, "video5", "an admin stopped it")
     await expect(row.locator(".streams")).to_have_text("none")
 
 
@@ -72,11 +69,15 @@ async def test_streams_appear_live_and_an_admin_changes_a_limit_and_disables_a_u
     await expect(row).to_contain_text("effective 1")
     async with await admin_client(web_server.base_url) as api:
         assert (await api.get("/v1/users/2")).json()["limit"] == 1
-    await viewer.get_by_role("button", name="Play video2", exact=True).click()
-    await expect(card(viewer, "video2").locator(".state")).to_have_text("Denied: all 1 of your streams are in use")
-    await expect(viewer.get_by_role("region", name="Limit reached: video2 cannot start")).to_be_visible()
-    # Let the viewer's own follow-up calls (stream list, usage) finish: once disabled, a call in flight gets 401.
+    # Another device of user2 is denied (the same device would replace its own stream instead).
+    phone, _ = await browsing.page("user2 phone")
+    await log_in_viewer(phone, "user2", "user2")
+    await phone.get_by_role("button", name="Play video2", exact=True).click()
+    await expect(card(phone, "video2").locator(".state")).to_have_text("Denied: all 1 of your streams are in use")
+    await expect(phone.get_by_role("region", name="Limit reached: video2 cannot start")).to_be_visible()
+    # Let the viewers' own follow-up calls (stream list, usage) finish: once disabled, a call in flight gets 401.
     await viewer.wait_for_load_state("networkidle")
+    await phone.wait_for_load_state("networkidle")
 
     await row.get_by_role("button", name="Disable user2").click()
     await expect(row).to_contain_text("Disabled")

@@ -100,7 +100,7 @@ class UserRow {
           "button",
           {
             type: "button",
-            "aria-label": `Stop ${title} of ${this.user.name} on ${stream.deviceId}`,
+            "aria-label": `Stop ${title} of ${this.user.name} on ${stream.deviceName || stream.deviceId}`,
             onclick: () => this.stopStream(stream.id),
           },
           "Stop",
@@ -109,7 +109,7 @@ class UserRow {
         this.streamItems.set(stream.id, item);
         this.streams.append(item.el);
       }
-      item.text.textContent = `${videoTitle(stream.videoId)} on ${stream.deviceId}, since ${since(stream.startedAt)}`;
+      item.text.textContent = `${videoTitle(stream.videoId)} on ${stream.deviceName || stream.deviceId}, since ${since(stream.startedAt)}`;
     }
     for (const [id, item] of this.streamItems) {
       if (!seen.has(id)) {

@@ -94,13 +94,29 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-/** Why a stream ended, in words (the `reason` of a `stream_ended` event). */
+/** Why a stream ended, in words (the `reason` of an `ended` event of the player kit), and what to do next. */
 export const ENDED_REASONS = {
-  expired: "its lease ran out (no heartbeat)",
-  evicted: "a newer stream took its slot",
-  replaced: "replaced by a stream on another device",
-  stopped_by_admin: "stopped by an admin",
-  user_disabled: "your account was disabled",
+  expired: ["its lease ran out (it was paused, or no heartbeat came)", "Press Play to ask again."],
+  evicted: ["a newer stream took its slot (the oldest stream ends at the limit)", "Stop another stream to watch here."],
+  replaced: ["another stream took its place", "Press Play to ask again; another device may need to stop."],
+  stopped_by_admin: ["an admin stopped it", "Press Play to ask again."],
+  user_disabled: ["your account was disabled", "Ask the account's owner to enable it."],
+  limit_lowered: ["your account's stream limit was lowered", "Stop a stream on another device to watch here."],
+  video_deleted: ["this video was removed from the catalogue", "Choose another video."],
+  stopped: ["it was stopped from another device", "Press Play to ask again."],
   // A heartbeat found the stream gone without an event telling why (stopped on another device, or expired offline).
-  stopped_elsewhere: "it is no longer active (stopped on another device, or expired)",
+  gone: ["it is no longer active (stopped on another device, or expired)", "Press Play to ask again."],
 };
+
+/** "Chrome on Linux" from this browser's User-Agent (the server names devices the same way). */
+export function browserName(userAgent) {
+  const browser =
+    [[/Edg\//, "Edge"], [/OPR\//, "Opera"], [/Firefox\//, "Firefox"], [/Chrome\//, "Chrome"], [/Safari\//, "Safari"]].find(
+      ([pattern]) => pattern.test(userAgent),
+    ) || [null, "A browser"];
+  const system =
+    [[/iPhone|iPad/, "iOS"], [/Android/, "Android"], [/CrOS/, "ChromeOS"], [/Windows/, "Windows"], [/Mac OS X/, "macOS"], [/Linux|X11/, "Linux"]].find(
+      ([pattern]) => pattern.test(userAgent),
+    );
+  return system ? `${browser[1]} on ${system[1]}` : browser[1];
+}

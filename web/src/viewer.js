@@ -1,43 +1,42 @@
-// The viewer: log in, see the videos, play (each tab is its own device), see denials with the streams that use
-// the limit, stop or replace one of them, and hear over Socket.IO about streams that end elsewhere.
-import Hls from "hls.js/light"; // no DRM, subtitles or alternate audio: about half the size
+// The viewer, built on the player kit (@playgate/player): log in, see the videos, play one at a time on this
+// device (a tab is a device of its own), see denials with the streams that hold the limit (live, as a list),
+// stop, replace or "watch here", and hear at once about streams that end.
+import { attach } from "@playgate/player";
 import { io } from "socket.io-client";
-import { ApiError, ENDED_REASONS, createApi, h, loadSession, randomId, since } from "./api.js";
+import { ApiError, ENDED_REASONS, browserName, createApi, h, loadSession, since } from "./api.js";
 import "./style.css";
 
 const SESSION_KEY = "playgate.viewer";
-const DEVICE_KEY = "playgate.deviceId";
-const WAIT_S = 10; // POST /v1/plays?wait=: the server caps it at 10 s
-const POLL_TRIES = 20; // then GET /v1/plays/{id} once a second, if the decision took longer
-const POLL_INTERVAL_MS = 1000;
-const HEARTBEAT_MIN_MS = 2000;
-const HEARTBEAT_MAX_MS = 30000;
-const HEARTBEAT_RETRY_MS = 5000;
-const ACK_TIMEOUT_MS = 5000;
-const MAX_MEDIA_RELOADS = 3; // fresh playback URLs tried after media errors, per stream
-const KEPT_DECISIONS = 200;
-// hls.js buffers this far ahead and then waits: a paused player soon stops fetching, and its slot frees itself.
+const TAB_KEY = "playgate.tab";
+const NOTICE_MS = 12000; // a notice clears itself once stale
+const TICK_MS = 5000; // "(N s ago)" and the live mark advance
 const HLS_BUFFER_S = 8;
 
 const $ = (id) => document.getElementById(id);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** This tab's device id: kept in sessionStorage, so a reload keeps it and another tab gets its own. */
-const deviceId = (() => {
-  const known = sessionStorage.getItem(DEVICE_KEY);
-  if (known) return known;
-  const fresh = randomId("tab-");
-  sessionStorage.setItem(DEVICE_KEY, fresh);
-  return fresh;
+/** This tab's name: the browser, and a short tag that tells tabs apart (kept for the tab's life). */
+const tabName = (() => {
+  let tag = sessionStorage.getItem(TAB_KEY);
+  if (!tag) {
+    tag = Array.from(crypto.getRandomValues(new Uint8Array(2)), (b) => b.toString(16).padStart(2, "0")).join("");
+    sessionStorage.setItem(TAB_KEY, tag);
+  }
+  return `${browserName(navigator.userAgent)} · tab ${tag}`;
 })();
 
 let session = loadSession(localStorage, SESSION_KEY);
-let socket = null;
+let player = null;
+let current = null; // the Card whose video plays (or last played) on this device
+let denial = null; // {card, limit, streams} while the denial panel is open
+let noticeTimer = null;
+let ticker = null;
 const videos = new Map(); // videoId -> Video
 const cards = new Map(); // videoId -> Card
-const playing = new Map(); // streamId -> Card, the streams of this tab
-const decisions = new Map(); // requestId -> `message` payload, for answers that arrive before the HTTP reply
-let denial = null; // {card, limit} while the denial panel is open
+// One <video> for the tab: one device, one stream at a time. It moves into the card that plays.
+const screen = h("video", { class: "poster", controls: true, playsInline: true, preload: "auto" });
+screen.muted = true;
+screen.setAttribute("muted", "");
+screen.loop = true;
 
 const api = createApi(
   () => session && session.token,
@@ -57,30 +56,27 @@ function poster(video) {
   return img;
 }
 
-/** One video in the grid and its state in this tab: idle, requesting, playing, denied, ended or error. */
+/** One video in the grid and its state on this device: idle, requesting, playing, denied, ended or error. */
 class Card {
   constructor(video) {
     this.video = video;
-    this.streamId = null;
-    this.timer = null;
-    this.busy = false;
     this.status = h("p", { class: "state" }, "Ready to play");
-    this.playButton = h(
-      "button",
-      { type: "button", class: "primary", "aria-label": `Play ${video.title}`, onclick: () => play(this) },
-      "Play",
-    );
-    this.stopButton = h(
-      "button",
-      { type: "button", "aria-label": `Stop ${video.title}`, hidden: true, onclick: () => stop(this) },
-      "Stop",
-    );
+    this.playButton = h("button", { type: "button", class: "primary", onclick: () => play(this) }, "Play");
+    this.playButton.setAttribute("aria-label", `Play ${video.title}`);
+    this.stopButton = h("button", { type: "button", hidden: true, onclick: () => stop(this) }, "Stop");
+    this.stopButton.setAttribute("aria-label", `Stop ${video.title}`);
     this.media = h("div", { class: "media" }, poster(video));
     this.el = h(
       "li",
       { class: "card", "data-video-id": video.id, "data-state": "idle" },
       this.media,
-      h("div", { class: "card-body" }, h("h3", {}, video.title), this.status, h("div", { class: "actions" }, this.playButton, this.stopButton)),
+      h(
+        "div",
+        { class: "card-body" },
+        h("h3", {}, video.title),
+        this.status,
+        h("div", { class: "actions" }, this.playButton, this.stopButton),
+      ),
     );
   }
 
@@ -91,383 +87,300 @@ class Card {
     // aria-disabled, not disabled: a disabled button would drop the keyboard focus while the request runs.
     this.playButton.setAttribute("aria-disabled", String(state === "requesting"));
     this.playButton.textContent = state === "requesting" ? "Requesting…" : "Play";
+    this.playButton.setAttribute("aria-label", `${this.playButton.textContent} ${this.video.title}`);
     this.playButton.hidden = state === "playing";
     this.stopButton.hidden = state !== "playing";
     if (hadFocus) (state === "playing" ? this.stopButton : this.playButton).focus();
   }
 
-  showVideo(url) {
-    const video = h("video", {
-      class: "poster",
-      controls: true,
-      autoplay: true,
-      muted: true,
-      loop: true,
-      playsInline: true,
-      preload: "auto",
-      "aria-label": `${this.video.title}, playing`,
-    });
-    video.setAttribute("muted", "");
-    this.reloads = 0;
-    video.addEventListener("error", () => this.mediaFailed(video));
-    // Segment requests are the heartbeat while playing; paused, no heartbeats either, so the slot frees itself.
-    video.addEventListener("pause", () => clearTimeout(this.timer));
-    video.addEventListener("play", () => this.streamId && scheduleHeartbeat(this));
-    setSource(video, url, () => this.mediaFailed(video));
-    this.media.replaceChildren(video);
-    video.play().catch(() => {
-      // Autoplay refused (rare when muted): the controls let the viewer start it.
-    });
+  showScreen() {
+    screen.setAttribute("aria-label", `${this.video.title}, playing`);
+    this.media.replaceChildren(screen);
   }
 
-  /** The media request failed: if the stream is still ours, resume from a fresh playback URL, else end it. */
-  async mediaFailed(video) {
-    const streamId = this.streamId;
-    if (!streamId || this.reloads >= MAX_MEDIA_RELOADS) return;
-    this.reloads += 1;
-    let answer;
-    try {
-      answer = await api.post(`/v1/streams/${encodeURIComponent(streamId)}/heartbeat`);
-    } catch (err) {
-      if (this.streamId === streamId && err instanceof ApiError && err.status === 404) ended(this, "stopped_elsewhere");
-      return;
-    }
-    if (this.streamId !== streamId || !answer.playbackUrl || !video.isConnected) return;
-    const at = video.currentTime;
-    setSource(video, answer.playbackUrl, () => this.mediaFailed(video));
-    video.currentTime = at;
-    video.play().catch(() => {});
-  }
-
-  hideVideo() {
-    const video = this.media.querySelector("video");
-    if (video) {
-      if (video.hls) video.hls.destroy();
-      video.pause();
-      video.removeAttribute("src");
-      video.load();
-    }
-    this.media.replaceChildren(poster(this.video));
+  hideScreen() {
+    if (this.media.contains(screen)) this.media.replaceChildren(poster(this.video));
   }
 }
 
-/** Play `url` in `video`: an HLS playlist through hls.js where Media Source Extensions exist, else natively (Safari,
- * iOS); `failed` is called on a fatal error (a refused segment: the stream ended). */
-function setSource(video, url, failed) {
-  if (video.hls) video.hls.destroy();
-  video.hls = null;
-  if (!/\.m3u8$/.test(url) || !Hls.isSupported()) {
-    video.src = url;
-    return;
-  }
-  const hls = new Hls({ maxBufferLength: HLS_BUFFER_S, maxMaxBufferLength: HLS_BUFFER_S * 2 });
-  hls.on(Hls.Events.ERROR, (_event, data) => {
-    if (!data.fatal) return;
-    hls.destroy();
-    if (video.hls === hls) video.hls = null;
-    failed();
-  });
-  hls.loadSource(url);
-  hls.attachMedia(video);
-  video.hls = hls;
-}
+// ---- notices --------------------------------------------------------------------------------------------------
 
+/** A notice under the title: dismissable, and gone by itself after NOTICE_MS. */
 function notice(text) {
   const el = $("notice");
-  el.textContent = text;
-  el.hidden = !text;
+  clearTimeout(noticeTimer);
+  if (!text) {
+    el.hidden = true;
+    el.replaceChildren();
+    return;
+  }
+  el.replaceChildren(
+    h("span", {}, text),
+    h("button", { type: "button", class: "dismiss", "aria-label": "Dismiss", onclick: () => notice("") }, "×"),
+  );
+  el.hidden = false;
+  noticeTimer = setTimeout(() => notice(""), NOTICE_MS);
+}
+
+/** Full screen, on the device that lost its stream: why, and what to do next. Escape or the button closes it. */
+function showEnded(title, reason) {
+  const [why, next] = ENDED_REASONS[reason] || [reason, "Press Play to ask again."];
+  const back = document.activeElement;
+  const close = () => {
+    overlay.hidden = true;
+    overlay.replaceChildren();
+    if (back && back.isConnected) back.focus();
+  };
+  const overlay = $("ended");
+  const ok = h("button", { type: "button", class: "primary", onclick: close }, "OK");
+  overlay.replaceChildren(
+    h(
+      "div",
+      { class: "panel", role: "alertdialog", "aria-modal": "true", "aria-labelledby": "ended-title", "aria-describedby": "ended-why" },
+      h("h2", { id: "ended-title" }, `${title} stopped`),
+      h("p", { id: "ended-why" }, `Why: ${why}. ${next}`),
+      h("div", { class: "actions" }, ok),
+    ),
+  );
+  overlay.onkeydown = (event) => {
+    if (event.key === "Escape") close();
+  };
+  overlay.hidden = false;
+  ok.focus();
 }
 
 // ---- playing --------------------------------------------------------------------------------------------------
 
-async function play(card, replaceStreamId = null) {
-  if (card.busy || card.streamId) return;
-  card.busy = true;
+async function play(card, replaceStreamId) {
+  if (card.el.dataset.state === "requesting") return;
   card.set("requesting", "Requesting…");
   try {
-    const body = { videoId: card.video.id, deviceId };
-    if (replaceStreamId) body.replaceStreamId = replaceStreamId;
-    const answer = await api.post(`/v1/plays?wait=${WAIT_S}`, body, { "Idempotency-Key": randomId("play-") });
-    const decision = await settle(answer);
-    if (decision.status === "allowed") startPlaying(card, decision);
-    else await deny(card, decision);
+    await player.play(card.video.id, replaceStreamId ? { replaceStreamId } : {});
   } catch (err) {
     if (session) card.set("error", `Could not ask to play: ${err.message}`);
-  } finally {
-    card.busy = false;
-    refreshUsage();
   }
 }
 
-/** The decision for a play answer: at once, from a `message` that came first, or from GET /v1/plays/{id}. */
-async function settle(answer) {
-  let current = answer;
-  for (let attempt = 0; current.status === "pending" && attempt < POLL_TRIES; attempt += 1) {
-    const pushed = decisions.get(current.requestId);
-    if (pushed) return { ...pushed, videoId: pushed.data.videoId };
-    await sleep(POLL_INTERVAL_MS);
-    current = await api.get(`/v1/plays/${encodeURIComponent(current.requestId)}`);
+function onAllowed(event) {
+  const card = cards.get(event.videoId);
+  if (!card) return;
+  if (current && current !== card) {
+    // One stream per device: the server replaced the title that played here.
+    current.hideScreen();
+    current.set("idle", "Ready to play");
   }
-  if (current.status === "pending") throw new Error("no decision came in time; try again");
-  const pushed = decisions.get(current.requestId);
-  return { ...(pushed || {}), ...current };
+  current = card;
+  card.showScreen();
+  card.set("playing", event.playbackUrl ? "Playing" : "Playing (no media from this server)");
+  screen.play().catch(() => {
+    // Autoplay refused (rare when muted): the controls let the viewer start it.
+  });
+  if (denial) hideDenial(false);
+  showUsage(event.active, event.limit);
+  notice("");
 }
 
-function startPlaying(card, decision) {
-  card.streamId = decision.streamId;
-  playing.set(decision.streamId, card);
-  const url = decision.playbackUrl || (decisions.get(decision.requestId) || {}).playbackUrl;
-  if (url) {
-    card.showVideo(url);
-    card.set("playing", "Playing");
-  } else {
-    card.set("playing", "Playing (no media from this server: heartbeats hold the slot)");
-  }
-  scheduleHeartbeat(card, decision.expiresAt);
-  if (denial && denial.card === card) hideDenial();
-}
-
-async function deny(card, decision) {
-  if (decision.reason !== "limit_reached") {
-    card.set("denied", `Denied: ${decision.reason || "no reason given"}`);
+function onDenied(event) {
+  const card = cards.get(event.videoId);
+  if (!card) return;
+  if (current === card) current.hideScreen();
+  if (event.reason !== "limit_reached") {
+    card.set("denied", event.reason === "user_disabled" ? "Denied: this account is disabled" : `Denied: ${event.reason}`);
     return;
   }
-  card.set("denied", `Denied: all ${decision.limit} of your streams are in use`);
-  denial = { card, limit: decision.limit };
-  await renderDenial();
-  $("denial").querySelector("h2").focus();
+  card.set("denied", event.limit === 0 ? "Denied: this account may not play" : `Denied: all ${event.limit} of your streams are in use`);
+  showUsage(event.active, event.limit);
+  denial = { card, limit: event.limit, streams: event.conflicts.map(fromConflict) };
+  renderDenial();
+  $("denial-title").focus();
+}
+
+function onEnded(event) {
+  const card = cards.get(event.videoId);
+  if (event.reason === "user_disabled") {
+    endSession("An admin disabled this account; its streams were stopped.", true);
+    return;
+  }
+  if (!card) return;
+  if (event.reason === "expired" && card === current && screen.paused) {
+    // Paused long enough for the lease to run out: the slot is free, as promised; Play asks again.
+    card.set("paused", "Paused: your slot is free again; Play asks for it");
+    refreshUsage();
+    return;
+  }
+  card.hideScreen();
+  card.set("ended", `Stopped: ${(ENDED_REASONS[event.reason] || [event.reason])[0]}`);
+  showEnded(card.video.title, event.reason);
+  refreshUsage();
 }
 
 async function stop(card) {
-  const streamId = card.streamId;
-  if (!streamId) return;
   try {
-    await api.del(`/v1/streams/${encodeURIComponent(streamId)}`);
+    await player.stop();
   } catch (err) {
-    if (!(err instanceof ApiError && err.status === 404)) {
-      notice(`Could not stop ${card.video.title}: ${err.message}`);
-      return;
-    }
+    notice(`Could not stop ${card.video.title}: ${err.message}`);
+    return;
   }
-  release(card);
+  card.hideScreen();
   card.set("idle", "Stopped");
   refreshUsage();
 }
 
-/** Forget this tab's stream on `card`: no more heartbeats, no more media requests. */
-function release(card) {
-  if (card.streamId) playing.delete(card.streamId);
-  card.streamId = null;
-  clearTimeout(card.timer);
-  card.timer = null;
-  card.hideVideo();
+// ---- the denial panel: a list of the streams holding the limit, live while open ----------------------------
+
+function fromConflict(c) {
+  return { id: c.streamId, videoId: c.videoId, deviceId: c.deviceId, deviceName: c.deviceName, startedAt: c.startedAt };
 }
 
-function ended(card, reason) {
-  const why = ENDED_REASONS[reason] || reason;
-  release(card);
-  card.set("ended", `Stopped: ${why}`);
-  notice(`${card.video.title} stopped: ${why}.`);
-  refreshUsage();
+function deviceLabel(stream) {
+  if (player && stream.deviceId === player.deviceId) return "this tab";
+  return stream.deviceName || `device …${stream.deviceId.slice(-6)}`;
 }
 
-// ---- heartbeats -----------------------------------------------------------------------------------------------
-
-function scheduleHeartbeat(card, expiresAt) {
-  clearTimeout(card.timer);
-  // Without a known expiry, renew soon: the ack says when the lease runs out.
-  const left = expiresAt ? new Date(expiresAt).getTime() - Date.now() : 0;
-  const delay = Math.min(HEARTBEAT_MAX_MS, Math.max(HEARTBEAT_MIN_MS, left / 3));
-  const streamId = card.streamId;
-  card.timer = setTimeout(() => heartbeat(card, streamId), delay);
-}
-
-/** Renew the lease over the socket (its ack says 404 when the stream is gone), or over HTTP when offline. */
-async function heartbeat(card, streamId) {
-  if (card.streamId !== streamId) return;
-  let answer;
-  try {
-    if (socket && socket.connected) {
-      answer = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("heartbeat", { streamId });
-    } else {
-      answer = await api.post(`/v1/streams/${encodeURIComponent(streamId)}/heartbeat`);
-    }
-  } catch (err) {
-    answer = err instanceof ApiError && err.status === 404 ? { status: 404 } : null;
-  }
-  if (card.streamId !== streamId) return;
-  if (answer && answer.status === 404) {
-    ended(card, "stopped_elsewhere");
-  } else if (answer && answer.expiresAt) {
-    scheduleHeartbeat(card, answer.expiresAt);
-  } else {
-    clearTimeout(card.timer);
-    card.timer = setTimeout(() => heartbeat(card, streamId), HEARTBEAT_RETRY_MS);
-  }
-}
-
-// ---- the denial panel -----------------------------------------------------------------------------------------
-
-function deviceName(id) {
-  return id === deviceId ? "this tab" : id;
-}
-
-async function renderDenial() {
+function renderDenial() {
   if (!denial) return;
-  const { card, limit } = denial;
-  let streams;
-  try {
-    streams = await api.get("/v1/streams");
-  } catch (err) {
-    notice(`Could not list your streams: ${err.message}`);
-    return;
-  }
-  if (!denial || denial.card !== card) return;
+  const { card, limit, streams } = denial;
+  const panel = $("denial");
+  const focusKey = panel.contains(document.activeElement) ? document.activeElement.dataset.key : null;
   const title = card.video.title;
-  const rows = streams.map((stream) => {
+  const items = streams.map((stream) => {
     const name = (videos.get(stream.videoId) || { title: `video ${stream.videoId}` }).title;
-    const where = deviceName(stream.deviceId);
+    const where = deviceLabel(stream);
+    const stopButton = h("button", { type: "button", "data-key": `stop:${stream.id}`, onclick: () => stopOne(stream) }, "Stop");
+    stopButton.setAttribute("aria-label", `Stop ${name} on ${where}`);
+    const replaceButton = h(
+      "button",
+      { type: "button", "data-key": `replace:${stream.id}`, onclick: () => replace(stream) },
+      `Replace with ${title}`,
+    );
+    replaceButton.setAttribute("aria-label", `Replace with ${title}: ${name} on ${where}`);
     return h(
-      "tr",
+      "li",
       { "data-stream-id": stream.id },
-      h("td", {}, name),
-      h("td", {}, where),
-      h("td", {}, since(stream.startedAt)),
       h(
-        "td",
-        {},
-        h(
-          "div",
-          { class: "row-actions" },
-          h("button", { type: "button", "aria-label": `Stop ${name} on ${where}`, onclick: () => stopFromPanel(stream) }, "Stop"),
-          h(
-            "button",
-            { type: "button", "aria-label": `Replace ${name} on ${where} with ${title}`, onclick: () => replace(stream) },
-            `Replace with ${title}`,
-          ),
-        ),
+        "div",
+        { class: "what" },
+        h("strong", {}, name),
+        h("span", {}, ` on ${where}`),
+        h("span", { class: "since", "data-since": stream.startedAt }, `since ${since(stream.startedAt)}`),
       ),
+      h("div", { class: "row-actions" }, stopButton, replaceButton),
     );
   });
-  const free = streams.length < limit;
-  const panel = $("denial");
+  const free = limit !== null && streams.length < limit;
+  const text =
+    limit === 0
+      ? "This account may not play any stream: its limit is 0. Ask the account's owner to raise it."
+      : free
+        ? `A slot is free now (${streams.length} of ${limit} streams in use).`
+        : limit === null
+          ? `Every stream your account may play is in use. Stop one, or replace it with ${title}:`
+          : `Your account may play ${limit} stream${limit === 1 ? "" : "s"} at once, and all ${limit} are in use. Stop one, or replace it with ${title}:`;
   panel.replaceChildren(
     h("h2", { id: "denial-title", tabindex: "-1" }, `Limit reached: ${title} cannot start`),
-    h(
-      "p",
-      {},
-      limit === 0
-        ? "This account may not play any stream (its limit is 0)."
-        : free
-          ? `A slot is free now (${streams.length} of ${limit} streams in use).`
-          : `Your account may play ${limit} streams at once, and all ${limit} are in use. Stop one, or replace it with ${title}:`,
-    ),
-    streams.length
-      ? h(
-          "div",
-          { class: "table-wrap" },
-          h(
-            "table",
-            {},
-            h("caption", { class: "sr-only" }, "Streams using your limit"),
-            h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Video"), h("th", { scope: "col" }, "Device"), h("th", { scope: "col" }, "Since"), h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Actions")))),
-            h("tbody", {}, rows),
-          ),
-        )
-      : null,
+    h("p", {}, text),
+    streams.length ? h("ul", { class: "conflicts", "aria-label": "Streams using your limit" }, items) : null,
     h(
       "div",
       { class: "actions" },
       free && limit > 0
-        ? h("button", { type: "button", class: "primary", onclick: () => { hideDenial(); play(card); } }, `Play ${title}`)
+        ? h("button", { type: "button", class: "primary", "data-key": "play", onclick: () => { hideDenial(true); play(card); } }, `Play ${title}`)
         : null,
-      h("button", { type: "button", onclick: hideDenial }, "Close"),
+      !free && streams.length && limit > 0
+        ? h("button", { type: "button", class: "primary", "data-key": "here", onclick: () => watchHere() }, "Watch here")
+        : null,
+      h("button", { type: "button", "data-key": "close", onclick: () => hideDenial(true) }, "Close"),
     ),
   );
   panel.hidden = false;
+  const again = focusKey && panel.querySelector(`[data-key="${CSS.escape(focusKey)}"]`);
+  if (again) again.focus();
+  else if (focusKey) (panel.querySelector("button.primary") || $("denial-title")).focus();
 }
 
-function hideDenial() {
+/** The panel is live: another device's stream started or ended, so list the streams again. */
+async function refreshDenial() {
+  if (!denial) return;
+  const open = denial;
+  let streams;
+  try {
+    streams = await api.get("/v1/streams");
+  } catch {
+    return; // the list stays as it was; a 401 has ended the session
+  }
+  if (denial !== open) return;
+  denial.streams = streams;
+  renderDenial();
+}
+
+function hideDenial(restoreFocus) {
   const had = denial;
   denial = null;
   $("denial").hidden = true;
   $("denial").replaceChildren();
-  if (had && had.card.el.isConnected) had.card.playButton.focus();
+  if (had && restoreFocus && had.card.el.isConnected) had.card.playButton.focus();
 }
 
-async function stopFromPanel(stream) {
+async function stopOne(stream) {
   try {
-    await api.del(`/v1/streams/${encodeURIComponent(stream.id)}`);
+    await player.stopStream(stream.id);
   } catch (err) {
-    if (!(err instanceof ApiError && err.status === 404)) notice(`Could not stop it: ${err.message}`);
+    notice(`Could not stop it: ${err.message}`);
+    return;
   }
-  const mine = playing.get(stream.id);
-  if (mine) {
-    release(mine);
-    mine.set("idle", "Stopped");
+  if (denial) {
+    denial.streams = denial.streams.filter((s) => s.id !== stream.id);
+    renderDenial();
   }
-  await renderDenial();
   refreshUsage();
-  const button = $("denial").querySelector("button.primary");
-  if (button) button.focus();
 }
 
 function replace(stream) {
   const card = denial.card;
-  hideDenial();
-  const mine = playing.get(stream.id);
-  if (mine) {
-    // This tab's own stream: the server ends it in exchange; stop its media here at once.
-    release(mine);
-    mine.set("idle", `Replaced by ${card.video.title}`);
-  }
+  hideDenial(true); // the focus goes to the card, and follows its action (Stop once it plays)
   play(card, stream.id);
 }
 
-// ---- live updates ---------------------------------------------------------------------------------------------
+async function watchHere() {
+  const { card, streams } = denial;
+  hideDenial(true);
+  card.set("requesting", "Requesting…");
+  try {
+    await player.watchHere(card.video.id, streams.map((s) => ({ streamId: s.id })));
+  } catch (err) {
+    card.set("error", `Could not ask to play: ${err.message}`);
+  }
+}
+
+// ---- usage and live updates -----------------------------------------------------------------------------------
+
+function showUsage(active, limit) {
+  if (typeof active === "number" && typeof limit === "number") $("usage").textContent = `${active} of ${limit} streams in use`;
+}
 
 async function refreshUsage() {
   if (!session) return;
   try {
     const [streams, user] = await Promise.all([api.get("/v1/streams"), api.get(`/users/${encodeURIComponent(session.user.id)}`)]);
-    $("usage").textContent = `${streams.length} of ${user.limit} streams in use`;
+    showUsage(streams.length, user.limit);
   } catch {
     // A failed refresh leaves the last count; a 401 has already ended the session.
   }
 }
 
-function onDecision(message) {
-  decisions.set(message.requestId, message);
-  if (decisions.size > KEPT_DECISIONS) decisions.delete(decisions.keys().next().value);
-  if (typeof message.active === "number") $("usage").textContent = `${message.active} of ${message.limit} streams in use`;
-  if (denial) renderDenial();
-}
-
-function onEnded(message) {
-  if (message.reason === "user_disabled") {
-    // The token no longer works: say why at once instead of letting the next call fail.
+function onChanged(event) {
+  if (event.reason === "user_disabled") {
+    // Another device's stream ended because the account was disabled: this device's token no longer works.
     endSession("An admin disabled this account; its streams were stopped.", true);
     return;
   }
-  const card = playing.get(message.streamId);
-  if (card) ended(card, message.reason);
-  else refreshUsage();
-  if (denial) renderDenial();
+  refreshUsage();
+  refreshDenial();
 }
 
-function connectSocket() {
-  socket = io({ auth: { token: session.token } });
-  socket.on("message", onDecision);
-  socket.on("stream_ended", onEnded);
-  socket.on("connect", () => {
-    $("live").textContent = "Live";
-  });
-  socket.on("disconnect", () => {
-    $("live").textContent = "Reconnecting…";
-  });
-  socket.on("connect_error", (err) => {
-    if (!socket.active) endSession(`The server refused live updates: ${err.message}`, true);
-  });
+function tick() {
+  for (const el of document.querySelectorAll("[data-since]")) el.textContent = `since ${since(el.dataset.since)}`;
+  $("live").textContent = player && player.live ? "Live" : "Reconnecting…";
 }
 
 // ---- session --------------------------------------------------------------------------------------------------
@@ -477,9 +390,27 @@ async function start() {
   $("videos-view").hidden = false;
   $("who").hidden = false;
   $("who-name").textContent = session.user.name;
-  $("device-id").textContent = deviceId;
+  $("device-id").textContent = tabName;
   notice("");
-  connectSocket();
+  player = attach(screen, {
+    token: () => session && session.token,
+    deviceName: tabName,
+    storage: sessionStorage, // a tab is a device of its own here; a platform's player keeps it in localStorage
+    io,
+    // hls.js/light (no DRM, subtitles or alternate audio: about half the size), loaded with the first HLS source.
+    loadHls: () => import("hls.js/light").then((module) => module.default),
+    // hls.js buffers this far ahead and then waits: a paused player soon stops fetching, and its slot frees itself.
+    hlsConfig: { maxBufferLength: HLS_BUFFER_S, maxMaxBufferLength: HLS_BUFFER_S * 2 },
+  });
+  player.on("allowed", onAllowed);
+  player.on("denied", onDenied);
+  player.on("ended", onEnded);
+  player.on("changed", onChanged);
+  player.on("error", (err) => {
+    if (err instanceof ApiError && err.status === 401) return;
+    notice(err.message);
+  });
+  ticker = setInterval(tick, TICK_MS);
   try {
     const list = await api.get("/videos");
     videos.clear();
@@ -496,26 +427,24 @@ async function start() {
   refreshUsage();
 }
 
-/** After a reload, pick up this tab's streams again: asking again from the same device re-uses the stream. */
+/** After a reload, pick up this tab's stream again: asking again from the same device re-uses the stream. */
 async function resume() {
+  if (!player.deviceId) return;
   const streams = await api.get("/v1/streams");
-  for (const stream of streams) {
-    const card = cards.get(stream.videoId);
-    if (stream.deviceId === deviceId && card) play(card);
-  }
+  const mine = streams.find((s) => s.deviceId === player.deviceId);
+  const card = mine && cards.get(mine.videoId);
+  if (card) play(card);
 }
 
 function endSession(message, isError = false) {
-  for (const card of playing.values()) {
-    clearTimeout(card.timer);
-    card.hideVideo();
+  if (player) {
+    player.destroy();
+    player = null;
   }
-  playing.clear();
-  hideDenial();
-  if (socket) {
-    socket.disconnect();
-    socket = null;
-  }
+  clearInterval(ticker);
+  current = null;
+  hideDenial(false);
+  $("ended").hidden = true;
   session = null;
   localStorage.removeItem(SESSION_KEY);
   $("grid").replaceChildren();
@@ -528,12 +457,24 @@ function endSession(message, isError = false) {
   el.classList.toggle("info", !isError);
 }
 
+/** Log out of this device: its stream ends, the other devices play on. */
 async function logout() {
+  const device = player && player.deviceId;
+  try {
+    if (device) await api.del(`/v1/streams?deviceId=${encodeURIComponent(device)}`);
+    endSession("You logged out; this device's stream was stopped, your other devices play on.");
+  } catch (err) {
+    endSession(`Logged out, but the server did not confirm that this device's stream stopped: ${err.message}`, true);
+  }
+}
+
+/** Sign out of all devices: every stream of the account ends. */
+async function logoutEverywhere() {
   try {
     await api.del("/v1/streams");
-    endSession("You logged out; your streams were stopped.");
+    endSession("You signed out of all devices; every stream of your account was stopped.");
   } catch (err) {
-    endSession(`Logged out, but the server did not confirm that your streams stopped: ${err.message}`, true);
+    endSession(`Signed out, but the server did not confirm that your streams stopped: ${err.message}`, true);
   }
 }
 
@@ -559,7 +500,12 @@ async function login(event) {
     $("password").value = "";
     await start();
   } catch (err) {
-    error.textContent = err.status === 401 ? "Wrong user name or password." : `Could not log in: ${err.message}`;
+    error.textContent =
+      err.status === 401
+        ? "Wrong user name or password."
+        : err.status === 403
+          ? err.message
+          : `Could not log in: ${err.message}`;
     error.hidden = false;
     $("password").select();
   } finally {
@@ -569,6 +515,10 @@ async function login(event) {
 
 $("login-form").addEventListener("submit", login);
 $("logout").addEventListener("click", logout);
+$("logout-all").addEventListener("click", logoutEverywhere);
+$("denial").addEventListener("keydown", (event) => {
+  if (event.key === "Escape") hideDenial(true);
+});
 window.addEventListener("storage", (event) => {
   if (event.key === SESSION_KEY && !event.newValue && session) endSession("You logged out in another tab.");
 });

@@ -1,0 +1,451 @@
+// The player kit: one Player per media element asks PlayGate to play, sets the source, heartbeats only while the
+// media plays, asks again on resume, stops its stream when the page goes away, and reports what happens as events.
+import { createHttp, type Http, PlayGateError } from "./http";
+import type {
+  AllowedEvent,
+  Conflict,
+  DecisionMessage,
+  DeniedEvent,
+  EndedMessage,
+  HlsClass,
+  HlsLike,
+  MediaLike,
+  PlayAnswer,
+  PlayerEvents,
+  PlayerOptions,
+  SocketLike,
+  StorageLike,
+} from "./types";
+
+const DEVICE_KEY = "playgate.deviceId";
+const WAIT_S = 10;
+const HEARTBEAT_MAX_MS = 20_000;
+const HEARTBEAT_MIN_MS = 1_000;
+const ACK_TIMEOUT_MS = 5_000;
+const POLL_MS = 1_000;
+const POLL_TRIES = 30;
+const RECONNECT_MIN_MS = 500;
+const RECONNECT_MAX_MS = 30_000;
+const HLS_TYPE = "application/vnd.apple.mpegurl";
+
+type Handler<T> = (event: T) => void;
+type Settled = AllowedEvent | DeniedEvent;
+
+/** True for an HLS playlist URL (`….m3u8`, with or without a query). */
+export function isHls(url: string): boolean {
+  return /\.m3u8(\?|#|$)/i.test(url);
+}
+
+/** The delay before reconnection attempt `attempt` (0-based): doubling from `minMs` up to `maxMs`, with jitter
+ * taking it down to half at most so that many players do not come back at the same instant. */
+export function backoffMs(attempt: number, minMs: number, maxMs: number, random: () => number): number {
+  const ceiling = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+  return Math.round(ceiling * (0.5 + random() * 0.5));
+}
+
+function defaultStorage(): StorageLike | null {
+  try {
+    return typeof localStorage === "undefined" ? null : localStorage;
+  } catch {
+    return null; // storage disabled (private mode, sandboxed frame)
+  }
+}
+
+/** Ask, play, heartbeat and stop for one media element; see `attach`. */
+export class Player {
+  /** This device's id: given, kept from an earlier play, or issued by the server on the first play. */
+  deviceId: string | null;
+  /** The stream this player holds, while it holds one. */
+  streamId: string | null = null;
+  /** The video this player plays (kept after its stream ended, so that resuming asks for it again). */
+  videoId: string | null = null;
+
+  private readonly media: MediaLike;
+  private readonly options: PlayerOptions;
+  private readonly http: Http;
+  private readonly storage: StorageLike | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  private readonly handlers = new Map<keyof PlayerEvents, Set<Handler<any>>>();
+  private readonly pushed = new Map<string, DecisionMessage>();
+  private readonly waiting = new Map<string, () => void>();
+  private socket: SocketLike | null = null;
+  private reconnectAttempt = 0;
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
+  private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
+  private hls: HlsLike | null = null;
+  private leaseMs: number | null = null; // the lease the server gives, learnt from the allowed answer
+  private asking = false;
+  private inFlight = 0; // play requests under way: a `replaced` end of the current stream is their doing
+  private holdPause = false;
+  // Set by a pause of the viewer's (or a stream that ended): the next play asks PlayGate again.
+  private askOnPlay = false;
+  private destroyed = false;
+  private readonly listeners: Array<[EventTarget, string, EventListener]> = [];
+
+  constructor(media: MediaLike, options: PlayerOptions) {
+    this.media = media;
+    this.options = options;
+    const token = options.token;
+    const fetcher = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this.http = createHttp(options.baseUrl ?? "", typeof token === "function" ? token : () => token, fetcher);
+    this.storage = options.storage === undefined ? defaultStorage() : options.storage;
+    this.deviceId = options.deviceId ?? this.storage?.getItem(DEVICE_KEY) ?? null;
+    this.listen(media, "playing", () => this.startHeartbeats());
+    this.listen(media, "pause", () => {
+      this.stopHeartbeats();
+      if (!this.holdPause) this.askOnPlay = true;
+    });
+    this.listen(media, "ended", () => this.stopHeartbeats());
+    this.listen(media, "play", () => void this.resume());
+    const win = options.window ?? (typeof window === "undefined" ? null : window);
+    if (win) this.listen(win, "pagehide", () => this.leave());
+    if (options.io) this.connect();
+  }
+
+  /** Call `handler` on every `event`; returns a function that stops it. */
+  on<K extends keyof PlayerEvents>(event: K, handler: Handler<PlayerEvents[K]>): () => void {
+    const set = this.handlers.get(event) ?? new Set();
+    this.handlers.set(event, set);
+    set.add(handler);
+    return () => set.delete(handler);
+  }
+
+  /** True while the live connection (Socket.IO) is up; always false over HTTP only. */
+  get live(): boolean {
+    return this.socket !== null && this.socket.connected;
+  }
+
+  /**
+   * Ask to play `videoId` on this device; allowed: the source is set and `allowed` is emitted; denied: `denied`
+   * (with the conflicts at the limit). A device playing another title has it replaced (one stream per device).
+   */
+  async play(videoId: string, { replaceStreamId }: { replaceStreamId?: string } = {}): Promise<Settled> {
+    this.videoId = videoId;
+    const answer = await this.ask(videoId, replaceStreamId);
+    if (answer.status === "allowed") return this.allowed(answer);
+    return this.denied(answer);
+  }
+
+  /** "Watch here": stop every stream holding the limit (the conflicts of a denial), then ask again. */
+  async watchHere(videoId: string, conflicts: Conflict[]): Promise<Settled> {
+    await Promise.all(conflicts.map((c) => this.stopStream(c.streamId)));
+    return this.play(videoId);
+  }
+
+  /** Stop this player's stream and its media (no `ended`: that event tells of streams lost, not stopped here). */
+  async stop(): Promise<void> {
+    const streamId = this.streamId;
+    if (!streamId) return;
+    this.release(true);
+    this.askOnPlay = true;
+    await this.stopStream(streamId);
+  }
+
+  /** Stop one of the account's streams, this device's or another's (one that is already gone is fine). */
+  async stopStream(streamId: string): Promise<void> {
+    try {
+      await this.http.call("DELETE", `/v1/streams/${encodeURIComponent(streamId)}`);
+    } catch (error) {
+      if (!(error instanceof PlayGateError && error.status === 404)) throw error;
+    }
+    if (streamId === this.streamId) this.release(true);
+    this.emit("changed", { streamId, reason: "stopped" });
+  }
+
+  /** Stop listening, heartbeating and connecting; the stream is left to its lease (call stop() first to end it). */
+  destroy(): void {
+    this.destroyed = true;
+    this.release(true);
+    for (const [target, type, listener] of this.listeners) target.removeEventListener(type, listener);
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.socket?.disconnect();
+    this.socket = null;
+  }
+
+  // ---- asking ------------------------------------------------------------------------------------------------
+
+  private async ask(videoId: string, replaceStreamId?: string): Promise<PlayAnswer> {
+    this.inFlight += 1;
+    try {
+      return await this.askOnce(videoId, replaceStreamId);
+    } finally {
+      this.inFlight -= 1;
+    }
+  }
+
+  private async askOnce(videoId: string, replaceStreamId?: string): Promise<PlayAnswer> {
+    const body: Record<string, string> = { videoId };
+    if (this.deviceId) body.deviceId = this.deviceId;
+    if (this.options.deviceName) body.deviceName = this.options.deviceName;
+    if (replaceStreamId) body.replaceStreamId = replaceStreamId;
+    const wait = this.options.waitS ?? WAIT_S;
+    const key = `play-${Date.now().toString(36)}-${Math.floor(Math.random() * 1e12).toString(36)}`;
+    let answer = (await this.http.call<PlayAnswer>("POST", `/v1/plays?wait=${wait}`, body, {
+      "Idempotency-Key": key,
+    })) as PlayAnswer;
+    if (answer.deviceId && answer.deviceId !== this.deviceId) {
+      this.deviceId = answer.deviceId;
+      this.storage?.setItem(DEVICE_KEY, answer.deviceId);
+    }
+    for (let tries = 0; answer.status === "pending" && tries < POLL_TRIES; tries += 1) {
+      const pushed = this.pushed.get(answer.requestId);
+      if (pushed) return { ...answer, ...pushed, videoId: pushed.data.videoId };
+      await this.pause(answer.requestId);
+      answer = (await this.http.call<PlayAnswer>("GET", `/v1/plays/${encodeURIComponent(answer.requestId)}`))!;
+    }
+    if (answer.status === "pending") throw new PlayGateError(504, { detail: "No decision came in time." });
+    return answer;
+  }
+
+  /** Wait up to POLL_MS, or less if the decision is pushed over the socket meanwhile. */
+  private pause(requestId: string): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, POLL_MS);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.waiting.set(requestId, () => {
+        this.waiting.delete(requestId);
+        done();
+      });
+    });
+  }
+
+  private allowed(answer: PlayAnswer): AllowedEvent {
+    const streamId = answer.streamId as string;
+    this.askOnPlay = false;
+    const fresh = streamId !== this.streamId;
+    if (fresh && this.streamId) this.release(false); // the previous title on this device: replaced by the server
+    this.streamId = streamId;
+    if (answer.expiresAt) this.leaseMs = Date.parse(answer.expiresAt) - Date.now();
+    if (fresh && answer.playbackUrl) void this.setSource(answer.playbackUrl);
+    if (!this.media.paused) this.startHeartbeats();
+    const event: AllowedEvent = {
+      requestId: answer.requestId,
+      streamId,
+      videoId: answer.videoId,
+      deviceId: answer.deviceId ?? this.deviceId ?? "",
+      playbackUrl: answer.playbackUrl ?? null,
+      active: answer.active ?? null,
+      limit: answer.limit ?? null,
+    };
+    this.emit("allowed", event);
+    return event;
+  }
+
+  private denied(answer: PlayAnswer): DeniedEvent {
+    const event: DeniedEvent = {
+      requestId: answer.requestId,
+      videoId: answer.videoId,
+      reason: answer.reason ?? "denied",
+      active: answer.active ?? null,
+      limit: answer.limit ?? null,
+      conflicts: answer.conflicts ?? [],
+    };
+    this.emit("denied", event);
+    return event;
+  }
+
+  /** The viewer pressed play after a pause: ask again (the same device and video keeps its stream if it lives). */
+  private async resume(): Promise<void> {
+    if (this.holdPause || this.asking || !this.askOnPlay || !this.videoId || this.destroyed) return;
+    this.askOnPlay = false;
+    this.asking = true;
+    try {
+      const answer = await this.ask(this.videoId);
+      if (answer.status === "allowed") {
+        this.allowed(answer);
+      } else {
+        this.hold();
+        this.release(false);
+        this.denied(answer);
+      }
+    } catch (error) {
+      this.emit("error", error as Error);
+    } finally {
+      this.asking = false;
+    }
+  }
+
+  /** Pause the media without that pause counting as the viewer's. */
+  private hold(): void {
+    this.holdPause = true;
+    this.media.pause();
+    this.holdPause = false;
+  }
+
+  // ---- the media -----------------------------------------------------------------------------------------------
+
+  /** MP4 as it is; HLS through hls.js where Media Source Extensions exist, else the browser's own HLS. */
+  private async setSource(path: string): Promise<void> {
+    const url = this.http.url(path);
+    const at = this.media.currentTime;
+    this.hls?.destroy();
+    this.hls = null;
+    let Hls: HlsClass | undefined = this.options.Hls ?? (globalThis as { Hls?: HlsClass }).Hls;
+    if (!Hls && isHls(url) && this.options.loadHls && typeof MediaSource !== "undefined") {
+      Hls = this.options.Hls = await this.options.loadHls();
+    }
+    if (isHls(url) && Hls && Hls.isSupported()) {
+      this.hls = new Hls(this.options.hlsConfig);
+      // A fatal error (a refused segment: the stream may have ended): a heartbeat says whether it is gone.
+      this.hls.on?.("hlsError", (_event, data) => {
+        if (data && data.fatal) void this.heartbeat();
+      });
+      this.hls.loadSource(url);
+      this.hls.attachMedia(this.media);
+    } else if (isHls(url) && !this.media.canPlayType(HLS_TYPE)) {
+      this.emit("error", new Error("This browser plays no HLS: load hls.js (the `Hls` option)."));
+      return;
+    } else {
+      this.media.src = url;
+    }
+    if (at > 0) this.media.currentTime = at; // a new stream of the same title resumes where it was
+  }
+
+  /** Forget the stream: no more heartbeats; with `unload`, the media source goes too (its URL no longer works). */
+  private release(unload: boolean): void {
+    this.stopHeartbeats();
+    this.streamId = null;
+    if (!unload) return;
+    this.hls?.destroy();
+    this.hls = null;
+    this.hold();
+    this.media.removeAttribute("src");
+    this.media.load();
+  }
+
+  private ended(message: EndedMessage): void {
+    // The next title on this device replaced the current stream: the allowed answer is on its way.
+    const ownReplacement = message.reason === "replaced" && this.inFlight > 0;
+    if (message.streamId !== this.streamId || ownReplacement) {
+      this.emit("changed", { streamId: message.streamId, reason: message.reason });
+      return;
+    }
+    // An expired lease while paused keeps the picture and the position: resuming asks again.
+    this.release(!(message.reason === "expired" && this.media.paused));
+    this.askOnPlay = true;
+    this.emit("ended", { streamId: message.streamId, videoId: message.videoId, reason: message.reason });
+  }
+
+  // ---- heartbeats ----------------------------------------------------------------------------------------------
+
+  private startHeartbeats(): void {
+    if (!this.streamId || this.heartbeatTimer || this.destroyed) return;
+    this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.heartbeatMs());
+  }
+
+  /** The heartbeat period: as configured, else a third of the lease (between 1 and 20 seconds). */
+  private heartbeatMs(): number {
+    if (this.options.heartbeatMs) return this.options.heartbeatMs;
+    const third = this.leaseMs && this.leaseMs > 0 ? this.leaseMs / 3 : HEARTBEAT_MAX_MS;
+    return Math.round(Math.min(HEARTBEAT_MAX_MS, Math.max(HEARTBEAT_MIN_MS, third)));
+  }
+
+  private stopHeartbeats(): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+  }
+
+  /** Renew the lease over the socket when it is up, else over HTTP; a stream found gone ends (reason `gone`). */
+  private async heartbeat(): Promise<void> {
+    const streamId = this.streamId;
+    if (!streamId) return;
+    let gone = false;
+    try {
+      if (this.socket && this.socket.connected) {
+        const ack = await this.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("heartbeat", { streamId });
+        gone = Boolean(ack && ack.status === 404);
+      } else {
+        await this.http.call("POST", `/v1/streams/${encodeURIComponent(streamId)}/heartbeat`);
+      }
+    } catch (error) {
+      gone = error instanceof PlayGateError && error.status === 404;
+      if (!gone) this.emit("error", error as Error); // the next beat tries again
+    }
+    if (gone && this.streamId === streamId) this.ended({ streamId, videoId: this.videoId ?? "", reason: "gone" });
+  }
+
+  /** The page is going away: stop the stream with a beacon (it carries the token in its body, no headers). */
+  private leave(): void {
+    const streamId = this.streamId;
+    const token = this.http.token();
+    if (!streamId || !token) return;
+    const send =
+      this.options.sendBeacon ??
+      (typeof navigator !== "undefined" && navigator.sendBeacon ? navigator.sendBeacon.bind(navigator) : null);
+    const url = this.http.url(`/v1/streams/${encodeURIComponent(streamId)}/stop`);
+    const body = new Blob([JSON.stringify({ token })], { type: "text/plain" });
+    if (send) send(url, body);
+    this.release(false);
+  }
+
+  // ---- the live connection -------------------------------------------------------------------------------------
+
+  private connect(): void {
+    const io = this.options.io!;
+    const socket = io(this.options.baseUrl || undefined, {
+      // Reconnection is ours (backoffMs), so that a refused token is retried with the current one, slowly.
+      reconnection: false,
+      auth: (cb: (auth: { token: string | null }) => void) => cb({ token: this.http.token() }),
+    });
+    socket.on("connect", () => {
+      this.reconnectAttempt = 0;
+      this.emit("changed", { streamId: null, reason: "connected" });
+    });
+    socket.on("disconnect", (reason: string) => {
+      if (reason !== "io client disconnect") this.reconnect();
+    });
+    socket.on("connect_error", () => this.reconnect());
+    socket.on("message", (message: DecisionMessage) => this.decision(message));
+    socket.on("stream_ended", (message: EndedMessage) => this.ended(message));
+    this.socket = socket;
+  }
+
+  private reconnect(): void {
+    if (this.destroyed || this.reconnectTimer) return;
+    const delay = backoffMs(
+      this.reconnectAttempt,
+      this.options.reconnectMinMs ?? RECONNECT_MIN_MS,
+      this.options.reconnectMaxMs ?? RECONNECT_MAX_MS,
+      this.options.random ?? Math.random,
+    );
+    this.reconnectAttempt += 1;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      if (!this.destroyed) this.socket?.connect();
+    }, delay);
+  }
+
+  private decision(message: DecisionMessage): void {
+    this.pushed.set(message.requestId, message);
+    if (this.pushed.size > 100) this.pushed.delete(this.pushed.keys().next().value as string);
+    const wake = this.waiting.get(message.requestId);
+    if (wake) wake();
+    else this.emit("changed", { streamId: message.streamId ?? null, reason: message.status });
+  }
+
+  // ---- events --------------------------------------------------------------------------------------------------
+
+  private emit<K extends keyof PlayerEvents>(event: K, value: PlayerEvents[K]): void {
+    for (const handler of this.handlers.get(event) ?? []) {
+      try {
+        handler(value);
+      } catch (error) {
+        // A failing handler must not break the player; report it where a console is.
+        if (typeof console !== "undefined") console.error(error);
+      }
+    }
+  }
+
+  private listen(target: EventTarget, type: string, listener: EventListener): void {
+    target.addEventListener(type, listener);
+    this.listeners.push([target, type, listener]);
+  }
+}
+
+/** Attach PlayGate to a `<video>` element: `attach(video, { baseUrl, token, deviceName }).play(videoId)`. */
+export function attach(media: MediaLike, options: PlayerOptions): Player {
+  return new Player(media, options);
+}

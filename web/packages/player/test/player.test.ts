@@ -1,0 +1,365 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { attach, backoffMs, isHls, type Player } from "../src/index";
+import type { Conflict, MediaLike, PlayerOptions, SocketLike, StorageLike } from "../src/types";
+
+const BASE = "https://gate.test";
+const TOKEN = "token-1";
+
+/** A media element: play() fires play then playing, pause() fires pause, as a browser's does. */
+class FakeMedia extends EventTarget implements MediaLike {
+  src = "";
+  paused = true;
+  currentTime = 0;
+  loads = 0;
+  play(): Promise<void> {
+    this.paused = false;
+    this.dispatchEvent(new Event("play"));
+    this.dispatchEvent(new Event("playing"));
+    return Promise.resolve();
+  }
+  pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    this.dispatchEvent(new Event("pause"));
+  }
+  load(): void {
+    this.loads += 1;
+  }
+  removeAttribute(name: string): void {
+    if (name === "src") this.src = "";
+  }
+  canPlayType(type: string): string {
+    return type === "application/vnd.apple.mpegurl" && this.nativeHls ? "maybe" : "";
+  }
+  nativeHls = false;
+}
+
+type Route = (body: Record<string, unknown> | null, url: string) => [number, unknown];
+
+/** A fetch that answers from `routes` ("METHOD /path" without the query) and records every call. */
+function fakeServer(routes: Record<string, Route>) {
+  const calls: Array<{ method: string; path: string; body: Record<string, unknown> | null; headers: Headers }> = [];
+  const fetch = vi.fn(async (input: RequestInfo | URL, init?: RequestInit) => {
+    const url = new URL(String(input));
+    const method = init?.method ?? "GET";
+    const body = init?.body ? JSON.parse(String(init.body)) : null;
+    calls.push({ method, path: url.pathname, body, headers: new Headers(init?.headers) });
+    const route = routes[`${method} ${url.pathname}`];
+    const [status, json] = route ? route(body, url.toString()) : [404, { status: 404, detail: "no route" }];
+    return new Response(status === 204 ? null : JSON.stringify(json), {
+      status,
+      headers: { "content-type": status < 300 ? "application/json" : "application/problem+json" },
+    });
+  });
+  return { fetch: fetch as unknown as typeof globalThis.fetch, calls };
+}
+
+function allowedAnswer(streamId: string, videoId = "v1"): [number, unknown] {
+  return [
+    200,
+    {
+      requestId: `r-${streamId}`,
+      status: "allowed",
+      videoId,
+      deviceId: "dv1.issued",
+      streamId,
+      active: 1,
+      limit: 1,
+      playbackUrl: `/v1/streams/${streamId}/content?token=p`,
+    },
+  ];
+}
+
+const conflict: Conflict = {
+  streamId: "other",
+  videoId: "v9",
+  deviceId: "tv",
+  deviceName: "Living-room TV",
+  startedAt: "2026-12-01T00:00:00.000Z",
+  lastSeenAt: "2026-12-01T00:01:00.000Z",
+};
+
+function memoryStorage(): StorageLike & { items: Map<string, string> } {
+  const items = new Map<string, string>();
+  return { items, getItem: (k) => items.get(k) ?? null, setItem: (k, v) => void items.set(k, v) };
+}
+
+function heartbeats(calls: ReturnType<typeof fakeServer>["calls"]): number {
+  return calls.filter((c) => c.path.endsWith("/heartbeat")).length;
+}
+
+let player: Player | null = null;
+
+function make(media: FakeMedia, fetch: typeof globalThis.fetch, extra: Partial<PlayerOptions> = {}): Player {
+  player = attach(media, {
+    baseUrl: BASE,
+    token: TOKEN,
+    fetch,
+    storage: null,
+    window: new EventTarget(),
+    heartbeatMs: 10_000,
+    ...extra,
+  });
+  return player;
+}
+
+beforeEach(() => {
+  vi.useFakeTimers();
+});
+
+afterEach(() => {
+  player?.destroy();
+  player = null;
+  vi.useRealTimers();
+});
+
+describe("asking to play", () => {
+  it("sets the MP4 source, keeps the issued device id, and emits allowed", async () => {
+    const media = new FakeMedia();
+    const server = fakeServer({ "POST /v1/plays": () => allowedAnswer("s1") });
+    const storage = memoryStorage();
+    const p = make(media, server.fetch, { storage, deviceName: "Den TV" });
+    const allowed = vi.fn();
+    p.on("allowed", allowed);
+    await p.play("v1");
+    expect(media.src).toBe(`${BASE}/v1/streams/s1/content?token=p`);
+    expect(allowed).toHaveBeenCalledWith(expect.objectContaining({ streamId: "s1", videoId: "v1" }));
+    expect(storage.items.get("playgate.deviceId")).toBe("dv1.issued");
+    expect(server.calls[0].body).toEqual({ videoId: "v1", deviceName: "Den TV" });
+    expect(server.calls[0].headers.get("Authorization")).toBe(`Bearer ${TOKEN}`);
+    await p.play("v2");
+    expect(server.calls[1].body).toMatchObject({ videoId: "v2", deviceId: "dv1.issued" });
+  });
+
+  it("emits denied with the conflicts at the limit", async () => {
+    const media = new FakeMedia();
+    const server = fakeServer({
+      "POST /v1/plays": () => [
+        200,
+        { requestId: "r1", status: "denied", videoId: "v1", reason: "limit_reached", active: 1, limit: 1, conflicts: [conflict] },
+      ],
+    });
+    const p = make(media, server.fetch);
+    const denied = vi.fn();
+    p.on("denied", denied);
+    const result = await p.play("v1");
+    expect(result).toMatchObject({ reason: "limit_reached", conflicts: [conflict], limit: 1 });
+    expect(denied).toHaveBeenCalledOnce();
+    expect(media.src).toBe("");
+  });
+
+  it("polls GET /v1/plays/{id} over HTTP only while the decision is pending", async () => {
+    const media = new FakeMedia();
+    let looks = 0;
+    const server = fakeServer({
+      "POST /v1/plays": () => [202, { requestId: "r1", status: "pending", videoId: "v1", deviceId: "d" }],
+      "GET /v1/plays/r1": () => {
+        looks += 1;
+        return looks < 2 ? [200, { requestId: "r1", status: "pending", videoId: "v1" }] : allowedAnswer("s1");
+      },
+    });
+    const p = make(media, server.fetch);
+    const done = p.play("v1");
+    await vi.advanceTimersByTimeAsync(2_500);
+    await expect(done).resolves.toMatchObject({ streamId: "s1" });
+    expect(looks).toBe(2);
+  });
+
+  it("plays HLS through hls.js where it is supported, natively elsewhere", async () => {
+    const hlsUrl = (id: string) => `/v1/play/${id}/master.m3u8`;
+    const server = fakeServer({
+      "POST /v1/plays": (body) => {
+        const [status, json] = allowedAnswer(String(body!.videoId));
+        return [status, { ...(json as object), playbackUrl: hlsUrl(String(body!.videoId)) }];
+      },
+    });
+    const loaded: string[] = [];
+    class FakeHls {
+      static isSupported = () => true;
+      loadSource(url: string) {
+        loaded.push(url);
+      }
+      attachMedia() {}
+      destroy() {}
+    }
+    const withMse = new FakeMedia();
+    await make(withMse, server.fetch, { Hls: FakeHls }).play("a");
+    expect(loaded).toEqual([`${BASE}${hlsUrl("a")}`]);
+    expect(withMse.src).toBe("");
+    player!.destroy();
+    const safari = new FakeMedia();
+    safari.nativeHls = true;
+    await make(safari, server.fetch).play("b");
+    expect(safari.src).toBe(`${BASE}${hlsUrl("b")}`);
+    expect(isHls("/x/master.m3u8?token=1")).toBe(true);
+    expect(isHls("/x/clip.mp4")).toBe(false);
+  });
+});
+
+describe("heartbeats", () => {
+  it("are sent only while the media plays", async () => {
+    const media = new FakeMedia();
+    const server = fakeServer({
+      "POST /v1/plays": () => allowedAnswer("s1"),
+      "POST /v1/streams/s1/heartbeat": () => [200, { expiresAt: "later" }],
+    });
+    const p = make(media, server.fetch);
+    await p.play("v1");
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(heartbeats(server.calls)).toBe(0); // allowed but not playing yet: nothing holds the slot
+    await media.play();
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(heartbeats(server.calls)).toBe(3);
+    media.pause();
+    await vi.advanceTimersByTimeAsync(120_000);
+    expect(heartbeats(server.calls)).toBe(3); // paused: the lease runs out and the slot is freed
+  });
+
+  it("pause then resume asks again, and a denial on resume pauses the media", async () => {
+    const media = new FakeMedia();
+    let answer: () => [number, unknown] = () => allowedAnswer("s1");
+    const server = fakeServer({
+      "POST /v1/plays": () => answer(),
+      "POST /v1/streams/s1/heartbeat": () => [200, {}],
+      "POST /v1/streams/s2/heartbeat": () => [200, {}],
+    });
+    const p = make(media, server.fetch);
+    await p.play("v1");
+    await media.play();
+    media.pause();
+    media.currentTime = 42;
+    // The lease ran out meanwhile: the server admits a new stream of the same title.
+    answer = () => allowedAnswer("s2");
+    await media.play();
+    await vi.advanceTimersByTimeAsync(0);
+    const asks = server.calls.filter((c) => c.path === "/v1/plays");
+    expect(asks).toHaveLength(2);
+    expect(asks[1].body).toMatchObject({ videoId: "v1", deviceId: "dv1.issued" });
+    expect(p.streamId).toBe("s2");
+    expect(media.src).toContain("/v1/streams/s2/content");
+    expect(media.currentTime).toBe(42);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(server.calls.at(-1)!.path).toBe("/v1/streams/s2/heartbeat");
+
+    media.pause();
+    answer = () => [200, { requestId: "r9", status: "denied", videoId: "v1", reason: "limit_reached", conflicts: [conflict] }];
+    const denied = vi.fn();
+    p.on("denied", denied);
+    await media.play();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(denied).toHaveBeenCalledWith(expect.objectContaining({ conflicts: [conflict] }));
+    expect(media.paused).toBe(true);
+    expect(p.streamId).toBeNull();
+  });
+
+  it("a stream found gone at a heartbeat ends", async () => {
+    const media = new FakeMedia();
+    const server = fakeServer({
+      "POST /v1/plays": () => allowedAnswer("s1"),
+      "POST /v1/streams/s1/heartbeat": () => [404, { status: 404, detail: "not active" }],
+    });
+    const p = make(media, server.fetch);
+    const ended = vi.fn();
+    p.on("ended", ended);
+    await p.play("v1");
+    await media.play();
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "gone" });
+    expect(p.streamId).toBeNull();
+  });
+});
+
+describe("leaving the page", () => {
+  it("stops the stream with a beacon carrying the token in its body", async () => {
+    const media = new FakeMedia();
+    const win = new EventTarget();
+    const beacons: Array<[string, Blob | string]> = [];
+    const server = fakeServer({ "POST /v1/plays": () => allowedAnswer("s1") });
+    const p = make(media, server.fetch, { window: win, sendBeacon: (url, data) => beacons.push([url, data]) > 0 });
+    await p.play("v1");
+    win.dispatchEvent(new Event("pagehide"));
+    expect(beacons).toHaveLength(1);
+    const [url, data] = beacons[0];
+    expect(url).toBe(`${BASE}/v1/streams/s1/stop`);
+    expect(JSON.parse(await (data as Blob).text())).toEqual({ token: TOKEN });
+    expect(p.streamId).toBeNull();
+    win.dispatchEvent(new Event("pagehide"));
+    expect(beacons).toHaveLength(1);
+  });
+});
+
+describe("the live connection", () => {
+  /** A socket.io-client stand-in: the test fires its events; connect() is counted. */
+  function fakeIo() {
+    const handlers = new Map<string, (...args: any[]) => void>();
+    const socket = {
+      connected: false,
+      connects: 0,
+      acks: [] as unknown[],
+      on(event: string, handler: (...args: any[]) => void) {
+        handlers.set(event, handler);
+      },
+      timeout: () => ({
+        emitWithAck: async (_event: string, data: unknown) => {
+          socket.acks.push(data);
+          return { expiresAt: "later" };
+        },
+      }),
+      connect() {
+        socket.connects += 1;
+      },
+      disconnect() {},
+      fire(event: string, ...args: unknown[]) {
+        handlers.get(event)!(...args);
+      },
+    };
+    const io = vi.fn((_url: string | undefined, _options: Record<string, unknown>) => socket as unknown as SocketLike);
+    return { io, socket };
+  }
+
+  it("reconnects with doubling delays, jittered, reset once connected", async () => {
+    const { io, socket } = fakeIo();
+    make(new FakeMedia(), fakeServer({}).fetch, { io, reconnectMinMs: 100, reconnectMaxMs: 1_000, random: () => 1 });
+    expect(io.mock.calls[0][1]).toMatchObject({ reconnection: false });
+    const delays: number[] = [];
+    for (let attempt = 0; attempt < 6; attempt += 1) {
+      socket.fire("connect_error", new Error("refused"));
+      const before = socket.connects;
+      let waited = 0;
+      while (socket.connects === before && waited < 5_000) {
+        await vi.advanceTimersByTimeAsync(50);
+        waited += 50;
+      }
+      delays.push(waited);
+    }
+    expect(delays).toEqual([100, 200, 400, 800, 1_000, 1_000]);
+    socket.fire("connect");
+    socket.fire("disconnect", "transport close");
+    await vi.advanceTimersByTimeAsync(100);
+    expect(socket.connects).toBe(7);
+    expect(backoffMs(3, 100, 10_000, () => 0)).toBe(400);
+  });
+
+  it("heartbeats over the socket and hears its stream end, and others change", async () => {
+    const { io, socket } = fakeIo();
+    const media = new FakeMedia();
+    const server = fakeServer({ "POST /v1/plays": () => allowedAnswer("s1") });
+    const p = make(media, server.fetch, { io });
+    socket.connected = true;
+    socket.fire("connect");
+    const ended = vi.fn();
+    const changed = vi.fn();
+    p.on("ended", ended);
+    p.on("changed", changed);
+    await p.play("v1");
+    await media.play();
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(socket.acks).toEqual([{ streamId: "s1" }]);
+    expect(heartbeats(server.calls)).toBe(0);
+    socket.fire("stream_ended", { streamId: "elsewhere", videoId: "v3", reason: "expired" });
+    expect(changed).toHaveBeenCalledWith({ streamId: "elsewhere", reason: "expired" });
+    socket.fire("stream_ended", { streamId: "s1", videoId: "v1", reason: "limit_lowered" });
+    expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "limit_lowered" });
+    expect(media.src).toBe("");
+  });
+});
