@@ -479,6 +479,11 @@ class PlayGate:
         await self._catalog.delete_user(user_id)
         await self._end_all(user_id)
 
+    async def delete_video(self, video_id: str) -> None:
+        """Remove a video from the catalogue and end every stream of it (announced `video_deleted`)."""
+        await self._catalog.delete_video(video_id)
+        await self._announce(await self._ledger.stop_video(video_id), Reason.video_deleted)
+
     # ---- health ------------------------------------------------------------------------------------
 
     async def ready(self) -> Readiness:

@@ -10,6 +10,7 @@ from playwright.async_api import Locator, Page, expect
 
 from tests.browser.conftest import PHONE, Browsing
 from tests.browser.pages import (
+    assert_accessible,
     card,
     expect_lost,
     log_in,
@@ -42,6 +43,7 @@ async def test_a_stream_stopped_on_the_admin_page_leaves_the_viewer_with_its_rea
     row = user_row(admin, "user1")
     await expect(row).to_contain_text(f"video5 on {device_id}, since")
     await expect(row).to_contain_text("effective 3")
+    await assert_accessible(admin, "admin")
     await screenshot(admin, "admin")
     await row.get_by_role("button", name=f"Stop video5 of user1 on {device_id}", exact=True).click()
 
@@ -67,6 +69,7 @@ async def test_streams_appear_live_and_an_admin_changes_a_limit_and_disables_a_u
     await limit.fill("1")
     await limit.press("Enter")
     await expect(row).to_contain_text("effective 1")
+    await expect(row.get_by_role("status")).to_have_text("Saved: user2's limit is 1.")
     async with await admin_client(web_server.base_url) as api:
         assert (await api.get("/v1/users/2")).json()["limit"] == 1
     # Another device of user2 is denied (the same device would replace its own stream instead).
@@ -92,6 +95,14 @@ async def test_streams_appear_live_and_an_admin_changes_a_limit_and_disables_a_u
     await expect(row).to_contain_text("effective 3 (plan or default)")  # no plan: PLAYGATE_DEFAULT_LIMIT
     await limit.fill("4")
     await row.get_by_role("button", name="Save").click()
+    await expect(row).to_contain_text("effective 4")
+    # Letters (a number field lets "e" in) are refused, not read as "empty: the plan's".
+    await limit.fill("")
+    await limit.press_sequentially("e")
+    await limit.press("Enter")
+    await expect(row.get_by_role("alert")).to_have_text(
+        "Letters are not a limit: type a whole number, 0 or more (empty: the plan's)."
+    )
     await expect(row).to_contain_text("effective 4")
 
 
@@ -126,7 +137,13 @@ async def test_videos_are_added_and_edited_and_a_bad_field_is_named(
     await admin.get_by_label("Title", exact=True).fill("Broken")
     await admin.get_by_label("URL", exact=True).fill("has spaces in it")
     await admin.get_by_role("button", name="Add video").click()
-    await expect(admin.locator("#videos-error")).to_contain_text("url")
+    await expect(admin.locator("#videos-error")).to_have_text(
+        "url: Value error, a video URL has no spaces or control characters (write a space as %20)"
+    )
+    watch.expect_http_error(422)
+    await admin.get_by_label("URL", exact=True).fill("javascript:alert(1)")
+    await admin.get_by_role("button", name="Add video").click()
+    await expect(admin.locator("#videos-error")).to_contain_text("a video URL is http(s)://")
 
 
 async def test_a_viewer_account_cannot_use_the_admin_page_and_the_page_fits_a_phone(

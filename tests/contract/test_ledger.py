@@ -263,6 +263,18 @@ async def test_concurrent_next_episodes_never_exceed_the_limit(make_ledger: Ledg
     assert len({s.device_id for s in streams}) == len(streams)
 
 
+async def test_stop_video_ends_every_users_streams_of_that_video(make_ledger: LedgerFactory) -> None:
+    ledger = await make_ledger()
+    for user in ("u1", "u2"):
+        await one(ledger, play(f"{user}-a", user=user, video="gone", device="tv"))
+        await one(ledger, play(f"{user}-b", user=user, video="kept", device="phone"))
+    stopped = await ledger.stop_video("gone")
+    assert sorted((s.user_id, s.video_id) for s in stopped) == [("u1", "gone"), ("u2", "gone")]
+    for user in ("u1", "u2"):
+        assert [s.video_id for s in await ledger.streams(user)] == ["kept"]
+    assert await ledger.stop_video("gone") == []
+
+
 # ---- model-based: the ledger against the pure rule --------------------------------------------------------
 
 

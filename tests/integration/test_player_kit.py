@@ -139,3 +139,34 @@ async def test_issued_device_ids_are_required_when_the_platform_says_so(tmp_path
         assert (
             await client.post("/v1/plays", json={"videoId": "2", "deviceId": "tv"}, headers=user1)
         ).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("url", "status"),
+    [
+        ("javascript:alert(1)", 422),
+        ("data:video/mp4;base64,AAAA", 422),
+        ("//elsewhere.example/clip.mp4", 422),
+        ("https://cdn.example/clip.mp4", 201),
+        ("http://cdn.example/clip.mp4", 201),
+        ("/media/clip.mp4", 201),
+    ],
+)
+async def test_video_urls_are_http_or_a_path_on_this_server(app: httpx.AsyncClient, url: str, status: int) -> None:
+    admin = await log_in(app, "admin", ADMIN_PASSWORD)
+    answer = await app.post("/v1/videos", json={"title": "t", "url": url}, headers=admin)
+    assert answer.status_code == status, answer.text
+    if status == 422:
+        assert answer.json()["field"] == "url"
+
+
+async def test_deleting_a_video_ends_its_streams_for_every_user(app: httpx.AsyncClient) -> None:
+    admin = await log_in(app, "admin", ADMIN_PASSWORD)
+    video = (await app.post("/v1/videos", json={"title": "gone soon", "url": "/media/x.mp4"}, headers=admin)).json()
+    viewers = [await user_with_limit(app, 2) for _ in range(2)]
+    for auth in viewers:
+        await play(app, auth, video["id"], deviceId="tv")
+        await play(app, auth, "1", deviceId="phone")
+    assert (await app.delete(f"/v1/videos/{video['id']}", headers=admin)).status_code == 204
+    for auth in viewers:
+        assert [s["videoId"] for s in (await app.get("/v1/streams", headers=auth)).json()] == ["1"]

@@ -4,7 +4,7 @@
 // Live updates poll GET /v1/users and GET /users/{id}/streams instead of listening to the socket: a stream a
 // user stops themself is not announced on any socket, so only a poll sees every way a stream ends, and it costs
 // the server nothing while no admin page is open, in either deployment.
-import { ApiError, createApi, h, loadSession, since } from "./api.js";
+import { ApiError, createApi, h, loadSession } from "./api.js";
 import "./style.css";
 
 const SESSION_KEY = "playgate.admin";
@@ -24,9 +24,10 @@ const api = createApi(
   (error) => endSession(`Your admin session ended: ${error.message} Log in again.`, true),
 );
 
+/** One error, said once: the server's detail already names the field it is about. */
 function showError(id, err) {
   const el = $(id);
-  el.textContent = err ? (err.field ? `${err.field}: ${err.message}` : err.message) : "";
+  el.textContent = err ? err.message : "";
   el.hidden = !err;
 }
 
@@ -51,9 +52,12 @@ class UserRow {
     this.limitLabel = h("label", { for: inputId, class: "sr-only" });
     this.effective = h("span", { class: "hint" });
     this.rowError = h("p", { class: "error", role: "alert", hidden: true });
+    this.rowSaved = h("p", { class: "saved", role: "status" });
+    this.overLimit = h("p", { class: "error over-limit", hidden: true });
     this.limitForm = h(
       "form",
-      { class: "limit-form", onsubmit: (event) => this.saveLimit(event) },
+      // novalidate: the browser's own check would block letters silently; saveLimit says what is wrong.
+      { class: "limit-form", novalidate: true, onsubmit: (event) => this.saveLimit(event) },
       this.limitLabel,
       this.limit,
       h("button", { type: "submit" }, "Save"),
@@ -66,9 +70,9 @@ class UserRow {
       "tr",
       { "data-user-id": user.id },
       h("th", { scope: "row" }, this.name, h("br"), this.plan),
-      h("td", { "data-label": "Limit" }, this.limitForm, this.effective, this.rowError),
+      h("td", { "data-label": "Limit" }, this.limitForm, this.effective, this.rowError, this.rowSaved),
       h("td", { "data-label": "Account" }, this.account, " ", this.toggle),
-      h("td", { "data-label": "Active streams" }, this.streams),
+      h("td", { "data-label": "Active streams" }, this.overLimit, this.streams),
     );
   }
 
@@ -86,6 +90,12 @@ class UserRow {
     this.toggle.hidden = user.id === session.user.id; // an admin does not lock themself out
     this.toggle.setAttribute("aria-label", `${user.disabled ? "Enable" : "Disable"} ${user.name}`);
     this.updateStreams(streams);
+    // A lowered limit: the streams over it end at their next heartbeat; until then they are marked.
+    const over = streams.length > user.limit;
+    this.overLimit.hidden = !over;
+    this.overLimit.textContent = over
+      ? `Over limit: ${streams.length} of ${user.limit}; the streams over it end at their next heartbeat`
+      : "";
   }
 
   updateStreams(streams) {
@@ -109,7 +119,8 @@ class UserRow {
         this.streamItems.set(stream.id, item);
         this.streams.append(item.el);
       }
-      item.text.textContent = `${videoTitle(stream.videoId)} on ${stream.deviceName || stream.deviceId}, since ${since(stream.startedAt)}`;
+      // The start time only (no "N s ago"): text that changes every refresh would make the rows jump.
+      item.text.textContent = `${videoTitle(stream.videoId)} on ${stream.deviceName || stream.deviceId}, since ${new Date(stream.startedAt).toLocaleTimeString()}`;
     }
     for (const [id, item] of this.streamItems) {
       if (!seen.has(id)) {
@@ -128,6 +139,11 @@ class UserRow {
 
   async saveLimit(event) {
     event.preventDefault();
+    if (this.limit.validity.badInput) {
+      // A number field holding letters reads as empty: refuse it instead of resetting the limit to the plan's.
+      this.showRowError(new Error("Letters are not a limit: type a whole number, 0 or more (empty: the plan's)."));
+      return;
+    }
     const raw = this.limit.value.trim();
     const limit = raw === "" ? null : Number(raw);
     if (limit !== null && (!Number.isInteger(limit) || limit < 0)) {
@@ -135,7 +151,12 @@ class UserRow {
       return;
     }
     this.dirty = false;
-    if (!(await this.patch({ limit }))) this.dirty = true;
+    if (!(await this.patch({ limit }))) {
+      this.dirty = true;
+      return;
+    }
+    const name = this.user ? this.user.name : this.id;
+    this.rowSaved.textContent = limit === null ? `Saved: ${name} follows the plan's limit.` : `Saved: ${name}'s limit is ${limit}.`;
   }
 
   async toggleDisabled() {
@@ -168,6 +189,7 @@ class UserRow {
   showRowError(err) {
     this.rowError.textContent = err ? err.message : "";
     this.rowError.hidden = !err;
+    if (err) this.rowSaved.textContent = "";
   }
 }
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from playgate.domain import ID_PATTERN, MAX_ID_LEN, ApiKey, Decision, KeyScope, Plan, PlayRequest, Stream, User, Video
@@ -16,7 +17,22 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, patte
 StreamId = Annotated[str, StringConstraints(min_length=1, max_length=160, pattern=ID_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Url = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00-\x20\x7f]+$")]
+
+
+def _playable(url: str) -> str:
+    """A video URL a player may be sent to: http(s), or a path on this server (the media folder); never
+    `javascript:`, `data:` and the like."""
+    if re.search(r"[\x00-\x20\x7f]", url):
+        raise ValueError("a video URL has no spaces or control characters (write a space as %20)")
+    if url.startswith("/") and not url.startswith("//"):
+        return url
+    scheme, colon, rest = url.partition(":")
+    if colon and scheme.lower() in ("http", "https") and rest.startswith("//") and len(rest) > 2:
+        return url
+    raise ValueError("a video URL is http(s)://… or a path on this server such as /media/clip.mp4")
+
+
+VideoUrl = Annotated[str, StringConstraints(min_length=1, max_length=2000), AfterValidator(_playable)]
 Password = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Limit = Annotated[int, Field(ge=0, le=10_000)]
@@ -305,7 +321,7 @@ class VideoIn(Input):
     """A new video."""
 
     title: Text
-    url: Url
+    url: VideoUrl
     source: Source | None = None
 
 
@@ -313,7 +329,7 @@ class VideoPatch(Input):
     """Changes to a video."""
 
     title: Text | None = None
-    url: Url | None = None
+    url: VideoUrl | None = None
     source: Source | None = None
 
 

@@ -49,6 +49,10 @@ class Ledger(Protocol):
         """End the user's streams: these ids, or all of them (of one video, if given); the ones ended."""
         ...
 
+    async def stop_video(self, video_id: str) -> list[Stream]:
+        """End every user's streams of one video (it left the catalogue); the ones that were active."""
+        ...
+
     async def sweep(self) -> list[EndedStream]:
         """End every stream whose lease ran out, forget old decisions and keys; what was ended."""
         ...

@@ -43,6 +43,8 @@ SWEEP_CHUNK = 500
 # held long (about a millisecond).
 ADMIT_CHUNK = 64
 SWEEP_MAX_CHUNKS = 20
+# Most active streams (of all users) looked through when a video is deleted: a bound, not an expected size.
+STOP_VIDEO_MAX_STREAMS = 1_000_000
 
 
 def new_stream_id(user_id: str) -> str:
@@ -223,6 +225,21 @@ class RedisLedger:
         rows = orjson.loads(raw) or []
         stopped = [_stream_from(row[0], user_id, row[1:]) for row in rows]
         return by_age(stopped)
+
+    async def stop_video(self, video_id: str) -> list[Stream]:
+        """End every user's streams of the video: the users are found through the lease index (every stream id
+        names its user), SWEEP_CHUNK ids a read; each user's streams of the video end in one stop.lua call."""
+        owners: set[str] = set()
+        async with translate_redis_errors():
+            for start in range(0, STOP_VIDEO_MAX_STREAMS, SWEEP_CHUNK):
+                ids = await self._redis.zrange(LEASES_KEY, start, start + SWEEP_CHUNK - 1)
+                owners.update(owner for sid in ids if (owner := stream_owner(str(sid))) is not None)
+                if len(ids) < SWEEP_CHUNK:
+                    break
+        stopped: list[Stream] = []
+        for owner in sorted(owners):
+            stopped += await self.stop(None, owner, video_id)
+        return stopped
 
     async def sweep(self) -> list[EndedStream]:
         """End every stream whose lease ran out; several sweepers at once end (and report) each one once.

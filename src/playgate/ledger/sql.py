@@ -68,6 +68,10 @@ STOP = (
     "AND (?3 IS NULL OR video_id = ?3) "
     "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name"
 )
+STOP_VIDEO = (
+    "DELETE FROM streams WHERE video_id = ? "
+    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name"
+)
 SWEEP_STREAMS = (
     "DELETE FROM streams WHERE expires_at <= ? "
     "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name"
@@ -315,6 +319,16 @@ class SqlLedger:
             now = self._clock()
             rows = conn.execute(STOP, (user_id, ids, video_id)).fetchall()
         return by_age(s for s in map(_stream, rows) if s.live(now))
+
+    async def stop_video(self, video_id: str) -> list[Stream]:
+        """Delete every stream of the video; return those that were still active."""
+        return await self._run(self._stop_video, video_id)
+
+    def _stop_video(self, conn: sqlite3.Connection, video_id: str) -> list[Stream]:
+        with self._write(conn):
+            now = self._clock()
+            rows = conn.execute(STOP_VIDEO, (video_id,)).fetchall()
+        return sorted((s for s in map(_stream, rows) if s.live(now)), key=lambda s: (s.started_at, s.id))
 
     async def sweep(self) -> list[EndedStream]:
         """Delete expired streams (returned, to be announced), and decisions and keys past decision_ttl_s."""

@@ -120,9 +120,9 @@ async def update_video(
 @router.delete(
     "/videos/{videoId}", status_code=204, response_class=Response, summary="Delete a video", responses=ERRORS
 )
-async def delete_video(video_id: VideoId, catalog: CatalogDep, _admin: Admin) -> Response:
-    """204."""
-    await catalog.delete_video(video_id)
+async def delete_video(video_id: VideoId, gate: GateDep, _admin: Admin) -> Response:
+    """204; its streams end (announced to their users as `stream_ended`, reason `video_deleted`)."""
+    await gate.delete_video(video_id)
     return Response(status_code=204)
 
 
