@@ -340,6 +340,28 @@ describe("the live connection", () => {
     expect(backoffMs(3, 100, 10_000, () => 0)).toBe(400);
   });
 
+  it("the next title on this device ends the previous stream as replaced without an ended event", async () => {
+    const { io, socket } = fakeIo();
+    const media = new FakeMedia();
+    let next = "s1";
+    const server = fakeServer({
+      "POST /v1/plays": (body) => {
+        // The server announces the replaced stream before the HTTP answer comes back.
+        if (next === "s2") socket.fire("stream_ended", { streamId: "s1", videoId: "v1", reason: "replaced" });
+        return allowedAnswer(next, String(body!.videoId));
+      },
+    });
+    const p = make(media, server.fetch, { io });
+    const ended = vi.fn();
+    p.on("ended", ended);
+    await p.play("v1");
+    next = "s2";
+    await p.play("v2");
+    expect(ended).not.toHaveBeenCalled();
+    expect(p.streamId).toBe("s2");
+    expect(media.src).toContain("/v1/streams/s2/content");
+  });
+
   it("heartbeats over the socket and hears its stream end, and others change", async () => {
     const { io, socket } = fakeIo();
     const media = new FakeMedia();
