@@ -13,7 +13,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from playgate.api.schemas import Id, Limit, Name, Text, Url
+from playgate.api.schemas import Id, Limit, Name, Text, VideoUrl
 from playgate.catalog import bulk
 from playgate.catalog.bulk import Kind, Refusal, UpsertResult
 from playgate.catalog.service import Catalog
@@ -46,7 +46,7 @@ class VideoRowIn(_Row):
     """A video by the platform's id (a new one needs title and url)."""
 
     title: Text | None = None
-    url: Url | None = None
+    url: VideoUrl | None = None
 
 
 class PlanRowIn(_Row):

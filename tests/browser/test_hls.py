@@ -10,7 +10,7 @@ import pytest
 from playwright.async_api import Page, Response, expect
 
 from tests.browser.conftest import WEB_DIST, Browsing
-from tests.browser.pages import card, expect_stopped, log_in_viewer, play
+from tests.browser.pages import card, expect_lost, log_in_viewer, play
 from tests.support.clients import api_client, token_for
 from tests.support.servers import ServerProcess, start_playgate
 
@@ -60,8 +60,11 @@ async def test_hls_js_plays_segments_and_a_paused_player_frees_its_slot(
     assert all(status == 200 for status, _ in segments)
 
     await video.evaluate("v => v.pause()")
-    # Paused: hls.js stops fetching once its buffer is full, no heartbeat is sent, and the lease runs out.
-    await expect_stopped(page, "video1", "its lease ran out (no heartbeat)")
+    # Paused: hls.js stops fetching once its buffer is full, no heartbeat is sent, and the lease runs out; the
+    # picture stays, and Play asks again.
+    await expect(card(page, "video1").locator(".state")).to_have_text(
+        "Paused: your slot is free again; Play asks for it", timeout=30_000
+    )
     fetched = len(segments)
     async with api_client(web_server.base_url, await token_for(web_server.base_url, "user2", "user2")) as api:
         assert (await api.get("/v1/streams")).json() == []
@@ -73,10 +76,12 @@ async def test_an_evicted_streams_player_is_refused_and_shows_why(
     browsing: Browsing, web_server: ServerProcess
 ) -> None:
     page, _ = await browsing.page("user3 evicted")
+    playlists: list[str] = []
+    page.on("request", lambda request: playlists.append(request.url) if "master.m3u8" in request.url else None)
     await log_in_viewer(page, "user3", "user3")
     await play(page, "video2")
-    playback = await card(page, "video2").locator("video").evaluate("v => v.hls && v.hls.url")
-    assert playback is not None
+    assert playlists, "the player kit fetched the master playlist through hls.js"
+    playback = playlists[0]
     assert "/v1/play/" in playback
     # user3's limit is 3: three more streams elsewhere evict this, the oldest.
     async with api_client(web_server.base_url, await token_for(web_server.base_url, "user3", "user3")) as api:
@@ -84,8 +89,7 @@ async def test_an_evicted_streams_player_is_refused_and_shows_why(
             body = {"videoId": str(n), "deviceId": f"tv{n}"}
             decision = await api.post("/v1/plays", params={"wait": 10}, json=body)
             assert decision.json()["status"] == "allowed"
-    await expect_stopped(page, "video2", "a newer stream took its slot")
-    await expect(page.get_by_role("status").filter(has_text="video2 stopped")).to_be_visible()
+    await expect_lost(page, "video2", "a newer stream took its slot (the oldest stream ends at the limit)")
     # The player's playlist URL is refused from now on, with the reason in problem+json.
     refused = await page.evaluate(
         "async url => { const r = await fetch(url); return [r.status, r.headers.get('content-type'), await r.json()] }",
