@@ -32,16 +32,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
-def base_url(server: ServerProcess) -> str:
+def server_url(server: ServerProcess) -> str:
     return server.base_url
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def admin(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+async def server_admin(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client logged in as admin on the shared server."""
-    client = await admin_client(base_url)
+    client = await admin_client(server.base_url)
     yield client
     await client.aclose()
+
+
+def _inprocess(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("inprocess") is not None
+
+
+@pytest.fixture
+def base_url(request: pytest.FixtureRequest) -> str:
+    """Where the test's PlayGate answers: the app in this process for a test marked `inprocess`, else the shared
+    `playgate serve` process."""
+    url: str = request.getfixturevalue("app_url" if _inprocess(request) else "server_url")
+    return url
+
+
+@pytest.fixture
+def admin(request: pytest.FixtureRequest) -> httpx.AsyncClient:
+    """An HTTP client logged in as admin on the test's PlayGate (see base_url)."""
+    client: httpx.AsyncClient = request.getfixturevalue("app_admin" if _inprocess(request) else "server_admin")
+    return client
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

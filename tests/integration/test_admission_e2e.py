@@ -9,32 +9,31 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.clients import admin_client, api_client, connect_socket, new_user, token_for
+from tests.support.clients import OpenSocket, admin_client, api_client, connect_socket, new_user, token_for
 from tests.support.servers import ServerProcess, start_playgate
 
 
-async def test_fifty_concurrent_requests_give_exactly_the_limit(base_url: str, admin: httpx.AsyncClient) -> None:
+async def test_fifty_concurrent_requests_give_exactly_the_limit(
+    base_url: str, admin: httpx.AsyncClient, open_socket: OpenSocket
+) -> None:
     user = await new_user(base_url, admin, limit=3)
-    sock = await connect_socket(base_url, token=user.token)
-    try:
-        async with api_client(base_url, user.token) as client:
-            responses = await asyncio.gather(
-                *(client.post("/v1/plays", json={"videoId": str(1 + n % 6)}) for n in range(50))
-            )
-        assert {r.status_code for r in responses} == {202}
-        sent = {r.json()["requestId"] for r in responses}
-        messages = [await sock.next_message(timeout_s=10) for _ in range(50)]
-        assert {m["requestId"] for m in messages} == sent, "every request gets exactly one decision"
-        allowed = [m for m in messages if m["status"] == "allowed"]
-        assert len(allowed) == 3
-        assert all(m["reason"] == "limit_reached" for m in messages if m["status"] == "denied")
-        assert max(m["active"] for m in messages) == 3
-        async with api_client(base_url, user.token) as client:
-            assert len((await client.get("/v1/streams")).json()) == 3
-        await asyncio.sleep(0.3)
-        assert sock.messages.empty()
-    finally:
-        await sock.close()
+    sock = await open_socket(base_url, token=user.token)
+    async with api_client(base_url, user.token) as client:
+        responses = await asyncio.gather(
+            *(client.post("/v1/plays", json={"videoId": str(1 + n % 6)}) for n in range(50))
+        )
+    assert {r.status_code for r in responses} == {202}
+    sent = {r.json()["requestId"] for r in responses}
+    messages = [await sock.next_message(timeout_s=10) for _ in range(50)]
+    assert {m["requestId"] for m in messages} == sent, "every request gets exactly one decision"
+    allowed = [m for m in messages if m["status"] == "allowed"]
+    assert len(allowed) == 3
+    assert all(m["reason"] == "limit_reached" for m in messages if m["status"] == "denied")
+    assert max(m["active"] for m in messages) == 3
+    async with api_client(base_url, user.token) as client:
+        assert len((await client.get("/v1/streams")).json()) == 3
+    await asyncio.sleep(0.3)
+    assert sock.messages.empty()
 
 
 @pytest.fixture

@@ -15,6 +15,9 @@ from tests.support.servers import ADMIN_PASSWORD, ServerProcess, start_playgate
 
 PROBLEM = "application/problem+json"
 
+# base_url and admin in this process (tests/conftest.py); schemathesis below fuzzes a real server of its own.
+pytestmark = pytest.mark.inprocess
+
 
 async def test_huge_bodies_are_refused(base_url: str, admin: httpx.AsyncClient) -> None:
     user = await new_user(base_url, admin)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner, Result
 
+from playgate.cli import main
 from tests.support.clients import api_client, connect_socket
 from tests.support.servers import playgate_env, start_playgate
 
@@ -49,18 +51,22 @@ def test_db_upgrade_demo_and_token(tmp_path: Path) -> None:
 
 
 def test_db_reset_asks_for_yes_then_empties_the_database(tmp_path: Path) -> None:
-    assert playgate(tmp_path, "demo").returncode == 0
-    refused = playgate(tmp_path, "db", "reset")
-    assert refused.returncode != 0
-    assert "--yes" in refused.stderr
-    assert playgate(tmp_path, "token", "user1", PLAYGATE_DEMO="false").returncode == 0  # nothing was deleted
-    done = playgate(tmp_path, "db", "reset", "--yes")
-    assert done.returncode == 0, done.stderr
-    assert "is empty and up to date" in done.stdout
-    gone = playgate(tmp_path, "token", "user1", PLAYGATE_DEMO="false")
-    assert gone.returncode != 0
-    assert "user1" in gone.stderr
-    assert playgate(tmp_path, "demo").stdout.strip() == "demo catalogue loaded"  # usable again at once
+    # In this process (click's runner): the command's own logic; the commands above prove the process wiring.
+    def run(*args: str, **env: str) -> Result:
+        return CliRunner().invoke(main, list(args), env=playgate_env(tmp_path, **env))
+
+    assert run("demo").exit_code == 0
+    refused = run("db", "reset")
+    assert refused.exit_code != 0
+    assert "--yes" in refused.output
+    assert run("token", "user1", PLAYGATE_DEMO="false").exit_code == 0  # nothing was deleted
+    done = run("db", "reset", "--yes")
+    assert done.exit_code == 0, done.output
+    assert "is empty and up to date" in done.output
+    gone = run("token", "user1", PLAYGATE_DEMO="false")
+    assert gone.exit_code != 0
+    assert "user1" in gone.output
+    assert run("demo").output.strip().endswith("demo catalogue loaded")  # usable again at once
 
 
 async def test_a_printed_token_works_against_the_server(tmp_path: Path) -> None:

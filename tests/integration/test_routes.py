@@ -12,17 +12,8 @@ from tests.support.clients import TestUser, api_client, new_user
 
 PROBLEM = "application/problem+json"
 
-
-@pytest.fixture(scope="session")
-def base_url(app_url: str) -> str:
-    """The app in this process (tests/conftest.py)."""
-    return app_url
-
-
-@pytest.fixture(scope="session")
-def admin(app_admin: httpx.AsyncClient) -> httpx.AsyncClient:
-    """The admin's client of the app in this process."""
-    return app_admin
+# base_url and admin in this process (tests/conftest.py).
+pytestmark = pytest.mark.inprocess
 
 
 def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, object]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import httpx
 
-from tests.support.clients import api_client, connect_socket, new_user
+from tests.support.clients import OpenSocket, api_client, new_user
 
 
-async def test_three_allowed_fourth_denied_then_stop_and_play(base_url: str, admin: httpx.AsyncClient) -> None:
+async def test_three_allowed_fourth_denied_then_stop_and_play(
+    base_url: str, admin: httpx.AsyncClient, open_socket: OpenSocket
+) -> None:
     user = await new_user(base_url, admin, limit=3)
-    sock = await connect_socket(base_url, token=user.token)
+    sock = await open_socket(base_url, token=user.token)
     async with api_client(base_url, user.token) as client:
         streams = []
         for video in ("1", "2", "3"):
@@ -27,4 +29,3 @@ async def test_three_allowed_fourth_denied_then_stop_and_play(base_url: str, adm
         assert (await client.get("/videos/1/stop", params={"user": user.id})).status_code == 204
         await client.get("/videos/4/request", params={"user": user.id})
         assert (await sock.next_message())["status"] == "allowed"
-    await sock.close()

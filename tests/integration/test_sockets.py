@@ -27,32 +27,30 @@ async def test_token_in_the_query_is_accepted(base_url: str, admin: httpx.AsyncC
     await sio.disconnect()
 
 
-async def test_decisions_reach_only_the_users_sockets(base_url: str, admin: httpx.AsyncClient) -> None:
+async def test_decisions_reach_only_the_users_sockets(
+    base_url: str, admin: httpx.AsyncClient, open_socket: OpenSocket
+) -> None:
     alice = await new_user(base_url, admin, limit=1)
     bob = await new_user(base_url, admin, limit=1)
-    alice_phone = await connect_socket(base_url, token=alice.token)
-    alice_tv = await connect_socket(base_url, token=alice.token)
-    bob_phone = await connect_socket(base_url, token=bob.token)
-    try:
-        async with api_client(base_url, alice.token) as client:
-            request_id = (await client.post("/v1/plays", json={"videoId": "1", "deviceId": "tv"})).json()["requestId"]
-        for sock in (alice_phone, alice_tv):
-            message = await sock.next_message()
-            assert message["requestId"] == request_id
-            assert message["status"] == "allowed"
-            assert message["data"] == {"videoId": "1", "userId": alice.id}
-            assert (message["active"], message["limit"]) == (1, 1)
-            assert message["streamId"]
-        async with api_client(base_url, bob.token) as client:
-            bob_request = (await client.post("/v1/plays", json={"videoId": "2"})).json()["requestId"]
-        assert (await bob_phone.next_message())["requestId"] == bob_request
-        await asyncio.sleep(0.3)
-        assert alice_phone.messages.empty(), "alice must not see bob's decision"
-        assert alice_tv.messages.empty()
-        assert bob_phone.messages.empty(), "bob got exactly one message"
-    finally:
-        for sock in (alice_phone, alice_tv, bob_phone):
-            await sock.close()
+    alice_phone = await open_socket(base_url, token=alice.token)
+    alice_tv = await open_socket(base_url, token=alice.token)
+    bob_phone = await open_socket(base_url, token=bob.token)
+    async with api_client(base_url, alice.token) as client:
+        request_id = (await client.post("/v1/plays", json={"videoId": "1", "deviceId": "tv"})).json()["requestId"]
+    for sock in (alice_phone, alice_tv):
+        message = await sock.next_message()
+        assert message["requestId"] == request_id
+        assert message["status"] == "allowed"
+        assert message["data"] == {"videoId": "1", "userId": alice.id}
+        assert (message["active"], message["limit"]) == (1, 1)
+        assert message["streamId"]
+    async with api_client(base_url, bob.token) as client:
+        bob_request = (await client.post("/v1/plays", json={"videoId": "2"})).json()["requestId"]
+    assert (await bob_phone.next_message())["requestId"] == bob_request
+    await asyncio.sleep(0.3)
+    assert alice_phone.messages.empty(), "alice must not see bob's decision"
+    assert alice_tv.messages.empty()
+    assert bob_phone.messages.empty(), "bob got exactly one message"
 
 
 async def test_heartbeat_event_renews_the_lease(

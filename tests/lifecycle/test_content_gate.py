@@ -10,72 +10,70 @@ import httpx
 from playgate.security import PlaybackTokens
 from tests.lifecycle.conftest import Deployment
 from tests.lifecycle.helpers import active_ids, clip_url, ended_events, fetch, keep_watching, play, token_of
-from tests.support.clients import api_client, connect_socket, new_user
+from tests.support.clients import OpenSocket, api_client, new_user
 from tests.support.servers import JWT_SECRET
 
 
 async def test_pause_a_watch_b_resume_a_by_media_requests_alone(
-    deny: Deployment, deny_admin: httpx.AsyncClient
+    deny: Deployment,
+    deny_admin: httpx.AsyncClient,
+    open_socket: OpenSocket,
 ) -> None:
     base = deny.base_url
     user = await new_user(base, deny_admin, limit=1)
-    sock = await connect_socket(deny.socket_url, token=user.token)
-    try:
-        async with api_client(base, user.token) as client:
-            a = await play(client, "1", "laptop")
-            assert a["status"] == "allowed"
-            assert a["playbackUrl"] == f"/v1/play/{token_of(a)}/master.m3u8"
-            message = await sock.next_message()
-            assert message["playbackUrl"].startswith("/v1/play/")
-            assert token_of(message) != "", "the socket message carries a playback URL of its own"
+    sock = await open_socket(deny.socket_url, token=user.token)
+    async with api_client(base, user.token) as client:
+        a = await play(client, "1", "laptop")
+        assert a["status"] == "allowed"
+        assert a["playbackUrl"] == f"/v1/play/{token_of(a)}/master.m3u8"
+        message = await sock.next_message()
+        assert message["playbackUrl"].startswith("/v1/play/")
+        assert token_of(message) != "", "the socket message carries a playback URL of its own"
 
-            # Watching A: media requests alone keep it alive past its lease.
-            await keep_watching(base, clip_url(a), deny.stream_ttl_s * 1.5)
-            assert a["streamId"] in await active_ids(client)
-            b = await play(client, "2", "laptop")
-            assert (b["status"], b["reason"]) == ("denied", "limit_reached")
+        # Watching A: media requests alone keep it alive past its lease.
+        await keep_watching(base, clip_url(a), deny.stream_ttl_s * 1.5)
+        assert a["streamId"] in await active_ids(client)
+        b = await play(client, "2", "laptop")
+        assert (b["status"], b["reason"]) == ("denied", "limit_reached")
 
-            # Pause A (no more media requests): its lease runs out, the sweeper frees and announces it.
-            [ended] = await ended_events(sock, 1, deny.stream_ttl_s + 3.0)
-            assert ended == {"streamId": a["streamId"], "videoId": "1", "reason": "expired"}
-            assert (await fetch(base, clip_url(a))).status_code == 403
+        # Pause A (no more media requests): its lease runs out, the sweeper frees and announces it.
+        [ended] = await ended_events(sock, 1, deny.stream_ttl_s + 3.0)
+        assert ended == {"streamId": a["streamId"], "videoId": "1", "reason": "expired"}
+        assert (await fetch(base, clip_url(a))).status_code == 403
 
-            # Watch B.
-            b = await play(client, "2", "laptop")
-            assert b["status"] == "allowed", b
-            await keep_watching(base, clip_url(b), 1.0)
+        # Watch B.
+        b = await play(client, "2", "laptop")
+        assert b["status"] == "allowed", b
+        await keep_watching(base, clip_url(b), 1.0)
 
-            # Pause B; resume A as soon as the limit allows, without any stop call.
-            [ended] = await ended_events(sock, 1, deny.stream_ttl_s + 3.0)
-            assert ended["streamId"] == b["streamId"]
-            again = await play(client, "1", "laptop")
-            assert again["status"] == "allowed"
-            response = await fetch(base, clip_url(again))
-            assert response.status_code == 206
-    finally:
-        await sock.close()
+        # Pause B; resume A as soon as the limit allows, without any stop call.
+        [ended] = await ended_events(sock, 1, deny.stream_ttl_s + 3.0)
+        assert ended["streamId"] == b["streamId"]
+        again = await play(client, "1", "laptop")
+        assert again["status"] == "allowed"
+        response = await fetch(base, clip_url(again))
+        assert response.status_code == 206
 
 
 async def test_a_stream_whose_media_requests_stop_is_freed_within_ttl_and_grace(
-    deny: Deployment, deny_admin: httpx.AsyncClient
+    deny: Deployment,
+    deny_admin: httpx.AsyncClient,
+    open_socket: OpenSocket,
 ) -> None:
     base = deny.base_url
     user = await new_user(base, deny_admin, limit=2)
-    sock = await connect_socket(deny.socket_url, token=user.token)
-    try:
-        async with api_client(base, user.token) as client:
-            decision = await play(client, "3", "tv")
-            assert (await fetch(base, clip_url(decision))).status_code == 206
-            last_request = time.monotonic()
-            grace_s = deny.sweep_interval_s + 1.0  # the sweep period, plus slack for a loaded machine
-            [ended] = await ended_events(sock, 1, deny.stream_ttl_s + grace_s + 2.0)
-            elapsed_s = time.monotonic() - last_request
-            assert ended == {"streamId": decision["streamId"], "videoId": "3", "reason": "expired"}
-            # A media request may leave a lease renewed up to a tenth of it earlier: freed no later than TTL + grace.
-            assert deny.stream_ttl_s * 0.5 <= elapsed_s <= deny.stream_ttl_s + grace_s, elapsed_s
-            assert await active_ids(client) == set()
-    finally:
-        await sock.close()
+    sock = await open_socket(deny.socket_url, token=user.token)
+    async with api_client(base, user.token) as client:
+        decision = await play(client, "3", "tv")
+        assert (await fetch(base, clip_url(decision))).status_code == 206
+        last_request = time.monotonic()
+        grace_s = deny.sweep_interval_s + 1.0  # the sweep period, plus slack for a loaded machine
+        [ended] = await ended_events(sock, 1, deny.stream_ttl_s + grace_s + 2.0)
+        elapsed_s = time.monotonic() - last_request
+        assert ended == {"streamId": decision["streamId"], "videoId": "3", "reason": "expired"}
+        # A media request may leave a lease renewed up to a tenth of it earlier: freed no later than TTL + grace.
+        assert deny.stream_ttl_s * 0.5 <= elapsed_s <= deny.stream_ttl_s + grace_s, elapsed_s
+        assert await active_ids(client) == set()
 
 
 async def test_tokens_that_do_not_open_the_stream(deny: Deployment, deny_admin: httpx.AsyncClient) -> None:

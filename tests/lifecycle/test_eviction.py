@@ -8,80 +8,77 @@ import httpx
 
 from tests.lifecycle.conftest import Deployment
 from tests.lifecycle.helpers import active_ids, clip_url, ended_events, fetch, play
-from tests.support.clients import api_client, connect_socket, new_user
+from tests.support.clients import OpenSocket, api_client, new_user
 
 
-async def test_evict_oldest_under_concurrent_requests(evict: Deployment, evict_admin: httpx.AsyncClient) -> None:
+async def test_evict_oldest_under_concurrent_requests(
+    evict: Deployment, evict_admin: httpx.AsyncClient, open_socket: OpenSocket
+) -> None:
     base = evict.base_url
     user = await new_user(base, evict_admin, limit=2)
-    sock = await connect_socket(evict.socket_url, token=user.token)
-    try:
-        async with api_client(base, user.token) as client:
-            decisions = await asyncio.gather(*(play(client, str(1 + n % 6), f"device-{n}") for n in range(8)))
-            assert all(d["status"] == "allowed" for d in decisions), decisions
-            assert all(d["active"] <= 2 for d in decisions)
-            started = {d["streamId"] for d in decisions}
-            assert len(started) == 8
-            survivors = await active_ids(client)
-            assert len(survivors) == 2
-            events = await ended_events(sock, 6, 5.0)
-            assert {e["reason"] for e in events} == {"evicted"}
-            assert {e["streamId"] for e in events} == started - survivors
-            for decision in decisions:
-                expected = 206 if decision["streamId"] in survivors else 403
-                assert (await fetch(base, clip_url(decision))).status_code == expected
-            await asyncio.sleep(0.3)
-            assert sock.ended.empty(), "each eviction is announced once"
-    finally:
-        await sock.close()
+    sock = await open_socket(evict.socket_url, token=user.token)
+    async with api_client(base, user.token) as client:
+        decisions = await asyncio.gather(*(play(client, str(1 + n % 6), f"device-{n}") for n in range(8)))
+        assert all(d["status"] == "allowed" for d in decisions), decisions
+        assert all(d["active"] <= 2 for d in decisions)
+        started = {d["streamId"] for d in decisions}
+        assert len(started) == 8
+        survivors = await active_ids(client)
+        assert len(survivors) == 2
+        events = await ended_events(sock, 6, 5.0)
+        assert {e["reason"] for e in events} == {"evicted"}
+        assert {e["streamId"] for e in events} == started - survivors
+        for decision in decisions:
+            expected = 206 if decision["streamId"] in survivors else 403
+            assert (await fetch(base, clip_url(decision))).status_code == expected
+        await asyncio.sleep(0.3)
+        assert sock.ended.empty(), "each eviction is announced once"
 
 
-async def test_evict_oldest_ends_the_oldest(evict: Deployment, evict_admin: httpx.AsyncClient) -> None:
+async def test_evict_oldest_ends_the_oldest(
+    evict: Deployment, evict_admin: httpx.AsyncClient, open_socket: OpenSocket
+) -> None:
     base = evict.base_url
     user = await new_user(base, evict_admin, limit=2)
-    sock = await connect_socket(evict.socket_url, token=user.token)
-    try:
-        async with api_client(base, user.token) as client:
-            first = await play(client, "1", "tv")
-            second = await play(client, "2", "phone")
-            third = await play(client, "3", "laptop")
-            assert third["status"] == "allowed"
-            assert await active_ids(client) == {second["streamId"], third["streamId"]}
-            [ended] = await ended_events(sock, 1, 5.0)
-            assert ended == {"streamId": first["streamId"], "videoId": "1", "reason": "evicted"}
-            assert (await fetch(base, clip_url(first))).status_code == 403
-    finally:
-        await sock.close()
+    sock = await open_socket(evict.socket_url, token=user.token)
+    async with api_client(base, user.token) as client:
+        first = await play(client, "1", "tv")
+        second = await play(client, "2", "phone")
+        third = await play(client, "3", "laptop")
+        assert third["status"] == "allowed"
+        assert await active_ids(client) == {second["streamId"], third["streamId"]}
+        [ended] = await ended_events(sock, 1, 5.0)
+        assert ended == {"streamId": first["streamId"], "videoId": "1", "reason": "evicted"}
+        assert (await fetch(base, clip_url(first))).status_code == 403
 
 
 async def test_replace_stream_id_swaps_atomically_under_concurrency(
-    deny: Deployment, deny_admin: httpx.AsyncClient
+    deny: Deployment,
+    deny_admin: httpx.AsyncClient,
+    open_socket: OpenSocket,
 ) -> None:
     base = deny.base_url
     user = await new_user(base, deny_admin, limit=2)
-    sock = await connect_socket(deny.socket_url, token=user.token)
-    try:
-        async with api_client(base, user.token) as client:
-            kept = await play(client, "1", "tv")
-            target = await play(client, "2", "phone")
-            # Four devices race to take the same slot: exactly one gets it.
-            contenders = await asyncio.gather(
-                *(play(client, str(3 + n), f"tablet-{n}", replace=target["streamId"]) for n in range(4))
-            )
-            winners = [d for d in contenders if d["status"] == "allowed"]
-            losers = [d for d in contenders if d["status"] == "denied"]
-            assert len(winners) == 1, contenders
-            assert {d["reason"] for d in losers} == {"limit_reached"}
-            assert all(d["active"] <= 2 for d in contenders)
-            assert await active_ids(client) == {kept["streamId"], winners[0]["streamId"]}
-            [ended] = await ended_events(sock, 1, 5.0)
-            assert ended == {"streamId": target["streamId"], "videoId": "2", "reason": "replaced"}
-            assert (await fetch(base, clip_url(target))).status_code == 403
-            assert (await fetch(base, clip_url(winners[0]))).status_code == 206
-            await asyncio.sleep(0.3)
-            assert sock.ended.empty(), "the replaced stream is announced once"
-    finally:
-        await sock.close()
+    sock = await open_socket(deny.socket_url, token=user.token)
+    async with api_client(base, user.token) as client:
+        kept = await play(client, "1", "tv")
+        target = await play(client, "2", "phone")
+        # Four devices race to take the same slot: exactly one gets it.
+        contenders = await asyncio.gather(
+            *(play(client, str(3 + n), f"tablet-{n}", replace=target["streamId"]) for n in range(4))
+        )
+        winners = [d for d in contenders if d["status"] == "allowed"]
+        losers = [d for d in contenders if d["status"] == "denied"]
+        assert len(winners) == 1, contenders
+        assert {d["reason"] for d in losers} == {"limit_reached"}
+        assert all(d["active"] <= 2 for d in contenders)
+        assert await active_ids(client) == {kept["streamId"], winners[0]["streamId"]}
+        [ended] = await ended_events(sock, 1, 5.0)
+        assert ended == {"streamId": target["streamId"], "videoId": "2", "reason": "replaced"}
+        assert (await fetch(base, clip_url(target))).status_code == 403
+        assert (await fetch(base, clip_url(winners[0]))).status_code == 206
+        await asyncio.sleep(0.3)
+        assert sock.ended.empty(), "the replaced stream is announced once"
 
 
 async def test_replacing_a_stream_that_is_not_yours_replaces_nothing(

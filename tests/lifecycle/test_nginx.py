@@ -19,7 +19,7 @@ from playgate.media import EdgeSigner
 from playgate.security import PlaybackTokens
 from tests.lifecycle.conftest import Deployment, start_deployment
 from tests.lifecycle.helpers import active_ids, ended_events, play, token_of
-from tests.support.clients import admin_client, api_client, connect_socket, new_user
+from tests.support.clients import OpenSocket, admin_client, api_client, new_user
 from tests.support.servers import JWT_SECRET, free_port
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "nginx"
@@ -115,43 +115,43 @@ async def test_nginx_serves_an_active_streams_media_and_renews_its_lease(
 
 
 async def test_nginx_refuses_forged_other_users_evicted_and_expired_tokens(
-    nginx: str, evict: Deployment, evict_admin: httpx.AsyncClient
+    nginx: str,
+    evict: Deployment,
+    evict_admin: httpx.AsyncClient,
+    open_socket: OpenSocket,
 ) -> None:
     alice = await new_user(evict.base_url, evict_admin, limit=1)
     bob = await new_user(evict.base_url, evict_admin, limit=1)
-    sock = await connect_socket(evict.socket_url, token=alice.token)
-    try:
-        async with (
-            api_client(evict.base_url, alice.token) as a_client,
-            api_client(evict.base_url, bob.token) as b_client,
-            httpx.AsyncClient(base_url=nginx) as media,
-        ):
-            first = await play(a_client, "2", "tv")
-            bobs = await play(b_client, "2", "tv")
-            token = token_of(first)
-            assert (await media.get(media_url(first))).status_code == 200
-            assert (await media.get(media_url(first, token=""))).status_code == 401
-            forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-            assert (await media.get(media_url(first, token=forged))).status_code == 401
-            other_users = token_of(bobs)
-            assert (await media.get(media_url(first, token=other_users))).status_code == 403
-            wrong_file = f"/media/{first['streamId']}/3.mp4?token={token}"
-            assert (await media.get(wrong_file)).status_code == 403
+    sock = await open_socket(evict.socket_url, token=alice.token)
+    async with (
+        api_client(evict.base_url, alice.token) as a_client,
+        api_client(evict.base_url, bob.token) as b_client,
+        httpx.AsyncClient(base_url=nginx) as media,
+    ):
+        first = await play(a_client, "2", "tv")
+        bobs = await play(b_client, "2", "tv")
+        token = token_of(first)
+        assert (await media.get(media_url(first))).status_code == 200
+        assert (await media.get(media_url(first, token=""))).status_code == 401
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        assert (await media.get(media_url(first, token=forged))).status_code == 401
+        other_users = token_of(bobs)
+        assert (await media.get(media_url(first, token=other_users))).status_code == 403
+        wrong_file = f"/media/{first['streamId']}/3.mp4?token={token}"
+        assert (await media.get(wrong_file)).status_code == 403
 
-            # Evicted (limit 1, evict_oldest): the old URL stops working at once.
-            second = await play(a_client, "3", "phone")
-            assert second["status"] == "allowed"
-            assert (await media.get(media_url(first))).status_code == 403
-            [evicted] = await ended_events(sock, 1, 5.0)
-            assert (evicted["streamId"], evicted["reason"]) == (first["streamId"], "evicted")
+        # Evicted (limit 1, evict_oldest): the old URL stops working at once.
+        second = await play(a_client, "3", "phone")
+        assert second["status"] == "allowed"
+        assert (await media.get(media_url(first))).status_code == 403
+        [evicted] = await ended_events(sock, 1, 5.0)
+        assert (evicted["streamId"], evicted["reason"]) == (first["streamId"], "evicted")
 
-            # Expired: no media requests for a lease, then the URL is refused.
-            assert (await media.get(media_url(second))).status_code == 200
-            [expired] = await ended_events(sock, 1, evict.stream_ttl_s + 3.0)
-            assert (expired["streamId"], expired["reason"]) == (second["streamId"], "expired")
-            assert (await media.get(media_url(second))).status_code == 403
-    finally:
-        await sock.close()
+        # Expired: no media requests for a lease, then the URL is refused.
+        assert (await media.get(media_url(second))).status_code == 200
+        [expired] = await ended_events(sock, 1, evict.stream_ttl_s + 3.0)
+        assert (expired["streamId"], expired["reason"]) == (second["streamId"], "expired")
+        assert (await media.get(media_url(second))).status_code == 403
 
 
 async def authorize_count(base_url: str) -> int:

@@ -8,7 +8,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.clients import api_client, connect_socket, new_user
+from tests.support.clients import OpenSocket, api_client, new_user
 
 COUNTED_WITHIN_S = 5.0
 
@@ -26,10 +26,10 @@ def _value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **
 
 
 async def test_metrics_cover_http_decisions_queue_streams_sockets_and_errors(
-    base_url: str, admin: httpx.AsyncClient
+    base_url: str, admin: httpx.AsyncClient, open_socket: OpenSocket
 ) -> None:
     user = await new_user(base_url, admin, limit=1)
-    sock = await connect_socket(base_url, token=user.token)
+    await open_socket(base_url, token=user.token)  # connected while the samples are taken
     async with api_client(base_url, user.token) as client:
         first = await client.post("/v1/plays", json={"videoId": "1"}, params={"wait": "5"})
         assert first.json()["status"] == "allowed"
@@ -42,7 +42,6 @@ async def test_metrics_cover_http_decisions_queue_streams_sockets_and_errors(
         while _value(samples, "playgate_decision_latency_seconds_count") < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
             samples = _samples((await client.get("/metrics")).text)
-    await sock.close()
 
     assert _value(samples, "playgate_http_requests_total", route="/v1/plays", status="200") >= 2
     assert _value(samples, "playgate_http_request_duration_seconds_count", route="/v1/plays") >= 2

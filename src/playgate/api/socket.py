@@ -7,36 +7,23 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
 import socketio
 
 from playgate.api.errors import error_fields
 from playgate.api.legacy_socketio import LegacyAwareServer
 from playgate.api.schemas import iso
-from playgate.bus.protocol import user_room
+from playgate.bus.protocol import SocketJson, user_room
 from playgate.errors import Invalid, PlayGateError
 from playgate.service import PlayGate
 
 log = logging.getLogger("playgate.socket")
 
 
-class _Json:
-    """orjson behind the json-module interface python-socketio expects (dumps must return str)."""
-
-    @staticmethod
-    def dumps(obj: Any, **_kwargs: Any) -> str:
-        return orjson.dumps(obj).decode()
-
-    @staticmethod
-    def loads(data: str | bytes, **_kwargs: Any) -> Any:
-        return orjson.loads(data)
-
-
 def create_server(cors_origins: str | list[str] | None = None, client_manager: Any = None) -> LegacyAwareServer:
     """An ASGI Socket.IO server (that Socket.IO v2 sessions can join: api/legacy_socketio.py); same-origin
     browsers only unless origins (or "*") are given."""
     return LegacyAwareServer(
-        async_mode="asgi", json=_Json, cors_allowed_origins=cors_origins, client_manager=client_manager
+        async_mode="asgi", json=SocketJson, cors_allowed_origins=cors_origins, client_manager=client_manager
     )
 
 

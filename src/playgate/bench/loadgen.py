@@ -25,6 +25,7 @@ import uvloop
 from playgate.bench.rawhttp import HttpClient
 from playgate.bench.stats import CpuWindow, LoopLag
 from playgate.bench.target import raise_fd_limit
+from playgate.bus.protocol import SocketJson
 
 CONNECT_CONCURRENCY = 64
 CONNECT_TIMEOUT_S = 20.0
@@ -66,18 +67,6 @@ class Schedule:
     start_at: float
     measure_from: float
     measure_until: float
-
-
-class _Json:
-    """orjson behind the json-module interface python-socketio expects."""
-
-    @staticmethod
-    def dumps(obj: Any, **_kwargs: Any) -> str:
-        return orjson.dumps(obj).decode()
-
-    @staticmethod
-    def loads(data: str | bytes, **_kwargs: Any) -> Any:
-        return orjson.loads(data)
 
 
 Arrival = tuple[dict[str, Any], float]
@@ -189,7 +178,7 @@ class LoadProcess:
 
         async def one(user_id: str, token: str, url: str, viewer: bool) -> Listener:
             listener = Listener(user_id, keeps_early=viewer)
-            sio = socketio.AsyncClient(reconnection=False, json=_Json)
+            sio = socketio.AsyncClient(reconnection=False, json=SocketJson)
             sio.on("message", listener.on_message)
             async with gate:
                 try:

@@ -8,7 +8,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+<<<<<<< HEAD
 from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason, Stream
+=======
+import orjson
+
+from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason
+>>>>>>> seams
 from playgate.metrics import Metrics
 
 
@@ -137,6 +143,21 @@ class Fanout(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+class SocketJson:
+    """orjson behind the json-module interface python-socketio expects (dumps returns str), for the server, its
+    managers and the bench's clients alike."""
+
+    @staticmethod
+    def dumps(obj: Any, **_kwargs: Any) -> str:
+        """JSON text of `obj`."""
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(data: str | bytes, **_kwargs: Any) -> Any:
+        """The value of JSON text."""
+        return orjson.loads(data)
 
 
 def user_room(user_id: str) -> str:
