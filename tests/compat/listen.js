@@ -2,6 +2,7 @@
 // usage: node listen.js <v2|v4> <url> <transports, comma-separated> [origin]
 // Lines: {"event":"connect","transport":...}, {"event":"message","data":...}, {"event":"stream_ended",...},
 // {"event":"error"|"connect_error"|"disconnect","data":...}, {"event":"upgrade","transport":...}.
+// Each line on its stdin, {"emit": name, "data": ...}, is emitted with an ack, printed as {"event":"ack","data":...}.
 // It exits when its stdin closes, or after 60 s at the latest.
 "use strict";
 
@@ -30,7 +31,10 @@ const stop = () => {
   socket.close();
   process.exit(0);
 };
-process.stdin.on("end", stop);
-process.stdin.on("close", stop);
-process.stdin.resume();
+const lines = require("readline").createInterface({ input: process.stdin });
+lines.on("line", (line) => {
+  const { emit, data } = JSON.parse(line);
+  socket.emit(emit, data, (ack) => print("ack", ack));
+});
+lines.on("close", stop);
 setTimeout(stop, 60000);

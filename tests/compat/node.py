@@ -81,6 +81,14 @@ class NodeSocket:
                         found.append(event)
         return found
 
+    async def call(self, event: str, data: Any) -> Any:
+        """Emit `event` with `data` and an ack callback; the ack (other events in between are skipped)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"emit": event, "data": data}).encode() + b"\n")
+        await self.proc.stdin.drain()
+        [ack] = await self.messages(1, "ack")
+        return ack
+
     async def close(self) -> None:
         """Close its stdin (it disconnects and exits), then reap it."""
         if self.proc.returncode is None:

@@ -82,3 +82,13 @@ async def test_another_origin_is_refused(open_server: ServerProcess) -> None:
     assert "access-control-allow-origin" not in api.headers
     assert socket.status_code == 400
     assert "access-control-allow-origin" not in socket.headers
+
+
+async def test_problem_answers_carry_the_cors_headers_too(open_server: ServerProcess) -> None:
+    async with httpx.AsyncClient(base_url=open_server.base_url, headers={"Origin": UI_ORIGIN}) as client:
+        unknown_video = await client.get("/videos/999/request/", params={"user": "1"})
+        unknown_user = await client.get("/users/", params={"name": "nobody"})
+    for response in (unknown_video, unknown_user):
+        assert response.status_code == 404
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.headers["access-control-allow-origin"] == UI_ORIGIN

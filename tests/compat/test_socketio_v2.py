@@ -52,6 +52,12 @@ async def test_v2_and_v4_clients_each_get_their_own_users_decisions(
         # After the upgrade (if any), decisions come over the websocket.
         second = await play(base_url, alice.id, "3", alice.token)
         assert summary(await alice_v2.messages(1)) == [(second, alice.id, "allowed")]
+        # A v2 player renews its stream's lease as a v4 one does: the `heartbeat` event, answered in its ack.
+        ack = await alice_v2.call("heartbeat", {"streamId": alice_message["streamId"]})
+        assert ack["streamId"] == alice_message["streamId"]
+        assert ack["expiresAt"]
+        assert (await alice_v2.call("heartbeat", {"streamId": "nope"}))["status"] == 404
+        assert (await alice_v2.call("heartbeat", "not an object"))["status"] == 422
         assert await alice_v2.quiet() == [], "alice's v2 socket gets nothing of bob's"
         assert await bob_v4.quiet() == [], "bob's v4 socket gets nothing of alice's"
     finally:
@@ -96,6 +102,8 @@ async def test_auth_disabled_a_v2_client_naming_no_user_gets_every_users_decisio
         assert await only_second.messages(1, "stream_ended") == [ended]
         for sock in (everyone, only_second, first_v4):
             assert await sock.quiet() == []
+        refused = await everyone.call("heartbeat", {"streamId": expected[0][0]})
+        assert (refused["status"], refused["field"]) == (422, "user"), "a socket of no user renews nothing"
     finally:
         for sock in (everyone, only_second, first_v4):
             await sock.close()

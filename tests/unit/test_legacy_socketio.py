@@ -71,7 +71,7 @@ async def test_a_client_that_stops_pinging_is_closed_after_ping_interval_plus_ti
     now[0] += 44.0
     adapter._check_alive(session)
     assert not session.closed, "44 s of silence is within 25 + 20"
-    adapter._received(session, "2")  # a ping: answered, and the clock starts again
+    await adapter._received(session, "2")  # a ping: answered, and the clock starts again
     assert session.take() == ["3"]
     now[0] += 44.0
     adapter._check_alive(session)

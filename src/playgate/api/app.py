@@ -18,7 +18,7 @@ from playgate.api import errors
 from playgate.api.legacy_socketio import LegacySocketIO
 from playgate.api.middleware import HttpEdge
 from playgate.api.routes import admin, auth, content, health, seed, v1
-from playgate.api.socket import create_server, register
+from playgate.api.socket import V2_EVENTS, create_server, register
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
 from playgate.metrics import Metrics
@@ -94,7 +94,7 @@ def create_app(
     register(sio, gate)
     app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
     # Socket.IO v2 clients (`?EIO=3`, e.g. the original service's UI) on the same path.
-    app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings))
+    app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings), events=V2_EVENTS)
     return HttpEdge(
         app,
         max_bytes=settings.max_body_bytes,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -42,7 +42,10 @@ MAX_QUEUED_PACKETS = 1000
 # Engine.IO 3 packet types (the first character of a packet).
 OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP = "0", "1", "2", "3", "4", "5", "6"
 # Socket.IO 2 packet types (the first character of an Engine.IO message).
-SIO_CONNECT, SIO_DISCONNECT, SIO_ERROR = "0", "1", "4"
+SIO_CONNECT, SIO_DISCONNECT, SIO_EVENT, SIO_ACK, SIO_ERROR = "0", "1", "2", "3", "4"
+
+# An event a v2 socket may emit: (the service, the socket's user or None, the event's argument) → its ack.
+EventHandler = Callable[[PlayGate, str | None, Any], Awaitable[Any]]
 
 
 class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-socketio is untyped
@@ -165,9 +168,11 @@ class LegacySocketIO:
         *,
         path: str,
         origins: str | list[str] | None,
+        events: Mapping[str, EventHandler] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
+        self.events = dict(events or {})
         self.sio = sio
         self.gate = gate
         self.path = "/" + path.strip("/")
@@ -245,7 +250,7 @@ class LegacySocketIO:
             self.sio.manager.basic_disconnect(session.sid, NAMESPACE)
             self.gate().socket_closed()
 
-    def _received(self, session: LegacySession, packet: str) -> None:
+    async def _received(self, session: LegacySession, packet: str) -> None:
         """Handle one Engine.IO packet from the client."""
         session.last_seen_at = self.clock()
         kind, data = packet[:1], packet[1:]
@@ -254,14 +259,17 @@ class LegacySocketIO:
         elif kind == CLOSE:
             self._close(session)
         elif kind == MESSAGE:
-            self._received_socketio(session, data)
+            await self._received_socketio(session, data)
         elif kind not in (UPGRADE, NOOP):
             log.debug("Socket.IO v2 session %s: unknown packet %r", session.eio_sid, packet[:20])
 
-    def _received_socketio(self, session: LegacySession, data: str) -> None:
-        """A Socket.IO 2 packet: a disconnect closes; a connect to "/" is confirmed, to any other refused."""
+    async def _received_socketio(self, session: LegacySession, data: str) -> None:
+        """A Socket.IO 2 packet: an event to its handler; a disconnect closes; a connect to "/" is confirmed, to
+        any other refused."""
         kind, rest = data[:1], data[1:]
-        if kind == SIO_DISCONNECT:
+        if kind == SIO_EVENT:
+            await self._event(session, rest)
+        elif kind == SIO_DISCONNECT:
             self._close(session)
         elif kind == SIO_CONNECT and rest.strip(",") in ("", NAMESPACE):
             session.push(MESSAGE + SIO_CONNECT)
@@ -269,8 +277,23 @@ class LegacySocketIO:
             namespace = rest.split(",", 1)[0].split("?", 1)[0]
             session.push(MESSAGE + SIO_ERROR + namespace + "," + orjson.dumps("Invalid namespace").decode())
         else:
-            # Players only listen; PlayGate takes no events from v2 sockets.
             log.debug("Socket.IO v2 session %s: packet %r ignored", session.eio_sid, data[:20])
+
+    async def _event(self, session: LegacySession, rest: str) -> None:
+        """An event on "/" (`[ack id]["name", argument]`): its handler's answer goes back as the ack, if asked."""
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        ack_id = rest[:digits]
+        try:
+            args = orjson.loads(rest[digits:])
+        except orjson.JSONDecodeError:
+            args = None
+        handler = self.events.get(args[0]) if isinstance(args, list) and args and isinstance(args[0], str) else None
+        if handler is None:
+            log.debug("Socket.IO v2 session %s: event %r ignored", session.eio_sid, rest[:40])
+            return
+        answer = await handler(self.gate(), session.user_id, args[1] if len(args) > 1 else None)
+        if ack_id:
+            session.push(MESSAGE + SIO_ACK + ack_id + orjson.dumps([answer]).decode())
 
     # ---- origins -----------------------------------------------------------------------------------------
 
@@ -350,7 +373,7 @@ class LegacySocketIO:
             await self._answer(scope, send, 400, b'{"code":3,"message":"Bad request"}', json=True)
             return
         for packet in packets:
-            self._received(session, packet)
+            await self._received(session, packet)
         await self._answer(scope, send, 200, b"ok", content_type=b"text/html")
 
     async def _preflight(self, scope: Scope, send: Send) -> None:
@@ -406,7 +429,7 @@ class LegacySocketIO:
                     client_left = True
                     break
                 if message.get("text"):
-                    self._received(session, message["text"])
+                    await self._received(session, message["text"])
         finally:
             self._close(session)
             if client_left:

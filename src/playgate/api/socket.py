@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -63,14 +63,25 @@ def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> None:
 
     @sio.on("heartbeat")  # type: ignore[untyped-decorator]
     async def heartbeat(sid: str, data: Any = None) -> dict[str, Any]:
-        """Renew a stream's lease: `{"streamId"}` → ack `{"streamId", "expiresAt"}`, or the problem fields
-        `{"type", "title", "status", "detail"}` (and `field`) as HTTP answers them."""
-        stream_id = data.get("streamId") if isinstance(data, dict) else None
-        try:
-            if not isinstance(stream_id, str) or not stream_id:
-                raise Invalid('Send {"streamId": "..."}.', field="streamId")
-            session = await sio.get_session(sid)
-            stream = await gate().renew(stream_id, session["user_id"])
-        except PlayGateError as exc:
-            return error_fields(exc)
-        return {"streamId": stream.id, "expiresAt": iso(stream.expires_at)}
+        session = await sio.get_session(sid)
+        return await heartbeat_ack(gate(), session["user_id"], data)
+
+
+async def heartbeat_ack(gate: PlayGate, user_id: str | None, data: Any) -> dict[str, Any]:
+    """The `heartbeat` event of a v4 or v2 socket: renew a stream's lease, `{"streamId"}` → ack
+    `{"streamId", "expiresAt"}`, or the problem fields `{"type", "title", "status", "detail"}` (and `field`) as
+    HTTP answers them."""
+    stream_id = data.get("streamId") if isinstance(data, dict) else None
+    try:
+        if user_id is None:
+            raise Invalid("This socket named no user (?user=): it has no streams.", field="user")
+        if not isinstance(stream_id, str) or not stream_id:
+            raise Invalid('Send {"streamId": "..."}.', field="streamId")
+        stream = await gate.renew(stream_id, user_id)
+    except PlayGateError as exc:
+        return error_fields(exc)
+    return {"streamId": stream.id, "expiresAt": iso(stream.expires_at)}
+
+
+# What a Socket.IO v2 socket may emit (api/legacy_socketio.py): event name → its ack, from the socket's user.
+V2_EVENTS: dict[str, Callable[[PlayGate, str | None, Any], Awaitable[Any]]] = {"heartbeat": heartbeat_ack}
