@@ -33,7 +33,8 @@ async def test_pause_a_watch_b_resume_a_by_media_requests_alone(
         # Watching A: media requests alone keep it alive past its lease.
         await keep_watching(base, clip_url(a), deny.stream_ttl_s * 1.5)
         assert a["streamId"] in await active_ids(client)
-        b = await play(client, "2", "laptop")
+        # B on another device (the same device would replace its own stream: one stream per device).
+        b = await play(client, "2", "phone")
         assert (b["status"], b["reason"]) == ("denied", "limit_reached")
 
         # Pause A (no more media requests): its lease runs out, the sweeper frees and announces it.
@@ -42,7 +43,7 @@ async def test_pause_a_watch_b_resume_a_by_media_requests_alone(
         assert (await fetch(base, clip_url(a))).status_code == 403
 
         # Watch B.
-        b = await play(client, "2", "laptop")
+        b = await play(client, "2", "phone")
         assert b["status"] == "allowed", b
         await keep_watching(base, clip_url(b), 1.0)
 
