@@ -8,13 +8,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-<<<<<<< HEAD
-from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason, Stream
-=======
 import orjson
 
-from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason
->>>>>>> seams
+from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason, Stream
 from playgate.metrics import Metrics
 
 
