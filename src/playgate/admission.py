@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from playgate.domain import Decision, EndedStream, PlayRequest, Policy, Quota, Reason, Status, Stream
+from playgate.domain import (
+    Decision,
+    EndedStream,
+    PlayRequest,
+    Policy,
+    Quota,
+    Reason,
+    Rules,
+    Status,
+    Stream,
+    reason_text,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,8 +28,9 @@ class Verdict:
     ended: tuple[EndedStream, ...] = ()
     started: Stream | None = None
     renewed: Stream | None = None
-    # When denied at the limit: the streams that hold it, oldest first (a player offers to stop one of them).
+    # When denied by a cap: the streams that hold it, oldest first (a player offers to stop one of them).
     conflicts: tuple[Stream, ...] = ()
+    devices: Mapping[str, float] | None = None  # the user's devices after it, when they changed
 
 
 def decide(
@@ -30,10 +42,12 @@ def decide(
     lease_s: float,
     new_stream_id: str,
     prior: Decision | None = None,
-    policy: Policy = Policy.deny,
+    devices: Mapping[str, float] | None = None,
 ) -> Verdict:
-    """Decide `request` against the user's `streams` (expired ones included; they are dropped).
+    """Decide `request` against the user's `streams` (expired ones included; they are dropped) under the
+    quota's rules, and beside them under its shadow rules (the decision names the shadow's would-be denial).
 
+    `devices` maps the user's registered devices to when each last started a stream (for `maxDevices`).
     A request already decided (`prior`) gets the same decision again and changes nothing.
     """
     live = tuple(s for s in streams if s.live(now))
@@ -49,12 +63,25 @@ def decide(
     if same is not None:
         renewed = replace(same, expires_at=now + lease_s)
         after = tuple(renewed if s.id == same.id else s for s in live)
-        return Verdict(_allowed(request, renewed, len(after), quota.limit, now), after, ended, renewed=renewed)
+        return Verdict(_allowed(request, renewed, len(after), quota.limit, now, None), after, ended, renewed=renewed)
 
-    kept, freed = _make_room(request, live, quota.limit, policy)
-    if len(kept) >= quota.limit:
-        refusal = denied(request, Reason.limit_reached, len(live), quota.limit, now)
-        return Verdict(refusal, live, ended, conflicts=tuple(by_age(live)))
+    known = devices or {}
+    shadow = None
+    if quota.shadow is not None:
+        shadow_limit = quota.shadow.max_streams if quota.shadow.max_streams is not None else quota.limit
+        shadow = admit(request, live, quota.shadow, shadow_limit, known, now).denial
+    room = admit(request, live, quota.rules, quota.limit, known, now)
+    if room.denial is not None:
+        refusal = denied(
+            request,
+            room.denial.reason,
+            len(live),
+            quota.limit,
+            now,
+            tag=room.denial.tag,
+            shadow=shadow.text if shadow is not None else None,
+        )
+        return Verdict(refusal, live, ended, conflicts=room.conflicts)
     started = Stream(
         id=new_stream_id,
         user_id=request.user_id,
@@ -63,32 +90,121 @@ def decide(
         started_at=now,
         expires_at=now + lease_s,
         device_name=request.device_name,
+        kinds=request.kinds,
+        away=request.away,
     )
-    after = (*kept, started)
-    decision = _allowed(request, started, len(after), quota.limit, now)
-    return Verdict(decision, after, ended + freed, started=started)
+    after = (*room.kept, started)
+    decision = _allowed(request, started, len(after), quota.limit, now, shadow)
+    return Verdict(decision, after, ended + room.freed, started=started, devices=_seen(request, known, quota, now))
 
 
-def _make_room(
-    request: PlayRequest, live: tuple[Stream, ...], limit: int, policy: Policy
-) -> tuple[tuple[Stream, ...], tuple[EndedStream, ...]]:
-    """The streams kept and those ended to make room: the device's own stream (one stream per device), the one
-    named to replace, or the oldest on evict."""
+def device_window_s(quota: Quota) -> float | None:
+    """How long the ledger keeps the user's devices: the longest window of the rules (enforced or shadow) that
+    cap devices; None when none does (then no device is registered)."""
+    windows = [r.device_window_s for r in (quota.rules, quota.shadow) if r is not None and r.max_devices is not None]
+    return max(windows) if windows else None
+
+
+def _seen(request: PlayRequest, known: Mapping[str, float], quota: Quota, now: float) -> dict[str, float] | None:
+    """The user's devices once this request's device started a stream (those past the window dropped), or None
+    when no rule caps devices (then none are kept)."""
+    window_s = device_window_s(quota)
+    if window_s is None:
+        return None
+    kept = {d: seen_at for d, seen_at in known.items() if seen_at > now - window_s and d != request.device_id}
+    kept[request.device_id] = now
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A rule that denies: its reason, and the kind tag for `kind_limit`."""
+
+    reason: Reason
+    tag: str | None = None
+
+    @property
+    def text(self) -> str:
+        """As the wire shows it: `kind_limit:uhd`, `title_limit`, ..."""
+        return reason_text(self.reason, self.tag)
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """Whether a new stream fits: the streams kept and those ended to make room, or the rule that denies."""
+
+    kept: tuple[Stream, ...]
+    freed: tuple[EndedStream, ...] = ()
+    denial: Check | None = None
+    conflicts: tuple[Stream, ...] = ()  # when denied: the live streams the denying cap counts, oldest first
+
+
+def admit(
+    request: PlayRequest,
+    live: tuple[Stream, ...],
+    rules: Rules,
+    limit: int,
+    devices: Mapping[str, float],
+    now: float,
+) -> Room:
+    """Whether one more stream fits under `rules` (total `limit`), and what is ended to make room.
+
+    The device's own stream (one stream per device) and the stream named to replace go first. Then a new device
+    past `max_devices` is denied (eviction frees no device). Then the caps that count streams, in order (total,
+    each kind tag of the video, the title, away from the household): under `deny` the first full one denies (its
+    conflicts: the live streams it counts); under an eviction policy it ends the oldest stream it counts (the
+    asking device's oldest first under `evict_oldest_on_same_device_first`), until all fit. A cap of 0 denies
+    whatever the policy. Nothing is ended when the request is denied.
+    """
     kept, freed = _replace_device_stream(request, live)
     if request.replace_stream_id is not None:
         target = next((s for s in kept if s.id == request.replace_stream_id), None)
         if target is not None:
             kept = tuple(s for s in kept if s.id != target.id)
             freed += (EndedStream(target, Reason.replaced),)
-    if policy is Policy.evict_oldest and limit > 0 and len(kept) >= limit:
-        surplus = by_age(kept)[: len(kept) - limit + 1]
-        gone = {s.id for s in surplus}
-        kept = tuple(s for s in kept if s.id not in gone)
-        freed += tuple(EndedStream(s, Reason.evicted) for s in surplus)
+    if rules.max_devices is not None and _new_device_over_cap(request.device_id, devices, rules, now):
+        return Room(live, denial=Check(Reason.device_limit))
+    policy = rules.on_limit or Policy.deny
+    for _ in range(len(kept) + 1):
+        full = _first_full(request, kept, rules, limit)
+        if full is None:
+            return Room(kept, freed)
+        check, cap, counts = full
+        if policy is Policy.deny or cap <= 0:
+            return Room(live, denial=check, conflicts=tuple(by_age(s for s in live if counts(s))))
+        victim = _oldest(tuple(s for s in kept if counts(s)), request.device_id, policy)
+        kept = tuple(s for s in kept if s.id != victim.id)
+        freed += (EndedStream(victim, Reason.evicted),)
+    raise AssertionError("every eviction ends a stream, so the caps fit before the streams run out")
+
+
+def _new_device_over_cap(device_id: str, devices: Mapping[str, float], rules: Rules, now: float) -> bool:
+    """True when `device_id` is not among the devices seen within the window and those fill `max_devices`."""
+    since = now - rules.device_window_s
+    recent = {d for d, seen_at in devices.items() if seen_at > since}
+    return device_id not in recent and len(recent) >= (rules.max_devices or 0)
+
+
+def _first_full(
+    request: PlayRequest, kept: tuple[Stream, ...], rules: Rules, limit: int
+) -> tuple[Check, int, Callable[[Stream], bool]] | None:
+    """The first cap the new stream would break: its check, the cap, and which streams it counts."""
     if len(kept) >= limit:
-        # Nothing is ended when the request is denied anyway.
-        return live, ()
-    return kept, freed
+        return Check(Reason.limit_reached), limit, _every
+    for tag, cap in rules.kind_limits:
+        if tag in request.kinds and sum(tag in s.kinds for s in kept) >= cap:
+            return Check(Reason.kind_limit, tag), cap, lambda s, tag=tag: tag in s.kinds
+    title = rules.max_per_title
+    if title is not None and sum(s.video_id == request.video_id for s in kept) >= title:
+        return Check(Reason.title_limit), title, lambda s: s.video_id == request.video_id
+    away = rules.max_away_streams
+    if request.away and away is not None and sum(s.away for s in kept) >= away:
+        return Check(Reason.household_limit), away, lambda s: s.away
+    return None
+
+
+def _every(_: Stream) -> bool:
+    return True
 
 
 def by_age(streams: Iterable[Stream]) -> list[Stream]:
@@ -98,12 +214,12 @@ def by_age(streams: Iterable[Stream]) -> list[Stream]:
 
 def over_limit(streams: Sequence[Stream], limit: int, policy: Policy) -> set[str]:
     """The ids of the streams beyond a (lowered) `limit`: the newest under `deny` (first come keeps its slot),
-    the oldest under `evict_oldest` (as a new request would have evicted them)."""
+    the oldest under an eviction policy (as a new request would have evicted them)."""
     ordered = by_age(streams)
     surplus = len(ordered) - max(limit, 0)
     if surplus <= 0:
         return set()
-    ended = ordered[:surplus] if policy is Policy.evict_oldest else ordered[len(ordered) - surplus :]
+    ended = ordered[:surplus] if policy is not Policy.deny else ordered[len(ordered) - surplus :]
     return {s.id for s in ended}
 
 
@@ -119,7 +235,17 @@ def _replace_device_stream(
     )
 
 
-def _allowed(request: PlayRequest, stream: Stream, active: int, limit: int, now: float) -> Decision:
+def _oldest(scope: tuple[Stream, ...], device_id: str, policy: Policy) -> Stream:
+    """The stream to evict from `scope`: the oldest, or the asking device's oldest first if the policy says so."""
+    if policy is Policy.evict_oldest_on_same_device_first:
+        mine = tuple(s for s in scope if s.device_id == device_id)
+        scope = mine or scope
+    return min(scope, key=lambda s: (s.started_at, s.id))
+
+
+def _allowed(
+    request: PlayRequest, stream: Stream, active: int, limit: int, now: float, shadow: Check | None
+) -> Decision:
     return Decision(
         request_id=request.request_id,
         user_id=request.user_id,
@@ -131,11 +257,22 @@ def _allowed(request: PlayRequest, stream: Stream, active: int, limit: int, now:
         decided_at=now,
         stream_id=stream.id,
         expires_at=stream.expires_at,
+        shadow_reason=shadow.text if shadow is not None else None,
     )
 
 
-def denied(request: PlayRequest, reason: Reason, active: int, limit: int, now: float) -> Decision:
-    """`request` denied for `reason`: by the rule, or (reason `error`, active and limit 0) given up on."""
+def denied(
+    request: PlayRequest,
+    reason: Reason,
+    active: int,
+    limit: int,
+    now: float,
+    *,
+    tag: str | None = None,
+    shadow: str | None = None,
+) -> Decision:
+    """`request` denied for `reason` (with its kind `tag`, and the shadow's would-be denial): by the rule, or
+    (reason `error`, active and limit 0) given up on."""
     return Decision(
         request_id=request.request_id,
         user_id=request.user_id,
@@ -146,4 +283,6 @@ def denied(request: PlayRequest, reason: Reason, active: int, limit: int, now: f
         limit=limit,
         decided_at=now,
         reason=reason,
+        reason_tag=tag,
+        shadow_reason=shadow,
     )

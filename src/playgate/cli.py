@@ -87,8 +87,7 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
         log_level=settings.log_level,
         log_config=None,  # our handler (JSON or console, secrets redacted) takes uvicorn's records too
         access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
+        proxy_headers=False,  # create_app believes X-Forwarded-For of PLAYGATE_TRUSTED_PROXIES only
         # On SIGTERM: stop accepting, finish in-flight requests (a ?wait= call takes up to 10 s), close
         # websockets with 1012 "service restart" (Socket.IO clients reconnect), then drain the worker.
         timeout_graceful_shutdown=15,

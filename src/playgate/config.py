@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import secrets
 from collections.abc import Mapping
@@ -15,8 +16,9 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from playgate.devices import DeviceIdMode
-from playgate.domain import Policy
-from playgate.errors import ConfigError
+from playgate.domain import Policy, Rules
+from playgate.errors import ConfigError, Invalid
+from playgate.policy import rules_from_json
 
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
 MIN_JWT_SECRET_LEN = 32
@@ -116,7 +118,16 @@ class Settings(BaseSettings):
     )
     default_limit: int = Field(3, ge=0, description="Limit of a user with no own limit and no plan.")
     demo: bool = Field(True, description="Load the demo catalogue on first start with an empty database.")
-    policy: Policy = Field(Policy.deny, description="`deny` or `evict_oldest` when the limit is reached.")
+    policy: Policy = Field(
+        Policy.deny,
+        description="At the limit, for users whose plan names no `onLimit`: `deny`, `evict_oldest` or "
+        "`evict_oldest_on_same_device_first`.",
+    )
+    shadow_policy: str | None = Field(
+        None,
+        description='A shadow policy for users whose plan has none, as a plan\'s rules in JSON (`{"maxStreams": 2, '
+        '"kinds": {"uhd": 1}}`): decided beside the enforced one, its would-be denials counted, never enforced.',
+    )
     device_ids: DeviceIdMode = Field(
         DeviceIdMode.any,
         description="`any`: a play request may name any deviceId; `issued`: only one this server issued (the "
@@ -168,7 +179,10 @@ class Settings(BaseSettings):
         "", description="Comma-separated origins allowed to call the API from a browser; empty: same origin only."
     )
     forwarded_allow_ips: str = Field(
-        "127.0.0.1", description="Proxies whose X-Forwarded-For is believed for the client address (comma-separated)."
+        "127.0.0.1",
+        validation_alias=AliasChoices("PLAYGATE_TRUSTED_PROXIES", "PLAYGATE_FORWARDED_ALLOW_IPS"),
+        description="Proxies (addresses or networks, comma-separated) whose X-Forwarded-For is believed for the "
+        "client address (logins, households); from any other peer the header is ignored.",
     )
     login_failures_per_user: int = Field(
         5, ge=1, description="Failed logins per user name within login_window_s before 429."
@@ -259,6 +273,31 @@ class Settings(BaseSettings):
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example.com (no path)")
         return value
+
+    @field_validator("shadow_policy")
+    @classmethod
+    def _shadow_rules(cls, value: str | None) -> str | None:
+        if value is not None:
+            cls._parse_shadow(value)
+        return value
+
+    @staticmethod
+    def _parse_shadow(value: str) -> Rules:
+        try:
+            body = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValueError('a JSON object of rules, such as {"maxStreams": 2}')
+        try:
+            return rules_from_json(body)
+        except Invalid as exc:
+            raise ValueError(exc.detail) from None
+
+    @property
+    def shadow_rules(self) -> Rules | None:
+        """The deployment's shadow policy, if one is set."""
+        return self._parse_shadow(self.shadow_policy) if self.shadow_policy else None
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from playgate.domain import Decision, Reason, Status
+from playgate.domain import Decision, Status, parse_reason
 from playgate.errors import ConfigError, Unavailable
 
 PREFIX = "playgate:"
@@ -28,6 +28,11 @@ DECISIONS_CHANNEL = f"{PREFIX}decisions"
 def streams_key(user_id: str) -> str:
     """The hash of one user's streams; the hash tag keeps all of a user's keys on one slot."""
     return f"{PREFIX}{{{user_id}}}:streams"
+
+
+def devices_key(user_id: str) -> str:
+    """The hash of one user's registered devices (device id -> last seen)."""
+    return f"{PREFIX}{{{user_id}}}:devices"
 
 
 def idempotency_key(user_id: str, key: str) -> str:
@@ -127,14 +132,17 @@ def decision_to_json(d: Decision) -> dict[str, Any]:
     if d.stream_id is not None:
         body["sid"] = d.stream_id
     if d.reason is not None:
-        body["why"] = d.reason.value
+        body["why"] = d.why
     if d.expires_at is not None:
         body["x"] = repr(d.expires_at)
+    if d.shadow_reason is not None:
+        body["sh"] = d.shadow_reason
     return body
 
 
 def decision_from_json(d: dict[str, Any]) -> Decision:
     """A Decision from the JSON object admission.lua keeps."""
+    reason, tag = parse_reason(d["why"]) if d.get("why") else (None, None)
     return Decision(
         request_id=d["r"],
         user_id=d["u"],
@@ -145,6 +153,8 @@ def decision_from_json(d: dict[str, Any]) -> Decision:
         limit=int(d["l"]),
         decided_at=parse_time(d["t"]),
         stream_id=d.get("sid"),
-        reason=Reason(d["why"]) if d.get("why") else None,
+        reason=reason,
         expires_at=parse_time(d["x"]) if d.get("x") is not None else None,
+        reason_tag=tag,
+        shadow_reason=d.get("sh"),
     )

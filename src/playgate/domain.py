@@ -10,6 +10,8 @@ from enum import StrEnum
 # `user@example.com`, UUIDs), and nothing that could break a Redis hash tag ({}), a path or a log line.
 ID_PATTERN = r"^[A-Za-z0-9._:@|-]+$"
 MAX_ID_LEN = 64
+DAY_S = 86_400.0
+DEVICE_WINDOW_DAYS = 30
 
 
 class Status(StrEnum):
@@ -25,12 +27,17 @@ class Policy(StrEnum):
 
     deny = "deny"
     evict_oldest = "evict_oldest"
+    evict_oldest_on_same_device_first = "evict_oldest_on_same_device_first"
 
 
 class Reason(StrEnum):
     """Why a request was denied, or why a stream ended without its device asking."""
 
     limit_reached = "limit_reached"
+    kind_limit = "kind_limit"
+    title_limit = "title_limit"
+    device_limit = "device_limit"
+    household_limit = "household_limit"
     user_disabled = "user_disabled"
     unknown_user = "unknown_user"
     error = "error"
@@ -43,13 +50,45 @@ class Reason(StrEnum):
     video_deleted = "video_deleted"
 
 
+def reason_text(reason: Reason, tag: str | None = None) -> str:
+    """A reason as the wire shows it: `kind_limit:<tag>` for a kind cap, else the reason's name."""
+    return f"{reason.value}:{tag}" if tag is not None else reason.value
+
+
+def parse_reason(text: str) -> tuple[Reason, str | None]:
+    """The reason and kind tag of a reason's wire text (`kind_limit:uhd` -> kind_limit, "uhd")."""
+    name, colon, tag = text.partition(":")
+    return Reason(name), (tag if colon else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The admission rules of a plan beside its total limit; None (or no entry) means no such cap.
+
+    `max_streams` None takes the user's limit (the enforced rules always do; a shadow policy may set its own).
+    `on_limit` None takes the deployment's PLAYGATE_POLICY. `kind_limits` caps streams per kind tag,
+    `max_per_title` streams of one video, `max_devices` distinct devices seen within `device_window_s`, and
+    `max_away_streams` streams from outside the account's household networks.
+    """
+
+    max_streams: int | None = None
+    on_limit: Policy | None = None
+    kind_limits: tuple[tuple[str, int], ...] = ()
+    max_per_title: int | None = None
+    max_devices: int | None = None
+    device_window_s: float = DEVICE_WINDOW_DAYS * DAY_S
+    max_away_streams: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A subscription plan: how many streams its users may watch at once."""
+    """A subscription plan: how many streams its users may watch at once, its other rules and a shadow policy."""
 
     id: str
     name: str
     max_streams: int
+    rules: Rules = Rules()
+    shadow: Rules | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +102,9 @@ class User:
     plan: str | None
     disabled: bool
     is_admin: bool = False
+    household: tuple[str, ...] = ()
+    rules: Rules = Rules()
+    shadow: Rules | None = None
 
 
 class KeyScope(StrEnum):
@@ -94,6 +136,7 @@ class Video:
     title: str
     url: str
     source: str | None = None  # a folder of the admin's own HLS/DASH media, else the media PlayGate makes
+    kinds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +146,8 @@ class Quota:
     limit: int
     disabled: bool = False
     exists: bool = True
+    rules: Rules = Rules()
+    shadow: Rules | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +163,8 @@ class PlayRequest:
     device_name: str = ""
     # One stream per device: a stream this device plays (another title) is replaced by this one, atomically.
     replace_device_stream: bool = False
+    kinds: tuple[str, ...] = ()
+    away: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +178,8 @@ class Stream:
     started_at: float
     expires_at: float
     device_name: str = ""
+    kinds: tuple[str, ...] = ()
+    away: bool = False
 
     def live(self, now: float) -> bool:
         """True while the lease has not run out."""
@@ -152,6 +201,22 @@ class Decision:
     stream_id: str | None = None
     reason: Reason | None = None
     expires_at: float | None = None
+    reason_tag: str | None = None
+    shadow_reason: str | None = None
+
+    @property
+    def why(self) -> str | None:
+        """The denial reason as the wire shows it (`kind_limit:uhd`), None when allowed."""
+        return reason_text(self.reason, self.reason_tag) if self.reason is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device an account played on, and when it last started a stream (epoch seconds)."""
+
+    id: str
+    user_id: str
+    last_seen_at: float
 
 
 @dataclass(frozen=True, slots=True)

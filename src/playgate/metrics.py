@@ -20,6 +20,12 @@ class Metrics:
             ["status", "reason"],
             registry=r,
         )
+        self.shadow_denials = Counter(
+            "playgate_shadow_denials",
+            "Requests the shadow policy would have denied, by the rule that would have denied them.",
+            ["rule"],
+            registry=r,
+        )
         self.decision_latency = Histogram(
             "playgate_decision_latency_seconds",
             "Time from a request accepted by the API to its decision published.",

@@ -71,6 +71,8 @@ def open_catalog(settings: Settings, clock: Callable[[], float]) -> tuple[AsyncE
         cache_ttl_s=settings.cache_ttl_s,
         clock=clock,
         hashes_at_once=settings.login_checks_at_once,
+        default_policy=settings.policy,
+        default_shadow=settings.shadow_rules,
     )
     return engine, catalog
 
@@ -153,7 +155,7 @@ def open_backends(
 ) -> tuple[Ledger, RequestQueue, Fanout]:
     """The one mapping from settings to backends: PLAYGATE_REDIS_URL set -> Redis ledger, Redis Streams queue and
     Redis fan-out; unset -> the SQLite ledger in the catalogue's database and the in-process bus."""
-    lease_s, decision_ttl_s, policy = settings.stream_ttl_s, settings.decision_ttl_s, settings.policy
+    lease_s, decision_ttl_s = settings.stream_ttl_s, settings.decision_ttl_s
     # Auth disabled: events go to the sockets that named no user as well (the original service's broadcast).
     to_every_user_room = settings.auth is AuthMode.disabled
 
@@ -170,11 +172,9 @@ def open_backends(
             pending_ttl_s=settings.decision_ttl_s,
             max_attempts=MAX_ATTEMPTS,
         )
-        ledger: Ledger = RedisLedger(url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, policy=policy, clock=clock)
+        ledger: Ledger = RedisLedger(url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, clock=clock)
         return ledger, queue, RedisFanout(url, emitter, playback, conflicts, to_every_user_room=to_every_user_room)
-    ledger = SqlLedger(
-        settings.resolved_database_url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, policy=policy, clock=clock
-    )
+    ledger = SqlLedger(settings.resolved_database_url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, clock=clock)
     return (
         ledger,
         LocalQueue(),

@@ -13,14 +13,16 @@ from playgate.admission import over_limit
 from playgate.bus.protocol import Fanout, RequestQueue, observe_queue
 from playgate.catalog.bulk import USERS, UpsertResult
 from playgate.catalog.keys import is_api_key
-from playgate.catalog.service import Catalog
+from playgate.catalog.service import Catalog, ShadowDenial
 from playgate.config import AuthMode, Settings, UnknownVideos
 from playgate.devices import DeviceIdMode, DeviceIds
 from playgate.domain import (
     Decision,
+    Device,
     EndedStream,
     KeyScope,
     PlayRequest,
+    Policy,
     Reason,
     Stream,
     User,
@@ -30,6 +32,7 @@ from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Un
 from playgate.imports import Format, KindName
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
+from playgate.policy import is_away, parse_networks
 from playgate.security import PlatformClaims, PlatformTokens, TokenIssuer
 from playgate.throttle import LoginThrottle, Throttled
 
@@ -243,16 +246,19 @@ class PlayGate:
         idempotency_key: str | None = None,
         replace_stream_id: str | None = None,
         wait_s: float = 0.0,
+        client_address: str | None = None,
     ) -> PlayTicket:
         """Queue a play request (404 for an unknown user or video, before anything is queued).
 
         A request without a device id gets a new device of its own (a signed id, issued here, which the answer
         carries); under PLAYGATE_DEVICE_IDS=issued a device id this server did not issue to the user is refused.
+        The request carries what the rule needs of it: the video's kind tags, and whether `client_address` is
+        away from the user's household networks.
         """
         user = await self._catalog.get_user(user_id)
-        if self._settings.unknown_videos is UnknownVideos.deny:
-            await self._catalog.get_video(video_id)
+        kinds = await self._kinds(video_id)
         device = self._device(user.id, device_id)
+        away = is_away(client_address, user.household)
 
         def request(request_id: str) -> PlayRequest:
             return PlayRequest(
@@ -264,6 +270,8 @@ class PlayGate:
                 replace_stream_id=replace_stream_id,
                 device_name=device_name,
                 replace_device_stream=self._settings.one_stream_per_device and device_id is not None,
+                kinds=kinds,
+                away=away,
             )
 
         request_id = new_id()
@@ -277,6 +285,15 @@ class PlayGate:
                     )
                 return await self._replay(request(claim.request_id), wait_s)
         return await self._submit(request(request_id), wait_s)
+
+    async def _kinds(self, video_id: str) -> tuple[str, ...]:
+        """The video's kind tags; NotFound for an unknown video unless PLAYGATE_UNKNOWN_VIDEOS allows it (no tags)."""
+        try:
+            return (await self._catalog.get_video(video_id)).kinds
+        except NotFound:
+            if self._settings.unknown_videos is UnknownVideos.deny:
+                raise
+            return ()
 
     def _device(self, user_id: str, device_id: str | None) -> str:
         """The request's device id: a new one issued when none is named, checked under `issued`."""
@@ -390,7 +407,8 @@ class PlayGate:
         if quota.disabled or not quota.exists:
             await self._end_all(user_id)
             raise NotFound(f"Stream {stream_id!r} has ended: the user is disabled.")
-        if len(streams) > quota.limit and stream.id in over_limit(streams, quota.limit, self._settings.policy):
+        policy = quota.rules.on_limit or Policy.deny
+        if len(streams) > quota.limit and stream.id in over_limit(streams, quota.limit, policy):
             await self._announce(await self._ledger.stop([stream.id], user_id), Reason.limit_lowered)
             raise NotFound(f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.")
         lease_s = self._settings.stream_ttl_s
@@ -432,6 +450,40 @@ class PlayGate:
             stopped = await self._ledger.stop(own, user_id, video_id)
         await self._announce(stopped, Reason.stopped)
         return stopped
+
+    # ---- devices, households, shadow denials --------------------------------------------------------
+
+    async def devices(self, principal: Principal, user_id: str | None) -> list[Device]:
+        """The registered devices of the caller (of `user_id`, for that user or an admin)."""
+        return await self._ledger.devices(self._account(principal, user_id))
+
+    async def forget_device(self, principal: Principal, device_id: str, user_id: str | None) -> None:
+        """Remove a registered device, making room under the device cap; NotFound if it is not registered."""
+        if not await self._ledger.forget_device(self._account(principal, user_id), device_id):
+            raise NotFound(f"No registered device {device_id!r}.")
+
+    async def user(self, principal: Principal, user_id: str | None) -> User:
+        """The caller's user (`user_id`'s, for that user or an admin)."""
+        return await self._catalog.get_user(self._account(principal, user_id), fresh=True)
+
+    async def set_household(self, principal: Principal, networks: Sequence[str], user_id: str | None) -> User:
+        """Set the household networks of the caller (of `user_id`, for an admin); applies to later requests."""
+        account = self._account(principal, user_id)
+        return await self._catalog.update_user(account, {"household": parse_networks(networks)})
+
+    async def shadow_denials(self, principal: Principal, user_id: str | None) -> list[ShadowDenial]:
+        """The latest would-be denials of the shadow policy: the caller's, a user's, or (admin, no user) all."""
+        if user_id is None and principal.admin:
+            return await self._catalog.shadow_denials(None)
+        return await self._catalog.shadow_denials(self._account(principal, user_id))
+
+    def _account(self, principal: Principal, user_id: str | None) -> str:
+        """The account a call is about: the caller's own, or `user_id` if the caller may see it (else 404)."""
+        if user_id is None:
+            return principal.user_id
+        if not principal.may_see(user_id):
+            raise NotFound(f"No user with id {user_id!r}.")
+        return user_id
 
     async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
         ended = [EndedStream(s, reason) for s in streams]

@@ -32,7 +32,8 @@ def decision_fields(decision: Decision, latency_s: float, attempts: int) -> dict
         "device_id": decision.device_id,
         "stream_id": decision.stream_id,
         "decision": decision.status.value,
-        "reason": decision.reason.value if decision.reason else None,
+        "reason": decision.why,
+        "shadow_reason": decision.shadow_reason,
         "active": decision.active,
         "limit": decision.limit,
         "latency_ms": round(latency_s * 1000, 3),
@@ -107,6 +108,8 @@ class Worker:
             await self._queue.release(healthy)
             await self._fail(poisoned)
             raise
+        # Listed before the players hear: whoever reads a decision finds its shadow denial listed too.
+        await self._record_shadow(outcomes)
         await self._fanout.publish(outcomes)
         await self._queue.ack(healthy)
         await self._fail(poisoned)
@@ -148,14 +151,25 @@ class Worker:
         verbose = decision_log.isEnabledFor(logging.INFO)
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
             decision = outcome.decision
-            reason = decision.reason.value if decision.reason else ""
+            reason = decision.reason.value if decision.reason else ""  # kind tags stay out of the label
             latency_s = max(0.0, now - delivery.request.accepted_at)
             self._metrics.decisions.labels(decision.status.value, reason).inc()
+            if decision.shadow_reason is not None:
+                self._metrics.shadow_denials.labels(decision.shadow_reason).inc()
             self._metrics.decision_latency.observe(latency_s)
             for ended in outcome.ended:
                 self._metrics.streams_ended.labels(ended.reason.value).inc()
             if verbose:
                 decision_log.info("decision", extra=decision_fields(decision, latency_s, delivery.attempts))
+
+    async def _record_shadow(self, outcomes: Sequence[Outcome]) -> None:
+        """List the shadow policy's would-be denials per account (the decisions stand whether or not this works)."""
+        if not any(o.decision.shadow_reason for o in outcomes):
+            return
+        try:
+            await self._catalog.record_shadow_denials(o.decision for o in outcomes)
+        except Unavailable as exc:
+            log.warning("shadow denials not listed (counted and logged only): %s", exc)
 
     async def _back_off(self, stop: asyncio.Event, exc: Exception) -> None:
         self._failures += 1

@@ -10,7 +10,6 @@ import pytest
 import pytest_asyncio
 
 from playgate.catalog.db import upgrade
-from playgate.domain import Policy
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
@@ -73,9 +72,9 @@ async def make_ledger(request: pytest.FixtureRequest, tmp_path: Path, clock: Clo
         server.flush()
         url = server.url
 
-    async def make(policy: Policy = Policy.deny, lease_s: float = LEASE_S) -> Ledger:
+    async def make(lease_s: float = LEASE_S) -> Ledger:
         cls = SqlLedger if request.param == "sql" else RedisLedger
-        ledger: Ledger = cls(url, lease_s=lease_s, decision_ttl_s=DECISION_TTL_S, policy=policy, clock=clock)
+        ledger: Ledger = cls(url, lease_s=lease_s, decision_ttl_s=DECISION_TTL_S, clock=clock)
         made.append(ledger)
         return ledger
 

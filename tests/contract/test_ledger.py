@@ -10,11 +10,24 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
 from playgate.admission import decide, denied
-from playgate.domain import Admission, Decision, EndedStream, PlayRequest, Policy, Quota, Reason, Status, Stream
+from playgate.domain import (
+    DAY_S,
+    Admission,
+    Decision,
+    EndedStream,
+    PlayRequest,
+    Policy,
+    Quota,
+    Reason,
+    Rules,
+    Status,
+    Stream,
+)
 from playgate.ledger.protocol import Ledger
 from tests.contract.conftest import LEASE_S, Clock, LedgerFactory
 
@@ -23,12 +36,26 @@ VIDEOS = ("v1", "v2", "v3")
 DEVICES = ("tv", "phone", "web")
 
 
+KIND_SETS = ((), ("uhd",), ("live",), ("live", "uhd"))
+RULE_SETS = (
+    Rules(),
+    Rules(kind_limits=(("live", 1), ("uhd", 1))),
+    Rules(max_per_title=1),
+    Rules(max_devices=2, device_window_s=30.0),
+    Rules(max_away_streams=1),
+    Rules(kind_limits=(("uhd", 0),), max_per_title=2, max_devices=3, device_window_s=DAY_S, max_away_streams=0),
+)
+SHADOWS = (None, None, Rules(max_streams=1), Rules(kind_limits=(("uhd", 1),), max_devices=1, max_per_title=1))
+
+
 def play(
     rid: str,
     user: str = "u1",
     video: str = "v1",
     device: str = "tv",
     replace_id: str | None = None,
+    kinds: tuple[str, ...] = (),
+    away: bool = False,
     *,
     own_device: bool = False,
 ) -> PlayRequest:
@@ -41,14 +68,17 @@ def play(
         replace_stream_id=replace_id,
         device_name=f"{device} of {user}",
         replace_device_stream=own_device,
+        kinds=kinds,
+        away=away,
     )
 
 
-def admit(request: PlayRequest, limit: int = 3, **quota: bool) -> Admission:
+def admit(request: PlayRequest, limit: int = 3, policy: Policy = Policy.deny, **quota: Any) -> Admission:
+    quota.setdefault("rules", Rules(on_limit=policy))
     return Admission(request, Quota(limit, **quota))
 
 
-async def one(ledger: Ledger, request: PlayRequest, limit: int = 3, **quota: bool) -> Decision:
+async def one(ledger: Ledger, request: PlayRequest, limit: int = 3, **quota: Any) -> Decision:
     [outcome] = await ledger.decide([admit(request, limit, **quota)])
     return outcome.decision
 
@@ -111,12 +141,12 @@ async def test_replace_ends_the_named_stream(make_ledger: LedgerFactory) -> None
 
 
 async def test_evict_oldest_makes_room(make_ledger: LedgerFactory, clock: Clock) -> None:
-    ledger = await make_ledger(Policy.evict_oldest)
+    ledger = await make_ledger()
     oldest = await one(ledger, play("r1", video="v1"), limit=2)
     clock.advance(1)
     await one(ledger, play("r2", video="v2"), limit=2)
     clock.advance(1)
-    [outcome] = await ledger.decide([admit(play("r3", video="v3"), limit=2)])
+    [outcome] = await ledger.decide([admit(play("r3", video="v3"), limit=2, policy=Policy.evict_oldest)])
     assert outcome.decision.status is Status.allowed
     assert outcome.decision.active == 2
     assert [(e.stream.id, e.reason) for e in outcome.ended] == [(oldest.stream_id, Reason.evicted)]
@@ -285,6 +315,7 @@ class Model:
     policy: Policy
     streams: dict[str, list[Stream]] = field(default_factory=dict)
     decisions: dict[str, Decision] = field(default_factory=dict)
+    devices: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def admit(
         self, admission: Admission, now: float, stream_id: str | None
@@ -298,9 +329,11 @@ class Model:
             lease_s=LEASE_S,
             new_stream_id=stream_id or "unused",
             prior=self.decisions.get(request.request_id),
-            policy=self.policy,
+            devices=self.devices.get(request.user_id, {}),
         )
         self.streams[request.user_id] = list(verdict.streams)
+        if verdict.devices is not None:
+            self.devices[request.user_id] = dict(verdict.devices)
         self.decisions.setdefault(request.request_id, verdict.decision)
         ended = {(e.stream.id, e.reason.value) for e in verdict.ended}
         return verdict.decision, ended, verdict.conflicts
@@ -329,11 +362,28 @@ async def step_admit(ledger: Ledger, model: Model, rng: random.Random, now: floa
             own = model.streams.get(user, [])
             replace_id = rng.choice(own).id if own and rng.random() < 0.2 else None
             own_device = rng.random() < 0.5
+            kinds = rng.choice(KIND_SETS)
+            away = rng.random() < 0.3
             request = play(
-                f"r{counter[0]}", user, rng.choice(VIDEOS), rng.choice(DEVICES), replace_id, own_device=own_device
+                f"r{counter[0]}",
+                user,
+                rng.choice(VIDEOS),
+                rng.choice(DEVICES),
+                replace_id,
+                kinds,
+                away,
+                own_device=own_device,
             )
         limit = rng.choice((0, 1, 2, 2, 3, 3))
-        batch.append(Admission(request, Quota(limit, disabled=rng.random() < 0.05, exists=rng.random() > 0.03)))
+        rules = replace(rng.choice(RULE_SETS), on_limit=model.policy)
+        quota = Quota(
+            limit,
+            disabled=rng.random() < 0.05,
+            exists=rng.random() > 0.03,
+            rules=rules,
+            shadow=rng.choice(SHADOWS),
+        )
+        batch.append(Admission(request, quota))
     outcomes = await ledger.decide(batch)
     assert len(outcomes) == len(batch)
     for admission, outcome in zip(batch, outcomes, strict=True):
@@ -381,6 +431,8 @@ async def step_sweep(ledger: Ledger, model: Model, now: float) -> None:
 async def check_reads(ledger: Ledger, model: Model, rng: random.Random, now: float) -> None:
     for user in USERS:
         assert await ledger.streams(user) == model.live(user, now)
+        devices = {d.id: d.last_seen_at for d in await ledger.devices(user)}
+        assert devices == model.devices.get(user, {})
     assert await ledger.count_active() == sum(len(model.live(u, now)) for u in USERS)
     if model.decisions:
         rid = rng.choice(sorted(model.decisions))
@@ -392,12 +444,12 @@ async def check_reads(ledger: Ledger, model: Model, rng: random.Random, now: flo
         assert await ledger.stream(sid) == expected
 
 
-@pytest.mark.parametrize("policy", [Policy.deny, Policy.evict_oldest])
+@pytest.mark.parametrize("policy", list(Policy))
 @pytest.mark.parametrize("seed", range(6))
 async def test_ledger_follows_the_pure_rule(
     make_ledger: LedgerFactory, clock: Clock, policy: Policy, seed: int
 ) -> None:
-    ledger = await make_ledger(policy)
+    ledger = await make_ledger()
     model = Model(policy)
     rng = random.Random(f"{seed}-{policy.value}")
     counter = [0]

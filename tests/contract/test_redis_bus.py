@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest_asyncio
 
 from playgate.bus.redis import RedisFanout, RedisQueue
-from playgate.domain import Admission, Decision, Outcome, PlayRequest, Policy, Quota, Reason, Status
+from playgate.domain import Admission, Decision, Outcome, PlayRequest, Quota, Reason, Status
 from playgate.ledger.redis import RedisLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
@@ -75,7 +75,7 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
     await asyncio.sleep(0.1)
     recorder = Recorder()
     fanout = RedisFanout(redis_server.url, recorder)
-    ledger = RedisLedger(redis_server.url, lease_s=90, decision_ttl_s=60, policy=Policy.deny, clock=time.time)
+    ledger = RedisLedger(redis_server.url, lease_s=90, decision_ttl_s=60, clock=time.time)
     worker = Worker(
         queue=queue,
         ledger=ledger,
@@ -130,7 +130,7 @@ async def test_waiters_in_one_process_are_woken_by_a_worker_in_another(redis_ser
 
 async def test_the_ledger_decides_on_after_redis_forgets_its_scripts(redis_server: RedisServer) -> None:
     redis_server.flush()
-    ledger = RedisLedger(redis_server.url, lease_s=60.0, decision_ttl_s=60.0, policy=Policy.deny, clock=time.time)
+    ledger = RedisLedger(redis_server.url, lease_s=60.0, decision_ttl_s=60.0, clock=time.time)
     try:
         [first] = await ledger.decide([Admission(play("r1"), Quota(1))])
         await ledger._redis.script_flush()  # as after a restart without persistence of the script cache

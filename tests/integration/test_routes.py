@@ -76,6 +76,7 @@ async def test_login_json_and_form(base_url: str) -> None:
             "plan": None,
             "disabled": False,
             "admin": False,
+            "household": [],
         }
         as_form = await client.post("/auth/token", data={"username": "user2", "password": "user2"})
         assert as_form.status_code == 200

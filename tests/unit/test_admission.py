@@ -9,22 +9,45 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from playgate.admission import decide
-from playgate.domain import PlayRequest, Policy, Quota, Reason, Status, Stream
+from playgate.domain import DAY_S, PlayRequest, Policy, Quota, Reason, Rules, Status, Stream
 
 NOW = 1_000.0
 LEASE_S = 90.0
 
 
 def request(
-    rid: str = "r1", video: str = "v1", device: str = "d1", replace_id: str | None = None, *, own: bool = False
+    rid: str = "r1",
+    video: str = "v1",
+    device: str = "d1",
+    replace_id: str | None = None,
+    kinds: tuple[str, ...] = (),
+    away: bool = False,
+    *,
+    own: bool = False,
 ) -> PlayRequest:
     return PlayRequest(
-        rid, "u1", video, device, accepted_at=NOW, replace_stream_id=replace_id, replace_device_stream=own
+        rid,
+        "u1",
+        video,
+        device,
+        accepted_at=NOW,
+        replace_stream_id=replace_id,
+        replace_device_stream=own,
+        kinds=kinds,
+        away=away,
     )
 
 
-def stream(sid: str, video: str = "v1", device: str = "dx", started: float = 0.0, expires: float = NOW + 10) -> Stream:
-    return Stream(sid, "u1", video, device, started_at=started, expires_at=expires)
+def stream(
+    sid: str,
+    video: str = "v1",
+    device: str = "dx",
+    started: float = 0.0,
+    expires: float = NOW + 10,
+    kinds: tuple[str, ...] = (),
+    away: bool = False,
+) -> Stream:
+    return Stream(sid, "u1", video, device, started_at=started, expires_at=expires, kinds=kinds, away=away)
 
 
 CASES = [
@@ -170,7 +193,8 @@ def test_rule_table(
     reason: Reason | None,
     active: int,
 ) -> None:
-    verdict = decide(req, streams=streams, quota=quota, now=NOW, lease_s=LEASE_S, new_stream_id="s-new", policy=policy)
+    quota = replace(quota, rules=replace(quota.rules, on_limit=policy))
+    verdict = decide(req, streams=streams, quota=quota, now=NOW, lease_s=LEASE_S, new_stream_id="s-new")
     assert verdict.decision.status is status
     assert verdict.decision.reason is reason
     assert verdict.decision.active == active == len(verdict.streams)
@@ -195,11 +219,10 @@ def test_eviction_and_replacement_are_reported_as_ended() -> None:
     evicted = decide(
         request(),
         streams=[new, old],
-        quota=Quota(2),
+        quota=Quota(2, rules=Rules(on_limit=Policy.evict_oldest)),
         now=NOW,
         lease_s=LEASE_S,
         new_stream_id="s",
-        policy=Policy.evict_oldest,
     )
     assert [(e.stream.id, e.reason) for e in evicted.ended] == [("old", Reason.evicted)]
     replaced = decide(
@@ -305,7 +328,12 @@ def test_properties_over_any_sequence(
         live_before = [s for s in streams if s.live(now)]
         playing_same = any(s.device_id == device and s.video_id == video for s in live_before)
         verdict = decide(
-            req, streams=streams, quota=Quota(limit), now=now, lease_s=lease_s, new_stream_id=f"s{n}", policy=policy
+            req,
+            streams=streams,
+            quota=Quota(limit, rules=Rules(on_limit=policy)),
+            now=now,
+            lease_s=lease_s,
+            new_stream_id=f"s{n}",
         )
         streams = verdict.streams
         decided[req.request_id] = (req, verdict.decision)
@@ -320,3 +348,354 @@ def test_properties_over_any_sequence(
             assert verdict.decision.stream_id in {s.id for s in streams}
         if one_per_device:
             assert len({s.device_id for s in streams}) == len(streams), "one stream per device"
+
+
+# ---- the plan's rules, one by one and together -----------------------------------------------------------
+
+UHD = (("uhd", 1),)
+DENY, EVICT, SAME_DEVICE = Policy.deny, Policy.evict_oldest, Policy.evict_oldest_on_same_device_first
+RECENT = NOW - 10  # a device seen within any window below
+RULE_CASES = [
+    # (name, streams, devices, rules, request, status, reason text, ended stream ids)
+    (
+        "kind cap denies a second uhd",
+        [stream("a", kinds=("uhd",))],
+        {},
+        Rules(kind_limits=UHD),
+        request(video="v2", kinds=("uhd",)),
+        Status.denied,
+        "kind_limit:uhd",
+        [],
+    ),
+    (
+        "kind cap leaves other kinds alone",
+        [stream("a", kinds=("uhd",))],
+        {},
+        Rules(kind_limits=UHD),
+        request(video="v2", kinds=("vod",)),
+        Status.allowed,
+        None,
+        [],
+    ),
+    (
+        "the first full kind names the denial",
+        [stream("a", kinds=("live",))],
+        {},
+        Rules(kind_limits=(("live", 1), ("uhd", 0))),
+        request(video="v2", kinds=("live", "uhd")),
+        Status.denied,
+        "kind_limit:live",
+        [],
+    ),
+    (
+        "kind cap evicts the oldest of that kind",
+        [stream("a", started=1), stream("b", started=2, kinds=("uhd",))],
+        {},
+        Rules(on_limit=EVICT, kind_limits=UHD),
+        request(video="v2", kinds=("uhd",)),
+        Status.allowed,
+        None,
+        ["b"],
+    ),
+    (
+        "kind cap zero denies under eviction",
+        [],
+        {},
+        Rules(on_limit=EVICT, kind_limits=(("uhd", 0),)),
+        request(kinds=("uhd",)),
+        Status.denied,
+        "kind_limit:uhd",
+        [],
+    ),
+    (
+        "title cap denies the same video on another device",
+        [stream("a", video="v1")],
+        {},
+        Rules(max_per_title=1),
+        request(video="v1", device="d2"),
+        Status.denied,
+        "title_limit",
+        [],
+    ),
+    (
+        "title cap re-use on the same device still allowed",
+        [stream("a", video="v1", device="d1")],
+        {},
+        Rules(max_per_title=1),
+        request(video="v1", device="d1"),
+        Status.allowed,
+        None,
+        [],
+    ),
+    (
+        "title cap evicts that title's oldest",
+        [stream("a", video="v9", started=1), stream("b", video="v1", started=2)],
+        {},
+        Rules(on_limit=EVICT, max_per_title=1),
+        request(video="v1"),
+        Status.allowed,
+        None,
+        ["b"],
+    ),
+    (
+        "a new device past the cap is denied",
+        [],
+        {"d2": RECENT, "d3": RECENT},
+        Rules(max_devices=2),
+        request(device="d1"),
+        Status.denied,
+        "device_limit",
+        [],
+    ),
+    (
+        "a known device plays at the cap",
+        [],
+        {"d1": RECENT, "d2": RECENT},
+        Rules(max_devices=2),
+        request(device="d1"),
+        Status.allowed,
+        None,
+        [],
+    ),
+    (
+        "devices past the window do not count",
+        [],
+        {"d2": NOW - 2 * DAY_S, "d3": RECENT},
+        Rules(max_devices=2, device_window_s=DAY_S),
+        request(device="d1"),
+        Status.allowed,
+        None,
+        [],
+    ),
+    (
+        "eviction frees no device",
+        [stream("a", device="d2")],
+        {"d2": RECENT},
+        Rules(on_limit=EVICT, max_devices=1),
+        request(device="d1"),
+        Status.denied,
+        "device_limit",
+        [],
+    ),
+    (
+        "away streams have their own cap",
+        [stream("a", away=True)],
+        {},
+        Rules(max_away_streams=1),
+        request(video="v2", away=True),
+        Status.denied,
+        "household_limit",
+        [],
+    ),
+    (
+        "home streams ignore the away cap",
+        [stream("a", away=True)],
+        {},
+        Rules(max_away_streams=1),
+        request(video="v2"),
+        Status.allowed,
+        None,
+        [],
+    ),
+    (
+        "away cap evicts the oldest away stream",
+        [stream("h", started=1), stream("a", started=2, away=True)],
+        {},
+        Rules(on_limit=EVICT, max_away_streams=1),
+        request(video="v2", away=True),
+        Status.allowed,
+        None,
+        ["a"],
+    ),
+    (
+        "same device first evicts the asking device's oldest",
+        [stream("a", started=1, device="d9"), stream("b", started=2, device="d1"), stream("c", started=3, device="d1")],
+        {},
+        Rules(on_limit=SAME_DEVICE),
+        request(video="v2"),
+        Status.allowed,
+        None,
+        ["b"],
+    ),
+    (
+        "same device first falls back to the oldest",
+        [stream("a", started=1), stream("b", started=2), stream("c", started=3)],
+        {},
+        Rules(on_limit=SAME_DEVICE),
+        request(video="v2", device="d7"),
+        Status.allowed,
+        None,
+        ["a"],
+    ),
+    (
+        "total is checked before kinds",
+        [stream("a", kinds=("uhd",)), stream("b"), stream("c")],
+        {},
+        Rules(kind_limits=UHD),
+        request(video="v2", kinds=("uhd",)),
+        Status.denied,
+        "limit_reached",
+        [],
+    ),
+    (
+        "replace frees the kind slot",
+        [stream("a", kinds=("uhd",))],
+        {},
+        Rules(kind_limits=UHD),
+        request(video="v2", kinds=("uhd",), replace_id="a"),
+        Status.allowed,
+        None,
+        ["a"],
+    ),
+    (
+        "every rule together: allowed when all fit",
+        [stream("a", kinds=("uhd",), device="d2"), stream("b", away=True, device="d3")],
+        {"d2": RECENT, "d3": RECENT},
+        Rules(kind_limits=(("uhd", 2), ("live", 1)), max_per_title=1, max_devices=3, max_away_streams=2),
+        request(video="v5", kinds=("uhd", "live"), away=True),
+        Status.allowed,
+        None,
+        [],
+    ),
+    (
+        "every rule together under eviction: kind then household",
+        [stream("a", started=1, kinds=("uhd",)), stream("b", started=2, away=True)],
+        {},
+        Rules(on_limit=EVICT, kind_limits=UHD, max_away_streams=1),
+        request(video="v5", kinds=("uhd",), away=True),
+        Status.allowed,
+        None,
+        ["a", "b"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("streams", "devices", "rules", "req", "status", "why", "ended"),
+    [case[1:] for case in RULE_CASES],
+    ids=[case[0] for case in RULE_CASES],
+)
+def test_rules_table(
+    streams: list[Stream],
+    devices: dict[str, float],
+    rules: Rules,
+    req: PlayRequest,
+    status: Status,
+    why: str | None,
+    ended: list[str],
+) -> None:
+    quota = Quota(3, rules=rules)
+    verdict = decide(
+        req, streams=streams, quota=quota, now=NOW, lease_s=LEASE_S, new_stream_id="s-new", devices=devices
+    )
+    assert verdict.decision.status is status
+    assert verdict.decision.why == why
+    assert sorted(e.stream.id for e in verdict.ended) == ended
+    if status is Status.denied:
+        assert verdict.streams == tuple(streams), "nothing ends when the request is denied"
+        assert verdict.devices is None
+
+
+def test_devices_are_registered_only_under_a_device_cap() -> None:
+    free = decide(request(), streams=[], quota=Quota(3), now=NOW, lease_s=LEASE_S, new_stream_id="s")
+    assert free.devices is None
+    capped = decide(
+        request(device="d1"),
+        streams=[],
+        quota=Quota(3, rules=Rules(max_devices=2, device_window_s=DAY_S)),
+        now=NOW,
+        lease_s=LEASE_S,
+        new_stream_id="s",
+        devices={"old": NOW - 2 * DAY_S, "d2": RECENT, "d1": NOW - 5},
+    )
+    assert capped.devices == {"d2": RECENT, "d1": NOW}
+
+
+@pytest.mark.parametrize(
+    ("shadow", "enforced", "shadow_reason"),
+    [
+        (Rules(max_streams=1), Status.allowed, "limit_reached"),
+        (Rules(kind_limits=UHD), Status.allowed, "kind_limit:uhd"),
+        (Rules(max_streams=5), Status.allowed, None),
+        (Rules(max_devices=1), Status.allowed, "device_limit"),
+    ],
+)
+def test_shadow_is_decided_beside_and_never_enforced(shadow: Rules, enforced: Status, shadow_reason: str) -> None:
+    streams = [stream("a", kinds=("uhd",), device="d2")]
+    with_shadow = decide(
+        request(video="v2", kinds=("uhd",)),
+        streams=streams,
+        quota=Quota(3, shadow=shadow),
+        now=NOW,
+        lease_s=LEASE_S,
+        new_stream_id="s",
+        devices={"d2": RECENT},
+    )
+    without = decide(
+        request(video="v2", kinds=("uhd",)),
+        streams=streams,
+        quota=Quota(3),
+        now=NOW,
+        lease_s=LEASE_S,
+        new_stream_id="s",
+    )
+    assert with_shadow.decision.status is enforced
+    assert with_shadow.decision.shadow_reason == shadow_reason
+    assert replace(with_shadow.decision, shadow_reason=None) == without.decision
+    assert with_shadow.streams == without.streams
+
+
+rules_strategy = st.builds(
+    Rules,
+    on_limit=st.sampled_from(list(Policy)),
+    kind_limits=st.sampled_from([(), (("uhd", 1),), (("live", 2), ("uhd", 1)), (("uhd", 0),)]),
+    max_per_title=st.one_of(st.none(), st.integers(0, 2)),
+    max_devices=st.one_of(st.none(), st.integers(0, 3)),
+    device_window_s=st.sampled_from([5.0, 60.0, DAY_S]),
+    max_away_streams=st.one_of(st.none(), st.integers(0, 2)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["v1", "v2", "v3"]),
+            st.sampled_from(["d1", "d2", "d3", "d4", "d5"]),
+            st.sampled_from([(), ("uhd",), ("live",), ("live", "uhd")]),
+            st.booleans(),
+            st.floats(min_value=0, max_value=20),
+        ),
+        max_size=40,
+    ),
+    limit=st.integers(min_value=0, max_value=4),
+    rules=rules_strategy,
+)
+def test_no_sequence_breaks_any_rule(
+    ops: list[tuple[str, str, tuple[str, ...], bool, float]], limit: int, rules: Rules
+) -> None:
+    """Whatever the requests, the streams held never exceed the total, a kind, a title or the away cap, and
+    no more devices than the cap ever start a stream within the window."""
+    now = 0.0
+    streams: tuple[Stream, ...] = ()
+    devices: dict[str, float] = {}
+    quota = Quota(limit, rules=rules)
+    for n, (video, device, kinds, away, dt) in enumerate(ops):
+        now += dt
+        req = PlayRequest(f"r{n}", "u1", video, device, accepted_at=now, kinds=kinds, away=away)
+        verdict = decide(
+            req, streams=streams, quota=quota, now=now, lease_s=30.0, new_stream_id=f"s{n}", devices=devices
+        )
+        streams = verdict.streams
+        devices = dict(verdict.devices) if verdict.devices is not None else devices
+        assert len(streams) <= limit
+        for tag, cap in rules.kind_limits:
+            assert sum(tag in s.kinds for s in streams) <= cap
+        if rules.max_per_title is not None:
+            for title in {s.video_id for s in streams}:
+                assert sum(s.video_id == title for s in streams) <= rules.max_per_title
+        if rules.max_away_streams is not None:
+            assert sum(s.away for s in streams) <= rules.max_away_streams
+        if rules.max_devices is not None:
+            recent = {d for d, seen_at in devices.items() if seen_at > now - rules.device_window_s}
+            assert len(recent) <= rules.max_devices

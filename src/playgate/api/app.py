@@ -12,12 +12,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from playgate import __version__
 from playgate.api import errors
 from playgate.api.legacy_socketio import LegacySocketIO
 from playgate.api.middleware import HttpEdge
-from playgate.api.routes import admin, auth, content, health, seed, v1
+from playgate.api.routes import account, admin, auth, content, health, seed, v1
 from playgate.api.socket import V2_EVENTS, create_server, register
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
@@ -81,7 +82,7 @@ def create_app(
         )
     errors.install(api)
     # FastAPI tries the routers in this order: the players' routes (seed, v1) first, since they are the busiest.
-    for module in (seed, v1, health, auth, content, admin):
+    for module in (seed, v1, health, auth, content, account, admin):
         api.include_router(module.router)
     if (WEB_DIST / "index.html").is_file():
         api.mount("/app", StaticFiles(directory=WEB_DIST, html=True), name="web")
@@ -95,6 +96,10 @@ def create_app(
     app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
     # Socket.IO v2 clients (`?EIO=3`, e.g. the original service's UI) on the same path.
     app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings), events=V2_EVENTS)
+    # The client address (logins, households) from X-Forwarded-For of trusted proxies only, here in the app so that
+    # every server and the in-process tests see the same address.
+    # uvicorn types ASGI scopes more narrowly than Starlette; the middleware is plain ASGI.
+    app = ProxyHeadersMiddleware(app, trusted_hosts=settings.forwarded_allow_ips)  # type: ignore[arg-type,assignment]
     return HttpEdge(
         app,
         max_bytes=settings.max_body_bytes,

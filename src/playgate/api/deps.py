@@ -53,6 +53,14 @@ async def get_content(request: Request) -> ContentGate:
 ContentDep = Annotated[ContentGate, Depends(get_content)]
 
 
+async def get_client_address(request: Request) -> str | None:
+    """The client's address: the peer, or the client a trusted proxy names (PLAYGATE_TRUSTED_PROXIES)."""
+    return request.client.host if request.client else None
+
+
+ClientAddress = Annotated[str | None, Depends(get_client_address)]
+
+
 async def get_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from playgate.domain import ID_PATTERN, MAX_ID_LEN, ApiKey, Decision, KeyScope, Plan, PlayRequest, Stream, User, Video
+from playgate.domain import (
+    ID_PATTERN,
+    MAX_ID_LEN,
+    ApiKey,
+    Decision,
+    Device,
+    KeyScope,
+    Plan,
+    PlayRequest,
+    Policy,
+    Rules,
+    Stream,
+    User,
+    Video,
+)
+from playgate.policy import FIELDS, rules_from_json, rules_to_json
 
 # Ids, names and keys: printable, no control characters, bounded.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
@@ -37,6 +52,13 @@ Password = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Limit = Annotated[int, Field(ge=0, le=10_000)]
 DeviceName = Annotated[str, StringConstraints(min_length=1, max_length=80, pattern=r"^[^\x00-\x1f\x7f]+$")]
+KindTag = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
+Kinds = Annotated[list[KindTag], Field(max_length=20, description="Kind tags, such as `live`, `vod`, `uhd`.")]
+Network = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[0-9A-Fa-f.:/]+$")]
+Networks = Annotated[
+    list[Network],
+    Field(max_length=20, description="The household's networks in CIDR form (`203.0.113.0/24`); [] for none."),
+]
 
 
 def iso(epoch_s: float) -> str:
@@ -75,6 +97,7 @@ class UserOut(Wire):
     plan: str | None
     disabled: bool
     admin: bool
+    household: list[str] = Field(description="The household's networks; streams from elsewhere count as away.")
 
     @classmethod
     def of(cls, user: User) -> UserOut:
@@ -87,6 +110,7 @@ class UserOut(Wire):
             plan=user.plan,
             disabled=user.disabled,
             admin=user.is_admin,
+            household=list(user.household),
         )
 
 
@@ -97,11 +121,18 @@ class VideoOut(Wire):
     title: str
     url: str
     poster_url: str = Field(description="Its poster image (JPEG), for anyone.")
+    kinds: list[str] = Field(description="Kind tags (`live`, `uhd`, ...) that plans may cap.")
 
     @classmethod
     def of(cls, video: Video) -> VideoOut:
         """From the domain object."""
-        return cls(id=video.id, title=video.title, url=video.url, poster_url=f"/videos/{video.id}/poster")
+        return cls(
+            id=video.id,
+            title=video.title,
+            url=video.url,
+            poster_url=f"/videos/{video.id}/poster",
+            kinds=list(video.kinds),
+        )
 
 
 class AdminVideoOut(VideoOut):
@@ -118,17 +149,103 @@ class AdminVideoOut(VideoOut):
         return cls(**VideoOut.of(video).model_dump(), source=video.source)
 
 
-class PlanOut(Wire):
-    """A plan."""
+class RulesWire(Wire):
+    """The rules of a plan beside its total: absent or null is no such cap."""
+
+    on_limit: Policy | None = Field(
+        None,
+        description="At the total limit: `deny` the new request, `evict_oldest` (end the oldest stream), or "
+        "`evict_oldest_on_same_device_first` (the oldest on the asking device, else the oldest). Under an "
+        "eviction policy a kind, title or household cap evicts the oldest stream it counts as well. "
+        "null: the deployment's PLAYGATE_POLICY.",
+    )
+    kinds: dict[KindTag, Limit] | None = Field(
+        None, description='Caps per kind tag inside the total, such as `{"uhd": 1, "live": 2}`.'
+    )
+    max_per_title: Limit | None = Field(None, description="Streams of one video at a time.")
+    max_devices: Limit | None = Field(
+        None, description="Distinct devices that started a stream within deviceWindowDays; a new one is denied."
+    )
+    device_window_days: Annotated[float, Field(gt=0, le=3650)] | None = Field(
+        None, description="How long a device stays registered after its last stream start (default 30)."
+    )
+    max_away_streams: Limit | None = Field(
+        None, description="Streams from outside the account's household networks (none set: all are home)."
+    )
+
+    def rules(self) -> Rules:
+        """The domain rules these fields say."""
+        return rules_from_json(self.model_dump(by_alias=True, include=_RULE_NAMES, exclude_none=True))
+
+
+_RULE_NAMES = {"on_limit", "kinds", "max_per_title", "max_devices", "device_window_days", "max_away_streams"}
+
+
+class ShadowRules(RulesWire):
+    """A policy decided beside the enforced one, never enforced: its would-be denials are counted and listed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_streams: Limit | None = Field(None, description="Its total; null: the user's limit.")
+
+    def rules(self) -> Rules:
+        """The domain rules these fields say, with the total."""
+        return rules_from_json(self.model_dump(by_alias=True, include={*_RULE_NAMES, "max_streams"}, exclude_none=True))
+
+    @classmethod
+    def of(cls, rules: Rules) -> ShadowRules:
+        """From the domain rules."""
+        return cls.model_validate(rules_to_json(rules))
+
+
+class PlanOut(RulesWire):
+    """A plan: its total limit, its other rules, and its shadow policy if one runs."""
 
     id: str
     name: str
     max_streams: int
+    shadow: ShadowRules | None = None
 
     @classmethod
     def of(cls, plan: Plan) -> PlanOut:
         """From the domain object."""
-        return cls(id=plan.id, name=plan.name, max_streams=plan.max_streams)
+        fields: dict[str, Any] = {**rules_to_json(plan.rules), "maxStreams": plan.max_streams}
+        if fields.get("maxDevices") is None:
+            fields.pop("deviceWindowDays", None)
+        return cls.model_validate(
+            {**fields, "id": plan.id, "name": plan.name, "shadow": rules_to_json(plan.shadow) if plan.shadow else None}
+        )
+
+
+class DeviceOut(Wire):
+    """A device of the account: registered by its first stream, counted while seen within the window."""
+
+    id: str
+    user_id: str
+    last_seen_at: str
+
+    @classmethod
+    def of(cls, device: Device) -> DeviceOut:
+        """From the domain object."""
+        return cls(id=device.id, user_id=device.user_id, last_seen_at=iso(device.last_seen_at))
+
+
+class ShadowDenialOut(Wire):
+    """A request the shadow policy would have denied, and what the enforced policy decided."""
+
+    user_id: str
+    request_id: str
+    video_id: str
+    device_id: str
+    rule: str = Field(description="The shadow rule that would have denied: `limit_reached`, `kind_limit:<tag>`, ...")
+    enforced: Literal["allowed", "denied"]
+    decided_at: str
+
+
+class HouseholdIO(Input):
+    """The account's household networks."""
+
+    networks: Networks
 
 
 class StreamOut(Wire):
@@ -223,7 +340,11 @@ class PlayOut(Wire):
     video_id: str
     device_id: str = Field(description="The request's device (issued by the server when the request named none).")
     stream_id: str | None = None
-    reason: str | None = None
+    reason: str | None = Field(
+        None,
+        description="Denied: `limit_reached`, `kind_limit:<tag>`, `title_limit`, `device_limit`, "
+        "`household_limit`, `user_disabled`, `unknown_user` or `error`.",
+    )
     active: int | None = Field(None, description="The user's active streams after the decision.")
     limit: int | None = None
     expires_at: str | None = Field(None, description="When the new stream's lease runs out, unless renewed.")
@@ -250,7 +371,7 @@ class PlayOut(Wire):
             device_id=item.device_id,
             conflicts=conflicts,
             stream_id=item.stream_id,
-            reason=item.reason.value if item.reason else None,
+            reason=item.why,
             active=item.active,
             limit=item.limit,
             expires_at=iso(item.expires_at) if item.expires_at is not None else None,
@@ -295,6 +416,7 @@ class UserIn(Input):
     limit: Limit | None = Field(None, description="Own limit; null falls back to the plan, then the default.")
     plan: Id | None = None
     disabled: bool = False
+    household: Networks = []
 
 
 class UserPatch(Input):
@@ -305,6 +427,7 @@ class UserPatch(Input):
     limit: Limit | None = None
     plan: Id | None = None
     disabled: bool | None = None
+    household: Networks | None = None
 
 
 Source = Annotated[
@@ -323,6 +446,7 @@ class VideoIn(Input):
     title: Text
     url: VideoUrl
     source: Source | None = None
+    kinds: Kinds = []
 
 
 class VideoPatch(Input):
@@ -331,20 +455,40 @@ class VideoPatch(Input):
     title: Text | None = None
     url: VideoUrl | None = None
     source: Source | None = None
+    kinds: Kinds | None = None
 
 
-class PlanIn(Input):
-    """A new plan."""
+class PlanIn(RulesWire):
+    """A new plan: its name, total limit, other rules and (optionally) a shadow policy."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: Name
     max_streams: Limit
+    shadow: ShadowRules | None = None
 
 
-class PlanPatch(Input):
-    """Changes to a plan."""
+class PlanPatch(RulesWire):
+    """Changes to a plan: absent fields stay; a rule set to null is lifted; `shadow: null` ends shadow mode."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: Name | None = None
     max_streams: Limit | None = None
+    shadow: ShadowRules | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """What the catalogue changes: name, max_streams, the rule fields sent (camelCase), shadow."""
+        sent = self.model_dump(exclude_unset=True, by_alias=True)
+        found: dict[str, Any] = {name: sent[name] for name in FIELDS if name in sent and name != "maxStreams"}
+        result: dict[str, Any] = {"rules": found} if found else {}
+        if self.name is not None:
+            result["name"] = self.name
+        if self.max_streams is not None:
+            result["max_streams"] = self.max_streams
+        if "shadow" in sent:
+            result["shadow"] = self.shadow.rules() if self.shadow is not None else None
+        return result
 
 
 class UserPut(UserPatch):

@@ -24,7 +24,7 @@ from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.service import Catalog
 from playgate.connections import decision_key
-from playgate.domain import PlayRequest, Policy, Status
+from playgate.domain import PlayRequest, Status
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
@@ -119,7 +119,7 @@ async def _wait_for_port(port: int, process: asyncio.subprocess.Process) -> None
 
 def _redis_ledger(url: str, clock: Callable[[], float]) -> Ledger:
     """The Redis ledger of the distributed deployment."""
-    return RedisLedger(url, lease_s=LEASE_S, decision_ttl_s=3600.0, policy=Policy.deny, clock=clock)
+    return RedisLedger(url, lease_s=LEASE_S, decision_ttl_s=3600.0, clock=clock)
 
 
 async def _flush(url: str) -> None:
@@ -189,9 +189,7 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
                     else:
                         ledger_url = f"sqlite+aiosqlite:///{Path(tmp) / f'ledger-{index}.sqlite3'}"
                         await upgrade(ledger_url)
-                        ledger = SqlLedger(
-                            ledger_url, lease_s=LEASE_S, decision_ttl_s=3600.0, policy=Policy.deny, clock=clock
-                        )
+                        ledger = SqlLedger(ledger_url, lease_s=LEASE_S, decision_ttl_s=3600.0, clock=clock)
                     try:
                         runs.append(await _time_batches(ledger, catalog, user_ids, spec.requests, batch_size, clock))
                         if redis_url is not None:

@@ -3,7 +3,9 @@ decisions)."""
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, MetaData, String
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -28,6 +30,9 @@ class PlanRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     max_streams: Mapped[int] = mapped_column(Integer)
+    # The rules beside max_streams and the shadow policy, as the API writes them (camelCase JSON objects).
+    rules: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class UserRow(Base):
@@ -42,6 +47,8 @@ class UserRow(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
+    # The household's networks (CIDR strings); empty: no household, every stream counts as at home.
+    household: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class VideoRow(Base):
@@ -52,6 +59,7 @@ class VideoRow(Base):
     title: Mapped[str] = mapped_column(String(500))
     url: Mapped[str] = mapped_column(String(2000))
     source: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    kinds: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class ApiKeyRow(Base):
@@ -78,6 +86,8 @@ class StreamRow(Base):
     started_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float, index=True)
     device_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    kinds: Mapped[str] = mapped_column(String(2000), default="[]")  # a JSON array of the video's kind tags
+    away: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class DecisionRow(Base):
@@ -95,6 +105,7 @@ class DecisionRow(Base):
     limit: Mapped[int] = mapped_column(Integer)
     decided_at: Mapped[float] = mapped_column(Float, index=True)
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    shadow_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class IdempotencyRow(Base):
@@ -108,3 +119,26 @@ class IdempotencyRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+
+class DeviceRow(Base):
+    """A device an account started a stream on (kept by the SQL ledger under a plan's device cap)."""
+
+    __tablename__ = "devices"
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_seen_at: Mapped[float] = mapped_column(Float)
+
+
+class ShadowDenialRow(Base):
+    """A request the shadow policy would have denied (the enforced policy decided it)."""
+
+    __tablename__ = "shadow_denials"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    video_id: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(200))
+    rule: Mapped[str] = mapped_column(String(100))
+    enforced: Mapped[str] = mapped_column(String(16))
+    decided_at: Mapped[float] = mapped_column(Float, index=True)

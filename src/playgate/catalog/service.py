@@ -6,9 +6,10 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, delete, func, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -16,9 +17,10 @@ from playgate.catalog import bulk
 from playgate.catalog.bulk import Kind, UpsertResult
 from playgate.catalog.db import create_engine, is_sqlite
 from playgate.catalog.keys import KeyStore
-from playgate.catalog.models import PlanRow, UserRow, VideoRow
-from playgate.domain import Plan, Quota, User, Video
+from playgate.catalog.models import PlanRow, ShadowDenialRow, UserRow, VideoRow
+from playgate.domain import Decision, Plan, Policy, Quota, Rules, User, Video
 from playgate.errors import Conflict, Invalid, NotFound, Unavailable
+from playgate.policy import resolve, rules_from_json, rules_to_json
 from playgate.security import hash_password, verify_password
 
 ADMIN_NAME = "admin"
@@ -69,6 +71,28 @@ class _TTLCache:
         self._items.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowDenial:
+    """A request the shadow policy would have denied: which rule, and what the enforced policy decided."""
+
+    user_id: str
+    request_id: str
+    video_id: str
+    device_id: str
+    rule: str
+    enforced: str
+    decided_at: float
+
+
+def _quota(user: User) -> Quota:
+    return Quota(limit=user.limit, disabled=user.disabled, rules=user.rules, shadow=user.shadow)
+
+
+def _plan(row: PlanRow) -> Plan:
+    shadow = rules_from_json(row.shadow) if row.shadow is not None else None
+    return Plan(row.id, row.name, row.max_streams, rules_from_json(row.rules), shadow)
+
+
 class Catalog:
     """Reads and writes users, plans and videos; raises NotFound, Conflict, Invalid or Unavailable."""
 
@@ -80,6 +104,8 @@ class Catalog:
         cache_ttl_s: float,
         clock: Callable[[], float],
         hashes_at_once: int = 2,
+        default_policy: Policy = Policy.deny,
+        default_shadow: Rules | None = None,
     ) -> None:
         self._engine = engine
         # argon2 takes ~50 ms of a core on purpose: a burst of logins must queue here, not take every core
@@ -92,6 +118,8 @@ class Catalog:
         self._writer = create_engine(str(engine.url), immediate=True) if is_sqlite(str(engine.url)) else engine
         self._write_sessions = async_sessionmaker(self._writer, expire_on_commit=False)
         self._default_limit = default_limit
+        self._default_policy = default_policy
+        self._default_shadow = default_shadow
         self._clock = clock
         self._users = _TTLCache(cache_ttl_s, clock)
         self._videos = _TTLCache(cache_ttl_s, clock)
@@ -114,10 +142,15 @@ class Catalog:
 
     # ---- users -------------------------------------------------------------------------------------
 
-    def _user_query(self) -> Select[UserRow, int]:
-        return select(UserRow, PlanRow.max_streams).outerjoin(PlanRow, UserRow.plan_id == PlanRow.id)
+    def _user_query(self) -> Select[UserRow, PlanRow]:
+        return select(UserRow, PlanRow).outerjoin(PlanRow, UserRow.plan_id == PlanRow.id)
 
-    def _to_user(self, row: UserRow, plan_limit: int | None) -> User:
+    def _to_user(self, row: UserRow, plan: PlanRow | None) -> User:
+        """The user with their effective limit and rules: own limit, else the plan's, else the deployment's."""
+        plan_limit = plan.max_streams if plan is not None else None
+        rules = rules_from_json(plan.rules) if plan is not None else Rules()
+        shadow = rules_from_json(plan.shadow) if plan is not None and plan.shadow is not None else None
+        shadow = shadow or self._default_shadow
         if row.own_limit is not None:
             limit = row.own_limit
         elif plan_limit is not None:
@@ -132,13 +165,16 @@ class Catalog:
             plan=row.plan_id,
             disabled=row.disabled,
             is_admin=row.is_admin,
+            household=tuple(row.household or ()),
+            rules=resolve(rules, self._default_policy),
+            shadow=resolve(shadow, self._default_policy) if shadow is not None else None,
         )
 
     async def list_users(self) -> list[User]:
         """Every user, ordered by name."""
         async with self._session() as session:
             rows = (await session.execute(self._user_query().order_by(UserRow.name))).all()
-        return [self._to_user(user, plan_limit) for user, plan_limit in rows]
+        return [self._to_user(user, plan) for user, plan in rows]
 
     async def get_user(self, user_id: str, *, fresh: bool = False) -> User:
         """The user with this id (cached for cache_ttl_s unless `fresh`), else NotFound."""
@@ -184,14 +220,14 @@ class Catalog:
             if cached is None:
                 missing.append(user_id)
             else:
-                result[user_id] = Quota(limit=cached.limit, disabled=cached.disabled)
+                result[user_id] = _quota(cached)
         if missing:
             async with self._session() as session:
                 rows = (await session.execute(self._user_query().where(UserRow.id.in_(missing)))).all()
-            for row, plan_limit in rows:
-                user = self._to_user(row, plan_limit)
+            for row, plan in rows:
+                user = self._to_user(row, plan)
                 self._users.put(user.id, user)
-                result[user.id] = Quota(limit=user.limit, disabled=user.disabled)
+                result[user.id] = _quota(user)
         for user_id in wanted - result.keys():
             result[user_id] = Quota(limit=0, exists=False)
         return result
@@ -210,6 +246,7 @@ class Catalog:
         disabled: bool = False,
         is_admin: bool = False,
         user_id: str | None = None,
+        household: tuple[str, ...] = (),
     ) -> User:
         """A new user (the server picks the id unless given); Conflict if the name is taken."""
         password_hash = await self._hash(password)
@@ -224,13 +261,14 @@ class Catalog:
                 disabled=disabled,
                 is_admin=is_admin,
                 created_at=self._clock(),
+                household=list(household),
             )
             session.add(row)
             await self._commit(session, f"A user named {name!r} exists already.", "name")
         return await self.get_user(row.id, fresh=True)
 
     async def update_user(self, user_id: str, changes: Mapping[str, Any]) -> User:
-        """Apply `changes` (name, password, limit, plan, disabled) to a user; NotFound, Conflict."""
+        """Apply `changes` (name, password, limit, plan, disabled, household) to a user; NotFound, Conflict."""
         password = changes.get("password")
         password_hash = await self._hash(password) if password else None
         async with self._write_session() as session:
@@ -246,6 +284,8 @@ class Catalog:
                 row.name = changes["name"]
             if changes.get("disabled") is not None:
                 row.disabled = changes["disabled"]
+            if changes.get("household") is not None:
+                row.household = list(changes["household"])
             if password_hash is not None:
                 row.password_hash = password_hash
             await self._commit(session, f"A user named {changes.get('name')!r} exists already.", "name")
@@ -278,7 +318,7 @@ class Catalog:
         """Every plan, ordered by name."""
         async with self._session() as session:
             rows = (await session.scalars(select(PlanRow).order_by(PlanRow.name))).all()
-        return [Plan(r.id, r.name, r.max_streams) for r in rows]
+        return [_plan(r) for r in rows]
 
     async def get_plan(self, plan_id: str) -> Plan:
         """The plan with this id, else NotFound."""
@@ -286,18 +326,29 @@ class Catalog:
             row = await session.get(PlanRow, plan_id)
         if row is None:
             raise NotFound(f"No plan with id {plan_id!r}.")
-        return Plan(row.id, row.name, row.max_streams)
+        return _plan(row)
 
-    async def create_plan(self, *, name: str, max_streams: int) -> Plan:
-        """A new plan; Conflict if the name is taken."""
+    async def create_plan(
+        self, *, name: str, max_streams: int, rules: Rules | None = None, shadow: Rules | None = None
+    ) -> Plan:
+        """A new plan with its rules and shadow policy; Conflict if the name is taken."""
         async with self._write_session() as session:
-            row = PlanRow(id=_new_catalog_id(), name=name, max_streams=max_streams)
+            row = PlanRow(
+                id=_new_catalog_id(),
+                name=name,
+                max_streams=max_streams,
+                rules=rules_to_json(rules or Rules()),
+                shadow=rules_to_json(shadow) if shadow is not None else None,
+            )
             session.add(row)
             await self._commit(session, f"A plan named {name!r} exists already.", "name")
-        return Plan(row.id, row.name, row.max_streams)
+        return _plan(row)
 
     async def update_plan(self, plan_id: str, changes: Mapping[str, Any]) -> Plan:
-        """Rename a plan or change its limit (its users' limits follow within cache_ttl_s)."""
+        """Change a plan: name, max_streams, rules (camelCase fields; null lifts a cap) or shadow (None ends it).
+
+        Its users are held to the change within cache_ttl_s: at their next request or heartbeat.
+        """
         async with self._write_session() as session:
             row = await session.get(PlanRow, plan_id)
             if row is None:
@@ -306,9 +357,15 @@ class Catalog:
                 row.name = changes["name"]
             if changes.get("max_streams") is not None:
                 row.max_streams = changes["max_streams"]
+            if changes.get("rules"):
+                # Rule fields sent replace those stored; a field sent as null lifts that cap.
+                merged = {**(row.rules or {}), **changes["rules"]}
+                row.rules = rules_to_json(rules_from_json({k: v for k, v in merged.items() if v is not None}))
+            if "shadow" in changes:
+                row.shadow = rules_to_json(changes["shadow"]) if changes["shadow"] is not None else None
             await self._commit(session, f"A plan named {changes.get('name')!r} exists already.", "name")
         self._users.clear()
-        return Plan(row.id, row.name, row.max_streams)
+        return _plan(row)
 
     async def delete_plan(self, plan_id: str) -> None:
         """Remove a plan; Conflict while users are on it."""
@@ -343,17 +400,25 @@ class Catalog:
         return video
 
     async def create_video(
-        self, *, title: str, url: str, video_id: str | None = None, source: str | None = None
+        self,
+        *,
+        title: str,
+        url: str,
+        video_id: str | None = None,
+        source: str | None = None,
+        kinds: tuple[str, ...] = (),
     ) -> Video:
-        """A new video (the server picks the id unless given); `source` is a checked folder of its own media."""
+        """A new video with its kind tags (the server picks the id unless given); `source` is a checked folder of
+        its own media."""
         async with self._write_session() as session:
-            row = VideoRow(id=video_id or _new_catalog_id(), title=title, url=url, source=source)
+            row = VideoRow(id=video_id or _new_catalog_id(), title=title, url=url, source=source, kinds=list(kinds))
             session.add(row)
             await self._commit(session, f"A video with id {video_id!r} exists already.", "id")
         return _video(row)
 
     async def update_video(self, video_id: str, changes: Mapping[str, Any]) -> Video:
-        """Change a video's title, URL or media source (`source: None` goes back to the media PlayGate makes)."""
+        """Change a video's title, URL, kind tags or media source (`source: None` goes back to the media PlayGate
+        makes)."""
         async with self._write_session() as session:
             row = await session.get(VideoRow, video_id)
             if row is None:
@@ -364,6 +429,8 @@ class Catalog:
                 row.url = changes["url"]
             if "source" in changes:
                 row.source = changes["source"]
+            if changes.get("kinds") is not None:
+                row.kinds = list(changes["kinds"])
             await session.commit()
         self._videos.clear()
         return _video(row)
@@ -401,6 +468,41 @@ class Catalog:
             error = Conflict if refusal.field == "name" else Invalid
             raise error(f"{refusal.field}: {refusal.reason}", field=refusal.field)
         return result.created == 1
+
+    # ---- shadow denials ----------------------------------------------------------------------------
+
+    async def record_shadow_denials(self, decisions: Iterable[Decision]) -> int:
+        """Keep the decisions whose shadow policy would have denied them (one INSERT of many rows); how many."""
+        rows = [
+            {
+                "user_id": d.user_id,
+                "request_id": d.request_id,
+                "video_id": d.video_id,
+                "device_id": d.device_id,
+                "rule": d.shadow_reason,
+                "enforced": d.status.value,
+                "decided_at": d.decided_at,
+            }
+            for d in decisions
+            if d.shadow_reason is not None
+        ]
+        if rows:
+            async with self._write_session() as session:
+                await session.execute(insert(ShadowDenialRow), rows)
+                await session.commit()
+        return len(rows)
+
+    async def shadow_denials(self, user_id: str | None = None, *, limit: int = 100) -> list[ShadowDenial]:
+        """The latest shadow denials, newest first: of one user, or of everyone."""
+        query = select(ShadowDenialRow).order_by(ShadowDenialRow.decided_at.desc(), ShadowDenialRow.id.desc())
+        if user_id is not None:
+            query = query.where(ShadowDenialRow.user_id == user_id)
+        async with self._session() as session:
+            rows = (await session.scalars(query.limit(limit))).all()
+        return [
+            ShadowDenial(r.user_id, r.request_id, r.video_id, r.device_id, r.rule, r.enforced, r.decided_at)
+            for r in rows
+        ]
 
     # ---- start-up ----------------------------------------------------------------------------------
 
@@ -449,4 +551,4 @@ class Catalog:
 
 
 def _video(row: VideoRow) -> Video:
-    return Video(row.id, row.title, row.url, row.source)
+    return Video(row.id, row.title, row.url, row.source, tuple(row.kinds or ()))

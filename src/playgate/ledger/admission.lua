@@ -4,34 +4,37 @@ playgate.admission.decide step for step.
 
 KEYS[1]  the lease index: sorted set playgate:leases, member = stream id, score = expires_at (epoch seconds)
 then, for the i-th request (i = 1..n):
-KEYS[2i]      the user's streams: hash playgate:{<user id>}:streams
-              field = stream id, value = JSON [video id, device id, started_at, expires_at, device name]
-              (times: epoch seconds)
-KEYS[2i + 1]  the request's decision: string playgate:decision:<request id>, JSON, kept decision_ttl_ms milliseconds
+KEYS[3i - 1]  the user's streams: hash playgate:{<user id>}:streams
+              field = stream id, value = JSON [video id, device id, started_at, expires_at, device name, kind tags,
+              away 0|1] (times: epoch seconds)
+KEYS[3i]      the request's decision: string playgate:decision:<request id>, JSON, kept decision_ttl_ms milliseconds
+KEYS[3i + 1]  the user's devices: hash playgate:{<user id>}:devices, field = device id, value = last seen (epoch s)
 
 ARGV[1]  now, epoch seconds (the caller's clock, so that every ledger decides on the same instant)
 ARGV[2]  lease_s, seconds a stream counts after its start or last renewal
 ARGV[3]  decision_ttl_ms, milliseconds the decision is kept
-ARGV[4]  policy: "deny" or "evict_oldest"
-ARGV[4 + i]  the i-th request, JSON [the id of the stream to start if one starts, request id, user id, video id,
+ARGV[3 + i]  the i-th request, JSON [the id of the stream to start if one starts, request id, user id, video id,
              device id, the stream to replace or "", the user's limit, "1" if the user is disabled,
              "1" if the user exists, "1" if the device's own stream makes way (one stream per device),
-             device name]
+             device name, the video's kind tags, 1 if away from the household, seconds the devices are kept
+             (0: no device is registered), rules, shadow rules or false]
+             rules: {p = on-limit policy, k = [[kind tag, cap], ...], t = max per title, d = max devices,
+             w = device window seconds, a = max away streams, m = total (shadow only; else the user's limit)};
+             absent: no such cap
 
-One request travels as three strings (two keys and its JSON), not sixteen: packing the command is most of a
+One request travels as four strings (three keys and its JSON), not twenty: packing the command is most of a
 worker's work per decision.
 
 Returns one JSON string per request, in order: {"decision": {...}, "ended": [[stream id, video id, device id,
-started_at, expires_at, reason, device name], ...], "conflicts": [rows as in ended, reason ""]} (conflicts: the
-streams holding the limit when the request is denied for it). A decision is {"r": request id, "u": user id, "v": video id,
-"d": device id, "s": status, "a": active, "l": limit, "t": decided_at, "sid": stream id?, "why": reason?,
-"x": expires_at?}. Times travel as '%.17g' strings: exact doubles.
+started_at, expires_at, reason, device name, kind tags, away], ...], "conflicts": [rows as in ended, reason ""]}
+(conflicts: the streams the denying cap counts, when a cap denies the request). A decision is {"r": request id,
+"u": user id, "v": video id, "d": device id, "s": status, "a": active, "l": limit, "t": decided_at, "sid": stream id?, "why": reason?,
+"x": expires_at?, "sh": the shadow's would-be denial?}. Times travel as '%.17g' strings: exact doubles.
 ]]
 
 local now = tonumber(ARGV[1])
 local lease_s = tonumber(ARGV[2])
 local decision_ttl_ms = ARGV[3]
-local policy = ARGV[4]
 local leases = KEYS[1]
 
 local function fmt(seconds)
@@ -39,7 +42,27 @@ local function fmt(seconds)
 end
 
 local function row(stream, reason)
-    return {stream.id, stream.video, stream.device, fmt(stream.started), fmt(stream.expires), reason, stream.name}
+    return {stream.id, stream.video, stream.device, fmt(stream.started), fmt(stream.expires), reason, stream.name,
+            stream.kinds, stream.away}
+end
+
+local function has(list, item)
+    for _, value in ipairs(list) do
+        if value == item then
+            return true
+        end
+    end
+    return false
+end
+
+local function filter(streams, keep)
+    local found = {}
+    for _, stream in ipairs(streams) do
+        if keep(stream) then
+            found[#found + 1] = stream
+        end
+    end
+    return found
 end
 
 local function by_age(a, b)
@@ -49,15 +72,116 @@ local function by_age(a, b)
     return a.id < b.id
 end
 
-local function admit(streams_key, decision_key, request)
+-- The devices seen within the window, and whether `device_id` is one of them.
+local function new_device_over_cap(device_id, known, rules)
+    local since, count, seen = now - rules.w, 0, false
+    for device, seen_at in pairs(known) do
+        if seen_at > since then
+            count = count + 1
+            seen = seen or device == device_id
+        end
+    end
+    return not seen and count >= rules.d
+end
+
+local function every()
+    return true
+end
+
+-- The first cap the new stream would break: its reason, the cap, and which streams it counts (nil: all fit).
+local function first_full(req, kept, rules, limit)
+    if #kept >= limit then
+        return 'limit_reached', limit, every
+    end
+    for _, pair in ipairs(rules.k or {}) do
+        local tag, cap = pair[1], pair[2]
+        local counts = function(s) return has(s.kinds, tag) end
+        if has(req.kinds, tag) and #filter(kept, counts) >= cap then
+            return 'kind_limit:' .. tag, cap, counts
+        end
+    end
+    local same_title = function(s) return s.video == req.video end
+    if rules.t and #filter(kept, same_title) >= rules.t then
+        return 'title_limit', rules.t, same_title
+    end
+    local away = function(s) return s.away == 1 end
+    if req.away == 1 and rules.a and #filter(kept, away) >= rules.a then
+        return 'household_limit', rules.a, away
+    end
+    return nil
+end
+
+-- The stream to evict: the oldest of `scope`, or the asking device's oldest first if the policy says so.
+local function oldest(scope, device_id, policy)
+    local pool = scope
+    if policy == 'evict_oldest_on_same_device_first' then
+        local mine = filter(scope, function(s) return s.device == device_id end)
+        if #mine > 0 then
+            pool = mine
+        end
+    end
+    local best = nil
+    for _, stream in ipairs(pool) do
+        if best == nil or by_age(stream, best) then
+            best = stream
+        end
+    end
+    return best
+end
+
+-- playgate.admission.admit: the streams kept and those freed ({stream, reason}), or the reason that denies and
+-- the live streams its cap counts (the conflicts).
+local function admit_rule(req, live, rules, limit, known)
+    local kept, freed = live, {}
+    -- The streams `take(stream)` picks go to `freed` with `reason`; the others stay, in their order.
+    local function set_aside(streams, take, reason)
+        local rest = {}
+        for _, stream in ipairs(streams) do
+            if take(stream) then
+                freed[#freed + 1] = {stream, reason}
+            else
+                rest[#rest + 1] = stream
+            end
+        end
+        return rest
+    end
+    if req.replace_device == '1' then
+        kept = set_aside(kept, function(s) return s.device == req.device end, 'replaced')
+    end
+    if req.replace ~= '' then
+        kept = set_aside(kept, function(s) return s.id == req.replace end, 'replaced')
+    end
+    if rules.d and new_device_over_cap(req.device, known, rules) then
+        return live, {}, 'device_limit', {}
+    end
+    local policy = rules.p or 'deny'
+    for _ = 1, #kept + 1 do
+        local reason, cap, counts = first_full(req, kept, rules, limit)
+        if not reason then
+            return kept, freed, nil, {}
+        end
+        if policy == 'deny' or cap <= 0 then
+            return live, {}, reason, filter(live, counts)
+        end
+        local victim = oldest(filter(kept, counts), req.device, policy)
+        kept = filter(kept, function(s) return s.id ~= victim.id end)
+        freed[#freed + 1] = {victim, 'evicted'}
+    end
+    error('admission: eviction did not converge')
+end
+
+local function admit(streams_key, decision_key, devices_key, request)
     local new_stream_id, request_id, user_id = request[1], request[2], request[3]
     local video_id, device_id, replace_id = request[4], request[5], request[6]
     local limit, disabled, exists = tonumber(request[7]), request[8], request[9]
-    local replace_device, device_name = request[10], request[11] or ''
+    local req = {video = video_id, device = device_id, replace = replace_id, replace_device = request[10],
+                 kinds = request[12], away = request[13]}
+    local device_name = request[11] or ''
+    local device_window_s, rules, shadow = request[14], request[15], request[16]
 
     local function save(stream)
-        redis.call('HSET', streams_key, stream.id,
-            cjson.encode({stream.video, stream.device, fmt(stream.started), fmt(stream.expires), stream.name}))
+        redis.call('HSET', streams_key, stream.id, cjson.encode({stream.video, stream.device, fmt(stream.started),
+            fmt(stream.expires), stream.name, stream.kinds, stream.away}))
         redis.call('ZADD', leases, fmt(stream.expires), stream.id)
     end
 
@@ -72,7 +196,7 @@ local function admit(streams_key, decision_key, request)
     for i = 1, #raw, 2 do
         local v = cjson.decode(raw[i + 1])
         local stream = {id = raw[i], video = v[1], device = v[2], started = tonumber(v[3]), expires = tonumber(v[4]),
-                        name = v[5] or ''}
+                        name = v[5] or '', kinds = v[6] or {}, away = v[7] or 0}
         if stream.expires > now then
             live[#live + 1] = stream
         else
@@ -93,7 +217,7 @@ local function admit(streams_key, decision_key, request)
         return reply(cjson.decode(prior))
     end
 
-    local function decided(status, active, decision_limit, stream, reason)
+    local function decided(status, active, decision_limit, stream, reason, shadow_denial)
         local d = {r = request_id, u = user_id, v = video_id, d = device_id, s = status, a = active,
                    l = decision_limit, t = fmt(now)}
         if stream then
@@ -103,15 +227,18 @@ local function admit(streams_key, decision_key, request)
         if reason then
             d.why = reason
         end
+        if shadow_denial then
+            d.sh = shadow_denial
+        end
         redis.call('SET', decision_key, cjson.encode(d), 'PX', decision_ttl_ms)
         return reply(d)
     end
 
     if exists ~= '1' then
-        return decided('denied', #live, 0, nil, 'unknown_user')
+        return decided('denied', #live, 0, nil, 'unknown_user', nil)
     end
     if disabled == '1' then
-        return decided('denied', #live, limit, nil, 'user_disabled')
+        return decided('denied', #live, limit, nil, 'user_disabled', nil)
     end
 
     -- The same device asking again for the video it plays keeps its stream and renews the lease.
@@ -119,56 +246,51 @@ local function admit(streams_key, decision_key, request)
         if stream.device == device_id and stream.video == video_id then
             stream.expires = now + lease_s
             save(stream)
-            return decided('allowed', #live, limit, stream, nil)
+            return decided('allowed', #live, limit, stream, nil, nil)
         end
     end
 
-    -- Make room: the device's own stream (one stream per device), the stream named to replace, then
-    -- (evict_oldest) the oldest ones.
-    local kept, freed = live, {}
-    -- The streams `take(i, stream)` picks go to `freed` with `reason`; the others stay, in their order.
-    local function set_aside(streams, take, reason)
-        local rest = {}
-        for i, stream in ipairs(streams) do
-            if take(i, stream) then
-                freed[#freed + 1] = {stream, reason}
-            else
-                rest[#rest + 1] = stream
-            end
+    local known = {}
+    if device_window_s > 0 then
+        local raw_devices = redis.call('HGETALL', devices_key)
+        for i = 1, #raw_devices, 2 do
+            known[raw_devices[i]] = tonumber(raw_devices[i + 1])
         end
-        return rest
     end
-    if replace_device == '1' then
-        kept = set_aside(kept, function(_, stream) return stream.device == device_id end, 'replaced')
+    local shadow_denial = nil
+    if shadow then
+        local _, _, denial = admit_rule(req, live, shadow, shadow.m or limit, known)
+        shadow_denial = denial
     end
-    if replace_id ~= '' then
-        kept = set_aside(kept, function(_, stream) return stream.id == replace_id end, 'replaced')
-    end
-    if policy == 'evict_oldest' and limit > 0 and #kept >= limit then
-        local surplus = #kept - limit + 1
-        -- kept is sorted oldest first
-        kept = set_aside(kept, function(i, _) return i <= surplus end, 'evicted')
-    end
-    if #kept >= limit then
-        -- Nothing is ended when the request is denied anyway.
-        for i, stream in ipairs(live) do
+    local kept, freed, denial, holding = admit_rule(req, live, rules, limit, known)
+    if denial then
+        for i, stream in ipairs(holding) do
             conflicts[i] = row(stream, '')
         end
-        return decided('denied', #live, limit, nil, 'limit_reached')
+        return decided('denied', #live, limit, nil, denial, shadow_denial)
     end
 
     for _, item in ipairs(freed) do
         drop(item[1])
         ended[#ended + 1] = row(item[1], item[2])
     end
+    -- The device is seen now; those not seen within the window are forgotten.
+    if device_window_s > 0 then
+        for device, seen in pairs(known) do
+            if device ~= device_id and seen <= now - device_window_s then
+                redis.call('HDEL', devices_key, device)
+            end
+        end
+        redis.call('HSET', devices_key, device_id, fmt(now))
+    end
     local started = {id = new_stream_id, video = video_id, device = device_id, started = now, expires = now + lease_s,
-                     name = device_name}
+                     name = device_name, kinds = req.kinds, away = req.away}
     save(started)
-    return decided('allowed', #kept + 1, limit, started, nil)
+    return decided('allowed', #kept + 1, limit, started, nil, shadow_denial)
 end
 
 local replies = {}
-for i = 1, #ARGV - 4 do
-    replies[i] = admit(KEYS[2 * i], KEYS[2 * i + 1], cjson.decode(ARGV[4 + i]))
+for i = 1, #ARGV - 3 do
+    replies[i] = admit(KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1], cjson.decode(ARGV[3 + i]))
 end
 return replies

@@ -2,12 +2,13 @@
 expire.lua: end one stream if its lease ran out; the sweeper runs it for each candidate of the lease index, so
 that when several workers sweep at once, exactly one of them ends (and announces) each expired stream.
 
-KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at, name?])
+KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at,
+         device name, kind tags, away])
 KEYS[2]  the lease index: sorted set playgate:leases (member stream id, score expires_at)
 ARGV[1]  stream id    ARGV[2] now, epoch seconds
 
-Returns the ended stream as JSON [video id, device id, started_at, expires_at, device name?], or nil when it is not expired (its
-index entry is corrected) or already gone (its stale index entry is removed).
+Returns the ended stream as that JSON list, or nil when it is not expired (its index entry is corrected) or
+already gone (its stale index entry is removed).
 ]]
 
 local value = redis.call('HGET', KEYS[1], ARGV[1])

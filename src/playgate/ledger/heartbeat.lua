@@ -1,11 +1,12 @@
 --[[
 heartbeat.lua: renew the lease of one active stream.
 
-KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at, name?])
+KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at,
+         device name, kind tags, away])
 KEYS[2]  the lease index: sorted set playgate:leases (member stream id, score expires_at)
 ARGV[1]  stream id    ARGV[2] now, epoch seconds    ARGV[3] lease_s, seconds
 
-Returns the renewed stream as JSON [video id, device id, started_at, expires_at, device name?] (times '%.17g' strings, epoch
+Returns the renewed stream as that JSON list (times '%.17g' strings, epoch
 seconds), or nil when the stream is unknown or its lease already ran out (the sweeper announces those).
 ]]
 

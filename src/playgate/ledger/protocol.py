@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from playgate.domain import Admission, Decision, EndedStream, Outcome, Stream
+from playgate.domain import Admission, Decision, Device, EndedStream, Outcome, Stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,14 @@ class Ledger(Protocol):
 
     async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
         """Bind an Idempotency-Key of this user to `request_id`, or return the request it is bound to."""
+        ...
+
+    async def devices(self, user_id: str) -> list[Device]:
+        """The user's registered devices (those that started a stream under a device cap), least recent first."""
+        ...
+
+    async def forget_device(self, user_id: str, device_id: str) -> bool:
+        """Remove a registered device; False if it was not registered."""
         ...
 
     async def count_active(self) -> int:

@@ -1,7 +1,9 @@
 """The Redis ledger: each user's streams in one hash under a `{user id}` hash tag, decided by Lua scripts.
 
 Keys (all under PREFIX; their names are kept in playgate.connections, shared with the bus):
-- `playgate:{<user id>}:streams` hash, stream id -> JSON [video id, device id, started_at, expires_at, device name];
+- `playgate:{<user id>}:streams` hash, stream id -> JSON [video id, device id, started_at, expires_at, device name,
+  kinds, away];
+- `playgate:{<user id>}:devices` hash, device id -> last seen (epoch seconds), under a plan's device cap;
 - `playgate:{<user id>}:key:<idempotency key>` JSON {request id, video id}, kept decision_ttl_s;
 - `playgate:decision:<request id>` the decision, JSON, kept decision_ttl_s;
 - `playgate:leases` sorted set of every stream id by expires_at, for the sweeper and the active count.
@@ -23,19 +25,20 @@ from typing import Any
 import orjson
 from redis import exceptions as redis_errors
 
-from playgate.admission import by_age
+from playgate.admission import by_age, device_window_s
 from playgate.connections import (
     LEASES_KEY,
     connect,
     decision_from_json,
     decision_key,
     decision_to_json,
+    devices_key,
     idempotency_key,
     parse_time,
     streams_key,
     translate_redis_errors,
 )
-from playgate.domain import Admission, Decision, EndedStream, Outcome, Policy, Reason, Stream
+from playgate.domain import Admission, Decision, Device, EndedStream, Outcome, Policy, Reason, Rules, Stream
 from playgate.ledger.protocol import KeyClaim
 
 SWEEP_CHUNK = 500
@@ -68,8 +71,9 @@ def _script(name: str) -> str:
 
 
 def _stream_from(stream_id: str, user_id: str, fields: Sequence[Any]) -> Stream:
-    """A Stream from the JSON list [video id, device id, started_at, expires_at, device name?] the scripts keep
-    (streams kept before device names have four fields)."""
+    """A Stream from the JSON list [video id, device id, started_at, expires_at, device name?, kinds?, away?] the
+    scripts keep (streams kept before device names have four fields, before policies five)."""
+    kinds = fields[5] if len(fields) > 5 else None  # cjson writes an empty list as {}
     return Stream(
         id=stream_id,
         user_id=user_id,
@@ -78,6 +82,8 @@ def _stream_from(stream_id: str, user_id: str, fields: Sequence[Any]) -> Stream:
         started_at=parse_time(fields[2]),
         expires_at=parse_time(fields[3]),
         device_name=str(fields[4]) if len(fields) > 4 else "",
+        kinds=tuple(kinds) if kinds else (),
+        away=len(fields) > 6 and bool(fields[6]),
     )
 
 
@@ -93,6 +99,23 @@ def _outcome_from(raw: str, user_id: str) -> Outcome:
     return Outcome(decision_from_json(reply["decision"]), ended, conflicts)
 
 
+def _rules_arg(rules: Rules, *, total: bool = False) -> dict[str, Any]:
+    """Rules as admission.lua reads them: {p, k, t, d, w, a, m}, caps that are not set left out."""
+    body: dict[str, Any] = {"p": (rules.on_limit or Policy.deny).value}
+    if rules.kind_limits:
+        body["k"] = [list(pair) for pair in rules.kind_limits]
+    if rules.max_per_title is not None:
+        body["t"] = rules.max_per_title
+    if rules.max_devices is not None:
+        body["d"] = rules.max_devices
+        body["w"] = rules.device_window_s
+    if rules.max_away_streams is not None:
+        body["a"] = rules.max_away_streams
+    if total and rules.max_streams is not None:
+        body["m"] = rules.max_streams
+    return body
+
+
 class RedisLedger:
     """Ledger on Redis: atomic per user because every change of a user's streams is one Lua script."""
 
@@ -102,13 +125,11 @@ class RedisLedger:
         *,
         lease_s: float,
         decision_ttl_s: float,
-        policy: Policy,
         clock: Callable[[], float],
     ) -> None:
         self._redis = connect(url)
         self._lease_s = lease_s
         self._decision_ttl_ms = max(1, round(decision_ttl_s * 1000))
-        self._policy = policy
         self._clock = clock
         self._admit = self._redis.register_script(_script("admission.lua"))
         self._renew = self._redis.register_script(_script("heartbeat.lua"))
@@ -132,6 +153,11 @@ class RedisLedger:
                 "1" if quota.exists else "0",
                 "1" if request.replace_device_stream else "0",
                 request.device_name,
+                request.kinds,
+                1 if request.away else 0,
+                device_window_s(quota) or 0,
+                _rules_arg(quota.rules),
+                _rules_arg(quota.shadow, total=True) if quota.shadow is not None else False,
             ]
         )
 
@@ -153,13 +179,14 @@ class RedisLedger:
     async def _admit_all(self, admissions: Sequence[Admission], now: float) -> list[Any]:
         """The replies of admission.lua, one per admission: chunks of ADMIT_CHUNK requests, one EVALSHA each, in
         one pipeline (one round trip, without the SCRIPT EXISTS that redis-py sends before pipelined scripts)."""
-        settings = (repr(now), repr(float(self._lease_s)), self._decision_ttl_ms, self._policy.value)
+        settings = (repr(now), repr(float(self._lease_s)), self._decision_ttl_ms)
         pipe = self._redis.pipeline(transaction=False)
         for start in range(0, len(admissions), ADMIT_CHUNK):
             chunk = admissions[start : start + ADMIT_CHUNK]
             keys: list[str] = [LEASES_KEY]
             for admission in chunk:
-                keys += (streams_key(admission.request.user_id), decision_key(admission.request.request_id))
+                user_id = admission.request.user_id
+                keys += (streams_key(user_id), decision_key(admission.request.request_id), devices_key(user_id))
             pipe.evalsha(self._admit.sha, len(keys), *keys, *settings, *map(self._request_arg, chunk))
         replies: list[Any] = []
         for chunk_replies in await pipe.execute():
@@ -284,6 +311,18 @@ class RedisLedger:
             return KeyClaim(request_id, video_id, created=True)
         bound = orjson.loads(previous)
         return KeyClaim(bound["r"], bound["v"], created=False)
+
+    async def devices(self, user_id: str) -> list[Device]:
+        """The user's registered devices, least recently seen first."""
+        async with translate_redis_errors():
+            raw = await self._redis.hgetall(devices_key(user_id))
+        found = [Device(str(device_id), user_id, parse_time(seen)) for device_id, seen in raw.items()]
+        return sorted(found, key=lambda d: (d.last_seen_at, d.id))
+
+    async def forget_device(self, user_id: str, device_id: str) -> bool:
+        """Remove a registered device (its streams play on); False if it was not registered."""
+        async with translate_redis_errors():
+            return bool(await self._redis.hdel(devices_key(user_id), device_id))
 
     async def count_active(self) -> int:
         """Streams whose lease has not run out, from the lease index."""

@@ -18,9 +18,20 @@ from typing import Any, TypeVar
 import orjson
 from sqlalchemy.engine import make_url
 
-from playgate.admission import by_age, decide
+from playgate.admission import by_age, decide, device_window_s
 from playgate.catalog.db import SQLITE_BUSY_TIMEOUT_MS, check_url, configure_sqlite_connection
-from playgate.domain import Admission, Decision, EndedStream, Outcome, Policy, Reason, Status, Stream, new_id
+from playgate.domain import (
+    Admission,
+    Decision,
+    Device,
+    EndedStream,
+    Outcome,
+    Reason,
+    Status,
+    Stream,
+    new_id,
+    parse_reason,
+)
 from playgate.errors import Unavailable
 from playgate.ledger.protocol import KeyClaim
 
@@ -30,51 +41,51 @@ T = TypeVar("T")
 # optional filter as a parameter that may be NULL, so that each is one prepared statement whatever the call.
 SELECT_PRIORS = (
     'SELECT request_id, user_id, video_id, device_id, status, active, "limit", decided_at, stream_id, reason, '
-    "expires_at FROM decisions WHERE request_id IN (SELECT value FROM json_each(?))"
+    "expires_at, shadow_reason FROM decisions WHERE request_id IN (SELECT value FROM json_each(?))"
 )
 SELECT_DECISION = (
     'SELECT request_id, user_id, video_id, device_id, status, active, "limit", decided_at, stream_id, reason, '
-    "expires_at FROM decisions WHERE request_id = ?"
+    "expires_at, shadow_reason FROM decisions WHERE request_id = ?"
 )
 INSERT_DECISION = (
     'INSERT INTO decisions (request_id, user_id, video_id, device_id, status, active, "limit", decided_at, '
-    "stream_id, reason, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "stream_id, reason, expires_at, shadow_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 KEEP_DECISION = INSERT_DECISION + " ON CONFLICT DO NOTHING"
 SELECT_USERS_STREAMS = (
-    "SELECT id, user_id, video_id, device_id, started_at, expires_at, device_name FROM streams "
+    "SELECT id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away FROM streams "
     "WHERE user_id IN (SELECT value FROM json_each(?))"
 )
 SELECT_LIVE_STREAMS = (
-    "SELECT id, user_id, video_id, device_id, started_at, expires_at, device_name FROM streams "
+    "SELECT id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away FROM streams "
     "WHERE user_id = ? AND expires_at > ? ORDER BY started_at, id"
 )
 SELECT_STREAM = (
-    "SELECT id, user_id, video_id, device_id, started_at, expires_at, device_name FROM streams "
+    "SELECT id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away FROM streams "
     "WHERE id = ? AND expires_at > ?"
 )
 INSERT_STREAM = (
-    "INSERT INTO streams (id, user_id, video_id, device_id, started_at, expires_at, device_name) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO streams (id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 DELETE_STREAMS = "DELETE FROM streams WHERE id IN (SELECT value FROM json_each(?))"
 RENEW_STREAM = "UPDATE streams SET expires_at = ? WHERE id = ?"
 HEARTBEAT = (
     "UPDATE streams SET expires_at = ?1 WHERE id = ?2 AND expires_at > ?3 AND (?4 IS NULL OR user_id = ?4) "
-    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name"
+    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away"
 )
 STOP = (
     "DELETE FROM streams WHERE user_id = ?1 AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2))) "
     "AND (?3 IS NULL OR video_id = ?3) "
-    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name"
+    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away"
 )
 STOP_VIDEO = (
     "DELETE FROM streams WHERE video_id = ? "
-    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name"
+    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away"
 )
 SWEEP_STREAMS = (
     "DELETE FROM streams WHERE expires_at <= ? "
-    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name"
+    "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away"
 )
 SWEEP_DECISIONS = "DELETE FROM decisions WHERE decided_at < ?"
 SWEEP_KEYS = "DELETE FROM idempotency_keys WHERE created_at < ?"
@@ -84,6 +95,15 @@ CLAIM_KEY = (
     "ON CONFLICT DO NOTHING"
 )
 SELECT_KEY = "SELECT request_id, video_id FROM idempotency_keys WHERE user_id = ? AND key = ?"
+SELECT_USERS_DEVICES = (
+    "SELECT user_id, device_id, last_seen_at FROM devices WHERE user_id IN (SELECT value FROM json_each(?))"
+)
+SELECT_DEVICES = (
+    "SELECT user_id, device_id, last_seen_at FROM devices WHERE user_id = ? ORDER BY last_seen_at, device_id"
+)
+SEE_DEVICE = "INSERT INTO devices (user_id, device_id, last_seen_at) VALUES (?, ?, ?)"
+FORGET_DEVICES = "DELETE FROM devices WHERE user_id = ?"
+FORGET_DEVICE = "DELETE FROM devices WHERE user_id = ? AND device_id = ?"
 
 
 def _stream(row: Sequence[Any]) -> Stream:
@@ -95,10 +115,13 @@ def _stream(row: Sequence[Any]) -> Stream:
         started_at=row[4],
         expires_at=row[5],
         device_name=row[6],
+        kinds=tuple(orjson.loads(row[7])) if row[7] != "[]" else (),
+        away=bool(row[8]),
     )
 
 
 def _decision(row: Sequence[Any]) -> Decision:
+    reason, tag = parse_reason(row[9]) if row[9] else (None, None)
     return Decision(
         request_id=row[0],
         user_id=row[1],
@@ -109,8 +132,10 @@ def _decision(row: Sequence[Any]) -> Decision:
         limit=row[6],
         decided_at=row[7],
         stream_id=row[8],
-        reason=Reason(row[9]) if row[9] else None,
+        reason=reason,
         expires_at=row[10],
+        reason_tag=tag,
+        shadow_reason=row[11],
     )
 
 
@@ -125,13 +150,15 @@ def _decision_values(d: Decision) -> tuple[Any, ...]:
         d.limit,
         d.decided_at,
         d.stream_id,
-        d.reason.value if d.reason else None,
+        d.why,
         d.expires_at,
+        d.shadow_reason,
     )
 
 
 def _stream_values(s: Stream) -> tuple[Any, ...]:
-    return (s.id, s.user_id, s.video_id, s.device_id, s.started_at, s.expires_at, s.device_name)
+    kinds = orjson.dumps(list(s.kinds)).decode() if s.kinds else "[]"
+    return (s.id, s.user_id, s.video_id, s.device_id, s.started_at, s.expires_at, s.device_name, kinds, s.away)
 
 
 def _json_list(values: Iterable[str]) -> bytes:
@@ -153,13 +180,11 @@ class SqlLedger:
         *,
         lease_s: float,
         decision_ttl_s: float,
-        policy: Policy,
         clock: Callable[[], float],
     ) -> None:
         self._path = database_path(url)
         self._lease_s = lease_s
         self._decision_ttl_s = decision_ttl_s
-        self._policy = policy
         self._clock = clock
         # One thread owns the connection: calls queue in order, and the event loop never waits on the file lock.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playgate-ledger")
@@ -213,6 +238,8 @@ class SqlLedger:
             for row in conn.execute(SELECT_USERS_STREAMS, (user_ids,)):
                 before[row[1]].append(_stream(row))
             after = {user_id: list(streams) for user_id, streams in before.items()}
+            devices = self._devices_of(conn, admissions)
+            seen: set[str] = set()
             outcomes = []
             fresh: list[tuple[Any, ...]] = []
             for admission in admissions:
@@ -226,18 +253,34 @@ class SqlLedger:
                     lease_s=self._lease_s,
                     new_stream_id=new_id(),
                     prior=prior,
-                    policy=self._policy,
+                    devices=devices.get(request.user_id),
                 )
                 after[request.user_id] = list(verdict.streams)
+                if verdict.devices is not None:
+                    devices[request.user_id] = dict(verdict.devices)
+                    seen.add(request.user_id)
                 if prior is None:
                     # A duplicate later in the same batch gets this decision as its prior.
                     priors[request.request_id] = verdict.decision
                     fresh.append(_decision_values(verdict.decision))
                 outcomes.append(Outcome(verdict.decision, verdict.ended, verdict.conflicts))
             self._write_diff(conn, before, after)
+            for user_id in seen:
+                conn.execute(FORGET_DEVICES, (user_id,))
+                conn.executemany(SEE_DEVICE, [(user_id, d, seen_at) for d, seen_at in devices[user_id].items()])
             if fresh:
                 conn.executemany(INSERT_DECISION, fresh)
         return outcomes
+
+    @staticmethod
+    def _devices_of(conn: sqlite3.Connection, admissions: Sequence[Admission]) -> dict[str, dict[str, float]]:
+        """The registered devices of the batch's users under a device cap (none read for the others)."""
+        capped = {a.request.user_id for a in admissions if device_window_s(a.quota) is not None}
+        devices: dict[str, dict[str, float]] = {user_id: {} for user_id in capped}
+        if capped:
+            for user_id, device_id, last_seen_at in conn.execute(SELECT_USERS_DEVICES, (_json_list(capped),)):
+                devices[user_id][device_id] = last_seen_at
+        return devices
 
     @staticmethod
     def _write_diff(conn: sqlite3.Connection, before: dict[str, list[Stream]], after: dict[str, list[Stream]]) -> None:
@@ -354,6 +397,24 @@ class SqlLedger:
                 return KeyClaim(request_id, video_id, created=True)
             row = conn.execute(SELECT_KEY, (user_id, key)).fetchone()
         return KeyClaim(row[0], row[1], created=False)
+
+    # ---- devices -----------------------------------------------------------------------------------
+
+    async def devices(self, user_id: str) -> list[Device]:
+        """The user's registered devices, least recently seen first."""
+        return await self._run(self._devices, user_id)
+
+    @staticmethod
+    def _devices(conn: sqlite3.Connection, user_id: str) -> list[Device]:
+        return [Device(row[1], row[0], row[2]) for row in conn.execute(SELECT_DEVICES, (user_id,))]
+
+    async def forget_device(self, user_id: str, device_id: str) -> bool:
+        """Remove a registered device (its streams play on); False if it was not registered."""
+        return await self._run(self._forget_device, user_id, device_id)
+
+    def _forget_device(self, conn: sqlite3.Connection, user_id: str, device_id: str) -> bool:
+        with self._write(conn):
+            return conn.execute(FORGET_DEVICE, (user_id, device_id)).rowcount > 0
 
     # ---- health ------------------------------------------------------------------------------------
 

@@ -1,14 +1,15 @@
 --[[
 stop.lua: end some or all of one user's streams.
 
-KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at, name?])
+KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at,
+         device name, kind tags, away])
 KEYS[2]  the lease index: sorted set playgate:leases (member stream id, score expires_at)
 ARGV[1]  now, epoch seconds
 ARGV[2]  only streams of this video id; "" for any video
 ARGV[3]  "ids" to end only the stream ids in ARGV[4..], "all" to end every stream of the user
 
-Returns a JSON list of [stream id, video id, device id, started_at, expires_at, device name] of the ended streams whose lease had
-not run out (expired ones are deleted too, but they were no longer active).
+Returns a JSON list of [stream id, video id, device id, started_at, expires_at, device name, kind tags, away] of
+the ended streams whose lease had not run out (expired ones are deleted too, but they were no longer active).
 ]]
 
 local now = tonumber(ARGV[1])
@@ -28,7 +29,7 @@ for i = 1, #raw, 2 do
         redis.call('HDEL', KEYS[1], id)
         redis.call('ZREM', KEYS[2], id)
         if tonumber(v[4]) > now then
-            stopped[#stopped + 1] = {id, v[1], v[2], v[3], v[4], v[5] or ''}
+            stopped[#stopped + 1] = {id, v[1], v[2], v[3], v[4], v[5] or '', v[6], v[7]}
         end
     end
 end

@@ -31,6 +31,7 @@ from playgate.api.schemas import (
 )
 from playgate.catalog.bulk import PLANS, VIDEOS
 from playgate.imports import MAX_ROWS, KindName, format_of
+from playgate.policy import parse_networks
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -58,7 +59,12 @@ async def list_users(catalog: CatalogDep, _reader: Reader) -> list[UserOut]:
 async def create_user(body: UserIn, catalog: CatalogDep, _admin: Admin) -> UserOut:
     """201 with the new user; the server assigns the id."""
     user = await catalog.create_user(
-        name=body.name, password=body.password, limit=body.limit, plan=body.plan, disabled=body.disabled
+        name=body.name,
+        password=body.password,
+        limit=body.limit,
+        plan=body.plan,
+        disabled=body.disabled,
+        household=parse_networks(body.household),
     )
     return UserOut.of(user)
 
@@ -77,7 +83,10 @@ async def get_user(user_id: UserId, catalog: CatalogDep, _reader: Reader) -> Use
 )
 async def update_user(user_id: UserId, body: UserPatch, gate: GateDep, _admin: Admin) -> UserOut:
     """200 with the changed user."""
-    return UserOut.of(await gate.update_user(user_id, body.model_dump(exclude_unset=True, by_alias=False)))
+    changes = body.model_dump(exclude_unset=True, by_alias=False)
+    if body.household is not None:
+        changes["household"] = parse_networks(body.household)
+    return UserOut.of(await gate.update_user(user_id, changes))
 
 
 @router.delete("/users/{userId}", status_code=204, response_class=Response, summary="Delete a user", responses=ERRORS)
@@ -97,7 +106,8 @@ async def list_videos(catalog: CatalogDep, _reader: Reader) -> list[AdminVideoOu
 async def create_video(body: VideoIn, catalog: CatalogDep, content: ContentDep, _admin: Admin) -> AdminVideoOut:
     """201 with the new video; a `source` outside PLAYGATE_MEDIA_ROOTS, or without a master playlist, is 422."""
     source = content.check_source(body.source)
-    return AdminVideoOut.of(await catalog.create_video(title=body.title, url=body.url, source=source))
+    video = await catalog.create_video(title=body.title, url=body.url, source=source, kinds=tuple(body.kinds))
+    return AdminVideoOut.of(video)
 
 
 @router.get("/videos/{videoId}", summary="One video", responses=ERRORS)
@@ -132,10 +142,26 @@ async def list_plans(catalog: CatalogDep, _reader: Reader) -> list[PlanOut]:
     return [PlanOut.of(p) for p in await catalog.list_plans()]
 
 
-@router.post("/plans", status_code=201, summary="Create a plan", responses=ERRORS)
+PLAN_RULES = (
+    "A plan holds its policy: `maxStreams`, `onLimit`, caps per kind tag (`kinds`), per title (`maxPerTitle`), "
+    "on devices (`maxDevices` within `deviceWindowDays`) and on streams away from the household "
+    "(`maxAwayStreams`); absent or null is no such cap. `shadow` runs a second policy beside it: every request "
+    "is decided under both, the player sees only the enforced decision, and the shadow's would-be denials are "
+    "counted (`playgate_shadow_denials_total{rule}`) and listed (`GET /v1/shadow-denials`). A change applies "
+    "to the plan's users within PLAYGATE_CACHE_TTL, at their next request or heartbeat."
+)
+
+
+@router.post("/plans", status_code=201, summary="Create a plan", description=PLAN_RULES, responses=ERRORS)
 async def create_plan(body: PlanIn, catalog: CatalogDep, _admin: Admin) -> PlanOut:
     """201 with the new plan."""
-    return PlanOut.of(await catalog.create_plan(name=body.name, max_streams=body.max_streams))
+    plan = await catalog.create_plan(
+        name=body.name,
+        max_streams=body.max_streams,
+        rules=body.rules(),
+        shadow=body.shadow.rules() if body.shadow is not None else None,
+    )
+    return PlanOut.of(plan)
 
 
 @router.get("/plans/{planId}", summary="One plan", responses=ERRORS)
@@ -144,10 +170,10 @@ async def get_plan(plan_id: PlanId, catalog: CatalogDep, _reader: Reader) -> Pla
     return PlanOut.of(await catalog.get_plan(plan_id))
 
 
-@router.patch("/plans/{planId}", summary="Change a plan", responses=ERRORS)
+@router.patch("/plans/{planId}", summary="Change a plan", description=PLAN_RULES, responses=ERRORS)
 async def update_plan(plan_id: PlanId, body: PlanPatch, catalog: CatalogDep, _admin: Admin) -> PlanOut:
     """200 with the changed plan."""
-    return PlanOut.of(await catalog.update_plan(plan_id, body.model_dump(exclude_unset=True, by_alias=False)))
+    return PlanOut.of(await catalog.update_plan(plan_id, body.changes()))
 
 
 @router.delete(
@@ -182,9 +208,13 @@ def _put_answer(response: Response, created: bool) -> None:
     "it logs in only with the platform's tokens. Disabling ends its streams at once.",
     responses={201: {"model": UserOut, "description": "Created."}, **ERRORS},
 )
-async def put_user(user_id: UserId, body: UserPut, response: Response, gate: GateDep, _admin: Admin) -> UserOut:
+async def put_user(
+    user_id: UserId, body: UserPut, response: Response, gate: GateDep, catalog: CatalogDep, _admin: Admin
+) -> UserOut:
     """201 created, or 200 updated, with the user."""
     user, created = await gate.put_user(user_id, body.model_dump(exclude_unset=True))
+    if body.household is not None:
+        user = await catalog.update_user(user_id, {"household": parse_networks(body.household)})
     _put_answer(response, created)
     return UserOut.of(user)
 
@@ -200,6 +230,8 @@ async def put_video(
 ) -> AdminVideoOut:
     """201 created, or 200 updated, with the video."""
     _put_answer(response, await catalog.put(VIDEOS, video_id, body.model_dump(exclude_unset=True)))
+    if body.kinds is not None:
+        return AdminVideoOut.of(await catalog.update_video(video_id, {"kinds": body.kinds}))
     return AdminVideoOut.of(await catalog.get_video(video_id))
 
 
@@ -213,6 +245,9 @@ async def put_plan(plan_id: PlanId, body: PlanPut, response: Response, catalog: 
     """201 created, or 200 updated, with the plan."""
     values = body.model_dump(exclude_unset=True, by_alias=True)
     _put_answer(response, await catalog.put(PLANS, plan_id, values))
+    policy = {name: value for name, value in body.changes().items() if name in ("rules", "shadow")}
+    if policy:
+        return PlanOut.of(await catalog.update_plan(plan_id, policy))
     return PlanOut.of(await catalog.get_plan(plan_id))
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Response
 
-from playgate.api.deps import Admin, Caller, CatalogDep, GateDep
+from playgate.api.deps import Admin, Caller, CatalogDep, ClientAddress, GateDep
 from playgate.api.errors import problem_responses
 from playgate.api.schemas import Id, SeedPlayData, SeedPlayOut, SeedPlayStatus, StreamOut, UserOut, VideoOut
 from playgate.errors import Forbidden, Invalid
@@ -106,10 +106,14 @@ async def get_video(catalog: CatalogDep, video_id: Annotated[Id, Path(alias="vid
     responses=ERRORS,
 )
 async def request_video(
-    gate: GateDep, caller: Caller, video_id: Annotated[Id, Path(alias="videoId")], user: UserParam = None
+    gate: GateDep,
+    caller: Caller,
+    client_address: ClientAddress,
+    video_id: Annotated[Id, Path(alias="videoId")],
+    user: UserParam = None,
 ) -> SeedPlayOut:
     """202 with the request id; 404 for an unknown video or user, before anything is queued."""
-    ticket = await gate.request_play(_acting(gate, caller, user), video_id)
+    ticket = await gate.request_play(_acting(gate, caller, user), video_id, client_address=client_address)
     request = ticket.request
     return SeedPlayOut(
         data=SeedPlayStatus(data=SeedPlayData(video_id=request.video_id, user_id=request.user_id)),

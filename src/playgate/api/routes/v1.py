@@ -7,7 +7,7 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
-from playgate.api.deps import Caller, ContentDep, GateDep
+from playgate.api.deps import Caller, ClientAddress, ContentDep, GateDep
 from playgate.api.errors import problem_responses
 from playgate.api.schemas import ConflictOut, DeviceId, HeartbeatOut, Id, PlayIn, PlayOut, StreamId, StreamOut, iso
 from playgate.devices import clean_name, device_name
@@ -53,6 +53,7 @@ async def create_play(
     gate: GateDep,
     content: ContentDep,
     caller: Caller,
+    client_address: ClientAddress,
     wait: Annotated[float, Query(ge=0, allow_inf_nan=False, description="Seconds to wait for the decision.")] = 0,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
@@ -68,6 +69,7 @@ async def create_play(
         idempotency_key=idempotency_key,
         replace_stream_id=body.replace_stream_id,
         wait_s=min(wait, MAX_WAIT_S),
+        client_address=client_address,
     )
     if ticket.decision is not None:
         response.status_code = 200
