@@ -100,7 +100,19 @@ def test_admission_micro_benchmark_by_batch_size(tmp_path: Path) -> None:
         assert run["decisions_per_s"] > 0
     assert result["runs"][0]["batches"] == 120
     assert result["runs"][1]["batches"] == 8
-    assert "sqlite batch    16:" in stdout
+    assert "sqlite total batch    16:" in stdout
+
+
+def test_admission_micro_benchmark_prices_a_plan_with_every_rule(tmp_path: Path) -> None:
+    stdout, files = bench(
+        tmp_path, "admission", "-n", "120", "--users", "3", "--batch-sizes", "16", "--policy", "every-rule"
+    )
+    result = json.loads(files[0].read_text())
+    assert result["params"]["policy"] == "every-rule"
+    (run,) = result["runs"]
+    assert run["allowed"] + run["denied"] == 120
+    assert run["allowed"] > 0
+    assert "sqlite every-rule batch    16:" in stdout
 
 
 def test_idle_sockets_cost_reported_per_socket(tmp_path: Path) -> None:

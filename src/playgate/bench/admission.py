@@ -1,7 +1,9 @@
 """The admission path alone: the worker deciding queued requests against a ledger, no HTTP, no sockets.
 
 For each batch size a fresh ledger is filled with the same workload, and the worker's steps are timed until
-the queue is empty: decisions/s by batch size. Ledgers: SQLite (a temp file) or Redis (pipelined Lua).
+the queue is empty: decisions/s by batch size. Ledgers: SQLite (a temp file) or Redis (pipelined Lua). Policies:
+`total` (a plan with the total limit only) or `every-rule` (a plan using every rule and a shadow policy), over
+the same requests (kind tags and home/away addresses alike), to price the richer rule.
 """
 
 from __future__ import annotations
@@ -29,10 +31,24 @@ from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
 from playgate.metrics import Metrics
+from playgate.policy import rules_from_json
 from playgate.worker import Worker
 
 USER_LIMIT = 4
 DEVICES_PER_USER = 8  # twice the limit: in steady state half the requests renew a stream, half are denied
+POLICIES = ("total", "every-rule")
+# Every rule at once, with caps the workload reaches (kinds, title, away) or nears (devices), and a shadow; `deny`
+# at the limit as the total-only plan, so that both write alike and the difference is the rule's own cost.
+EVERY_RULE = {
+    "onLimit": "deny",
+    "kinds": {"uhd": 1, "live": 2},
+    "maxPerTitle": 2,
+    "maxDevices": DEVICES_PER_USER,
+    "deviceWindowDays": 30,
+    "maxAwayStreams": 2,
+}
+EVERY_RULE_SHADOW = {"maxStreams": 2, "kinds": {"uhd": 1}, "maxDevices": 4}
+VIDEO_KINDS = {"1": ("uhd",), "2": ("live",), "3": ("live", "uhd"), "4": ("vod",), "5": (), "6": ("vod", "uhd")}
 LEASE_S = 3600.0
 REDIS_START_TIMEOUT_S = 10.0
 
@@ -60,22 +76,27 @@ class AdmissionSpec:
     users: int
     ledger: str  # "sqlite" or "redis"
     redis_url: str | None = None
+    policy: str = "total"  # one of POLICIES
 
 
 def workload(user_ids: Sequence[str], count: int, now: float) -> list[PlayRequest]:
-    """`count` play requests, users taking turns, each user cycling over DEVICES_PER_USER devices."""
+    """`count` play requests, users taking turns, each user cycling over DEVICES_PER_USER devices; the videos
+    carry kind tags and every third device is away from home (what only the every-rule plan looks at)."""
     requests = []
     for i in range(count):
         turn = i // len(user_ids)
         device = turn % DEVICES_PER_USER
         request_id = secrets.token_hex(16)
+        video_id = str(device % 6 + 1)
         requests.append(
             PlayRequest(
                 request_id=request_id,
                 user_id=user_ids[i % len(user_ids)],
-                video_id=str(device % 6 + 1),
+                video_id=video_id,
                 device_id=f"device{device}",
                 accepted_at=now,
+                kinds=VIDEO_KINDS[video_id],
+                away=device % 3 == 0,
             )
         )
     return requests
@@ -171,11 +192,7 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
         engine = create_engine(catalog_url)
         catalog = Catalog(engine, default_limit=USER_LIMIT, cache_ttl_s=3600.0, clock=clock)
         try:
-            password = secrets.token_urlsafe(12)
-            user_ids = [
-                (await catalog.create_user(name=f"bench{i}", password=password, limit=USER_LIMIT)).id
-                for i in range(spec.users)
-            ]
+            user_ids = await _users(catalog, spec)
             async with contextlib.AsyncExitStack() as stack:
                 redis_url = None
                 if spec.ledger == "redis":
@@ -202,6 +219,7 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
         "tool": "playgate bench admission",
         "params": {
             "ledger": spec.ledger,
+            "policy": spec.policy,
             "requests": spec.requests,
             "users": spec.users,
             "user_limit": USER_LIMIT,
@@ -210,6 +228,17 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
         },
         "runs": runs,
     }
+
+
+async def _users(catalog: Catalog, spec: AdmissionSpec) -> list[str]:
+    """The bench users, on a plan with the total limit only, or with every rule and a shadow policy."""
+    rules = rules_from_json(EVERY_RULE) if spec.policy == "every-rule" else None
+    shadow = rules_from_json(EVERY_RULE_SHADOW) if spec.policy == "every-rule" else None
+    plan = await catalog.create_plan(name=f"bench-{spec.policy}", max_streams=USER_LIMIT, rules=rules, shadow=shadow)
+    password = secrets.token_urlsafe(12)
+    return [
+        (await catalog.create_user(name=f"bench{i}", password=password, plan=plan.id)).id for i in range(spec.users)
+    ]
 
 
 async def _time_batches(

@@ -240,9 +240,22 @@ def _batch_sizes(_ctx: click.Context, param: click.Parameter, value: str) -> tup
     help="Decisions per batch size.",
 )
 @click.option("--users", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option(
+    "--policy",
+    type=click.Choice(["total", "every-rule"]),
+    default="total",
+    show_default=True,
+    help="The users' plan: the total limit only, or every rule (kinds, title, devices, household) and a shadow.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
 def admission(
-    ledger: str, redis_url: str | None, batch_sizes: tuple[int, ...], requests: int, users: int, out: Path
+    ledger: str,
+    redis_url: str | None,
+    batch_sizes: tuple[int, ...],
+    requests: int,
+    users: int,
+    policy: str,
+    out: Path,
 ) -> None:
     """The worker and the ledger alone (no HTTP, no sockets): decisions/s by batch size."""
 
@@ -250,13 +263,15 @@ def admission(
     from playgate.bench.report import run_dir, write_json
     from playgate.bench.target import BenchError
 
-    spec = AdmissionSpec(batch_sizes=batch_sizes, requests=requests, users=users, ledger=ledger, redis_url=redis_url)
+    spec = AdmissionSpec(
+        batch_sizes=batch_sizes, requests=requests, users=users, ledger=ledger, redis_url=redis_url, policy=policy
+    )
     try:
         result = uvloop.run(run_admission(spec))  # the worker's own event loop (`playgate worker`)
     except BenchError as exc:
         raise click.ClickException(exc.detail) from None
     result["command"] = ["playgate", *sys.argv[1:]]
-    path = write_json(run_dir(out, f"admission-{ledger}") / "admission.json", result)
+    path = write_json(run_dir(out, f"admission-{ledger}-{policy}") / "admission.json", result)
     for run in result["runs"]:
         extra = ""
         if run.get("redis_bytes_per_active_stream") is not None:
@@ -265,7 +280,7 @@ def admission(
                 f"({run['active_streams']} active; the {run['redis_decisions_kept']} kept decisions not counted)"
             )
         click.echo(
-            f"{ledger} batch {run['batch_size']:>5}: {run['decisions_per_s']:>10,.0f} decisions/s, "
+            f"{ledger} {policy} batch {run['batch_size']:>5}: {run['decisions_per_s']:>10,.0f} decisions/s, "
             f"{run['ms_per_batch']:.2f} ms/batch ({run['allowed']} allowed, {run['denied']} denied){extra}"
         )
     click.echo(f"  → {path}")
