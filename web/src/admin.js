@@ -1,5 +1,6 @@
 // The admin page: users with their limits and active streams (refreshed every POLL_MS), change a limit, stop a
-// stream, disable or enable a user; the videos with add and edit.
+// stream, disable or enable a user; the videos with add and edit (kind tags too); the plans with their rules and
+// shadow policies; the shadow's would-be denials; a user's registered devices, with remove.
 //
 // Live updates poll GET /v1/users and GET /users/{id}/streams instead of listening to the socket: a stream a
 // user stops themself is not announced on any socket, so only a poll sees every way a stream ends, and it costs
@@ -18,6 +19,8 @@ let timer = null;
 let videos = new Map(); // videoId -> Video
 const userRows = new Map(); // userId -> UserRow
 const videoRows = new Map(); // videoId -> VideoRow
+const planRows = new Map(); // planId -> PlanRow
+const RULE_FIELDS = ["onLimit", "kinds", "maxPerTitle", "maxDevices", "deviceWindowDays", "maxAwayStreams"];
 
 const api = createApi(
   () => session && session.token,
@@ -229,7 +232,8 @@ class VideoRow {
     this.dirty = false;
     this.title = h("input", { id: `title-${video.id}`, maxlength: "500", required: true });
     this.url = h("input", { id: `url-${video.id}`, maxlength: "2000", required: true });
-    for (const input of [this.title, this.url]) {
+    this.kinds = h("input", { id: `kinds-${video.id}`, maxlength: "400" });
+    for (const input of [this.title, this.url, this.kinds]) {
       input.addEventListener("input", () => {
         this.dirty = true;
       });
@@ -237,12 +241,14 @@ class VideoRow {
     this.save = h("button", { type: "button", onclick: () => this.store() }, "Save");
     this.titleLabel = h("label", { for: this.title.id, class: "sr-only" });
     this.urlLabel = h("label", { for: this.url.id, class: "sr-only" });
+    this.kindsLabel = h("label", { for: this.kinds.id, class: "sr-only" });
     this.el = h(
       "tr",
       { "data-video-id": video.id },
       h("td", { "data-label": "Id" }, video.id),
       h("td", { "data-label": "Title" }, this.titleLabel, this.title),
       h("td", { "data-label": "URL" }, this.urlLabel, this.url),
+      h("td", { "data-label": "Kinds" }, this.kindsLabel, this.kinds),
       h("td", {}, this.save),
     );
   }
@@ -250,10 +256,12 @@ class VideoRow {
   update(video) {
     this.titleLabel.textContent = `Title of video ${video.id}`;
     this.urlLabel.textContent = `URL of video ${video.id}`;
+    this.kindsLabel.textContent = `Kinds of video ${video.id}`;
     this.save.setAttribute("aria-label", `Save video ${video.id}`);
     if (!this.dirty) {
       this.title.value = video.title;
       this.url.value = video.url;
+      this.kinds.value = (video.kinds || []).join(", ");
     }
   }
 
@@ -262,6 +270,7 @@ class VideoRow {
       const video = await api.patch(`/v1/videos/${encodeURIComponent(this.id)}`, {
         title: this.title.value.trim(),
         url: this.url.value.trim(),
+        kinds: kindList(this.kinds.value),
       });
       this.dirty = false;
       showError("videos-error", null);
@@ -298,13 +307,203 @@ async function addVideo(event) {
     return;
   }
   try {
-    await api.post("/v1/videos", { title, url });
+    await api.post("/v1/videos", { title, url, kinds: kindList($("new-kinds").value) });
     event.target.reset();
     showError("videos-error", null);
     await refreshVideos();
   } catch (err) {
     showError("videos-error", err);
   }
+}
+
+/** "uhd, live" -> ["uhd", "live"]. */
+function kindList(text) {
+  return text
+    .split(",")
+    .map((kind) => kind.trim())
+    .filter(Boolean);
+}
+
+// ---- plans ----------------------------------------------------------------------------------------------------
+
+/** JSON text of an object, or an Error naming `what` (empty text: `empty`). */
+function parseJson(text, what, empty) {
+  if (!text.trim()) return empty;
+  try {
+    const value = JSON.parse(text);
+    if (value && typeof value === "object" && !Array.isArray(value)) return value;
+  } catch {
+    // reported below
+  }
+  throw new Error(`${what}: a JSON object, such as {"kinds": {"uhd": 1}}.`);
+}
+
+/** The rule fields of a plan (or shadow) that are set, as the JSON the admin edits. */
+function rulesText(rules, extra = []) {
+  const shown = {};
+  for (const name of [...extra, ...RULE_FIELDS]) {
+    if (rules[name] !== null && rules[name] !== undefined) shown[name] = rules[name];
+  }
+  return Object.keys(shown).length ? JSON.stringify(shown) : "";
+}
+
+/** One plan's row: name, total, rules and shadow as JSON, with a Save button. */
+class PlanRow {
+  constructor(plan) {
+    this.id = plan.id;
+    this.dirty = false;
+    const field = (name, attrs) => h("input", { id: `${name}-${plan.id}`, ...attrs });
+    this.name = field("plan-name", { maxlength: "200", required: true });
+    this.max = field("plan-max", { type: "number", min: "0", max: "10000", class: "narrow" });
+    this.rules = field("plan-rules", { maxlength: "2000" });
+    this.shadow = field("plan-shadow", { maxlength: "2000" });
+    this.labels = [this.name, this.max, this.rules, this.shadow].map((input) => {
+      input.addEventListener("input", () => {
+        this.dirty = true;
+      });
+      return h("label", { for: input.id, class: "sr-only" });
+    });
+    this.save = h("button", { type: "button", onclick: () => this.store() }, "Save");
+    const [nameLabel, maxLabel, rulesLabel, shadowLabel] = this.labels;
+    this.el = h(
+      "tr",
+      { "data-plan-id": plan.id },
+      h("td", { "data-label": "Plan" }, nameLabel, this.name, h("br"), h("span", { class: "hint" }, `id ${plan.id}`)),
+      h("td", { "data-label": "Max streams" }, maxLabel, this.max),
+      h("td", { "data-label": "Rules" }, rulesLabel, this.rules),
+      h("td", { "data-label": "Shadow" }, shadowLabel, this.shadow),
+      h("td", {}, this.save),
+    );
+  }
+
+  update(plan) {
+    const [nameLabel, maxLabel, rulesLabel, shadowLabel] = this.labels;
+    nameLabel.textContent = `Name of plan ${plan.id}`;
+    maxLabel.textContent = `Max streams of ${plan.name}`;
+    rulesLabel.textContent = `Rules of ${plan.name}`;
+    shadowLabel.textContent = `Shadow policy of ${plan.name}`;
+    this.save.setAttribute("aria-label", `Save plan ${plan.name}`);
+    if (!this.dirty) {
+      this.name.value = plan.name;
+      this.max.value = plan.maxStreams;
+      this.rules.value = rulesText(plan);
+      this.shadow.value = plan.shadow ? rulesText(plan.shadow, ["maxStreams"]) : "";
+    }
+  }
+
+  async store() {
+    try {
+      const rules = parseJson(this.rules.value, "Rules", {});
+      const shadow = parseJson(this.shadow.value, "Shadow", null);
+      const lifted = Object.fromEntries(RULE_FIELDS.map((name) => [name, null])); // a rule left out is lifted
+      const plan = await api.patch(`/v1/plans/${encodeURIComponent(this.id)}`, {
+        name: this.name.value.trim(),
+        maxStreams: Number(this.max.value),
+        ...lifted,
+        ...rules,
+        shadow,
+      });
+      this.dirty = false;
+      showError("plans-error", null);
+      this.update(plan);
+    } catch (err) {
+      showError("plans-error", err);
+    }
+  }
+}
+
+async function refreshPlans() {
+  const list = await api.get("/v1/plans");
+  const body = $("plans").tBodies[0];
+  for (const plan of list) {
+    let row = planRows.get(plan.id);
+    if (!row) {
+      row = new PlanRow(plan);
+      planRows.set(plan.id, row);
+      body.append(row.el);
+    }
+    row.update(plan);
+  }
+}
+
+async function addPlan(event) {
+  event.preventDefault();
+  const name = $("new-plan-name").value.trim();
+  const maxStreams = Number($("new-plan-max").value);
+  if (!name || $("new-plan-max").value === "") {
+    showError("plans-error", new Error(name ? "Give the plan its max streams." : "Give the plan a name."));
+    return;
+  }
+  try {
+    await api.post("/v1/plans", { name, maxStreams, ...parseJson($("new-plan-rules").value, "Rules", {}) });
+    event.target.reset();
+    showError("plans-error", null);
+    await refreshPlans();
+  } catch (err) {
+    showError("plans-error", err);
+  }
+}
+
+// ---- shadow denials and devices -------------------------------------------------------------------------------
+
+async function refreshShadow() {
+  const denials = await api.get("/v1/shadow-denials");
+  const rows = denials.map((d) =>
+    h(
+      "tr",
+      { "data-request-id": d.requestId },
+      h("td", { "data-label": "When" }, since(d.decidedAt)),
+      h("td", { "data-label": "User" }, d.userId),
+      h("td", { "data-label": "Video on device" }, `${videoTitle(d.videoId)} on ${d.deviceId}`),
+      h("td", { "data-label": "Shadow rule" }, d.rule),
+      h("td", { "data-label": "Enforced" }, d.enforced),
+    ),
+  );
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: "5", class: "hint" }, "none")));
+  $("shadow").tBodies[0].replaceChildren(...rows);
+}
+
+async function showDevices(event) {
+  if (event) event.preventDefault();
+  const userId = $("devices-user").value.trim();
+  if (!userId) {
+    showError("devices-error", new Error("Give the user id."));
+    return;
+  }
+  try {
+    const devices = await api.get(`/v1/devices?userId=${encodeURIComponent(userId)}`);
+    const items = devices.map((device) =>
+      h(
+        "li",
+        { "data-device-id": device.id },
+        `${device.id}, last seen ${since(device.lastSeenAt)} `,
+        h(
+          "button",
+          {
+            type: "button",
+            "aria-label": `Remove device ${device.id}`,
+            onclick: () => forgetDevice(userId, device.id),
+          },
+          "Remove",
+        ),
+      ),
+    );
+    if (!items.length) items.push(h("li", { class: "none hint" }, "none registered"));
+    $("devices").replaceChildren(...items);
+    showError("devices-error", null);
+  } catch (err) {
+    showError("devices-error", err);
+  }
+}
+
+async function forgetDevice(userId, deviceId) {
+  try {
+    await api.del(`/v1/devices/${encodeURIComponent(deviceId)}?userId=${encodeURIComponent(userId)}`);
+  } catch (err) {
+    showError("devices-error", err);
+    return;
+  }
+  await showDevices();
 }
 
 // ---- refresh loop and session ---------------------------------------------------------------------------------
@@ -316,6 +515,8 @@ async function refresh() {
   try {
     await refreshUsers();
     showError("users-error", null);
+    await refreshShadow();
+    showError("shadow-error", null);
     $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
     if (session) showError("users-error", err);
@@ -333,6 +534,11 @@ async function start() {
   } catch (err) {
     showError("videos-error", err);
   }
+  try {
+    await refreshPlans();
+  } catch (err) {
+    showError("plans-error", err);
+  }
   await refresh();
 }
 
@@ -344,6 +550,8 @@ function endSession(message, isError = false) {
   userRows.clear();
   for (const row of videoRows.values()) row.el.remove();
   videoRows.clear();
+  for (const row of planRows.values()) row.el.remove();
+  planRows.clear();
   $("admin-view").hidden = true;
   $("who").hidden = true;
   $("login-view").hidden = false;
@@ -391,6 +599,8 @@ async function login(event) {
 $("login-form").addEventListener("submit", login);
 $("logout").addEventListener("click", () => endSession("You logged out."));
 $("video-add").addEventListener("submit", addVideo);
+$("plan-add").addEventListener("submit", addPlan);
+$("devices-form").addEventListener("submit", showDevices);
 document.addEventListener("visibilitychange", () => {
   if (!document.hidden) refresh();
 });
