@@ -146,6 +146,11 @@ async def _run(target: Target, spec: SegmentSpec, tokens: list[str]) -> dict[str
     finally:
         client.close()
     answered = len(tally.latencies_s)
+    server_result = server.result() if server is not None else None
+    if server_result is not None and answered:
+        # What one request costs the server: meaningful even on a machine busy with other work.
+        server_result["cpu_ms_per_request"] = round(server_result["cpu_s"] * 1000 / answered, 3)
+        server_result["requests_per_core_s"] = round(answered / max(server_result["cpu_s"], 1e-9), 0)
     return {
         "requests": answered,
         "requests_per_s": round(answered / spec.duration_s, 1),
@@ -153,7 +158,7 @@ async def _run(target: Target, spec: SegmentSpec, tokens: list[str]) -> dict[str
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "errors": tally.errors,
         "mb_per_s": round(tally.bytes_received / spec.duration_s / 1e6, 2),
-        "server": server.result() if server is not None else None,
+        "server": server_result,
         "load": {**own.result(), "loop_lag_ms": lag.result()},
     }
 
@@ -194,7 +199,8 @@ def summary(result: dict[str, Any]) -> str:
         f"{params['players']:,} players, mode {params['mode']}: {result['requests_per_s']:,.0f} requests/s "
         f"(offered {params['offered_per_s']:,.0f}/s), p50 {latency['p50']} ms, p99 {latency['p99']} ms, "
         f"max {latency['max']} ms; statuses {result['statuses']}, errors {result['errors']}, "
-        f"{result['mb_per_s']} MB/s; server cpu {server.get('cpu_percent', '—')}%, "
+        f"{result['mb_per_s']} MB/s; server cpu {server.get('cpu_percent', '—')}% "
+        f"({server.get('cpu_ms_per_request', '—')} ms a request: {server.get('requests_per_core_s', '—')}/s a core), "
         f"load cpu {result['load']['cpu_percent']}% (lag p99 {result['load']['loop_lag_ms']['p99']} ms); "
         f"load average {', '.join(f'{v:.2f}' for v in result['load_average'])}"
     )

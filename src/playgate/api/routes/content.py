@@ -18,6 +18,9 @@ from playgate.media import RangeNotSatisfiable, content_type, is_playlist, parse
 router = APIRouter(tags=["content"])
 
 CHUNK_BYTES = 64 * 1024
+# A body up to this size (a segment, a clip's range) is read in one hop to a thread and sent as one piece: a 2 s
+# segment costs one hop, not one per chunk.
+WHOLE_BODY_BYTES = 1024 * 1024
 TokenQuery = Annotated[str | None, Query(description="The playback token of the stream (from `playbackUrl`).")]
 TokenHeader = Annotated[
     str | None, Header(alias="X-Playback-Token", description="The playback token, when not in the URL.")
@@ -187,9 +190,19 @@ async def _ranged(request: Request, path: FilePath, media_type: str) -> Response
     headers["Content-Length"] = str(length_bytes)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media_type)
+    if length_bytes <= WHOLE_BODY_BYTES:
+        body = await anyio.to_thread.run_sync(_read_at, path, start, length_bytes)
+        return Response(body, status_code=status, headers=headers, media_type=media_type)
     return StreamingResponse(
         _read(path, start, length_bytes), status_code=status, headers=headers, media_type=media_type
     )
+
+
+def _read_at(path: FilePath, start: int, length_bytes: int) -> bytes:
+    """`length_bytes` bytes of the file from `start` (in a worker thread)."""
+    with path.open("rb") as handle:
+        handle.seek(start)
+        return handle.read(length_bytes)
 
 
 async def _read(path: FilePath, start: int, length_bytes: int) -> AsyncIterator[bytes]:
