@@ -29,7 +29,8 @@ from playgate.policy import FIELDS, rules_from_json, rules_to_json
 # Ids, names and keys: printable, no control characters, bounded.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 # A stream id may carry its user's id (the Redis ledger's do, hex-encoded: up to 2 x 64 + 25 characters).
-StreamId = Annotated[str, StringConstraints(min_length=1, max_length=160, pattern=ID_PATTERN)]
+MAX_STREAM_ID_LEN = 160
+StreamId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STREAM_ID_LEN, pattern=ID_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -11,12 +12,16 @@ import socketio
 
 from playgate.api.errors import error_fields
 from playgate.api.legacy_socketio import LegacyAwareServer
-from playgate.api.schemas import iso
+from playgate.api.schemas import MAX_STREAM_ID_LEN, iso
 from playgate.bus.protocol import SocketJson, user_room
+from playgate.domain import ID_PATTERN
 from playgate.errors import Invalid, PlayGateError
 from playgate.service import PlayGate
 
 log = logging.getLogger("playgate.socket")
+
+# What a stream id looks like (the `StreamId` of the HTTP routes): checked before anything is looked up.
+STREAM_ID = re.compile(ID_PATTERN)
 
 
 def create_server(cors_origins: str | list[str] | None = None, client_manager: Any = None) -> LegacyAwareServer:
@@ -75,8 +80,9 @@ async def heartbeat_ack(gate: PlayGate, user_id: str | None, data: Any) -> dict[
     try:
         if user_id is None:
             raise Invalid("This socket named no user (?user=): it has no streams.", field="user")
-        if not isinstance(stream_id, str) or not stream_id:
-            raise Invalid('Send {"streamId": "..."}.', field="streamId")
+        if not isinstance(stream_id, str) or len(stream_id) > MAX_STREAM_ID_LEN or not STREAM_ID.fullmatch(stream_id):
+            # Checked like the HTTP routes' stream ids, and never echoed: a 100 KB id gets a short answer.
+            raise Invalid('Send {"streamId": "<a stream id>"}.', field="streamId")
         stream = await gate.renew(stream_id, user_id)
     except PlayGateError as exc:
         return error_fields(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -516,26 +517,36 @@ class Catalog:
     async def load_demo(self) -> bool:
         """Add the original service's demo users and videos, unless already there; True if added."""
         added = False
+        # A Conflict means another process starting at the same time added that row first: it is there.
         for user_id, name, limit in DEMO_USERS:
             try:
                 await self.get_user(user_id, fresh=True)
             except NotFound:
-                await self.create_user(name=name, password=name, limit=limit, user_id=user_id)
-                added = True
+                with contextlib.suppress(Conflict):
+                    await self.create_user(name=name, password=name, limit=limit, user_id=user_id)
+                    added = True
         for video_id, title in DEMO_VIDEOS:
             try:
                 await self.get_video(video_id)
             except NotFound:
-                await self.create_video(title=title, url=f"/media/{title}.mp4", video_id=video_id)
-                added = True
+                with contextlib.suppress(Conflict):
+                    await self.create_video(title=title, url=f"/media/{title}.mp4", video_id=video_id)
+                    added = True
         return added
 
     async def ensure_admin(self, password: str) -> User:
-        """Create the `admin` user with this password, or set it if the admin exists."""
+        """Create the `admin` user with this password, or set it if the admin exists.
+
+        Two processes starting at once on an empty database may both find no admin: the one whose insert loses
+        (Conflict on the name) sets the password of the admin the other created, and goes on.
+        """
         try:
             admin = await self.find_user(ADMIN_NAME)
         except NotFound:
-            return await self.create_user(name=ADMIN_NAME, password=password, is_admin=True, limit=0)
+            try:
+                return await self.create_user(name=ADMIN_NAME, password=password, is_admin=True, limit=0)
+            except Conflict:
+                admin = await self.find_user(ADMIN_NAME)
         async with self._write_session() as session:
             row = await session.get(UserRow, admin.id)
             assert row is not None
