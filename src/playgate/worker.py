@@ -20,7 +20,9 @@ log = logging.getLogger("playgate.worker")
 decision_log = logging.getLogger("playgate.decision")
 
 MAX_ATTEMPTS = 5
-BACKOFF_MAX_S = 5.0
+# The longest pause between tries while the ledger does not answer: the worker decides again at most this long
+# after it is back (its connections reconnect by themselves, see playgate.connections).
+BACKOFF_MAX_S = 0.5
 
 
 def decision_fields(decision: Decision, latency_s: float, attempts: int) -> dict[str, object]:
