@@ -33,6 +33,7 @@ from playgate.imports import Format, KindName
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
 from playgate.policy import is_away, parse_networks
+from playgate.ratelimit import UserRate
 from playgate.security import PlatformClaims, PlatformTokens, TokenIssuer
 from playgate.throttle import LoginThrottle, Throttled
 
@@ -134,6 +135,7 @@ class PlayGate:
         self._platform = platform
         self._metrics = metrics
         self._clock = clock
+        self._user_rate = UserRate(settings.user_rate, settings.user_burst, clock)
 
     # ---- who is calling ----------------------------------------------------------------------------
 
@@ -234,6 +236,15 @@ class PlayGate:
             raise Forbidden("You may only see your own.")
         return user_id
 
+    @property
+    def sockets_per_user(self) -> int:
+        """PLAYGATE_MAX_SOCKETS_PER_USER: most sockets of one user on this process (0: no cap)."""
+        return self._settings.max_sockets_per_user
+
+    def charge(self, user_id: str) -> None:
+        """Count one play request or socket event of a user against PLAYGATE_USER_RATE (TooManyRequests beyond)."""
+        self._user_rate.charge(user_id)
+
     # ---- plays -------------------------------------------------------------------------------------
 
     async def request_play(
@@ -248,13 +259,15 @@ class PlayGate:
         wait_s: float = 0.0,
         client_address: str | None = None,
     ) -> PlayTicket:
-        """Queue a play request (404 for an unknown user or video, before anything is queued).
+        """Queue a play request (404 for an unknown user or video, 429 over the user's rate, before anything is
+        queued).
 
         A request without a device id gets a new device of its own (a signed id, issued here, which the answer
         carries); under PLAYGATE_DEVICE_IDS=issued a device id this server did not issue to the user is refused.
         The request carries what the rule needs of it: the video's kind tags, and whether `client_address` is
         away from the user's household networks.
         """
+        self.charge(user_id)
         user = await self._catalog.get_user(user_id)
         kinds = await self._kinds(video_id)
         device = self._device(user.id, device_id)

@@ -44,6 +44,11 @@ def error_fields(exc: PlayGateError) -> dict[str, Any]:
     return problem_fields(exc.status, exc.title, exc.detail, type=exc.type, **exc.extra)
 
 
+RATE_LIMITED = problem_responses(
+    {429: "Too many play requests from this user (PLAYGATE_USER_RATE, PLAYGATE_USER_BURST); see Retry-After."}
+)
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     """A problem+json response."""
     body = problem_fields(status, title, detail, **extra)
@@ -150,6 +155,7 @@ def install(app: FastAPI) -> None:
 
 __all__ = [
     "PROBLEM",
+    "RATE_LIMITED",
     "Responses",
     "Unauthorized",
     "error_fields",

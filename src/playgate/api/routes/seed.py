@@ -8,7 +8,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Path, Query, Response
 
 from playgate.api.deps import Admin, Caller, CatalogDep, ClientAddress, GateDep
-from playgate.api.errors import problem_responses
+from playgate.api.errors import RATE_LIMITED, problem_responses
 from playgate.api.schemas import Id, Name, SeedPlayData, SeedPlayOut, SeedPlayStatus, StreamOut, UserOut, VideoOut
 from playgate.errors import Forbidden, Invalid
 from playgate.service import PlayGate, Principal
@@ -103,7 +103,7 @@ async def get_video(catalog: CatalogDep, video_id: Annotated[Id, Path(alias="vid
     "/videos/{videoId}/request",
     status_code=202,
     summary="Ask to stream a video; the decision comes over Socket.IO as `message`",
-    responses=ERRORS,
+    responses={**ERRORS, **RATE_LIMITED},
 )
 async def request_video(
     gate: GateDep,
