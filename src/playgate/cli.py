@@ -211,7 +211,7 @@ def token(user: str) -> None:
             await catalog.close()
             await engine.dispose()
         issuer = TokenIssuer(jwt_secret(settings), settings.token_ttl_s)
-        return issuer.issue(found.id, admin=found.is_admin, now=time.time())
+        return issuer.issue(found.id, admin=found.is_admin, now=time.time(), epoch=found.token_epoch)
 
     click.echo(_run(issue))
 

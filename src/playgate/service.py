@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,7 +155,7 @@ class PlayGate:
         await self._throttle.succeeded(name, address)
         if user.disabled:
             raise Forbidden("This account is disabled. Ask the account's owner or the platform's support to enable it.")
-        token = self._tokens.issue(user.id, admin=user.is_admin, now=self._clock())
+        token = self._tokens.issue(user.id, admin=user.is_admin, now=self._clock(), epoch=user.token_epoch)
         return Login(token, self._tokens.ttl_s, user)
 
     async def principal(self, token: str | None, claimed_user: str | None = None) -> Principal:
@@ -177,7 +177,15 @@ class PlayGate:
             raise Unauthorized("The token's user no longer exists.") from None
         if user.disabled:
             raise Unauthorized("This user is disabled.")
+        if claims.epoch != user.token_epoch:
+            raise Unauthorized("The token was revoked (password changed or user disabled since); log in again.")
         return Principal(user=user, admin=claims.admin and user.is_admin)
+
+    async def token_epochs(self, user_ids: Iterable[str]) -> dict[str, int]:
+        """The current token epoch of each of these users who may still act (deleted and disabled ones are left
+        out): a socket opened under another epoch, or of a user left out, must close."""
+        users = await self._catalog.users(user_ids)
+        return {user_id: user.token_epoch for user_id, user in users.items() if not user.disabled}
 
     async def _existing_user(self, user_id: str) -> User:
         return await self._catalog.get_user(user_id)

@@ -49,6 +49,8 @@ class UserRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     # The household's networks (CIDR strings); empty: no household, every stream counts as at home.
     household: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # Raised when the password changes or the user is disabled: tokens issued under an older epoch are refused.
+    token_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class VideoRow(Base):
