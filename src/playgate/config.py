@@ -242,6 +242,12 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest body of the import routes (POST /v1/users:import ...)."
     )
 
+    audit_retention_days: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_AUDIT_RETENTION"),
+        description="Days the audit trail (every decision and stream end) is kept; older events are pruned.",
+    )
     ws_per_message_deflate: bool = Field(
         False,
         description="Offer permessage-deflate on websockets: frames are tiny, and each compressed socket costs about "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from playgate import imports
 from playgate.admission import over_limit
+from playgate.audit import AuditTrail, StoredEvent
 from playgate.bus.protocol import Fanout, RequestQueue, observe_queue
 from playgate.catalog.bulk import USERS, UpsertResult
 from playgate.catalog.keys import is_api_key
@@ -28,7 +29,7 @@ from playgate.domain import (
     User,
     new_id,
 )
-from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized
+from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized, Unavailable
 from playgate.imports import Format, KindName
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
@@ -123,6 +124,7 @@ class PlayGate:
         metrics: Metrics,
         clock: Callable[[], float],
         platform: PlatformTokens | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._settings = settings
         self._catalog = catalog
@@ -136,6 +138,7 @@ class PlayGate:
         self._metrics = metrics
         self._clock = clock
         self._user_rate = UserRate(settings.user_rate, settings.user_burst, clock)
+        self._audit = audit
 
     # ---- who is calling ----------------------------------------------------------------------------
 
@@ -509,6 +512,8 @@ class PlayGate:
     async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
         ended = [EndedStream(s, reason) for s in streams]
         if ended:
+            if self._audit is not None:
+                self._audit.record_ended(ended)
             await self._fanout.announce(ended)
             for _ in ended:
                 self._metrics.streams_ended.labels(reason.value).inc()
@@ -556,6 +561,38 @@ class PlayGate:
         """Remove a video from the catalogue and end every stream of it (announced `video_deleted`)."""
         await self._catalog.delete_video(video_id)
         await self._announce(await self._ledger.stop_video(video_id), Reason.video_deleted)
+
+    # ---- audit trail -------------------------------------------------------------------------------
+
+    def _trail(self, principal: Principal, user_id: str) -> AuditTrail:
+        if not principal.may_see(user_id):
+            raise Forbidden("You may only see your own events.")
+        if self._audit is None:
+            raise Unavailable("This process keeps no audit trail.")
+        return self._audit
+
+    async def events(
+        self,
+        principal: Principal,
+        user_id: str,
+        *,
+        since: float | None,
+        until: float | None,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[StoredEvent], str | None]:
+        """A page of a user's audit trail (that user, or an admin), oldest first, and the next page's cursor."""
+        trail = self._trail(principal, user_id)
+        if cursor is not None and not cursor.isdigit():
+            raise Invalid("Not a cursor of this trail; pass the nextCursor of the page before.", field="cursor")
+        page = await trail.events(user_id, since=since, until=until, after_id=int(cursor or 0), limit=limit)
+        return page, str(page[-1].id) if len(page) == limit else None
+
+    def export_events(
+        self, principal: Principal, user_id: str, *, since: float | None, until: float | None
+    ) -> AsyncIterator[StoredEvent]:
+        """Every event of a user within the range (that user, or an admin), a page at a time."""
+        return self._trail(principal, user_id).export(user_id, since=since, until=until)
 
     # ---- health ------------------------------------------------------------------------------------
 

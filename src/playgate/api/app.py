@@ -20,7 +20,7 @@ from playgate import __version__
 from playgate.api import errors
 from playgate.api.legacy_socketio import LegacySocketIO
 from playgate.api.middleware import HttpEdge
-from playgate.api.routes import account, admin, auth, content, health, seed, v1
+from playgate.api.routes import account, admin, auth, content, events, health, seed, v1
 from playgate.api.socket import V2_EVENTS, create_server, register
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
@@ -91,7 +91,7 @@ def create_app(
         )
     errors.install(api)
     # FastAPI tries the routers in this order: the players' routes (seed, v1) first, since they are the busiest.
-    for module in (seed, v1, health, auth, content, account, admin):
+    for module in (seed, v1, health, auth, content, account, admin, events):
         api.include_router(module.router)
     if (WEB_DIST / "index.html").is_file():
         api.mount("/app", StaticFiles(directory=WEB_DIST, html=True), name="web")
