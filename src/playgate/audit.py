@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -148,7 +148,8 @@ class AuditTrail:
             batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
             try:
                 async with translate_db_errors(), self._engine.begin() as conn:
-                    await conn.execute(insert(AuditEventRow), [asdict(e) for e in batch])
+                    # Core executemany of plain rows: the ORM's bulk path and asdict() cost several times more.
+                    await conn.execute(_INSERT, [{name: getattr(e, name) for name in _FIELDS} for e in batch])
             except BaseException:
                 self._buffer.extendleft(reversed(batch))
                 raise
@@ -213,6 +214,9 @@ class AuditTrail:
             after_id = page[-1].id
 
 
+_FIELDS = tuple(AuditEvent.__dataclass_fields__)
+_INSERT = insert(AuditEventRow.metadata.tables[AuditEventRow.__tablename__])
+
+
 def _event_of(row: object) -> AuditEvent:
-    fields = AuditEvent.__dataclass_fields__
-    return AuditEvent(**{name: getattr(row, name) for name in fields})
+    return AuditEvent(**{name: getattr(row, name) for name in _FIELDS})
