@@ -242,6 +242,54 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest body of the import routes (POST /v1/users:import ...)."
     )
 
+    audit_retention_days: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_AUDIT_RETENTION"),
+        description="Days the audit trail (every decision and stream end) is kept; older events are pruned.",
+    )
+    ws_per_message_deflate: bool = Field(
+        False,
+        description="Offer permessage-deflate on websockets: frames are tiny, and each compressed socket costs about "
+        "100 KB more server memory, so it is off unless turned on.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_HEADER_TIMEOUT"),
+        description="Seconds a connection may take to send a request's headers (from connect or from the request's "
+        "first byte) before it is closed with 408.",
+    )
+    keep_alive_s: int = Field(
+        5,
+        ge=1,
+        validation_alias=AliasChoices("PLAYGATE_KEEP_ALIVE"),
+        description="Seconds an idle keep-alive connection is kept open between requests.",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="Most open connections (HTTP and websocket) per process; beyond it a new one gets 503 and is "
+        "closed. Default: 90 % of the process's open-file limit.",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="Largest request line plus headers of one request (431 beyond).",
+    )
+    max_sockets_per_user: int = Field(
+        100, ge=0, description="Most Socket.IO connections of one user per API process (0: no cap)."
+    )
+    user_rate: float = Field(
+        100.0,
+        ge=0,
+        description="Play requests and socket events one user may make per second, per API process, sustained "
+        "(0: no limit); 429 with Retry-After beyond it.",
+    )
+    user_burst: int = Field(
+        500, ge=1, description="How many play requests and socket events one user may make at once above user_rate."
+    )
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:

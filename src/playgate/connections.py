@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from playgate.domain import Decision, Status, parse_reason
 from playgate.errors import ConfigError, Unavailable
@@ -19,6 +21,15 @@ PREFIX = "playgate:"
 LEASES_KEY = f"{PREFIX}leases"
 SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
+# A pooled connection idle this long is PINGed before use, so that one left dead by a Redis restart is replaced
+# instead of failing the request that draws it.
+HEALTH_CHECK_INTERVAL_S = 5
+# A command that meets a lost connection (a Redis restart, a dead pooled connection) is tried again on a new one,
+# this many times with a short jittered backoff: requests succeed as soon as Redis answers. Timeouts are not
+# retried, so a frozen Redis answers 503 after one socket timeout, not after several.
+RETRIES = 3
+RETRY_BACKOFF_BASE_S = 0.02
+RETRY_BACKOFF_CAP_S = 0.25
 REQUESTS_KEY = f"{PREFIX}requests"
 DEAD_LETTER_KEY = f"{PREFIX}requests:dead"
 GROUP = "workers"
@@ -60,19 +71,33 @@ def check_redis_url(url: str) -> None:
         raise ConfigError(f"PLAYGATE_REDIS_URL: not a Redis URL (use redis://host:port/db), got scheme {scheme!r}")
 
 
+def pool_options() -> dict[str, Any]:
+    """The options of every Redis connection pool PlayGate opens (ledger, queue, fan-out, Socket.IO manager, login
+    throttle): bounded timeouts, a health check of idle connections, and retries on a lost connection."""
+    return {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "retry": Retry(
+            ExponentialWithJitterBackoff(base=RETRY_BACKOFF_BASE_S, cap=RETRY_BACKOFF_CAP_S),
+            RETRIES,
+            supported_errors=(redis_errors.ConnectionError,),
+        ),
+    }
+
+
+def connection_pool(url: str, **options: Any) -> ConnectionPool:
+    """A connection pool for `url` with pool_options() (and `options`), for clients built elsewhere (limits)."""
+    return ConnectionPool.from_url(url, **pool_options(), **options)
+
+
 def connect(url: str, *, client_name: str | None = None) -> Redis:
-    """A redis-py asyncio client for `url` with bounded timeouts (a dead server answers 503, it does not hang).
+    """A redis-py asyncio client for `url` with bounded timeouts (a dead server answers 503, it does not hang)
+    that recovers by itself after a Redis restart (pool_options).
 
     `client_name` names its connections in CLIENT LIST (the queue names them after the worker's consumer).
     """
-    client: Redis = Redis.from_url(
-        url,
-        client_name=client_name,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        health_check_interval=10,
-    )
+    client: Redis = Redis.from_url(url, client_name=client_name, decode_responses=True, **pool_options())
     return client
 
 

@@ -105,6 +105,7 @@ class User:
     household: tuple[str, ...] = ()
     rules: Rules = Rules()
     shadow: Rules | None = None
+    token_epoch: int = 0  # tokens carry the epoch they were issued under; an older one is refused
 
 
 class KeyScope(StrEnum):

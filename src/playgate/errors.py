@@ -84,3 +84,19 @@ class Unavailable(PlayGateError):
 
     status = 503
     title = "Service unavailable"
+
+
+class TooManyRequests(PlayGateError):
+    """The caller is over a rate; `retry_after_s` says when to try again (the Retry-After header)."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, retryAfter=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """When to try again."""
+        return {"Retry-After": str(self.retry_after_s)}

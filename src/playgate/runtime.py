@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate.api.schemas import ConflictOut
+from playgate.audit import AuditTrail
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.bus.protocol import Emitter, Fanout, ListeningFanout, RequestQueue, SharedQueue
 from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
@@ -243,6 +244,14 @@ class Runtime:
             stack.push_async_callback(engine.dispose)
             stack.push_async_callback(catalog.close)
             stack.push_async_callback(catalog.keys.flush)  # the last-used times gathered since the last write
+            audit = AuditTrail(
+                engine, policy=settings.policy, retention_s=settings.audit_retention_days * 86_400, clock=clock
+            )
+            # Stopped after the worker and sweeper (pushed later, so closed earlier): what they decide while
+            # draining is written too.
+            audit_stop = asyncio.Event()
+            audit_task = asyncio.create_task(audit.run(audit_stop), name="playgate-audit")
+            stack.push_async_callback(_stop_audit, audit_stop, audit_task)
             if role is not Role.worker:  # workers start beside API processes that already did this
                 await prepare_catalog(settings, catalog)
             links = playback_links(settings, secret)
@@ -270,6 +279,7 @@ class Runtime:
                 metrics=metrics,
                 clock=clock,
                 platform=platform,
+                audit=audit,
             )
             worker = Worker(
                 queue=queue,
@@ -280,6 +290,7 @@ class Runtime:
                 clock=clock,
                 batch_size=settings.batch_size,
                 sweep_interval_s=settings.sweep_interval_s,
+                audit=audit,
             )
             library = MediaLibrary(settings.resolved_media_dir)
             content = ContentGate(
@@ -326,6 +337,12 @@ def _start_tasks(role: Role, worker: Worker, library: MediaLibrary, catalog: Cat
         # Clips are made in the background: start-up does not wait, a first media request waits for its own.
         tasks.running.append(asyncio.create_task(_prepare_media(library, catalog), name="playgate-media"))
     return tasks
+
+
+async def _stop_audit(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """Let the audit trail write what is left, then end its task."""
+    stop.set()
+    await task
 
 
 async def _stop_tasks(tasks: _Tasks, queue: RequestQueue) -> None:

@@ -87,6 +87,7 @@ class Claims:
 
     user_id: str
     admin: bool
+    epoch: int = 0  # the user's token epoch when it was issued (claim `ep`; absent: 0)
 
 
 class TokenIssuer:
@@ -103,11 +104,13 @@ class TokenIssuer:
         """True when `token` has the header of PlayGate's own tokens (whether it verifies is for check())."""
         return token.startswith(self._header)
 
-    def issue(self, user_id: str, *, admin: bool, now: float) -> str:
-        """A signed token for `user_id`, valid for ttl_s from `now`."""
+    def issue(self, user_id: str, *, admin: bool, now: float, epoch: int = 0) -> str:
+        """A signed token for `user_id`, valid for ttl_s from `now`, under the user's token `epoch`."""
         payload: dict[str, object] = {"sub": user_id, "iat": int(now), "exp": int(now) + self.ttl_s}
         if admin:
             payload["scope"] = ADMIN_SCOPE
+        if epoch:
+            payload["ep"] = epoch
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
 
     def check(self, token: str) -> Claims:
@@ -125,7 +128,11 @@ class TokenIssuer:
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("The token names no user.")
         scopes = str(payload.get("scope", "")).split()
-        return self._checked.keep(token, Claims(user_id=sub, admin=ADMIN_SCOPE in scopes), float(payload["exp"]))
+        epoch = payload.get("ep", 0)
+        if not isinstance(epoch, int):
+            raise Unauthorized("The token is not valid.")
+        claims = Claims(user_id=sub, admin=ADMIN_SCOPE in scopes, epoch=epoch)
+        return self._checked.keep(token, claims, float(payload["exp"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from playgate import imports
 from playgate.admission import over_limit
+from playgate.audit import AuditTrail, StoredEvent
 from playgate.bus.protocol import Fanout, RequestQueue, observe_queue
 from playgate.catalog.bulk import USERS, UpsertResult
 from playgate.catalog.keys import is_api_key
@@ -28,11 +29,12 @@ from playgate.domain import (
     User,
     new_id,
 )
-from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized
+from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized, Unavailable
 from playgate.imports import Format, KindName
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
 from playgate.policy import is_away, parse_networks
+from playgate.ratelimit import UserRate
 from playgate.security import PlatformClaims, PlatformTokens, TokenIssuer
 from playgate.throttle import LoginThrottle, Throttled
 
@@ -122,6 +124,7 @@ class PlayGate:
         metrics: Metrics,
         clock: Callable[[], float],
         platform: PlatformTokens | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._settings = settings
         self._catalog = catalog
@@ -134,6 +137,8 @@ class PlayGate:
         self._platform = platform
         self._metrics = metrics
         self._clock = clock
+        self._user_rate = UserRate(settings.user_rate, settings.user_burst, clock)
+        self._audit = audit
 
     # ---- who is calling ----------------------------------------------------------------------------
 
@@ -153,7 +158,7 @@ class PlayGate:
         await self._throttle.succeeded(name, address)
         if user.disabled:
             raise Forbidden("This account is disabled. Ask the account's owner or the platform's support to enable it.")
-        token = self._tokens.issue(user.id, admin=user.is_admin, now=self._clock())
+        token = self._tokens.issue(user.id, admin=user.is_admin, now=self._clock(), epoch=user.token_epoch)
         return Login(token, self._tokens.ttl_s, user)
 
     async def principal(self, token: str | None, claimed_user: str | None = None) -> Principal:
@@ -175,7 +180,15 @@ class PlayGate:
             raise Unauthorized("The token's user no longer exists.") from None
         if user.disabled:
             raise Unauthorized("This user is disabled.")
+        if claims.epoch != user.token_epoch:
+            raise Unauthorized("The token was revoked (password changed or user disabled since); log in again.")
         return Principal(user=user, admin=claims.admin and user.is_admin)
+
+    async def token_epochs(self, user_ids: Iterable[str]) -> dict[str, int]:
+        """The current token epoch of each of these users who may still act (deleted and disabled ones are left
+        out): a socket opened under another epoch, or of a user left out, must close."""
+        users = await self._catalog.users(user_ids)
+        return {user_id: user.token_epoch for user_id, user in users.items() if not user.disabled}
 
     async def _existing_user(self, user_id: str) -> User:
         return await self._catalog.get_user(user_id)
@@ -234,6 +247,15 @@ class PlayGate:
             raise Forbidden("You may only see your own.")
         return user_id
 
+    @property
+    def sockets_per_user(self) -> int:
+        """PLAYGATE_MAX_SOCKETS_PER_USER: most sockets of one user on this process (0: no cap)."""
+        return self._settings.max_sockets_per_user
+
+    def charge(self, user_id: str) -> None:
+        """Count one play request or socket event of a user against PLAYGATE_USER_RATE (TooManyRequests beyond)."""
+        self._user_rate.charge(user_id)
+
     # ---- plays -------------------------------------------------------------------------------------
 
     async def request_play(
@@ -248,13 +270,15 @@ class PlayGate:
         wait_s: float = 0.0,
         client_address: str | None = None,
     ) -> PlayTicket:
-        """Queue a play request (404 for an unknown user or video, before anything is queued).
+        """Queue a play request (404 for an unknown user or video, 429 over the user's rate, before anything is
+        queued).
 
         A request without a device id gets a new device of its own (a signed id, issued here, which the answer
         carries); under PLAYGATE_DEVICE_IDS=issued a device id this server did not issue to the user is refused.
         The request carries what the rule needs of it: the video's kind tags, and whether `client_address` is
         away from the user's household networks.
         """
+        self.charge(user_id)
         user = await self._catalog.get_user(user_id)
         kinds = await self._kinds(video_id)
         device = self._device(user.id, device_id)
@@ -488,6 +512,8 @@ class PlayGate:
     async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
         ended = [EndedStream(s, reason) for s in streams]
         if ended:
+            if self._audit is not None:
+                self._audit.record_ended(ended)
             await self._fanout.announce(ended)
             for _ in ended:
                 self._metrics.streams_ended.labels(reason.value).inc()
@@ -535,6 +561,38 @@ class PlayGate:
         """Remove a video from the catalogue and end every stream of it (announced `video_deleted`)."""
         await self._catalog.delete_video(video_id)
         await self._announce(await self._ledger.stop_video(video_id), Reason.video_deleted)
+
+    # ---- audit trail -------------------------------------------------------------------------------
+
+    def _trail(self, principal: Principal, user_id: str) -> AuditTrail:
+        if not principal.may_see(user_id):
+            raise Forbidden("You may only see your own events.")
+        if self._audit is None:
+            raise Unavailable("This process keeps no audit trail.")
+        return self._audit
+
+    async def events(
+        self,
+        principal: Principal,
+        user_id: str,
+        *,
+        since: float | None,
+        until: float | None,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[StoredEvent], str | None]:
+        """A page of a user's audit trail (that user, or an admin), oldest first, and the next page's cursor."""
+        trail = self._trail(principal, user_id)
+        if cursor is not None and not cursor.isdigit():
+            raise Invalid("Not a cursor of this trail; pass the nextCursor of the page before.", field="cursor")
+        page = await trail.events(user_id, since=since, until=until, after_id=int(cursor or 0), limit=limit)
+        return page, str(page[-1].id) if len(page) == limit else None
+
+    def export_events(
+        self, principal: Principal, user_id: str, *, since: float | None, until: float | None
+    ) -> AsyncIterator[StoredEvent]:
+        """Every event of a user within the range (that user, or an admin), a page at a time."""
+        return self._trail(principal, user_id).export(user_id, since=since, until=until)
 
     # ---- health ------------------------------------------------------------------------------------
 

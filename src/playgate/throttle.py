@@ -21,9 +21,9 @@ from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
-from redis.asyncio import ConnectionPool
 
 from playgate.config import Settings
+from playgate.connections import connection_pool
 from playgate.errors import PlayGateError, Unavailable
 
 log = logging.getLogger("playgate.throttle")
@@ -60,8 +60,9 @@ class LoginThrottle:
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         options: dict[str, Any] = {}
-        # Our own connection pool, so that close() can release it (the storage itself has no close).
-        self._pool = ConnectionPool.from_url(settings.redis_url) if settings.redis_url else None
+        # Our own connection pool, so that close() can release it (the storage itself has no close), with the
+        # health checks and retries of every PlayGate pool.
+        self._pool = connection_pool(settings.redis_url) if settings.redis_url else None
         if self._pool is not None:
             options = {"implementation": "redispy", "key_prefix": KEY_PREFIX, "connection_pool": self._pool}
         self._storage = cast(AsyncStorage, storage_from_string(storage_url(settings), wrap_exceptions=True, **options))

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from playgate.admission import denied
+from playgate.audit import AuditTrail
 from playgate.bus.protocol import Delivery, Fanout, RequestQueue, observe_queue
 from playgate.catalog.service import Catalog
 from playgate.domain import Admission, Decision, Outcome, Reason
@@ -20,7 +21,9 @@ log = logging.getLogger("playgate.worker")
 decision_log = logging.getLogger("playgate.decision")
 
 MAX_ATTEMPTS = 5
-BACKOFF_MAX_S = 5.0
+# The longest pause between tries while the ledger does not answer: the worker decides again at most this long
+# after it is back (its connections reconnect by themselves, see playgate.connections).
+BACKOFF_MAX_S = 0.5
 
 
 def decision_fields(decision: Decision, latency_s: float, attempts: int) -> dict[str, object]:
@@ -56,6 +59,7 @@ class Worker:
         batch_size: int,
         sweep_interval_s: float,
         max_attempts: int = MAX_ATTEMPTS,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._queue = queue
         self._ledger = ledger
@@ -66,6 +70,7 @@ class Worker:
         self.batch_size = batch_size
         self.sweep_interval_s = sweep_interval_s
         self.max_attempts = max_attempts
+        self._audit = audit
         self._failures = 0
 
     async def run(self, stop: asyncio.Event, *, poll_s: float = 0.5) -> None:
@@ -146,6 +151,8 @@ class Worker:
     def _observe(self, deliveries: Sequence[Delivery], outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
+        if self._audit is not None:
+            self._audit.record_outcomes(outcomes)
         now = self._clock()
         self._metrics.batch_size.observe(len(outcomes))
         verbose = decision_log.isEnabledFor(logging.INFO)
@@ -192,6 +199,8 @@ class Worker:
         """One sweep of expired streams."""
         ended = await self._ledger.sweep()
         if ended:
+            if self._audit is not None:
+                self._audit.record_ended(ended)
             await self._fanout.announce(ended)
             for item in ended:
                 self._metrics.streams_ended.labels(item.reason.value).inc()

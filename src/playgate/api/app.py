@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +20,7 @@ from playgate import __version__
 from playgate.api import errors
 from playgate.api.legacy_socketio import LegacySocketIO
 from playgate.api.middleware import HttpEdge
-from playgate.api.routes import account, admin, auth, content, health, seed, v1
+from playgate.api.routes import account, admin, auth, content, events, health, seed, v1
 from playgate.api.socket import V2_EVENTS, create_server, register
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
@@ -63,9 +65,16 @@ def create_app(
         app.state.gate = runtime.gate
         app.state.catalog = runtime.catalog
         app.state.content = runtime.content
+        # Sockets of users deleted, disabled or with a new password are closed within a sweep interval.
+        revocations = asyncio.create_task(
+            sockets.watch(sio, gate, settings.sweep_interval_s), name="playgate-socket-revocations"
+        )
         try:
             yield
         finally:
+            revocations.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await revocations
             await runtime.stop()
 
     api = FastAPI(title="PlayGate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
@@ -82,7 +91,7 @@ def create_app(
         )
     errors.install(api)
     # FastAPI tries the routers in this order: the players' routes (seed, v1) first, since they are the busiest.
-    for module in (seed, v1, health, auth, content, account, admin):
+    for module in (seed, v1, health, auth, content, account, admin, events):
         api.include_router(module.router)
     if (WEB_DIST / "index.html").is_file():
         api.mount("/app", StaticFiles(directory=WEB_DIST, html=True), name="web")
@@ -92,7 +101,7 @@ def create_app(
         service: PlayGate = api.state.gate
         return service
 
-    register(sio, gate)
+    sockets = register(sio, gate)
     app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
     # Socket.IO v2 clients (`?EIO=3`, e.g. the original service's UI) on the same path.
     app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings), events=V2_EVENTS)

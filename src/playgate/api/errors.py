@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from playgate.api.schemas import Problem
 from playgate.errors import PlayGateError, Unauthorized
@@ -41,6 +42,11 @@ def problem_fields(status: int, title: str, detail: str, *, type: str = "about:b
 def error_fields(exc: PlayGateError) -> dict[str, Any]:
     """The problem document of a PlayGate error: the HTTP answer's body, and a Socket.IO ack's."""
     return problem_fields(exc.status, exc.title, exc.detail, type=exc.type, **exc.extra)
+
+
+RATE_LIMITED = problem_responses(
+    {429: "Too many play requests from this user (PLAYGATE_USER_RATE, PLAYGATE_USER_BURST); see Retry-After."}
+)
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -97,6 +103,13 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    """The client closed the connection before sending its whole body: its fault, not ours (no 5xx, no trace)."""
+    assert isinstance(exc, ClientDisconnect)
+    log.info("client disconnected before sending the whole body of %s %s", request.method, request.url.path)
+    return problem(400, "Bad request", "The client closed the connection before sending the whole body.")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "Internal error", "Something went wrong on our side; it was logged.")
@@ -136,11 +149,13 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(PlayGateError, _playgate_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
 
 
 __all__ = [
     "PROBLEM",
+    "RATE_LIMITED",
     "Responses",
     "Unauthorized",
     "error_fields",

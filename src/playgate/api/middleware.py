@@ -18,14 +18,27 @@ from playgate.metrics import Metrics
 
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
 IMPORT_SUFFIX = ":import"
+# On every answer: no MIME sniffing, no framing by another site, no URL (tokens ride in playback URLs) sent on
+# as a Referer.
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+# The web app's pages load their scripts, styles, posters, clips and socket from this origin alone.
+WEB_APP_PREFIX = "/app"
+WEB_APP_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
+    b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 log = logging.getLogger("playgate.http")
 
 
 class HttpEdge:
     """For each HTTP request: a request id (the caller's X-Request-Id or a new one) set for the logs and echoed
-    back; 413 problem+json for a body over max_bytes, whether its length is announced or not; a count and a
-    duration by route template (not raw path, to bound label values) and status, except under `uncounted`
-    (the Socket.IO transport's own requests)."""
+    back; the security headers (and the web app's Content-Security-Policy); 413 problem+json for a body over
+    max_bytes, whether its length is announced or not; a count and a duration by route template (not raw path,
+    to bound label values) and status, except under `uncounted` (the Socket.IO transport's own requests)."""
 
     def __init__(
         self, app: ASGIApp, *, max_bytes: int, metrics: Metrics, uncounted: str, import_bytes: int | None = None
@@ -45,12 +58,15 @@ class HttpEdge:
         context = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        extra_headers = [*SECURITY_HEADERS, (_REQUEST_ID_HEADER, request_id.encode())]
+        if scope["path"].startswith(WEB_APP_PREFIX):
+            extra_headers.append((b"content-security-policy", WEB_APP_CSP))
 
         async def answer(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (_REQUEST_ID_HEADER, request_id.encode())]
+                message["headers"] = [*message.get("headers", ()), *extra_headers]
             await send(message)
 
         try:

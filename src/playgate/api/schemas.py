@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from playgate.audit import StoredEvent
 from playgate.domain import (
     ID_PATTERN,
     MAX_ID_LEN,
@@ -29,7 +30,8 @@ from playgate.policy import FIELDS, rules_from_json, rules_to_json
 # Ids, names and keys: printable, no control characters, bounded.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 # A stream id may carry its user's id (the Redis ledger's do, hex-encoded: up to 2 x 64 + 25 characters).
-StreamId = Annotated[str, StringConstraints(min_length=1, max_length=160, pattern=ID_PATTERN)]
+MAX_STREAM_ID_LEN = 160
+StreamId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STREAM_ID_LEN, pattern=ID_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -568,3 +570,50 @@ class Problem(BaseModel):
     detail: str
     field: str | None = None
     errors: list[dict[str, object]] | None = None
+
+
+class EventOut(Wire):
+    """An entry of the audit trail: a decision, or a stream's end."""
+
+    id: str = Field(description="Grows with every event stored; the cursor of the next page.")
+    at: str
+    kind: Literal["decision", "stream_end"]
+    user_id: str
+    video_id: str
+    device_id: str
+    outcome: str = Field(description="`allowed` or `denied` for a decision; why it ended for a stream's end.")
+    request_id: str | None
+    stream_id: str | None
+    reason: str | None
+    policy: str | None = Field(description="The policy at the limit when it was decided.")
+    active: int | None
+    limit: int | None
+    shadow: str | None = Field(description="What a policy in shadow mode would have decided (when there is one).")
+
+    @classmethod
+    def of(cls, stored: StoredEvent) -> EventOut:
+        """From the stored event."""
+        e = stored.event
+        return cls(
+            id=str(stored.id),
+            at=iso(e.at),
+            kind=e.kind,
+            user_id=e.user_id,
+            video_id=e.video_id,
+            device_id=e.device_id,
+            outcome=e.outcome,
+            request_id=e.request_id,
+            stream_id=e.stream_id,
+            reason=e.reason,
+            policy=e.policy,
+            active=e.active,
+            limit=e.limit,
+            shadow=e.shadow,
+        )
+
+
+class EventsOut(Wire):
+    """A page of a user's audit trail, oldest first."""
+
+    events: list[EventOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -11,12 +13,17 @@ import socketio
 
 from playgate.api.errors import error_fields
 from playgate.api.legacy_socketio import LegacyAwareServer
-from playgate.api.schemas import iso
+from playgate.api.schemas import MAX_STREAM_ID_LEN, iso
 from playgate.bus.protocol import SocketJson, user_room
-from playgate.errors import Invalid, PlayGateError
+from playgate.domain import ID_PATTERN
+from playgate.errors import Invalid, PlayGateError, TooManyRequests
 from playgate.service import PlayGate
 
 log = logging.getLogger("playgate.socket")
+
+# What a stream id looks like (the `StreamId` of the HTTP routes): checked before anything is looked up.
+STREAM_ID = re.compile(ID_PATTERN)
+REVOKED = "This session has ended (user deleted or disabled, or password changed); log in again."
 
 
 def create_server(cors_origins: str | list[str] | None = None, client_manager: Any = None) -> LegacyAwareServer:
@@ -38,8 +45,66 @@ def _token(environ: dict[str, Any], auth: Any) -> tuple[str | None, str | None]:
     return token, user
 
 
-def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> None:
-    """Attach PlayGate's handlers to `sio`; `gate` returns the service once the app has started."""
+class SocketRegistry:
+    """This process's sockets by user, each with the token epoch it was opened under: held to
+    PLAYGATE_MAX_SOCKETS_PER_USER, and closed when their user is deleted, disabled or changes password."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, dict[str, int]] = {}  # user id -> {sid: token epoch}
+
+    def take(self, user_id: str, sid: str, epoch: int, cap: int) -> None:
+        """Count one more socket of the user; refuse the connection (status 429) when the cap is reached."""
+        sids = self._open.setdefault(user_id, {})
+        if cap and len(sids) >= cap:
+            raise socketio.exceptions.ConnectionRefusedError(
+                {"message": f"This user has {cap} sockets open here already; close one first.", "status": 429}
+            )
+        sids[sid] = epoch
+
+    def give_back(self, user_id: str | None, sid: str) -> None:
+        """A socket of the user closed."""
+        if user_id is None or user_id not in self._open:
+            return
+        sids = self._open[user_id]
+        sids.pop(sid, None)
+        if not sids:
+            del self._open[user_id]
+
+    async def revoked(self, gate: PlayGate) -> list[str]:
+        """The sockets whose user was deleted or disabled, or whose token epoch has moved on since they opened."""
+        epochs = await gate.token_epochs(list(self._open))
+        return [
+            sid
+            for user_id, sids in list(self._open.items())
+            for sid, epoch in list(sids.items())
+            if epochs.get(user_id) != epoch
+        ]
+
+    async def close_revoked(self, sio: socketio.AsyncServer, gate: PlayGate) -> int:
+        """Tell each revoked socket why (event `error`, status 401), then close it; how many were closed."""
+        revoked = await self.revoked(gate)
+        for sid in revoked:
+            await sio.emit("error", {"error": REVOKED, "status": 401}, to=sid)
+            await sio.disconnect(sid)
+        return len(revoked)
+
+    async def watch(self, sio: socketio.AsyncServer, gate: Callable[[], PlayGate], interval_s: float) -> None:
+        """Every interval_s, close the revoked sockets (until cancelled); a catalogue outage only delays it."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                closed = await self.close_revoked(sio, gate())
+            except PlayGateError as exc:
+                log.warning("could not check the sockets' tokens: %s", exc.detail)
+                continue
+            if closed:
+                log.info("closed %d socket(s) whose token was revoked", closed)
+
+
+def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> SocketRegistry:
+    """Attach PlayGate's handlers to `sio`; `gate` returns the service once the app has started. The registry
+    returned is to be watched (SocketRegistry.watch) while the app runs."""
+    sockets = SocketRegistry()
 
     @sio.event  # type: ignore[untyped-decorator]
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
@@ -50,6 +115,7 @@ def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> None:
             raise socketio.exceptions.ConnectionRefusedError(exc.detail) from None
         if principal.user is None:
             raise socketio.exceptions.ConnectionRefusedError("Name the user: auth {user} or ?user=.")
+        sockets.take(principal.user.id, sid, principal.user.token_epoch, gate().sockets_per_user)
         # The handshake's environ is kept for the socket's whole life; its body reader (a class that engineio's
         # ASGI driver makes per request, about 2.5 KB) is never read again: let it go.
         environ.pop("wsgi.input", None)
@@ -60,11 +126,18 @@ def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> None:
     @sio.event  # type: ignore[untyped-decorator]
     async def disconnect(sid: str, *_args: Any) -> None:
         gate().socket_closed()
+        sockets.give_back((await sio.get_session(sid)).get("user_id"), sid)
 
     @sio.on("heartbeat")  # type: ignore[untyped-decorator]
     async def heartbeat(sid: str, data: Any = None) -> dict[str, Any]:
         session = await sio.get_session(sid)
-        return await heartbeat_ack(gate(), session["user_id"], data)
+        ack = await heartbeat_ack(gate(), session["user_id"], data)
+        if ack.get("status") == TooManyRequests.status:
+            # Told twice: in the ack, and as an `error` event for a client that sent without asking for one.
+            await sio.emit("error", ack, to=sid)
+        return ack
+
+    return sockets
 
 
 async def heartbeat_ack(gate: PlayGate, user_id: str | None, data: Any) -> dict[str, Any]:
@@ -75,8 +148,10 @@ async def heartbeat_ack(gate: PlayGate, user_id: str | None, data: Any) -> dict[
     try:
         if user_id is None:
             raise Invalid("This socket named no user (?user=): it has no streams.", field="user")
-        if not isinstance(stream_id, str) or not stream_id:
-            raise Invalid('Send {"streamId": "..."}.', field="streamId")
+        gate.charge(user_id)
+        if not isinstance(stream_id, str) or len(stream_id) > MAX_STREAM_ID_LEN or not STREAM_ID.fullmatch(stream_id):
+            # Checked like the HTTP routes' stream ids, and never echoed: a 100 KB id gets a short answer.
+            raise Invalid('Send {"streamId": "<a stream id>"}.', field="streamId")
         stream = await gate.renew(stream_id, user_id)
     except PlayGateError as exc:
         return error_fields(exc)

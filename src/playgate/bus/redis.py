@@ -28,16 +28,16 @@ from redis.typing import EncodableT, FieldT
 
 from playgate.bus.protocol import BatchingEmitter, Delivery, Emitter, EmittingFanout
 from playgate.connections import (
-    CONNECT_TIMEOUT_S,
     DEAD_LETTER_KEY,
     DECISIONS_CHANNEL,
     GROUP,
     REQUESTS_KEY,
-    SOCKET_TIMEOUT_S,
     connect,
     decision_from_json,
+    decision_key,
     decision_to_json,
     pending_key,
+    pool_options,
     translate_redis_errors,
 )
 from playgate.domain import Decision, Outcome, PlayRequest, Stream
@@ -46,7 +46,10 @@ log = logging.getLogger("playgate.bus")
 
 DEAD_LETTER_MAXLEN = 100_000
 LISTEN_POLL_S = 1.0
-LISTEN_BACKOFF_MAX_S = 2.0
+# Pauses of the pub/sub listeners between tries after a lost connection: they listen again at most
+# LISTEN_BACKOFF_MAX_S after Redis is back.
+LISTEN_BACKOFF_MIN_S = 0.05
+LISTEN_BACKOFF_MAX_S = 0.5
 
 
 def request_to_json(request: PlayRequest) -> str:
@@ -81,14 +84,44 @@ def request_from_json(raw: str | bytes) -> PlayRequest:
 
 
 def socket_manager(url: str, *, write_only: bool = False) -> socketio.AsyncRedisManager:
-    """python-socketio's Redis client manager: a full one for an API process's server, write-only for a worker."""
-    options = {"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S}
+    """python-socketio's Redis client manager: a full one for an API process's server, write-only for a worker;
+    both with the pool options (health checks, retries) of every PlayGate Redis client."""
     if write_only:
-        return BatchingRedisManager(url, redis_options=options)
-    return socketio.AsyncRedisManager(url, redis_options=options)
+        return BatchingRedisManager(url, redis_options=pool_options())
+    return ResilientRedisManager(url, redis_options=pool_options())
 
 
-class BatchingRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]  # python-socketio is untyped
+class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]  # python-socketio is untyped
+    """python-socketio's Redis manager with its transport hook `_listen` made to recover quickly.
+
+    The library's own listener waits 1, 2, 4 ... up to 60 s between tries after it loses Redis, so that sockets
+    got their decisions seconds after Redis was back; this one tries again after at most LISTEN_BACKOFF_MAX_S,
+    and closes the client it gives up on instead of leaving its pool behind.
+    """
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        channel = self.channel.encode("utf-8")
+        backoff_s = LISTEN_BACKOFF_MIN_S
+        while True:
+            try:
+                self._redis_connect()
+                await self.pubsub.subscribe(self.channel)
+                backoff_s = LISTEN_BACKOFF_MIN_S
+                async for message in self.pubsub.listen():
+                    if message["channel"] == channel and message["type"] == "message" and "data" in message:
+                        yield message["data"]
+            except (redis_errors.RedisError, OSError) as exc:
+                log.warning("Socket.IO manager lost Redis (%s); subscribing again in %.2fs", exc, backoff_s)
+            finally:
+                if self.redis is not None:
+                    with contextlib.suppress(redis_errors.RedisError, OSError):
+                        await self.pubsub.aclose()
+                        await self.redis.aclose()
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(LISTEN_BACKOFF_MAX_S, backoff_s * 2)
+
+
+class BatchingRedisManager(ResilientRedisManager):
     """A worker's write-only Socket.IO Redis manager: the emits made inside `batch()` leave in one pipeline.
 
     It replaces only the transport hook `_publish` (what a pub/sub backend is meant to provide): each emit is
@@ -382,22 +415,37 @@ class RedisFanout(EmittingFanout):
             if item["r"] in self._waiters:
                 self._wake(decision_from_json(item))
 
+    async def _catch_up(self) -> None:
+        """Wake the waiters whose decision was published while the listener was not subscribed (Redis was away):
+        pub/sub keeps nothing, the decisions are kept under their keys."""
+        request_ids = list(self._waiters)
+        if not request_ids:
+            return
+        pipe = self._redis.pipeline(transaction=False)  # GETs, not MGET: the keys may live on several shards
+        for request_id in request_ids:
+            pipe.get(decision_key(request_id))
+        for raw in await pipe.execute():
+            if raw:
+                self._wake(decision_from_json(orjson.loads(raw)))
+
     async def _listen(self) -> None:
-        """Subscribe and resolve waiters; after a lost connection, subscribe again with a growing pause."""
-        backoff_s = 0.1
+        """Subscribe (then catch up on decisions missed meanwhile) and resolve waiters; after a lost connection,
+        subscribe again with a growing pause."""
+        backoff_s = LISTEN_BACKOFF_MIN_S
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(DECISIONS_CHANNEL)
                 self._subscribed.set()
-                backoff_s = 0.1
+                backoff_s = LISTEN_BACKOFF_MIN_S
+                await self._catch_up()
                 while True:
                     message = await pubsub.get_message(timeout=LISTEN_POLL_S)
                     if message is not None and message.get("type") == "message":
                         self._resolve(message["data"])
             except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
                 self._subscribed.clear()
-                log.warning("decision listener lost Redis (%s); subscribing again in %.1fs", exc, backoff_s)
+                log.warning("decision listener lost Redis (%s); subscribing again in %.2fs", exc, backoff_s)
             finally:
                 with contextlib.suppress(redis_errors.RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated

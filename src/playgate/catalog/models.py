@@ -49,6 +49,8 @@ class UserRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     # The household's networks (CIDR strings); empty: no household, every stream counts as at home.
     household: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # Raised when the password changes or the user is disabled: tokens issued under an older epoch are refused.
+    token_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class VideoRow(Base):
@@ -142,3 +144,25 @@ class ShadowDenialRow(Base):
     rule: Mapped[str] = mapped_column(String(100))
     enforced: Mapped[str] = mapped_column(String(16))
     decided_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class AuditEventRow(Base):
+    """One entry of the audit trail: a decision or a stream's end (times in epoch seconds)."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(String(64))
+    video_id: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stream_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    policy: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    active: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    shadow: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    __table_args__ = (Index("ix_audit_events_user_id_id", "user_id", "id"),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -168,6 +169,7 @@ class Catalog:
             household=tuple(row.household or ()),
             rules=resolve(rules, self._default_policy),
             shadow=resolve(shadow, self._default_policy) if shadow is not None else None,
+            token_epoch=row.token_epoch,
         )
 
     async def list_users(self) -> list[User]:
@@ -210,24 +212,30 @@ class Catalog:
             return None
         return self._to_user(found[0], found[1])
 
-    async def quotas(self, user_ids: Iterable[str]) -> dict[str, Quota]:
-        """Each user's limit and state at decision time; unknown users are marked as such."""
-        wanted = set(user_ids)
-        result: dict[str, Quota] = {}
+    async def users(self, user_ids: Iterable[str]) -> dict[str, User]:
+        """The users among these ids that exist, from the cache or one query for the others."""
+        result: dict[str, User] = {}
         missing = []
-        for user_id in wanted:
+        for user_id in set(user_ids):
             cached = self._users.get(user_id)
             if cached is None:
                 missing.append(user_id)
             else:
-                result[user_id] = _quota(cached)
+                result[user_id] = cached
         if missing:
             async with self._session() as session:
                 rows = (await session.execute(self._user_query().where(UserRow.id.in_(missing)))).all()
             for row, plan in rows:
                 user = self._to_user(row, plan)
                 self._users.put(user.id, user)
-                result[user.id] = _quota(user)
+                result[user.id] = user
+        return result
+
+    async def quotas(self, user_ids: Iterable[str]) -> dict[str, Quota]:
+        """Each user's limit and state at decision time; unknown users are marked as such."""
+        wanted = set(user_ids)
+        found = await self.users(wanted)
+        result = {user_id: _quota(u) for user_id, u in found.items()}
         for user_id in wanted - result.keys():
             result[user_id] = Quota(limit=0, exists=False)
         return result
@@ -282,12 +290,18 @@ class Catalog:
                 row.own_limit = changes["limit"]
             if changes.get("name") is not None:
                 row.name = changes["name"]
+            revoke = password_hash is not None
             if changes.get("disabled") is not None:
+                revoke = revoke or row.disabled != changes["disabled"]
                 row.disabled = changes["disabled"]
             if changes.get("household") is not None:
                 row.household = list(changes["household"])
             if password_hash is not None:
                 row.password_hash = password_hash
+            if revoke:
+                # Every token issued so far dies: after a password change, and across a disable (so that
+                # re-enabling the user does not revive the tokens issued before).
+                row.token_epoch += 1
             await self._commit(session, f"A user named {changes.get('name')!r} exists already.", "name")
         self._users.clear()
         return await self.get_user(user_id, fresh=True)
@@ -516,30 +530,43 @@ class Catalog:
     async def load_demo(self) -> bool:
         """Add the original service's demo users and videos, unless already there; True if added."""
         added = False
+        # A Conflict means another process starting at the same time added that row first: it is there.
         for user_id, name, limit in DEMO_USERS:
             try:
                 await self.get_user(user_id, fresh=True)
             except NotFound:
-                await self.create_user(name=name, password=name, limit=limit, user_id=user_id)
-                added = True
+                with contextlib.suppress(Conflict):
+                    await self.create_user(name=name, password=name, limit=limit, user_id=user_id)
+                    added = True
         for video_id, title in DEMO_VIDEOS:
             try:
                 await self.get_video(video_id)
             except NotFound:
-                await self.create_video(title=title, url=f"/media/{title}.mp4", video_id=video_id)
-                added = True
+                with contextlib.suppress(Conflict):
+                    await self.create_video(title=title, url=f"/media/{title}.mp4", video_id=video_id)
+                    added = True
         return added
 
     async def ensure_admin(self, password: str) -> User:
-        """Create the `admin` user with this password, or set it if the admin exists."""
+        """Create the `admin` user with this password, or set it if the admin exists.
+
+        Two processes starting at once on an empty database may both find no admin: the one whose insert loses
+        (Conflict on the name) sets the password of the admin the other created, and goes on.
+        """
         try:
             admin = await self.find_user(ADMIN_NAME)
         except NotFound:
-            return await self.create_user(name=ADMIN_NAME, password=password, is_admin=True, limit=0)
+            try:
+                return await self.create_user(name=ADMIN_NAME, password=password, is_admin=True, limit=0)
+            except Conflict:
+                admin = await self.find_user(ADMIN_NAME)
         async with self._write_session() as session:
             row = await session.get(UserRow, admin.id)
             assert row is not None
-            row.password_hash = await self._hash(password)
+            # Every process sets it at start: only a new password rehashes it and ends the admin's tokens.
+            if not await asyncio.to_thread(verify_password, row.password_hash, password):
+                row.password_hash = await self._hash(password)
+                row.token_epoch += 1
             row.is_admin = True
             await session.commit()
         return await self.get_user(admin.id, fresh=True)

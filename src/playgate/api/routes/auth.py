@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -61,9 +61,12 @@ async def _credentials(request: Request) -> TokenIn:
         }
     ),
 )
-async def token(request: Request, gate: GateDep) -> TokenOut:
+async def token(request: Request, response: Response, gate: GateDep) -> TokenOut:
     """Exchange credentials for an access token; 429 after too many failed logins for the name or address."""
     credentials = await _credentials(request)
     address = request.client.host if request.client else "unknown"
     login = await gate.login(credentials.username, credentials.password, address)
+    # RFC 6749 §5.1: a token answer must not be stored by any cache.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
     return TokenOut(access_token=login.access_token, expires_in=login.expires_in_s, user=UserOut.of(login.user))

@@ -8,8 +8,8 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Path, Query, Response
 
 from playgate.api.deps import Admin, Caller, CatalogDep, ClientAddress, GateDep
-from playgate.api.errors import problem_responses
-from playgate.api.schemas import Id, SeedPlayData, SeedPlayOut, SeedPlayStatus, StreamOut, UserOut, VideoOut
+from playgate.api.errors import RATE_LIMITED, problem_responses
+from playgate.api.schemas import Id, Name, SeedPlayData, SeedPlayOut, SeedPlayStatus, StreamOut, UserOut, VideoOut
 from playgate.errors import Forbidden, Invalid
 from playgate.service import PlayGate, Principal
 
@@ -50,7 +50,7 @@ def _acting(gate: PlayGate, caller: Principal, user: str | None) -> str:
 
 @seed_get("/users", summary="All users, or the one with ?name= (admin)", responses=ERRORS)
 async def list_users(
-    catalog: CatalogDep, _admin: Admin, name: Annotated[str | None, Query(min_length=1, max_length=200)] = None
+    catalog: CatalogDep, _admin: Admin, name: Annotated[Name | None, Query(description="A user name.")] = None
 ) -> list[UserOut] | UserOut:
     """`[User]`, or with `?name=` that `User` (404 if no such name)."""
     if name is not None:
@@ -103,7 +103,7 @@ async def get_video(catalog: CatalogDep, video_id: Annotated[Id, Path(alias="vid
     "/videos/{videoId}/request",
     status_code=202,
     summary="Ask to stream a video; the decision comes over Socket.IO as `message`",
-    responses=ERRORS,
+    responses={**ERRORS, **RATE_LIMITED},
 )
 async def request_video(
     gate: GateDep,

@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from playgate.api.deps import Caller, ClientAddress, ContentDep, GateDep
-from playgate.api.errors import problem_responses
+from playgate.api.errors import RATE_LIMITED, problem_responses
 from playgate.api.schemas import ConflictOut, DeviceId, HeartbeatOut, Id, PlayIn, PlayOut, StreamId, StreamOut, iso
 from playgate.devices import clean_name, device_name
 from playgate.domain import Decision, PlayRequest, Reason
@@ -45,7 +45,7 @@ ERRORS = problem_responses(
         "Without `deviceId` the answer carries the one issued for this new device. A request from a device that "
         "plays another title replaces that stream (one stream per device). Denied at the limit: `conflicts`."
     ),
-    responses={200: {"model": PlayOut, "description": "Decided within ?wait=."}, **ERRORS},
+    responses={200: {"model": PlayOut, "description": "Decided within ?wait=."}, **ERRORS, **RATE_LIMITED},
 )
 async def create_play(
     body: PlayIn,

@@ -1,0 +1,222 @@
+"""The audit trail: every decision and every stream's end, stored in the catalogue's database and queried per user.
+
+Recording is off the hot path: `record` only appends to a buffer in memory; a background task (`run`) writes the
+buffer in one multi-row INSERT every flush_interval_s (or sooner once batch_size events wait), and prunes events
+older than the retention every prune_interval_s. The buffer is bounded: past max_buffered events the oldest are
+dropped, counted and logged, so that a database outage cannot exhaust memory. Stopping flushes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from playgate.catalog.models import AuditEventRow
+from playgate.catalog.service import translate_db_errors
+from playgate.domain import Decision, EndedStream, Outcome, Policy, Stream
+from playgate.errors import PlayGateError
+
+log = logging.getLogger("playgate.audit")
+
+DECISION = "decision"
+STREAM_END = "stream_end"
+PAGE_MAX = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One decision (`outcome` allowed or denied) or one stream's end (`outcome` the reason it ended)."""
+
+    at: float
+    kind: str
+    user_id: str
+    video_id: str
+    device_id: str
+    outcome: str
+    request_id: str | None = None
+    stream_id: str | None = None
+    reason: str | None = None
+    policy: str | None = None
+    active: int | None = None
+    limit: int | None = None
+    shadow: str | None = None  # the outcome a policy in shadow mode would have given, once policies have one
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An AuditEvent as stored, with its id (ids grow: the cursor of the queries)."""
+
+    id: int
+    event: AuditEvent
+
+
+def decision_event(decision: Decision, policy: Policy) -> AuditEvent:
+    """The audit event of a decision."""
+    return AuditEvent(
+        at=decision.decided_at,
+        kind=DECISION,
+        user_id=decision.user_id,
+        video_id=decision.video_id,
+        device_id=decision.device_id,
+        outcome=decision.status.value,
+        request_id=decision.request_id,
+        stream_id=decision.stream_id,
+        reason=decision.reason.value if decision.reason else None,
+        policy=policy.value,
+        active=decision.active,
+        limit=decision.limit,
+    )
+
+
+def end_event(stream: Stream, reason: str, at: float) -> AuditEvent:
+    """The audit event of a stream's end, for `reason` (the EndedStream reasons, or `stopped` by its player)."""
+    return AuditEvent(
+        at=at,
+        kind=STREAM_END,
+        user_id=stream.user_id,
+        video_id=stream.video_id,
+        device_id=stream.device_id,
+        outcome=reason,
+        stream_id=stream.id,
+        reason=reason,
+    )
+
+
+def end_events(ended: Iterable[EndedStream], at: float) -> list[AuditEvent]:
+    """The audit events of streams that ended without their device asking."""
+    return [end_event(e.stream, e.reason.value, at) for e in ended]
+
+
+class AuditTrail:
+    """Buffers audit events, writes them in batches, prunes old ones and answers queries; the clock is passed in."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        policy: Policy,
+        retention_s: float,
+        clock: Callable[[], float],
+        batch_size: int = 1000,
+        flush_interval_s: float = 0.5,
+        prune_interval_s: float = 3600.0,
+        max_buffered: int = 100_000,
+    ) -> None:
+        self._engine = engine
+        self.policy = policy
+        self.retention_s = retention_s
+        self._clock = clock
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.prune_interval_s = prune_interval_s
+        self._buffer: deque[AuditEvent] = deque(maxlen=max_buffered)
+        self._full = asyncio.Event()
+        self.dropped = 0
+
+    def record(self, events: Iterable[AuditEvent]) -> None:
+        """Keep events for the next write (never blocks, never fails: the oldest are dropped past the bound)."""
+        for event in events:
+            if len(self._buffer) == self._buffer.maxlen:
+                self.dropped += 1
+            self._buffer.append(event)
+        if len(self._buffer) >= self.batch_size:
+            self._full.set()
+
+    def record_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+        """Keep each decision, and the streams each ended to make room."""
+        events: list[AuditEvent] = []
+        for outcome in outcomes:
+            events.append(decision_event(outcome.decision, self.policy))
+            events += end_events(outcome.ended, outcome.decision.decided_at)
+        self.record(events)
+
+    def record_ended(self, ended: Iterable[EndedStream]) -> None:
+        """Keep streams that ended without their device asking (expired, stopped by an admin, ...)."""
+        self.record(end_events(ended, self._clock()))
+
+    async def flush(self) -> int:
+        """Write what is buffered, a batch per INSERT; how many were written. On a failure they stay buffered."""
+        written = 0
+        while self._buffer:
+            batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+            try:
+                async with translate_db_errors(), self._engine.begin() as conn:
+                    # Core executemany of plain rows: the ORM's bulk path and asdict() cost several times more.
+                    await conn.execute(_INSERT, [{name: getattr(e, name) for name in _FIELDS} for e in batch])
+            except BaseException:
+                self._buffer.extendleft(reversed(batch))
+                raise
+            written += len(batch)
+        return written
+
+    async def prune(self) -> int:
+        """Delete the events older than the retention; how many."""
+        cutoff = self._clock() - self.retention_s
+        async with translate_db_errors(), self._engine.begin() as conn:
+            result = await conn.execute(delete(AuditEventRow).where(AuditEventRow.at < cutoff))
+        return int(result.rowcount or 0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush every flush_interval_s (sooner when a batch is full) and prune every prune_interval_s, until
+        `stop`; then flush what is left."""
+        next_prune_at = self._clock()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.flush_interval_s)
+            self._full.clear()
+            try:
+                await self.flush()
+                if self._clock() >= next_prune_at:
+                    pruned = await self.prune()
+                    next_prune_at = self._clock() + self.prune_interval_s
+                    if pruned:
+                        log.info("pruned %d audit events older than the retention", pruned)
+            except PlayGateError as exc:
+                log.warning("audit trail not written yet (%d waiting): %s", len(self._buffer), exc.detail)
+            if self.dropped:
+                log.error("audit trail dropped %d events (buffer full while the database did not answer)", self.dropped)
+                self.dropped = 0
+        try:
+            await self.flush()
+        except PlayGateError as exc:
+            log.error("audit trail lost %d events at shutdown: %s", len(self._buffer), exc.detail)
+
+    async def events(
+        self, user_id: str, *, since: float | None, until: float | None, after_id: int, limit: int
+    ) -> list[StoredEvent]:
+        """A user's events in the order they were stored, after the cursor `after_id`, within [since, until)."""
+        query = select(AuditEventRow).where(AuditEventRow.user_id == user_id, AuditEventRow.id > after_id)
+        if since is not None:
+            query = query.where(AuditEventRow.at >= since)
+        if until is not None:
+            query = query.where(AuditEventRow.at < until)
+        query = query.order_by(AuditEventRow.id).limit(min(limit, PAGE_MAX))
+        async with translate_db_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [StoredEvent(row.id, _event_of(row)) for row in rows]
+
+    async def export(self, user_id: str, *, since: float | None, until: float | None) -> AsyncIterator[StoredEvent]:
+        """Every event of a user within [since, until), a page at a time."""
+        after_id = 0
+        while True:
+            page = await self.events(user_id, since=since, until=until, after_id=after_id, limit=PAGE_MAX)
+            for stored in page:
+                yield stored
+            if len(page) < PAGE_MAX:
+                return
+            after_id = page[-1].id
+
+
+_FIELDS = tuple(AuditEvent.__dataclass_fields__)
+_INSERT = insert(AuditEventRow.metadata.tables[AuditEventRow.__tablename__])
+
+
+def _event_of(row: object) -> AuditEvent:
+    return AuditEvent(**{name: getattr(row, name) for name in _FIELDS})

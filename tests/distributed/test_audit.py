@@ -1,0 +1,33 @@
+"""The audit trail in PostgreSQL: decisions made by the worker processes are on record, readable from any API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.distributed.conftest import Cluster
+from tests.support.clients import admin_client, api_client, new_user
+
+PLAYS = 10
+DEADLINE_S = 15.0
+
+
+async def test_decisions_of_the_workers_are_on_record_in_postgres(cluster: Cluster) -> None:
+    first, second = cluster.urls[:2]
+    admin = await admin_client(first)
+    user = await new_user(first, admin, limit=2)
+    await admin.aclose()
+    async with api_client(first, user.token) as client:
+        answers = await asyncio.gather(
+            *(client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1"}) for _ in range(PLAYS))
+        )
+    asked = sorted(a.json()["requestId"] for a in answers)
+    async with api_client(second, user.token) as client:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            page = (await client.get(f"/v1/users/{user.id}/events", params={"limit": 1000})).json()
+            recorded = sorted(e["requestId"] for e in page["events"] if e["kind"] == "decision")
+            if len(recorded) >= PLAYS or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    assert recorded == asked

@@ -1,0 +1,87 @@
+"""The audit trail: after a burst of plays every decision is on record once, with the streams' ends; pages by
+cursor, time ranges, the NDJSON export, who may read it; old events pruned."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from playgate.audit import AuditTrail, end_event
+from playgate.catalog.db import create_engine, upgrade
+from playgate.domain import Policy, Stream
+from tests.support.clients import api_client, new_user
+
+PLAYS = 30
+WRITTEN_DEADLINE_S = 15.0
+
+
+async def _all_events(client: httpx.AsyncClient, user_id: str, page_size: int) -> list[dict[str, object]]:
+    events: list[dict[str, object]] = []
+    cursor = None
+    for _ in range(1000):
+        params: dict[str, object] = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get(f"/v1/users/{user_id}/events", params=params)).json()
+        events += page["events"]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            return events
+    raise AssertionError("the pages never ended")
+
+
+async def test_every_decision_and_stream_end_is_on_record_once(base_url: str, admin: httpx.AsyncClient) -> None:
+    user = await new_user(base_url, admin, limit=3)
+    async with api_client(base_url, user.token) as client:
+        answers = await asyncio.gather(
+            *(client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1"}) for _ in range(PLAYS))
+        )
+        decided = {a.json()["requestId"]: a.json()["status"] for a in answers}
+        assert (await client.delete("/v1/streams")).status_code == 204
+        allowed = sum(status == "allowed" for status in decided.values())
+        deadline = time.monotonic() + WRITTEN_DEADLINE_S
+        while True:  # written in batches, off the hot path
+            events = await _all_events(client, user.id, page_size=7)
+            if len(events) >= PLAYS + allowed or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        decisions = [e for e in events if e["kind"] == "decision"]
+        assert sorted(str(e["requestId"]) for e in decisions) == sorted(decided)
+        assert all(e["outcome"] == decided[str(e["requestId"])] for e in decisions)
+        assert all(e["policy"] == "deny" and e["userId"] == user.id for e in decisions)
+        ends = [e for e in events if e["kind"] == "stream_end"]
+        assert len(ends) == allowed
+        assert all(e["reason"] == "stopped" for e in ends)
+        assert [int(str(e["id"])) for e in events] == sorted(int(str(e["id"])) for e in events)
+
+        export = await client.get(f"/v1/users/{user.id}/events", params={"format": "ndjson"})
+        assert export.headers["content-type"].startswith("application/x-ndjson")
+        assert [json.loads(line)["id"] for line in export.text.splitlines()] == [e["id"] for e in events]
+        later = await client.get(f"/v1/users/{user.id}/events", params={"since": "2999-01-01T00:00:00Z"})
+        assert later.json() == {"events": [], "nextCursor": None}
+        earlier = await client.get(f"/v1/users/{user.id}/events", params={"until": "2000-01-01T00:00:00Z"})
+        assert earlier.json()["events"] == []
+        assert (await client.get(f"/v1/users/{user.id}/events", params={"cursor": "x"})).status_code == 422
+    assert len((await admin.get(f"/v1/users/{user.id}/events", params={"limit": 1000})).json()["events"]) == len(events)
+    other = await new_user(base_url, admin)
+    async with api_client(base_url, other.token) as client:
+        assert (await client.get(f"/v1/users/{user.id}/events")).status_code == 403
+
+
+async def test_events_older_than_the_retention_are_pruned(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'audit.sqlite3'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    now = [1_000_000.0]
+    trail = AuditTrail(engine, policy=Policy.deny, retention_s=3600, clock=lambda: now[0])
+    try:
+        stream = Stream("s1", "u1", "v1", "d1", started_at=0, expires_at=0)
+        trail.record([end_event(stream, "expired", now[0] - 7200), end_event(stream, "stopped", now[0] - 60)])
+        assert await trail.flush() == 2
+        assert await trail.prune() == 1
+        kept = await trail.events("u1", since=None, until=None, after_id=0, limit=10)
+        assert [e.event.outcome for e in kept] == ["stopped"]
+    finally:
+        await engine.dispose()
