@@ -86,11 +86,14 @@ async def no_sideways_scroll(page: Page) -> bool:
 
 
 async def media_fetched(page: Page, title: str) -> None:
-    """Wait until the card's clip, if any, is fully buffered: no media request (each renews the lease) is left."""
+    """Wait until the card's media, if any, is buffered: an MP4 clip whole, HLS (hls.js, a blob: source) as far
+    ahead as hls.js buffers (7 s of its 8): no media request (each renews the lease) is under way for a while."""
     video = card(page, title).locator("video")
     if await video.count():
         await page.wait_for_function(
-            "v => v.buffered.length > 0 && v.buffered.end(v.buffered.length - 1) >= v.duration - 0.05",
+            "v => v.buffered.length > 0 && (v.src.startsWith('blob:')"
+            " ? v.buffered.end(v.buffered.length - 1) - v.currentTime >= 7"
+            " : v.buffered.end(v.buffered.length - 1) >= v.duration - 0.05)",
             arg=await video.element_handle(),
             timeout=15_000,
         )
