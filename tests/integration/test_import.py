@@ -14,65 +14,65 @@ from tests.support.servers import ServerProcess
 NDJSON = {"content-type": "application/x-ndjson"}
 
 
-async def test_put_creates_then_updates_by_id_and_a_repeat_changes_nothing(admin: httpx.AsyncClient) -> None:
+async def test_put_creates_then_updates_by_id_and_a_repeat_changes_nothing(app_admin: httpx.AsyncClient) -> None:
     tag = secrets.token_hex(4)
-    plan = await admin.put(f"/v1/plans/p-{tag}", json={"name": f"Plan {tag}", "maxStreams": 2})
+    plan = await app_admin.put(f"/v1/plans/p-{tag}", json={"name": f"Plan {tag}", "maxStreams": 2})
     assert plan.status_code == 201, plan.text
-    again = await admin.put(f"/v1/plans/p-{tag}", json={"name": f"Plan {tag}", "maxStreams": 2})
+    again = await app_admin.put(f"/v1/plans/p-{tag}", json={"name": f"Plan {tag}", "maxStreams": 2})
     assert (again.status_code, again.json()) == (200, plan.json())
-    user = await admin.put(f"/v1/users/u-{tag}", json={"plan": f"p-{tag}"})
+    user = await app_admin.put(f"/v1/users/u-{tag}", json={"plan": f"p-{tag}"})
     assert user.status_code == 201, user.text
     assert (user.json()["name"], user.json()["limit"], user.json()["plan"]) == (f"u-{tag}", 2, f"p-{tag}")
-    renamed = await admin.put(f"/v1/users/u-{tag}", json={"name": f"named-{tag}", "limit": 4})
+    renamed = await app_admin.put(f"/v1/users/u-{tag}", json={"name": f"named-{tag}", "limit": 4})
     assert (renamed.status_code, renamed.json()["name"], renamed.json()["limit"]) == (200, f"named-{tag}", 4)
     assert renamed.json()["plan"] == f"p-{tag}"  # absent fields keep their value
-    video = await admin.put(f"/v1/videos/v-{tag}", json={"title": "A title", "url": "/media/x.mp4"})
+    video = await app_admin.put(f"/v1/videos/v-{tag}", json={"title": "A title", "url": "/media/x.mp4"})
     assert video.status_code == 201, video.text
-    assert (await admin.put(f"/v1/videos/v-{tag}", json={"title": "Renamed"})).json()["title"] == "Renamed"
+    assert (await app_admin.put(f"/v1/videos/v-{tag}", json={"title": "Renamed"})).json()["title"] == "Renamed"
     # Refusals name the field: a new video without its url, an unknown plan, a name another user has.
-    assert_problem(await admin.put(f"/v1/videos/w-{tag}", json={"title": "No url"}), 422, field="url")
-    assert_problem(await admin.put(f"/v1/users/x-{tag}", json={"plan": "no-such-plan"}), 422, field="plan")
-    assert_problem(await admin.put(f"/v1/users/y-{tag}", json={"name": f"named-{tag}"}), 409, field="name")
-    assert_problem(await admin.put("/v1/users/bad%20id", json={}), 422)
+    assert_problem(await app_admin.put(f"/v1/videos/w-{tag}", json={"title": "No url"}), 422, field="url")
+    assert_problem(await app_admin.put(f"/v1/users/x-{tag}", json={"plan": "no-such-plan"}), 422, field="plan")
+    assert_problem(await app_admin.put(f"/v1/users/y-{tag}", json={"name": f"named-{tag}"}), 409, field="name")
+    assert_problem(await app_admin.put("/v1/users/bad%20id", json={}), 422)
 
 
 async def test_an_import_of_100000_users_counts_reports_bad_rows_and_a_rerun_changes_nothing(
-    admin: httpx.AsyncClient,
+    app_admin: httpx.AsyncClient,
 ) -> None:
     tag = secrets.token_hex(4)
-    assert (await admin.put(f"/v1/plans/gold-{tag}", json={"name": f"Gold {tag}", "maxStreams": 4})).is_success
+    assert (await app_admin.put(f"/v1/plans/gold-{tag}", json={"name": f"Gold {tag}", "maxStreams": 4})).is_success
     rows = [{"id": f"imp-{tag}-{n}", "plan": f"gold-{tag}"} for n in range(99_999)]
     rows[10] = {"id": f"imp-{tag}-10", "plan": "no-such-plan"}
     rows[20] = {"id": f"imp-{tag}-20", "limit": -1}
     rows[30] = {"id": f"imp-{tag}-30", "colour": "blue"}
     body = b"\n".join(orjson.dumps(r) for r in rows) + b"\nnot json\n"  # 100,000 rows: the most one call takes
-    first = await admin.post("/v1/users:import", content=body, headers=NDJSON, timeout=120)
+    first = await app_admin.post("/v1/users:import", content=body, headers=NDJSON, timeout=120)
     assert first.status_code == 200, first.text
     report = first.json()
     assert (report["created"], report["updated"], report["unchanged"], report["refused"]) == (99_996, 0, 0, 4)
     refused = {(r["row"], r["field"]) for r in report["refusedRows"]}
     assert refused == {(11, "plan"), (21, "limit"), (31, "colour"), (100_000, "row")}
-    rerun = (await admin.post("/v1/users:import", content=body, headers=NDJSON, timeout=120)).json()
+    rerun = (await app_admin.post("/v1/users:import", content=body, headers=NDJSON, timeout=120)).json()
     assert (rerun["created"], rerun["updated"], rerun["unchanged"], rerun["refused"]) == (0, 0, 99_996, 4)
-    user = (await admin.get(f"/v1/users/imp-{tag}-99998")).json()
+    user = (await app_admin.get(f"/v1/users/imp-{tag}-99998")).json()
     assert (user["plan"], user["limit"]) == (f"gold-{tag}", 4)
     too_many = b"\n".join(orjson.dumps({"id": f"x{n}"}) for n in range(100_001))
-    assert_problem(await admin.post("/v1/users:import", content=too_many, headers=NDJSON, timeout=120), 413)
+    assert_problem(await app_admin.post("/v1/users:import", content=too_many, headers=NDJSON, timeout=120), 413)
     assert_problem(
-        await admin.post("/v1/users:import", content=b"{", headers={"content-type": "application/json"}), 422
+        await app_admin.post("/v1/users:import", content=b"{", headers={"content-type": "application/json"}), 422
     )
 
 
-async def test_json_arrays_and_a_changed_row_update(admin: httpx.AsyncClient) -> None:
+async def test_json_arrays_and_a_changed_row_update(app_admin: httpx.AsyncClient) -> None:
     tag = secrets.token_hex(4)
     videos = [{"id": f"t-{tag}-{n}", "title": f"Title {n}", "url": f"/media/{n}.mp4"} for n in range(3)]
-    first = (await admin.post("/v1/videos:import", json=videos)).json()
+    first = (await app_admin.post("/v1/videos:import", json=videos)).json()
     assert (first["created"], first["refused"]) == (3, 0)
     videos[1]["title"] = "Changed"
-    second = (await admin.post("/v1/videos:import", json=[*videos, videos[0]])).json()
+    second = (await app_admin.post("/v1/videos:import", json=[*videos, videos[0]])).json()
     assert (second["created"], second["updated"], second["unchanged"], second["refused"]) == (0, 1, 2, 1)
     assert second["refusedRows"][0]["row"] == 4  # the same id twice: the first row was taken
-    assert (await admin.get(f"/v1/videos/t-{tag}-1")).json()["title"] == "Changed"
+    assert (await app_admin.get(f"/v1/videos/t-{tag}-1")).json()["title"] == "Changed"
 
 
 async def test_import_from_the_command_line_csv_and_ndjson(server: ServerProcess, admin: httpx.AsyncClient) -> None:

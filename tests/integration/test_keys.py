@@ -6,7 +6,7 @@ import httpx
 
 from tests.integration.test_cli import playgate
 from tests.integration.test_routes import assert_problem
-from tests.support.clients import new_user
+from tests.support.clients import api_client, new_user
 from tests.support.servers import ServerProcess
 
 
@@ -20,16 +20,19 @@ async def _key(admin: httpx.AsyncClient, scope: str) -> str:
 
 
 def _with(base_url: str, key: str, header: str = "bearer") -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {key}"} if header == "bearer" else {"X-API-Key": key}
-    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15.0)
+    if header == "bearer":
+        return api_client(base_url, key)
+    client = api_client(base_url)
+    client.headers["X-API-Key"] = key
+    return client
 
 
 async def test_a_plays_key_plays_lists_and_stops_for_any_user_but_reaches_no_admin_route(
-    base_url: str, admin: httpx.AsyncClient
+    app_url: str, app_admin: httpx.AsyncClient
 ) -> None:
-    user = await new_user(base_url, admin, limit=1)
-    key = await _key(admin, "plays")
-    async with _with(base_url, key, "x-api-key") as backend:
+    user = await new_user(app_url, app_admin, limit=1)
+    key = await _key(app_admin, "plays")
+    async with _with(app_url, key, "x-api-key") as backend:
         played = await backend.post("/v1/plays?wait=5", json={"videoId": "1", "userId": user.id, "deviceId": "tv"})
         assert played.status_code == 200, played.text
         assert played.json()["status"] == "allowed"
@@ -47,10 +50,10 @@ async def test_a_plays_key_plays_lists_and_stops_for_any_user_but_reaches_no_adm
             assert_problem(await backend.request(method, path, json={"name": "x", "scope": "read"}), 403)
 
 
-async def test_a_read_key_reads_but_cannot_play(base_url: str, admin: httpx.AsyncClient) -> None:
-    user = await new_user(base_url, admin)
-    key = await _key(admin, "read")
-    async with _with(base_url, key) as reader:
+async def test_a_read_key_reads_but_cannot_play(app_url: str, app_admin: httpx.AsyncClient) -> None:
+    user = await new_user(app_url, app_admin)
+    key = await _key(app_admin, "read")
+    async with _with(app_url, key) as reader:
         assert (await reader.get("/v1/users")).status_code == 200
         assert (await reader.get(f"/v1/users/{user.id}")).json()["name"] == user.name
         assert (await reader.get("/v1/streams", params={"userId": user.id})).json() == []
@@ -61,21 +64,21 @@ async def test_a_read_key_reads_but_cannot_play(base_url: str, admin: httpx.Asyn
 
 
 async def test_a_revoked_key_stops_at_once_and_the_list_shows_when_keys_were_used(
-    base_url: str, admin: httpx.AsyncClient
+    app_url: str, app_admin: httpx.AsyncClient
 ) -> None:
-    key = await _key(admin, "admin")
+    key = await _key(app_admin, "admin")
     key_id = key.split("_")[1]
-    async with _with(base_url, key) as backend:
+    async with _with(app_url, key) as backend:
         assert (await backend.get("/v1/videos")).status_code == 200
-        listed = {k["id"]: k for k in (await admin.get("/v1/keys")).json()}
+        listed = {k["id"]: k for k in (await app_admin.get("/v1/keys")).json()}
         assert listed[key_id]["lastUsedAt"] is not None
         assert "key" not in listed[key_id]
-        assert (await admin.delete(f"/v1/keys/{key_id}")).status_code == 204
+        assert (await app_admin.delete(f"/v1/keys/{key_id}")).status_code == 204
         assert_problem(await backend.get("/v1/videos"), 401)
-    assert_problem(await admin.delete("/v1/keys/no-such-key"), 404)
-    listed = {k["id"]: k for k in (await admin.get("/v1/keys")).json()}
+    assert_problem(await app_admin.delete("/v1/keys/no-such-key"), 404)
+    listed = {k["id"]: k for k in (await app_admin.get("/v1/keys")).json()}
     assert listed[key_id]["revokedAt"] is not None
-    async with _with(base_url, key[:-1] + ("A" if key[-1] != "A" else "B")) as forged:
+    async with _with(app_url, key[:-1] + ("A" if key[-1] != "A" else "B")) as forged:
         assert_problem(await forged.get("/v1/videos"), 401)
 
 

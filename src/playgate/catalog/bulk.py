@@ -134,7 +134,7 @@ async def _owners(session: AsyncSession, table: Table, column: str, values: Sequ
     owners: dict[Any, str] = {}
     for chunk in _chunks(values):
         query = select(table.c[column], table.c.id).where(table.c[column].in_(chunk))
-        owners.update({value: row_id for value, row_id in (await session.execute(query)).tuples()})
+        owners.update({value: row_id for value, row_id in (await session.execute(query)).all()})
     return owners
 
 
