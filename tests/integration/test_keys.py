@@ -96,3 +96,23 @@ async def test_keys_from_the_command_line(server: ServerProcess) -> None:
         assert key not in listed.stdout
         assert playgate(server.data_dir, "keys", "revoke", key_id).returncode == 0
         assert (await reader.get("/v1/plans")).status_code == 401
+
+
+async def test_the_openapi_document_describes_both_schemes_and_the_new_routes(app_url: str) -> None:
+    async with api_client(app_url) as client:
+        document = (await client.get("/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"]["scheme"] == "bearer"
+    assert (schemes["APIKeyHeader"]["in"], schemes["APIKeyHeader"]["name"]) == ("header", "X-API-Key")
+    paths = document["paths"]
+    for path, method in (
+        ("/v1/keys", "post"),
+        ("/v1/keys/{keyId}", "delete"),
+        ("/v1/users/{userId}", "put"),
+        ("/v1/plans/{planId}", "put"),
+        ("/v1/videos/{videoId}", "put"),
+        ("/v1/users:import", "post"),
+        ("/v1/videos:import", "post"),
+        ("/v1/plans:import", "post"),
+    ):
+        assert paths[path][method].get("description"), (path, method)

@@ -23,9 +23,11 @@ from playgate.errors import Unauthorized
 from playgate.security import KeySet, PlatformTokens
 from tests.integration.test_routes import assert_problem
 from tests.support.clients import admin_client, api_client, connect_socket
-from tests.support.servers import ServerProcess, start_playgate
+from tests.support.servers import ServerProcess, start_playgate, wait_until_ready
 
 REFETCH_S = 1.0
+# A start takes seconds; on a machine shared by several test runs, several times the default wait.
+READY_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,7 @@ def idp() -> Iterator[IdentityProvider]:
 def platform(idp: IdentityProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = start_playgate(
         Path(tmp_path_factory.mktemp("platform")),
+        wait_ready=False,
         **idp.env(
             PLAYGATE_CLAIM_PLAN="plan",
             PLAYGATE_CLAIM_LIMIT="streams",
@@ -46,6 +49,7 @@ def platform(idp: IdentityProvider, tmp_path_factory: pytest.TempPathFactory) ->
             PLAYGATE_JWKS_REFETCH=str(REFETCH_S),
         ),
     )
+    wait_until_ready(proc, timeout_s=READY_TIMEOUT_S)
     yield proc
     proc.stop()
 
