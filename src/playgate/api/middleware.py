@@ -25,11 +25,13 @@ SECURITY_HEADERS = (
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 )
-# The web app's pages load their scripts, styles, posters, clips and socket from this origin alone.
+# The web app's pages load their scripts, styles, posters, clips and socket from this origin alone; hls.js feeds
+# the <video> through a blob: URL (Media Source Extensions) and may parse in a blob: worker, both made on the page.
 WEB_APP_PREFIX = "/app"
 WEB_APP_CSP = (
-    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
-    b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+    b"worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    b"frame-ancestors 'none'"
 )
 log = logging.getLogger("playgate.http")
 

@@ -22,6 +22,7 @@ const WAIT_S = 10;
 const HEARTBEAT_MAX_MS = 20_000;
 const HEARTBEAT_MIN_MS = 1_000;
 const ACK_TIMEOUT_MS = 5_000;
+const REASON_GRACE_MS = 2_000;
 const POLL_MS = 1_000;
 const POLL_TRIES = 30;
 const RECONNECT_MIN_MS = 500;
@@ -364,7 +365,13 @@ export class Player {
       gone = error instanceof PlayGateError && error.status === 404;
       if (!gone) this.emit("error", error as Error); // the next beat tries again
     }
-    if (gone && this.streamId === streamId) this.ended({ streamId, videoId: this.videoId ?? "", reason: "gone" });
+    if (!gone || this.streamId !== streamId) return;
+    const lost = () => {
+      if (this.streamId === streamId) this.ended({ streamId, videoId: this.videoId ?? "", reason: "gone" });
+    };
+    // The socket's `stream_ended` says why; it may come a moment after the media or the heartbeat was refused.
+    if (this.live) setTimeout(lost, REASON_GRACE_MS);
+    else lost();
   }
 
   /** The page is going away: stop the stream with a beacon (it carries the token in its body, no headers). */

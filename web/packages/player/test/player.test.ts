@@ -300,7 +300,7 @@ describe("the live connection", () => {
         handlers.set(event, handler);
       },
       timeout: () => ({
-        emitWithAck: async (_event: string, data: unknown) => {
+        emitWithAck: async (_event: string, data: unknown): Promise<Record<string, unknown>> => {
           socket.acks.push(data);
           return { expiresAt: "later" };
         },
@@ -383,5 +383,22 @@ describe("the live connection", () => {
     socket.fire("stream_ended", { streamId: "s1", videoId: "v1", reason: "limit_lowered" });
     expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "limit_lowered" });
     expect(media.src).toBe("");
+  });
+
+  it("a stream refused at a heartbeat waits a moment for the socket to say why", async () => {
+    const { io, socket } = fakeIo();
+    socket.timeout = () => ({ emitWithAck: async () => ({ status: 404 }) });
+    const media = new FakeMedia();
+    const p = make(media, fakeServer({ "POST /v1/plays": () => allowedAnswer("s1") }).fetch, { io });
+    socket.connected = true;
+    const ended = vi.fn();
+    p.on("ended", ended);
+    await p.play("v1");
+    await media.play();
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(ended).not.toHaveBeenCalled();
+    socket.fire("stream_ended", { streamId: "s1", videoId: "v1", reason: "stopped_by_admin" });
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(ended.mock.calls).toEqual([[{ streamId: "s1", videoId: "v1", reason: "stopped_by_admin" }]]);
   });
 });
