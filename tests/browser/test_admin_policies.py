@@ -38,8 +38,13 @@ async def test_an_admin_writes_a_plan_s_rules_and_sees_whom_its_shadow_would_den
     token = await token_for(web_server.base_url, "family", "family-pw")
     async with api_client(web_server.base_url, token) as player:
         for device in ("tv", "phone", "laptop"):
-            await player.post("/v1/plays?wait=5", json={"videoId": "1" if device == "tv" else "2", "deviceId": device})
+            video = "1" if device == "tv" else "2"
+            answer = await player.post("/v1/plays?wait=5", json={"videoId": video, "deviceId": device})
+            assert answer.status_code == 200, answer.text
 
+    async with await admin_client(web_server.base_url) as api:
+        listed = (await api.get(f"/v1/shadow-denials?userId={user['id']}")).json()
+    assert [d["deviceId"] for d in listed] == ["laptop", "phone"]
     # tv allowed; phone allowed but the shadow (one stream) would have denied it; laptop a third device: denied.
     shadow = admin.locator("#shadow tbody tr").filter(has_text=user["id"])
     await expect(shadow).to_have_count(2)

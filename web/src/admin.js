@@ -5,7 +5,7 @@
 // Live updates poll GET /v1/users and GET /users/{id}/streams instead of listening to the socket: a stream a
 // user stops themself is not announced on any socket, so only a poll sees every way a stream ends, and it costs
 // the server nothing while no admin page is open, in either deployment.
-import { ApiError, createApi, h, loadSession } from "./api.js";
+import { ApiError, createApi, h, loadSession, since } from "./api.js";
 import "./style.css";
 
 const SESSION_KEY = "playgate.admin";
@@ -515,11 +515,15 @@ async function refresh() {
   try {
     await refreshUsers();
     showError("users-error", null);
-    await refreshShadow();
-    showError("shadow-error", null);
     $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
     if (session) showError("users-error", err);
+  }
+  try {
+    await refreshShadow(); // on its own: a failing users table does not hide the shadow's denials
+    showError("shadow-error", null);
+  } catch (err) {
+    if (session) showError("shadow-error", err);
   }
   if (session) timer = setTimeout(refresh, POLL_MS);
 }
