@@ -86,9 +86,12 @@ async def request_plays(p: Player, rng: random.Random, count: int) -> None:
     """`count` play requests over both APIs, all at once."""
 
     async def one(n: int) -> None:
-        body: dict[str, Any] = {"videoId": str(rng.randint(1, 6))}
+        video = str(rng.randint(1, 6))
+        body: dict[str, Any] = {"videoId": video}
         if rng.random() < 0.5:
-            body["deviceId"] = f"dev-{n % 3}"
+            # A device asks again for the video it plays (same stream, lease renewed); a device per video, since
+            # a device that asks for another title replaces its own stream, which these counts do not follow.
+            body["deviceId"] = f"dev-{n % 3}-{video}"
         response = await call(p.client(rng), "POST", "/v1/plays", json=body)
         assert response.status_code == 202, response.text
         p.request_ids.append(response.json()["requestId"])
