@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import random
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -13,32 +10,12 @@ from pathlib import Path
 
 import redis
 
+from playgate.bench.cluster import cluster_port  # a free port whose cluster bus port (+10000) is free too
 from tests.support.redis_server import RedisServer, redis_binary
 
 PRIMARIES = 3
 REPLICAS_PER_PRIMARY = 1
 READY_TIMEOUT_S = 30.0
-# A node's cluster bus listens on its port + 10000, so a node's port is at most 55535.
-BUS_PORT_OFFSET = 10000
-PORT_RANGE = (20000, 55535)
-
-
-def _port_free(port: int) -> bool:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_cluster_port() -> int:
-    """A port nobody listens on whose cluster bus port (+10000) is free too (at most 200 tries)."""
-    for _ in range(200):
-        port = random.randint(*PORT_RANGE)
-        if _port_free(port) and _port_free(port + BUS_PORT_OFFSET):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 def cluster_tools_installed() -> bool:
@@ -123,7 +100,7 @@ def start_cluster(data_dir: Path) -> RedisCluster:
             node_dir = data_dir / f"node{i}"
             node_dir.mkdir(parents=True, exist_ok=True)
             node = RedisServer(
-                free_cluster_port(),
+                cluster_port(),
                 node_dir,
                 appendonly=False,
                 extra_args=(
