@@ -39,7 +39,6 @@ from playgate.connections import (
     connect,
     decision_channels,
     decision_from_json,
-    decision_key,
     decision_to_json,
     is_cluster_url,
     layout_for,
@@ -466,6 +465,7 @@ class RedisFanout(EmittingFanout):
         super().__init__(emitter, playback_url, conflicts, to_every_user_room=to_every_user_room)
         self._redis = connect(url)
         self._cluster = is_cluster_url(url)
+        self._keys = layout_for(url)
         self._channels = decision_channels() if self._cluster else [DECISIONS_CHANNEL]
         self._next_channel = 0
         self._listener: asyncio.Task[None] | None = None
@@ -509,7 +509,9 @@ class RedisFanout(EmittingFanout):
             return
         pipe = self._redis.pipeline(transaction=False)  # GETs, not MGET: the keys may live on several shards
         for request_id in request_ids:
-            pipe.get(decision_key(request_id))
+            key = self._keys.find_decision_key(request_id)
+            if key is not None:
+                pipe.get(key)
         for raw in await pipe.execute():
             if raw:
                 self._wake(decision_from_json(orjson.loads(raw)))
