@@ -173,8 +173,10 @@ class ClusterRedisManager(ResilientRedisManager):
                     message = await pubsub.get_sharded_message(timeout=LISTEN_POLL_S)
                     if message is not None and message.get("type") == "smessage":
                         yield message["data"]
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-                log.warning("Socket.IO listener lost the cluster (%s); subscribing again in %.1fs", exc, backoff_s)
+            except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
+                # Any failure of the cluster ends this subscription, never the listener (python-socketio's task
+                # would end with it, and no socket of this process would hear a decision again).
+                log.warning("Socket.IO listener lost the cluster (%s); subscribing again in %.2fs", exc, backoff_s)
             await asyncio.sleep(backoff_s)
             backoff_s = min(LISTEN_BACKOFF_MAX_S, backoff_s * 2)
 
