@@ -93,6 +93,10 @@ def request_from_json(raw: str | bytes) -> PlayRequest:
     )
 
 
+class SlotMoved(Exception):
+    """A shard stopped serving a sharded channel this process listens to: subscribe again (where it now lives)."""
+
+
 def socket_manager(url: str, *, write_only: bool = False) -> socketio.AsyncRedisManager:
     """python-socketio's Redis client manager: a full one for an API process's server, write-only for a worker;
     both with the pool options (health checks, retries) of every PlayGate Redis client."""
@@ -165,15 +169,17 @@ class ClusterRedisManager(ResilientRedisManager):
             try:
                 self._redis_connect()
                 await ready(self.redis)
-                pubsub: Any = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub: Any = self.redis.pubsub()
                 self.pubsub = pubsub
                 await pubsub.ssubscribe(self.channel)
                 backoff_s = LISTEN_BACKOFF_MIN_S
                 while True:
                     message = await pubsub.get_sharded_message(timeout=LISTEN_POLL_S)
+                    if message is not None and message.get("type") == "sunsubscribe":
+                        raise SlotMoved(f"{self.channel} is no longer served by its node")
                     if message is not None and message.get("type") == "smessage":
                         yield message["data"]
-            except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
+            except (redis_errors.RedisError, redis_errors.RedisClusterException, SlotMoved, OSError) as exc:
                 # Any failure of the cluster ends this subscription, never the listener (python-socketio's task
                 # would end with it, and no socket of this process would hear a decision again).
                 log.warning("Socket.IO listener lost the cluster (%s); subscribing again in %.2fs", exc, backoff_s)
@@ -527,7 +533,9 @@ class RedisFanout(EmittingFanout):
             pubsub: Any = None
             try:
                 await ready(self._redis)
-                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                # On a cluster the subscription messages are seen: a shard that stops serving a channel's slot (a
+                # failover, a migration) says so with `sunsubscribe`, and the listener subscribes again.
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=not self._cluster)
                 if self._cluster:
                     await pubsub.ssubscribe(*self._channels)
                 else:
@@ -540,9 +548,13 @@ class RedisFanout(EmittingFanout):
                         message = await pubsub.get_sharded_message(timeout=LISTEN_POLL_S)
                     else:
                         message = await pubsub.get_message(timeout=LISTEN_POLL_S)
+                    if message is not None and message.get("type") == "sunsubscribe":
+                        raise SlotMoved(f"{message.get('channel')} is no longer served by its node")
                     if message is not None and message.get("type") in ("message", "smessage"):
                         self._resolve(message["data"])
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            except (redis_errors.RedisError, redis_errors.RedisClusterException, SlotMoved, OSError) as exc:
+                # Any Redis failure (on a cluster: a slot moving, a failover) ends this subscription, never the
+                # listener.
                 self._subscribed.clear()
                 log.warning("decision listener lost Redis (%s); subscribing again in %.2fs", exc, backoff_s)
             finally:
