@@ -1,20 +1,27 @@
 """The Redis plumbing that the ledger and the bus share: the client, its key names, errors, the decision codec.
 
-Every key lives under PREFIX; a user's keys carry the `{user id}` hash tag, so that they share a hash slot.
+Every key lives under PREFIX; a user's keys carry the `{user id}` hash tag, so that they share a hash slot. A URL
+`redis+cluster://host:port[,host:port...]` names a Redis Cluster: the client is redis-py's RedisCluster, and the
+KeyLayout puts the keys that several users share (the lease index, the decisions) in each user's slot.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from redis import exceptions as redis_errors
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from playgate.domain import Decision, Status, parse_reason
+from playgate.domain import Decision, Status, id_owner, parse_reason
 from playgate.errors import ConfigError, Unavailable
 
 PREFIX = "playgate:"
@@ -32,6 +39,9 @@ RETRY_BACKOFF_BASE_S = 0.02
 RETRY_BACKOFF_CAP_S = 0.25
 REQUESTS_KEY = f"{PREFIX}requests"
 DEAD_LETTER_KEY = f"{PREFIX}requests:dead"
+# On a cluster the request queue's keys share this hash tag: a request's stream entry and its pending marker are
+# written in one MULTI, which a cluster runs only within one slot.
+QUEUE_TAG = f"{PREFIX}{{queue}}:"
 GROUP = "workers"
 DECISIONS_CHANNEL = f"{PREFIX}decisions"
 
@@ -61,14 +71,23 @@ def pending_key(request_id: str) -> str:
     return f"{PREFIX}pending:{request_id}"
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+REDIS_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
+
+# The client of either deployment: one server (with replicas), or a Redis Cluster.
+RedisClient = Redis | RedisCluster
 
 
 def check_redis_url(url: str) -> None:
-    """ConfigError naming PLAYGATE_REDIS_URL unless `url` is a redis://, rediss:// or unix:// URL."""
+    """ConfigError naming PLAYGATE_REDIS_URL unless `url` is a redis://, rediss://, unix:// or redis+cluster:// URL."""
     scheme = url.partition("://")[0].lower()
     if scheme not in REDIS_SCHEMES or "://" not in url:
-        raise ConfigError(f"PLAYGATE_REDIS_URL: not a Redis URL (use redis://host:port/db), got scheme {scheme!r}")
+        raise ConfigError(
+            "PLAYGATE_REDIS_URL: not a Redis URL (use redis://host:port/db or redis+cluster://host:port,host:port), "
+            f"got scheme {scheme!r}"
+        )
+    if is_cluster_url(url):
+        cluster_nodes(url)
 
 
 def pool_options() -> dict[str, Any]:
@@ -91,17 +110,57 @@ def connection_pool(url: str, **options: Any) -> ConnectionPool:
     return ConnectionPool.from_url(url, **pool_options(), **options)
 
 
-def connect(url: str, *, client_name: str | None = None) -> Redis:
-    """A redis-py asyncio client for `url` with bounded timeouts (a dead server answers 503, it does not hang)
-    that recovers by itself after a Redis restart (pool_options).
+def is_cluster_url(url: str) -> bool:
+    """Whether `url` names a Redis Cluster (redis+cluster:// or rediss+cluster://)."""
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
 
-    `client_name` names its connections in CLIENT LIST (the queue names them after the worker's consumer).
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The host:port pairs of a redis+cluster:// URL (the client needs one live node; naming several survives one
+    being down); ConfigError naming PLAYGATE_REDIS_URL when a pair is malformed."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    nodes = []
+    for item in filter(None, netloc.split(",")):
+        host, colon, port = item.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ConfigError(f"PLAYGATE_REDIS_URL: cluster node {item!r} is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ConfigError("PLAYGATE_REDIS_URL: a redis+cluster:// URL names at least one host:port")
+    return nodes
+
+
+def _client_options(client_name: str | None, decode: bool = True) -> dict[str, Any]:
+    return {
+        "client_name": client_name,
+        "decode_responses": decode,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+    }
+
+
+def connect(url: str, *, client_name: str | None = None, decode: bool = True) -> RedisClient:
+    """A redis-py asyncio client for `url` with bounded timeouts (a dead server answers 503, it does not hang):
+    RedisCluster for a redis+cluster:// URL, else Redis.
+
+    `client_name` names its connections in CLIENT LIST (the queue names them after the worker's consumer);
+    `decode` False leaves replies as bytes (python-socketio's manager expects them so).
     """
-    client: Redis = Redis.from_url(url, client_name=client_name, decode_responses=True, **pool_options())
+    if is_cluster_url(url):
+        return connect_cluster(url, client_name=client_name, decode=decode)
+    client: Redis = Redis.from_url(url, client_name=client_name, decode_responses=decode, **pool_options())
     return client
 
 
 FORGET_CHUNK = 1000
+
+
+async def _unlink(client: RedisClient, keys: list[str]) -> int:
+    """UNLINK the keys, one a command in a pipeline (a cluster node refuses keys of several slots in one)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(int(n) for n in await pipe.execute())
 
 
 async def forget_all(url: str) -> int:
@@ -114,13 +173,153 @@ async def forget_all(url: str) -> int:
             async for key in client.scan_iter(match=f"{PREFIX}*", count=FORGET_CHUNK):
                 chunk.append(key)
                 if len(chunk) >= FORGET_CHUNK:
-                    deleted += await client.unlink(*chunk)
+                    deleted += await _unlink(client, chunk)
                     chunk = []
             if chunk:
-                deleted += await client.unlink(*chunk)
+                deleted += await _unlink(client, chunk)
     finally:
         await client.aclose()
     return deleted
+
+
+def connect_cluster(url: str, *, client_name: str | None = None, decode: bool = True) -> RedisCluster:
+    """redis-py's RedisCluster over the nodes a redis+cluster:// URL names (credentials from the URL)."""
+    parts = urlsplit(url)
+    options = _client_options(client_name, decode)
+    if parts.username:
+        options["username"] = unquote(parts.username)
+    if parts.password:
+        options["password"] = unquote(parts.password)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],
+        ssl=parts.scheme.lower().startswith("rediss"),
+        **options,
+    )
+
+
+# A cluster spreads users over BUCKETS hash slots, 16 slots apart (slot 0, 16, 32, ...), so that contiguous slot
+# ranges (as `redis-cli --cluster` assigns them) get even shares; a bucket holds its users' keys and their lease
+# index. Few enough that a sweep reads every index in a few milliseconds; enough to spread over ~100 shards.
+BUCKETS = 1024
+SLOTS_PER_BUCKET = REDIS_CLUSTER_HASH_SLOTS // BUCKETS
+
+
+@functools.cache
+def bucket_tags() -> tuple[str, ...]:
+    """For each bucket, a short hash tag that lands in its slot (bucket * SLOTS_PER_BUCKET)."""
+    tags: dict[int, str] = {}
+    n = 0
+    while len(tags) < BUCKETS:
+        tag = f"b{n}"
+        slot = key_slot(tag.encode())
+        if slot % SLOTS_PER_BUCKET == 0:
+            tags.setdefault(slot // SLOTS_PER_BUCKET, tag)
+        n += 1
+    return tuple(tags[bucket] for bucket in range(BUCKETS))
+
+
+@functools.cache
+def _bucket_lease_keys() -> tuple[str, ...]:
+    return tuple(f"{PREFIX}{{{tag}}}:leases" for tag in bucket_tags())
+
+
+def user_bucket(user_id: str) -> int:
+    """The bucket of a user on a cluster: the hash slot of its id, 16 slots to a bucket."""
+    return key_slot(user_id.encode()) // SLOTS_PER_BUCKET
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """Where the keys an admission touches live. One server: `playgate:{<user id>}:streams`, one lease index
+    (`playgate:leases`), decisions under their request id. A cluster: every key an admission touches in the user's
+    bucket (one hash slot, hash tag `{b…}`): `playgate:{b…}:<user id>:streams` (and `:devices`), the bucket's
+    lease index `playgate:{b…}:leases`, and `playgate:{b…}:decision:<request id>` (a request id names its user:
+    domain.owned_id), so that one user's admission is one atomic call on one shard, with no global key.
+    """
+
+    cluster: bool
+
+    def slot(self, user_id: str) -> int:
+        """The hash slot of the user's keys on a cluster."""
+        return user_bucket(user_id) * SLOTS_PER_BUCKET
+
+    def _tag(self, user_id: str) -> str:
+        return f"{PREFIX}{{{bucket_tags()[user_bucket(user_id)]}}}"
+
+    def streams_key(self, user_id: str) -> str:
+        """The hash of the user's streams."""
+        return f"{self._tag(user_id)}:{user_id}:streams" if self.cluster else streams_key(user_id)
+
+    def leases_key(self, user_id: str) -> str:
+        """The lease index that holds the user's streams."""
+        return f"{self._tag(user_id)}:leases" if self.cluster else LEASES_KEY
+
+    def devices_key(self, user_id: str) -> str:
+        """The hash of the user's registered devices."""
+        return f"{self._tag(user_id)}:{user_id}:devices" if self.cluster else devices_key(user_id)
+
+    def admission_keys(self, user_id: str, request_id: str) -> tuple[str, str, str, str]:
+        """The lease index, streams, decision and devices keys of one admission (admission.lua's four a request)."""
+        if not self.cluster:
+            return LEASES_KEY, streams_key(user_id), decision_key(request_id), devices_key(user_id)
+        tag = self._tag(user_id)
+        return f"{tag}:leases", f"{tag}:{user_id}:streams", f"{tag}:decision:{request_id}", f"{tag}:{user_id}:devices"
+
+    def lease_keys(self) -> list[str]:
+        """Every lease index (what the sweeper and the active count read)."""
+        return list(_bucket_lease_keys()) if self.cluster else [LEASES_KEY]
+
+    def decision_key(self, request_id: str, user_id: str) -> str:
+        """Where the decision of a request of `user_id` is kept."""
+        return f"{self._tag(user_id)}:decision:{request_id}" if self.cluster else decision_key(request_id)
+
+    @property
+    def requests_key(self) -> str:
+        """The stream of play requests."""
+        return f"{QUEUE_TAG}requests" if self.cluster else REQUESTS_KEY
+
+    @property
+    def dead_letter_key(self) -> str:
+        """The stream of requests given up after too many deliveries."""
+        return f"{QUEUE_TAG}requests:dead" if self.cluster else DEAD_LETTER_KEY
+
+    def pending_key(self, request_id: str) -> str:
+        """The marker of a request still owed a decision (in the queue's slot on a cluster)."""
+        return f"{QUEUE_TAG}pending:{request_id}" if self.cluster else pending_key(request_id)
+
+    def find_decision_key(self, request_id: str) -> str | None:
+        """Where the decision of a request is kept, from its id alone; None when its id names no user (cluster)."""
+        if not self.cluster:
+            return decision_key(request_id)
+        user_id = id_owner(request_id)
+        return None if user_id is None else self.decision_key(request_id, user_id)
+
+
+# On a cluster decisions fan out over sharded pub/sub (SPUBLISH, Redis 7): this many channels, their hash tags
+# spread over the buckets (so over the shards); a worker takes them in turn, an API process listens to them all.
+DECISION_CHANNELS = 8
+
+
+def decision_channels() -> list[str]:
+    """The sharded channels of decisions on a cluster."""
+    tags = bucket_tags()
+    return [f"{DECISIONS_CHANNEL}:{{{tags[i * BUCKETS // DECISION_CHANNELS]}}}" for i in range(DECISION_CHANNELS)]
+
+
+async def ready(client: RedisClient) -> None:
+    """A cluster client learns the slot map (its first command would); pub/sub needs it beforehand."""
+    if isinstance(client, RedisCluster) and client._initialize:
+        await client.initialize()
+
+
+def layout_for(url: str) -> KeyLayout:
+    """The key layout of the deployment a URL names."""
+    return KeyLayout(cluster=is_cluster_url(url))
+
+
+# Replies of a server that cannot serve now (loading, a replica, a cluster mid-failover or mid-migration): the
+# caller may try again later; nothing was done.
+NOT_NOW = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY ", "CLUSTERDOWN", "MOVED", "ASK ")
 
 
 @asynccontextmanager
@@ -132,7 +331,9 @@ async def translate_redis_errors() -> AsyncIterator[None]:
         raise Unavailable(f"Redis does not answer: {type(exc).__name__}: {exc}") from exc
     except redis_errors.ResponseError as exc:
         message = str(exc)
-        if message.startswith(("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY ")):
+        if message.startswith(
+            ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY ", "CLUSTERDOWN", "MOVED", "ASK ")
+        ):
             raise Unavailable(f"Redis cannot serve now: {message}") from exc
         raise
 

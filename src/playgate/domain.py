@@ -249,3 +249,20 @@ class Outcome:
 def new_id() -> str:
     """A fresh opaque id for requests and streams (128 random bits, URL-safe)."""
     return secrets.token_hex(16)
+
+
+def owned_id(user_id: str) -> str:
+    """A fresh id that names its user: `<user id, UTF-8 as hex>-<96 random bits as hex>` (URL-safe). Stream and
+    request ids are made so, so that a cluster finds their keys (which carry the user's hash tag) from the id alone."""
+    return f"{user_id.encode().hex()}-{secrets.token_hex(12)}"
+
+
+def id_owner(owned: str) -> str | None:
+    """The user id an owned_id names, or None for an id it did not make."""
+    head, dash, _ = owned.partition("-")
+    if not dash or not head:
+        return None
+    try:
+        return bytes.fromhex(head).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -27,7 +27,7 @@ from playgate.domain import (
     Reason,
     Stream,
     User,
-    new_id,
+    owned_id,
 )
 from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized, Unavailable
 from playgate.imports import Format, KindName
@@ -298,7 +298,7 @@ class PlayGate:
                 away=away,
             )
 
-        request_id = new_id()
+        request_id = owned_id(user.id)
         if idempotency_key is not None:
             claim = await self._ledger.claim_key(user.id, idempotency_key, request_id, video_id)
             if not claim.created:

@@ -21,9 +21,10 @@ from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
+from redis.asyncio import RedisCluster
 
 from playgate.config import Settings
-from playgate.connections import connection_pool
+from playgate.connections import connection_pool, is_cluster_url
 from playgate.errors import PlayGateError, Unavailable
 
 log = logging.getLogger("playgate.throttle")
@@ -61,10 +62,14 @@ class LoginThrottle:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         options: dict[str, Any] = {}
         # Our own connection pool, so that close() can release it (the storage itself has no close), with the
-        # health checks and retries of every PlayGate pool.
-        self._pool = connection_pool(settings.redis_url) if settings.redis_url else None
+        # health checks and retries of every PlayGate pool. On a Redis Cluster (async+redis+cluster://) `limits`
+        # makes its own RedisCluster client, closed through its bridge.
+        cluster = settings.redis_url is not None and is_cluster_url(settings.redis_url)
+        self._pool = connection_pool(settings.redis_url) if settings.redis_url and not cluster else None
+        if settings.redis_url is not None:
+            options = {"implementation": "redispy", "key_prefix": KEY_PREFIX}
         if self._pool is not None:
-            options = {"implementation": "redispy", "key_prefix": KEY_PREFIX, "connection_pool": self._pool}
+            options["connection_pool"] = self._pool
         self._storage = cast(AsyncStorage, storage_from_string(storage_url(settings), wrap_exceptions=True, **options))
         self._limiter = FixedWindowRateLimiter(self._storage)
         window_s = settings.login_window_s
@@ -115,3 +120,6 @@ class LoginThrottle:
         """Release the Redis connections (nothing to do for the in-process counters)."""
         if self._pool is not None:
             await self._pool.aclose()
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        if isinstance(client, RedisCluster):
+            await client.aclose()

@@ -27,6 +27,7 @@ from playgate.domain import (
     Rules,
     Status,
     Stream,
+    id_owner,
 )
 from playgate.ledger.protocol import Ledger
 from tests.contract.conftest import LEASE_S, Clock, LedgerFactory
@@ -59,8 +60,11 @@ def play(
     *,
     own_device: bool = False,
 ) -> PlayRequest:
+    """A play request; its id names its user, as the service's ids do (domain.owned_id), so that a Redis Cluster
+    finds its decision from the id alone."""
+    owned = rid if id_owner(rid) == user else f"{user.encode().hex()}-{rid}"
     return PlayRequest(
-        rid,
+        owned,
         user,
         video,
         device,
@@ -115,7 +119,7 @@ async def test_a_request_is_decided_once(make_ledger: LedgerFactory, clock: Cloc
     clock.advance(1)
     outcomes = await ledger.decide([admit(play("r1")), admit(play("r1"))])
     assert [o.decision for o in outcomes] == [first, first]
-    assert await ledger.decision("r1") == first
+    assert await ledger.decision(first.request_id) == first
     assert len(await ledger.streams("u1")) == 1
     assert await ledger.decision("nope") is None
 
@@ -207,8 +211,8 @@ async def test_kept_decisions_are_told_and_never_replace_one(make_ledger: Ledger
     allowed = await one(ledger, play("r1"))
     given_up = [denied(play(rid), Reason.error, 0, 0, clock.now) for rid in ("r1", "r2")]
     await ledger.keep(given_up)
-    assert await ledger.decision("r1") == allowed
-    assert await ledger.decision("r2") == given_up[1]
+    assert await ledger.decision(allowed.request_id) == allowed
+    assert await ledger.decision(given_up[1].request_id) == given_up[1]
     await ledger.keep([])
 
 

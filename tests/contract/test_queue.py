@@ -13,6 +13,7 @@ from playgate.bus.local import LocalQueue
 from playgate.bus.protocol import RequestQueue
 from playgate.bus.redis import RedisQueue
 from playgate.domain import PlayRequest
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 
 
@@ -20,15 +21,17 @@ def play(rid: str) -> PlayRequest:
     return PlayRequest(rid, "u1", "v1", "tv", accepted_at=1_800_000_000.5, replace_stream_id=None)
 
 
-@pytest_asyncio.fixture(params=["local", "redis"])
+@pytest_asyncio.fixture(params=["local", "redis", "redis-cluster"])
 async def queue(request: pytest.FixtureRequest) -> AsyncIterator[RequestQueue]:
     if request.param == "local":
         made: RequestQueue = LocalQueue()
     else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        server.flush()
+        store: RedisServer | RedisCluster = request.getfixturevalue(
+            "redis_server" if request.param == "redis" else "redis_cluster"
+        )
+        store.flush()
         made = RedisQueue(
-            server.url,
+            store.url,
             consumer=f"test-{secrets.token_hex(4)}",
             claim_idle_s=30.0,
             maxlen=10_000,

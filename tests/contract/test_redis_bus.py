@@ -15,9 +15,9 @@ from playgate.ledger.redis import RedisLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
 from tests.contract.conftest import Recorder
-from tests.support.redis_server import RedisServer
 
 QueueFactory = Callable[..., RedisQueue]
+POISON = "7531-poison"  # a request id naming its user u1, as the service's do (a cluster finds its decision so)
 
 
 def play(rid: str, user: str = "u1") -> PlayRequest:
@@ -25,14 +25,13 @@ def play(rid: str, user: str = "u1") -> PlayRequest:
 
 
 @pytest_asyncio.fixture
-async def make_queue(redis_server: RedisServer) -> AsyncIterator[QueueFactory]:
-    """Queues on one fresh Redis, each a consumer of its own (as separate worker processes are)."""
-    redis_server.flush()
+async def make_queue(redis_url: str) -> AsyncIterator[QueueFactory]:
+    """Queues on one fresh Redis (a server, a cluster), each a consumer of its own (as worker processes are)."""
     made: list[RedisQueue] = []
 
     def make(claim_idle_s: float = 0.2, max_attempts: int = 5) -> RedisQueue:
         queue = RedisQueue(
-            redis_server.url,
+            redis_url,
             consumer=f"worker-{secrets.token_hex(4)}",
             claim_idle_s=claim_idle_s,
             maxlen=10_000,
@@ -64,18 +63,18 @@ async def test_entries_of_a_dead_worker_are_claimed_by_another(make_queue: Queue
 
 
 async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
-    make_queue: QueueFactory, redis_server: RedisServer
+    make_queue: QueueFactory, redis_url: str
 ) -> None:
     queue = make_queue(claim_idle_s=0.05, max_attempts=2)
-    await queue.put(play("poison"))
+    await queue.put(play(POISON))
     for _ in range(2):  # two deliveries to workers that die before deciding
         await asyncio.sleep(0.1)
         assert len(await make_queue(claim_idle_s=0.05).take(1, wait_s=0.5)) == 1
     assert (await queue.pending_count(), await queue.dead_letter_count()) == (1, 0)
     await asyncio.sleep(0.1)
     recorder = Recorder()
-    fanout = RedisFanout(redis_server.url, recorder)
-    ledger = RedisLedger(redis_server.url, lease_s=90, decision_ttl_s=60, clock=time.time)
+    fanout = RedisFanout(redis_url, recorder)
+    ledger = RedisLedger(redis_url, lease_s=90, decision_ttl_s=60, clock=time.time)
     worker = Worker(
         queue=queue,
         ledger=ledger,
@@ -90,32 +89,30 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
     assert await worker.step(wait_s=0.5) == 1
     [(event, message, room)] = recorder.events
     assert (event, room) == ("message", "user:u1")
-    assert (message["status"], message["reason"], message["requestId"]) == ("denied", "error", "poison")
-    assert [r.request_id for r in await queue.dead_letters()] == ["poison"]
+    assert (message["status"], message["reason"], message["requestId"]) == ("denied", "error", POISON)
+    assert [r.request_id for r in await queue.dead_letters()] == [POISON]
     assert (await queue.pending_count(), await queue.dead_letter_count()) == (0, 1)
     assert await queue.depth() == 0
-    assert await queue.pending("poison") is None
-    kept = await ledger.decision("poison")  # GET /v1/plays/{id} tells the same answer
+    assert await queue.pending(POISON) is None
+    kept = await ledger.decision(POISON)  # GET /v1/plays/{id} tells the same answer
     assert kept is not None
     assert (kept.status, kept.reason) == (Status.denied, Reason.error)
     await ledger.close()
     await fanout.close()
 
 
-async def test_a_malformed_entry_is_dead_lettered_not_delivered(
-    make_queue: QueueFactory, redis_server: RedisServer
-) -> None:
+async def test_a_malformed_entry_is_dead_lettered_not_delivered(make_queue: QueueFactory) -> None:
     queue = make_queue()
     await queue.put(play("good"))
-    await queue._redis.xadd("playgate:requests", {"r": "not json"})
+    await queue._redis.xadd(queue._keys.requests_key, {"r": "not json"})
     taken = await queue.take(10, wait_s=1.0)
     assert [d.request.request_id for d in taken] == ["good"]
     await queue.ack(taken)
     assert await queue.depth() == 0
 
 
-async def test_waiters_in_one_process_are_woken_by_a_worker_in_another(redis_server: RedisServer) -> None:
-    api, worker = RedisFanout(redis_server.url, Recorder()), RedisFanout(redis_server.url, Recorder())
+async def test_waiters_in_one_process_are_woken_by_a_worker_in_another(redis_url: str) -> None:
+    api, worker = RedisFanout(redis_url, Recorder()), RedisFanout(redis_url, Recorder())
     await api.start()
     waiter = api.watch("r1")
     other = api.watch("r2")
@@ -128,9 +125,8 @@ async def test_waiters_in_one_process_are_woken_by_a_worker_in_another(redis_ser
     await worker.close()
 
 
-async def test_the_ledger_decides_on_after_redis_forgets_its_scripts(redis_server: RedisServer) -> None:
-    redis_server.flush()
-    ledger = RedisLedger(redis_server.url, lease_s=60.0, decision_ttl_s=60.0, clock=time.time)
+async def test_the_ledger_decides_on_after_redis_forgets_its_scripts(redis_url: str) -> None:
+    ledger = RedisLedger(redis_url, lease_s=60.0, decision_ttl_s=60.0, clock=time.time)
     try:
         [first] = await ledger.decide([Admission(play("r1"), Quota(1))])
         await ledger._redis.script_flush()  # as after a restart without persistence of the script cache

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+from collections import Counter
 
-from playgate.connections import check_redis_url, connect, forget_all, idempotency_key, streams_key
+import pytest
+from redis.crc import key_slot
+
+from playgate.connections import (
+    BUCKETS,
+    KeyLayout,
+    check_redis_url,
+    cluster_nodes,
+    connect,
+    forget_all,
+    idempotency_key,
+    is_cluster_url,
+    streams_key,
+)
 from playgate.errors import ConfigError
 from playgate.ledger.redis import new_stream_id, stream_owner
 from tests.support.redis_server import RedisServer
@@ -27,6 +40,51 @@ def test_ids_it_did_not_make_name_no_user_or_a_wrong_one_that_is_never_found(str
 def test_a_users_keys_share_one_hash_tag() -> None:
     assert streams_key("42") == "playgate:{42}:streams"
     assert idempotency_key("42", "k").startswith("playgate:{42}:")
+
+
+@pytest.mark.parametrize("user_id", ["1", "42", "ünïcode", "{braces}", "user-with-dashes"])
+def test_on_a_cluster_every_key_of_an_admission_lies_in_the_users_slot(user_id: str) -> None:
+    keys = KeyLayout(cluster=True)
+    request_id = new_stream_id(user_id)  # request ids name their user as stream ids do
+    admission_keys = [
+        keys.streams_key(user_id),
+        keys.leases_key(user_id),
+        keys.decision_key(request_id, user_id),
+        keys.devices_key(user_id),
+    ]
+    assert {key_slot(k.encode()) for k in admission_keys} == {keys.slot(user_id)}
+    assert keys.admission_keys(user_id, request_id) == (
+        admission_keys[1],
+        admission_keys[0],
+        admission_keys[2],
+        admission_keys[3],
+    )
+    assert keys.find_decision_key(request_id) == keys.decision_key(request_id, user_id)
+    assert keys.find_decision_key("no-user-named") is None
+
+
+def test_a_cluster_spreads_users_evenly_over_its_buckets_and_slot_ranges() -> None:
+    keys = KeyLayout(cluster=True)
+    assert len(set(keys.lease_keys())) == BUCKETS
+    per_third = Counter(keys.slot(str(n)) * 3 // 16384 for n in range(30_000))
+    assert all(9_000 < count < 11_000 for count in per_third.values())  # three primaries, contiguous slot ranges
+
+
+def test_one_server_keeps_its_keys_unchanged() -> None:
+    keys = KeyLayout(cluster=False)
+    assert keys.streams_key("42") == streams_key("42")
+    assert keys.lease_keys() == [keys.leases_key("42")] == ["playgate:leases"]
+    assert keys.decision_key("r1", "42") == keys.find_decision_key("r1") == "playgate:decision:r1"
+
+
+def test_a_cluster_url_names_its_nodes() -> None:
+    url = "redis+cluster://:secret@10.0.0.1:7000,10.0.0.2:7001/0"
+    check_redis_url(url)
+    assert is_cluster_url(url)
+    assert not is_cluster_url("redis://10.0.0.1:7000")
+    assert cluster_nodes(url) == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
+    with pytest.raises(ConfigError, match="PLAYGATE_REDIS_URL"):
+        check_redis_url("redis+cluster://10.0.0.1/0")
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://cache:6380", "unix:///run/redis.sock"])

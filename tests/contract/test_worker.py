@@ -8,6 +8,8 @@ from playgate.metrics import Metrics
 from playgate.worker import Worker
 from tests.contract.conftest import Clock, LedgerFactory, Recorder
 
+LOST = "7531-lost"  # a request id naming its user u1, as the service's do (a cluster finds its decision so)
+
 
 async def test_a_request_given_up_on_is_answered_and_kept_by_the_ledger(
     make_ledger: LedgerFactory, clock: Clock
@@ -27,14 +29,14 @@ async def test_a_request_given_up_on_is_answered_and_kept_by_the_ledger(
         sweep_interval_s=1.0,
         max_attempts=2,
     )
-    await queue.put(PlayRequest("lost", "u1", "v1", "tv", accepted_at=clock.now, replace_stream_id=None))
+    await queue.put(PlayRequest(LOST, "u1", "v1", "tv", accepted_at=clock.now, replace_stream_id=None))
     for _ in range(2):  # two deliveries that could not be decided
         await queue.release(await queue.take(1, wait_s=0))
     assert await worker.step(wait_s=0) == 1
     [(event, message, room)] = recorder.events
     assert (event, room, message["reason"]) == ("message", "user:u1", "error")
-    kept = await ledger.decision("lost")  # GET /v1/plays/{id} answers it in the embedded deployment too
+    kept = await ledger.decision(LOST)  # GET /v1/plays/{id} answers it in the embedded deployment too
     assert kept is not None
     assert (kept.status, kept.reason, kept.decided_at) == (Status.denied, Reason.error, clock.now)
-    assert await queue.pending("lost") is None
+    assert await queue.pending(LOST) is None
     await fanout.close()

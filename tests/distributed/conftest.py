@@ -1,5 +1,5 @@
-"""A distributed PlayGate for the tests: a throwaway redis-server (AOF on), a fresh PostgreSQL database,
-2 `playgate api` and 2 `playgate worker` processes on them."""
+"""A distributed PlayGate for the tests: a throwaway redis-server (AOF on) or Redis Cluster, a fresh PostgreSQL
+database, 2 `playgate api` and 2 `playgate worker` processes on them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import redis
 
 from playgate.bench.keyset import IdentityProvider, new_key
 from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
+from tests.support.redis_cluster import RedisCluster, cluster_tools_installed, start_cluster
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
 from tests.support.servers import ServerProcess, playgate_env, start_playgate
 
@@ -31,16 +32,18 @@ WORKER_READY_TIMEOUT_S = 30.0
 class Cluster:
     """The running processes of one distributed deployment, and what they share."""
 
-    redis: RedisServer
+    redis: RedisServer | RedisCluster
     db: PgDatabase
     data_dir: Path
     idp: IdentityProvider
     apis: list[ServerProcess] = field(default_factory=list)
     workers: list[ServerProcess] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
         return {
+            **self.settings,
             "PLAYGATE_REDIS_URL": self.redis.url,
             "PLAYGATE_DATABASE_URL": self.db.url,
             "PLAYGATE_CLAIM_IDLE": str(CLAIM_IDLE_S),
@@ -73,11 +76,14 @@ class Cluster:
 
     def consumers(self) -> int:
         """Queue connections open on Redis: each process names them `playgate-queue:<consumer>`."""
-        client = redis.Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=2)
-        try:
-            names = {c.get("name", "") for c in client.client_list()}
-        finally:
-            client.close()
+        ports = [n.port for n in self.redis.nodes] if isinstance(self.redis, RedisCluster) else [self.redis.port]
+        names: set[str] = set()
+        for port in ports:
+            client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+            try:
+                names |= {c.get("name", "") for c in client.client_list()}
+            finally:
+                client.close()
         return sum(name.startswith("playgate-queue:") for name in names)
 
     def stop(self) -> None:
@@ -91,14 +97,36 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
     binary or PostgreSQL is missing on this machine; .ci/run installs and starts them)."""
     if redis_binary() is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    data_dir = Path(tmp_path_factory.mktemp("distributed"))
+    async with deployment(data_dir, lambda: start_redis(data_dir / "redis", appendonly=True)) as made:
+        yield made
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def on_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    """The same deployment on a Redis Cluster of three primaries and three replicas."""
+    if not cluster_tools_installed():
+        pytest.skip("redis-server and redis-cli are not installed (apt-get install redis-server; .ci/run does)")
+    data_dir = Path(tmp_path_factory.mktemp("distributed-cluster"))
+    # One device may hold several streams here, so that every stream ever allowed is still counted at the end
+    # (a device's next title would replace its own stream): what the migration and failover tests check.
+    start = lambda: start_cluster(data_dir / "redis-cluster")  # noqa: E731
+    async with deployment(data_dir, start, PLAYGATE_ONE_STREAM_PER_DEVICE="false") as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def deployment(
+    data_dir: Path, start_store: Callable[[], RedisServer | RedisCluster], **settings: str
+) -> AsyncIterator[Cluster]:
+    """PostgreSQL (skipped with the reason when missing), the store, `playgate db upgrade`, 2 APIs, 2 workers."""
     reason = await pg_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    data_dir = Path(tmp_path_factory.mktemp("distributed"))
-    server = start_redis(data_dir / "redis", appendonly=True)
+    store = start_store()
     db = await create_database()
     idp = IdentityProvider([new_key("cluster-rsa"), new_key("cluster-ec", "ES256")]).start()
-    cluster = Cluster(server, db, data_dir, idp)
+    cluster = Cluster(store, db, data_dir, idp, settings=settings)
     try:
         env = playgate_env(data_dir, **cluster.env)
         upgrade = await asyncio.to_thread(
@@ -116,7 +144,7 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
         yield cluster
     finally:
         cluster.stop()
-        server.stop()
+        store.stop()
         idp.stop()
         with contextlib.suppress(OSError):
             await drop_database(db)

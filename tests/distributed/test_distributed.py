@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 import redis
 
+from playgate.connections import layout_for
 from tests.distributed.conftest import Cluster, kill
 from tests.support.clients import SocketClient, TestUser, admin_client, api_client, connect_socket, new_user
+from tests.support.redis_cluster import RedisCluster
 
 DECIDE_TIMEOUT_S = 60.0
 RETRY_STATUSES = {502, 503, 504}
@@ -255,9 +257,14 @@ async def test_a_worker_stopped_with_sigterm_finishes_its_batch_and_leaves_nothi
 
 def pending_on(cluster: Cluster, consumer: str) -> int:
     """Entries of the request group pending on one consumer."""
-    client = redis.Redis(host="127.0.0.1", port=cluster.redis.port, socket_timeout=2)
+    requests_key = layout_for(cluster.redis.url).requests_key
+    client: redis.Redis | redis.RedisCluster
+    if isinstance(cluster.redis, RedisCluster):
+        client = redis.RedisCluster(host="127.0.0.1", port=cluster.redis.nodes[0].port, socket_timeout=2)
+    else:
+        client = redis.Redis(host="127.0.0.1", port=cluster.redis.port, socket_timeout=2)
     try:
-        summary = client.xpending("playgate:requests", "workers")
+        summary = client.xpending(requests_key, "workers")
     finally:
         client.close()
     return sum(int(c["pending"]) for c in summary.get("consumers") or [] if c["name"] in (consumer, consumer.encode()))

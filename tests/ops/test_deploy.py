@@ -19,6 +19,7 @@ from check_jsonschema.builtin_schemas import get_builtin_schema
 from dockerfile_parse import DockerfileParser
 
 from playgate.cli import main as cli
+from playgate.connections import check_redis_url, cluster_nodes
 from playgate.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -364,3 +365,63 @@ def test_the_dashboard_queries_parse_and_use_only_metrics_we_export(tmp_path: Pa
     path.write_text(yaml.safe_dump(rules))
     result = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- Redis Cluster --------------------------------------------------------------------------------------
+
+K8S_CLUSTER = DEPLOY / "k8s-redis-cluster"
+CLUSTER_NODES = 6
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_redis_cluster_manifests_are_valid_against_the_kubernetes_schema(version: str) -> None:
+    for path in (K8S_CLUSTER / "redis-cluster.yaml", K8S_CLUSTER / "configmap-patch.yaml"):
+        for doc in _documents(path):
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_redis_cluster_overlay_names_six_nodes_that_its_statefulset_runs() -> None:
+    kustomization = yaml.safe_load((K8S_CLUSTER / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../k8s", "redis-cluster.yaml"]
+    [patch] = _documents(K8S_CLUSTER / "configmap-patch.yaml")
+    assert (patch["kind"], patch["metadata"]["name"]) == ("ConfigMap", "playgate")
+    url = patch["data"]["PLAYGATE_REDIS_URL"]
+    check_redis_url(url)
+    by_kind = {d["kind"]: d for d in _documents(K8S_CLUSTER / "redis-cluster.yaml")}
+    statefulset = by_kind["StatefulSet"]
+    assert statefulset["spec"]["replicas"] == CLUSTER_NODES
+    service = statefulset["spec"]["serviceName"]
+    assert cluster_nodes(url) == [(f"{statefulset['metadata']['name']}-{n}.{service}", 6379) for n in range(6)]
+    command = statefulset["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--cluster-enabled") + 1] == "yes"
+    create = " ".join(by_kind["Job"]["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert "--cluster create" in create
+    assert "--cluster-replicas 1" in create
+
+
+def _compose_cluster() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.redis-cluster.yaml").read_text())
+    return loaded
+
+
+def test_the_compose_redis_cluster_override_follows_the_compose_spec() -> None:
+    assert _compose_errors(_compose_cluster()) == []
+
+
+def test_the_compose_override_points_every_playgate_service_at_its_six_cluster_nodes() -> None:
+    services = _compose_cluster()["services"]
+    nodes = sorted(name for name in services if name.startswith("redis-node-"))
+    assert len(nodes) == CLUSTER_NODES
+    for name in nodes:
+        command = services[name]["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+    base = _compose()["services"]
+    for name in ("api", "worker", "migrate"):
+        assert name in base
+        url = services[name]["environment"]["PLAYGATE_REDIS_URL"]
+        check_redis_url(url)
+        assert sorted(host for host, _ in cluster_nodes(url)) == nodes
+        assert services[name]["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+    init = services["redis-cluster-init"]
+    assert set(init["depends_on"]) == set(nodes)
+    assert "--cluster-replicas 1" in " ".join(init["command"])

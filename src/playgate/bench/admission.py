@@ -1,7 +1,9 @@
 """The admission path alone: the worker deciding queued requests against a ledger, no HTTP, no sockets.
 
 For each batch size a fresh ledger is filled with the same workload, and the worker's steps are timed until
-the queue is empty: decisions/s by batch size. Ledgers: SQLite (a temp file) or Redis (pipelined Lua). Policies:
+the queue is empty: decisions/s by batch size. Ledgers: SQLite (a temp file), Redis (pipelined Lua), or a Redis
+Cluster of `shards` primaries started here (one call sequence per node). With `workers` > 1, that many worker
+processes share the users (each its own queue) and start together: decisions/s of them all. Policies:
 `total` (a plan with the total limit only) or `every-rule` (a plan using every rule and a shadow policy), over
 the same requests (kind tags and home/away addresses alike), to price the richer rule.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import secrets
 import tempfile
 import time
@@ -19,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
+from playgate.bench.cluster import each_primary, primaries, redis_cluster
 from playgate.bench.target import BenchError, free_port, redis_server_command
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.service import Catalog
-from playgate.connections import decision_key
+from playgate.connections import PREFIX, decision_key, is_cluster_url
 from playgate.domain import PlayRequest, Status
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
@@ -74,9 +76,11 @@ class AdmissionSpec:
     batch_sizes: tuple[int, ...]
     requests: int
     users: int
-    ledger: str  # "sqlite" or "redis"
+    ledger: str  # "sqlite", "redis" or "redis-cluster"
     redis_url: str | None = None
     policy: str = "total"  # one of POLICIES
+    shards: int = 3
+    workers: int = 1
 
 
 def workload(user_ids: Sequence[str], count: int, now: float) -> list[PlayRequest]:
@@ -144,39 +148,40 @@ def _redis_ledger(url: str, clock: Callable[[], float]) -> Ledger:
 
 
 async def _flush(url: str) -> None:
-    client: Redis = Redis.from_url(url)
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
+    await each_primary(url, lambda client: client.flushall())
+
+
+async def shard_memory_bytes(url: str) -> list[int]:
+    """used_memory of each primary (one entry for one server)."""
+    return [int(info["used_memory"]) for info in await each_primary(url, lambda client: client.info("memory"))]
 
 
 async def _redis_memory_bytes(url: str) -> int:
-    client: Redis = Redis.from_url(url)
-    try:
-        info = await client.info("memory")
-        return int(info["used_memory"])
-    finally:
-        await client.aclose()
+    return sum(await shard_memory_bytes(url))
 
 
-async def _redis_memory(url: str, ledger: Ledger, empty_bytes: int) -> dict[str, Any]:
+async def redis_memory(url: str, ledger: Ledger, empty_bytes: int) -> dict[str, Any]:
     """Redis memory after the run, then without the kept decisions: what the active streams alone cost."""
-    used_bytes = await _redis_memory_bytes(url)
+    used = await shard_memory_bytes(url)
     active = await ledger.count_active()
-    client: Redis = Redis.from_url(url)
-    try:
-        decisions = 0
-        cursor = None
-        while cursor != 0:
-            cursor, keys = await client.scan(cursor or 0, match=decision_key("*"), count=1000)
-            if keys:
-                decisions += await client.unlink(*keys)
-    finally:
-        await client.aclose()
+    pattern = f"{PREFIX}{{*}}:decision:*" if is_cluster_url(url) else decision_key("*")
+    decisions = 0
+    for client in await primaries(url):
+        try:
+            cursor = None
+            while cursor != 0:
+                cursor, keys = await client.scan(cursor or 0, match=pattern, count=1000)
+                if keys:  # one key a command: a cluster node refuses keys of several slots in one
+                    pipe = client.pipeline(transaction=False)
+                    for key in keys:
+                        pipe.unlink(key)
+                    decisions += sum(await pipe.execute())
+        finally:
+            await client.aclose()
     streams_bytes = await _redis_memory_bytes(url) - empty_bytes
     return {
-        "redis_used_memory_bytes": used_bytes,
+        "redis_used_memory_bytes": sum(used),
+        "redis_used_memory_bytes_per_shard": used,
         "redis_decisions_kept": decisions,
         "active_streams": active,
         "redis_bytes_per_active_stream": round(streams_bytes / active, 1) if active else None,
@@ -197,6 +202,8 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
                 redis_url = None
                 if spec.ledger == "redis":
                     redis_url = await stack.enter_async_context(redis_server(spec.redis_url))
+                elif spec.ledger == "redis-cluster":
+                    redis_url = spec.redis_url or await stack.enter_async_context(redis_cluster(spec.shards))
                 runs = []
                 for index, batch_size in enumerate(spec.batch_sizes):
                     if redis_url is not None:
@@ -208,9 +215,14 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
                         await upgrade(ledger_url)
                         ledger = SqlLedger(ledger_url, lease_s=LEASE_S, decision_ttl_s=3600.0, clock=clock)
                     try:
-                        runs.append(await _time_batches(ledger, catalog, user_ids, spec.requests, batch_size, clock))
+                        if spec.workers > 1 and redis_url is not None:
+                            runs.append(await _time_processes(spec, catalog_url, redis_url, user_ids, batch_size))
+                        else:
+                            runs.append(
+                                await _time_batches(ledger, catalog, user_ids, spec.requests, batch_size, clock)
+                            )
                         if redis_url is not None:
-                            runs[-1].update(await _redis_memory(redis_url, ledger, empty_bytes))
+                            runs[-1].update(await redis_memory(redis_url, ledger, empty_bytes))
                     finally:
                         await ledger.close()
         finally:
@@ -225,6 +237,8 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
             "user_limit": USER_LIMIT,
             "devices_per_user": DEVICES_PER_USER,
             "batch_sizes": list(spec.batch_sizes),
+            "shards": spec.shards if spec.ledger == "redis-cluster" else 1,
+            "workers": spec.workers,
         },
         "runs": runs,
     }
@@ -276,3 +290,52 @@ async def _time_batches(
         "denied": emitter.statuses.get(Status.denied.value, 0),
         "emits": emitter.emitted,
     }
+
+
+async def _time_processes(
+    spec: AdmissionSpec, catalog_url: str, redis_url: str, user_ids: list[str], batch_size: int
+) -> dict[str, Any]:
+    """spec.workers worker processes, each with its share of the users and of the requests, started together;
+    decisions/s of them all (the total over the slowest one's time)."""
+    context = multiprocessing.get_context("spawn")
+    share = spec.requests // spec.workers
+    with context.Manager() as manager, context.Pool(spec.workers) as pool:
+        barrier = manager.Barrier(spec.workers)  # a proxy: a pool's tasks cannot carry a plain Barrier
+        jobs = [
+            (catalog_url, redis_url, user_ids[i :: spec.workers], share, batch_size, barrier)
+            for i in range(spec.workers)
+        ]
+        results = await asyncio.to_thread(pool.starmap, _worker_process, jobs)
+    elapsed_s = max(r["elapsed_s"] for r in results)
+    total = sum(r["decisions"] for r in results)
+    merged = {key: sum(r[key] for r in results) for key in ("batches", "allowed", "denied", "emits")}
+    return {
+        "batch_size": batch_size,
+        "decisions": total,
+        "elapsed_s": round(elapsed_s, 4),
+        "decisions_per_s": round(total / elapsed_s, 1),
+        "ms_per_batch": round(1000 * elapsed_s / max(1, merged["batches"] // spec.workers), 3),
+        "per_worker_decisions_per_s": [r["decisions_per_s"] for r in results],
+        **merged,
+    }
+
+
+def _worker_process(
+    catalog_url: str, redis_url: str, user_ids: list[str], count: int, batch_size: int, barrier: Any
+) -> dict[str, Any]:
+    """One worker process of _time_processes: its own catalogue engine, ledger and event loop (uvloop)."""
+    import uvloop
+
+    async def run() -> dict[str, Any]:
+        engine = create_engine(catalog_url)
+        catalog = Catalog(engine, default_limit=USER_LIMIT, cache_ttl_s=3600.0, clock=time.time)
+        ledger = _redis_ledger(redis_url, time.time)
+        try:
+            await ledger.ping()
+            await asyncio.to_thread(barrier.wait)
+            return await _time_batches(ledger, catalog, user_ids, count, batch_size, time.time)
+        finally:
+            await ledger.close()
+            await engine.dispose()
+
+    return uvloop.run(run())

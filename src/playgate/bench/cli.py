@@ -222,8 +222,21 @@ def _batch_sizes(_ctx: click.Context, param: click.Parameter, value: str) -> tup
 
 
 @bench.command()
-@click.option("--ledger", type=click.Choice(["sqlite", "redis"]), default="sqlite", show_default=True)
-@click.option("--redis-url", help="Redis for --ledger redis [default: a throwaway redis-server on a free port].")
+@click.option("--ledger", type=click.Choice(["sqlite", "redis", "redis-cluster"]), default="sqlite", show_default=True)
+@click.option(
+    "--redis-url",
+    help="Redis for --ledger redis (redis+cluster:// for redis-cluster) [default: throwaway redis-servers here].",
+)
+@click.option(
+    "--shards", type=click.IntRange(1, 16), default=3, show_default=True, help="Primaries of the throwaway cluster."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes sharing users and requests (Redis ledgers only).",
+)
 @click.option(
     "--batch-sizes",
     callback=_batch_sizes,
@@ -251,6 +264,8 @@ def _batch_sizes(_ctx: click.Context, param: click.Parameter, value: str) -> tup
 def admission(
     ledger: str,
     redis_url: str | None,
+    shards: int,
+    workers: int,
     batch_sizes: tuple[int, ...],
     requests: int,
     users: int,
@@ -263,8 +278,17 @@ def admission(
     from playgate.bench.report import run_dir, write_json
     from playgate.bench.target import BenchError
 
+    if workers > 1 and ledger == "sqlite":
+        raise click.BadParameter("several worker processes need a Redis ledger", param_hint="--workers")
     spec = AdmissionSpec(
-        batch_sizes=batch_sizes, requests=requests, users=users, ledger=ledger, redis_url=redis_url, policy=policy
+        batch_sizes=batch_sizes,
+        requests=requests,
+        users=users,
+        ledger=ledger,
+        redis_url=redis_url,
+        shards=shards,
+        workers=workers,
+        policy=policy,
     )
     try:
         result = uvloop.run(run_admission(spec))  # the worker's own event loop (`playgate worker`)
@@ -435,3 +459,57 @@ def tokens(count: int, cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
     for figures in uvloop.run(measure(count)):
         click.echo(figures.line())
+
+
+@bench.command()
+@click.option("--users", type=click.IntRange(1, 100_000_000), default=1_000_000, show_default=True)
+@click.option("--virtual-s", type=click.IntRange(3, 86_400), default=180, show_default=True, help="Simulated seconds.")
+@click.option("--base-rate", type=click.IntRange(0, 1_000_000), default=200, show_default=True, help="Plays/s.")
+@click.option(
+    "--surge-rate",
+    type=click.IntRange(0, 1_000_000),
+    default=800,
+    show_default=True,
+    help="Plays/s in the middle third (prime time).",
+)
+@click.option("--shards", type=click.IntRange(1, 16), default=3, show_default=True, help="Cluster primaries.")
+@click.option("--redis-url", help="A Redis (Cluster) to use instead of a throwaway cluster [flushed first!].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
+def simulate(
+    users: int,
+    virtual_s: int,
+    base_rate: int,
+    surge_rate: int,
+    shards: int,
+    redis_url: str | None,
+    out: Path,
+) -> None:
+    """A prime-time evening on the admission path (no HTTP) against a Redis Cluster of real redis-servers:
+    plays, heartbeats, stops and vanished players of `--users` users, in simulated time."""
+
+    from playgate.bench.report import run_dir, write_json
+    from playgate.bench.simulate import SimulationSpec, run_simulation
+    from playgate.bench.target import BenchError
+
+    spec = SimulationSpec(
+        users=users,
+        virtual_s=virtual_s,
+        base_plays_per_s=base_rate,
+        surge_plays_per_s=surge_rate,
+        shards=shards,
+        redis_url=redis_url,
+    )
+    try:
+        result = uvloop.run(run_simulation(spec))
+    except BenchError as exc:
+        raise click.ClickException(exc.detail) from None
+    result["command"] = ["playgate", *sys.argv[1:]]
+    path = write_json(run_dir(out, "simulate") / "simulate.json", result)
+    r = result
+    click.echo(
+        f"{r['decisions']:,} decisions ({r['decisions_per_s']:,.0f}/s, batch p99 {r['batch_p99_ms']} ms), "
+        f"{r['heartbeats']:,} heartbeats ({r['heartbeats_per_s']:,.0f}/s, p99 {r['heartbeat_p99_ms']} ms), "
+        f"{result['stops']:,} stops, {result['expired']:,} expired; {result['active_streams']:,} active streams, "
+        f"{result['bytes_per_active_stream']} B each; memory per shard {result['used_memory_bytes_per_shard']}"
+    )
+    click.echo(f"  → {path}")

@@ -4,12 +4,17 @@ Keys (all under playgate:):
 - `playgate:requests` the stream of play requests (XADD with MAXLEN ~ maxlen), read by the group `workers`;
 - `playgate:requests:dead` the dead-letter stream: requests given up after max_attempts deliveries;
 - `playgate:pending:<request id>` the request while it is owed a decision, so that any API process answers
-  `GET /v1/plays/{id}` with "pending"; written in the same MULTI as the XADD, deleted at the ack, kept at most
-  pending_ttl_s;
+  `GET /v1/plays/{id}` with "pending"; written with the XADD by one script (enqueue.lua), deleted at the ack
+  (ack.lua), kept at most pending_ttl_s;
 - channel `playgate:decisions` carries every decision to the API processes' `?wait=` waiters.
 
 Socket.IO events go through python-socketio's Redis client manager (channel `socketio`): the worker holds a
 write-only manager as its Emitter, every API process's server holds a full one and delivers to its own sockets.
+
+On a Redis Cluster (a redis+cluster:// URL) the queue's keys share the hash tag `{queue}` (each script runs in
+one slot), a decision is kept in its user's slot (connections.KeyLayout), and pub/sub is the cluster's: a
+message published on any node reaches the subscribers of every node, so both the decision channel and
+python-socketio's manager run unchanged over redis-py's cluster client.
 """
 
 from __future__ import annotations
@@ -19,25 +24,26 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from importlib import resources
 from typing import Any
 
 import orjson
 import socketio
 from redis import exceptions as redis_errors
-from redis.typing import EncodableT, FieldT
+from redis.asyncio import RedisCluster
 
 from playgate.bus.protocol import BatchingEmitter, Delivery, Emitter, EmittingFanout
 from playgate.connections import (
-    DEAD_LETTER_KEY,
     DECISIONS_CHANNEL,
     GROUP,
-    REQUESTS_KEY,
     connect,
+    decision_channels,
     decision_from_json,
-    decision_key,
     decision_to_json,
-    pending_key,
+    is_cluster_url,
+    layout_for,
     pool_options,
+    ready,
     translate_redis_errors,
 )
 from playgate.domain import Decision, Outcome, PlayRequest, Stream
@@ -50,6 +56,10 @@ LISTEN_POLL_S = 1.0
 # LISTEN_BACKOFF_MAX_S after Redis is back.
 LISTEN_BACKOFF_MIN_S = 0.05
 LISTEN_BACKOFF_MAX_S = 0.5
+
+
+def _script(name: str) -> str:
+    return (resources.files("playgate.bus") / name).read_text(encoding="utf-8")
 
 
 def request_to_json(request: PlayRequest) -> str:
@@ -83,11 +93,17 @@ def request_from_json(raw: str | bytes) -> PlayRequest:
     )
 
 
+class SlotMoved(Exception):
+    """A shard stopped serving a sharded channel this process listens to: subscribe again (where it now lives)."""
+
+
 def socket_manager(url: str, *, write_only: bool = False) -> socketio.AsyncRedisManager:
     """python-socketio's Redis client manager: a full one for an API process's server, write-only for a worker;
     both with the pool options (health checks, retries) of every PlayGate Redis client."""
     if write_only:
         return BatchingRedisManager(url, redis_options=pool_options())
+    if is_cluster_url(url):
+        return ClusterRedisManager(url, redis_options=pool_options())
     return ResilientRedisManager(url, redis_options=pool_options())
 
 
@@ -121,7 +137,57 @@ class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]  
             backoff_s = min(LISTEN_BACKOFF_MAX_S, backoff_s * 2)
 
 
-class BatchingRedisManager(ResilientRedisManager):
+class ClusterRedisManager(ResilientRedisManager):
+    """python-socketio's Redis manager over a Redis Cluster (the manager itself knows redis:// and sentinel URLs):
+    redis-py's RedisCluster, and its channel a sharded one (SPUBLISH / SSUBSCRIBE, Redis 7), so that the messages
+    go to one shard instead of every node. Only the transport hooks are replaced (`_publish`, `_listen`)."""
+
+    def _redis_connect(self) -> None:
+        if not is_cluster_url(self.redis_url):
+            super()._redis_connect()
+            return
+        self.redis = connect(self.redis_url, decode=False)
+        self.pubsub = None
+        self.connected = True
+
+    async def _publish(self, data: Any) -> Any:
+        if not is_cluster_url(self.redis_url):
+            return await super()._publish(data)
+        async with translate_redis_errors():
+            if not self.connected:
+                self._redis_connect()
+            await ready(self.redis)
+            return await self.redis.spublish(self.channel, self.json.dumps(data))
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        if not is_cluster_url(self.redis_url):
+            async for data in super()._listen():
+                yield data
+            return
+        backoff_s = LISTEN_BACKOFF_MIN_S
+        while True:
+            try:
+                self._redis_connect()
+                await ready(self.redis)
+                pubsub: Any = self.redis.pubsub()
+                self.pubsub = pubsub
+                await pubsub.ssubscribe(self.channel)
+                backoff_s = LISTEN_BACKOFF_MIN_S
+                while True:
+                    message = await pubsub.get_sharded_message(timeout=LISTEN_POLL_S)
+                    if message is not None and message.get("type") == "sunsubscribe":
+                        raise SlotMoved(f"{self.channel} is no longer served by its node")
+                    if message is not None and message.get("type") == "smessage":
+                        yield message["data"]
+            except (redis_errors.RedisError, redis_errors.RedisClusterException, SlotMoved, OSError) as exc:
+                # Any failure of the cluster ends this subscription, never the listener (python-socketio's task
+                # would end with it, and no socket of this process would hear a decision again).
+                log.warning("Socket.IO listener lost the cluster (%s); subscribing again in %.2fs", exc, backoff_s)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(LISTEN_BACKOFF_MAX_S, backoff_s * 2)
+
+
+class BatchingRedisManager(ClusterRedisManager):
     """A worker's write-only Socket.IO Redis manager: the emits made inside `batch()` leave in one pipeline.
 
     It replaces only the transport hook `_publish` (what a pub/sub backend is meant to provide): each emit is
@@ -155,9 +221,13 @@ class BatchingRedisManager(ResilientRedisManager):
         async with translate_redis_errors():
             if not self.connected:
                 self._redis_connect()
+            cluster = is_cluster_url(self.redis_url)
             pipe = self.redis.pipeline(transaction=False)
             for message in messages:
-                pipe.publish(self.channel, self.json.dumps(message))
+                if cluster:
+                    pipe.spublish(self.channel, self.json.dumps(message))
+                else:
+                    pipe.publish(self.channel, self.json.dumps(message))
             await pipe.execute()
 
 
@@ -182,6 +252,9 @@ class RedisQueue:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = connect(url, client_name=f"playgate-queue:{consumer}")
+        self._keys = layout_for(url)
+        self._enqueue = self._redis.register_script(_script("enqueue.lua"))
+        self._ack = self._redis.register_script(_script("ack.lua"))
         self.consumer = consumer
         self._claim_idle_ms = max(1, round(claim_idle_s * 1000))
         self._claim_every_s = max(0.05, min(1.0, claim_idle_s / 2))
@@ -195,18 +268,16 @@ class RedisQueue:
         self._reading = True
 
     async def put(self, request: PlayRequest) -> None:
-        """Append the request to the stream and mark it pending, both or neither (MULTI)."""
+        """Append the request to the stream and mark it pending, both or neither (enqueue.lua)."""
         body = request_to_json(request)
+        keys = [self._keys.pending_key(request.request_id), self._keys.requests_key]
         async with translate_redis_errors():
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.set(pending_key(request.request_id), body, px=self._pending_ttl_ms)
-            pipe.xadd(REQUESTS_KEY, {"r": body}, maxlen=self._maxlen, approximate=True)
-            await pipe.execute()
+            await self._enqueue(keys=keys, args=[body, self._pending_ttl_ms, self._maxlen])
 
     async def pending(self, request_id: str) -> PlayRequest | None:
         """The request while it is owed a decision, seen from any process."""
         async with translate_redis_errors():
-            raw = await self._redis.get(pending_key(request_id))
+            raw = await self._redis.get(self._keys.pending_key(request_id))
         return request_from_json(raw) if raw else None
 
     def stop_reading(self) -> None:
@@ -230,7 +301,7 @@ class RedisQueue:
         if self._group_ready and not force:
             return
         try:
-            await self._redis.xgroup_create(REQUESTS_KEY, GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(self._keys.requests_key, GROUP, id="0", mkstream=True)
         except redis_errors.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -242,7 +313,7 @@ class RedisQueue:
             return []
         chosen, self._released = self._released[:max_items], self._released[max_items:]
         try:
-            await self._redis.xclaim(REQUESTS_KEY, GROUP, self.consumer, 0, [d.receipt for d in chosen])
+            await self._redis.xclaim(self._keys.requests_key, GROUP, self.consumer, 0, [d.receipt for d in chosen])
         except BaseException:
             self._released = chosen + self._released
             raise
@@ -251,18 +322,18 @@ class RedisQueue:
     async def _claim_idle(self, max_items: int) -> list[Delivery]:
         """XAUTOCLAIM entries idle longer than claim_idle_s; their attempts from XPENDING."""
         reply = await self._redis.xautoclaim(
-            REQUESTS_KEY, GROUP, self.consumer, self._claim_idle_ms, start_id="0-0", count=max_items
+            self._keys.requests_key, GROUP, self.consumer, self._claim_idle_ms, start_id="0-0", count=max_items
         )
         entries = [e for e in reply[1] if e and e[1]]
         deleted = reply[2] if len(reply) > 2 else []
         if deleted:
             log.error("%d pending request(s) were trimmed from the stream before being decided", len(deleted))
-            await self._redis.xack(REQUESTS_KEY, GROUP, *deleted)
+            await self._redis.xack(self._keys.requests_key, GROUP, *deleted)
         if not entries:
             return []
         pipe = self._redis.pipeline(transaction=False)
         for entry_id, _ in entries:
-            pipe.xpending_range(REQUESTS_KEY, GROUP, min=entry_id, max=entry_id, count=1)
+            pipe.xpending_range(self._keys.requests_key, GROUP, min=entry_id, max=entry_id, count=1)
         counts = await pipe.execute()
         attempts = [int(found[0]["times_delivered"]) if found else 1 for found in counts]
         log.warning("claimed %d request(s) left pending by another worker", len(entries))
@@ -270,9 +341,7 @@ class RedisQueue:
 
     async def _read_new(self, max_items: int, block_ms: int | None) -> list[Delivery]:
         try:
-            reply = await self._redis.xreadgroup(
-                GROUP, self.consumer, {REQUESTS_KEY: ">"}, count=max_items, block=block_ms
-            )
+            reply = await self._xreadgroup(max_items, block_ms)
         except redis_errors.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -284,6 +353,22 @@ class RedisQueue:
         entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
         return await self._deliveries(entries, [1] * len(entries))
 
+    async def _xreadgroup(self, max_items: int, block_ms: int | None) -> Any:
+        """XREADGROUP of new entries. On a cluster it is sent to the queue's node: redis-py's cluster client asks a
+        server for the keys of a command with movable keys, on a connection of another event loop (redis-py 8.1),
+        and a redirection (the queue's slot moved, a failover) reads nothing this time (NOT_NOW: 503, then again).
+        """
+        if not isinstance(self._redis, RedisCluster):
+            return await self._redis.xreadgroup(
+                GROUP, self.consumer, {self._keys.requests_key: ">"}, count=max_items, block=block_ms
+            )
+        if self._redis._initialize:  # the client learns the slot map on its first command
+            await self._redis.initialize()
+        node = self._redis.get_node_from_key(self._keys.requests_key)
+        block = ("BLOCK", block_ms) if block_ms is not None else ()
+        args = ("GROUP", GROUP, self.consumer, "COUNT", max_items, *block, "STREAMS", self._keys.requests_key, ">")
+        return await self._redis.execute_command("XREADGROUP", *args, target_nodes=node)
+
     async def _deliveries(self, entries: Sequence[Any], attempts: Sequence[int]) -> list[Delivery]:
         """Deliveries of stream entries; an entry that is not a request is dead-lettered at once."""
         batch: list[Delivery] = []
@@ -292,35 +377,34 @@ class RedisQueue:
                 request = request_from_json(fields["r"])
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("dead-lettering stream entry %s that is not a play request: %s", entry_id, exc)
-                pipe = self._redis.pipeline(transaction=True)
-                pipe.xadd(DEAD_LETTER_KEY, {"entry": entry_id, **fields}, maxlen=DEAD_LETTER_MAXLEN)
-                pipe.xack(REQUESTS_KEY, GROUP, entry_id)
-                await pipe.execute()
+                await self._acknowledge([entry_id], [], [{"entry": entry_id, **fields}])
                 continue
             batch.append(Delivery(request, count, entry_id))
         return batch
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """XACK the entries and drop their pending markers, all in one MULTI.
+        """XACK the entries and drop their pending markers, all at once (ack.lua).
 
         An entry past max_attempts (the Worker answered it `denied`, reason `error`, and the ledger keeps that
         answer) is copied to the dead letters.
         """
         if not deliveries:
             return
+        given_up = [d for d in deliveries if d.attempts > self._max_attempts]
         async with translate_redis_errors():
-            pipe = self._redis.pipeline(transaction=True)
-            for d in deliveries:
-                if d.attempts > self._max_attempts:
-                    fields: dict[FieldT, EncodableT] = {
-                        "r": request_to_json(d.request),
-                        "attempts": d.attempts,
-                        "entry": str(d.receipt),
-                    }
-                    pipe.xadd(DEAD_LETTER_KEY, fields, maxlen=DEAD_LETTER_MAXLEN)
-            pipe.xack(REQUESTS_KEY, GROUP, *[d.receipt for d in deliveries])
-            pipe.delete(*[pending_key(d.request.request_id) for d in deliveries])
-            await pipe.execute()
+            dead_letters = [
+                {"r": request_to_json(d.request), "attempts": d.attempts, "entry": str(d.receipt)} for d in given_up
+            ]
+            receipts = [d.receipt for d in deliveries]
+            await self._acknowledge(
+                receipts, [self._keys.pending_key(d.request.request_id) for d in deliveries], dead_letters
+            )
+
+    async def _acknowledge(self, receipts: Sequence[Any], markers: Sequence[str], dead_letters: Sequence[Any]) -> None:
+        """ack.lua: add the dead letters, XACK the receipts, delete the pending markers, all or nothing."""
+        keys = [self._keys.requests_key, self._keys.dead_letter_key, *markers]
+        args = [GROUP, DEAD_LETTER_MAXLEN, orjson.dumps(dead_letters), *receipts]
+        await self._ack(keys=keys, args=args)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Keep them pending on this consumer and hand them out again first (each re-delivery is counted)."""
@@ -330,20 +414,20 @@ class RedisQueue:
         """Entries not yet read by the group plus entries read and not yet acknowledged."""
         async with translate_redis_errors():
             try:
-                groups = await self._redis.xinfo_groups(REQUESTS_KEY)
+                groups = await self._redis.xinfo_groups(self._keys.requests_key)
             except redis_errors.ResponseError:
                 return 0  # no stream yet
         for group in groups:
             if group.get("name") == GROUP:
                 return int(group.get("pending") or 0) + int(group.get("lag") or 0)
         async with translate_redis_errors():
-            return int(await self._redis.xlen(REQUESTS_KEY))
+            return int(await self._redis.xlen(self._keys.requests_key))
 
     async def pending_count(self) -> int:
         """Entries read by a worker of the group and not yet acknowledged (XPENDING's count)."""
         async with translate_redis_errors():
             try:
-                summary = await self._redis.xpending(REQUESTS_KEY, GROUP)
+                summary = await self._redis.xpending(self._keys.requests_key, GROUP)
             except redis_errors.ResponseError:
                 return 0  # no stream or group yet
         return int(summary.get("pending") or 0)
@@ -351,12 +435,12 @@ class RedisQueue:
     async def dead_letter_count(self) -> int:
         """Entries in the dead-letter stream."""
         async with translate_redis_errors():
-            return int(await self._redis.xlen(DEAD_LETTER_KEY))
+            return int(await self._redis.xlen(self._keys.dead_letter_key))
 
     async def dead_letters(self, count: int = 100) -> list[PlayRequest]:
         """The latest requests in the dead-letter stream (for operators and tests)."""
         async with translate_redis_errors():
-            entries = await self._redis.xrevrange(DEAD_LETTER_KEY, count=count)
+            entries = await self._redis.xrevrange(self._keys.dead_letter_key, count=count)
         found = []
         for _, fields in entries or ():
             with contextlib.suppress(KeyError, TypeError, ValueError):
@@ -388,6 +472,10 @@ class RedisFanout(EmittingFanout):
     ) -> None:
         super().__init__(emitter, playback_url, conflicts, to_every_user_room=to_every_user_room)
         self._redis = connect(url)
+        self._cluster = is_cluster_url(url)
+        self._keys = layout_for(url)
+        self._channels = decision_channels() if self._cluster else [DECISIONS_CHANNEL]
+        self._next_channel = 0
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -405,7 +493,13 @@ class RedisFanout(EmittingFanout):
             return
         payload = orjson.dumps([decision_to_json(o.decision) for o in outcomes])
         async with translate_redis_errors():
-            await self._redis.publish(DECISIONS_CHANNEL, payload)
+            if self._cluster:
+                # Sharded channels in turn: the load spreads over the shards; every API process hears them all.
+                self._next_channel = (self._next_channel + 1) % len(self._channels)
+                await ready(self._redis)
+                await self._redis.spublish(self._channels[self._next_channel], payload)
+            else:
+                await self._redis.publish(DECISIONS_CHANNEL, payload)
         batch = self._emitter.batch() if isinstance(self._emitter, BatchingEmitter) else contextlib.nullcontext()
         async with batch:
             await self._emit(outcomes)
@@ -423,7 +517,9 @@ class RedisFanout(EmittingFanout):
             return
         pipe = self._redis.pipeline(transaction=False)  # GETs, not MGET: the keys may live on several shards
         for request_id in request_ids:
-            pipe.get(decision_key(request_id))
+            key = self._keys.find_decision_key(request_id)
+            if key is not None:
+                pipe.get(key)
         for raw in await pipe.execute():
             if raw:
                 self._wake(decision_from_json(orjson.loads(raw)))
@@ -433,22 +529,38 @@ class RedisFanout(EmittingFanout):
         subscribe again with a growing pause."""
         backoff_s = LISTEN_BACKOFF_MIN_S
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            # redis-py's cluster pub/sub (ssubscribe, get_sharded_message) is unannotated
+            pubsub: Any = None
             try:
-                await pubsub.subscribe(DECISIONS_CHANNEL)
+                await ready(self._redis)
+                # On a cluster the subscription messages are seen: a shard that stops serving a channel's slot (a
+                # failover, a migration) says so with `sunsubscribe`, and the listener subscribes again.
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=not self._cluster)
+                if self._cluster:
+                    await pubsub.ssubscribe(*self._channels)
+                else:
+                    await pubsub.subscribe(DECISIONS_CHANNEL)
                 self._subscribed.set()
                 backoff_s = LISTEN_BACKOFF_MIN_S
                 await self._catch_up()
                 while True:
-                    message = await pubsub.get_message(timeout=LISTEN_POLL_S)
-                    if message is not None and message.get("type") == "message":
+                    if self._cluster:
+                        message = await pubsub.get_sharded_message(timeout=LISTEN_POLL_S)
+                    else:
+                        message = await pubsub.get_message(timeout=LISTEN_POLL_S)
+                    if message is not None and message.get("type") == "sunsubscribe":
+                        raise SlotMoved(f"{message.get('channel')} is no longer served by its node")
+                    if message is not None and message.get("type") in ("message", "smessage"):
                         self._resolve(message["data"])
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            except (redis_errors.RedisError, redis_errors.RedisClusterException, SlotMoved, OSError) as exc:
+                # Any Redis failure (on a cluster: a slot moving, a failover) ends this subscription, never the
+                # listener.
                 self._subscribed.clear()
                 log.warning("decision listener lost Redis (%s); subscribing again in %.2fs", exc, backoff_s)
             finally:
-                with contextlib.suppress(redis_errors.RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                if pubsub is not None:
+                    with contextlib.suppress(redis_errors.RedisError, OSError):
+                        await pubsub.aclose()
             await asyncio.sleep(backoff_s)
             backoff_s = min(LISTEN_BACKOFF_MAX_S, backoff_s * 2)
 

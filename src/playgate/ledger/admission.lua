@@ -2,13 +2,18 @@
 admission.lua: decide a batch of play requests, in order, atomically; each decision mirrors
 playgate.admission.decide step for step.
 
-KEYS[1]  the lease index: sorted set playgate:leases, member = stream id, score = expires_at (epoch seconds)
-then, for the i-th request (i = 1..n):
-KEYS[3i - 1]  the user's streams: hash playgate:{<user id>}:streams
+For the i-th request (i = 1..n), four keys, all in the user's hash slot on a Redis Cluster:
+KEYS[4i - 3]  the lease index holding the user's streams: sorted set, member = stream id, score = expires_at
+              (epoch seconds); playgate:leases on one server, one per bucket on a cluster (connections.KeyLayout)
+KEYS[4i - 2]  the user's streams: hash playgate:{<user id>}:streams
               field = stream id, value = JSON [video id, device id, started_at, expires_at, device name, kind tags,
               away 0|1] (times: epoch seconds)
-KEYS[3i]      the request's decision: string playgate:decision:<request id>, JSON, kept decision_ttl_ms milliseconds
-KEYS[3i + 1]  the user's devices: hash playgate:{<user id>}:devices, field = device id, value = last seen (epoch s)
+KEYS[4i - 1]  the request's decision: string, JSON, kept decision_ttl_ms milliseconds
+              (playgate:decision:<request id>; playgate:{b…}:decision:<request id> on a cluster)
+KEYS[4i]      the user's devices: hash playgate:{<user id>}:devices, field = device id, value = last seen (epoch s)
+On a cluster one call may hold the requests of several slots of one node: the ledger loads the script with the
+flag allow-cross-slot-keys, passes no KEYS, and sends the 4n keys after the n requests, ARGV[3 + n + 1 ..]
+(Redis refuses declared keys of several slots, not undeclared ones served by the node).
 
 ARGV[1]  now, epoch seconds (the caller's clock, so that every ledger decides on the same instant)
 ARGV[2]  lease_s, seconds a stream counts after its start or last renewal
@@ -22,7 +27,7 @@ ARGV[3 + i]  the i-th request, JSON [the id of the stream to start if one starts
              w = device window seconds, a = max away streams, m = total (shadow only; else the user's limit)};
              absent: no such cap
 
-One request travels as four strings (three keys and its JSON), not twenty: packing the command is most of a
+One request travels as five strings (four keys and its JSON), not twenty: packing the command is most of a
 worker's work per decision.
 
 Returns one JSON string per request, in order: {"decision": {...}, "ended": [[stream id, video id, device id,
@@ -35,7 +40,6 @@ started_at, expires_at, reason, device name, kind tags, away], ...], "conflicts"
 local now = tonumber(ARGV[1])
 local lease_s = tonumber(ARGV[2])
 local decision_ttl_ms = ARGV[3]
-local leases = KEYS[1]
 
 local function fmt(seconds)
     return string.format('%.17g', seconds)
@@ -170,7 +174,7 @@ local function admit_rule(req, live, rules, limit, known)
     error('admission: eviction did not converge')
 end
 
-local function admit(streams_key, decision_key, devices_key, request)
+local function admit(leases, streams_key, decision_key, devices_key, request)
     local new_stream_id, request_id, user_id = request[1], request[2], request[3]
     local video_id, device_id, replace_id = request[4], request[5], request[6]
     local limit, disabled, exists = tonumber(request[7]), request[8], request[9]
@@ -289,8 +293,23 @@ local function admit(streams_key, decision_key, devices_key, request)
     return decided('allowed', #kept + 1, limit, started, nil, shadow_denial)
 end
 
+-- The keys: declared (KEYS), or, for a call that spans several slots of one cluster node, undeclared after the
+-- requests in ARGV. Those are first all touched read-only: a slot moving away (MOVED, ASK) fails the call before
+-- anything is written, and the caller decides its requests again one slot a call.
+local keys, n = KEYS, #ARGV - 3
+if #KEYS == 0 then
+    n = n / 5
+    keys = {}
+    for i = 1, 4 * n do
+        keys[i] = ARGV[3 + n + i]
+        local reached = redis.pcall('EXISTS', keys[i])
+        if type(reached) == 'table' and reached.err then
+            return redis.error_reply('TRYAGAIN ' .. reached.err)
+        end
+    end
+end
 local replies = {}
-for i = 1, #ARGV - 3 do
-    replies[i] = admit(KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1], cjson.decode(ARGV[3 + i]))
+for i = 1, n do
+    replies[i] = admit(keys[4 * i - 3], keys[4 * i - 2], keys[4 * i - 1], keys[4 * i], cjson.decode(ARGV[3 + i]))
 end
 return replies

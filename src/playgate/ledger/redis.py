@@ -7,38 +7,59 @@ Keys (all under PREFIX; their names are kept in playgate.connections, shared wit
 - `playgate:{<user id>}:key:<idempotency key>` JSON {request id, video id}, kept decision_ttl_s;
 - `playgate:decision:<request id>` the decision, JSON, kept decision_ttl_s;
 - `playgate:leases` sorted set of every stream id by expires_at, for the sweeper and the active count.
+On a Redis Cluster (a redis+cluster:// URL) the last two live in each user's hash slot (connections.KeyLayout):
+`playgate:{<user id>}:decision:<request id>`, and one lease index per hash slot.
 
 A stream id carries its user (`<user id as hex>-<random>`), so that a stream is found from its id alone. A batch
 of admissions is decided by admission.lua (the rule of playgate.admission.decide, mirrored step for step, on the
-instant the injected clock gives), ADMIT_CHUNK requests a call, the calls in one pipeline, in order. The lease
-index is one key for all users, and a call names the keys of several users, so this ledger runs on one Redis
-server (with replicas), not on a Redis Cluster.
+instant the injected clock gives), ADMIT_CHUNK requests a call. On one server the calls go in one pipeline, in
+order. On a cluster the batch is split by the node that holds each user's slot: each node gets its calls in order
+(a user's requests keep theirs), the nodes at once; a call whose slots moved (MOVED, ASK, TRYAGAIN during a
+migration or a failover) ran nothing, and its requests are decided again one slot a call through redis-py's
+cluster routing, which follows the redirections.
 """
 
 from __future__ import annotations
 
-import secrets
+import asyncio
+import logging
+import time
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
 import orjson
 from redis import exceptions as redis_errors
+from redis.asyncio import RedisCluster
+from redis.asyncio.cluster import ClusterNode
 
 from playgate.admission import by_age, device_window_s
 from playgate.connections import (
     LEASES_KEY,
+    SLOTS_PER_BUCKET,
+    KeyLayout,
+    RedisClient,
     connect,
     decision_from_json,
-    decision_key,
     decision_to_json,
-    devices_key,
     idempotency_key,
+    layout_for,
     parse_time,
-    streams_key,
     translate_redis_errors,
 )
-from playgate.domain import Admission, Decision, Device, EndedStream, Outcome, Policy, Reason, Rules, Stream
+from playgate.domain import (
+    Admission,
+    Decision,
+    Device,
+    EndedStream,
+    Outcome,
+    Policy,
+    Reason,
+    Rules,
+    Stream,
+    id_owner,
+    owned_id,
+)
 from playgate.ledger.protocol import KeyClaim
 
 SWEEP_CHUNK = 500
@@ -48,22 +69,18 @@ ADMIT_CHUNK = 64
 SWEEP_MAX_CHUNKS = 20
 # Most active streams (of all users) looked through when a video is deleted: a bound, not an expected size.
 STOP_VIDEO_MAX_STREAMS = 1_000_000
+# How long a call for a slot that is moving (or whose primary is failing over) is tried again, and how often.
+SLOT_SETTLE_S = 5.0
+SLOT_SETTLE_PAUSE_S = 0.02
+# admission.lua on a cluster: one call may hold keys of several slots, all on the node it is sent to (Redis 7).
+CROSS_SLOT_SHEBANG = "#!lua flags=allow-cross-slot-keys\n"
+
+log = logging.getLogger("playgate.ledger")
 
 
-def new_stream_id(user_id: str) -> str:
-    """A fresh stream id that names its user: `<user id, UTF-8 as hex>-<96 random bits as hex>`."""
-    return f"{user_id.encode().hex()}-{secrets.token_hex(12)}"
-
-
-def stream_owner(stream_id: str) -> str | None:
-    """The user id carried in a stream id of this ledger, or None for an id it did not make."""
-    head, dash, _ = stream_id.partition("-")
-    if not dash or not head:
-        return None
-    try:
-        return bytes.fromhex(head).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
+# A stream id names its user (domain.owned_id), so that a stream is found from its id alone.
+new_stream_id = owned_id
+stream_owner = id_owner
 
 
 def _script(name: str) -> str:
@@ -85,6 +102,28 @@ def _stream_from(stream_id: str, user_id: str, fields: Sequence[Any]) -> Stream:
         kinds=tuple(kinds) if kinds else (),
         away=len(fields) > 6 and bool(fields[6]),
     )
+
+
+def moved_or_down(exc: Exception) -> bool:
+    """Whether a cluster call failed because its slot is moving or its node is away (the call ran nothing: it
+    may be sent again, routed anew), not for a reason of its own."""
+    kinds = (
+        redis_errors.AskError,  # and MovedError
+        redis_errors.TryAgainError,  # also admission.lua's answer when a key of the call moved away
+        redis_errors.ClusterError,  # the cluster is down, or redis-py followed redirections until its TTL
+        redis_errors.ReadOnlyError,  # a call sent to a primary that has just become a replica
+        redis_errors.ConnectionError,
+        redis_errors.TimeoutError,
+    )
+    return isinstance(exc, kinds) or str(exc).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY"))
+
+
+def _by_slot(chunk: Sequence[Admission], keys: KeyLayout) -> list[list[Admission]]:
+    """The admissions grouped by their user's hash slot, each group in the batch's order."""
+    groups: dict[int, list[Admission]] = {}
+    for admission in chunk:
+        groups.setdefault(keys.slot(admission.request.user_id), []).append(admission)
+    return list(groups.values())
 
 
 def _outcome_from(raw: str, user_id: str) -> Outcome:
@@ -127,14 +166,17 @@ class RedisLedger:
         decision_ttl_s: float,
         clock: Callable[[], float],
     ) -> None:
-        self._redis = connect(url)
+        self._redis: RedisClient = connect(url)
+        self._keys = layout_for(url)
         self._lease_s = lease_s
         self._decision_ttl_ms = max(1, round(decision_ttl_s * 1000))
         self._clock = clock
-        self._admit = self._redis.register_script(_script("admission.lua"))
+        admission = _script("admission.lua")
+        self._admit = self._redis.register_script(CROSS_SLOT_SHEBANG + admission if self._keys.cluster else admission)
         self._renew = self._redis.register_script(_script("heartbeat.lua"))
         self._stop = self._redis.register_script(_script("stop.lua"))
         self._expire = self._redis.register_script(_script("expire.lua"))
+        self._leases = self._redis.register_script(_script("leases.lua"))
 
     @staticmethod
     def _request_arg(admission: Admission) -> bytes:
@@ -162,41 +204,121 @@ class RedisLedger:
         )
 
     async def decide(self, admissions: Sequence[Admission]) -> list[Outcome]:
-        """Decide the batch in order: one admission.lua call per ADMIT_CHUNK requests, all in one pipeline."""
+        """Decide the batch in order: one admission.lua call per ADMIT_CHUNK requests, all in one pipeline (on a
+        cluster, one sequence of calls per node, the nodes at once)."""
         if not admissions:
             return []
         now = self._clock()
+        admit_all = self._admit_by_node if isinstance(self._redis, RedisCluster) else self._admit_all
         async with translate_redis_errors():
             try:
-                replies = await self._admit_all(admissions, now)
+                replies = await admit_all(admissions, now)
             except redis_errors.NoScriptError:
-                # The server lost its scripts (a restart, SCRIPT FLUSH): load and run the batch again. A request
-                # the first run decided gets that decision back, since the script keeps each one.
-                await self._redis.script_load(self._admit.script)
-                replies = await self._admit_all(admissions, now)
+                # The server lost its scripts (a restart, SCRIPT FLUSH, a replica promoted): load and run the batch
+                # again. A request the first run decided gets that decision back, since the script keeps each one.
+                await self._load_admission()
+                replies = await admit_all(admissions, now)
         return [_outcome_from(raw, a.request.user_id) for raw, a in zip(replies, admissions, strict=True)]
+
+    async def _load_admission(self) -> None:
+        # A cluster client sends SCRIPT LOAD to every node (redis-py's routing of that command).
+        await self._redis.script_load(self._admit.script)
+
+    def _settings(self, now: float) -> tuple[str, str, int]:
+        return (repr(now), repr(float(self._lease_s)), self._decision_ttl_ms)
+
+    def _call_args(self, chunk: Sequence[Admission]) -> list[Any]:
+        """KEYS and ARGV of one admission.lua call: three keys per request, the settings, then the requests."""
+        keys: list[str] = []
+        for admission in chunk:
+            keys += self._keys.admission_keys(admission.request.user_id, admission.request.request_id)
+        return [len(keys), *keys]
 
     async def _admit_all(self, admissions: Sequence[Admission], now: float) -> list[Any]:
         """The replies of admission.lua, one per admission: chunks of ADMIT_CHUNK requests, one EVALSHA each, in
         one pipeline (one round trip, without the SCRIPT EXISTS that redis-py sends before pipelined scripts)."""
-        settings = (repr(now), repr(float(self._lease_s)), self._decision_ttl_ms)
+        settings = self._settings(now)
         pipe = self._redis.pipeline(transaction=False)
         for start in range(0, len(admissions), ADMIT_CHUNK):
             chunk = admissions[start : start + ADMIT_CHUNK]
-            keys: list[str] = [LEASES_KEY]
-            for admission in chunk:
-                user_id = admission.request.user_id
-                keys += (streams_key(user_id), decision_key(admission.request.request_id), devices_key(user_id))
-            pipe.evalsha(self._admit.sha, len(keys), *keys, *settings, *map(self._request_arg, chunk))
+            pipe.evalsha(self._admit.sha, *self._call_args(chunk), *settings, *map(self._request_arg, chunk))
         replies: list[Any] = []
         for chunk_replies in await pipe.execute():
             replies += chunk_replies
         return replies
 
+    async def _admit_by_node(self, admissions: Sequence[Admission], now: float) -> list[Any]:
+        """Cluster: the batch split by the node of each user's slot, each node's calls in order, the nodes at once."""
+        assert isinstance(self._redis, RedisCluster)
+        cluster = self._redis
+        if cluster._initialize:  # the client learns the slot map on its first command
+            await cluster.initialize()
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for index, admission in enumerate(admissions):
+            node = cluster.nodes_manager.get_node_from_slot(self._keys.slot(admission.request.user_id))
+            by_node.setdefault(node.name, (node, []))[1].append(index)
+        replies: list[Any] = [None] * len(admissions)
+
+        async def on_node(node: ClusterNode, indexes: list[int]) -> None:
+            for start in range(0, len(indexes), ADMIT_CHUNK):
+                chunk = indexes[start : start + ADMIT_CHUNK]
+                for index, reply in zip(
+                    chunk, await self._admit_on(node, [admissions[i] for i in chunk], now), strict=True
+                ):
+                    replies[index] = reply
+
+        await asyncio.gather(*(on_node(node, indexes) for node, indexes in by_node.values()))
+        return replies
+
+    async def _admit_routed(self, chunk: Sequence[Admission], now: float) -> list[Any]:
+        """One admission.lua call for requests of one slot, routed by redis-py (which follows MOVED and ASK).
+
+        While the slot is half moved, a call naming keys on both sides is refused with TRYAGAIN (every admission
+        names a new decision key, so each one is, until the last key has moved); a failover leaves the slot
+        unserved for a moment. Both end within seconds: the call is tried again until SLOT_SETTLE_S has passed.
+        """
+        cluster = self._redis
+        assert isinstance(cluster, RedisCluster)
+        args = [*self._call_args(chunk), *self._settings(now), *map(self._request_arg, chunk)]
+        deadline = time.monotonic() + SLOT_SETTLE_S
+        while True:
+            try:
+                replies: list[Any] = await cluster.execute_command("EVALSHA", self._admit.sha, *args)
+                return replies
+            except redis_errors.RedisError as exc:
+                if not moved_or_down(exc) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(SLOT_SETTLE_PAUSE_S)
+
+    async def _admit_on(self, node: ClusterNode, chunk: Sequence[Admission], now: float) -> list[Any]:
+        """One admission.lua call on `node`; if its slots moved, the requests again one slot a call, routed."""
+        cluster = self._redis
+        assert isinstance(cluster, RedisCluster)
+        args = [0, *self._settings(now), *map(self._request_arg, chunk), *self._call_args(chunk)[1:]]
+        try:
+            replies: list[Any] = await cluster.execute_command("EVALSHA", self._admit.sha, *args, target_nodes=node)
+            return replies
+        except redis_errors.RedisError as exc:
+            if not moved_or_down(exc):
+                raise
+            log.info("admission call on %s redirected (%s): deciding its requests one slot a call", node.name, exc)
+        replies = []
+        for slot_chunk in _by_slot(chunk, self._keys):
+            replies += await self._admit_routed(slot_chunk, now)
+        order = {id(a): i for i, a in enumerate(chunk)}
+        regrouped = [a for slot_chunk in _by_slot(chunk, self._keys) for a in slot_chunk]
+        result: list[Any] = [None] * len(chunk)
+        for admission, reply in zip(regrouped, replies, strict=True):
+            result[order[id(admission)]] = reply
+        return result
+
     async def decision(self, request_id: str) -> Decision | None:
         """The kept decision of a request, if any."""
+        key = self._keys.find_decision_key(request_id)
+        if key is None:
+            return None
         async with translate_redis_errors():
-            raw = await self._redis.get(decision_key(request_id))
+            raw = await self._redis.get(key)
         return decision_from_json(orjson.loads(raw)) if raw else None
 
     async def keep(self, decisions: Sequence[Decision]) -> None:
@@ -207,13 +329,13 @@ class RedisLedger:
             pipe = self._redis.pipeline(transaction=False)
             for d in decisions:
                 answer = orjson.dumps(decision_to_json(d))
-                pipe.set(decision_key(d.request_id), answer, nx=True, px=self._decision_ttl_ms)
+                pipe.set(self._keys.decision_key(d.request_id, d.user_id), answer, nx=True, px=self._decision_ttl_ms)
             await pipe.execute()
 
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's streams whose lease has not run out, oldest first."""
         async with translate_redis_errors():
-            raw = await self._redis.hgetall(streams_key(user_id))
+            raw = await self._redis.hgetall(self._keys.streams_key(user_id))
         now = self._clock()
         found = [_stream_from(str(sid), user_id, orjson.loads(value)) for sid, value in raw.items()]
         return by_age(s for s in found if s.live(now))
@@ -224,7 +346,7 @@ class RedisLedger:
         if user_id is None:
             return None
         async with translate_redis_errors():
-            raw = await self._redis.hget(streams_key(user_id), stream_id)
+            raw = await self._redis.hget(self._keys.streams_key(user_id), stream_id)
         if raw is None:
             return None
         stream = _stream_from(stream_id, user_id, orjson.loads(raw))
@@ -237,7 +359,8 @@ class RedisLedger:
             return None
         async with translate_redis_errors():
             raw = await self._renew(
-                keys=[streams_key(owner), LEASES_KEY], args=[stream_id, repr(self._clock()), repr(self._lease_s)]
+                keys=[self._keys.streams_key(owner), self._keys.leases_key(owner)],
+                args=[stream_id, repr(self._clock()), repr(self._lease_s)],
             )
         return _stream_from(stream_id, owner, orjson.loads(raw)) if raw else None
 
@@ -248,21 +371,23 @@ class RedisLedger:
         args: list[Any] = [repr(self._clock()), video_id or "", "all" if stream_ids is None else "ids"]
         args.extend(stream_ids or ())
         async with translate_redis_errors():
-            raw = await self._stop(keys=[streams_key(user_id), LEASES_KEY], args=args)
+            raw = await self._stop(keys=[self._keys.streams_key(user_id), self._keys.leases_key(user_id)], args=args)
         rows = orjson.loads(raw) or []
         stopped = [_stream_from(row[0], user_id, row[1:]) for row in rows]
         return by_age(stopped)
 
     async def stop_video(self, video_id: str) -> list[Stream]:
         """End every user's streams of the video: the users are found through the lease index (every stream id
-        names its user), SWEEP_CHUNK ids a read; each user's streams of the video end in one stop.lua call."""
+        names its user; on a cluster, every bucket's), SWEEP_CHUNK ids a read; each user's streams of the video end
+        in one stop.lua call."""
         owners: set[str] = set()
         async with translate_redis_errors():
-            for start in range(0, STOP_VIDEO_MAX_STREAMS, SWEEP_CHUNK):
-                ids = await self._redis.zrange(LEASES_KEY, start, start + SWEEP_CHUNK - 1)
-                owners.update(owner for sid in ids if (owner := stream_owner(str(sid))) is not None)
-                if len(ids) < SWEEP_CHUNK:
-                    break
+            for key in self._keys.lease_keys():
+                for start in range(0, STOP_VIDEO_MAX_STREAMS, SWEEP_CHUNK):
+                    ids = await self._redis.zrange(key, start, start + SWEEP_CHUNK - 1)
+                    owners.update(owner for sid in ids if (owner := stream_owner(str(sid))) is not None)
+                    if len(ids) < SWEEP_CHUNK:
+                        break
         stopped: list[Stream] = []
         for owner in sorted(owners):
             stopped += await self.stop(None, owner, video_id)
@@ -271,34 +396,83 @@ class RedisLedger:
     async def sweep(self) -> list[EndedStream]:
         """End every stream whose lease ran out; several sweepers at once end (and report) each one once.
 
-        Decisions and idempotency keys need no sweeping: Redis drops them after decision_ttl_s.
+        Each lease index is read for due members (on a cluster: one index per slot, every node's read at once),
+        and each due stream is ended by expire.lua in its user's slot. Decisions and idempotency keys need no
+        sweeping: Redis drops them after decision_ttl_s.
         """
         ended: list[EndedStream] = []
         now = self._clock()
         async with translate_redis_errors():
             for _ in range(SWEEP_MAX_CHUNKS):
-                due = await self._redis.zrangebyscore(LEASES_KEY, "-inf", repr(now), start=0, num=SWEEP_CHUNK)
-                candidates = [str(member) for member in due]
+                candidates = await self._due(now)
                 if not candidates:
                     break
-                pipe = self._redis.pipeline(transaction=False)
-                owners = []
-                for stream_id in candidates:
-                    owner = stream_owner(stream_id)
-                    if owner is None:
-                        pipe.zrem(LEASES_KEY, stream_id)
-                    else:
-                        await self._expire(
-                            keys=[streams_key(owner), LEASES_KEY], args=[stream_id, repr(now)], client=pipe
-                        )
-                    owners.append(owner)
-                replies = await pipe.execute()
-                for stream_id, owner, raw in zip(candidates, owners, replies, strict=True):
-                    if owner is not None and isinstance(raw, str):
-                        ended.append(EndedStream(_stream_from(stream_id, owner, orjson.loads(raw)), Reason.expired))
+                ended += await self._expire_all(candidates, now)
                 if len(candidates) < SWEEP_CHUNK:
                     break
         return ended
+
+    async def _due(self, now: float) -> list[tuple[str, str]]:
+        """Up to SWEEP_CHUNK (lease index, stream id) pairs whose lease ran out."""
+        if isinstance(self._redis, RedisCluster):
+            found: list[tuple[str, str]] = []
+            for keys, reply in await self._on_each_node("due", repr(now), SWEEP_CHUNK):
+                found += ((keys[int(i) - 1], str(member)) for i, member in zip(reply[::2], reply[1::2], strict=True))
+            return found[:SWEEP_CHUNK]
+        due = await self._redis.zrangebyscore(LEASES_KEY, "-inf", repr(now), start=0, num=SWEEP_CHUNK)
+        return [(LEASES_KEY, str(member)) for member in due]
+
+    async def _on_each_node(self, *args: Any) -> list[tuple[list[str], Any]]:
+        """Cluster: leases.lua on every primary over the lease indexes of the slots it serves, all at once (an index
+        whose slot is moving is passed over this time)."""
+        cluster = self._redis
+        assert isinstance(cluster, RedisCluster)
+        if cluster._initialize:  # the client learns the slot map on its first command
+            await cluster.initialize()
+        by_node: dict[str, tuple[ClusterNode, list[str]]] = {}
+        for bucket, key in enumerate(self._keys.lease_keys()):
+            node = cluster.nodes_manager.get_node_from_slot(bucket * SLOTS_PER_BUCKET)
+            by_node.setdefault(node.name, (node, []))[1].append(key)
+
+        async def on_node(node: ClusterNode, keys: list[str]) -> tuple[list[str], Any]:
+            command = ("EVALSHA", self._leases.sha, 0, *args, *keys)
+            try:
+                return keys, await cluster.execute_command(*command, target_nodes=node)
+            except redis_errors.NoScriptError:
+                await cluster.execute_command("SCRIPT", "LOAD", self._leases.script, target_nodes=node)
+                return keys, await cluster.execute_command(*command, target_nodes=node)
+
+        return list(await asyncio.gather(*(on_node(node, keys) for node, keys in by_node.values())))
+
+    async def _expire_all(self, candidates: Sequence[tuple[str, str]], now: float) -> list[EndedStream]:
+        """expire.lua on each candidate (in one pipeline on one server, routed one call each on a cluster); the
+        streams it ended."""
+        owners = [stream_owner(stream_id) for _, stream_id in candidates]
+        if isinstance(self._redis, RedisCluster):
+            replies = [
+                await self._expire_one(leases_key, stream_id, owner, now, self._redis)
+                for (leases_key, stream_id), owner in zip(candidates, owners, strict=True)
+            ]
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            for (leases_key, stream_id), owner in zip(candidates, owners, strict=True):
+                # redis-py runs a Script in a pipeline too, loading it when missing.
+                await self._expire_one(leases_key, stream_id, owner, now, pipe)
+            replies = await pipe.execute()
+        ended = []
+        for (_, stream_id), owner, raw in zip(candidates, owners, replies, strict=True):
+            if owner is not None and isinstance(raw, str):
+                ended.append(EndedStream(_stream_from(stream_id, owner, orjson.loads(raw)), Reason.expired))
+        return ended
+
+    async def _expire_one(
+        self, leases_key: str, stream_id: str, owner: str | None, now: float, client: RedisClient
+    ) -> Any:
+        if owner is None:
+            return await client.zrem(leases_key, stream_id)
+        return await self._expire(
+            keys=[self._keys.streams_key(owner), leases_key], args=[stream_id, repr(now)], client=client
+        )
 
     async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
         """Bind the key to request_id unless it is bound already (SET NX GET: one atomic command)."""
@@ -315,19 +489,22 @@ class RedisLedger:
     async def devices(self, user_id: str) -> list[Device]:
         """The user's registered devices, least recently seen first."""
         async with translate_redis_errors():
-            raw = await self._redis.hgetall(devices_key(user_id))
+            raw = await self._redis.hgetall(self._keys.devices_key(user_id))
         found = [Device(str(device_id), user_id, parse_time(seen)) for device_id, seen in raw.items()]
         return sorted(found, key=lambda d: (d.last_seen_at, d.id))
 
     async def forget_device(self, user_id: str, device_id: str) -> bool:
         """Remove a registered device (its streams play on); False if it was not registered."""
         async with translate_redis_errors():
-            return bool(await self._redis.hdel(devices_key(user_id), device_id))
+            return bool(await self._redis.hdel(self._keys.devices_key(user_id), device_id))
 
     async def count_active(self) -> int:
         """Streams whose lease has not run out, from the lease index."""
+        now = repr(self._clock())
         async with translate_redis_errors():
-            return int(await self._redis.zcount(LEASES_KEY, f"({self._clock()!r}", "+inf"))
+            if isinstance(self._redis, RedisCluster):
+                return sum(int(count) for _, count in await self._on_each_node("count", now, 0))
+            return int(await self._redis.zcount(LEASES_KEY, f"({now}", "+inf"))
 
     async def ping(self) -> None:
         """Raise Unavailable unless Redis answers."""
