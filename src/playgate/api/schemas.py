@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
 from playgate.audit import StoredEvent
@@ -500,6 +500,14 @@ class UserPut(UserPatch):
 
 class VideoPut(VideoPatch):
     """A video by id, created or updated (a new one needs title and url)."""
+
+    @field_validator("title", "url")
+    @classmethod
+    def _not_null(cls, value: str | None) -> str:
+        """`title` and `url` may be left out (they keep their value), not set to null: a video always has both."""
+        if value is None:
+            raise ValueError("may be left out, not null: a video always has one")
+        return value
 
 
 class PlanPut(PlanPatch):
