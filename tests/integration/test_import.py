@@ -31,9 +31,13 @@ async def test_put_creates_then_updates_by_id_and_a_repeat_changes_nothing(app_a
     assert (await app_admin.put(f"/v1/videos/v-{tag}", json={"title": "Renamed"})).json()["title"] == "Renamed"
     # Refusals name the field: a new video without its url, an unknown plan, a name another user has.
     assert_problem(await app_admin.put(f"/v1/videos/w-{tag}", json={"title": "No url"}), 422, field="url")
-    # Left out keeps a value; null is refused (schemathesis found this a 500), and the video is unchanged.
+    # Left out keeps a value; null is refused (schemathesis found these 500s), and nothing changes.
     assert_problem(await app_admin.put(f"/v1/videos/v-{tag}", json={"url": None}), 422, field="url")
     assert (await app_admin.get(f"/v1/videos/v-{tag}")).json()["url"] == "/media/x.mp4"
+    assert_problem(await app_admin.put(f"/v1/plans/p-{tag}", json={"maxStreams": None}), 422, field="maxStreams")
+    assert (await app_admin.get(f"/v1/plans/p-{tag}")).json()["maxStreams"] == 2
+    assert_problem(await app_admin.put(f"/v1/users/u-{tag}", json={"name": None}), 422, field="name")
+    assert_problem(await app_admin.put(f"/v1/users/u-{tag}", json={"disabled": None}), 422, field="disabled")
     assert_problem(await app_admin.put(f"/v1/users/x-{tag}", json={"plan": "no-such-plan"}), 422, field="plan")
     assert_problem(await app_admin.put(f"/v1/users/y-{tag}", json={"name": f"named-{tag}"}), 409, field="name")
     assert_problem(await app_admin.put("/v1/users/bad%20id", json={}), 422)

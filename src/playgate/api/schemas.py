@@ -493,25 +493,30 @@ class PlanPatch(RulesWire):
         return result
 
 
+def _left_out_not_null(value: Any) -> Any:
+    """For a PUT: a field the row always has may be left out (it keeps its value), not set to null."""
+    if value is None:
+        raise ValueError("may be left out (it keeps its value), not set to null")
+    return value
+
+
 class UserPut(UserPatch):
     """A user by id, created or updated: absent fields keep their value (a new user is named by its id and has no
     password unless given: it logs in with the platform's tokens)."""
+
+    keep_when_left_out = field_validator("name", "disabled", "household")(_left_out_not_null)
 
 
 class VideoPut(VideoPatch):
     """A video by id, created or updated (a new one needs title and url)."""
 
-    @field_validator("title", "url")
-    @classmethod
-    def _not_null(cls, value: str | None) -> str:
-        """`title` and `url` may be left out (they keep their value), not set to null: a video always has both."""
-        if value is None:
-            raise ValueError("may be left out, not null: a video always has one")
-        return value
+    keep_when_left_out = field_validator("title", "url", "kinds")(_left_out_not_null)
 
 
 class PlanPut(PlanPatch):
     """A plan by id, created or updated (a new one needs name and maxStreams)."""
+
+    keep_when_left_out = field_validator("name", "max_streams")(_left_out_not_null)
 
 
 class KeyIn(Input):

@@ -51,6 +51,7 @@ class SocketRegistry:
 
     def __init__(self) -> None:
         self._open: dict[str, dict[str, int]] = {}  # user id -> {sid: token epoch}
+        self._revoked_before: set[str] = set()  # sockets found revoked by the previous pass
 
     def take(self, user_id: str, sid: str, epoch: int, cap: int) -> None:
         """Count one more socket of the user; refuse the connection (status 429) when the cap is reached."""
@@ -81,8 +82,13 @@ class SocketRegistry:
         ]
 
     async def close_revoked(self, sio: socketio.AsyncServer, gate: PlayGate) -> int:
-        """Tell each revoked socket why (event `error`, status 401), then close it; how many were closed."""
-        revoked = await self.revoked(gate)
+        """Tell each revoked socket why (event `error`, status 401), then close it; how many were closed.
+
+        A socket is closed on the second pass that finds it revoked, not the first: what the change itself
+        announces (disabling a user ends their streams, `stream_ended`) reaches the socket before it closes.
+        """
+        found = set(await self.revoked(gate))
+        revoked, self._revoked_before = found & self._revoked_before, found - self._revoked_before
         for sid in revoked:
             await sio.emit("error", {"error": REVOKED, "status": 401}, to=sid)
             await sio.disconnect(sid)
