@@ -109,7 +109,7 @@ class Catalog:
         default_shadow: Rules | None = None,
     ) -> None:
         self._engine = engine
-        # argon2 takes ~50 ms of a core on purpose: a burst of logins must queue here, not take every core
+        # argon2 takes ~25 ms of a core on purpose: a burst of logins must queue here, not take every core
         # (and the event loop's threads) from the players' requests.
         self._hashing = asyncio.Semaphore(hashes_at_once)
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
