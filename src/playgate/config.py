@@ -248,6 +248,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PLAYGATE_AUDIT_RETENTION"),
         description="Days the audit trail (every decision and stream end) is kept; older events are pruned.",
     )
+    lean_routes: bool = Field(
+        True,
+        description="Answer the players' hot routes (GET /videos/{id}/request, /videos/{id}/stop, /videos/stop, "
+        "DELETE /v1/streams/{id}) with a small plain-ASGI router in front of FastAPI: the same answers for less "
+        "CPU. Off: FastAPI answers them too.",
+    )
     ws_per_message_deflate: bool = Field(
         False,
         description="Offer permessage-deflate on websockets: frames are tiny, and each compressed socket costs about "

@@ -18,6 +18,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from playgate import __version__
 from playgate.api import errors
+from playgate.api.hot import HotRoutes
 from playgate.api.legacy_socketio import LegacySocketIO
 from playgate.api.middleware import HttpEdge
 from playgate.api.routes import account, admin, auth, content, events, health, seed, v1
@@ -105,6 +106,9 @@ def create_app(
     app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
     # Socket.IO v2 clients (`?EIO=3`, e.g. the original service's UI) on the same path.
     app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings), events=V2_EVENTS)
+    if settings.lean_routes:
+        # The players' request → decision → stop loop without FastAPI's per-request machinery (api/hot.py).
+        app = HotRoutes(app, gate)
     # The client address (logins, households) from X-Forwarded-For of trusted proxies only, here in the app so that
     # every server and the in-process tests see the same address.
     # uvicorn types ASGI scopes more narrowly than Starlette; the middleware is plain ASGI.

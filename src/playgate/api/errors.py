@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -61,8 +61,8 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or str(loc[0] if loc else "body")
 
 
-async def _playgate_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, PlayGateError)
+def problem_for(exc: PlayGateError) -> JSONResponse:
+    """The problem+json answer to a PlayGate error, with its headers (Retry-After, WWW-Authenticate)."""
     if exc.status >= 500:
         log.warning("%s: %s", type(exc).__name__, exc.detail)
     response = problem(exc.status, exc.title, exc.detail, type=exc.type, **exc.extra)
@@ -70,11 +70,20 @@ async def _playgate_error(_request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+async def _playgate_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PlayGateError)
+    return problem_for(exc)
+
+
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    return validation_problem(exc.errors())
+
+
+def validation_problem(found: Sequence[Mapping[str, Any]]) -> JSONResponse:
+    """The 422 problem+json for pydantic's errors (`loc`, `msg`, `type` each): `field` names the first one's field."""
     errors = [
-        {"field": _field(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
+        {"field": _field(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")} for e in found
     ]
     first = errors[0] if errors else {"field": "body", "message": "invalid"}
     return problem(
@@ -162,5 +171,7 @@ __all__ = [
     "install",
     "problem",
     "problem_fields",
+    "problem_for",
     "problem_responses",
+    "validation_problem",
 ]
