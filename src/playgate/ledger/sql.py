@@ -33,9 +33,12 @@ from playgate.domain import (
     parse_reason,
 )
 from playgate.errors import Unavailable
+from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import KeyClaim
 
 T = TypeVar("T")
+# A stop's parameters as STOP takes them: the user, the stream ids (a JSON list, or None for all), the video or None.
+_StopArgs = tuple[str, bytes | None, str | None]
 
 # The statements, whole: a list goes in as one JSON array (`IN (SELECT value FROM json_each(?))`), and an
 # optional filter as a parameter that may be NULL, so that each is one prepared statement whatever the call.
@@ -189,6 +192,7 @@ class SqlLedger:
         # One thread owns the connection: calls queue in order, and the event loop never waits on the file lock.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playgate-ledger")
         self._conn: sqlite3.Connection | None = None
+        self._stops: GroupCommit[_StopArgs, list[Stream]] = GroupCommit(self._stop_together)
 
     # ---- the thread and its connection -------------------------------------------------------------
 
@@ -351,17 +355,19 @@ class SqlLedger:
         return _stream(row) if row else None
 
     async def stop(self, stream_ids: Sequence[str] | None, user_id: str, video_id: str | None = None) -> list[Stream]:
-        """Delete the user's chosen streams; return those that were still active."""
-        return await self._run(self._stop, stream_ids, user_id, video_id)
-
-    def _stop(
-        self, conn: sqlite3.Connection, stream_ids: Sequence[str] | None, user_id: str, video_id: str | None
-    ) -> list[Stream]:
+        """Delete the user's chosen streams; return those that were still active. Stops that arrive together are
+        committed in one transaction (answered after it), as the worker's decisions are."""
         ids = _json_list(stream_ids) if stream_ids is not None else None
+        return await self._stops((user_id, ids, video_id))
+
+    async def _stop_together(self, stops: Sequence[_StopArgs]) -> list[list[Stream]]:
+        return await self._run(self._stop, stops)
+
+    def _stop(self, conn: sqlite3.Connection, stops: Sequence[_StopArgs]) -> list[list[Stream]]:
         with self._write(conn):
             now = self._clock()
-            rows = conn.execute(STOP, (user_id, ids, video_id)).fetchall()
-        return by_age(s for s in map(_stream, rows) if s.live(now))
+            found = [conn.execute(STOP, stop).fetchall() for stop in stops]
+        return [by_age(s for s in map(_stream, rows) if s.live(now)) for rows in found]
 
     async def stop_video(self, video_id: str) -> list[Stream]:
         """Delete every stream of the video; return those that were still active."""
