@@ -151,6 +151,13 @@ class PlaybackClaims:
     video_id: str
 
 
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+_PLAYBACK_HEADER = _b64(b'{"alg":"HS256","typ":"JWT"}') + b"."
+
+
 class PlaybackTokens:
     """Issues and checks playback tokens: short-lived, bound to one stream of one user; the clock is passed in."""
 
@@ -158,6 +165,8 @@ class PlaybackTokens:
         self._key = hmac.new(secret.encode(), _PLAYBACK_KEY_LABEL, hashlib.sha256).hexdigest()
         self.ttl_s = ttl_s
         self._checked: _Verified[PlaybackClaims] = _Verified()
+        # The HMAC state after the key, copied for each token: one token signed per allowed decision.
+        self._signer = hmac.new(self._key.encode(), digestmod=hashlib.sha256)
 
     def issue(self, *, user_id: str, stream_id: str, video_id: str, now: float) -> str:
         """A signed token for one stream, valid for ttl_s from `now`."""
@@ -168,7 +177,12 @@ class PlaybackTokens:
             "aud": PLAYBACK_AUDIENCE,
             "exp": int(now) + self.ttl_s,
         }
-        return jwt.encode(payload, self._key, algorithm=ALGORITHM)
+        # The JWT PyJWT's jwt.encode writes (the same header, claims in this order, compact JSON), made here: a
+        # third of its cost, on every allowed decision. check() verifies it with PyJWT.
+        signing_input = _PLAYBACK_HEADER + _b64(orjson.dumps(payload))
+        signer = self._signer.copy()
+        signer.update(signing_input)
+        return (signing_input + b"." + _b64(signer.digest())).decode()
 
     def check(self, token: str) -> PlaybackClaims:
         """The claims of a valid playback token; Unauthorized for a malformed, expired or forged one.

@@ -8,7 +8,14 @@ import jwt
 import pytest
 
 from playgate.errors import Unauthorized
-from playgate.security import TokenIssuer, hash_password, verify_password
+from playgate.security import (
+    PLAYBACK_AUDIENCE,
+    PlaybackClaims,
+    PlaybackTokens,
+    TokenIssuer,
+    hash_password,
+    verify_password,
+)
 
 SECRET = "x" * 40
 
@@ -58,3 +65,16 @@ def test_a_remembered_token_still_expires_and_a_forged_twin_is_refused() -> None
     time.sleep(max(0.0, expires_at - time.time()) + 0.01)
     with pytest.raises(Unauthorized, match="expired"):
         issuer.check(token)
+
+
+@pytest.mark.parametrize("video_id", ["1", "a-video:ü|@x", "v" * 64])
+def test_a_playback_token_is_a_jwt_that_pyjwt_verifies_with_its_claims(video_id: str) -> None:
+    tokens = PlaybackTokens("a-secret-of-forty-characters-or-so-1234", 300)
+    token = tokens.issue(user_id="u1", stream_id="75-00ff", video_id=video_id, now=time.time())
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": "HS256", "typ": "JWT"}
+    claims = jwt.decode(token, tokens._key, algorithms=["HS256"], audience=PLAYBACK_AUDIENCE)
+    assert (claims["sub"], claims["sid"], claims["vid"]) == ("u1", "75-00ff", video_id)
+    assert tokens.check(token) == PlaybackClaims(user_id="u1", stream_id="75-00ff", video_id=video_id)
+    with pytest.raises(Unauthorized):
+        PlaybackTokens("another-secret-of-forty-characters-12345", 300).check(token)
