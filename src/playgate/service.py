@@ -31,6 +31,7 @@ from playgate.domain import (
 )
 from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized, Unavailable
 from playgate.imports import Format, KindName
+from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
 from playgate.policy import is_away, parse_networks
@@ -139,6 +140,13 @@ class PlayGate:
         self._clock = clock
         self._user_rate = UserRate(settings.user_rate, settings.user_burst, clock)
         self._audit = audit
+        # Callers whose user is not cached, looked up together: with many users (each asking now and then, past
+        # the catalogue's cache) one query serves every request that arrived meanwhile.
+        self._callers: GroupCommit[str, User | None] = GroupCommit(self._users_of)
+
+    async def _users_of(self, user_ids: Sequence[str]) -> list[User | None]:
+        found = await self._catalog.users(user_ids)
+        return [found.get(user_id) for user_id in user_ids]
 
     # ---- who is calling ----------------------------------------------------------------------------
 
@@ -174,10 +182,9 @@ class PlayGate:
         if self._platform is not None and not self._tokens.issued_here(token):
             return Principal(user=await self._platform_user(await self._platform.check(token)), admin=False)
         claims = self._tokens.check(token)
-        try:
-            user = await self._catalog.get_user(claims.user_id)
-        except NotFound:
-            raise Unauthorized("The token's user no longer exists.") from None
+        user = self._catalog.cached_user(claims.user_id) or await self._callers(claims.user_id)
+        if user is None:
+            raise Unauthorized("The token's user no longer exists.")
         if user.disabled:
             raise Unauthorized("This user is disabled.")
         if claims.epoch != user.token_epoch:

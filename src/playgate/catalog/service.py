@@ -178,6 +178,11 @@ class Catalog:
             rows = (await session.execute(self._user_query().order_by(UserRow.name))).all()
         return [self._to_user(user, plan) for user, plan in rows]
 
+    def cached_user(self, user_id: str) -> User | None:
+        """The user with this id if cached (for cache_ttl_s), without a query; else None."""
+        cached: User | None = self._users.get(user_id)
+        return cached
+
     async def get_user(self, user_id: str, *, fresh: bool = False) -> User:
         """The user with this id (cached for cache_ttl_s unless `fresh`), else NotFound."""
         if not fresh:

@@ -1,7 +1,8 @@
 """Group commit: calls that arrive while the previous commit is under way are written together in the next one.
 
 A caller is answered only once the commit that holds its item is done, so nothing it was told happened can be lost
-on a crash; there is no timer: a lone call is committed at once, and a batch is whatever queued meanwhile.
+on a crash; there is no timer: a lone call is committed at once, and a batch is whatever queued meanwhile. The
+same shape serves reads made together (the service's look-ups of callers' users).
 """
 
 from __future__ import annotations
