@@ -160,3 +160,19 @@ async def test_a_request_is_decided_and_its_stream_stops(lean: App) -> None:
         assert len((await client.get("/v1/streams")).json()) == 1
         assert (await client.delete(f"/v1/streams/{decided['streamId']}")).status_code == 204
         assert (await client.get("/v1/streams")).json() == []
+
+
+async def test_callers_looked_up_together_each_act_as_themselves(lean: App) -> None:
+    """Many users' first requests at once (their users not cached yet): each is answered for its own user, and a
+    deleted user's token is refused among them."""
+    users = [await new_user(lean.url, lean.admin) for _ in range(12)]
+    gone = users.pop()
+    assert (await lean.admin.delete(f"/v1/users/{gone.id}")).status_code == 204
+
+    async def ask_as(token: str) -> httpx.Response:
+        async with api_client(lean.url, token) as client:
+            return await client.get("/videos/1/request")
+
+    answers = await asyncio.gather(*(ask_as(u.token) for u in [*users, gone]))
+    assert [a.status_code for a in answers] == [202] * len(users) + [401]
+    assert [a.json()["data"]["data"]["userId"] for a in answers[:-1]] == [u.id for u in users]

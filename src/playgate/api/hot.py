@@ -6,7 +6,7 @@ and answers whatever this router leaves alone: another method, a path it does no
 `Origin` header, so that CORS stays FastAPI's). What a caller sees is the same either way: auth on every call
 (`PlayGate.principal`), ids checked with the same constraints and answered with the same problem+json naming the
 field, the user's rate (429 with Retry-After), and HttpEdge around both (request id, security headers, metrics by
-route template). tests/api/test_hot_routes.py holds both answers side by side.
+route template). tests/integration/test_hot_routes.py holds both answers side by side.
 """
 
 from __future__ import annotations
