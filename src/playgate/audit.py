@@ -4,6 +4,7 @@ Recording is off the hot path: `record` only appends to a buffer in memory; a ba
 buffer in one multi-row INSERT every flush_interval_s (or sooner once batch_size events wait), and prunes events
 older than the retention every prune_interval_s. The buffer is bounded: past max_buffered events the oldest are
 dropped, counted and logged, so that a database outage cannot exhaust memory. Stopping flushes what is left.
+A companion (the webhook outbox) writes in each batch's transaction: it holds an event iff the trail does.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from playgate.catalog.models import AuditEventRow
 from playgate.catalog.service import translate_db_errors
@@ -94,6 +96,14 @@ def end_events(ended: Iterable[EndedStream], at: float) -> list[AuditEvent]:
     return [end_event(e.stream, e.reason.value, at) for e in ended]
 
 
+class Companion(Protocol):
+    """What writes beside the audit trail, in the same transaction as each batch (the webhook outbox)."""
+
+    async def write(self, conn: AsyncConnection, events: Iterable[AuditEvent]) -> int:
+        """Write what `events` mean to it, on `conn` (the batch's transaction)."""
+        ...
+
+
 class AuditTrail:
     """Buffers audit events, writes them in batches, prunes old ones and answers queries; the clock is passed in."""
 
@@ -108,8 +118,10 @@ class AuditTrail:
         flush_interval_s: float = 0.5,
         prune_interval_s: float = 3600.0,
         max_buffered: int = 100_000,
+        companion: Companion | None = None,
     ) -> None:
         self._engine = engine
+        self._companion = companion
         self.policy = policy
         self.retention_s = retention_s
         self._clock = clock
@@ -150,6 +162,8 @@ class AuditTrail:
                 async with translate_db_errors(), self._engine.begin() as conn:
                     # Core executemany of plain rows: the ORM's bulk path and asdict() cost several times more.
                     await conn.execute(_INSERT, [{name: getattr(e, name) for name in _FIELDS} for e in batch])
+                    if self._companion is not None:  # the webhook outbox: in this batch's transaction
+                        await self._companion.write(conn, batch)
             except BaseException:
                 self._buffer.extendleft(reversed(batch))
                 raise

@@ -1,4 +1,5 @@
-"""The `playgate` command: serve, api, worker, db upgrade|reset, demo, token, keys, import, version, doctor, bench."""
+"""The `playgate` command: serve, api, worker, db upgrade|reset, demo, token, keys, webhooks, import, version, doctor,
+bench."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import uvicorn
 import uvloop
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate import __version__
 from playgate.bench.cli import bench as bench_commands
 from playgate.catalog.bulk import UpsertResult
-from playgate.catalog.db import upgrade
+from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.service import Catalog
 from playgate.config import Settings, jwt_secret, load_settings
 from playgate.domain import KeyScope
@@ -26,6 +29,7 @@ from playgate.imports import SCHEMAS, Format, KindName, check, csv_records, form
 from playgate.logs import configure_logging
 from playgate.runtime import Role, open_catalog, preflight, prepare_catalog, reset_data, run_worker
 from playgate.security import TokenIssuer
+from playgate.webhooks import DELIVERED, FAILED, PENDING, delivery_log, replay
 
 T = TypeVar("T")
 
@@ -267,6 +271,70 @@ def keys_revoke(key_id: str) -> None:
     """Revoke the key KEY_ID: refused at once by every process."""
     key = _with_catalog(lambda catalog: catalog.keys.revoke(key_id))
     click.echo(f"key {key.id} ({key.name!r}) revoked")
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhooks to PLAYGATE_WEBHOOK_URLS: the delivery log, and replays of past events."""
+
+
+def _with_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run `work` on an engine of PLAYGATE_DATABASE_URL (migrated first), then dispose of it."""
+    settings = _settings()
+
+    async def run() -> T:
+        await upgrade(settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    return _run(run)
+
+
+def _since(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        hint = "an ISO 8601 time (UTC unless it names a zone) or epoch seconds"
+        raise click.BadParameter(hint, param_hint="--since") from None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@webhooks.command("replay")
+@click.option("--since", help="Every event at or after this time: ISO 8601 (UTC unless it names a zone) or epoch s.")
+@click.option("--id", "msg_id", help="The one event with this webhook-id (msg_...).")
+def webhooks_replay(since: str | None, msg_id: str | None) -> None:
+    """Send events again to every configured endpoint: their deliveries become pending and due now, and the worker
+    sends them, in order per user, signed with a fresh timestamp (same webhook-id: receivers can deduplicate)."""
+    if (since is None) == (msg_id is None):
+        raise click.UsageError("give --since or --id (one of them)")
+    endpoints = _settings().webhook_url_list
+    if not endpoints:
+        raise click.ClickException("PLAYGATE_WEBHOOK_URLS is empty: there is no endpoint to send to")
+    start = None if since is None else _since(since)
+    count = _with_engine(lambda engine: replay(engine, endpoints, time.time, since=start, msg_id=msg_id))
+    if count == 0 and msg_id is not None:
+        raise click.ClickException(f"no event {msg_id!r} in the outbox")
+    click.echo(f"{count} deliveries queued again")
+
+
+@webhooks.command("log")
+@click.option("--status", type=click.Choice([PENDING, DELIVERED, FAILED]), help="Only deliveries in this state.")
+@click.option("--id", "msg_id", help="Only the deliveries of this webhook-id.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="How many, newest first.")
+def webhooks_log(status: str | None, msg_id: str | None, limit: int) -> None:
+    """The delivery log, newest first, one tab-separated line each: webhook-id, type, user, endpoint, status,
+    attempts, last try, last HTTP status, last error, delivered at."""
+    for entry in _with_engine(lambda engine: delivery_log(engine, status=status, msg_id=msg_id, limit=limit)):
+        fields = [entry.msg_id, entry.type, entry.user_id, entry.endpoint, entry.status, str(entry.attempts)]
+        last = [_when(entry.last_attempt_at), str(entry.last_status or "-"), entry.last_error or "-"]
+        click.echo("\t".join([*fields, *last, _when(entry.delivered_at)]))
 
 
 def _when(epoch_s: float | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
@@ -22,6 +23,8 @@ from playgate.policy import rules_from_json
 
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
 MIN_JWT_SECRET_LEN = 32
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (the Standard Webhooks prefix, not a secret)
+MIN_WEBHOOK_KEY_BYTES = 24
 
 
 class AuthMode(StrEnum):
@@ -254,6 +257,45 @@ class Settings(BaseSettings):
         "DELETE /v1/streams/{id}) with a small plain-ASGI router in front of FastAPI: the same answers for less "
         "CPU. Off: FastAPI answers them too.",
     )
+    webhook_urls: str = Field(
+        "",
+        description="Comma-separated http(s) URLs that receive the signed webhook events (stream.started, "
+        "stream.ended, play.denied); empty: no webhooks. Only these URLs are ever called.",
+    )
+    webhook_secret: str | None = Field(
+        None, description="The Standard Webhooks signing secret, whsec_<base64 of 24+ bytes>; needed with the URLs."
+    )
+    webhook_backoff_s: float = Field(
+        5.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_WEBHOOK_BACKOFF"),
+        description="Seconds before the first retry of a failed webhook delivery; doubled on each further failure.",
+    )
+    webhook_backoff_max_s: float = Field(
+        300.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_WEBHOOK_BACKOFF_MAX"),
+        description="The longest wait between two tries of a webhook delivery.",
+    )
+    webhook_give_up_s: float = Field(
+        3 * 86_400.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_WEBHOOK_GIVE_UP"),
+        description="Seconds after which a delivery that still fails is marked failed and the user's next event "
+        "goes (it can still be replayed).",
+    )
+    webhook_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_WEBHOOK_TIMEOUT"),
+        description="Seconds a receiver has to answer one delivery.",
+    )
+    webhook_poll_s: float = Field(
+        1.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_WEBHOOK_POLL"),
+        description="Seconds between two looks at the outbox when nothing is due.",
+    )
     ws_per_message_deflate: bool = Field(
         False,
         description="Offer permessage-deflate on websockets: frames are tiny, and each compressed socket costs about "
@@ -302,6 +344,20 @@ class Settings(BaseSettings):
         if value.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError("must be one of debug, info, warning, error")
         return value.lower()
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, value: str) -> str:
+        for url in (u.strip() for u in value.split(",") if u.strip()):
+            parts = urlsplit(url)
+            if parts.scheme not in {"http", "https"} or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return value
+
+    @property
+    def webhook_url_list(self) -> list[str]:
+        """The webhook endpoints, in the order configured."""
+        return [u.strip() for u in self.webhook_urls.split(",") if u.strip()]
 
     @property
     def resolved_database_url(self) -> str:
@@ -448,6 +504,14 @@ def security_problems(settings: Settings) -> list[str]:
             f"32 characters of A-Z a-z 0-9 _ . ~ + / = - (nginx's configuration holds it too)"
         )
     problems += _platform_token_problems(settings)
+    if settings.webhook_urls.strip() and not settings.webhook_secret:
+        problems.append("PLAYGATE_WEBHOOK_SECRET: must be set with PLAYGATE_WEBHOOK_URLS (whsec_<base64>)")
+    if settings.webhook_secret is not None and not _webhook_secret_ok(settings.webhook_secret):
+        # Checked here, not by a validator: a validator's message would echo the secret.
+        problems.append(
+            f"PLAYGATE_WEBHOOK_SECRET: must be {WEBHOOK_SECRET_PREFIX} and the base64 of at least "
+            f"{MIN_WEBHOOK_KEY_BYTES} random bytes"
+        )
     if not is_loopback(settings.host):
         if not settings.jwt_secret:
             problems.append(
@@ -460,6 +524,16 @@ def security_problems(settings: Settings) -> list[str]:
                 f"a non-loopback host (PLAYGATE_HOST={settings.host})"
             )
     return problems
+
+
+def _webhook_secret_ok(secret: str) -> bool:
+    """Whether `secret` is a Standard Webhooks secret: whsec_ and the base64 of MIN_WEBHOOK_KEY_BYTES or more."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return False
+    try:
+        return len(base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)) >= MIN_WEBHOOK_KEY_BYTES
+    except ValueError:
+        return False
 
 
 def _platform_token_problems(settings: Settings) -> list[str]:

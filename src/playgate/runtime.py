@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from playgate import webhooks
 from playgate.api.schemas import ConflictOut
 from playgate.audit import AuditTrail
 from playgate.bus.local import LocalFanout, LocalQueue
@@ -245,7 +246,11 @@ class Runtime:
             stack.push_async_callback(catalog.close)
             stack.push_async_callback(catalog.keys.flush)  # the last-used times gathered since the last write
             audit = AuditTrail(
-                engine, policy=settings.policy, retention_s=settings.audit_retention_days * 86_400, clock=clock
+                engine,
+                policy=settings.policy,
+                retention_s=settings.audit_retention_days * 86_400,
+                clock=clock,
+                companion=webhooks.outbox(settings, clock),
             )
             # Stopped after the worker and sweeper (pushed later, so closed earlier): what they decide while
             # draining is written too.
@@ -254,6 +259,8 @@ class Runtime:
             stack.push_async_callback(_stop_audit, audit_stop, audit_task)
             if role is not Role.worker:  # workers start beside API processes that already did this
                 await prepare_catalog(settings, catalog)
+            if role is not Role.api:  # the worker delivers the webhook outbox
+                await webhooks.start(settings, engine, clock, stack)
             links = playback_links(settings, secret)
             ledger, queue, fanout = open_backends(
                 settings, emitter, lambda decision: links.for_decision(decision, clock()), clock

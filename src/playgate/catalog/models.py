@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -166,3 +166,40 @@ class AuditEventRow(Base):
     shadow: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     __table_args__ = (Index("ix_audit_events_user_id_id", "user_id", "id"),)
+
+
+class WebhookEventRow(Base):
+    """An outbound event in the webhook outbox (Standard Webhooks message id, type and JSON body)."""
+
+    __tablename__ = "webhook_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    msg_id: Mapped[str] = mapped_column(String(100), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float, index=True)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class WebhookDeliveryRow(Base):
+    """The delivery of one outbox event to one endpoint: its state and the log of its attempts (ids grow in the
+    order events were written: a user's lowest pending id is the one to send next)."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    msg_id: Mapped[str] = mapped_column(String(100))
+    endpoint: Mapped[str] = mapped_column(String(2048))
+    user_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed (gave up)
+    created_at: Mapped[float] = mapped_column(Float)
+    next_at: Mapped[float] = mapped_column(Float)
+    locked_until: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("msg_id", "endpoint", name="uq_webhook_deliveries_msg_id_endpoint"),
+        Index("ix_webhook_deliveries_status_endpoint_user_id_id", "status", "endpoint", "user_id", "id"),
+    )

@@ -1,0 +1,416 @@
+"""Webhooks: signed outbound events (`stream.started`, `stream.ended`, `play.denied`) per Standard Webhooks.
+
+The audit trail is the one seam events come through: when it writes a batch of audit events, the Outbox adds the
+webhook events among them, and one delivery row per configured endpoint, in the SAME database transaction (so an
+event is in the outbox if and only if it is in the audit trail). The Dispatcher, a background task of the worker,
+sends them: for each endpoint and user it sends only the oldest undelivered event (a user's later event waits for
+the earlier one), retries with exponential backoff, records every attempt's outcome on the delivery row (the
+delivery log), and gives up only after give_up_s. Endpoints are the operator's PLAYGATE_WEBHOOK_URLS, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import Insert, Table, and_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from standardwebhooks.webhooks import Webhook
+
+from playgate.audit import DECISION, STREAM_END, AuditEvent
+from playgate.catalog.models import WebhookDeliveryRow, WebhookEventRow
+from playgate.catalog.service import translate_db_errors
+from playgate.config import Settings
+from playgate.errors import PlayGateError
+
+log = logging.getLogger("playgate.webhooks")
+
+STREAM_STARTED = "stream.started"
+STREAM_ENDED = "stream.ended"
+PLAY_DENIED = "play.denied"
+EVENT_TYPES = (STREAM_STARTED, STREAM_ENDED, PLAY_DENIED)
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"  # given up after give_up_s
+
+MAX_ERROR_CHARS = 500
+
+_D = WebhookDeliveryRow
+_E = WebhookEventRow
+_EVENTS = _E.metadata.tables[_E.__tablename__]
+_DELIVERIES = _D.metadata.tables[_D.__tablename__]
+
+
+def signer(secret: str) -> Webhook:
+    """The Standard Webhooks signer of a `whsec_<base64>` secret (Settings checked its form)."""
+    return Webhook(secret)
+
+
+def sign(webhook: Webhook, msg_id: str, timestamp_s: int, body: str) -> str:
+    """The `webhook-signature` header: `v1,` and the base64 HMAC-SHA256 of `msg_id.timestamp.body`."""
+    return webhook.sign(msg_id, datetime.fromtimestamp(timestamp_s, tz=UTC), body)
+
+
+def backoff_s(attempts: int, first_s: float, max_s: float) -> float:
+    """The wait before the next try after `attempts` failed ones: first_s, doubled each time, at most max_s."""
+    return float(min(max_s, first_s * 2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An outbound event: its Standard Webhooks id, its type, whose it is, when, and the JSON body as sent."""
+
+    msg_id: str
+    type: str
+    user_id: str
+    at: float
+    body: str
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def message_of(event: AuditEvent) -> Message | None:
+    """The webhook message of an audit event, or None for events webhooks do not carry."""
+    who = {"userId": event.user_id, "videoId": event.video_id, "deviceId": event.device_id}
+    data: dict[str, Any]
+    if event.kind == STREAM_END and event.stream_id is not None:
+        kind, msg_id = STREAM_ENDED, f"msg_end_{event.stream_id}"
+        data = {**who, "streamId": event.stream_id, "reason": event.reason}
+    elif event.kind == DECISION and event.request_id is not None:
+        counts = {"active": event.active, "limit": event.limit, "policy": event.policy}
+        msg_id = f"msg_{event.request_id}"
+        if event.outcome == "allowed":
+            kind = STREAM_STARTED
+            data = {**who, "streamId": event.stream_id, "requestId": event.request_id, **counts}
+        else:
+            kind = PLAY_DENIED
+            data = {**who, "requestId": event.request_id, "reason": event.reason, **counts}
+    else:
+        return None
+    body = orjson.dumps({"type": kind, "timestamp": _iso(event.at), "data": data}).decode()
+    return Message(msg_id, kind, event.user_id, event.at, body)
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
+    """INSERT that skips rows whose unique key is already there (a request decided again after a redelivery)."""
+    if conn.dialect.name == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+class Outbox:
+    """Adds webhook messages and their deliveries to the audit trail's transaction."""
+
+    def __init__(self, endpoints: Sequence[str], clock: Callable[[], float]) -> None:
+        self.endpoints = tuple(endpoints)
+        self._clock = clock
+
+    async def write(self, conn: AsyncConnection, events: Iterable[AuditEvent]) -> int:
+        """Insert the messages of `events` and a pending delivery per endpoint, on `conn` (the caller's
+        transaction); how many messages."""
+        messages = [m for m in map(message_of, events) if m is not None]
+        if not messages or not self.endpoints:
+            return 0
+        now = self._clock()
+        await conn.execute(
+            _insert_ignoring_duplicates(conn, _EVENTS),
+            [{"msg_id": m.msg_id, "type": m.type, "user_id": m.user_id, "at": m.at, "body": m.body} for m in messages],
+        )
+        await conn.execute(
+            _insert_ignoring_duplicates(conn, _DELIVERIES),
+            [_new_delivery(m.msg_id, m.user_id, endpoint, now) for m in messages for endpoint in self.endpoints],
+        )
+        return len(messages)
+
+
+def _new_delivery(msg_id: str, user_id: str, endpoint: str, now: float) -> dict[str, Any]:
+    return {
+        "msg_id": msg_id,
+        "endpoint": endpoint,
+        "user_id": user_id,
+        "status": PENDING,
+        "created_at": now,
+        "next_at": now,
+        "locked_until": 0.0,
+        "attempts": 0,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A delivery taken for one try, and what the try gave."""
+
+    id: int
+    msg_id: str
+    endpoint: str
+    attempts: int
+    created_at: float
+    body: str
+    status_code: int | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the endpoint took it (any 2xx)."""
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryLogEntry:
+    """A row of the delivery log."""
+
+    msg_id: str
+    type: str
+    user_id: str
+    endpoint: str
+    status: str
+    attempts: int
+    last_attempt_at: float | None
+    last_status: int | None
+    last_error: str | None
+    delivered_at: float | None
+
+
+_LOG_FIELDS = tuple(DeliveryLogEntry.__dataclass_fields__)
+
+
+class Dispatcher:
+    """Sends the outbox's pending deliveries, oldest first per endpoint and user, with retries and backoff."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        endpoints: Sequence[str],
+        secret: str,
+        clock: Callable[[], float],
+        first_backoff_s: float,
+        max_backoff_s: float,
+        give_up_s: float,
+        timeout_s: float,
+        poll_s: float,
+        batch_size: int = 100,
+    ) -> None:
+        self._engine = engine
+        self.endpoints = tuple(endpoints)
+        self._webhook = signer(secret)
+        self._clock = clock
+        self.first_backoff_s = first_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.give_up_s = give_up_s
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self.batch_size = batch_size
+        # No redirects: a delivery goes to the URL the operator configured, nowhere else.
+        self._http = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        await self._http.aclose()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop`: a step at once while there is work, else every poll_s."""
+        while not stop.is_set():
+            sent = 0
+            try:
+                sent = await self.step()
+            except PlayGateError as exc:
+                log.warning("webhook deliveries paused: %s", exc.detail)
+            if sent == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.poll_s)
+
+    async def step(self) -> int:
+        """Take the deliveries due now (each user's oldest pending one per endpoint), send them at once, and
+        record each try; how many were tried."""
+        taken = await self._take(self._clock())
+        if not taken:
+            return 0
+        tried = await asyncio.gather(*(self._send(a) for a in taken))
+        await self._record(tried)
+        return len(tried)
+
+    async def _take(self, now: float) -> list[Attempt]:
+        pending = and_(_D.status == PENDING, _D.endpoint.in_(self.endpoints))
+        heads = (
+            select(_D.endpoint, _D.user_id, func.min(_D.id).label("id"))
+            .where(pending)
+            .group_by(_D.endpoint, _D.user_id)
+            .subquery()
+        )
+        due = (
+            select(_D.id, _D.msg_id, _D.endpoint, _D.attempts, _D.created_at, _E.body)
+            .join(heads, _D.id == heads.c.id)
+            .join(_E, _E.msg_id == _D.msg_id)
+            .where(_D.next_at <= now, _D.locked_until <= now)
+            .order_by(_D.id)
+            .limit(self.batch_size)
+        )
+        async with translate_db_errors(), self._engine.connect() as conn:
+            rows = (await conn.execute(due)).all()
+        if not rows:
+            return []
+        taken: list[Attempt] = []
+        # Taken with a conditional write of their own (a write first: no stale SQLite snapshot), so that two
+        # dispatchers (two worker processes) never send the same delivery at once.
+        lock = (
+            update(_D)
+            .where(_D.id == bindparam("row_id"), _D.status == PENDING, _D.locked_until <= now)
+            .values(locked_until=now + self.timeout_s + 5)
+        )
+        async with translate_db_errors(), self._engine.begin() as conn:
+            for row in rows:
+                result = await conn.execute(lock, {"row_id": row.id})
+                if result.rowcount == 1:
+                    taken.append(Attempt(row.id, row.msg_id, row.endpoint, row.attempts, row.created_at, row.body))
+        return taken
+
+    async def _send(self, attempt: Attempt) -> Attempt:
+        timestamp_s = int(self._clock())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": attempt.msg_id,
+            "webhook-timestamp": str(timestamp_s),
+            "webhook-signature": sign(self._webhook, attempt.msg_id, timestamp_s, attempt.body),
+        }
+        try:
+            response = await self._http.post(attempt.endpoint, content=attempt.body.encode(), headers=headers)
+        except httpx.HTTPError as exc:
+            return _with(attempt, None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+        error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+        return _with(attempt, response.status_code, error)
+
+    async def _record(self, tried: Sequence[Attempt]) -> None:
+        now = self._clock()
+        async with translate_db_errors(), self._engine.begin() as conn:
+            for attempt in tried:
+                await conn.execute(update(_D).where(_D.id == attempt.id).values(**self._outcome(attempt, now)))
+        for attempt in tried:
+            if not attempt.ok:
+                log.info(
+                    "webhook %s to %s failed (try %d): %s",
+                    attempt.msg_id,
+                    attempt.endpoint,
+                    attempt.attempts + 1,
+                    attempt.error,
+                )
+
+    def _outcome(self, attempt: Attempt, now: float) -> dict[str, Any]:
+        attempts = attempt.attempts + 1
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_attempt_at": now,
+            "last_status": attempt.status_code,
+            "last_error": attempt.error,
+            "locked_until": 0.0,
+        }
+        if attempt.ok:
+            return {**values, "status": DELIVERED, "delivered_at": now}
+        if now - attempt.created_at >= self.give_up_s:
+            log.error("webhook %s to %s given up after %d tries", attempt.msg_id, attempt.endpoint, attempts)
+            return {**values, "status": FAILED}
+        return {**values, "next_at": now + backoff_s(attempts, self.first_backoff_s, self.max_backoff_s)}
+
+
+def _with(attempt: Attempt, status_code: int | None, error: str | None) -> Attempt:
+    return dataclasses.replace(attempt, status_code=status_code, error=error)
+
+
+async def replay(
+    engine: AsyncEngine,
+    endpoints: Sequence[str],
+    clock: Callable[[], float],
+    *,
+    since: float | None = None,
+    msg_id: str | None = None,
+) -> int:
+    """Send again, to every configured endpoint, the outbox's events since `since` (epoch seconds) or the one
+    `msg_id`: their deliveries become pending and due now (and are created for an endpoint that has none); how
+    many deliveries."""
+    if (since is None) == (msg_id is None):
+        raise ValueError("give since or msg_id")
+    chosen = _E.at >= since if since is not None else _E.msg_id == msg_id
+    now = clock()
+    async with translate_db_errors(), engine.begin() as conn:
+        reset = await conn.execute(
+            update(_D)
+            .where(_D.endpoint.in_(endpoints), _D.msg_id.in_(select(_E.msg_id).where(chosen)))
+            .values(status=PENDING, next_at=now, locked_until=0.0, attempts=0)
+        )
+        missing = (await conn.execute(select(_E.msg_id, _E.user_id).where(chosen).order_by(_E.id))).all()
+        rows = [_new_delivery(m.msg_id, m.user_id, endpoint, now) for m in missing for endpoint in endpoints]
+        created = 0
+        if rows:
+            result = await conn.execute(_insert_ignoring_duplicates(conn, _DELIVERIES), rows)
+            created = max(0, int(result.rowcount or 0))
+    return int(reset.rowcount or 0) + created
+
+
+async def delivery_log(
+    engine: AsyncEngine, *, status: str | None = None, msg_id: str | None = None, limit: int = 100
+) -> list[DeliveryLogEntry]:
+    """The latest deliveries (newest first), of one status or one message if asked."""
+    query = select(_D, _E.type).join(_E, _E.msg_id == _D.msg_id)
+    if status is not None:
+        query = query.where(_D.status == status)
+    if msg_id is not None:
+        query = query.where(_D.msg_id == msg_id)
+    query = query.order_by(_D.id.desc()).limit(limit)
+    async with translate_db_errors(), engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [DeliveryLogEntry(**{name: getattr(r, name) for name in _LOG_FIELDS}) for r in rows]
+
+
+def outbox(settings: Settings, clock: Callable[[], float]) -> Outbox | None:
+    """The outbox the audit trail writes beside it, when webhook endpoints are configured."""
+    endpoints = settings.webhook_url_list
+    return Outbox(endpoints, clock) if endpoints else None
+
+
+def dispatcher(settings: Settings, engine: AsyncEngine, clock: Callable[[], float]) -> Dispatcher | None:
+    """The dispatcher of the configured endpoints (None without any)."""
+    endpoints = settings.webhook_url_list
+    if not endpoints or settings.webhook_secret is None:
+        return None
+    return Dispatcher(
+        engine,
+        endpoints=endpoints,
+        secret=settings.webhook_secret,
+        clock=clock,
+        first_backoff_s=settings.webhook_backoff_s,
+        max_backoff_s=settings.webhook_backoff_max_s,
+        give_up_s=settings.webhook_give_up_s,
+        timeout_s=settings.webhook_timeout_s,
+        poll_s=settings.webhook_poll_s,
+    )
+
+
+async def start(settings: Settings, engine: AsyncEngine, clock: Callable[[], float], stack: AsyncExitStack) -> None:
+    """Start the dispatcher as a background task held by `stack` (stopped, then its client closed, at exit)."""
+    sender = dispatcher(settings, engine, clock)
+    if sender is None:
+        return
+    stack.push_async_callback(sender.close)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop), name="playgate-webhooks")
+
+    async def stop_task() -> None:
+        stop.set()
+        await task
+
+    stack.push_async_callback(stop_task)
+    log.info("webhook deliveries to %d endpoint(s)", len(sender.endpoints))

@@ -1,0 +1,180 @@
+"""Webhooks over real HTTP to a real receiver on 127.0.0.1: signed events in order per user; a receiver stopped
+while events happen gets every one of them, in order, once it is back (short backoff settings); the delivery log
+and `playgate webhooks replay` / `log`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+import time
+from pathlib import Path
+
+from playgate.catalog.db import create_engine
+from playgate.webhooks import DELIVERED, PENDING, PLAY_DENIED, STREAM_ENDED, STREAM_STARTED, delivery_log
+from tests.support.clients import admin_client, api_client, new_user
+from tests.support.inprocess import served
+from tests.support.receiver import Receiver
+from tests.support.servers import playgate_env
+
+SECRET = "whsec_" + base64.b64encode(b"playgate-webhook-test-key-32-byt").decode()
+FAST = {
+    "PLAYGATE_WEBHOOK_SECRET": SECRET,
+    "PLAYGATE_WEBHOOK_BACKOFF": "0.05",
+    "PLAYGATE_WEBHOOK_BACKOFF_MAX": "0.2",
+    "PLAYGATE_WEBHOOK_POLL": "0.05",
+}
+USERS = 4
+RETRIES_SEEN = 3
+DEADLINE_S = 20.0
+
+
+async def _play_deny_stop(base_url: str, token: str) -> list[tuple[str, str]]:
+    """A user's allowed play, a denied one (limit 1), then a stop: the (type, webhook-id) each should send."""
+    async with api_client(base_url, token) as client:
+        allowed = (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1"})).json()
+        denied = (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "2"})).json()
+        assert (allowed["status"], denied["status"]) == ("allowed", "denied")
+        assert (await client.delete("/v1/streams")).status_code == 204
+    return [
+        (STREAM_STARTED, f"msg_{allowed['requestId']}"),
+        (PLAY_DENIED, f"msg_{denied['requestId']}"),
+        (STREAM_ENDED, f"msg_end_{allowed['streamId']}"),
+    ]
+
+
+async def _until(check: object, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not await check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {DEADLINE_S}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_signed_events_arrive_in_order_per_user(tmp_path: Path) -> None:
+    receiver = Receiver(SECRET)
+    await receiver.start()
+    try:
+        async with served(tmp_path, PLAYGATE_WEBHOOK_URLS=receiver.url, **FAST) as base_url:
+            admin = await admin_client(base_url)
+            user = await new_user(base_url, admin, limit=1)
+            await admin.aclose()
+            expected = await _play_deny_stop(base_url, user.token)
+            received = await receiver.wait_for(len(expected))
+    finally:
+        await receiver.stop()
+    assert receiver.bad == []
+    assert [(r.type, r.msg_id) for r in received] == expected
+    started = received[0].body
+    assert started["data"]["userId"] == user.id
+    assert started["data"]["limit"] == 1
+    assert started["timestamp"].endswith("Z")
+    assert received[1].body["data"]["reason"] == "limit_reached"
+    assert received[2].body["data"]["reason"] == "stopped"
+
+
+async def test_a_receiver_that_was_down_gets_every_event_in_order_per_user_when_it_returns(tmp_path: Path) -> None:
+    receiver = Receiver(SECRET)  # not started: the port refuses connections
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'playgate.sqlite3'}")
+    try:
+        async with served(tmp_path, PLAYGATE_WEBHOOK_URLS=receiver.url, **FAST) as base_url:
+            admin = await admin_client(base_url)
+            users = [await new_user(base_url, admin, limit=1) for _ in range(USERS)]
+            await admin.aclose()
+            per_user = await asyncio.gather(*(_play_deny_stop(base_url, u.token) for u in users))
+            expected = sum(len(events) for events in per_user)
+
+            async def retried() -> bool:
+                # Every user's first event has failed a few times; the later ones have not been tried at all.
+                log = await delivery_log(engine, status=PENDING, limit=1000)
+                tries = sorted((e.attempts for e in log), reverse=True)
+                return len(log) == expected and tries[:USERS] >= [RETRIES_SEEN] * USERS
+
+            await _until(retried, "every user's first delivery retried while the receiver is down")
+            pending = await delivery_log(engine, status=PENDING, limit=1000)
+            tried = [e for e in pending if e.attempts > 0]
+            assert sorted(e.msg_id for e in tried) == sorted(events[0][1] for events in per_user)
+            assert all(e.last_status is None and "ConnectError" in str(e.last_error) for e in tried)
+
+            await receiver.start()
+            received = await receiver.wait_for(expected)
+            await asyncio.sleep(0.3)  # a duplicate would arrive within a few polls
+            delivered = await delivery_log(engine, status=DELIVERED, limit=1000)
+    finally:
+        await receiver.stop()
+        await engine.dispose()
+    assert receiver.bad == []
+    assert len(receiver.received) == expected
+    for user, events in zip(users, per_user, strict=True):
+        assert [(r.type, r.msg_id) for r in received if r.user_id == user.id] == events
+    assert len(delivered) == expected
+    assert all(e.last_status == 204 and e.last_error is None for e in delivered)
+
+
+async def _playgate(data_dir: Path, *args: str, **env: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "playgate",
+        *args,
+        env=playgate_env(data_dir, **env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_replay_sends_events_again_and_log_shows_them(tmp_path: Path) -> None:
+    receiver = Receiver(SECRET)
+    await receiver.start()
+    env = {"PLAYGATE_WEBHOOK_URLS": receiver.url, **FAST}
+    try:
+        async with served(tmp_path, **env) as base_url:
+            admin = await admin_client(base_url)
+            user = await new_user(base_url, admin, limit=1)
+            await admin.aclose()
+            expected = await _play_deny_stop(base_url, user.token)
+            await receiver.wait_for(len(expected))
+
+            code, out, err = await _playgate(tmp_path, "webhooks", "replay", "--id", expected[1][1], **env)
+            assert (code, out.strip()) == (0, "1 deliveries queued again"), err
+            again = await receiver.wait_for(len(expected) + 1)
+            assert again[-1].msg_id == expected[1][1]
+
+            code, out, err = await _playgate(tmp_path, "webhooks", "replay", "--since", "1970-01-01T00:00:00", **env)
+            assert (code, out.strip()) == (0, "3 deliveries queued again"), err
+            again = await receiver.wait_for(len(expected) + 4)
+            assert [(r.type, r.msg_id) for r in again[-3:]] == expected
+
+            code, out, _ = await _playgate(tmp_path, "webhooks", "log", "--status", "delivered", **env)
+            lines = [line.split("\t") for line in out.splitlines()]
+            assert code == 0
+            assert sorted(line[0] for line in lines) == sorted(m for _, m in expected)
+            assert all(line[4] == DELIVERED and line[7] == "204" for line in lines)
+    finally:
+        await receiver.stop()
+
+    code, _, err = await _playgate(tmp_path, "webhooks", "replay", "--id", "msg_nothing", **env)
+    assert code == 1
+    assert "no event 'msg_nothing'" in err
+    code, _, err = await _playgate(tmp_path, "webhooks", "replay", "--since", "yesterday", **env)
+    assert code == 2
+    assert "--since" in err
+    code, _, err = await _playgate(tmp_path, "webhooks", "replay", "--since", "0")
+    assert code == 1
+    assert "PLAYGATE_WEBHOOK_URLS is empty" in err
+
+
+async def test_no_urls_no_outbox(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'playgate.sqlite3'}")
+    try:
+        async with served(tmp_path) as base_url:
+            admin = await admin_client(base_url)
+            user = await new_user(base_url, admin, limit=1)
+            await admin.aclose()
+            await _play_deny_stop(base_url, user.token)
+        assert await delivery_log(engine, limit=10) == []
+    finally:
+        await engine.dispose()

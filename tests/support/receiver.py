@@ -1,0 +1,79 @@
+"""A real webhook receiver for tests: an aiohttp server on 127.0.0.1 that verifies each delivery's Standard
+Webhooks signature (the reference library) and keeps what it was sent; it can be stopped and started again on
+the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from tests.support.servers import free_port
+
+
+@dataclass
+class Received:
+    """One delivery as the receiver saw it."""
+
+    msg_id: str
+    type: str
+    user_id: str
+    body: dict[str, Any]
+
+
+@dataclass
+class Receiver:
+    """Listens on 127.0.0.1:<port>/hooks while started; `received` in arrival order, `bad` the deliveries whose
+    signature did not verify."""
+
+    secret: str
+    port: int = field(default_factory=free_port)
+    received: list[Received] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """The endpoint to configure."""
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            Webhook(self.secret).verify(body, dict(request.headers))
+        except WebhookVerificationError as exc:
+            self.bad.append(str(exc))
+            return web.Response(status=400)
+        payload = json.loads(body)
+        self.received.append(
+            Received(request.headers["webhook-id"], payload["type"], payload["data"]["userId"], payload)
+        )
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        """Listen (again) on the same port."""
+        app = web.Application()
+        app.router.add_post("/hooks", self._hook)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        """Stop listening: deliveries meanwhile find the port closed."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def wait_for(self, count: int, timeout_s: float = 20.0) -> list[Received]:
+        """The deliveries, once at least `count` arrived (AssertionError after timeout_s)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.received) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.received)} of {count} webhooks arrived in {timeout_s}s")
+            await asyncio.sleep(0.05)
+        return list(self.received)
