@@ -296,6 +296,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PLAYGATE_WEBHOOK_POLL"),
         description="Seconds between two looks at the outbox when nothing is due.",
     )
+    webhook_settle_s: float = Field(
+        2.0,
+        ge=0,
+        validation_alias=AliasChoices("PLAYGATE_WEBHOOK_SETTLE"),
+        description="Seconds an event waits before it is sent, so that a user's earlier event written a little "
+        "later by another process (each writes every 0.5 s) is sent first.",
+    )
     ws_per_message_deflate: bool = Field(
         False,
         description="Offer permessage-deflate on websockets: frames are tiny, and each compressed socket costs about "

@@ -3,9 +3,11 @@
 The audit trail is the one seam events come through: when it writes a batch of audit events, the Outbox adds the
 webhook events among them, and one delivery row per configured endpoint, in the SAME database transaction (so an
 event is in the outbox if and only if it is in the audit trail). The Dispatcher, a background task of the worker,
-sends them: for each endpoint and user it sends only the oldest undelivered event (a user's later event waits for
-the earlier one), retries with exponential backoff, records every attempt's outcome on the delivery row (the
-delivery log), and gives up only after give_up_s. Endpoints are the operator's PLAYGATE_WEBHOOK_URLS, nothing else.
+sends them: for each endpoint and user only the oldest undelivered event (a user's later event waits for the
+earlier one). Events are ordered by their time and sent once settle_s old, so that one written a little later by
+another process (each flushes its audit buffer every 0.5 s) still goes first. A failed try is retried with
+exponential backoff, every try's outcome is kept on the delivery row (the delivery log), and a delivery is given
+up only after give_up_s. Endpoints are the operator's PLAYGATE_WEBHOOK_URLS, nothing else.
 """
 
 from __future__ import annotations
@@ -132,16 +134,17 @@ class Outbox:
         )
         await conn.execute(
             _insert_ignoring_duplicates(conn, _DELIVERIES),
-            [_new_delivery(m.msg_id, m.user_id, endpoint, now) for m in messages for endpoint in self.endpoints],
+            [_new_delivery(m.msg_id, m.user_id, m.at, endpoint, now) for m in messages for endpoint in self.endpoints],
         )
         return len(messages)
 
 
-def _new_delivery(msg_id: str, user_id: str, endpoint: str, now: float) -> dict[str, Any]:
+def _new_delivery(msg_id: str, user_id: str, at: float, endpoint: str, now: float) -> dict[str, Any]:
     return {
         "msg_id": msg_id,
         "endpoint": endpoint,
         "user_id": user_id,
+        "at": at,
         "status": PENDING,
         "created_at": now,
         "next_at": now,
@@ -203,6 +206,7 @@ class Dispatcher:
         give_up_s: float,
         timeout_s: float,
         poll_s: float,
+        settle_s: float,
         batch_size: int = 100,
     ) -> None:
         self._engine = engine
@@ -214,6 +218,7 @@ class Dispatcher:
         self.give_up_s = give_up_s
         self.timeout_s = timeout_s
         self.poll_s = poll_s
+        self.settle_s = settle_s
         self.batch_size = batch_size
         # No redirects: a delivery goes to the URL the operator configured, nowhere else.
         self._http = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
@@ -245,19 +250,18 @@ class Dispatcher:
         return len(tried)
 
     async def _take(self, now: float) -> list[Attempt]:
-        pending = and_(_D.status == PENDING, _D.endpoint.in_(self.endpoints))
-        heads = (
-            select(_D.endpoint, _D.user_id, func.min(_D.id).label("id"))
-            .where(pending)
-            .group_by(_D.endpoint, _D.user_id)
-            .subquery()
-        )
+        # Each (endpoint, user)'s pending delivery of least (at, id): its head, the only one it may send.
+        rank = func.row_number().over(partition_by=(_D.endpoint, _D.user_id), order_by=(_D.at, _D.id))
+        pending = select(_D.id, rank.label("rank")).where(_D.status == PENDING, _D.endpoint.in_(self.endpoints))
+        heads = pending.subquery()
         due = (
             select(_D.id, _D.msg_id, _D.endpoint, _D.attempts, _D.created_at, _E.body)
-            .join(heads, _D.id == heads.c.id)
+            .join(heads, and_(_D.id == heads.c.id, heads.c.rank == 1))
             .join(_E, _E.msg_id == _D.msg_id)
-            .where(_D.next_at <= now, _D.locked_until <= now)
-            .order_by(_D.id)
+            # Settled: events of one user come from several processes' audit buffers, each written within
+            # about 0.5 s; an event is sent once every earlier one had the time to be written.
+            .where(_D.at <= now - self.settle_s, _D.next_at <= now, _D.locked_until <= now)
+            .order_by(_D.at, _D.id)
             .limit(self.batch_size)
         )
         async with translate_db_errors(), self._engine.connect() as conn:
@@ -351,8 +355,8 @@ async def replay(
             .where(_D.endpoint.in_(endpoints), _D.msg_id.in_(select(_E.msg_id).where(chosen)))
             .values(status=PENDING, next_at=now, locked_until=0.0, attempts=0)
         )
-        missing = (await conn.execute(select(_E.msg_id, _E.user_id).where(chosen).order_by(_E.id))).all()
-        rows = [_new_delivery(m.msg_id, m.user_id, endpoint, now) for m in missing for endpoint in endpoints]
+        missing = (await conn.execute(select(_E.msg_id, _E.user_id, _E.at).where(chosen).order_by(_E.id))).all()
+        rows = [_new_delivery(m.msg_id, m.user_id, m.at, endpoint, now) for m in missing for endpoint in endpoints]
         created = 0
         if rows:
             result = await conn.execute(_insert_ignoring_duplicates(conn, _DELIVERIES), rows)
@@ -396,6 +400,7 @@ def dispatcher(settings: Settings, engine: AsyncEngine, clock: Callable[[], floa
         give_up_s=settings.webhook_give_up_s,
         timeout_s=settings.webhook_timeout_s,
         poll_s=settings.webhook_poll_s,
+        settle_s=settings.webhook_settle_s,
     )
 
 

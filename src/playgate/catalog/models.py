@@ -181,14 +181,15 @@ class WebhookEventRow(Base):
 
 
 class WebhookDeliveryRow(Base):
-    """The delivery of one outbox event to one endpoint: its state and the log of its attempts (ids grow in the
-    order events were written: a user's lowest pending id is the one to send next)."""
+    """The delivery of one outbox event to one endpoint: its state and the log of its attempts. `at` is the
+    event's time: a user's pending delivery of least (at, id) is the one to send next."""
 
     __tablename__ = "webhook_deliveries"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     msg_id: Mapped[str] = mapped_column(String(100))
     endpoint: Mapped[str] = mapped_column(String(2048))
     user_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed (gave up)
     created_at: Mapped[float] = mapped_column(Float)
     next_at: Mapped[float] = mapped_column(Float)
@@ -201,5 +202,5 @@ class WebhookDeliveryRow(Base):
 
     __table_args__ = (
         UniqueConstraint("msg_id", "endpoint", name="uq_webhook_deliveries_msg_id_endpoint"),
-        Index("ix_webhook_deliveries_status_endpoint_user_id_id", "status", "endpoint", "user_id", "id"),
+        Index("ix_webhook_deliveries_status_endpoint_user_id_at", "status", "endpoint", "user_id", "at", "id"),
     )

@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("msg_id", sa.String(length=100), nullable=False),
         sa.Column("endpoint", sa.String(length=2048), nullable=False),
         sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("at", sa.Float(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("next_at", sa.Float(), nullable=False),
@@ -49,16 +50,16 @@ def upgrade() -> None:
         sa.UniqueConstraint("msg_id", "endpoint", name="uq_webhook_deliveries_msg_id_endpoint"),
     )
     op.create_index(
-        "ix_webhook_deliveries_status_endpoint_user_id_id",
+        "ix_webhook_deliveries_status_endpoint_user_id_at",
         "webhook_deliveries",
-        ["status", "endpoint", "user_id", "id"],
+        ["status", "endpoint", "user_id", "at", "id"],
         unique=False,
     )
 
 
 def downgrade() -> None:
     """Drop the webhook tables."""
-    op.drop_index("ix_webhook_deliveries_status_endpoint_user_id_id", table_name="webhook_deliveries")
+    op.drop_index("ix_webhook_deliveries_status_endpoint_user_id_at", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
     op.drop_index(op.f("ix_webhook_events_at"), table_name="webhook_events")
     op.drop_table("webhook_events")
