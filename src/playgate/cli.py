@@ -4,6 +4,7 @@ bench."""
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import sys
 import time
@@ -294,16 +295,18 @@ def _with_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
 
 
 def _since(value: str) -> float:
+    hint = "an ISO 8601 time (UTC unless it names a zone) or epoch seconds"
     try:
-        return float(value)
+        epoch_s = float(value)
     except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        hint = "an ISO 8601 time (UTC unless it names a zone) or epoch seconds"
-        raise click.BadParameter(hint, param_hint="--since") from None
-    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise click.BadParameter(hint, param_hint="--since") from None
+        return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(epoch_s):
+        raise click.BadParameter(hint, param_hint="--since")
+    return epoch_s
 
 
 @webhooks.command("replay")

@@ -281,8 +281,8 @@ class Settings(BaseSettings):
         3 * 86_400.0,
         gt=0,
         validation_alias=AliasChoices("PLAYGATE_WEBHOOK_GIVE_UP"),
-        description="Seconds after which a delivery that still fails is marked failed and the user's next event "
-        "goes (it can still be replayed).",
+        description="Seconds after its first try that a delivery still failing is marked failed and the user's "
+        "next event goes (it can still be replayed).",
     )
     webhook_timeout_s: float = Field(
         10.0,

@@ -7,7 +7,8 @@ sends them: for each endpoint and user only the oldest undelivered event (a user
 earlier one). Events are ordered by their time and sent once settle_s old, so that one written a little later by
 another process (each flushes its audit buffer every 0.5 s) still goes first. A failed try is retried with
 exponential backoff, every try's outcome is kept on the delivery row (the delivery log), and a delivery is given
-up only after give_up_s. Endpoints are the operator's PLAYGATE_WEBHOOK_URLS, nothing else.
+up only give_up_s after its first try. Events are kept as long as the audit trail, then pruned with their delivery
+log (never while a delivery waits). Endpoints are the operator's PLAYGATE_WEBHOOK_URLS, nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Insert, Table, and_, bindparam, func, select, update
+from sqlalchemy import Insert, Table, and_, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -161,7 +162,7 @@ class Attempt:
     msg_id: str
     endpoint: str
     attempts: int
-    created_at: float
+    first_attempt_at: float | None
     body: str
     status_code: int | None = None
     error: str | None = None
@@ -207,7 +208,9 @@ class Dispatcher:
         timeout_s: float,
         poll_s: float,
         settle_s: float,
+        retention_s: float,
         batch_size: int = 100,
+        prune_interval_s: float = 3600.0,
     ) -> None:
         self._engine = engine
         self.endpoints = tuple(endpoints)
@@ -219,6 +222,8 @@ class Dispatcher:
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self.settle_s = settle_s
+        self.retention_s = retention_s
+        self.prune_interval_s = prune_interval_s
         self.batch_size = batch_size
         # No redirects: a delivery goes to the URL the operator configured, nowhere else.
         self._http = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
@@ -228,16 +233,33 @@ class Dispatcher:
         await self._http.aclose()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop`: a step at once while there is work, else every poll_s."""
+        """Deliver until `stop`: a step at once while there is work, else every poll_s; prune every
+        prune_interval_s."""
+        next_prune_at = self._clock()
         while not stop.is_set():
             sent = 0
             try:
                 sent = await self.step()
+                if self._clock() >= next_prune_at:
+                    next_prune_at = self._clock() + self.prune_interval_s
+                    if pruned := await self.prune():
+                        log.info("pruned %d webhook events older than the retention", pruned)
             except PlayGateError as exc:
                 log.warning("webhook deliveries paused: %s", exc.detail)
             if sent == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.poll_s)
+
+    async def prune(self) -> int:
+        """Delete the events older than retention_s that no delivery waits for any more, and their delivery log;
+        how many events."""
+        cutoff = self._clock() - self.retention_s
+        waiting = select(_D.msg_id).where(_D.status == PENDING)
+        old = select(_E.msg_id).where(_E.at < cutoff, _E.msg_id.not_in(waiting))
+        async with translate_db_errors(), self._engine.begin() as conn:
+            await conn.execute(delete(_D).where(_D.msg_id.in_(old)))
+            result = await conn.execute(delete(_E).where(_E.at < cutoff, _E.msg_id.not_in(waiting)))
+        return int(result.rowcount or 0)
 
     async def step(self) -> int:
         """Take the deliveries due now (each user's oldest pending one per endpoint), send them at once, and
@@ -255,7 +277,7 @@ class Dispatcher:
         pending = select(_D.id, rank.label("rank")).where(_D.status == PENDING, _D.endpoint.in_(self.endpoints))
         heads = pending.subquery()
         due = (
-            select(_D.id, _D.msg_id, _D.endpoint, _D.attempts, _D.created_at, _E.body)
+            select(_D.id, _D.msg_id, _D.endpoint, _D.attempts, _D.first_attempt_at, _E.body)
             .join(heads, and_(_D.id == heads.c.id, heads.c.rank == 1))
             .join(_E, _E.msg_id == _D.msg_id)
             # Settled: events of one user come from several processes' audit buffers, each written within
@@ -280,7 +302,8 @@ class Dispatcher:
             for row in rows:
                 result = await conn.execute(lock, {"row_id": row.id})
                 if result.rowcount == 1:
-                    taken.append(Attempt(row.id, row.msg_id, row.endpoint, row.attempts, row.created_at, row.body))
+                    tries, first_at = row.attempts, row.first_attempt_at
+                    taken.append(Attempt(row.id, row.msg_id, row.endpoint, tries, first_at, row.body))
         return taken
 
     async def _send(self, attempt: Attempt) -> Attempt:
@@ -321,10 +344,11 @@ class Dispatcher:
             "last_status": attempt.status_code,
             "last_error": attempt.error,
             "locked_until": 0.0,
+            "first_attempt_at": now if attempt.first_attempt_at is None else attempt.first_attempt_at,
         }
         if attempt.ok:
             return {**values, "status": DELIVERED, "delivered_at": now}
-        if now - attempt.created_at >= self.give_up_s:
+        if now - values["first_attempt_at"] >= self.give_up_s:
             log.error("webhook %s to %s given up after %d tries", attempt.msg_id, attempt.endpoint, attempts)
             return {**values, "status": FAILED}
         return {**values, "next_at": now + backoff_s(attempts, self.first_backoff_s, self.max_backoff_s)}
@@ -353,7 +377,7 @@ async def replay(
         reset = await conn.execute(
             update(_D)
             .where(_D.endpoint.in_(endpoints), _D.msg_id.in_(select(_E.msg_id).where(chosen)))
-            .values(status=PENDING, next_at=now, locked_until=0.0, attempts=0)
+            .values(status=PENDING, next_at=now, locked_until=0.0, attempts=0, first_attempt_at=None)
         )
         missing = (await conn.execute(select(_E.msg_id, _E.user_id, _E.at).where(chosen).order_by(_E.id))).all()
         rows = [_new_delivery(m.msg_id, m.user_id, m.at, endpoint, now) for m in missing for endpoint in endpoints]
@@ -401,6 +425,7 @@ def dispatcher(settings: Settings, engine: AsyncEngine, clock: Callable[[], floa
         timeout_s=settings.webhook_timeout_s,
         poll_s=settings.webhook_poll_s,
         settle_s=settings.webhook_settle_s,
+        retention_s=settings.audit_retention_days * 86_400,  # kept as long as the audit trail
     )
 
 

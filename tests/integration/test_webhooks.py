@@ -1,6 +1,6 @@
 """Webhooks over real HTTP to a real receiver on 127.0.0.1: signed events in order per user; a receiver stopped
 while events happen gets every one of them, in order, once it is back (short backoff settings); the delivery log
-and `playgate webhooks replay` / `log`."""
+and `playgate webhooks replay` / `log`; the backoff schedule, giving up and pruning (the clock injected)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,20 @@ import sys
 import time
 from pathlib import Path
 
-from playgate.catalog.db import create_engine
-from playgate.webhooks import DELIVERED, PENDING, PLAY_DENIED, STREAM_ENDED, STREAM_STARTED, delivery_log
+from playgate.audit import DECISION, AuditEvent, AuditTrail
+from playgate.catalog.db import create_engine, upgrade
+from playgate.domain import Policy
+from playgate.webhooks import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    PLAY_DENIED,
+    STREAM_ENDED,
+    STREAM_STARTED,
+    Dispatcher,
+    Outbox,
+    delivery_log,
+)
 from tests.support.clients import admin_client, api_client, new_user
 from tests.support.inprocess import served
 from tests.support.receiver import Receiver
@@ -159,9 +171,10 @@ async def test_replay_sends_events_again_and_log_shows_them(tmp_path: Path) -> N
     code, _, err = await _playgate(tmp_path, "webhooks", "replay", "--id", "msg_nothing", **env)
     assert code == 1
     assert "no event 'msg_nothing'" in err
-    code, _, err = await _playgate(tmp_path, "webhooks", "replay", "--since", "yesterday", **env)
-    assert code == 2
-    assert "--since" in err
+    for bad in ("yesterday", "nan"):
+        code, _, err = await _playgate(tmp_path, "webhooks", "replay", "--since", bad, **env)
+        assert code == 2
+        assert "--since" in err
     code, _, err = await _playgate(tmp_path, "webhooks", "replay", "--since", "0")
     assert code == 1
     assert "PLAYGATE_WEBHOOK_URLS is empty" in err
@@ -177,4 +190,63 @@ async def test_no_urls_no_outbox(tmp_path: Path) -> None:
             await _play_deny_stop(base_url, user.token)
         assert await delivery_log(engine, limit=10) == []
     finally:
+        await engine.dispose()
+
+
+async def test_a_failing_receiver_is_retried_with_backoff_then_given_up_and_old_events_pruned(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'hooks.sqlite3'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    now = [time.time()]  # the receiver checks webhook-timestamp against its own clock (5 minutes either way)
+    receiver = Receiver(SECRET, failing=True)
+    await receiver.start()
+    try:
+        outbox = Outbox([receiver.url], clock=lambda: now[0])
+        trail = AuditTrail(engine, policy=Policy.deny, retention_s=3600, clock=lambda: now[0], companion=outbox)
+        first = AuditEvent(now[0], DECISION, "u1", "v1", "d1", "allowed", request_id="r1", stream_id="s1")
+        second = AuditEvent(now[0] + 1, DECISION, "u1", "v1", "d1", "denied", request_id="r2", reason="limit_reached")
+        trail.record([first, second])
+        assert await trail.flush() == 2
+        dispatcher = Dispatcher(
+            engine,
+            endpoints=[receiver.url],
+            secret=SECRET,
+            clock=lambda: now[0],
+            first_backoff_s=10,
+            max_backoff_s=40,
+            give_up_s=100,
+            timeout_s=5,
+            poll_s=1,
+            settle_s=0,
+            retention_s=100,
+        )
+        try:
+            start = now[0]
+            # Tried at +0, +10, +30, +70 (backoff 10, 20, 40): never before it is due; only the user's first event.
+            for at_s, tried in [(0, 1), (9, 0), (10, 1), (29, 0), (30, 1), (69, 0), (70, 1)]:
+                now[0] = start + at_s
+                assert (await dispatcher.step(), at_s) == (tried, at_s)
+            (head,) = await delivery_log(engine, msg_id="msg_r1")
+            assert (head.status, head.attempts, head.last_status, head.last_error) == (PENDING, 4, 500, "HTTP 500")
+            now[0] = start + 110  # give_up_s after its first try: marked failed, and the user's next event goes
+            assert await dispatcher.step() == 1
+            assert (await delivery_log(engine, msg_id="msg_r1"))[0].status == FAILED
+            assert await dispatcher.step() == 1
+            (second_try,) = await delivery_log(engine, msg_id="msg_r2")  # its own give_up_s counts from now
+            assert (second_try.status, second_try.attempts, second_try.last_status) == (PENDING, 1, 500)
+
+            assert await dispatcher.prune() == 1  # past the retention: the failed one goes, the pending one stays
+            assert [e.msg_id for e in await delivery_log(engine)] == ["msg_r2"]
+            receiver.failing = False
+            now[0] = start + 120
+            assert await dispatcher.step() == 1
+            assert [r.msg_id for r in receiver.received] == ["msg_r2"]
+            now[0] = start + 200
+            assert await dispatcher.prune() == 1
+            assert await delivery_log(engine) == []
+            assert receiver.bad == []
+        finally:
+            await dispatcher.close()
+    finally:
+        await receiver.stop()
         await engine.dispose()

@@ -28,13 +28,14 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Listens on 127.0.0.1:<port>/hooks while started; `received` in arrival order, `bad` the deliveries whose
-    signature did not verify."""
+    """Listens on 127.0.0.1:<port>/hooks while started; `received` in arrival order (those answered 204), `bad`
+    the deliveries whose signature did not verify."""
 
     secret: str
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
+    failing: bool = False  # answer 500 (after verifying) instead of 204
     _runner: web.AppRunner | None = None
 
     @property
@@ -49,6 +50,8 @@ class Receiver:
         except WebhookVerificationError as exc:
             self.bad.append(str(exc))
             return web.Response(status=400)
+        if self.failing:
+            return web.Response(status=500)
         payload = json.loads(body)
         self.received.append(
             Received(request.headers["webhook-id"], payload["type"], payload["data"]["userId"], payload)

@@ -195,6 +195,7 @@ class WebhookDeliveryRow(Base):
     next_at: Mapped[float] = mapped_column(Float)
     locked_until: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    first_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("next_at", sa.Float(), nullable=False),
         sa.Column("locked_until", sa.Float(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("first_attempt_at", sa.Float(), nullable=True),
         sa.Column("last_attempt_at", sa.Float(), nullable=True),
         sa.Column("last_status", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
