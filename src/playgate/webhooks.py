@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Insert, Table, and_, bindparam, delete, func, select, update
+from sqlalchemy import Insert, Table, and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -290,21 +290,21 @@ class Dispatcher:
             rows = (await conn.execute(due)).all()
         if not rows:
             return []
-        taken: list[Attempt] = []
-        # Taken with a conditional write of their own (a write first: no stale SQLite snapshot), so that two
+        # Taken with one conditional write of their own (a write first: no stale SQLite snapshot), so that two
         # dispatchers (two worker processes) never send the same delivery at once.
         lock = (
             update(_D)
-            .where(_D.id == bindparam("row_id"), _D.status == PENDING, _D.locked_until <= now)
+            .where(_D.id.in_([row.id for row in rows]), _D.status == PENDING, _D.locked_until <= now)
             .values(locked_until=now + self.timeout_s + 5)
+            .returning(_D.id)
         )
         async with translate_db_errors(), self._engine.begin() as conn:
-            for row in rows:
-                result = await conn.execute(lock, {"row_id": row.id})
-                if result.rowcount == 1:
-                    tries, first_at = row.attempts, row.first_attempt_at
-                    taken.append(Attempt(row.id, row.msg_id, row.endpoint, tries, first_at, row.body))
-        return taken
+            locked = set((await conn.execute(lock)).scalars())
+        return [
+            Attempt(row.id, row.msg_id, row.endpoint, row.attempts, row.first_attempt_at, row.body)
+            for row in rows
+            if row.id in locked
+        ]
 
     async def _send(self, attempt: Attempt) -> Attempt:
         timestamp_s = int(self._clock())
@@ -323,11 +323,30 @@ class Dispatcher:
 
     async def _record(self, tried: Sequence[Attempt]) -> None:
         now = self._clock()
-        async with translate_db_errors(), self._engine.begin() as conn:
-            for attempt in tried:
-                await conn.execute(update(_D).where(_D.id == attempt.id).values(**self._outcome(attempt, now)))
+        delivered: dict[int, list[int]] = {}  # by HTTP status: the usual case is one statement for them all
         for attempt in tried:
-            if not attempt.ok:
+            if attempt.ok and attempt.status_code is not None:
+                delivered.setdefault(attempt.status_code, []).append(attempt.id)
+        async with translate_db_errors(), self._engine.begin() as conn:
+            for status_code, ids in delivered.items():
+                await conn.execute(
+                    update(_D)
+                    .where(_D.id.in_(ids))
+                    .values(
+                        status=DELIVERED,
+                        delivered_at=now,
+                        attempts=_D.attempts + 1,
+                        first_attempt_at=func.coalesce(_D.first_attempt_at, now),
+                        last_attempt_at=now,
+                        last_status=status_code,
+                        last_error=None,
+                        locked_until=0.0,
+                    )
+                )
+            for attempt in tried:
+                if attempt.ok:
+                    continue
+                await conn.execute(update(_D).where(_D.id == attempt.id).values(**self._outcome(attempt, now)))
                 log.info(
                     "webhook %s to %s failed (try %d): %s",
                     attempt.msg_id,
@@ -337,6 +356,7 @@ class Dispatcher:
                 )
 
     def _outcome(self, attempt: Attempt, now: float) -> dict[str, Any]:
+        """A failed try's row: retried after the backoff, or given up give_up_s after the first try."""
         attempts = attempt.attempts + 1
         values: dict[str, Any] = {
             "attempts": attempts,
@@ -346,8 +366,6 @@ class Dispatcher:
             "locked_until": 0.0,
             "first_attempt_at": now if attempt.first_attempt_at is None else attempt.first_attempt_at,
         }
-        if attempt.ok:
-            return {**values, "status": DELIVERED, "delivered_at": now}
         if now - values["first_attempt_at"] >= self.give_up_s:
             log.error("webhook %s to %s given up after %d tries", attempt.msg_id, attempt.endpoint, attempts)
             return {**values, "status": FAILED}
