@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -67,23 +68,89 @@ def main() -> None:
 @main.command()
 @click.option("--host", help="Bind address (PLAYGATE_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (PLAYGATE_PORT or PORT, default 8080).")
-def serve(host: str | None, port: int | None) -> None:
-    """Run API and worker in one process (embedded: SQLite, in-process queue); migrates the database first."""
-    settings = _settings(host=host, port=port)
-    _serve(settings)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    help="Processes serving HTTP and Socket.IO (PLAYGATE_PROCESSES, default 1); above 1, one more process owns "
+    "the queue and the worker, and hands each connection to a member (a socket.io session stays on one).",
+)
+def serve(host: str | None, port: int | None, processes: int | None) -> None:
+    """Run API and worker (embedded: SQLite, no Redis); migrates the database first.
+
+    One process by default; with --processes N, N processes serve HTTP and Socket.IO and one owner process holds
+    the queue, the worker and the listening socket.
+    """
+    settings = _settings(host=host, port=port, processes=processes)
+    if settings.processes > 1:
+        _serve_group(settings)
+    else:
+        _serve(settings)
+
+
+def _serve_group(settings: Settings) -> None:
+    from playgate.processes import run_group
+
+    if settings.distributed:
+        raise click.ClickException(
+            "PLAYGATE_PROCESSES: a process group is the embedded deployment's; with PLAYGATE_REDIS_URL run "
+            "several `playgate api` and `playgate worker` instead"
+        )
+    secret = _preflight(settings)
+    _logging(settings)
+    _run(lambda: run_group(settings, secret))
+
+
+@main.command(hidden=True)
+@click.option("--index", type=int, required=True, help="The member's place in the group (0..N-1).")
+@click.option("--link-fd", type=int, required=True, help="Its end of the socket pair to the owner's hub.")
+@click.option("--connections-fd", type=int, required=True, help="Where the owner hands it connections.")
+def member(index: int, link_fd: int, connections_fd: int) -> None:
+    """A member process of `playgate serve --processes N`: started by the owner, not by hand."""
+    from playgate.api.app import create_app
+    from playgate.bus.hub import MemberLink
+    from playgate.processes import MemberServer
+
+    settings = _settings()
+    secret = _preflight(settings)
+    _logging(settings)
+    link = MemberLink(socket.socket(fileno=link_fd), index)
+    app = create_app(settings, role=Role.member, secret=secret, link=link)
+    server = MemberServer(_server_config(settings, app), socket.socket(fileno=connections_fd), link)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stopped)
+    server.run()
+    if not server.started:
+        sys.exit(3)
+
+
+def _preflight(settings: Settings) -> str:
+    try:
+        return preflight(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _serve(settings: Settings, role: Role = Role.serve) -> None:
     from playgate.api.app import create_app  # heavy import, only for commands that serve
+
+    secret = _preflight(settings)
+    _logging(settings)
+    server = uvicorn.Server(_server_config(settings, create_app(settings, role=role, secret=secret)))
+    # uvicorn handles SIGINT and SIGTERM (graceful shutdown), then raises the signal again under the handlers it
+    # found: these let the process end there with status 0, not with a KeyboardInterrupt ("Aborted!") or killed.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stopped)
+    server.run()
+    if not server.started:
+        sys.exit(3)
+
+
+def _server_config(settings: Settings, app: Any) -> uvicorn.Config:
+    """uvicorn's settings for a PlayGate process serving `app`."""
     from playgate.api.guard import guarded_protocol
 
-    try:
-        secret = preflight(settings)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    _logging(settings)
-    config = uvicorn.Config(
-        create_app(settings, role=role, secret=secret),
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -102,14 +169,6 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
         # websockets with 1012 "service restart" (Socket.IO clients reconnect), then drain the worker.
         timeout_graceful_shutdown=15,
     )
-    server = uvicorn.Server(config)
-    # uvicorn handles SIGINT and SIGTERM (graceful shutdown), then raises the signal again under the handlers it
-    # found: these let the process end there with status 0, not with a KeyboardInterrupt ("Aborted!") or killed.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _stopped)
-    server.run()
-    if not server.started:
-        sys.exit(3)
 
 
 def _stopped(_sig: int, _frame: object) -> None:

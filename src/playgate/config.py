@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PLAYGATE_PORT", "PORT"),
         description="HTTP port; plain PORT is honoured too.",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes serving HTTP and Socket.IO in `playgate serve` (embedded); above 1, one more "
+        "process owns the queue and the worker.",
+    )
     data_dir: Path = Field(Path("data"), description="Where the SQLite file and the JWT secret live.")
     database_url: str | None = Field(
         None, description="Catalogue (and embedded ledger) database; default a SQLite file in the data dir."

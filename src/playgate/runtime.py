@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from playgate import webhooks
 from playgate.api.schemas import ConflictOut
 from playgate.audit import AuditTrail
+from playgate.bus.hub import GroupFanout, Hub, MemberFanout, MemberLink, MemberQueue
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.bus.protocol import Emitter, Fanout, ListeningFanout, RequestQueue, SharedQueue
 from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
@@ -142,11 +143,23 @@ def playback_links(settings: Settings, secret: str) -> PlaybackLinks:
 
 
 class Role(StrEnum):
-    """What one process runs: `serve` API and worker, `api` HTTP and Socket.IO only, `worker` the worker only."""
+    """What one process runs: `serve` API and worker, `api` HTTP and Socket.IO only, `worker` the worker only;
+    in a process group (`serve --processes N`) the `owner` runs the worker and `member`s HTTP and Socket.IO."""
 
     serve = "serve"
     api = "api"
     worker = "worker"
+    owner = "owner"
+    member = "member"
+
+    @property
+    def decides(self) -> bool:
+        """Whether this process runs the worker and the sweeper."""
+        return self in (Role.serve, Role.worker, Role.owner)
+
+
+# Where a process of a group reaches the others: the owner's hub, or a member's link to it.
+GroupEnd = Hub | MemberLink
 
 
 def open_backends(
@@ -154,9 +167,11 @@ def open_backends(
     emitter: Emitter,
     playback: Callable[[Decision], str | None],
     clock: Callable[[], float],
+    group: GroupEnd | None = None,
 ) -> tuple[Ledger, RequestQueue, Fanout]:
     """The one mapping from settings to backends: PLAYGATE_REDIS_URL set -> Redis ledger, Redis Streams queue and
-    Redis fan-out; unset -> the SQLite ledger in the catalogue's database and the in-process bus."""
+    Redis fan-out; unset -> the SQLite ledger in the catalogue's database and the in-process bus, or, in a process
+    group, the owner's queue and a fan-out to every member (bus.hub)."""
     lease_s, decision_ttl_s = settings.stream_ttl_s, settings.decision_ttl_s
     # Auth disabled: events go to the sockets that named no user as well (the original service's broadcast).
     to_every_user_room = settings.auth is AuthMode.disabled
@@ -177,6 +192,12 @@ def open_backends(
         ledger: Ledger = RedisLedger(url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, clock=clock)
         return ledger, queue, RedisFanout(url, emitter, playback, conflicts, to_every_user_room=to_every_user_room)
     ledger = SqlLedger(settings.resolved_database_url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, clock=clock)
+    if isinstance(group, Hub):
+        fanout = GroupFanout(group.broadcast, playback, conflicts, to_every_user_room=to_every_user_room)
+        return ledger, group.queue, fanout
+    if isinstance(group, MemberLink):
+        member_fanout = MemberFanout(group, emitter, playback, conflicts, to_every_user_room=to_every_user_room)
+        return ledger, MemberQueue(group), member_fanout
     return (
         ledger,
         LocalQueue(),
@@ -231,10 +252,11 @@ class Runtime:
         migrate: bool = True,
         role: Role = Role.serve,
         secret: str | None = None,
+        group: GroupEnd | None = None,
     ) -> Runtime:
         """Check the settings (unless the caller did: `secret` is then preflight's answer), migrate, open the
         backends, prepare the catalogue, and start the worker and sweeper tasks. A failed start closes what it
-        had opened."""
+        had opened. `group`: this process's end of a process group (serve --processes N)."""
         secret = preflight(settings) if secret is None else secret
         if settings.auth is AuthMode.disabled:
             log.warning("PLAYGATE_AUTH=disabled: callers are believed on ?user=; for the seed's test UI only")
@@ -257,13 +279,13 @@ class Runtime:
             audit_stop = asyncio.Event()
             audit_task = asyncio.create_task(audit.run(audit_stop), name="playgate-audit")
             stack.push_async_callback(_stop_audit, audit_stop, audit_task)
-            if role is not Role.worker:  # workers start beside API processes that already did this
+            if role not in (Role.worker, Role.member):  # they start beside a process that did this
                 await prepare_catalog(settings, catalog)
             if role is not Role.api:  # the worker delivers the webhook outbox
                 await webhooks.start(settings, engine, clock, stack)
             links = playback_links(settings, secret)
             ledger, queue, fanout = open_backends(
-                settings, emitter, lambda decision: links.for_decision(decision, clock()), clock
+                settings, emitter, lambda decision: links.for_decision(decision, clock()), clock, group
             )
             for backend in (ledger, queue, fanout):
                 stack.push_async_callback(backend.close)
@@ -332,15 +354,15 @@ class _Tasks:
 
 
 def _start_tasks(role: Role, worker: Worker, library: MediaLibrary, catalog: Catalog) -> _Tasks:
-    """The process's background tasks: worker and sweeper (unless an API process), the demo media (unless a
-    worker process)."""
+    """The process's background tasks: worker and sweeper (where the role decides), the demo media (in a process
+    that serves HTTP, or a group's owner)."""
     tasks = _Tasks(asyncio.Event(), [])
-    if role is not Role.api:
+    if role.decides:
         tasks.running += [
             asyncio.create_task(worker.run(tasks.stop), name="playgate-worker"),
             asyncio.create_task(worker.sweep_forever(tasks.stop), name="playgate-sweeper"),
         ]
-    if role is not Role.worker:
+    if role not in (Role.worker, Role.member):
         # Clips are made in the background: start-up does not wait, a first media request waits for its own.
         tasks.running.append(asyncio.create_task(_prepare_media(library, catalog), name="playgate-media"))
     return tasks

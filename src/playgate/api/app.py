@@ -23,9 +23,11 @@ from playgate.api.legacy_socketio import LegacySocketIO
 from playgate.api.middleware import HttpEdge
 from playgate.api.routes import account, admin, auth, content, events, health, seed, v1
 from playgate.api.socket import V2_EVENTS, create_server, register
+from playgate.bus.hub import MemberLink
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
 from playgate.metrics import Metrics
+from playgate.processes import session_ids
 from playgate.runtime import Role, Runtime
 from playgate.service import PlayGate
 
@@ -47,21 +49,36 @@ WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 
 def create_app(
-    settings: Settings, *, clock: Callable[[], float] = time.time, role: Role = Role.serve, secret: str | None = None
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    role: Role = Role.serve,
+    secret: str | None = None,
+    link: MemberLink | None = None,
 ) -> ASGIApp:
     """The whole PlayGate process as one ASGI app: HTTP routes, Socket.IO, worker and sweeper tasks.
 
     `secret` is the JWT key preflight resolved, when the caller ran it (the CLI does, to refuse bad settings before
-    the server starts); without it the app's start-up runs preflight itself.
+    the server starts); without it the app's start-up runs preflight itself. `link`: a member process's link to the
+    owner of its process group (`serve --processes N`).
     """
     metrics = Metrics()
     manager = socket_manager(settings.redis_url) if settings.redis_url is not None else None
     sio = create_server(socket_origins(settings), client_manager=manager)
+    if link is not None:  # the owner hands a session's requests to the member whose index starts its id
+        sio.eio.generate_id = session_ids(link.index, sio.eio.generate_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(
-            settings, emitter=sio, metrics=metrics, clock=clock, migrate=role is Role.serve, role=role, secret=secret
+            settings,
+            emitter=sio,
+            metrics=metrics,
+            clock=clock,
+            migrate=role is Role.serve,
+            role=role,
+            secret=secret,
+            group=link,
         )
         app.state.gate = runtime.gate
         app.state.catalog = runtime.catalog

@@ -1,0 +1,202 @@
+"""`playgate serve --processes 2` for real: sockets on both member processes get their users' decisions, a
+limit holds under concurrent requests spread over both, polling sessions (Engine.IO 4 and 3) stay on their
+process, and a member killed with SIGKILL is started again while the other carries on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import socketio
+
+from playgate.processes import member_of_session
+from tests.support.clients import SocketClient, api_client, new_user, token_for
+from tests.support.servers import ADMIN_PASSWORD, ServerProcess, start_playgate, wait_until_ready
+
+# Two members and an owner start on a shared, loaded machine: give them time.
+GROUP_START_S = 180.0
+MAX_SOCKETS = 24
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One process group for the module: an owner and two members."""
+    server = start_playgate(Path(tmp_path_factory.mktemp("group")), "serve", "--processes", "2", wait_ready=False)
+    wait_until_ready(server, GROUP_START_S)
+    yield server
+    assert server.stop(timeout_s=60) == 0, server.log()
+
+
+def members(owner_pid: int) -> list[int]:
+    """The pids of the owner's child processes (its members)."""
+    children = Path(f"/proc/{owner_pid}/task/{owner_pid}/children").read_text().split()
+    return sorted(int(pid) for pid in children)
+
+
+async def admin_of(base_url: str) -> httpx.AsyncClient:
+    return api_client(base_url, await token_for(base_url, "admin", ADMIN_PASSWORD))
+
+
+async def socket_of(base_url: str, token: str, transports: list[str]) -> tuple[SocketClient, int]:
+    """A connected socket and the index of the member holding it (from its Engine.IO session id)."""
+    sio = socketio.AsyncClient(reconnection=False)
+    client = SocketClient(sio)
+    sio.on("message", client.messages.put)
+    sio.on("stream_ended", client.ended.put)
+    await sio.connect(base_url, auth={"token": token}, transports=transports, wait_timeout=10)
+    index = member_of_session(sio.eio.sid)
+    assert index in (0, 1), sio.eio.sid
+    return client, index
+
+
+async def sockets_on_both(base_url: str, admin: httpx.AsyncClient, transports: list[str]) -> list[tuple]:
+    """Users with one socket each, opened until both members hold some: (user, socket, member index)."""
+    opened = []
+    for _ in range(MAX_SOCKETS):
+        user = await new_user(base_url, admin, limit=1)
+        sock, index = await socket_of(base_url, user.token, transports)
+        opened.append((user, sock, index))
+        if {i for *_, i in opened} == {0, 1}:
+            return opened
+    raise AssertionError(f"{MAX_SOCKETS} sockets all landed on one member")
+
+
+async def each_gets_its_decision(base_url: str, opened: list[tuple]) -> None:
+    """Each user asks to play (over a new connection each, so the requests land on both members too); its own
+    socket gets its decision, and no socket gets another user's."""
+    asked = {}
+    for user, _sock, _index in opened:
+        async with api_client(base_url, user.token) as client:
+            response = await client.post("/v1/plays", json={"videoId": "1"})
+        assert response.status_code == 202, response.text
+        asked[user.id] = response.json()["requestId"]
+    for user, sock, _index in opened:
+        message = await sock.next_message(timeout_s=10)
+        assert (message["requestId"], message["status"]) == (asked[user.id], "allowed")
+        assert message["data"]["userId"] == user.id
+    await asyncio.sleep(0.3)
+    assert all(sock.messages.empty() for _, sock, _ in opened), "one decision each, to its own user only"
+
+
+async def close_all(opened: list[tuple]) -> None:
+    for _user, sock, _index in opened:
+        await sock.close()
+
+
+async def test_decisions_reach_sockets_on_either_member(group: ServerProcess) -> None:
+    assert len(members(group.proc.pid)) == 2
+    admin = await admin_of(group.base_url)
+    opened = await sockets_on_both(group.base_url, admin, ["websocket"])
+    try:
+        await each_gets_its_decision(group.base_url, opened)
+    finally:
+        await close_all(opened)
+        await admin.aclose()
+
+
+@pytest.mark.parametrize("transports", [["polling"], ["polling", "websocket"]])
+async def test_polling_sessions_stay_on_their_member(group: ServerProcess, transports: list[str]) -> None:
+    admin = await admin_of(group.base_url)
+    opened = await sockets_on_both(group.base_url, admin, transports)
+    try:
+        await each_gets_its_decision(group.base_url, opened)
+        for _user, sock, index in opened:
+            assert sock.sio.connected
+            assert member_of_session(sock.sio.eio.sid) == index
+    finally:
+        await close_all(opened)
+        await admin.aclose()
+
+
+async def test_engineio3_polling_sessions_stay_on_their_member(group: ServerProcess) -> None:
+    """The original clients' protocol (`?EIO=3`): after the handshake, each poll on a new connection is answered by
+    the session's own member (another member would answer 400, unknown session)."""
+    admin = await admin_of(group.base_url)
+    try:
+        user = await new_user(group.base_url, admin)
+    finally:
+        await admin.aclose()
+    seen = set()
+    for _ in range(MAX_SOCKETS):
+        async with httpx.AsyncClient(base_url=group.base_url, timeout=10) as client:
+            query = {"EIO": "3", "transport": "polling", "token": user.token}
+            opened = await client.get("/socket.io/", params=query)
+        assert opened.status_code == 200, opened.text
+        sid = opened.text[opened.text.index('"sid":"') + 7 :].split('"', 1)[0]
+        for _ in range(2):
+            async with httpx.AsyncClient(base_url=group.base_url, timeout=10) as client:
+                sent = await client.post(
+                    "/socket.io/", params={"EIO": "3", "transport": "polling", "sid": sid}, content="1:2"
+                )
+            assert sent.status_code == 200, sent.text
+        seen.add(member_of_session(sid))
+        if seen == {0, 1}:
+            return
+    raise AssertionError(f"{MAX_SOCKETS} EIO=3 sessions all on one member")
+
+
+async def test_a_limit_holds_under_concurrent_requests_on_both_members(group: ServerProcess) -> None:
+    admin = await admin_of(group.base_url)
+    try:
+        user = await new_user(group.base_url, admin, limit=2)
+    finally:
+        await admin.aclose()
+
+    async def ask(device: int) -> dict:
+        async with api_client(group.base_url, user.token) as client:  # a connection each: both members serve
+            response = await client.post(
+                "/v1/plays", params={"wait": 10}, json={"videoId": "2", "deviceId": f"d{device}"}
+            )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    answers = await asyncio.gather(*(ask(i) for i in range(24)))
+    assert len({a["requestId"] for a in answers}) == 24
+    assert sum(a["status"] == "allowed" for a in answers) == 2
+    async with api_client(group.base_url, user.token) as client:
+        streams = (await client.get("/v1/streams")).json()
+    assert len(streams) == 2
+
+
+async def test_a_killed_member_is_started_again_and_the_other_carries_on(group: ServerProcess) -> None:
+    admin = await admin_of(group.base_url)
+    opened = await sockets_on_both(group.base_url, admin, ["websocket"])
+    before = members(group.proc.pid)
+    victim_index = opened[-1][2]
+    victim_pid = next(pid for pid in before if _member_index(pid) == victim_index)
+    os.kill(victim_pid, signal.SIGKILL)
+    survivors = [o for o in opened if o[2] != victim_index]
+    try:
+        await each_gets_its_decision(group.base_url, survivors)
+        deadline = time.monotonic() + GROUP_START_S
+        while len(set(members(group.proc.pid)) - set(before)) < 1:
+            assert time.monotonic() < deadline, "the killed member was not started again"
+            await asyncio.sleep(0.2)
+        await close_all(survivors)
+        survivors = await until_both_take_sockets(group.base_url, admin, deadline)
+        await each_gets_its_decision(group.base_url, survivors)
+    finally:
+        await close_all(survivors)
+        await admin.aclose()
+
+
+async def until_both_take_sockets(base_url: str, admin: httpx.AsyncClient, deadline: float) -> list[tuple]:
+    """Sockets on both members, once the restarted one takes connections (it starts in seconds)."""
+    while True:
+        try:
+            return await sockets_on_both(base_url, admin, ["websocket"])
+        except AssertionError:
+            assert time.monotonic() < deadline, "the restarted member never took a connection"
+            await asyncio.sleep(1.0)
+
+
+def _member_index(pid: int) -> int:
+    """A member's index, from its command line (`playgate member --index N ...`)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return int(argv[argv.index(b"--index") + 1])
