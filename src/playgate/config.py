@@ -179,7 +179,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="`playgate worker` serves /healthz, /readyz and /metrics on this port."
+        None,
+        ge=1,
+        le=65535,
+        description="`playgate worker` (and the owner process of `serve --processes N`) serves /healthz, /readyz "
+        "and /metrics on this port.",
     )
     log_format: LogFormat = Field(
         LogFormat.auto, description="`json` (one object per line), `console`, or `auto`: console on a terminal."

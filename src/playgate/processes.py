@@ -40,7 +40,7 @@ from playgate.bus.local import LocalQueue
 from playgate.config import Settings
 from playgate.errors import ConfigError
 from playgate.metrics import Metrics
-from playgate.runtime import Role, Runtime
+from playgate.runtime import Role, Runtime, probe_server
 
 log = logging.getLogger("playgate.processes")
 
@@ -328,7 +328,10 @@ async def run_group(settings: Settings, secret: str, *, clock: Callable[[], floa
     keepers = [asyncio.create_task(group.keep(s, stop), name=f"playgate-member-{s.index}") for s in group.slots]
     acceptor: asyncio.Task[None] | None = None
     started = asyncio.create_task(group.all_ready(GROUP_START_S))
+    probes = probe_server(settings, runtime)  # the decisions' metrics are the owner's
     try:
+        if probes is not None:
+            await probes.start()
         await asyncio.wait([started, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
             if not started.result():
@@ -349,6 +352,8 @@ async def run_group(settings: Settings, secret: str, *, clock: Callable[[], floa
         listener.close()
         await group.stop_members()
         await asyncio.gather(*keepers, return_exceptions=True)
+        if probes is not None:
+            await probes.stop()
         await runtime.stop()
         await hub.close()
         log.info("PlayGate stopped")

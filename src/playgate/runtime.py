@@ -398,11 +398,7 @@ async def run_worker(settings: Settings, *, clock: Callable[[], float] = time.ti
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker %s started", runtime.consumer)
-    probes = None
-    if settings.metrics_port is not None:
-        # /healthz, /readyz and /metrics for Prometheus and the orchestrator's probes (PLAYGATE_METRICS_PORT).
-        app = probe_app(runtime.metrics, runtime.gate.ready)
-        probes = ProbeServer(app, host=settings.host, port=settings.metrics_port, log_level=settings.log_level)
+    probes = probe_server(settings, runtime)
     try:
         if probes is not None:
             await probes.start()
@@ -412,3 +408,12 @@ async def run_worker(settings: Settings, *, clock: Callable[[], float] = time.ti
             await probes.stop()
         await runtime.stop()
         log.info("worker stopped")
+
+
+def probe_server(settings: Settings, runtime: Runtime) -> ProbeServer | None:
+    """/healthz, /readyz and /metrics of a process that decides without serving HTTP (a worker, a group's owner)
+    for Prometheus and the orchestrator's probes, when PLAYGATE_METRICS_PORT is set."""
+    if settings.metrics_port is None:
+        return None
+    app = probe_app(runtime.metrics, runtime.gate.ready)
+    return ProbeServer(app, host=settings.host, port=settings.metrics_port, log_level=settings.log_level)

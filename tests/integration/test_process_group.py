@@ -17,7 +17,7 @@ import socketio
 
 from playgate.processes import member_of_session
 from tests.support.clients import SocketClient, api_client, new_user, token_for
-from tests.support.servers import ADMIN_PASSWORD, ServerProcess, start_playgate, wait_until_ready
+from tests.support.servers import ADMIN_PASSWORD, ServerProcess, free_port, start_playgate, wait_until_ready
 
 # Two members and an owner start on a shared, loaded machine: give them time.
 GROUP_START_S = 180.0
@@ -26,8 +26,11 @@ MAX_SOCKETS = 24
 
 @pytest.fixture(scope="module")
 def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One process group for the module: an owner and two members."""
-    server = start_playgate(Path(tmp_path_factory.mktemp("group")), "serve", "--processes", "2", wait_ready=False)
+    """One process group for the module: an owner (its probes on PLAYGATE_METRICS_PORT) and two members."""
+    folder = Path(tmp_path_factory.mktemp("group"))
+    server = start_playgate(
+        folder, "serve", "--processes", "2", wait_ready=False, PLAYGATE_METRICS_PORT=str(free_port())
+    )
     wait_until_ready(server, GROUP_START_S)
     yield server
     assert server.stop(timeout_s=60) == 0, server.log()
@@ -162,6 +165,26 @@ async def test_a_limit_holds_under_concurrent_requests_on_both_members(group: Se
     async with api_client(group.base_url, user.token) as client:
         streams = (await client.get("/v1/streams")).json()
     assert len(streams) == 2
+
+
+async def test_the_owner_exports_the_decisions_metrics(group: ServerProcess) -> None:
+    """The owner decides, so its probe server (PLAYGATE_METRICS_PORT) counts the decisions the members asked for."""
+    admin = await admin_of(group.base_url)
+    try:
+        user = await new_user(group.base_url, admin)
+    finally:
+        await admin.aclose()
+    async with api_client(group.base_url, user.token) as client:
+        played = await client.post("/v1/plays", params={"wait": 10}, json={"videoId": "3"})
+    assert played.json()["status"] == "allowed", played.text
+    port = group.env["PLAYGATE_METRICS_PORT"]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    lines = metrics.splitlines()
+    allowed = [line for line in lines if line.startswith("playgate_decisions_total{") and "allowed" in line]
+    assert allowed, metrics[:3000]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in allowed) >= 1, allowed
 
 
 async def test_a_killed_member_is_started_again_and_the_other_carries_on(group: ServerProcess) -> None:
