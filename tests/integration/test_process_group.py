@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,14 @@ import socketio
 
 from playgate.processes import member_of_session
 from tests.support.clients import SocketClient, api_client, new_user, token_for
-from tests.support.servers import ADMIN_PASSWORD, ServerProcess, free_port, start_playgate, wait_until_ready
+from tests.support.servers import (
+    ADMIN_PASSWORD,
+    ServerProcess,
+    free_port,
+    playgate_env,
+    start_playgate,
+    wait_until_ready,
+)
 
 # Two members and an owner start on a shared, loaded machine: give them time.
 GROUP_START_S = 180.0
@@ -223,3 +232,25 @@ def _member_index(pid: int) -> int:
     """A member's index, from its command line (`playgate member --index N ...`)."""
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     return int(argv[argv.index(b"--index") + 1])
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"PLAYGATE_PROCESSES": "0"}, "PLAYGATE_PROCESSES"),
+        ({"PLAYGATE_PROCESSES": "many"}, "PLAYGATE_PROCESSES"),
+        ({"PLAYGATE_PROCESSES": "2", "PLAYGATE_REDIS_URL": "redis://127.0.0.1:1/0"}, "playgate api"),
+    ],
+)
+def test_a_bad_process_count_stops_start_up_naming_it(tmp_path: Path, env: dict[str, str], says: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "playgate", "serve"],
+        env=playgate_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
