@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +16,12 @@ import pytest
 import socketio
 
 from playgate.processes import member_of_session
+from tests.integration.test_cli import playgate
 from tests.support.clients import SocketClient, api_client, new_user, token_for
 from tests.support.servers import (
     ADMIN_PASSWORD,
     ServerProcess,
     free_port,
-    playgate_env,
     start_playgate,
     wait_until_ready,
 )
@@ -243,14 +241,7 @@ def _member_index(pid: int) -> int:
     ],
 )
 def test_a_bad_process_count_stops_start_up_naming_it(tmp_path: Path, env: dict[str, str], says: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "playgate", "serve"],
-        env=playgate_env(tmp_path, **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = playgate(tmp_path, "serve", **env)
     assert done.returncode == 1
     assert says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
