@@ -60,6 +60,7 @@ GROUP_START_S = 120.0
 # How long members get to finish their requests and close their sockets when the group stops.
 MEMBER_STOP_S = 20.0
 LISTEN_BACKLOG = 2048
+ACCEPT_PAUSE_S = 0.1
 
 
 def session_ids(index: int, generate: Callable[[], str]) -> Callable[[], str]:
@@ -216,7 +217,13 @@ class ProcessGroup:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             started_at = loop.time()
-            process = await self._start(slot)
+            try:
+                process = await self._start(slot)
+            except OSError as exc:
+                log.error("member %d could not be started (%s); trying again", slot.index, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RESTART_PAUSE_S)
+                continue
             code = await process.wait()
             await self.hub.detach(slot.index)
             if slot.connections is not None:
@@ -233,7 +240,12 @@ class ProcessGroup:
         """Accept connections for ever, each handed to its member by its own task."""
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(listener)
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors (EMFILE), a reset before accept: go on after a pause
+                log.error("accepting a connection failed: %s", exc)
+                await asyncio.sleep(ACCEPT_PAUSE_S)
+                continue
             task = asyncio.create_task(self._hand_on(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
