@@ -110,6 +110,38 @@ async def test_decisions_reach_sockets_on_either_member(group: ServerProcess) ->
         await admin.aclose()
 
 
+async def test_one_users_sockets_on_both_members_get_its_decision_and_its_stop(group: ServerProcess) -> None:
+    """A stop served by one member is announced (`stream_ended`) through the owner to the sockets on both."""
+    admin = await admin_of(group.base_url)
+    user = await new_user(group.base_url, admin)
+    await admin.aclose()
+    held: dict[int, SocketClient] = {}
+    extra: list[SocketClient] = []
+    try:
+        for _ in range(MAX_SOCKETS):
+            sock, index = await socket_of(group.base_url, user.token, ["websocket"])
+            if index in held:
+                extra.append(sock)
+            else:
+                held[index] = sock
+            if len(held) == 2:
+                break
+        assert set(held) == {0, 1}, f"{MAX_SOCKETS} sockets of one user all on one member"
+        async with api_client(group.base_url, user.token) as client:
+            decided = (await client.post("/v1/plays", params={"wait": 10}, json={"videoId": "4"})).json()
+        assert decided["status"] == "allowed", decided
+        for sock in held.values():
+            assert (await sock.next_message(timeout_s=10))["requestId"] == decided["requestId"]
+        async with api_client(group.base_url, user.token) as client:
+            assert (await client.delete(f"/v1/streams/{decided['streamId']}")).status_code == 204
+        for sock in held.values():
+            ended = await sock.next_ended(timeout_s=10)
+            assert (ended["streamId"], ended["reason"]) == (decided["streamId"], "stopped")
+    finally:
+        for sock in [*held.values(), *extra]:
+            await sock.close()
+
+
 @pytest.mark.parametrize("transports", [["polling"], ["polling", "websocket"]])
 async def test_polling_sessions_stay_on_their_member(group: ServerProcess, transports: list[str]) -> None:
     admin = await admin_of(group.base_url)

@@ -255,6 +255,7 @@ class MemberLink:
         self.index = index
         self._sock = sock
         self._writer: asyncio.StreamWriter | None = None
+        self._opening: asyncio.Future[None] | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
@@ -262,9 +263,12 @@ class MemberLink:
         self.on_lost: Callable[[], None] | None = None
 
     async def start(self) -> None:
-        """Open the link (once)."""
-        if self._writer is not None:
-            return
+        """Open the link (once, however many callers ask at the same time)."""
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        await asyncio.shield(self._opening)
+
+    async def _open(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
         self._reader_task = asyncio.create_task(self._read(reader), name="playgate-member-link")
 
