@@ -161,7 +161,6 @@ class _Slot:
     index: int
     process: asyncio.subprocess.Process | None = None
     connections: socket.socket | None = None
-    starts: int = 0
 
 
 @dataclass
@@ -172,7 +171,6 @@ class ProcessGroup:
     size: int
     hub: Hub
     slots: list[_Slot] = field(default_factory=list)
-    stopping: bool = False
     _chance: random.Random = field(default_factory=random.Random)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -202,12 +200,15 @@ class ProcessGroup:
             process = await asyncio.create_subprocess_exec(
                 *self.member_argv(slot.index, *fds), pass_fds=fds, env=self.member_env()
             )
+        except BaseException:
+            link_owner.close()
+            conns_owner.close()
+            raise
         finally:
             link_member.close()
             conns_member.close()
         conns_owner.setblocking(False)
         slot.process, slot.connections = process, conns_owner
-        slot.starts += 1
         await self.hub.attach(slot.index, link_owner)
         log.info("member %d started (pid %d)", slot.index, process.pid)
         return process
