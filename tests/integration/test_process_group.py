@@ -26,9 +26,11 @@ from tests.support.servers import (
     wait_until_ready,
 )
 
-# Two members and an owner start on a shared, loaded machine: give them time.
+# Two members and an owner start on a shared, loaded machine: give them time (the module's first test and the
+# restart test include a start of the group or of a member).
 GROUP_START_S = 180.0
 MAX_SOCKETS = 24
+pytestmark = pytest.mark.timeout(400)
 
 
 @pytest.fixture(scope="module")
