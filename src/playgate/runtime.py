@@ -281,7 +281,7 @@ class Runtime:
             stack.push_async_callback(_stop_audit, audit_stop, audit_task)
             if role not in (Role.worker, Role.member):  # they start beside a process that did this
                 await prepare_catalog(settings, catalog)
-            if role is not Role.api:  # the worker delivers the webhook outbox
+            if role.decides:  # the worker's process delivers the webhook outbox
                 await webhooks.start(settings, engine, clock, stack)
             links = playback_links(settings, secret)
             ledger, queue, fanout = open_backends(
