@@ -25,6 +25,8 @@ from playgate.api.routes import account, admin, auth, content, events, health, s
 from playgate.api.socket import V2_EVENTS, create_server, register
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
+from playgate.domain import Stream
+from playgate.media.gate import ContentGate
 from playgate.metrics import Metrics
 from playgate.runtime import Role, Runtime
 from playgate.service import PlayGate
@@ -102,7 +104,11 @@ def create_app(
         service: PlayGate = api.state.gate
         return service
 
-    sockets = register(sio, gate)
+    def playback(stream: Stream) -> str:
+        content: ContentGate = api.state.content
+        return content.url_for(stream)
+
+    sockets = register(sio, gate, playback)
     app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
     # Socket.IO v2 clients (`?EIO=3`, e.g. the original service's UI) on the same path.
     app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings), events=V2_EVENTS)
