@@ -148,6 +148,45 @@ describe("asking to play", () => {
     expect(media.src).toBe("");
   });
 
+  it("watch here asks once, naming the conflicts (or all the others) to replace; it stops nothing itself", async () => {
+    const media = new FakeMedia();
+    const server = fakeServer({ "POST /v1/plays": () => allowedAnswer("s1") });
+    const p = make(media, server.fetch);
+    await expect(p.watchHere("v1", [conflict, { ...conflict, streamId: "another" }])).resolves.toMatchObject({
+      streamId: "s1",
+    });
+    expect(server.calls).toHaveLength(1);
+    expect(server.calls[0].body).toMatchObject({ videoId: "v1", replaceStreamIds: ["other", "another"] });
+    expect(server.calls[0].body).not.toHaveProperty("replaceOthers");
+    await p.watchHere("v2");
+    expect(server.calls[1].body).toMatchObject({ videoId: "v2", replaceOthers: true });
+    expect(server.calls[1].body).not.toHaveProperty("replaceStreamIds");
+    expect(server.calls.filter((c) => c.method === "DELETE")).toEqual([]);
+  });
+
+  it("keeps the device secret with the issued id, and starts over as a new device when a kept id is refused", async () => {
+    const media = new FakeMedia();
+    const storage = memoryStorage();
+    storage.setItem("playgate.deviceId", "dv1.copied");
+    const server = fakeServer({
+      "POST /v1/plays": (body) =>
+        body?.deviceId === "dv1.copied"
+          ? [422, { status: 422, detail: "another installation's", field: "deviceSecret" }]
+          : [200, { ...(allowedAnswer("s1")[1] as object), deviceId: "dv1.mine", deviceSecret: "secret-1" }],
+    });
+    const p = make(media, server.fetch, { storage });
+    await expect(p.play("v1")).resolves.toMatchObject({ streamId: "s1" });
+    expect(server.calls.map((c) => c.body?.deviceId)).toEqual(["dv1.copied", undefined]);
+    expect(storage.items.get("playgate.deviceId")).toBe("dv1.mine");
+    expect(storage.items.get("playgate.deviceSecret")).toBe("secret-1");
+    await p.play("v2");
+    expect(server.calls[2].body).toMatchObject({ deviceId: "dv1.mine", deviceSecret: "secret-1" });
+    // Another player of this installation reads both back.
+    const again = make(new FakeMedia(), server.fetch, { storage });
+    await again.play("v3");
+    expect(server.calls[3].body).toMatchObject({ deviceId: "dv1.mine", deviceSecret: "secret-1" });
+  });
+
   it("polls GET /v1/plays/{id} over HTTP only while the decision is pending", async () => {
     const media = new FakeMedia();
     let looks = 0;
@@ -266,6 +305,48 @@ describe("heartbeats", () => {
     await vi.advanceTimersByTimeAsync(10_000);
     expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "gone" });
     expect(p.streamId).toBeNull();
+  });
+});
+
+describe("a refused stream", () => {
+  it("ends with the reason the gate's 403 names, asked with the latest playback URL", async () => {
+    const media = new FakeMedia();
+    const asked: string[] = [];
+    const server = fakeServer({
+      "POST /v1/plays": () => allowedAnswer("s1"),
+      "POST /v1/streams/s1/heartbeat": () => [200, { expiresAt: "x", playbackUrl: "/v1/streams/s1/content?token=q" }],
+      "GET /v1/streams/s1/content": (_body, url) => {
+        asked.push(url);
+        return [403, { status: 403, detail: "Stream 's1' has ended (evicted)", reason: "evicted" }];
+      },
+    });
+    const p = make(media, server.fetch);
+    const ended = vi.fn();
+    p.on("ended", ended);
+    await p.play("v1");
+    await media.play();
+    await vi.advanceTimersByTimeAsync(10_000);
+    media.dispatchEvent(new Event("error"));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(asked).toEqual([`${BASE}/v1/streams/s1/content?token=q`]);
+    expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "evicted" });
+    expect(p.streamId).toBeNull();
+  });
+
+  it("without a reason in the refusal, a heartbeat says whether it is gone", async () => {
+    const media = new FakeMedia();
+    const server = fakeServer({
+      "POST /v1/plays": () => allowedAnswer("s1"),
+      "GET /v1/streams/s1/content": () => [403, { status: 403, detail: "has ended" }],
+      "POST /v1/streams/s1/heartbeat": () => [404, { status: 404, detail: "not active" }],
+    });
+    const p = make(media, server.fetch);
+    const ended = vi.fn();
+    p.on("ended", ended);
+    await p.play("v1");
+    media.dispatchEvent(new Event("error"));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "gone" });
   });
 });
 
