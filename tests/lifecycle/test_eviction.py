@@ -118,6 +118,12 @@ async def test_watch_here_under_concurrency_never_exceeds_the_limit(
         events = await ended_events(sock, 2, 5.0)
         assert {e["streamId"] for e in events} == set(ids)
         assert {e["reason"] for e in events} <= {"replaced", "expired"}
-        refused = await fetch(base, clip_url(held[0]))
-        assert refused.status_code == 403
+        # The 403 names why once the audit trail has it: at once where the worker runs in this process, within
+        # the worker's next audit write (half a second) where it runs in another.
+        for _ in range(50):
+            refused = await fetch(base, clip_url(held[0]))
+            assert refused.status_code == 403
+            if "reason" in refused.json():
+                break
+            await asyncio.sleep(0.1)
         assert refused.json()["reason"] in ("replaced", "expired")

@@ -612,7 +612,8 @@ class Problem(BaseModel):
         None,
         description="A 403 for a stream that ended: why, as recorded (`evicted`, `replaced`, `stopped`, "
         "`stopped_by_admin`, `expired`, `limit_lowered`, `video_deleted`, `user_disabled`); absent while not "
-        "recorded yet (a lease that ran out is recorded at the next sweep, within PLAYGATE_SWEEP_INTERVAL).",
+        "recorded yet: a lease that ran out is recorded at the next sweep (PLAYGATE_SWEEP_INTERVAL), an end "
+        "decided by another process once that process writes its audit events (every half second).",
     )
 
 
