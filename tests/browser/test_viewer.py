@@ -8,7 +8,7 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Request, expect
 
 from tests.browser.conftest import PHONE, STREAM_TTL_S, Browsing
 from tests.browser.pages import (
@@ -109,8 +109,15 @@ async def test_the_fourth_device_is_denied_live_and_stops_replaces_or_watches_he
     third = devices[2][0]
     await third.get_by_role("button", name="Play video3", exact=True).click()
     third_panel = third.get_by_role("region", name="Limit reached: video3 cannot start")
+    sent: list[Request] = []
+    third.on("request", lambda request: sent.append(request))
     await third_panel.get_by_role("button", name="Watch here").click()
     await expect_playing(third, "video3")
+    # One play request naming the streams it takes the place of; nothing is stopped before it is allowed.
+    plays = [r for r in sent if r.method == "POST" and r.url.split("?")[0].endswith("/v1/plays")]
+    assert len(plays) == 1, [r.url for r in plays]
+    assert len(plays[0].post_data_json["replaceStreamIds"]) == 3
+    assert [r.url for r in sent if r.method == "DELETE"] == []
     await expect_lost(devices[0][0], "video1", TAKEN)
     await expect_lost(fourth, "video4", TAKEN)
     assert [(s["videoId"], s["deviceName"]) for s in await streams_of(web_server, "user1")] == [("3", devices[2][1])]
