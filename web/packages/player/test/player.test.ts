@@ -90,6 +90,17 @@ function heartbeats(calls: ReturnType<typeof fakeServer>["calls"]): number {
 
 let player: Player | null = null;
 
+/** A player that was allowed to play v1 as stream s1 (its routes besides the play), with a spy on `ended`. */
+async function allowedPlayer(routes: Record<string, Route>) {
+  const media = new FakeMedia();
+  const server = fakeServer({ "POST /v1/plays": () => allowedAnswer("s1"), ...routes });
+  const p = make(media, server.fetch);
+  const ended = vi.fn();
+  p.on("ended", ended);
+  await p.play("v1");
+  return { media, p, ended };
+}
+
 function make(media: FakeMedia, fetch: typeof globalThis.fetch, extra: Partial<PlayerOptions> = {}): Player {
   player = attach(media, {
     baseUrl: BASE,
@@ -292,15 +303,9 @@ describe("heartbeats", () => {
   });
 
   it("a stream found gone at a heartbeat ends", async () => {
-    const media = new FakeMedia();
-    const server = fakeServer({
-      "POST /v1/plays": () => allowedAnswer("s1"),
+    const { media, p, ended } = await allowedPlayer({
       "POST /v1/streams/s1/heartbeat": () => [404, { status: 404, detail: "not active" }],
     });
-    const p = make(media, server.fetch);
-    const ended = vi.fn();
-    p.on("ended", ended);
-    await p.play("v1");
     await media.play();
     await vi.advanceTimersByTimeAsync(10_000);
     expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "gone" });
@@ -310,20 +315,14 @@ describe("heartbeats", () => {
 
 describe("a refused stream", () => {
   it("ends with the reason the gate's 403 names, asked with the latest playback URL", async () => {
-    const media = new FakeMedia();
     const asked: string[] = [];
-    const server = fakeServer({
-      "POST /v1/plays": () => allowedAnswer("s1"),
+    const { media, p, ended } = await allowedPlayer({
       "POST /v1/streams/s1/heartbeat": () => [200, { expiresAt: "x", playbackUrl: "/v1/streams/s1/content?token=q" }],
       "GET /v1/streams/s1/content": (_body, url) => {
         asked.push(url);
         return [403, { status: 403, detail: "Stream 's1' has ended (evicted)", reason: "evicted" }];
       },
     });
-    const p = make(media, server.fetch);
-    const ended = vi.fn();
-    p.on("ended", ended);
-    await p.play("v1");
     await media.play();
     await vi.advanceTimersByTimeAsync(10_000);
     media.dispatchEvent(new Event("error"));
@@ -334,16 +333,10 @@ describe("a refused stream", () => {
   });
 
   it("without a reason in the refusal, a heartbeat says whether it is gone", async () => {
-    const media = new FakeMedia();
-    const server = fakeServer({
-      "POST /v1/plays": () => allowedAnswer("s1"),
+    const { media, ended } = await allowedPlayer({
       "GET /v1/streams/s1/content": () => [403, { status: 403, detail: "has ended" }],
       "POST /v1/streams/s1/heartbeat": () => [404, { status: 404, detail: "not active" }],
     });
-    const p = make(media, server.fetch);
-    const ended = vi.fn();
-    p.on("ended", ended);
-    await p.play("v1");
     media.dispatchEvent(new Event("error"));
     await vi.advanceTimersByTimeAsync(0);
     expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "gone" });
