@@ -452,7 +452,8 @@ class PlayGate:
         return await self.renew(stream_id, owner)
 
     async def renew(self, stream_id: str, user_id: str, *, slack: float = 0.0) -> Stream:
-        """Renew a stream of `user_id` (any heartbeat: HTTP, socket, media request); NotFound once it has ended.
+        """Renew a stream of `user_id` (any heartbeat: HTTP, socket, media request); NotFound once it has ended,
+        naming why (`reason`) when that is known.
 
         A user disabled since, or now over a lowered limit, is held to it here: all the streams of a disabled
         user end (`user_disabled`); a stream beyond the new limit ends (`evicted`), the rest keep playing.
@@ -462,22 +463,31 @@ class PlayGate:
         streams = await self._ledger.streams(user_id)
         stream = next((s for s in streams if s.id == stream_id), None)
         if stream is None:
-            raise NotFound(f"Stream {stream_id!r} is not active.")
+            raise await self._gone(user_id, stream_id)
         quota = (await self._catalog.quotas([user_id]))[user_id]
         if quota.disabled or not quota.exists:
             await self._end_all(user_id)
-            raise NotFound(f"Stream {stream_id!r} has ended: the user is disabled.")
+            raise NotFound(f"Stream {stream_id!r} has ended: the user is disabled.", reason=Reason.user_disabled.value)
         policy = quota.rules.on_limit or Policy.deny
         if len(streams) > quota.limit and stream.id in over_limit(streams, quota.limit, policy):
             await self._announce(await self._ledger.stop([stream.id], user_id), Reason.limit_lowered)
-            raise NotFound(f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.")
+            raise NotFound(
+                f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.",
+                reason=Reason.limit_lowered.value,
+            )
         lease_s = self._settings.stream_ttl_s
         if stream.expires_at - self._clock() > lease_s * (1.0 - slack):
             return stream
         renewed = await self._ledger.heartbeat(stream_id, user_id)
         if renewed is None:
-            raise NotFound(f"Stream {stream_id!r} is not active.")
+            raise await self._gone(user_id, stream_id)
         return renewed
+
+    async def _gone(self, user_id: str, stream_id: str) -> NotFound:
+        """The NotFound of a stream that is no longer active, naming why it ended when the audit trail knows."""
+        reason = await self.end_reason(user_id, stream_id)
+        why = f" ({reason})" if reason is not None else ""
+        return NotFound(f"Stream {stream_id!r} is not active{why}.", reason=reason)
 
     async def end_reason(self, user_id: str, stream_id: str) -> str | None:
         """Why a stream of `user_id` that is no longer active ended, as the audit trail knows it; None when it

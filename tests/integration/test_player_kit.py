@@ -241,8 +241,8 @@ async def test_bad_replacement_or_secret_is_refused_naming_the_field(
 
 
 async def test_a_refused_stream_says_why_it_ended(app: httpx.AsyncClient) -> None:
-    """The 403 of the content gate names the reason the audit trail knows: stopped by the player, by an admin,
-    the user disabled, the limit lowered, the video deleted."""
+    """The 403 of the content gate (and a heartbeat's 404) names the reason the audit trail knows: stopped by the
+    player, by an admin, the user disabled, the limit lowered, the video deleted."""
     auth, user_id = await account_with_limit(app, 3)
     admin = await log_in(app, "admin", ADMIN_PASSWORD)
 
@@ -256,6 +256,9 @@ async def test_a_refused_stream_says_why_it_ended(app: httpx.AsyncClient) -> Non
     mine = await play(app, auth, "1", deviceId="tv")
     assert (await app.delete(f"/v1/streams/{mine['streamId']}", headers=auth)).status_code == 204
     assert await reason(mine) == "stopped"
+    # A heartbeat of it is answered 404, naming why too.
+    gone = await app.post(f"/v1/streams/{mine['streamId']}/heartbeat", headers=auth)
+    assert (gone.status_code, gone.json()["reason"]) == (404, "stopped")
     by_admin = await play(app, auth, "1", deviceId="tv")
     assert (await app.delete(f"/v1/streams/{by_admin['streamId']}", headers=admin)).status_code == 204
     assert await reason(by_admin) == "stopped_by_admin"

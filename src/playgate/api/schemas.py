@@ -610,10 +610,11 @@ class Problem(BaseModel):
     errors: list[dict[str, object]] | None = None
     reason: str | None = Field(
         None,
-        description="A 403 for a stream that ended: why, as recorded (`evicted`, `replaced`, `stopped`, "
-        "`stopped_by_admin`, `expired`, `limit_lowered`, `video_deleted`, `user_disabled`); absent while not "
-        "recorded yet: a lease that ran out is recorded at the next sweep (PLAYGATE_SWEEP_INTERVAL), an end "
-        "decided by another process once that process writes its audit events (every half second).",
+        description="A 403 (media) or 404 (heartbeat) for a stream that ended: why, as recorded (`evicted`, "
+        "`replaced`, `stopped`, `stopped_by_admin`, `expired`, `limit_lowered`, `video_deleted`, `user_disabled`); "
+        "absent while not recorded yet: a lease that ran out is recorded at the next sweep "
+        "(PLAYGATE_SWEEP_INTERVAL), an end decided by another process once that process writes its audit events "
+        "(every half second).",
     )
 
 

@@ -166,8 +166,8 @@ class ContentGate:
             raise Forbidden("This playback token is for another stream.")
         try:
             return await self.gate.renew(claims.stream_id, claims.user_id, slack=MEDIA_RENEW_SLACK)
-        except NotFound:
-            reason = await self.gate.end_reason(claims.user_id, claims.stream_id)
+        except NotFound as exc:
+            reason = exc.extra.get("reason")  # why it ended, when known
             why = f" ({reason})" if reason is not None else ""
             raise Forbidden(
                 f"Stream {stream_id!r} has ended{why}; ask to play the video again.", reason=reason

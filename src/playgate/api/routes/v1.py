@@ -114,7 +114,8 @@ async def list_streams(gate: GateDep, caller: Caller, user_id: ForUser = None) -
 async def heartbeat(
     gate: GateDep, content: ContentDep, caller: Caller, stream_id: Annotated[StreamId, Path(alias="streamId")]
 ) -> HeartbeatOut:
-    """200 with the new expiry and a fresh playback URL; 404 when the stream is no longer active."""
+    """200 with the new expiry and a fresh playback URL; 404 when the stream is no longer active (`reason`: why it
+    ended, when recorded)."""
     stream = await gate.heartbeat(caller, stream_id)
     return HeartbeatOut(expires_at=iso(stream.expires_at), playback_url=content.url_for(stream))
 

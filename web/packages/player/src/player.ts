@@ -388,16 +388,19 @@ export class Player {
     this.heartbeatTimer = null;
   }
 
-  /** Renew the lease over the socket when it is up, else over HTTP; a stream found gone ends (reason `gone`). */
+  /** Renew the lease over the socket when it is up, else over HTTP; a stream found gone ends, with the reason the
+   * answer names (else `gone`, once the socket had a moment to say why). */
   private async heartbeat(): Promise<void> {
     const streamId = this.streamId;
     if (!streamId) return;
     let gone = false;
+    let reason: string | null = null;
     try {
-      let renewed: { status?: number; playbackUrl?: string } | null;
+      let renewed: { status?: number; playbackUrl?: string; reason?: string } | null;
       if (this.socket && this.socket.connected) {
         renewed = await this.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("heartbeat", { streamId });
         gone = Boolean(renewed && renewed.status === 404);
+        reason = (gone && renewed?.reason) || null;
       } else {
         renewed = await this.http.call("POST", `/v1/streams/${encodeURIComponent(streamId)}/heartbeat`);
       }
@@ -405,9 +408,14 @@ export class Player {
       if (renewed && renewed.playbackUrl && this.streamId === streamId) this.playbackUrl = renewed.playbackUrl;
     } catch (error) {
       gone = error instanceof PlayGateError && error.status === 404;
+      reason = gone ? (error as PlayGateError).reason : null;
       if (!gone) this.emit("error", error as Error); // the next beat tries again
     }
     if (!gone || this.streamId !== streamId) return;
+    if (reason) {
+      this.ended({ streamId, videoId: this.videoId ?? "", reason });
+      return;
+    }
     const lost = () => {
       if (this.streamId === streamId) this.ended({ streamId, videoId: this.videoId ?? "", reason: "gone" });
     };

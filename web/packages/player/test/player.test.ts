@@ -332,6 +332,15 @@ describe("a refused stream", () => {
     expect(p.streamId).toBeNull();
   });
 
+  it("a heartbeat answered 404 with a reason ends with it at once", async () => {
+    const { media, ended } = await allowedPlayer({
+      "POST /v1/streams/s1/heartbeat": () => [404, { status: 404, detail: "not active", reason: "limit_lowered" }],
+    });
+    await media.play();
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "limit_lowered" });
+  });
+
   it("without a reason in the refusal, a heartbeat says whether it is gone", async () => {
     const { media, ended } = await allowedPlayer({
       "GET /v1/streams/s1/content": () => [403, { status: 403, detail: "has ended" }],
@@ -459,9 +468,10 @@ describe("the live connection", () => {
     expect(media.src).toBe("");
   });
 
-  it("a stream refused at a heartbeat waits a moment for the socket to say why", async () => {
+  /** A player on a connected socket whose heartbeat acks are `ack`, playing s1 for one heartbeat period. */
+  async function refusedOnTheSocket(ack: Record<string, unknown>) {
     const { io, socket } = fakeIo();
-    socket.timeout = () => ({ emitWithAck: async () => ({ status: 404 }) });
+    socket.timeout = () => ({ emitWithAck: async () => ack });
     const media = new FakeMedia();
     const p = make(media, fakeServer({ "POST /v1/plays": () => allowedAnswer("s1") }).fetch, { io });
     socket.connected = true;
@@ -470,6 +480,16 @@ describe("the live connection", () => {
     await p.play("v1");
     await media.play();
     await vi.advanceTimersByTimeAsync(10_000);
+    return { socket, ended };
+  }
+
+  it("a socket heartbeat's 404 naming why ends the stream at once", async () => {
+    const { ended } = await refusedOnTheSocket({ status: 404, reason: "evicted" });
+    expect(ended.mock.calls).toEqual([[{ streamId: "s1", videoId: "v1", reason: "evicted" }]]);
+  });
+
+  it("a stream refused at a heartbeat waits a moment for the socket to say why", async () => {
+    const { socket, ended } = await refusedOnTheSocket({ status: 404 });
     expect(ended).not.toHaveBeenCalled();
     socket.fire("stream_ended", { streamId: "s1", videoId: "v1", reason: "stopped_by_admin" });
     await vi.advanceTimersByTimeAsync(3_000);
