@@ -149,7 +149,8 @@ def admit(
 ) -> Room:
     """Whether one more stream fits under `rules` (total `limit`), and what is ended to make room.
 
-    The device's own stream (one stream per device) and the stream named to replace go first. Then a new device
+    The device's own stream (one stream per device) and the streams named to replace ("Watch here": these ids, or
+    all the user's others) go first. Then a new device
     past `max_devices` is denied (eviction frees no device). Then the caps that count streams, in order (total,
     each kind tag of the video, the title, away from the household): under `deny` the first full one denies (its
     conflicts: the live streams it counts); under an eviction policy it ends the oldest stream it counts (the
@@ -157,11 +158,8 @@ def admit(
     whatever the policy. Nothing is ended when the request is denied.
     """
     kept, freed = _replace_device_stream(request, live)
-    if request.replace_stream_id is not None:
-        target = next((s for s in kept if s.id == request.replace_stream_id), None)
-        if target is not None:
-            kept = tuple(s for s in kept if s.id != target.id)
-            freed += (EndedStream(target, Reason.replaced),)
+    kept, named = _replace_named(request, kept)
+    freed += named
     if rules.max_devices is not None and _new_device_over_cap(request.device_id, devices, rules, now):
         return Room(live, denial=Check(Reason.device_limit))
     policy = rules.on_limit or Policy.deny
@@ -232,6 +230,21 @@ def _replace_device_stream(
     own = tuple(s for s in live if s.device_id == request.device_id)
     return tuple(s for s in live if s.device_id != request.device_id), tuple(
         EndedStream(s, Reason.replaced) for s in own
+    )
+
+
+def _replace_named(
+    request: PlayRequest, kept: tuple[Stream, ...]
+) -> tuple[tuple[Stream, ...], tuple[EndedStream, ...]]:
+    """Watch here: the streams the request names (or, with `replace_others`, every one) make way; ids that name no
+    live stream of the user are passed over."""
+    if request.replace_others:
+        return (), tuple(EndedStream(s, Reason.replaced) for s in kept)
+    if not request.replace_stream_ids:
+        return kept, ()
+    named = set(request.replace_stream_ids)
+    return tuple(s for s in kept if s.id not in named), tuple(
+        EndedStream(s, Reason.replaced) for s in kept if s.id in named
     )
 
 

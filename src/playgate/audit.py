@@ -216,6 +216,27 @@ class AuditTrail:
             rows = (await conn.execute(query)).all()
         return [StoredEvent(row.id, _event_of(row)) for row in rows]
 
+    async def end_reason(self, user_id: str, stream_id: str) -> str | None:
+        """Why a stream of `user_id` ended (`evicted`, `stopped`, `expired`, ...), as recorded: the events still
+        buffered first, then those written; None when no end of it is recorded (yet: a lease that ran out is
+        recorded when the sweeper next runs, another process's events once it writes them)."""
+        for event in reversed(self._buffer):
+            if event.kind == STREAM_END and event.stream_id == stream_id and event.user_id == user_id:
+                return event.reason
+        query = (
+            select(AuditEventRow.reason)
+            .where(
+                AuditEventRow.user_id == user_id,
+                AuditEventRow.kind == STREAM_END,
+                AuditEventRow.stream_id == stream_id,
+            )
+            .order_by(AuditEventRow.id.desc())
+            .limit(1)
+        )
+        async with translate_db_errors(), self._engine.connect() as conn:
+            reason: str | None = (await conn.execute(query)).scalar_one_or_none()
+        return reason
+
     async def export(self, user_id: str, *, since: float | None, until: float | None) -> AsyncIterator[StoredEvent]:
         """Every event of a user within [since, until), a page at a time."""
         after_id = 0

@@ -140,8 +140,9 @@ class Settings(BaseSettings):
     )
     device_ids: DeviceIdMode = Field(
         DeviceIdMode.any,
-        description="`any`: a play request may name any deviceId; `issued`: only one this server issued (the "
-        "answer to a request without one carries it), so that players cannot share a slot by claiming one id.",
+        description="`any`: a play request may name any deviceId; `issued`: only one this server issued to the "
+        "user (the answer to a request without one carries it), sent with its `deviceSecret`, so that players "
+        "cannot share a slot or pass a device cap by claiming one id, even one copied from the account's listings.",
     )
     one_stream_per_device: bool = Field(
         True,

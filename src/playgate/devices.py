@@ -12,6 +12,9 @@ _KEY_LABEL = b"playgate device id key v1"
 _PREFIX = "dv1"
 # A device id as issued: dv1.<96 random bits, hex>.<first 128 bits of HMAC-SHA256(user id, random), hex>.
 _ISSUED = re.compile(r"^dv1\.([0-9a-f]{24})\.([0-9a-f]{32})$")
+# Its secret: HMAC-SHA256 of (user id, device id) under the same key, hex. The id is public (every listing of the
+# account's streams shows it to the account's other devices); the secret is told once, to the device it is issued to.
+_SECRET_LABEL = "device secret"  # noqa: S105 (a label mixed into the HMAC, not a secret)
 MAX_NAME_CHARS = 80
 
 # (pattern in the User-Agent, name), first match wins: Edge and Opera say "Chrome" too, Chrome says "Safari".
@@ -45,7 +48,12 @@ class DeviceIdMode(StrEnum):
 
 
 class DeviceIds:
-    """Issues device ids bound to a user and signed with a key derived from the server's secret, and checks them."""
+    """Issues device ids bound to a user and signed with a key derived from the server's secret, each with a device
+    secret that proves the id is used by the installation it was issued to, and checks both.
+
+    Nothing is stored: id and secret are both derived from the key, so every process of a deployment checks them,
+    and an idempotent retry is told the same secret again.
+    """
 
     def __init__(self, secret: str) -> None:
         self._key = hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
@@ -62,6 +70,18 @@ class DeviceIds:
         """True when this server issued `device_id` to `user_id`."""
         found = _ISSUED.match(device_id)
         return found is not None and hmac.compare_digest(found[2], self._signature(user_id, found[1]))
+
+    def secret(self, user_id: str, device_id: str) -> str:
+        """The device secret of an id issued to `user_id`: given only to the device the id was issued to."""
+        return hmac.new(self._key, f"{_SECRET_LABEL}\x00{user_id}\x00{device_id}".encode(), hashlib.sha256).hexdigest()
+
+    def proven(self, user_id: str, device_id: str, secret: str | None) -> bool:
+        """True when `device_id` was issued to `user_id` and `secret` is its device secret."""
+        return (
+            secret is not None
+            and self.issued(user_id, device_id)
+            and hmac.compare_digest(secret.encode(), self.secret(user_id, device_id).encode())
+        )
 
 
 def device_name(user_agent: str | None) -> str:

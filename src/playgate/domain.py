@@ -161,7 +161,10 @@ class PlayRequest:
     video_id: str
     device_id: str
     accepted_at: float
-    replace_stream_id: str | None = None
+    # "Watch here": streams of the user to end in exchange for this one, atomically, only if it is then admitted:
+    # these ids, or (`replace_others`) every stream of the user.
+    replace_stream_ids: tuple[str, ...] = ()
+    replace_others: bool = False
     device_name: str = ""
     # One stream per device: a stream this device plays (another title) is replaced by this one, atomically.
     replace_device_stream: bool = False

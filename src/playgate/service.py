@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from playgate import imports
@@ -102,10 +102,17 @@ class Login:
 
 @dataclass(frozen=True, slots=True)
 class PlayTicket:
-    """A play request as the API answers it: its id, and its decision when already known."""
+    """A play request as the API answers it: its id, its decision when already known, and, when the server issued
+    the request's device, that device's secret (told only in this answer)."""
 
     request: PlayRequest
     decision: Decision | None
+    device_secret: str | None = None
+
+    @property
+    def device_id(self) -> str:
+        """The device the answer names: the decision's, else the request's."""
+        return self.decision.device_id if self.decision is not None else self.request.device_id
 
 
 class PlayGate:
@@ -271,9 +278,11 @@ class PlayGate:
         video_id: str,
         *,
         device_id: str | None = None,
+        device_secret: str | None = None,
         device_name: str = "",
         idempotency_key: str | None = None,
-        replace_stream_id: str | None = None,
+        replace_stream_ids: Sequence[str] = (),
+        replace_others: bool = False,
         wait_s: float = 0.0,
         client_address: str | None = None,
     ) -> PlayTicket:
@@ -281,14 +290,17 @@ class PlayGate:
         queued).
 
         A request without a device id gets a new device of its own (a signed id, issued here, which the answer
-        carries); under PLAYGATE_DEVICE_IDS=issued a device id this server did not issue to the user is refused.
+        carries with its device secret); under PLAYGATE_DEVICE_IDS=issued a device id this server did not issue to
+        the user, or one sent without its secret (copied from another installation), is refused.
+        `replace_stream_ids` (or `replace_others`: all of them) are streams of the user that end in exchange, in
+        the step that admits this request ("Watch here"), and only if it is admitted.
         The request carries what the rule needs of it: the video's kind tags, and whether `client_address` is
         away from the user's household networks.
         """
         self.charge(user_id)
         user = await self._catalog.get_user(user_id)
         kinds = await self._kinds(video_id)
-        device = self._device(user.id, device_id)
+        device = self._device(user.id, device_id, device_secret)
         away = is_away(client_address, user.household)
 
         def request(request_id: str) -> PlayRequest:
@@ -298,7 +310,8 @@ class PlayGate:
                 video_id=video_id,
                 device_id=device,
                 accepted_at=self._clock(),
-                replace_stream_id=replace_stream_id,
+                replace_stream_ids=tuple(dict.fromkeys(replace_stream_ids)),
+                replace_others=replace_others,
                 device_name=device_name,
                 replace_device_stream=self._settings.one_stream_per_device and device_id is not None,
                 kinds=kinds,
@@ -314,8 +327,15 @@ class PlayGate:
                         "This Idempotency-Key was used for another video; use a new key.",
                         field="Idempotency-Key",
                     )
-                return await self._replay(request(claim.request_id), wait_s)
-        return await self._submit(request(request_id), wait_s)
+                return self._told(await self._replay(request(claim.request_id), wait_s), issued=device_id is None)
+        return self._told(await self._submit(request(request_id), wait_s), issued=device_id is None)
+
+    def _told(self, ticket: PlayTicket, *, issued: bool) -> PlayTicket:
+        """The ticket with the secret of the device issued for it (the device an idempotent retry's answer names:
+        the first request's)."""
+        if not issued:
+            return ticket
+        return replace(ticket, device_secret=self._devices.secret(ticket.request.user_id, ticket.device_id))
 
     async def _kinds(self, video_id: str) -> tuple[str, ...]:
         """The video's kind tags; NotFound for an unknown video unless PLAYGATE_UNKNOWN_VIDEOS allows it (no tags)."""
@@ -326,13 +346,22 @@ class PlayGate:
                 raise
             return ()
 
-    def _device(self, user_id: str, device_id: str | None) -> str:
-        """The request's device id: a new one issued when none is named, checked under `issued`."""
+    def _device(self, user_id: str, device_id: str | None, device_secret: str | None) -> str:
+        """The request's device id: a new one issued when none is named; under `issued`, one this server issued to
+        the user, with its secret (an id seen in a listing and copied to another installation has none)."""
         if device_id is None:
             return self._devices.issue(user_id)
-        if self._settings.device_ids is DeviceIdMode.issued and not self._devices.issued(user_id, device_id):
+        if self._settings.device_ids is not DeviceIdMode.issued:
+            return device_id
+        if not self._devices.issued(user_id, device_id):
             raise Invalid(
                 "This deviceId was not issued by this server to this user; send none to get one.", field="deviceId"
+            )
+        if not self._devices.proven(user_id, device_id, device_secret):
+            raise Invalid(
+                "This deviceId belongs to another installation: send the deviceSecret it was issued with, or send "
+                "neither to get a device of your own.",
+                field="deviceSecret",
             )
         return device_id
 
@@ -423,7 +452,8 @@ class PlayGate:
         return await self.renew(stream_id, owner)
 
     async def renew(self, stream_id: str, user_id: str, *, slack: float = 0.0) -> Stream:
-        """Renew a stream of `user_id` (any heartbeat: HTTP, socket, media request); NotFound once it has ended.
+        """Renew a stream of `user_id` (any heartbeat: HTTP, socket, media request); NotFound once it has ended,
+        naming why (`reason`) when that is known.
 
         A user disabled since, or now over a lowered limit, is held to it here: all the streams of a disabled
         user end (`user_disabled`); a stream beyond the new limit ends (`evicted`), the rest keep playing.
@@ -433,22 +463,42 @@ class PlayGate:
         streams = await self._ledger.streams(user_id)
         stream = next((s for s in streams if s.id == stream_id), None)
         if stream is None:
-            raise NotFound(f"Stream {stream_id!r} is not active.")
+            raise await self._gone(user_id, stream_id)
         quota = (await self._catalog.quotas([user_id]))[user_id]
         if quota.disabled or not quota.exists:
             await self._end_all(user_id)
-            raise NotFound(f"Stream {stream_id!r} has ended: the user is disabled.")
+            raise NotFound(f"Stream {stream_id!r} has ended: the user is disabled.", reason=Reason.user_disabled.value)
         policy = quota.rules.on_limit or Policy.deny
         if len(streams) > quota.limit and stream.id in over_limit(streams, quota.limit, policy):
             await self._announce(await self._ledger.stop([stream.id], user_id), Reason.limit_lowered)
-            raise NotFound(f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.")
+            raise NotFound(
+                f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.",
+                reason=Reason.limit_lowered.value,
+            )
         lease_s = self._settings.stream_ttl_s
         if stream.expires_at - self._clock() > lease_s * (1.0 - slack):
             return stream
         renewed = await self._ledger.heartbeat(stream_id, user_id)
         if renewed is None:
-            raise NotFound(f"Stream {stream_id!r} is not active.")
+            raise await self._gone(user_id, stream_id)
         return renewed
+
+    async def _gone(self, user_id: str, stream_id: str) -> NotFound:
+        """The NotFound of a stream that is no longer active, naming why it ended when the audit trail knows."""
+        reason = await self.end_reason(user_id, stream_id)
+        why = f" ({reason})" if reason is not None else ""
+        return NotFound(f"Stream {stream_id!r} is not active{why}.", reason=reason)
+
+    async def end_reason(self, user_id: str, stream_id: str) -> str | None:
+        """Why a stream of `user_id` that is no longer active ended, as the audit trail knows it; None when it
+        does not (yet), or the trail cannot be read now."""
+        if self._audit is None:
+            return None
+        try:
+            return await self._audit.end_reason(user_id, stream_id)
+        except Unavailable as exc:
+            log.warning("why stream %s ended is unknown: %s", stream_id, exc.detail)
+            return None
 
     async def stop_stream(self, principal: Principal, stream_id: str) -> Stream:
         """Stop one stream: the caller's own (announced `stopped`, so that the device playing it, if another one,

@@ -1,4 +1,5 @@
-"""The admin page in a real browser: users, limits and streams live; stop, limit, disable; videos add and edit."""
+"""The admin page in a real browser: users, limits and streams live; stop, limit, disable; videos add, edit and
+delete (confirmed; a viewer playing it is told why it stopped)."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ async def test_streams_appear_live_and_an_admin_changes_a_limit_and_disables_a_u
     await expect(row).to_contain_text("effective 4")
 
 
-async def test_videos_are_added_and_edited_and_a_bad_field_is_named(
+async def test_videos_are_added_edited_and_deleted_and_a_bad_field_is_named(
     browsing: Browsing, web_server: ServerProcess
 ) -> None:
     admin, watch = await browsing.page("admin")
@@ -144,6 +145,27 @@ async def test_videos_are_added_and_edited_and_a_bad_field_is_named(
     await admin.get_by_label("URL", exact=True).fill("javascript:alert(1)")
     await admin.get_by_role("button", name="Add video").click()
     await expect(admin.locator("#videos-error")).to_contain_text("a video URL is http(s)://")
+
+    # Delete, asked to confirm in the row: Escape keeps the video; "Yes, delete" ends the stream a viewer plays.
+    viewer, _ = await browsing.page("user3 viewer")
+    await log_in_viewer(viewer, "user3", "user3")
+    await play(viewer, "Launch trailer (final cut)")
+    delete = admin.get_by_role("button", name=f"Delete video {video_id}", exact=True)
+    await delete.click()
+    await expect(added).to_contain_text("Delete “Launch trailer (final cut)”? Streams playing it stop now.")
+    await expect(added.get_by_role("button", name=f"Cancel: keep video {video_id}")).to_be_focused()
+    await admin.keyboard.press("Escape")
+    await expect(delete).to_be_focused()
+    await expect(added.get_by_role("button", name=re.compile("^Yes, delete"))).to_have_count(0)
+    await delete.click()
+    await added.get_by_role("button", name=f"Yes, delete video {video_id}", exact=True).click()
+    await expect(rows).to_have_count(6)
+    await expect(admin.locator("#videos-status")).to_have_text(
+        "Deleted “Launch trailer (final cut)”; its streams were stopped."
+    )
+    await expect_lost(viewer, "Launch trailer (final cut)", "this video was removed from the catalogue")
+    async with await admin_client(web_server.base_url) as api:
+        assert (await api.get(f"/v1/videos/{video_id}")).status_code == 404
 
 
 async def test_a_viewer_account_cannot_use_the_admin_page_and_the_page_fits_a_phone(

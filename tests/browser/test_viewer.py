@@ -8,7 +8,7 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Request, expect
 
 from tests.browser.conftest import PHONE, STREAM_TTL_S, Browsing
 from tests.browser.pages import (
@@ -30,6 +30,9 @@ Screenshot = Callable[[Page, str], Awaitable[Path]]
 async def streams_of(web_server: ServerProcess, name: str, password: str | None = None) -> list[dict[str, str]]:
     async with api_client(web_server.base_url, await token_for(web_server.base_url, name, password or name)) as api:
         return list((await api.get("/v1/streams")).json())
+
+
+TAKEN = "another device took its slot (Replace, or Watch here)"  # the `replaced` reason, as the viewer says it
 
 
 async def test_log_in_refuses_a_wrong_password_and_tells_a_disabled_account_why(
@@ -101,14 +104,22 @@ async def test_the_fourth_device_is_denied_live_and_stops_replaces_or_watches_he
     await fourth.keyboard.press("Enter")
     await expect_playing(fourth, "video4")
 
-    # Device 3 asks again: denied; "Watch here" stops every other stream and plays here; the others are told.
+    # Device 3 asks again: denied; "Watch here" takes the slots of every other stream in one step (they end only
+    # because this one is allowed) and plays here; the others are told their slot was taken.
     third = devices[2][0]
     await third.get_by_role("button", name="Play video3", exact=True).click()
     third_panel = third.get_by_role("region", name="Limit reached: video3 cannot start")
+    sent: list[Request] = []
+    third.on("request", lambda request: sent.append(request))
     await third_panel.get_by_role("button", name="Watch here").click()
     await expect_playing(third, "video3")
-    await expect_lost(devices[0][0], "video1", "it was stopped from another device")
-    await expect_lost(fourth, "video4", "it was stopped from another device")
+    # One play request naming the streams it takes the place of; nothing is stopped before it is allowed.
+    plays = [r for r in sent if r.method == "POST" and r.url.split("?")[0].endswith("/v1/plays")]
+    assert len(plays) == 1, [r.url for r in plays]
+    assert len(plays[0].post_data_json["replaceStreamIds"]) == 3
+    assert [r.url for r in sent if r.method == "DELETE"] == []
+    await expect_lost(devices[0][0], "video1", TAKEN)
+    await expect_lost(fourth, "video4", TAKEN)
     assert [(s["videoId"], s["deviceName"]) for s in await streams_of(web_server, "user1")] == [("3", devices[2][1])]
     await screenshot(third, "viewer")
 
@@ -218,4 +229,4 @@ async def test_on_a_phone_the_denial_is_a_list_that_fits_and_works_from_the_keyb
     await page.keyboard.press("Enter")
     await expect_playing(page, "video6")
     await expect(page.get_by_role("button", name="Stop video6")).to_be_focused()
-    await expect_lost(tv, "video1", "another stream took its place")
+    await expect_lost(tv, "video1", TAKEN)

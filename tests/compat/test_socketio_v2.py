@@ -56,6 +56,7 @@ async def test_v2_and_v4_clients_each_get_their_own_users_decisions(
         ack = await alice_v2.call("heartbeat", {"streamId": alice_message["streamId"]})
         assert ack["streamId"] == alice_message["streamId"]
         assert ack["expiresAt"]
+        assert ack["playbackUrl"].startswith("/v1/play/")
         assert (await alice_v2.call("heartbeat", {"streamId": "nope"}))["status"] == 404
         assert (await alice_v2.call("heartbeat", "not an object"))["status"] == 422
         assert await alice_v2.quiet() == [], "alice's v2 socket gets nothing of bob's"

@@ -46,6 +46,7 @@ RULE_SETS = (
     Rules(max_away_streams=1),
     Rules(kind_limits=(("uhd", 0),), max_per_title=2, max_devices=3, device_window_s=DAY_S, max_away_streams=0),
 )
+ZERO_UHD = Rules(kind_limits=(("uhd", 0),))
 SHADOWS = (None, None, Rules(max_streams=1), Rules(kind_limits=(("uhd", 1),), max_devices=1, max_per_title=1))
 
 
@@ -59,6 +60,8 @@ def play(
     away: bool = False,
     *,
     own_device: bool = False,
+    replace_ids: tuple[str, ...] = (),
+    others: bool = False,
 ) -> PlayRequest:
     """A play request; its id names its user, as the service's ids do (domain.owned_id), so that a Redis Cluster
     finds its decision from the id alone."""
@@ -69,7 +72,8 @@ def play(
         video,
         device,
         accepted_at=0.0,
-        replace_stream_id=replace_id,
+        replace_stream_ids=(*replace_ids, *([replace_id] if replace_id else [])),
+        replace_others=others,
         device_name=f"{device} of {user}",
         replace_device_stream=own_device,
         kinds=kinds,
@@ -142,6 +146,54 @@ async def test_replace_ends_the_named_stream(make_ledger: LedgerFactory) -> None
     assert outcome.decision.status is Status.allowed
     assert [(e.stream.id, e.reason) for e in outcome.ended] == [(a.stream_id, Reason.replaced)]
     assert {s.video_id for s in await ledger.streams("u1")} == {"v2", "v3"}
+
+
+async def test_watch_here_ends_the_named_streams_in_the_admitting_step(make_ledger: LedgerFactory) -> None:
+    ledger = await make_ledger()
+    held = [await one(ledger, play(f"r{i}", video=f"v{i}", device=f"d{i}"), limit=3) for i in range(3)]
+    ids = tuple(d.stream_id or "" for d in held)
+    # A limit lowered to 1: naming two of three streams is not enough, so nothing ends.
+    [short] = await ledger.decide([admit(play("r3", device="here", replace_ids=ids[:2]), limit=1)])
+    assert short.decision.status is Status.denied
+    assert short.ended == ()
+    assert {s.id for s in await ledger.streams("u1")} == set(ids)
+    # Naming all three (and one id of no live stream) admits the new one and ends exactly those.
+    [done] = await ledger.decide([admit(play("r4", device="here", replace_ids=(*ids, "gone-stream")), limit=1)])
+    assert done.decision.status is Status.allowed
+    assert done.decision.active == 1
+    assert ended_set(done.ended) == {(i, "replaced") for i in ids}
+    assert [s.id for s in await ledger.streams("u1")] == [done.decision.stream_id]
+
+
+async def test_watch_here_for_all_others_and_its_denial(make_ledger: LedgerFactory) -> None:
+    ledger = await make_ledger()
+    for i in range(2):
+        await one(ledger, play(f"r{i}", video=f"v{i}", device=f"d{i}", kinds=("uhd",)), limit=2)
+    other_user = await one(ledger, play("x1", user="u2", device="d9"), limit=1)
+    # A cap no replacement can satisfy (no uhd at all): denied, and both streams still play.
+    refused = await ledger.decide([admit(play("r2", device="here", kinds=("uhd",), others=True), 2, rules=ZERO_UHD)])
+    assert refused[0].decision.status is Status.denied
+    assert refused[0].ended == ()
+    assert len(await ledger.streams("u1")) == 2
+    [done] = await ledger.decide([admit(play("r3", device="here", others=True), limit=2)])
+    assert done.decision.status is Status.allowed
+    assert {e.reason for e in done.ended} == {Reason.replaced}
+    assert len(done.ended) == 2
+    assert [s.id for s in await ledger.streams("u1")] == [done.decision.stream_id]
+    assert [s.id for s in await ledger.streams("u2")] == [other_user.stream_id]
+
+
+async def test_watch_here_in_one_batch_never_exceeds_the_limit(make_ledger: LedgerFactory) -> None:
+    """Two devices each asking to watch here in the same batch: each replaces what it named, the limit holds."""
+    ledger = await make_ledger()
+    held = [await one(ledger, play(f"r{i}", video=f"v{i}", device=f"d{i}"), limit=2) for i in range(2)]
+    ids = tuple(d.stream_id or "" for d in held)
+    outcomes = await ledger.decide(
+        [admit(play("w1", device="tv2", replace_ids=ids), limit=2), admit(play("w2", device="tv3", others=True), 2)]
+    )
+    assert [o.decision.status for o in outcomes] == [Status.allowed, Status.allowed]
+    assert [s.id for s in await ledger.streams("u1")] == [outcomes[1].decision.stream_id]
+    assert ended_set(outcomes[1].ended) == {(outcomes[0].decision.stream_id or "", "replaced")}
 
 
 async def test_evict_oldest_makes_room(make_ledger: LedgerFactory, clock: Clock) -> None:
@@ -365,6 +417,8 @@ async def step_admit(ledger: Ledger, model: Model, rng: random.Random, now: floa
             counter[0] += 1
             own = model.streams.get(user, [])
             replace_id = rng.choice(own).id if own and rng.random() < 0.2 else None
+            replace_ids = tuple(s.id for s in own if rng.random() < 0.5) if rng.random() < 0.1 else ()
+            others = rng.random() < 0.05
             own_device = rng.random() < 0.5
             kinds = rng.choice(KIND_SETS)
             away = rng.random() < 0.3
@@ -377,6 +431,8 @@ async def step_admit(ledger: Ledger, model: Model, rng: random.Random, now: floa
                 kinds,
                 away,
                 own_device=own_device,
+                replace_ids=replace_ids,
+                others=others,
             )
         limit = rng.choice((0, 1, 2, 2, 3, 3))
         rules = replace(rng.choice(RULE_SETS), on_limit=model.policy)

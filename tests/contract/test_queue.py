@@ -18,7 +18,7 @@ from tests.support.redis_server import RedisServer
 
 
 def play(rid: str) -> PlayRequest:
-    return PlayRequest(rid, "u1", "v1", "tv", accepted_at=1_800_000_000.5, replace_stream_id=None)
+    return PlayRequest(rid, "u1", "v1", "tv", accepted_at=1_800_000_000.5)
 
 
 @pytest_asyncio.fixture(params=["local", "redis", "redis-cluster"])

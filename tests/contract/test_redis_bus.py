@@ -21,7 +21,7 @@ POISON = "7531-poison"  # a request id naming its user u1, as the service's do (
 
 
 def play(rid: str, user: str = "u1") -> PlayRequest:
-    return PlayRequest(rid, user, "v1", "tv", accepted_at=time.time(), replace_stream_id=None)
+    return PlayRequest(rid, user, "v1", "tv", accepted_at=time.time())
 
 
 @pytest_asyncio.fixture
@@ -130,7 +130,7 @@ async def test_the_ledger_decides_on_after_redis_forgets_its_scripts(redis_url: 
     try:
         [first] = await ledger.decide([Admission(play("r1"), Quota(1))])
         await ledger._redis.script_flush()  # as after a restart without persistence of the script cache
-        other_device = PlayRequest("r2", "u1", "v1", "phone", accepted_at=time.time(), replace_stream_id=None)
+        other_device = PlayRequest("r2", "u1", "v1", "phone", accepted_at=time.time())
         outcomes = await ledger.decide([Admission(play("r1"), Quota(1)), Admission(other_device, Quota(1))])
         assert [o.decision.status for o in outcomes] == [Status.allowed, Status.denied]
         assert outcomes[0].decision == first.decision  # decided once, whatever the retry

@@ -29,7 +29,7 @@ async def test_a_request_given_up_on_is_answered_and_kept_by_the_ledger(
         sweep_interval_s=1.0,
         max_attempts=2,
     )
-    await queue.put(PlayRequest(LOST, "u1", "v1", "tv", accepted_at=clock.now, replace_stream_id=None))
+    await queue.put(PlayRequest(LOST, "u1", "v1", "tv", accepted_at=clock.now))
     for _ in range(2):  # two deliveries that could not be decided
         await queue.release(await queue.take(1, wait_s=0))
     assert await worker.step(wait_s=0) == 1

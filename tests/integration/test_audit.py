@@ -85,3 +85,20 @@ async def test_events_older_than_the_retention_are_pruned(tmp_path: Path) -> Non
         assert [e.event.outcome for e in kept] == ["stopped"]
     finally:
         await engine.dispose()
+
+
+async def test_why_a_stream_ended_is_found_buffered_and_once_written(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'audit.sqlite3'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    trail = AuditTrail(engine, policy=Policy.deny, retention_s=3600, clock=time.time)
+    try:
+        evicted = Stream("s1", "u1", "v1", "d1", started_at=0, expires_at=0)
+        trail.record([end_event(evicted, "evicted", time.time())])
+        assert await trail.end_reason("u1", "s1") == "evicted"  # still in the buffer
+        assert await trail.flush() == 1
+        assert await trail.end_reason("u1", "s1") == "evicted"  # from the database
+        assert await trail.end_reason("u2", "s1") is None, "another user's stream is not told"
+        assert await trail.end_reason("u1", "s2") is None
+    finally:
+        await engine.dispose()

@@ -67,6 +67,11 @@ async def test_heartbeat_event_renews_the_lease(
     ack = await sock.sio.call("heartbeat", {"streamId": play["streamId"]}, timeout=5)
     assert ack["streamId"] == play["streamId"]
     assert ack["expiresAt"] >= before
+    # A fresh playback link, as the HTTP heartbeat answer carries: it opens the stream.
+    assert ack["playbackUrl"].startswith("/v1/play/")
+    async with httpx.AsyncClient(base_url=base_url) as media:
+        opened = await media.get("/v1/authorize", headers={"X-Playback-Token": ack["playbackUrl"].split("/")[3]})
+    assert opened.status_code == 204
     # errors are acked as the problem fields of HTTP (README: Errors)
     gone = await sock.sio.call("heartbeat", {"streamId": "nope"}, timeout=5)
     assert gone == {"type": "about:blank", "title": "Not found", "status": 404, "detail": gone["detail"]}

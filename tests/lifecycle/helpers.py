@@ -12,12 +12,19 @@ from tests.support.clients import SocketClient
 
 
 async def play(
-    client: httpx.AsyncClient, video_id: str, device_id: str, *, replace: str | None = None
+    client: httpx.AsyncClient,
+    video_id: str,
+    device_id: str,
+    *,
+    replace: str | None = None,
+    replace_ids: list[str] | None = None,
 ) -> dict[str, Any]:
-    """POST /v1/plays and wait for the decision (assert it came)."""
+    """POST /v1/plays and wait for the decision (assert it came); `replace_ids`: "Watch here"."""
     body: dict[str, Any] = {"videoId": video_id, "deviceId": device_id}
     if replace is not None:
         body["replaceStreamId"] = replace
+    if replace_ids is not None:
+        body["replaceStreamIds"] = replace_ids
     response = await client.post("/v1/plays", params={"wait": 10}, json=body)
     assert response.status_code == 200, response.text
     decision: dict[str, Any] = response.json()

@@ -1,4 +1,5 @@
-"""evict_oldest and replaceStreamId end to end, under concurrent requests, with their announcements."""
+"""evict_oldest, replaceStreamId and "Watch here" (replaceStreamIds, replaceOthers) end to end, under concurrent
+requests, with their announcements."""
 
 from __future__ import annotations
 
@@ -93,3 +94,36 @@ async def test_replacing_a_stream_that_is_not_yours_replaces_nothing(
         denied = await play(b_client, "2", "phone", replace=alices["streamId"])
         assert (denied["status"], denied["reason"]) == ("denied", "limit_reached")
         assert await active_ids(a_client) == {alices["streamId"]}
+
+
+async def test_watch_here_under_concurrency_never_exceeds_the_limit(
+    deny: Deployment, deny_admin: httpx.AsyncClient, open_socket: OpenSocket
+) -> None:
+    """At the limit with two streams on other devices, four devices race to "watch here" naming both: the first
+    ends them in its own step, and no decision ever takes the user over the limit. (Leases here are 2 s, so on a
+    busy machine a named stream may expire first: what this checks holds either way; the exact outcome is the
+    ledger contract's and tests/integration/test_player_kit.py's.)"""
+    base = deny.base_url
+    user = await new_user(base, deny_admin, limit=2)
+    sock = await open_socket(deny.socket_url, token=user.token)
+    async with api_client(base, user.token) as client:
+        held = [await play(client, "1", "tv"), await play(client, "2", "phone")]
+        ids = [d["streamId"] for d in held]
+        contenders = await asyncio.gather(*(play(client, str(3 + n), f"laptop-{n}", replace_ids=ids) for n in range(4)))
+        winners = [d for d in contenders if d["status"] == "allowed"]
+        assert 1 <= len(winners) <= 2, contenders
+        assert all(d["active"] <= 2 for d in contenders)
+        assert {d["reason"] for d in contenders if d["status"] == "denied"} <= {"limit_reached"}
+        assert await active_ids(client) <= {d["streamId"] for d in winners}
+        events = await ended_events(sock, 2, 5.0)
+        assert {e["streamId"] for e in events} == set(ids)
+        assert {e["reason"] for e in events} <= {"replaced", "expired"}
+        # The 403 names why once the audit trail has it: at once where the worker runs in this process, within
+        # the worker's next audit write (half a second) where it runs in another.
+        for _ in range(50):
+            refused = await fetch(base, clip_url(held[0]))
+            assert refused.status_code == 403
+            if "reason" in refused.json():
+                break
+            await asyncio.sleep(0.1)
+        assert refused.json()["reason"] in ("replaced", "expired")

@@ -24,6 +24,8 @@ def request(
     away: bool = False,
     *,
     own: bool = False,
+    replace_ids: tuple[str, ...] = (),
+    others: bool = False,
 ) -> PlayRequest:
     return PlayRequest(
         rid,
@@ -31,7 +33,8 @@ def request(
         video,
         device,
         accepted_at=NOW,
-        replace_stream_id=replace_id,
+        replace_stream_ids=(*replace_ids, *([replace_id] if replace_id else [])),
+        replace_others=others,
         replace_device_stream=own,
         kinds=kinds,
         away=away,
@@ -147,6 +150,56 @@ CASES = [
         2,
     ),
     (
+        "watch here: the named streams all make way at the limit",
+        [stream("a", device="d2"), stream("b", device="d3"), stream("c", device="d4")],
+        Quota(2),
+        request(replace_ids=("a", "b", "c")),
+        Policy.deny,
+        Status.allowed,
+        None,
+        1,
+    ),
+    (
+        "watch here naming too few streams for a lowered limit: denied, nothing ended",
+        [stream("a", device="d2"), stream("b", device="d3"), stream("c", device="d4")],
+        Quota(1),
+        request(replace_ids=("a", "b")),
+        Policy.deny,
+        Status.denied,
+        Reason.limit_reached,
+        3,
+    ),
+    (
+        "watch here for all the others at the limit",
+        [stream("a", device="d2"), stream("b", device="d3")],
+        Quota(2),
+        request(others=True),
+        Policy.deny,
+        Status.allowed,
+        None,
+        1,
+    ),
+    (
+        "watch here for all at a limit of zero: denied, nothing ended",
+        [stream("a", device="d2")],
+        Quota(0),
+        request(others=True),
+        Policy.deny,
+        Status.denied,
+        Reason.limit_reached,
+        1,
+    ),
+    (
+        "watch here with ids of no live stream: denied at the limit",
+        [stream("a", device="d2")],
+        Quota(1),
+        request(replace_ids=("gone", "other-users")),
+        Policy.deny,
+        Status.denied,
+        Reason.limit_reached,
+        1,
+    ),
+    (
         "next episode on the same device replaces its own stream at the limit",
         [stream("ep1", device="d1", video="v2")],
         Quota(1),
@@ -229,6 +282,26 @@ def test_eviction_and_replacement_are_reported_as_ended() -> None:
         request(replace_id="new"), streams=[new, old], quota=Quota(2), now=NOW, lease_s=LEASE_S, new_stream_id="s"
     )
     assert [(e.stream.id, e.reason) for e in replaced.ended] == [("new", Reason.replaced)]
+
+
+def test_watch_here_ends_what_it_names_as_replaced_and_a_denial_ends_nothing() -> None:
+    held = [stream("a", device="d2"), stream("b", device="d3"), stream("c", device="d4", kinds=("uhd",))]
+    named = decide(
+        request(replace_ids=("a", "c")), streams=held, quota=Quota(3), now=NOW, lease_s=LEASE_S, new_stream_id="s"
+    )
+    assert [(e.stream.id, e.reason) for e in named.ended] == [("a", Reason.replaced), ("c", Reason.replaced)]
+    assert [s.id for s in named.streams] == ["b", "s"]
+    everyone = decide(request(others=True), streams=held, quota=Quota(3), now=NOW, lease_s=LEASE_S, new_stream_id="s")
+    assert {e.stream.id for e in everyone.ended} == {"a", "b", "c"}
+    assert [s.id for s in everyone.streams] == ["s"]
+    # A cap that still denies once they are gone (no uhd at all): nothing ends, the conflicts are the uhd ones.
+    capped = Quota(3, rules=Rules(kind_limits=(("uhd", 0),)))
+    refused = decide(
+        request(kinds=("uhd",), others=True), streams=held, quota=capped, now=NOW, lease_s=LEASE_S, new_stream_id="s"
+    )
+    assert refused.decision.status is Status.denied
+    assert refused.ended == ()
+    assert refused.streams == tuple(held)
 
 
 def test_the_next_episode_ends_the_previous_one_as_replaced() -> None:

@@ -1,5 +1,6 @@
 // The admin page: users with their limits and active streams (refreshed every POLL_MS), change a limit, stop a
-// stream, disable or enable a user; the videos with add and edit (kind tags too); the plans with their rules and
+// stream, disable or enable a user; the videos with add, edit (kind tags too) and delete (confirmed: its streams end,
+// announced `video_deleted`); the plans with their rules and
 // shadow policies; the shadow's would-be denials; a user's registered devices, with remove.
 //
 // Live updates poll GET /v1/users and GET /users/{id}/streams instead of listening to the socket: a stream a
@@ -225,7 +226,7 @@ async function refreshUsers() {
 
 // ---- videos ---------------------------------------------------------------------------------------------------
 
-/** One video's row: title and URL inputs with a Save button. */
+/** One video's row: title and URL inputs with a Save button, and Delete (asked to confirm in the row). */
 class VideoRow {
   constructor(video) {
     this.id = video.id;
@@ -239,6 +240,8 @@ class VideoRow {
       });
     }
     this.save = h("button", { type: "button", onclick: () => this.store() }, "Save");
+    this.remove = h("button", { type: "button", class: "danger", onclick: () => this.askDelete() }, "Delete");
+    this.actions = h("div", { class: "row-actions" }, this.save, this.remove);
     this.titleLabel = h("label", { for: this.title.id, class: "sr-only" });
     this.urlLabel = h("label", { for: this.url.id, class: "sr-only" });
     this.kindsLabel = h("label", { for: this.kinds.id, class: "sr-only" });
@@ -249,7 +252,7 @@ class VideoRow {
       h("td", { "data-label": "Title" }, this.titleLabel, this.title),
       h("td", { "data-label": "URL" }, this.urlLabel, this.url),
       h("td", { "data-label": "Kinds" }, this.kindsLabel, this.kinds),
-      h("td", {}, this.save),
+      h("td", {}, this.actions),
     );
   }
 
@@ -258,6 +261,8 @@ class VideoRow {
     this.urlLabel.textContent = `URL of video ${video.id}`;
     this.kindsLabel.textContent = `Kinds of video ${video.id}`;
     this.save.setAttribute("aria-label", `Save video ${video.id}`);
+    this.remove.setAttribute("aria-label", `Delete video ${video.id}`);
+    this.name = video.title;
     if (!this.dirty) {
       this.title.value = video.title;
       this.url.value = video.url;
@@ -280,6 +285,45 @@ class VideoRow {
       showError("videos-error", err);
     }
   }
+
+  /** Ask in the row (Escape or Cancel keeps the video): deleting ends every stream of it, on every account. */
+  askDelete() {
+    const question = h("span", { id: `delete-q-${this.id}` }, `Delete “${this.name}”? Streams playing it stop now.`);
+    const yes = h("button", { type: "button", class: "danger", onclick: () => this.destroy() }, "Yes, delete");
+    yes.setAttribute("aria-label", `Yes, delete video ${this.id}`);
+    yes.setAttribute("aria-describedby", question.id);
+    const cancel = h("button", { type: "button", onclick: () => this.keep() }, "Cancel");
+    cancel.setAttribute("aria-label", `Cancel: keep video ${this.id}`);
+    this.actions.replaceChildren(question, " ", yes, " ", cancel);
+    this.actions.onkeydown = (event) => {
+      if (event.key === "Escape") this.keep();
+    };
+    cancel.focus(); // the safe choice under the keyboard; "Yes, delete" is one Tab back
+  }
+
+  keep() {
+    this.actions.onkeydown = null;
+    this.actions.replaceChildren(this.save, this.remove);
+    this.remove.focus();
+  }
+
+  async destroy() {
+    try {
+      await api.del(`/v1/videos/${encodeURIComponent(this.id)}`);
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 404)) {
+        showError("videos-error", err);
+        this.keep();
+        return;
+      }
+    }
+    showError("videos-error", null);
+    $("videos-status").textContent = `Deleted “${this.name}”; its streams were stopped.`;
+    this.el.remove();
+    videoRows.delete(this.id);
+    $("new-title").focus();
+    await refreshVideos();
+  }
 }
 
 async function refreshVideos() {
@@ -294,6 +338,12 @@ async function refreshVideos() {
       body.append(row.el);
     }
     row.update(video);
+  }
+  for (const [id, row] of videoRows) {
+    if (!videos.has(id)) {
+      row.el.remove(); // deleted elsewhere (another admin, the API)
+      videoRows.delete(id);
+    }
   }
 }
 

@@ -98,7 +98,10 @@ export function h(tag, attrs = {}, ...children) {
 export const ENDED_REASONS = {
   expired: ["its lease ran out (it was paused, or no heartbeat came)", "Press Play to ask again."],
   evicted: ["a newer stream took its slot (the oldest stream ends at the limit)", "Stop another stream to watch here."],
-  replaced: ["another stream took its place", "Press Play to ask again; another device may need to stop."],
+  replaced: [
+    "another device took its slot (Replace, or Watch here)",
+    "Press Play to ask again; another device may need to stop.",
+  ],
   stopped_by_admin: ["an admin stopped it", "Press Play to ask again."],
   user_disabled: ["your account was disabled", "Ask the account's owner to enable it."],
   limit_lowered: ["your account's stream limit was lowered", "Stop a stream on another device to watch here."],

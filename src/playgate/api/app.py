@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import socketio
@@ -19,13 +20,15 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from playgate import __version__
 from playgate.api import errors
 from playgate.api.hot import HotRoutes
-from playgate.api.legacy_socketio import LegacySocketIO
+from playgate.api.legacy_socketio import EventHandler, LegacySocketIO
 from playgate.api.middleware import HttpEdge
 from playgate.api.routes import account, admin, auth, content, events, health, seed, v1
-from playgate.api.socket import V2_EVENTS, create_server, register
+from playgate.api.socket import V2_EVENTS, create_server, heartbeat_ack, register
 from playgate.bus.hub import MemberLink
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
+from playgate.domain import Stream
+from playgate.media.gate import ContentGate
 from playgate.metrics import Metrics
 from playgate.processes import session_ids
 from playgate.runtime import Role, Runtime
@@ -119,10 +122,16 @@ def create_app(
         service: PlayGate = api.state.gate
         return service
 
-    sockets = register(sio, gate)
+    def playback(stream: Stream) -> str:
+        content: ContentGate = api.state.content
+        return content.url_for(stream)
+
+    sockets = register(sio, gate, playback)
     app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
     # Socket.IO v2 clients (`?EIO=3`, e.g. the original service's UI) on the same path.
-    app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings), events=V2_EVENTS)
+    # Their heartbeat acks carry a fresh playback URL too, as a v4 socket's do.
+    v2_events: dict[str, EventHandler] = {**V2_EVENTS, "heartbeat": partial(heartbeat_ack, playback=playback)}
+    app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings), events=v2_events)
     if settings.lean_routes:
         # The players' request → decision → stop loop without FastAPI's per-request machinery (api/hot.py).
         app = HotRoutes(app, gate)

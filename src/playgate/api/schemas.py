@@ -31,6 +31,7 @@ from playgate.policy import FIELDS, rules_from_json, rules_to_json
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 # A stream id may carry its user's id (the Redis ledger's do, hex-encoded: up to 2 x 64 + 25 characters).
 MAX_STREAM_ID_LEN = 160
+MAX_REPLACED = 64  # stream ids one play request may name to replace
 StreamId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STREAM_ID_LEN, pattern=ID_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -53,6 +54,7 @@ VideoUrl = Annotated[str, StringConstraints(min_length=1, max_length=2000), Afte
 Password = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Limit = Annotated[int, Field(ge=0, le=10_000)]
+DeviceSecret = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
 DeviceName = Annotated[str, StringConstraints(min_length=1, max_length=80, pattern=r"^[^\x00-\x1f\x7f]+$")]
 KindTag = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
 Kinds = Annotated[list[KindTag], Field(max_length=20, description="Kind tags, such as `live`, `vod`, `uhd`.")]
@@ -323,11 +325,29 @@ class PlayIn(Input):
         description="The player. Without it the request is a new device of its own, and the answer carries the "
         "`deviceId` issued for it (keep it: under PLAYGATE_DEVICE_IDS=issued only issued ids are accepted).",
     )
+    device_secret: DeviceSecret | None = Field(
+        None,
+        description="The secret the `deviceId` was issued with (in the answer that issued it). Under "
+        "PLAYGATE_DEVICE_IDS=issued it is required with an issued `deviceId`: the id is shown to the account's "
+        "other devices (streams, conflicts), the secret never is, so a copied id is refused (422 naming it).",
+    )
     device_name: DeviceName | None = Field(
         None, description='A name people recognise ("Living-room TV"); else one made from the User-Agent.'
     )
     replace_stream_id: StreamId | None = Field(
-        None, description="One of your streams to end in exchange, atomically, if the limit is reached."
+        None, description="One of your streams to end in exchange, atomically (as `replaceStreamIds` with one id)."
+    )
+    replace_stream_ids: list[StreamId] | None = Field(
+        None,
+        max_length=MAX_REPLACED,
+        description='"Watch here": your streams to end in exchange for this one, in the same atomic step as the '
+        "decision, and only if it is allowed (a denial ends nothing). Ids of streams no longer active are passed "
+        f"over. At most {MAX_REPLACED}.",
+    )
+    replace_others: bool = Field(
+        False,
+        description='"Watch here" for all: every other stream of yours ends in exchange for this one, in the same '
+        "atomic step as the decision, and only if it is allowed.",
     )
     user_id: Id | None = Field(
         None, description="The user to play for: for an API key of scope `plays` (or an admin); else yourself."
@@ -341,6 +361,11 @@ class PlayOut(Wire):
     status: Literal["pending", "allowed", "denied"]
     video_id: str
     device_id: str = Field(description="The request's device (issued by the server when the request named none).")
+    device_secret: str | None = Field(
+        None,
+        description="When the server issued `deviceId` for this request: its secret, told only here. Keep it "
+        "beside the id, privately, and send both (`deviceSecret`) with later requests.",
+    )
     stream_id: str | None = None
     reason: str | None = Field(
         None,
@@ -583,6 +608,14 @@ class Problem(BaseModel):
     detail: str
     field: str | None = None
     errors: list[dict[str, object]] | None = None
+    reason: str | None = Field(
+        None,
+        description="A 403 (media) or 404 (heartbeat) for a stream that ended: why, as recorded (`evicted`, "
+        "`replaced`, `stopped`, `stopped_by_admin`, `expired`, `limit_lowered`, `video_deleted`, `user_disabled`); "
+        "absent while not recorded yet: a lease that ran out is recorded at the next sweep "
+        "(PLAYGATE_SWEEP_INTERVAL), an end decided by another process once that process writes its audit events "
+        "(every half second).",
+    )
 
 
 class EventOut(Wire):

@@ -15,7 +15,7 @@ from playgate.api.errors import error_fields
 from playgate.api.legacy_socketio import LegacyAwareServer
 from playgate.api.schemas import MAX_STREAM_ID_LEN, iso
 from playgate.bus.protocol import SocketJson, user_room
-from playgate.domain import ID_PATTERN
+from playgate.domain import ID_PATTERN, Stream
 from playgate.errors import Invalid, PlayGateError, TooManyRequests
 from playgate.service import PlayGate
 
@@ -107,8 +107,11 @@ class SocketRegistry:
                 log.info("closed %d socket(s) whose token was revoked", closed)
 
 
-def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> SocketRegistry:
-    """Attach PlayGate's handlers to `sio`; `gate` returns the service once the app has started. The registry
+def register(
+    sio: socketio.AsyncServer, gate: Callable[[], PlayGate], playback: Callable[[Stream], str] | None = None
+) -> SocketRegistry:
+    """Attach PlayGate's handlers to `sio`; `gate` returns the service once the app has started, `playback` a fresh
+    playback URL of a stream (the heartbeat ack carries one, as the HTTP heartbeat answer does). The registry
     returned is to be watched (SocketRegistry.watch) while the app runs."""
     sockets = SocketRegistry()
 
@@ -137,7 +140,7 @@ def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> SocketR
     @sio.on("heartbeat")  # type: ignore[untyped-decorator]
     async def heartbeat(sid: str, data: Any = None) -> dict[str, Any]:
         session = await sio.get_session(sid)
-        ack = await heartbeat_ack(gate(), session["user_id"], data)
+        ack = await heartbeat_ack(gate(), session["user_id"], data, playback)
         if ack.get("status") == TooManyRequests.status:
             # Told twice: in the ack, and as an `error` event for a client that sent without asking for one.
             await sio.emit("error", ack, to=sid)
@@ -146,10 +149,13 @@ def register(sio: socketio.AsyncServer, gate: Callable[[], PlayGate]) -> SocketR
     return sockets
 
 
-async def heartbeat_ack(gate: PlayGate, user_id: str | None, data: Any) -> dict[str, Any]:
+async def heartbeat_ack(
+    gate: PlayGate, user_id: str | None, data: Any, playback: Callable[[Stream], str] | None = None
+) -> dict[str, Any]:
     """The `heartbeat` event of a v4 or v2 socket: renew a stream's lease, `{"streamId"}` → ack
-    `{"streamId", "expiresAt"}`, or the problem fields `{"type", "title", "status", "detail"}` (and `field`) as
-    HTTP answers them."""
+    `{"streamId", "expiresAt", "playbackUrl"}` (a fresh playback URL when `playback` is given: with edge signing,
+    how a playing client gets a link that outlives the one it has), or the problem fields `{"type", "title",
+    "status", "detail"}` (and `field`) as HTTP answers them."""
     stream_id = data.get("streamId") if isinstance(data, dict) else None
     try:
         if user_id is None:
@@ -161,7 +167,10 @@ async def heartbeat_ack(gate: PlayGate, user_id: str | None, data: Any) -> dict[
         stream = await gate.renew(stream_id, user_id)
     except PlayGateError as exc:
         return error_fields(exc)
-    return {"streamId": stream.id, "expiresAt": iso(stream.expires_at)}
+    ack = {"streamId": stream.id, "expiresAt": iso(stream.expires_at)}
+    if playback is not None:
+        ack["playbackUrl"] = playback(stream)
+    return ack
 
 
 # What a Socket.IO v2 socket may emit (api/legacy_socketio.py): event name → its ack, from the socket's user.

@@ -71,7 +71,8 @@ def request_to_json(request: PlayRequest) -> str:
             "vid": request.video_id,
             "dev": request.device_id,
             "at": request.accepted_at,
-            "rep": request.replace_stream_id,
+            "rep": list(request.replace_stream_ids),
+            "all": request.replace_others,
             "dn": request.device_name,
             "own": request.replace_device_stream,
         }
@@ -87,10 +88,23 @@ def request_from_json(raw: str | bytes) -> PlayRequest:
         video_id=str(body["vid"]),
         device_id=str(body["dev"]),
         accepted_at=float(body["at"]),
-        replace_stream_id=body.get("rep"),
+        replace_stream_ids=_replaced(body.get("rep")),
+        replace_others=bool(body.get("all", False)),
         device_name=str(body.get("dn") or ""),
         replace_device_stream=bool(body.get("own", False)),
     )
+
+
+def _replaced(rep: object) -> tuple[str, ...]:
+    """The stream ids to replace, as kept in the queue: a list (or, from a process of the version before, one id
+    or null)."""
+    if rep is None:
+        return ()
+    if isinstance(rep, str):
+        return (rep,)
+    if not isinstance(rep, list):
+        raise TypeError("rep must be a list of stream ids")
+    return tuple(str(r) for r in rep)
 
 
 class SlotMoved(Exception):

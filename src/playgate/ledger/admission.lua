@@ -19,10 +19,11 @@ ARGV[1]  now, epoch seconds (the caller's clock, so that every ledger decides on
 ARGV[2]  lease_s, seconds a stream counts after its start or last renewal
 ARGV[3]  decision_ttl_ms, milliseconds the decision is kept
 ARGV[3 + i]  the i-th request, JSON [the id of the stream to start if one starts, request id, user id, video id,
-             device id, the stream to replace or "", the user's limit, "1" if the user is disabled,
+             device id, the ids of the streams to replace (a JSON array), the user's limit, "1" if the user is disabled,
              "1" if the user exists, "1" if the device's own stream makes way (one stream per device),
              device name, the video's kind tags, 1 if away from the household, seconds the devices are kept
-             (0: no device is registered), rules, shadow rules or false]
+             (0: no device is registered), rules, shadow rules or false, 1 if every other stream of the user
+             makes way ("Watch here") else 0]
              rules: {p = on-limit policy, k = [[kind tag, cap], ...], t = max per title, d = max devices,
              w = device window seconds, a = max away streams, m = total (shadow only; else the user's limit)};
              absent: no such cap
@@ -152,8 +153,10 @@ local function admit_rule(req, live, rules, limit, known)
     if req.replace_device == '1' then
         kept = set_aside(kept, function(s) return s.device == req.device end, 'replaced')
     end
-    if req.replace ~= '' then
-        kept = set_aside(kept, function(s) return s.id == req.replace end, 'replaced')
+    if req.replace_others == 1 then
+        kept = set_aside(kept, every, 'replaced')
+    elseif next(req.replace) ~= nil then
+        kept = set_aside(kept, function(s) return req.replace[s.id] ~= nil end, 'replaced')
     end
     if rules.d and new_device_over_cap(req.device, known, rules) then
         return live, {}, 'device_limit', {}
@@ -176,10 +179,14 @@ end
 
 local function admit(leases, streams_key, decision_key, devices_key, request)
     local new_stream_id, request_id, user_id = request[1], request[2], request[3]
-    local video_id, device_id, replace_id = request[4], request[5], request[6]
+    local video_id, device_id = request[4], request[5]
     local limit, disabled, exists = tonumber(request[7]), request[8], request[9]
-    local req = {video = video_id, device = device_id, replace = replace_id, replace_device = request[10],
-                 kinds = request[12], away = request[13]}
+    local replace = {}
+    for _, id in ipairs(request[6]) do
+        replace[id] = true
+    end
+    local req = {video = video_id, device = device_id, replace = replace, replace_device = request[10],
+                 kinds = request[12], away = request[13], replace_others = request[17]}
     local device_name = request[11] or ''
     local device_window_s, rules, shadow = request[14], request[15], request[16]
 

@@ -189,7 +189,7 @@ class RedisLedger:
                 request.user_id,
                 request.video_id,
                 request.device_id,
-                request.replace_stream_id or "",
+                request.replace_stream_ids,
                 quota.limit,
                 "1" if quota.disabled else "0",
                 "1" if quota.exists else "0",
@@ -200,6 +200,7 @@ class RedisLedger:
                 device_window_s(quota) or 0,
                 _rules_arg(quota.rules),
                 _rules_arg(quota.shadow, total=True) if quota.shadow is not None else False,
+                1 if request.replace_others else 0,
             ]
         )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from playgate.catalog.service import Catalog
-from playgate.domain import Decision, Status, Stream
+from playgate.domain import Decision, Reason, Status, Stream
 from playgate.errors import Forbidden, NotFound, Unauthorized
 from playgate.media.clips import DASH_MANIFEST, MASTER_PLAYLIST, MediaFiles, MediaLibrary
 from playgate.media.edge import EdgeSigner
@@ -121,7 +121,9 @@ class ContentGate:
         try:
             video = await self._catalog.get_video(claims.video_id)
         except NotFound:
-            raise Forbidden(f"Video {claims.video_id!r} is no longer in the catalogue.") from None
+            raise Forbidden(
+                f"Video {claims.video_id!r} is no longer in the catalogue.", reason=Reason.video_deleted.value
+            ) from None
         folder = await self.library.ensure_adaptive(claims.video_id, video.source)
         stream = await self._admit(claims, stream_id=claims.stream_id)
         return stream, folder, media_file(folder, relative)
@@ -164,5 +166,9 @@ class ContentGate:
             raise Forbidden("This playback token is for another stream.")
         try:
             return await self.gate.renew(claims.stream_id, claims.user_id, slack=MEDIA_RENEW_SLACK)
-        except NotFound:
-            raise Forbidden(f"Stream {stream_id!r} has ended; ask to play the video again.") from None
+        except NotFound as exc:
+            reason = exc.extra.get("reason")  # why it ended, when known
+            why = f" ({reason})" if reason is not None else ""
+            raise Forbidden(
+                f"Stream {stream_id!r} has ended{why}; ask to play the video again.", reason=reason
+            ) from None

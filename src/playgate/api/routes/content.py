@@ -28,7 +28,8 @@ TokenHeader = Annotated[
 GATE_ERRORS = problem_responses(
     {
         401: "No playback token, or a malformed, expired or forged one.",
-        403: "The token is for another stream, or the stream has ended (stopped, expired, evicted, replaced).",
+        403: "The token is for another stream, or the stream has ended (stopped, expired, evicted, replaced): "
+        "then `reason` says why, as recorded.",
     }
 )
 RANGE_ERRORS = problem_responses({416: "The Range cannot be served (`Content-Range: bytes */<size>` gives the size)."})
@@ -76,7 +77,8 @@ PLAY_DOC: dict[str, Any] = {
         "`manifest.mpd` beside it), so every relative URI in the playlists (variant playlists, init segments, "
         "segments) inherits the token and any player works unchanged. Playlists are served with absolute URIs "
         "made relative. Every request renews the stream's lease; a stream that ended (stopped, expired, evicted, "
-        "replaced, user disabled) is refused at once with 403. Segments serve HTTP Range as the content route does."
+        "replaced, user disabled) is refused at once with 403, its `reason` saying which. Segments serve HTTP "
+        "Range as the content route does."
     ),
     "response_class": Response,
     "responses": {
@@ -141,7 +143,7 @@ async def poster(
         "`X-Original-URI`. The playback token comes from that URI's `?token=`, or from `X-Playback-Token` "
         "(or `?token=` of this call). When the URI is given, its path must end in `/{streamId}/{videoId}.<ext>` "
         "of the token's stream. 204 (lease renewed; `X-Stream-Id`, `X-User-Id`, `X-Video-Id` tell whose), "
-        "401 for a missing or bad token, 403 for another stream's token or an ended stream. "
+        "401 for a missing or bad token, 403 for another stream's token or an ended stream (`reason`: why it ended). "
         "`deploy/nginx/` holds a configuration."
     ),
     responses={204: {"description": "Allowed; the stream's lease was renewed."}, **GATE_ERRORS},

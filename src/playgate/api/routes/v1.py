@@ -42,8 +42,11 @@ ERRORS = problem_responses(
         "are taken as 10) the answer waits for the decision: 200 with it when it comes in time, else the 202. "
         "`Idempotency-Key` (per user): a retry with the same key gets the same request and decision. "
         "A platform's backend with an API key of scope `plays` (or an admin) names the user in `userId`. "
-        "Without `deviceId` the answer carries the one issued for this new device. A request from a device that "
-        "plays another title replaces that stream (one stream per device). Denied at the limit: `conflicts`."
+        "Without `deviceId` the answer carries the one issued for this new device, and its `deviceSecret`. "
+        "A request from a device that "
+        "plays another title replaces that stream (one stream per device). Denied at the limit: `conflicts`. "
+        '"Watch here": `replaceStreamIds` (or `replaceOthers`) end those streams in the step that admits this '
+        "one, never when it is denied."
     ),
     responses={200: {"model": PlayOut, "description": "Decided within ?wait=."}, **ERRORS, **RATE_LIMITED},
 )
@@ -65,15 +68,22 @@ async def create_play(
         gate.acting_user(caller, body.user_id),
         body.video_id,
         device_id=body.device_id,
+        device_secret=body.device_secret,
         device_name=clean_name(body.device_name or device_name(user_agent)),
         idempotency_key=idempotency_key,
-        replace_stream_id=body.replace_stream_id,
+        replace_stream_ids=[
+            *(body.replace_stream_ids or []),
+            *([body.replace_stream_id] if body.replace_stream_id else []),
+        ],
+        replace_others=body.replace_others,
         wait_s=min(wait, MAX_WAIT_S),
         client_address=client_address,
     )
     if ticket.decision is not None:
         response.status_code = 200
-    return await _play_out(gate, content, ticket.decision or ticket.request)
+    answer = await _play_out(gate, content, ticket.decision or ticket.request)
+    answer.device_secret = ticket.device_secret
+    return answer
 
 
 async def _play_out(gate: PlayGate, content: ContentGate, found: PlayRequest | Decision) -> PlayOut:
@@ -104,7 +114,8 @@ async def list_streams(gate: GateDep, caller: Caller, user_id: ForUser = None) -
 async def heartbeat(
     gate: GateDep, content: ContentDep, caller: Caller, stream_id: Annotated[StreamId, Path(alias="streamId")]
 ) -> HeartbeatOut:
-    """200 with the new expiry and a fresh playback URL; 404 when the stream is no longer active."""
+    """200 with the new expiry and a fresh playback URL; 404 when the stream is no longer active (`reason`: why it
+    ended, when recorded)."""
     stream = await gate.heartbeat(caller, stream_id)
     return HeartbeatOut(expires_at=iso(stream.expires_at), playback_url=content.url_for(stream))
 

@@ -1,15 +1,21 @@
 // PlayGate over HTTP: bearer token, JSON bodies, problem+json answers turned into PlayGateError.
 
-/** An answer that was not 2xx: `status`, and the problem document's `detail` and `field` when there is one. */
+/** An answer that was not 2xx: `status`, and the problem document's `detail`, `field` and `reason` (why a stream
+ * ended) when there is one. */
 export class PlayGateError extends Error {
   readonly status: number;
   readonly field: string | null;
+  readonly reason: string | null;
 
-  constructor(status: number, problem: { detail?: string; title?: string; field?: string | null } | null) {
+  constructor(
+    status: number,
+    problem: { detail?: string; title?: string; field?: string | null; reason?: string | null } | null,
+  ) {
     super((problem && (problem.detail || problem.title)) || (status ? `HTTP ${status}` : "The server does not answer."));
     this.name = "PlayGateError";
     this.status = status;
     this.field = (problem && problem.field) || null;
+    this.reason = (problem && problem.reason) || null;
   }
 }
 

@@ -18,6 +18,7 @@ import type {
 } from "./types";
 
 const DEVICE_KEY = "playgate.deviceId";
+const SECRET_KEY = "playgate.deviceSecret";
 const WAIT_S = 10;
 const HEARTBEAT_MAX_MS = 20_000;
 const HEARTBEAT_MIN_MS = 1_000;
@@ -31,6 +32,13 @@ const HLS_TYPE = "application/vnd.apple.mpegurl";
 
 type Handler<T> = (event: T) => void;
 type Settled = AllowedEvent | DeniedEvent;
+
+/** What a play request ends in exchange if it is allowed ("Watch here"): these streams, or all the others. */
+export interface Replacing {
+  replaceStreamId?: string;
+  replaceStreamIds?: string[];
+  replaceOthers?: boolean;
+}
 
 /** True for an HLS playlist URL (`….m3u8`, with or without a query). */
 export function isHls(url: string): boolean {
@@ -60,6 +68,10 @@ export class Player {
   streamId: string | null = null;
   /** The video this player plays (kept after its stream ended, so that resuming asks for it again). */
   videoId: string | null = null;
+  /** The secret the server issued this device's id with (sent with it; never shown to other devices). */
+  private deviceSecret: string | null;
+  /** The stream's latest playback URL (heartbeat answers renew it): asked why when the media is refused. */
+  private playbackUrl: string | null = null;
 
   private readonly media: MediaLike;
   private readonly options: PlayerOptions;
@@ -91,6 +103,8 @@ export class Player {
     this.http = createHttp(options.baseUrl ?? "", typeof token === "function" ? token : () => token, fetcher);
     this.storage = options.storage === undefined ? defaultStorage() : options.storage;
     this.deviceId = options.deviceId ?? this.storage?.getItem(DEVICE_KEY) ?? null;
+    this.deviceSecret =
+      options.deviceSecret ?? (options.deviceId === undefined ? this.storage?.getItem(SECRET_KEY) : null) ?? null;
     this.listen(media, "playing", () => this.startHeartbeats());
     this.listen(media, "pause", () => {
       this.stopHeartbeats();
@@ -98,6 +112,8 @@ export class Player {
     });
     this.listen(media, "ended", () => this.stopHeartbeats());
     this.listen(media, "play", () => void this.resume());
+    // The media refused (a 403 for a stream that ended): the gate's answer says why.
+    this.listen(media, "error", () => void this.refused());
     const win = options.window ?? (typeof window === "undefined" ? null : window);
     if (win) this.listen(win, "pagehide", () => this.leave());
     if (options.io) this.connect();
@@ -119,18 +135,25 @@ export class Player {
   /**
    * Ask to play `videoId` on this device; allowed: the source is set and `allowed` is emitted; denied: `denied`
    * (with the conflicts at the limit). A device playing another title has it replaced (one stream per device).
+   * `replacing` names streams of the account to end in exchange, in the same step, only if this one is allowed.
    */
-  async play(videoId: string, { replaceStreamId }: { replaceStreamId?: string } = {}): Promise<Settled> {
+  async play(videoId: string, replacing: Replacing = {}): Promise<Settled> {
     this.videoId = videoId;
-    const answer = await this.ask(videoId, replaceStreamId);
+    const answer = await this.ask(videoId, replacing);
     if (answer.status === "allowed") return this.allowed(answer);
     return this.denied(answer);
   }
 
-  /** "Watch here": stop every stream holding the limit (the conflicts of a denial), then ask again. */
-  async watchHere(videoId: string, conflicts: Conflict[]): Promise<Settled> {
-    await Promise.all(conflicts.map((c) => this.stopStream(c.streamId)));
-    return this.play(videoId);
+  /**
+   * "Watch here": play `videoId` in exchange for the streams holding the limit (the conflicts of a denial), in one
+   * atomic step on the server: they end only if this one is allowed, and the account never goes over its limit.
+   * Without `conflicts`, every other stream of the account makes way.
+   */
+  async watchHere(videoId: string, conflicts?: Conflict[]): Promise<Settled> {
+    const replacing: Replacing = conflicts
+      ? { replaceStreamIds: conflicts.map((c) => c.streamId) }
+      : { replaceOthers: true };
+    return this.play(videoId, replacing);
   }
 
   /** Stop this player's stream and its media (no `ended`: that event tells of streams lost, not stopped here). */
@@ -165,20 +188,32 @@ export class Player {
 
   // ---- asking ------------------------------------------------------------------------------------------------
 
-  private async ask(videoId: string, replaceStreamId?: string): Promise<PlayAnswer> {
+  private async ask(videoId: string, replacing: Replacing = {}): Promise<PlayAnswer> {
     this.inFlight += 1;
     try {
-      return await this.askOnce(videoId, replaceStreamId);
+      return await this.askOnce(videoId, replacing);
+    } catch (error) {
+      // A kept device id the server does not take (PLAYGATE_DEVICE_IDS=issued: not issued to this user, or kept
+      // without its secret): forget it and ask as a new device, once.
+      if (!(error instanceof PlayGateError && error.status === 422 && this.deviceId)) throw error;
+      if (error.field !== "deviceId" && error.field !== "deviceSecret") throw error;
+      this.deviceId = this.deviceSecret = null;
+      this.storage?.removeItem?.(DEVICE_KEY);
+      this.storage?.removeItem?.(SECRET_KEY);
+      return await this.askOnce(videoId, replacing);
     } finally {
       this.inFlight -= 1;
     }
   }
 
-  private async askOnce(videoId: string, replaceStreamId?: string): Promise<PlayAnswer> {
-    const body: Record<string, string> = { videoId };
+  private async askOnce(videoId: string, replacing: Replacing): Promise<PlayAnswer> {
+    const body: Record<string, unknown> = { videoId };
     if (this.deviceId) body.deviceId = this.deviceId;
+    if (this.deviceId && this.deviceSecret) body.deviceSecret = this.deviceSecret;
     if (this.options.deviceName) body.deviceName = this.options.deviceName;
-    if (replaceStreamId) body.replaceStreamId = replaceStreamId;
+    if (replacing.replaceStreamId) body.replaceStreamId = replacing.replaceStreamId;
+    if (replacing.replaceStreamIds?.length) body.replaceStreamIds = replacing.replaceStreamIds;
+    if (replacing.replaceOthers) body.replaceOthers = true;
     const wait = this.options.waitS ?? WAIT_S;
     const key = `play-${Date.now().toString(36)}-${Math.floor(Math.random() * 1e12).toString(36)}`;
     let answer = (await this.http.call<PlayAnswer>("POST", `/v1/plays?wait=${wait}`, body, {
@@ -186,7 +221,9 @@ export class Player {
     })) as PlayAnswer;
     if (answer.deviceId && answer.deviceId !== this.deviceId) {
       this.deviceId = answer.deviceId;
+      this.deviceSecret = answer.deviceSecret ?? null;
       this.storage?.setItem(DEVICE_KEY, answer.deviceId);
+      if (answer.deviceSecret) this.storage?.setItem(SECRET_KEY, answer.deviceSecret);
     }
     for (let tries = 0; answer.status === "pending" && tries < POLL_TRIES; tries += 1) {
       const pushed = this.pushed.get(answer.requestId);
@@ -220,6 +257,7 @@ export class Player {
     if (fresh && this.streamId) this.release(false); // the previous title on this device: replaced by the server
     this.streamId = streamId;
     if (answer.expiresAt) this.leaseMs = Date.parse(answer.expiresAt) - Date.now();
+    if (fresh) this.playbackUrl = answer.playbackUrl ?? null;
     if (fresh && answer.playbackUrl) void this.setSource(answer.playbackUrl);
     if (!this.media.paused) this.startHeartbeats();
     const event: AllowedEvent = {
@@ -292,7 +330,7 @@ export class Player {
       this.hls = new Hls(this.options.hlsConfig);
       // A fatal error (a refused segment: the stream may have ended): a heartbeat says whether it is gone.
       this.hls.on?.("hlsError", (_event, data) => {
-        if (data && data.fatal) void this.heartbeat();
+        if (data && data.fatal) void this.refused();
       });
       this.hls.loadSource(url);
       this.hls.attachMedia(this.media);
@@ -309,6 +347,7 @@ export class Player {
   private release(unload: boolean): void {
     this.stopHeartbeats();
     this.streamId = null;
+    this.playbackUrl = null;
     if (!unload) return;
     this.hls?.destroy();
     this.hls = null;
@@ -349,29 +388,64 @@ export class Player {
     this.heartbeatTimer = null;
   }
 
-  /** Renew the lease over the socket when it is up, else over HTTP; a stream found gone ends (reason `gone`). */
+  /** Renew the lease over the socket when it is up, else over HTTP; a stream found gone ends, with the reason the
+   * answer names (else `gone`, once the socket had a moment to say why). */
   private async heartbeat(): Promise<void> {
     const streamId = this.streamId;
     if (!streamId) return;
     let gone = false;
+    let reason: string | null = null;
     try {
+      let renewed: { status?: number; playbackUrl?: string; reason?: string } | null;
       if (this.socket && this.socket.connected) {
-        const ack = await this.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("heartbeat", { streamId });
-        gone = Boolean(ack && ack.status === 404);
+        renewed = await this.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("heartbeat", { streamId });
+        gone = Boolean(renewed && renewed.status === 404);
+        reason = (gone && renewed?.reason) || null;
       } else {
-        await this.http.call("POST", `/v1/streams/${encodeURIComponent(streamId)}/heartbeat`);
+        renewed = await this.http.call("POST", `/v1/streams/${encodeURIComponent(streamId)}/heartbeat`);
       }
+      // Both answers carry a fresh playback URL (with edge signing, a link that outlives the one playing).
+      if (renewed && renewed.playbackUrl && this.streamId === streamId) this.playbackUrl = renewed.playbackUrl;
     } catch (error) {
       gone = error instanceof PlayGateError && error.status === 404;
+      reason = gone ? (error as PlayGateError).reason : null;
       if (!gone) this.emit("error", error as Error); // the next beat tries again
     }
     if (!gone || this.streamId !== streamId) return;
+    if (reason) {
+      this.ended({ streamId, videoId: this.videoId ?? "", reason });
+      return;
+    }
     const lost = () => {
       if (this.streamId === streamId) this.ended({ streamId, videoId: this.videoId ?? "", reason: "gone" });
     };
     // The socket's `stream_ended` says why; it may come a moment after the media or the heartbeat was refused.
     if (this.live) setTimeout(lost, REASON_GRACE_MS);
     else lost();
+  }
+
+  /**
+   * The media was refused (hls.js's fatal error, the element's `error`): ask the gate with the stream's playback
+   * URL; its 403 names why the stream ended (`reason`). Without a reason, a heartbeat says whether it is gone.
+   */
+  private async refused(): Promise<void> {
+    const streamId = this.streamId;
+    const url = this.playbackUrl;
+    if (!streamId || !url) return;
+    let reason: string | null = null;
+    try {
+      const fetcher = this.options.fetch ?? globalThis.fetch.bind(globalThis);
+      const answer = await fetcher(this.http.url(url), { headers: { Range: "bytes=0-0" } });
+      const type = answer.headers.get("content-type") || "";
+      if (answer.status === 403 && type.includes("json")) {
+        reason = ((await answer.json()) as { reason?: string }).reason ?? null;
+      }
+    } catch {
+      reason = null; // the gate does not answer: the heartbeat decides
+    }
+    if (this.streamId !== streamId) return;
+    if (reason) this.ended({ streamId, videoId: this.videoId ?? "", reason });
+    else await this.heartbeat();
   }
 
   /** The page is going away: stop the stream with a beacon (it carries the token in its body, no headers). */

@@ -17,6 +17,8 @@ export interface PlayAnswer {
   status: "pending" | "allowed" | "denied";
   videoId: string;
   deviceId?: string;
+  /** With a `deviceId` the server issued for this request: its secret (told only here). */
+  deviceSecret?: string | null;
   streamId?: string | null;
   reason?: string | null;
   active?: number | null;
@@ -72,7 +74,8 @@ export interface EndedEvent {
   videoId: string;
   /**
    * `expired`, `evicted`, `replaced`, `stopped_by_admin`, `user_disabled`, `limit_lowered`, `video_deleted`,
-   * `stopped` (stopped from another device), or `gone` (a heartbeat found it ended, reason unknown).
+   * `stopped` (stopped from another device), or `gone` (a heartbeat found it ended, reason unknown). When the media
+   * is refused, the reason is the one the gate's 403 names.
    */
   reason: string;
 }
@@ -130,6 +133,7 @@ export interface HlsClass {
 export interface StorageLike {
   getItem(key: string): string | null;
   setItem(key: string, value: string): void;
+  removeItem?(key: string): void;
 }
 
 export interface PlayerOptions {
@@ -141,7 +145,9 @@ export interface PlayerOptions {
   deviceName?: string;
   /** This device's id; without it the one kept in `storage`, else the one the server issues on the first play. */
   deviceId?: string;
-  /** Where the issued device id is kept (default: localStorage when there is one; null keeps none). */
+  /** The secret `deviceId` was issued with (PLAYGATE_DEVICE_IDS=issued requires it); kept in `storage` otherwise. */
+  deviceSecret?: string;
+  /** Where the issued device id and its secret are kept (default: localStorage when there is one; null keeps none). */
   storage?: StorageLike | null;
   /** socket.io-client's `io`: decisions and ends arrive at once. Without it the player works over HTTP only. */
   io?: IoFactory;

@@ -90,6 +90,17 @@ function heartbeats(calls: ReturnType<typeof fakeServer>["calls"]): number {
 
 let player: Player | null = null;
 
+/** A player that was allowed to play v1 as stream s1 (its routes besides the play), with a spy on `ended`. */
+async function allowedPlayer(routes: Record<string, Route>) {
+  const media = new FakeMedia();
+  const server = fakeServer({ "POST /v1/plays": () => allowedAnswer("s1"), ...routes });
+  const p = make(media, server.fetch);
+  const ended = vi.fn();
+  p.on("ended", ended);
+  await p.play("v1");
+  return { media, p, ended };
+}
+
 function make(media: FakeMedia, fetch: typeof globalThis.fetch, extra: Partial<PlayerOptions> = {}): Player {
   player = attach(media, {
     baseUrl: BASE,
@@ -146,6 +157,45 @@ describe("asking to play", () => {
     expect(result).toMatchObject({ reason: "limit_reached", conflicts: [conflict], limit: 1 });
     expect(denied).toHaveBeenCalledOnce();
     expect(media.src).toBe("");
+  });
+
+  it("watch here asks once, naming the conflicts (or all the others) to replace; it stops nothing itself", async () => {
+    const media = new FakeMedia();
+    const server = fakeServer({ "POST /v1/plays": () => allowedAnswer("s1") });
+    const p = make(media, server.fetch);
+    await expect(p.watchHere("v1", [conflict, { ...conflict, streamId: "another" }])).resolves.toMatchObject({
+      streamId: "s1",
+    });
+    expect(server.calls).toHaveLength(1);
+    expect(server.calls[0].body).toMatchObject({ videoId: "v1", replaceStreamIds: ["other", "another"] });
+    expect(server.calls[0].body).not.toHaveProperty("replaceOthers");
+    await p.watchHere("v2");
+    expect(server.calls[1].body).toMatchObject({ videoId: "v2", replaceOthers: true });
+    expect(server.calls[1].body).not.toHaveProperty("replaceStreamIds");
+    expect(server.calls.filter((c) => c.method === "DELETE")).toEqual([]);
+  });
+
+  it("keeps the device secret with the issued id, and starts over as a new device when a kept id is refused", async () => {
+    const media = new FakeMedia();
+    const storage = memoryStorage();
+    storage.setItem("playgate.deviceId", "dv1.copied");
+    const server = fakeServer({
+      "POST /v1/plays": (body) =>
+        body?.deviceId === "dv1.copied"
+          ? [422, { status: 422, detail: "another installation's", field: "deviceSecret" }]
+          : [200, { ...(allowedAnswer("s1")[1] as object), deviceId: "dv1.mine", deviceSecret: "secret-1" }],
+    });
+    const p = make(media, server.fetch, { storage });
+    await expect(p.play("v1")).resolves.toMatchObject({ streamId: "s1" });
+    expect(server.calls.map((c) => c.body?.deviceId)).toEqual(["dv1.copied", undefined]);
+    expect(storage.items.get("playgate.deviceId")).toBe("dv1.mine");
+    expect(storage.items.get("playgate.deviceSecret")).toBe("secret-1");
+    await p.play("v2");
+    expect(server.calls[2].body).toMatchObject({ deviceId: "dv1.mine", deviceSecret: "secret-1" });
+    // Another player of this installation reads both back.
+    const again = make(new FakeMedia(), server.fetch, { storage });
+    await again.play("v3");
+    expect(server.calls[3].body).toMatchObject({ deviceId: "dv1.mine", deviceSecret: "secret-1" });
   });
 
   it("polls GET /v1/plays/{id} over HTTP only while the decision is pending", async () => {
@@ -253,19 +303,52 @@ describe("heartbeats", () => {
   });
 
   it("a stream found gone at a heartbeat ends", async () => {
-    const media = new FakeMedia();
-    const server = fakeServer({
-      "POST /v1/plays": () => allowedAnswer("s1"),
+    const { media, p, ended } = await allowedPlayer({
       "POST /v1/streams/s1/heartbeat": () => [404, { status: 404, detail: "not active" }],
     });
-    const p = make(media, server.fetch);
-    const ended = vi.fn();
-    p.on("ended", ended);
-    await p.play("v1");
     await media.play();
     await vi.advanceTimersByTimeAsync(10_000);
     expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "gone" });
     expect(p.streamId).toBeNull();
+  });
+});
+
+describe("a refused stream", () => {
+  it("ends with the reason the gate's 403 names, asked with the latest playback URL", async () => {
+    const asked: string[] = [];
+    const { media, p, ended } = await allowedPlayer({
+      "POST /v1/streams/s1/heartbeat": () => [200, { expiresAt: "x", playbackUrl: "/v1/streams/s1/content?token=q" }],
+      "GET /v1/streams/s1/content": (_body, url) => {
+        asked.push(url);
+        return [403, { status: 403, detail: "Stream 's1' has ended (evicted)", reason: "evicted" }];
+      },
+    });
+    await media.play();
+    await vi.advanceTimersByTimeAsync(10_000);
+    media.dispatchEvent(new Event("error"));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(asked).toEqual([`${BASE}/v1/streams/s1/content?token=q`]);
+    expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "evicted" });
+    expect(p.streamId).toBeNull();
+  });
+
+  it("a heartbeat answered 404 with a reason ends with it at once", async () => {
+    const { media, ended } = await allowedPlayer({
+      "POST /v1/streams/s1/heartbeat": () => [404, { status: 404, detail: "not active", reason: "limit_lowered" }],
+    });
+    await media.play();
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "limit_lowered" });
+  });
+
+  it("without a reason in the refusal, a heartbeat says whether it is gone", async () => {
+    const { media, ended } = await allowedPlayer({
+      "GET /v1/streams/s1/content": () => [403, { status: 403, detail: "has ended" }],
+      "POST /v1/streams/s1/heartbeat": () => [404, { status: 404, detail: "not active" }],
+    });
+    media.dispatchEvent(new Event("error"));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "gone" });
   });
 });
 
@@ -385,9 +468,10 @@ describe("the live connection", () => {
     expect(media.src).toBe("");
   });
 
-  it("a stream refused at a heartbeat waits a moment for the socket to say why", async () => {
+  /** A player on a connected socket whose heartbeat acks are `ack`, playing s1 for one heartbeat period. */
+  async function refusedOnTheSocket(ack: Record<string, unknown>) {
     const { io, socket } = fakeIo();
-    socket.timeout = () => ({ emitWithAck: async () => ({ status: 404 }) });
+    socket.timeout = () => ({ emitWithAck: async () => ack });
     const media = new FakeMedia();
     const p = make(media, fakeServer({ "POST /v1/plays": () => allowedAnswer("s1") }).fetch, { io });
     socket.connected = true;
@@ -396,6 +480,16 @@ describe("the live connection", () => {
     await p.play("v1");
     await media.play();
     await vi.advanceTimersByTimeAsync(10_000);
+    return { socket, ended };
+  }
+
+  it("a socket heartbeat's 404 naming why ends the stream at once", async () => {
+    const { ended } = await refusedOnTheSocket({ status: 404, reason: "evicted" });
+    expect(ended.mock.calls).toEqual([[{ streamId: "s1", videoId: "v1", reason: "evicted" }]]);
+  });
+
+  it("a stream refused at a heartbeat waits a moment for the socket to say why", async () => {
+    const { socket, ended } = await refusedOnTheSocket({ status: 404 });
     expect(ended).not.toHaveBeenCalled();
     socket.fire("stream_ended", { streamId: "s1", videoId: "v1", reason: "stopped_by_admin" });
     await vi.advanceTimersByTimeAsync(3_000);
