@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -129,6 +130,8 @@ class AuditTrail:
         self.flush_interval_s = flush_interval_s
         self.prune_interval_s = prune_interval_s
         self._buffer: deque[AuditEvent] = deque(maxlen=max_buffered)
+        # The batch being written: out of the buffer, not yet committed, still to be found by end_reason.
+        self._writing: list[AuditEvent] = []
         self._full = asyncio.Event()
         self.dropped = 0
 
@@ -158,6 +161,7 @@ class AuditTrail:
         written = 0
         while self._buffer:
             batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+            self._writing = batch
             try:
                 async with translate_db_errors(), self._engine.begin() as conn:
                     # Core executemany of plain rows: the ORM's bulk path and asdict() cost several times more.
@@ -167,6 +171,8 @@ class AuditTrail:
             except BaseException:
                 self._buffer.extendleft(reversed(batch))
                 raise
+            finally:
+                self._writing = []
             written += len(batch)
         return written
 
@@ -220,7 +226,7 @@ class AuditTrail:
         """Why a stream of `user_id` ended (`evicted`, `stopped`, `expired`, ...), as recorded: the events still
         buffered first, then those written; None when no end of it is recorded (yet: a lease that ran out is
         recorded when the sweeper next runs, another process's events once it writes them)."""
-        for event in reversed(self._buffer):
+        for event in itertools.chain(reversed(self._buffer), reversed(self._writing)):
             if event.kind == STREAM_END and event.stream_id == stream_id and event.user_id == user_id:
                 return event.reason
         query = (

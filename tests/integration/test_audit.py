@@ -102,3 +102,29 @@ async def test_why_a_stream_ended_is_found_buffered_and_once_written(tmp_path: P
         assert await trail.end_reason("u1", "s2") is None
     finally:
         await engine.dispose()
+
+
+async def test_why_a_stream_ended_is_found_while_its_batch_is_being_written(tmp_path: Path) -> None:
+    """Between leaving the buffer and its commit an event is in neither place a reader looks, unless the trail
+    keeps the batch in flight in view: a player refused at that moment would be told no reason."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'audit.sqlite3'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    writing, release = asyncio.Event(), asyncio.Event()
+
+    class HeldWrite:  # a companion (the webhook outbox's place) that holds the batch's transaction open
+        async def write(self, conn: object, batch: object) -> None:
+            writing.set()
+            await asyncio.wait_for(release.wait(), 10)
+
+    trail = AuditTrail(engine, policy=Policy.deny, retention_s=3600, clock=time.time, companion=HeldWrite())
+    try:
+        trail.record([end_event(Stream("s1", "u1", "v1", "d1", started_at=0, expires_at=0), "stopped", time.time())])
+        flushing = asyncio.create_task(trail.flush())
+        await asyncio.wait_for(writing.wait(), 10)
+        assert await trail.end_reason("u1", "s1") == "stopped"
+        release.set()
+        assert await flushing == 1
+        assert await trail.end_reason("u1", "s1") == "stopped"
+    finally:
+        await engine.dispose()
