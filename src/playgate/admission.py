@@ -66,11 +66,14 @@ def decide(
         return Verdict(_allowed(request, renewed, len(after), quota.limit, now, None), after, ended, renewed=renewed)
 
     known = devices or {}
+    # One pass for both rule sets: the streams that make way (the device's own, the one named to replace) are
+    # the same under the shadow as under the enforced rules, so they are worked out once.
+    way = _make_way(request, live)
     shadow = None
     if quota.shadow is not None:
         shadow_limit = quota.shadow.max_streams if quota.shadow.max_streams is not None else quota.limit
-        shadow = admit(request, live, quota.shadow, shadow_limit, known, now).denial
-    room = admit(request, live, quota.rules, quota.limit, known, now)
+        shadow = _fit(request, live, way, quota.shadow, shadow_limit, known, now, conflicts=False).denial
+    room = _fit(request, live, way, quota.rules, quota.limit, known, now)
     if room.denial is not None:
         refusal = denied(
             request,
@@ -156,12 +159,35 @@ def admit(
     asking device's oldest first under `evict_oldest_on_same_device_first`), until all fit. A cap of 0 denies
     whatever the policy. Nothing is ended when the request is denied.
     """
+    return _fit(request, live, _make_way(request, live), rules, limit, devices, now)
+
+
+def _make_way(request: PlayRequest, live: tuple[Stream, ...]) -> tuple[tuple[Stream, ...], tuple[EndedStream, ...]]:
+    """The streams kept and those ended before any cap is looked at: the device's own stream (one stream per
+    device) and the stream named to replace."""
     kept, freed = _replace_device_stream(request, live)
     if request.replace_stream_id is not None:
         target = next((s for s in kept if s.id == request.replace_stream_id), None)
         if target is not None:
             kept = tuple(s for s in kept if s.id != target.id)
             freed += (EndedStream(target, Reason.replaced),)
+    return kept, freed
+
+
+def _fit(
+    request: PlayRequest,
+    live: tuple[Stream, ...],
+    way: tuple[tuple[Stream, ...], tuple[EndedStream, ...]],
+    rules: Rules,
+    limit: int,
+    devices: Mapping[str, float],
+    now: float,
+    *,
+    conflicts: bool = True,
+) -> Room:
+    """admit() once the way is made (`way`: the streams kept and ended by _make_way); without `conflicts` a
+    denial does not list them (the shadow's would-be denial names its rule only)."""
+    kept, freed = way
     if rules.max_devices is not None and _new_device_over_cap(request.device_id, devices, rules, now):
         return Room(live, denial=Check(Reason.device_limit))
     policy = rules.on_limit or Policy.deny
@@ -171,7 +197,8 @@ def admit(
             return Room(kept, freed)
         check, cap, counts = full
         if policy is Policy.deny or cap <= 0:
-            return Room(live, denial=check, conflicts=tuple(by_age(s for s in live if counts(s))))
+            holding = tuple(by_age(s for s in live if counts(s))) if conflicts else ()
+            return Room(live, denial=check, conflicts=holding)
         victim = _oldest(tuple(s for s in kept if counts(s)), request.device_id, policy)
         kept = tuple(s for s in kept if s.id != victim.id)
         freed += (EndedStream(victim, Reason.evicted),)
