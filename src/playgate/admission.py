@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from playgate.domain import (
@@ -66,11 +66,14 @@ def decide(
         return Verdict(_allowed(request, renewed, len(after), quota.limit, now, None), after, ended, renewed=renewed)
 
     known = devices or {}
+    # One pass for both rule sets: the streams that make way (the device's own, the one named to replace) are
+    # the same under the shadow as under the enforced rules, so they are worked out once.
+    way = _make_way(request, live)
     shadow = None
     if quota.shadow is not None:
         shadow_limit = quota.shadow.max_streams if quota.shadow.max_streams is not None else quota.limit
-        shadow = admit(request, live, quota.shadow, shadow_limit, known, now).denial
-    room = admit(request, live, quota.rules, quota.limit, known, now)
+        shadow = _fit(request, live, way, quota.shadow, shadow_limit, known, now, conflicts=False).denial
+    room = _fit(request, live, way, quota.rules, quota.limit, known, now)
     if room.denial is not None:
         refusal = denied(
             request,
@@ -157,9 +160,32 @@ def admit(
     asking device's oldest first under `evict_oldest_on_same_device_first`), until all fit. A cap of 0 denies
     whatever the policy. Nothing is ended when the request is denied.
     """
+    return _fit(request, live, _make_way(request, live), rules, limit, devices, now)
+
+
+def _make_way(request: PlayRequest, live: tuple[Stream, ...]) -> tuple[tuple[Stream, ...], tuple[EndedStream, ...]]:
+    """The streams kept and those ended before any cap is looked at: the device's own stream (one stream per
+    device) and the stream named to replace."""
     kept, freed = _replace_device_stream(request, live)
     kept, named = _replace_named(request, kept)
     freed += named
+    return kept, freed
+
+
+def _fit(
+    request: PlayRequest,
+    live: tuple[Stream, ...],
+    way: tuple[tuple[Stream, ...], tuple[EndedStream, ...]],
+    rules: Rules,
+    limit: int,
+    devices: Mapping[str, float],
+    now: float,
+    *,
+    conflicts: bool = True,
+) -> Room:
+    """admit() once the way is made (`way`: the streams kept and ended by _make_way); without `conflicts` a
+    denial does not list them (the shadow's would-be denial names its rule only)."""
+    kept, freed = way
     if rules.max_devices is not None and _new_device_over_cap(request.device_id, devices, rules, now):
         return Room(live, denial=Check(Reason.device_limit))
     policy = rules.on_limit or Policy.deny
@@ -169,7 +195,8 @@ def admit(
             return Room(kept, freed)
         check, cap, counts = full
         if policy is Policy.deny or cap <= 0:
-            return Room(live, denial=check, conflicts=tuple(by_age(s for s in live if counts(s))))
+            holding = tuple(by_age(s for s in live if counts(s))) if conflicts else ()
+            return Room(live, denial=check, conflicts=holding)
         victim = _oldest(tuple(s for s in kept if counts(s)), request.device_id, policy)
         kept = tuple(s for s in kept if s.id != victim.id)
         freed += (EndedStream(victim, Reason.evicted),)
@@ -213,12 +240,60 @@ def by_age(streams: Iterable[Stream]) -> list[Stream]:
 def over_limit(streams: Sequence[Stream], limit: int, policy: Policy) -> set[str]:
     """The ids of the streams beyond a (lowered) `limit`: the newest under `deny` (first come keeps its slot),
     the oldest under an eviction policy (as a new request would have evicted them)."""
-    ordered = by_age(streams)
-    surplus = len(ordered) - max(limit, 0)
-    if surplus <= 0:
-        return set()
-    ended = ordered[:surplus] if policy is not Policy.deny else ordered[len(ordered) - surplus :]
-    return {s.id for s in ended}
+    return set(over_rules(streams, limit, Rules(on_limit=policy)))
+
+
+def over_rules(
+    streams: Sequence[Stream], limit: int, rules: Rules, registered: Collection[str] | None = None
+) -> dict[str, Check]:
+    """The streams beyond any cap of `rules` (lowered since they started), by id, each with the cap it breaks.
+
+    Caps in the order admission looks at them: the total `limit`, each kind tag's, each title's, the away
+    streams', then the devices (the streams of the devices beyond `max_devices`, counted among the streams' devices
+    that are `registered`, when given: a device the account removed no longer counts, as on admission; the caller
+    gives None when none is registered, the cap being new). In
+    each, the newest streams (or devices) beyond the cap go under `deny` (first come keeps its slot), the oldest
+    under an eviction policy (as a new request would have evicted them); a stream gone for one cap is not counted
+    by the next.
+    """
+    keep = by_age(streams)
+    if len(keep) <= limit and not _capped_beyond_total(rules, len(keep)):
+        return {}
+    newest_go = (rules.on_limit or Policy.deny) is Policy.deny
+    over: dict[str, Check] = {}
+    for scope, cap, check in _stream_caps(keep, limit, rules):  # lazily: each scope counts what is kept by then
+        surplus = len(scope) - max(cap, 0)
+        if surplus > 0:
+            for s in scope[len(scope) - surplus :] if newest_go else scope[:surplus]:
+                over[s.id] = check
+            keep[:] = [s for s in keep if s.id not in over]
+    if rules.max_devices is not None:
+        devices = [d for d in dict.fromkeys(s.device_id for s in keep) if registered is None or d in registered]
+        surplus = len(devices) - max(rules.max_devices, 0)
+        if surplus > 0:
+            gone = set(devices[len(devices) - surplus :] if newest_go else devices[:surplus])
+            over.update((s.id, Check(Reason.device_limit)) for s in keep if s.device_id in gone)
+    return over
+
+
+def _stream_caps(keep: list[Stream], limit: int, rules: Rules) -> Iterator[tuple[list[Stream], int, Check]]:
+    """The caps that count streams, in admission's order: the streams of `keep` each counts (read when the cap's
+    turn comes), the cap, and its check."""
+    yield list(keep), limit, Check(Reason.limit_reached)
+    for tag, cap in rules.kind_limits:
+        yield [s for s in keep if tag in s.kinds], cap, Check(Reason.kind_limit, tag)
+    if rules.max_per_title is not None:
+        for video_id in dict.fromkeys(s.video_id for s in keep):
+            yield [s for s in keep if s.video_id == video_id], rules.max_per_title, Check(Reason.title_limit)
+    if rules.max_away_streams is not None:
+        yield [s for s in keep if s.away], rules.max_away_streams, Check(Reason.household_limit)
+
+
+def _capped_beyond_total(rules: Rules, count: int) -> bool:
+    """Whether a cap besides the total could hold `count` streams to fewer (False: only the total matters)."""
+    caps = [cap for _, cap in rules.kind_limits]
+    caps += [c for c in (rules.max_per_title, rules.max_away_streams, rules.max_devices) if c is not None]
+    return any(cap < count for cap in caps)
 
 
 def _replace_device_stream(

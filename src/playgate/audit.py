@@ -2,7 +2,8 @@
 
 Recording is off the hot path: `record` only appends to a buffer in memory; a background task (`run`) writes the
 buffer in one multi-row INSERT every flush_interval_s (or sooner once batch_size events wait), and prunes events
-older than the retention every prune_interval_s. The buffer is bounded: past max_buffered events the oldest are
+older than the retention every prune_interval_s (and, on the same schedule, the rows of `also_prune`: shadow
+denials). The buffer is bounded: past max_buffered events the oldest are
 dropped, counted and logged, so that a database outage cannot exhaust memory. Stopping flushes what is left.
 A companion (the webhook outbox) writes in each batch's transaction: it holds an event iff the trail does.
 """
@@ -14,12 +15,13 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import InstrumentedAttribute
 
 from playgate.catalog.models import AuditEventRow
 from playgate.catalog.service import translate_db_errors
@@ -27,6 +29,17 @@ from playgate.domain import Decision, EndedStream, Outcome, Policy, Stream
 from playgate.errors import PlayGateError
 
 log = logging.getLogger("playgate.audit")
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """Rows of another table pruned beside the audit trail, on its schedule: those whose `column` (epoch seconds)
+    is older than `seconds` (the shadow denials, PLAYGATE_SHADOW_RETENTION)."""
+
+    name: str
+    column: InstrumentedAttribute[float]
+    seconds: float
+
 
 DECISION = "decision"
 STREAM_END = "stream_end"
@@ -120,6 +133,7 @@ class AuditTrail:
         prune_interval_s: float = 3600.0,
         max_buffered: int = 100_000,
         companion: Companion | None = None,
+        also_prune: Sequence[Retention] = (),
     ) -> None:
         self._engine = engine
         self._companion = companion
@@ -129,6 +143,7 @@ class AuditTrail:
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.prune_interval_s = prune_interval_s
+        self.also_prune = tuple(also_prune)
         self._buffer: deque[AuditEvent] = deque(maxlen=max_buffered)
         # The batch being written: out of the buffer, not yet committed, still to be found by end_reason.
         self._writing: list[AuditEvent] = []
@@ -177,10 +192,16 @@ class AuditTrail:
         return written
 
     async def prune(self) -> int:
-        """Delete the events older than the retention; how many."""
-        cutoff = self._clock() - self.retention_s
+        """Delete the events older than the retention; how many. The tables of `also_prune` are pruned too (each
+        to its own retention; their counts are logged, not returned)."""
+        now = self._clock()
         async with translate_db_errors(), self._engine.begin() as conn:
-            result = await conn.execute(delete(AuditEventRow).where(AuditEventRow.at < cutoff))
+            result = await conn.execute(delete(AuditEventRow).where(AuditEventRow.at < now - self.retention_s))
+            for other in self.also_prune:
+                table = other.column.class_
+                pruned = await conn.execute(delete(table).where(other.column < now - other.seconds))
+                if pruned.rowcount:
+                    log.info("pruned %d %s older than the retention", pruned.rowcount, other.name)
         return int(result.rowcount or 0)
 
     async def run(self, stop: asyncio.Event) -> None:

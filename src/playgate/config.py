@@ -315,6 +315,12 @@ class Settings(BaseSettings):
         description="Seconds an event waits before it is sent, so that a user's earlier event written a little "
         "later by another process (each writes every 0.5 s) is sent first.",
     )
+    shadow_retention_days: float = Field(
+        7.0,
+        gt=0,
+        validation_alias=AliasChoices("PLAYGATE_SHADOW_RETENTION"),
+        description="Days shadow denials (GET /v1/shadow-denials) are kept; older ones are pruned with the audit.",
+    )
     ws_per_message_deflate: bool = Field(
         False,
         description="Offer permessage-deflate on websockets: frames are tiny, and each compressed socket costs about "

@@ -13,15 +13,17 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from playgate.api.schemas import Id, Limit, Name, Text, VideoUrl
+from playgate.api.schemas import Id, Limit, Name, RulesWire, ShadowRules, Text, VideoUrl
 from playgate.catalog import bulk
 from playgate.catalog.bulk import Kind, Refusal, UpsertResult
 from playgate.catalog.service import Catalog
+from playgate.policy import FIELDS, rules_to_json
 
 MAX_ROWS = 100_000
 # Rows per transaction: big enough for bulk statements, small enough to let other writers in between.
 BATCH_ROWS = 10_000
 KindName = Literal["users", "videos", "plans"]
+RULE_FIELDS = tuple(name for name in FIELDS if name != "maxStreams")  # a plan's rules beside its total
 Format = Literal["ndjson", "json", "csv"]
 
 
@@ -49,11 +51,25 @@ class VideoRowIn(_Row):
     url: VideoUrl | None = None
 
 
-class PlanRowIn(_Row):
-    """A plan by id (a new one needs name and maxStreams)."""
+class PlanRowIn(_Row, RulesWire):
+    """A plan by id (a new one needs name and maxStreams), with its rules as `POST /v1/plans` takes them (absent:
+    kept; null: lifted) and its shadow policy (null ends shadow mode)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: Name | None = None
     max_streams: Limit | None = Field(None, alias="maxStreams")
+    shadow: ShadowRules | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The fields given (wire names), the rule fields gathered as `rules` and the shadow as stored."""
+        given = self.model_dump(exclude_unset=True, by_alias=True)
+        rules = {name: given.pop(name) for name in RULE_FIELDS if name in given}
+        if rules:
+            given["rules"] = rules
+        if "shadow" in given:
+            given["shadow"] = rules_to_json(self.shadow.rules()) if self.shadow is not None else None
+        return given
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +121,24 @@ def csv_records(stream: Iterable[str]) -> Iterator[tuple[int, Any]]:
 
 
 def _cell(value: str) -> Any:
-    """CSV cells are text: numbers and booleans as their JSON spelling, `null` as null."""
+    """CSV cells are text: numbers and booleans as their JSON spelling, `null` as null, and a JSON object (a plan's
+    `kinds` or `shadow`) as that object."""
     if value in ("true", "false", "null") or value.lstrip("-").isdigit():
         return orjson.loads(value)
+    if value.startswith("{"):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value  # the schema refuses it, naming the field
+    if _is_decimal(value):
+        return float(value)
     return value
+
+
+def _is_decimal(value: str) -> bool:
+    """`7.5`, `-0.25`: a number with a fraction (deviceWindowDays)."""
+    whole, dot, fraction = value.lstrip("-").partition(".")
+    return bool(dot) and whole.isdigit() and fraction.isdigit()
 
 
 def check(schema: Schema, numbered: Iterable[tuple[int, Any]]) -> Iterator[Parsed]:
@@ -134,7 +164,7 @@ def check(schema: Schema, numbered: Iterable[tuple[int, Any]]) -> Iterator[Parse
             yield Refusal(number, row.id, "id", bulk.repeated(schema.kind, row.id))
             continue
         seen.add(row.id)
-        given = row.model_dump(exclude_unset=True, by_alias=True)
+        given = row.fields() if isinstance(row, PlanRowIn) else row.model_dump(exclude_unset=True, by_alias=True)
         yield number, {"id": row.id, **bulk.columns_of(schema.kind, given)}
 
 

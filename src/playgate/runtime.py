@@ -18,13 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate import webhooks
 from playgate.api.schemas import ConflictOut
-from playgate.audit import AuditTrail
+from playgate.audit import AuditTrail, Retention
 from playgate.bus.hub import GroupFanout, Hub, MemberFanout, MemberLink, MemberQueue
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.bus.protocol import Emitter, Fanout, ListeningFanout, RequestQueue, SharedQueue
 from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.db import reset as reset_database
+from playgate.catalog.models import ShadowDenialRow
 from playgate.catalog.service import Catalog
 from playgate.config import JWT_SECRET_FILE, AuthMode, EdgeSigning, Settings, is_loopback, jwt_secret, security_problems
 from playgate.connections import check_redis_url, forget_all
@@ -267,12 +268,16 @@ class Runtime:
             stack.push_async_callback(engine.dispose)
             stack.push_async_callback(catalog.close)
             stack.push_async_callback(catalog.keys.flush)  # the last-used times gathered since the last write
+            shadow_retention = Retention(
+                "shadow denials", ShadowDenialRow.decided_at, settings.shadow_retention_days * 86_400
+            )
             audit = AuditTrail(
                 engine,
                 policy=settings.policy,
                 retention_s=settings.audit_retention_days * 86_400,
                 clock=clock,
                 companion=webhooks.outbox(settings, clock),
+                also_prune=[shadow_retention],
             )
             # Stopped after the worker and sweeper (pushed later, so closed earlier): what they decide while
             # draining is written too.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from playgate import imports
-from playgate.admission import over_limit
+from playgate.admission import over_rules
 from playgate.audit import AuditTrail, StoredEvent
 from playgate.bus.protocol import Fanout, RequestQueue, observe_queue
 from playgate.catalog.bulk import USERS, UpsertResult
@@ -23,7 +23,6 @@ from playgate.domain import (
     EndedStream,
     KeyScope,
     PlayRequest,
-    Policy,
     Reason,
     Stream,
     User,
@@ -455,8 +454,9 @@ class PlayGate:
         """Renew a stream of `user_id` (any heartbeat: HTTP, socket, media request); NotFound once it has ended,
         naming why (`reason`) when that is known.
 
-        A user disabled since, or now over a lowered limit, is held to it here: all the streams of a disabled
-        user end (`user_disabled`); a stream beyond the new limit ends (`evicted`), the rest keep playing.
+        A user disabled since, or now over a lowered limit or rule, is held to it here: all the streams of a
+        disabled user end (`user_disabled`); a stream beyond the new total, kind, title, away or device cap ends
+        (`limit_lowered`), the rest keep playing.
         With `slack` (a fraction of the lease), a lease renewed less than that long ago is only checked, not
         written again: a player fetching many ranges a second costs one read each, and a write now and then.
         """
@@ -468,11 +468,20 @@ class PlayGate:
         if quota.disabled or not quota.exists:
             await self._end_all(user_id)
             raise NotFound(f"Stream {stream_id!r} has ended: the user is disabled.", reason=Reason.user_disabled.value)
-        policy = quota.rules.on_limit or Policy.deny
-        if len(streams) > quota.limit and stream.id in over_limit(streams, quota.limit, policy):
+        registered = None
+        if quota.rules.max_devices is not None and len({s.device_id for s in streams}) > quota.rules.max_devices:
+            # Read only when they may be too many. None registered: the cap is new, so every playing device counts.
+            registered = {d.id for d in await self._ledger.devices(user_id)} or None
+        broken = over_rules(streams, quota.limit, quota.rules, registered).get(stream.id)
+        if broken is not None:
             await self._announce(await self._ledger.stop([stream.id], user_id), Reason.limit_lowered)
+            if broken.reason is Reason.limit_reached:
+                raise NotFound(
+                    f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.",
+                    reason=Reason.limit_lowered.value,
+                )
             raise NotFound(
-                f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.",
+                f"Stream {stream_id!r} has ended: the plan's rule {broken.text} was lowered below it.",
                 reason=Reason.limit_lowered.value,
             )
         lease_s = self._settings.stream_ttl_s

@@ -98,6 +98,8 @@ def test_admission_micro_benchmark_by_batch_size(tmp_path: Path) -> None:
         # 3 users at limit 4 cycling over 8 devices: the first 4 devices of each are allowed, then renewed.
         assert run["allowed"] == 60
         assert run["decisions_per_s"] > 0
+        assert run["worker_cpu_us_per_decision"] > 0
+        assert run["redis_cpu_us_per_decision"] is None  # no Redis behind SQLite
     assert result["runs"][0]["batches"] == 120
     assert result["runs"][1]["batches"] == 8
     assert "sqlite total batch    16:" in stdout
@@ -156,6 +158,8 @@ def test_admission_micro_benchmark_on_redis_reports_memory_per_stream(tmp_path: 
     assert run["redis_used_memory_bytes"] > 0
     assert run["redis_decisions_kept"] == 120
     assert run["redis_bytes_per_active_stream"] > 0
+    assert run["worker_cpu_us_per_decision"] > 0
+    assert run["redis_cpu_us_per_decision"] > 0  # the Lua's CPU, read off the server's INFO cpu
 
 
 def test_bench_segments_reports_requests_latency_and_cpu_for_both_modes(

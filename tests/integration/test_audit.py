@@ -10,9 +10,11 @@ from pathlib import Path
 
 import httpx
 
-from playgate.audit import AuditTrail, end_event
+from playgate.audit import AuditTrail, Retention, end_event
 from playgate.catalog.db import create_engine, upgrade
-from playgate.domain import Policy, Stream
+from playgate.catalog.models import ShadowDenialRow
+from playgate.catalog.service import Catalog
+from playgate.domain import Decision, Policy, Status, Stream
 from tests.support.clients import api_client, new_user
 
 PLAYS = 30
@@ -127,4 +129,28 @@ async def test_why_a_stream_ended_is_found_while_its_batch_is_being_written(tmp_
         assert await flushing == 1
         assert await trail.end_reason("u1", "s1") == "stopped"
     finally:
+        await engine.dispose()
+
+
+async def test_shadow_denials_older_than_their_retention_are_pruned_with_the_audit_trail(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shadow.sqlite3'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    now = [1_000_000.0]
+    catalog = Catalog(engine, default_limit=2, cache_ttl_s=0.0, clock=lambda: now[0])
+    retention = Retention("shadow denials", ShadowDenialRow.decided_at, 600)
+    trail = AuditTrail(engine, policy=Policy.deny, retention_s=3600, clock=lambda: now[0], also_prune=[retention])
+    try:
+        old, recent = (
+            Decision(f"r{i}", "u1", "v1", "d1", Status.allowed, 1, 2, at, shadow_reason="limit_reached")
+            for i, at in enumerate((now[0] - 700, now[0] - 60))
+        )
+        assert await catalog.record_shadow_denials([old, recent]) == 2
+        assert await trail.prune() == 0  # no audit event: the shadow denials are pruned beside, not counted
+        assert [d.request_id for d in await catalog.shadow_denials("u1")] == ["r1"]
+        now[0] += 600
+        await trail.prune()
+        assert await catalog.shadow_denials("u1") == []
+    finally:
+        await catalog.close()
         await engine.dispose()

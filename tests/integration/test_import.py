@@ -104,3 +104,65 @@ async def test_import_from_the_command_line_csv_and_ndjson(server: ServerProcess
     ndjson.write_text(f'{{"id": "nd-{tag}", "title": "From NDJSON", "url": "/media/nd.mp4"}}\n')
     result = playgate(server.data_dir, "import", "videos", str(ndjson))
     assert (result.returncode, result.stdout.strip()) == (0, "videos: 1 created, 0 updated, 0 unchanged, 0 refused")
+
+
+async def test_a_plan_import_carries_the_rules_and_names_the_field_and_row_of_a_bad_one(
+    app_admin: httpx.AsyncClient,
+) -> None:
+    tag = secrets.token_hex(4)
+    family = {
+        "id": f"family-{tag}",
+        "name": f"Family {tag}",
+        "maxStreams": 4,
+        "onLimit": "evict_oldest",
+        "kinds": {"uhd": 1, "live": 2},
+        "maxPerTitle": 2,
+        "maxDevices": 6,
+        "deviceWindowDays": 7,
+        "maxAwayStreams": 1,
+        "shadow": {"maxStreams": 2, "kinds": {"uhd": 0}},
+    }
+    bad = [
+        {"id": f"b1-{tag}", "name": f"B1 {tag}", "maxStreams": 1, "onLimit": "pause"},
+        {"id": f"b2-{tag}", "name": f"B2 {tag}", "maxStreams": 1, "kinds": {"uhd": -1}},
+        {"id": f"b3-{tag}", "name": f"B3 {tag}", "maxStreams": 1, "maxDevices": "two"},
+        {"id": f"b4-{tag}", "name": f"B4 {tag}", "maxStreams": 1, "shadow": {"maxPerTitle": -2}},
+        {"id": f"b5-{tag}", "name": f"B5 {tag}", "maxStreams": 1, "household": ["10.0.0.0/8"]},
+    ]
+    answer = (await app_admin.post("/v1/plans:import", json=[family, *bad])).json()
+    assert (answer["created"], answer["refused"]) == (1, 5)
+    fields = {(r["row"], r["field"]) for r in answer["refusedRows"]}
+    assert fields == {(2, "onLimit"), (3, "kinds.uhd"), (4, "maxDevices"), (5, "shadow.maxPerTitle"), (6, "household")}
+    stored = (await app_admin.get(f"/v1/plans/family-{tag}")).json()
+    stored["shadow"] = {k: v for k, v in stored["shadow"].items() if v is not None}
+    assert {k: v for k, v in stored.items() if k != "id"} == {k: v for k, v in family.items() if k != "id"}
+
+    # The same row again changes nothing; a rule given changes that rule alone, null lifts it, shadow null ends it.
+    again = (await app_admin.post("/v1/plans:import", json=[family])).json()
+    assert (again["unchanged"], again["updated"]) == (1, 0)
+    change = {"id": f"family-{tag}", "maxPerTitle": None, "kinds": {"uhd": 2}, "shadow": None}
+    changed = (await app_admin.post("/v1/plans:import", json=[change])).json()
+    assert changed["updated"] == 1
+    stored = (await app_admin.get(f"/v1/plans/family-{tag}")).json()
+    assert stored.get("maxPerTitle") is None
+    assert stored.get("shadow") is None
+    assert (stored["kinds"], stored["maxDevices"], stored["onLimit"]) == ({"uhd": 2}, 6, "evict_oldest")
+
+
+async def test_a_plan_csv_import_from_the_command_line_carries_the_rules(
+    server: ServerProcess, admin: httpx.AsyncClient
+) -> None:
+    tag = secrets.token_hex(4)
+    plans = server.data_dir / f"rules-{tag}.csv"
+    plans.write_text(
+        "id,name,maxStreams,onLimit,kinds,maxPerTitle,maxDevices,deviceWindowDays,maxAwayStreams\n"
+        f'sports-{tag},Sports {tag},3,deny,"{{""live"": 1}}",1,4,2.5,1\n'
+        f"broken-{tag},Broken {tag},3,,not json,,,,\n"
+    )
+    result = playgate(server.data_dir, "import", "plans", str(plans))
+    assert result.returncode == 1  # the second row was refused
+    assert "plans: 1 created, 0 updated, 0 unchanged, 1 refused" in result.stdout
+    assert f"row 2 (broken-{tag}): kinds" in result.stderr
+    stored = (await admin.get(f"/v1/plans/sports-{tag}")).json()
+    assert (stored["kinds"], stored["maxPerTitle"], stored["maxDevices"]) == ({"live": 1}, 1, 4)
+    assert (stored["deviceWindowDays"], stored["maxAwayStreams"], stored["onLimit"]) == (2.5, 1, "deny")

@@ -189,3 +189,35 @@ async def shadow_count(client: httpx.AsyncClient) -> float:
         if line.startswith('playgate_shadow_denials_total{rule="limit_reached"}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+async def test_a_stricter_plan_ends_the_streams_over_its_rules_at_their_next_heartbeat(
+    base_url: str, admin: httpx.AsyncClient
+) -> None:
+    uhd = await put_video(admin, {"title": "UHD", "url": "/media/u.mp4", "kinds": ["uhd"]})
+    plan = await new_plan(admin, maxStreams=4, onLimit="deny")
+    _, token = await account(base_url, admin, plan["id"])
+    async with client(base_url, token) as player:
+        tv = await play(player, uhd["id"], "tv")
+        phone = await play(player, uhd["id"], "phone")
+        laptop = await play(player, "1", "laptop")
+        assert {tv["status"], phone["status"], laptop["status"]} == {"allowed"}
+        stricter = await admin.patch(f"/v1/plans/{plan['id']}", json={"kinds": {"uhd": 1}, "maxDevices": 2})
+        assert stricter.status_code == 200, stricter.text
+
+        async def heartbeat(decision: dict[str, Any]) -> httpx.Response:
+            return await player.post(f"/v1/streams/{decision['streamId']}/heartbeat")
+
+        # Under deny the first come keeps its slot: the second UHD stream is over the kind cap.
+        assert (await heartbeat(tv)).status_code == 200
+        ended = await heartbeat(phone)
+        assert ended.status_code == 404
+        assert "kind_limit:uhd" in ended.json()["detail"]
+        # The laptop is the second device still playing: within maxDevices 2.
+        assert (await heartbeat(laptop)).status_code == 200
+        assert await admin.patch(f"/v1/plans/{plan['id']}", json={"maxDevices": 1})
+        refused = await heartbeat(laptop)
+        assert refused.status_code == 404
+        assert "device_limit" in refused.json()["detail"]
+        live = {s["id"] for s in (await player.get("/v1/streams")).json()}
+        assert live == {tv["streamId"]}

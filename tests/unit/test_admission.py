@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from playgate.admission import decide
+from playgate.admission import decide, over_rules
 from playgate.domain import DAY_S, PlayRequest, Policy, Quota, Reason, Rules, Status, Stream
 
 NOW = 1_000.0
@@ -772,3 +772,84 @@ def test_no_sequence_breaks_any_rule(
         if rules.max_devices is not None:
             recent = {d for d, seen_at in devices.items() if seen_at > now - rules.device_window_s}
             assert len(recent) <= rules.max_devices
+
+
+def test_a_lowered_rule_ends_the_newest_streams_over_it_under_deny_and_the_oldest_under_eviction() -> None:
+    held = [
+        stream("a", video="v1", device="tv", started=1, kinds=("uhd",)),
+        stream("b", video="v2", device="phone", started=2, kinds=("uhd",), away=True),
+        stream("c", video="v1", device="laptop", started=3, away=True),
+    ]
+    assert over_rules(held, 3, Rules()) == {}
+    kinds = Rules(on_limit=Policy.deny, kind_limits=(("uhd", 1),))
+    assert {sid: c.text for sid, c in over_rules(held, 3, kinds).items()} == {"b": "kind_limit:uhd"}
+    evict = replace(kinds, on_limit=Policy.evict_oldest)
+    assert {sid: c.text for sid, c in over_rules(held, 3, evict).items()} == {"a": "kind_limit:uhd"}
+    title = Rules(max_per_title=1)
+    assert {sid: c.text for sid, c in over_rules(held, 3, title).items()} == {"c": "title_limit"}
+    away = Rules(max_away_streams=0)
+    assert set(over_rules(held, 3, away)) == {"b", "c"}
+    devices = Rules(max_devices=1)
+    assert {sid: c.text for sid, c in over_rules(held, 3, devices).items()} == {
+        "b": "device_limit",
+        "c": "device_limit",
+    }
+    # A device the account removed no longer counts: its stream plays on and makes room for another.
+    assert set(over_rules(held, 3, replace(devices, max_devices=2), registered={"phone", "laptop"})) == set()
+    # A stream ended for one cap is not counted by the next: the total takes c, then uhd is within its cap.
+    both = Rules(kind_limits=(("uhd", 1),), max_per_title=1)
+    assert {sid: c.text for sid, c in over_rules(held, 2, both).items()} == {
+        "c": "limit_reached",
+        "b": "kind_limit:uhd",
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["v1", "v2", "v3"]),
+            st.sampled_from(["d1", "d2", "d3", "d4", "d5"]),
+            st.sampled_from([(), ("uhd",), ("live",), ("live", "uhd")]),
+            st.booleans(),
+        ),
+        max_size=12,
+    ),
+    limit=st.integers(min_value=0, max_value=6),
+    rules=rules_strategy,
+    lowered=rules_strategy,
+    lowered_limit=st.integers(min_value=0, max_value=6),
+)
+def test_heartbeats_hold_streams_to_lowered_rules(
+    ops: list[tuple[str, str, tuple[str, ...], bool]], limit: int, rules: Rules, lowered: Rules, lowered_limit: int
+) -> None:
+    """Streams admitted under the rules are never over them; once the plan changes, the streams left after
+    those over_rules names fit every cap of the new plan."""
+    streams: tuple[Stream, ...] = ()
+    devices: dict[str, float] = {}
+    for n, (video, device, kinds, away) in enumerate(ops):
+        req = PlayRequest(f"r{n}", "u1", video, device, accepted_at=float(n), kinds=kinds, away=away)
+        verdict = decide(
+            req,
+            streams=streams,
+            quota=Quota(limit, rules=rules),
+            now=float(n),
+            lease_s=1000.0,
+            new_stream_id=f"s{n}",
+            devices=devices,
+        )
+        streams = verdict.streams
+        devices = dict(verdict.devices) if verdict.devices is not None else devices
+    assert over_rules(streams, limit, rules, registered=devices) == {}
+    over = over_rules(streams, lowered_limit, lowered)
+    left = [s for s in streams if s.id not in over]
+    assert len(left) <= lowered_limit
+    for tag, cap in lowered.kind_limits:
+        assert sum(tag in s.kinds for s in left) <= cap
+    if lowered.max_per_title is not None:
+        for title in {s.video_id for s in left}:
+            assert sum(s.video_id == title for s in left) <= lowered.max_per_title
+    if lowered.max_away_streams is not None:
+        assert sum(s.away for s in left) <= lowered.max_away_streams
+    if lowered.max_devices is not None:
+        assert len({s.device_id for s in left}) <= lowered.max_devices

@@ -219,7 +219,9 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
                             runs.append(await _time_processes(spec, catalog_url, redis_url, user_ids, batch_size))
                         else:
                             runs.append(
-                                await _time_batches(ledger, catalog, user_ids, spec.requests, batch_size, clock)
+                                await _time_batches(
+                                    ledger, catalog, user_ids, spec.requests, batch_size, clock, redis_url
+                                )
                             )
                         if redis_url is not None:
                             runs[-1].update(await redis_memory(redis_url, ledger, empty_bytes))
@@ -256,7 +258,13 @@ async def _users(catalog: Catalog, spec: AdmissionSpec) -> list[str]:
 
 
 async def _time_batches(
-    ledger: Ledger, catalog: Catalog, user_ids: list[str], count: int, batch_size: int, clock: Callable[[], float]
+    ledger: Ledger,
+    catalog: Catalog,
+    user_ids: list[str],
+    count: int,
+    batch_size: int,
+    clock: Callable[[], float],
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
     queue = LocalQueue()
     emitter = NullEmitter()
@@ -275,10 +283,14 @@ async def _time_batches(
     for request in workload(user_ids, count, clock()):
         await queue.put(request)
     steps = 0
+    server_cpu_before = await _server_cpu_s(redis_url)
+    cpu_started = time.process_time()
     started = time.perf_counter()
     while await worker.step(wait_s=0):
         steps += 1
     elapsed_s = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu_started
+    server_cpu_s = await _server_cpu_s(redis_url) - server_cpu_before
     return {
         "batch_size": batch_size,
         "decisions": count,
@@ -286,10 +298,22 @@ async def _time_batches(
         "decisions_per_s": round(count / elapsed_s, 1),
         "batches": steps,
         "ms_per_batch": round(1000 * elapsed_s / max(1, steps), 3),
+        # CPU per decision: this process (the worker; the SQLite ledger's thread included), and the Redis server's
+        # (the Lua), so that a busy machine's wall time does not hide what a decision costs.
+        "worker_cpu_us_per_decision": round(1e6 * cpu_s / count, 1),
+        "redis_cpu_us_per_decision": round(1e6 * server_cpu_s / count, 1) if redis_url is not None else None,
         "allowed": emitter.statuses.get(Status.allowed.value, 0),
         "denied": emitter.statuses.get(Status.denied.value, 0),
         "emits": emitter.emitted,
     }
+
+
+async def _server_cpu_s(redis_url: str | None) -> float:
+    """CPU seconds the Redis servers at `redis_url` have used (user + system), 0 without Redis."""
+    if redis_url is None:
+        return 0.0
+    infos = await each_primary(redis_url, lambda client: client.info("cpu"))
+    return sum(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in infos)
 
 
 async def _time_processes(

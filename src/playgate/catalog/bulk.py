@@ -14,6 +14,8 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from playgate.catalog.models import PlanRow, UserRow, VideoRow
+from playgate.errors import Invalid
+from playgate.policy import rules_from_json, rules_to_json
 
 # Ids per IN (...) list: well under SQLite's and asyncpg's limits on bound parameters.
 CHUNK = 2000
@@ -58,6 +60,9 @@ class Kind:
     new_row: Callable[[str, float], dict[str, Any]]
     unique: str | None = None
     reference: tuple[str, Table] | None = None
+    # Columns whose given value is merged into the stored one (a plan's rules: the fields given change, the others
+    # stay), by a function of (stored or new row's value, given value) that raises Invalid naming a bad field.
+    merge: dict[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
 
 
 USERS = Kind(
@@ -92,13 +97,22 @@ VIDEOS = Kind(
     required=("title", "url"),
     new_row=lambda video_id, _now: {"id": video_id, "title": None, "url": None},
 )
+
+
+def _merge_rules(stored: dict[str, Any] | None, given: dict[str, Any]) -> dict[str, Any]:
+    """A plan's rules with the given rule fields applied (null lifts a cap), as the catalogue stores them."""
+    merged = {**(stored or {}), **given}
+    return rules_to_json(rules_from_json({name: value for name, value in merged.items() if value is not None}))
+
+
 PLANS = Kind(
     noun="plan",
     table=PlanRow.__table__,  # type: ignore[arg-type]
-    fields={"name": "name", "max_streams": "maxStreams"},
+    fields={"name": "name", "max_streams": "maxStreams", "rules": "rules", "shadow": "shadow"},
     required=("name", "max_streams"),
-    new_row=lambda plan_id, _now: {"id": plan_id, "name": None, "max_streams": None},
+    new_row=lambda plan_id, _now: {"id": plan_id, "name": None, "max_streams": None, "rules": {}, "shadow": None},
     unique="name",
+    merge={"rules": _merge_rules},
 )
 
 
@@ -157,7 +171,15 @@ class _Batch:
         row_id = values["id"]
         given = {c: v for c, v in values.items() if c != "id"}
         old = self.stored.get(row_id)
-        merged = {**(old or self.kind.new_row(row_id, self.now)), **given}
+        base = old or self.kind.new_row(row_id, self.now)
+        merged = {**base, **given}
+        try:
+            for column, merge in self.kind.merge.items():
+                if column in given:
+                    merged[column] = merge(base[column], given[column])
+        except Invalid as exc:
+            self.result.refused.append(Refusal(number, row_id, str(exc.extra.get("field", column)), exc.detail))
+            return
         refusal = self._refusal(row_id, old, merged, given)
         if refusal is not None:
             self.result.refused.append(Refusal(number, row_id, *refusal))
@@ -167,7 +189,7 @@ class _Batch:
         if old is None:
             self.inserts.append(merged)
             self.result.created += 1
-        elif any(old[c] != v for c, v in given.items()):
+        elif any(old[c] != merged[c] for c in given):
             self.updates.append({"b_id": row_id, **{f"b_{c}": merged[c] for c in self.kind.fields}})
             self.stored[row_id] = {c: merged[c] for c in self.kind.fields}
             self.result.updated += 1

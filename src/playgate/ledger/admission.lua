@@ -77,41 +77,66 @@ local function by_age(a, b)
     return a.id < b.id
 end
 
--- The devices seen within the window, and whether `device_id` is one of them.
-local function new_device_over_cap(device_id, known, rules)
-    local since, count, seen = now - rules.w, 0, false
-    for device, seen_at in pairs(known) do
-        if seen_at > since then
-            count = count + 1
-            seen = seen or device == device_id
+-- Whether `device_id` is a new device past the cap: not among the devices seen within the window, and those fill
+-- max devices. `recent` memoises the count per window, so that the shadow and the enforced rules count once.
+local function new_device_over_cap(device_id, known, rules, recent)
+    local found = recent[rules.w]
+    if not found then
+        local since, count, seen = now - rules.w, 0, false
+        for device, seen_at in pairs(known) do
+            if seen_at > since then
+                count = count + 1
+                seen = seen or device == device_id
+            end
         end
+        found = {count, seen}
+        recent[rules.w] = found
     end
-    return not seen and count >= rules.d
+    return not found[2] and found[1] >= rules.d
 end
 
 local function every()
     return true
 end
 
+local function count(streams, counts)
+    local n = 0
+    for _, stream in ipairs(streams) do
+        if counts(stream) then
+            n = n + 1
+        end
+    end
+    return n
+end
+
 -- The first cap the new stream would break: its reason, the cap, and which streams it counts (nil: all fit).
+-- Caps the rules do not set, and kind caps of tags the video lacks, cost nothing.
 local function first_full(req, kept, rules, limit)
     if #kept >= limit then
         return 'limit_reached', limit, every
     end
-    for _, pair in ipairs(rules.k or {}) do
-        local tag, cap = pair[1], pair[2]
-        local counts = function(s) return has(s.kinds, tag) end
-        if has(req.kinds, tag) and #filter(kept, counts) >= cap then
-            return 'kind_limit:' .. tag, cap, counts
+    if rules.k and #req.kinds > 0 then
+        for _, pair in ipairs(rules.k) do
+            local tag, cap = pair[1], pair[2]
+            if has(req.kinds, tag) then
+                local counts = function(s) return has(s.kinds, tag) end
+                if count(kept, counts) >= cap then
+                    return 'kind_limit:' .. tag, cap, counts
+                end
+            end
         end
     end
-    local same_title = function(s) return s.video == req.video end
-    if rules.t and #filter(kept, same_title) >= rules.t then
-        return 'title_limit', rules.t, same_title
+    if rules.t then
+        local same_title = function(s) return s.video == req.video end
+        if count(kept, same_title) >= rules.t then
+            return 'title_limit', rules.t, same_title
+        end
     end
-    local away = function(s) return s.away == 1 end
-    if req.away == 1 and rules.a and #filter(kept, away) >= rules.a then
-        return 'household_limit', rules.a, away
+    if req.away == 1 and rules.a then
+        local away = function(s) return s.away == 1 end
+        if count(kept, away) >= rules.a then
+            return 'household_limit', rules.a, away
+        end
     end
     return nil
 end
@@ -134,9 +159,9 @@ local function oldest(scope, device_id, policy)
     return best
 end
 
--- playgate.admission.admit: the streams kept and those freed ({stream, reason}), or the reason that denies and
--- the live streams its cap counts (the conflicts).
-local function admit_rule(req, live, rules, limit, known)
+-- playgate.admission._make_way: the streams kept and those freed ({stream, reason}) before any cap is looked at
+-- (the device's own stream, one stream per device; the stream named to replace). The same for the shadow.
+local function make_way(req, live)
     local kept, freed = live, {}
     -- The streams `take(stream)` picks go to `freed` with `reason`; the others stay, in their order.
     local function set_aside(streams, take, reason)
@@ -158,7 +183,17 @@ local function admit_rule(req, live, rules, limit, known)
     elseif next(req.replace) ~= nil then
         kept = set_aside(kept, function(s) return req.replace[s.id] ~= nil end, 'replaced')
     end
-    if rules.d and new_device_over_cap(req.device, known, rules) then
+    return kept, freed
+end
+
+-- playgate.admission._fit: the streams kept and those freed, or the reason that denies and the live streams its
+-- cap counts (the conflicts; only when `want_conflicts`: the shadow's would-be denial names its rule alone).
+local function admit_rule(req, live, way_kept, way_freed, rules, limit, known, recent, want_conflicts)
+    local kept, freed = way_kept, {}
+    for i, item in ipairs(way_freed) do
+        freed[i] = item
+    end
+    if rules.d and new_device_over_cap(req.device, known, rules, recent) then
         return live, {}, 'device_limit', {}
     end
     local policy = rules.p or 'deny'
@@ -168,7 +203,7 @@ local function admit_rule(req, live, rules, limit, known)
             return kept, freed, nil, {}
         end
         if policy == 'deny' or cap <= 0 then
-            return live, {}, reason, filter(live, counts)
+            return live, {}, reason, want_conflicts and filter(live, counts) or {}
         end
         local victim = oldest(filter(kept, counts), req.device, policy)
         kept = filter(kept, function(s) return s.id ~= victim.id end)
@@ -268,12 +303,15 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
             known[raw_devices[i]] = tonumber(raw_devices[i + 1])
         end
     end
+    -- One pass for both rule sets: the way made, and the devices counted, once.
+    local way_kept, way_freed = make_way(req, live)
+    local recent = {}
     local shadow_denial = nil
     if shadow then
-        local _, _, denial = admit_rule(req, live, shadow, shadow.m or limit, known)
+        local _, _, denial = admit_rule(req, live, way_kept, way_freed, shadow, shadow.m or limit, known, recent, false)
         shadow_denial = denial
     end
-    local kept, freed, denial, holding = admit_rule(req, live, rules, limit, known)
+    local kept, freed, denial, holding = admit_rule(req, live, way_kept, way_freed, rules, limit, known, recent, true)
     if denial then
         for i, stream in ipairs(holding) do
             conflicts[i] = row(stream, '')

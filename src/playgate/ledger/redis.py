@@ -22,6 +22,7 @@ cluster routing, which follows the redirections.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -138,6 +139,13 @@ def _outcome_from(raw: str, user_id: str) -> Outcome:
     return Outcome(decision_from_json(reply["decision"]), ended, conflicts)
 
 
+@functools.lru_cache(maxsize=1024)
+def _rules_fragment(rules: Rules | None, total: bool) -> orjson.Fragment:
+    """_rules_arg as JSON, made once per rule set (a plan's rules are the same for each of its users' requests);
+    false for no rules."""
+    return orjson.Fragment(orjson.dumps(_rules_arg(rules, total=total) if rules is not None else False))
+
+
 def _rules_arg(rules: Rules, *, total: bool = False) -> dict[str, Any]:
     """Rules as admission.lua reads them: {p, k, t, d, w, a, m}, caps that are not set left out."""
     body: dict[str, Any] = {"p": (rules.on_limit or Policy.deny).value}
@@ -198,8 +206,8 @@ class RedisLedger:
                 request.kinds,
                 1 if request.away else 0,
                 device_window_s(quota) or 0,
-                _rules_arg(quota.rules),
-                _rules_arg(quota.shadow, total=True) if quota.shadow is not None else False,
+                _rules_fragment(quota.rules, False),
+                _rules_fragment(quota.shadow, True),
                 1 if request.replace_others else 0,
             ]
         )

@@ -104,8 +104,10 @@ SELECT_USERS_DEVICES = (
 SELECT_DEVICES = (
     "SELECT user_id, device_id, last_seen_at FROM devices WHERE user_id = ? ORDER BY last_seen_at, device_id"
 )
-SEE_DEVICE = "INSERT INTO devices (user_id, device_id, last_seen_at) VALUES (?, ?, ?)"
-FORGET_DEVICES = "DELETE FROM devices WHERE user_id = ?"
+SEE_DEVICE = (
+    "INSERT INTO devices (user_id, device_id, last_seen_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at"
+)
 FORGET_DEVICE = "DELETE FROM devices WHERE user_id = ? AND device_id = ?"
 
 
@@ -243,6 +245,7 @@ class SqlLedger:
                 before[row[1]].append(_stream(row))
             after = {user_id: list(streams) for user_id, streams in before.items()}
             devices = self._devices_of(conn, admissions)
+            devices_before = {user_id: dict(known) for user_id, known in devices.items()}
             seen: set[str] = set()
             outcomes = []
             fresh: list[tuple[Any, ...]] = []
@@ -270,8 +273,7 @@ class SqlLedger:
                 outcomes.append(Outcome(verdict.decision, verdict.ended, verdict.conflicts))
             self._write_diff(conn, before, after)
             for user_id in seen:
-                conn.execute(FORGET_DEVICES, (user_id,))
-                conn.executemany(SEE_DEVICE, [(user_id, d, seen_at) for d, seen_at in devices[user_id].items()])
+                self._write_devices(conn, user_id, devices_before.get(user_id, {}), devices[user_id])
             if fresh:
                 conn.executemany(INSERT_DECISION, fresh)
         return outcomes
@@ -285,6 +287,14 @@ class SqlLedger:
             for user_id, device_id, last_seen_at in conn.execute(SELECT_USERS_DEVICES, (_json_list(capped),)):
                 devices[user_id][device_id] = last_seen_at
         return devices
+
+    @staticmethod
+    def _write_devices(conn: sqlite3.Connection, user_id: str, old: dict[str, float], new: dict[str, float]) -> None:
+        """Write what changed of a user's devices: those seen anew, and those forgotten (past the window)."""
+        gone = [(user_id, d) for d in old.keys() - new.keys()]
+        if gone:
+            conn.executemany(FORGET_DEVICE, gone)
+        conn.executemany(SEE_DEVICE, [(user_id, d, t) for d, t in new.items() if old.get(d) != t])
 
     @staticmethod
     def _write_diff(conn: sqlite3.Connection, before: dict[str, list[Stream]], after: dict[str, list[Stream]]) -> None:
