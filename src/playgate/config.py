@@ -175,7 +175,7 @@ class Settings(BaseSettings):
         description="Distributed: seconds a request may stay unacknowledged with a worker before another takes it.",
     )
     queue_maxlen: int = Field(
-        1_000_000, ge=1000, description="Distributed: the request stream is trimmed to about this many entries."
+        1_000_000, ge=1000, description="Distributed: each request stream is trimmed to about this many entries."
     )
     queue_shards: int = Field(
         QUEUE_SHARDS,
