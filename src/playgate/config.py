@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from playgate.connections import QUEUE_SHARDS
 from playgate.devices import DeviceIdMode
 from playgate.domain import Policy, Rules
 from playgate.errors import ConfigError, Invalid
@@ -175,7 +176,14 @@ class Settings(BaseSettings):
         description="Distributed: seconds a request may stay unacknowledged with a worker before another takes it.",
     )
     queue_maxlen: int = Field(
-        1_000_000, ge=1000, description="Distributed: the request stream is trimmed to about this many entries."
+        1_000_000, ge=1000, description="Distributed: each request stream is trimmed to about this many entries."
+    )
+    queue_shards: int = Field(
+        QUEUE_SHARDS,
+        ge=1,
+        le=1024,
+        description="Redis Cluster: streams of the request queue, spread over the primaries (a user's requests stay "
+        "on one). Change it only with the queue empty: requests left in a shard that is no longer read stay there.",
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted.")
     log_level: str = Field("info", description="debug, info, warning or error.")

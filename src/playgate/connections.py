@@ -8,6 +8,8 @@ KeyLayout puts the keys that several users share (the lease index, the decisions
 from __future__ import annotations
 
 import functools
+import os
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,9 +41,9 @@ RETRY_BACKOFF_BASE_S = 0.02
 RETRY_BACKOFF_CAP_S = 0.25
 REQUESTS_KEY = f"{PREFIX}requests"
 DEAD_LETTER_KEY = f"{PREFIX}requests:dead"
-# On a cluster the request queue's keys share this hash tag: a request's stream entry and its pending marker are
-# written in one MULTI, which a cluster runs only within one slot.
-QUEUE_TAG = f"{PREFIX}{{queue}}:"
+# On a cluster the request queue is this many streams by default (PLAYGATE_QUEUE_SHARDS), each with its own
+# consumer group, so that no single key carries all traffic.
+QUEUE_SHARDS = 8
 GROUP = "workers"
 DECISIONS_CHANNEL = f"{PREFIX}decisions"
 
@@ -64,11 +66,6 @@ def idempotency_key(user_id: str, key: str) -> str:
 def decision_key(request_id: str) -> str:
     """Where the decision of a request is kept."""
     return f"{PREFIX}decision:{request_id}"
-
-
-def pending_key(request_id: str) -> str:
-    """The marker of a request still owed a decision."""
-    return f"{PREFIX}pending:{request_id}"
 
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -229,6 +226,21 @@ def user_bucket(user_id: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueShard:
+    """One stream of the request queue; its pending markers and dead letters share its slot (enqueue.lua and
+    ack.lua each run in one slot)."""
+
+    index: int
+    requests_key: str
+    dead_letter_key: str
+    marker_prefix: str
+
+    def pending_key(self, request_id: str) -> str:
+        """The marker of a request of this shard still owed a decision."""
+        return f"{self.marker_prefix}{request_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class KeyLayout:
     """Where the keys an admission touches live. One server: `playgate:{<user id>}:streams`, one lease index
     (`playgate:leases`), decisions under their request id. A cluster: every key an admission touches in the user's
@@ -273,19 +285,24 @@ class KeyLayout:
         """Where the decision of a request of `user_id` is kept."""
         return f"{self._tag(user_id)}:decision:{request_id}" if self.cluster else decision_key(request_id)
 
-    @property
-    def requests_key(self) -> str:
-        """The stream of play requests."""
-        return f"{QUEUE_TAG}requests" if self.cluster else REQUESTS_KEY
+    def queue_shards(self, count: int) -> list[QueueShard]:
+        """The request queue's streams: one on a single server (its key names unchanged); `count` on a cluster, shard
+        i in the first slot of its range of buckets (so the shards spread over the primaries as the users do)."""
+        if not self.cluster:
+            return [QueueShard(0, REQUESTS_KEY, DEAD_LETTER_KEY, f"{PREFIX}pending:")]
+        tags = bucket_tags()
+        count = max(1, min(count, BUCKETS))
+        shards = []
+        for index in range(count):
+            tag = f"{PREFIX}{{{tags[index * BUCKETS // count]}}}"
+            shards.append(QueueShard(index, f"{tag}:requests", f"{tag}:requests:dead", f"{tag}:pending:"))
+        return shards
 
-    @property
-    def dead_letter_key(self) -> str:
-        """The stream of requests given up after too many deliveries."""
-        return f"{QUEUE_TAG}requests:dead" if self.cluster else DEAD_LETTER_KEY
-
-    def pending_key(self, request_id: str) -> str:
-        """The marker of a request still owed a decision (in the queue's slot on a cluster)."""
-        return f"{QUEUE_TAG}pending:{request_id}" if self.cluster else pending_key(request_id)
+    def queue_shard_of_user(self, user_id: str, count: int) -> int:
+        """The queue shard of a user's requests: its range of buckets (so one user's requests keep their order on
+        one stream)."""
+        count = max(1, min(count, BUCKETS))
+        return user_bucket(user_id) * count // BUCKETS if self.cluster and count > 1 else 0
 
     def find_decision_key(self, request_id: str) -> str | None:
         """Where the decision of a request is kept, from its id alone; None when its id names no user (cluster)."""
@@ -319,7 +336,18 @@ def layout_for(url: str) -> KeyLayout:
 
 # Replies of a server that cannot serve now (loading, a replica, a cluster mid-failover or mid-migration): the
 # caller may try again later; nothing was done.
-NOT_NOW = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY ", "CLUSTERDOWN", "MOVED", "ASK ")
+NOT_NOW = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY ", "CLUSTERDOWN", "MOVED", "ASK ", "UNBLOCKED")
+# The same as redis-py raises them: it parses the replies above into these classes, and their text loses the
+# prefix ("CLUSTERDOWN The cluster is down" is ClusterDownError("The cluster is down")); a cluster client that
+# ran out of redirections (ClusterError "TTL exhausted") or finds a slot unserved mid-failover says so too.
+REDIS_CONNECTION_FILE = os.path.join("redis", "asyncio", "connection.py")
+NOT_NOW_ERRORS: tuple[type[Exception], ...] = (
+    redis_errors.ClusterError,
+    redis_errors.AskError,
+    redis_errors.TryAgainError,
+    redis_errors.ReadOnlyError,
+    redis_errors.SlotNotCoveredError,
+)
 
 
 @asynccontextmanager
@@ -329,13 +357,25 @@ async def translate_redis_errors() -> AsyncIterator[None]:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         raise Unavailable(f"Redis does not answer: {type(exc).__name__}: {exc}") from exc
+    except NOT_NOW_ERRORS as exc:
+        raise Unavailable(f"Redis cannot serve now: {type(exc).__name__}: {exc}") from exc
+    except (AttributeError, RuntimeError) as exc:
+        # redis-py 8.1's cluster client, during a failover, may close a node's connection while a command is being
+        # written on it (the writer is None, or uvloop's transport is closed): a lost connection, not our bug.
+        if not _raised_in_redis_connection(exc):
+            raise
+        raise Unavailable(f"Redis connection closed under a command: {type(exc).__name__}: {exc}") from exc
     except redis_errors.ResponseError as exc:
         message = str(exc)
-        if message.startswith(
-            ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY ", "CLUSTERDOWN", "MOVED", "ASK ")
-        ):
+        if message.startswith(NOT_NOW):
             raise Unavailable(f"Redis cannot serve now: {message}") from exc
         raise
+
+
+def _raised_in_redis_connection(exc: BaseException) -> bool:
+    """Whether the innermost frames of `exc` are redis-py's connection code writing to its transport."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(frame.filename.endswith(REDIS_CONNECTION_FILE) for frame in frames[-4:])
 
 
 def parse_time(value: Any) -> float:

@@ -189,6 +189,7 @@ def open_backends(
             maxlen=settings.queue_maxlen,
             pending_ttl_s=settings.decision_ttl_s,
             max_attempts=MAX_ATTEMPTS,
+            shards=settings.queue_shards,
         )
         ledger: Ledger = RedisLedger(url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, clock=clock)
         return ledger, queue, RedisFanout(url, emitter, playback, conflicts, to_every_user_room=to_every_user_room)

@@ -409,9 +409,10 @@ class PlayGate:
     async def play_status(self, principal: Principal, request_id: str) -> PlayRequest | Decision:
         """A request's decision, or the request while pending; 404 for others' and unknown requests."""
         # Pending first: a request leaves the queue only after its decision is committed, so looking the other
-        # way round could miss it in between.
-        found: PlayRequest | Decision | None = await self._queue.pending(request_id)
-        found = found or await self._ledger.decision(request_id)
+        # way round could miss it in between. The decision wins over a marker still there: the worker publishes
+        # (waking `?wait=`) before it acknowledges, and a caller woken so must not read "pending" after "allowed".
+        pending = await self._queue.pending(request_id)
+        found: PlayRequest | Decision | None = await self._ledger.decision(request_id) or pending
         if found is None or not principal.may_see(found.user_id):
             raise NotFound(f"No play request {request_id!r}.")
         return found

@@ -104,7 +104,7 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
 async def test_a_malformed_entry_is_dead_lettered_not_delivered(make_queue: QueueFactory) -> None:
     queue = make_queue()
     await queue.put(play("good"))
-    await queue._redis.xadd(queue._keys.requests_key, {"r": "not json"})
+    await queue._redis.xadd(queue._shards[0].requests_key, {"r": "not json"})
     taken = await queue.take(10, wait_s=1.0)
     assert [d.request.request_id for d in taken] == ["good"]
     await queue.ack(taken)

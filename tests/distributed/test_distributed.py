@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import redis
 
-from playgate.connections import layout_for
+from playgate.connections import QUEUE_SHARDS, layout_for
 from tests.distributed.conftest import Cluster, kill
 from tests.support.clients import SocketClient, TestUser, admin_client, api_client, connect_socket, new_user
 from tests.support.redis_cluster import RedisCluster
@@ -257,17 +257,18 @@ async def test_a_worker_stopped_with_sigterm_finishes_its_batch_and_leaves_nothi
 
 def pending_on(cluster: Cluster, consumer: str) -> int:
     """Entries of the request group pending on one consumer."""
-    requests_key = layout_for(cluster.redis.url).requests_key
+    shards = layout_for(cluster.redis.url).queue_shards(QUEUE_SHARDS)
     client: redis.Redis | redis.RedisCluster
     if isinstance(cluster.redis, RedisCluster):
         client = redis.RedisCluster(host="127.0.0.1", port=cluster.redis.nodes[0].port, socket_timeout=2)
     else:
         client = redis.Redis(host="127.0.0.1", port=cluster.redis.port, socket_timeout=2)
     try:
-        summary = client.xpending(requests_key, "workers")
+        summaries = [client.xpending(shard.requests_key, "workers") for shard in shards]
     finally:
         client.close()
-    return sum(int(c["pending"]) for c in summary.get("consumers") or [] if c["name"] in (consumer, consumer.encode()))
+    names = (consumer, consumer.encode())
+    return sum(int(c["pending"]) for s in summaries for c in s.get("consumers") or [] if c["name"] in names)
 
 
 async def test_redis_restart_during_load_loses_no_allowed_stream(cluster: Cluster) -> None:

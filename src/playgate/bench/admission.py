@@ -156,6 +156,23 @@ async def shard_memory_bytes(url: str) -> list[int]:
     return [int(info["used_memory"]) for info in await each_primary(url, lambda client: client.info("memory"))]
 
 
+async def shard_cpu_s(url: str) -> list[float]:
+    """CPU seconds (user + system) each primary has used since it started."""
+    infos = await each_primary(url, lambda client: client.info("cpu"))
+    return [float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in infos]
+
+
+async def redis_cpu(url: str, before_s: list[float], run: dict[str, Any]) -> dict[str, Any]:
+    """CPU per decision of the run: the worker processes' and the primaries' (from their CPU before the run)."""
+    used_s = [after - before for after, before in zip(await shard_cpu_s(url), before_s, strict=True)]
+    decisions = max(1, int(run["decisions"]))
+    return {
+        "redis_cpu_s_per_shard": [round(s, 4) for s in used_s],
+        "worker_cpu_us_per_decision": round(1e6 * float(run["worker_cpu_s"]) / decisions, 1),
+        "redis_cpu_us_per_decision": round(1e6 * sum(used_s) / decisions, 1),
+    }
+
+
 async def _redis_memory_bytes(url: str) -> int:
     return sum(await shard_memory_bytes(url))
 
@@ -214,16 +231,16 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
                         ledger_url = f"sqlite+aiosqlite:///{Path(tmp) / f'ledger-{index}.sqlite3'}"
                         await upgrade(ledger_url)
                         ledger = SqlLedger(ledger_url, lease_s=LEASE_S, decision_ttl_s=3600.0, clock=clock)
+                    redis_cpu_s = await shard_cpu_s(redis_url) if redis_url is not None else []
                     try:
                         if spec.workers > 1 and redis_url is not None:
                             runs.append(await _time_processes(spec, catalog_url, redis_url, user_ids, batch_size))
                         else:
                             runs.append(
-                                await _time_batches(
-                                    ledger, catalog, user_ids, spec.requests, batch_size, clock, redis_url
-                                )
+                                await _time_batches(ledger, catalog, user_ids, spec.requests, batch_size, clock)
                             )
                         if redis_url is not None:
+                            runs[-1].update(await redis_cpu(redis_url, redis_cpu_s, runs[-1]))
                             runs[-1].update(await redis_memory(redis_url, ledger, empty_bytes))
                     finally:
                         await ledger.close()
@@ -264,7 +281,6 @@ async def _time_batches(
     count: int,
     batch_size: int,
     clock: Callable[[], float],
-    redis_url: str | None = None,
 ) -> dict[str, Any]:
     queue = LocalQueue()
     emitter = NullEmitter()
@@ -283,14 +299,11 @@ async def _time_batches(
     for request in workload(user_ids, count, clock()):
         await queue.put(request)
     steps = 0
-    server_cpu_before = await _server_cpu_s(redis_url)
-    cpu_started = time.process_time()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     while await worker.step(wait_s=0):
         steps += 1
     elapsed_s = time.perf_counter() - started
     cpu_s = time.process_time() - cpu_started
-    server_cpu_s = await _server_cpu_s(redis_url) - server_cpu_before
     return {
         "batch_size": batch_size,
         "decisions": count,
@@ -298,22 +311,15 @@ async def _time_batches(
         "decisions_per_s": round(count / elapsed_s, 1),
         "batches": steps,
         "ms_per_batch": round(1000 * elapsed_s / max(1, steps), 3),
-        # CPU per decision: this process (the worker; the SQLite ledger's thread included), and the Redis server's
-        # (the Lua), so that a busy machine's wall time does not hide what a decision costs.
+        # CPU per decision: this process (the worker; the SQLite ledger's thread included); with Redis behind it,
+        # redis_cpu() adds the server's (the Lua) and recounts both over every shard and worker process.
+        "worker_cpu_s": round(cpu_s, 4),
         "worker_cpu_us_per_decision": round(1e6 * cpu_s / count, 1),
-        "redis_cpu_us_per_decision": round(1e6 * server_cpu_s / count, 1) if redis_url is not None else None,
+        "redis_cpu_us_per_decision": None,
         "allowed": emitter.statuses.get(Status.allowed.value, 0),
         "denied": emitter.statuses.get(Status.denied.value, 0),
         "emits": emitter.emitted,
     }
-
-
-async def _server_cpu_s(redis_url: str | None) -> float:
-    """CPU seconds the Redis servers at `redis_url` have used (user + system), 0 without Redis."""
-    if redis_url is None:
-        return 0.0
-    infos = await each_primary(redis_url, lambda client: client.info("cpu"))
-    return sum(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in infos)
 
 
 async def _time_processes(
@@ -332,7 +338,7 @@ async def _time_processes(
         results = await asyncio.to_thread(pool.starmap, _worker_process, jobs)
     elapsed_s = max(r["elapsed_s"] for r in results)
     total = sum(r["decisions"] for r in results)
-    merged = {key: sum(r[key] for r in results) for key in ("batches", "allowed", "denied", "emits")}
+    merged = {key: sum(r[key] for r in results) for key in ("batches", "allowed", "denied", "emits", "worker_cpu_s")}
     return {
         "batch_size": batch_size,
         "decisions": total,

@@ -303,6 +303,11 @@ def admission(
                 f", Redis {run['redis_bytes_per_active_stream']:,.0f} B per active stream "
                 f"({run['active_streams']} active; the {run['redis_decisions_kept']} kept decisions not counted)"
             )
+        if run.get("redis_cpu_us_per_decision") is not None:
+            extra += (
+                f"; CPU per decision: workers {run['worker_cpu_us_per_decision']:,.0f} µs, "
+                f"Redis {run['redis_cpu_us_per_decision']:,.0f} µs"
+            )
         click.echo(
             f"{ledger} {policy} batch {run['batch_size']:>5}: {run['decisions_per_s']:>10,.0f} decisions/s, "
             f"{run['ms_per_batch']:.2f} ms/batch ({run['allowed']} allowed, {run['denied']} denied){extra}"

@@ -11,10 +11,11 @@ Keys (all under playgate:):
 Socket.IO events go through python-socketio's Redis client manager (channel `socketio`): the worker holds a
 write-only manager as its Emitter, every API process's server holds a full one and delivers to its own sockets.
 
-On a Redis Cluster (a redis+cluster:// URL) the queue's keys share the hash tag `{queue}` (each script runs in
-one slot), a decision is kept in its user's slot (connections.KeyLayout), and pub/sub is the cluster's: a
-message published on any node reaches the subscribers of every node, so both the decision channel and
-python-socketio's manager run unchanged over redis-py's cluster client.
+On a Redis Cluster (a redis+cluster:// URL) the queue is PLAYGATE_QUEUE_SHARDS streams (connections.QueueShard,
+`playgate:{b…}:requests`, `:requests:dead` and `:pending:<request id>` in one slot each, so each script runs in
+one slot), a request on its user's shard; a decision is kept in its user's slot (connections.KeyLayout); the
+decisions and python-socketio's manager use sharded pub/sub (SPUBLISH / SSUBSCRIBE) over redis-py's cluster
+client.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from playgate.bus.protocol import BatchingEmitter, Delivery, Emitter, EmittingFa
 from playgate.connections import (
     DECISIONS_CHANNEL,
     GROUP,
+    QUEUE_SHARDS,
+    QueueShard,
     connect,
     decision_channels,
     decision_from_json,
@@ -46,16 +49,23 @@ from playgate.connections import (
     ready,
     translate_redis_errors,
 )
-from playgate.domain import Decision, Outcome, PlayRequest, Stream
+from playgate.domain import Decision, Outcome, PlayRequest, Stream, id_owner
 
 log = logging.getLogger("playgate.bus")
 
 DEAD_LETTER_MAXLEN = 100_000
 LISTEN_POLL_S = 1.0
+# redis-py's cluster pub/sub waits on each node's subscription in turn, each up to the timeout given: a message on
+# the last node would wait for the others' timeouts. A short wait a node keeps that delay this small.
+SHARDED_POLL_S = 0.01
 # Pauses of the pub/sub listeners between tries after a lost connection: they listen again at most
 # LISTEN_BACKOFF_MAX_S after Redis is back.
 LISTEN_BACKOFF_MIN_S = 0.05
 LISTEN_BACKOFF_MAX_S = 0.5
+# A worker that found every queue shard empty waits on one of them (in turn) at most this long, then looks at all
+# again: a request on another shard waits at most about this long for an idle worker.
+SHARD_BLOCK_S = 0.1
+MAX_BLOCKING_READS = 10_000
 
 
 def _script(name: str) -> str:
@@ -197,6 +207,14 @@ class ClusterRedisManager(ResilientRedisManager):
                 # Any failure of the cluster ends this subscription, never the listener (python-socketio's task
                 # would end with it, and no socket of this process would hear a decision again).
                 log.warning("Socket.IO listener lost the cluster (%s); subscribing again in %.2fs", exc, backoff_s)
+            finally:
+                # The next try makes a new client (one that learns the slot map afresh): close this one's
+                # connections instead of leaving them open on every node.
+                with contextlib.suppress(redis_errors.RedisError, OSError):
+                    if self.pubsub is not None:
+                        await self.pubsub.aclose()
+                    if self.redis is not None:
+                        await self.redis.aclose()
             await asyncio.sleep(backoff_s)
             backoff_s = min(LISTEN_BACKOFF_MAX_S, backoff_s * 2)
 
@@ -246,12 +264,17 @@ class BatchingRedisManager(ClusterRedisManager):
 
 
 class RedisQueue:
-    """Requests on a Redis stream; each worker is one consumer of the group `workers`.
+    """Requests on Redis streams; each worker is one consumer of the group `workers` of every stream.
+
+    On a single server there is one stream. On a cluster there are `shards` streams (connections.QueueShard), each
+    in one slot spread over the primaries, each with its own group: a request goes to its user's shard, so that one
+    user's requests keep their order on one stream and no single key carries all traffic; every worker reads every
+    shard (the fullest first share of a batch from each, then the rest from those that had more).
 
     An entry is acknowledged only after its decision is committed and published (the Worker calls ack then).
-    Entries left pending longer than claim_idle_s (their worker died) are claimed by another worker; every
-    delivery counts in Delivery.attempts, and an entry acknowledged after more than max_attempts deliveries (the
-    Worker answered it with reason `error`) is copied to the dead-letter stream.
+    Entries left pending longer than claim_idle_s (their worker died) are claimed by another worker, shard by shard;
+    every delivery counts in Delivery.attempts, and an entry acknowledged after more than max_attempts deliveries
+    (the Worker answered it with reason `error`) is copied to its shard's dead-letter stream.
     """
 
     def __init__(
@@ -263,10 +286,12 @@ class RedisQueue:
         maxlen: int,
         pending_ttl_s: float,
         max_attempts: int,
+        shards: int = QUEUE_SHARDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = connect(url, client_name=f"playgate-queue:{consumer}")
-        self._keys = layout_for(url)
+        self._layout = layout_for(url)
+        self._shards = self._layout.queue_shards(shards)
         self._enqueue = self._redis.register_script(_script("enqueue.lua"))
         self._ack = self._redis.register_script(_script("ack.lua"))
         self.consumer = consumer
@@ -277,113 +302,184 @@ class RedisQueue:
         self._max_attempts = max_attempts
         self._clock = clock
         self._next_claim_at = 0.0
+        self._next_shard = 0  # where the next read starts and the next blocking read waits: the shards in turn
         self._group_ready = False
         self._released: list[Delivery] = []
         self._reading = True
 
+    def _shard_of_user(self, user_id: str) -> QueueShard:
+        return self._shards[self._layout.queue_shard_of_user(user_id, len(self._shards))]
+
+    def _shard_of(self, receipt: tuple[int, Any]) -> QueueShard:
+        return self._shards[receipt[0]]
+
     async def put(self, request: PlayRequest) -> None:
-        """Append the request to the stream and mark it pending, both or neither (enqueue.lua)."""
+        """Append the request to its user's shard and mark it pending there, both or neither (enqueue.lua)."""
+        shard = self._shard_of_user(request.user_id)
         body = request_to_json(request)
-        keys = [self._keys.pending_key(request.request_id), self._keys.requests_key]
+        keys = [shard.pending_key(request.request_id), shard.requests_key]
         async with translate_redis_errors():
             await self._enqueue(keys=keys, args=[body, self._pending_ttl_ms, self._maxlen])
 
     async def pending(self, request_id: str) -> PlayRequest | None:
-        """The request while it is owed a decision, seen from any process."""
+        """The request while it is owed a decision, seen from any process: in the shard its id names (a request id
+        names its user, domain.owned_id), else looked for in every shard."""
+        owner = id_owner(request_id)
+        shards = [self._shard_of_user(owner)] if owner is not None else self._shards
         async with translate_redis_errors():
-            raw = await self._redis.get(self._keys.pending_key(request_id))
-        return request_from_json(raw) if raw else None
+            pipe = self._redis.pipeline(transaction=False)  # GETs, not MGET: the shards lie in several slots
+            for shard in shards:
+                pipe.get(shard.pending_key(request_id))
+            found = [raw for raw in await pipe.execute() if raw]
+        return request_from_json(found[0]) if found else None
 
     def stop_reading(self) -> None:
         """Take no new entries from now on (a stopping worker finishes its batch; others take the rest)."""
         self._reading = False
 
     async def take(self, max_items: int, wait_s: float) -> list[Delivery]:
-        """Released entries first, then entries of dead workers, then new ones (blocking up to wait_s)."""
+        """Released entries first, then entries of dead workers, then new ones (waiting up to wait_s for some)."""
         async with translate_redis_errors():
-            await self._ensure_group()
+            await self._ensure_groups()
             batch = await self._reclaim_released(max_items)
             if self._reading and len(batch) < max_items and self._clock() >= self._next_claim_at:
                 batch += await self._claim_idle(max_items - len(batch))
                 self._next_claim_at = self._clock() + self._claim_every_s
             if self._reading and len(batch) < max_items:
-                block_ms = round(wait_s * 1000) if not batch and wait_s > 0 else None
-                batch += await self._read_new(max_items - len(batch), block_ms)
+                batch += await self._read_new(max_items - len(batch), wait_s if not batch else 0.0)
         return batch
 
-    async def _ensure_group(self, *, force: bool = False) -> None:
+    async def _ensure_groups(self, *, force: bool = False) -> None:
         if self._group_ready and not force:
             return
-        try:
-            await self._redis.xgroup_create(self._keys.requests_key, GROUP, id="0", mkstream=True)
-        except redis_errors.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for shard in self._shards:
+            try:
+                await self._redis.xgroup_create(shard.requests_key, GROUP, id="0", mkstream=True)
+            except redis_errors.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
         self._group_ready = True
 
     async def _reclaim_released(self, max_items: int) -> list[Delivery]:
-        """Claim released entries back to this consumer (counting one more delivery each)."""
+        """Claim released entries back to this consumer (counting one more delivery each), shard by shard."""
         if not self._released:
             return []
         chosen, self._released = self._released[:max_items], self._released[max_items:]
         try:
-            await self._redis.xclaim(self._keys.requests_key, GROUP, self.consumer, 0, [d.receipt for d in chosen])
+            for index in sorted({d.receipt[0] for d in chosen}):
+                ids = [d.receipt[1] for d in chosen if d.receipt[0] == index]
+                await self._redis.xclaim(self._shards[index].requests_key, GROUP, self.consumer, 0, ids)
         except BaseException:
             self._released = chosen + self._released
             raise
         return [Delivery(d.request, d.attempts + 1, d.receipt) for d in chosen]
 
+    def _in_turn(self) -> list[QueueShard]:
+        """Every shard, starting from the next one in turn (so that no shard is always read last)."""
+        start = self._next_shard
+        self._next_shard = (start + 1) % len(self._shards)
+        return self._shards[start:] + self._shards[:start]
+
     async def _claim_idle(self, max_items: int) -> list[Delivery]:
-        """XAUTOCLAIM entries idle longer than claim_idle_s; their attempts from XPENDING."""
+        """XAUTOCLAIM entries idle longer than claim_idle_s, shard after shard; their attempts from XPENDING."""
+        batch: list[Delivery] = []
+        for shard in self._in_turn():
+            if len(batch) >= max_items:
+                break
+            batch += await self._claim_idle_in(shard, max_items - len(batch))
+        return batch
+
+    async def _claim_idle_in(self, shard: QueueShard, max_items: int) -> list[Delivery]:
         reply = await self._redis.xautoclaim(
-            self._keys.requests_key, GROUP, self.consumer, self._claim_idle_ms, start_id="0-0", count=max_items
+            shard.requests_key, GROUP, self.consumer, self._claim_idle_ms, start_id="0-0", count=max_items
         )
         entries = [e for e in reply[1] if e and e[1]]
         deleted = reply[2] if len(reply) > 2 else []
         if deleted:
             log.error("%d pending request(s) were trimmed from the stream before being decided", len(deleted))
-            await self._redis.xack(self._keys.requests_key, GROUP, *deleted)
+            await self._redis.xack(shard.requests_key, GROUP, *deleted)
         if not entries:
             return []
         pipe = self._redis.pipeline(transaction=False)
         for entry_id, _ in entries:
-            pipe.xpending_range(self._keys.requests_key, GROUP, min=entry_id, max=entry_id, count=1)
+            pipe.xpending_range(shard.requests_key, GROUP, min=entry_id, max=entry_id, count=1)
         counts = await pipe.execute()
         attempts = [int(found[0]["times_delivered"]) if found else 1 for found in counts]
         log.warning("claimed %d request(s) left pending by another worker", len(entries))
-        return await self._deliveries(entries, attempts)
+        return await self._deliveries(shard, entries, attempts)
 
-    async def _read_new(self, max_items: int, block_ms: int | None) -> list[Delivery]:
+    async def _read_new(self, max_items: int, wait_s: float) -> list[Delivery]:
+        """New entries: with one shard, one read blocking up to wait_s. With several, a share of max_items from
+        each (in parallel), then the rest from the shards that had their full share; when all were empty, block on
+        one shard in turn for at most SHARD_BLOCK_S and look at all again, until wait_s has passed."""
+        if len(self._shards) == 1:
+            block_ms = max(1, round(wait_s * 1000)) if wait_s > 0 else None
+            return await self._read(self._shards[0], max_items, block_ms)
+        batch = await self._read_shares(max_items)
+        deadline = time.monotonic() + wait_s
+        for _ in range(MAX_BLOCKING_READS):  # bounded; ends at the deadline long before
+            left_s = deadline - time.monotonic()
+            if batch or left_s <= 0:
+                break
+            shard = self._in_turn()[0]
+            batch = await self._read(shard, max_items, max(1, round(min(left_s, SHARD_BLOCK_S) * 1000)))
+            if not batch:
+                batch = await self._read_shares(max_items)
+        return batch
+
+    async def _read_shares(self, max_items: int) -> list[Delivery]:
+        """Up to max_items new entries, never more: first an even share from each shard (in parallel), then what is
+        left from the shards that gave their whole share. Fewer items than shards: shard after shard, in turn."""
+        asked = self._in_turn()
+        if max_items < len(asked):
+            batch: list[Delivery] = []
+            for shard in asked:
+                if len(batch) >= max_items:
+                    break
+                batch += await self._read(shard, max_items - len(batch), None)
+            return batch
+        share = max_items // len(asked)
+        replies = await asyncio.gather(*(self._read(shard, share, None) for shard in asked))
+        batch = [d for reply in replies for d in reply]
+        fuller = [shard for shard, reply in zip(asked, replies, strict=True) if len(reply) == share]
+        left = max_items - len(batch)
+        if fuller and left > 0:
+            fuller = fuller[:left]
+            more = left // len(fuller)
+            replies = await asyncio.gather(*(self._read(shard, more, None) for shard in fuller))
+            batch += [d for reply in replies for d in reply]
+        return batch
+
+    async def _read(self, shard: QueueShard, max_items: int, block_ms: int | None) -> list[Delivery]:
         try:
-            reply = await self._xreadgroup(max_items, block_ms)
+            reply = await self._xreadgroup(shard, max_items, block_ms)
         except redis_errors.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             # The server lost the group (restarted without persistence): make it again; read next time.
-            await self._ensure_group(force=True)
+            await self._ensure_groups(force=True)
             return []
         if not reply:
             return []
         entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-        return await self._deliveries(entries, [1] * len(entries))
+        return await self._deliveries(shard, entries, [1] * len(entries))
 
-    async def _xreadgroup(self, max_items: int, block_ms: int | None) -> Any:
-        """XREADGROUP of new entries. On a cluster it is sent to the queue's node: redis-py's cluster client asks a
+    async def _xreadgroup(self, shard: QueueShard, max_items: int, block_ms: int | None) -> Any:
+        """XREADGROUP of new entries. On a cluster it is sent to the shard's node: redis-py's cluster client asks a
         server for the keys of a command with movable keys, on a connection of another event loop (redis-py 8.1),
-        and a redirection (the queue's slot moved, a failover) reads nothing this time (NOT_NOW: 503, then again).
+        and a redirection (the shard's slot moved, a failover) reads nothing this time (NOT_NOW: 503, then again).
         """
         if not isinstance(self._redis, RedisCluster):
             return await self._redis.xreadgroup(
-                GROUP, self.consumer, {self._keys.requests_key: ">"}, count=max_items, block=block_ms
+                GROUP, self.consumer, {shard.requests_key: ">"}, count=max_items, block=block_ms
             )
-        if self._redis._initialize:  # the client learns the slot map on its first command
-            await self._redis.initialize()
-        node = self._redis.get_node_from_key(self._keys.requests_key)
+        await ready(self._redis)
+        node = self._redis.get_node_from_key(shard.requests_key)
         block = ("BLOCK", block_ms) if block_ms is not None else ()
-        args = ("GROUP", GROUP, self.consumer, "COUNT", max_items, *block, "STREAMS", self._keys.requests_key, ">")
+        args = ("GROUP", GROUP, self.consumer, "COUNT", max_items, *block, "STREAMS", shard.requests_key, ">")
         return await self._redis.execute_command("XREADGROUP", *args, target_nodes=node)
 
-    async def _deliveries(self, entries: Sequence[Any], attempts: Sequence[int]) -> list[Delivery]:
+    async def _deliveries(self, shard: QueueShard, entries: Sequence[Any], attempts: Sequence[int]) -> list[Delivery]:
         """Deliveries of stream entries; an entry that is not a request is dead-lettered at once."""
         batch: list[Delivery] = []
         for (entry_id, fields), count in zip(entries, attempts, strict=True):
@@ -391,32 +487,40 @@ class RedisQueue:
                 request = request_from_json(fields["r"])
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("dead-lettering stream entry %s that is not a play request: %s", entry_id, exc)
-                await self._acknowledge([entry_id], [], [{"entry": entry_id, **fields}])
+                await self._acknowledge(shard, [entry_id], [], [{"entry": entry_id, **fields}])
                 continue
-            batch.append(Delivery(request, count, entry_id))
+            batch.append(Delivery(request, count, (shard.index, entry_id)))
         return batch
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """XACK the entries and drop their pending markers, all at once (ack.lua).
+        """XACK the entries and drop their pending markers, all at once in each shard (ack.lua), the shards in
+        parallel.
 
         An entry past max_attempts (the Worker answered it `denied`, reason `error`, and the ledger keeps that
-        answer) is copied to the dead letters.
+        answer) is copied to its shard's dead letters.
         """
         if not deliveries:
             return
-        given_up = [d for d in deliveries if d.attempts > self._max_attempts]
+        by_shard: dict[int, list[Delivery]] = {}
+        for delivery in deliveries:
+            by_shard.setdefault(delivery.receipt[0], []).append(delivery)
         async with translate_redis_errors():
-            dead_letters = [
-                {"r": request_to_json(d.request), "attempts": d.attempts, "entry": str(d.receipt)} for d in given_up
-            ]
-            receipts = [d.receipt for d in deliveries]
-            await self._acknowledge(
-                receipts, [self._keys.pending_key(d.request.request_id) for d in deliveries], dead_letters
-            )
+            await asyncio.gather(*(self._ack_in(self._shards[i], items) for i, items in by_shard.items()))
 
-    async def _acknowledge(self, receipts: Sequence[Any], markers: Sequence[str], dead_letters: Sequence[Any]) -> None:
+    async def _ack_in(self, shard: QueueShard, deliveries: Sequence[Delivery]) -> None:
+        dead_letters = [
+            {"r": request_to_json(d.request), "attempts": d.attempts, "entry": str(d.receipt[1])}
+            for d in deliveries
+            if d.attempts > self._max_attempts
+        ]
+        markers = [shard.pending_key(d.request.request_id) for d in deliveries]
+        await self._acknowledge(shard, [d.receipt[1] for d in deliveries], markers, dead_letters)
+
+    async def _acknowledge(
+        self, shard: QueueShard, receipts: Sequence[Any], markers: Sequence[str], dead_letters: Sequence[Any]
+    ) -> None:
         """ack.lua: add the dead letters, XACK the receipts, delete the pending markers, all or nothing."""
-        keys = [self._keys.requests_key, self._keys.dead_letter_key, *markers]
+        keys = [shard.requests_key, shard.dead_letter_key, *markers]
         args = [GROUP, DEAD_LETTER_MAXLEN, orjson.dumps(dead_letters), *receipts]
         await self._ack(keys=keys, args=args)
 
@@ -425,38 +529,47 @@ class RedisQueue:
         self._released.extend(deliveries)
 
     async def depth(self) -> int:
-        """Entries not yet read by the group plus entries read and not yet acknowledged."""
+        """Entries not yet read by the group plus entries read and not yet acknowledged, over every shard."""
+        return sum(await asyncio.gather(*(self._depth_of(shard) for shard in self._shards)))
+
+    async def _depth_of(self, shard: QueueShard) -> int:
         async with translate_redis_errors():
             try:
-                groups = await self._redis.xinfo_groups(self._keys.requests_key)
+                groups = await self._redis.xinfo_groups(shard.requests_key)
             except redis_errors.ResponseError:
                 return 0  # no stream yet
         for group in groups:
             if group.get("name") == GROUP:
                 return int(group.get("pending") or 0) + int(group.get("lag") or 0)
         async with translate_redis_errors():
-            return int(await self._redis.xlen(self._keys.requests_key))
+            return int(await self._redis.xlen(shard.requests_key))
 
     async def pending_count(self) -> int:
-        """Entries read by a worker of the group and not yet acknowledged (XPENDING's count)."""
+        """Entries read by a worker of the group and not yet acknowledged (XPENDING's count), over every shard."""
+        total = 0
         async with translate_redis_errors():
-            try:
-                summary = await self._redis.xpending(self._keys.requests_key, GROUP)
-            except redis_errors.ResponseError:
-                return 0  # no stream or group yet
-        return int(summary.get("pending") or 0)
+            for shard in self._shards:
+                try:
+                    summary = await self._redis.xpending(shard.requests_key, GROUP)
+                except redis_errors.ResponseError:
+                    continue  # no stream or group yet
+                total += int(summary.get("pending") or 0)
+        return total
 
     async def dead_letter_count(self) -> int:
-        """Entries in the dead-letter stream."""
+        """Entries in the dead-letter streams."""
         async with translate_redis_errors():
-            return int(await self._redis.xlen(self._keys.dead_letter_key))
+            return sum([int(await self._redis.xlen(shard.dead_letter_key)) for shard in self._shards])
 
     async def dead_letters(self, count: int = 100) -> list[PlayRequest]:
-        """The latest requests in the dead-letter stream (for operators and tests)."""
+        """The latest requests in the dead-letter streams, newest first (for operators and tests)."""
+        entries: list[Any] = []
         async with translate_redis_errors():
-            entries = await self._redis.xrevrange(self._keys.dead_letter_key, count=count)
+            for shard in self._shards:
+                entries += await self._redis.xrevrange(shard.dead_letter_key, count=count) or []
+        entries.sort(key=lambda entry: tuple(int(part) for part in str(entry[0]).split("-")), reverse=True)
         found = []
-        for _, fields in entries or ():
+        for _, fields in entries[:count]:
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 assert fields is not None
                 found.append(request_from_json(fields["r"]))
@@ -559,7 +672,7 @@ class RedisFanout(EmittingFanout):
                 await self._catch_up()
                 while True:
                     if self._cluster:
-                        message = await pubsub.get_sharded_message(timeout=LISTEN_POLL_S)
+                        message = await pubsub.get_sharded_message(timeout=SHARDED_POLL_S)
                     else:
                         message = await pubsub.get_message(timeout=LISTEN_POLL_S)
                     if message is not None and message.get("type") == "sunsubscribe":
