@@ -69,7 +69,7 @@ async def group() -> AsyncIterator[Group]:
 
 
 def play(rid: str) -> PlayRequest:
-    return PlayRequest(rid, "u1", "v1", "tv", accepted_at=1_800_000_000.5, replace_stream_id=None, device_name="TV")
+    return PlayRequest(rid, "u1", "v1", "tv", accepted_at=1_800_000_000.5, replace_stream_ids=("s0",), device_name="TV")
 
 
 def allowed(rid: str) -> Decision:
