@@ -49,6 +49,7 @@ class Reason(StrEnum):
     stopped = "stopped"
     limit_lowered = "limit_lowered"
     video_deleted = "video_deleted"
+    outage_reconciled = "outage_reconciled"
 
 
 def reason_text(reason: Reason, tag: str | None = None) -> str:

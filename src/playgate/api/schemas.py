@@ -87,6 +87,11 @@ class Status(Wire):
     service: str = "playgate"
     version: str
     checks: dict[str, str] | None = None
+    outage: str | None = Field(
+        None,
+        description="/readyz: the outage mode in force: `normal`; `grace: …` (the ledger's store is down, playing "
+        "streams honoured, still ready); `expired: …` (down past PLAYGATE_OUTAGE_GRACE, not ready).",
+    )
 
 
 class UserOut(Wire):
