@@ -32,6 +32,8 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, patte
 # A stream id may carry its user's id (the Redis ledger's do, hex-encoded: up to 2 x 64 + 25 characters).
 MAX_STREAM_ID_LEN = 160
 StreamId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STREAM_ID_LEN, pattern=ID_PATTERN)]
+# A request id names its user as a stream id does (domain.owned_id): as long.
+RequestId = StreamId
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
