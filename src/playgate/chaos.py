@@ -36,6 +36,7 @@ HTTP_TIMEOUT_S = 15.0
 SAMPLE_EVERY_S = 0.5
 SETTLE_S = 30.0
 PAUSE_AFTER_ERROR_S = 0.2
+PAUSE_AFTER_DENIAL_S = 0.1  # a denied player shows the denial before its user asks again
 MAX_REQUESTS_PER_VIEWER = 100_000
 FAULT_DOWN_S = 2.0
 LOAD_AFTER_LAST_FAULT_S = 5.0  # the load goes on this long after the last fault, at least
@@ -228,10 +229,10 @@ class Run:
                 async with http.post(f"{url}/v1/plays?wait={WAIT_S}", json=body, headers=headers) as answer:
                     status, payload = answer.status, await answer.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError):
-                self._failed(cut=True)
+                await self._failed(cut=True)
                 continue
             if status >= 500:
-                self._failed(cut=False)
+                await self._failed(cut=False)
                 continue
             if status not in (200, 202):
                 raise BenchError(f"POST /v1/plays answered {status}: {payload}")
@@ -239,13 +240,16 @@ class Run:
             if payload["status"] == "allowed":
                 await asyncio.sleep(PLAY_S)
                 await self._stop(http, headers, payload["streamId"])
+            else:
+                await asyncio.sleep(PAUSE_AFTER_DENIAL_S)
 
-    def _failed(self, *, cut: bool) -> None:
+    async def _failed(self, *, cut: bool) -> None:
         if cut:
             self.report.cut_off += 1
         else:
             self.report.refused_5xx += 1
         self.failed_at.append(time.monotonic())
+        await asyncio.sleep(PAUSE_AFTER_ERROR_S)
 
     def _accepted(self, account: Account, payload: dict[str, Any]) -> None:
         asked = Asked(payload["requestId"], account.user_id, payload["status"], payload.get("streamId"))

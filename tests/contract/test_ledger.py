@@ -201,7 +201,7 @@ async def test_restore_writes_back_streams_of_an_outage(make_ledger: LedgerFacto
     ledger = await make_ledger()
     held = await one(ledger, play("r1", video="v1"), limit=1)
     assert held.stream_id
-    owner = "u1".encode().hex()
+    owner = b"u1".hex()
     clock.advance(1)
     outage = Stream(f"{owner}-o1", "u1", "v2", "phone", clock.now, clock.now + 2 * LEASE_S, "phone", ("uhd",), True)
     stale = Stream(f"{owner}-o2", "u1", "v3", "web", clock.now - 3 * LEASE_S, clock.now - 1)
