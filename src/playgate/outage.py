@@ -71,6 +71,21 @@ def admitted_in_outage(stream_id: str) -> bool:
     return stream_id.partition("-")[2].startswith(OUTAGE_MARK)
 
 
+def _stream_of(request: PlayRequest, stream_id: str, started_at: float, expires_at: float) -> Stream:
+    """The stream an allowed request started."""
+    return Stream(
+        id=stream_id,
+        user_id=request.user_id,
+        video_id=request.video_id,
+        device_id=request.device_id,
+        started_at=started_at,
+        expires_at=expires_at,
+        device_name=request.device_name,
+        kinds=request.kinds,
+        away=request.away,
+    )
+
+
 @dataclass
 class Reconciliation:
     """What an outage left to write back once the store answers: streams to restore (admitted under `allow`, or
@@ -213,18 +228,7 @@ class Outage:
         """A decision this process answered: its stream, if allowed, is remembered."""
         if decision.stream_id is None or decision.expires_at is None:
             return
-        stream = Stream(
-            id=decision.stream_id,
-            user_id=decision.user_id,
-            video_id=decision.video_id,
-            device_id=decision.device_id,
-            started_at=decision.decided_at,
-            expires_at=decision.expires_at,
-            device_name=request.device_name,
-            kinds=request.kinds,
-            away=request.away,
-        )
-        self.remember([stream])
+        self.remember([_stream_of(request, decision.stream_id, decision.decided_at, decision.expires_at)])
 
     def forget(self, stream_ids: Iterable[str]) -> None:
         """Streams that ended: never honoured again."""
@@ -275,14 +279,12 @@ class Outage:
                 "The stream ledger is down: new plays are refused until it is back "
                 f"(PLAYGATE_OUTAGE_POLICY={self.policy.value}); streams already playing go on. Try again later."
             )
-        live = [
-            s
-            for s in self._leases.values()
-            if s.user_id == request.user_id
-            and s.live(now)
-            and not (request.replace_device_stream and s.device_id == request.device_id)
-            and s.id != request.replace_stream_id
-        ]
+        live: list[Stream] = []
+        replaced: list[Stream] = []
+        for s in self._leases.values():
+            if s.user_id == request.user_id and s.live(now):
+                mine = request.replace_device_stream and s.device_id == request.device_id
+                (replaced if mine or s.id == request.replace_stream_id else live).append(s)
         decision = Decision(
             request_id=request.request_id,
             user_id=request.user_id,
@@ -295,17 +297,9 @@ class Outage:
             reason=Reason.limit_reached,
         )
         if len(live) < limit:
-            stream = Stream(
-                id=outage_stream_id(request.user_id),
-                user_id=request.user_id,
-                video_id=request.video_id,
-                device_id=request.device_id,
-                started_at=now,
-                expires_at=now + self._lease_s,
-                device_name=request.device_name,
-                kinds=request.kinds,
-                away=request.away,
-            )
+            stream = _stream_of(request, outage_stream_id(request.user_id), now, now + self._lease_s)
+            for gone in replaced:  # the device's stream before (the episode before the next), stopped after
+                self.stopped(gone.id, gone.user_id)
             self.remember([stream])
             self._admitted[stream.id] = stream
             decision = replace(
