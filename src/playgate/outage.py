@@ -183,6 +183,12 @@ class Outage:
             return True
         return False
 
+    def decides_without_store(self) -> bool:
+        """Whether a new play is decided here without trying the store: under `allow`, while the store is down and
+        was tried less than PROBE_INTERVAL_S ago. Under `deny` a new play always tries the store, so that none is
+        refused once it answers again."""
+        return self.policy is OutagePolicy.allow and not self.should_try_store()
+
     def store_up(self) -> Reconciliation | None:
         """The store answered: the outage (if any) is over; what it left to write back."""
         if self.since is None:

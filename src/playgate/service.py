@@ -317,7 +317,7 @@ class PlayGate:
             )
 
         request_id = owned_id(user.id)
-        if not self._outage.should_try_store():
+        if self._outage.decides_without_store():
             return await self._outage_play(request(request_id))
         try:
             await self._store_back()

@@ -92,6 +92,7 @@ def test_nothing_is_honoured_past_the_grace_or_without_an_outage() -> None:
 def test_deny_refuses_new_plays_with_retry_after() -> None:
     state, _, _ = outage(OutagePolicy.deny)
     state.store_down(Unavailable("gone"))
+    assert not state.decides_without_store()  # each new play tries the store first
     with pytest.raises(OutageRefused) as refused:
         state.decide(request(), limit=3)
     assert refused.value.status == 503
@@ -102,6 +103,7 @@ def test_allow_admits_within_the_known_limit_and_leaves_it_to_write_back() -> No
     state, clock, _ = outage(OutagePolicy.allow)
     state.remember([stream()])
     state.store_down(Unavailable("gone"))
+    assert state.decides_without_store()  # tried just now
     first = state.decide(request("r1", "phone"), limit=2)
     assert (first.status, first.active) == (Status.allowed, 2)
     assert first.stream_id is not None
