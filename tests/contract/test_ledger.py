@@ -213,11 +213,14 @@ async def test_restore_writes_back_streams_of_an_outage(make_ledger: LedgerFacto
     again = replace(outage, expires_at=clock.now + 3 * LEASE_S)
     gone = await ledger.stream(held.stream_id)
     assert gone is None
-    assert await ledger.restore([again, Stream(held.stream_id, "u1", "v1", "tv", 0.0, clock.now + LEASE_S)]) == 2
-    assert {s.id: s.expires_at for s in await ledger.streams("u1")} == {
+    # the lease ran out unswept: the stream keeps its own fields, with the later expiry
+    assert await ledger.restore([again, Stream(held.stream_id, "u1", "v9", "", 0.0, clock.now + LEASE_S)]) == 2
+    streams = {s.id: s for s in await ledger.streams("u1")}
+    assert {sid: s.expires_at for sid, s in streams.items()} == {
         held.stream_id: clock.now + LEASE_S,
         outage.id: again.expires_at,
     }
+    assert (streams[held.stream_id].video_id, streams[held.stream_id].device_id) == ("v1", "tv")
 
 
 async def test_streams_come_oldest_first_then_by_id(make_ledger: LedgerFactory, clock: Clock) -> None:

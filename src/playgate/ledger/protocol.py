@@ -55,8 +55,9 @@ class Ledger(Protocol):
 
     async def restore(self, streams: Sequence[Stream]) -> int:
         """Write back streams decided or kept playing while the ledger was down (the outage policy): each one
-        absent or expired here is stored as given, a live one keeps the later of the two expiries; how many were
-        written. Limits are not checked here: the next heartbeat holds each user to theirs."""
+        absent here is stored as given (unless its lease ran out), one known here (even expired, not yet swept) keeps
+        its fields and takes the later of the two expiries; how many were written. Limits are not checked here: the
+        next heartbeat holds each user to theirs."""
         ...
 
     async def sweep(self) -> list[EndedStream]:

@@ -6,8 +6,8 @@ KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [vide
 KEYS[2]  the lease index: sorted set playgate:leases (member stream id, score expires_at)
 ARGV[1]  stream id    ARGV[2] now, epoch seconds    ARGV[3] the stream as that JSON list
 
-A stream absent here, or whose lease ran out, is stored as given (if its own lease has not run out); a live one
-keeps the later of the two expiries. Returns 1 when it wrote, else 0.
+A stream absent here is stored as given (if its own lease has not run out); one known here keeps its fields and
+takes the later of the two expiries. Returns 1 when it wrote, else 0.
 ]]
 
 local now = tonumber(ARGV[2])
@@ -17,14 +17,13 @@ if tonumber(given[4]) <= now then
 end
 local value = redis.call('HGET', KEYS[1], ARGV[1])
 if value then
+    -- Known here (live, or its lease ran out unswept): its own fields stay, with the later expiry.
     local v = cjson.decode(value)
-    if tonumber(v[4]) > now then
-        if tonumber(v[4]) >= tonumber(given[4]) then
-            return 0
-        end
-        v[4] = given[4]
-        given = v
+    if tonumber(v[4]) >= tonumber(given[4]) then
+        return 0
     end
+    v[4] = given[4]
+    given = v
 end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(given))
 redis.call('ZADD', KEYS[2], given[4], ARGV[1])

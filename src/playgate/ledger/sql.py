@@ -73,10 +73,10 @@ INSERT_STREAM = (
 )
 DELETE_STREAMS = "DELETE FROM streams WHERE id IN (SELECT value FROM json_each(?))"
 RENEW_STREAM = "UPDATE streams SET expires_at = ? WHERE id = ?"
-# restore(): a stream absent (or expired) is stored as given; a live one keeps the later expiry.
+# restore(): a stream absent is stored as given; one known here keeps its fields and takes the later expiry.
 RESTORE_STREAM = (
     INSERT_STREAM + " ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at "
-    "WHERE streams.expires_at <= ?10 OR streams.expires_at < excluded.expires_at"
+    "WHERE streams.expires_at < excluded.expires_at"
 )
 HEARTBEAT = (
     "UPDATE streams SET expires_at = ?1 WHERE id = ?2 AND expires_at > ?3 AND (?4 IS NULL OR user_id = ?4) "
@@ -394,7 +394,7 @@ class SqlLedger:
             written = 0
             for s in streams:
                 if s.live(now):
-                    written += conn.execute(RESTORE_STREAM, (*_stream_values(s), now)).rowcount
+                    written += conn.execute(RESTORE_STREAM, _stream_values(s)).rowcount
         return written
 
     async def sweep(self) -> list[EndedStream]:
