@@ -17,9 +17,8 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from playgate.devices import DeviceIdMode
-from playgate.domain import Policy, Rules
+from playgate.domain import OutagePolicy, Policy, Rules
 from playgate.errors import ConfigError, Invalid
-from playgate.outage import OutagePolicy
 from playgate.policy import rules_from_json
 
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
@@ -367,7 +366,8 @@ class Settings(BaseSettings):
     )
     outage_policy: OutagePolicy = Field(
         OutagePolicy.deny,
-        description="New plays while the ledger's store does not answer: `deny` (503 with Retry-After) or `allow` "
+        description="New plays while the ledger's store does not answer, for users whose plan names no `onOutage`: "
+        "`deny` (503 with Retry-After) or `allow` "
         "(admitted within the limit as far as this process knows the user's streams; written back and brought "
         "within the limit once the store is back).",
     )

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from playgate.domain import Decision, PlayRequest, Reason, Status, Stream
+from playgate.domain import Decision, OutagePolicy, PlayRequest, Reason, Status, Stream
 from playgate.errors import Unavailable
 from playgate.metrics import Metrics
 
@@ -31,14 +31,6 @@ PROBE_INTERVAL_S = 1.0
 # process renews it after the outage knows why it ends when it is over the limit (Reason.outage_reconciled).
 OUTAGE_MARK = "o"
 RETRY_AFTER_S = 5
-
-
-class OutagePolicy(StrEnum):
-    """What a new play gets while the ledger's store is down: refused (`deny`, 503) or allowed (`allow`), within
-    the user's limit as far as this process knows their streams."""
-
-    deny = "deny"
-    allow = "allow"
 
 
 class Mode(StrEnum):
@@ -275,15 +267,16 @@ class Outage:
 
     # ---- new plays --------------------------------------------------------------------------------------
 
-    def decide(self, request: PlayRequest, limit: int) -> Decision:
-        """A new play while the store is down: OutageRefused under `deny` (or past the grace); under `allow`, an
-        allowed decision while the user's streams known here are below `limit` (a denial at the limit), kept to
-        be written back."""
+    def decide(self, request: PlayRequest, limit: int, policy: OutagePolicy | None = None) -> Decision:
+        """A new play while the store is down, by `policy` (the user's plan's `onOutage`), else the deployment's:
+        OutageRefused under `deny` (or past the grace); under `allow`, an allowed decision while the user's streams
+        known here are below `limit` (a denial at the limit), kept to be written back."""
         now = self._clock()
-        if self.policy is OutagePolicy.deny or self.mode(now) is not Mode.grace:
+        policy = policy or self.policy
+        if policy is OutagePolicy.deny or self.mode(now) is not Mode.grace:
             raise OutageRefused(
                 "The stream ledger is down: new plays are refused until it is back "
-                f"(PLAYGATE_OUTAGE_POLICY={self.policy.value}); streams already playing go on. Try again later."
+                f"(outage policy {policy.value}); streams already playing go on. Try again later."
             )
         live: list[Stream] = []
         replaced: list[Stream] = []

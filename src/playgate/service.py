@@ -342,7 +342,7 @@ class PlayGate:
     async def _outage_play(self, request: PlayRequest) -> PlayTicket:
         """A new play while the ledger's store is down: refused (503) or decided here, by PLAYGATE_OUTAGE_POLICY."""
         quota = (await self._catalog.quotas([request.user_id]))[request.user_id]
-        decision = self._outage.decide(request, 0 if quota.disabled else quota.limit)
+        decision = self._outage.decide(request, 0 if quota.disabled else quota.limit, quota.rules.on_outage)
         self._metrics.decisions.labels(decision.status.value, decision.why or "").inc()
         return PlayTicket(request, decision)
 

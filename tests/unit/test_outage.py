@@ -99,6 +99,16 @@ def test_deny_refuses_new_plays_with_retry_after() -> None:
     assert refused.value.headers == {"Retry-After": "5"}
 
 
+def test_a_plans_policy_overrides_the_deployments() -> None:
+    deny, _, _ = outage(OutagePolicy.deny)
+    deny.store_down(Unavailable("gone"))
+    assert deny.decide(request(), limit=1, policy=OutagePolicy.allow).status is Status.allowed
+    allow, _, _ = outage(OutagePolicy.allow)
+    allow.store_down(Unavailable("gone"))
+    with pytest.raises(OutageRefused, match="outage policy deny"):
+        allow.decide(request(), limit=1, policy=OutagePolicy.deny)
+
+
 def test_allow_admits_within_the_known_limit_and_leaves_it_to_write_back() -> None:
     state, clock, _ = outage(OutagePolicy.allow)
     state.remember([stream()])

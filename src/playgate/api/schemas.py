@@ -17,6 +17,7 @@ from playgate.domain import (
     Decision,
     Device,
     KeyScope,
+    OutagePolicy,
     Plan,
     PlayRequest,
     Policy,
@@ -181,13 +182,27 @@ class RulesWire(Wire):
     max_away_streams: Limit | None = Field(
         None, description="Streams from outside the account's household networks (none set: all are home)."
     )
+    on_outage: OutagePolicy | None = Field(
+        None,
+        description="New plays while the stream ledger's store is down: `deny` (503) or `allow` (decided by the API "
+        "within the limit as far as it knows the user's streams, written back after). null: the deployment's "
+        "PLAYGATE_OUTAGE_POLICY.",
+    )
 
     def rules(self) -> Rules:
         """The domain rules these fields say."""
         return rules_from_json(self.model_dump(by_alias=True, include=_RULE_NAMES, exclude_none=True))
 
 
-_RULE_NAMES = {"on_limit", "kinds", "max_per_title", "max_devices", "device_window_days", "max_away_streams"}
+_RULE_NAMES = {
+    "on_limit",
+    "kinds",
+    "max_per_title",
+    "max_devices",
+    "device_window_days",
+    "max_away_streams",
+    "on_outage",
+}
 
 
 class ShadowRules(RulesWire):
