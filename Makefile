@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: run reset test lint typecheck check install clean web web-test bench
+.PHONY: run reset test lint typecheck check install clean web web-test bench chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -103,6 +103,12 @@ bench: $(STAMP)
 	$(BIN)/playgate bench admission --ledger sqlite
 	$(BIN)/playgate bench admission --ledger redis
 	$(BIN)/playgate bench idle --sockets 10000 --server-cpu 0 --load-cpu 1
+
+# The chaos harness (README, Failure modes): a distributed deployment on loopback, faults injected under load, every
+# request audited; exits non-zero when an invariant fails. Needs redis-server and PostgreSQL on 127.0.0.1:5432.
+CHAOS_DURATION ?= 60
+chaos: $(STAMP)
+	$(BIN)/playgate chaos --duration $(CHAOS_DURATION)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/node_modules src/playgate/web/dist

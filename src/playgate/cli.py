@@ -466,3 +466,34 @@ def _safe_url(url: str) -> str:
 
 
 main.add_command(bench_commands)
+
+
+@main.command()
+@click.option(
+    "--duration",
+    type=click.FloatRange(5, 3600),
+    default=40.0,
+    show_default=True,
+    help="Seconds of load and faults (the audit and the start-up come on top).",
+)
+@click.option("--users", type=click.IntRange(1, 200), default=5, show_default=True, help="Users, two viewers each.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+def chaos(duration: float, users: int, as_json: bool) -> None:
+    """Start a distributed PlayGate on loopback (a throwaway redis-server, a fresh database on the local PostgreSQL
+    127.0.0.1:5432 behind a TCP proxy, 2 APIs, 2 workers), drive viewers looping play -> decision -> stop, inject
+    faults (kill -9 a worker and an API, restart Redis, freeze Redis, cut the database), audit every request id and
+    print the report. Exits 1 when an invariant failed (over-limit, undecided, lost, changed answers)."""
+    import orjson
+
+    from playgate.chaos import chaos as run_chaos
+
+    try:
+        report = asyncio.run(run_chaos(duration, users))
+    except PlayGateError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(report.table())
+    if not report.ok:
+        sys.exit(1)

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from playgate.connections import QUEUE_SHARDS
 from playgate.devices import DeviceIdMode
-from playgate.domain import Policy, Rules
+from playgate.domain import OutagePolicy, Policy, Rules
 from playgate.errors import ConfigError, Invalid
 from playgate.policy import rules_from_json
 
@@ -369,6 +369,22 @@ class Settings(BaseSettings):
     )
     user_burst: int = Field(
         500, ge=1, description="How many play requests and socket events one user may make at once above user_rate."
+    )
+
+    outage_grace_s: float = Field(
+        300.0,
+        ge=0,
+        validation_alias=AliasChoices("PLAYGATE_OUTAGE_GRACE"),
+        description="Seconds a stream already playing keeps playing while the ledger's store (Redis, the database) "
+        "does not answer: its heartbeats and media requests are honoured from the playback token and this "
+        "process's lease cache (0: not at all).",
+    )
+    outage_policy: OutagePolicy = Field(
+        OutagePolicy.deny,
+        description="New plays while the ledger's store does not answer, for users whose plan names no `onOutage`: "
+        "`deny` (503 with Retry-After) or `allow` "
+        "(admitted within the limit as far as this process knows the user's streams; written back and brought "
+        "within the limit once the store is back).",
     )
 
     @field_validator("log_level")

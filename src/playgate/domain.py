@@ -31,6 +31,14 @@ class Policy(StrEnum):
     evict_oldest_on_same_device_first = "evict_oldest_on_same_device_first"
 
 
+class OutagePolicy(StrEnum):
+    """What a new play gets while the ledger's store is down: refused (`deny`, 503) or allowed (`allow`), within
+    the user's limit as far as the deciding process knows their streams."""
+
+    deny = "deny"
+    allow = "allow"
+
+
 class Reason(StrEnum):
     """Why a request was denied, or why a stream ended without its device asking."""
 
@@ -49,6 +57,7 @@ class Reason(StrEnum):
     stopped = "stopped"
     limit_lowered = "limit_lowered"
     video_deleted = "video_deleted"
+    outage_reconciled = "outage_reconciled"
 
 
 def reason_text(reason: Reason, tag: str | None = None) -> str:
@@ -69,7 +78,8 @@ class Rules:
     `max_streams` None takes the user's limit (the enforced rules always do; a shadow policy may set its own).
     `on_limit` None takes the deployment's PLAYGATE_POLICY. `kind_limits` caps streams per kind tag,
     `max_per_title` streams of one video, `max_devices` distinct devices seen within `device_window_s`, and
-    `max_away_streams` streams from outside the account's household networks.
+    `max_away_streams` streams from outside the account's household networks. `on_outage` None takes the
+    deployment's PLAYGATE_OUTAGE_POLICY.
     """
 
     max_streams: int | None = None
@@ -79,6 +89,7 @@ class Rules:
     max_devices: int | None = None
     device_window_s: float = DEVICE_WINDOW_DAYS * DAY_S
     max_away_streams: int | None = None
+    on_outage: OutagePolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,29 @@ class Metrics:
         self.ledger_errors = Counter(
             "playgate_ledger_errors", "Worker batches that failed on the ledger and were retried.", registry=r
         )
+        self.outage_mode = Gauge(
+            "playgate_outage_mode",
+            "The ledger store's state as this process sees it: 0 normal, 1 outage within the grace (playing streams "
+            "honoured, new plays by PLAYGATE_OUTAGE_POLICY), 2 outage past the grace.",
+            registry=r,
+        )
+        self.outage_honoured = Counter(
+            "playgate_outage_honoured",
+            "Heartbeats and media requests of playing streams answered from the lease cache while the store was down.",
+            registry=r,
+        )
+        self.outage_decisions = Counter(
+            "playgate_outage_decisions",
+            "New plays decided by the outage policy `allow` while the store was down, by outcome.",
+            ["status"],
+            registry=r,
+        )
+        self.outage_reconciled = Counter(
+            "playgate_outage_reconciled",
+            "What was written back to the store after an outage: streams restored, decisions kept, stops applied.",
+            ["kind"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "playgate_http_requests",
             "HTTP requests answered, by route and status.",

@@ -11,10 +11,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from playgate.domain import DAY_S, DEVICE_WINDOW_DAYS, Policy, Rules
+from playgate.domain import DAY_S, DEVICE_WINDOW_DAYS, OutagePolicy, Policy, Rules
 from playgate.errors import Invalid
 
-FIELDS = ("maxStreams", "onLimit", "kinds", "maxPerTitle", "maxDevices", "deviceWindowDays", "maxAwayStreams")
+FIELDS = (
+    "maxStreams",
+    "onLimit",
+    "kinds",
+    "maxPerTitle",
+    "maxDevices",
+    "deviceWindowDays",
+    "maxAwayStreams",
+    "onOutage",
+)
 
 
 def rules_to_json(rules: Rules) -> dict[str, Any]:
@@ -27,6 +36,7 @@ def rules_to_json(rules: Rules) -> dict[str, Any]:
         "maxDevices": rules.max_devices,
         "deviceWindowDays": rules.device_window_s / DAY_S if rules.max_devices is not None else None,
         "maxAwayStreams": rules.max_away_streams,
+        "onOutage": rules.on_outage.value if rules.on_outage is not None else None,
     }
     return {name: value for name, value in body.items() if value is not None}
 
@@ -43,6 +53,9 @@ def rules_from_json(body: Mapping[str, Any] | None) -> Rules:
         raise Invalid('kinds: an object of kind tag to cap, such as {"uhd": 1}.', field="kinds")
     window_days = body.get("deviceWindowDays")
     on_limit = body.get("onLimit")
+    on_outage = body.get("onOutage")
+    if on_outage is not None and on_outage not in tuple(OutagePolicy):
+        raise Invalid("onOutage: `deny` or `allow`.", field="onOutage")
     try:
         return Rules(
             max_streams=_cap(body, "maxStreams"),
@@ -52,6 +65,7 @@ def rules_from_json(body: Mapping[str, Any] | None) -> Rules:
             max_devices=_cap(body, "maxDevices"),
             device_window_s=float(window_days if window_days is not None else DEVICE_WINDOW_DAYS) * DAY_S,
             max_away_streams=_cap(body, "maxAwayStreams"),
+            on_outage=OutagePolicy(on_outage) if on_outage is not None else None,
         )
     except ValueError as exc:
         raise Invalid(f"A rule is wrong: {exc}", field="onLimit") from None

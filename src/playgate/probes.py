@@ -37,7 +37,7 @@ def probe_app(metrics: Metrics, ready: ReadyCheck) -> Starlette:
     async def readyz(_request: Request) -> Response:
         readiness = await ready()
         status = "ok" if readiness.ok else "unavailable"
-        body = {"status": status, "version": __version__, "checks": readiness.checks}
+        body = {"status": status, "version": __version__, "checks": readiness.checks, "outage": readiness.outage}
         return JSONResponse(body, status_code=200 if readiness.ok else 503)
 
     async def scrape(_request: Request) -> Response:

@@ -326,6 +326,7 @@ class Runtime:
                 batch_size=settings.batch_size,
                 sweep_interval_s=settings.sweep_interval_s,
                 audit=audit,
+                sweep_hold_s=settings.stream_ttl_s,
             )
             library = MediaLibrary(settings.resolved_media_dir)
             content = ContentGate(

@@ -33,6 +33,7 @@ from playgate.imports import Format, KindName
 from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
+from playgate.outage import Mode, Outage, admitted_in_outage
 from playgate.policy import is_away, parse_networks
 from playgate.ratelimit import UserRate
 from playgate.security import PlatformClaims, PlatformTokens, TokenIssuer
@@ -80,14 +81,17 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class Readiness:
-    """Each backend's state ("ok" or why not); ready when every one answers."""
+    """Each backend's state ("ok" or why not), and the outage mode in force; ready when every backend answers, or
+    while an outage is within its grace (this process still serves the streams playing)."""
 
     checks: dict[str, str]
+    outage: str = "normal"
+    in_grace: bool = False
 
     @property
     def ok(self) -> bool:
-        """True when every backend answered."""
-        return all(state == "ok" for state in self.checks.values())
+        """True when every backend answered, or the outage is within its grace."""
+        return self.in_grace or all(state == "ok" for state in self.checks.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,13 @@ class PlayGate:
         # Callers whose user is not cached, looked up together: with many users (each asking now and then, past
         # the catalogue's cache) one query serves every request that arrived meanwhile.
         self._callers: GroupCommit[str, User | None] = GroupCommit(self._users_of)
+        self._outage = Outage(
+            policy=settings.outage_policy,
+            grace_s=settings.outage_grace_s,
+            lease_s=settings.stream_ttl_s,
+            metrics=metrics,
+            clock=clock,
+        )
 
     async def _users_of(self, user_ids: Sequence[str]) -> list[User | None]:
         found = await self._catalog.users(user_ids)
@@ -318,16 +329,27 @@ class PlayGate:
             )
 
         request_id = owned_id(user.id)
-        if idempotency_key is not None:
-            claim = await self._ledger.claim_key(user.id, idempotency_key, request_id, video_id)
-            if not claim.created:
-                if claim.video_id != video_id:
-                    raise Invalid(
-                        "This Idempotency-Key was used for another video; use a new key.",
-                        field="Idempotency-Key",
-                    )
-                return self._told(await self._replay(request(claim.request_id), wait_s), issued=device_id is None)
-        return self._told(await self._submit(request(request_id), wait_s), issued=device_id is None)
+        if self._outage.decides_without_store():
+            return self._told(await self._outage_play(request(request_id)), issued=device_id is None)
+        try:
+            await self._store_back()
+            if idempotency_key is not None:
+                claim = await self._ledger.claim_key(user.id, idempotency_key, request_id, video_id)
+                if not claim.created:
+                    if claim.video_id != video_id:
+                        raise Invalid(
+                            "This Idempotency-Key was used for another video; use a new key.",
+                            field="Idempotency-Key",
+                        )
+                    return self._told(await self._replay(request(claim.request_id), wait_s), issued=device_id is None)
+            ticket = await self._submit(request(request_id), wait_s)
+        except Unavailable as exc:
+            self._outage.store_down(exc)
+            return self._told(await self._outage_play(request(request_id)), issued=device_id is None)
+        await self._store_up()
+        if ticket.decision is not None:
+            self._outage.admitted(ticket.request, ticket.decision)
+        return self._told(ticket, issued=device_id is None)
 
     def _told(self, ticket: PlayTicket, *, issued: bool) -> PlayTicket:
         """The ticket with the secret of the device issued for it (the device an idempotent retry's answer names:
@@ -335,6 +357,13 @@ class PlayGate:
         if not issued:
             return ticket
         return replace(ticket, device_secret=self._devices.secret(ticket.request.user_id, ticket.device_id))
+
+    async def _outage_play(self, request: PlayRequest) -> PlayTicket:
+        """A new play while the ledger's store is down: refused (503) or decided here, by PLAYGATE_OUTAGE_POLICY."""
+        quota = (await self._catalog.quotas([request.user_id]))[request.user_id]
+        decision = self._outage.decide(request, 0 if quota.disabled else quota.limit, quota.rules.on_outage)
+        self._metrics.decisions.labels(decision.status.value, decision.why or "").inc()
+        return PlayTicket(request, decision)
 
     async def _kinds(self, video_id: str) -> tuple[str, ...]:
         """The video's kind tags; NotFound for an unknown video unless PLAYGATE_UNKNOWN_VIDEOS allows it (no tags)."""
@@ -411,8 +440,11 @@ class PlayGate:
         # Pending first: a request leaves the queue only after its decision is committed, so looking the other
         # way round could miss it in between. The decision wins over a marker still there: the worker publishes
         # (waking `?wait=`) before it acknowledges, and a caller woken so must not read "pending" after "allowed".
-        pending = await self._queue.pending(request_id)
-        found: PlayRequest | Decision | None = await self._ledger.decision(request_id) or pending
+        # A decision made here during an outage first: the store may not answer.
+        found: PlayRequest | Decision | None = self._outage.decision(request_id)
+        if found is None:
+            pending = await self._queue.pending(request_id)
+            found = await self._ledger.decision(request_id) or pending
         if found is None or not principal.may_see(found.user_id):
             raise NotFound(f"No play request {request_id!r}.")
         return found
@@ -427,7 +459,12 @@ class PlayGate:
         decisions (the socket `message` carries them as they were at the decision)."""
         if decision.reason is not Reason.limit_reached:
             return []
-        return await self._ledger.streams(decision.user_id)
+        try:
+            return await self._ledger.streams(decision.user_id)
+        except Unavailable:
+            if self._outage.since is None:
+                raise
+            return []  # a denial of the outage policy: the streams are not known now
 
     # ---- streams -----------------------------------------------------------------------------------
 
@@ -451,13 +488,83 @@ class PlayGate:
             raise NotFound(f"Stream {stream_id!r} is not active.")
         return await self.renew(stream_id, owner)
 
-    async def renew(self, stream_id: str, user_id: str, *, slack: float = 0.0) -> Stream:
+    async def renew(self, stream_id: str, user_id: str, *, slack: float = 0.0, video_id: str | None = None) -> Stream:
         """Renew a stream of `user_id` (any heartbeat: HTTP, socket, media request); NotFound once it has ended,
         naming why (`reason`) when that is known.
 
+        While the ledger's store does not answer, a stream this process knows (or, from the media, whose playback
+        token names its `video_id`) is renewed here for up to PLAYGATE_OUTAGE_GRACE (the outage policy); beyond
+        it, or for a stream unknown here, Unavailable (503)."""
+        if not self._outage.should_try_store():
+            return self._honour(stream_id, user_id, video_id, None)
+        try:
+            await self._store_back()
+            stream = await self._renew_stored(stream_id, user_id, slack=slack)
+        except Unavailable as exc:
+            self._outage.store_down(exc)
+            return self._honour(stream_id, user_id, video_id, exc)
+        except NotFound:
+            self._outage.forget([stream_id])
+            raise
+        self._outage.remember([stream])
+        await self._store_up()
+        return stream
+
+    def _honour(self, stream_id: str, user_id: str, video_id: str | None, exc: Unavailable | None) -> Stream:
+        stream = self._outage.honour(stream_id, user_id, video_id)
+        if stream is None:
+            if self._outage.mode() is Mode.expired:
+                raise Unavailable(
+                    f"The stream ledger has been down longer than the outage grace ({self._outage.grace_s:g} s)."
+                ) from exc
+            raise exc or Unavailable(f"The stream ledger is down and stream {stream_id!r} is not known here.")
+        self._metrics.outage_honoured.inc()
+        return stream
+
+    async def _store_back(self) -> None:
+        """After an outage, before the first call that may find an expired lease: is the store back? (Unavailable
+        if not); if so, write back what the outage left."""
+        if self._outage.since is not None:
+            await self._ledger.ping()
+            await self._store_up()
+
+    async def _store_up(self) -> None:
+        """The store answered: write back what an outage left (streams, decisions, stops), once."""
+        work = self._outage.store_up()
+        if work is None:
+            return
+        try:
+            restored = await self._ledger.restore(work.streams)
+            await self._ledger.keep(work.decisions)
+            stops = 0
+            for stream_id, user_id in work.stopped.items():
+                stops += len(await self._ledger.stop([stream_id], user_id))
+        except Unavailable as exc:
+            log.warning("outage reconciliation failed (%s): tried again when the store answers", exc)
+            self._outage.store_down(exc)
+            self._outage.carry(work)
+            return
+        self._metrics.outage_reconciled.labels("streams").inc(restored)
+        self._metrics.outage_reconciled.labels("decisions").inc(len(work.decisions))
+        self._metrics.outage_reconciled.labels("stops").inc(stops)
+        log.warning(
+            "outage over: the ledger store answers again after %.1f s; normal mode; reconciled %d of %d streams "
+            "restored, %d decisions kept, %d stops applied (users over their limit are held to it at their next "
+            "heartbeat)",
+            work.down_s,
+            restored,
+            len(work.streams),
+            len(work.decisions),
+            stops,
+        )
+
+    async def _renew_stored(self, stream_id: str, user_id: str, *, slack: float = 0.0) -> Stream:
+        """renew() on the ledger.
+
         A user disabled since, or now over a lowered limit or rule, is held to it here: all the streams of a
         disabled user end (`user_disabled`); a stream beyond the new total, kind, title, away or device cap ends
-        (`limit_lowered`), the rest keep playing.
+        (`limit_lowered`, or `outage_reconciled` for one admitted while the store was down), the rest keep
+        playing.
         With `slack` (a fraction of the lease), a lease renewed less than that long ago is only checked, not
         written again: a player fetching many ranges a second costs one read each, and a write now and then.
         """
@@ -475,15 +582,15 @@ class PlayGate:
             registered = {d.id for d in await self._ledger.devices(user_id)} or None
         broken = over_rules(streams, quota.limit, quota.rules, registered).get(stream.id)
         if broken is not None:
-            await self._announce(await self._ledger.stop([stream.id], user_id), Reason.limit_lowered)
+            why = Reason.outage_reconciled if admitted_in_outage(stream.id) else Reason.limit_lowered
+            await self._announce(await self._ledger.stop([stream.id], user_id), why)
             if broken.reason is Reason.limit_reached:
                 raise NotFound(
-                    f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.",
-                    reason=Reason.limit_lowered.value,
+                    f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.", reason=why.value
                 )
             raise NotFound(
                 f"Stream {stream_id!r} has ended: the plan's rule {broken.text} was lowered below it.",
-                reason=Reason.limit_lowered.value,
+                reason=why.value,
             )
         lease_s = self._settings.stream_ttl_s
         if stream.expires_at - self._clock() > lease_s * (1.0 - slack):
@@ -515,7 +622,7 @@ class PlayGate:
         hears it at once), or anyone's for an admin (announced `stopped_by_admin`) or a `plays` key."""
         if principal.user is not None:
             # The common case, a player stopping its own stream: one ledger write, no lookup first.
-            stopped = await self._ledger.stop([stream_id], principal.user.id)
+            stopped = await self._stop_own(stream_id, principal.user.id)
             if stopped:
                 await self._announce(stopped, Reason.stopped)
                 return stopped[0]
@@ -528,6 +635,19 @@ class PlayGate:
         if principal.admin:  # a `plays` key stops for the user, as the user's own player would: not announced
             await self._announce(stopped, Reason.stopped_by_admin)
         return stopped[0]
+
+    async def _stop_own(self, stream_id: str, user_id: str) -> list[Stream]:
+        """Stop a stream of the user's; while the store is down, one this process knows (stopped in the store
+        once it answers)."""
+        try:
+            stopped = await self._ledger.stop([stream_id], user_id)
+        except Unavailable:
+            known = self._outage.stopped(stream_id, user_id)
+            if known is None:
+                raise
+            return [known]
+        self._outage.forget([stream_id])
+        return stopped
 
     async def stop_streams(
         self, user_id: str, video_id: str | None = None, *, device_id: str | None = None
@@ -579,9 +699,16 @@ class PlayGate:
     async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
         ended = [EndedStream(s, reason) for s in streams]
         if ended:
+            self._outage.forget(s.id for s in streams)
             if self._audit is not None:
                 self._audit.record_ended(ended)
-            await self._fanout.announce(ended)
+            try:
+                await self._fanout.announce(ended)
+            except Exception as exc:
+                if self._outage.since is None:
+                    raise
+                # The fan-out runs on the store that is down: the players hear it from their next request.
+                log.warning("%d stream ends not announced while the store is down: %s", len(ended), exc)
             for _ in ended:
                 self._metrics.streams_ended.labels(reason.value).inc()
 
@@ -676,11 +803,21 @@ class PlayGate:
                 checks[name] = "ok"
             except Exception as exc:  # any failure means "not ready"; say which and why
                 checks[name] = f"{type(exc).__name__}: {exc}"
-        readiness = Readiness(checks)
+        failed = next((state for name, state in checks.items() if name != "catalog" and state != "ok"), None)
+        if failed is not None:
+            self._outage.store_down(Unavailable(failed))
+        elif checks["catalog"] == "ok":
+            await self._store_up()
+        mode = self._outage.mode()
+        readiness = Readiness(checks, self._outage.describe(), in_grace=mode is Mode.grace)
         self._metrics.ready.set(1 if readiness.ok else 0)
         return readiness
 
     async def metrics_page(self) -> tuple[bytes, str]:
         """This process's metrics in Prometheus text format, the queue gauges refreshed first; and its type."""
-        await observe_queue(self._queue, self._metrics)
+        try:
+            await observe_queue(self._queue, self._metrics)
+        except Unavailable as exc:
+            # An outage is when the page matters most: the queue gauges keep their last values.
+            log.warning("queue gauges not refreshed: %s", exc)
         return self._metrics.render(), self._metrics.content_type

@@ -60,6 +60,7 @@ class Worker:
         sweep_interval_s: float,
         max_attempts: int = MAX_ATTEMPTS,
         audit: AuditTrail | None = None,
+        sweep_hold_s: float = 0.0,
     ) -> None:
         self._queue = queue
         self._ledger = ledger
@@ -72,6 +73,9 @@ class Worker:
         self.max_attempts = max_attempts
         self._audit = audit
         self._failures = 0
+        # After the ledger's store was down, expired leases are not swept for this long: their players could not
+        # renew them meanwhile (the outage policy honoured them), and their next heartbeats renew them.
+        self.sweep_hold_s = sweep_hold_s
 
     async def run(self, stop: asyncio.Event, *, poll_s: float = 0.5) -> None:
         """Decide batches until `stop` is set, then drain what is already queued (burst mode) and return."""
@@ -187,10 +191,18 @@ class Worker:
 
     async def sweep_forever(self, stop: asyncio.Event) -> None:
         """Every sweep_interval_s: end expired streams and announce them; refresh the active-streams gauge."""
+        down = False
+        held_until = 0.0
         while not stop.is_set():
             try:
-                await self.sweep()
+                if down:
+                    await self._ledger.ping()
+                    down, held_until = False, self._clock() + self.sweep_hold_s
+                    log.info("ledger store back: expired leases swept again in %g s", self.sweep_hold_s)
+                if self._clock() >= held_until:
+                    await self.sweep()
             except Unavailable as exc:
+                down = True
                 log.warning("sweep skipped: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.sweep_interval_s)

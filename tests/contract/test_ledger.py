@@ -247,6 +247,34 @@ async def test_heartbeat_stop_and_lookup(make_ledger: LedgerFactory, clock: Cloc
     assert await ledger.heartbeat(a.stream_id) is None
 
 
+async def test_restore_writes_back_streams_of_an_outage(make_ledger: LedgerFactory, clock: Clock) -> None:
+    """restore() (the outage policy's write-back): an absent or expired stream is stored as given, a live one keeps
+    the later expiry, one whose own lease ran out is left out; limits are not checked."""
+    ledger = await make_ledger()
+    held = await one(ledger, play("r1", video="v1"), limit=1)
+    assert held.stream_id
+    owner = b"u1".hex()
+    clock.advance(1)
+    outage = Stream(f"{owner}-o1", "u1", "v2", "phone", clock.now, clock.now + 2 * LEASE_S, "phone", ("uhd",), True)
+    stale = Stream(f"{owner}-o2", "u1", "v3", "web", clock.now - 3 * LEASE_S, clock.now - 1)
+    assert await ledger.restore([outage, stale]) == 1
+    assert await ledger.restore([replace(outage, expires_at=clock.now + LEASE_S / 2)]) == 0  # earlier: kept
+    assert [s.id for s in await ledger.streams("u1")] == [held.stream_id, outage.id]  # over the limit of 1
+    assert await ledger.stream(outage.id) == outage
+    clock.advance(LEASE_S + 1)  # the decided stream's lease ran out, the restored one's not
+    again = replace(outage, expires_at=clock.now + 3 * LEASE_S)
+    gone = await ledger.stream(held.stream_id)
+    assert gone is None
+    # the lease ran out unswept: the stream keeps its own fields, with the later expiry
+    assert await ledger.restore([again, Stream(held.stream_id, "u1", "v9", "", 0.0, clock.now + LEASE_S)]) == 2
+    streams = {s.id: s for s in await ledger.streams("u1")}
+    assert {sid: s.expires_at for sid, s in streams.items()} == {
+        held.stream_id: clock.now + LEASE_S,
+        outage.id: again.expires_at,
+    }
+    assert (streams[held.stream_id].video_id, streams[held.stream_id].device_id) == ("v1", "tv")
+
+
 async def test_streams_come_oldest_first_then_by_id(make_ledger: LedgerFactory, clock: Clock) -> None:
     ledger = await make_ledger()
     same_instant = await ledger.decide([admit(play(f"r{i}", video=f"v{i}"), limit=5) for i in range(3)])

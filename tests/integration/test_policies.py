@@ -73,6 +73,7 @@ async def test_a_plan_holds_its_rules_and_bad_ones_are_named(base_url: str, admi
         "maxDevices": 10,
         "deviceWindowDays": 30,
         "maxAwayStreams": 1,
+        "onOutage": "allow",
     }
     plan = await new_plan(admin, maxStreams=4, **rules, shadow={"maxStreams": 2})
     assert {k: plan[k] for k in rules} == rules
@@ -84,6 +85,7 @@ async def test_a_plan_holds_its_rules_and_bad_ones_are_named(base_url: str, admi
     assert patched.json()["shadow"] is None
     for bad, field in (
         ({"onLimit": "shuffle"}, "onLimit"),
+        ({"onOutage": "maybe"}, "onOutage"),
         ({"kinds": {"uhd": -1}}, "kinds"),
         ({"maxDevices": "many"}, "maxDevices"),
         ({"shadow": {"maxPerTitle": -2}}, "shadow"),
@@ -92,7 +94,8 @@ async def test_a_plan_holds_its_rules_and_bad_ones_are_named(base_url: str, admi
         assert response.status_code == 422, response.text
         assert field in str(response.json()), response.json()
     schema = (await admin.get("/openapi.json")).json()["components"]["schemas"]["PlanIn"]["properties"]
-    assert {"maxStreams", "onLimit", "kinds", "maxPerTitle", "maxDevices", "maxAwayStreams", "shadow"} <= set(schema)
+    named = {"maxStreams", "onLimit", "kinds", "maxPerTitle", "maxDevices", "maxAwayStreams", "onOutage", "shadow"}
+    assert named <= set(schema)
 
 
 async def test_each_rule_denies_with_its_reason(base_url: str, admin: httpx.AsyncClient) -> None:

@@ -242,6 +242,19 @@ async def test_play_without_wait_is_202_pending(base_url: str, admin: httpx.Asyn
         assert (await decided(client, response.json()["requestId"]))["status"] == "allowed"
 
 
+async def test_a_user_with_a_long_id_finds_its_requests(base_url: str, admin: httpx.AsyncClient) -> None:
+    """A request id names its user (as hex), so a 64-character user id makes a request id of 153 characters:
+    GET /v1/plays/{requestId} takes it (it answered 422 for ids past 64 characters, `playgate chaos` found it)."""
+    user_id = "u" * 64
+    assert (await admin.put(f"/v1/users/{user_id}", json={"limit": 1})).status_code in (200, 201)
+    play = (await admin.post("/v1/plays?wait=5", json={"videoId": "1", "userId": user_id})).json()
+    assert len(play["requestId"]) > 64
+    found = await admin.get(f"/v1/plays/{play['requestId']}")
+    assert found.status_code == 200, found.text
+    assert found.json()["status"] == play["status"] == "allowed"
+    assert_problem(await admin.get(f"/v1/plays/{'a' * 161}"), 422, "requestId")
+
+
 async def test_idempotency_key_gives_the_same_request_and_decision(base_url: str, admin: httpx.AsyncClient) -> None:
     user = await new_user(base_url, admin, limit=1)
     async with api_client(base_url, user.token) as client:

@@ -106,6 +106,10 @@ export const ENDED_REASONS = {
   user_disabled: ["your account was disabled", "Ask the account's owner to enable it."],
   limit_lowered: ["your account's stream limit was lowered", "Stop a stream on another device to watch here."],
   video_deleted: ["this video was removed from the catalogue", "Choose another video."],
+  outage_reconciled: [
+    "it was started while the service was degraded, and your account is over its limit now that it is back",
+    "Stop a stream on another device to watch here.",
+  ],
   stopped: ["it was stopped from another device", "Press Play to ask again."],
   // A heartbeat found the stream gone without an event telling why (stopped on another device, or expired offline).
   gone: ["it is no longer active (stopped on another device, or expired)", "Press Play to ask again."],

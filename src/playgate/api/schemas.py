@@ -17,6 +17,7 @@ from playgate.domain import (
     Decision,
     Device,
     KeyScope,
+    OutagePolicy,
     Plan,
     PlayRequest,
     Policy,
@@ -33,6 +34,8 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, patte
 MAX_STREAM_ID_LEN = 160
 MAX_REPLACED = 64  # stream ids one play request may name to replace
 StreamId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STREAM_ID_LEN, pattern=ID_PATTERN)]
+# A request id names its user as a stream id does (domain.owned_id): as long.
+RequestId = StreamId
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -89,6 +92,11 @@ class Status(Wire):
     service: str = "playgate"
     version: str
     checks: dict[str, str] | None = None
+    outage: str | None = Field(
+        None,
+        description="/readyz: the outage mode in force: `normal`; `grace: …` (the ledger's store is down, playing "
+        "streams honoured, still ready); `expired: …` (down past PLAYGATE_OUTAGE_GRACE, not ready).",
+    )
 
 
 class UserOut(Wire):
@@ -176,13 +184,27 @@ class RulesWire(Wire):
     max_away_streams: Limit | None = Field(
         None, description="Streams from outside the account's household networks (none set: all are home)."
     )
+    on_outage: OutagePolicy | None = Field(
+        None,
+        description="New plays while the stream ledger's store is down: `deny` (503) or `allow` (decided by the API "
+        "within the limit as far as it knows the user's streams, written back after). null: the deployment's "
+        "PLAYGATE_OUTAGE_POLICY.",
+    )
 
     def rules(self) -> Rules:
         """The domain rules these fields say."""
         return rules_from_json(self.model_dump(by_alias=True, include=_RULE_NAMES, exclude_none=True))
 
 
-_RULE_NAMES = {"on_limit", "kinds", "max_per_title", "max_devices", "device_window_days", "max_away_streams"}
+_RULE_NAMES = {
+    "on_limit",
+    "kinds",
+    "max_per_title",
+    "max_devices",
+    "device_window_days",
+    "max_away_streams",
+    "on_outage",
+}
 
 
 class ShadowRules(RulesWire):

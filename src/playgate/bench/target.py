@@ -91,6 +91,8 @@ class ServerProcess:
     pid: int
     popen: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    port: int | None = None
+    argv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -130,16 +132,28 @@ class Target:
 
     @classmethod
     def distributed(
-        cls, *, apis: int, workers: int, server_cpus: frozenset[int] | None = None, redis_url: str | None = None
+        cls,
+        *,
+        apis: int,
+        workers: int,
+        server_cpus: frozenset[int] | None = None,
+        redis_url: str | None = None,
+        database_url: str | None = None,
+        settings: dict[str, str] | None = None,
+        redis_aof: bool = False,
     ) -> Target:
-        """Start `apis` x `playgate api` and `workers` x `playgate worker` on Redis (a throwaway redis-server
-        unless `redis_url`) and a shared SQLite catalogue in a throwaway data dir."""
+        """Start `apis` x `playgate api` and `workers` x `playgate worker` on Redis (a throwaway redis-server,
+        its append-only file on with `redis_aof`, unless `redis_url`) and a shared catalogue (`database_url`, else
+        SQLite in a throwaway data dir), with PLAYGATE_* `settings` on top of the bench's."""
         target = cls._fresh("distributed")
+        target._env.update(settings or {})
         try:
             if redis_url is None:
-                redis_url = target._start_redis(server_cpus)
+                redis_url = target._start_redis(server_cpus, aof=redis_aof)
             target._env["PLAYGATE_REDIS_URL"] = redis_url
-            target._env["PLAYGATE_DATABASE_URL"] = f"sqlite+aiosqlite:///{Path(target._dir) / 'catalog.sqlite3'}"
+            target._env["PLAYGATE_DATABASE_URL"] = (
+                database_url or f"sqlite+aiosqlite:///{Path(target._dir) / 'catalog.sqlite3'}"
+            )
             target._run_once("db", "upgrade")
             for _ in range(apis):
                 target._start_playgate("api", server_cpus)
@@ -193,8 +207,8 @@ class Target:
         assert self.data_dir is not None
         return self.data_dir.name
 
-    def _start_playgate(self, role: str, cpus: frozenset[int] | None) -> None:
-        port = free_port()
+    def _start_playgate(self, role: str, cpus: frozenset[int] | None, port: int | None = None) -> ServerProcess:
+        port = port or free_port()
         log_path = Path(self._dir) / f"{role}-{len(self.processes)}.log"
         with log_path.open("ab") as log:
             popen = subprocess.Popen(  # noqa: S603 (this interpreter and our own arguments, no shell)
@@ -205,12 +219,28 @@ class Target:
             )
         if cpus is not None:
             os.sched_setaffinity(popen.pid, cpus)
-        process = ServerProcess(role, popen.pid, popen, log_path)
+        process = ServerProcess(role, popen.pid, popen, log_path, port)
         self.processes.append(process)
         if role != "worker":
             url = f"http://127.0.0.1:{port}"
             self._wait_ready(url, process)
-            self.base_urls.append(url)
+            if url not in self.base_urls:
+                self.base_urls.append(url)
+        return process
+
+    def restart(self, process: ServerProcess) -> ServerProcess:
+        """Start a process of this deployment again (it must have exited) in the same role, on the same port;
+        an API is waited for until ready. The new process replaces the old one in `processes`."""
+        assert process.popen is None or process.popen.poll() is not None, "the process still runs"
+        self.processes.remove(process)
+        if process.role == "redis":
+            popen = subprocess.Popen(process.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+            again = ServerProcess("redis", popen.pid, popen, port=process.port, argv=process.argv)
+            self.processes.append(again)
+            assert process.port is not None
+            self._wait_for_port(process.port)
+            return again
+        return self._start_playgate(process.role, None, process.port)
 
     def _run_once(self, *args: str) -> None:
         done = subprocess.run(  # noqa: S603 (this interpreter and our own arguments, no shell)
@@ -224,22 +254,31 @@ class Target:
         if done.returncode != 0:
             raise BenchError(f"playgate {' '.join(args)} failed: {done.stdout}{done.stderr}")
 
-    def _start_redis(self, cpus: frozenset[int] | None) -> str:
+    def _start_redis(self, cpus: frozenset[int] | None, *, aof: bool = False) -> str:
         port = free_port()
+        argv = redis_server_command(port, self._dir)
+        if aof:
+            argv = [*argv, "--appendonly", "yes", "--appendfsync", "everysec"]
         popen = subprocess.Popen(  # noqa: S603 (redis-server from PATH and our own arguments, no shell)
-            redis_server_command(port, self._dir),
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         if cpus is not None:
             os.sched_setaffinity(popen.pid, cpus)
-        self.processes.append(ServerProcess("redis", popen.pid, popen))
+        self.processes.append(ServerProcess("redis", popen.pid, popen, port=port, argv=argv))
+        self._wait_for_port(port)
+        return f"redis://127.0.0.1:{port}/0"
+
+    @staticmethod
+    def _wait_for_port(port: int) -> None:
+        """Until something accepts connections on 127.0.0.1:port (BenchError after START_TIMEOUT_S)."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return f"redis://127.0.0.1:{port}/0"
+                return
             time.sleep(0.05)
-        raise BenchError(f"redis-server did not start on port {port}")
+        raise BenchError(f"nothing listens on port {port} after {START_TIMEOUT_S}s")
 
     def _wait_for_workers(self, redis_url: str, count: int) -> None:
         """Until a play request gets its decision (a worker is taking requests), then, for a bounded time,
@@ -327,7 +366,7 @@ class Target:
             self.idp.stop()
             self.idp = None
 
-    async def accounts_for(self, names: list[str]) -> list[Account]:
+    async def accounts_for(self, names: list[str], limit: int = BENCH_USER_LIMIT) -> list[Account]:
         """Users for the load: imported in one call and signed in with the bench's key set when the bench started
         the servers; else made through the admin API (or the demo users without an admin password)."""
         missing = [n for n in names if n not in self.accounts]
@@ -336,7 +375,7 @@ class Target:
                 self.base_url, timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
             ) as http:
                 if self.admin_password is not None and self.idp is not None:
-                    made = await _platform_accounts(http, self.admin_password, self.idp, missing)
+                    made = await _platform_accounts(http, self.admin_password, self.idp, missing, limit)
                 elif self.admin_password is None:
                     made = await _demo_accounts(http, missing)
                 else:
@@ -392,13 +431,17 @@ async def _new_accounts(http: aiohttp.ClientSession, admin_password: str, names:
 
 
 async def _platform_accounts(
-    http: aiohttp.ClientSession, admin_password: str, idp: IdentityProvider, names: list[str]
+    http: aiohttp.ClientSession,
+    admin_password: str,
+    idp: IdentityProvider,
+    names: list[str],
+    limit: int = BENCH_USER_LIMIT,
 ) -> dict[str, Account]:
-    """Import the users in one call (limit BENCH_USER_LIMIT), then mint each a token of the bench's key set."""
+    """Import the users in one call (with this stream limit), then mint each a token of the bench's key set."""
     admin = await _login(http, "admin", admin_password)
     run = secrets.token_hex(3)
     ids = {name: f"bench-{run}-{name}" for name in names}
-    body = b"\n".join(orjson.dumps({"id": i, "limit": BENCH_USER_LIMIT}) for i in ids.values())
+    body = b"\n".join(orjson.dumps({"id": i, "limit": limit}) for i in ids.values())
     headers = {"Content-Type": "application/x-ndjson", "Authorization": f"Bearer {admin.token}"}
     async with http.post("/v1/users:import", data=body, headers=headers) as answer:
         report = await answer.read()

@@ -390,9 +390,16 @@ class RedisQueue:
         return batch
 
     async def _claim_idle_in(self, shard: QueueShard, max_items: int) -> list[Delivery]:
-        reply = await self._redis.xautoclaim(
-            shard.requests_key, GROUP, self.consumer, self._claim_idle_ms, start_id="0-0", count=max_items
-        )
+        try:
+            reply = await self._redis.xautoclaim(
+                shard.requests_key, GROUP, self.consumer, self._claim_idle_ms, start_id="0-0", count=max_items
+            )
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The server lost the group (restarted without persistence): make it again, as _read_new does.
+            await self._ensure_groups(force=True)
+            return []
         entries = [e for e in reply[1] if e and e[1]]
         deleted = reply[2] if len(reply) > 2 else []
         if deleted:

@@ -53,6 +53,13 @@ class Ledger(Protocol):
         """End every user's streams of one video (it left the catalogue); the ones that were active."""
         ...
 
+    async def restore(self, streams: Sequence[Stream]) -> int:
+        """Write back streams decided or kept playing while the ledger was down (the outage policy): each one
+        absent here is stored as given (unless its lease ran out), one known here (even expired, not yet swept) keeps
+        its fields and takes the later of the two expiries; how many were written. Limits are not checked here: the
+        next heartbeat holds each user to theirs."""
+        ...
+
     async def sweep(self) -> list[EndedStream]:
         """End every stream whose lease ran out, forget old decisions and keys; what was ended."""
         ...

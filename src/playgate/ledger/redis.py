@@ -185,6 +185,7 @@ class RedisLedger:
         self._stop = self._redis.register_script(_script("stop.lua"))
         self._expire = self._redis.register_script(_script("expire.lua"))
         self._leases = self._redis.register_script(_script("leases.lua"))
+        self._restore = self._redis.register_script(_script("restore.lua"))
 
     @staticmethod
     def _request_arg(admission: Admission) -> bytes:
@@ -401,6 +402,29 @@ class RedisLedger:
         for owner in sorted(owners):
             stopped += await self.stop(None, owner, video_id)
         return stopped
+
+    async def restore(self, streams: Sequence[Stream]) -> int:
+        """restore.lua for each stream (one call each: each user's keys lie in their own slot on a cluster)."""
+        written = 0
+        now = repr(self._clock())
+        async with translate_redis_errors():
+            for s in streams:
+                fields = [
+                    s.video_id,
+                    s.device_id,
+                    repr(s.started_at),
+                    repr(s.expires_at),
+                    s.device_name,
+                    list(s.kinds),
+                    1 if s.away else 0,
+                ]
+                written += int(
+                    await self._restore(
+                        keys=[self._keys.streams_key(s.user_id), self._keys.leases_key(s.user_id)],
+                        args=[s.id, now, orjson.dumps(fields).decode()],
+                    )
+                )
+        return written
 
     async def sweep(self) -> list[EndedStream]:
         """End every stream whose lease ran out; several sweepers at once end (and report) each one once.

@@ -69,10 +69,15 @@ SELECT_STREAM = (
 )
 INSERT_STREAM = (
     "INSERT INTO streams (id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
 )
 DELETE_STREAMS = "DELETE FROM streams WHERE id IN (SELECT value FROM json_each(?))"
 RENEW_STREAM = "UPDATE streams SET expires_at = ? WHERE id = ?"
+# restore(): a stream absent is stored as given; one known here keeps its fields and takes the later expiry.
+RESTORE_STREAM = (
+    INSERT_STREAM + " ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE streams.expires_at < excluded.expires_at"
+)
 HEARTBEAT = (
     "UPDATE streams SET expires_at = ?1 WHERE id = ?2 AND expires_at > ?3 AND (?4 IS NULL OR user_id = ?4) "
     "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away"
@@ -388,6 +393,19 @@ class SqlLedger:
             now = self._clock()
             rows = conn.execute(STOP_VIDEO, (video_id,)).fetchall()
         return sorted((s for s in map(_stream, rows) if s.live(now)), key=lambda s: (s.started_at, s.id))
+
+    async def restore(self, streams: Sequence[Stream]) -> int:
+        """Store the streams absent or expired here; a live one keeps the later expiry; how many were written."""
+        return await self._run(self._restore, streams)
+
+    def _restore(self, conn: sqlite3.Connection, streams: Sequence[Stream]) -> int:
+        with self._write(conn):
+            now = self._clock()
+            written = 0
+            for s in streams:
+                if s.live(now):
+                    written += conn.execute(RESTORE_STREAM, _stream_values(s)).rowcount
+        return written
 
     async def sweep(self) -> list[EndedStream]:
         """Delete expired streams (returned, to be announced), and decisions and keys past decision_ttl_s."""

@@ -165,7 +165,10 @@ class ContentGate:
         if claims.stream_id != stream_id or (video_id is not None and claims.video_id != video_id):
             raise Forbidden("This playback token is for another stream.")
         try:
-            return await self.gate.renew(claims.stream_id, claims.user_id, slack=MEDIA_RENEW_SLACK)
+            # The token's video lets the outage policy honour the stream while the ledger is down.
+            return await self.gate.renew(
+                claims.stream_id, claims.user_id, slack=MEDIA_RENEW_SLACK, video_id=claims.video_id
+            )
         except NotFound as exc:
             reason = exc.extra.get("reason")  # why it ended, when known
             why = f" ({reason})" if reason is not None else ""

@@ -42,12 +42,19 @@ async def healthz() -> Status:
     response_model=Status,
     response_model_exclude_none=True,
     summary="Readiness: 200 when storage and queue answer, else 503",
-    responses={503: {"model": Status, "description": "A backend does not answer."}},
+    description="200 when catalogue, ledger and queue answer, and also while the ledger's store has been down for "
+    "less than PLAYGATE_OUTAGE_GRACE (playing streams are served meanwhile: `outage` says so); else 503.",
+    responses={503: {"model": Status, "description": "A backend does not answer (past the outage grace)."}},
 )
 async def readyz(gate: GateDep) -> Response | Status:
     """200 when catalogue, ledger and queue answer; 503 naming the one that does not."""
     readiness = await gate.ready()
-    body = Status(status="ok" if readiness.ok else "unavailable", version=__version__, checks=readiness.checks)
+    body = Status(
+        status="ok" if readiness.ok else "unavailable",
+        version=__version__,
+        checks=readiness.checks,
+        outage=readiness.outage,
+    )
     if readiness.ok:
         return body
     return JSONResponse(body.model_dump(by_alias=True), status_code=503)

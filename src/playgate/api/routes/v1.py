@@ -9,7 +9,18 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from playgate.api.deps import Caller, ClientAddress, ContentDep, GateDep
 from playgate.api.errors import RATE_LIMITED, problem_responses
-from playgate.api.schemas import ConflictOut, DeviceId, HeartbeatOut, Id, PlayIn, PlayOut, StreamId, StreamOut, iso
+from playgate.api.schemas import (
+    ConflictOut,
+    DeviceId,
+    HeartbeatOut,
+    Id,
+    PlayIn,
+    PlayOut,
+    RequestId,
+    StreamId,
+    StreamOut,
+    iso,
+)
 from playgate.devices import clean_name, device_name
 from playgate.domain import Decision, PlayRequest, Reason
 from playgate.errors import Invalid
@@ -98,7 +109,7 @@ async def _play_out(gate: PlayGate, content: ContentGate, found: PlayRequest | D
 
 @router.get("/plays/{requestId}", summary="A play request's status (own requests only)", responses=ERRORS)
 async def get_play(
-    gate: GateDep, content: ContentDep, caller: Caller, request_id: Annotated[Id, Path(alias="requestId")]
+    gate: GateDep, content: ContentDep, caller: Caller, request_id: Annotated[RequestId, Path(alias="requestId")]
 ) -> PlayOut:
     """pending, allowed (with a fresh playback URL) or denied (at the limit: with the streams holding it)."""
     return await _play_out(gate, content, await gate.play_status(caller, request_id))

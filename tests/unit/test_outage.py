@@ -1,0 +1,137 @@
+"""The outage policy's state, on an injected clock: modes, probing, which streams are honoured, new plays under
+each policy, and what is left to write back."""
+
+from __future__ import annotations
+
+import pytest
+
+from playgate.domain import PlayRequest, Reason, Status, Stream
+from playgate.errors import Unavailable
+from playgate.metrics import Metrics
+from playgate.outage import PROBE_INTERVAL_S, Mode, Outage, OutagePolicy, OutageRefused, admitted_in_outage
+
+LEASE_S = 90.0
+GRACE_S = 300.0
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def outage(policy: OutagePolicy = OutagePolicy.deny) -> tuple[Outage, Clock, Metrics]:
+    clock, metrics = Clock(), Metrics()
+    return Outage(policy=policy, grace_s=GRACE_S, lease_s=LEASE_S, metrics=metrics, clock=clock), clock, metrics
+
+
+def stream(sid: str = "s1", user: str = "u1", expires_at: float = T0 + LEASE_S) -> Stream:
+    return Stream(sid, user, "v1", "tv", T0 - 10, expires_at)
+
+
+def request(rid: str = "r1", device: str = "phone") -> PlayRequest:
+    return PlayRequest(rid, "u1", "v2", device, accepted_at=T0, replace_device_stream=True)
+
+
+def test_modes_follow_the_store_and_the_grace() -> None:
+    state, clock, metrics = outage()
+    assert state.mode() is Mode.normal
+    assert state.should_try_store()
+    state.store_down(Unavailable("gone"))
+    assert state.mode() is Mode.grace
+    assert metrics.outage_mode._value.get() == 1
+    assert "grace" in state.describe()
+    assert not state.should_try_store()  # tried just now
+    clock.now += PROBE_INTERVAL_S
+    assert state.should_try_store()
+    assert not state.should_try_store()  # one request a probe interval
+    clock.now = T0 + GRACE_S
+    assert state.mode() is Mode.expired
+    work = state.store_up()
+    assert work is not None
+    assert work.down_s == GRACE_S
+    assert state.mode() is Mode.normal
+    assert metrics.outage_mode._value.get() == 0
+    assert state.store_up() is None
+
+
+@pytest.mark.parametrize(
+    ("known", "user", "video", "honoured"),
+    [
+        (stream(), "u1", None, True),  # renewed or admitted here
+        (None, "u1", "v1", True),  # unknown here, but a valid playback token names it
+        (None, "u1", None, False),  # unknown here, no token: a heartbeat of a stream never seen
+        (stream(), "u2", None, False),  # another user's stream
+        (stream(expires_at=T0 - 1), "u1", None, False),  # ended before the outage began
+    ],
+)
+def test_which_streams_are_honoured(known: Stream | None, user: str, video: str | None, honoured: bool) -> None:
+    state, clock, _ = outage()
+    if known is not None:
+        state.remember([known])
+    state.store_down(Unavailable("gone"))
+    clock.now += 60
+    renewed = state.honour("s1", user, video)
+    assert (renewed is not None) is honoured
+    if renewed is not None:
+        assert renewed.expires_at == clock.now + LEASE_S
+
+
+def test_nothing_is_honoured_past_the_grace_or_without_an_outage() -> None:
+    state, clock, _ = outage()
+    state.remember([stream()])
+    assert state.honour("s1", "u1") is None  # the store answers: ask it
+    state.store_down(Unavailable("gone"))
+    clock.now += GRACE_S
+    assert state.honour("s1", "u1") is None
+
+
+def test_deny_refuses_new_plays_with_retry_after() -> None:
+    state, _, _ = outage(OutagePolicy.deny)
+    state.store_down(Unavailable("gone"))
+    assert not state.decides_without_store()  # each new play tries the store first
+    with pytest.raises(OutageRefused) as refused:
+        state.decide(request(), limit=3)
+    assert refused.value.status == 503
+    assert refused.value.headers == {"Retry-After": "5"}
+
+
+def test_a_plans_policy_overrides_the_deployments() -> None:
+    deny, _, _ = outage(OutagePolicy.deny)
+    deny.store_down(Unavailable("gone"))
+    assert deny.decide(request(), limit=1, policy=OutagePolicy.allow).status is Status.allowed
+    allow, _, _ = outage(OutagePolicy.allow)
+    allow.store_down(Unavailable("gone"))
+    with pytest.raises(OutageRefused, match="outage policy deny"):
+        allow.decide(request(), limit=1, policy=OutagePolicy.deny)
+
+
+def test_allow_admits_within_the_known_limit_and_leaves_it_to_write_back() -> None:
+    state, clock, _ = outage(OutagePolicy.allow)
+    state.remember([stream()])
+    state.store_down(Unavailable("gone"))
+    assert state.decides_without_store()  # tried just now
+    first = state.decide(request("r1", "phone"), limit=2)
+    assert (first.status, first.active) == (Status.allowed, 2)
+    assert first.stream_id is not None
+    assert admitted_in_outage(first.stream_id)
+    assert not admitted_in_outage("7531-0123")
+    again = state.decide(request("r2", "tablet"), limit=2)
+    assert (again.status, again.reason, again.active) == (Status.denied, Reason.limit_reached, 2)
+    # the same device asking for another title replaces its own stream, which is stopped
+    following = state.decide(request("r3", "phone"), limit=2)
+    assert following.status is Status.allowed
+    assert state.honour(first.stream_id, "u1") is None
+    assert state.decision("r2") == again
+    assert state.stopped("s1", "u1") is not None
+    assert state.stopped("s1", "u1") is None  # once
+    clock.now += 10
+    work = state.store_up()
+    assert work is not None
+    assert [s.id for s in work.streams] == [following.stream_id]
+    assert [d.request_id for d in work.decisions] == ["r1", "r2", "r3"]
+    assert work.stopped == {first.stream_id: "u1", "s1": "u1"}
+    assert state.decision("r1") is None
