@@ -274,8 +274,8 @@ class Settings(BaseSettings):
     lean_routes: bool = Field(
         True,
         description="Answer the players' hot routes (GET /videos/{id}/request, /videos/{id}/stop, /videos/stop, "
-        "DELETE /v1/streams/{id}) with a small plain-ASGI router in front of FastAPI: the same answers for less "
-        "CPU. Off: FastAPI answers them too.",
+        "DELETE /v1/streams/{id}, POST /v1/plays, GET /v1/authorize) with a small plain-ASGI router in front of "
+        "FastAPI: the same answers for less CPU. Off: FastAPI answers them too.",
     )
     webhook_urls: str = Field(
         "",

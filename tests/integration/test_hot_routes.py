@@ -56,6 +56,8 @@ async def ask(app: App, method: str, path: str, *, token: str | None = "own", **
     (status, content type, masked body, Retry-After, WWW-Authenticate)."""
     user = await new_user(app.url, app.admin)
     path = path.replace("{me}", user.id)
+    if isinstance(kwargs.get("content"), str):
+        kwargs["content"] = kwargs["content"].replace("{me}", user.id)
     async with api_client(app.url, user.token if token == "own" else token) as client:
         response = await client.request(method, path, **kwargs)
     assert response.headers["x-request-id"]
@@ -113,6 +115,132 @@ async def test_the_lean_router_answers_as_fastapi(
     assert got[0] == status
     if status >= 400:
         assert got[1] == PROBLEM
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "token", "status"),
+    [
+        ("/v1/plays", '{"videoId":"1"}', JSON, "own", 202),
+        ("/v1/plays", '{"videoId":"1"}', {}, "own", 422),
+        ("/v1/plays", '{"videoId":"1","deviceName":"Living-room TV"}', {**JSON, "Idempotency-Key": "k-1"}, "own", 202),
+        ("/v1/plays", '{"videoId":"1","deviceId":"tv-1","userId":"{me}"}', JSON, "own", 202),
+        ("/v1/plays", '{"videoId":"1","replaceStreamId":"no-such-stream"}', JSON, "own", 202),
+        ("/v1/plays", '{"videoId":"1","replaceStreamIds":["no-such-stream"],"replaceOthers":true}', JSON, "own", 202),
+        ("/v1/plays", '{"videoId":"1","replaceStreamIds":["bad id"]}', JSON, "own", 422),
+        ("/v1/plays", '{"videoId":"1","replaceOthers":"maybe"}', JSON, "own", 422),
+        ("/v1/plays?wait=0", '{"videoId":"1"}', {**JSON, "User-Agent": "Mozilla/5.0 (SMART-TV; Tizen)"}, "own", 202),
+        ("/v1/plays", '{"videoId":"1","userId":"1"}', JSON, "own", 403),
+        ("/v1/plays", '{"videoId":"no-such-video"}', JSON, "own", 404),
+        ("/v1/plays", '{"videoId":"1"}', JSON, None, 401),
+        ("/v1/plays", '{"videoId":"1"}', JSON, "not-a-token", 401),
+        ("/v1/plays", "{}", JSON, "own", 422),
+        ("/v1/plays", "", JSON, "own", 422),
+        ("/v1/plays", "not json", JSON, "own", 422),
+        ("/v1/plays", "not json", JSON, None, 422),
+        ("/v1/plays", "[1]", JSON, "own", 422),
+        ("/v1/plays", '{"videoId":"bad id"}', JSON, "own", 422),
+        ("/v1/plays", '{"videoId":"bad id"}', JSON, None, 401),
+        ("/v1/plays", '{"videoId":"1","surprise":1}', JSON, "own", 422),
+        ("/v1/plays", '{"videoId":"1","replaceStreamId":"bad id"}', JSON, "own", 422),
+        ("/v1/plays", '{"videoId":1}', JSON, "own", 422),
+        ("/v1/plays", '{"videoId":"1"}', {"Content-Type": "text/plain"}, "own", 422),
+        ("/v1/plays?wait=-1", '{"videoId":"1"}', JSON, "own", 422),
+        ("/v1/plays?wait=nan", '{"videoId":"1"}', JSON, "own", 422),
+        ("/v1/plays?wait=soon", '{"videoId":"1"}', JSON, "own", 422),
+        ("/v1/plays", '{"videoId":"1"}', {**JSON, "Idempotency-Key": "a key"}, "own", 422),
+        ("/v1/plays", '{"videoId":"1"}', {**JSON, "Idempotency-Key": "k" * 201}, "own", 422),
+        ("/v1/plays/", '{"videoId":"1"}', JSON, "own", 307),
+    ],
+)
+async def test_plays_answer_as_fastapi(
+    lean: App, framework: App, path: str, body: str, headers: dict[str, str], token: str | None, status: int
+) -> None:
+    if token not in ("own", None):
+        headers = {**headers, "Authorization": f"Bearer {token}"}
+    own = token if token in ("own", None) else None
+    got = await ask(lean, "POST", path, token=own, content=body, headers=headers)
+    expected = await ask(framework, "POST", path, token=own, content=body, headers=headers)
+    assert got == expected
+    assert got[0] == status
+    if status >= 400:
+        assert got[1] == PROBLEM
+
+
+async def test_a_play_waited_for_is_answered_with_its_decision_and_a_retry_with_its_key_gets_the_same(
+    lean: App, framework: App
+) -> None:
+    answers = []
+    for app in (lean, framework):
+        user = await new_user(app.url, app.admin)
+        async with api_client(app.url, user.token) as client:
+            ask_once = {"json": {"videoId": "1", "deviceId": "tv"}, "headers": {"Idempotency-Key": "once"}}
+            first = await client.post("/v1/plays?wait=5", **ask_once)
+            again = await client.post("/v1/plays?wait=5", **ask_once)
+        assert (first.status_code, again.status_code) == (200, 200)
+        assert first.json() == again.json()
+        answers.append(first.json())
+    lean_answer, framework_answer = answers
+    assert lean_answer["status"] == framework_answer["status"] == "allowed"
+    assert list(lean_answer) == list(framework_answer)
+    assert lean_answer["playbackUrl"].startswith("/v1/play/")
+
+
+async def _playback_path(app: App, client: httpx.AsyncClient) -> tuple[str, str]:
+    """An allowed stream's id and playback path (`/v1/play/{token}/master.m3u8`)."""
+    decided = (await client.post("/v1/plays?wait=5", json={"videoId": "1"})).json()
+    assert decided["status"] == "allowed", decided
+    return decided["streamId"], decided["playbackUrl"].split("?")[0]
+
+
+async def test_authorize_answers_as_fastapi(lean: App, framework: App) -> None:
+    """Allowed (204 naming the stream), then refused once the stream is stopped; and bad tokens and paths."""
+    answers: list[list[tuple[Any, ...]]] = []
+    for app in (lean, framework):
+        user = await new_user(app.url, app.admin)
+        async with api_client(app.url, user.token) as client:
+            stream_id, path = await _playback_path(app, client)
+            token = path.split("/")[3]
+            cases: list[dict[str, str]] = [
+                {"X-Original-URI": path.replace("master.m3u8", "v0/chunk-00001.m4s")},
+                {"X-Playback-Token": token},
+                {"X-Original-URI": path.replace("master.m3u8", "..%2F..%2Fetc/passwd")},
+                {"X-Original-URI": "/media/other/1.mp4", "X-Playback-Token": token},
+                {"X-Original-URI": "/v1/play/forged-token/master.m3u8"},
+                {"X-Playback-Token": "forged"},
+                {},
+            ]
+            seen = []
+            async with api_client(app.url) as edge:
+                for headers in cases:
+                    answer = await edge.get("/v1/authorize", headers=headers)
+                    seen.append((answer.status_code, _same_shape(answer.text, user.id)))
+                    if answer.status_code == 204:
+                        assert answer.headers["x-stream-id"] == stream_id
+                        assert answer.headers["x-user-id"] == user.id
+                        assert answer.headers["x-video-id"] == "1"
+                        assert "content-type" not in answer.headers
+                by_query = await edge.get(f"/v1/authorize?token={token}")
+                seen.append((by_query.status_code, by_query.text))
+                assert (await client.delete(f"/v1/streams/{stream_id}")).status_code == 204
+                ended = await edge.get("/v1/authorize", headers={"X-Playback-Token": token})
+                seen.append((ended.status_code, _same_shape(ended.text, user.id)))
+                seen.append(((await edge.post("/v1/authorize")).status_code, ""))
+        answers.append(seen)
+    assert answers[0] == answers[1]
+    assert [status for status, _ in answers[0]] == [204, 204, 403, 403, 401, 401, 401, 204, 403, 405]
+
+
+async def test_metrics_count_plays_and_authorize_by_template(lean: App) -> None:
+    user = await new_user(lean.url, lean.admin)
+    async with api_client(lean.url, user.token) as client:
+        assert (await client.post("/v1/plays", json={"videoId": "1"})).status_code == 202
+        assert (await client.get("/v1/authorize")).status_code == 401
+        metrics = (await lean.admin.get("/metrics")).text
+    assert 'route="/v1/plays",status="202"' in metrics
+    assert 'route="/v1/authorize",status="401"' in metrics
 
 
 async def test_a_bad_id_is_named(lean: App) -> None:

@@ -126,6 +126,10 @@ def create_app(
         content: ContentGate = api.state.content
         return content.url_for(stream)
 
+    def content_gate() -> ContentGate:
+        content: ContentGate = api.state.content
+        return content
+
     sockets = register(sio, gate, playback)
     app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
     # Socket.IO v2 clients (`?EIO=3`, e.g. the original service's UI) on the same path.
@@ -133,8 +137,9 @@ def create_app(
     v2_events: dict[str, EventHandler] = {**V2_EVENTS, "heartbeat": partial(heartbeat_ack, playback=playback)}
     app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings), events=v2_events)
     if settings.lean_routes:
-        # The players' request → decision → stop loop without FastAPI's per-request machinery (api/hot.py).
-        app = HotRoutes(app, gate)
+        # The players' request → decision → stop loop and the media edge's auth_request without FastAPI's
+        # per-request machinery (api/hot.py).
+        app = HotRoutes(app, gate, content_gate)
     # The client address (logins, households) from X-Forwarded-For of trusted proxies only, here in the app so that
     # every server and the in-process tests see the same address.
     # uvicorn types ASGI scopes more narrowly than Starlette; the middleware is plain ASGI.

@@ -1,12 +1,15 @@
-"""The players' hot routes as plain ASGI, in front of FastAPI: the request → decision → stop loop without the
-framework's per-request dependency solving, routing and response models.
+"""The players' hot routes as plain ASGI, in front of FastAPI: the request → decision → stop loop and the media
+edge's `auth_request` without the framework's per-request dependency solving, routing and response models.
 
-Each route here is also registered with FastAPI (api/routes/seed.py, v1.py), which documents it in /openapi.json
-and answers whatever this router leaves alone: another method, a path it does not match, a browser's request (an
-`Origin` header, so that CORS stays FastAPI's). What a caller sees is the same either way: auth on every call
-(`PlayGate.principal`), ids checked with the same constraints and answered with the same problem+json naming the
-field, the user's rate (429 with Retry-After), and HttpEdge around both (request id, security headers, metrics by
-route template). tests/integration/test_hot_routes.py holds both answers side by side.
+Each route here is also registered with FastAPI (api/routes/seed.py, v1.py, content.py), which documents it in
+/openapi.json and answers whatever this router leaves alone: another method, a path it does not match, a browser's
+request (an `Origin` header, so that CORS stays FastAPI's), and a `POST /v1/plays` whose body, `?wait=` or
+`Idempotency-Key` is not plainly valid (FastAPI reads the same body again and words the 422). What a caller sees is
+the same either way: auth on every call (`PlayGate.principal`), ids checked with the same constraints and answered
+with the same problem+json naming the field, the user's rate (429 with Retry-After), and HttpEdge around both
+(request id, security headers, metrics by route template). `POST /v1/plays` runs FastAPI's own endpoint function
+(v1.create_play) on the body validated by its own model (PlayIn), so the two cannot drift apart.
+tests/integration/test_hot_routes.py holds both answers side by side.
 """
 
 from __future__ import annotations
@@ -14,26 +17,33 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from playgate.api.errors import problem, problem_for, validation_problem
-from playgate.api.schemas import MAX_STREAM_ID_LEN, Id, StreamId
+from playgate.api.routes import v1
+from playgate.api.schemas import MAX_STREAM_ID_LEN, Id, PlayIn, PlayOut, StreamId
 from playgate.domain import ID_PATTERN, MAX_ID_LEN
 from playgate.errors import Invalid, PlayGateError
+from playgate.media import ContentGate
 from playgate.service import PlayGate, Principal
 
 log = logging.getLogger("playgate.api")
 
 _ID = TypeAdapter(Id)
 _STREAM_ID = TypeAdapter(StreamId)
+_PLAY_OUT = TypeAdapter(PlayOut)
 _JSON_HEADERS = (b"content-type", b"application/json")
 _ID_CHARS = re.compile(ID_PATTERN)
+# What this router takes as plainly valid without asking pydantic; anything else is FastAPI's to answer.
+_WAIT = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +55,25 @@ class Template:
 
 @dataclass(slots=True)
 class Call:
-    """One request to a hot route: its scope, and what it carries that the routes read."""
+    """One request to a hot route: its scope, what it carries that the routes read, and the services."""
 
     scope: Scope
+    gate: PlayGate
+    content: Callable[[], ContentGate]
     token: str | None
     query: dict[str, str]
+    headers: dict[bytes, str]
+    body: bytes = b""
 
     @property
     def client_address(self) -> str | None:
         """The client's address (after ProxyHeadersMiddleware), as `Request.client.host`."""
         client = self.scope.get("client")
         return client[0] if client else None
+
+    async def caller(self) -> Principal:
+        """The authenticated caller (401 without a valid token), as the routes' `Caller` dependency."""
+        return await self.gate.principal(self.token, self.query.get("user"))
 
 
 class Rejected(Exception):
@@ -66,7 +84,20 @@ class Rejected(Exception):
         self.errors = errors
 
 
+class Handoff(Exception):
+    """A request this router leaves to FastAPI (raised before anything was done for it)."""
+
+
 Errors = list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class Answer:
+    """A hot route's answer: its status, JSON body (or none) and extra headers."""
+
+    status: int
+    body: bytes | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 def _checked(value: str | None, field: str, adapter: TypeAdapter[str], max_len: int, errors: Errors) -> str:
@@ -90,13 +121,14 @@ def _bearer(authorization: str | None) -> str | None:
     return credentials
 
 
-async def _answer(send: Send, status: int, body: bytes | None = None) -> None:
+async def _answer(send: Send, answer: Answer) -> None:
+    body = answer.body
     headers = [(b"content-length", str(len(body)).encode()), _JSON_HEADERS] if body is not None else []
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": answer.status, "headers": [*headers, *answer.headers]})
     await send({"type": "http.response.body", "body": body or b""})
 
 
-Handler = Callable[[PlayGate, Call, Principal, tuple[str, ...]], Awaitable[bytes | None]]
+Handler = Callable[[Call, tuple[str, ...]], Awaitable[Answer]]
 
 
 def _acting(gate: PlayGate, caller: Principal, user: str | None) -> str:
@@ -110,68 +142,126 @@ def _user_param(call: Call, errors: list[dict[str, Any]]) -> str | None:
     return None if user is None else _checked(user, "user", _ID, MAX_ID_LEN, errors)
 
 
-async def _request_video(gate: PlayGate, call: Call, caller: Principal, params: tuple[str, ...]) -> bytes | None:
+async def _request_video(call: Call, params: tuple[str, ...]) -> Answer:
+    caller = await call.caller()
     errors: list[dict[str, Any]] = []
     video_id = _checked(params[0], "videoId", _ID, MAX_ID_LEN, errors)
     user = _user_param(call, errors)
     if errors:
         raise Rejected(errors)
+    gate = call.gate
     ticket = await gate.request_play(_acting(gate, caller, user), video_id, client_address=call.client_address)
     request = ticket.request
-    return orjson.dumps(
-        {
-            "message": "Streaming request created.",
-            "data": {"status": "pending", "data": {"videoId": request.video_id, "userId": request.user_id}},
-            "requestId": request.request_id,
-        }
-    )
+    body = {
+        "message": "Streaming request created.",
+        "data": {"status": "pending", "data": {"videoId": request.video_id, "userId": request.user_id}},
+        "requestId": request.request_id,
+    }
+    return Answer(202, orjson.dumps(body))
 
 
-async def _stop_video(gate: PlayGate, call: Call, caller: Principal, params: tuple[str, ...]) -> bytes | None:
+async def _stop_video(call: Call, params: tuple[str, ...]) -> Answer:
+    caller = await call.caller()
     errors: list[dict[str, Any]] = []
     video_id = _checked(params[0], "videoId", _ID, MAX_ID_LEN, errors)
     user = _user_param(call, errors)
     if errors:
         raise Rejected(errors)
-    await gate.stop_streams(_acting(gate, caller, user), video_id)
-    return None
+    await call.gate.stop_streams(_acting(call.gate, caller, user), video_id)
+    return Answer(204)
 
 
-async def _stop_all(gate: PlayGate, call: Call, caller: Principal, _params: tuple[str, ...]) -> bytes | None:
+async def _stop_all(call: Call, _params: tuple[str, ...]) -> Answer:
+    caller = await call.caller()
     errors: list[dict[str, Any]] = []
     user = _user_param(call, errors)
     if errors:
         raise Rejected(errors)
-    await gate.stop_streams(_acting(gate, caller, user))
-    return None
+    await call.gate.stop_streams(_acting(call.gate, caller, user))
+    return Answer(204)
 
 
-async def _stop_stream(gate: PlayGate, _call: Call, caller: Principal, params: tuple[str, ...]) -> bytes | None:
+async def _stop_stream(call: Call, params: tuple[str, ...]) -> Answer:
+    caller = await call.caller()
     errors: list[dict[str, Any]] = []
     stream_id = _checked(params[0], "streamId", _STREAM_ID, MAX_STREAM_ID_LEN, errors)
     if errors:
         raise Rejected(errors)
-    await gate.stop_stream(caller, stream_id)
-    return None
+    await call.gate.stop_stream(caller, stream_id)
+    return Answer(204)
+
+
+def _play_in(call: Call) -> PlayIn:
+    """The body as FastAPI would hand it to v1.create_play, when it is plainly valid JSON for PlayIn; anything
+    else (no or another content type, bad JSON, a field wrong) is FastAPI's to answer and word."""
+    content_type = call.headers.get(b"content-type")
+    if content_type is None or content_type.partition(";")[0].strip().lower() != "application/json":
+        raise Handoff
+    try:
+        return PlayIn.model_validate(orjson.loads(call.body))
+    except (orjson.JSONDecodeError, ValidationError):
+        raise Handoff from None
+
+
+async def _create_play(call: Call, _params: tuple[str, ...]) -> Answer:
+    """POST /v1/plays: FastAPI's own endpoint (v1.create_play), called with what its dependencies would give."""
+    body = _play_in(call)
+    wait = call.query.get("wait")
+    key = call.headers.get(b"idempotency-key")
+    if (wait is not None and not _WAIT.fullmatch(wait)) or (key is not None and not _IDEMPOTENCY_KEY.fullmatch(key)):
+        raise Handoff
+    caller = await call.caller()
+    response = Response()
+    del response.headers["content-length"]
+    response.status_code = None  # type: ignore[assignment]  # as FastAPI's: the route's status unless one is set
+    out = await v1.create_play(
+        body=body,
+        response=response,
+        gate=call.gate,
+        content=call.content(),
+        caller=caller,
+        client_address=call.client_address,
+        wait=float(wait) if wait is not None else 0,
+        idempotency_key=key,
+        user_agent=call.headers.get(b"user-agent"),
+    )
+    return Answer(response.status_code or 202, _PLAY_OUT.dump_json(out, by_alias=True), response.raw_headers)
+
+
+async def _authorize(call: Call, _params: tuple[str, ...]) -> Answer:
+    """GET /v1/authorize (nginx's auth_request), as content.authorize answers it."""
+    header_token = call.headers.get(b"x-playback-token")
+    token = header_token or call.query.get("token")
+    stream = await call.content().authorize(call.headers.get(b"x-original-uri"), token)
+    headers = [
+        (b"x-stream-id", stream.id.encode("latin-1")),
+        (b"x-user-id", stream.user_id.encode("latin-1")),
+        (b"x-video-id", stream.video_id.encode("latin-1")),
+    ]
+    return Answer(204, None, headers)
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A hot route: its handler, its success status, and its template (with and without the trailing slash)."""
+    """A hot route: its handler, its template, and whether it reads the request's body."""
 
     handler: Handler
-    status: int
     template: Template
+    reads_body: bool = False
 
 
-def _seed(path: str, handler: Handler, status: int) -> tuple[Route, Route]:
-    return Route(handler, status, Template(path)), Route(handler, status, Template(f"{path}/"))
+def _seed(path: str, handler: Handler) -> tuple[Route, Route]:
+    return Route(handler, Template(path)), Route(handler, Template(f"{path}/"))
 
 
-_REQUEST = _seed("/videos/{videoId}/request", _request_video, 202)
-_STOP = _seed("/videos/{videoId}/stop", _stop_video, 204)
-_STOP_ALL = _seed("/videos/stop", _stop_all, 204)
-_STOP_STREAM = Route(_stop_stream, 204, Template("/v1/streams/{streamId}"))
+_REQUEST = _seed("/videos/{videoId}/request", _request_video)
+_STOP = _seed("/videos/{videoId}/stop", _stop_video)
+_STOP_ALL = _seed("/videos/stop", _stop_all)
+_STOP_STREAM = Route(_stop_stream, Template("/v1/streams/{streamId}"))
+_CREATE_PLAY = Route(_create_play, Template("/v1/plays"), reads_body=True)
+_AUTHORIZE = Route(_authorize, Template("/v1/authorize"))
+# Headers the routes read (the first of each, as Starlette's `Headers.get`).
+_READ_HEADERS = frozenset((b"content-type", b"idempotency-key", b"user-agent", b"x-playback-token", b"x-original-uri"))
 
 
 def match(method: str, path: str) -> tuple[Route, tuple[str, ...]] | None:
@@ -187,49 +277,91 @@ def match(method: str, path: str) -> tuple[Route, tuple[str, ...]] | None:
             if seed is not None:
                 return seed[slash], (parts[2],)
         return None
+    if n == 3 and parts[1] == "v1":
+        if method == "POST" and parts[2] == "plays":
+            return _CREATE_PLAY, ()
+        if method == "GET" and parts[2] == "authorize":
+            return _AUTHORIZE, ()
+        return None
     if method == "DELETE" and n == 4 and parts[1] == "v1" and parts[2] == "streams" and parts[3]:
         return _STOP_STREAM, (parts[3],)
     return None
 
 
+async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
+    """The request's body, and the messages it came in (to replay for FastAPI)."""
+    messages: list[Message] = []
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks), messages
+
+
+def _read_headers(scope: Scope) -> tuple[str | None, dict[bytes, str]] | None:
+    """The caller's token (bearer, else X-API-Key) and the headers the routes read; None for a browser's request
+    (an `Origin` header: CORS is FastAPI's, CORSMiddleware)."""
+    authorization = api_key = None
+    headers: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"x-api-key":
+            api_key = value.decode("latin-1")
+        elif name == b"origin":
+            return None
+        elif name in _READ_HEADERS and name not in headers:
+            headers[name] = value.decode("latin-1")
+    return _bearer(authorization) or api_key, headers
+
+
+def _failure(scope: Scope, exc: Exception) -> ASGIApp:
+    """The problem+json answer to what a handler raised, as FastAPI's exception handlers word it."""
+    if isinstance(exc, PlayGateError):
+        return problem_for(exc)
+    if isinstance(exc, Rejected):
+        return validation_problem(exc.errors)
+    log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
+    return problem(500, "Internal error", "Something went wrong on our side; it was logged.")
+
+
 class HotRoutes:
     """Answers the hot routes itself; hands every other request (and every non-HTTP scope) to `app`."""
 
-    def __init__(self, app: ASGIApp, gate: Callable[[], PlayGate]) -> None:
+    def __init__(self, app: ASGIApp, gate: Callable[[], PlayGate], content: Callable[[], ContentGate]) -> None:
         self.app = app
         self._gate = gate
+        self._content = content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = match(scope["method"], scope["path"]) if scope["type"] == "http" else None
-        if found is None:
+        read = _read_headers(scope) if found is not None else None
+        if found is None or read is None:
             await self.app(scope, receive, send)
             return
-        authorization = api_key = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"x-api-key":
-                api_key = value.decode("latin-1")
-            elif name == b"origin":
-                await self.app(scope, receive, send)  # a browser's: CORS is FastAPI's (CORSMiddleware)
-                return
         route, params = found
-        scope["route"] = route.template
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-        call = Call(scope, _bearer(authorization) or api_key, query)
+        call = Call(scope, self._gate(), self._content, read[0], query, read[1])
+        messages: list[Message] = []
+        if route.reads_body:
+            call.body, messages = await _read_body(receive)
         try:
-            gate = self._gate()
-            caller = await gate.principal(call.token, query.get("user"))
-            body = await route.handler(gate, call, caller, params)
-        except PlayGateError as exc:
-            await problem_for(exc)(scope, receive, send)
+            answer = await route.handler(call, params)
+        except Handoff:
+
+            async def replay() -> Message:
+                return messages.pop(0) if messages else await receive()
+
+            await self.app(scope, replay, send)
             return
-        except Rejected as exc:
-            await validation_problem(exc.errors)(scope, receive, send)
+        except Exception as exc:  # every failure is answered as problem+json, as by FastAPI's handlers
+            scope["route"] = route.template
+            await _failure(scope, exc)(scope, receive, send)
             return
-        except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            failed = problem(500, "Internal error", "Something went wrong on our side; it was logged.")
-            await failed(scope, receive, send)
-            return
-        await _answer(send, route.status, body)
+        scope["route"] = route.template
+        await _answer(send, answer)
