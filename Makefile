@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: run reset test lint typecheck check install clean web web-test bench
+.PHONY: run reset test lint typecheck layers check install clean web web-test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,7 @@ test: $(STAMP) web $(COMPAT_STAMP) $(CHROMIUM) $(PROMTOOL) $(NGINX) $(FFPROBE)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src
+	$(BIN)/lint-imports --no-cache
 	cd web && npm test
 	$(BIN)/pytest
 
@@ -93,6 +94,12 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src
+
+# The layers of DESIGN.md ([tool.importlinter] in pyproject.toml): no module imports from a layer above its own.
+layers: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
+check: lint typecheck layers
 
 # The benchmark (bench/README.md): a sweep over C, the admission path alone, 10,000 idle sockets.
 # On a 2-core machine the server is pinned to core 0 and the load to core 1. Reports: bench/reports/.
