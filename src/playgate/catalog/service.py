@@ -314,11 +314,8 @@ class Catalog:
     async def delete_user(self, user_id: str) -> None:
         """Remove a user; NotFound if there is none."""
         async with self._write_session() as session:
-            result = await session.execute(delete(UserRow).where(UserRow.id == user_id))
-            await session.commit()
+            await _delete_row(session, UserRow, user_id, "user")
         self._users.clear()
-        if result.rowcount == 0:  # type: ignore[attr-defined]
-            raise NotFound(f"No user with id {user_id!r}.")
 
     async def _check_plan(self, session: AsyncSession, plan: str | None) -> None:
         if plan is not None and await session.get(PlanRow, plan) is None:
@@ -392,10 +389,7 @@ class Catalog:
             users = await session.scalar(select(func.count()).where(UserRow.plan_id == plan_id))
             if users:
                 raise Conflict(f"{users} user(s) are on plan {plan_id!r}; move them first.", field="plan")
-            result = await session.execute(delete(PlanRow).where(PlanRow.id == plan_id))
-            await session.commit()
-        if result.rowcount == 0:  # type: ignore[attr-defined]
-            raise NotFound(f"No plan with id {plan_id!r}.")
+            await _delete_row(session, PlanRow, plan_id, "plan")
 
     # ---- videos ------------------------------------------------------------------------------------
 
@@ -457,11 +451,8 @@ class Catalog:
     async def delete_video(self, video_id: str) -> None:
         """Remove a video; NotFound if there is none."""
         async with self._write_session() as session:
-            result = await session.execute(delete(VideoRow).where(VideoRow.id == video_id))
-            await session.commit()
+            await _delete_row(session, VideoRow, video_id, "video")
         self._videos.clear()
-        if result.rowcount == 0:  # type: ignore[attr-defined]
-            raise NotFound(f"No video with id {video_id!r}.")
 
     # ---- create or update by id, one row or many ----------------------------------------------------
 
@@ -585,3 +576,13 @@ class Catalog:
 
 def _video(row: VideoRow) -> Video:
     return Video(row.id, row.title, row.url, row.source, tuple(row.kinds or ()))
+
+
+async def _delete_row(
+    session: AsyncSession, row_type: type[UserRow | PlanRow | VideoRow], row_id: str, noun: str
+) -> None:
+    """Delete the `noun` with id `row_id` and commit; NotFound if there is none."""
+    result = await session.execute(delete(row_type).where(row_type.id == row_id))
+    await session.commit()
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise NotFound(f"No {noun} with id {row_id!r}.")
