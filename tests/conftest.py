@@ -17,21 +17,41 @@ from tests.support.clients import OpenSocket, SocketClient, admin_client, connec
 from tests.support.inprocess import served
 from tests.support.servers import ServerProcess, share_media_dir, start_playgate
 
-# Directories whose tests share what a package- or session-scoped fixture started: a distributed deployment, the
-# open server of the original clients, one Chromium.
-_ONE_WORKER_DIRS = ("distributed", "compat", "browser")
-# The groups that take longest, started first so that they do not end the run alone (the others by size).
-_LONGEST_FIRST = ("lifecycle-distributed", "distributed", "browser", "lifecycle-embedded", "compat")
+# The package-scoped server of the original clients' tests: started once, on one worker.
+_ONE_WORKER_DIRS = ("compat",)
+# Files whose tests each start what they use (no module-scoped fixture): spread over the workers one by one.
+_PER_TEST = (
+    "tests/integration/test_cli.py",
+    "tests/integration/test_admission_e2e.py",
+    "tests/integration/test_readme.py",
+    "tests/bench/test_bench_cli.py",
+    "tests/ops/test_doctor.py",
+)
+# The groups that took longest (a whole run's --durations), started first so that none ends the run alone; the
+# others by their number of tests.
+_LONGEST_FIRST = (
+    "tests/distributed/test_redis_cluster.py",
+    "tests/integration/test_bad_input.py",
+    "tests/distributed/test_distributed.py",
+    "tests/browser/test_viewer.py",
+    "tests/ops/test_security.py",
+    "compat",
+    "tests/integration/test_import.py",
+    "tests/integration/test_keys.py",
+)
 
 
 def worker_group(nodeid: str) -> str:
     """The pytest-xdist work unit of a test (`make test` runs `pytest -n N`): tests that share a fixture's processes
     run on one worker, so that each worker starts only what its own tests use. A lifecycle test goes with the
-    others of its deployment (`[embedded]` or `[distributed]` in its id); any other test with its file."""
+    others of its deployment (`[embedded]` or `[distributed]` in its id); a test of _PER_TEST alone; any other test
+    with its file."""
     path, _, name = nodeid.partition("::")
     parts = path.split("/")
     if len(parts) > 2 and parts[1] in _ONE_WORKER_DIRS:
         return parts[1]
+    if path in _PER_TEST:
+        return nodeid
     params = name.partition("[")[2].rstrip("]").split("-")
     if len(parts) > 2 and parts[1] == "lifecycle":
         for kind in ("embedded", "distributed"):
@@ -55,9 +75,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
                 sizes = Counter(worker_group(n) for n in next(iter(self.registered_collections.values())))
 
                 def first(nodeid: str) -> tuple[int, int]:
-                    group = worker_group(nodeid)
-                    known = _LONGEST_FIRST.index(group) if group in _LONGEST_FIRST else len(_LONGEST_FIRST)
-                    return known, -sizes[group]
+                    group, path = worker_group(nodeid), nodeid.partition("::")[0]
+                    if path in _PER_TEST:
+                        return -1, 0
+                    key = group if group in _LONGEST_FIRST else path
+                    return (_LONGEST_FIRST.index(key) if key in _LONGEST_FIRST else len(_LONGEST_FIRST)), -sizes[group]
 
                 for node, collection in self.registered_collections.items():
                     self.registered_collections[node] = sorted(collection, key=first)
