@@ -80,9 +80,10 @@ $(FFPROBE):
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg
 
-# pytest-xdist workers: more than the 2 cores, since most tests wait on the servers they started (tests/conftest.py
-# keeps the tests that share a fixture's processes on one worker). TEST_WORKERS=0 runs them in this process alone.
-TEST_WORKERS ?= 4
+# pytest-xdist workers, one per core (tests/conftest.py keeps the tests that share a fixture's processes on one
+# worker); TEST_WORKERS=0 runs every test in this process alone. Four on a busy 2-core machine made server starts
+# miss their bounds.
+TEST_WORKERS ?= 2
 
 test: $(STAMP) web $(COMPAT_STAMP) $(CHROMIUM) $(PROMTOOL) $(NGINX) $(FFPROBE)
 	$(BIN)/ruff check src tests
