@@ -81,8 +81,8 @@ $(FFPROBE):
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg
 
 # pytest-xdist workers, one per core (tests/conftest.py keeps the tests that share a fixture's processes on one
-# worker); TEST_WORKERS=0 runs every test in this process alone. Four on a busy 2-core machine made server starts
-# miss their bounds.
+# worker); TEST_WORKERS=0 runs every test in this process alone. Four, on this 2-core machine shared by several
+# sessions (load average about 25), gave failures and setup errors.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) web $(COMPAT_STAMP) $(CHROMIUM) $(PROMTOOL) $(NGINX) $(FFPROBE)
