@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: run reset test lint typecheck check install clean web web-test bench chaos
+.PHONY: run reset test lint typecheck layers check install clean web web-test bench chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,12 +80,18 @@ $(FFPROBE):
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg
 
+# pytest-xdist workers, one per core (tests/conftest.py keeps the tests that share a fixture's processes on one
+# worker); TEST_WORKERS=0 runs every test in this process alone. Four, on this 2-core machine shared by several
+# sessions (load average about 25), gave failures and setup errors.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) web $(COMPAT_STAMP) $(CHROMIUM) $(PROMTOOL) $(NGINX) $(FFPROBE)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src
+	$(BIN)/lint-imports --no-cache
 	cd web && npm test
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -93,6 +99,12 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src
+
+# The layers of DESIGN.md ([tool.importlinter] in pyproject.toml): no module imports from a layer above its own.
+layers: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
+check: lint typecheck layers
 
 # The benchmark (bench/README.md): a sweep over C, the admission path alone, 10,000 idle sockets.
 # On a 2-core machine the server is pinned to core 0 and the load to core 1. Reports: bench/reports/.

@@ -3,8 +3,11 @@ for the tests that can share them."""
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,11 +17,88 @@ from tests.support.clients import OpenSocket, SocketClient, admin_client, connec
 from tests.support.inprocess import served
 from tests.support.servers import ServerProcess, share_media_dir, start_playgate
 
+# The package-scoped server of the original clients' tests: started once, on one worker.
+_ONE_WORKER_DIRS = ("compat",)
+# Files whose tests each start what they use (no module-scoped fixture): spread over the workers one by one.
+_PER_TEST = (
+    "tests/integration/test_cli.py",
+    "tests/integration/test_admission_e2e.py",
+    "tests/integration/test_readme.py",
+    "tests/bench/test_bench_cli.py",
+    "tests/ops/test_doctor.py",
+)
+# The groups that took longest (a whole run's --durations), started first so that none ends the run alone; the
+# others by their number of tests.
+_LONGEST_FIRST = (
+    "tests/distributed/test_redis_cluster.py",
+    "tests/integration/test_bad_input.py",
+    "tests/distributed/test_distributed.py",
+    "tests/browser/test_viewer.py",
+    "tests/ops/test_security.py",
+    "compat",
+    "tests/integration/test_import.py",
+    "tests/integration/test_keys.py",
+)
+
+
+def worker_group(nodeid: str) -> str:
+    """The pytest-xdist work unit of a test (`make test` runs `pytest -n N`): tests that share a fixture's processes
+    run on one worker, so that each worker starts only what its own tests use. A lifecycle test goes with the
+    others of its deployment (`[embedded]` or `[distributed]` in its id); a test of _PER_TEST alone; any other test
+    with its file."""
+    path, _, name = nodeid.partition("::")
+    parts = path.split("/")
+    if len(parts) > 2 and parts[1] in _ONE_WORKER_DIRS:
+        return parts[1]
+    if path in _PER_TEST:
+        return nodeid
+    params = name.partition("[")[2].rstrip("]").split("-")
+    if len(parts) > 2 and parts[1] == "lifecycle":
+        for kind in ("embedded", "distributed"):
+            if kind in params:
+                return f"lifecycle-{kind}"
+    return path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Work units by worker_group, the longest first (pytest-xdist's own --dist loadgroup does not see marks set
+    at collection under pytest 9)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+        def schedule(self) -> None:
+            if self.collection is None and self.collection_is_completed:
+                sizes = Counter(worker_group(n) for n in next(iter(self.registered_collections.values())))
+
+                def first(nodeid: str) -> tuple[int, int]:
+                    group, path = worker_group(nodeid), nodeid.partition("::")[0]
+                    if path in _PER_TEST:
+                        return -1, 0
+                    key = group if group in _LONGEST_FIRST else path
+                    return (_LONGEST_FIRST.index(key) if key in _LONGEST_FIRST else len(_LONGEST_FIRST)), -sizes[group]
+
+                for node, collection in self.registered_collections.items():
+                    self.registered_collections[node] = sorted(collection, key=first)
+            super().schedule()
+
+    config.option.loadscopereorder = False  # the order is first()'s
+    return ByGroup(config, log)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The media folder every test server shares unless it names its own (made once per session, on demand)."""
-    folder = Path(tmp_path_factory.mktemp("media"))
+    """The media folder every test server shares unless it names its own, made on demand: one for the whole run,
+    the xdist workers' included (the media library writes under temporary names and renames, so processes may
+    share the folder)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = Path(tmp_path_factory.mktemp("media"))
+    else:
+        folder = tmp_path_factory.getbasetemp().parent / "media"
+        folder.mkdir(exist_ok=True)
     share_media_dir(folder)
     return folder
 

@@ -331,21 +331,41 @@ def _oldest(scope: tuple[Stream, ...], device_id: str, policy: Policy) -> Stream
     return min(scope, key=lambda s: (s.started_at, s.id))
 
 
-def _allowed(
-    request: PlayRequest, stream: Stream, active: int, limit: int, now: float, shadow: Check | None
+def _decision(
+    request: PlayRequest,
+    status: Status,
+    active: int,
+    limit: int,
+    now: float,
+    *,
+    stream: Stream | None = None,
+    reason: Reason | None = None,
+    tag: str | None = None,
+    shadow: str | None = None,
 ) -> Decision:
+    """The one builder of a decision on `request`: allowed with its `stream`, or denied for `reason`."""
     return Decision(
         request_id=request.request_id,
         user_id=request.user_id,
         video_id=request.video_id,
         device_id=request.device_id,
-        status=Status.allowed,
+        status=status,
         active=active,
         limit=limit,
         decided_at=now,
-        stream_id=stream.id,
-        expires_at=stream.expires_at,
-        shadow_reason=shadow.text if shadow is not None else None,
+        stream_id=stream.id if stream is not None else None,
+        expires_at=stream.expires_at if stream is not None else None,
+        reason=reason,
+        reason_tag=tag,
+        shadow_reason=shadow,
+    )
+
+
+def _allowed(
+    request: PlayRequest, stream: Stream, active: int, limit: int, now: float, shadow: Check | None
+) -> Decision:
+    return _decision(
+        request, Status.allowed, active, limit, now, stream=stream, shadow=shadow.text if shadow is not None else None
     )
 
 
@@ -361,16 +381,4 @@ def denied(
 ) -> Decision:
     """`request` denied for `reason` (with its kind `tag`, and the shadow's would-be denial): by the rule, or
     (reason `error`, active and limit 0) given up on."""
-    return Decision(
-        request_id=request.request_id,
-        user_id=request.user_id,
-        video_id=request.video_id,
-        device_id=request.device_id,
-        status=Status.denied,
-        active=active,
-        limit=limit,
-        decided_at=now,
-        reason=reason,
-        reason_tag=tag,
-        shadow_reason=shadow,
-    )
+    return _decision(request, Status.denied, active, limit, now, reason=reason, tag=tag, shadow=shadow)

@@ -16,7 +16,8 @@ import httpx
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 JWT_SECRET = "test-secret-that-is-long-enough-0123456789"
-START_TIMEOUT_S = 30.0
+# A bound, not a measure: with the suite's workers in parallel on 2 cores, a start may wait its turn for a core.
+START_TIMEOUT_S = 90.0
 # One media folder for every server of a test session (tests/conftest.py sets it): each video's clip, poster and
 # adaptive set are made once, not by every server that starts, which would cost the suite minutes of CPU.
 _shared_media_dir: list[Path] = []

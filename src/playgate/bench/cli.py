@@ -5,15 +5,20 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import uvloop
 
 from playgate.bench.report import DEFAULT_OUT_DIR
+
+if TYPE_CHECKING:
+    from playgate.bench.target import Target
+
+_Command = TypeVar("_Command", bound=Callable[..., None])
 
 
 def _cpus(_ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[int] | None:
@@ -29,6 +34,40 @@ def _cpus(_ctx: click.Context, param: click.Parameter, value: str | None) -> fro
 def _exit_on_sigterm() -> None:
     """SIGTERM ends the run like Ctrl-C does, so that the servers the bench started are stopped too."""
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
+
+
+_OUT = click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True
+)
+
+
+def _placement(server_help: str, load_help: str) -> Callable[[_Command], _Command]:
+    """The options --server-cpu and --load-cpu (CPU pinning of the servers started and of the load) and --out."""
+
+    def apply(command: _Command) -> _Command:
+        return click.option("--server-cpu", callback=_cpus, help=server_help)(
+            click.option("--load-cpu", callback=_cpus, help=load_help)(_OUT(command))
+        )
+
+    return apply
+
+
+@contextlib.contextmanager
+def _started(start: Callable[[], Target]) -> Iterator[Target]:
+    """The target `start` gives, stopped at the end: a BenchError is the command's error, with the server's log
+    once it has started."""
+    from playgate.bench.target import BenchError
+
+    try:
+        target = start()
+    except BenchError as exc:
+        raise click.ClickException(exc.detail) from None
+    try:
+        yield target
+    except BenchError as exc:
+        raise click.ClickException(f"{exc.detail}\n{target.server_log()}") from None
+    finally:
+        target.stop()
 
 
 @click.group()
@@ -133,13 +172,14 @@ def _progress(label: str) -> Iterator[_Bars]:
     show_default=True,
     help="Load processes; sockets and viewers are spread over them.",
 )
-@click.option("--server-cpu", callback=_cpus, help="Pin the server processes the bench starts to these CPUs (e.g. 0).")
-@click.option("--load-cpu", callback=_cpus, help="Pin the load processes to these CPUs (e.g. 1).")
 @click.option(
     "--sweep",
     help="Run once per point, C or C:V, e.g. 10:10,100:20,1000:20,5000:20; writes sweep.md and sweep.png too.",
 )
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
+@_placement(
+    "Pin the server processes the bench starts to these CPUs (e.g. 0).",
+    "Pin the load processes to these CPUs (e.g. 1).",
+)
 def load(
     deployment: str,
     apis: int,
@@ -168,18 +208,19 @@ def load(
 
     try:
         points = sweep_points(sweep, viewers) if sweep else [(sockets, viewers)]
-        if url:
-            target = Target.running(list(url), admin_password=admin_password, server_pids=list(server_pid))
-        elif deployment == "distributed":
-            target = Target.distributed(apis=apis, workers=workers, server_cpus=server_cpu, redis_url=redis_url)
-        else:
-            target = Target.embedded(server_cpus=server_cpu)
     except BenchError as exc:
         raise click.ClickException(exc.detail) from None
-    label = f"{target.deployment}-" + ("sweep" if sweep else f"load-c{sockets}-v{viewers}")
-    folder = run_dir(out, label)
+
+    def start() -> Target:
+        if url:
+            return Target.running(list(url), admin_password=admin_password, server_pids=list(server_pid))
+        if deployment == "distributed":
+            return Target.distributed(apis=apis, workers=workers, server_cpus=server_cpu, redis_url=redis_url)
+        return Target.embedded(server_cpus=server_cpu)
+
     results = []
-    try:
+    with _started(start) as target:
+        folder = run_dir(out, f"{target.deployment}-" + ("sweep" if sweep else f"load-c{sockets}-v{viewers}"))
         for point_sockets, point_viewers in points:
             spec = LoadSpec(
                 sockets=point_sockets,
@@ -199,10 +240,6 @@ def load(
             click.echo(summary_line(result))
             click.echo(f"  → {path}")
             results.append(result)
-    except BenchError as exc:
-        raise click.ClickException(f"{exc.detail}\n{target.server_log()}") from None
-    finally:
-        target.stop()
     if sweep:
         (folder / "sweep.md").write_text(sweep_table(results))
         chart = sweep_chart(results, folder / "sweep.png")
@@ -260,7 +297,7 @@ def _batch_sizes(_ctx: click.Context, param: click.Parameter, value: str) -> tup
     show_default=True,
     help="The users' plan: the total limit only, or every rule (kinds, title, devices, household) and a shadow.",
 )
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
+@_OUT
 def admission(
     ledger: str,
     redis_url: str | None,
@@ -338,9 +375,7 @@ def admission(
     show_default=True,
     help="Seconds to hold every socket before reading the RSS.",
 )
-@click.option("--server-cpu", callback=_cpus, help="Pin the server the bench starts to these CPUs.")
-@click.option("--load-cpu", callback=_cpus, help="Pin the load processes to these CPUs.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
+@_placement("Pin the server the bench starts to these CPUs.", "Pin the load processes to these CPUs.")
 def idle(
     url: str | None,
     admin_password: str | None,
@@ -357,31 +392,23 @@ def idle(
     _exit_on_sigterm()
     from playgate.bench.load import run_idle
     from playgate.bench.report import run_dir, write_json
-    from playgate.bench.target import BenchError, Target
+    from playgate.bench.target import Target
 
-    try:
-        target = (
-            Target.running([url], admin_password=admin_password, server_pids=[server_pid] if server_pid else [])
-            if url
-            else Target.embedded(server_cpus=server_cpu)
+    def start() -> Target:
+        if url:
+            return Target.running([url], admin_password=admin_password, server_pids=[server_pid] if server_pid else [])
+        return Target.embedded(server_cpus=server_cpu)
+
+    with _started(start) as target, _progress(f"C={sockets:,} idle") as bars:
+        result = run_idle(
+            target,
+            connecting=bars.connecting,
+            sockets=sockets,
+            idle_users=idle_users,
+            processes=processes,
+            hold_s=hold,
+            load_cpus=load_cpu,
         )
-    except BenchError as exc:
-        raise click.ClickException(exc.detail) from None
-    try:
-        with _progress(f"C={sockets:,} idle") as bars:
-            result = run_idle(
-                target,
-                connecting=bars.connecting,
-                sockets=sockets,
-                idle_users=idle_users,
-                processes=processes,
-                hold_s=hold,
-                load_cpus=load_cpu,
-            )
-    except BenchError as exc:
-        raise click.ClickException(f"{exc.detail}\n{target.server_log()}") from None
-    finally:
-        target.stop()
     result["command"] = ["playgate", *sys.argv[1:]]
     path = write_json(run_dir(out, f"idle-c{sockets}") / "idle.json", result)
     click.echo(
@@ -403,9 +430,9 @@ def idle(
 @click.option("-d", "--duration", type=click.FloatRange(1, 3600), default=20.0, show_default=True)
 @click.option("-w", "--warmup", type=click.FloatRange(0, 600), default=4.0, show_default=True)
 @click.option("--rendition", type=click.IntRange(0, 1), default=0, show_default=True, help="0: 320x180, 1: 160x90.")
-@click.option("--server-cpu", callback=_cpus, help="Pin the server the bench starts to these CPUs (e.g. 0).")
-@click.option("--load-cpu", callback=_cpus, help="Pin the load (this process) to these CPUs (e.g. 1).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
+@_placement(
+    "Pin the server the bench starts to these CPUs (e.g. 0).", "Pin the load (this process) to these CPUs (e.g. 1)."
+)
 def segments(
     mode: str,
     players: int,
@@ -421,7 +448,7 @@ def segments(
     _exit_on_sigterm()
     from playgate.bench.report import run_dir, write_json
     from playgate.bench.segments import SegmentSpec, run_segments, summary
-    from playgate.bench.target import BenchError, Target
+    from playgate.bench.target import Target
 
     folder = run_dir(out, f"segments-p{players}")
     for one_mode in ("serve", "authorize") if mode == "both" else (mode,):
@@ -434,16 +461,8 @@ def segments(
             rendition=rendition,
             load_cpus=load_cpu,
         )
-        try:
-            target = Target.embedded(server_cpus=server_cpu)
-        except BenchError as exc:
-            raise click.ClickException(exc.detail) from None
-        try:
+        with _started(lambda: Target.embedded(server_cpus=server_cpu)) as target:
             result = run_segments(target, spec, lambda line: click.echo(line, err=True))
-        except BenchError as exc:
-            raise click.ClickException(f"{exc.detail}\n{target.server_log()}") from None
-        finally:
-            target.stop()
         result["command"] = ["playgate", *sys.argv[1:]]
         result["server_cpus"] = sorted(server_cpu) if server_cpu else None
         path = write_json(folder / f"segments-{one_mode}.json", result)
@@ -479,7 +498,7 @@ def tokens(count: int, cpu: int | None) -> None:
 )
 @click.option("--shards", type=click.IntRange(1, 16), default=3, show_default=True, help="Cluster primaries.")
 @click.option("--redis-url", help="A Redis (Cluster) to use instead of a throwaway cluster [flushed first!].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True)
+@_OUT
 def simulate(
     users: int,
     virtual_s: int,

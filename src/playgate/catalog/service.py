@@ -8,7 +8,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, delete, func, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -285,16 +285,13 @@ class Catalog:
         password = changes.get("password")
         password_hash = await self._hash(password) if password else None
         async with self._write_session() as session:
-            row = await session.get(UserRow, user_id)
-            if row is None:
-                raise NotFound(f"No user with id {user_id!r}.")
+            row = await _get_row(session, UserRow, user_id, "user")
             if "plan" in changes:
                 await self._check_plan(session, changes["plan"])
                 row.plan_id = changes["plan"]
             if "limit" in changes:
                 row.own_limit = changes["limit"]
-            if changes.get("name") is not None:
-                row.name = changes["name"]
+            _assign(row, changes, "name")
             revoke = password_hash is not None
             if changes.get("disabled") is not None:
                 revoke = revoke or row.disabled != changes["disabled"]
@@ -314,11 +311,8 @@ class Catalog:
     async def delete_user(self, user_id: str) -> None:
         """Remove a user; NotFound if there is none."""
         async with self._write_session() as session:
-            result = await session.execute(delete(UserRow).where(UserRow.id == user_id))
-            await session.commit()
+            await _delete_row(session, UserRow, user_id, "user")
         self._users.clear()
-        if result.rowcount == 0:  # type: ignore[attr-defined]
-            raise NotFound(f"No user with id {user_id!r}.")
 
     async def _check_plan(self, session: AsyncSession, plan: str | None) -> None:
         if plan is not None and await session.get(PlanRow, plan) is None:
@@ -342,10 +336,7 @@ class Catalog:
     async def get_plan(self, plan_id: str) -> Plan:
         """The plan with this id, else NotFound."""
         async with self._session() as session:
-            row = await session.get(PlanRow, plan_id)
-        if row is None:
-            raise NotFound(f"No plan with id {plan_id!r}.")
-        return _plan(row)
+            return _plan(await _get_row(session, PlanRow, plan_id, "plan"))
 
     async def create_plan(
         self, *, name: str, max_streams: int, rules: Rules | None = None, shadow: Rules | None = None
@@ -369,13 +360,8 @@ class Catalog:
         Its users are held to the change within cache_ttl_s: at their next request or heartbeat.
         """
         async with self._write_session() as session:
-            row = await session.get(PlanRow, plan_id)
-            if row is None:
-                raise NotFound(f"No plan with id {plan_id!r}.")
-            if changes.get("name") is not None:
-                row.name = changes["name"]
-            if changes.get("max_streams") is not None:
-                row.max_streams = changes["max_streams"]
+            row = await _get_row(session, PlanRow, plan_id, "plan")
+            _assign(row, changes, "name", "max_streams")
             if changes.get("rules"):
                 # Rule fields sent replace those stored; a field sent as null lifts that cap.
                 merged = {**(row.rules or {}), **changes["rules"]}
@@ -392,10 +378,7 @@ class Catalog:
             users = await session.scalar(select(func.count()).where(UserRow.plan_id == plan_id))
             if users:
                 raise Conflict(f"{users} user(s) are on plan {plan_id!r}; move them first.", field="plan")
-            result = await session.execute(delete(PlanRow).where(PlanRow.id == plan_id))
-            await session.commit()
-        if result.rowcount == 0:  # type: ignore[attr-defined]
-            raise NotFound(f"No plan with id {plan_id!r}.")
+            await _delete_row(session, PlanRow, plan_id, "plan")
 
     # ---- videos ------------------------------------------------------------------------------------
 
@@ -411,10 +394,7 @@ class Catalog:
         if cached is not None:
             return cached  # type: ignore[no-any-return]
         async with self._session() as session:
-            row = await session.get(VideoRow, video_id)
-        if row is None:
-            raise NotFound(f"No video with id {video_id!r}.")
-        video = _video(row)
+            video = _video(await _get_row(session, VideoRow, video_id, "video"))
         self._videos.put(video_id, video)
         return video
 
@@ -439,13 +419,8 @@ class Catalog:
         """Change a video's title, URL, kind tags or media source (`source: None` goes back to the media PlayGate
         makes)."""
         async with self._write_session() as session:
-            row = await session.get(VideoRow, video_id)
-            if row is None:
-                raise NotFound(f"No video with id {video_id!r}.")
-            if changes.get("title") is not None:
-                row.title = changes["title"]
-            if changes.get("url") is not None:
-                row.url = changes["url"]
+            row = await _get_row(session, VideoRow, video_id, "video")
+            _assign(row, changes, "title", "url")
             if "source" in changes:
                 row.source = changes["source"]
             if changes.get("kinds") is not None:
@@ -457,11 +432,8 @@ class Catalog:
     async def delete_video(self, video_id: str) -> None:
         """Remove a video; NotFound if there is none."""
         async with self._write_session() as session:
-            result = await session.execute(delete(VideoRow).where(VideoRow.id == video_id))
-            await session.commit()
+            await _delete_row(session, VideoRow, video_id, "video")
         self._videos.clear()
-        if result.rowcount == 0:  # type: ignore[attr-defined]
-            raise NotFound(f"No video with id {video_id!r}.")
 
     # ---- create or update by id, one row or many ----------------------------------------------------
 
@@ -585,3 +557,31 @@ class Catalog:
 
 def _video(row: VideoRow) -> Video:
     return Video(row.id, row.title, row.url, row.source, tuple(row.kinds or ()))
+
+
+_Row = TypeVar("_Row", UserRow, PlanRow, VideoRow)
+
+
+async def _get_row(session: AsyncSession, row_type: type[_Row], row_id: str, noun: str) -> _Row:
+    """The `noun` with id `row_id` in `session`; NotFound if there is none."""
+    row = await session.get(row_type, row_id)
+    if row is None:
+        raise NotFound(f"No {noun} with id {row_id!r}.")
+    return row
+
+
+def _assign(row: UserRow | PlanRow | VideoRow, changes: Mapping[str, Any], *fields: str) -> None:
+    """Set each of `fields` (attribute names of `row`) that `changes` gives a value (None: leave it as it is)."""
+    for name in fields:
+        if changes.get(name) is not None:
+            setattr(row, name, changes[name])
+
+
+async def _delete_row(
+    session: AsyncSession, row_type: type[UserRow | PlanRow | VideoRow], row_id: str, noun: str
+) -> None:
+    """Delete the `noun` with id `row_id` and commit; NotFound if there is none."""
+    result = await session.execute(delete(row_type).where(row_type.id == row_id))
+    await session.commit()
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise NotFound(f"No {noun} with id {row_id!r}.")
