@@ -24,7 +24,7 @@ from playgate.api.legacy_socketio import EventHandler, LegacySocketIO
 from playgate.api.middleware import HttpEdge
 from playgate.api.routes import account, admin, auth, content, events, health, seed, v1
 from playgate.api.socket import V2_EVENTS, create_server, heartbeat_ack, register
-from playgate.bus.hub import MemberLink
+from playgate.bus.hub import HoldingManager, MemberLink
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
 from playgate.domain import Stream
@@ -67,6 +67,8 @@ def create_app(
     """
     metrics = Metrics()
     manager = socket_manager(settings.redis_url) if settings.redis_url is not None else None
+    if link is not None:  # the owner sends a member only what its sockets' rooms and waiters need
+        manager = HoldingManager(link)
     sio = create_server(socket_origins(settings), client_manager=manager)
     if link is not None:  # the owner hands a session's requests to the member whose index starts its id
         sio.eio.generate_id = session_ids(link.index, sio.eio.generate_id)

@@ -3,11 +3,20 @@
 The owner process holds the one request queue (bus.local.LocalQueue) and the one worker; each member process
 (HTTP and Socket.IO) reaches it over its own Unix socket pair, with length-prefixed JSON frames:
 
-- member -> owner: `["put", id, request]`, `["pending", id, request id]`, `["depth", id]`, `["ping", id]` (each
-  answered `["ok", id, value]` or `["err", id, detail]`), `["fanout", emits, decisions]` (an announcement to every
-  member's sockets), `["ready"]` (the member takes connections now);
+- member -> owner: `["put", id, request]`, `["pending", id, request id]`, `["depth", id]`, `["ping", id]`,
+  `["hold", id, room]` (each answered `["ok", id, value]` or `["err", id, detail]`), `["drop", room]`,
+  `["wait", request id]`, `["unwait", request id]`, `["fanout", emits, decisions]` (an announcement for the
+  members' sockets), `["ready"]` (the member takes connections now);
 - owner -> member: the answers, and `["fanout", emits, decisions]`: emits `[event, body, room]` for the member to
   send to its own sockets, decisions (connections.decision_to_json) to wake its own `?wait=` callers.
+
+Routing: a member's frame holds only what concerns it, and a member with nothing gets no frame. An emit to a
+user's room (or to EVERY_USER_ROOM) goes to the members holding that room: a member says `hold` when a room gets
+its first socket there and waits for the answer before the socket's connect completes, so a decision the owner
+sends after that reaches it; it says `drop` once the room is empty. An emit to any other room goes to every
+member (when unsure, send). A decision goes to the members that `wait` for its request id; one whose decision was
+sent before the owner read that `wait` is sent at once from the last RECENT_DECISIONS decisions (the member
+watches before it looks in the ledger, so a decision committed after that look is one of those).
 
 Frames on one socket keep their order, so a request put by a member is seen by its next `pending` call, and a
 user's decision reaches every member before the streams it ended.
@@ -20,13 +29,15 @@ import contextlib
 import logging
 import socket
 import struct
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
+import socketio
 
 from playgate.bus.local import LocalQueue
-from playgate.bus.protocol import Delivery, Emitter, EmittingFanout
+from playgate.bus.protocol import EVERY_USER_ROOM, Delivery, Emitter, EmittingFanout, user_room
 from playgate.bus.redis import request_from_json, request_to_json
 from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Stream
@@ -41,8 +52,17 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 # starts it again) rather than the owner's memory growing without end.
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 CALL_TIMEOUT_S = 10.0
+# Decisions the owner remembers, for a `wait` that arrives after its decision was sent (see the module's text).
+RECENT_DECISIONS = 4096
+USER_ROOM_PREFIX = user_room("")
+NOTICES = frozenset({"fanout", "drop", "wait", "unwait", "ready"})
 
 Emit = list[Any]  # [event, body, room]
+
+
+def routed(room: str | None) -> bool:
+    """Whether emits to `room` go only to the members holding it (users' rooms); else to every member."""
+    return room is not None and (room.startswith(USER_ROOM_PREFIX) or room == EVERY_USER_ROOM)
 
 
 def frame(message: Any) -> bytes:
@@ -146,6 +166,7 @@ class _Member:
         self.writer = writer
         self.ready = False
         self.task: asyncio.Task[None] | None = None
+        self.rooms: set[str] = set()  # the users' rooms holding a socket in this member
 
     def send(self, data: bytes) -> None:
         if self.writer.is_closing():
@@ -159,11 +180,13 @@ class _Member:
 
 class Hub:
     """The owner's end of the process group: answers the members' queue calls from the one LocalQueue, and
-    sends every fan-out frame to every member."""
+    sends each member the part of every fan-out frame that concerns it (see the module's text)."""
 
     def __init__(self, queue: LocalQueue) -> None:
         self.queue = queue
         self._members: dict[int, _Member] = {}
+        self._waits: dict[str, set[int]] = {}  # request id -> the members waiting for its decision
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.changed = asyncio.Event()  # set when a member becomes ready or leaves
 
     async def attach(self, index: int, sock: socket.socket) -> None:
@@ -181,6 +204,8 @@ class Hub:
             return
         self.changed.set()
         member.writer.close()
+        for waiting in self._waits.values():
+            waiting.discard(index)
         if member.task is not None and member.task is not asyncio.current_task():
             member.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -191,10 +216,23 @@ class Hub:
         return [m.index for m in self._members.values() if m.ready and not m.writer.is_closing()]
 
     def broadcast(self, emits: list[Emit], decided: list[dict[str, Any]]) -> None:
-        """One fan-out frame to every member."""
-        data = frame(["fanout", emits, decided])
+        """Send each member the emits for its rooms and the decisions it waits for, in one frame (none when
+        nothing concerns it)."""
+        waiting: list[tuple[dict[str, Any], set[int]]] = []
+        for item in decided:
+            request_id = item["r"]
+            self._recent[request_id] = item
+            if len(self._recent) > RECENT_DECISIONS:
+                self._recent.popitem(last=False)
+            members = self._waits.pop(request_id, None)
+            if members:
+                waiting.append((item, members))
         for member in list(self._members.values()):
-            member.send(data)
+            rooms = member.rooms
+            mine = [e for e in emits if e[2] in rooms or not routed(e[2])]
+            woken = [item for item, members in waiting if member.index in members]
+            if mine or woken:
+                member.send(frame(["fanout", mine, woken]))
 
     async def _serve(self, member: _Member) -> None:
         try:
@@ -212,11 +250,11 @@ class Hub:
 
     async def _handle(self, member: _Member, message: list[Any]) -> None:
         op = message[0]
-        if op == "fanout":
-            self.broadcast(message[1], message[2])
-        elif op == "ready":
-            member.ready = True
-            self.changed.set()
+        if op in NOTICES:
+            self._notice(member, op, message[1:])
+        elif op == "hold":
+            member.rooms.add(message[2])
+            member.send(frame(["ok", message[1], None]))
         else:
             call_id = message[1]
             try:
@@ -225,6 +263,32 @@ class Hub:
                 member.send(frame(["err", call_id, exc.detail]))
             else:
                 member.send(frame(["ok", call_id, value]))
+
+    def _notice(self, member: _Member, op: str, args: list[Any]) -> None:
+        """A message without an answer."""
+        if op == "fanout":
+            self.broadcast(args[0], args[1])
+        elif op == "drop":
+            member.rooms.discard(args[0])
+        elif op == "wait":
+            self._wait(member, args[0])
+        elif op == "unwait":
+            waiting = self._waits.get(args[0])
+            if waiting is not None:
+                waiting.discard(member.index)
+                if not waiting:
+                    del self._waits[args[0]]
+        else:  # ready
+            member.ready = True
+            self.changed.set()
+
+    def _wait(self, member: _Member, request_id: str) -> None:
+        """The member waits for a decision: send it now if it was sent already, else when it is."""
+        item = self._recent.get(request_id)
+        if item is not None:
+            member.send(frame(["fanout", [], [item]]))
+        else:
+            self._waits.setdefault(request_id, set()).add(member.index)
 
     async def _answer(self, op: str, args: list[Any]) -> Any:
         if op == "put":
@@ -292,6 +356,15 @@ class MemberLink:
             raise Unavailable(f"the owner process did not answer {op!r} within {CALL_TIMEOUT_S:.0f} s") from None
         finally:
             self._calls.pop(call_id, None)
+
+    async def hold(self, room: str) -> None:
+        """Tell the owner this member holds a socket in `room`; returns once the owner knows (Unavailable if not)."""
+        await self.call("hold", room)
+
+    def drop(self, room: str) -> None:
+        """Tell the owner this member holds no socket in `room` any more (nothing when the owner is gone)."""
+        with contextlib.suppress(Unavailable):
+            self.send(["drop", room])
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -396,6 +469,22 @@ class MemberFanout(GroupFanout):
         self._link = link
         link.on_fanout = self.deliver
 
+    def watch(self, request_id: str) -> asyncio.Future[Decision]:
+        """A future resolved when the decision is published; the owner is told to send it here."""
+        first = request_id not in self._waiters
+        waiter = super().watch(request_id)
+        if first:
+            with contextlib.suppress(Unavailable):  # no owner: the caller's wait runs out
+                self._link.send(["wait", request_id])
+        return waiter
+
+    def unwatch(self, request_id: str, waiter: asyncio.Future[Decision]) -> None:
+        """Drop a waiter; the owner is told when this member waits no more for the decision."""
+        super().unwatch(request_id, waiter)
+        if request_id not in self._waiters:
+            with contextlib.suppress(Unavailable):
+                self._link.send(["unwait", request_id])
+
     async def start(self, ready_timeout_s: float = 5.0) -> None:
         """Open the link to the owner."""
         await asyncio.wait_for(self._link.start(), ready_timeout_s)
@@ -404,3 +493,35 @@ class MemberFanout(GroupFanout):
         """Cancel anyone still waiting; close the link."""
         self._cancel_waiters()
         await self._link.close()
+
+
+class HoldingManager(socketio.AsyncManager):  # type: ignore[misc]
+    """A member's Socket.IO client manager: tells the owner which users' rooms hold a socket here (bus.hub's
+    routing). A socket's entering a room returns once the owner knows, so no decision sent after is missed."""
+
+    def __init__(self, link: MemberLink) -> None:
+        super().__init__()
+        self._link = link
+        self._holds: dict[str, asyncio.Future[None]] = {}
+
+    async def enter_room(self, sid: str, namespace: str, room: str, eio_sid: str | None = None) -> None:
+        """Enter the room; for a user's room, wait until the owner knows this member holds it."""
+        await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if not routed(room):
+            return
+        held = self._holds.get(room)
+        if held is None:
+            held = self._holds[room] = asyncio.ensure_future(self._link.hold(room))
+        try:
+            await asyncio.shield(held)
+        except Unavailable as exc:  # no owner: this member is stopping; its sockets get nothing more
+            log.warning("the owner does not know room %s is held here: %s", room, exc)
+            if self._holds.get(room) is held:
+                del self._holds[room]
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str) -> None:
+        """Leave the room (also on a disconnect); the owner is told once a user's room is empty here."""
+        super().basic_leave_room(sid, namespace, room)
+        if room in self._holds and room not in self.rooms.get(namespace, {}):
+            del self._holds[room]
+            self._link.drop(room)
