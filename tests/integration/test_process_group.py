@@ -144,6 +144,27 @@ async def test_one_users_sockets_on_both_members_get_its_decision_and_its_stop(g
             await sock.close()
 
 
+async def test_a_users_socket_opened_again_gets_its_later_decisions_on_whichever_member(group: ServerProcess) -> None:
+    """The owner sends a user's decisions only to the members holding its sockets: one that closed its last
+    socket of the user stops getting them; a socket opened after (on either member) gets each later one, once;
+    `?wait=` callers get theirs on any member."""
+    admin = await admin_of(group.base_url)
+    user = await new_user(group.base_url, admin, limit=10)
+    await admin.aclose()
+    for video in ("1", "4", "1", "4"):  # four rounds: the sockets land on both members in most runs
+        sock, _index = await socket_of(group.base_url, user.token, ["websocket"])
+        try:
+            async with api_client(group.base_url, user.token) as client:
+                waited = await client.post("/v1/plays", params={"wait": 10}, json={"videoId": video})
+                asked = await client.post("/v1/plays", json={"videoId": video})
+            assert waited.status_code == 200, waited.text
+            assert asked.status_code == 202, asked.text
+            got = [(await sock.next_message(timeout_s=10))["requestId"] for _ in range(2)]
+            assert got == [waited.json()["requestId"], asked.json()["requestId"]]
+        finally:
+            await sock.close()
+
+
 @pytest.mark.parametrize("transports", [["polling"], ["polling", "websocket"]])
 async def test_polling_sessions_stay_on_their_member(group: ServerProcess, transports: list[str]) -> None:
     admin = await admin_of(group.base_url)
