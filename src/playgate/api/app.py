@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import socketio
 from fastapi import FastAPI
@@ -51,6 +52,14 @@ SOCKET_PATH = "socket.io"
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 
+def client_manager(settings: Settings, link: MemberLink | None) -> Any:
+    """Socket.IO's client manager: a member's tells the owner which users' rooms it holds (the owner sends it only
+    their decisions); Redis's with PLAYGATE_REDIS_URL; else python-socketio's own (None)."""
+    if link is not None:
+        return HoldingManager(link)
+    return socket_manager(settings.redis_url) if settings.redis_url is not None else None
+
+
 def create_app(
     settings: Settings,
     *,
@@ -66,10 +75,7 @@ def create_app(
     owner of its process group (`serve --processes N`).
     """
     metrics = Metrics()
-    manager = socket_manager(settings.redis_url) if settings.redis_url is not None else None
-    if link is not None:  # the owner sends a member only what its sockets' rooms and waiters need
-        manager = HoldingManager(link)
-    sio = create_server(socket_origins(settings), client_manager=manager)
+    sio = create_server(socket_origins(settings), client_manager=client_manager(settings, link))
     if link is not None:  # the owner hands a session's requests to the member whose index starts its id
         sio.eio.generate_id = session_ids(link.index, sio.eio.generate_id)
 
