@@ -46,9 +46,17 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def members(owner_pid: int) -> list[int]:
-    """The pids of the owner's child processes (its members)."""
+    """The pids of the owner's member processes (`playgate member ...`; not other children, such as the ffmpeg
+    that makes the demo media at start-up)."""
     children = Path(f"/proc/{owner_pid}/task/{owner_pid}/children").read_text().split()
-    return sorted(int(pid) for pid in children)
+    return sorted(int(pid) for pid in children if _is_member(int(pid)))
+
+
+def _is_member(pid: int) -> bool:
+    try:
+        return b"member" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:  # it exited meanwhile
+        return False
 
 
 async def admin_of(base_url: str) -> httpx.AsyncClient:
