@@ -1,0 +1,76 @@
+"""Embedded, the audit trail and the webhook outbox are written in the ledger's own transaction: a `playgate serve`
+killed with SIGKILL right after answering plays and a stop, then restarted, has every decided request's audit event
+and outbox row, and every stopped stream's end (before, they waited ~0.5 s in memory and died with the process)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import signal
+import sqlite3
+from pathlib import Path
+
+from tests.support.clients import admin_client, api_client, new_user
+from tests.support.servers import free_port, start_playgate
+
+SECRET = "whsec_" + base64.b64encode(b"playgate-webhook-test-key-32-byt").decode()
+ROUNDS = 3
+PLAYS = 20  # a round's concurrent plays; limit 2, so most are denied
+
+
+def _stored(db: Path, user_id: str) -> tuple[list[tuple[str, str, str | None, str | None]], set[str], set[str]]:
+    """The user's audit events (kind, outcome, request id, stream id), outbox ids, delivery rows' ids."""
+    with sqlite3.connect(db) as conn:
+        events = conn.execute(
+            "SELECT kind, outcome, request_id, stream_id FROM audit_events WHERE user_id = ? ORDER BY id", (user_id,)
+        ).fetchall()
+        outbox = {row[0] for row in conn.execute("SELECT msg_id FROM webhook_events WHERE user_id = ?", (user_id,))}
+        sent = {row[0] for row in conn.execute("SELECT msg_id FROM webhook_deliveries WHERE user_id = ?", (user_id,))}
+    return events, outbox, sent
+
+
+async def _burst_then_kill(data_dir: Path) -> tuple[str, dict[str, str], set[str]]:
+    """Plays and a stop, answered; SIGKILL at once. The user, each request's answer, the stopped streams."""
+    # The receiver's port refuses connections: deliveries stay pending, their rows are what this test reads.
+    hooks = f"http://127.0.0.1:{free_port()}/hooks"
+    server = start_playgate(data_dir, PLAYGATE_WEBHOOK_URLS=hooks, PLAYGATE_WEBHOOK_SECRET=SECRET)
+    try:
+        admin = await admin_client(server.base_url)
+        user = await new_user(server.base_url, admin, limit=2)
+        await admin.aclose()
+        async with api_client(server.base_url, user.token) as client:
+            answers = await asyncio.gather(
+                *(client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1"}) for _ in range(PLAYS))
+            )
+            decided = {a.json()["requestId"]: a.json()["status"] for a in answers}
+            stopped = {a.json()["streamId"] for a in answers if a.json()["status"] == "allowed"}
+            assert (await client.delete("/v1/streams")).status_code == 204
+    finally:
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    return user.id, decided, stopped
+
+
+async def test_events_survive_a_kill_right_after_the_answers(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    for _ in range(ROUNDS):  # each round a new user, the same database file, a kill at the end
+        user_id, decided, stopped = await _burst_then_kill(data_dir)
+        assert set(decided.values()) == {"allowed", "denied"}
+        events, outbox, deliveries = _stored(data_dir / "playgate.sqlite3", user_id)
+        decisions = {request_id: outcome for kind, outcome, request_id, _ in events if kind == "decision"}
+        assert decisions == decided
+        assert sum(kind == "decision" for kind, *_ in events) == len(decided)  # each once
+        ends = {stream_id for kind, outcome, _, stream_id in events if kind == "stream_end" and outcome == "stopped"}
+        assert ends == stopped
+        expected = {f"msg_{r}" for r in decided} | {f"msg_end_{s}" for s in stopped}
+        assert outbox == expected
+        assert deliveries == expected
+
+    # Restarted, the process serves what the killed ones wrote.
+    server = start_playgate(data_dir)
+    try:
+        admin = await admin_client(server.base_url)
+        page = (await admin.get(f"/v1/users/{user_id}/events", params={"limit": 1000})).json()
+        await admin.aclose()
+    finally:
+        server.stop()
+    assert {e["requestId"] for e in page["events"] if e["kind"] == "decision"} == set(decided)
