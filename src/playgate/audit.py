@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import operator
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -143,7 +144,7 @@ class LedgerEvents:
         """Insert `events` into the audit trail, and what they mean into the companion, on `conn`."""
         if not events:
             return
-        conn.executemany(_SQLITE_INSERT, [tuple(getattr(e, name) for name in _FIELDS) for e in events])
+        conn.executemany(_SQLITE_INSERT, map(_values, events))
         if self._companion is not None:
             self._companion.write_sqlite(conn, events)
 
@@ -319,6 +320,7 @@ class AuditTrail:
 
 
 _FIELDS = tuple(AuditEvent.__dataclass_fields__)
+_values = operator.attrgetter(*_FIELDS)  # an event's values in the order of _FIELDS, as one tuple
 _INSERT = insert(AuditEventRow.metadata.tables[AuditEventRow.__tablename__])
 # The same columns as _FIELDS, in their order, for the SQLite ledger's connection ("limit" is a keyword).
 _SQLITE_INSERT = (

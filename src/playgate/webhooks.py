@@ -1,6 +1,7 @@
 """Webhooks: signed outbound events (`stream.started`, `stream.ended`, `play.denied`) per Standard Webhooks.
 
-The audit trail is the one seam events come through: when it writes a batch of audit events, the Outbox adds the
+The audit trail is the one seam events come through: when it writes audit events (embedded, in the SQLite ledger's
+transaction that records the change, `write_sqlite`; distributed, a buffered batch, `write`), the Outbox adds the
 webhook events among them, and one delivery row per configured endpoint, in the SAME database transaction (so an
 event is in the outbox if and only if it is in the audit trail). The Dispatcher, a background task of the worker,
 sends them: for each endpoint and user only the oldest undelivered event (a user's later event waits for the
