@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 
 from tests.support.clients import admin_client, api_client, new_user
+from tests.support.inprocess import served
 from tests.support.servers import free_port, start_playgate
 
 SECRET = "whsec_" + base64.b64encode(b"playgate-webhook-test-key-32-byt").decode()
@@ -74,3 +75,30 @@ async def test_events_survive_a_kill_right_after_the_answers(tmp_path: Path) -> 
     finally:
         server.stop()
     assert {e["requestId"] for e in page["events"] if e["kind"] == "decision"} == set(decided)
+
+
+async def test_every_kind_of_stop_is_recorded_with_its_reason_and_a_plays_key_stop_is_not(tmp_path: Path) -> None:
+    """Stream ends no device asked for go through the ledger's transaction too, each with its reason."""
+    async with served(tmp_path) as base_url:
+        admin = await admin_client(base_url)
+        try:
+            video = (await admin.post("/v1/videos", json={"title": "Gone", "url": "https://cdn.example/g.mp4"})).json()
+            user = await new_user(base_url, admin, limit=3)
+            async with api_client(base_url, user.token) as client:
+                plays = [
+                    (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": v})).json()
+                    for v in ("1", video["id"], "2")
+                ]
+            assert [p["status"] for p in plays] == ["allowed"] * 3
+            assert (await admin.delete(f"/v1/streams/{plays[0]['streamId']}")).status_code == 204
+            assert (await admin.delete(f"/v1/videos/{video['id']}")).status_code == 204
+            assert (await admin.patch(f"/v1/users/{user.id}", json={"disabled": True})).status_code == 200
+            page = (await admin.get(f"/v1/users/{user.id}/events", params={"limit": 100})).json()
+        finally:
+            await admin.aclose()
+    ends = [(e["streamId"], e["reason"]) for e in page["events"] if e["kind"] == "stream_end"]
+    assert ends == [
+        (plays[0]["streamId"], "stopped_by_admin"),
+        (plays[1]["streamId"], "video_deleted"),
+        (plays[2]["streamId"], "user_disabled"),
+    ]
