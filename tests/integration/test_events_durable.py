@@ -10,6 +10,12 @@ import signal
 import sqlite3
 from pathlib import Path
 
+from playgate.admission import denied
+from playgate.audit import LedgerEvents
+from playgate.catalog.db import upgrade
+from playgate.domain import Admission, PlayRequest, Policy, Quota, Reason
+from playgate.ledger.sql import SqlLedger
+from playgate.webhooks import Outbox
 from tests.support.clients import admin_client, api_client, new_user
 from tests.support.inprocess import served
 from tests.support.servers import free_port, start_playgate
@@ -102,3 +108,32 @@ async def test_every_kind_of_stop_is_recorded_with_its_reason_and_a_plays_key_st
         (plays[1]["streamId"], "video_deleted"),
         (plays[2]["streamId"], "user_disabled"),
     ]
+
+
+async def test_dead_letters_once_and_expired_leases_are_recorded_in_the_ledgers_transaction(tmp_path: Path) -> None:
+    """The worker's dead letters (kept once however often) and the sweeper's expired streams, on the ledger itself."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
+    await upgrade(url)
+    now = [1_000_000.0]
+    outbox = Outbox([f"http://127.0.0.1:{free_port()}/hooks"], lambda: now[0])
+    ledger = SqlLedger(
+        url, lease_s=60, decision_ttl_s=3600, clock=lambda: now[0], events=LedgerEvents(Policy.deny, outbox)
+    )
+    try:
+        request = PlayRequest("r-dead", "u1", "1", "d1", accepted_at=now[0])
+        dead = denied(request, Reason.error, 0, 0, now[0])
+        await ledger.keep([dead])
+        await ledger.keep([dead])  # a redelivered dead letter: already kept, not recorded again
+        [allowed] = await ledger.decide([Admission(PlayRequest("r-play", "u1", "1", "d1", now[0]), Quota(limit=1))])
+        now[0] += 61
+        [expired] = await ledger.sweep()
+    finally:
+        await ledger.close()
+    assert expired.stream.id == allowed.decision.stream_id
+    events, msg_ids, deliveries = _stored(tmp_path / "ledger.sqlite3", "u1")
+    assert events == [
+        ("decision", "denied", "r-dead", None),
+        ("decision", "allowed", "r-play", allowed.decision.stream_id),
+        ("stream_end", "expired", None, allowed.decision.stream_id),
+    ]
+    assert msg_ids == deliveries == {"msg_r-dead", "msg_r-play", f"msg_end_{allowed.decision.stream_id}"}
