@@ -148,9 +148,17 @@ class LedgerEvents:
         if self._companion is not None:
             self._companion.write_sqlite(conn, events)
 
-    def outcome_events(self, decision: Decision, ended: Iterable[EndedStream]) -> list[AuditEvent]:
-        """The events of a new decision and of the streams it ended to make room."""
-        return [decision_event(decision, self.policy), *end_events(ended, decision.decided_at)]
+    def decided(self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream]]]) -> None:
+        """Write new decisions and the streams each ended to make room (ledger.protocol.ChangeLog)."""
+        events: list[AuditEvent] = []
+        for decision, ended in outcomes:
+            events.append(decision_event(decision, self.policy))
+            events += end_events(ended, decision.decided_at)
+        self.write(conn, events)
+
+    def ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
+        """Write streams ended at `at` without a decision (ledger.protocol.ChangeLog)."""
+        self.write(conn, end_events(ended, at))
 
 
 class AuditTrail:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +17,19 @@ class KeyClaim:
     request_id: str
     video_id: str
     created: bool
+
+
+class ChangeLog(Protocol):
+    """What a ledger that records in its own transaction calls there (embedded: the audit trail and the webhook
+    outbox, audit.LedgerEvents), on its SQLite connection, before it commits."""
+
+    def decided(self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream]]]) -> None:
+        """Record new decisions, each with the streams it ended to make room."""
+        ...
+
+    def ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
+        """Record streams ended at `at` without a decision (stopped, expired, ...)."""
+        ...
 
 
 class Ledger(Protocol):

@@ -19,7 +19,6 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from playgate.admission import by_age, decide, device_window_s
-from playgate.audit import AuditEvent, LedgerEvents, end_events
 from playgate.catalog.db import SQLITE_BUSY_TIMEOUT_MS, check_url, configure_sqlite_connection
 from playgate.domain import (
     Admission,
@@ -35,7 +34,7 @@ from playgate.domain import (
 )
 from playgate.errors import Unavailable
 from playgate.ledger.batch import GroupCommit
-from playgate.ledger.protocol import KeyClaim
+from playgate.ledger.protocol import ChangeLog, KeyClaim
 
 T = TypeVar("T")
 # A stop's parameters as STOP takes them: the user, the stream ids (a JSON list, or None for all), the video or None;
@@ -177,9 +176,9 @@ def _json_list(values: Iterable[str]) -> bytes:
     return orjson.dumps(list(values))
 
 
-def _ends(streams: Iterable[Stream], reason: Reason | None, at: float) -> list[AuditEvent]:
-    """The audit events of stopped streams, if their stop has a reason to record."""
-    return [] if reason is None else end_events((EndedStream(s, reason) for s in streams), at)
+def _ends(streams: Iterable[Stream], reason: Reason | None) -> list[EndedStream]:
+    """Stopped streams as ends to record, if their stop has a reason to record."""
+    return [] if reason is None else [EndedStream(s, reason) for s in streams]
 
 
 def database_path(url: str) -> str:
@@ -198,7 +197,7 @@ class SqlLedger:
         lease_s: float,
         decision_ttl_s: float,
         clock: Callable[[], float],
-        events: LedgerEvents | None = None,
+        events: ChangeLog | None = None,
     ) -> None:
         self._path = database_path(url)
         # The audit trail and webhook outbox, written in each change's own transaction (the catalogue's file).
@@ -264,7 +263,7 @@ class SqlLedger:
             seen: set[str] = set()
             outcomes = []
             fresh: list[tuple[Any, ...]] = []
-            events: list[AuditEvent] = []
+            decided: list[tuple[Decision, Sequence[EndedStream]]] = []
             for admission in admissions:
                 request = admission.request
                 prior = priors.get(request.request_id)
@@ -286,21 +285,21 @@ class SqlLedger:
                     # A duplicate later in the same batch gets this decision as its prior.
                     priors[request.request_id] = verdict.decision
                     fresh.append(_decision_values(verdict.decision))
-                    if self._events is not None:
-                        events += self._events.outcome_events(verdict.decision, verdict.ended)
+                    decided.append((verdict.decision, verdict.ended))
                 outcomes.append(Outcome(verdict.decision, verdict.ended, verdict.conflicts))
             self._write_diff(conn, before, after)
             for user_id in seen:
                 self._write_devices(conn, user_id, devices_before.get(user_id, {}), devices[user_id])
             if fresh:
                 conn.executemany(INSERT_DECISION, fresh)
-            self._record(conn, events)
+            if self._events is not None and decided:
+                self._events.decided(conn, decided)
         return outcomes
 
-    def _record(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
-        """Write the audit and outbox rows of what this transaction changed, in it (nothing without LedgerEvents)."""
-        if self._events is not None and events:
-            self._events.write(conn, events)
+    def _ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
+        """Record streams this transaction ended, in it (nothing without a ChangeLog)."""
+        if self._events is not None and ended:
+            self._events.ended(conn, ended, at)
 
     @staticmethod
     def _devices_of(conn: sqlite3.Connection, admissions: Sequence[Admission]) -> dict[str, dict[str, float]]:
@@ -357,7 +356,8 @@ class SqlLedger:
                 return
             # One at a time to know which were new: only those are recorded (a rare path: dead letters).
             kept = [d for d in decisions if conn.execute(KEEP_DECISION, _decision_values(d)).rowcount == 1]
-            self._record(conn, [e for d in kept for e in self._events.outcome_events(d, ())])
+            if kept:
+                self._events.decided(conn, [(d, ()) for d in kept])
 
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's streams whose lease has not run out, oldest first."""
@@ -415,7 +415,7 @@ class SqlLedger:
             now = self._clock()
             found = [conn.execute(STOP, stop[:3]).fetchall() for stop in stops]
             stopped = [by_age(s for s in map(_stream, rows) if s.live(now)) for rows in found]
-            self._record(conn, [e for stop, ss in zip(stops, stopped, strict=True) for e in _ends(ss, stop[3], now)])
+            self._ended(conn, [e for stop, ss in zip(stops, stopped, strict=True) for e in _ends(ss, stop[3])], now)
         return stopped
 
     async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:
@@ -428,7 +428,7 @@ class SqlLedger:
             now = self._clock()
             rows = conn.execute(STOP_VIDEO, (video_id,)).fetchall()
             stopped = sorted((s for s in map(_stream, rows) if s.live(now)), key=lambda s: (s.started_at, s.id))
-            self._record(conn, _ends(stopped, reason, now))
+            self._ended(conn, _ends(stopped, reason), now)
         return stopped
 
     async def restore(self, streams: Sequence[Stream]) -> int:
@@ -456,7 +456,7 @@ class SqlLedger:
             conn.execute(SWEEP_DECISIONS, (horizon,))
             conn.execute(SWEEP_KEYS, (horizon,))
             ended = [EndedStream(_stream(row), Reason.expired) for row in rows]
-            self._record(conn, end_events(ended, now))
+            self._ended(conn, ended, now)
         return ended
 
     async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
