@@ -6,6 +6,10 @@ older than the retention every prune_interval_s (and, on the same schedule, the 
 denials). The buffer is bounded: past max_buffered events the oldest are
 dropped, counted and logged, so that a database outage cannot exhaust memory. Stopping flushes what is left.
 A companion (the webhook outbox) writes in each batch's transaction: it holds an event iff the trail does.
+
+Embedded (the SQLite ledger in the catalogue's own file), events are not buffered at all: the ledger hands them to
+a LedgerEvents inside the very transaction that records the decision or the stream's end, which writes the audit
+rows and the companion's rows there, on the ledger's sqlite3 connection; a crash cannot keep one without the other.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import operator
+import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -118,6 +124,43 @@ class Companion(Protocol):
         ...
 
 
+class SqliteCompanion(Protocol):
+    """What writes beside the audit trail inside the SQLite ledger's transaction (the webhook outbox)."""
+
+    def write_sqlite(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> int:
+        """Write what `events` mean to it, on the ledger's connection (its open transaction)."""
+        ...
+
+
+class LedgerEvents:
+    """Writes audit events, and the companion's rows, on the SQLite ledger's connection, in the transaction that
+    records the change they tell of (the caller holds it open: nothing here begins or commits)."""
+
+    def __init__(self, policy: Policy, companion: SqliteCompanion | None = None) -> None:
+        self.policy = policy
+        self._companion = companion
+
+    def write(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
+        """Insert `events` into the audit trail, and what they mean into the companion, on `conn`."""
+        if not events:
+            return
+        conn.executemany(_SQLITE_INSERT, map(_values, events))
+        if self._companion is not None:
+            self._companion.write_sqlite(conn, events)
+
+    def decided(self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream]]]) -> None:
+        """Write new decisions and the streams each ended to make room (ledger.protocol.ChangeLog)."""
+        events: list[AuditEvent] = []
+        for decision, ended in outcomes:
+            events.append(decision_event(decision, self.policy))
+            events += end_events(ended, decision.decided_at)
+        self.write(conn, events)
+
+    def ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
+        """Write streams ended at `at` without a decision (ledger.protocol.ChangeLog)."""
+        self.write(conn, end_events(ended, at))
+
+
 class AuditTrail:
     """Buffers audit events, writes them in batches, prunes old ones and answers queries; the clock is passed in."""
 
@@ -134,8 +177,11 @@ class AuditTrail:
         max_buffered: int = 100_000,
         companion: Companion | None = None,
         also_prune: Sequence[Retention] = (),
+        in_ledger: bool = False,
     ) -> None:
         self._engine = engine
+        # The ledger writes decisions and stream ends itself (LedgerEvents): recording them here would double them.
+        self.in_ledger = in_ledger
         self._companion = companion
         self.policy = policy
         self.retention_s = retention_s
@@ -160,7 +206,9 @@ class AuditTrail:
             self._full.set()
 
     def record_outcomes(self, outcomes: Iterable[Outcome]) -> None:
-        """Keep each decision, and the streams each ended to make room."""
+        """Keep each decision, and the streams each ended to make room (unless the ledger wrote them)."""
+        if self.in_ledger:
+            return
         events: list[AuditEvent] = []
         for outcome in outcomes:
             events.append(decision_event(outcome.decision, self.policy))
@@ -168,7 +216,10 @@ class AuditTrail:
         self.record(events)
 
     def record_ended(self, ended: Iterable[EndedStream]) -> None:
-        """Keep streams that ended without their device asking (expired, stopped by an admin, ...)."""
+        """Keep streams that ended without their device asking (expired, stopped by an admin, ...), unless the
+        ledger wrote them."""
+        if self.in_ledger:
+            return
         self.record(end_events(ended, self._clock()))
 
     async def flush(self) -> int:
@@ -277,7 +328,13 @@ class AuditTrail:
 
 
 _FIELDS = tuple(AuditEvent.__dataclass_fields__)
+_values = operator.attrgetter(*_FIELDS)  # an event's values in the order of _FIELDS, as one tuple
 _INSERT = insert(AuditEventRow.metadata.tables[AuditEventRow.__tablename__])
+# The same columns as _FIELDS, in their order, for the SQLite ledger's connection ("limit" is a keyword).
+_SQLITE_INSERT = (
+    "INSERT INTO audit_events (at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, "
+    'policy, active, "limit", shadow) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'
+)
 
 
 def _event_of(row: object) -> AuditEvent:

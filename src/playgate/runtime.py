@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate import webhooks
 from playgate.api.schemas import ConflictOut
-from playgate.audit import AuditTrail, Retention
+from playgate.audit import AuditTrail, LedgerEvents, Retention
 from playgate.bus.hub import GroupFanout, Hub, MemberFanout, MemberLink, MemberQueue
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.bus.protocol import Emitter, Fanout, ListeningFanout, RequestQueue, SharedQueue
@@ -169,10 +169,11 @@ def open_backends(
     playback: Callable[[Decision], str | None],
     clock: Callable[[], float],
     group: GroupEnd | None = None,
+    events: LedgerEvents | None = None,
 ) -> tuple[Ledger, RequestQueue, Fanout]:
     """The one mapping from settings to backends: PLAYGATE_REDIS_URL set -> Redis ledger, Redis Streams queue and
-    Redis fan-out; unset -> the SQLite ledger in the catalogue's database and the in-process bus, or, in a process
-    group, the owner's queue and a fan-out to every member (bus.hub)."""
+    Redis fan-out; unset -> the SQLite ledger in the catalogue's database (writing `events` in its transactions)
+    and the in-process bus, or, in a process group, the owner's queue and a fan-out to every member (bus.hub)."""
     lease_s, decision_ttl_s = settings.stream_ttl_s, settings.decision_ttl_s
     # Auth disabled: events go to the sockets that named no user as well (the original service's broadcast).
     to_every_user_room = settings.auth is AuthMode.disabled
@@ -193,7 +194,9 @@ def open_backends(
         )
         ledger: Ledger = RedisLedger(url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, clock=clock)
         return ledger, queue, RedisFanout(url, emitter, playback, conflicts, to_every_user_room=to_every_user_room)
-    ledger = SqlLedger(settings.resolved_database_url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, clock=clock)
+    ledger = SqlLedger(
+        settings.resolved_database_url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, clock=clock, events=events
+    )
     if isinstance(group, Hub):
         fanout = GroupFanout(group.broadcast, playback, conflicts, to_every_user_room=to_every_user_room)
         return ledger, group.queue, fanout
@@ -272,13 +275,17 @@ class Runtime:
             shadow_retention = Retention(
                 "shadow denials", ShadowDenialRow.decided_at, settings.shadow_retention_days * 86_400
             )
+            outbox = webhooks.outbox(settings, clock)
+            # Embedded, the SQLite ledger writes the trail and the outbox in the transaction of each change.
+            in_ledger = settings.redis_url is None
             audit = AuditTrail(
                 engine,
                 policy=settings.policy,
                 retention_s=settings.audit_retention_days * 86_400,
                 clock=clock,
-                companion=webhooks.outbox(settings, clock),
+                companion=outbox,
                 also_prune=[shadow_retention],
+                in_ledger=in_ledger,
             )
             # Stopped after the worker and sweeper (pushed later, so closed earlier): what they decide while
             # draining is written too.
@@ -291,7 +298,12 @@ class Runtime:
                 await webhooks.start(settings, engine, clock, stack)
             links = playback_links(settings, secret)
             ledger, queue, fanout = open_backends(
-                settings, emitter, lambda decision: links.for_decision(decision, clock()), clock, group
+                settings,
+                emitter,
+                lambda decision: links.for_decision(decision, clock()),
+                clock,
+                group,
+                LedgerEvents(settings.policy, outbox) if in_ledger else None,
             )
             for backend in (ledger, queue, fanout):
                 stack.push_async_callback(backend.close)

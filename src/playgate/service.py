@@ -538,7 +538,9 @@ class PlayGate:
             await self._ledger.keep(work.decisions)
             stops = 0
             for stream_id, user_id in work.stopped.items():
-                stops += len(await self._ledger.stop([stream_id], user_id))
+                # Announced `stopped` when the player stopped it; recorded now, by a ledger that records in its
+                # transaction (the embedded one), else by the audit trail's buffer then.
+                stops += len(await self._ledger.stop([stream_id], user_id, reason=Reason.stopped))
         except Unavailable as exc:
             log.warning("outage reconciliation failed (%s): tried again when the store answers", exc)
             self._outage.store_down(exc)
@@ -583,7 +585,7 @@ class PlayGate:
         broken = over_rules(streams, quota.limit, quota.rules, registered).get(stream.id)
         if broken is not None:
             why = Reason.outage_reconciled if admitted_in_outage(stream.id) else Reason.limit_lowered
-            await self._announce(await self._ledger.stop([stream.id], user_id), why)
+            await self._announce(await self._ledger.stop([stream.id], user_id, reason=why), why)
             if broken.reason is Reason.limit_reached:
                 raise NotFound(
                     f"Stream {stream_id!r} has ended: the user's limit is now {quota.limit}.", reason=why.value
@@ -629,7 +631,9 @@ class PlayGate:
         stream = await self._ledger.stream(stream_id) if principal.stops_any else None
         if stream is None:
             raise NotFound(f"Stream {stream_id!r} is not active.")
-        stopped = await self._ledger.stop([stream_id], stream.user_id)
+        # A `plays` key stops for the user, as the user's own player would: not announced, not recorded.
+        by_admin = Reason.stopped_by_admin if principal.admin else None
+        stopped = await self._ledger.stop([stream_id], stream.user_id, reason=by_admin)
         if not stopped:
             raise NotFound(f"Stream {stream_id!r} is not active.")
         if principal.admin:  # a `plays` key stops for the user, as the user's own player would: not announced
@@ -640,7 +644,7 @@ class PlayGate:
         """Stop a stream of the user's; while the store is down, one this process knows (stopped in the store
         once it answers)."""
         try:
-            stopped = await self._ledger.stop([stream_id], user_id)
+            stopped = await self._ledger.stop([stream_id], user_id, reason=Reason.stopped)
         except Unavailable:
             known = self._outage.stopped(stream_id, user_id)
             if known is None:
@@ -655,10 +659,10 @@ class PlayGate:
         """Stop all of a user's streams (of one video, or of one device, if given), announced `stopped`: a device's
         log-out ends its own streams, "sign out of all devices" all of them (and those devices hear it at once)."""
         if device_id is None:
-            stopped = await self._ledger.stop(None, user_id, video_id)
+            stopped = await self._ledger.stop(None, user_id, video_id, reason=Reason.stopped)
         else:
             own = [s.id for s in await self._ledger.streams(user_id) if s.device_id == device_id]
-            stopped = await self._ledger.stop(own, user_id, video_id)
+            stopped = await self._ledger.stop(own, user_id, video_id, reason=Reason.stopped)
         await self._announce(stopped, Reason.stopped)
         return stopped
 
@@ -714,7 +718,7 @@ class PlayGate:
 
     async def _end_all(self, user_id: str) -> None:
         """End all of a disabled or deleted user's streams at once, and tell their players why."""
-        await self._announce(await self._ledger.stop(None, user_id), Reason.user_disabled)
+        await self._announce(await self._ledger.stop(None, user_id, reason=Reason.user_disabled), Reason.user_disabled)
 
     # ---- users (admin) -----------------------------------------------------------------------------
 
@@ -754,7 +758,8 @@ class PlayGate:
     async def delete_video(self, video_id: str) -> None:
         """Remove a video from the catalogue and end every stream of it (announced `video_deleted`)."""
         await self._catalog.delete_video(video_id)
-        await self._announce(await self._ledger.stop_video(video_id), Reason.video_deleted)
+        ended = await self._ledger.stop_video(video_id, reason=Reason.video_deleted)
+        await self._announce(ended, Reason.video_deleted)
 
     # ---- audit trail -------------------------------------------------------------------------------
 

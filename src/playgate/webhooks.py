@@ -1,6 +1,7 @@
 """Webhooks: signed outbound events (`stream.started`, `stream.ended`, `play.denied`) per Standard Webhooks.
 
-The audit trail is the one seam events come through: when it writes a batch of audit events, the Outbox adds the
+The audit trail is the one seam events come through: when it writes audit events (embedded, in the SQLite ledger's
+transaction that records the change, `write_sqlite`; distributed, a buffered batch, `write`), the Outbox adds the
 webhook events among them, and one delivery row per configured endpoint, in the SAME database transaction (so an
 event is in the outbox if and only if it is in the audit trail). The Dispatcher, a background task of the worker,
 sends them: for each endpoint and user only the oldest undelivered event (a user's later event waits for the
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -138,6 +140,50 @@ class Outbox:
             [_new_delivery(m.msg_id, m.user_id, m.at, endpoint, now) for m in messages for endpoint in self.endpoints],
         )
         return len(messages)
+
+    def write_sqlite(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> int:
+        """The same as `write`, on the SQLite ledger's connection inside its transaction (embedded: the outbox is
+        written in the transaction that records the change); how many messages."""
+        messages = [m for m in map(message_of, events) if m is not None]
+        if not messages or not self.endpoints:
+            return 0
+        now = self._clock()
+        conn.executemany(_SQLITE_EVENT, [(m.msg_id, m.type, m.user_id, m.at, m.body) for m in messages])
+        conn.executemany(
+            _SQLITE_DELIVERY,
+            [
+                _delivery_values(_new_delivery(m.msg_id, m.user_id, m.at, e, now))
+                for m in messages
+                for e in self.endpoints
+            ],
+        )
+        return len(messages)
+
+
+# Plain INSERTs skipping duplicates of the unique key, for the SQLite ledger's connection; a delivery's parameters
+# in the order of _DELIVERY_COLUMNS.
+_SQLITE_EVENT = (
+    "INSERT INTO webhook_events (msg_id, type, user_id, at, body) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_SQLITE_DELIVERY = (
+    "INSERT INTO webhook_deliveries (msg_id, endpoint, user_id, at, status, created_at, next_at, locked_until, "
+    "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_DELIVERY_COLUMNS = (
+    "msg_id",
+    "endpoint",
+    "user_id",
+    "at",
+    "status",
+    "created_at",
+    "next_at",
+    "locked_until",
+    "attempts",
+)
+
+
+def _delivery_values(delivery: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(delivery[column] for column in _DELIVERY_COLUMNS)
 
 
 def _new_delivery(msg_id: str, user_id: str, at: float, endpoint: str, now: float) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from playgate.domain import Admission, Decision, Device, EndedStream, Outcome, Stream
+from playgate.domain import Admission, Decision, Device, EndedStream, Outcome, Reason, Stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,19 @@ class KeyClaim:
     request_id: str
     video_id: str
     created: bool
+
+
+class ChangeLog(Protocol):
+    """What a ledger that records in its own transaction calls there (embedded: the audit trail and the webhook
+    outbox, audit.LedgerEvents), on its SQLite connection, before it commits."""
+
+    def decided(self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream]]]) -> None:
+        """Record new decisions, each with the streams it ended to make room."""
+        ...
+
+    def ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
+        """Record streams ended at `at` without a decision (stopped, expired, ...)."""
+        ...
 
 
 class Ledger(Protocol):
@@ -45,12 +59,21 @@ class Ledger(Protocol):
         """Renew an active stream's lease (only the user's own, when `user_id` is given); None if not active."""
         ...
 
-    async def stop(self, stream_ids: Sequence[str] | None, user_id: str, video_id: str | None = None) -> list[Stream]:
-        """End the user's streams: these ids, or all of them (of one video, if given); the ones ended."""
+    async def stop(
+        self,
+        stream_ids: Sequence[str] | None,
+        user_id: str,
+        video_id: str | None = None,
+        *,
+        reason: Reason | None = None,
+    ) -> list[Stream]:
+        """End the user's streams: these ids, or all of them (of one video, if given); the ones ended. `reason`:
+        what their ends are recorded as, by a ledger that writes the audit trail in its own transaction."""
         ...
 
-    async def stop_video(self, video_id: str) -> list[Stream]:
-        """End every user's streams of one video (it left the catalogue); the ones that were active."""
+    async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:
+        """End every user's streams of one video (it left the catalogue); the ones that were active (`reason`: as
+        for stop)."""
         ...
 
     async def restore(self, streams: Sequence[Stream]) -> int:

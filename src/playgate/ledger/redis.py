@@ -374,7 +374,14 @@ class RedisLedger:
             )
         return _stream_from(stream_id, owner, orjson.loads(raw)) if raw else None
 
-    async def stop(self, stream_ids: Sequence[str] | None, user_id: str, video_id: str | None = None) -> list[Stream]:
+    async def stop(
+        self,
+        stream_ids: Sequence[str] | None,
+        user_id: str,
+        video_id: str | None = None,
+        *,
+        reason: Reason | None = None,  # not recorded here: the process's audit trail buffers the ends
+    ) -> list[Stream]:
         """End the user's chosen streams; return those that were still active, oldest first."""
         if stream_ids is not None and not stream_ids:
             return []
@@ -386,7 +393,7 @@ class RedisLedger:
         stopped = [_stream_from(row[0], user_id, row[1:]) for row in rows]
         return by_age(stopped)
 
-    async def stop_video(self, video_id: str) -> list[Stream]:
+    async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:
         """End every user's streams of the video: the users are found through the lease index (every stream id
         names its user; on a cluster, every bucket's), SWEEP_CHUNK ids a read; each user's streams of the video end
         in one stop.lua call."""

@@ -34,11 +34,12 @@ from playgate.domain import (
 )
 from playgate.errors import Unavailable
 from playgate.ledger.batch import GroupCommit
-from playgate.ledger.protocol import KeyClaim
+from playgate.ledger.protocol import ChangeLog, KeyClaim
 
 T = TypeVar("T")
-# A stop's parameters as STOP takes them: the user, the stream ids (a JSON list, or None for all), the video or None.
-_StopArgs = tuple[str, bytes | None, str | None]
+# A stop's parameters as STOP takes them: the user, the stream ids (a JSON list, or None for all), the video or None;
+# then the reason its ends are recorded with (None: not recorded), which STOP does not take.
+_StopArgs = tuple[str, bytes | None, str | None, Reason | None]
 
 # The statements, whole: a list goes in as one JSON array (`IN (SELECT value FROM json_each(?))`), and an
 # optional filter as a parameter that may be NULL, so that each is one prepared statement whatever the call.
@@ -175,6 +176,11 @@ def _json_list(values: Iterable[str]) -> bytes:
     return orjson.dumps(list(values))
 
 
+def _ends(streams: Iterable[Stream], reason: Reason | None) -> list[EndedStream]:
+    """Stopped streams as ends to record, if their stop has a reason to record."""
+    return [] if reason is None else [EndedStream(s, reason) for s in streams]
+
+
 def database_path(url: str) -> str:
     """The file of a SQLite database URL (`sqlite+aiosqlite:///path`)."""
     check_url(url)  # ConfigError for anything but a file
@@ -191,8 +197,11 @@ class SqlLedger:
         lease_s: float,
         decision_ttl_s: float,
         clock: Callable[[], float],
+        events: ChangeLog | None = None,
     ) -> None:
         self._path = database_path(url)
+        # The audit trail and webhook outbox, written in each change's own transaction (the catalogue's file).
+        self._events = events
         self._lease_s = lease_s
         self._decision_ttl_s = decision_ttl_s
         self._clock = clock
@@ -254,6 +263,7 @@ class SqlLedger:
             seen: set[str] = set()
             outcomes = []
             fresh: list[tuple[Any, ...]] = []
+            decided: list[tuple[Decision, Sequence[EndedStream]]] = []
             for admission in admissions:
                 request = admission.request
                 prior = priors.get(request.request_id)
@@ -275,13 +285,21 @@ class SqlLedger:
                     # A duplicate later in the same batch gets this decision as its prior.
                     priors[request.request_id] = verdict.decision
                     fresh.append(_decision_values(verdict.decision))
+                    decided.append((verdict.decision, verdict.ended))
                 outcomes.append(Outcome(verdict.decision, verdict.ended, verdict.conflicts))
             self._write_diff(conn, before, after)
             for user_id in seen:
                 self._write_devices(conn, user_id, devices_before.get(user_id, {}), devices[user_id])
             if fresh:
                 conn.executemany(INSERT_DECISION, fresh)
+            if self._events is not None and decided:
+                self._events.decided(conn, decided)
         return outcomes
+
+    def _ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
+        """Record streams this transaction ended, in it (nothing without a ChangeLog)."""
+        if self._events is not None and ended:
+            self._events.ended(conn, ended, at)
 
     @staticmethod
     def _devices_of(conn: sqlite3.Connection, admissions: Sequence[Admission]) -> dict[str, dict[str, float]]:
@@ -329,11 +347,17 @@ class SqlLedger:
     async def keep(self, decisions: Sequence[Decision]) -> None:
         """Insert the decisions of requests that have none yet."""
         if decisions:
-            await self._run(self._keep, [_decision_values(d) for d in decisions])
+            await self._run(self._keep, decisions)
 
-    def _keep(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _keep(self, conn: sqlite3.Connection, decisions: Sequence[Decision]) -> None:
         with self._write(conn):
-            conn.executemany(KEEP_DECISION, rows)
+            if self._events is None:
+                conn.executemany(KEEP_DECISION, [_decision_values(d) for d in decisions])
+                return
+            # One at a time to know which were new: only those are recorded (a rare path: dead letters).
+            kept = [d for d in decisions if conn.execute(KEEP_DECISION, _decision_values(d)).rowcount == 1]
+            if kept:
+                self._events.decided(conn, [(d, ()) for d in kept])
 
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's streams whose lease has not run out, oldest first."""
@@ -369,11 +393,19 @@ class SqlLedger:
             row = conn.execute(HEARTBEAT, (now + self._lease_s, stream_id, now, user_id)).fetchone()
         return _stream(row) if row else None
 
-    async def stop(self, stream_ids: Sequence[str] | None, user_id: str, video_id: str | None = None) -> list[Stream]:
-        """Delete the user's chosen streams; return those that were still active. Stops that arrive together are
-        committed in one transaction (answered after it), as the worker's decisions are."""
+    async def stop(
+        self,
+        stream_ids: Sequence[str] | None,
+        user_id: str,
+        video_id: str | None = None,
+        *,
+        reason: Reason | None = None,
+    ) -> list[Stream]:
+        """Delete the user's chosen streams; return those that were still active, their ends recorded with `reason`
+        (if any) in the same transaction. Stops that arrive together are committed in one transaction (answered
+        after it), as the worker's decisions are."""
         ids = _json_list(stream_ids) if stream_ids is not None else None
-        return await self._stops((user_id, ids, video_id))
+        return await self._stops((user_id, ids, video_id, reason))
 
     async def _stop_together(self, stops: Sequence[_StopArgs]) -> list[list[Stream]]:
         return await self._run(self._stop, stops)
@@ -381,18 +413,23 @@ class SqlLedger:
     def _stop(self, conn: sqlite3.Connection, stops: Sequence[_StopArgs]) -> list[list[Stream]]:
         with self._write(conn):
             now = self._clock()
-            found = [conn.execute(STOP, stop).fetchall() for stop in stops]
-        return [by_age(s for s in map(_stream, rows) if s.live(now)) for rows in found]
+            found = [conn.execute(STOP, stop[:3]).fetchall() for stop in stops]
+            stopped = [by_age(s for s in map(_stream, rows) if s.live(now)) for rows in found]
+            self._ended(conn, [e for stop, ss in zip(stops, stopped, strict=True) for e in _ends(ss, stop[3])], now)
+        return stopped
 
-    async def stop_video(self, video_id: str) -> list[Stream]:
-        """Delete every stream of the video; return those that were still active."""
-        return await self._run(self._stop_video, video_id)
+    async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:
+        """Delete every stream of the video; return those that were still active, their ends recorded with
+        `reason` (if any) in the same transaction."""
+        return await self._run(self._stop_video, video_id, reason)
 
-    def _stop_video(self, conn: sqlite3.Connection, video_id: str) -> list[Stream]:
+    def _stop_video(self, conn: sqlite3.Connection, video_id: str, reason: Reason | None) -> list[Stream]:
         with self._write(conn):
             now = self._clock()
             rows = conn.execute(STOP_VIDEO, (video_id,)).fetchall()
-        return sorted((s for s in map(_stream, rows) if s.live(now)), key=lambda s: (s.started_at, s.id))
+            stopped = sorted((s for s in map(_stream, rows) if s.live(now)), key=lambda s: (s.started_at, s.id))
+            self._ended(conn, _ends(stopped, reason), now)
+        return stopped
 
     async def restore(self, streams: Sequence[Stream]) -> int:
         """Store the streams absent or expired here; a live one keeps the later expiry; how many were written."""
@@ -418,7 +455,9 @@ class SqlLedger:
             horizon = now - self._decision_ttl_s
             conn.execute(SWEEP_DECISIONS, (horizon,))
             conn.execute(SWEEP_KEYS, (horizon,))
-        return [EndedStream(_stream(row), Reason.expired) for row in rows]
+            ended = [EndedStream(_stream(row), Reason.expired) for row in rows]
+            self._ended(conn, ended, now)
+        return ended
 
     async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
         """Insert the key if new; either way answer with the request it is bound to."""

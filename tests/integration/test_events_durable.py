@@ -1,0 +1,139 @@
+"""Embedded, the audit trail and the webhook outbox are written in the ledger's own transaction: a `playgate serve`
+killed with SIGKILL right after answering plays and a stop, then restarted, has every decided request's audit event
+and outbox row, and every stopped stream's end (before, they waited ~0.5 s in memory and died with the process)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import signal
+import sqlite3
+from pathlib import Path
+
+from playgate.admission import denied
+from playgate.audit import LedgerEvents
+from playgate.catalog.db import upgrade
+from playgate.domain import Admission, PlayRequest, Policy, Quota, Reason
+from playgate.ledger.sql import SqlLedger
+from playgate.webhooks import Outbox
+from tests.support.clients import admin_client, api_client, new_user
+from tests.support.inprocess import served
+from tests.support.servers import free_port, start_playgate
+
+SECRET = "whsec_" + base64.b64encode(b"playgate-webhook-test-key-32-byt").decode()
+ROUNDS = 3
+PLAYS = 20  # a round's concurrent plays; limit 2, so most are denied
+
+
+def _stored(db: Path, user_id: str) -> tuple[list[tuple[str, str, str | None, str | None]], set[str], set[str]]:
+    """The user's audit events (kind, outcome, request id, stream id), outbox ids, delivery rows' ids."""
+    with sqlite3.connect(db) as conn:
+        events = conn.execute(
+            "SELECT kind, outcome, request_id, stream_id FROM audit_events WHERE user_id = ? ORDER BY id", (user_id,)
+        ).fetchall()
+        outbox = {row[0] for row in conn.execute("SELECT msg_id FROM webhook_events WHERE user_id = ?", (user_id,))}
+        sent = {row[0] for row in conn.execute("SELECT msg_id FROM webhook_deliveries WHERE user_id = ?", (user_id,))}
+    return events, outbox, sent
+
+
+async def _burst_then_kill(data_dir: Path) -> tuple[str, dict[str, str], set[str]]:
+    """Plays and a stop, answered; SIGKILL at once. The user, each request's answer, the stopped streams."""
+    # The receiver's port refuses connections: deliveries stay pending, their rows are what this test reads.
+    hooks = f"http://127.0.0.1:{free_port()}/hooks"
+    server = start_playgate(data_dir, PLAYGATE_WEBHOOK_URLS=hooks, PLAYGATE_WEBHOOK_SECRET=SECRET)
+    try:
+        admin = await admin_client(server.base_url)
+        user = await new_user(server.base_url, admin, limit=2)
+        await admin.aclose()
+        async with api_client(server.base_url, user.token) as client:
+            answers = await asyncio.gather(
+                *(client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1"}) for _ in range(PLAYS))
+            )
+            decided = {a.json()["requestId"]: a.json()["status"] for a in answers}
+            stopped = {a.json()["streamId"] for a in answers if a.json()["status"] == "allowed"}
+            assert (await client.delete("/v1/streams")).status_code == 204
+    finally:
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    return user.id, decided, stopped
+
+
+async def test_events_survive_a_kill_right_after_the_answers(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    for _ in range(ROUNDS):  # each round a new user, the same database file, a kill at the end
+        user_id, decided, stopped = await _burst_then_kill(data_dir)
+        assert set(decided.values()) == {"allowed", "denied"}
+        events, outbox, deliveries = _stored(data_dir / "playgate.sqlite3", user_id)
+        decisions = {request_id: outcome for kind, outcome, request_id, _ in events if kind == "decision"}
+        assert decisions == decided
+        assert sum(kind == "decision" for kind, *_ in events) == len(decided)  # each once
+        ends = {stream_id for kind, outcome, _, stream_id in events if kind == "stream_end" and outcome == "stopped"}
+        assert ends == stopped
+        expected = {f"msg_{r}" for r in decided} | {f"msg_end_{s}" for s in stopped}
+        assert outbox == expected
+        assert deliveries == expected
+
+    # Restarted, the process serves what the killed ones wrote.
+    server = start_playgate(data_dir)
+    try:
+        admin = await admin_client(server.base_url)
+        page = (await admin.get(f"/v1/users/{user_id}/events", params={"limit": 1000})).json()
+        await admin.aclose()
+    finally:
+        server.stop()
+    assert {e["requestId"] for e in page["events"] if e["kind"] == "decision"} == set(decided)
+
+
+async def test_every_kind_of_stop_is_recorded_with_its_reason_and_a_plays_key_stop_is_not(tmp_path: Path) -> None:
+    """Stream ends no device asked for go through the ledger's transaction too, each with its reason."""
+    async with served(tmp_path) as base_url:
+        admin = await admin_client(base_url)
+        try:
+            video = (await admin.post("/v1/videos", json={"title": "Gone", "url": "https://cdn.example/g.mp4"})).json()
+            user = await new_user(base_url, admin, limit=3)
+            async with api_client(base_url, user.token) as client:
+                plays = [
+                    (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": v})).json()
+                    for v in ("1", video["id"], "2")
+                ]
+            assert [p["status"] for p in plays] == ["allowed"] * 3
+            assert (await admin.delete(f"/v1/streams/{plays[0]['streamId']}")).status_code == 204
+            assert (await admin.delete(f"/v1/videos/{video['id']}")).status_code == 204
+            assert (await admin.patch(f"/v1/users/{user.id}", json={"disabled": True})).status_code == 200
+            page = (await admin.get(f"/v1/users/{user.id}/events", params={"limit": 100})).json()
+        finally:
+            await admin.aclose()
+    ends = [(e["streamId"], e["reason"]) for e in page["events"] if e["kind"] == "stream_end"]
+    assert ends == [
+        (plays[0]["streamId"], "stopped_by_admin"),
+        (plays[1]["streamId"], "video_deleted"),
+        (plays[2]["streamId"], "user_disabled"),
+    ]
+
+
+async def test_dead_letters_once_and_expired_leases_are_recorded_in_the_ledgers_transaction(tmp_path: Path) -> None:
+    """The worker's dead letters (kept once however often) and the sweeper's expired streams, on the ledger itself."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
+    await upgrade(url)
+    now = [1_000_000.0]
+    outbox = Outbox([f"http://127.0.0.1:{free_port()}/hooks"], lambda: now[0])
+    ledger = SqlLedger(
+        url, lease_s=60, decision_ttl_s=3600, clock=lambda: now[0], events=LedgerEvents(Policy.deny, outbox)
+    )
+    try:
+        request = PlayRequest("r-dead", "u1", "1", "d1", accepted_at=now[0])
+        dead = denied(request, Reason.error, 0, 0, now[0])
+        await ledger.keep([dead])
+        await ledger.keep([dead])  # a redelivered dead letter: already kept, not recorded again
+        [allowed] = await ledger.decide([Admission(PlayRequest("r-play", "u1", "1", "d1", now[0]), Quota(limit=1))])
+        now[0] += 61
+        [expired] = await ledger.sweep()
+    finally:
+        await ledger.close()
+    assert expired.stream.id == allowed.decision.stream_id
+    events, msg_ids, deliveries = _stored(tmp_path / "ledger.sqlite3", "u1")
+    assert events == [
+        ("decision", "denied", "r-dead", None),
+        ("decision", "allowed", "r-play", allowed.decision.stream_id),
+        ("stream_end", "expired", None, allowed.decision.stream_id),
+    ]
+    assert msg_ids == deliveries == {"msg_r-dead", "msg_r-play", f"msg_end_{allowed.decision.stream_id}"}
