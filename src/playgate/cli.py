@@ -412,8 +412,8 @@ def import_rows(kind: KindName, file: Path, fmt: Format | None) -> None:
 
     Absent fields keep their value; a bad row is reported with its reason and the rest stored; a re-run changes
     nothing. Exit status 1 when a row was refused. Plans carry their rules as POST /v1/plans takes them (onLimit,
-    kinds, maxPerTitle, maxDevices, deviceWindowDays, maxAwayStreams, shadow; in CSV kinds and shadow are JSON
-    objects in their cells).
+    kinds, maxPerTitle, maxDevices, deviceWindowDays, maxAwayStreams, onOutage, shadow; in CSV kinds and shadow are
+    JSON objects in their cells).
     """
     fmt = fmt or format_of(None, file.name)
     schema = SCHEMAS[kind]

@@ -120,6 +120,7 @@ async def test_a_plan_import_carries_the_rules_and_names_the_field_and_row_of_a_
         "maxDevices": 6,
         "deviceWindowDays": 7,
         "maxAwayStreams": 1,
+        "onOutage": "allow",
         "shadow": {"maxStreams": 2, "kinds": {"uhd": 0}},
     }
     bad = [

@@ -309,8 +309,8 @@ _import_route("videos", "`{id, title?, url?}` (a new video needs both)")
 _import_route(
     "plans",
     "`{id, name?, maxStreams?, onLimit?, kinds?, maxPerTitle?, maxDevices?, deviceWindowDays?, maxAwayStreams?, "
-    "shadow?}` (a new plan needs name and maxStreams; a rule set to null is lifted, `shadow: null` ends shadow "
-    "mode; in CSV `kinds` and `shadow` are JSON objects in their cells)",
+    "onOutage?, shadow?}` (a new plan needs name and maxStreams; a rule set to null is lifted, `shadow: null` ends "
+    "shadow mode; in CSV `kinds` and `shadow` are JSON objects in their cells)",
 )
 
 
