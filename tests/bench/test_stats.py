@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
+import psutil
 import pytest
 
 from playgate.bench.load import LoadSpec, sweep_points
-from playgate.bench.stats import percentiles_ms
+from playgate.bench.stats import CpuWindow, percentiles_ms
 from playgate.bench.target import BenchError, parse_cpus
 
 
@@ -56,3 +62,21 @@ def test_idle_sockets_spread_over_at_most_their_count_of_users(
 ) -> None:
     spec = LoadSpec(sockets=sockets, viewers=viewers, duration_s=1, warmup_s=0, idle_users=idle_users)
     assert spec.idle_user_count == expected
+
+
+def test_a_child_that_ends_inside_the_window_keeps_its_cpu_in_the_sum() -> None:
+    """A server's child (the demo media's ffmpeg) that ends during a run: its CPU moves to the parent's children
+    times when it is waited for, and must not vanish from the window (a negative server CPU, once)."""
+    burn = "import time\nend = time.process_time() + 1.5\nwhile time.process_time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        started = time.monotonic()
+        while sum(psutil.Process(child.pid).cpu_times()[:2]) < 0.3 and time.monotonic() - started < 20:
+            time.sleep(0.02)
+        window = CpuWindow(psutil.Process(os.getpid()), include_children=True)
+        window.start()
+        child.wait(timeout=60)
+        assert window.result()["cpu_s"] > 0
+    finally:
+        child.kill()
+        child.wait()

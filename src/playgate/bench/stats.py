@@ -47,6 +47,9 @@ class CpuWindow:
         times = self.process.cpu_times()
         total = times.user + times.system
         if self.include_children:
+            # Children that ended and were waited for (the demo media's ffmpeg, say) count in the parent's
+            # children_* times; without them a child ending inside the window would take its CPU away from the sum.
+            total += times.children_user + times.children_system
             for child in self.process.children(recursive=True):
                 with contextlib.suppress(psutil.Error):
                     child_times = child.cpu_times()
