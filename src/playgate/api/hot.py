@@ -142,15 +142,21 @@ def _user_param(call: Call, errors: list[dict[str, Any]]) -> str | None:
     return None if user is None else _checked(user, "user", _ID, MAX_ID_LEN, errors)
 
 
-async def _request_video(call: Call, params: tuple[str, ...]) -> Answer:
+async def _video_and_acting_user(call: Call, params: tuple[str, ...]) -> tuple[str, str]:
+    """A seed video route's `videoId` and the user acting (`?user=`, checked against the caller); both named when
+    bad, as FastAPI names them."""
     caller = await call.caller()
     errors: list[dict[str, Any]] = []
     video_id = _checked(params[0], "videoId", _ID, MAX_ID_LEN, errors)
     user = _user_param(call, errors)
     if errors:
         raise Rejected(errors)
-    gate = call.gate
-    ticket = await gate.request_play(_acting(gate, caller, user), video_id, client_address=call.client_address)
+    return video_id, _acting(call.gate, caller, user)
+
+
+async def _request_video(call: Call, params: tuple[str, ...]) -> Answer:
+    video_id, user_id = await _video_and_acting_user(call, params)
+    ticket = await call.gate.request_play(user_id, video_id, client_address=call.client_address)
     request = ticket.request
     body = {
         "message": "Streaming request created.",
@@ -161,13 +167,8 @@ async def _request_video(call: Call, params: tuple[str, ...]) -> Answer:
 
 
 async def _stop_video(call: Call, params: tuple[str, ...]) -> Answer:
-    caller = await call.caller()
-    errors: list[dict[str, Any]] = []
-    video_id = _checked(params[0], "videoId", _ID, MAX_ID_LEN, errors)
-    user = _user_param(call, errors)
-    if errors:
-        raise Rejected(errors)
-    await call.gate.stop_streams(_acting(call.gate, caller, user), video_id)
+    video_id, user_id = await _video_and_acting_user(call, params)
+    await call.gate.stop_streams(user_id, video_id)
     return Answer(204)
 
 
