@@ -21,7 +21,7 @@ from playgate.api.schemas import ConflictOut
 from playgate.audit import AuditTrail, LedgerEvents, Retention
 from playgate.bus.hub import GroupFanout, Hub, MemberFanout, MemberLink, MemberQueue
 from playgate.bus.local import LocalFanout, LocalQueue
-from playgate.bus.protocol import Emitter, Fanout, ListeningFanout, RequestQueue, SharedQueue
+from playgate.bus.protocol import Emitter, Fanout, ListeningFanout, PlayQueue, RequestQueue, SharedQueue
 from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.db import reset as reset_database
@@ -170,7 +170,7 @@ def open_backends(
     clock: Callable[[], float],
     group: GroupEnd | None = None,
     events: LedgerEvents | None = None,
-) -> tuple[Ledger, RequestQueue, Fanout]:
+) -> tuple[Ledger, PlayQueue, Fanout]:
     """The one mapping from settings to backends: PLAYGATE_REDIS_URL set -> Redis ledger, Redis Streams queue and
     Redis fan-out; unset -> the SQLite ledger in the catalogue's database (writing `events` in its transactions)
     and the in-process bus, or, in a process group, the owner's queue and a fan-out to every member (bus.hub)."""
@@ -241,7 +241,7 @@ class Runtime:
     gate: PlayGate
     catalog: Catalog
     metrics: Metrics
-    worker: Worker
+    worker: Worker | None
     content: ContentGate
     stack: AsyncExitStack
     consumer: str = ""
@@ -328,18 +328,22 @@ class Runtime:
                 platform=platform,
                 audit=audit,
             )
-            worker = Worker(
-                queue=queue,
-                ledger=ledger,
-                fanout=fanout,
-                catalog=catalog,
-                metrics=metrics,
-                clock=clock,
-                batch_size=settings.batch_size,
-                sweep_interval_s=settings.sweep_interval_s,
-                audit=audit,
-                sweep_hold_s=settings.stream_ttl_s,
-            )
+            worker = None
+            if role.decides:  # a member only puts and looks: its owner's worker decides
+                if not isinstance(queue, RequestQueue):
+                    raise TypeError(f"a {role.value} process decides, but its queue {queue!r} cannot be taken from")
+                worker = Worker(
+                    queue=queue,
+                    ledger=ledger,
+                    fanout=fanout,
+                    catalog=catalog,
+                    metrics=metrics,
+                    clock=clock,
+                    batch_size=settings.batch_size,
+                    sweep_interval_s=settings.sweep_interval_s,
+                    audit=audit,
+                    sweep_hold_s=settings.stream_ttl_s,
+                )
             library = MediaLibrary(settings.resolved_media_dir)
             content = ContentGate(
                 gate=gate,
@@ -372,11 +376,11 @@ class _Tasks:
     running: list[asyncio.Task[None]]
 
 
-def _start_tasks(role: Role, worker: Worker, library: MediaLibrary, catalog: Catalog) -> _Tasks:
+def _start_tasks(role: Role, worker: Worker | None, library: MediaLibrary, catalog: Catalog) -> _Tasks:
     """The process's background tasks: worker and sweeper (where the role decides), the demo media (in a process
     that serves HTTP, or a group's owner)."""
     tasks = _Tasks(asyncio.Event(), [])
-    if role.decides:
+    if worker is not None:
         tasks.running += [
             asyncio.create_task(worker.run(tasks.stop), name="playgate-worker"),
             asyncio.create_task(worker.sweep_forever(tasks.stop), name="playgate-sweeper"),
@@ -393,7 +397,7 @@ async def _stop_audit(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
     await task
 
 
-async def _stop_tasks(tasks: _Tasks, queue: RequestQueue) -> None:
+async def _stop_tasks(tasks: _Tasks, queue: PlayQueue) -> None:
     """Stop the background tasks; the worker decides what it holds (embedded: all that is queued) first."""
     if isinstance(queue, SharedQueue):
         queue.stop_reading()  # the other workers take what is still queued

@@ -11,7 +11,7 @@ from typing import Any
 from playgate import imports
 from playgate.admission import over_rules
 from playgate.audit import AuditTrail, StoredEvent
-from playgate.bus.protocol import Fanout, RequestQueue, observe_queue
+from playgate.bus.protocol import Fanout, PlayQueue, observe_queue
 from playgate.catalog.bulk import USERS, UpsertResult
 from playgate.catalog.keys import is_api_key
 from playgate.catalog.service import Catalog, ShadowDenial
@@ -127,7 +127,7 @@ class PlayGate:
         settings: Settings,
         catalog: Catalog,
         ledger: Ledger,
-        queue: RequestQueue,
+        queue: PlayQueue,
         fanout: Fanout,
         tokens: TokenIssuer,
         throttle: LoginThrottle,

@@ -37,7 +37,7 @@ import orjson
 import socketio
 
 from playgate.bus.local import LocalQueue
-from playgate.bus.protocol import EVERY_USER_ROOM, Delivery, Emitter, EmittingFanout, user_room
+from playgate.bus.protocol import EVERY_USER_ROOM, Emitter, EmittingFanout, user_room
 from playgate.bus.redis import request_from_json, request_to_json
 from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Stream
@@ -407,7 +407,7 @@ class MemberLink:
 
 
 class MemberQueue:
-    """A member's RequestQueue: the owner's queue, over the link. Members put and look; the owner's worker takes."""
+    """A member's PlayQueue: the owner's queue, over the link. Members put and look; only the owner's worker takes."""
 
     def __init__(self, link: MemberLink) -> None:
         self._link = link
@@ -420,18 +420,6 @@ class MemberQueue:
         """The request while it is queued or being decided in the owner."""
         found = await self._link.call("pending", request_id)
         return None if found is None else request_from_json(found)
-
-    async def take(self, max_items: int, wait_s: float) -> list[Delivery]:
-        """Not for members: the owner's worker takes from the owner's queue."""
-        raise NotImplementedError("a member process does not decide; its owner's worker does")
-
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Not for members (see take)."""
-        raise NotImplementedError("a member process does not decide; its owner's worker does")
-
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Not for members (see take)."""
-        raise NotImplementedError("a member process does not decide; its owner's worker does")
 
     async def depth(self) -> int:
         """Requests queued or in hand in the owner."""

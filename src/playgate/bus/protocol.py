@@ -23,8 +23,9 @@ class Delivery:
     receipt: Any = None
 
 
-class RequestQueue(Protocol):
-    """Carries requests from the API to the workers; a request stays owed until acknowledged."""
+class PlayQueue(Protocol):
+    """The API's side of the request queue: put a request, look whether it is still owed. A group member holds
+    only this (its owner's worker takes); a RequestQueue is one."""
 
     async def put(self, request: PlayRequest) -> None:
         """Queue a request; it is pending until a worker acknowledges its decision."""
@@ -32,18 +33,6 @@ class RequestQueue(Protocol):
 
     async def pending(self, request_id: str) -> PlayRequest | None:
         """The request if it is queued or being decided."""
-        ...
-
-    async def take(self, max_items: int, wait_s: float) -> list[Delivery]:
-        """Up to max_items requests, waiting up to wait_s for the first one."""
-        ...
-
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """These were decided and published: forget them."""
-        ...
-
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """These could not be decided now: deliver them again."""
         ...
 
     async def depth(self) -> int:
@@ -56,6 +45,23 @@ class RequestQueue(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class RequestQueue(PlayQueue, Protocol):
+    """Carries requests from the API to the workers; a request stays owed until acknowledged."""
+
+    async def take(self, max_items: int, wait_s: float) -> list[Delivery]:
+        """Up to max_items requests, waiting up to wait_s for the first one."""
+        ...
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """These were decided and published: forget them."""
+        ...
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """These could not be decided now: deliver them again."""
         ...
 
 
@@ -101,7 +107,7 @@ class BatchingEmitter(Protocol):
         ...
 
 
-async def observe_queue(queue: RequestQueue, metrics: Metrics) -> None:
+async def observe_queue(queue: PlayQueue, metrics: Metrics) -> None:
     """Refresh the queue gauges: its depth, and its backlog when it is a queue that has one."""
     metrics.queue_depth.set(await queue.depth())
     if isinstance(queue, QueueBacklog):
