@@ -12,10 +12,10 @@ import pytest
 import pytest_asyncio
 
 from playgate.catalog.db import create_engine
-from playgate.webhooks import DELIVERED, PENDING, PLAY_DENIED, STREAM_ENDED, STREAM_STARTED, delivery_log
+from playgate.webhooks import DELIVERED, PENDING, delivery_log
 from tests.distributed.conftest import Cluster, deployment
-from tests.support.clients import admin_client, api_client, new_user
-from tests.support.receiver import Receiver
+from tests.support.clients import admin_client, new_user
+from tests.support.receiver import Receiver, play_deny_stop
 from tests.support.redis_server import redis_binary, start_redis
 from tests.unit.test_webhooks import VECTOR_SECRET
 
@@ -44,19 +44,6 @@ async def hooked(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tupl
             await receiver.stop()
 
 
-async def _play_deny_stop(base_url: str, token: str) -> list[tuple[str, str]]:
-    async with api_client(base_url, token) as client:
-        allowed = (await client.post("/v1/plays", params={"wait": 10}, json={"videoId": "1"})).json()
-        denied = (await client.post("/v1/plays", params={"wait": 10}, json={"videoId": "2"})).json()
-        assert (allowed["status"], denied["status"]) == ("allowed", "denied")
-        assert (await client.delete("/v1/streams")).status_code == 204
-    return [
-        (STREAM_STARTED, f"msg_{allowed['requestId']}"),
-        (PLAY_DENIED, f"msg_{denied['requestId']}"),
-        (STREAM_ENDED, f"msg_end_{allowed['streamId']}"),
-    ]
-
-
 async def test_two_workers_deliver_every_event_once_in_order_after_the_receiver_returns(
     hooked: tuple[Cluster, Receiver],
 ) -> None:
@@ -65,9 +52,7 @@ async def test_two_workers_deliver_every_event_once_in_order_after_the_receiver_
     admin = await admin_client(first)
     users = [await new_user(first, admin, limit=1) for _ in range(USERS)]
     await admin.aclose()
-    per_user = await asyncio.gather(
-        *(_play_deny_stop(first if i % 2 else second, u.token) for i, u in enumerate(users))
-    )
+    per_user = await asyncio.gather(*(play_deny_stop(first if i % 2 else second, u.token) for i, u in enumerate(users)))
     expected = sum(len(events) for events in per_user)
     engine = create_engine(cluster.db.url)
     try:
@@ -105,7 +90,7 @@ async def test_live_events_keep_their_order_across_api_and_worker_processes(hook
     admin = await admin_client(cluster.urls[0])
     users = [await new_user(cluster.urls[0], admin, limit=1) for _ in range(USERS)]
     await admin.aclose()
-    per_user = await asyncio.gather(*(_play_deny_stop(cluster.urls[i % 2], u.token) for i, u in enumerate(users)))
+    per_user = await asyncio.gather(*(play_deny_stop(cluster.urls[i % 2], u.token) for i, u in enumerate(users)))
     received = (await receiver.wait_for(before + sum(map(len, per_user)), timeout_s=DEADLINE_S))[before:]
     assert receiver.bad == []
     for user, events in zip(users, per_user, strict=True):

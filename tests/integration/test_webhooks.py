@@ -17,16 +17,13 @@ from playgate.webhooks import (
     DELIVERED,
     FAILED,
     PENDING,
-    PLAY_DENIED,
-    STREAM_ENDED,
-    STREAM_STARTED,
     Dispatcher,
     Outbox,
     delivery_log,
 )
-from tests.support.clients import admin_client, api_client, new_user
+from tests.support.clients import admin_client, new_user
 from tests.support.inprocess import served
-from tests.support.receiver import Receiver
+from tests.support.receiver import Receiver, play_deny_stop
 from tests.support.servers import playgate_env
 
 SECRET = "whsec_" + base64.b64encode(b"playgate-webhook-test-key-32-byt").decode()
@@ -39,20 +36,6 @@ FAST = {
 USERS = 4
 RETRIES_SEEN = 3
 DEADLINE_S = 20.0
-
-
-async def _play_deny_stop(base_url: str, token: str) -> list[tuple[str, str]]:
-    """A user's allowed play, a denied one (limit 1), then a stop: the (type, webhook-id) each should send."""
-    async with api_client(base_url, token) as client:
-        allowed = (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1"})).json()
-        denied = (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "2"})).json()
-        assert (allowed["status"], denied["status"]) == ("allowed", "denied")
-        assert (await client.delete("/v1/streams")).status_code == 204
-    return [
-        (STREAM_STARTED, f"msg_{allowed['requestId']}"),
-        (PLAY_DENIED, f"msg_{denied['requestId']}"),
-        (STREAM_ENDED, f"msg_end_{allowed['streamId']}"),
-    ]
 
 
 async def _until(check: object, what: str) -> None:
@@ -71,7 +54,7 @@ async def test_signed_events_arrive_in_order_per_user(tmp_path: Path) -> None:
             admin = await admin_client(base_url)
             user = await new_user(base_url, admin, limit=1)
             await admin.aclose()
-            expected = await _play_deny_stop(base_url, user.token)
+            expected = await play_deny_stop(base_url, user.token, wait_s=5)
             received = await receiver.wait_for(len(expected))
     finally:
         await receiver.stop()
@@ -93,7 +76,7 @@ async def test_a_receiver_that_was_down_gets_every_event_in_order_per_user_when_
             admin = await admin_client(base_url)
             users = [await new_user(base_url, admin, limit=1) for _ in range(USERS)]
             await admin.aclose()
-            per_user = await asyncio.gather(*(_play_deny_stop(base_url, u.token) for u in users))
+            per_user = await asyncio.gather(*(play_deny_stop(base_url, u.token, wait_s=5) for u in users))
             expected = sum(len(events) for events in per_user)
 
             async def retried() -> bool:
@@ -147,7 +130,7 @@ async def test_replay_sends_events_again_and_log_shows_them(tmp_path: Path) -> N
             admin = await admin_client(base_url)
             user = await new_user(base_url, admin, limit=1)
             await admin.aclose()
-            expected = await _play_deny_stop(base_url, user.token)
+            expected = await play_deny_stop(base_url, user.token, wait_s=5)
             await receiver.wait_for(len(expected))
 
             code, out, err = await _playgate(tmp_path, "webhooks", "replay", "--id", expected[1][1], **env)
@@ -187,7 +170,7 @@ async def test_no_urls_no_outbox(tmp_path: Path) -> None:
             admin = await admin_client(base_url)
             user = await new_user(base_url, admin, limit=1)
             await admin.aclose()
-            await _play_deny_stop(base_url, user.token)
+            await play_deny_stop(base_url, user.token, wait_s=5)
         assert await delivery_log(engine, limit=10) == []
     finally:
         await engine.dispose()

@@ -13,6 +13,8 @@ from typing import Any
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from playgate.webhooks import PLAY_DENIED, STREAM_ENDED, STREAM_STARTED
+from tests.support.clients import api_client
 from tests.support.servers import free_port
 
 
@@ -80,3 +82,17 @@ class Receiver:
                 raise AssertionError(f"{len(self.received)} of {count} webhooks arrived in {timeout_s}s")
             await asyncio.sleep(0.05)
         return list(self.received)
+
+
+async def play_deny_stop(base_url: str, token: str, *, wait_s: float = 10) -> list[tuple[str, str]]:
+    """A user's allowed play, a denied one (limit 1), then a stop: the (type, webhook-id) each should send."""
+    async with api_client(base_url, token) as client:
+        allowed = (await client.post("/v1/plays", params={"wait": wait_s}, json={"videoId": "1"})).json()
+        denied = (await client.post("/v1/plays", params={"wait": wait_s}, json={"videoId": "2"})).json()
+        assert (allowed["status"], denied["status"]) == ("allowed", "denied")
+        assert (await client.delete("/v1/streams")).status_code == 204
+    return [
+        (STREAM_STARTED, f"msg_{allowed['requestId']}"),
+        (PLAY_DENIED, f"msg_{denied['requestId']}"),
+        (STREAM_ENDED, f"msg_end_{allowed['streamId']}"),
+    ]
