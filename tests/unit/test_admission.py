@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -729,6 +730,17 @@ rules_strategy = st.builds(
 )
 
 
+def _assert_within_stream_caps(streams: Sequence[Stream], rules: Rules) -> None:
+    """No kind tag, title or away count of `streams` over its cap in `rules`."""
+    for tag, cap in rules.kind_limits:
+        assert sum(tag in s.kinds for s in streams) <= cap
+    if rules.max_per_title is not None:
+        for title in {s.video_id for s in streams}:
+            assert sum(s.video_id == title for s in streams) <= rules.max_per_title
+    if rules.max_away_streams is not None:
+        assert sum(s.away for s in streams) <= rules.max_away_streams
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     ops=st.lists(
@@ -762,13 +774,7 @@ def test_no_sequence_breaks_any_rule(
         streams = verdict.streams
         devices = dict(verdict.devices) if verdict.devices is not None else devices
         assert len(streams) <= limit
-        for tag, cap in rules.kind_limits:
-            assert sum(tag in s.kinds for s in streams) <= cap
-        if rules.max_per_title is not None:
-            for title in {s.video_id for s in streams}:
-                assert sum(s.video_id == title for s in streams) <= rules.max_per_title
-        if rules.max_away_streams is not None:
-            assert sum(s.away for s in streams) <= rules.max_away_streams
+        _assert_within_stream_caps(streams, rules)
         if rules.max_devices is not None:
             recent = {d for d, seen_at in devices.items() if seen_at > now - rules.device_window_s}
             assert len(recent) <= rules.max_devices
@@ -844,12 +850,6 @@ def test_heartbeats_hold_streams_to_lowered_rules(
     over = over_rules(streams, lowered_limit, lowered)
     left = [s for s in streams if s.id not in over]
     assert len(left) <= lowered_limit
-    for tag, cap in lowered.kind_limits:
-        assert sum(tag in s.kinds for s in left) <= cap
-    if lowered.max_per_title is not None:
-        for title in {s.video_id for s in left}:
-            assert sum(s.video_id == title for s in left) <= lowered.max_per_title
-    if lowered.max_away_streams is not None:
-        assert sum(s.away for s in left) <= lowered.max_away_streams
+    _assert_within_stream_caps(left, lowered)
     if lowered.max_devices is not None:
         assert len({s.device_id for s in left}) <= lowered.max_devices
