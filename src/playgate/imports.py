@@ -98,7 +98,7 @@ def records(data: bytes | str, fmt: Format) -> Iterator[tuple[int, Any]]:
             raise ValueError("a JSON import is an array of objects")
         yield from enumerate(items, start=1)
     elif fmt == "csv":
-        yield from csv_records(io.StringIO(text))
+        yield from csv_records(io.StringIO(text, newline=""))  # newline="": the csv module reads \r itself
     else:
         yield from ndjson_records(text.splitlines())
 
@@ -116,7 +116,17 @@ def ndjson_records(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
 
 def csv_records(stream: Iterable[str]) -> Iterator[tuple[int, Any]]:
     """One record per CSV row after the header (numbered from 1); an empty cell is an absent field."""
-    for number, row in enumerate(csv.DictReader(stream), start=1):
+    rows = csv.DictReader(stream)
+    number = 0
+    while True:
+        number += 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # past a malformed row the reader cannot find the next one: the rest is refused
+            yield number, Refusal(number, None, "row", f"not CSV ({exc})")
+            return
         yield number, {k: _cell(v) for k, v in row.items() if k is not None and v not in (None, "")}
 
 

@@ -167,3 +167,17 @@ async def test_a_plan_csv_import_from_the_command_line_carries_the_rules(
     stored = (await admin.get(f"/v1/plans/sports-{tag}")).json()
     assert (stored["kinds"], stored["maxPerTitle"], stored["maxDevices"]) == ({"live": 1}, 1, 4)
     assert (stored["deviceWindowDays"], stored["maxAwayStreams"], stored["onLimit"]) == (2.5, 1, "deny")
+
+
+async def test_a_csv_with_bare_carriage_returns_is_read_not_a_500(app_admin: httpx.AsyncClient) -> None:
+    """Schemathesis sent a body starting with a bare \\r: the csv module refused it ("new-line character seen in
+    unquoted field") and the import answered 500. Read with newline="", a \\r ends a row as \\n does."""
+    fuzzed = await app_admin.post(
+        "/v1/videos:import", content="\rÞ±;|¦Ï\xf2\xb9\xa6\x92Õ".encode(), headers={"Content-Type": "text/csv"}
+    )
+    assert fuzzed.status_code in (200, 422), fuzzed.text
+    tag = secrets.token_hex(4)
+    rows = f"id,title,url\rv-{tag},Title {tag},/media/v.mp4\r"
+    answer = await app_admin.post("/v1/videos:import", content=rows.encode(), headers={"Content-Type": "text/csv"})
+    assert answer.status_code == 200, answer.text
+    assert (await app_admin.get(f"/v1/videos/v-{tag}")).json()["title"] == f"Title {tag}"
