@@ -47,13 +47,14 @@ async def make_queue(redis_url: str) -> AsyncIterator[QueueFactory]:
 
 
 async def test_entries_of_a_dead_worker_are_claimed_by_another(make_queue: QueueFactory) -> None:
-    dead, alive = make_queue(), make_queue()
+    # Idle must outlast the first take of the other worker even on a loaded machine (0.2 s did not, in CI).
+    dead, alive = make_queue(claim_idle_s=2.0), make_queue(claim_idle_s=2.0)
     for rid in ("a", "b"):
         await dead.put(play(rid))
     taken = await dead.take(10, wait_s=1.0)
     assert len(taken) == 2  # ... and this worker dies without acknowledging
     assert await alive.take(10, wait_s=0.1) == []  # not idle long enough yet
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(2.1)
     claimed = await alive.take(10, wait_s=0.1)
     assert sorted((d.request.request_id, d.attempts) for d in claimed) == [("a", 2), ("b", 2)]
     assert await alive.pending("a") is not None  # still owed until acknowledged
