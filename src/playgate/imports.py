@@ -13,11 +13,11 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from playgate.api.schemas import Id, Limit, Name, RulesWire, ShadowRules, Text, VideoUrl
 from playgate.catalog import bulk
 from playgate.catalog.bulk import Kind, Refusal, UpsertResult
 from playgate.catalog.service import Catalog
 from playgate.policy import FIELDS, rules_to_json
+from playgate.wire import Id, Limit, Name, RulesWire, ShadowRules, Text, VideoUrl
 
 MAX_ROWS = 100_000
 # Rows per transaction: big enough for bulk statements, small enough to let other writers in between.

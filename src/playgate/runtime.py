@@ -17,11 +17,18 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate import webhooks
-from playgate.api.schemas import ConflictOut
 from playgate.audit import AuditTrail, LedgerEvents, Retention
 from playgate.bus.hub import GroupFanout, Hub, MemberFanout, MemberLink, MemberQueue
 from playgate.bus.local import LocalFanout, LocalQueue
-from playgate.bus.protocol import Emitter, Fanout, ListeningFanout, PlayQueue, RequestQueue, SharedQueue
+from playgate.bus.protocol import (
+    Emitter,
+    Fanout,
+    ListeningFanout,
+    PlayQueue,
+    RequestQueue,
+    SharedQueue,
+    conflict_message,
+)
 from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.db import reset as reset_database
@@ -179,7 +186,7 @@ def open_backends(
     to_every_user_room = settings.auth is AuthMode.disabled
 
     def conflicts(streams: Sequence[Stream]) -> list[dict[str, Any]]:
-        return [ConflictOut.of(s, lease_s).model_dump() for s in streams]
+        return [conflict_message(s, lease_s) for s in streams]
 
     if settings.redis_url is not None:
         url = settings.redis_url

@@ -28,11 +28,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from playgate.api.errors import problem, problem_for, validation_problem
 from playgate.api.routes import v1
-from playgate.api.schemas import MAX_STREAM_ID_LEN, Id, PlayIn, PlayOut, StreamId
+from playgate.api.schemas import PlayIn, PlayOut
 from playgate.domain import ID_PATTERN, MAX_ID_LEN
 from playgate.errors import Invalid, PlayGateError
 from playgate.media import ContentGate
 from playgate.service import PlayGate, Principal
+from playgate.wire import MAX_STREAM_ID_LEN, Id, StreamId
 
 log = logging.getLogger("playgate.api")
 

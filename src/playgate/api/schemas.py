@@ -2,87 +2,45 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from playgate.audit import StoredEvent
+from playgate.bus.protocol import conflict_message
 from playgate.domain import (
-    ID_PATTERN,
-    MAX_ID_LEN,
     ApiKey,
     Decision,
     Device,
     KeyScope,
-    OutagePolicy,
     Plan,
     PlayRequest,
-    Policy,
-    Rules,
     Stream,
     User,
     Video,
 )
-from playgate.policy import FIELDS, rules_from_json, rules_to_json
+from playgate.policy import FIELDS, rules_to_json
+from playgate.wire import (
+    DeviceId,
+    DeviceName,
+    DeviceSecret,
+    Id,
+    Input,
+    Kinds,
+    Limit,
+    Name,
+    Networks,
+    Password,
+    RulesWire,
+    ShadowRules,
+    StreamId,
+    Text,
+    VideoUrl,
+    Wire,
+    iso,
+)
 
-# Ids, names and keys: printable, no control characters, bounded.
-Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
-# A stream id may carry its user's id (the Redis ledger's do, hex-encoded: up to 2 x 64 + 25 characters).
-MAX_STREAM_ID_LEN = 160
 MAX_REPLACED = 64  # stream ids one play request may name to replace
-StreamId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STREAM_ID_LEN, pattern=ID_PATTERN)]
-# A request id names its user as a stream id does (domain.owned_id): as long.
-RequestId = StreamId
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
-
-
-def _playable(url: str) -> str:
-    """A video URL a player may be sent to: http(s), or a path on this server (the media folder); never
-    `javascript:`, `data:` and the like."""
-    if re.search(r"[\x00-\x20\x7f]", url):
-        raise ValueError("a video URL has no spaces or control characters (write a space as %20)")
-    if url.startswith("/") and not url.startswith("//"):
-        return url
-    scheme, colon, rest = url.partition(":")
-    if colon and scheme.lower() in ("http", "https") and rest.startswith("//") and len(rest) > 2:
-        return url
-    raise ValueError("a video URL is http(s)://… or a path on this server such as /media/clip.mp4")
-
-
-VideoUrl = Annotated[str, StringConstraints(min_length=1, max_length=2000), AfterValidator(_playable)]
-Password = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Limit = Annotated[int, Field(ge=0, le=10_000)]
-DeviceSecret = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
-DeviceName = Annotated[str, StringConstraints(min_length=1, max_length=80, pattern=r"^[^\x00-\x1f\x7f]+$")]
-KindTag = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
-Kinds = Annotated[list[KindTag], Field(max_length=20, description="Kind tags, such as `live`, `vod`, `uhd`.")]
-Network = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[0-9A-Fa-f.:/]+$")]
-Networks = Annotated[
-    list[Network],
-    Field(max_length=20, description="The household's networks in CIDR form (`203.0.113.0/24`); [] for none."),
-]
-
-
-def iso(epoch_s: float) -> str:
-    """Epoch seconds as ISO-8601 UTC with milliseconds and a Z."""
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class Wire(BaseModel):
-    """Base of every body: camelCase on the wire, snake_case in Python."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
-
-
-class Input(Wire):
-    """Base of request bodies: unknown fields are an error, not silently dropped."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class Status(Wire):
@@ -159,69 +117,6 @@ class AdminVideoOut(VideoOut):
     def of(cls, video: Video) -> AdminVideoOut:
         """From the domain object."""
         return cls(**VideoOut.of(video).model_dump(), source=video.source)
-
-
-class RulesWire(Wire):
-    """The rules of a plan beside its total: absent or null is no such cap."""
-
-    on_limit: Policy | None = Field(
-        None,
-        description="At the total limit: `deny` the new request, `evict_oldest` (end the oldest stream), or "
-        "`evict_oldest_on_same_device_first` (the oldest on the asking device, else the oldest). Under an "
-        "eviction policy a kind, title or household cap evicts the oldest stream it counts as well. "
-        "null: the deployment's PLAYGATE_POLICY.",
-    )
-    kinds: dict[KindTag, Limit] | None = Field(
-        None, description='Caps per kind tag inside the total, such as `{"uhd": 1, "live": 2}`.'
-    )
-    max_per_title: Limit | None = Field(None, description="Streams of one video at a time.")
-    max_devices: Limit | None = Field(
-        None, description="Distinct devices that started a stream within deviceWindowDays; a new one is denied."
-    )
-    device_window_days: Annotated[float, Field(gt=0, le=3650)] | None = Field(
-        None, description="How long a device stays registered after its last stream start (default 30)."
-    )
-    max_away_streams: Limit | None = Field(
-        None, description="Streams from outside the account's household networks (none set: all are home)."
-    )
-    on_outage: OutagePolicy | None = Field(
-        None,
-        description="New plays while the stream ledger's store is down: `deny` (503) or `allow` (decided by the API "
-        "within the limit as far as it knows the user's streams, written back after). null: the deployment's "
-        "PLAYGATE_OUTAGE_POLICY.",
-    )
-
-    def rules(self) -> Rules:
-        """The domain rules these fields say."""
-        return rules_from_json(self.model_dump(by_alias=True, include=_RULE_NAMES, exclude_none=True))
-
-
-_RULE_NAMES = {
-    "on_limit",
-    "kinds",
-    "max_per_title",
-    "max_devices",
-    "device_window_days",
-    "max_away_streams",
-    "on_outage",
-}
-
-
-class ShadowRules(RulesWire):
-    """A policy decided beside the enforced one, never enforced: its would-be denials are counted and listed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_streams: Limit | None = Field(None, description="Its total; null: the user's limit.")
-
-    def rules(self) -> Rules:
-        """The domain rules these fields say, with the total."""
-        return rules_from_json(self.model_dump(by_alias=True, include={*_RULE_NAMES, "max_streams"}, exclude_none=True))
-
-    @classmethod
-    def of(cls, rules: Rules) -> ShadowRules:
-        """From the domain rules."""
-        return cls.model_validate(rules_to_json(rules))
 
 
 class PlanOut(RulesWire):
@@ -311,15 +206,8 @@ class ConflictOut(Wire):
 
     @classmethod
     def of(cls, stream: Stream, lease_s: float) -> ConflictOut:
-        """From a stream; its last sign of life is one lease before it runs out."""
-        return cls(
-            stream_id=stream.id,
-            video_id=stream.video_id,
-            device_id=stream.device_id,
-            device_name=stream.device_name,
-            started_at=iso(stream.started_at),
-            last_seen_at=iso(max(stream.started_at, stream.expires_at - lease_s)),
-        )
+        """From a stream, as the fan-out shapes it for a socket (bus.protocol.conflict_message)."""
+        return cls.model_validate(conflict_message(stream, lease_s))
 
 
 class TokenIn(Input):

@@ -13,11 +13,11 @@ import socketio
 
 from playgate.api.errors import error_fields
 from playgate.api.legacy_socketio import LegacyAwareServer
-from playgate.api.schemas import MAX_STREAM_ID_LEN, iso
 from playgate.bus.protocol import SocketJson, user_room
 from playgate.domain import ID_PATTERN, Stream
 from playgate.errors import Invalid, PlayGateError, TooManyRequests
 from playgate.service import PlayGate
+from playgate.wire import MAX_STREAM_ID_LEN, iso
 
 log = logging.getLogger("playgate.socket")
 

@@ -12,6 +12,7 @@ import orjson
 
 from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason, Stream
 from playgate.metrics import Metrics
+from playgate.wire import iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +194,19 @@ def decision_message(
     if decision.reason is Reason.limit_reached:
         body["conflicts"] = conflicts or []
     return body
+
+
+def conflict_message(stream: Stream, lease_s: float) -> dict[str, Any]:
+    """One of a denial's `conflicts` (API.md): a stream holding the limit, enough for a player to offer to stop it;
+    its last sign of life is one lease before it runs out. The HTTP answer's ConflictOut has this shape."""
+    return {
+        "streamId": stream.id,
+        "videoId": stream.video_id,
+        "deviceId": stream.device_id,
+        "deviceName": stream.device_name,
+        "startedAt": iso(stream.started_at),
+        "lastSeenAt": iso(max(stream.started_at, stream.expires_at - lease_s)),
+    }
 
 
 def ended_message(ended: EndedStream) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Path, Query, Response
 
 from playgate.api.deps import Caller, GateDep
 from playgate.api.errors import problem_responses
-from playgate.api.schemas import DeviceOut, HouseholdIO, Id, ShadowDenialOut, iso
+from playgate.api.schemas import DeviceOut, HouseholdIO, ShadowDenialOut
+from playgate.wire import Id, iso
 
 router = APIRouter(prefix="/v1", tags=["account"])
 

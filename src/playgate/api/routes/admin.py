@@ -11,7 +11,6 @@ from playgate.api.deps import Admin, CatalogDep, ContentDep, GateDep, Reader
 from playgate.api.errors import problem_responses
 from playgate.api.schemas import (
     AdminVideoOut,
-    Id,
     ImportOut,
     KeyCreated,
     KeyIn,
@@ -32,6 +31,7 @@ from playgate.api.schemas import (
 from playgate.catalog.bulk import PLANS, VIDEOS
 from playgate.imports import MAX_ROWS, KindName, format_of
 from playgate.policy import parse_networks
+from playgate.wire import Id
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 

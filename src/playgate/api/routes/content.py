@@ -12,8 +12,8 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from playgate.api.deps import CatalogDep, ContentDep
 from playgate.api.errors import problem, problem_responses
-from playgate.api.schemas import Id, StreamId
 from playgate.media import RangeNotSatisfiable, content_type, is_playlist, parse_range, rewrite_playlist
+from playgate.wire import Id, StreamId
 
 router = APIRouter(tags=["content"])
 

@@ -12,8 +12,9 @@ from fastapi.responses import StreamingResponse
 
 from playgate.api.deps import Caller, GateDep
 from playgate.api.errors import problem_responses
-from playgate.api.schemas import EventOut, EventsOut, Id
+from playgate.api.schemas import EventOut, EventsOut
 from playgate.audit import PAGE_MAX, StoredEvent
+from playgate.wire import Id
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 

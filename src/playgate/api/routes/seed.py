@@ -9,9 +9,10 @@ from fastapi import APIRouter, Path, Query, Response
 
 from playgate.api.deps import Admin, Caller, CatalogDep, ClientAddress, GateDep
 from playgate.api.errors import RATE_LIMITED, problem_responses
-from playgate.api.schemas import Id, Name, SeedPlayData, SeedPlayOut, SeedPlayStatus, StreamOut, UserOut, VideoOut
+from playgate.api.schemas import SeedPlayData, SeedPlayOut, SeedPlayStatus, StreamOut, UserOut, VideoOut
 from playgate.errors import Forbidden, Invalid
 from playgate.service import PlayGate, Principal
+from playgate.wire import Id, Name
 
 router = APIRouter(tags=["seed"])
 

@@ -9,23 +9,13 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from playgate.api.deps import Caller, ClientAddress, ContentDep, GateDep
 from playgate.api.errors import RATE_LIMITED, problem_responses
-from playgate.api.schemas import (
-    ConflictOut,
-    DeviceId,
-    HeartbeatOut,
-    Id,
-    PlayIn,
-    PlayOut,
-    RequestId,
-    StreamId,
-    StreamOut,
-    iso,
-)
+from playgate.api.schemas import ConflictOut, HeartbeatOut, PlayIn, PlayOut, StreamOut
 from playgate.devices import clean_name, device_name
 from playgate.domain import Decision, PlayRequest, Reason
 from playgate.errors import Invalid
 from playgate.media import ContentGate
 from playgate.service import MAX_WAIT_S, PlayGate
+from playgate.wire import DeviceId, Id, RequestId, StreamId, iso
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
