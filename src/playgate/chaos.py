@@ -327,23 +327,20 @@ class Run:
 
     async def _kill_and_restart(self, role: str) -> float:
         process = self._process(role)
-        assert process.popen is not None
-        url = f"http://127.0.0.1:{process.port}"
         if role == "api":
-            self.target.base_urls.remove(url)  # the load balancer takes it out
-        began = time.monotonic()
-        process.popen.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(process.popen.wait, 10)
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(self.target.restart, process)
-        return time.monotonic() - began
+            self.target.base_urls.remove(f"http://127.0.0.1:{process.port}")  # the load balancer takes it out
+        return await self._stop_and_restart(process, signal.SIGKILL, wait_s=10)
 
     async def _restart_redis(self) -> float:
-        process = self._process("redis")
+        # SIGTERM: it writes its append-only file and exits.
+        return await self._stop_and_restart(self._process("redis"), signal.SIGTERM, wait_s=20)
+
+    async def _stop_and_restart(self, process: ServerProcess, stop: signal.Signals, wait_s: float) -> float:
+        """Send `stop`, wait for the exit, start the process again; the seconds it took."""
         assert process.popen is not None
         began = time.monotonic()
-        process.popen.send_signal(signal.SIGTERM)  # it writes its append-only file and exits
-        await asyncio.to_thread(process.popen.wait, 20)
+        process.popen.send_signal(stop)
+        await asyncio.to_thread(process.popen.wait, wait_s)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(self.target.restart, process)
         return time.monotonic() - began
