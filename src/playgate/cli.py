@@ -29,7 +29,7 @@ from playgate.domain import KeyScope
 from playgate.errors import ConfigError, NotFound, PlayGateError
 from playgate.imports import SCHEMAS, Format, KindName, check, csv_records, format_of, ndjson_records, records, store
 from playgate.logs import configure_logging
-from playgate.runtime import Role, open_catalog, preflight, prepare_catalog, reset_data, run_worker
+from playgate.runtime import Role, catalog_on, open_catalog, preflight, prepare_catalog, reset_data, run_worker
 from playgate.security import TokenIssuer
 from playgate.webhooks import DELIVERED, FAILED, PENDING, delivery_log, replay
 
@@ -242,18 +242,7 @@ def db_reset(yes: bool) -> None:
 @main.command()
 def demo() -> None:
     """Load the demo catalogue (users user1..user3, videos 1..6) where missing."""
-    settings = _settings(demo=True)
-
-    async def load() -> bool:
-        await upgrade(settings.resolved_database_url)
-        engine, catalog = open_catalog(settings, time.time)
-        try:
-            return await catalog.load_demo()
-        finally:
-            await catalog.close()
-            await engine.dispose()
-
-    added = _run(load)
+    added = _with_catalog(lambda catalog: catalog.load_demo(), _settings(demo=True))
     click.echo("demo catalogue loaded" if added else "demo catalogue already there")
 
 
@@ -285,21 +274,19 @@ def keys() -> None:
     """API keys for a platform's backend: create (printed once), list, revoke."""
 
 
-def _with_catalog(work: Callable[[Catalog], Awaitable[T]]) -> T:
+def _with_catalog(work: Callable[[Catalog], Awaitable[T]], settings: Settings | None = None) -> T:
     """Run `work` on the catalogue of PLAYGATE_DATABASE_URL (migrated first), then close it."""
-    settings = _settings()
+    settings = settings or _settings()
 
-    async def run() -> T:
-        await upgrade(settings.resolved_database_url)
-        engine, catalog = open_catalog(settings, time.time)
+    async def on_engine(engine: AsyncEngine) -> T:
+        catalog = catalog_on(engine, settings, time.time)
         try:
             return await work(catalog)
         finally:
             await catalog.keys.flush()
             await catalog.close()
-            await engine.dispose()
 
-    return _run(run)
+    return _with_engine(on_engine, settings)
 
 
 @keys.command("create")
@@ -338,9 +325,9 @@ def webhooks() -> None:
     """Webhooks to PLAYGATE_WEBHOOK_URLS: the delivery log, and replays of past events."""
 
 
-def _with_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+def _with_engine(work: Callable[[AsyncEngine], Awaitable[T]], settings: Settings | None = None) -> T:
     """Run `work` on an engine of PLAYGATE_DATABASE_URL (migrated first), then dispose of it."""
-    settings = _settings()
+    settings = settings or _settings()
 
     async def run() -> T:
         await upgrade(settings.resolved_database_url)

@@ -76,7 +76,12 @@ def open_catalog(settings: Settings, clock: Callable[[], float]) -> tuple[AsyncE
     """The catalogue engine and service for the configured database."""
     # Reads stay deferred (no write lock on the hot path); Catalog writes on an immediate engine of its own.
     engine = create_engine(settings.resolved_database_url)
-    catalog = Catalog(
+    return engine, catalog_on(engine, settings, clock)
+
+
+def catalog_on(engine: AsyncEngine, settings: Settings, clock: Callable[[], float]) -> Catalog:
+    """The catalogue service over `engine`, with the defaults the settings give."""
+    return Catalog(
         engine,
         default_limit=settings.default_limit,
         cache_ttl_s=settings.cache_ttl_s,
@@ -85,7 +90,6 @@ def open_catalog(settings: Settings, clock: Callable[[], float]) -> tuple[AsyncE
         default_policy=settings.policy,
         default_shadow=settings.shadow_rules,
     )
-    return engine, catalog
 
 
 async def prepare_catalog(settings: Settings, catalog: Catalog) -> None:
