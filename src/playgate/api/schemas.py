@@ -168,6 +168,11 @@ class HouseholdIO(Input):
 
     networks: Networks
 
+    @classmethod
+    def of(cls, user: User) -> HouseholdIO:
+        """The user's networks as stored."""
+        return cls(networks=list(user.household))
+
 
 class StreamOut(Wire):
     """An active stream."""

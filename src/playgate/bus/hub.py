@@ -37,10 +37,10 @@ import orjson
 import socketio
 
 from playgate.bus.local import LocalQueue
-from playgate.bus.protocol import EVERY_USER_ROOM, Emitter, EmittingFanout, user_room
+from playgate.bus.protocol import EVERY_USER_ROOM, Conflicts, Emitter, EmittingFanout, user_room
 from playgate.bus.redis import request_from_json, request_to_json
 from playgate.connections import decision_from_json, decision_to_json
-from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Stream
+from playgate.domain import Decision, EndedStream, Outcome, PlayRequest
 from playgate.errors import Unavailable
 
 log = logging.getLogger("playgate.bus")
@@ -123,7 +123,7 @@ class GroupFanout(EmittingFanout):
         self,
         send: Callable[[list[Emit], list[dict[str, Any]]], None],
         playback_url: Callable[[Decision], str | None] | None = None,
-        conflicts: Callable[[Sequence[Stream]], list[dict[str, Any]]] | None = None,
+        conflicts: Conflicts | None = None,
         *,
         local: Emitter | None = None,
         to_every_user_room: bool = False,
@@ -443,7 +443,7 @@ class MemberFanout(GroupFanout):
         link: MemberLink,
         local: Emitter,
         playback_url: Callable[[Decision], str | None] | None = None,
-        conflicts: Callable[[Sequence[Stream]], list[dict[str, Any]]] | None = None,
+        conflicts: Conflicts | None = None,
         *,
         to_every_user_room: bool = False,
     ) -> None:

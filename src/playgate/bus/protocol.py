@@ -196,6 +196,10 @@ def decision_message(
     return body
 
 
+# Shapes the streams holding a denial's limit as its `conflicts` (conflict_message, with the deployment's lease).
+Conflicts = Callable[[Sequence[Stream]], list[dict[str, Any]]]
+
+
 def conflict_message(stream: Stream, lease_s: float) -> dict[str, Any]:
     """One of a denial's `conflicts` (API.md): a stream holding the limit, enough for a player to offer to stop it;
     its last sign of life is one lease before it runs out. The HTTP answer's ConflictOut has this shape."""
@@ -228,7 +232,7 @@ class EmittingFanout:
         self,
         emitter: Emitter,
         playback_url: Callable[[Decision], str | None] | None = None,
-        conflicts: Callable[[Sequence[Stream]], list[dict[str, Any]]] | None = None,
+        conflicts: Conflicts | None = None,
         *,
         to_every_user_room: bool = False,
     ) -> None:

@@ -33,7 +33,7 @@ import socketio
 from redis import exceptions as redis_errors
 from redis.asyncio import RedisCluster
 
-from playgate.bus.protocol import BatchingEmitter, Delivery, Emitter, EmittingFanout
+from playgate.bus.protocol import BatchingEmitter, Conflicts, Delivery, Emitter, EmittingFanout
 from playgate.connections import (
     DECISIONS_CHANNEL,
     GROUP,
@@ -49,7 +49,7 @@ from playgate.connections import (
     ready,
     translate_redis_errors,
 )
-from playgate.domain import Decision, Outcome, PlayRequest, Stream, id_owner
+from playgate.domain import Decision, Outcome, PlayRequest, id_owner
 
 log = logging.getLogger("playgate.bus")
 
@@ -600,7 +600,7 @@ class RedisFanout(EmittingFanout):
         url: str,
         emitter: Emitter,
         playback_url: Callable[[Decision], str | None] | None = None,
-        conflicts: Callable[[Sequence[Stream]], list[dict[str, Any]]] | None = None,
+        conflicts: Conflicts | None = None,
         *,
         to_every_user_room: bool = False,
     ) -> None:

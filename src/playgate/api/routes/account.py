@@ -58,8 +58,7 @@ async def forget_device(
 @router.get("/household", summary="The household's networks", responses=ERRORS)
 async def get_household(gate: GateDep, caller: Caller, user_id: ForUser = None) -> HouseholdIO:
     """The networks (CIDR) a stream must come from to count as at home."""
-    user = await gate.user(caller, user_id)
-    return HouseholdIO(networks=list(user.household))
+    return HouseholdIO.of(await gate.user(caller, user_id))
 
 
 @router.put(
@@ -72,8 +71,7 @@ async def get_household(gate: GateDep, caller: Caller, user_id: ForUser = None) 
 )
 async def set_household(gate: GateDep, caller: Caller, body: HouseholdIO, user_id: ForUser = None) -> HouseholdIO:
     """200 with the networks as stored (normalised)."""
-    user = await gate.set_household(caller, body.networks, user_id)
-    return HouseholdIO(networks=list(user.household))
+    return HouseholdIO.of(await gate.set_household(caller, body.networks, user_id))
 
 
 @router.get(

@@ -23,7 +23,7 @@ async def root(request: Request) -> Response | Status:
     """Health for programs; the web app for browsers."""
     if "text/html" in request.headers.get("accept", "") and request.app.state.web_app:
         return RedirectResponse("/app/", status_code=303)
-    return Status(status="ok", version=__version__)
+    return await healthz()
 
 
 @router.get(
