@@ -183,7 +183,8 @@ class Settings(BaseSettings):
         ge=1,
         le=1024,
         description="Redis Cluster: streams of the request queue, spread over the primaries (a user's requests stay "
-        "on one). Change it only with the queue empty: requests left in a shard that is no longer read stay there.",
+        "on one, each read by one worker at a time: more workers than shards leaves some idle). Change it only with "
+        "the queue empty: requests left in a shard that is no longer read stay there.",
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted.")
     log_level: str = Field("info", description="debug, info, warning or error.")

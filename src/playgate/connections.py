@@ -239,6 +239,17 @@ class QueueShard:
         """The marker of a request of this shard still owed a decision."""
         return f"{self.marker_prefix}{request_id}"
 
+    @property
+    def owner_key(self) -> str:
+        """The worker that alone reads this shard for now (its consumer name, under a lease): so that one user's
+        requests are decided in the order they arrived."""
+        return f"{self.requests_key}:owner"
+
+    @property
+    def workers_key(self) -> str:
+        """The live workers (sorted set, consumer -> last seen, Redis's ms); kept beside the first shard."""
+        return f"{self.requests_key}:workers"
+
 
 @dataclass(frozen=True, slots=True)
 class KeyLayout:

@@ -15,6 +15,7 @@ from playgate.ledger.redis import RedisLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
 from tests.contract.conftest import Recorder
+from tests.support.redis_cluster import RedisCluster
 
 QueueFactory = Callable[..., RedisQueue]
 POISON = "7531-poison"  # a request id naming its user u1, as the service's do (a cluster finds its decision so)
@@ -137,3 +138,34 @@ async def test_the_ledger_decides_on_after_redis_forgets_its_scripts(redis_url: 
         assert outcomes[0].decision == first.decision  # decided once, whatever the retry
     finally:
         await ledger.close()
+
+
+async def test_on_a_cluster_one_user_s_requests_reach_one_worker_at_a_time(redis_cluster: RedisCluster) -> None:
+    """Two workers on the sharded queue: while one holds a user's undecided request, the other is not handed the
+    user's next one (it would decide it first, out of arrival order); once acknowledged, the next goes to one
+    worker, once."""
+    redis_cluster.flush()
+    first, second = (
+        RedisQueue(
+            redis_cluster.url, consumer=name, claim_idle_s=0.4, maxlen=10_000, pending_ttl_s=60.0, max_attempts=5
+        )
+        for name in ("worker-a", "worker-b")
+    )
+    try:
+        await first.put(play("r1"))
+        held = await first.take(10, wait_s=1.0)
+        assert [d.request.request_id for d in held] == ["r1"]
+        await first.put(play("r2"))
+        assert await second.take(10, wait_s=0.3) == []
+        await first.ack(held)
+        taken: list[str] = []
+        deadline = time.monotonic() + 10.0
+        while not taken and time.monotonic() < deadline:  # the shard may be dealt to either worker
+            for queue in (first, second):
+                batch = await queue.take(10, wait_s=0.1)
+                taken += [d.request.request_id for d in batch]
+                await queue.ack(batch)
+        assert taken == ["r2"]
+    finally:
+        await first.close()
+        await second.close()

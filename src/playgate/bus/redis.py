@@ -50,6 +50,7 @@ from playgate.connections import (
     translate_redis_errors,
 )
 from playgate.domain import Decision, Outcome, PlayRequest, id_owner
+from playgate.errors import Unavailable
 
 log = logging.getLogger("playgate.bus")
 
@@ -268,8 +269,10 @@ class RedisQueue:
 
     On a single server there is one stream. On a cluster there are `shards` streams (connections.QueueShard), each
     in one slot spread over the primaries, each with its own group: a request goes to its user's shard, so that one
-    user's requests keep their order on one stream and no single key carries all traffic; every worker reads every
-    shard (the fullest first share of a batch from each, then the rest from those that had more).
+    user's requests keep their order on one stream and no single key carries all traffic. Each shard is read by one
+    worker at a time (the shards dealt out among the live workers, each held under a lease: _hold_shards), so one
+    user's requests are decided in arrival order; a worker reads its shards a share of a batch from each, then the
+    rest from those that had more.
 
     An entry is acknowledged only after its decision is committed and published (the Worker calls ack then).
     Entries left pending longer than claim_idle_s (their worker died) are claimed by another worker, shard by shard;
@@ -294,6 +297,8 @@ class RedisQueue:
         self._shards = self._layout.queue_shards(shards)
         self._enqueue = self._redis.register_script(_script("enqueue.lua"))
         self._ack = self._redis.register_script(_script("ack.lua"))
+        self._own = self._redis.register_script(_script("own.lua"))
+        self._live = self._redis.register_script(_script("workers.lua"))
         self.consumer = consumer
         self._claim_idle_ms = max(1, round(claim_idle_s * 1000))
         self._claim_every_s = max(0.05, min(1.0, claim_idle_s / 2))
@@ -302,6 +307,10 @@ class RedisQueue:
         self._max_attempts = max_attempts
         self._clock = clock
         self._next_claim_at = 0.0
+        # Several shards: each is read by one worker at a time (own.lua), the shards dealt out among the live
+        # workers; `_owned` are this worker's, renewed every _claim_every_s (the lease: claim_idle_s).
+        self._owned: list[QueueShard] = self._shards if len(self._shards) == 1 else []
+        self._next_own_at = 0.0
         self._next_shard = 0  # where the next read starts and the next blocking read waits: the shards in turn
         self._group_ready = False
         self._released: list[Delivery] = []
@@ -342,6 +351,9 @@ class RedisQueue:
         async with translate_redis_errors():
             await self._ensure_groups()
             batch = await self._reclaim_released(max_items)
+            if self._reading and len(self._shards) > 1 and self._clock() >= self._next_own_at:
+                batch += await self._hold_shards(max_items - len(batch))
+                self._next_own_at = self._clock() + self._claim_every_s
             if self._reading and len(batch) < max_items and self._clock() >= self._next_claim_at:
                 batch += await self._claim_idle(max_items - len(batch))
                 self._next_claim_at = self._clock() + self._claim_every_s
@@ -375,10 +387,51 @@ class RedisQueue:
         return [Delivery(d.request, d.attempts + 1, d.receipt) for d in chosen]
 
     def _in_turn(self) -> list[QueueShard]:
-        """Every shard, starting from the next one in turn (so that no shard is always read last)."""
-        start = self._next_shard
-        self._next_shard = (start + 1) % len(self._shards)
-        return self._shards[start:] + self._shards[:start]
+        """Every shard this worker reads, starting from the next one in turn (so that no shard is always read
+        last)."""
+        if not self._owned:
+            return []
+        start = self._next_shard % len(self._owned)
+        self._next_shard = (start + 1) % len(self._owned)
+        return self._owned[start:] + self._owned[:start]
+
+    async def _hold_shards(self, max_items: int) -> list[Delivery]:
+        """Deal the shards out among the live workers (shard i to the i mod n-th by name), hold this worker's and
+        give up the others; returns what earlier owners left pending in the shards just taken (claimed at once,
+        before any newer entry is read, so that a user's requests keep their order across a hand-over).
+
+        A shard is taken only once its former owner gave it up (after its batch was acknowledged) or stopped
+        renewing it for claim_idle_s (it died): two workers never read one shard at once, unless one stalls longer
+        than that.
+        """
+        lease_ms = str(self._claim_idle_ms)
+        live = [
+            str(c) for c in await self._live(keys=[self._shards[0].workers_key], args=[self.consumer, lease_ms, "0"])
+        ]
+        rank = live.index(self.consumer) if self.consumer in live else 0
+        keep = {d.receipt[0] for d in self._released}  # retried entries stay with this worker
+        wanted = [s for s in self._shards if s.index % max(1, len(live)) == rank or s.index in keep]
+        held = await asyncio.gather(
+            *(
+                self._own(keys=[s.owner_key], args=[self.consumer, lease_ms, "1" if s in wanted else "0"])
+                for s in self._shards
+            )
+        )
+        self._owned = [s for s, answer in zip(self._shards, held, strict=True) if int(answer) > 0]
+        batch: list[Delivery] = []
+        for shard, answer in zip(self._shards, held, strict=True):
+            if int(answer) == 2 and len(batch) < max_items:
+                batch += await self._claim_idle_in(shard, max_items - len(batch), idle_ms=0)
+        return batch
+
+    async def _give_up_shards(self) -> None:
+        """Leave the live workers and give up every shard held, so that the others take them at once."""
+        if len(self._shards) == 1 or self._next_own_at == 0.0:
+            return  # never read (an API process's queue)
+        lease_ms = str(self._claim_idle_ms)
+        await self._live(keys=[self._shards[0].workers_key], args=[self.consumer, lease_ms, "1"])
+        await asyncio.gather(*(self._own(keys=[s.owner_key], args=[self.consumer, lease_ms, "0"]) for s in self._owned))
+        self._owned = []
 
     async def _claim_idle(self, max_items: int) -> list[Delivery]:
         """XAUTOCLAIM entries idle longer than claim_idle_s, shard after shard; their attempts from XPENDING."""
@@ -389,10 +442,15 @@ class RedisQueue:
             batch += await self._claim_idle_in(shard, max_items - len(batch))
         return batch
 
-    async def _claim_idle_in(self, shard: QueueShard, max_items: int) -> list[Delivery]:
+    async def _claim_idle_in(self, shard: QueueShard, max_items: int, idle_ms: int | None = None) -> list[Delivery]:
         try:
             reply = await self._redis.xautoclaim(
-                shard.requests_key, GROUP, self.consumer, self._claim_idle_ms, start_id="0-0", count=max_items
+                shard.requests_key,
+                GROUP,
+                self.consumer,
+                self._claim_idle_ms if idle_ms is None else idle_ms,
+                start_id="0-0",
+                count=max_items,
             )
         except redis_errors.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -422,6 +480,9 @@ class RedisQueue:
         if len(self._shards) == 1:
             block_ms = max(1, round(wait_s * 1000)) if wait_s > 0 else None
             return await self._read(self._shards[0], max_items, block_ms)
+        if not self._owned:  # more workers than shards: this one waits until a shard is dealt to it
+            await asyncio.sleep(min(wait_s, self._claim_every_s))
+            return []
         batch = await self._read_shares(max_items)
         deadline = time.monotonic() + wait_s
         for _ in range(MAX_BLOCKING_READS):  # bounded; ends at the deadline long before
@@ -588,7 +649,12 @@ class RedisQueue:
             await self._redis.ping()
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Give up the shards this worker read, then close the connection pool."""
+        try:
+            async with translate_redis_errors():
+                await self._give_up_shards()
+        except Unavailable as exc:
+            log.warning("could not give up the queue shards (%s): others take them after the lease", exc)
         await self._redis.aclose()
 
 
