@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from playgate.domain import Decision, OutagePolicy, PlayRequest, Reason, Status, Stream
+from playgate.domain import Decision, EndedStream, OutagePolicy, Outcome, PlayRequest, Reason, Status, Stream
 from playgate.errors import Unavailable
 from playgate.metrics import Metrics
 
@@ -24,6 +24,9 @@ log = logging.getLogger("playgate.outage")
 
 # Streams one process remembers for the outage branch; the least recently seen go first beyond it.
 MAX_CACHED_STREAMS = 200_000
+# Stream ends one process could not announce while the store (and the fan-out on it) was down, kept to announce
+# once it answers; the oldest go first beyond it.
+MAX_UNANNOUNCED = 100_000
 # While the store is down, at most one request a PROBE_INTERVAL_S tries it; the others are answered at once from
 # the cache (a frozen Redis would hold each one for the client's socket timeout).
 PROBE_INTERVAL_S = 1.0
@@ -81,17 +84,19 @@ def _stream_of(request: PlayRequest, stream_id: str, started_at: float, expires_
 @dataclass
 class Reconciliation:
     """What an outage left to write back once the store answers: streams to restore (admitted under `allow`, or
-    kept playing in the grace), decisions to keep, streams stopped meanwhile."""
+    kept playing in the grace), decisions to keep, streams stopped meanwhile (and why), and the stream ends that
+    could not be announced."""
 
     streams: list[Stream] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
-    stopped: dict[str, str] = field(default_factory=dict)  # stream id -> user id
+    stopped: dict[str, tuple[str, Reason]] = field(default_factory=dict)  # stream id -> user id, why
+    unannounced: list[EndedStream] = field(default_factory=list)
     down_s: float = 0.0
 
     @property
     def empty(self) -> bool:
         """Nothing to write back."""
-        return not (self.streams or self.decisions or self.stopped)
+        return not (self.streams or self.decisions or self.stopped or self.unannounced)
 
 
 class Outage:
@@ -120,7 +125,8 @@ class Outage:
         self._honoured: set[str] = set()
         self._admitted: dict[str, Stream] = {}
         self._decisions: dict[str, Decision] = {}
-        self._stopped: dict[str, str] = {}
+        self._stopped: dict[str, tuple[str, Reason]] = {}
+        self._unannounced: deque[EndedStream] = deque(maxlen=MAX_UNANNOUNCED)
         self._set_mode(Mode.normal)
 
     # ---- state ------------------------------------------------------------------------------------------
@@ -191,6 +197,7 @@ class Outage:
             + [s for sid, s in self._admitted.items() if sid not in self._leases],
             decisions=list(self._decisions.values()),
             stopped=dict(self._stopped),
+            unannounced=list(self._unannounced),
             down_s=now - self.since,
         )
         self.since = None
@@ -198,6 +205,7 @@ class Outage:
         self._admitted.clear()
         self._decisions.clear()
         self._stopped.clear()
+        self._unannounced.clear()
         self._set_mode(Mode.normal)
         return work
 
@@ -209,6 +217,7 @@ class Outage:
             self._honoured.add(stream.id)
         self._decisions.update({d.request_id: d for d in work.decisions})
         self._stopped.update(work.stopped)
+        self._unannounced.extendleft(reversed(work.unannounced))
         if self.since is not None:
             self.since = min(self.since, self._clock() - work.down_s)
 
@@ -254,23 +263,28 @@ class Outage:
         self._honoured.add(stream_id)
         return renewed
 
-    def stopped(self, stream_id: str, user_id: str) -> Stream | None:
-        """A stop while the store is down: the stream leaves the cache, and is stopped in the store after; the
-        stream it was, if this process knew it."""
+    def stopped(self, stream_id: str, user_id: str, reason: Reason = Reason.stopped) -> Stream | None:
+        """A stop while the store is down: the stream leaves the cache, and is stopped in the store after (its end
+        recorded there with `reason`); the stream it was, if this process knew it."""
         known = self._leases.pop(stream_id, None)
         if known is None or known.user_id != user_id:
             return None
-        self._stopped[stream_id] = user_id
+        self._stopped[stream_id] = (user_id, reason)
         self._honoured.discard(stream_id)
         self._admitted.pop(stream_id, None)
         return known
 
+    def unannounced(self, ended: Iterable[EndedStream]) -> None:
+        """Stream ends the fan-out could not carry while the store was down: announced once it answers."""
+        self._unannounced.extend(ended)
+
     # ---- new plays --------------------------------------------------------------------------------------
 
-    def decide(self, request: PlayRequest, limit: int, policy: OutagePolicy | None = None) -> Decision:
+    def decide(self, request: PlayRequest, limit: int, policy: OutagePolicy | None = None) -> Outcome:
         """A new play while the store is down, by `policy` (the user's plan's `onOutage`), else the deployment's:
         OutageRefused under `deny` (or past the grace); under `allow`, an allowed decision while the user's streams
-        known here are below `limit` (a denial at the limit), kept to be written back."""
+        known here are below `limit` (a denial at the limit), kept to be written back, with the streams it
+        replaced (the asking device's own, or those the request named), ended as `replaced`."""
         now = self._clock()
         policy = policy or self.policy
         if policy is OutagePolicy.deny or self.mode(now) is not Mode.grace:
@@ -296,10 +310,12 @@ class Outage:
             decided_at=now,
             reason=Reason.limit_reached,
         )
+        ended: list[EndedStream] = []
         if len(live) < limit:
             stream = _stream_of(request, outage_stream_id(request.user_id), now, now + self._lease_s)
             for gone in replaced:  # the device's stream before (the episode before the next), stopped after
-                self.stopped(gone.id, gone.user_id)
+                self.stopped(gone.id, gone.user_id, Reason.replaced)
+                ended.append(EndedStream(gone, Reason.replaced))
             self.remember([stream])
             self._admitted[stream.id] = stream
             decision = replace(
@@ -312,7 +328,7 @@ class Outage:
             )
         self._decisions[request.request_id] = decision
         self._metrics.outage_decisions.labels(decision.status.value).inc()
-        return decision
+        return Outcome(decision, tuple(ended))
 
     def decision(self, request_id: str) -> Decision | None:
         """A decision made here during the current outage."""

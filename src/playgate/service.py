@@ -36,12 +36,16 @@ from playgate.metrics import Metrics
 from playgate.outage import Mode, Outage, admitted_in_outage
 from playgate.policy import is_away, parse_networks
 from playgate.ratelimit import UserRate
-from playgate.security import PlatformClaims, PlatformTokens, TokenIssuer
+from playgate.security import PlatformClaims, PlatformTokens, PlaybackClaims, TokenIssuer
 from playgate.throttle import LoginThrottle, Throttled
 
 log = logging.getLogger("playgate.service")
 
 MAX_WAIT_S = 10.0
+# Stream ends an outage kept from the sockets are announced this long after the store answers again: the fan-out's
+# listeners (Redis pub/sub) subscribe again within half a second of it, and pub/sub keeps nothing for a listener
+# that is not subscribed.
+LATE_ANNOUNCE_DELAY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,7 @@ class PlayGate:
         # Callers whose user is not cached, looked up together: with many users (each asking now and then, past
         # the catalogue's cache) one query serves every request that arrived meanwhile.
         self._callers: GroupCommit[str, User | None] = GroupCommit(self._users_of)
+        self._late: set[asyncio.Task[None]] = set()  # late announcements under way (a reference keeps each)
         self._outage = Outage(
             policy=settings.outage_policy,
             grace_s=settings.outage_grace_s,
@@ -359,9 +364,17 @@ class PlayGate:
         return replace(ticket, device_secret=self._devices.secret(ticket.request.user_id, ticket.device_id))
 
     async def _outage_play(self, request: PlayRequest) -> PlayTicket:
-        """A new play while the ledger's store is down: refused (503) or decided here, by PLAYGATE_OUTAGE_POLICY."""
+        """A new play while the ledger's store is down: refused (503) or decided here, by PLAYGATE_OUTAGE_POLICY.
+        A decision is recorded (audit trail, webhooks) as the worker's are, with the streams it replaced, which are
+        announced (once the fan-out answers)."""
         quota = (await self._catalog.quotas([request.user_id]))[request.user_id]
-        decision = self._outage.decide(request, 0 if quota.disabled else quota.limit, quota.rules.on_outage)
+        outcome = self._outage.decide(request, 0 if quota.disabled else quota.limit, quota.rules.on_outage)
+        decision = outcome.decision
+        if self._audit is not None:
+            # Distributed, the catalogue's database is not the store that is down: written now. Embedded, the
+            # ledger records it in its transaction when the decision is written back (Ledger.keep, then stop).
+            self._audit.record_outcomes([outcome])
+        await self._tell(outcome.ended)
         self._metrics.decisions.labels(decision.status.value, decision.why or "").inc()
         return PlayTicket(request, decision)
 
@@ -469,32 +482,42 @@ class PlayGate:
     # ---- streams -----------------------------------------------------------------------------------
 
     async def streams(self, user_id: str) -> list[Stream]:
-        """The user's active streams, oldest first."""
+        """The user's active streams, oldest first (after an outage, once what it left is written back: the stops
+        taken meanwhile are not listed)."""
+        await self._store_back()
         return await self._ledger.streams(user_id)
 
     async def user_streams(self, user_id: str) -> list[Stream]:
         """Another user's active streams, oldest first; 404 for an unknown user."""
         await self._catalog.get_user(user_id)
+        await self._store_back()
         return await self._ledger.streams(user_id)
 
-    async def heartbeat(self, principal: Principal, stream_id: str) -> Stream:
+    async def heartbeat(self, principal: Principal, stream_id: str, playback: PlaybackClaims | None = None) -> Stream:
         """Renew one of the caller's streams (anyone's for an admin or a `plays` key); 404 when it is no longer
-        active."""
+        active. `playback`: the claims of the stream's playback token (checked by the caller), when the player
+        sent it: while the ledger's store does not answer, the stream is honoured from them even on a process
+        that never saw it (the token names its user and video)."""
         owner = principal.user.id if principal.user is not None else None
         if principal.stops_any:
-            stream = await self._ledger.stream(stream_id)
-            owner = stream.user_id if stream is not None else owner
+            if playback is not None:
+                owner = playback.user_id  # signed for this stream: no need to ask the store whose it is
+            else:
+                stream = await self._ledger.stream(stream_id)
+                owner = stream.user_id if stream is not None else owner
         if owner is None:
             raise NotFound(f"Stream {stream_id!r} is not active.")
-        return await self.renew(stream_id, owner)
+        video_id = playback.video_id if playback is not None and playback.user_id == owner else None
+        return await self.renew(stream_id, owner, video_id=video_id)
 
     async def renew(self, stream_id: str, user_id: str, *, slack: float = 0.0, video_id: str | None = None) -> Stream:
         """Renew a stream of `user_id` (any heartbeat: HTTP, socket, media request); NotFound once it has ended,
         naming why (`reason`) when that is known.
 
-        While the ledger's store does not answer, a stream this process knows (or, from the media, whose playback
-        token names its `video_id`) is renewed here for up to PLAYGATE_OUTAGE_GRACE (the outage policy); beyond
-        it, or for a stream unknown here, Unavailable (503)."""
+        While the ledger's store does not answer, a stream this process knows (or whose playback token, sent with
+        the media request or the heartbeat, names its `video_id`) is renewed here for up to PLAYGATE_OUTAGE_GRACE
+        (the outage policy), and counted here from then on; beyond it, or for a stream unknown here without a
+        token, Unavailable (503)."""
         if not self._outage.should_try_store():
             return self._honour(stream_id, user_id, video_id, None)
         try:
@@ -537,15 +560,16 @@ class PlayGate:
             restored = await self._ledger.restore(work.streams)
             await self._ledger.keep(work.decisions)
             stops = 0
-            for stream_id, user_id in work.stopped.items():
-                # Announced `stopped` when the player stopped it; recorded now, by a ledger that records in its
-                # transaction (the embedded one), else by the audit trail's buffer then.
-                stops += len(await self._ledger.stop([stream_id], user_id, reason=Reason.stopped))
+            for stream_id, (user_id, why) in work.stopped.items():
+                # Announced when the player stopped it (or a play under `allow` replaced it); recorded now, by a
+                # ledger that records in its transaction (the embedded one), else by the audit trail's buffer then.
+                stops += len(await self._ledger.stop([stream_id], user_id, reason=why))
         except Unavailable as exc:
             log.warning("outage reconciliation failed (%s): tried again when the store answers", exc)
             self._outage.store_down(exc)
             self._outage.carry(work)
             return
+        self._announce_late(work.unannounced)
         self._metrics.outage_reconciled.labels("streams").inc(restored)
         self._metrics.outage_reconciled.labels("decisions").inc(len(work.decisions))
         self._metrics.outage_reconciled.labels("stops").inc(stops)
@@ -559,6 +583,23 @@ class PlayGate:
             len(work.decisions),
             stops,
         )
+
+    def _announce_late(self, ended: Sequence[EndedStream]) -> None:
+        """Announce the stream ends an outage kept from the sockets (they are recorded already), in the background
+        LATE_ANNOUNCE_DELAY_S from now: the fan-out's listeners may not have subscribed again yet."""
+        if not ended:
+            return
+
+        async def announce() -> None:
+            await asyncio.sleep(LATE_ANNOUNCE_DELAY_S)
+            try:
+                await self._fanout.announce(ended)
+            except Exception as exc:  # the fan-out's client raises its own errors; the ends stay in the audit trail
+                log.warning("%d stream ends of the outage not announced: %s", len(ended), exc)
+
+        task = asyncio.create_task(announce(), name="playgate-late-announcements")
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
 
     async def _renew_stored(self, stream_id: str, user_id: str, *, slack: float = 0.0) -> Stream:
         """renew() on the ledger.
@@ -703,18 +744,24 @@ class PlayGate:
     async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
         ended = [EndedStream(s, reason) for s in streams]
         if ended:
-            self._outage.forget(s.id for s in streams)
             if self._audit is not None:
                 self._audit.record_ended(ended)
-            try:
-                await self._fanout.announce(ended)
-            except Exception as exc:
-                if self._outage.since is None:
-                    raise
-                # The fan-out runs on the store that is down: the players hear it from their next request.
-                log.warning("%d stream ends not announced while the store is down: %s", len(ended), exc)
-            for _ in ended:
-                self._metrics.streams_ended.labels(reason.value).inc()
+            await self._tell(ended)
+
+    async def _tell(self, ended: Sequence[EndedStream]) -> None:
+        """Announce stream ends to their users' sockets (recorded already); while the store is down, once it
+        answers."""
+        if not ended:
+            return
+        self._outage.forget(e.stream.id for e in ended)
+        if self._outage.since is None:
+            await self._fanout.announce(ended)
+        else:
+            # The fan-out may run on the store that is down (Redis: its publisher gives up without raising):
+            # announced once the store answers (the reconciliation).
+            self._outage.unannounced(ended)
+        for item in ended:
+            self._metrics.streams_ended.labels(item.reason.value).inc()
 
     async def _end_all(self, user_id: str) -> None:
         """End all of a disabled or deleted user's streams at once, and tell their players why."""

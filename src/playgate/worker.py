@@ -73,6 +73,7 @@ class Worker:
         self.max_attempts = max_attempts
         self._audit = audit
         self._failures = 0
+        self._held: list[Delivery] = []  # taken, not decided: the ledger's store did not answer
         # After the ledger's store was down, expired leases are not swept for this long: their players could not
         # renew them meanwhile (the outage policy honoured them), and their next heartbeats renew them.
         self.sweep_hold_s = sweep_hold_s
@@ -102,7 +103,7 @@ class Worker:
 
     async def step(self, *, wait_s: float) -> int:
         """Decide one batch; returns how many requests it decided (0 when the queue was empty)."""
-        deliveries = await self._queue.take(self.batch_size, wait_s)
+        deliveries, self._held = self._held or await self._queue.take(self.batch_size, wait_s), []
         if not deliveries:
             self._metrics.queue_lag.set(0)
             return 0
@@ -112,6 +113,13 @@ class Worker:
         healthy = [d for d in deliveries if d.attempts <= self.max_attempts]
         try:
             outcomes = await self._decide(healthy)
+        except Unavailable:
+            # The ledger's store (or the catalogue) does not answer: the requests are not at fault. Kept in hand,
+            # uncounted, and decided first once it answers (a request is decided once, should another worker
+            # claim it meanwhile), not dead-lettered after a long outage, nor lost.
+            self._metrics.ledger_errors.inc()
+            self._held = list(deliveries)
+            raise
         except Exception:
             self._metrics.ledger_errors.inc()
             await self._queue.release(healthy)
@@ -140,6 +148,11 @@ class Worker:
             return
         now = self._clock()
         outcomes = [Outcome(denied(d.request, Reason.error, 0, 0, now)) for d in deliveries]
+        try:
+            await self._ledger.keep([o.decision for o in outcomes])  # GET /v1/plays/{id} tells it too
+        except Unavailable:
+            self._held += deliveries  # denied once the store answers; never left in hand for ever
+            raise
         log.error(
             "giving up on %d request(s) after %d attempts",
             len(deliveries),
@@ -147,7 +160,6 @@ class Worker:
             extra={"request_ids": [d.request.request_id for d in deliveries]},
         )
         self._metrics.dead_lettered.inc(len(deliveries))
-        await self._ledger.keep([o.decision for o in outcomes])  # GET /v1/plays/{id} tells it too
         await self._fanout.publish(outcomes)
         await self._queue.ack(deliveries)
         self._observe(deliveries, outcomes)

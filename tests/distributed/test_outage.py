@@ -2,14 +2,15 @@
 ledger is reconciled once Redis is back.
 
 Two `playgate api` processes (A with PLAYGATE_OUTAGE_POLICY=deny, B with allow) and a worker on a throwaway
-redis-server that keeps nothing on disk, so its restart empties the ledger, and a SQLite catalogue. Leases are
-short (4 s) and Redis stays down for longer than one, so a stream kept playing through the outage would be gone
-without the write-back.
+redis-server that keeps nothing on disk, so its restart empties the ledger, and a SQLite catalogue (the audit trail
+and the webhook outbox, which stay up). Leases are short (4 s) and Redis stays down for longer than one, so a stream
+kept playing through the outage would be gone without the write-back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,9 @@ import httpx
 import pytest
 import redis
 
-from tests.support.clients import TestUser, admin_client, api_client, connect_socket, new_user
+from playgate.webhooks import PLAY_DENIED, STREAM_ENDED, STREAM_STARTED
+from tests.support.clients import SocketClient, TestUser, admin_client, api_client, connect_socket, new_user
+from tests.support.receiver import Receiver
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
 from tests.support.servers import ServerProcess, playgate_env, start_playgate
 
@@ -29,16 +32,25 @@ DOWN_S = 6.0  # longer than a lease
 ROUND_PAUSE_S = 1.0
 MAX_ROUNDS = 30
 BACK_DEADLINE_S = 30.0
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a test secret (24 bytes, base64)
+WEBHOOKS = {"PLAYGATE_WEBHOOK_POLL": "0.05", "PLAYGATE_WEBHOOK_SETTLE": "0.2", "PLAYGATE_WEBHOOK_BACKOFF": "0.2"}
 
-pytestmark = pytest.mark.skipif(redis_binary() is None, reason="redis-server is not installed (.ci/run installs it)")
+pytestmark = [
+    pytest.mark.skipif(redis_binary() is None, reason="redis-server is not installed (.ci/run installs it)"),
+    # three processes started, Redis down and back, webhooks delivered: about 2 minutes at a load average of 20
+    pytest.mark.timeout(400),
+]
 
 
-def _start(data_dir: Path, server: RedisServer) -> tuple[ServerProcess, ServerProcess, ServerProcess]:
+def _start(data_dir: Path, server: RedisServer, hooks_url: str) -> tuple[ServerProcess, ServerProcess, ServerProcess]:
     env = {
         "PLAYGATE_REDIS_URL": server.url,
         "PLAYGATE_MEDIA_DIR": str(data_dir / "media"),
         "PLAYGATE_STREAM_TTL": str(LEASE_S),
         "PLAYGATE_OUTAGE_GRACE": "120",
+        "PLAYGATE_WEBHOOK_URLS": hooks_url,
+        "PLAYGATE_WEBHOOK_SECRET": SECRET,
+        **WEBHOOKS,
     }
     upgrade = subprocess.run(
         [sys.executable, "-m", "playgate", "db", "upgrade"],
@@ -77,14 +89,75 @@ async def _watch(client: httpx.AsyncClient, play: dict[str, Any]) -> tuple[int, 
     return beat.status_code, media.status_code
 
 
+def _token(play: dict[str, Any]) -> str:
+    """The playback token of an allowed play (the path segment of its playbackUrl)."""
+    found = re.search(r"/v1/play/([^/]+)/", play["playbackUrl"])
+    assert found is not None, play
+    return found[1]
+
+
+async def _events(client: httpx.AsyncClient, user_id: str, wanted: set[tuple[str, str, str]]) -> None:
+    """Wait until the user's audit trail holds every (kind, request or stream id, outcome) of `wanted`."""
+    deadline = time.monotonic() + BACK_DEADLINE_S
+    while True:
+        page = (await client.get(f"/v1/users/{user_id}/events", params={"limit": 1000})).json()["events"]
+        seen = {(e["kind"], e["requestId"] or e["streamId"], e["outcome"]) for e in page}
+        if wanted <= seen:
+            return
+        assert time.monotonic() < deadline, f"not in the audit trail: {wanted - seen}"
+        await asyncio.sleep(ROUND_PAUSE_S / 2)
+
+
+async def _ended(sock: SocketClient, stream_id: str) -> dict[str, Any]:
+    """The next `stream_ended` of `stream_id` on the socket (others before it are skipped)."""
+    deadline = time.monotonic() + BACK_DEADLINE_S
+    while True:
+        ended = await sock.next_ended(timeout_s=max(0.1, deadline - time.monotonic()))
+        if ended["streamId"] == stream_id:
+            return ended
+
+
+async def _beat_where_never_seen(
+    client: httpx.AsyncClient, sock: SocketClient, play: dict[str, Any], *, other: dict[str, Any]
+) -> dict[str, Any]:
+    """During the outage, heartbeats of `play`'s stream on a process that never saw it: 503 alone, honoured with
+    the stream's playback token (HTTP header, socket field; another stream's token is refused, naming the
+    header), and the stream counts there from then on: the user's next play (limit 1) is denied; its answer."""
+    stream_id = play["streamId"]
+    unknown = await client.post(f"/v1/streams/{stream_id}/heartbeat")
+    assert unknown.status_code == 503, unknown.text
+    beat = await client.post(f"/v1/streams/{stream_id}/heartbeat", headers={"X-Playback-Token": _token(play)})
+    assert beat.status_code == 200, beat.text
+    assert beat.json()["playbackUrl"], beat.text
+    forged = await client.post(f"/v1/streams/{stream_id}/heartbeat", headers={"X-Playback-Token": _token(other)})
+    assert (forged.status_code, forged.json().get("field")) == (422, "X-Playback-Token"), forged.text
+    ack = await sock.sio.call("heartbeat", {"streamId": stream_id, "playbackToken": _token(play)})
+    assert (ack.get("streamId"), "expiresAt" in ack) == (stream_id, True), ack
+    held = await _play(client, "3", "phone")
+    assert (held["status"], held["reason"]) == ("denied", "limit_reached"), held
+    return held
+
+
+async def _webhooks(receiver: Receiver, wanted: set[tuple[str, str]]) -> None:
+    """Wait until every (type, webhook-id) of `wanted` was delivered, signed."""
+    deadline = time.monotonic() + BACK_DEADLINE_S
+    while not wanted <= {(r.type, r.msg_id) for r in receiver.received}:
+        assert time.monotonic() < deadline, wanted - {(r.type, r.msg_id) for r in receiver.received}
+        await asyncio.sleep(ROUND_PAUSE_S / 2)
+    assert receiver.bad == []
+
+
 def _metric(text: str, name: str) -> float:
     return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
 async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> None:
     server = start_redis(tmp_path / "redis", appendonly=False)
-    deny, allow, worker = await asyncio.to_thread(_start, tmp_path, server)
+    receiver = Receiver(SECRET)
+    await receiver.start()
+    deny, allow, worker = await asyncio.to_thread(_start, tmp_path, server, receiver.url)
     clients: list[httpx.AsyncClient] = []
+    sockets: list[SocketClient] = []
     try:
         admin = await admin_client(deny.base_url)
         watchers: list[TestUser] = [await new_user(deny.base_url, admin, limit=1) for _ in range(3)]
@@ -94,11 +167,17 @@ async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> Non
         clients += on_deny
         plays = [await _play(c, "1", "tv") for c in on_deny]
         assert all(p["status"] == "allowed" for p in plays), plays
-        # The first watcher also asks on B during the outage: B does not know its stream on A.
+        # The first watcher also asks on B during the outage: B does not know its stream on A. The second
+        # watcher's heartbeats reach B too (a balancer's choice): B never saw that stream either.
         first_on_allow = api_client(allow.base_url, watchers[0].token)
+        second_on_allow = api_client(allow.base_url, watchers[1].token)
         late_on_deny = api_client(deny.base_url, latecomer.token)
-        clients += [first_on_allow, late_on_deny]
+        clients += [first_on_allow, second_on_allow, late_on_deny]
         sock = await connect_socket(allow.base_url, token=watchers[0].token)
+        first_sock_on_deny = await connect_socket(deny.base_url, token=watchers[0].token)
+        second_sock = await connect_socket(allow.base_url, token=watchers[1].token)
+        third_sock = await connect_socket(allow.base_url, token=watchers[2].token)
+        sockets += [sock, first_sock_on_deny, second_sock, third_sock]
 
         await asyncio.to_thread(server.stop)
         down_at = time.monotonic()
@@ -123,6 +202,11 @@ async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> Non
         assert await _watch(first_on_allow, extra) == (200, 204)
         assert (await first_on_allow.get(f"/v1/plays/{extra['requestId']}")).json()["status"] == "allowed"
 
+        held = await _beat_where_never_seen(second_on_allow, second_sock, plays[1], other=plays[0])
+
+        # The third watcher stops its stream on A meanwhile: told to its socket on B once Redis is back.
+        assert (await on_deny[2].delete(f"/v1/streams/{plays[2]['streamId']}")).status_code == 204
+
         ready = await on_deny[0].get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["outage"].startswith("grace:"), ready.json()
@@ -135,7 +219,7 @@ async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> Non
         # told why. (A process tries the store at most once a second while it is down: the first requests after
         # may still be answered from its cache.)
         for _ in range(MAX_ROUNDS):
-            for client, play in zip(on_deny, plays, strict=True):
+            for client, play in zip(on_deny[:2], plays[:2], strict=True):
                 assert await _watch(client, play) == (200, 204), play["streamId"]
             beat = await first_on_allow.post(f"/v1/streams/{extra['streamId']}/heartbeat")
             assert beat.status_code in (200, 404), beat.text
@@ -143,9 +227,29 @@ async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> Non
                 break
             await asyncio.sleep(ROUND_PAUSE_S / 2)
         assert beat.status_code == 404, beat.text
-        deadline = time.monotonic() + BACK_DEADLINE_S
-        ended = await sock.next_ended(timeout_s=max(0.1, deadline - time.monotonic()))
-        assert ended == {"streamId": extra["streamId"], "videoId": "2", "reason": "outage_reconciled"}
+        reconciled = {"streamId": extra["streamId"], "videoId": "2", "reason": "outage_reconciled"}
+        assert await _ended(sock, extra["streamId"]) == reconciled
+        assert await _ended(first_sock_on_deny, extra["streamId"]) == reconciled  # on every process
+        stopped = await _ended(third_sock, plays[2]["streamId"])
+        assert stopped == {"streamId": plays[2]["streamId"], "videoId": "1", "reason": "stopped"}
+        # The outage's decisions and ends are in the audit trail and sent as webhooks.
+        await _events(
+            first_on_allow,
+            watchers[0].id,
+            {
+                ("decision", extra["requestId"], "allowed"),
+                ("decision", over["requestId"], "denied"),
+                ("stream_end", extra["streamId"], "outage_reconciled"),
+            },
+        )
+        await _events(second_on_allow, watchers[1].id, {("decision", held["requestId"], "denied")})
+        hooks = {
+            (STREAM_STARTED, f"msg_{extra['requestId']}"),
+            (PLAY_DENIED, f"msg_{over['requestId']}"),
+            (STREAM_ENDED, f"msg_end_{extra['streamId']}"),
+            (PLAY_DENIED, f"msg_{held['requestId']}"),
+        }
+        await _webhooks(receiver, hooks)
         assert await _watch(on_deny[0], plays[0]) == (200, 204)
         kept = await first_on_allow.get(f"/v1/plays/{extra['requestId']}")
         assert kept.status_code == 200, kept.text
@@ -168,10 +272,12 @@ async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> Non
             await asyncio.sleep(ROUND_PAUSE_S)
             answer = (await late_on_deny.get(f"/v1/plays/{answer['requestId']}")).json()
         assert answer["status"] == "allowed", answer
-        await sock.close()
     finally:
+        for opened in sockets:
+            await opened.close()
         for client in clients:
             await client.aclose()
+        await receiver.stop()
         deny.stop()
         allow.stop()
         worker.stop()

@@ -198,6 +198,8 @@ async def test_stop_all_seed_route(base_url: str, admin: httpx.AsyncClient) -> N
         assert (await client.get("/videos/stop")).status_code == 204
 
 
+TOKEN = "X-Playback-Token"
+
 # ---- /v1 plays and streams ------------------------------------------------------------------------------
 
 
@@ -227,6 +229,11 @@ async def test_play_with_wait_heartbeat_and_stop(base_url: str, admin: httpx.Asy
         beat = await client.post(f"/v1/streams/{stream_id}/heartbeat")
         assert beat.status_code == 200
         assert beat.json()["expiresAt"].endswith("Z")
+        # with the stream's playback token (the outage policy honours it anywhere); a bad one names the header
+        token = play["playbackUrl"].split("/")[3]
+        assert (await client.post(f"/v1/streams/{stream_id}/heartbeat", headers={TOKEN: token})).status_code == 200
+        for bad in ("not-a-token", token[:-2]):
+            assert_problem(await client.post(f"/v1/streams/{stream_id}/heartbeat", headers={TOKEN: bad}), 422, TOKEN)
         assert (await client.delete(f"/v1/streams/{stream_id}")).status_code == 204
         assert_problem(await client.delete(f"/v1/streams/{stream_id}"), 404)
         assert_problem(await client.post(f"/v1/streams/{stream_id}/heartbeat"), 404)

@@ -84,6 +84,13 @@ async def test_heartbeat_event_renews_the_lease(
         "streamId",
     )
     assert bad["detail"]
+    # the stream's playback token may go along (the outage policy honours it anywhere); another's is refused
+    token = play["playbackUrl"].split("/")[3]
+    beat = {"streamId": play["streamId"], "playbackToken": token}
+    assert (await sock.sio.call("heartbeat", beat, timeout=5))["streamId"] == play["streamId"]
+    for wrong in ("forged", 42):
+        refused = await sock.sio.call("heartbeat", {**beat, "playbackToken": wrong}, timeout=5)
+        assert (refused["status"], refused["field"]) == (422, "playbackToken"), refused
     # someone else's stream is not found for them
     assert (await other_sock.sio.call("heartbeat", {"streamId": play["streamId"]}, timeout=5))["status"] == 404
 

@@ -160,6 +160,15 @@ async def test_browsers_from_a_configured_origin_may_call_the_api(guarded: Serve
         )
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == ORIGIN
+        heartbeat = await client.options(  # a player's heartbeat carries its stream's playback token
+            "/v1/streams/s1/heartbeat",
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, x-playback-token",
+            },
+        )
+        assert heartbeat.status_code == 200, heartbeat.text
         simple = await client.get("/videos", headers={"Origin": ORIGIN})
         assert simple.headers["access-control-allow-origin"] == ORIGIN
         other = await client.get("/videos", headers={"Origin": "https://evil.example.test"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from playgate.domain import PlayRequest, Reason, Status, Stream
+from playgate.domain import EndedStream, PlayRequest, Reason, Status, Stream
 from playgate.errors import Unavailable
 from playgate.metrics import Metrics
 from playgate.outage import PROBE_INTERVAL_S, Mode, Outage, OutagePolicy, OutageRefused, admitted_in_outage
@@ -102,7 +102,7 @@ def test_deny_refuses_new_plays_with_retry_after() -> None:
 def test_a_plans_policy_overrides_the_deployments() -> None:
     deny, _, _ = outage(OutagePolicy.deny)
     deny.store_down(Unavailable("gone"))
-    assert deny.decide(request(), limit=1, policy=OutagePolicy.allow).status is Status.allowed
+    assert deny.decide(request(), limit=1, policy=OutagePolicy.allow).decision.status is Status.allowed
     allow, _, _ = outage(OutagePolicy.allow)
     allow.store_down(Unavailable("gone"))
     with pytest.raises(OutageRefused, match="outage policy deny"):
@@ -114,16 +114,19 @@ def test_allow_admits_within_the_known_limit_and_leaves_it_to_write_back() -> No
     state.remember([stream()])
     state.store_down(Unavailable("gone"))
     assert state.decides_without_store()  # tried just now
-    first = state.decide(request("r1", "phone"), limit=2)
-    assert (first.status, first.active) == (Status.allowed, 2)
+    outcome = state.decide(request("r1", "phone"), limit=2)
+    first = outcome.decision
+    assert (first.status, first.active, outcome.ended) == (Status.allowed, 2, ())
     assert first.stream_id is not None
     assert admitted_in_outage(first.stream_id)
     assert not admitted_in_outage("7531-0123")
-    again = state.decide(request("r2", "tablet"), limit=2)
+    again = state.decide(request("r2", "tablet"), limit=2).decision
     assert (again.status, again.reason, again.active) == (Status.denied, Reason.limit_reached, 2)
-    # the same device asking for another title replaces its own stream, which is stopped
-    following = state.decide(request("r3", "phone"), limit=2)
+    # the same device asking for another title replaces its own stream, which is stopped: ended as `replaced`
+    replacing = state.decide(request("r3", "phone"), limit=2)
+    following = replacing.decision
     assert following.status is Status.allowed
+    assert [(e.stream.id, e.reason) for e in replacing.ended] == [(first.stream_id, Reason.replaced)]
     assert state.honour(first.stream_id, "u1") is None
     assert state.decision("r2") == again
     assert state.stopped("s1", "u1") is not None
@@ -133,5 +136,32 @@ def test_allow_admits_within_the_known_limit_and_leaves_it_to_write_back() -> No
     assert work is not None
     assert [s.id for s in work.streams] == [following.stream_id]
     assert [d.request_id for d in work.decisions] == ["r1", "r2", "r3"]
-    assert work.stopped == {first.stream_id: "u1", "s1": "u1"}
+    assert work.stopped == {first.stream_id: ("u1", Reason.replaced), "s1": ("u1", Reason.stopped)}
     assert state.decision("r1") is None
+
+
+def test_a_stream_seen_only_in_a_playback_token_counts_from_then_on() -> None:
+    """A heartbeat or media request that reaches a process that never saw its stream, carrying the stream's
+    playback token: honoured, and the stream counts against the user's limit for new plays decided here."""
+    state, _, _ = outage(OutagePolicy.allow)
+    state.store_down(Unavailable("gone"))
+    assert state.honour("s1", "u1", "v1") is not None
+    denied = state.decide(request("r1", "phone"), limit=1).decision
+    assert (denied.status, denied.reason, denied.active) == (Status.denied, Reason.limit_reached, 1)
+
+
+def test_ends_not_announced_in_the_outage_are_left_for_after_it_and_carried_when_it_fails() -> None:
+    state, _, _ = outage()
+    state.store_down(Unavailable("gone"))
+    ended = [EndedStream(stream("s1"), Reason.stopped), EndedStream(stream("s2"), Reason.replaced)]
+    state.unannounced(ended)
+    work = state.store_up()
+    assert work is not None
+    assert work.unannounced == ended
+    assert not work.empty
+    state.store_down(Unavailable("again, before the write-back ended"))
+    state.carry(work)
+    state.unannounced([EndedStream(stream("s3"), Reason.stopped)])
+    again = state.store_up()
+    assert again is not None
+    assert [e.stream.id for e in again.unannounced] == ["s1", "s2", "s3"]

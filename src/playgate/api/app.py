@@ -28,7 +28,6 @@ from playgate.api.socket import V2_EVENTS, create_server, heartbeat_ack, registe
 from playgate.bus.hub import HoldingManager, MemberLink
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
-from playgate.domain import Stream
 from playgate.media.gate import ContentGate
 from playgate.metrics import Metrics
 from playgate.processes import session_ids
@@ -114,7 +113,14 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id", "X-API-Key"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "X-Request-Id",
+                "X-API-Key",
+                "X-Playback-Token",
+            ],
             expose_headers=["Retry-After", "X-Request-Id", "Location"],
             max_age=600,
         )
@@ -130,19 +136,15 @@ def create_app(
         service: PlayGate = api.state.gate
         return service
 
-    def playback(stream: Stream) -> str:
-        content: ContentGate = api.state.content
-        return content.url_for(stream)
-
     def content_gate() -> ContentGate:
         content: ContentGate = api.state.content
         return content
 
-    sockets = register(sio, gate, playback)
+    sockets = register(sio, gate, content_gate)
     app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path=SOCKET_PATH)
     # Socket.IO v2 clients (`?EIO=3`, e.g. the original service's UI) on the same path.
     # Their heartbeat acks carry a fresh playback URL too, as a v4 socket's do.
-    v2_events: dict[str, EventHandler] = {**V2_EVENTS, "heartbeat": partial(heartbeat_ack, playback=playback)}
+    v2_events: dict[str, EventHandler] = {**V2_EVENTS, "heartbeat": partial(heartbeat_ack, content=content_gate)}
     app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings), events=v2_events)
     if settings.lean_routes:
         # The players' request → decision → stop loop and the media edge's auth_request without FastAPI's

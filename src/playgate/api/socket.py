@@ -14,8 +14,9 @@ import socketio
 from playgate.api.errors import error_fields
 from playgate.api.legacy_socketio import LegacyAwareServer
 from playgate.bus.protocol import SocketJson, user_room
-from playgate.domain import ID_PATTERN, Stream
+from playgate.domain import ID_PATTERN
 from playgate.errors import Invalid, PlayGateError, TooManyRequests
+from playgate.media import ContentGate
 from playgate.service import PlayGate
 from playgate.wire import MAX_STREAM_ID_LEN, iso
 
@@ -23,6 +24,8 @@ log = logging.getLogger("playgate.socket")
 
 # What a stream id looks like (the `StreamId` of the HTTP routes): checked before anything is looked up.
 STREAM_ID = re.compile(ID_PATTERN)
+# Far longer than a playback token (about 250 characters): a bigger one is refused before it is parsed.
+MAX_PLAYBACK_TOKEN_LEN = 2048
 REVOKED = "This session has ended (user deleted or disabled, or password changed); log in again."
 
 
@@ -108,11 +111,12 @@ class SocketRegistry:
 
 
 def register(
-    sio: socketio.AsyncServer, gate: Callable[[], PlayGate], playback: Callable[[Stream], str] | None = None
+    sio: socketio.AsyncServer, gate: Callable[[], PlayGate], content: Callable[[], ContentGate] | None = None
 ) -> SocketRegistry:
-    """Attach PlayGate's handlers to `sio`; `gate` returns the service once the app has started, `playback` a fresh
-    playback URL of a stream (the heartbeat ack carries one, as the HTTP heartbeat answer does). The registry
-    returned is to be watched (SocketRegistry.watch) while the app runs."""
+    """Attach PlayGate's handlers to `sio`; `gate` returns the service once the app has started, `content` its
+    content gate (the heartbeat ack carries a fresh playback URL, as the HTTP heartbeat answer does, and the
+    heartbeat's playback token is checked there). The registry returned is to be watched (SocketRegistry.watch)
+    while the app runs."""
     sockets = SocketRegistry()
 
     @sio.event  # type: ignore[untyped-decorator]
@@ -140,7 +144,7 @@ def register(
     @sio.on("heartbeat")  # type: ignore[untyped-decorator]
     async def heartbeat(sid: str, data: Any = None) -> dict[str, Any]:
         session = await sio.get_session(sid)
-        ack = await heartbeat_ack(gate(), session["user_id"], data, playback)
+        ack = await heartbeat_ack(gate(), session["user_id"], data, content)
         if ack.get("status") == TooManyRequests.status:
             # Told twice: in the ack, and as an `error` event for a client that sent without asking for one.
             await sio.emit("error", ack, to=sid)
@@ -150,13 +154,15 @@ def register(
 
 
 async def heartbeat_ack(
-    gate: PlayGate, user_id: str | None, data: Any, playback: Callable[[Stream], str] | None = None
+    gate: PlayGate, user_id: str | None, data: Any, content: Callable[[], ContentGate] | None = None
 ) -> dict[str, Any]:
-    """The `heartbeat` event of a v4 or v2 socket: renew a stream's lease, `{"streamId"}` → ack
-    `{"streamId", "expiresAt", "playbackUrl"}` (a fresh playback URL when `playback` is given: with edge signing,
+    """The `heartbeat` event of a v4 or v2 socket: renew a stream's lease, `{"streamId", "playbackToken"?}` → ack
+    `{"streamId", "expiresAt", "playbackUrl"}` (a fresh playback URL when `content` is given: with edge signing,
     how a playing client gets a link that outlives the one it has), or the problem fields `{"type", "title",
-    "status", "detail"}` (and `field`) as HTTP answers them."""
+    "status", "detail"}` (and `field`) as HTTP answers them. The stream's playback token, if sent, lets a process
+    that never saw the stream honour it while the ledger's store does not answer (the outage policy)."""
     stream_id = data.get("streamId") if isinstance(data, dict) else None
+    token = data.get("playbackToken") if isinstance(data, dict) else None
     try:
         if user_id is None:
             raise Invalid("This socket named no user (?user=): it has no streams.", field="user")
@@ -164,12 +170,17 @@ async def heartbeat_ack(
         if not isinstance(stream_id, str) or len(stream_id) > MAX_STREAM_ID_LEN or not STREAM_ID.fullmatch(stream_id):
             # Checked like the HTTP routes' stream ids, and never echoed: a 100 KB id gets a short answer.
             raise Invalid('Send {"streamId": "<a stream id>"}.', field="streamId")
-        stream = await gate.renew(stream_id, user_id)
+        if token is not None and (not isinstance(token, str) or len(token) > MAX_PLAYBACK_TOKEN_LEN):
+            raise Invalid("playbackToken: the stream's playback token, a string.", field="playbackToken")
+        if token is not None and content is None:
+            raise Invalid("This socket takes no playback token.", field="playbackToken")
+        claims = content().heartbeat_claims(token, stream_id, user_id, field="playbackToken") if content else None
+        stream = await gate.renew(stream_id, user_id, video_id=claims.video_id if claims is not None else None)
     except PlayGateError as exc:
         return error_fields(exc)
     ack = {"streamId": stream.id, "expiresAt": iso(stream.expires_at)}
-    if playback is not None:
-        ack["playbackUrl"] = playback(stream)
+    if content is not None:
+        ack["playbackUrl"] = content().url_for(stream)
     return ack
 
 

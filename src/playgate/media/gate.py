@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from playgate.catalog.service import Catalog
 from playgate.domain import Decision, Reason, Status, Stream
-from playgate.errors import Forbidden, NotFound, Unauthorized
+from playgate.errors import Forbidden, Invalid, NotFound, Unauthorized
 from playgate.media.clips import DASH_MANIFEST, MASTER_PLAYLIST, MediaFiles, MediaLibrary
 from playgate.media.edge import EdgeSigner
 from playgate.media.playlists import media_file, safe_relative
@@ -155,6 +155,22 @@ class ContentGate:
         claims = self._claims(token)
         stream_id, video_id = unquote(match["stream"]), unquote(match["video"])
         return await self._admit(claims, stream_id=stream_id, video_id=video_id)
+
+    def heartbeat_claims(
+        self, token: str | None, stream_id: str, user_id: str | None, *, field: str
+    ) -> PlaybackClaims | None:
+        """The claims of the playback token a heartbeat carries (None without one): with them, while the ledger's
+        store does not answer, a process that never saw the stream honours it (the outage policy). Invalid, naming
+        `field`, for a token that is not valid, or is another stream's (or, `user_id` given, another user's)."""
+        if token is None:
+            return None
+        try:
+            claims = self.tokens.check(token)
+        except Unauthorized as exc:
+            raise Invalid(exc.detail, field=field) from None
+        if claims.stream_id != stream_id or (user_id is not None and claims.user_id != user_id):
+            raise Invalid("This playback token is for another stream.", field=field)
+        return claims
 
     def _claims(self, token: str | None) -> PlaybackClaims:
         if not token:

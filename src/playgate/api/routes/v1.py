@@ -14,6 +14,7 @@ from playgate.devices import clean_name, device_name
 from playgate.domain import Decision, PlayRequest, Reason
 from playgate.errors import Invalid
 from playgate.media import ContentGate
+from playgate.media.gate import TOKEN_HEADER as PLAYBACK_TOKEN_HEADER
 from playgate.service import MAX_WAIT_S, PlayGate
 from playgate.wire import DeviceId, Id, RequestId, StreamId, iso
 
@@ -113,11 +114,25 @@ async def list_streams(gate: GateDep, caller: Caller, user_id: ForUser = None) -
 
 @router.post("/streams/{streamId}/heartbeat", summary="Renew a stream's lease", responses=ERRORS)
 async def heartbeat(
-    gate: GateDep, content: ContentDep, caller: Caller, stream_id: Annotated[StreamId, Path(alias="streamId")]
+    gate: GateDep,
+    content: ContentDep,
+    caller: Caller,
+    stream_id: Annotated[StreamId, Path(alias="streamId")],
+    playback_token: Annotated[
+        str | None,
+        Header(
+            alias=PLAYBACK_TOKEN_HEADER,
+            description="The stream's playback token (from its `playbackUrl`), optional: while the ledger's store "
+            "does not answer, an API process that never saw the stream honours the heartbeat from it (the outage "
+            "policy); 422 naming this header when it is not valid or is another stream's.",
+        ),
+    ] = None,
 ) -> HeartbeatOut:
     """200 with the new expiry and a fresh playback URL; 404 when the stream is no longer active (`reason`: why it
     ended, when recorded)."""
-    stream = await gate.heartbeat(caller, stream_id)
+    owner = caller.user.id if caller.user is not None and not caller.stops_any else None
+    claims = content.heartbeat_claims(playback_token, stream_id, owner, field=PLAYBACK_TOKEN_HEADER)
+    stream = await gate.heartbeat(caller, stream_id, claims)
     return HeartbeatOut(expires_at=iso(stream.expires_at), playback_url=content.url_for(stream))
 
 

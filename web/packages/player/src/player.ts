@@ -60,6 +60,14 @@ function defaultStorage(): StorageLike | null {
   }
 }
 
+/** The PlayGate playback token in a playback URL (`/v1/play/<token>/…`, or `?token=`); null for none (an edge's
+ * signed link carries none). */
+export function playbackToken(url: string | null): string | null {
+  if (!url) return null;
+  const found = /\/v1\/play\/([^/?#]+)\//.exec(url) ?? /[?&]token=([^&#]+)/.exec(url);
+  return found ? decodeURIComponent(found[1]) : null;
+}
+
 /** Ask, play, heartbeat and stop for one media element; see `attach`. */
 export class Player {
   /** This device's id: given, kept from an earlier play, or issued by the server on the first play. */
@@ -397,12 +405,18 @@ export class Player {
     let reason: string | null = null;
     try {
       let renewed: { status?: number; playbackUrl?: string; reason?: string } | null;
+      // The stream's playback token goes along: while PlayGate's ledger is down, an API process that never saw
+      // the stream (a balancer's choice) honours the heartbeat from it.
+      const token = playbackToken(this.playbackUrl);
       if (this.socket && this.socket.connected) {
-        renewed = await this.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("heartbeat", { streamId });
+        const beat = token ? { streamId, playbackToken: token } : { streamId };
+        renewed = await this.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("heartbeat", beat);
         gone = Boolean(renewed && renewed.status === 404);
         reason = (gone && renewed?.reason) || null;
       } else {
-        renewed = await this.http.call("POST", `/v1/streams/${encodeURIComponent(streamId)}/heartbeat`);
+        const headers = token ? { "X-Playback-Token": token } : undefined;
+        const path = `/v1/streams/${encodeURIComponent(streamId)}/heartbeat`;
+        renewed = await this.http.call("POST", path, undefined, headers);
       }
       // Both answers carry a fresh playback URL (with edge signing, a link that outlives the one playing).
       if (renewed && renewed.playbackUrl && this.streamId === streamId) this.playbackUrl = renewed.playbackUrl;

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { attach, backoffMs, isHls, type Player } from "../src/index";
+import { attach, backoffMs, isHls, type Player, playbackToken } from "../src/index";
 import type { Conflict, MediaLike, PlayerOptions, SocketLike, StorageLike } from "../src/types";
 
 const BASE = "https://gate.test";
@@ -246,6 +246,15 @@ describe("asking to play", () => {
   });
 });
 
+describe("playbackToken", () => {
+  it("is the token of a PlayGate playback URL, none in an edge's signed link", () => {
+    expect(playbackToken("/v1/play/eyJ.a-b_c/master.m3u8")).toBe("eyJ.a-b_c");
+    expect(playbackToken("/v1/streams/s1/content?token=q")).toBe("q");
+    expect(playbackToken("/edge/s1/v1.mp4?md5=abc&expires=9")).toBeNull();
+    expect(playbackToken(null)).toBeNull();
+  });
+});
+
 describe("heartbeats", () => {
   it("are sent only while the media plays", async () => {
     const media = new FakeMedia();
@@ -260,6 +269,9 @@ describe("heartbeats", () => {
     await media.play();
     await vi.advanceTimersByTimeAsync(30_000);
     expect(heartbeats(server.calls)).toBe(3);
+    // with the stream's playback token: a PlayGate process that never saw the stream honours it in an outage
+    const beats = server.calls.filter((c) => c.path.endsWith("/heartbeat"));
+    expect(beats.map((c) => c.headers.get("X-Playback-Token"))).toEqual(["p", "p", "p"]);
     media.pause();
     await vi.advanceTimersByTimeAsync(120_000);
     expect(heartbeats(server.calls)).toBe(3); // paused: the lease runs out and the slot is freed
@@ -459,7 +471,7 @@ describe("the live connection", () => {
     await p.play("v1");
     await media.play();
     await vi.advanceTimersByTimeAsync(10_000);
-    expect(socket.acks).toEqual([{ streamId: "s1" }]);
+    expect(socket.acks).toEqual([{ streamId: "s1", playbackToken: "p" }]);
     expect(heartbeats(server.calls)).toBe(0);
     socket.fire("stream_ended", { streamId: "elsewhere", videoId: "v3", reason: "expired" });
     expect(changed).toHaveBeenCalledWith({ streamId: "elsewhere", reason: "expired" });

@@ -1,0 +1,80 @@
+"""The outage policy embedded: an outage is the SQLite file refusing the ledger's calls. Here another process holds
+the file's write lock (a backup, a long migration, a `sqlite3` shell left in a transaction) past the busy timeout,
+shortened for the test: reads go on (WAL), every write fails with "database is locked"."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.clients import admin_client, api_client, new_user
+from tests.support.inprocess import served
+
+BUSY_MS = 200  # instead of 30 s: how long a ledger write waits for the lock before it fails
+LOCKED_S = 4.0  # long enough for the worker to fail its batch more often than MAX_ATTEMPTS
+DEADLINE_S = 20.0
+
+
+@pytest.fixture
+def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("playgate.catalog.db.SQLITE_BUSY_TIMEOUT_MS", BUSY_MS)
+    monkeypatch.setattr("playgate.ledger.sql.SQLITE_BUSY_TIMEOUT_MS", BUSY_MS)
+
+
+async def _decided(client: httpx.AsyncClient, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        answer: dict[str, Any] = (await client.get(f"/v1/plays/{request_id}")).json()
+        if answer["status"] != "pending":
+            return answer
+        assert time.monotonic() < deadline, f"still pending after the lock was released: {answer}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.usefixtures("short_busy_timeout")
+async def test_a_locked_database_file_is_an_outage(tmp_path: Path) -> None:
+    """Playing streams are honoured (heartbeat, media) and /readyz says grace; a new play waits in the in-memory
+    queue, is neither refused nor dead-lettered, and is decided once the file takes writes again; the stop taken
+    meanwhile is written back and recorded."""
+    async with served(tmp_path, PLAYGATE_OUTAGE_POLICY="deny") as base_url:
+        admin = await admin_client(base_url)
+        user = await new_user(base_url, admin, limit=3)
+        await admin.aclose()
+        async with api_client(base_url, user.token) as client:
+            tv, tablet = [
+                (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": d})).json()
+                for d in ("tv", "tablet")
+            ]
+            assert (tv["status"], tablet["status"]) == ("allowed", "allowed"), (tv, tablet)
+            lock = sqlite3.connect(tmp_path / "playgate.sqlite3", isolation_level=None)
+            lock.execute("BEGIN IMMEDIATE")
+            try:
+                beat = await client.post(f"/v1/streams/{tv['streamId']}/heartbeat")
+                assert beat.status_code == 200, beat.text
+                media = await client.get("/v1/authorize", headers={"X-Original-URI": tv["playbackUrl"]})
+                assert media.status_code == 204, media.text
+                ready = await client.get("/readyz")
+                assert ready.status_code == 200, ready.text
+                assert ready.json()["outage"].startswith("grace:"), ready.text
+                assert (await client.delete(f"/v1/streams/{tablet['streamId']}")).status_code == 204
+                asked = await client.post("/v1/plays", params={"wait": 1}, json={"videoId": "2", "deviceId": "phone"})
+                assert asked.status_code == 202, asked.text
+                await asyncio.sleep(LOCKED_S)
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+            answer = await _decided(client, asked.json()["requestId"])
+            # Decided by the worker once the file took writes again (not refused, not dead-lettered).
+            assert answer["status"] == "allowed", answer
+            streams = (await client.get("/v1/streams")).json()
+            assert sorted(s["id"] for s in streams) == sorted([tv["streamId"], answer["streamId"]])
+            page = (await client.get(f"/v1/users/{user.id}/events")).json()["events"]
+            ends = [(e["streamId"], e["outcome"]) for e in page if e["kind"] == "stream_end"]
+            assert ends == [(tablet["streamId"], "stopped")], page
+            assert (await client.get("/readyz")).json()["outage"] == "normal"
