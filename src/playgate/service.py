@@ -362,7 +362,7 @@ class PlayGate:
         """A new play while the ledger's store is down: refused (503) or decided here, by PLAYGATE_OUTAGE_POLICY."""
         quota = (await self._catalog.quotas([request.user_id]))[request.user_id]
         decision = self._outage.decide(request, 0 if quota.disabled else quota.limit, quota.rules.on_outage)
-        self._metrics.decisions.labels(decision.status.value, decision.why or "").inc()
+        self._metrics.labelled(self._metrics.decisions, decision.status.value, decision.why or "").inc()
         return PlayTicket(request, decision)
 
     async def _kinds(self, video_id: str) -> tuple[str, ...]:
