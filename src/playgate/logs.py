@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
@@ -84,9 +84,21 @@ def _keep_key(match: re.Match[str]) -> str:
     return (match.group(1) if match.groups() else "") + REDACTED
 
 
+class _Second:
+    """The last second a line was stamped in, and its text: one strftime a second, not one a line (every decision
+    writes a line). One tuple, replaced whole, so that a line logged from another thread never pairs them wrong."""
+
+    last: tuple[int, str] = (-1, "")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.fromtimestamp(record.created, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """`2026-12-01T07:17:11.532Z`: UTC to the millisecond, rounded to the microsecond first as datetime does."""
+    epoch_s, micros = divmod(round(record.created * 1_000_000), 1_000_000)
+    second, text = _Second.last
+    if second != epoch_s:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(epoch_s))
+        _Second.last = (epoch_s, text)
+    return f"{text}{micros // 1000:03d}Z"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -173,6 +185,11 @@ def configure_logging(settings: Settings, *, secrets: Iterable[str | None] = (),
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # No line shows where a call was made from, nor its thread or process: skip finding them for every record
+    # (the logging HOWTO's "Optimization"). With the timestamp made once a second, a decision's line went from
+    # about 41 to 25 µs of CPU (tests/ops/test_logs.py keeps both honest).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # uvicorn configures loggers of its own; route them through ours instead.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Decision latency runs from well under a millisecond to seconds under overload.
@@ -14,6 +16,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
         self.decisions = Counter(
             "playgate_decisions",
             "Play requests decided, by outcome and reason.",
@@ -116,6 +119,16 @@ class Metrics:
         )
 
     content_type = "text/plain; version=0.0.4; charset=utf-8"
+
+    def labelled(self, metric: Counter | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)`, found once per metric and label values (which must be few: route templates,
+        statuses, reasons). Each play counts two HTTP answers and a decision, and labels() on each cost about as
+        much as the counting itself."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

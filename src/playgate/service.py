@@ -375,7 +375,7 @@ class PlayGate:
             # ledger records it in its transaction when the decision is written back (Ledger.keep, then stop).
             self._audit.record_outcomes([outcome])
         await self._tell(outcome.ended)
-        self._metrics.decisions.labels(decision.status.value, decision.why or "").inc()
+        self._metrics.labelled(self._metrics.decisions, decision.status.value, decision.why or "").inc()
         return PlayTicket(request, decision)
 
     async def _kinds(self, video_id: str) -> tuple[str, ...]:

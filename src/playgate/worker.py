@@ -176,7 +176,7 @@ class Worker:
             decision = outcome.decision
             reason = decision.reason.value if decision.reason else ""  # kind tags stay out of the label
             latency_s = max(0.0, now - delivery.request.accepted_at)
-            self._metrics.decisions.labels(decision.status.value, reason).inc()
+            self._metrics.labelled(self._metrics.decisions, decision.status.value, reason).inc()
             if decision.shadow_reason is not None:
                 self._metrics.shadow_denials.labels(decision.shadow_reason).inc()
             self._metrics.decision_latency.observe(latency_s)

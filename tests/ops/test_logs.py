@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -69,13 +70,52 @@ def test_console_lines_are_for_people() -> None:
     assert line.endswith("playgate.test: decision  user_id=7")
 
 
+@pytest.mark.parametrize(
+    "created",
+    # a second's first and last millisecond, a float just under a millisecond, and the next second's
+    [1796107928.0, 1796107928.9995, 1796107928.532, 1796107928.5319999, 1796107929.0004, 1796107928.001],
+)
+def test_json_lines_are_stamped_in_utc_to_the_millisecond_as_datetime_rounds(created: float) -> None:
+    record = _record("decision")
+    record.created = created
+    moment = datetime.fromtimestamp(created, UTC)
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    assert json.loads(JsonFormatter(Redactor()).format(record))["ts"] == expected
+
+
 @pytest.fixture
 def root_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    found = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = found
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_configured_logging_does_not_look_up_the_caller_thread_or_process_of_each_line() -> None:
+    # No format writes them; finding them cost a decision's line most of its time.
+    configure_logging(load_settings({"PLAYGATE_JWT_SECRET": JWT_SECRET}), stream=io.StringIO())
+    kept = _Kept()
+    logger = logging.getLogger("playgate.test.caller")
+    logger.addHandler(kept)
+    try:
+        logger.warning("decision")
+    finally:
+        logger.removeHandler(kept)
+    (record,) = kept.records
+    assert (record.lineno, record.funcName, record.thread, record.process) == (0, "(unknown function)", None, None)
 
 
 @pytest.mark.usefixtures("root_logging")

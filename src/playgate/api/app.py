@@ -26,6 +26,7 @@ from playgate.api.middleware import HttpEdge
 from playgate.api.routes import account, admin, auth, content, events, health, seed, v1
 from playgate.api.socket import V2_EVENTS, create_server, heartbeat_ack, register
 from playgate.bus.hub import HoldingManager, MemberLink
+from playgate.bus.local import LeanManager
 from playgate.bus.redis import socket_manager
 from playgate.config import Settings
 from playgate.media.gate import ContentGate
@@ -53,10 +54,10 @@ WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 def client_manager(settings: Settings, link: MemberLink | None) -> Any:
     """Socket.IO's client manager: a member's tells the owner which users' rooms it holds (the owner sends it only
-    their decisions); Redis's with PLAYGATE_REDIS_URL; else python-socketio's own (None)."""
+    their decisions); Redis's with PLAYGATE_REDIS_URL; else python-socketio's own with a leaner emit (LeanManager)."""
     if link is not None:
         return HoldingManager(link)
-    return socket_manager(settings.redis_url) if settings.redis_url is not None else None
+    return socket_manager(settings.redis_url) if settings.redis_url is not None else LeanManager()
 
 
 def create_app(

@@ -115,8 +115,8 @@ class HttpEdge:
         if path is None and scope["path"].startswith(self.uncounted):
             return
         path = path or "unmatched"
-        self.metrics.http_requests.labels(path, str(status)).inc()
-        self.metrics.http_duration.labels(path).observe(duration_s)
+        self.metrics.labelled(self.metrics.http_requests, path, str(status)).inc()
+        self.metrics.labelled(self.metrics.http_duration, path).observe(duration_s)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "http request",

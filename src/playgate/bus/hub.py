@@ -34,9 +34,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
-import socketio
 
-from playgate.bus.local import LocalQueue
+from playgate.bus.local import LeanManager, LocalQueue
 from playgate.bus.protocol import EVERY_USER_ROOM, Conflicts, Emitter, EmittingFanout, user_room
 from playgate.bus.redis import request_from_json, request_to_json
 from playgate.connections import decision_from_json, decision_to_json
@@ -483,9 +482,10 @@ class MemberFanout(GroupFanout):
         await self._link.close()
 
 
-class HoldingManager(socketio.AsyncManager):  # type: ignore[misc]
+class HoldingManager(LeanManager):
     """A member's Socket.IO client manager: tells the owner which users' rooms hold a socket here (bus.hub's
-    routing). A socket's entering a room returns once the owner knows, so no decision sent after is missed."""
+    routing). A socket's entering a room returns once the owner knows, so no decision sent after is missed. It
+    emits as LeanManager does."""
 
     def __init__(self, link: MemberLink) -> None:
         super().__init__()
