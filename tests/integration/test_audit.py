@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
+import pytest_asyncio
 
 from playgate.audit import AuditTrail, Retention, end_event
 from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.models import ShadowDenialRow
-from playgate.catalog.service import Catalog
+from playgate.catalog.service import Catalog, ShadowDenial
 from playgate.domain import Decision, Policy, Status, Stream
 from tests.support.clients import api_client, new_user
+from tests.support.pg_database import create_database, drop_database, pg_unavailable_reason
 
 PLAYS = 30
 WRITTEN_DEADLINE_S = 15.0
@@ -151,6 +155,44 @@ async def test_shadow_denials_older_than_their_retention_are_pruned_with_the_aud
         now[0] += 600
         await trail.prune()
         assert await catalog.shadow_denials("u1") == []
+    finally:
+        await catalog.close()
+        await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session", params=["sqlite", "postgresql"])
+async def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A migrated catalogue: a SQLite file, or a fresh PostgreSQL database (skipped when there is no server)."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}"
+        await upgrade(url)
+        yield url
+        return
+    reason = await pg_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    db = await create_database()
+    try:
+        await upgrade(db.url)
+        yield db.url
+    finally:
+        await drop_database(db)
+
+
+async def test_shadow_denials_are_listed_field_for_field_on_each_database(catalog_url: str) -> None:
+    engine = create_engine(catalog_url)
+    catalog = Catalog(engine, default_limit=2, cache_ttl_s=0.0, clock=time.time)
+    try:
+        decisions = [
+            Decision("r1", "u1", "v1", "phone", Status.allowed, 2, 2, 1_000.25, shadow_reason="kind_limit:uhd"),
+            Decision("r2", "u1", "v2", "tv", Status.denied, 2, 2, 1_001.5, shadow_reason="device_limit"),
+            Decision("r3", "u1", "v3", "tv", Status.allowed, 1, 2, 1_002.0),  # the shadow allowed it: not listed
+        ]
+        assert await catalog.record_shadow_denials(decisions) == 2
+        assert await catalog.shadow_denials("u1") == [
+            ShadowDenial("u1", "r2", "v2", "tv", "device_limit", "denied", 1_001.5),
+            ShadowDenial("u1", "r1", "v1", "phone", "kind_limit:uhd", "allowed", 1_000.25),
+        ]
     finally:
         await catalog.close()
         await engine.dispose()
