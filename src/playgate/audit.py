@@ -10,6 +10,13 @@ A companion (the webhook outbox) writes in each batch's transaction: it holds an
 Embedded (the SQLite ledger in the catalogue's own file), events are not buffered at all: the ledger hands them to
 a LedgerEvents inside the very transaction that records the decision or the stream's end, which writes the audit
 rows and the companion's rows there, on the ledger's sqlite3 connection; a crash cannot keep one without the other.
+
+Distributed (the Redis ledger), they are not buffered either: each Lua script that decides or ends streams appends
+its change to a change log in Redis in the same call (the outbox of the change); the deciding processes drain it
+(a ChangeFeed, read as one consumer group, so that they share the work and a reader's crash leaves its entries to
+another), write each batch's events and the companion's rows in one transaction, and only then acknowledge them.
+Every event carries an id of what it tells of (event_id), unique in the table, and every INSERT skips one already
+there: an entry delivered again (its reader died after writing, before acknowledging) is recorded once.
 """
 
 from __future__ import annotations
@@ -23,15 +30,17 @@ import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Insert, Table, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import InstrumentedAttribute
 
 from playgate.catalog.models import AuditEventRow
 from playgate.catalog.service import translate_db_errors
-from playgate.domain import Decision, EndedStream, Outcome, Policy, Stream
+from playgate.domain import Decision, EndedStream, LoggedChange, Outcome, Policy, Stream
 from playgate.errors import PlayGateError
 
 log = logging.getLogger("playgate.audit")
@@ -116,6 +125,39 @@ def end_events(ended: Iterable[EndedStream], at: float) -> list[AuditEvent]:
     return [end_event(e.stream, e.reason.value, at) for e in ended]
 
 
+def event_id(event: AuditEvent) -> str | None:
+    """What an event tells of, unique among events: `decision:<request id>` or `stream_end:<stream id>`."""
+    if event.kind == DECISION and event.request_id is not None:
+        return f"{DECISION}:{event.request_id}"
+    if event.kind == STREAM_END and event.stream_id is not None:
+        return f"{STREAM_END}:{event.stream_id}"
+    return None
+
+
+def change_events(changes: Iterable[LoggedChange], policy: Policy) -> list[AuditEvent]:
+    """The audit events of changes a ledger logged: each decision, then the streams it ended; or the ends alone."""
+    events: list[AuditEvent] = []
+    for change in changes:
+        if change.decision is not None:
+            events.append(decision_event(change.decision, policy))
+        events += end_events(change.ended, change.at)
+    return events
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """A ledger that logs its changes with them, for the audit trail to drain (the Redis ledger's change logs)."""
+
+    async def read_changes(self, consumer: str, count: int, claim_idle_s: float) -> list[LoggedChange]:
+        """Changes not yet acknowledged, for `consumer`: those left unacknowledged longer than claim_idle_s by any
+        reader, then new ones; each is delivered again until acknowledged."""
+        ...
+
+    async def ack_changes(self, changes: Sequence[LoggedChange]) -> None:
+        """Acknowledge (and forget) changes the audit trail recorded."""
+        ...
+
+
 class Companion(Protocol):
     """What writes beside the audit trail, in the same transaction as each batch (the webhook outbox)."""
 
@@ -195,6 +237,41 @@ class AuditTrail:
         self._writing: list[AuditEvent] = []
         self._full = asyncio.Event()
         self.dropped = 0
+        self._feed: ChangeFeed | None = None
+        self._consumer = ""
+        self._claim_idle_s = 0.0
+
+    def drain_from(self, feed: ChangeFeed, consumer: str, claim_idle_s: float) -> None:
+        """Record, from now on, the changes `feed` logs (as `consumer`; taking over another reader's entries left
+        unacknowledged claim_idle_s): each run's round drains it after the buffer."""
+        self._feed, self._consumer, self._claim_idle_s = feed, consumer, claim_idle_s
+
+    async def drain(self) -> int:
+        """Record what the feed holds, a batch per transaction, acknowledging each batch once written; how many
+        changes. A batch that fails to be written is left unacknowledged: delivered again after claim_idle_s."""
+        if self._feed is None:
+            return 0
+        drained = 0
+        while True:
+            changes = await self._feed.read_changes(self._consumer, self.batch_size, self._claim_idle_s)
+            if not changes:
+                return drained
+            await self._write(change_events(changes, self.policy))
+            await self._feed.ack_changes(changes)
+            drained += len(changes)
+            if len(changes) < self.batch_size:
+                return drained
+
+    async def _write(self, events: Sequence[AuditEvent]) -> None:
+        """Insert `events` (skipping those recorded already) and the companion's rows, in one transaction."""
+        if not events:
+            return
+        async with translate_db_errors(), self._engine.begin() as conn:
+            # Core executemany of plain rows: the ORM's bulk path and asdict() cost several times more.
+            rows = [{**{name: getattr(e, name) for name in _FIELDS}, "event_id": event_id(e)} for e in events]
+            await conn.execute(insert_ignoring_duplicates(conn, _TABLE), rows)
+            if self._companion is not None:  # the webhook outbox: in this batch's transaction
+                await self._companion.write(conn, events)
 
     def record(self, events: Iterable[AuditEvent]) -> None:
         """Keep events for the next write (never blocks, never fails: the oldest are dropped past the bound)."""
@@ -229,11 +306,7 @@ class AuditTrail:
             batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
             self._writing = batch
             try:
-                async with translate_db_errors(), self._engine.begin() as conn:
-                    # Core executemany of plain rows: the ORM's bulk path and asdict() cost several times more.
-                    await conn.execute(_INSERT, [{name: getattr(e, name) for name in _FIELDS} for e in batch])
-                    if self._companion is not None:  # the webhook outbox: in this batch's transaction
-                        await self._companion.write(conn, batch)
+                await self._write(batch)
             except BaseException:
                 self._buffer.extendleft(reversed(batch))
                 raise
@@ -265,6 +338,7 @@ class AuditTrail:
             self._full.clear()
             try:
                 await self.flush()
+                await self.drain()
                 if self._clock() >= next_prune_at:
                     pruned = await self.prune()
                     next_prune_at = self._clock() + self.prune_interval_s
@@ -279,6 +353,10 @@ class AuditTrail:
             await self.flush()
         except PlayGateError as exc:
             log.error("audit trail lost %d events at shutdown: %s", len(self._buffer), exc.detail)
+        try:
+            await self.drain()
+        except PlayGateError as exc:  # nothing is lost: the entries wait in the change log for another reader
+            log.warning("audit change log not drained at shutdown: %s", exc.detail)
 
     async def events(
         self, user_id: str, *, since: float | None, until: float | None, after_id: int, limit: int
@@ -327,14 +405,28 @@ class AuditTrail:
             after_id = page[-1].id
 
 
+def insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
+    """INSERT that skips rows whose unique key is already there (a change recorded again after a redelivery)."""
+    if conn.dialect.name == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
 _FIELDS = tuple(AuditEvent.__dataclass_fields__)
-_values = operator.attrgetter(*_FIELDS)  # an event's values in the order of _FIELDS, as one tuple
-_INSERT = insert(AuditEventRow.metadata.tables[AuditEventRow.__tablename__])
-# The same columns as _FIELDS, in their order, for the SQLite ledger's connection ("limit" is a keyword).
+_fields_of = operator.attrgetter(*_FIELDS)  # an event's values in the order of _FIELDS, as one tuple
+_TABLE = AuditEventRow.metadata.tables[AuditEventRow.__tablename__]
+# The same columns as _FIELDS, in their order, then event_id, for the SQLite ledger's connection ("limit" is a
+# keyword).
 _SQLITE_INSERT = (
     "INSERT INTO audit_events (at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, "
-    'policy, active, "limit", shadow) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'
+    'policy, active, "limit", shadow, event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
+    "ON CONFLICT DO NOTHING"
 )
+
+
+def _values(event: AuditEvent) -> tuple[object, ...]:
+    values: tuple[object, ...] = _fields_of(event)
+    return (*values, event_id(event))
 
 
 def _event_of(row: object) -> AuditEvent:

@@ -173,7 +173,10 @@ class Settings(BaseSettings):
         15.0,
         gt=0,
         validation_alias=AliasChoices("PLAYGATE_CLAIM_IDLE"),
-        description="Distributed: seconds a request may stay unacknowledged with a worker before another takes it.",
+        description=(
+            "Distributed: seconds a request may stay unacknowledged with a worker before another takes it (and an "
+            "entry of the ledger's change log, read but not yet recorded in the audit trail)."
+        ),
     )
     queue_maxlen: int = Field(
         1_000_000, ge=1000, description="Distributed: each request stream is trimmed to about this many entries."

@@ -28,6 +28,11 @@ from playgate.errors import ConfigError, Unavailable
 
 PREFIX = "playgate:"
 LEASES_KEY = f"{PREFIX}leases"
+# The ledger's change log: a stream the Lua scripts append each decision and stream end to, in the call that makes
+# the change; its name is the lease index's with `events` for `leases` (so, on a cluster, one per bucket, in the
+# bucket's slot). The audit trail's drainers read it as the consumer group EVENTS_GROUP.
+EVENTS_KEY = f"{PREFIX}events"
+EVENTS_GROUP = "audit"
 SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 # A pooled connection idle this long is PINGed before use, so that one left dead by a Redis restart is replaced
@@ -220,6 +225,11 @@ def _bucket_lease_keys() -> tuple[str, ...]:
     return tuple(f"{PREFIX}{{{tag}}}:leases" for tag in bucket_tags())
 
 
+@functools.cache
+def _bucket_event_keys() -> tuple[str, ...]:
+    return tuple(f"{PREFIX}{{{tag}}}:events" for tag in bucket_tags())
+
+
 def user_bucket(user_id: str) -> int:
     """The bucket of a user on a cluster: the hash slot of its id, 16 slots to a bucket."""
     return key_slot(user_id.encode()) // SLOTS_PER_BUCKET
@@ -276,6 +286,14 @@ class KeyLayout:
     def leases_key(self, user_id: str) -> str:
         """The lease index that holds the user's streams."""
         return f"{self._tag(user_id)}:leases" if self.cluster else LEASES_KEY
+
+    def events_key(self, user_id: str) -> str:
+        """The change log the scripts changing the user's streams append to (beside the user's lease index)."""
+        return f"{self._tag(user_id)}:events" if self.cluster else EVENTS_KEY
+
+    def event_keys(self) -> list[str]:
+        """Every change log (what the audit trail's drainers read)."""
+        return list(_bucket_event_keys()) if self.cluster else [EVENTS_KEY]
 
     def devices_key(self, user_id: str) -> str:
         """The hash of the user's registered devices."""

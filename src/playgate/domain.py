@@ -261,6 +261,18 @@ class Outcome:
     conflicts: tuple[Stream, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class LoggedChange:
+    """A change as a ledger logged it beside making it (distributed: an entry of its change log), for the audit
+    trail to record: a decision (with the streams it ended) or streams ended at `at` without one. `entry` names it
+    in the log (what the reader acknowledges)."""
+
+    entry: str
+    at: float
+    decision: Decision | None = None
+    ended: tuple[EndedStream, ...] = ()
+
+
 class _RandomBits(threading.local):
     """The operating system's random bytes (os.urandom), read 4 KiB at a time and handed out in slices: ids as
     random as `secrets` makes them, without a system call each. Per thread, so no lock (the ledger's thread makes

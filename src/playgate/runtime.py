@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate import webhooks
-from playgate.audit import AuditTrail, LedgerEvents, Retention
+from playgate.audit import AuditTrail, ChangeFeed, LedgerEvents, Retention
 from playgate.bus.hub import GroupFanout, Hub, MemberFanout, MemberLink, MemberQueue
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.bus.protocol import (
@@ -287,7 +287,8 @@ class Runtime:
                 "shadow denials", ShadowDenialRow.decided_at, settings.shadow_retention_days * 86_400
             )
             outbox = webhooks.outbox(settings, clock)
-            # Embedded, the SQLite ledger writes the trail and the outbox in the transaction of each change.
+            # Embedded, the SQLite ledger writes the trail and the outbox in the transaction of each change;
+            # distributed, the Redis ledger logs each change in its own call, and the deciding processes drain the log.
             in_ledger = settings.redis_url is None
             audit = AuditTrail(
                 engine,
@@ -296,7 +297,7 @@ class Runtime:
                 clock=clock,
                 companion=outbox,
                 also_prune=[shadow_retention],
-                in_ledger=in_ledger,
+                in_ledger=True,
             )
             # Stopped after the worker and sweeper (pushed later, so closed earlier): what they decide while
             # draining is written too.
@@ -318,6 +319,7 @@ class Runtime:
             )
             for backend in (ledger, queue, fanout):
                 stack.push_async_callback(backend.close)
+            _drain_change_log(role, audit, ledger, queue, settings.claim_idle_s)
             if isinstance(fanout, ListeningFanout) and role is not Role.worker:
                 await fanout.start()  # this process's ?wait= callers are woken by decisions of any worker
             throttle = LoginThrottle(settings, clock=clock)
@@ -400,6 +402,14 @@ def _start_tasks(role: Role, worker: Worker | None, library: MediaLibrary, catal
         # Clips are made in the background: start-up does not wait, a first media request waits for its own.
         tasks.running.append(asyncio.create_task(_prepare_media(library, catalog), name="playgate-media"))
     return tasks
+
+
+def _drain_change_log(role: Role, audit: AuditTrail, ledger: Ledger, queue: PlayQueue, claim_idle_s: float) -> None:
+    """Distributed: the deciding processes drain the Redis ledger's change log into the audit trail, as one consumer
+    group (each as its queue consumer)."""
+    if role.decides and isinstance(ledger, ChangeFeed):
+        consumer = queue.consumer if isinstance(queue, SharedQueue) else f"{socket.gethostname()}-{os.getpid()}"
+        audit.drain_from(ledger, consumer, claim_idle_s)
 
 
 async def _stop_audit(stop: asyncio.Event, task: asyncio.Task[None]) -> None:

@@ -1,12 +1,13 @@
 """Webhooks: signed outbound events (`stream.started`, `stream.ended`, `play.denied`) per Standard Webhooks.
 
 The audit trail is the one seam events come through: when it writes audit events (embedded, in the SQLite ledger's
-transaction that records the change, `write_sqlite`; distributed, a buffered batch, `write`), the Outbox adds the
+transaction that records the change, `write_sqlite`; distributed, a batch drained from the Redis ledger's change
+log, `write`), the Outbox adds the
 webhook events among them, and one delivery row per configured endpoint, in the SAME database transaction (so an
 event is in the outbox if and only if it is in the audit trail). The Dispatcher, a background task of the worker,
 sends them: for each endpoint and user only the oldest undelivered event (a user's later event waits for the
 earlier one). Events are ordered by their time and sent once settle_s old, so that one written a little later by
-another process (each flushes its audit buffer every 0.5 s) still goes first. A failed try is retried with
+another process (each drains the change log every 0.5 s) still goes first. A failed try is retried with
 exponential backoff, every try's outcome is kept on the delivery row (the delivery log), and a delivery is given
 up only give_up_s after its first try. Events are kept as long as the audit trail, then pruned with their delivery
 log (never while a delivery waits). Endpoints are the operator's PLAYGATE_WEBHOOK_URLS, nothing else.
@@ -27,13 +28,11 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Insert, Table, and_, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from standardwebhooks.webhooks import Webhook
 
-from playgate.audit import DECISION, STREAM_END, AuditEvent
+from playgate.audit import DECISION, STREAM_END, AuditEvent, insert_ignoring_duplicates
 from playgate.catalog.models import WebhookDeliveryRow, WebhookEventRow
 from playgate.catalog.service import translate_db_errors
 from playgate.config import Settings
@@ -110,13 +109,6 @@ def message_of(event: AuditEvent) -> Message | None:
     return Message(msg_id, kind, event.user_id, event.at, body)
 
 
-def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
-    """INSERT that skips rows whose unique key is already there (a request decided again after a redelivery)."""
-    if conn.dialect.name == "postgresql":
-        return pg_insert(table).on_conflict_do_nothing()
-    return sqlite_insert(table).on_conflict_do_nothing()
-
-
 class Outbox:
     """Adds webhook messages and their deliveries to the audit trail's transaction."""
 
@@ -132,11 +124,11 @@ class Outbox:
             return 0
         now = self._clock()
         await conn.execute(
-            _insert_ignoring_duplicates(conn, _EVENTS),
+            insert_ignoring_duplicates(conn, _EVENTS),
             [{"msg_id": m.msg_id, "type": m.type, "user_id": m.user_id, "at": m.at, "body": m.body} for m in messages],
         )
         await conn.execute(
-            _insert_ignoring_duplicates(conn, _DELIVERIES),
+            insert_ignoring_duplicates(conn, _DELIVERIES),
             [_new_delivery(m.msg_id, m.user_id, m.at, endpoint, now) for m in messages for endpoint in self.endpoints],
         )
         return len(messages)
@@ -326,8 +318,8 @@ class Dispatcher:
             select(_D.id, _D.msg_id, _D.endpoint, _D.attempts, _D.first_attempt_at, _E.body)
             .join(heads, and_(_D.id == heads.c.id, heads.c.rank == 1))
             .join(_E, _E.msg_id == _D.msg_id)
-            # Settled: events of one user come from several processes' audit buffers, each written within
-            # about 0.5 s; an event is sent once every earlier one had the time to be written.
+            # Settled: events of one user are written by several processes, each within about 0.5 s of the
+            # change; an event is sent once every earlier one had the time to be written.
             .where(_D.at <= now - self.settle_s, _D.next_at <= now, _D.locked_until <= now)
             .order_by(_D.at, _D.id)
             .limit(self.batch_size)
@@ -447,7 +439,7 @@ async def replay(
         rows = [_new_delivery(m.msg_id, m.user_id, m.at, endpoint, now) for m in missing for endpoint in endpoints]
         created = 0
         if rows:
-            result = await conn.execute(_insert_ignoring_duplicates(conn, _DELIVERIES), rows)
+            result = await conn.execute(insert_ignoring_duplicates(conn, _DELIVERIES), rows)
             created = max(0, int(result.rowcount or 0))
     return int(reset.rowcount or 0) + created
 

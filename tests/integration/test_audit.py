@@ -83,8 +83,8 @@ async def test_events_older_than_the_retention_are_pruned(tmp_path: Path) -> Non
     now = [1_000_000.0]
     trail = AuditTrail(engine, policy=Policy.deny, retention_s=3600, clock=lambda: now[0])
     try:
-        stream = Stream("s1", "u1", "v1", "d1", started_at=0, expires_at=0)
-        trail.record([end_event(stream, "expired", now[0] - 7200), end_event(stream, "stopped", now[0] - 60)])
+        old, recent = (Stream(sid, "u1", "v1", "d1", started_at=0, expires_at=0) for sid in ("s1", "s2"))
+        trail.record([end_event(old, "expired", now[0] - 7200), end_event(recent, "stopped", now[0] - 60)])
         assert await trail.flush() == 2
         assert await trail.prune() == 1
         kept = await trail.events("u1", since=None, until=None, after_id=0, limit=10)

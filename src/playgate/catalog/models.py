@@ -164,8 +164,14 @@ class AuditEventRow(Base):
     active: Mapped[int | None] = mapped_column(Integer, nullable=True)
     limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     shadow: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # What the event tells of (`decision:<request id>`, `stream_end:<stream id>`): recorded once however often
+    # it is written (a change log entry redelivered after a crash). NULL on rows written before it existed.
+    event_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
-    __table_args__ = (Index("ix_audit_events_user_id_id", "user_id", "id"),)
+    __table_args__ = (
+        Index("ix_audit_events_user_id_id", "user_id", "id"),
+        Index("uq_audit_events_event_id", "event_id", unique=True),
+    )
 
 
 class WebhookEventRow(Base):

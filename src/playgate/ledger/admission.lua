@@ -31,6 +31,13 @@ ARGV[3 + i]  the i-th request, JSON [the id of the stream to start if one starts
 One request travels as five strings (four keys and its JSON), not twenty: packing the command is most of a
 worker's work per decision.
 
+Each change is logged beside it, in the same call (so in the same slot, atomically): to the stream named as the
+lease index with `events` for `leases` (playgate:events; playgate:{b…}:events on a cluster; undeclared, as it
+follows from KEYS[4i - 3]), one entry per request that changed something: a new decision `d` (the decision's JSON,
+as kept), with the streams it ended `e` (rows as in "ended" below) if any; or, for a request decided before whose
+call still dropped expired leases, `u` user id, `t` now and `e` those rows. The audit trail drains it
+(playgate.audit).
+
 Returns one JSON string per request, in order: {"decision": {...}, "ended": [[stream id, video id, device id,
 started_at, expires_at, reason, device name, kind tags, away], ...], "conflicts": [rows as in ended, reason ""]}
 (conflicts: the streams the denying cap counts, when a cap denies the request). A decision is {"r": request id,
@@ -224,6 +231,7 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
                  kinds = request[12], away = request[13], replace_others = request[17]}
     local device_name = request[11] or ''
     local device_window_s, rules, shadow = request[14], request[15], request[16]
+    local events = string.sub(leases, 1, -7) .. 'events'  -- beside the lease index: 'leases' -> 'events'
 
     local function save(stream)
         redis.call('HSET', streams_key, stream.id, cjson.encode({stream.video, stream.device, fmt(stream.started),
@@ -257,9 +265,12 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
         return cjson.encode({decision = decision, ended = ended, conflicts = conflicts})
     end
 
-    -- A request decided before gets its first decision again, and changes nothing.
+    -- A request decided before gets its first decision again, and changes nothing (but the expired leases dropped).
     local prior = redis.call('GET', decision_key)
     if prior then
+        if #ended > 0 then
+            redis.call('XADD', events, '*', 'u', user_id, 't', fmt(now), 'e', cjson.encode(ended))
+        end
         return reply(cjson.decode(prior))
     end
 
@@ -276,7 +287,13 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
         if shadow_denial then
             d.sh = shadow_denial
         end
-        redis.call('SET', decision_key, cjson.encode(d), 'PX', decision_ttl_ms)
+        local encoded = cjson.encode(d)
+        redis.call('SET', decision_key, encoded, 'PX', decision_ttl_ms)
+        if #ended > 0 then
+            redis.call('XADD', events, '*', 'd', encoded, 'e', cjson.encode(ended))
+        else
+            redis.call('XADD', events, '*', 'd', encoded)
+        end
         return reply(d)
     end
 
@@ -339,18 +356,34 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
 end
 
 -- The keys: declared (KEYS), or, for a call that spans several slots of one cluster node, undeclared after the
--- requests in ARGV. Those are first all touched read-only: a slot moving away (MOVED, ASK) fails the call before
--- anything is written, and the caller decides its requests again one slot a call.
+-- requests in ARGV. Those, and the change log beside each lease index (undeclared either way), are first all touched
+-- read-only: a slot moving away (MOVED, ASK) fails the call before anything is written, and the caller decides its
+-- requests again one slot a call. (Redis checks declared keys itself.)
+local function reachable(key)
+    local reached = redis.pcall('EXISTS', key)
+    if type(reached) == 'table' and reached.err then
+        return reached.err
+    end
+    return nil
+end
 local keys, n = KEYS, #ARGV - 3
 if #KEYS == 0 then
     n = n / 5
     keys = {}
-    for i = 1, 4 * n do
+end
+local seen_logs = {}  -- lease index -> its change log checked
+for i = 1, 4 * n do
+    local err = nil
+    if #KEYS == 0 then
         keys[i] = ARGV[3 + n + i]
-        local reached = redis.pcall('EXISTS', keys[i])
-        if type(reached) == 'table' and reached.err then
-            return redis.error_reply('TRYAGAIN ' .. reached.err)
-        end
+        err = reachable(keys[i])
+    end
+    if not err and i % 4 == 1 and not seen_logs[keys[i]] then
+        seen_logs[keys[i]] = true
+        err = reachable(string.sub(keys[i], 1, -7) .. 'events')
+    end
+    if err then
+        return redis.error_reply('TRYAGAIN ' .. err)
     end
 end
 local replies = {}

@@ -1,11 +1,13 @@
 --[[
-expire.lua: end one stream if its lease ran out; the sweeper runs it for each candidate of the lease index, so
-that when several workers sweep at once, exactly one of them ends (and announces) each expired stream.
+expire.lua: end one stream if its lease ran out, and log its end; the sweeper runs it for each candidate of the
+lease index, so that when several workers sweep at once, exactly one of them ends (and announces) each expired
+stream.
 
 KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at,
          device name, kind tags, away])
 KEYS[2]  the lease index: sorted set playgate:leases (member stream id, score expires_at)
-ARGV[1]  stream id    ARGV[2] now, epoch seconds
+KEYS[3]  the change log beside it: stream playgate:events (admission.lua says its entries)
+ARGV[1]  stream id    ARGV[2] now, epoch seconds    ARGV[3] the user id
 
 Returns the ended stream as that JSON list, or nil when it is not expired (its index entry is corrected) or
 already gone (its stale index entry is removed).
@@ -23,4 +25,6 @@ if tonumber(v[4]) > tonumber(ARGV[2]) then
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+local ended = {ARGV[1], v[1], v[2], v[3], v[4], 'expired', v[5] or '', v[6], v[7]}
+redis.call('XADD', KEYS[3], '*', 'u', ARGV[3], 't', ARGV[2], 'e', cjson.encode({ended}))
 return value

@@ -6,9 +6,12 @@ Keys (all under PREFIX; their names are kept in playgate.connections, shared wit
 - `playgate:{<user id>}:devices` hash, device id -> last seen (epoch seconds), under a plan's device cap;
 - `playgate:{<user id>}:key:<idempotency key>` JSON {request id, video id}, kept decision_ttl_s;
 - `playgate:decision:<request id>` the decision, JSON, kept decision_ttl_s;
-- `playgate:leases` sorted set of every stream id by expires_at, for the sweeper and the active count.
-On a Redis Cluster (a redis+cluster:// URL) the last two live in each user's hash slot (connections.KeyLayout):
-`playgate:{<user id>}:decision:<request id>`, and one lease index per hash slot.
+- `playgate:leases` sorted set of every stream id by expires_at, for the sweeper and the active count;
+- `playgate:events` the change log: a stream each script that decides or ends streams appends its change to, in
+  the same call (admission.lua says its entries), drained into the audit trail by the consumer group `audit`
+  (read_changes, ack_changes).
+On a Redis Cluster (a redis+cluster:// URL) the last three live in each user's hash slot (connections.KeyLayout):
+`playgate:{<user id>}:decision:<request id>`, and one lease index and one change log per bucket.
 
 A stream id carries its user (`<user id as hex>-<random>`), so that a stream is found from its id alone. A batch
 of admissions is decided by admission.lua (the rule of playgate.admission.decide, mirrored step for step, on the
@@ -33,9 +36,11 @@ import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
+from redis.commands.core import AsyncScript
 
 from playgate.admission import by_age, device_window_s
 from playgate.connections import (
+    EVENTS_GROUP,
     LEASES_KEY,
     SLOTS_PER_BUCKET,
     KeyLayout,
@@ -53,6 +58,7 @@ from playgate.domain import (
     Decision,
     Device,
     EndedStream,
+    LoggedChange,
     Outcome,
     Policy,
     Reason,
@@ -75,6 +81,8 @@ SLOT_SETTLE_S = 5.0
 SLOT_SETTLE_PAUSE_S = 0.02
 # admission.lua on a cluster: one call may hold keys of several slots, all on the node it is sent to (Redis 7).
 CROSS_SLOT_SHEBANG = "#!lua flags=allow-cross-slot-keys\n"
+# Entries of the change logs one drain.lua call takes, at most (on a cluster: per node).
+DRAIN_CHUNK = 500
 
 log = logging.getLogger("playgate.ledger")
 
@@ -127,14 +135,26 @@ def _by_slot(chunk: Sequence[Admission], keys: KeyLayout) -> list[list[Admission
     return list(groups.values())
 
 
+def _ended_from(rows: Sequence[Sequence[Any]], user_id: str) -> tuple[EndedStream, ...]:
+    """Ended streams from admission.lua's rows [stream id, video id, device id, started_at, expires_at, reason,
+    device name, kind tags, away]."""
+    return tuple(EndedStream(_stream_from(row[0], user_id, [*row[1:5], *row[6:]]), Reason(row[5])) for row in rows)
+
+
+def _change_from(entry: str, fields: Sequence[Any]) -> LoggedChange:
+    """A change log entry (admission.lua says its fields) as a LoggedChange."""
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    rows = orjson.loads(values["e"]) if "e" in values else []
+    if "d" in values:
+        decision = decision_from_json(orjson.loads(values["d"]))
+        return LoggedChange(entry, decision.decided_at, decision, _ended_from(rows or [], decision.user_id))
+    return LoggedChange(entry, parse_time(values["t"]), None, _ended_from(rows or [], str(values["u"])))
+
+
 def _outcome_from(raw: str, user_id: str) -> Outcome:
     reply = orjson.loads(raw)
-    # cjson writes an empty list as {}; a row is [stream id, video id, device id, started_at, expires_at, reason,
-    # device name]
-    ended = tuple(
-        EndedStream(_stream_from(row[0], user_id, [*row[1:5], *row[6:]]), Reason(row[5]))
-        for row in reply.get("ended") or []
-    )
+    # cjson writes an empty list as {}
+    ended = _ended_from(reply.get("ended") or [], user_id)
     conflicts = tuple(_stream_from(row[0], user_id, [*row[1:5], *row[6:]]) for row in reply.get("conflicts") or [])
     return Outcome(decision_from_json(reply["decision"]), ended, conflicts)
 
@@ -186,6 +206,9 @@ class RedisLedger:
         self._expire = self._redis.register_script(_script("expire.lua"))
         self._leases = self._redis.register_script(_script("leases.lua"))
         self._restore = self._redis.register_script(_script("restore.lua"))
+        self._keep = self._redis.register_script(_script("keep.lua"))
+        drain = _script("drain.lua")
+        self._drain = self._redis.register_script(CROSS_SLOT_SHEBANG + drain if self._keys.cluster else drain)
 
     @staticmethod
     def _request_arg(admission: Admission) -> bytes:
@@ -332,15 +355,14 @@ class RedisLedger:
         return decision_from_json(orjson.loads(raw)) if raw else None
 
     async def keep(self, decisions: Sequence[Decision]) -> None:
-        """SET NX each decision, kept decision_ttl_s: a request decided already keeps its decision."""
-        if not decisions:
-            return
+        """keep.lua for each decision (SET NX, kept decision_ttl_s, and logged): a request decided already keeps its
+        decision. One call each: each user's keys lie in their own slot on a cluster (these are rare)."""
         async with translate_redis_errors():
-            pipe = self._redis.pipeline(transaction=False)
             for d in decisions:
-                answer = orjson.dumps(decision_to_json(d))
-                pipe.set(self._keys.decision_key(d.request_id, d.user_id), answer, nx=True, px=self._decision_ttl_ms)
-            await pipe.execute()
+                await self._keep(
+                    keys=[self._keys.decision_key(d.request_id, d.user_id), self._keys.events_key(d.user_id)],
+                    args=[orjson.dumps(decision_to_json(d)).decode(), self._decision_ttl_ms],
+                )
 
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's streams whose lease has not run out, oldest first."""
@@ -380,15 +402,18 @@ class RedisLedger:
         user_id: str,
         video_id: str | None = None,
         *,
-        reason: Reason | None = None,  # not recorded here: the process's audit trail buffers the ends
+        reason: Reason | None = None,
     ) -> list[Stream]:
-        """End the user's chosen streams; return those that were still active, oldest first."""
+        """End the user's chosen streams, logging their ends with `reason` (None: not logged); return those that
+        were still active, oldest first."""
         if stream_ids is not None and not stream_ids:
             return []
-        args: list[Any] = [repr(self._clock()), video_id or "", "all" if stream_ids is None else "ids"]
+        mode = "all" if stream_ids is None else "ids"
+        args: list[Any] = [repr(self._clock()), video_id or "", mode, user_id, reason.value if reason else ""]
         args.extend(stream_ids or ())
+        keys = [self._keys.streams_key(user_id), self._keys.leases_key(user_id), self._keys.events_key(user_id)]
         async with translate_redis_errors():
-            raw = await self._stop(keys=[self._keys.streams_key(user_id), self._keys.leases_key(user_id)], args=args)
+            raw = await self._stop(keys=keys, args=args)
         rows = orjson.loads(raw) or []
         stopped = [_stream_from(row[0], user_id, row[1:]) for row in rows]
         return by_age(stopped)
@@ -407,7 +432,7 @@ class RedisLedger:
                         break
         stopped: list[Stream] = []
         for owner in sorted(owners):
-            stopped += await self.stop(None, owner, video_id)
+            stopped += await self.stop(None, owner, video_id, reason=reason)
         return stopped
 
     async def restore(self, streams: Sequence[Stream]) -> int:
@@ -465,21 +490,28 @@ class RedisLedger:
     async def _on_each_node(self, *args: Any) -> list[tuple[list[str], Any]]:
         """Cluster: leases.lua on every primary over the lease indexes of the slots it serves, all at once (an index
         whose slot is moving is passed over this time)."""
+        return await self._on_each_node_of(self._leases, self._keys.lease_keys(), *args)
+
+    async def _on_each_node_of(
+        self, script: AsyncScript, bucket_keys: Sequence[str], *args: Any
+    ) -> list[tuple[list[str], Any]]:
+        """Cluster: `script` on every primary, with `args` then the keys of `bucket_keys` (one per bucket, in bucket
+        order) of the slots it serves, all at once; each node's keys and reply."""
         cluster = self._redis
         assert isinstance(cluster, RedisCluster)
         if cluster._initialize:  # the client learns the slot map on its first command
             await cluster.initialize()
         by_node: dict[str, tuple[ClusterNode, list[str]]] = {}
-        for bucket, key in enumerate(self._keys.lease_keys()):
+        for bucket, key in enumerate(bucket_keys):
             node = cluster.nodes_manager.get_node_from_slot(bucket * SLOTS_PER_BUCKET)
             by_node.setdefault(node.name, (node, []))[1].append(key)
 
         async def on_node(node: ClusterNode, keys: list[str]) -> tuple[list[str], Any]:
-            command = ("EVALSHA", self._leases.sha, 0, *args, *keys)
+            command = ("EVALSHA", script.sha, 0, *args, *keys)
             try:
                 return keys, await cluster.execute_command(*command, target_nodes=node)
             except redis_errors.NoScriptError:
-                await cluster.execute_command("SCRIPT", "LOAD", self._leases.script, target_nodes=node)
+                await cluster.execute_command("SCRIPT", "LOAD", script.script, target_nodes=node)
                 return keys, await cluster.execute_command(*command, target_nodes=node)
 
         return list(await asyncio.gather(*(on_node(node, keys) for node, keys in by_node.values())))
@@ -511,8 +543,46 @@ class RedisLedger:
         if owner is None:
             return await client.zrem(leases_key, stream_id)
         return await self._expire(
-            keys=[self._keys.streams_key(owner), leases_key], args=[stream_id, repr(now)], client=client
+            keys=[self._keys.streams_key(owner), leases_key, self._keys.events_key(owner)],
+            args=[stream_id, repr(now), owner],
+            client=client,
         )
+
+    async def read_changes(self, consumer: str, count: int, claim_idle_s: float) -> list[LoggedChange]:
+        """Entries of the change logs for `consumer` of the group `audit` (drain.lua): first those a reader (this
+        one too) left unacknowledged longer than claim_idle_s, then new ones; at most min(count, DRAIN_CHUNK), on a
+        cluster that many per primary (the primaries at once). Each stays pending until ack_changes."""
+        args = (EVENTS_GROUP, consumer, min(count, DRAIN_CHUNK), max(1, round(claim_idle_s * 1000)))
+        async with translate_redis_errors():
+            if isinstance(self._redis, RedisCluster):
+                replies = await self._on_each_node_of(self._drain, self._keys.event_keys(), *args)
+            else:
+                keys = self._keys.event_keys()
+                try:
+                    replies = [(keys, await self._redis.evalsha(self._drain.sha, 0, *args, *keys))]
+                except redis_errors.NoScriptError:
+                    await self._redis.script_load(self._drain.script)
+                    replies = [(keys, await self._redis.evalsha(self._drain.sha, 0, *args, *keys))]
+        changes: list[LoggedChange] = []
+        for keys, reply in replies:
+            for position, entry, fields in reply:
+                changes.append(_change_from(f"{keys[int(position) - 1]} {entry}", fields))
+        return changes
+
+    async def ack_changes(self, changes: Sequence[LoggedChange]) -> None:
+        """Acknowledge and delete the entries of changes the audit trail recorded (XACK then XDEL, per log)."""
+        by_key: dict[str, list[str]] = {}
+        for change in changes:
+            key, _, entry = change.entry.rpartition(" ")
+            by_key.setdefault(key, []).append(entry)
+        if not by_key:
+            return
+        async with translate_redis_errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for key, entries in by_key.items():
+                pipe.xack(key, EVENTS_GROUP, *entries)
+                pipe.xdel(key, *entries)
+            await pipe.execute()
 
     async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
         """Bind the key to request_id unless it is bound already (SET NX GET: one atomic command)."""

@@ -1,0 +1,176 @@
+"""The Redis ledger's change log, on one server and on a Redis Cluster: every script that decides or ends streams
+logs its change in the same call, each change once, and the audit trail drains it into PostgreSQL (audit events and
+webhook outbox) idempotently: an entry delivered again after a reader died is recorded once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from playgate.admission import denied
+from playgate.audit import AuditTrail
+from playgate.catalog.db import create_engine, upgrade
+from playgate.catalog.models import AuditEventRow, WebhookDeliveryRow, WebhookEventRow
+from playgate.connections import connect, layout_for
+from playgate.domain import LoggedChange, Policy, Reason
+from playgate.errors import Unavailable
+from playgate.ledger.redis import RedisLedger
+from playgate.webhooks import Outbox
+from tests.contract.conftest import DECISION_TTL_S, LEASE_S, Clock
+from tests.contract.test_ledger import one, play
+from tests.support.pg_database import create_database, drop_database, pg_unavailable_reason
+from tests.support.servers import free_port
+
+LONG_IDLE_S = 3600.0  # nothing is taken over
+SHORT_IDLE_S = 0.01  # everything unacknowledged is taken over (the tests wait longer than this)
+
+
+def summary(changes: Sequence[LoggedChange]) -> list[tuple[str, str, tuple[tuple[str, str], ...]]]:
+    """Each change as (request id, status, ((ended stream id, reason), ...)), "" for no decision, sorted (a cluster's
+    logs are many)."""
+    return sorted(
+        (
+            c.decision.request_id if c.decision else "",
+            c.decision.status.value if c.decision else "",
+            tuple((e.stream.id, e.reason.value) for e in c.ended),
+        )
+        for c in changes
+    )
+
+
+async def log_lengths(url: str) -> int:
+    """Entries left in every change log."""
+    client = connect(url)
+    try:
+        return sum([await client.xlen(key) for key in layout_for(url).event_keys() if await client.exists(key)])
+    finally:
+        await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def ledger(redis_url: str, clock: Clock) -> AsyncIterator[RedisLedger]:
+    made = RedisLedger(redis_url, lease_s=LEASE_S, decision_ttl_s=DECISION_TTL_S, clock=clock)
+    yield made
+    await made.close()
+
+
+async def test_each_change_is_logged_once_with_its_reasons(ledger: RedisLedger, redis_url: str, clock: Clock) -> None:
+    first = await one(ledger, play("a1", user="u1", video="v1", device="tv"), limit=2)
+    second = await one(ledger, play("a2", user="u1", video="v2", device="phone"), limit=2)
+    third = await one(ledger, play("a3", user="u1", video="v3", device="web"), limit=2)
+    assert (await one(ledger, play("a1", user="u1", video="v1", device="tv"), limit=2)) == first  # logs nothing
+    kept = await one(ledger, play("e1", user="u4", device="tv"), limit=1, policy=Policy.evict_oldest)
+    evicting = await one(ledger, play("e2", user="u4", device="web"), limit=1, policy=Policy.evict_oldest)
+    assert [s.id for s in await ledger.stop([second.stream_id or ""], "u1", reason=Reason.stopped)]
+    assert [s.id for s in await ledger.stop([first.stream_id or ""], "u1")]  # no reason: not logged
+    expiring = await one(ledger, play("b1", user="u2"))
+    clock.advance(LEASE_S)
+    assert sorted(e.stream.id for e in await ledger.sweep()) == sorted([expiring.stream_id, evicting.stream_id])
+    dead = denied(play("d1", user="u3"), Reason.error, 0, 0, clock())
+    await ledger.keep([dead])
+    await ledger.keep([dead])  # a redelivered dead letter: kept once, logged once
+
+    changes = await ledger.read_changes("reader-1", 100, LONG_IDLE_S)
+    assert summary(changes) == sorted(
+        [
+            (first.request_id, "allowed", ()),
+            (second.request_id, "allowed", ()),
+            (third.request_id, "denied", ()),
+            (kept.request_id, "allowed", ()),
+            (evicting.request_id, "allowed", ((kept.stream_id, "evicted"),)),
+            ("", "", ((second.stream_id, "stopped"),)),
+            (expiring.request_id, "allowed", ()),
+            ("", "", ((expiring.stream_id, "expired"),)),
+            ("", "", ((evicting.stream_id, "expired"),)),
+            (dead.request_id, "denied", ()),
+        ]
+    )
+    assert [c.decision for c in changes if c.decision and c.decision.request_id == third.request_id] == [third]
+
+    # Read, not acknowledged: another reader gets none of them until they were idle claim_idle_s, then all.
+    assert await ledger.read_changes("reader-2", 100, LONG_IDLE_S) == []
+    await asyncio.sleep(SHORT_IDLE_S * 5)
+    again = await ledger.read_changes("reader-2", 100, SHORT_IDLE_S)
+    assert summary(again) == summary(changes)
+    await ledger.ack_changes(again)
+    await asyncio.sleep(SHORT_IDLE_S * 5)
+    assert await ledger.read_changes("reader-3", 100, SHORT_IDLE_S) == []
+    assert await log_lengths(redis_url) == 0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, migrated (skipped with the reason when PostgreSQL does not answer)."""
+    reason = await pg_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    db = await create_database()
+    try:
+        await upgrade(db.url)
+        yield db.url
+    finally:
+        await drop_database(db)
+
+
+class DiesBeforeAck:
+    """The ledger's change log read by a drainer that dies after writing a batch, before acknowledging it."""
+
+    def __init__(self, ledger: RedisLedger) -> None:
+        self._ledger = ledger
+
+    async def read_changes(self, consumer: str, count: int, claim_idle_s: float) -> list[LoggedChange]:
+        return await self._ledger.read_changes(consumer, count, claim_idle_s)
+
+    async def ack_changes(self, changes: Sequence[LoggedChange]) -> None:
+        raise Unavailable("killed before acknowledging")
+
+
+async def _counts(engine: AsyncEngine, user_id: str) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Rows per event id (audit), per msg id (outbox), per msg id (deliveries) of the user."""
+    async with engine.connect() as conn:
+        found = []
+        for column, user_column in (
+            (AuditEventRow.event_id, AuditEventRow.user_id),
+            (WebhookEventRow.msg_id, WebhookEventRow.user_id),
+            (WebhookDeliveryRow.msg_id, WebhookDeliveryRow.user_id),
+        ):
+            query = select(column, func.count()).where(user_column == user_id).group_by(column)
+            found.append({str(key): int(n) for key, n in (await conn.execute(query)).all()})
+    return found[0], found[1], found[2]
+
+
+async def test_a_drain_delivered_again_records_each_event_once(
+    ledger: RedisLedger, redis_url: str, pg_url: str, clock: Clock
+) -> None:
+    user = f"u-{free_port()}"  # the module's database is shared by both Redis deployments
+    allowed = await one(ledger, play("p1", user=user, device="tv"), limit=1)
+    refused = await one(ledger, play("p2", user=user, device="web"), limit=1)
+    await ledger.stop(None, user, reason=Reason.stopped_by_admin)
+    engine = create_engine(pg_url)
+    outbox = Outbox([f"http://127.0.0.1:{free_port()}/hooks"], clock)
+    trails = [
+        AuditTrail(engine, policy=Policy.deny, retention_s=86_400, clock=clock, companion=outbox, in_ledger=True)
+        for _ in range(2)
+    ]
+    try:
+        trails[0].drain_from(DiesBeforeAck(ledger), "dying", SHORT_IDLE_S)
+        with pytest.raises(Unavailable):
+            await trails[0].drain()
+        written = await _counts(engine, user)
+        await asyncio.sleep(SHORT_IDLE_S * 5)
+        trails[1].drain_from(ledger, "next", SHORT_IDLE_S)
+        assert await trails[1].drain() == 3
+        assert await trails[1].drain() == 0
+        recorded = await _counts(engine, user)
+    finally:
+        await engine.dispose()
+    decisions = {f"decision:{allowed.request_id}": 1, f"decision:{refused.request_id}": 1}
+    events = {**decisions, f"stream_end:{allowed.stream_id}": 1}
+    messages = {f"msg_{allowed.request_id}": 1, f"msg_{refused.request_id}": 1, f"msg_end_{allowed.stream_id}": 1}
+    assert written == recorded == (events, messages, messages)
+    assert await log_lengths(redis_url) == 0
