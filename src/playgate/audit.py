@@ -222,7 +222,8 @@ class AuditTrail:
         in_ledger: bool = False,
     ) -> None:
         self._engine = engine
-        # The ledger writes decisions and stream ends itself (LedgerEvents): recording them here would double them.
+        # The ledger records decisions and stream ends itself (embedded LedgerEvents, distributed its change log,
+        # drained here): recording them again here would be a second, racing path.
         self.in_ledger = in_ledger
         self._companion = companion
         self.policy = policy

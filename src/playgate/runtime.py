@@ -289,7 +289,7 @@ class Runtime:
             outbox = webhooks.outbox(settings, clock)
             # Embedded, the SQLite ledger writes the trail and the outbox in the transaction of each change;
             # distributed, the Redis ledger logs each change in its own call, and the deciding processes drain the log.
-            in_ledger = settings.redis_url is None
+            sqlite_ledger = settings.redis_url is None
             audit = AuditTrail(
                 engine,
                 policy=settings.policy,
@@ -315,7 +315,7 @@ class Runtime:
                 lambda decision: links.for_decision(decision, clock()),
                 clock,
                 group,
-                LedgerEvents(settings.policy, outbox) if in_ledger else None,
+                LedgerEvents(settings.policy, outbox) if sqlite_ledger else None,
             )
             for backend in (ledger, queue, fanout):
                 stack.push_async_callback(backend.close)
