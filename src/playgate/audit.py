@@ -220,11 +220,14 @@ class AuditTrail:
         companion: Companion | None = None,
         also_prune: Sequence[Retention] = (),
         in_ledger: bool = False,
+        ledger_in_catalogue: bool = False,
     ) -> None:
         self._engine = engine
         # The ledger records decisions and stream ends itself (embedded LedgerEvents, distributed its change log,
         # drained here): recording them again here would be a second, racing path.
         self.in_ledger = in_ledger
+        # Embedded: the ledger's store is the catalogue's database, so what an outage of it kept waits for it.
+        self.ledger_in_catalogue = ledger_in_catalogue
         self._companion = companion
         self.policy = policy
         self.retention_s = retention_s
@@ -287,11 +290,23 @@ class AuditTrail:
         """Keep each decision, and the streams each ended to make room (unless the ledger wrote them)."""
         if self.in_ledger:
             return
+        self.record(self._outcome_events(outcomes))
+
+    def record_outage(self, outcomes: Iterable[Outcome] = (), ended: Iterable[EndedStream] = ()) -> None:
+        """Keep decisions and stream ends made while the ledger's store is down (the outage policy), at once, unless
+        that store is the catalogue's database too (embedded: the write-back records them). The write-back's own
+        record of them (distributed: its change log) is then skipped by their event ids."""
+        if self.ledger_in_catalogue:
+            return
+        self.record([*self._outcome_events(outcomes), *end_events(ended, self._clock())])
+
+    def _outcome_events(self, outcomes: Iterable[Outcome]) -> list[AuditEvent]:
+        """Each decision's event, then those of the streams it ended to make room."""
         events: list[AuditEvent] = []
         for outcome in outcomes:
             events.append(decision_event(outcome.decision, self.policy))
             events += end_events(outcome.ended, outcome.decision.decided_at)
-        self.record(events)
+        return events
 
     def record_ended(self, ended: Iterable[EndedStream]) -> None:
         """Keep streams that ended without their device asking (expired, stopped by an admin, ...), unless the

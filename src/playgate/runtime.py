@@ -298,6 +298,7 @@ class Runtime:
                 companion=outbox,
                 also_prune=[shadow_retention],
                 in_ledger=True,
+                ledger_in_catalogue=sqlite_ledger,
             )
             # Stopped after the worker and sweeper (pushed later, so closed earlier): what they decide while
             # draining is written too.

@@ -373,7 +373,7 @@ class PlayGate:
         if self._audit is not None:
             # Distributed, the catalogue's database is not the store that is down: written now. Embedded, the
             # ledger records it in its transaction when the decision is written back (Ledger.keep, then stop).
-            self._audit.record_outcomes([outcome])
+            self._audit.record_outage([outcome])
         await self._tell(outcome.ended)
         self._metrics.labelled(self._metrics.decisions, decision.status.value, decision.why or "").inc()
         return PlayTicket(request, decision)
@@ -744,7 +744,9 @@ class PlayGate:
     async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
         ended = [EndedStream(s, reason) for s in streams]
         if ended:
-            if self._audit is not None:
+            if self._audit is not None and self._outage.since is not None:
+                self._audit.record_outage(ended=ended)  # the ledger records them when they are written back
+            elif self._audit is not None:
                 self._audit.record_ended(ended)
             await self._tell(ended)
 
