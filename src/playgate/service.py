@@ -216,8 +216,7 @@ class PlayGate:
     async def token_epochs(self, user_ids: Iterable[str]) -> dict[str, int]:
         """The current token epoch of each of these users who may still act (deleted and disabled ones are left
         out): a socket opened under another epoch, or of a user left out, must close."""
-        users = await self._catalog.users(user_ids)
-        return {user_id: user.token_epoch for user_id, user in users.items() if not user.disabled}
+        return await self._catalog.token_epochs(user_ids)
 
     async def _existing_user(self, user_id: str) -> User:
         return await self._catalog.get_user(user_id)

@@ -81,3 +81,25 @@ async def test_setting_the_same_admin_password_at_each_start_keeps_the_admins_to
     finally:
         await catalog.close()
         await engine.dispose()
+
+
+async def test_token_epochs_leave_out_disabled_and_unknown_users_and_read_fresh(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'epochs.sqlite3'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    # a long cache: the epochs must not come from it (the revocation check needs what another process wrote)
+    catalog = Catalog(engine, default_limit=3, cache_ttl_s=3600, clock=time.time)
+    writer = Catalog(engine, default_limit=3, cache_ttl_s=0, clock=time.time)  # another process's catalogue
+    try:
+        kept = await catalog.create_user(name="kept", password="a-password-1")
+        gone = await catalog.create_user(name="gone", password="a-password-2", disabled=True)
+        await catalog.users([kept.id])  # cached now
+        assert await catalog.token_epochs([kept.id, gone.id, "nobody", kept.id]) == {kept.id: kept.token_epoch}
+        changed = await writer.update_user(kept.id, {"password": "a-new-password"})
+        assert changed.token_epoch == kept.token_epoch + 1
+        assert await catalog.token_epochs([kept.id]) == {kept.id: changed.token_epoch}
+        assert await catalog.token_epochs([]) == {}
+    finally:
+        await writer.close()
+        await catalog.close()
+        await engine.dispose()

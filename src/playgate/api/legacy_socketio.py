@@ -30,6 +30,7 @@ import socketio
 from engineio import packet as eio_packet
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from playgate.api.lean_sockets import LeanEngineIO
 from playgate.bus.protocol import EVERY_USER_ROOM, user_room
 from playgate.errors import PlayGateError
 from playgate.service import PlayGate
@@ -58,6 +59,10 @@ class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-s
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.legacy_sessions: dict[str, LegacySession] = {}
+
+    def _engineio_server_class(self) -> type[LeanEngineIO]:
+        # Less memory per socket (api/lean_sockets.py).
+        return LeanEngineIO
 
     async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
         session = self.legacy_sessions.get(eio_sid)

@@ -27,6 +27,8 @@ from playgate.security import hash_password, verify_password
 ADMIN_NAME = "admin"
 DEMO_USERS = (("1", "user1", 3), ("2", "user2", 4), ("3", "user3", 3))
 DEMO_VIDEOS = tuple((str(n), f"video{n}") for n in range(1, 7))
+# Ids per IN (...) of a token-epoch look-up: well under SQLite's 32,766 bound parameters.
+EPOCHS_PER_QUERY = 5_000
 # A hash nobody's password matches, checked when a name is unknown so that timing does not tell.
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
@@ -235,6 +237,20 @@ class Catalog:
                 self._users.put(user.id, user)
                 result[user.id] = user
         return result
+
+    async def token_epochs(self, user_ids: Iterable[str]) -> dict[str, int]:
+        """The token epoch of each of these users who exists and is not disabled, read fresh: two columns, no
+        cache. The sockets' revocation check asks this about every connected user each sweep; through `users` it
+        loaded and parsed whole rows (5,000 connected users: about a third of a core, py-spy)."""
+        wanted = list(set(user_ids))
+        epochs: dict[str, int] = {}
+        async with self._session() as session:
+            for start in range(0, len(wanted), EPOCHS_PER_QUERY):
+                query = select(UserRow.id, UserRow.token_epoch).where(
+                    UserRow.id.in_(wanted[start : start + EPOCHS_PER_QUERY]), UserRow.disabled.is_(False)
+                )
+                epochs.update((user_id, epoch) for user_id, epoch in (await session.execute(query)).all())
+        return epochs
 
     async def quotas(self, user_ids: Iterable[str]) -> dict[str, Quota]:
         """Each user's limit and state at decision time; unknown users are marked as such."""

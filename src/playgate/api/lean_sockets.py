@@ -1,0 +1,133 @@
+"""Less memory per idle Socket.IO websocket: a lean queue, and the engine.io server and uvicorn protocol that use it.
+
+Measured with tracemalloc around 360 idle sockets (bench/README.md, "Where an idle socket's memory goes"): each
+socket held two `asyncio.Queue`s (uvicorn's, engine.io's), and each allocates four deques up front (its items,
+getters, putters, and its `join` Event's waiters), about 3 KB a queue; and engine.io kept a task per socket asleep
+until its next ping (a task, its coroutine, its sleep future and timer, about 1 KB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Generic, TypeVar
+
+import engineio
+from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+T = TypeVar("T")
+
+
+class LeanQueue(Generic[T]):
+    """An unbounded queue with asyncio.Queue's methods (put, put_nowait, get, get_nowait, task_done, join, qsize,
+    empty), holding its items and waiters in lists made on first use: an idle socket's queue costs about 200 bytes
+    instead of about 3 KB."""
+
+    __slots__ = ("_all_done", "_getters", "_items", "_unfinished")
+
+    def __init__(self) -> None:
+        self._items: list[T] = []
+        self._getters: list[asyncio.Future[None]] | None = None
+        self._unfinished = 0
+        self._all_done: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        """Items waiting."""
+        return len(self._items)
+
+    def empty(self) -> bool:
+        """No item waiting."""
+        return not self._items
+
+    def put_nowait(self, item: T) -> None:
+        """Add an item and wake the first waiting getter."""
+        self._items.append(item)
+        self._unfinished += 1
+        self._wake_getter()
+
+    async def put(self, item: T) -> None:
+        """Add an item (the queue is unbounded: never waits)."""
+        self.put_nowait(item)
+
+    def get_nowait(self) -> T:
+        """The oldest item; asyncio.QueueEmpty when there is none."""
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
+
+    async def get(self) -> T:
+        """The oldest item, waiting for one. A getter cancelled after it was woken passes the wake-up on, so that no
+        item is left behind while another getter waits (as asyncio.Queue does)."""
+        while not self._items:
+            getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = []
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                if getter in self._getters:
+                    self._getters.remove(getter)
+                if self._items and not getter.cancelled():
+                    self._wake_getter()
+                raise
+        return self._items.pop(0)
+
+    def task_done(self) -> None:
+        """One item taken earlier is processed; `join` returns once every item put is."""
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if self._unfinished == 0 and self._all_done is not None:
+            if not self._all_done.done():
+                self._all_done.set_result(None)
+            self._all_done = None
+
+    async def join(self) -> None:
+        """Wait until every item put has been taken and marked done."""
+        if self._unfinished == 0:
+            return
+        if self._all_done is None:
+            self._all_done = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._all_done)
+
+    def _wake_getter(self) -> None:
+        while self._getters:
+            getter = self._getters.pop(0)
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+
+class LeanEngineIO(engineio.AsyncServer):  # type: ignore[misc]  # python-engineio is untyped
+    """engine.io's server with lean socket queues, and each socket's next ping on a timer of the event loop instead
+    of a task asleep until then (the ping, its timing and the timeout check of a silent client are unchanged)."""
+
+    def create_queue(self, *_args: Any, **_kwargs: Any) -> LeanQueue[Any]:
+        """A socket's outgoing packets."""
+        return LeanQueue()
+
+    def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
+        """engine.io's tasks, but a socket's `_send_ping` (started after each pong) becomes a timer."""
+        socket = getattr(target, "__self__", None)
+        if isinstance(socket, AsyncSocket) and getattr(target, "__func__", None) is AsyncSocket._send_ping:
+            return asyncio.get_running_loop().call_later(self.ping_interval, _ping, socket)
+        return super().start_background_task(target, *args, **kwargs)
+
+
+def _ping(socket: AsyncSocket) -> None:
+    """What engine.io's `_send_ping` does once its sleep ends: queue a PING, and note when, for the timeout check."""
+    if not socket.closing and not socket.closed:
+        socket.last_ping = time.time()
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+
+
+class LeanWSProtocol(WSProtocol):
+    """uvicorn's wsproto websocket protocol with a lean queue of ASGI events."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = LeanQueue()  # type: ignore[assignment]

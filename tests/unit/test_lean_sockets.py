@@ -1,0 +1,129 @@
+"""The lean queue behaves as asyncio.Queue for what engine.io and uvicorn use, in less memory; engine.io's pings come
+from timers, not a task per socket, and still feed the check that closes a silent socket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import tracemalloc
+from typing import Any
+
+import pytest
+from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
+
+from playgate.api.lean_sockets import LeanEngineIO, LeanQueue
+
+QUEUES = [pytest.param(asyncio.Queue, id="asyncio.Queue"), pytest.param(LeanQueue, id="LeanQueue")]
+
+
+@pytest.mark.parametrize("make", QUEUES)
+async def test_items_come_out_in_order_and_a_getter_waits_for_one(make: Any) -> None:
+    queue = make()
+    assert queue.empty()
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await queue.put("a")
+    queue.put_nowait("b")
+    assert await asyncio.wait_for(waiting, 5) == "a"
+    assert queue.qsize() == 1
+    assert queue.get_nowait() == "b"
+    assert queue.empty()
+
+
+@pytest.mark.parametrize("make", QUEUES)
+async def test_join_returns_once_every_item_is_done(make: Any) -> None:
+    queue = make()
+    await asyncio.wait_for(queue.join(), 5)  # nothing put: at once
+    queue.put_nowait(1)
+    queue.put_nowait(2)
+    joined = asyncio.ensure_future(queue.join())
+    queue.get_nowait()
+    queue.task_done()
+    await asyncio.sleep(0)
+    assert not joined.done()
+    queue.get_nowait()
+    queue.task_done()
+    await asyncio.wait_for(joined, 5)
+    with pytest.raises(ValueError, match="too many"):
+        queue.task_done()
+
+
+@pytest.mark.parametrize("make", QUEUES)
+async def test_a_getter_cancelled_after_its_wake_up_passes_the_item_on(make: Any) -> None:
+    queue = make()
+    first = asyncio.ensure_future(queue.get())
+    second = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait("x")  # wakes the first getter ...
+    first.cancel()  # ... which is cancelled before it runs: the second must get the item
+    assert await asyncio.wait_for(second, 5) == "x"
+    assert first.cancelled()
+
+
+@pytest.mark.parametrize("make", QUEUES)
+async def test_a_get_timed_out_leaves_the_queue_usable(make: Any) -> None:
+    # engine.io's writer waits with asyncio.wait_for(queue.get(), ping_interval + ping_timeout)
+    queue = make()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(queue.get(), 0.01)
+    queue.put_nowait("y")
+    assert await asyncio.wait_for(queue.get(), 5) == "y"
+
+
+def _bytes_per(make: Any, count: int = 200) -> float:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        held = [make() for _ in range(count)]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert len(held) == count
+    return sum(stat.size_diff for stat in after.compare_to(before, "filename")) / count
+
+
+def test_an_idle_lean_queue_takes_a_small_part_of_an_asyncio_queue() -> None:
+    lean, standard = _bytes_per(LeanQueue), _bytes_per(asyncio.Queue)
+    assert lean * 5 < standard, (lean, standard)
+
+
+async def test_a_sockets_next_ping_is_a_timer_not_a_task() -> None:
+    server = LeanEngineIO(async_mode="asgi", ping_interval=0.01)
+    socket = AsyncSocket(server, "sid1")
+    tasks_before = len(asyncio.all_tasks())
+    socket.schedule_ping()  # what engine.io does at connect and after each pong
+    assert len(asyncio.all_tasks()) == tasks_before
+    sent = await asyncio.wait_for(socket.queue.get(), 5)
+    assert sent.packet_type == eio_packet.PING
+    assert socket.last_ping is not None  # the timeout check runs from here
+    # no pong came: engine.io's check (its service task calls it for every socket) closes the socket
+    socket.last_ping = time.time() - server.ping_timeout - 1
+    assert await socket.check_ping_timeout() is False
+    assert socket.closed
+
+
+async def test_a_closed_socket_gets_no_ping() -> None:
+    server = LeanEngineIO(async_mode="asgi", ping_interval=0.01)
+    socket = AsyncSocket(server, "sid2")
+    socket.schedule_ping()
+    socket.closed = True
+    # a timer due after the ping's: the loop runs timers in the order they fall due
+    later: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.05, later.set_result, None)
+    await asyncio.wait_for(later, 5)
+    assert socket.queue.empty()
+
+
+async def test_other_background_tasks_still_run_as_tasks() -> None:
+    server = LeanEngineIO(async_mode="asgi")
+
+    async def work() -> str:
+        return "done"
+
+    task = server.start_background_task(work)
+    assert isinstance(task, asyncio.Future)
+    assert await task == "done"
