@@ -191,12 +191,18 @@ class LedgerEvents:
             self._companion.write_sqlite(conn, events)
 
     def decided(self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream]]]) -> None:
-        """Write new decisions and the streams each ended to make room (ledger.protocol.ChangeLog)."""
+        """Write new decisions and the streams each ended to make room (ledger.protocol.ChangeLog), and list the
+        shadow policy's would-be denials among them (the worker then lists none: Worker.step)."""
         events: list[AuditEvent] = []
+        shadowed: list[tuple[str, str, str, str, str, str, float]] = []
         for decision, ended in outcomes:
             events.append(decision_event(decision, self.policy))
             events += end_events(ended, decision.decided_at)
+            if decision.shadow_reason is not None:
+                shadowed.append(_shadow_values(decision))
         self.write(conn, events)
+        if shadowed:
+            conn.executemany(_SQLITE_SHADOW_INSERT, shadowed)
 
     def ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
         """Write streams ended at `at` without a decision (ledger.protocol.ChangeLog)."""
@@ -443,6 +449,18 @@ _SQLITE_INSERT = (
 def _values(event: AuditEvent) -> tuple[object, ...]:
     values: tuple[object, ...] = _fields_of(event)
     return (*values, event_id(event))
+
+
+# A shadow denial's row (catalog.models.ShadowDenialRow), as Catalog.record_shadow_denials writes it elsewhere.
+_SQLITE_SHADOW_INSERT = (
+    "INSERT INTO shadow_denials (user_id, request_id, video_id, device_id, rule, enforced, decided_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _shadow_values(d: Decision) -> tuple[str, str, str, str, str, str, float]:
+    assert d.shadow_reason is not None
+    return (d.user_id, d.request_id, d.video_id, d.device_id, d.shadow_reason, d.status.value, d.decided_at)
 
 
 def _event_of(row: object) -> AuditEvent:

@@ -310,13 +310,15 @@ class Runtime:
             if role.decides:  # the worker's process delivers the webhook outbox
                 await webhooks.start(settings, engine, clock, stack)
             links = playback_links(settings, secret)
+            # They list the shadow denials too, in the transaction of their decisions (else the worker does).
+            ledger_events = LedgerEvents(settings.policy, outbox) if sqlite_ledger else None
             ledger, queue, fanout = open_backends(
                 settings,
                 emitter,
                 lambda decision: links.for_decision(decision, clock()),
                 clock,
                 group,
-                LedgerEvents(settings.policy, outbox) if sqlite_ledger else None,
+                ledger_events,
             )
             for backend in (ledger, queue, fanout):
                 stack.push_async_callback(backend.close)
@@ -357,6 +359,7 @@ class Runtime:
                     sweep_interval_s=settings.sweep_interval_s,
                     audit=audit,
                     sweep_hold_s=settings.stream_ttl_s,
+                    lists_shadow=ledger_events is None,
                 )
             library = MediaLibrary(settings.resolved_media_dir)
             content = ContentGate(

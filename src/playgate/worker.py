@@ -61,6 +61,7 @@ class Worker:
         max_attempts: int = MAX_ATTEMPTS,
         audit: AuditTrail | None = None,
         sweep_hold_s: float = 0.0,
+        lists_shadow: bool = True,
     ) -> None:
         self._queue = queue
         self._ledger = ledger
@@ -77,6 +78,8 @@ class Worker:
         # After the ledger's store was down, expired leases are not swept for this long: their players could not
         # renew them meanwhile (the outage policy honoured them), and their next heartbeats renew them.
         self.sweep_hold_s = sweep_hold_s
+        # False where the ledger lists shadow denials in the transaction of their decisions (embedded, LedgerEvents).
+        self.lists_shadow = lists_shadow
 
     async def run(self, stop: asyncio.Event, *, poll_s: float = 0.5) -> None:
         """Decide batches until `stop` is set, then drain what is already queued (burst mode) and return."""
@@ -187,7 +190,7 @@ class Worker:
 
     async def _record_shadow(self, outcomes: Sequence[Outcome]) -> None:
         """List the shadow policy's would-be denials per account (the decisions stand whether or not this works)."""
-        if not any(o.decision.shadow_reason for o in outcomes):
+        if not self.lists_shadow or not any(o.decision.shadow_reason for o in outcomes):
             return
         try:
             await self._catalog.record_shadow_denials(o.decision for o in outcomes)

@@ -13,7 +13,7 @@ from pathlib import Path
 from playgate.admission import denied
 from playgate.audit import LedgerEvents
 from playgate.catalog.db import upgrade
-from playgate.domain import Admission, PlayRequest, Policy, Quota, Reason
+from playgate.domain import Admission, PlayRequest, Policy, Quota, Reason, Rules, Status
 from playgate.ledger.sql import SqlLedger
 from playgate.webhooks import Outbox
 from tests.support.clients import admin_client, api_client, new_user
@@ -137,3 +137,26 @@ async def test_dead_letters_once_and_expired_leases_are_recorded_in_the_ledgers_
         ("stream_end", "expired", None, allowed.decision.stream_id),
     ]
     assert msg_ids == deliveries == {"msg_r-dead", "msg_r-play", f"msg_end_{allowed.decision.stream_id}"}
+
+
+async def test_shadow_denials_are_listed_in_the_transaction_of_their_decisions(tmp_path: Path) -> None:
+    """Embedded, the ledger lists the shadow policy's would-be denials with the decisions (no worker after it), and
+    the worker built for it lists none again."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
+    await upgrade(url)
+    now = 1_000_000.0
+    ledger = SqlLedger(url, lease_s=60, decision_ttl_s=3600, clock=lambda: now, events=LedgerEvents(Policy.deny))
+    quota = Quota(limit=3, shadow=Rules(max_streams=1))
+    try:
+        outcomes = await ledger.decide(
+            [Admission(PlayRequest(f"r{n}", "u1", "1", f"d{n}", accepted_at=now), quota) for n in range(3)]
+        )
+    finally:
+        await ledger.close()
+    assert [o.decision.status for o in outcomes] == [Status.allowed] * 3
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as conn:
+        listed = conn.execute(
+            "SELECT user_id, request_id, video_id, device_id, rule, enforced, decided_at FROM shadow_denials"
+            " ORDER BY request_id"
+        ).fetchall()
+    assert listed == [("u1", f"r{n}", "1", f"d{n}", "limit_reached", "allowed", now) for n in (1, 2)]

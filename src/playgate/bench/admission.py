@@ -1,7 +1,8 @@
 """The admission path alone: the worker deciding queued requests against a ledger, no HTTP, no sockets.
 
 For each batch size a fresh ledger is filled with the same workload, and the worker's steps are timed until
-the queue is empty: decisions/s by batch size. Ledgers: SQLite (a temp file), Redis (pipelined Lua), or a Redis
+the queue is empty: decisions/s by batch size. Ledgers: SQLite (a temp file, writing the audit trail and the shadow
+denials in each decision's transaction, as the embedded deployment does), Redis (pipelined Lua), or a Redis
 Cluster of `shards` primaries started here (one call sequence per node). With `workers` > 1, that many worker
 processes share the users (each its own queue) and start together: decisions/s of them all. Policies:
 `total` (a plan with the total limit only) or `every-rule` (a plan using every rule and a shadow policy), over
@@ -22,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from playgate.audit import LedgerEvents
 from playgate.bench.cluster import each_primary, primaries, redis_cluster
 from playgate.bench.target import BenchError, free_port, redis_server_command
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.service import Catalog
 from playgate.connections import PREFIX, decision_key, is_cluster_url
-from playgate.domain import PlayRequest, Status
+from playgate.domain import PlayRequest, Policy, Status
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
@@ -230,14 +232,23 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
                     else:
                         ledger_url = f"sqlite+aiosqlite:///{Path(tmp) / f'ledger-{index}.sqlite3'}"
                         await upgrade(ledger_url)
-                        ledger = SqlLedger(ledger_url, lease_s=LEASE_S, decision_ttl_s=3600.0, clock=clock)
+                        ledger = SqlLedger(
+                            ledger_url,
+                            lease_s=LEASE_S,
+                            decision_ttl_s=3600.0,
+                            clock=clock,
+                            events=LedgerEvents(Policy.deny),
+                        )
                     redis_cpu_s = await shard_cpu_s(redis_url) if redis_url is not None else []
                     try:
                         if spec.workers > 1 and redis_url is not None:
                             runs.append(await _time_processes(spec, catalog_url, redis_url, user_ids, batch_size))
                         else:
                             runs.append(
-                                await _time_batches(ledger, catalog, user_ids, spec.requests, batch_size, clock)
+                                # The SQLite ledger lists the shadow denials in its transaction; else the worker.
+                                await _time_batches(
+                                    ledger, catalog, user_ids, spec.requests, batch_size, clock, redis_url is not None
+                                )
                             )
                         if redis_url is not None:
                             runs[-1].update(await redis_cpu(redis_url, redis_cpu_s, runs[-1]))
@@ -281,6 +292,7 @@ async def _time_batches(
     count: int,
     batch_size: int,
     clock: Callable[[], float],
+    lists_shadow: bool,
 ) -> dict[str, Any]:
     queue = LocalQueue()
     emitter = NullEmitter()
@@ -294,6 +306,7 @@ async def _time_batches(
         clock=clock,
         batch_size=batch_size,
         sweep_interval_s=3600.0,
+        lists_shadow=lists_shadow,
     )
     await catalog.quotas(user_ids)  # warm the catalogue cache: the quota lookups are part of each step
     for request in workload(user_ids, count, clock()):
@@ -363,7 +376,7 @@ def _worker_process(
         try:
             await ledger.ping()
             await asyncio.to_thread(barrier.wait)
-            return await _time_batches(ledger, catalog, user_ids, count, batch_size, time.time)
+            return await _time_batches(ledger, catalog, user_ids, count, batch_size, time.time, True)
         finally:
             await ledger.close()
             await engine.dispose()
