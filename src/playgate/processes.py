@@ -28,7 +28,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -255,21 +255,27 @@ class ProcessGroup:
         try:
             conn.setblocking(False)
             wanted = member_of_request(await peek_head(conn))
-            slot = await self._member_for(wanted)
-            if slot is None or slot.connections is None:
-                log.warning("no member takes connections: one closed")
-                return
-            await send_connection(slot.connections, conn, READY_WAIT_S)
+            refused: list[socket.socket] = []
+            while (slot := await self._member_for(wanted, refused)) is not None and slot.connections is not None:
+                try:
+                    await send_connection(slot.connections, conn, READY_WAIT_S)
+                    return
+                except ConnectionError as exc:
+                    # The member died and the hub has not seen its link close yet: another member takes it.
+                    log.warning("member %d takes no connection (%s): handing it to another", slot.index, exc)
+                    refused.append(slot.connections)
+            log.warning("no member takes connections: one closed")
         except (OSError, TimeoutError) as exc:
             log.warning("a connection could not be handed to a member: %s", exc)
         finally:
             conn.close()  # the member holds its own descriptor of the connection
 
-    async def _member_for(self, wanted: int | None) -> _Slot | None:
-        """The member holding the session, if it is ready; else a ready one at random (waiting for one)."""
+    async def _member_for(self, wanted: int | None, refused: Collection[socket.socket] = ()) -> _Slot | None:
+        """The member holding the session, if it is ready; else a ready one at random (waiting for one); never a
+        member whose channel is one of `refused` (it died: one started again in its place has a new channel)."""
         deadline = time.monotonic() + READY_WAIT_S
         while True:
-            ready = self.hub.ready()
+            ready = [index for index in self.hub.ready() if self.slots[index].connections not in refused]
             if wanted is not None and wanted in ready:
                 return self.slots[wanted]
             if ready:
