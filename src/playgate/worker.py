@@ -150,12 +150,16 @@ class Worker:
         if not deliveries:
             return
         now = self._clock()
-        outcomes = [Outcome(denied(d.request, Reason.error, 0, 0, now)) for d in deliveries]
+        errors = [denied(d.request, Reason.error, 0, 0, now) for d in deliveries]
         try:
-            await self._ledger.keep([o.decision for o in outcomes])  # GET /v1/plays/{id} tells it too
+            await self._ledger.keep(errors)  # GET /v1/plays/{id} tells it too
+            # A request whose decision was made before (an attempt whose answer was lost: a Redis primary killed
+            # after it ran the script) keeps that decision; its player is told that one, never the error.
+            stored = [await self._ledger.decision(e.request_id) for e in errors]
         except Unavailable:
             self._held += deliveries  # denied once the store answers; never left in hand for ever
             raise
+        outcomes = [Outcome(kept or error) for kept, error in zip(stored, errors, strict=True)]
         log.error(
             "giving up on %d request(s) after %d attempts",
             len(deliveries),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from playgate.bus.local import LocalFanout, LocalQueue
-from playgate.domain import PlayRequest, Reason, Status
+from playgate.domain import Admission, PlayRequest, Quota, Reason, Status
 from playgate.metrics import Metrics
 from playgate.worker import Worker
 from tests.contract.conftest import Clock, LedgerFactory, Recorder
@@ -39,4 +39,42 @@ async def test_a_request_given_up_on_is_answered_and_kept_by_the_ledger(
     assert kept is not None
     assert (kept.status, kept.reason, kept.decided_at) == (Status.denied, Reason.error, clock.now)
     assert await queue.pending(LOST) is None
+    await fanout.close()
+
+
+async def test_a_request_decided_before_it_was_given_up_on_keeps_its_decision_on_the_socket(
+    make_ledger: LedgerFactory, clock: Clock
+) -> None:
+    """An attempt decided the request but its answer was lost (a Redis primary killed after running the script);
+    the later attempts failed, so the queue gives up on it: the player is told the decision the ledger holds."""
+    ledger = await make_ledger()
+    request = PlayRequest(LOST, "u1", "v1", "tv", accepted_at=clock.now)
+    [outcome] = await ledger.decide([Admission(request, Quota(limit=1))])
+    assert outcome.decision.status is Status.allowed
+    queue = LocalQueue()
+    recorder = Recorder()
+    fanout = LocalFanout(recorder)
+    worker = Worker(
+        queue=queue,
+        ledger=ledger,
+        fanout=fanout,
+        catalog=None,  # type: ignore[arg-type]  # never reached: the only request is past max_attempts
+        metrics=Metrics(),
+        clock=clock,
+        batch_size=10,
+        sweep_interval_s=1.0,
+        max_attempts=2,
+    )
+    await queue.put(request)
+    for _ in range(2):  # two deliveries whose answers were lost
+        await queue.release(await queue.take(1, wait_s=0))
+    assert await worker.step(wait_s=0) == 1
+    [(event, message, room)] = recorder.events
+    assert (event, room, message["status"], message["streamId"]) == (
+        "message",
+        "user:u1",
+        "allowed",
+        outcome.decision.stream_id,
+    )
+    assert await ledger.decision(LOST) == outcome.decision
     await fanout.close()
