@@ -4,6 +4,7 @@ for the tests that can share them."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,24 +82,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             return worker_group(nodeid)
 
-        def _assign_work_unit(self, node: Any) -> None:
-            # The work queue is complete at the first assignment: put it in first()'s order then. (Sorting the
-            # registered collections instead, as before, sent each worker indexes into the sorted list, which it
-            # read in its own collection's order: every test ran once, but not in its group nor on its worker.)
-            if not getattr(self, "_ordered", False):
-                self._ordered = True
-                sizes = {scope: len(unit) for scope, unit in self.workqueue.items()}
+        def schedule(self) -> None:
+            if self.collection is None and self.collection_is_completed:
+                sizes = Counter(worker_group(n) for n in next(iter(self.registered_collections.values())))
 
-                def first(scope: str) -> tuple[int, int]:
-                    path = scope.partition("::")[0]
+                def first(nodeid: str) -> tuple[int, int]:
+                    group, path = worker_group(nodeid), nodeid.partition("::")[0]
                     if path in _PER_TEST:
                         return -1, 0
-                    key = scope if scope in _LONGEST_FIRST else path
-                    return (_LONGEST_FIRST.index(key) if key in _LONGEST_FIRST else len(_LONGEST_FIRST)), -sizes[scope]
+                    key = group if group in _LONGEST_FIRST else path
+                    return (_LONGEST_FIRST.index(key) if key in _LONGEST_FIRST else len(_LONGEST_FIRST)), -sizes[group]
 
-                for scope in sorted(self.workqueue, key=first):
-                    self.workqueue.move_to_end(scope)
-            super()._assign_work_unit(node)
+                for node, collection in self.registered_collections.items():
+                    self.registered_collections[node] = sorted(collection, key=first)
+            super().schedule()
 
     config.option.loadscopereorder = False  # the order is first()'s
     return ByGroup(config, log)
