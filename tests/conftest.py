@@ -19,15 +19,6 @@ from tests.support.servers import ServerProcess, share_media_dir, start_playgate
 
 # The package-scoped server of the original clients' tests: started once, on one worker.
 _ONE_WORKER_DIRS = ("compat",)
-# The distributed deployment (`cluster`, package-scoped: Redis, PostgreSQL, 2 APIs, 2 workers) is shared by the
-# files of tests/distributed; run on one worker without other tests between them, it starts once, not once per
-# stretch of them on each worker. These files start deployments of their own and stay groups of their own.
-_OWN_DEPLOYMENT = (
-    "tests/distributed/test_redis_cluster.py",
-    "tests/distributed/test_outage.py",
-    "tests/distributed/test_redis_restart.py",
-    "tests/distributed/test_webhooks.py",
-)
 # Files whose tests each start what they use (no module-scoped fixture): spread over the workers one by one.
 _PER_TEST = (
     "tests/integration/test_cli.py",
@@ -41,7 +32,7 @@ _PER_TEST = (
 _LONGEST_FIRST = (
     "tests/distributed/test_redis_cluster.py",
     "tests/integration/test_bad_input.py",
-    "distributed",
+    "tests/distributed/test_distributed.py",
     "tests/browser/test_viewer.py",
     "tests/ops/test_security.py",
     "compat",
@@ -53,17 +44,14 @@ _LONGEST_FIRST = (
 def worker_group(nodeid: str) -> str:
     """The pytest-xdist work unit of a test (`make test` runs `pytest -n N`): tests that share a fixture's processes
     run on one worker, so that each worker starts only what its own tests use. A lifecycle test goes with the
-    others of its deployment (`[embedded]` or `[distributed]` in its id); a test of tests/distributed with the
-    others sharing its deployment (all but _OWN_DEPLOYMENT); a test of _PER_TEST alone; any other test with its
-    file."""
+    others of its deployment (`[embedded]` or `[distributed]` in its id); a test of _PER_TEST alone; any other test
+    with its file."""
     path, _, name = nodeid.partition("::")
     parts = path.split("/")
     if len(parts) > 2 and parts[1] in _ONE_WORKER_DIRS:
         return parts[1]
     if path in _PER_TEST:
         return nodeid
-    if len(parts) > 2 and parts[1] == "distributed" and path not in _OWN_DEPLOYMENT:
-        return "distributed"
     params = name.partition("[")[2].rstrip("]").split("-")
     if len(parts) > 2 and parts[1] == "lifecycle":
         for kind in ("embedded", "distributed"):
