@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.domain import Admission, PlayRequest, Quota, Reason, Status
+from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
 from tests.contract.conftest import Clock, LedgerFactory, Recorder
@@ -11,14 +12,9 @@ from tests.contract.conftest import Clock, LedgerFactory, Recorder
 LOST = "7531-lost"  # a request id naming its user u1, as the service's do (a cluster finds its decision so)
 
 
-async def test_a_request_given_up_on_is_answered_and_kept_by_the_ledger(
-    make_ledger: LedgerFactory, clock: Clock
-) -> None:
-    ledger = await make_ledger()
-    queue = LocalQueue()
-    recorder = Recorder()
-    fanout = LocalFanout(recorder)
-    worker = Worker(
+def _worker(ledger: Ledger, queue: LocalQueue, fanout: LocalFanout, clock: Clock) -> Worker:
+    """A worker that gives up on a request after two deliveries (and never reaches the catalogue here)."""
+    return Worker(
         queue=queue,
         ledger=ledger,
         fanout=fanout,
@@ -29,6 +25,16 @@ async def test_a_request_given_up_on_is_answered_and_kept_by_the_ledger(
         sweep_interval_s=1.0,
         max_attempts=2,
     )
+
+
+async def test_a_request_given_up_on_is_answered_and_kept_by_the_ledger(
+    make_ledger: LedgerFactory, clock: Clock
+) -> None:
+    ledger = await make_ledger()
+    queue = LocalQueue()
+    recorder = Recorder()
+    fanout = LocalFanout(recorder)
+    worker = _worker(ledger, queue, fanout, clock)
     await queue.put(PlayRequest(LOST, "u1", "v1", "tv", accepted_at=clock.now))
     for _ in range(2):  # two deliveries that could not be decided
         await queue.release(await queue.take(1, wait_s=0))
@@ -54,17 +60,7 @@ async def test_a_request_decided_before_it_was_given_up_on_keeps_its_decision_on
     queue = LocalQueue()
     recorder = Recorder()
     fanout = LocalFanout(recorder)
-    worker = Worker(
-        queue=queue,
-        ledger=ledger,
-        fanout=fanout,
-        catalog=None,  # type: ignore[arg-type]  # never reached: the only request is past max_attempts
-        metrics=Metrics(),
-        clock=clock,
-        batch_size=10,
-        sweep_interval_s=1.0,
-        max_attempts=2,
-    )
+    worker = _worker(ledger, queue, fanout, clock)
     await queue.put(request)
     for _ in range(2):  # two deliveries whose answers were lost
         await queue.release(await queue.take(1, wait_s=0))
