@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate.admission import denied
 from playgate.audit import AuditTrail
-from playgate.catalog.db import create_engine, upgrade
+from playgate.catalog.db import create_engine
 from playgate.catalog.models import AuditEventRow, WebhookDeliveryRow, WebhookEventRow
 from playgate.connections import connect, layout_for
 from playgate.domain import LoggedChange, Policy, Reason
@@ -23,7 +23,7 @@ from playgate.ledger.redis import RedisLedger
 from playgate.webhooks import Outbox
 from tests.contract.conftest import DECISION_TTL_S, LEASE_S, Clock
 from tests.contract.test_ledger import one, play
-from tests.support.pg_database import create_database, drop_database, pg_unavailable_reason
+from tests.support.pg_database import migrated_database
 from tests.support.servers import free_port
 
 LONG_IDLE_S = 3600.0  # nothing is taken over
@@ -106,15 +106,8 @@ async def test_each_change_is_logged_once_with_its_reasons(ledger: RedisLedger, 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def pg_url() -> AsyncIterator[str]:
     """A fresh PostgreSQL database, migrated (skipped with the reason when PostgreSQL does not answer)."""
-    reason = await pg_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    db = await create_database()
-    try:
-        await upgrade(db.url)
-        yield db.url
-    finally:
-        await drop_database(db)
+    async with migrated_database() as url:
+        yield url
 
 
 class DiesBeforeAck:

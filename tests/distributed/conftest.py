@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ from playgate.bench.keyset import IdentityProvider, new_key
 from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
 from tests.support.redis_cluster import RedisCluster, cluster_tools_installed, start_cluster
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
-from tests.support.servers import ServerProcess, playgate_env, start_playgate
+from tests.support.servers import ServerProcess, migrate_playgate, start_playgate
 
 # Long enough that a slow batch on a loaded machine is not taken over from a live worker.
 CLAIM_IDLE_S = 4.0
@@ -128,15 +126,7 @@ async def deployment(
     idp = IdentityProvider([new_key("cluster-rsa"), new_key("cluster-ec", "ES256")]).start()
     cluster = Cluster(store, db, data_dir, idp, settings=settings)
     try:
-        env = playgate_env(data_dir, **cluster.env)
-        upgrade = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "playgate", "db", "upgrade"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-        )
-        assert upgrade.returncode == 0, upgrade.stderr.decode()
+        await asyncio.to_thread(migrate_playgate, data_dir, **cluster.env)
         cluster.start_api()  # the first API loads the catalogue and the admin before the others start
         cluster.start_api()
         cluster.start_worker()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from playgate.webhooks import PLAY_DENIED, STREAM_ENDED, STREAM_STARTED
 from tests.support.clients import SocketClient, TestUser, admin_client, api_client, connect_socket, new_user
 from tests.support.receiver import Receiver
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
-from tests.support.servers import ServerProcess, playgate_env, start_playgate
+from tests.support.servers import ServerProcess, migrate_playgate, start_playgate
 
 LEASE_S = 4.0
 DOWN_S = 6.0  # longer than a lease
@@ -52,13 +50,7 @@ def _start(data_dir: Path, server: RedisServer, hooks_url: str) -> tuple[ServerP
         "PLAYGATE_WEBHOOK_SECRET": SECRET,
         **WEBHOOKS,
     }
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "playgate", "db", "upgrade"],
-        env=playgate_env(data_dir, **env),
-        capture_output=True,
-        timeout=60,
-    )
-    assert upgrade.returncode == 0, upgrade.stderr.decode()
+    migrate_playgate(data_dir, **env)
     deny = start_playgate(data_dir, "api", PLAYGATE_OUTAGE_POLICY="deny", **env)
     allow = start_playgate(data_dir, "api", PLAYGATE_OUTAGE_POLICY="allow", **env)
     worker = start_playgate(data_dir, "worker", wait_ready=False, **env)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import redis
 
 from tests.support.clients import admin_client, api_client, connect_socket, new_user
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
-from tests.support.servers import ServerProcess, playgate_env, start_playgate
+from tests.support.servers import ServerProcess, migrate_playgate, start_playgate
 
 LOAD_CLIENTS = 4
 LOAD_MAX_REQUESTS = 2_000
@@ -41,13 +39,7 @@ def _queue_consumers(server: RedisServer) -> int:
 
 def _start(data_dir: Path, server: RedisServer) -> tuple[ServerProcess, ServerProcess]:
     env = {"PLAYGATE_REDIS_URL": server.url, "PLAYGATE_MEDIA_DIR": str(data_dir / "media")}
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "playgate", "db", "upgrade"],
-        env=playgate_env(data_dir, **env),
-        capture_output=True,
-        timeout=60,
-    )
-    assert upgrade.returncode == 0, upgrade.stderr.decode()
+    migrate_playgate(data_dir, **env)
     api = start_playgate(data_dir, "api", **env)
     worker = start_playgate(data_dir, "worker", wait_ready=False, **env)
     deadline = time.monotonic() + 30

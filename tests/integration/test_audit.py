@@ -19,7 +19,7 @@ from playgate.catalog.models import ShadowDenialRow
 from playgate.catalog.service import Catalog, ShadowDenial
 from playgate.domain import Decision, Policy, Status, Stream
 from tests.support.clients import api_client, new_user
-from tests.support.pg_database import create_database, drop_database, pg_unavailable_reason
+from tests.support.pg_database import migrated_database
 
 PLAYS = 30
 WRITTEN_DEADLINE_S = 15.0
@@ -168,15 +168,8 @@ async def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         await upgrade(url)
         yield url
         return
-    reason = await pg_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    db = await create_database()
-    try:
-        await upgrade(db.url)
-        yield db.url
-    finally:
-        await drop_database(db)
+    async with migrated_database() as url:
+        yield url
 
 
 async def test_shadow_denials_are_listed_field_for_field_on_each_database(catalog_url: str) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ import pytest_asyncio
 from tests.support.clients import admin_client
 from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
-from tests.support.servers import ServerProcess, playgate_env, start_playgate, wait_until_ready
+from tests.support.servers import ServerProcess, migrate_playgate, start_playgate, wait_until_ready
 
 STREAM_TTL_S = 2.0
 SWEEP_INTERVAL_S = 0.2
@@ -108,14 +106,7 @@ async def _start_distributed(root: Path, media_dir: Path, settings: dict[str, st
     settings = {**settings, "PLAYGATE_REDIS_URL": redis.url, "PLAYGATE_DATABASE_URL": db.url}
     data_dir = root / "distributed"
     try:
-        upgrade = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "playgate", "db", "upgrade"],
-            env=playgate_env(data_dir, **settings),
-            capture_output=True,
-            timeout=60,
-        )
-        assert upgrade.returncode == 0, upgrade.stderr.decode()
+        await asyncio.to_thread(migrate_playgate, data_dir, **settings)
         # The first API loads the catalogue and the admin before the second starts.
         for _ in range(2):
             deployment.servers.append(await _start(data_dir, "api", **settings))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.clients import admin_client, api_client, new_user
 from tests.support.pg_database import PgDatabase
 from tests.support.redis_server import redis_binary, start_redis
-from tests.support.servers import ServerProcess, free_port, playgate_env, start_playgate, wait_until_ready
+from tests.support.servers import (
+    ServerProcess,
+    free_port,
+    migrate_playgate,
+    start_playgate,
+    wait_until_ready,
+)
 
 READY_TIMEOUT_S = 60.0
 COUNTED_WITHIN_S = 5.0
@@ -40,14 +44,7 @@ async def test_a_worker_serves_health_readiness_and_its_decision_metrics(
     env = {"PLAYGATE_REDIS_URL": redis.url, "PLAYGATE_DATABASE_URL": pg_database.url}
     started: list[ServerProcess] = []
     try:
-        upgrade = subprocess.run(
-            [sys.executable, "-m", "playgate", "db", "upgrade"],
-            env=playgate_env(tmp_path, **env),
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert upgrade.returncode == 0, upgrade.stderr
+        migrate_playgate(tmp_path, **env)
         api = start_playgate(tmp_path, "api", wait_ready=False, **env)
         started.append(api)
         wait_until_ready(api, timeout_s=READY_TIMEOUT_S)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
+import pytest
+
+from playgate.catalog.db import upgrade
 
 PG_HOST = os.environ.get("PLAYGATE_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PLAYGATE_TEST_PG_PORT", "5432"))
@@ -59,3 +64,18 @@ async def drop_database(db: PgDatabase) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def migrated_database() -> AsyncIterator[str]:
+    """A fresh database with PlayGate's migrations applied, its URL; dropped after. Skips the test, with the
+    reason, when PostgreSQL does not answer."""
+    reason = await pg_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    db = await create_database()
+    try:
+        await upgrade(db.url)
+        yield db.url
+    finally:
+        await drop_database(db)

@@ -82,6 +82,18 @@ def playgate_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def migrate_playgate(data_dir: Path, **env: str) -> None:
+    """`playgate db upgrade` with the test environment (the database the settings name), asserting it worked."""
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "playgate", "db", "upgrade"],
+        env=playgate_env(data_dir, **env),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert upgrade.returncode == 0, upgrade.stderr.decode()
+
+
 def start_playgate(
     data_dir: Path, *args: str, port: int | None = None, wait_ready: bool = True, **env: str
 ) -> ServerProcess:
