@@ -245,9 +245,14 @@ async def run_admission(spec: AdmissionSpec) -> dict[str, Any]:
                             runs.append(await _time_processes(spec, catalog_url, redis_url, user_ids, batch_size))
                         else:
                             runs.append(
-                                # The SQLite ledger lists the shadow denials in its transaction; else the worker.
                                 await _time_batches(
-                                    ledger, catalog, user_ids, spec.requests, batch_size, clock, redis_url is not None
+                                    ledger,
+                                    catalog,
+                                    user_ids,
+                                    spec.requests,
+                                    batch_size,
+                                    clock,
+                                    lists_shadow=redis_url is not None,  # SQLite lists them in its transaction
                                 )
                             )
                         if redis_url is not None:
@@ -292,6 +297,7 @@ async def _time_batches(
     count: int,
     batch_size: int,
     clock: Callable[[], float],
+    *,
     lists_shadow: bool,
 ) -> dict[str, Any]:
     queue = LocalQueue()
@@ -376,7 +382,7 @@ def _worker_process(
         try:
             await ledger.ping()
             await asyncio.to_thread(barrier.wait)
-            return await _time_batches(ledger, catalog, user_ids, count, batch_size, time.time, True)
+            return await _time_batches(ledger, catalog, user_ids, count, batch_size, time.time, lists_shadow=True)
         finally:
             await ledger.close()
             await engine.dispose()
