@@ -4,6 +4,7 @@ PostgreSQL, hammered concurrently through both APIs; a worker killed, Redis rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import socket
@@ -211,29 +212,46 @@ async def test_a_killed_worker_s_requests_are_decided_by_the_other(cluster: Clus
     group = await players(cluster, 10, limits=(3,))
     victim = cluster.workers[0]  # stays listed until killed: a failure here still stops it at teardown
     consumer = f"{socket.gethostname()}-{victim.proc.pid}"
-    load = asyncio.gather(*(request_plays(p, rng, 20) for p in group))
+    caught = asyncio.Event()
+    # Plays keep coming until the victim is caught holding a batch (a single burst can be decided before the
+    # first look, on a busy machine), each user's over both APIs; bounded: 50 rounds of 2 per user.
+    load = asyncio.gather(*(plays_until(p, rng, caught, rounds=50) for p in group))
     held = 0
-    for _ in range(100):  # freeze it at an instant when it holds a batch (bounded: about 10 s)
-        await asyncio.sleep(0.05)
-        victim.proc.send_signal(signal.SIGSTOP)
-        held = pending_on(cluster, consumer)
-        if held > 0:
-            break
-        victim.proc.send_signal(signal.SIGCONT)
-    assert held > 0, "the worker never held a batch; the test would prove nothing"
-    kill(victim)  # kill -9 with a batch in hand: the other worker claims it after PLAYGATE_CLAIM_IDLE
-    cluster.workers.remove(victim)
-    await load
-    twice = 0
-    for p in group:
-        found = await decisions(p)
-        seen = await socket_messages(p, len(p.request_ids), timeout_s=20)
-        twice += check_one_decision_each(p, found, seen)
-        allowed = {d["streamId"] for d in found.values() if d["status"] == "allowed"}
-        assert len(allowed) <= p.user.limit  # no stops here: every stream allowed is still counted
-    print(f"\n{held} request(s) held by the killed worker were decided by the other; {twice} published twice")
-    cluster.start_worker()  # back to two workers for the tests after this one
-    await close(group)
+    try:
+        for _ in range(100):  # freeze it at an instant when it holds a batch (bounded: about 10 s)
+            await asyncio.sleep(0.05)
+            victim.proc.send_signal(signal.SIGSTOP)
+            held = pending_on(cluster, consumer)
+            if held > 0:
+                break
+            victim.proc.send_signal(signal.SIGCONT)
+        caught.set()
+        assert held > 0, "the worker never held a batch; the test would prove nothing"
+        kill(victim)  # kill -9 with a batch in hand: the other worker claims it after PLAYGATE_CLAIM_IDLE
+        cluster.workers.remove(victim)
+        await load
+        twice = 0
+        for p in group:
+            found = await decisions(p)
+            seen = await socket_messages(p, len(p.request_ids), timeout_s=20)
+            twice += check_one_decision_each(p, found, seen)
+            allowed = {d["streamId"] for d in found.values() if d["status"] == "allowed"}
+            assert len(allowed) <= p.user.limit  # no stops here: every stream allowed is still counted
+        print(f"\n{held} request(s) held by the killed worker were decided by the other; {twice} published twice")
+        cluster.start_worker()  # back to two workers for the tests after this one
+    finally:
+        caught.set()
+        with contextlib.suppress(Exception):
+            await load
+        await close(group)
+
+
+async def plays_until(p: Player, rng: random.Random, stop: asyncio.Event, rounds: int) -> None:
+    """Two play requests at a time, round after round, until `stop` is set (at most `rounds`)."""
+    for _ in range(rounds):
+        if stop.is_set():
+            return
+        await request_plays(p, rng, 2)
 
 
 async def test_a_worker_stopped_with_sigterm_finishes_its_batch_and_leaves_nothing_pending(cluster: Cluster) -> None:
