@@ -127,3 +127,19 @@ async def test_other_background_tasks_still_run_as_tasks() -> None:
     task = server.start_background_task(work)
     assert isinstance(task, asyncio.Future)
     assert await task == "done"
+
+
+async def test_a_polling_clients_close_answers_its_waiting_poll_at_once() -> None:
+    """engine.io's own server holds the poll until the next ping (25 s); a client that waits for it to end before
+    its disconnect returns (python-engineio's) would wait that long."""
+    server = LeanEngineIO(async_mode="asgi")
+    socket = AsyncSocket(server, "sid3")
+    socket.connected = True
+    server.sockets["sid3"] = socket
+    poll = asyncio.create_task(socket.poll())
+    await asyncio.sleep(0)
+    assert not poll.done()
+    await socket.receive(eio_packet.Packet(eio_packet.CLOSE))
+    answered = await asyncio.wait_for(poll, 1)
+    assert [p.packet_type for p in answered] == [eio_packet.NOOP]
+    assert socket.closed
