@@ -5,6 +5,7 @@ buffer in one multi-row INSERT every flush_interval_s (or sooner once batch_size
 older than the retention every prune_interval_s (and, on the same schedule, the rows of `also_prune`: shadow
 denials). The buffer is bounded: past max_buffered events the oldest are
 dropped, counted and logged, so that a database outage cannot exhaust memory. Stopping flushes what is left.
+The change logs a ChangeFeed keeps (below) are bounded the same way, to max_backlog entries each.
 A companion (the webhook outbox) writes in each batch's transaction: it holds an event iff the trail does.
 
 Embedded (the SQLite ledger in the catalogue's own file), events are not buffered at all: the ledger hands them to
@@ -157,6 +158,10 @@ class ChangeFeed(Protocol):
         """Acknowledge (and forget) changes the audit trail recorded."""
         ...
 
+    async def trim_changes(self, keep: int) -> int:
+        """Bound each log to its newest `keep` entries, read or not; how many older ones were removed."""
+        ...
+
 
 class Companion(Protocol):
     """What writes beside the audit trail, in the same transaction as each batch (the webhook outbox)."""
@@ -223,6 +228,8 @@ class AuditTrail:
         flush_interval_s: float = 0.5,
         prune_interval_s: float = 3600.0,
         max_buffered: int = 100_000,
+        max_backlog: int = 1_000_000,
+        trim_interval_s: float = 5.0,
         companion: Companion | None = None,
         also_prune: Sequence[Retention] = (),
         in_ledger: bool = False,
@@ -243,6 +250,10 @@ class AuditTrail:
         self.prune_interval_s = prune_interval_s
         self.also_prune = tuple(also_prune)
         self._buffer: deque[AuditEvent] = deque(maxlen=max_buffered)
+        # The feed's logs are bounded too (PLAYGATE_AUDIT_BACKLOG entries each, looked at every trim_interval_s):
+        # while the database does not answer they grow, and Redis's memory is not the place to run out.
+        self.max_backlog = max_backlog
+        self.trim_interval_s = trim_interval_s
         # The batch being written: out of the buffer, not yet committed, still to be found by end_reason.
         self._writing: list[AuditEvent] = []
         self._full = asyncio.Event()
@@ -353,7 +364,7 @@ class AuditTrail:
     async def run(self, stop: asyncio.Event) -> None:
         """Flush every flush_interval_s (sooner when a batch is full) and prune every prune_interval_s, until
         `stop`; then flush what is left."""
-        next_prune_at = self._clock()
+        next_prune_at = next_trim_at = self._clock()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), self.flush_interval_s)
@@ -368,8 +379,15 @@ class AuditTrail:
                         log.info("pruned %d audit events older than the retention", pruned)
             except PlayGateError as exc:
                 log.warning("audit trail not written yet (%d waiting): %s", len(self._buffer), exc.detail)
+            if self._feed is not None and self._clock() >= next_trim_at:
+                next_trim_at = self._clock() + self.trim_interval_s
+                with contextlib.suppress(PlayGateError):  # the feed's store is down: nothing grows there
+                    self.dropped += await self._feed.trim_changes(self.max_backlog)
             if self.dropped:
-                log.error("audit trail dropped %d events (buffer full while the database did not answer)", self.dropped)
+                log.error(
+                    "audit trail dropped %d events (more waited than its bound while the database did not answer)",
+                    self.dropped,
+                )
                 self.dropped = 0
         try:
             await self.flush()

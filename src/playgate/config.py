@@ -275,6 +275,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PLAYGATE_AUDIT_RETENTION"),
         description="Days the audit trail (every decision and stream end) is kept; older events are pruned.",
     )
+    audit_backlog: int = Field(
+        1_000_000,
+        ge=1000,
+        description="Distributed: the most entries each of the Redis ledger's change logs keeps while they wait for "
+        "the audit trail (PostgreSQL not answering); beyond it the oldest are removed (lost to the audit trail and "
+        "the webhooks), counted in an error log line, so that Redis's memory is not exhausted.",
+    )
     lean_routes: bool = Field(
         True,
         description="Answer the players' hot routes (GET /videos/{id}/request, /videos/{id}/stop, /videos/stop, "

@@ -295,6 +295,7 @@ class Runtime:
                 policy=settings.policy,
                 retention_s=settings.audit_retention_days * 86_400,
                 clock=clock,
+                max_backlog=settings.audit_backlog,
                 companion=outbox,
                 also_prune=[shadow_retention],
                 in_ledger=True,

@@ -103,6 +103,61 @@ async def test_each_change_is_logged_once_with_its_reasons(ledger: RedisLedger, 
     assert await log_lengths(redis_url) == 0
 
 
+async def test_a_log_past_its_bound_loses_its_oldest_entries_read_or_not(ledger: RedisLedger, redis_url: str) -> None:
+    """While PostgreSQL does not answer the logs grow; the audit trail bounds them (PLAYGATE_AUDIT_BACKLOG)."""
+    for n in range(12):  # one user's decisions (one allowed, the others denied): one log, on a cluster too
+        await one(ledger, play(f"t{n}", user="trim", device=f"d{n}"), limit=1)
+    assert await ledger.read_changes("reader-1", 5, LONG_IDLE_S)  # read, not acknowledged (5 per primary)
+    keep = 3
+    removed = await ledger.trim_changes(keep)
+    client = connect(redis_url)
+    try:
+        lengths = [await client.xlen(key) for key in layout_for(redis_url).event_keys()]
+    finally:
+        await client.aclose()
+    assert removed > 0
+    assert all(length <= keep for length in lengths), lengths
+    assert removed + sum(lengths) == 12
+    # The removed entries are gone for every reader, the pending ones too; the rest are delivered once, as before.
+    await asyncio.sleep(SHORT_IDLE_S * 5)
+    rest = await ledger.read_changes("reader-2", 100, SHORT_IDLE_S)
+    assert len(rest) == sum(lengths)
+    await ledger.ack_changes(rest)
+    assert await ledger.read_changes("reader-3", 100, SHORT_IDLE_S) == []
+    assert await ledger.trim_changes(keep) == 0
+
+
+async def test_the_audit_trail_bounds_the_logs_while_the_database_does_not_answer(
+    ledger: RedisLedger, redis_url: str, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    for n in range(12):
+        await one(ledger, play(f"w{n}", user="waiting", device=f"d{n}"), limit=1)
+    engine = create_engine(f"postgresql+asyncpg://playgate@127.0.0.1:{free_port()}/nothing")  # nothing listens
+    trail = AuditTrail(
+        engine,
+        policy=Policy.deny,
+        retention_s=86_400,
+        clock=clock,
+        in_ledger=True,
+        max_backlog=3,
+        flush_interval_s=0.01,
+    )
+    trail.drain_from(ledger, "drainer", LONG_IDLE_S)
+    stop = asyncio.Event()
+    task = asyncio.create_task(trail.run(stop))
+    try:
+        for _ in range(200):  # bounded: 10 s
+            if "dropped 9 events" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await engine.dispose()
+    assert "audit trail dropped 9 events" in caplog.text
+    assert await log_lengths(redis_url) == 3
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def pg_url() -> AsyncIterator[str]:
     """A fresh PostgreSQL database, migrated (skipped with the reason when PostgreSQL does not answer)."""
@@ -121,6 +176,9 @@ class DiesBeforeAck:
 
     async def ack_changes(self, changes: Sequence[LoggedChange]) -> None:
         raise Unavailable("killed before acknowledging")
+
+    async def trim_changes(self, keep: int) -> int:
+        return await self._ledger.trim_changes(keep)
 
 
 async def _counts(engine: AsyncEngine, user_id: str) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:

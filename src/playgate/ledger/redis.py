@@ -584,6 +584,15 @@ class RedisLedger:
                 pipe.xdel(key, *entries)
             await pipe.execute()
 
+    async def trim_changes(self, keep: int) -> int:
+        """Bound each change log to its newest `keep` entries (XTRIM MAXLEN, exact), read or not; how many older
+        ones were removed. An entry removed while read but not acknowledged is not delivered again (drain.lua)."""
+        async with translate_redis_errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for key in self._keys.event_keys():
+                pipe.xtrim(key, maxlen=keep, approximate=False)
+            return sum(int(removed) for removed in await pipe.execute())
+
     async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
         """Bind the key to request_id unless it is bound already (SET NX GET: one atomic command)."""
         value = orjson.dumps({"r": request_id, "v": video_id}).decode()
