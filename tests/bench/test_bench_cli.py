@@ -157,6 +157,8 @@ def test_admission_micro_benchmark_on_redis_reports_memory_per_stream(tmp_path: 
     assert run["active_streams"] == 12  # 3 users x limit 4
     assert run["redis_used_memory_bytes"] > 0
     assert run["redis_decisions_kept"] == 120
+    assert run["redis_change_log_entries"] == 120  # each decision logged once, not counted in the streams' memory
+    assert run["redis_change_log_bytes"] > 0
     assert run["redis_bytes_per_active_stream"] > 0
     assert run["worker_cpu_us_per_decision"] > 0
     assert run["redis_cpu_us_per_decision"] > 0  # the Lua's CPU, read off the server's INFO cpu

@@ -338,7 +338,8 @@ def admission(
         if run.get("redis_bytes_per_active_stream") is not None:
             extra = (
                 f", Redis {run['redis_bytes_per_active_stream']:,.0f} B per active stream "
-                f"({run['active_streams']} active; the {run['redis_decisions_kept']} kept decisions not counted)"
+                f"({run['active_streams']} active; the {run['redis_decisions_kept']} kept decisions and the "
+                f"change log's {run['redis_change_log_entries']} entries not counted)"
             )
         if run.get("redis_cpu_us_per_decision") is not None:
             extra += (
