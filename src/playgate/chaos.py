@@ -84,6 +84,9 @@ class Report:
     changed: int = 0
     stops_unconfirmed: int = 0
     faults: list[FaultResult] = field(default_factory=list)
+    # What each LOST count was, to look for in the processes' logs: "stream <id> (request <id>): 404 at its stop,
+    # <s> s into the run" or "request <id>: unknown at the audit".
+    lost_detail: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -117,6 +120,7 @@ class Report:
             ("CHANGED answers", self.changed),
         ]
         lines += [f"{name:<24} {value}" for name, value in rows]
+        lines += [f"  lost: {detail}" for detail in self.lost_detail]
         lines.append(f"{'verdict':<24} {'ok' if self.ok else 'FAILED'}")
         return "\n".join(lines)
 
@@ -239,7 +243,7 @@ class Run:
             self._accepted(account, payload)
             if payload["status"] == "allowed":
                 await asyncio.sleep(PLAY_S)
-                await self._stop(http, headers, payload["streamId"])
+                await self._stop(http, headers, payload["streamId"], payload["requestId"])
             else:
                 await asyncio.sleep(PAUSE_AFTER_DENIAL_S)
 
@@ -258,7 +262,9 @@ class Run:
         if asked.first != "pending":
             self.decided_at.append(time.monotonic())
 
-    async def _stop(self, http: aiohttp.ClientSession, headers: dict[str, str], stream_id: str) -> None:
+    async def _stop(
+        self, http: aiohttp.ClientSession, headers: dict[str, str], stream_id: str, request_id: str
+    ) -> None:
         """DELETE the stream, retried on another API after a 5xx or a cut; a 404 on the first try means the
         ledger lost an allowed stream (after a retry, the first try may have stopped it)."""
         for attempt in range(20):
@@ -273,6 +279,10 @@ class Run:
             if status == 404:
                 if attempt == 0:
                     self.report.lost += 1
+                    at_s = time.monotonic() - self.started
+                    self.report.lost_detail.append(
+                        f"stream {stream_id} (request {request_id}): 404 at its stop, {at_s:.1f} s into the run"
+                    )
                 else:
                     self.report.stops_unconfirmed += 1
                 return
@@ -392,7 +402,9 @@ class Run:
             if pending:
                 await asyncio.sleep(0.5)
         self.report.undecided = len(pending)
-        self.report.lost += sum(a.final == "unknown" for a in self.asked.values())
+        unknown = [a.request_id for a in self.asked.values() if a.final == "unknown"]
+        self.report.lost += len(unknown)
+        self.report.lost_detail += [f"request {request_id}: unknown at the audit" for request_id in unknown]
         self.report.allowed = sum(a.final == "allowed" for a in self.asked.values())
         self.report.denied = sum(a.final == "denied" for a in self.asked.values())
 
