@@ -65,6 +65,8 @@ def decide(
         after = tuple(renewed if s.id == same.id else s for s in live)
         return Verdict(_allowed(request, renewed, len(after), quota.limit, now, None), after, ended, renewed=renewed)
 
+    if superseded(request, live):
+        return Verdict(denied(request, Reason.superseded, len(live), quota.limit, now), live, ended)
     known = devices or {}
     # One pass for both rule sets: the streams that make way (the device's own, the one named to replace) are
     # the same under the shadow as under the enforced rules, so they are worked out once.
@@ -99,6 +101,20 @@ def decide(
     after = (*room.kept, started)
     decision = _allowed(request, started, len(after), quota.limit, now, shadow)
     return Verdict(decision, after, ended + room.freed, started=started, devices=_seen(request, known, quota, now))
+
+
+# A device's stream started later than this after a request of that device was accepted came from a later
+# request of the device, decided first: the clocks of the accepting and deciding processes may differ by less.
+SUPERSEDED_AFTER_S = 1.0
+
+
+def superseded(request: PlayRequest, live: Sequence[Stream]) -> bool:
+    """One stream per device, and the device already plays a stream started by a later request of it (this one was
+    decided late): it would replace the newer stream by an older wish, so it is denied instead (`superseded`)."""
+    if not request.replace_device_stream:
+        return False
+    latest = request.accepted_at + SUPERSEDED_AFTER_S
+    return any(s.device_id == request.device_id and s.started_at > latest for s in live)
 
 
 def device_window_s(quota: Quota) -> float | None:

@@ -58,6 +58,9 @@ class Reason(StrEnum):
     limit_lowered = "limit_lowered"
     video_deleted = "video_deleted"
     outage_reconciled = "outage_reconciled"
+    # Denied: a later request of the same device was decided first (this one came late: decided out of order by
+    # another worker, or taken over from a worker that died), so the device's newer stream is not replaced by it.
+    superseded = "superseded"
 
 
 def reason_text(reason: Reason, tag: str | None = None) -> str:

@@ -50,6 +50,11 @@ ZERO_UHD = Rules(kind_limits=(("uhd", 0),))
 SHADOWS = (None, None, Rules(max_streams=1), Rules(kind_limits=(("uhd", 1),), max_devices=1, max_per_title=1))
 
 
+# When a request was accepted, unless a test says: after every stream the tests start (a request accepted before
+# its device's stream started is a late one, `superseded`).
+ACCEPTED_NOW = 4_000_000_000.0
+
+
 def play(
     rid: str,
     user: str = "u1",
@@ -62,6 +67,7 @@ def play(
     own_device: bool = False,
     replace_ids: tuple[str, ...] = (),
     others: bool = False,
+    accepted_at: float = ACCEPTED_NOW,
 ) -> PlayRequest:
     """A play request; its id names its user, as the service's ids do (domain.owned_id), so that a Redis Cluster
     finds its decision from the id alone."""
@@ -71,7 +77,7 @@ def play(
         user,
         video,
         device,
-        accepted_at=0.0,
+        accepted_at=accepted_at,
         replace_stream_ids=(*replace_ids, *([replace_id] if replace_id else [])),
         replace_others=others,
         device_name=f"{device} of {user}",
@@ -346,6 +352,27 @@ async def test_next_episode_on_the_same_device_replaces_its_own_stream(make_ledg
     assert [(e.stream.id, e.reason) for e in second.ended] == [(first.decision.stream_id, Reason.replaced)]
     [stream] = await ledger.streams("u1")
     assert (stream.video_id, stream.device_name) == ("ep2", "tv of u1")
+
+
+async def test_a_late_request_of_a_device_does_not_replace_the_stream_of_its_later_one(
+    make_ledger: LedgerFactory, clock: Clock
+) -> None:
+    """Decided out of order (another worker was faster, or this one was taken over from a worker that died): the
+    device's older wish is denied (`superseded`) and the stream it asked for later keeps playing."""
+    ledger = await make_ledger()
+    late = play("r1", video="ep1", own_device=True, accepted_at=clock())
+    clock.advance(5)
+    newer = await one(ledger, play("r2", video="ep2", own_device=True, accepted_at=clock()), limit=1)
+    [outcome] = await ledger.decide([admit(late, limit=1)])
+    assert (outcome.decision.status, outcome.decision.reason) == (Status.denied, Reason.superseded)
+    assert not outcome.ended
+    assert [s.id for s in await ledger.streams("u1")] == [newer.stream_id]
+    # Within the clocks' tolerance (accepted half a second before the device's stream started) it replaces it.
+    clock.advance(1)
+    close = play("r3", video="ep3", own_device=True, accepted_at=clock() - 1.5)
+    [replacing] = await ledger.decide([admit(close, limit=1)])
+    assert replacing.decision.status is Status.allowed
+    assert [(e.stream.id, e.reason) for e in replacing.ended] == [(newer.stream_id, Reason.replaced)]
 
 
 async def test_a_denial_at_the_limit_names_the_streams_holding_it(make_ledger: LedgerFactory, clock: Clock) -> None:

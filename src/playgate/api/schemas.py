@@ -285,7 +285,8 @@ class PlayOut(Wire):
     reason: str | None = Field(
         None,
         description="Denied: `limit_reached`, `kind_limit:<tag>`, `title_limit`, `device_limit`, "
-        "`household_limit`, `user_disabled`, `unknown_user` or `error`.",
+        "`household_limit`, `user_disabled`, `unknown_user`, `superseded` (a later request of the same device was "
+        "decided first, and its stream is kept) or `error`.",
     )
     active: int | None = Field(None, description="The user's active streams after the decision.")
     limit: int | None = None

@@ -23,7 +23,8 @@ ARGV[3 + i]  the i-th request, JSON [the id of the stream to start if one starts
              "1" if the user exists, "1" if the device's own stream makes way (one stream per device),
              device name, the video's kind tags, 1 if away from the household, seconds the devices are kept
              (0: no device is registered), rules, shadow rules or false, 1 if every other stream of the user
-             makes way ("Watch here") else 0]
+             makes way ("Watch here") else 0, the instant after which a stream of the device was started by a
+             later request of it (accepted at, plus the clocks' tolerance: then this one is `superseded`)]
              rules: {p = on-limit policy, k = [[kind tag, cap], ...], t = max per title, d = max devices,
              w = device window seconds, a = max away streams, m = total (shadow only; else the user's limit)};
              absent: no such cap
@@ -231,6 +232,7 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
                  kinds = request[12], away = request[13], replace_others = request[17]}
     local device_name = request[11] or ''
     local device_window_s, rules, shadow = request[14], request[15], request[16]
+    local superseded_after = tonumber(request[18])  -- accepted, plus the clocks' tolerance (SUPERSEDED_AFTER_S)
     local events = string.sub(leases, 1, -7) .. 'events'  -- beside the lease index: 'leases' -> 'events'
 
     local function save(stream)
@@ -310,6 +312,15 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
             stream.expires = now + lease_s
             save(stream)
             return decided('allowed', #live, limit, stream, nil, nil)
+        end
+    end
+
+    -- playgate.admission.superseded: a later request of this device was decided first; its stream stays.
+    if req.replace_device == '1' then
+        for _, stream in ipairs(live) do
+            if stream.device == device_id and stream.started > superseded_after then
+                return decided('denied', #live, limit, nil, 'superseded', nil)
+            end
         end
     end
 

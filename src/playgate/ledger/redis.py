@@ -38,7 +38,7 @@ from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.commands.core import AsyncScript
 
-from playgate.admission import by_age, device_window_s
+from playgate.admission import SUPERSEDED_AFTER_S, by_age, device_window_s
 from playgate.connections import (
     EVENTS_GROUP,
     LEASES_KEY,
@@ -233,6 +233,7 @@ class RedisLedger:
                 _rules_fragment(quota.rules, False),
                 _rules_fragment(quota.shadow, True),
                 1 if request.replace_others else 0,
+                request.accepted_at + SUPERSEDED_AFTER_S,
             ]
         )
 
