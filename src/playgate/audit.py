@@ -289,7 +289,7 @@ class AuditTrail:
             return
         async with translate_db_errors(), self._engine.begin() as conn:
             # Core executemany of plain rows: the ORM's bulk path and asdict() cost several times more.
-            rows = [{**{name: getattr(e, name) for name in _FIELDS}, "event_id": event_id(e)} for e in events]
+            rows = [dict(zip(_COLUMNS, _values(e), strict=True)) for e in events]
             await conn.execute(insert_ignoring_duplicates(conn, _TABLE), rows)
             if self._companion is not None:  # the webhook outbox: in this batch's transaction
                 await self._companion.write(conn, events)
@@ -454,6 +454,7 @@ def insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
 
 _FIELDS = tuple(AuditEvent.__dataclass_fields__)
 _fields_of = operator.attrgetter(*_FIELDS)  # an event's values in the order of _FIELDS, as one tuple
+_COLUMNS = (*_FIELDS, "event_id")  # a stored event's columns, in the order of _values
 _TABLE = AuditEventRow.metadata.tables[AuditEventRow.__tablename__]
 # The same columns as _FIELDS, in their order, then event_id, for the SQLite ledger's connection ("limit" is a
 # keyword).
@@ -465,6 +466,7 @@ _SQLITE_INSERT = (
 
 
 def _values(event: AuditEvent) -> tuple[object, ...]:
+    """An event's row, in the order of _COLUMNS."""
     values: tuple[object, ...] = _fields_of(event)
     return (*values, event_id(event))
 

@@ -743,10 +743,11 @@ class PlayGate:
     async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
         ended = [EndedStream(s, reason) for s in streams]
         if ended:
-            if self._audit is not None and self._outage.since is not None:
-                self._audit.record_outage(ended=ended)  # the ledger records them when they are written back
-            elif self._audit is not None:
-                self._audit.record_ended(ended)
+            if self._audit is not None:
+                if self._outage.since is not None:
+                    self._audit.record_outage(ended=ended)  # the ledger records them when they are written back
+                else:
+                    self._audit.record_ended(ended)
             await self._tell(ended)
 
     async def _tell(self, ended: Sequence[EndedStream]) -> None:

@@ -183,7 +183,7 @@ async def redis_memory(url: str, ledger: Ledger, empty_bytes: int) -> dict[str, 
     """Redis memory after the run, then without the kept decisions and the change logs (drained every 0.5 s in a
     deployment; here nothing drains them): what the active streams alone cost."""
     used = await shard_memory_bytes(url)
-    logged, log_bytes = await _unlink_change_logs(url)
+    logged, log_bytes = await _delete_change_logs(url)
     active = await ledger.count_active()
     pattern = f"{PREFIX}{{*}}:decision:*" if is_cluster_url(url) else decision_key("*")
     decisions = 0
@@ -211,7 +211,7 @@ async def redis_memory(url: str, ledger: Ledger, empty_bytes: int) -> dict[str, 
     }
 
 
-async def _unlink_change_logs(url: str) -> tuple[int, int]:
+async def _delete_change_logs(url: str) -> tuple[int, int]:
     """Delete the ledger's change logs (the audit trail's outbox); their entries and the memory they held."""
     client = connect(url)
     try:

@@ -135,10 +135,15 @@ def _by_slot(chunk: Sequence[Admission], keys: KeyLayout) -> list[list[Admission
     return list(groups.values())
 
 
-def _ended_from(rows: Sequence[Sequence[Any]], user_id: str) -> tuple[EndedStream, ...]:
-    """Ended streams from admission.lua's rows [stream id, video id, device id, started_at, expires_at, reason,
+def _row_stream(row: Sequence[Any], user_id: str) -> Stream:
+    """The stream of one of admission.lua's rows [stream id, video id, device id, started_at, expires_at, reason,
     device name, kind tags, away]."""
-    return tuple(EndedStream(_stream_from(row[0], user_id, [*row[1:5], *row[6:]]), Reason(row[5])) for row in rows)
+    return _stream_from(row[0], user_id, [*row[1:5], *row[6:]])
+
+
+def _ended_from(rows: Sequence[Sequence[Any]], user_id: str) -> tuple[EndedStream, ...]:
+    """Ended streams from admission.lua's rows."""
+    return tuple(EndedStream(_row_stream(row, user_id), Reason(row[5])) for row in rows)
 
 
 def _change_from(entry: str, fields: Sequence[Any]) -> LoggedChange:
@@ -155,7 +160,7 @@ def _outcome_from(raw: str, user_id: str) -> Outcome:
     reply = orjson.loads(raw)
     # cjson writes an empty list as {}
     ended = _ended_from(reply.get("ended") or [], user_id)
-    conflicts = tuple(_stream_from(row[0], user_id, [*row[1:5], *row[6:]]) for row in reply.get("conflicts") or [])
+    conflicts = tuple(_row_stream(row, user_id) for row in reply.get("conflicts") or [])
     return Outcome(decision_from_json(reply["decision"]), ended, conflicts)
 
 
@@ -559,11 +564,7 @@ class RedisLedger:
                 replies = await self._on_each_node_of(self._drain, self._keys.event_keys(), *args)
             else:
                 keys = self._keys.event_keys()
-                try:
-                    replies = [(keys, await self._redis.evalsha(self._drain.sha, 0, *args, *keys))]
-                except redis_errors.NoScriptError:
-                    await self._redis.script_load(self._drain.script)
-                    replies = [(keys, await self._redis.evalsha(self._drain.sha, 0, *args, *keys))]
+                replies = [(keys, await self._drain(keys=[], args=[*args, *keys]))]  # the logs in ARGV
         changes: list[LoggedChange] = []
         for keys, reply in replies:
             for position, entry, fields in reply:
