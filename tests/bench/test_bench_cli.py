@@ -82,9 +82,13 @@ def test_open_loop_over_two_load_processes(tmp_path: Path) -> None:
     check_load_result(result, sockets=6, viewers=4)
     assert result["params"]["mode"] == "open"
     assert len(result["load"]["processes"]) == 2
-    # 40 requests/s for 1.5 s: the decisions measured are the ones due in the window, give or take the edges.
-    assert 40 <= result["decisions"] <= 80
+    # Open loop: the schedule is kept whatever the answers. 40 requests/s from the warm-up's start (0.5 + 1.5 s),
+    # 20/s in each process: every one of the 80 sent and accepted, none dropped.
+    assert result["sockets"]["requests"] == 80
     assert result["dropped_requests"] == 0
+    # Only decisions that arrive inside the measured 1.5 s count (how many do depends on the machine's load: a
+    # busy 2-core run of the suite measured 32, an idle one about 60).
+    assert 0 < result["decisions"] <= 80
     assert "open:" in stdout
 
 
