@@ -8,9 +8,13 @@ dropped, counted and logged, so that a database outage cannot exhaust memory. St
 The change logs a ChangeFeed keeps (below) are bounded the same way, to max_backlog entries each.
 A companion (the webhook outbox) writes in each batch's transaction: it holds an event iff the trail does.
 
-Embedded (the SQLite ledger in the catalogue's own file), events are not buffered at all: the ledger hands them to
-a LedgerEvents inside the very transaction that records the decision or the stream's end, which writes the audit
-rows and the companion's rows there, on the ledger's sqlite3 connection; a crash cannot keep one without the other.
+Embedded (the SQLite ledger in the catalogue's own file), events are not buffered at all: the ledger logs each
+change in the very transaction that makes it (one row of ledger_changes, no index to update: cheap on the hot
+path), and a ChangeJournal drain records them later, in batches, with a LedgerEvents, which writes the audit rows
+and the companion's rows in the transaction that deletes those changes from the log, on the ledger's sqlite3
+connection: a crash keeps a change and its record of it, or the change and its log entry, never one alone. Every
+process on the file may drain (each change is recorded by exactly one transaction), and the queries drain first,
+so that what was decided before a query is in its answer.
 
 Distributed (the Redis ledger), they are not buffered either: each Lua script that decides or ends streams appends
 its change to a change log in Redis in the same call (the outbox of the change); the deciding processes drain it
@@ -33,6 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import orjson
 from sqlalchemy import Insert, Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -146,6 +151,16 @@ def change_events(changes: Iterable[LoggedChange], policy: Policy) -> list[Audit
 
 
 @runtime_checkable
+class ChangeJournal(Protocol):
+    """A ledger that logs its changes with them in the audit trail's own database, and records them itself, a
+    batch per transaction that also forgets them (the SQLite ledger's ledger_changes)."""
+
+    async def drain_changes(self) -> int:
+        """Record what was logged, oldest first; how many logged transactions."""
+        ...
+
+
+@runtime_checkable
 class ChangeFeed(Protocol):
     """A ledger that logs its changes with them, for the audit trail to drain (the Redis ledger's change logs)."""
 
@@ -180,24 +195,23 @@ class SqliteCompanion(Protocol):
 
 
 class LedgerEvents:
-    """Writes audit events, and the companion's rows, on the SQLite ledger's connection, in the transaction that
-    records the change they tell of (the caller holds it open: nothing here begins or commits)."""
+    """The SQLite ledger's ChangeLog (ledger.protocol), on its connection, in transactions it holds open (nothing
+    here begins or commits). Each transaction's changes are logged in it as one row of ledger_changes: their audit
+    rows, as JSON (one row, no index to update: a few microseconds on the hot path). `record` moves what was logged
+    into audit_events in SQL, the companion's rows beside them, and deletes it from the log."""
 
     def __init__(self, policy: Policy, companion: SqliteCompanion | None = None) -> None:
         self.policy = policy
         self._companion = companion
 
-    def write(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
-        """Insert `events` into the audit trail, and what they mean into the companion, on `conn`."""
-        if not events:
-            return
-        conn.executemany(_SQLITE_INSERT, map(_values, events))
-        if self._companion is not None:
-            self._companion.write_sqlite(conn, events)
+    def log(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
+        """Log `events` on `conn`, to be recorded later."""
+        if events:
+            conn.execute(_LOG_CHANGES, (orjson.dumps([_values(e) for e in events]),))
 
     def decided(self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream]]]) -> None:
-        """Write new decisions and the streams each ended to make room (ledger.protocol.ChangeLog), and list the
-        shadow policy's would-be denials among them (the worker then lists none: Worker.step)."""
+        """Log new decisions and the streams each ended to make room, and list the shadow policy's would-be
+        denials among them at once (the worker then lists none: Worker.step)."""
         events: list[AuditEvent] = []
         shadowed: list[tuple[str, str, str, str, str, str, float]] = []
         for decision, ended in outcomes:
@@ -205,13 +219,34 @@ class LedgerEvents:
             events += end_events(ended, decision.decided_at)
             if decision.shadow_reason is not None:
                 shadowed.append(_shadow_values(decision))
-        self.write(conn, events)
+        self.log(conn, events)
         if shadowed:
             conn.executemany(_SQLITE_SHADOW_INSERT, shadowed)
 
     def ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
-        """Write streams ended at `at` without a decision (ledger.protocol.ChangeLog)."""
-        self.write(conn, end_events(ended, at))
+        """Log streams ended at `at` without a decision."""
+        self.log(conn, end_events(ended, at))
+
+    @staticmethod
+    def waiting(conn: sqlite3.Connection) -> bool:
+        """Whether anything logged waits to be recorded."""
+        return conn.execute(_ANY_CHANGE).fetchone() is not None
+
+    def record(self, conn: sqlite3.Connection, count: int) -> int:
+        """Record the oldest `count` logged transactions, in order, and forget them; how many there were."""
+        found, last = conn.execute(_CHUNK, (count,)).fetchone()
+        if not found:
+            return 0
+        conn.execute(_RECORD_CHANGES, (last,))
+        if self._companion is not None:
+            events = [
+                AuditEvent(*values[: len(_FIELDS)])
+                for (changes,) in conn.execute(_LOGGED_CHANGES, (last,))
+                for values in orjson.loads(changes)
+            ]
+            self._companion.write_sqlite(conn, events)
+        conn.execute(_FORGET_CHANGES, (last,))
+        return int(found)
 
 
 class AuditTrail:
@@ -261,18 +296,33 @@ class AuditTrail:
         self._feed: ChangeFeed | None = None
         self._consumer = ""
         self._claim_idle_s = 0.0
+        self._journal: ChangeJournal | None = None
 
     def drain_from(self, feed: ChangeFeed, consumer: str, claim_idle_s: float) -> None:
         """Record, from now on, the changes `feed` logs (as `consumer`; taking over another reader's entries left
         unacknowledged claim_idle_s): each run's round drains it after the buffer."""
         self._feed, self._consumer, self._claim_idle_s = feed, consumer, claim_idle_s
 
+    def journal_from(self, journal: ChangeJournal) -> None:
+        """Record, from now on, the changes `journal` logs: each run's round, and each query before it reads."""
+        self._journal = journal
+
+    async def close_journal(self) -> None:
+        """Record what the journal holds, then stop reading it (its ledger closes next)."""
+        try:
+            await self._drain_journal()
+        except PlayGateError as exc:  # nothing is lost: the changes wait in the ledger's log for the next process
+            log.warning("audit journal not recorded at shutdown: %s", exc.detail)
+        self._journal = None
+
     async def drain(self) -> int:
-        """Record what the feed holds, a batch per transaction, acknowledging each batch once written; how many
-        changes. A batch that fails to be written is left unacknowledged: delivered again after claim_idle_s."""
+        """Record what the journal, then the feed, holds, a batch per transaction; how many (the journal's logged
+        transactions, the feed's changes). The feed's
+        batches are acknowledged once written; one that fails to be written is left unacknowledged: delivered
+        again after claim_idle_s."""
+        drained = await self._drain_journal()
         if self._feed is None:
-            return 0
-        drained = 0
+            return drained
         while True:
             changes = await self._feed.read_changes(self._consumer, self.batch_size, self._claim_idle_s)
             if not changes:
@@ -282,6 +332,18 @@ class AuditTrail:
             drained += len(changes)
             if len(changes) < self.batch_size:
                 return drained
+
+    async def _drain_journal(self) -> int:
+        """Record what the journal holds."""
+        return await self._journal.drain_changes() if self._journal is not None else 0
+
+    async def _catch_up(self) -> None:
+        """Before a query: record what the journal holds, so that the answer has every change made before it; if
+        the ledger's store refuses now (an outage), the query answers with what was recorded."""
+        try:
+            await self._drain_journal()
+        except PlayGateError as exc:
+            log.info("audit query answered without the changes still logged: %s", exc.detail)
 
     async def _write(self, events: Sequence[AuditEvent]) -> None:
         """Insert `events` (skipping those recorded already) and the companion's rows, in one transaction."""
@@ -408,6 +470,7 @@ class AuditTrail:
         if until is not None:
             query = query.where(AuditEventRow.at < until)
         query = query.order_by(AuditEventRow.id).limit(min(limit, PAGE_MAX))
+        await self._catch_up()
         async with translate_db_errors(), self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [StoredEvent(row.id, _event_of(row)) for row in rows]
@@ -429,6 +492,7 @@ class AuditTrail:
             .order_by(AuditEventRow.id.desc())
             .limit(1)
         )
+        await self._catch_up()
         async with translate_db_errors(), self._engine.connect() as conn:
             reason: str | None = (await conn.execute(query)).scalar_one_or_none()
         return reason
@@ -470,6 +534,22 @@ def _values(event: AuditEvent) -> tuple[object, ...]:
     values: tuple[object, ...] = _fields_of(event)
     return (*values, event_id(event))
 
+
+# The SQLite ledger's change log (LedgerEvents): a row per transaction, its events' rows (_values) as a JSON array.
+_LOG_CHANGES = "INSERT INTO ledger_changes (changes) VALUES (?)"
+_ANY_CHANGE = "SELECT 1 FROM ledger_changes LIMIT 1"
+_CHUNK = "SELECT count(*), max(seq) FROM (SELECT seq FROM ledger_changes ORDER BY seq LIMIT ?)"
+_LOGGED_CHANGES = "SELECT changes FROM ledger_changes WHERE seq <= ? ORDER BY seq"
+_FORGET_CHANGES = "DELETE FROM ledger_changes WHERE seq <= ?"
+# Every logged row up to a seq, in order, into audit_events, in SQLite alone (no Python object per event).
+_RECORD_CHANGES = (
+    "INSERT INTO audit_events (at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, "
+    'policy, active, "limit", shadow, event_id) '
+    "SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4, e.value ->> 5, e.value ->> 6, "
+    "e.value ->> 7, e.value ->> 8, e.value ->> 9, e.value ->> 10, e.value ->> 11, e.value ->> 12, e.value ->> 13 "
+    "FROM ledger_changes AS c, json_each(c.changes) AS e WHERE c.seq <= ? ORDER BY c.seq, e.key "
+    "ON CONFLICT DO NOTHING"
+)
 
 # A shadow denial's row (catalog.models.ShadowDenialRow), as Catalog.record_shadow_denials writes it elsewhere.
 _SQLITE_SHADOW_INSERT = (

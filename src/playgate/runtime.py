@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate import webhooks
-from playgate.audit import AuditTrail, ChangeFeed, LedgerEvents, Retention
+from playgate.audit import AuditTrail, ChangeFeed, ChangeJournal, LedgerEvents, Retention
 from playgate.bus.hub import GroupFanout, Hub, MemberFanout, MemberLink, MemberQueue
 from playgate.bus.local import LocalFanout, LocalQueue
 from playgate.bus.protocol import (
@@ -287,8 +287,9 @@ class Runtime:
                 "shadow denials", ShadowDenialRow.decided_at, settings.shadow_retention_days * 86_400
             )
             outbox = webhooks.outbox(settings, clock)
-            # Embedded, the SQLite ledger writes the trail and the outbox in the transaction of each change;
-            # distributed, the Redis ledger logs each change in its own call, and the deciding processes drain the log.
+            # Embedded, the SQLite ledger logs each change in its transaction, and the trail records the log with the
+            # outbox in batches; distributed, the Redis ledger logs each change in its own call, and the deciding
+            # processes drain the log.
             sqlite_ledger = settings.redis_url is None
             audit = AuditTrail(
                 engine,
@@ -323,7 +324,7 @@ class Runtime:
             )
             for backend in (ledger, queue, fanout):
                 stack.push_async_callback(backend.close)
-            _drain_change_log(role, audit, ledger, queue, settings.claim_idle_s)
+            _drain_change_log(role, audit, ledger, queue, settings.claim_idle_s, stack)
             if isinstance(fanout, ListeningFanout) and role is not Role.worker:
                 await fanout.start()  # this process's ?wait= callers are woken by decisions of any worker
             throttle = LoginThrottle(settings, clock=clock)
@@ -409,9 +410,16 @@ def _start_tasks(role: Role, worker: Worker | None, library: MediaLibrary, catal
     return tasks
 
 
-def _drain_change_log(role: Role, audit: AuditTrail, ledger: Ledger, queue: PlayQueue, claim_idle_s: float) -> None:
-    """Distributed: the deciding processes drain the Redis ledger's change log into the audit trail, as one consumer
+def _drain_change_log(
+    role: Role, audit: AuditTrail, ledger: Ledger, queue: PlayQueue, claim_idle_s: float, stack: AsyncExitStack
+) -> None:
+    """Embedded: every process records the SQLite ledger's logged changes into the audit trail (each change in
+    exactly one transaction, whichever process runs it), the last time after the worker stops and before the
+    ledger closes. Distributed: the deciding processes drain the Redis ledger's change log into it, as one consumer
     group (each as its queue consumer)."""
+    if isinstance(ledger, ChangeJournal):
+        audit.journal_from(ledger)
+        stack.push_async_callback(audit.close_journal)
     if role.decides and isinstance(ledger, ChangeFeed):
         consumer = queue.consumer if isinstance(queue, SharedQueue) else f"{socket.gethostname()}-{os.getpid()}"
         audit.drain_from(ledger, consumer, claim_idle_s)

@@ -1,6 +1,7 @@
-"""Embedded, the audit trail and the webhook outbox are written in the ledger's own transaction: a `playgate serve`
-killed with SIGKILL right after answering plays and a stop, then restarted, has every decided request's audit event
-and outbox row, and every stopped stream's end (before, they waited ~0.5 s in memory and died with the process)."""
+"""Embedded, each change is logged in the ledger's own transaction, and the audit trail and the webhook outbox
+record the log in batches: a `playgate serve` killed with SIGKILL right after answering plays and a stop, then
+restarted, has every decided request's audit event and outbox row, and every stopped stream's end, each once
+(before the ledger logged them, they waited ~0.5 s in memory and died with the process)."""
 
 from __future__ import annotations
 
@@ -59,9 +60,21 @@ async def _burst_then_kill(data_dir: Path) -> tuple[str, dict[str, str], set[str
 
 async def test_events_survive_a_kill_right_after_the_answers(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    for _ in range(ROUNDS):  # each round a new user, the same database file, a kill at the end
-        user_id, decided, stopped = await _burst_then_kill(data_dir)
+    # Each round a new user, the same database file, a kill at the end.
+    rounds = [await _burst_then_kill(data_dir) for _ in range(ROUNDS)]
+
+    # Restarted, the process records what the killed ones logged (a query records what waits before it reads).
+    hooks = f"http://127.0.0.1:{free_port()}/hooks"
+    server = start_playgate(data_dir, PLAYGATE_WEBHOOK_URLS=hooks, PLAYGATE_WEBHOOK_SECRET=SECRET)
+    try:
+        admin = await admin_client(server.base_url)
+        pages = [(await admin.get(f"/v1/users/{r[0]}/events", params={"limit": 1000})).json() for r in rounds]
+        await admin.aclose()
+    finally:
+        server.stop()
+    for (user_id, decided, stopped), page in zip(rounds, pages, strict=True):
         assert set(decided.values()) == {"allowed", "denied"}
+        assert {e["requestId"] for e in page["events"] if e["kind"] == "decision"} == set(decided)
         events, outbox, deliveries = _stored(data_dir / "playgate.sqlite3", user_id)
         decisions = {request_id: outcome for kind, outcome, request_id, _ in events if kind == "decision"}
         assert decisions == decided
@@ -72,19 +85,9 @@ async def test_events_survive_a_kill_right_after_the_answers(tmp_path: Path) -> 
         assert outbox == expected
         assert deliveries == expected
 
-    # Restarted, the process serves what the killed ones wrote.
-    server = start_playgate(data_dir)
-    try:
-        admin = await admin_client(server.base_url)
-        page = (await admin.get(f"/v1/users/{user_id}/events", params={"limit": 1000})).json()
-        await admin.aclose()
-    finally:
-        server.stop()
-    assert {e["requestId"] for e in page["events"] if e["kind"] == "decision"} == set(decided)
-
 
 async def test_every_kind_of_stop_is_recorded_with_its_reason_and_a_plays_key_stop_is_not(tmp_path: Path) -> None:
-    """Stream ends no device asked for go through the ledger's transaction too, each with its reason."""
+    """Stream ends no device asked for are logged in the ledger's transaction too, each with its reason."""
     async with served(tmp_path) as base_url:
         admin = await admin_client(base_url)
         try:
@@ -110,8 +113,9 @@ async def test_every_kind_of_stop_is_recorded_with_its_reason_and_a_plays_key_st
     ]
 
 
-async def test_dead_letters_once_and_expired_leases_are_recorded_in_the_ledgers_transaction(tmp_path: Path) -> None:
-    """The worker's dead letters (kept once however often) and the sweeper's expired streams, on the ledger itself."""
+async def test_dead_letters_once_and_expired_leases_are_recorded_from_the_ledgers_log(tmp_path: Path) -> None:
+    """The worker's dead letters (kept once however often) and the sweeper's expired streams, on the ledger itself:
+    logged in its transactions, recorded once by a drain in order, whatever drains after it."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
     await upgrade(url)
     now = [1_000_000.0]
@@ -127,6 +131,9 @@ async def test_dead_letters_once_and_expired_leases_are_recorded_in_the_ledgers_
         [allowed] = await ledger.decide([Admission(PlayRequest("r-play", "u1", "1", "d1", now[0]), Quota(limit=1))])
         now[0] += 61
         [expired] = await ledger.sweep()
+        assert _stored(tmp_path / "ledger.sqlite3", "u1") == ([], set(), set())  # logged, not recorded yet
+        assert await ledger.drain_changes() == 3  # the dead letter's, the decision's and the sweep's transactions
+        assert await ledger.drain_changes() == 0
     finally:
         await ledger.close()
     assert expired.stream.id == allowed.decision.stream_id
@@ -160,3 +167,69 @@ async def test_shadow_denials_are_listed_in_the_transaction_of_their_decisions(t
             " ORDER BY request_id"
         ).fetchall()
     assert listed == [("u1", f"r{n}", "1", f"d{n}", "limit_reached", "allowed", now) for n in (1, 2)]
+
+
+async def test_logged_events_are_recorded_field_for_field_in_order_once(tmp_path: Path) -> None:
+    """What the ledger logs is recorded as the events it logged (every column, NULLs and numbers kept), in the order
+    logged, whichever of two ledgers on the file drains, and once."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
+    await upgrade(url)
+    now = 1_000_000.25
+    ledgers = [
+        SqlLedger(url, lease_s=60, decision_ttl_s=3600, clock=lambda: now, events=LedgerEvents(Policy.deny))
+        for _ in range(2)
+    ]
+    quota = Quota(limit=1, shadow=Rules(max_streams=1))
+    try:
+        first, second = await ledgers[0].decide(
+            [Admission(PlayRequest(f"r{n}", "u1", "1", f"d{n}", accepted_at=now), quota) for n in range(2)]
+        )
+        stopped = await ledgers[1].stop(None, "u1", reason=Reason.stopped)
+        drained = await asyncio.gather(*(ledger.drain_changes() for ledger in ledgers))
+    finally:
+        for ledger in ledgers:
+            await ledger.close()
+    assert sorted(drained) == [0, 2]  # two logged transactions, recorded by one of them
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as conn:
+        rows = conn.execute(
+            "SELECT at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, policy, active, "
+            '"limit", shadow, event_id FROM audit_events ORDER BY id'
+        ).fetchall()
+        assert conn.execute("SELECT count(*) FROM ledger_changes").fetchone() == (0,)
+    assert [s.id for s in stopped] == [first.decision.stream_id]
+    assert second.decision.status is Status.denied
+    assert rows == [
+        (
+            now,
+            "decision",
+            "u1",
+            "1",
+            "d0",
+            "allowed",
+            "r0",
+            first.decision.stream_id,
+            None,
+            "deny",
+            1,
+            1,
+            None,
+            "decision:r0",
+        ),
+        (now, "decision", "u1", "1", "d1", "denied", "r1", None, "limit_reached", "deny", 1, 1, None, "decision:r1"),
+        (
+            now,
+            "stream_end",
+            "u1",
+            "1",
+            "d0",
+            "stopped",
+            None,
+            first.decision.stream_id,
+            "stopped",
+            None,
+            None,
+            None,
+            None,
+            f"stream_end:{first.decision.stream_id}",
+        ),
+    ]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from playgate.audit import LedgerEvents
+from playgate.audit import ChangeJournal, LedgerEvents
 from playgate.bench.cluster import each_primary, primaries, redis_cluster
 from playgate.bench.target import BenchError, free_port, redis_server_command
 from playgate.bus.local import LocalFanout, LocalQueue
@@ -339,6 +339,8 @@ async def _time_batches(
     started, cpu_started = time.perf_counter(), time.process_time()
     while await worker.step(wait_s=0):
         steps += 1
+    if isinstance(ledger, ChangeJournal):  # the audit trail's share: recording what the ledger logged
+        await ledger.drain_changes()
     elapsed_s = time.perf_counter() - started
     cpu_s = time.process_time() - cpu_started
     return {

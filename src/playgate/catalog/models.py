@@ -1,11 +1,23 @@
 """The SQL schema: catalogue tables (users, plans, videos, API keys) and the SQL ledger's tables (streams,
-decisions)."""
+decisions, the change log)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -108,6 +120,16 @@ class DecisionRow(Base):
     decided_at: Mapped[float] = mapped_column(Float, index=True)
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     shadow_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+class LedgerChangeRow(Base):
+    """The changes of one SQLite ledger transaction (decisions, stream ends), logged in it for the audit trail and
+    the webhook outbox to record later, in batches, off the hot path (ledger.sql.SqlLedger.drain_changes); a row
+    is deleted in the transaction that records it. Unused on PostgreSQL (the distributed ledger logs in Redis)."""
+
+    __tablename__ = "ledger_changes"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    changes: Mapped[bytes] = mapped_column(LargeBinary)  # JSON, as ledger.sql writes it
 
 
 class IdempotencyRow(Base):

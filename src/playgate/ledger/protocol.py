@@ -20,15 +20,25 @@ class KeyClaim:
 
 
 class ChangeLog(Protocol):
-    """What a ledger that records in its own transaction calls there (embedded: the audit trail and the webhook
-    outbox, audit.LedgerEvents), on its SQLite connection, before it commits."""
+    """What logs the SQLite ledger's changes for the audit trail and the webhook outbox (embedded:
+    audit.LedgerEvents), on the ledger's connection, inside a transaction the ledger holds open: each change in the
+    transaction that makes it (cheap: one row), and records what it logged later, in batches (drain_changes)."""
 
     def decided(self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream]]]) -> None:
-        """Record new decisions, each with the streams it ended to make room."""
+        """Log new decisions, each with the streams it ended to make room (and list the shadow policy's would-be
+        denials among them, at once)."""
         ...
 
     def ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
-        """Record streams ended at `at` without a decision (stopped, expired, ...)."""
+        """Log streams ended at `at` without a decision (stopped, expired, ...)."""
+        ...
+
+    def waiting(self, conn: sqlite3.Connection) -> bool:
+        """Whether anything logged waits to be recorded (read without a transaction)."""
+        ...
+
+    def record(self, conn: sqlite3.Connection, count: int) -> int:
+        """Record the oldest `count` logged transactions, deleting them from the log; how many there were."""
         ...
 
 

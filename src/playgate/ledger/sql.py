@@ -115,6 +115,10 @@ SEE_DEVICE = (
     "ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at"
 )
 FORGET_DEVICE = "DELETE FROM devices WHERE user_id = ? AND device_id = ?"
+# drain_changes: logged transactions recorded in one transaction (it holds the write lock and the ledger's thread),
+# and the most such transactions one call runs.
+DRAIN_CHUNK = 256
+MAX_DRAIN_CHUNKS = 1000
 
 
 def _stream(row: Sequence[Any]) -> Stream:
@@ -200,7 +204,8 @@ class SqlLedger:
         events: ChangeLog | None = None,
     ) -> None:
         self._path = database_path(url)
-        # The audit trail and webhook outbox, written in each change's own transaction (the catalogue's file).
+        # The audit trail and webhook outbox: each change is logged in its own transaction, and recorded with the
+        # others logged meanwhile in a later one (drain_changes).
         self._events = events
         self._lease_s = lease_s
         self._decision_ttl_s = decision_ttl_s
@@ -297,7 +302,7 @@ class SqlLedger:
         return outcomes
 
     def _ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
-        """Record streams this transaction ended, in it (nothing without a ChangeLog)."""
+        """Log streams this transaction ended, in it (nothing without a ChangeLog)."""
         if self._events is not None and ended:
             self._events.ended(conn, ended, at)
 
@@ -354,7 +359,7 @@ class SqlLedger:
             if self._events is None:
                 conn.executemany(KEEP_DECISION, [_decision_values(d) for d in decisions])
                 return
-            # One at a time to know which were new: only those are recorded (a rare path: dead letters).
+            # One at a time to know which were new: only those are logged (a rare path: dead letters).
             kept = [d for d in decisions if conn.execute(KEEP_DECISION, _decision_values(d)).rowcount == 1]
             if kept:
                 self._events.decided(conn, [(d, ()) for d in kept])
@@ -470,6 +475,26 @@ class SqlLedger:
                 return KeyClaim(request_id, video_id, created=True)
             row = conn.execute(SELECT_KEY, (user_id, key)).fetchone()
         return KeyClaim(row[0], row[1], created=False)
+
+    # ---- the change log ----------------------------------------------------------------------------
+
+    async def drain_changes(self) -> int:
+        """Have the ChangeLog record what it logged, oldest first, a chunk per transaction (other calls run between
+        them), each deleting what it records from the log: so each change is recorded once, whichever process
+        drains. How many logged transactions were recorded."""
+        drained = 0
+        for _ in range(MAX_DRAIN_CHUNKS):
+            recorded = await self._run(self._record_changes)
+            drained += recorded
+            if recorded < DRAIN_CHUNK:
+                break
+        return drained
+
+    def _record_changes(self, conn: sqlite3.Connection) -> int:
+        if self._events is None or not self._events.waiting(conn):  # no write lock taken for an empty log
+            return 0
+        with self._write(conn):
+            return self._events.record(conn, DRAIN_CHUNK)
 
     # ---- devices -----------------------------------------------------------------------------------
 
