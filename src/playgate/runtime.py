@@ -24,6 +24,7 @@ from playgate.bus.protocol import (
     Emitter,
     Fanout,
     ListeningFanout,
+    PlaybackOf,
     PlayQueue,
     RequestQueue,
     SharedQueue,
@@ -37,7 +38,7 @@ from playgate.catalog.service import Catalog
 from playgate.config import JWT_SECRET_FILE, AuthMode, EdgeSigning, Settings, is_loopback, jwt_secret, security_problems
 from playgate.connections import check_redis_url, forget_all
 from playgate.devices import DeviceIds
-from playgate.domain import Decision, Stream
+from playgate.domain import Stream
 from playgate.errors import ConfigError, PlayGateError
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
@@ -177,7 +178,7 @@ GroupEnd = Hub | MemberLink
 def open_backends(
     settings: Settings,
     emitter: Emitter,
-    playback: Callable[[Decision], str | None],
+    playback: PlaybackOf,
     clock: Callable[[], float],
     group: GroupEnd | None = None,
     events: LedgerEvents | None = None,
@@ -217,7 +218,7 @@ def open_backends(
     return (
         ledger,
         LocalQueue(),
-        LocalFanout(emitter, playback_url=playback, conflicts=conflicts, to_every_user_room=to_every_user_room),
+        LocalFanout(emitter, playback=playback, conflicts=conflicts, to_every_user_room=to_every_user_room),
     )
 
 

@@ -78,3 +78,44 @@ async def test_a_locked_database_file_is_an_outage(tmp_path: Path) -> None:
             ends = [(e["streamId"], e["outcome"]) for e in page if e["kind"] == "stream_end"]
             assert ends == [(tablet["streamId"], "stopped")], page
             assert (await client.get("/readyz")).json()["outage"] == "normal"
+
+
+EDGE = {"PLAYGATE_EDGE_SIGNING": "nginx-secure-link", "PLAYGATE_EDGE_SECRET": "e" * 32}
+
+
+@pytest.mark.usefixtures("short_busy_timeout")
+async def test_with_edge_signing_the_decisions_playback_token_carries_a_heartbeat_where_the_stream_is_unknown(
+    tmp_path: Path,
+) -> None:
+    """With edge signing the `playbackUrl` is the edge's link, which carries no PlayGate token: the decision's
+    `playbackToken` is what lets a process that never saw the stream (here a fresh app on the same file) honour its
+    heartbeat while the file is locked; without it, 503. The honoured answer hands out a fresh token."""
+    async with served(tmp_path, **EDGE) as base_url:
+        admin = await admin_client(base_url)
+        user = await new_user(base_url, admin, limit=3)
+        await admin.aclose()
+        async with api_client(base_url, user.token) as client:
+            play = (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": "tv"})).json()
+            assert play["status"] == "allowed", play
+            assert play["playbackUrl"].startswith("/edge/"), play
+            status = (await client.get(f"/v1/plays/{play['requestId']}")).json()
+            assert (status["playbackUrl"][:6], bool(status["playbackToken"])) == ("/edge/", True), status
+    stream_id, token = play["streamId"], play["playbackToken"]
+    assert token not in play["playbackUrl"]
+    async with served(tmp_path, **EDGE) as base_url, api_client(base_url, user.token) as client:
+        lock = sqlite3.connect(tmp_path / "playgate.sqlite3", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            unknown = await client.post(f"/v1/streams/{stream_id}/heartbeat")
+            assert unknown.status_code == 503, unknown.text
+            beat = await client.post(f"/v1/streams/{stream_id}/heartbeat", headers={"X-Playback-Token": token})
+            assert beat.status_code == 200, beat.text
+            fresh = beat.json()
+            assert (fresh["playbackUrl"][:6], bool(fresh["playbackToken"])) == ("/edge/", True), fresh
+            again = await client.post(
+                f"/v1/streams/{stream_id}/heartbeat", headers={"X-Playback-Token": fresh["playbackToken"]}
+            )
+            assert again.status_code == 200, again.text
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()

@@ -230,7 +230,9 @@ async def test_play_with_wait_heartbeat_and_stop(base_url: str, admin: httpx.Asy
         assert beat.status_code == 200
         assert beat.json()["expiresAt"].endswith("Z")
         # with the stream's playback token (the outage policy honours it anywhere); a bad one names the header
-        token = play["playbackUrl"].split("/")[3]
+        token = play["playbackToken"]
+        assert token == play["playbackUrl"].split("/")[3], "the token the playback URL carries"
+        assert beat.json()["playbackToken"] == beat.json()["playbackUrl"].split("/")[3]
         assert (await client.post(f"/v1/streams/{stream_id}/heartbeat", headers={TOKEN: token})).status_code == 200
         for bad in ("not-a-token", token[:-2]):
             assert_problem(await client.post(f"/v1/streams/{stream_id}/heartbeat", headers={TOKEN: bad}), 422, TOKEN)

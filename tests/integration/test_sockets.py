@@ -44,6 +44,8 @@ async def test_decisions_reach_only_the_users_sockets(
         assert message["data"] == {"videoId": "1", "userId": alice.id}
         assert (message["active"], message["limit"]) == (1, 1)
         assert message["streamId"]
+        # the stream's playback token beside its URL, the one the URL carries (no edge signing here)
+        assert message["playbackToken"] == message["playbackUrl"].split("/")[3]
     async with api_client(base_url, bob.token) as client:
         bob_request = (await client.post("/v1/plays", json={"videoId": "2"})).json()["requestId"]
     assert (await bob_phone.next_message())["requestId"] == bob_request
@@ -69,6 +71,7 @@ async def test_heartbeat_event_renews_the_lease(
     assert ack["expiresAt"] >= before
     # A fresh playback link, as the HTTP heartbeat answer carries: it opens the stream.
     assert ack["playbackUrl"].startswith("/v1/play/")
+    assert ack["playbackToken"] == ack["playbackUrl"].split("/")[3]
     async with httpx.AsyncClient(base_url=base_url) as media:
         opened = await media.get("/v1/authorize", headers={"X-Playback-Token": ack["playbackUrl"].split("/")[3]})
     assert opened.status_code == 204

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from playgate.audit import StoredEvent
-from playgate.bus.protocol import conflict_message
+from playgate.bus.protocol import Playback, conflict_message
 from playgate.domain import (
     ApiKey,
     Decision,
@@ -293,8 +293,16 @@ class PlayOut(Wire):
     expires_at: str | None = Field(None, description="When the new stream's lease runs out, unless renewed.")
     playback_url: str | None = Field(
         None,
-        description="Allowed: the stream's media, `/v1/streams/{streamId}/content?token=<playback token>` "
-        "(relative; fit for a `<video src>`). Each media request renews the lease.",
+        description="Allowed: the stream's media, its HLS master playlist `/v1/play/{playbackToken}/master.m3u8` "
+        "(relative; fit for hls.js or a `<video src>`), or with edge signing (PLAYGATE_EDGE_SIGNING) the edge's "
+        "signed, short-lived link. Each media request renews the lease.",
+    )
+    playback_token: str | None = Field(
+        None,
+        description="Allowed: the stream's playback token (the one `playbackUrl` carries, if it carries one; an "
+        "edge's signed link does not). Send it with heartbeats (header `X-Playback-Token`, socket field "
+        "`playbackToken`): while the ledger's store does not answer, an API process that never saw the stream "
+        "honours them from it (the outage policy).",
     )
     conflicts: list[ConflictOut] | None = Field(
         None, description="Denied at the limit: the streams holding it, oldest first (offer to stop one)."
@@ -302,9 +310,10 @@ class PlayOut(Wire):
 
     @classmethod
     def of(
-        cls, item: PlayRequest | Decision, playback_url: str | None = None, conflicts: list[ConflictOut] | None = None
+        cls, item: PlayRequest | Decision, playback: Playback | None = None, conflicts: list[ConflictOut] | None = None
     ) -> PlayOut:
-        """From a pending request or a decision (with its playback URL when allowed, its conflicts when denied)."""
+        """From a pending request or a decision (with its playback URL and token when allowed, its conflicts when
+        denied)."""
         if isinstance(item, PlayRequest):
             return cls(request_id=item.request_id, status="pending", video_id=item.video_id, device_id=item.device_id)
         return cls(
@@ -318,7 +327,8 @@ class PlayOut(Wire):
             active=item.active,
             limit=item.limit,
             expires_at=iso(item.expires_at) if item.expires_at is not None else None,
-            playback_url=playback_url,
+            playback_url=playback.url if playback is not None else None,
+            playback_token=playback.token if playback is not None else None,
         )
 
 
@@ -345,10 +355,20 @@ class SeedPlayOut(Wire):
 
 
 class HeartbeatOut(Wire):
-    """A renewed lease."""
+    """A renewed lease, with a fresh playback URL and token."""
 
     expires_at: str
-    playback_url: str | None = Field(None, description="A fresh playback URL for the stream (a new token).")
+    playback_url: str | None = Field(
+        None, description="A fresh playback URL for the stream (a new token; with edge signing, a new signed link)."
+    )
+    playback_token: str | None = Field(
+        None, description="A fresh playback token for the stream, for the next heartbeats (`X-Playback-Token`)."
+    )
+
+    @classmethod
+    def of(cls, stream: Stream, playback: Playback) -> HeartbeatOut:
+        """From the renewed stream and its fresh playback."""
+        return cls(expires_at=iso(stream.expires_at), playback_url=playback.url, playback_token=playback.token)
 
 
 class UserIn(Input):

@@ -114,9 +114,9 @@ def register(
     sio: socketio.AsyncServer, gate: Callable[[], PlayGate], content: Callable[[], ContentGate] | None = None
 ) -> SocketRegistry:
     """Attach PlayGate's handlers to `sio`; `gate` returns the service once the app has started, `content` its
-    content gate (the heartbeat ack carries a fresh playback URL, as the HTTP heartbeat answer does, and the
-    heartbeat's playback token is checked there). The registry returned is to be watched (SocketRegistry.watch)
-    while the app runs."""
+    content gate (the heartbeat ack carries a fresh playback URL and token, as the HTTP heartbeat answer does, and
+    the heartbeat's playback token is checked there). The registry returned is to be watched
+    (SocketRegistry.watch) while the app runs."""
     sockets = SocketRegistry()
 
     @sio.event  # type: ignore[untyped-decorator]
@@ -157,10 +157,11 @@ async def heartbeat_ack(
     gate: PlayGate, user_id: str | None, data: Any, content: Callable[[], ContentGate] | None = None
 ) -> dict[str, Any]:
     """The `heartbeat` event of a v4 or v2 socket: renew a stream's lease, `{"streamId", "playbackToken"?}` → ack
-    `{"streamId", "expiresAt", "playbackUrl"}` (a fresh playback URL when `content` is given: with edge signing,
-    how a playing client gets a link that outlives the one it has), or the problem fields `{"type", "title",
-    "status", "detail"}` (and `field`) as HTTP answers them. The stream's playback token, if sent, lets a process
-    that never saw the stream honour it while the ledger's store does not answer (the outage policy)."""
+    `{"streamId", "expiresAt", "playbackUrl", "playbackToken"}` (a fresh playback URL and token when `content` is
+    given: with edge signing, how a playing client gets a link that outlives the one it has), or the problem
+    fields `{"type", "title", "status", "detail"}` (and `field`) as HTTP answers them. The stream's playback token,
+    if sent, lets a process that never saw the stream honour it while the ledger's store does not answer (the
+    outage policy)."""
     stream_id = data.get("streamId") if isinstance(data, dict) else None
     token = data.get("playbackToken") if isinstance(data, dict) else None
     try:
@@ -180,7 +181,8 @@ async def heartbeat_ack(
         return error_fields(exc)
     ack = {"streamId": stream.id, "expiresAt": iso(stream.expires_at)}
     if content is not None:
-        ack["playbackUrl"] = content().url_for(stream)
+        playback = content().playback_for(stream)
+        ack["playbackUrl"], ack["playbackToken"] = playback.url, playback.token
     return ack
 
 

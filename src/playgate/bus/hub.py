@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from playgate.bus.local import LeanManager, LocalQueue
-from playgate.bus.protocol import EVERY_USER_ROOM, Conflicts, Emitter, EmittingFanout, user_room
+from playgate.bus.protocol import EVERY_USER_ROOM, Conflicts, Emitter, EmittingFanout, PlaybackOf, user_room
 from playgate.bus.redis import request_from_json, request_to_json
 from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import Decision, EndedStream, Outcome, PlayRequest
@@ -121,14 +121,14 @@ class GroupFanout(EmittingFanout):
     def __init__(
         self,
         send: Callable[[list[Emit], list[dict[str, Any]]], None],
-        playback_url: Callable[[Decision], str | None] | None = None,
+        playback: PlaybackOf | None = None,
         conflicts: Conflicts | None = None,
         *,
         local: Emitter | None = None,
         to_every_user_room: bool = False,
     ) -> None:
         self._relay = Relay(send)
-        super().__init__(self._relay, playback_url, conflicts, to_every_user_room=to_every_user_room)
+        super().__init__(self._relay, playback, conflicts, to_every_user_room=to_every_user_room)
         self._local = local
 
     async def publish(self, outcomes: Sequence[Outcome]) -> None:
@@ -441,14 +441,14 @@ class MemberFanout(GroupFanout):
         self,
         link: MemberLink,
         local: Emitter,
-        playback_url: Callable[[Decision], str | None] | None = None,
+        playback: PlaybackOf | None = None,
         conflicts: Conflicts | None = None,
         *,
         to_every_user_room: bool = False,
     ) -> None:
         super().__init__(
             lambda emits, decided: link.send(["fanout", emits, decided]),
-            playback_url,
+            playback,
             conflicts,
             local=local,
             to_every_user_room=to_every_user_room,

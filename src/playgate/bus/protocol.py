@@ -173,11 +173,26 @@ def user_room(user_id: str) -> str:
 EVERY_USER_ROOM = "users:every"
 
 
+@dataclass(frozen=True, slots=True)
+class Playback:
+    """How a player plays an allowed stream: its media's URL (`playbackUrl`) and the stream's PlayGate playback
+    token (`playbackToken`): the token the URL carries, or, when the URL is an edge's signed link (which carries
+    none), one issued beside it. The token is what a heartbeat sends (`X-Playback-Token`, socket `playbackToken`)
+    so that, while the ledger's store does not answer, a process that never saw the stream honours it."""
+
+    url: str
+    token: str
+
+
+# An allowed decision's Playback (None for a denial), as the fan-out puts it in the decision's `message`.
+PlaybackOf = Callable[[Decision], Playback | None]
+
+
 def decision_message(
-    decision: Decision, playback_url: str | None = None, conflicts: list[dict[str, Any]] | None = None
+    decision: Decision, playback: Playback | None = None, conflicts: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """The `message` event payload of API.md for a decision; an allowed one carries its stream's `playbackUrl`, a
-    denied one at the limit the streams holding it (`conflicts`)."""
+    """The `message` event payload of API.md for a decision; an allowed one carries its stream's `playbackUrl` and
+    `playbackToken`, a denied one at the limit the streams holding it (`conflicts`)."""
     body: dict[str, Any] = {
         "status": decision.status.value,
         "data": {"videoId": decision.video_id, "userId": decision.user_id},
@@ -187,8 +202,9 @@ def decision_message(
     }
     if decision.stream_id is not None:
         body["streamId"] = decision.stream_id
-    if playback_url is not None:
-        body["playbackUrl"] = playback_url
+    if playback is not None:
+        body["playbackUrl"] = playback.url
+        body["playbackToken"] = playback.token
     if decision.reason is not None:
         body["reason"] = decision.reason.value
     if decision.reason is Reason.limit_reached:
@@ -231,13 +247,13 @@ class EmittingFanout:
     def __init__(
         self,
         emitter: Emitter,
-        playback_url: Callable[[Decision], str | None] | None = None,
+        playback: PlaybackOf | None = None,
         conflicts: Conflicts | None = None,
         *,
         to_every_user_room: bool = False,
     ) -> None:
         self._emitter = emitter
-        self._playback_url = playback_url
+        self._playback = playback
         self._conflicts = conflicts
         self._to_every_user_room = to_every_user_room
         self._waiters: dict[str, set[asyncio.Future[Decision]]] = {}
@@ -246,9 +262,9 @@ class EmittingFanout:
         """Emit each decision to its user's room, then the streams it ended."""
         for outcome in outcomes:
             decision = outcome.decision
-            url = self._playback_url(decision) if self._playback_url is not None else None
+            playback = self._playback(decision) if self._playback is not None else None
             conflicts = self._conflicts(outcome.conflicts) if self._conflicts is not None else None
-            await self._emit_for(decision.user_id, "message", decision_message(decision, url, conflicts))
+            await self._emit_for(decision.user_id, "message", decision_message(decision, playback, conflicts))
             await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
 
     async def announce(self, ended: Sequence[EndedStream]) -> None:

@@ -33,7 +33,7 @@ import socketio
 from redis import exceptions as redis_errors
 from redis.asyncio import RedisCluster
 
-from playgate.bus.protocol import BatchingEmitter, Conflicts, Delivery, Emitter, EmittingFanout
+from playgate.bus.protocol import BatchingEmitter, Conflicts, Delivery, Emitter, EmittingFanout, PlaybackOf
 from playgate.connections import (
     DECISIONS_CHANNEL,
     GROUP,
@@ -49,7 +49,7 @@ from playgate.connections import (
     ready,
     translate_redis_errors,
 )
-from playgate.domain import Decision, Outcome, PlayRequest, id_owner
+from playgate.domain import Outcome, PlayRequest, id_owner
 from playgate.errors import Unavailable
 
 log = logging.getLogger("playgate.bus")
@@ -665,12 +665,12 @@ class RedisFanout(EmittingFanout):
         self,
         url: str,
         emitter: Emitter,
-        playback_url: Callable[[Decision], str | None] | None = None,
+        playback: PlaybackOf | None = None,
         conflicts: Conflicts | None = None,
         *,
         to_every_user_room: bool = False,
     ) -> None:
-        super().__init__(emitter, playback_url, conflicts, to_every_user_room=to_every_user_room)
+        super().__init__(emitter, playback, conflicts, to_every_user_room=to_every_user_room)
         self._redis = connect(url)
         self._cluster = is_cluster_url(url)
         self._keys = layout_for(url)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from playgate.bus.protocol import Playback
 from playgate.catalog.service import Catalog
 from playgate.domain import Decision, Reason, Status, Stream
 from playgate.errors import Forbidden, Invalid, NotFound, Unauthorized
@@ -49,21 +50,23 @@ def dash_url(playback: str) -> str:
 
 
 class PlaybackLinks:
-    """The playback URL of a stream: its master playlist at the content gate, a fresh playback token in the path;
-    or, with edge signing, a signed short-lived link that the edge checks alone."""
+    """The playback of a stream: its URL (its master playlist at the content gate, a fresh playback token in the
+    path; or, with edge signing, a signed short-lived link that the edge checks alone) and its playback token."""
 
     def __init__(self, tokens: PlaybackTokens, signer: EdgeSigner | None = None) -> None:
         self.tokens = tokens
         self.signer = signer
 
-    def for_stream(self, *, stream_id: str, user_id: str, video_id: str, now: float) -> str:
-        """A fresh playback URL for one stream."""
+    def for_stream(self, *, stream_id: str, user_id: str, video_id: str, now: float) -> Playback:
+        """A fresh playback URL and token for one stream: the token the URL carries, or, with edge signing, one
+        issued beside the edge's link (which carries none), for the heartbeats of an outage."""
+        token = self.tokens.issue(user_id=user_id, stream_id=stream_id, video_id=video_id, now=now)
         if self.signer is not None:
-            return self.signer.url(stream_id=stream_id, video_id=video_id, now=now)
-        return play_url(self.tokens.issue(user_id=user_id, stream_id=stream_id, video_id=video_id, now=now))
+            return Playback(self.signer.url(stream_id=stream_id, video_id=video_id, now=now), token)
+        return Playback(play_url(token), token)
 
-    def for_decision(self, decision: Decision, now: float) -> str | None:
-        """The playback URL of an allowed decision; None for a denial."""
+    def for_decision(self, decision: Decision, now: float) -> Playback | None:
+        """The playback of an allowed decision; None for a denial."""
         if decision.status is not Status.allowed or decision.stream_id is None:
             return None
         return self.for_stream(
@@ -92,15 +95,15 @@ class ContentGate:
         self.library = library
         self._clock = clock
 
-    def url_for(self, stream: Stream) -> str:
-        """A fresh playback URL for an active stream (heartbeat answers carry one: with edge signing, that is how
-        a playing client gets a link that outlives the one it has)."""
+    def playback_for(self, stream: Stream) -> Playback:
+        """A fresh playback URL and token for an active stream (heartbeat answers carry them: with edge signing,
+        that is how a playing client gets a link that outlives the one it has)."""
         return self.links.for_stream(
             stream_id=stream.id, user_id=stream.user_id, video_id=stream.video_id, now=self._clock()
         )
 
-    def url_for_decision(self, decision: Decision) -> str | None:
-        """The playback URL of an allowed decision; None for a denial."""
+    def playback_for_decision(self, decision: Decision) -> Playback | None:
+        """The playback URL and token of an allowed decision; None for a denial."""
         return self.links.for_decision(decision, self._clock())
 
     def check_source(self, source: str | None) -> str | None:

@@ -16,7 +16,7 @@ from playgate.errors import Invalid
 from playgate.media import ContentGate
 from playgate.media.gate import TOKEN_HEADER as PLAYBACK_TOKEN_HEADER
 from playgate.service import MAX_WAIT_S, PlayGate
-from playgate.wire import DeviceId, Id, RequestId, StreamId, iso
+from playgate.wire import DeviceId, Id, RequestId, StreamId
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -89,20 +89,22 @@ async def create_play(
 
 
 async def _play_out(gate: PlayGate, content: ContentGate, found: PlayRequest | Decision) -> PlayOut:
-    """A request as answered: pending, or its decision with a fresh playback URL or the conflicts of a denial."""
+    """A request as answered: pending, or its decision with a fresh playback URL and token or the conflicts of a
+    denial."""
     if isinstance(found, PlayRequest):
         return PlayOut.of(found)
     lease_s = gate.lease_s
     held = await gate.conflicts(found) if found.reason is Reason.limit_reached else None
     conflicts = [ConflictOut.of(s, lease_s) for s in held] if held is not None else None
-    return PlayOut.of(found, content.url_for_decision(found), conflicts)
+    return PlayOut.of(found, content.playback_for_decision(found), conflicts)
 
 
 @router.get("/plays/{requestId}", summary="A play request's status (own requests only)", responses=ERRORS)
 async def get_play(
     gate: GateDep, content: ContentDep, caller: Caller, request_id: Annotated[RequestId, Path(alias="requestId")]
 ) -> PlayOut:
-    """pending, allowed (with a fresh playback URL) or denied (at the limit: with the streams holding it)."""
+    """pending, allowed (with a fresh playback URL and token) or denied (at the limit: with the streams holding
+    it)."""
     return await _play_out(gate, content, await gate.play_status(caller, request_id))
 
 
@@ -122,18 +124,19 @@ async def heartbeat(
         str | None,
         Header(
             alias=PLAYBACK_TOKEN_HEADER,
-            description="The stream's playback token (from its `playbackUrl`), optional: while the ledger's store "
+            description="The stream's playback token (`playbackToken` of its decision or of the last heartbeat's "
+            "answer), optional: while the ledger's store "
             "does not answer, an API process that never saw the stream honours the heartbeat from it (the outage "
             "policy); 422 naming this header when it is not valid or is another stream's.",
         ),
     ] = None,
 ) -> HeartbeatOut:
-    """200 with the new expiry and a fresh playback URL; 404 when the stream is no longer active (`reason`: why it
-    ended, when recorded)."""
+    """200 with the new expiry and a fresh playback URL and token; 404 when the stream is no longer active
+    (`reason`: why it ended, when recorded)."""
     owner = caller.user.id if caller.user is not None and not caller.stops_any else None
     claims = content.heartbeat_claims(playback_token, stream_id, owner, field=PLAYBACK_TOKEN_HEADER)
     stream = await gate.heartbeat(caller, stream_id, claims)
-    return HeartbeatOut(expires_at=iso(stream.expires_at), playback_url=content.url_for(stream))
+    return HeartbeatOut.of(stream, content.playback_for(stream))
 
 
 @router.delete(

@@ -1,0 +1,38 @@
+"""An allowed decision's playback (media/gate.py PlaybackLinks): its URL and the stream's playback token, in the
+`message` event as in the HTTP answers; with edge signing the token comes beside a link that carries none."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from playgate.bus.protocol import decision_message
+from playgate.domain import Decision, Reason, Status
+from playgate.media import EdgeSigner, PlaybackLinks, play_url
+from playgate.security import PlaybackClaims, PlaybackTokens
+
+NOW = time.time()  # the token's expiry is checked against the wall clock
+TOKENS = PlaybackTokens("a-secret-of-forty-characters-or-so-1234", 300)
+SIGNER = EdgeSigner("e" * 32, 120)
+ALLOWED = Decision("r1", "u1", "v1", "tv", Status.allowed, 1, 3, NOW, stream_id="s1", expires_at=NOW + 90)
+
+
+@pytest.mark.parametrize("signer", [None, SIGNER], ids=["content gate", "edge signing"])
+def test_an_allowed_decision_carries_its_streams_playback_token(signer: EdgeSigner | None) -> None:
+    playback = PlaybackLinks(TOKENS, signer).for_decision(ALLOWED, NOW)
+    assert playback is not None
+    assert TOKENS.check(playback.token) == PlaybackClaims(user_id="u1", stream_id="s1", video_id="v1")
+    if signer is None:
+        assert playback.url == play_url(playback.token)  # the token the URL carries
+    else:
+        assert playback.url == SIGNER.url(stream_id="s1", video_id="v1", now=NOW)
+        assert playback.token not in playback.url
+    message = decision_message(ALLOWED, playback)
+    assert (message["playbackUrl"], message["playbackToken"]) == (playback.url, playback.token)
+
+
+def test_a_denial_has_no_playback() -> None:
+    denied = Decision("r2", "u1", "v1", "tv", Status.denied, 3, 3, NOW, reason=Reason.limit_reached)
+    assert PlaybackLinks(TOKENS, SIGNER).for_decision(denied, NOW) is None
+    assert {"playbackUrl", "playbackToken"}.isdisjoint(decision_message(denied, None))
