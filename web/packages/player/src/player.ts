@@ -61,7 +61,7 @@ function defaultStorage(): StorageLike | null {
 }
 
 /** The PlayGate playback token in a playback URL (`/v1/play/<token>/…`, or `?token=`); null for none (an edge's
- * signed link carries none). */
+ * signed link carries none). A player uses the answers' `playbackToken`, and this only when a server sends none. */
 export function playbackToken(url: string | null): string | null {
   if (!url) return null;
   const found = /\/v1\/play\/([^/?#]+)\//.exec(url) ?? /[?&]token=([^&#]+)/.exec(url);
@@ -80,6 +80,8 @@ export class Player {
   private deviceSecret: string | null;
   /** The stream's latest playback URL (heartbeat answers renew it): asked why when the media is refused. */
   private playbackUrl: string | null = null;
+  /** The stream's latest playback token (heartbeat answers renew it): heartbeats send it. */
+  private playbackToken: string | null = null;
 
   private readonly media: MediaLike;
   private readonly options: PlayerOptions;
@@ -265,7 +267,7 @@ export class Player {
     if (fresh && this.streamId) this.release(false); // the previous title on this device: replaced by the server
     this.streamId = streamId;
     if (answer.expiresAt) this.leaseMs = Date.parse(answer.expiresAt) - Date.now();
-    if (fresh) this.playbackUrl = answer.playbackUrl ?? null;
+    if (fresh) this.renewPlayback(answer);
     if (fresh && answer.playbackUrl) void this.setSource(answer.playbackUrl);
     if (!this.media.paused) this.startHeartbeats();
     const event: AllowedEvent = {
@@ -356,6 +358,7 @@ export class Player {
     this.stopHeartbeats();
     this.streamId = null;
     this.playbackUrl = null;
+    this.playbackToken = null;
     if (!unload) return;
     this.hls?.destroy();
     this.hls = null;
@@ -404,10 +407,10 @@ export class Player {
     let gone = false;
     let reason: string | null = null;
     try {
-      let renewed: { status?: number; playbackUrl?: string; reason?: string } | null;
+      let renewed: { status?: number; playbackUrl?: string; playbackToken?: string; reason?: string } | null;
       // The stream's playback token goes along: while PlayGate's ledger is down, an API process that never saw
       // the stream (a balancer's choice) honours the heartbeat from it.
-      const token = playbackToken(this.playbackUrl);
+      const token = this.playbackToken;
       if (this.socket && this.socket.connected) {
         const beat = token ? { streamId, playbackToken: token } : { streamId };
         renewed = await this.socket.timeout(ACK_TIMEOUT_MS).emitWithAck("heartbeat", beat);
@@ -418,8 +421,8 @@ export class Player {
         const path = `/v1/streams/${encodeURIComponent(streamId)}/heartbeat`;
         renewed = await this.http.call("POST", path, undefined, headers);
       }
-      // Both answers carry a fresh playback URL (with edge signing, a link that outlives the one playing).
-      if (renewed && renewed.playbackUrl && this.streamId === streamId) this.playbackUrl = renewed.playbackUrl;
+      // Both answers carry a fresh playback URL and token (with edge signing, a link that outlives the one playing).
+      if (renewed && renewed.playbackUrl && this.streamId === streamId) this.renewPlayback(renewed);
     } catch (error) {
       gone = error instanceof PlayGateError && error.status === 404;
       reason = gone ? (error as PlayGateError).reason : null;
@@ -436,6 +439,12 @@ export class Player {
     // The socket's `stream_ended` says why; it may come a moment after the media or the heartbeat was refused.
     if (this.live) setTimeout(lost, REASON_GRACE_MS);
     else lost();
+  }
+
+  /** Keep an answer's playback URL and token: its `playbackToken`, else (a server before it) the URL's. */
+  private renewPlayback(answer: { playbackUrl?: string | null; playbackToken?: string | null }): void {
+    this.playbackUrl = answer.playbackUrl ?? null;
+    this.playbackToken = answer.playbackToken || playbackToken(this.playbackUrl);
   }
 
   /**

@@ -25,6 +25,9 @@ export interface PlayAnswer {
   limit?: number | null;
   expiresAt?: string | null;
   playbackUrl?: string | null;
+  /** The stream's playback token (the one `playbackUrl` carries; with edge signing, whose links carry none, only
+   * here): heartbeats send it, so that PlayGate honours them in an outage of its ledger. */
+  playbackToken?: string | null;
   conflicts?: Conflict[] | null;
 }
 
@@ -38,6 +41,7 @@ export interface DecisionMessage {
   active: number;
   limit: number;
   playbackUrl?: string;
+  playbackToken?: string;
   conflicts?: Conflict[];
 }
 

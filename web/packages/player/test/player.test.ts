@@ -277,6 +277,26 @@ describe("heartbeats", () => {
     expect(heartbeats(server.calls)).toBe(3); // paused: the lease runs out and the slot is freed
   });
 
+  it("send the decision's playbackToken when its URL (an edge's link) carries none, then the fresh one", async () => {
+    const edge = "/edge/md5/9/s1/v1/master.m3u8";
+    const media = new FakeMedia();
+    media.nativeHls = true;
+    const server = fakeServer({
+      "POST /v1/plays": () => {
+        const [status, body] = allowedAnswer("s1");
+        return [status, { ...(body as object), playbackUrl: edge, playbackToken: "pt1" }];
+      },
+      "POST /v1/streams/s1/heartbeat": () => [200, { expiresAt: "later", playbackUrl: edge, playbackToken: "pt2" }],
+    });
+    const p = make(media, server.fetch);
+    await p.play("v1");
+    expect(playbackToken(edge)).toBeNull();
+    await media.play();
+    await vi.advanceTimersByTimeAsync(20_000);
+    const beats = server.calls.filter((c) => c.path.endsWith("/heartbeat"));
+    expect(beats.map((c) => c.headers.get("X-Playback-Token"))).toEqual(["pt1", "pt2"]);
+  });
+
   it("pause then resume asks again, and a denial on resume pauses the media", async () => {
     const media = new FakeMedia();
     let answer: () => [number, unknown] = () => allowedAnswer("s1");
@@ -478,6 +498,46 @@ describe("the live connection", () => {
     socket.fire("stream_ended", { streamId: "s1", videoId: "v1", reason: "limit_lowered" });
     expect(ended).toHaveBeenCalledWith({ streamId: "s1", videoId: "v1", reason: "limit_lowered" });
     expect(media.src).toBe("");
+  });
+
+  it("heartbeats over the socket with the pushed decision's playbackToken, then the ack's fresh one", async () => {
+    const { io, socket } = fakeIo();
+    socket.timeout = () => ({
+      emitWithAck: async (_event: string, data: unknown) => {
+        socket.acks.push(data);
+        const playbackUrl = "/edge/b/9/s1/v1/master.m3u8";
+        return { streamId: "s1", expiresAt: "later", playbackUrl, playbackToken: "pt2" };
+      },
+    });
+    const media = new FakeMedia();
+    media.nativeHls = true;
+    const server = fakeServer({
+      "POST /v1/plays": () => {
+        // Decided on the socket before the answer came back; the answer says pending.
+        socket.fire("message", {
+          status: "allowed",
+          data: { videoId: "v1", userId: "u1" },
+          requestId: "r-s1",
+          streamId: "s1",
+          active: 1,
+          limit: 1,
+          playbackUrl: "/edge/a/9/s1/v1/master.m3u8",
+          playbackToken: "pt1",
+        });
+        return [202, { requestId: "r-s1", status: "pending", videoId: "v1", deviceId: "tv" }];
+      },
+    });
+    const p = make(media, server.fetch, { io });
+    socket.connected = true;
+    socket.fire("connect");
+    await p.play("v1");
+    expect(p.streamId).toBe("s1");
+    await media.play();
+    await vi.advanceTimersByTimeAsync(20_000);
+    expect(socket.acks).toEqual([
+      { streamId: "s1", playbackToken: "pt1" },
+      { streamId: "s1", playbackToken: "pt2" },
+    ]);
   });
 
   /** A player on a connected socket whose heartbeat acks are `ack`, playing s1 for one heartbeat period. */
