@@ -270,6 +270,13 @@ async def test_nginx_secure_link_edge_urls_valid_expired_tampered(
             decision = await play(client, "6", "tv")
             url = decision["playbackUrl"]
             assert url.startswith("/edge/")
+            # The link carries no PlayGate token: the decision carries the stream's beside it, for the heartbeats.
+            token = decision["playbackToken"]
+            assert token not in url
+            beat = await client.post(
+                f"/v1/streams/{decision['streamId']}/heartbeat", headers={"X-Playback-Token": token}
+            )
+            assert beat.status_code == 200, beat.text
             master = await player.get(url)
             assert master.status_code == 200, master.text
             variant = m3u8.loads(master.text).playlists[0].uri
