@@ -5,9 +5,8 @@ playgate.admission.decide step for step.
 For the i-th request (i = 1..n), four keys, all in the user's hash slot on a Redis Cluster:
 KEYS[4i - 3]  the lease index holding the user's streams: sorted set, member = stream id, score = expires_at
               (epoch seconds); playgate:leases on one server, one per bucket on a cluster (connections.KeyLayout)
-KEYS[4i - 2]  the user's streams: hash playgate:{<user id>}:streams
-              field = stream id, value = JSON [video id, device id, started_at, expires_at, device name, kind tags,
-              away 0|1] (times: epoch seconds)
+KEYS[4i - 2]  the user's streams: hash playgate:{<user id>}:streams, a record a stream (record.lua, which the
+              ledger puts in front of this script, says its format; expires_at is the lease index's score alone)
 KEYS[4i - 1]  the request's decision: string, JSON, kept decision_ttl_ms milliseconds
               (playgate:decision:<request id>; playgate:{b…}:decision:<request id> on a cluster)
 KEYS[4i]      the user's devices: hash playgate:{<user id>}:devices, field = device id, value = last seen (epoch s)
@@ -49,15 +48,6 @@ started_at, expires_at, reason, device name, kind tags, away], ...], "conflicts"
 local now = tonumber(ARGV[1])
 local lease_s = tonumber(ARGV[2])
 local decision_ttl_ms = ARGV[3]
-
-local function fmt(seconds)
-    return string.format('%.17g', seconds)
-end
-
-local function row(stream, reason)
-    return {stream.id, stream.video, stream.device, fmt(stream.started), fmt(stream.expires), reason, stream.name,
-            stream.kinds, stream.away}
-end
 
 local function has(list, item)
     for _, value in ipairs(list) do
@@ -234,30 +224,16 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
     local device_window_s, rules, shadow = request[14], request[15], request[16]
     local superseded_after = tonumber(request[18])  -- accepted, plus the clocks' tolerance (SUPERSEDED_AFTER_S)
     local events = string.sub(leases, 1, -7) .. 'events'  -- beside the lease index: 'leases' -> 'events'
-
-    local function save(stream)
-        redis.call('HSET', streams_key, stream.id, cjson.encode({stream.video, stream.device, fmt(stream.started),
-            fmt(stream.expires), stream.name, stream.kinds, stream.away}))
-        redis.call('ZADD', leases, fmt(stream.expires), stream.id)
-    end
-
-    local function drop(stream)
-        redis.call('HDEL', streams_key, stream.id)
-        redis.call('ZREM', leases, stream.id)
-    end
+    local prefix = owner_prefix(user_id)
 
     -- Drop expired leases: they are reported as ended (reason expired) whatever the outcome.
     local live, ended = {}, {}
-    local raw = redis.call('HGETALL', streams_key)
-    for i = 1, #raw, 2 do
-        local v = cjson.decode(raw[i + 1])
-        local stream = {id = raw[i], video = v[1], device = v[2], started = tonumber(v[3]), expires = tonumber(v[4]),
-                        name = v[5] or '', kinds = v[6] or {}, away = v[7] or 0}
+    for _, stream in ipairs(load_all(streams_key, leases, prefix)) do
         if stream.expires > now then
             live[#live + 1] = stream
         else
             ended[#ended + 1] = row(stream, 'expired')
-            drop(stream)
+            remove(streams_key, leases, stream)
         end
     end
     table.sort(live, by_age)
@@ -310,7 +286,7 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
     for _, stream in ipairs(live) do
         if stream.device == device_id and stream.video == video_id then
             stream.expires = now + lease_s
-            save(stream)
+            renew(streams_key, leases, stream, prefix)
             return decided('allowed', #live, limit, stream, nil, nil)
         end
     end
@@ -348,7 +324,7 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
     end
 
     for _, item in ipairs(freed) do
-        drop(item[1])
+        remove(streams_key, leases, item[1])
         ended[#ended + 1] = row(item[1], item[2])
     end
     -- The device is seen now; those not seen within the window are forgotten.
@@ -362,7 +338,7 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
     end
     local started = {id = new_stream_id, video = video_id, device = device_id, started = now, expires = now + lease_s,
                      name = device_name, kinds = req.kinds, away = req.away}
-    save(started)
+    save(streams_key, leases, started, prefix)
     return decided('allowed', #kept + 1, limit, started, nil, shadow_denial)
 end
 

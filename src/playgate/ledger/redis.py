@@ -1,8 +1,8 @@
 """The Redis ledger: each user's streams in one hash under a `{user id}` hash tag, decided by Lua scripts.
 
 Keys (all under PREFIX; their names are kept in playgate.connections, shared with the bus):
-- `playgate:{<user id>}:streams` hash, stream id -> JSON [video id, device id, started_at, expires_at, device name,
-  kinds, away];
+- `playgate:{<user id>}:streams` hash, a small record a stream (record.lua says its format: a stream's
+  expires_at is its score in the lease index alone);
 - `playgate:{<user id>}:devices` hash, device id -> last seen (epoch seconds), under a plan's device cap;
 - `playgate:{<user id>}:key:<idempotency key>` JSON {request id, video id}, kept decision_ttl_s;
 - `playgate:decision:<request id>` the decision, JSON, kept decision_ttl_s;
@@ -96,9 +96,15 @@ def _script(name: str) -> str:
     return (resources.files("playgate.ledger") / name).read_text(encoding="utf-8")
 
 
+def _record_script(name: str, shebang: str = "") -> str:
+    """A script that reads or writes the users' streams hashes, with the stream record's codec (record.lua) in
+    front of it (after its shebang, which Redis wants on the first line)."""
+    return shebang + _script("record.lua") + _script(name)
+
+
 def _stream_from(stream_id: str, user_id: str, fields: Sequence[Any]) -> Stream:
-    """A Stream from the JSON list [video id, device id, started_at, expires_at, device name?, kinds?, away?] the
-    scripts keep (streams kept before device names have four fields, before policies five)."""
+    """A Stream from the wire list [video id, device id, started_at, expires_at, device name, kinds, away] the
+    scripts answer with (record.lua)."""
     kinds = fields[5] if len(fields) > 5 else None  # cjson writes an empty list as {}
     return Stream(
         id=stream_id,
@@ -204,13 +210,14 @@ class RedisLedger:
         self._lease_s = lease_s
         self._decision_ttl_ms = max(1, round(decision_ttl_s * 1000))
         self._clock = clock
-        admission = _script("admission.lua")
-        self._admit = self._redis.register_script(CROSS_SLOT_SHEBANG + admission if self._keys.cluster else admission)
-        self._renew = self._redis.register_script(_script("heartbeat.lua"))
-        self._stop = self._redis.register_script(_script("stop.lua"))
-        self._expire = self._redis.register_script(_script("expire.lua"))
+        admission = _record_script("admission.lua", CROSS_SLOT_SHEBANG if self._keys.cluster else "")
+        self._admit = self._redis.register_script(admission)
+        self._renew = self._redis.register_script(_record_script("heartbeat.lua"))
+        self._stop = self._redis.register_script(_record_script("stop.lua"))
+        self._expire = self._redis.register_script(_record_script("expire.lua"))
+        self._read = self._redis.register_script(_record_script("read.lua"))
         self._leases = self._redis.register_script(_script("leases.lua"))
-        self._restore = self._redis.register_script(_script("restore.lua"))
+        self._restore = self._redis.register_script(_record_script("restore.lua"))
         self._keep = self._redis.register_script(_script("keep.lua"))
         drain = _script("drain.lua")
         self._drain = self._redis.register_script(CROSS_SLOT_SHEBANG + drain if self._keys.cluster else drain)
@@ -370,12 +377,19 @@ class RedisLedger:
                     args=[orjson.dumps(decision_to_json(d)).decode(), self._decision_ttl_ms],
                 )
 
+    async def _read_streams(self, user_id: str, *stream_id: str) -> list[Stream]:
+        """read.lua: the user's streams (or the one of that id), their leases run out or not."""
+        async with translate_redis_errors():
+            raw = await self._read(
+                keys=[self._keys.streams_key(user_id), self._keys.leases_key(user_id)], args=[user_id, *stream_id]
+            )
+        pairs = zip(raw[::2], raw[1::2], strict=True)
+        return [_stream_from(str(sid), user_id, orjson.loads(value)) for sid, value in pairs]
+
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's streams whose lease has not run out, oldest first."""
-        async with translate_redis_errors():
-            raw = await self._redis.hgetall(self._keys.streams_key(user_id))
+        found = await self._read_streams(user_id)
         now = self._clock()
-        found = [_stream_from(str(sid), user_id, orjson.loads(value)) for sid, value in raw.items()]
         return by_age(s for s in found if s.live(now))
 
     async def stream(self, stream_id: str) -> Stream | None:
@@ -383,12 +397,9 @@ class RedisLedger:
         user_id = stream_owner(stream_id)
         if user_id is None:
             return None
-        async with translate_redis_errors():
-            raw = await self._redis.hget(self._keys.streams_key(user_id), stream_id)
-        if raw is None:
-            return None
-        stream = _stream_from(stream_id, user_id, orjson.loads(raw))
-        return stream if stream.live(self._clock()) else None
+        found = await self._read_streams(user_id, stream_id)
+        now = self._clock()
+        return next((s for s in found if s.live(now)), None)
 
     async def heartbeat(self, stream_id: str, user_id: str | None = None) -> Stream | None:
         """Push the lease of an active stream to now + lease_s (only the user's own, when user_id is given)."""
@@ -398,7 +409,7 @@ class RedisLedger:
         async with translate_redis_errors():
             raw = await self._renew(
                 keys=[self._keys.streams_key(owner), self._keys.leases_key(owner)],
-                args=[stream_id, repr(self._clock()), repr(self._lease_s)],
+                args=[stream_id, repr(self._clock()), repr(self._lease_s), owner],
             )
         return _stream_from(stream_id, owner, orjson.loads(raw)) if raw else None
 
@@ -459,7 +470,7 @@ class RedisLedger:
                 written += int(
                     await self._restore(
                         keys=[self._keys.streams_key(s.user_id), self._keys.leases_key(s.user_id)],
-                        args=[s.id, now, orjson.dumps(fields).decode()],
+                        args=[s.id, now, orjson.dumps(fields).decode(), s.user_id],
                     )
                 )
         return written

@@ -1,8 +1,7 @@
 --[[
 stop.lua: end some or all of one user's streams, and log their ends.
 
-KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (value JSON [video, device, started_at, expires_at,
-         device name, kind tags, away])
+KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (record.lua says its records)
 KEYS[2]  the lease index: sorted set playgate:leases (member stream id, score expires_at)
 KEYS[3]  the change log beside it: stream playgate:events (admission.lua says its entries)
 ARGV[1]  now, epoch seconds
@@ -10,9 +9,9 @@ ARGV[2]  only streams of this video id; "" for any video
 ARGV[3]  "ids" to end only the stream ids in ARGV[6..], "all" to end every stream of the user
 ARGV[4]  the user id    ARGV[5] the reason the ends are logged with; "" logs nothing (a stop not announced)
 
-Returns a JSON list of [stream id, video id, device id, started_at, expires_at, device name, kind tags, away] of
-the ended streams whose lease had not run out (expired ones are deleted too, but they were no longer active; the
-sweeper's expire.lua has not logged them, so they are logged here as expired).
+Returns a JSON list of [stream id, then its wire list (record.lua)] of the ended streams whose lease had not run
+out (expired ones are deleted too, but they were no longer active; the sweeper's expire.lua has not logged them,
+so they are logged here as expired).
 ]]
 
 local now = tonumber(ARGV[1])
@@ -24,21 +23,19 @@ if ARGV[3] == 'ids' then
     end
 end
 local stopped, logged = {}, {}
-local raw = redis.call('HGETALL', KEYS[1])
-for i = 1, #raw, 2 do
-    local id = raw[i]
-    local v = cjson.decode(raw[i + 1])
-    if (wanted == nil or wanted[id]) and (ARGV[2] == '' or v[1] == ARGV[2]) then
-        redis.call('HDEL', KEYS[1], id)
-        redis.call('ZREM', KEYS[2], id)
+for _, stream in ipairs(load_all(KEYS[1], KEYS[2], owner_prefix(ARGV[4]))) do
+    if (wanted == nil or wanted[stream.id]) and (ARGV[2] == '' or stream.video == ARGV[2]) then
+        remove(KEYS[1], KEYS[2], stream)
         local reason = ARGV[5]
-        if tonumber(v[4]) > now then
-            stopped[#stopped + 1] = {id, v[1], v[2], v[3], v[4], v[5] or '', v[6], v[7]}
+        if stream.expires > now then
+            local ended = wire(stream)
+            table.insert(ended, 1, stream.id)
+            stopped[#stopped + 1] = ended
         else
             reason = 'expired'
         end
         if reason ~= '' then
-            logged[#logged + 1] = {id, v[1], v[2], v[3], v[4], reason, v[5] or '', v[6], v[7]}
+            logged[#logged + 1] = row(stream, reason)
         end
     end
 end
