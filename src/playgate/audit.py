@@ -177,6 +177,11 @@ class ChangeFeed(Protocol):
         """Bound each log to its newest `keep` entries, read or not; how many older ones were removed."""
         ...
 
+    async def unrecorded_since(self) -> float | None:
+        """When the oldest change still in the logs (read or not: not yet recorded) was logged, by the store's
+        clock (epoch seconds); None when every change is recorded."""
+        ...
+
 
 class Companion(Protocol):
     """What writes beside the audit trail, in the same transaction as each batch (the webhook outbox)."""

@@ -310,8 +310,6 @@ class Runtime:
             stack.push_async_callback(_stop_audit, audit_stop, audit_task)
             if role not in (Role.worker, Role.member):  # they start beside a process that did this
                 await prepare_catalog(settings, catalog)
-            if role.decides:  # the worker's process delivers the webhook outbox
-                await webhooks.start(settings, engine, clock, stack)
             links = playback_links(settings, secret)
             # They list the shadow denials too, in the transaction of their decisions (else the worker does).
             ledger_events = LedgerEvents(settings.policy, outbox) if sqlite_ledger else None
@@ -326,6 +324,9 @@ class Runtime:
             for backend in (ledger, queue, fanout):
                 stack.push_async_callback(backend.close)
             _drain_change_log(role, audit, ledger, queue, settings.claim_idle_s, stack)
+            if role.decides:  # the worker's process delivers the webhook outbox, in the order of the change log
+                horizon = ledger.unrecorded_since if isinstance(ledger, ChangeFeed) else None
+                await webhooks.start(settings, engine, clock, stack, horizon)
             if isinstance(fanout, ListeningFanout) and role is not Role.worker:
                 await fanout.start()  # this process's ?wait= callers are woken by decisions of any worker
             throttle = LoginThrottle(settings, clock=clock)

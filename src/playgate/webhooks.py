@@ -1,16 +1,18 @@
 """Webhooks: signed outbound events (`stream.started`, `stream.ended`, `play.denied`) per Standard Webhooks.
 
-The audit trail is the one seam events come through: when it writes audit events (embedded, in the SQLite ledger's
-transaction that records the change, `write_sqlite`; distributed, a batch drained from the Redis ledger's change
-log, `write`), the Outbox adds the
-webhook events among them, and one delivery row per configured endpoint, in the SAME database transaction (so an
-event is in the outbox if and only if it is in the audit trail). The Dispatcher, a background task of the worker,
-sends them: for each endpoint and user only the oldest undelivered event (a user's later event waits for the
-earlier one). Events are ordered by their time and sent once settle_s old, so that one written a little later by
-another process (each drains the change log every 0.5 s) still goes first. A failed try is retried with
-exponential backoff, every try's outcome is kept on the delivery row (the delivery log), and a delivery is given
-up only give_up_s after its first try. Events are kept as long as the audit trail, then pruned with their delivery
-log (never while a delivery waits). Endpoints are the operator's PLAYGATE_WEBHOOK_URLS, nothing else.
+The audit trail is the one seam events come through: when it writes audit events (embedded, a batch of the SQLite
+ledger's change log, recorded in the SQLite file, `write_sqlite`; distributed, a batch drained from the Redis
+ledger's change log, `write`), the Outbox adds the webhook events among them, and one delivery row per configured
+endpoint, in the SAME database transaction (so an event is in the outbox if and only if it is in the audit trail).
+The Dispatcher, a background task of the worker, sends them: for each endpoint and user only the oldest undelivered
+event (a user's later event waits for the earlier one). Events are ordered by their time and sent once settle_s
+old, so that one written a little later by another process (each drains the change log every 0.5 s) still goes
+first; and, distributed, only those older by settle_s than the oldest change still waiting in the ledger's change
+log (`horizon`), so that the changes a killed worker had read, taken over by another only after
+PLAYGATE_CLAIM_IDLE, still go before the later ones. A failed try is retried with exponential backoff, every try's
+outcome is kept on the delivery row (the delivery log), and a delivery is given up only give_up_s after its first
+try. Events are kept as long as the audit trail, then pruned with their delivery log (never while a delivery
+waits). Endpoints are the operator's PLAYGATE_WEBHOOK_URLS, nothing else.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -135,7 +137,8 @@ class Outbox:
 
     def write_sqlite(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> int:
         """The same as `write`, on the SQLite ledger's connection inside its transaction (embedded: the outbox is
-        written in the transaction that records the change); how many messages."""
+        written in the transaction that records the ledger's logged changes in the audit trail); how many
+        messages."""
         messages = [m for m in map(message_of, events) if m is not None]
         if not messages or not self.endpoints:
             return 0
@@ -249,8 +252,11 @@ class Dispatcher:
         retention_s: float,
         batch_size: int = 100,
         prune_interval_s: float = 3600.0,
+        horizon: Callable[[], Awaitable[float | None]] | None = None,
     ) -> None:
         self._engine = engine
+        # When the oldest change not yet in the audit trail (nor so in the outbox) was logged; None: there is none.
+        self._horizon = horizon
         self.endpoints = tuple(endpoints)
         self._webhook = signer(secret)
         self._clock = clock
@@ -302,14 +308,18 @@ class Dispatcher:
     async def step(self) -> int:
         """Take the deliveries due now (each user's oldest pending one per endpoint), send them at once, and
         record each try; how many were tried."""
-        taken = await self._take(self._clock())
+        now = self._clock()
+        settled = now - self.settle_s
+        if self._horizon is not None and (oldest := await self._horizon()) is not None:
+            settled = min(settled, oldest - self.settle_s)
+        taken = await self._take(now, settled)
         if not taken:
             return 0
         tried = await asyncio.gather(*(self._send(a) for a in taken))
         await self._record(tried)
         return len(tried)
 
-    async def _take(self, now: float) -> list[Attempt]:
+    async def _take(self, now: float, settled: float) -> list[Attempt]:
         # Each (endpoint, user)'s pending delivery of least (at, id): its head, the only one it may send.
         rank = func.row_number().over(partition_by=(_D.endpoint, _D.user_id), order_by=(_D.at, _D.id))
         pending = select(_D.id, rank.label("rank")).where(_D.status == PENDING, _D.endpoint.in_(self.endpoints))
@@ -320,7 +330,7 @@ class Dispatcher:
             .join(_E, _E.msg_id == _D.msg_id)
             # Settled: events of one user are written by several processes, each within about 0.5 s of the
             # change; an event is sent once every earlier one had the time to be written.
-            .where(_D.at <= now - self.settle_s, _D.next_at <= now, _D.locked_until <= now)
+            .where(_D.at <= settled, _D.next_at <= now, _D.locked_until <= now)
             .order_by(_D.at, _D.id)
             .limit(self.batch_size)
         )
@@ -465,8 +475,13 @@ def outbox(settings: Settings, clock: Callable[[], float]) -> Outbox | None:
     return Outbox(endpoints, clock) if endpoints else None
 
 
-def dispatcher(settings: Settings, engine: AsyncEngine, clock: Callable[[], float]) -> Dispatcher | None:
-    """The dispatcher of the configured endpoints (None without any)."""
+def dispatcher(
+    settings: Settings,
+    engine: AsyncEngine,
+    clock: Callable[[], float],
+    horizon: Callable[[], Awaitable[float | None]] | None = None,
+) -> Dispatcher | None:
+    """The dispatcher of the configured endpoints (None without any); `horizon`: Dispatcher's."""
     endpoints = settings.webhook_url_list
     if not endpoints or settings.webhook_secret is None:
         return None
@@ -482,12 +497,19 @@ def dispatcher(settings: Settings, engine: AsyncEngine, clock: Callable[[], floa
         poll_s=settings.webhook_poll_s,
         settle_s=settings.webhook_settle_s,
         retention_s=settings.audit_retention_days * 86_400,  # kept as long as the audit trail
+        horizon=horizon,
     )
 
 
-async def start(settings: Settings, engine: AsyncEngine, clock: Callable[[], float], stack: AsyncExitStack) -> None:
+async def start(
+    settings: Settings,
+    engine: AsyncEngine,
+    clock: Callable[[], float],
+    stack: AsyncExitStack,
+    horizon: Callable[[], Awaitable[float | None]] | None = None,
+) -> None:
     """Start the dispatcher as a background task held by `stack` (stopped, then its client closed, at exit)."""
-    sender = dispatcher(settings, engine, clock)
+    sender = dispatcher(settings, engine, clock, horizon)
     if sender is None:
         return
     stack.push_async_callback(sender.close)

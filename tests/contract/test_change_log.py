@@ -5,7 +5,10 @@ webhook outbox) idempotently: an entry delivered again after a reader died is re
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -14,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate.admission import denied
 from playgate.audit import AuditTrail
-from playgate.catalog.db import create_engine
+from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.models import AuditEventRow, WebhookDeliveryRow, WebhookEventRow
 from playgate.connections import connect, layout_for
 from playgate.domain import LoggedChange, Policy, Reason
@@ -24,8 +27,10 @@ from playgate.webhooks import Outbox
 from tests.contract.conftest import DECISION_TTL_S, LEASE_S, Clock
 from tests.contract.test_ledger import one, play
 from tests.support.pg_database import migrated_database
+from tests.support.receiver import Receiver, dispatcher_to
 from tests.support.servers import free_port
 
+SECRET = "whsec_" + base64.b64encode(b"playgate-webhook-test-key-32-byt").decode()
 LONG_IDLE_S = 3600.0  # nothing is taken over
 SHORT_IDLE_S = 0.01  # everything unacknowledged is taken over (the tests wait longer than this)
 
@@ -180,6 +185,9 @@ class DiesBeforeAck:
     async def trim_changes(self, keep: int) -> int:
         return await self._ledger.trim_changes(keep)
 
+    async def unrecorded_since(self) -> float | None:
+        return await self._ledger.unrecorded_since()
+
 
 async def _counts(engine: AsyncEngine, user_id: str) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     """Rows per event id (audit), per msg id (outbox), per msg id (deliveries) of the user."""
@@ -225,3 +233,49 @@ async def test_a_drain_delivered_again_records_each_event_once(
     messages = {f"msg_{allowed.request_id}": 1, f"msg_{refused.request_id}": 1, f"msg_end_{allowed.stream_id}": 1}
     assert written == recorded == (events, messages, messages)
     assert await log_lengths(redis_url) == 0
+
+
+async def test_webhooks_wait_for_the_changes_a_killed_reader_left_then_go_in_order(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A reader killed with changes read and not recorded leaves them to be taken over after claim_idle_s; a user's
+    later change, recorded meanwhile by another reader, is not sent before them (the dispatcher's horizon)."""
+    ledger = RedisLedger(redis_url, lease_s=LEASE_S, decision_ttl_s=DECISION_TTL_S, clock=time.time)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'hooks.sqlite3'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    receiver = Receiver(SECRET)
+    await receiver.start()
+    outbox = Outbox([receiver.url], time.time)
+    trail = AuditTrail(engine, policy=Policy.deny, retention_s=3600, clock=time.time, companion=outbox, in_ledger=True)
+    dispatcher = dispatcher_to(receiver, engine, time.time, horizon=ledger.unrecorded_since)
+    user = f"k-{free_port()}"
+    try:
+        assert await ledger.unrecorded_since() is None
+        before = time.time()
+        first = await one(ledger, play("k1", user=user, device="tv"), limit=1)
+        killed = await ledger.read_changes("killed", 100, LONG_IDLE_S)  # read; its reader dies before recording
+        assert [c.decision.request_id for c in killed if c.decision] == [first.request_id]
+        since = await ledger.unrecorded_since()
+        assert since is not None
+        assert before - 1 <= since <= time.time() + 1  # the store's clock, to the ms
+        await asyncio.sleep(0.05)
+        later = await one(ledger, play("k2", user=user, device="web"), limit=1)
+        trail.drain_from(ledger, "live", LONG_IDLE_S)
+        assert await trail.drain() == 1  # the later change only: the first is the killed reader's
+        assert await ledger.unrecorded_since() == since
+        assert await dispatcher.step() == 0  # recorded and due, but an earlier change is still in the log
+
+        await asyncio.sleep(SHORT_IDLE_S * 5)
+        trail.drain_from(ledger, "live", SHORT_IDLE_S)  # taken over once idle claim_idle_s
+        assert await trail.drain() == 1
+        assert await ledger.unrecorded_since() is None
+        for _ in range(2):  # the user's oldest first, one at a time
+            assert await dispatcher.step() == 1
+        assert [r.msg_id for r in receiver.received] == [f"msg_{first.request_id}", f"msg_{later.request_id}"]
+        assert receiver.bad == []
+    finally:
+        await dispatcher.close()
+        await receiver.stop()
+        await engine.dispose()
+        await ledger.close()

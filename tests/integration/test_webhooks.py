@@ -17,13 +17,12 @@ from playgate.webhooks import (
     DELIVERED,
     FAILED,
     PENDING,
-    Dispatcher,
     Outbox,
     delivery_log,
 )
 from tests.support.clients import admin_client, new_user
 from tests.support.inprocess import served
-from tests.support.receiver import Receiver, play_deny_stop
+from tests.support.receiver import Receiver, dispatcher_to, play_deny_stop
 from tests.support.servers import playgate_env
 
 SECRET = "whsec_" + base64.b64encode(b"playgate-webhook-test-key-32-byt").decode()
@@ -190,18 +189,8 @@ async def test_a_failing_receiver_is_retried_with_backoff_then_given_up_and_old_
         second = AuditEvent(now[0] + 1, DECISION, "u1", "v1", "d1", "denied", request_id="r2", reason="limit_reached")
         trail.record([first, second])
         assert await trail.flush() == 2
-        dispatcher = Dispatcher(
-            engine,
-            endpoints=[receiver.url],
-            secret=SECRET,
-            clock=lambda: now[0],
-            first_backoff_s=10,
-            max_backoff_s=40,
-            give_up_s=100,
-            timeout_s=5,
-            poll_s=1,
-            settle_s=0,
-            retention_s=100,
+        dispatcher = dispatcher_to(
+            receiver, engine, lambda: now[0], first_backoff_s=10, max_backoff_s=40, give_up_s=100, retention_s=100
         )
         try:
             start = now[0]

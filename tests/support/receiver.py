@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from playgate.webhooks import PLAY_DENIED, STREAM_ENDED, STREAM_STARTED
+from playgate.webhooks import PLAY_DENIED, STREAM_ENDED, STREAM_STARTED, Dispatcher
 from tests.support.clients import api_client
 from tests.support.servers import free_port
 
@@ -96,3 +98,19 @@ async def play_deny_stop(base_url: str, token: str, *, wait_s: float = 10) -> li
         (PLAY_DENIED, f"msg_{denied['requestId']}"),
         (STREAM_ENDED, f"msg_end_{allowed['streamId']}"),
     ]
+
+
+def dispatcher_to(receiver: Receiver, engine: AsyncEngine, clock: Callable[[], float], **settings: Any) -> Dispatcher:
+    """A Dispatcher of the outbox in `engine` to `receiver` alone, sending each event at once (no settle time),
+    with `settings` (backoff, give-up, retention, horizon) over short defaults."""
+    options: dict[str, Any] = {
+        "first_backoff_s": 1,
+        "max_backoff_s": 1,
+        "give_up_s": 60,
+        "timeout_s": 5,
+        "poll_s": 1,
+        "settle_s": 0,
+        "retention_s": 3600,
+        **settings,
+    }
+    return Dispatcher(engine, endpoints=[receiver.url], secret=receiver.secret, clock=clock, **options)

@@ -606,6 +606,17 @@ class RedisLedger:
                 pipe.xtrim(key, maxlen=keep, approximate=False)
             return sum(int(removed) for removed in await pipe.execute())
 
+    async def unrecorded_since(self) -> float | None:
+        """When the oldest entry still in a change log was added, by Redis's clock (the millisecond part of its id);
+        None when the logs are empty. Entries leave a log once recorded (ack_changes) or trimmed, so this is the
+        oldest change not yet in the audit trail, whether a reader holds it or none has read it yet."""
+        async with translate_redis_errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for key in self._keys.event_keys():
+                pipe.xrange(key, count=1)
+            firsts = [entries[0][0] for entries in await pipe.execute() if entries]
+        return min(int(str(entry_id).partition("-")[0]) for entry_id in firsts) / 1000 if firsts else None
+
     async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
         """Bind the key to request_id unless it is bound already (SET NX GET: one atomic command)."""
         value = orjson.dumps({"r": request_id, "v": video_id}).decode()
