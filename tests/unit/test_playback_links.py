@@ -12,27 +12,31 @@ from playgate.domain import Decision, Reason, Status
 from playgate.media import EdgeSigner, PlaybackLinks, play_url
 from playgate.security import PlaybackClaims, PlaybackTokens
 
-NOW = time.time()  # the token's expiry is checked against the wall clock
 TOKENS = PlaybackTokens("a-secret-of-forty-characters-or-so-1234", 300)
 SIGNER = EdgeSigner("e" * 32, 120)
-ALLOWED = Decision("r1", "u1", "v1", "tv", Status.allowed, 1, 3, NOW, stream_id="s1", expires_at=NOW + 90)
+
+
+def allowed(now: float) -> Decision:
+    return Decision("r1", "u1", "v1", "tv", Status.allowed, 1, 3, now, stream_id="s1", expires_at=now + 90)
 
 
 @pytest.mark.parametrize("signer", [None, SIGNER], ids=["content gate", "edge signing"])
 def test_an_allowed_decision_carries_its_streams_playback_token(signer: EdgeSigner | None) -> None:
-    playback = PlaybackLinks(TOKENS, signer).for_decision(ALLOWED, NOW)
+    now = time.time()  # the token's expiry is checked against the wall clock, when the test runs
+    playback = PlaybackLinks(TOKENS, signer).for_decision(allowed(now), now)
     assert playback is not None
     assert TOKENS.check(playback.token) == PlaybackClaims(user_id="u1", stream_id="s1", video_id="v1")
     if signer is None:
         assert playback.url == play_url(playback.token)  # the token the URL carries
     else:
-        assert playback.url == SIGNER.url(stream_id="s1", video_id="v1", now=NOW)
+        assert playback.url == SIGNER.url(stream_id="s1", video_id="v1", now=now)
         assert playback.token not in playback.url
-    message = decision_message(ALLOWED, playback)
+    message = decision_message(allowed(now), playback)
     assert (message["playbackUrl"], message["playbackToken"]) == (playback.url, playback.token)
 
 
 def test_a_denial_has_no_playback() -> None:
-    denied = Decision("r2", "u1", "v1", "tv", Status.denied, 3, 3, NOW, reason=Reason.limit_reached)
-    assert PlaybackLinks(TOKENS, SIGNER).for_decision(denied, NOW) is None
+    now = time.time()
+    denied = Decision("r2", "u1", "v1", "tv", Status.denied, 3, 3, now, reason=Reason.limit_reached)
+    assert PlaybackLinks(TOKENS, SIGNER).for_decision(denied, now) is None
     assert {"playbackUrl", "playbackToken"}.isdisjoint(decision_message(denied, None))
