@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 
+from playgate.media import MediaLibrary
 from playgate.security import PlaybackTokens
 from tests.lifecycle.conftest import Deployment
 from tests.lifecycle.helpers import active_ids, clip_url, ended_events, fetch, keep_watching, play, token_of
@@ -111,9 +113,11 @@ async def test_tokens_that_do_not_open_the_stream(deny: Deployment, deny_admin: 
 
 
 async def test_heartbeats_hand_out_fresh_playback_urls_and_media_requests_renew(
-    deny: Deployment, deny_admin: httpx.AsyncClient
+    deny: Deployment, deny_admin: httpx.AsyncClient, media_dir: Path
 ) -> None:
     base = deny.base_url
+    # Made here first: made on the first media request, the set can outlast the 2 s lease on a busy machine.
+    await MediaLibrary(media_dir).ensure_adaptive("4")
     user = await new_user(base, deny_admin, limit=1)
     async with api_client(base, user.token) as client:
         decision = await play(client, "4", "tv")
