@@ -525,13 +525,6 @@ _FIELDS = tuple(AuditEvent.__dataclass_fields__)
 _fields_of = operator.attrgetter(*_FIELDS)  # an event's values in the order of _FIELDS, as one tuple
 _COLUMNS = (*_FIELDS, "event_id")  # a stored event's columns, in the order of _values
 _TABLE = AuditEventRow.metadata.tables[AuditEventRow.__tablename__]
-# The same columns as _FIELDS, in their order, then event_id, for the SQLite ledger's connection ("limit" is a
-# keyword).
-_SQLITE_INSERT = (
-    "INSERT INTO audit_events (at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, "
-    'policy, active, "limit", shadow, event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
-    "ON CONFLICT DO NOTHING"
-)
 
 
 def _values(event: AuditEvent) -> tuple[object, ...]:
@@ -546,7 +539,8 @@ _ANY_CHANGE = "SELECT 1 FROM ledger_changes LIMIT 1"
 _CHUNK = "SELECT count(*), max(seq) FROM (SELECT seq FROM ledger_changes ORDER BY seq LIMIT ?)"
 _LOGGED_CHANGES = "SELECT changes FROM ledger_changes WHERE seq <= ? ORDER BY seq"
 _FORGET_CHANGES = "DELETE FROM ledger_changes WHERE seq <= ?"
-# Every logged row up to a seq, in order, into audit_events, in SQLite alone (no Python object per event).
+# Every logged row up to a seq, in order, into audit_events, in SQLite alone (no Python object per event): the
+# columns of _COLUMNS, in their order ("limit" is a keyword).
 _RECORD_CHANGES = (
     "INSERT INTO audit_events (at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, "
     'policy, active, "limit", shadow, event_id) '
