@@ -9,8 +9,8 @@ The change logs a ChangeFeed keeps (below) are bounded the same way, to max_back
 A companion (the webhook outbox) writes in each batch's transaction: it holds an event iff the trail does.
 
 Embedded (the SQLite ledger in the catalogue's own file), events are not buffered at all: the ledger logs each
-change in the very transaction that makes it (one row of ledger_changes, no index to update: cheap on the hot
-path), and a ChangeJournal drain records them later, in batches, with a LedgerEvents, which writes the audit rows
+change in the very transaction that makes it (a row of ledger_events per event, no index to update: cheap on the
+hot path), and a ChangeJournal drain records them later, in batches, with a LedgerEvents, which writes the audit rows
 and the companion's rows in the transaction that deletes those changes from the log, on the ledger's sqlite3
 connection: a crash keeps a change and its record of it, or the change and its log entry, never one alone. Every
 process on the file may drain (each change is recorded by exactly one transaction), and the queries drain first,
@@ -20,8 +20,10 @@ Distributed (the Redis ledger), they are not buffered either: each Lua script th
 its change to a change log in Redis in the same call (the outbox of the change); the deciding processes drain it
 (a ChangeFeed, read as one consumer group, so that they share the work and a reader's crash leaves its entries to
 another), write each batch's events and the companion's rows in one transaction, and only then acknowledge them.
-Every event carries an id of what it tells of (event_id), unique in the table, and every INSERT skips one already
-there: an entry delivered again (its reader died after writing, before acknowledging) is recorded once.
+Every event it records carries an id of what it tells of (event_id), unique in the table, and every INSERT skips one
+already there: an entry delivered again (its reader died after writing, before acknowledging) is recorded once. The
+SQLite journal's events need no id (each is recorded by the transaction that deletes it from the log) and store
+none: the unique index holds ids alone, so that they cost no update of it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import orjson
 from sqlalchemy import Insert, Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -153,10 +154,10 @@ def change_events(changes: Iterable[LoggedChange], policy: Policy) -> list[Audit
 @runtime_checkable
 class ChangeJournal(Protocol):
     """A ledger that logs its changes with them in the audit trail's own database, and records them itself, a
-    batch per transaction that also forgets them (the SQLite ledger's ledger_changes)."""
+    batch per transaction that also forgets them (the SQLite ledger's ledger_events)."""
 
     async def drain_changes(self) -> int:
-        """Record what was logged, oldest first; how many logged transactions."""
+        """Record what was logged, oldest first; how many logged events."""
         ...
 
 
@@ -201,9 +202,9 @@ class SqliteCompanion(Protocol):
 
 class LedgerEvents:
     """The SQLite ledger's ChangeLog (ledger.protocol), on its connection, in transactions it holds open (nothing
-    here begins or commits). Each transaction's changes are logged in it as one row of ledger_changes: their audit
-    rows, as JSON (one row, no index to update: a few microseconds on the hot path). `record` moves what was logged
-    into audit_events in SQL, the companion's rows beside them, and deletes it from the log."""
+    here begins or commits). Each transaction's changes are logged in it as rows of ledger_events: their audit rows
+    but the ids (no index to update: a few microseconds on the hot path). `record` copies what was logged into
+    audit_events in SQL, writes the companion's rows beside them, and deletes it from the log."""
 
     def __init__(self, policy: Policy, companion: SqliteCompanion | None = None) -> None:
         self.policy = policy
@@ -212,7 +213,7 @@ class LedgerEvents:
     def log(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
         """Log `events` on `conn`, to be recorded later."""
         if events:
-            conn.execute(_LOG_CHANGES, (orjson.dumps([_values(e) for e in events]),))
+            conn.executemany(_LOG_EVENTS, map(_fields_of, events))
 
     def decided(self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream]]]) -> None:
         """Log new decisions and the streams each ended to make room, and list the shadow policy's would-be
@@ -238,19 +239,15 @@ class LedgerEvents:
         return conn.execute(_ANY_CHANGE).fetchone() is not None
 
     def record(self, conn: sqlite3.Connection, count: int) -> int:
-        """Record the oldest `count` logged transactions, in order, and forget them; how many there were."""
+        """Record the oldest `count` logged events, in order, and forget them; how many there were."""
         found, last = conn.execute(_CHUNK, (count,)).fetchone()
         if not found:
             return 0
-        conn.execute(_RECORD_CHANGES, (last,))
+        conn.execute(_RECORD_EVENTS, (last,))
         if self._companion is not None:
-            events = [
-                AuditEvent(*values[: len(_FIELDS)])
-                for (changes,) in conn.execute(_LOGGED_CHANGES, (last,))
-                for values in orjson.loads(changes)
-            ]
+            events = [AuditEvent(*row) for row in conn.execute(_LOGGED_EVENTS, (last,))]
             self._companion.write_sqlite(conn, events)
-        conn.execute(_FORGET_CHANGES, (last,))
+        conn.execute(_FORGET_EVENTS, (last,))
         return int(found)
 
 
@@ -533,21 +530,26 @@ def _values(event: AuditEvent) -> tuple[object, ...]:
     return (*values, event_id(event))
 
 
-# The SQLite ledger's change log (LedgerEvents): a row per transaction, its events' rows (_values) as a JSON array.
-_LOG_CHANGES = "INSERT INTO ledger_changes (changes) VALUES (?)"
-_ANY_CHANGE = "SELECT 1 FROM ledger_changes LIMIT 1"
-_CHUNK = "SELECT count(*), max(seq) FROM (SELECT seq FROM ledger_changes ORDER BY seq LIMIT ?)"
-_LOGGED_CHANGES = "SELECT changes FROM ledger_changes WHERE seq <= ? ORDER BY seq"
-_FORGET_CHANGES = "DELETE FROM ledger_changes WHERE seq <= ?"
-# Every logged row up to a seq, in order, into audit_events, in SQLite alone (no Python object per event): the
-# columns of _COLUMNS, in their order ("limit" is a keyword).
-_RECORD_CHANGES = (
+# The SQLite ledger's change log (LedgerEvents): a row of ledger_events per event, its columns those of _FIELDS, in
+# their order ("limit" is a keyword).
+_LOG_EVENTS = (
+    "INSERT INTO ledger_events (at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, "
+    'policy, active, "limit", shadow) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'
+)
+_ANY_CHANGE = "SELECT 1 FROM ledger_events LIMIT 1"
+_CHUNK = "SELECT count(*), max(seq) FROM (SELECT seq FROM ledger_events ORDER BY seq LIMIT ?)"
+_LOGGED_EVENTS = (
+    "SELECT at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, policy, active, "
+    '"limit", shadow FROM ledger_events WHERE seq <= ? ORDER BY seq'
+)
+_FORGET_EVENTS = "DELETE FROM ledger_events WHERE seq <= ?"
+# Every logged event up to a seq, in order, into audit_events, in SQLite alone (no Python object per event); no
+# event_id (each is recorded once: module docstring).
+_RECORD_EVENTS = (
     "INSERT INTO audit_events (at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, "
-    'policy, active, "limit", shadow, event_id) '
-    "SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4, e.value ->> 5, e.value ->> 6, "
-    "e.value ->> 7, e.value ->> 8, e.value ->> 9, e.value ->> 10, e.value ->> 11, e.value ->> 12, e.value ->> 13 "
-    "FROM ledger_changes AS c, json_each(c.changes) AS e WHERE c.seq <= ? ORDER BY c.seq, e.key "
-    "ON CONFLICT DO NOTHING"
+    'policy, active, "limit", shadow) '
+    "SELECT at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, policy, active, "
+    '"limit", shadow FROM ledger_events WHERE seq <= ? ORDER BY seq'
 )
 
 # A shadow denial's row (catalog.models.ShadowDenialRow), as Catalog.record_shadow_denials writes it elsewhere.

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import signal
 import sqlite3
 from pathlib import Path
 
+from alembic import command
+
 from playgate.admission import denied
 from playgate.audit import LedgerEvents
-from playgate.catalog.db import upgrade
+from playgate.catalog.db import alembic_config, upgrade
 from playgate.domain import Admission, PlayRequest, Policy, Quota, Reason, Rules, Status
 from playgate.ledger.sql import SqlLedger
 from playgate.webhooks import Outbox
@@ -132,7 +135,7 @@ async def test_dead_letters_once_and_expired_leases_are_recorded_from_the_ledger
         now[0] += 61
         [expired] = await ledger.sweep()
         assert _stored(tmp_path / "ledger.sqlite3", "u1") == ([], set(), set())  # logged, not recorded yet
-        assert await ledger.drain_changes() == 3  # the dead letter's, the decision's and the sweep's transactions
+        assert await ledger.drain_changes() == 3  # the events of the dead letter, the decision and the sweep
         assert await ledger.drain_changes() == 0
     finally:
         await ledger.close()
@@ -171,7 +174,7 @@ async def test_shadow_denials_are_listed_in_the_transaction_of_their_decisions(t
 
 async def test_logged_events_are_recorded_field_for_field_in_order_once(tmp_path: Path) -> None:
     """What the ledger logs is recorded as the events it logged (every column, NULLs and numbers kept), in the order
-    logged, whichever of two ledgers on the file drains, and once."""
+    logged, whichever of two ledgers on the file drains, and once (with no event id: nothing records them twice)."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
     await upgrade(url)
     now = 1_000_000.25
@@ -189,13 +192,13 @@ async def test_logged_events_are_recorded_field_for_field_in_order_once(tmp_path
     finally:
         for ledger in ledgers:
             await ledger.close()
-    assert sorted(drained) == [0, 2]  # two logged transactions, recorded by one of them
+    assert sorted(drained) == [0, 3]  # three logged events (two decisions, a stop), recorded by one of them
     with sqlite3.connect(tmp_path / "ledger.sqlite3") as conn:
         rows = conn.execute(
             "SELECT at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, policy, active, "
             '"limit", shadow, event_id FROM audit_events ORDER BY id'
         ).fetchall()
-        assert conn.execute("SELECT count(*) FROM ledger_changes").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM ledger_events").fetchone() == (0,)
     assert [s.id for s in stopped] == [first.decision.stream_id]
     assert second.decision.status is Status.denied
     assert rows == [
@@ -213,9 +216,9 @@ async def test_logged_events_are_recorded_field_for_field_in_order_once(tmp_path
             1,
             1,
             None,
-            "decision:r0",
+            None,
         ),
-        (now, "decision", "u1", "1", "d1", "denied", "r1", None, "limit_reached", "deny", 1, 1, None, "decision:r1"),
+        (now, "decision", "u1", "1", "d1", "denied", "r1", None, "limit_reached", "deny", 1, 1, None, None),
         (
             now,
             "stream_end",
@@ -230,6 +233,31 @@ async def test_logged_events_are_recorded_field_for_field_in_order_once(tmp_path
             None,
             None,
             None,
-            f"stream_end:{first.decision.stream_id}",
+            None,
         ),
     ]
+
+
+async def test_changes_logged_before_the_upgrade_are_recorded_after_it(tmp_path: Path) -> None:
+    """Changes a 0010 schema logged as JSON (a stopped process's, not recorded yet) are moved into ledger_events by
+    the upgrade, in order, and the next drain records them as they were logged."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0010")
+    logged = [
+        [1.5, "decision", "u1", "1", "d1", "allowed", "r1", "s1", None, "deny", 1, 2, None, "decision:r1"],
+        [2.5, "stream_end", "u1", "1", "d1", "stopped", None, "s1", "stopped", None, None, None, None, "stream_end:s1"],
+    ]
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as conn:
+        conn.executemany("INSERT INTO ledger_changes (changes) VALUES (?)", [(json.dumps([e]),) for e in logged])
+    await upgrade(url)
+    ledger = SqlLedger(url, lease_s=60, decision_ttl_s=3600, clock=lambda: 3.0, events=LedgerEvents(Policy.deny))
+    try:
+        assert await ledger.drain_changes() == 2
+    finally:
+        await ledger.close()
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as conn:
+        rows = conn.execute(
+            "SELECT at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, policy, active, "
+            '"limit", shadow, event_id FROM audit_events ORDER BY id'
+        ).fetchall()
+    assert rows == [(*event[:13], None) for event in logged]

@@ -12,11 +12,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -122,14 +122,27 @@ class DecisionRow(Base):
     shadow_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
-class LedgerChangeRow(Base):
-    """The changes of one SQLite ledger transaction (decisions, stream ends), logged in it for the audit trail and
-    the webhook outbox to record later, in batches, off the hot path (ledger.sql.SqlLedger.drain_changes); a row
-    is deleted in the transaction that records it. Unused on PostgreSQL (the distributed ledger logs in Redis)."""
+class LedgerEventRow(Base):
+    """An audit event of a SQLite ledger transaction (a decision, a stream's end), logged in it for the audit trail
+    and the webhook outbox to record later, in batches, off the hot path (ledger.sql.SqlLedger.drain_changes): the
+    columns of audit_events but its id and event id, and no index but the sequence, which keeps the order logged. A
+    row is deleted in the transaction that records it. Unused on PostgreSQL (the distributed ledger logs in Redis)."""
 
-    __tablename__ = "ledger_changes"
+    __tablename__ = "ledger_events"
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    changes: Mapped[bytes] = mapped_column(LargeBinary)  # JSON, as ledger.sql writes it
+    at: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(String(64))
+    video_id: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stream_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    policy: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    active: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    shadow: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class IdempotencyRow(Base):
@@ -187,12 +200,20 @@ class AuditEventRow(Base):
     limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     shadow: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # What the event tells of (`decision:<request id>`, `stream_end:<stream id>`): recorded once however often
-    # it is written (a change log entry redelivered after a crash). NULL on rows written before it existed.
+    # it is written (a change log entry redelivered after a crash). NULL on rows written before it existed and on
+    # those the SQLite ledger's journal records (each once, in the transaction that forgets it): only ids are
+    # indexed, so that those rows cost no index update.
     event_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
     __table_args__ = (
         Index("ix_audit_events_user_id_id", "user_id", "id"),
-        Index("uq_audit_events_event_id", "event_id", unique=True),
+        Index(
+            "uq_audit_events_event_id",
+            "event_id",
+            unique=True,
+            sqlite_where=text("event_id IS NOT NULL"),
+            postgresql_where=text("event_id IS NOT NULL"),
+        ),
     )
 
 

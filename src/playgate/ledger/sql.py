@@ -115,9 +115,9 @@ SEE_DEVICE = (
     "ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at"
 )
 FORGET_DEVICE = "DELETE FROM devices WHERE user_id = ? AND device_id = ?"
-# drain_changes: logged transactions recorded in one transaction (it holds the write lock and the ledger's thread),
-# and the most such transactions one call runs.
-DRAIN_CHUNK = 256
+# drain_changes: logged events recorded in one transaction (it holds the write lock and the ledger's thread), and
+# the most such transactions one call runs.
+DRAIN_CHUNK = 1024
 MAX_DRAIN_CHUNKS = 1000
 
 
@@ -481,7 +481,7 @@ class SqlLedger:
     async def drain_changes(self) -> int:
         """Have the ChangeLog record what it logged, oldest first, a chunk per transaction (other calls run between
         them), each deleting what it records from the log: so each change is recorded once, whichever process
-        drains. How many logged transactions were recorded."""
+        drains. How many logged events were recorded."""
         drained = 0
         for _ in range(MAX_DRAIN_CHUNKS):
             recorded = await self._run(self._record_changes)
