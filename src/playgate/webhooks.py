@@ -52,6 +52,8 @@ DELIVERED = "delivered"
 FAILED = "failed"  # given up after give_up_s
 
 MAX_ERROR_CHARS = 500
+# When the oldest change not yet in the audit trail (so not in the outbox either) was logged; None: there is none.
+Horizon = Callable[[], Awaitable[float | None]]
 
 _D = WebhookDeliveryRow
 _E = WebhookEventRow
@@ -252,10 +254,9 @@ class Dispatcher:
         retention_s: float,
         batch_size: int = 100,
         prune_interval_s: float = 3600.0,
-        horizon: Callable[[], Awaitable[float | None]] | None = None,
+        horizon: Horizon | None = None,
     ) -> None:
         self._engine = engine
-        # When the oldest change not yet in the audit trail (nor so in the outbox) was logged; None: there is none.
         self._horizon = horizon
         self.endpoints = tuple(endpoints)
         self._webhook = signer(secret)
@@ -479,7 +480,7 @@ def dispatcher(
     settings: Settings,
     engine: AsyncEngine,
     clock: Callable[[], float],
-    horizon: Callable[[], Awaitable[float | None]] | None = None,
+    horizon: Horizon | None = None,
 ) -> Dispatcher | None:
     """The dispatcher of the configured endpoints (None without any); `horizon`: Dispatcher's."""
     endpoints = settings.webhook_url_list
@@ -506,7 +507,7 @@ async def start(
     engine: AsyncEngine,
     clock: Callable[[], float],
     stack: AsyncExitStack,
-    horizon: Callable[[], Awaitable[float | None]] | None = None,
+    horizon: Horizon | None = None,
 ) -> None:
     """Start the dispatcher as a background task held by `stack` (stopped, then its client closed, at exit)."""
     sender = dispatcher(settings, engine, clock, horizon)

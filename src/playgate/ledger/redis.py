@@ -104,18 +104,18 @@ def _record_script(name: str, shebang: str = "") -> str:
 
 def _stream_from(stream_id: str, user_id: str, fields: Sequence[Any]) -> Stream:
     """A Stream from the wire list [video id, device id, started_at, expires_at, device name, kinds, away] the
-    scripts answer with (record.lua)."""
-    kinds = fields[5] if len(fields) > 5 else None  # cjson writes an empty list as {}
+    scripts answer with (record.lua), every field there whatever the record's format."""
+    video_id, device_id, started_at, expires_at, device_name, kinds, away = fields
     return Stream(
         id=stream_id,
         user_id=user_id,
-        video_id=str(fields[0]),
-        device_id=str(fields[1]),
-        started_at=parse_time(fields[2]),
-        expires_at=parse_time(fields[3]),
-        device_name=str(fields[4]) if len(fields) > 4 else "",
-        kinds=tuple(kinds) if kinds else (),
-        away=len(fields) > 6 and bool(fields[6]),
+        video_id=str(video_id),
+        device_id=str(device_id),
+        started_at=parse_time(started_at),
+        expires_at=parse_time(expires_at),
+        device_name=str(device_name),
+        kinds=tuple(kinds) if kinds else (),  # cjson writes an empty list as {}
+        away=bool(away),
     )
 
 
