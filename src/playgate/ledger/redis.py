@@ -221,6 +221,8 @@ class RedisLedger:
         self._keep = self._redis.register_script(_script("keep.lua"))
         drain = _script("drain.lua")
         self._drain = self._redis.register_script(CROSS_SLOT_SHEBANG + drain if self._keys.cluster else drain)
+        oldest = _script("oldest.lua")
+        self._oldest = self._redis.register_script(CROSS_SLOT_SHEBANG + oldest if self._keys.cluster else oldest)
 
     @staticmethod
     def _request_arg(admission: Admission) -> bytes:
@@ -611,11 +613,12 @@ class RedisLedger:
         None when the logs are empty. Entries leave a log once recorded (ack_changes) or trimmed, so this is the
         oldest change not yet in the audit trail, whether a reader holds it or none has read it yet."""
         async with translate_redis_errors():
-            pipe = self._redis.pipeline(transaction=False)
-            for key in self._keys.event_keys():
-                pipe.xrange(key, count=1)
-            firsts = [entries[0][0] for entries in await pipe.execute() if entries]
-        return min(int(str(entry_id).partition("-")[0]) for entry_id in firsts) / 1000 if firsts else None
+            if isinstance(self._redis, RedisCluster):  # oldest.lua on each primary over its buckets' logs
+                replies = [reply for _, reply in await self._on_each_node_of(self._oldest, self._keys.event_keys())]
+            else:
+                replies = [await self._oldest(keys=[], args=self._keys.event_keys())]  # the log in ARGV
+        found = [int(ms) for ms in replies if ms is not None]
+        return min(found) / 1000 if found else None
 
     async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
         """Bind the key to request_id unless it is bound already (SET NX GET: one atomic command)."""
