@@ -199,6 +199,40 @@ def connect_cluster(url: str, *, client_name: str | None = None, decode: bool = 
     )
 
 
+async def primaries(url: str) -> list[Redis]:
+    """A plain client of each primary of the cluster (or of the one server) that `url` names, with connect()'s
+    timeouts and the URL's credentials: for what is asked of every primary (INFO, CONFIG GET, FLUSHALL). The
+    caller closes them."""
+    if not is_cluster_url(url):
+        return [Redis.from_url(url, **_client_options(None))]
+    cluster = connect_cluster(url)
+    try:
+        await cluster.initialize()
+        parts = urlsplit(url)
+        return [
+            Redis(
+                host=node.host,
+                port=int(node.port),
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                ssl=parts.scheme.lower().startswith("rediss"),
+                **_client_options(None),
+            )
+            for node in cluster.get_primaries()
+        ]
+    finally:
+        await cluster.aclose()
+
+
+# What PlayGate asks of a Redis's configuration, beside persistence: `hash-max-listpack-value` at least this, so
+# that a user's streams hash (src/playgate/ledger/record.lua) stays a listpack when its records carry device ids as
+# the server issues them (61 characters; a record is then about 100 bytes, over Redis's default of 64). A
+# hashtable costs each stream about 130 bytes more (README, Sizing). deploy/ and the benchmarks' redis-servers
+# set it; `playgate doctor` warns when it is lower.
+HASH_LISTPACK_VALUE = 128
+REDIS_SERVER_ARGS = ("--hash-max-listpack-value", str(HASH_LISTPACK_VALUE))
+
+
 # A cluster spreads users over BUCKETS hash slots, 16 slots apart (slot 0, 16, 32, ...), so that contiguous slot
 # ranges (as `redis-cli --cluster` assigns them) get even shares; a bucket holds its users' keys and their lease
 # index. Few enough that a sweep reads every index in a few milliseconds; enough to spread over ~100 shards.

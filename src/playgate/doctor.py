@@ -14,16 +14,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from playgate.catalog.db import alembic_config, check_url, create_engine, is_sqlite
 from playgate.config import JWT_SECRET_FILE, Settings, is_loopback, security_problems
+from playgate.connections import HASH_LISTPACK_VALUE, is_cluster_url, primaries
 from playgate.errors import ConfigError
 
 CONNECT_TIMEOUT_S = 5.0
@@ -129,22 +129,23 @@ async def check_database(settings: Settings) -> list[Check]:
 
 
 async def check_redis(settings: Settings) -> list[Check]:
-    """Ping Redis when the deployment uses it; warn when it keeps no append-only file."""
+    """Ping Redis (each primary of a cluster) when the deployment uses it; warn when one keeps no append-only file,
+    or keeps a user's streams in a hashtable where a listpack would do (hash-max-listpack-value)."""
     if not settings.redis_url:
         return [Check("redis", Verdict.ok, "not configured: embedded deployment (in-process queue, SQLite ledger)")]
     shown = safe_url(settings.redis_url)
-    client: Any = aioredis.from_url(
-        settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
-    )
+    clients: list[Any] = []
     try:
-        await client.ping()
-        persistence = await client.info("persistence")
-    except (RedisError, OSError, ValueError) as exc:
+        clients = await primaries(settings.redis_url)
+        infos = [(await c.info("persistence"), await _listpack_value(c)) for c in clients]
+    except (RedisError, RedisClusterException, OSError, ValueError, ConfigError) as exc:
         return [Check("redis", Verdict.fail, f"cannot connect to {shown}: {_reason(exc)}")]
     finally:
-        await client.aclose()
-    checks = [Check("redis", Verdict.ok, f"connected to {shown}")]
-    if not int(persistence.get("aof_enabled", 0)):
+        for client in clients:
+            await client.aclose()
+    cluster = f" ({len(infos)} primaries)" if is_cluster_url(settings.redis_url) else ""
+    checks = [Check("redis", Verdict.ok, f"connected to {shown}{cluster}")]
+    if not all(int(persistence.get("aof_enabled", 0)) for persistence, _ in infos):
         checks.append(
             Check(
                 "redis persistence",
@@ -153,7 +154,27 @@ async def check_redis(settings: Settings) -> list[Check]:
                 "(run redis-server with --appendonly yes)",
             )
         )
+    values = [value for _, value in infos if value is not None]
+    if values and min(values) < HASH_LISTPACK_VALUE:
+        checks.append(
+            Check(
+                "redis memory",
+                Verdict.warn,
+                f"hash-max-listpack-value is {min(values)}: a stream whose device id is one the server issued "
+                f"costs about 130 bytes more (run redis-server with --hash-max-listpack-value {HASH_LISTPACK_VALUE})",
+            )
+        )
     return checks
+
+
+async def _listpack_value(client: Any) -> int | None:
+    """The server's hash-max-listpack-value, or None where CONFIG GET is refused (as some managed Redis do)."""
+    try:
+        found = await client.config_get("hash-max-listpack-value")
+    except ResponseError:
+        return None
+    value = found.get("hash-max-listpack-value")
+    return int(value) if value is not None else None
 
 
 def _missing_sqlite_file(url: str) -> str | None:

@@ -14,7 +14,9 @@ import pytest
 import redis.asyncio
 from redis.crc import key_slot
 
+from playgate.config import load_settings
 from playgate.connections import QUEUE_SHARDS, KeyLayout, translate_redis_errors
+from playgate.doctor import Verdict, check_redis
 from playgate.errors import Unavailable
 from tests.distributed import test_distributed as lifecycle
 from tests.distributed.conftest import Cluster
@@ -275,3 +277,16 @@ async def test_a_cluster_s_refusals_are_unavailable_not_errors(on_redis_cluster:
                 await client.set("playgate:c16-probe", "1")
     finally:
         await client.aclose()
+
+
+async def test_doctor_asks_every_primary(on_redis_cluster: Cluster) -> None:
+    """`playgate doctor` on a redis+cluster:// URL checks each primary (it used to fail with a traceback: redis-py's
+    from_url knows no cluster scheme): these keep no append-only file and Redis's default listpack bound."""
+    rc = store(on_redis_cluster)
+    checks = await check_redis(load_settings({"PLAYGATE_REDIS_URL": rc.url, "PLAYGATE_JWT_SECRET": "x" * 32}))
+    found = {c.name: (c.verdict, c.detail) for c in checks}
+    assert found["redis"][0] is Verdict.ok
+    assert found["redis"][1].endswith(" (3 primaries)")
+    assert found["redis persistence"][0] is Verdict.warn
+    assert found["redis memory"][0] is Verdict.warn
+    assert "hash-max-listpack-value is 64" in found["redis memory"][1]

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
+from playgate.connections import HASH_LISTPACK_VALUE
 from tests.support.pg_database import PgDatabase
 from tests.support.redis_server import redis_binary, start_redis
 from tests.support.servers import free_port, playgate_env
@@ -73,6 +75,8 @@ async def test_real_postgres_and_redis_before_and_after_the_migrations(tmp_path:
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
     redis_plain = start_redis(tmp_path / "redis-plain")
     redis_aof = start_redis(tmp_path / "redis-aof", appendonly=True)
+    with redis.Redis(port=redis_aof.port, socket_timeout=5) as client:
+        client.config_set("hash-max-listpack-value", HASH_LISTPACK_VALUE)  # as deploy/ runs it
     try:
         env = {"PLAYGATE_DATABASE_URL": pg_database.url, "PLAYGATE_REDIS_URL": redis_plain.url}
         code, output = doctor(tmp_path, **env)
@@ -80,11 +84,13 @@ async def test_real_postgres_and_redis_before_and_after_the_migrations(tmp_path:
         assert "ok    database: connected to postgresql+asyncpg://" in output
         assert "FAIL  migrations: the schema is at revision none (empty database)" in output
         assert "warn  redis persistence: append-only file is off" in output
+        assert "warn  redis memory: hash-max-listpack-value is 64" in output  # Redis's default
         assert doctor(tmp_path, "db", "upgrade", **env)[0] == 0
         code, output = doctor(tmp_path, **{**env, "PLAYGATE_REDIS_URL": redis_aof.url})
         assert code == 0, output
         assert "ok    redis: connected to redis://" in output
         assert "redis persistence" not in output
+        assert "redis memory" not in output
     finally:
         redis_plain.stop()
         redis_aof.stop()

@@ -39,6 +39,14 @@ def _exit_on_sigterm() -> None:
 _OUT = click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True
 )
+# The throwaway Redis Cluster's primaries (`bench admission --ledger redis-cluster`, `bench simulate`).
+_SHARDS = click.option(
+    "--shards",
+    type=click.IntRange(3, 16),
+    default=3,
+    show_default=True,
+    help="Primaries of the throwaway cluster (redis-cli --cluster create makes no fewer than 3).",
+)
 
 
 def _placement(server_help: str, load_help: str) -> Callable[[_Command], _Command]:
@@ -262,11 +270,10 @@ def _batch_sizes(_ctx: click.Context, param: click.Parameter, value: str) -> tup
 @click.option("--ledger", type=click.Choice(["sqlite", "redis", "redis-cluster"]), default="sqlite", show_default=True)
 @click.option(
     "--redis-url",
-    help="Redis for --ledger redis (redis+cluster:// for redis-cluster) [default: throwaway redis-servers here].",
+    help="Redis for --ledger redis (redis+cluster:// for redis-cluster) [flushed before and after each batch size!; "
+    "default: throwaway redis-servers here].",
 )
-@click.option(
-    "--shards", type=click.IntRange(1, 16), default=3, show_default=True, help="Primaries of the throwaway cluster."
-)
+@_SHARDS
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
@@ -497,8 +504,15 @@ def tokens(count: int, cpu: int | None) -> None:
     show_default=True,
     help="Plays/s in the middle third (prime time).",
 )
-@click.option("--shards", type=click.IntRange(1, 16), default=3, show_default=True, help="Cluster primaries.")
-@click.option("--redis-url", help="A Redis (Cluster) to use instead of a throwaway cluster [flushed first!].")
+@_SHARDS
+@click.option("--redis-url", help="A Redis (Cluster) to use instead of a throwaway cluster [flushed first and last!].")
+@click.option(
+    "--device-ids",
+    type=click.Choice(["issued", "short"]),
+    default="issued",
+    show_default=True,
+    help="Device ids as long as those the server issues (61 characters), or short ones (d0..d3).",
+)
 @_OUT
 def simulate(
     users: int,
@@ -507,6 +521,7 @@ def simulate(
     surge_rate: int,
     shards: int,
     redis_url: str | None,
+    device_ids: str,
     out: Path,
 ) -> None:
     """A prime-time evening on the admission path (no HTTP) against a Redis Cluster of real redis-servers:
@@ -523,6 +538,7 @@ def simulate(
         surge_plays_per_s=surge_rate,
         shards=shards,
         redis_url=redis_url,
+        device_ids=device_ids,
     )
     try:
         result = uvloop.run(run_simulation(spec))

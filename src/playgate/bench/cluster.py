@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from playgate.bench.target import BenchError, redis_server_command
-from playgate.connections import cluster_nodes, connect_cluster, is_cluster_url
+from playgate.connections import cluster_nodes, is_cluster_url, primaries
 
 START_TIMEOUT_S = 30.0
 # A node's cluster bus listens on its port + 10000.
@@ -115,18 +115,6 @@ async def _until_ok(ports: list[int]) -> None:
                 await asyncio.sleep(0.05)
         finally:
             await client.aclose()
-
-
-async def primaries(url: str) -> list[Redis]:
-    """A plain client of each primary of the cluster (or of the one server) that `url` names."""
-    if not is_cluster_url(url):
-        return [Redis.from_url(url)]
-    cluster = connect_cluster(url)
-    try:
-        await cluster.initialize()
-        return [Redis(host=n.host, port=int(n.port)) for n in cluster.get_primaries()]
-    finally:
-        await cluster.aclose()
 
 
 async def each_primary(url: str, ask: Callable[[Redis], Awaitable[Any]]) -> list[Any]:

@@ -49,6 +49,9 @@ class SimulationSpec:
     shards: int = 3
     redis_url: str | None = None
     seed: int = 1
+    # The players' device ids: "issued" as long as those the server issues (devices.DeviceIds: dv1.<24 hex>.<32
+    # hex>, 61 characters), "short" as the other benchmarks' (d0..d3). Their length decides what a stream costs Redis.
+    device_ids: str = "issued"
 
 
 @dataclass
@@ -114,14 +117,17 @@ class Evening:
         if second % int(self.spec.sweep_s) == 0:
             self.tally.expired += len(await self.ledger.sweep())
 
+    def _device(self, user: int) -> str:
+        """One of the user's DEVICES, with an id of the spec's kind (a device keeps its id)."""
+        index = self.rng.randrange(DEVICES)
+        return f"dv1.{user:024x}.{index:032x}" if self.spec.device_ids == "issued" else f"d{index}"
+
     async def _plays(self, count: int) -> None:
         requests = []
         for _ in range(count):
             n = self.rng.randrange(self.spec.users)
             user = f"u{n}"
-            request = PlayRequest(
-                owned_id(user), user, f"v{self.rng.randrange(VIDEOS)}", f"d{self.rng.randrange(DEVICES)}", 0.0
-            )
+            request = PlayRequest(owned_id(user), user, f"v{self.rng.randrange(VIDEOS)}", self._device(n), 0.0)
             requests.append(Admission(request, Quota(LIMITS[n % len(LIMITS)])))
         batches = [requests[i : i + BATCH] for i in range(0, len(requests), BATCH)]
         calls = [lambda b=b: self.ledger.decide(b) for b in batches]
@@ -201,6 +207,9 @@ async def run_simulation(spec: SimulationSpec) -> dict[str, Any]:
         "used_memory_bytes_per_shard": used,
         "keys_per_shard": keys,
         "decisions_kept": memory["redis_decisions_kept"],
-        # The streams, their users' hashes and the lease indexes, once the kept decisions are deleted.
+        # The streams, their users' hashes and the lease indexes, once the kept decisions are deleted: what a flush
+        # then returns (admission.redis_memory).
         "bytes_per_active_stream": memory["redis_bytes_per_active_stream"],
+        # What the servers kept after that flush, above their memory before the run: buffers, not keys.
+        "kept_after_flush_bytes": memory["redis_kept_after_flush_bytes"],
     }

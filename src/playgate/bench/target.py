@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 
 from playgate.bench.keyset import IdentityProvider, new_key
+from playgate.connections import REDIS_SERVER_ARGS
 from playgate.errors import PlayGateError
 
 START_TIMEOUT_S = 60.0
@@ -67,11 +68,12 @@ def free_port() -> int:
 
 
 def redis_server_command(port: int, data_dir: str | None = None) -> list[str]:
-    """The argv of a throwaway redis-server on 127.0.0.1:port that keeps nothing; BenchError if not installed."""
+    """The argv of a throwaway redis-server on 127.0.0.1:port that keeps nothing, configured as PlayGate asks
+    (connections.REDIS_SERVER_ARGS, as deploy/ does); BenchError if not installed."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise BenchError("redis-server is not installed (apt-get install redis-server), or give --redis-url")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *REDIS_SERVER_ARGS]
     return [*argv, "--dir", data_dir] if data_dir else argv
 
 
