@@ -22,6 +22,7 @@ from tests.support.clients import SocketClient, TestUser, admin_client, api_clie
 from tests.support.redis_cluster import RedisCluster
 
 DECIDE_TIMEOUT_S = 60.0
+LATE_S = 0.3  # after the last expected socket message: a late duplicate, if any, arrives within this
 RETRY_STATUSES = {502, 503, 504}
 
 
@@ -150,10 +151,21 @@ async def socket_messages(p: Player, expected: int, timeout_s: float = 15.0) -> 
         except TimeoutError:
             break
         seen[message["requestId"]].append(message)
-    await asyncio.sleep(0.3)  # let late duplicates, if any, arrive
-    for rid, extra in p.messages_by_request().items():
-        seen[rid].extend(extra)
     return seen
+
+
+async def settle(
+    group: list[Player], timeout_s: float = 15.0
+) -> list[tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]]:
+    """Each player's decisions at GET and socket messages, player after player; then LATE_S for late duplicates,
+    once for the group after the last player's messages (not once per player: 12 s of a 40-player test), and
+    every message that came meanwhile."""
+    settled = [(await decisions(p), await socket_messages(p, len(p.request_ids), timeout_s)) for p in group]
+    await asyncio.sleep(LATE_S)
+    for p, (_, seen) in zip(group, settled, strict=True):
+        for rid, extra in p.messages_by_request().items():
+            seen[rid].extend(extra)
+    return settled
 
 
 def check_one_decision_each(p: Player, found: dict[str, dict[str, Any]], seen: dict[str, list[dict[str, Any]]]) -> int:
@@ -194,9 +206,7 @@ async def test_many_users_hammered_over_both_apis_never_exceed_their_limit(clust
     group = await players(cluster, 12)
     started = time.monotonic()
     await asyncio.gather(*(request_plays(p, rng, 14) for p in group), *(churn(p, rng, 6) for p in group))
-    for p in group:
-        found = await decisions(p)
-        seen = await socket_messages(p, len(p.request_ids))
+    for p, (found, seen) in zip(group, await settle(group), strict=True):
         assert check_one_decision_each(p, found, seen) == 0, "a decision was delivered twice without a failure"
         streams = (await p.clients[0].get("/v1/streams")).json()
         assert len(streams) <= p.user.limit
@@ -231,9 +241,7 @@ async def test_a_killed_worker_s_requests_are_decided_by_the_other(cluster: Clus
         cluster.workers.remove(victim)
         await load
         twice = 0
-        for p in group:
-            found = await decisions(p)
-            seen = await socket_messages(p, len(p.request_ids), timeout_s=20)
+        for p, (found, seen) in zip(group, await settle(group, timeout_s=20), strict=True):
             twice += check_one_decision_each(p, found, seen)
             allowed = {d["streamId"] for d in found.values() if d["status"] == "allowed"}
             assert len(allowed) <= p.user.limit  # no stops here: every stream allowed is still counted
@@ -265,9 +273,7 @@ async def test_a_worker_stopped_with_sigterm_finishes_its_batch_and_leaves_nothi
     cluster.workers.remove(leaving)
     assert pending_on(cluster, consumer) == 0  # what it took, it decided and acknowledged before exiting
     await load
-    for p in group:
-        found = await decisions(p)
-        seen = await socket_messages(p, len(p.request_ids))
+    for p, (found, seen) in zip(group, await settle(group), strict=True):
         assert check_one_decision_each(p, found, seen) == 0
     cluster.start_worker()
     await close(group)

@@ -20,7 +20,7 @@ from playgate.doctor import Verdict, check_redis
 from playgate.errors import Unavailable
 from tests.distributed import test_distributed as lifecycle
 from tests.distributed.conftest import Cluster
-from tests.distributed.test_distributed import Player, close, decisions, players, request_plays, socket_messages
+from tests.distributed.test_distributed import Player, close, decisions, players, request_plays, settle
 from tests.support.redis_cluster import RedisCluster, wait_replicas_synced
 
 FAILOVER_TIMEOUT_S = 20.0
@@ -57,11 +57,13 @@ async def under_load(
     load = asyncio.gather(*(request_plays(p, rng, 16) for p in group))
     what = await disturb(group)
     await load
-    for p in group:
-        found = await decisions(p)
+    if sockets:
+        settled = await settle(group, timeout_s=20)
+    else:
+        settled = [(await decisions(p), {}) for p in group]
+    for p, (found, seen) in zip(group, settled, strict=True):
         assert set(found) == set(p.request_ids)
         if sockets:
-            seen = await socket_messages(p, len(p.request_ids), timeout_s=20)
             lifecycle.check_one_decision_each(p, found, seen)
         allowed = {d["streamId"] for d in found.values() if d["status"] == "allowed"}
         assert len(allowed) <= p.user.limit
@@ -228,9 +230,7 @@ async def test_sockets_keep_hearing_decisions_after_the_socket_channel_s_primary
     after = await players(on_redis_cluster, 4, limits=(3,))
     group = before + after
     await asyncio.gather(*(request_plays(p, rng, 6) for p in group))
-    for p in group:
-        found = await decisions(p)
-        seen = await socket_messages(p, len(p.request_ids), timeout_s=20)
+    for p, (found, seen) in zip(group, await settle(group, timeout_s=20), strict=True):
         lifecycle.check_one_decision_each(p, found, seen)
     await close(group)
 
@@ -254,9 +254,7 @@ async def test_the_request_queue_is_spread_over_the_primaries(on_redis_cluster: 
     rng = random.Random(41)
     group = await players(on_redis_cluster, 40, limits=(3,))  # a primary holding 2 of 8 shards gets none: 0.75**40
     await asyncio.gather(*(request_plays(p, rng, 2) for p in group))
-    for p in group:
-        found = await decisions(p)
-        seen = await socket_messages(p, len(p.request_ids))
+    for p, (found, seen) in zip(group, await settle(group), strict=True):
         lifecycle.check_one_decision_each(p, found, seen)
     after = queue_entries_by_primary(rc)
     grew = {port: after[port] - before.get(port, 0) for port in after}
