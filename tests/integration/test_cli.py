@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from playgate.cli import main
 from tests.support.clients import api_client, connect_socket
+from tests.support.inprocess import served
 from tests.support.servers import playgate_env, start_playgate
 
 
@@ -41,17 +42,22 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
 
 
 def test_db_upgrade_demo_and_token(tmp_path: Path) -> None:
-    upgraded = playgate(tmp_path, "db", "upgrade")
-    assert upgraded.returncode == 0, upgraded.stderr
+    # In this process (click's runner), as the commands' own logic: `python -m playgate` runs these commands as
+    # processes in every server fixture (db upgrade), test_security (demo) and the printed token's test below.
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(main, list(args), env=playgate_env(tmp_path))
+
+    upgraded = run("db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.stderr
     assert "up to date" in upgraded.stdout
-    assert playgate(tmp_path, "demo").stdout.strip() == "demo catalogue loaded"
-    assert playgate(tmp_path, "demo").stdout.strip() == "demo catalogue already there"
-    by_name = playgate(tmp_path, "token", "user2")
-    by_id = playgate(tmp_path, "token", "2")
-    assert by_name.returncode == by_id.returncode == 0
+    assert run("demo").stdout.strip() == "demo catalogue loaded"
+    assert run("demo").stdout.strip() == "demo catalogue already there"
+    by_name = run("token", "user2")
+    by_id = run("token", "2")
+    assert by_name.exit_code == by_id.exit_code == 0
     assert by_name.stdout.count(".") == 2  # a JWT
-    unknown = playgate(tmp_path, "token", "nobody")
-    assert unknown.returncode != 0
+    unknown = run("token", "nobody")
+    assert unknown.exit_code != 0
     assert "nobody" in unknown.stderr
 
 
@@ -104,14 +110,10 @@ def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path, env: dict[st
 
 
 async def test_without_demo_the_catalogue_starts_empty(tmp_path: Path) -> None:
-    server = start_playgate(tmp_path, PLAYGATE_DEMO="false")
-    try:
-        async with api_client(server.base_url) as client:
-            assert (await client.get("/videos")).json() == []
-            login = await client.post("/auth/token", json={"username": "user1", "password": "user1"})
-            assert login.status_code == 401
-    finally:
-        server.stop()
+    async with served(tmp_path, PLAYGATE_DEMO="false") as base_url, api_client(base_url) as client:
+        assert (await client.get("/videos")).json() == []
+        login = await client.post("/auth/token", json={"username": "user1", "password": "user1"})
+        assert login.status_code == 401
 
 
 async def test_auth_disabled_is_the_seed_trust_model(tmp_path: Path) -> None:
