@@ -155,6 +155,9 @@ def _server_config(settings: Settings, app: Any) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
+        # Said, not guessed: uvicorn takes an app whose __call__ is not a coroutine function for ASGI 2, and the
+        # outer middlewares (HttpEdge, HotRoutes) return the inner app's coroutine instead of awaiting it.
+        interface="asgi3",
         # httptools with a header timeout, a header size cap and a connection cap (playgate.api.guard)
         http=guarded_protocol(settings),
         timeout_keep_alive=settings.keep_alive_s,

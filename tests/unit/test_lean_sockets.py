@@ -53,15 +53,49 @@ async def test_join_returns_once_every_item_is_done(make: Any) -> None:
 
 
 @pytest.mark.parametrize("make", QUEUES)
-async def test_a_getter_cancelled_after_its_wake_up_passes_the_item_on(make: Any) -> None:
+async def test_a_getter_cancelled_after_its_wake_up_loses_no_item(make: Any) -> None:
+    """asyncio.Queue passes the item on to the next getter; LeanQueue has handed it to the first already (its
+    future is done: the cancel does nothing). Either way every item put comes out once."""
     queue = make()
     first = asyncio.ensure_future(queue.get())
     second = asyncio.ensure_future(queue.get())
     await asyncio.sleep(0)
     queue.put_nowait("x")  # wakes the first getter ...
-    first.cancel()  # ... which is cancelled before it runs: the second must get the item
+    first.cancel()  # ... which is cancelled before it runs
+    queue.put_nowait("y")
+    await asyncio.wait_for(second, 5)
+    out = [g.result() for g in (first, second) if not g.cancelled()]
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    assert sorted(out) == ["x", "y"]
+
+
+@pytest.mark.parametrize("make", QUEUES)
+async def test_a_getter_cancelled_before_an_item_comes_is_passed_over(make: Any) -> None:
+    queue = make()
+    first = asyncio.ensure_future(queue.get())
+    second = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    queue.put_nowait("x")
     assert await asyncio.wait_for(second, 5) == "x"
     assert first.cancelled()
+    assert queue.empty()
+
+
+async def test_a_waiting_lean_get_is_a_future_that_wait_for_wraps_in_no_task() -> None:
+    queue: LeanQueue[str] = LeanQueue()
+    tasks_before = len(asyncio.all_tasks())
+    waiting = asyncio.ensure_future(asyncio.wait_for(queue.get(), 5))  # engine.io's writer, in a task of its own
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == tasks_before + 1  # that task alone (asyncio.Queue.get would add another)
+    queue.put_nowait("z")
+    assert await waiting == "z"
+    for _ in range(3):  # timed-out getters do not pile up
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(queue.get(), 0.001)
+    assert len(queue._getters or []) <= 1
 
 
 @pytest.mark.parametrize("make", QUEUES)

@@ -340,12 +340,22 @@ class HotRoutes:
         self._gate = gate
         self._content = content
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine of its own, as HttpEdge: what it hands on runs with no frame of ours held.
         found = match(scope["method"], scope["path"]) if scope["type"] == "http" else None
         read = _read_headers(scope) if found is not None else None
         if found is None or read is None:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._answer(found, read, scope, receive, send)
+
+    async def _answer(
+        self,
+        found: tuple[Route, tuple[str, ...]],
+        read: tuple[str | None, dict[bytes, str]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
         route, params = found
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
         call = Call(scope, self._gate(), self._content, read[0], query, read[1])

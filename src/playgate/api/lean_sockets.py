@@ -29,7 +29,7 @@ class LeanQueue(Generic[T]):
 
     def __init__(self) -> None:
         self._items: list[T] = []
-        self._getters: list[asyncio.Future[None]] | None = None
+        self._getters: list[asyncio.Future[T]] | None = None
         self._unfinished = 0
         self._all_done: asyncio.Future[None] | None = None
 
@@ -42,10 +42,10 @@ class LeanQueue(Generic[T]):
         return not self._items
 
     def put_nowait(self, item: T) -> None:
-        """Add an item and wake the first waiting getter."""
+        """Add an item; the first getter still waiting is handed the oldest."""
         self._items.append(item)
         self._unfinished += 1
-        self._wake_getter()
+        self._hand_over()
 
     async def put(self, item: T) -> None:
         """Add an item (the queue is unbounded: never waits)."""
@@ -57,24 +57,20 @@ class LeanQueue(Generic[T]):
             raise asyncio.QueueEmpty
         return self._items.pop(0)
 
-    async def get(self) -> T:
-        """The oldest item, waiting for one. A getter cancelled after it was woken passes the wake-up on, so that no
-        item is left behind while another getter waits (as asyncio.Queue does)."""
-        while not self._items:
-            getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            if self._getters is None:
-                self._getters = []
-            self._getters.append(getter)
-            try:
-                await getter
-            except BaseException:
-                getter.cancel()
-                if getter in self._getters:
-                    self._getters.remove(getter)
-                if self._items and not getter.cancelled():
-                    self._wake_getter()
-                raise
-        return self._items.pop(0)
+    def get(self) -> asyncio.Future[T]:
+        """The oldest item, as a future awaited as asyncio.Queue.get is: done at once when an item waits, else handed
+        the next item put. A future, not a coroutine: asyncio.wait_for (engine.io's writer waits so) then wraps it in
+        no task of its own, and a waiting socket holds no coroutine frame. A getter cancelled before an item came
+        (wait_for's timeout) is passed over; one handed an item keeps it (cancelling a done future does nothing, and
+        wait_for returns the result of a future done when it times out or is cancelled), so no item is lost."""
+        getter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._getters:
+            self._getters = [g for g in self._getters if not g.done()]  # those cancelled while they waited
+        if self._getters is None:
+            self._getters = []
+        self._getters.append(getter)
+        self._hand_over()
+        return getter
 
     def task_done(self) -> None:
         """One item taken earlier is processed; `join` returns once every item put is."""
@@ -94,12 +90,12 @@ class LeanQueue(Generic[T]):
             self._all_done = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._all_done)
 
-    def _wake_getter(self) -> None:
-        while self._getters:
+    def _hand_over(self) -> None:
+        """The oldest items to the oldest getters still waiting, in order."""
+        while self._items and self._getters:
             getter = self._getters.pop(0)
             if not getter.done():
-                getter.set_result(None)
-                return
+                getter.set_result(self._items.pop(0))
 
 
 class LeanEngineIO(engineio.AsyncServer):  # type: ignore[misc]  # python-engineio is untyped

@@ -186,13 +186,13 @@ class LegacySocketIO:
         self.ping_interval_s = float(sio.eio.ping_interval)
         self.ping_timeout_s = float(sio.eio.ping_timeout)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine of its own: an idle engine.io 4 socket's life runs in the app's with no frame of ours held.
         if not is_engineio3(scope, self.path):
-            await self.app(scope, receive, send)
-        elif scope["type"] == "websocket":
-            await self._websocket(scope, receive, send)
-        else:
-            await self._http(scope, receive, send)
+            return self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return self._websocket(scope, receive, send)
+        return self._http(scope, receive, send)
 
     # ---- sessions ---------------------------------------------------------------------------------------
 
