@@ -4,7 +4,6 @@ for the tests that can share them."""
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,13 @@ from tests.support.servers import ServerProcess, share_media_dir, start_playgate
 
 # The package-scoped server of the original clients' tests: started once, on one worker.
 _ONE_WORKER_DIRS = ("compat",)
+# The files whose tests take tests/distributed's package-scoped deployment (`cluster`: Redis, PostgreSQL, 2 APIs,
+# 2 workers): one unit, so that it starts once, not once per stretch of them on a worker (the others there start
+# deployments of their own and stay units of their own).
+_SHARED_DEPLOYMENT = tuple(
+    f"tests/distributed/test_{name}.py"
+    for name in ("distributed", "audit", "connection_loss", "platform", "revocation", "serve", "socketio_v2")
+)
 # Files whose tests each start what they use (no module-scoped fixture): spread over the workers one by one.
 _PER_TEST = (
     "tests/integration/test_cli.py",
@@ -32,7 +38,7 @@ _PER_TEST = (
 _LONGEST_FIRST = (
     "tests/distributed/test_redis_cluster.py",
     "tests/integration/test_bad_input.py",
-    "tests/distributed/test_distributed.py",
+    "distributed",
     "tests/browser/test_viewer.py",
     "tests/ops/test_security.py",
     "compat",
@@ -44,14 +50,16 @@ _LONGEST_FIRST = (
 def worker_group(nodeid: str) -> str:
     """The pytest-xdist work unit of a test (`make test` runs `pytest -n N`): tests that share a fixture's processes
     run on one worker, so that each worker starts only what its own tests use. A lifecycle test goes with the
-    others of its deployment (`[embedded]` or `[distributed]` in its id); a test of _PER_TEST alone; any other test
-    with its file."""
+    others of its deployment (`[embedded]` or `[distributed]` in its id); a test of _SHARED_DEPLOYMENT with the
+    others of that deployment; a test of _PER_TEST alone; any other test with its file."""
     path, _, name = nodeid.partition("::")
     parts = path.split("/")
     if len(parts) > 2 and parts[1] in _ONE_WORKER_DIRS:
         return parts[1]
     if path in _PER_TEST:
         return nodeid
+    if path in _SHARED_DEPLOYMENT:
+        return "distributed"
     params = name.partition("[")[2].rstrip("]").split("-")
     if len(parts) > 2 and parts[1] == "lifecycle":
         for kind in ("embedded", "distributed"):
@@ -67,23 +75,29 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     class ByGroup(LoadScopeScheduling):  # type: ignore[misc]
+        _ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             return worker_group(nodeid)
 
-        def schedule(self) -> None:
-            if self.collection is None and self.collection_is_completed:
-                sizes = Counter(worker_group(n) for n in next(iter(self.registered_collections.values())))
+        def _assign_work_unit(self, node: Any) -> None:
+            # The work queue is complete at the first assignment: put it in first()'s order then. (Sorting the
+            # registered collections instead, as before, sent each worker indexes into the sorted list, which it
+            # read in its own collection's order: every test ran once, but not in its group nor on its worker.)
+            if not self._ordered:
+                self._ordered = True
+                sizes = {scope: len(unit) for scope, unit in self.workqueue.items()}
 
-                def first(nodeid: str) -> tuple[int, int]:
-                    group, path = worker_group(nodeid), nodeid.partition("::")[0]
+                def first(scope: str) -> tuple[int, int]:
+                    path = scope.partition("::")[0]
                     if path in _PER_TEST:
                         return -1, 0
-                    key = group if group in _LONGEST_FIRST else path
-                    return (_LONGEST_FIRST.index(key) if key in _LONGEST_FIRST else len(_LONGEST_FIRST)), -sizes[group]
+                    key = scope if scope in _LONGEST_FIRST else path
+                    return (_LONGEST_FIRST.index(key) if key in _LONGEST_FIRST else len(_LONGEST_FIRST)), -sizes[scope]
 
-                for node, collection in self.registered_collections.items():
-                    self.registered_collections[node] = sorted(collection, key=first)
-            super().schedule()
+                for scope in sorted(self.workqueue, key=first):
+                    self.workqueue.move_to_end(scope)
+            super()._assign_work_unit(node)
 
     config.option.loadscopereorder = False  # the order is first()'s
     return ByGroup(config, log)
