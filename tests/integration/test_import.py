@@ -7,7 +7,7 @@ import secrets
 import httpx
 import orjson
 
-from tests.integration.test_cli import playgate
+from tests.integration.test_cli import playgate_here
 from tests.integration.test_routes import assert_problem
 from tests.support.servers import ServerProcess
 
@@ -91,19 +91,19 @@ async def test_import_from_the_command_line_csv_and_ndjson(server: ServerProcess
         f"id,name,plan,limit,disabled\ncsv-{tag}-1,,basic-{tag},,false\ncsv-{tag}-2,Ann {tag},premium-{tag},2,\n"
         f"csv-{tag}-3,,nope-{tag},,\n"
     )
-    result = playgate(server.data_dir, "import", "plans", str(plans))
-    assert result.returncode == 0, result.stderr
+    result = await playgate_here(server.data_dir, "import", "plans", str(plans))
+    assert result.exit_code == 0, result.stderr
     assert "plans: 2 created, 0 updated, 0 unchanged, 0 refused" in result.stdout
-    result = playgate(server.data_dir, "import", "users", str(users))
-    assert result.returncode == 1  # a row was refused
+    result = await playgate_here(server.data_dir, "import", "users", str(users))
+    assert result.exit_code == 1  # a row was refused
     assert "users: 2 created, 0 updated, 0 unchanged, 1 refused" in result.stdout
     assert f"row 3 (csv-{tag}-3): plan" in result.stderr
     assert (await admin.get(f"/v1/users/csv-{tag}-1")).json()["limit"] == 1
     assert (await admin.get(f"/v1/users/csv-{tag}-2")).json()["name"] == f"Ann {tag}"
     ndjson = server.data_dir / f"videos-{tag}.ndjson"
     ndjson.write_text(f'{{"id": "nd-{tag}", "title": "From NDJSON", "url": "/media/nd.mp4"}}\n')
-    result = playgate(server.data_dir, "import", "videos", str(ndjson))
-    assert (result.returncode, result.stdout.strip()) == (0, "videos: 1 created, 0 updated, 0 unchanged, 0 refused")
+    result = await playgate_here(server.data_dir, "import", "videos", str(ndjson))
+    assert (result.exit_code, result.stdout.strip()) == (0, "videos: 1 created, 0 updated, 0 unchanged, 0 refused")
 
 
 async def test_a_plan_import_carries_the_rules_and_names_the_field_and_row_of_a_bad_one(
@@ -160,8 +160,8 @@ async def test_a_plan_csv_import_from_the_command_line_carries_the_rules(
         f'sports-{tag},Sports {tag},3,deny,"{{""live"": 1}}",1,4,2.5,1\n'
         f"broken-{tag},Broken {tag},3,,not json,,,,\n"
     )
-    result = playgate(server.data_dir, "import", "plans", str(plans))
-    assert result.returncode == 1  # the second row was refused
+    result = await playgate_here(server.data_dir, "import", "plans", str(plans))
+    assert result.exit_code == 1  # the second row was refused
     assert "plans: 1 created, 0 updated, 0 unchanged, 1 refused" in result.stdout
     assert f"row 2 (broken-{tag}): kinds" in result.stderr
     stored = (await admin.get(f"/v1/plans/sports-{tag}")).json()

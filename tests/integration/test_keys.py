@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.integration.test_cli import playgate
+from tests.integration.test_cli import playgate_here
 from tests.integration.test_routes import assert_problem
 from tests.support.clients import api_client, new_user
 from tests.support.servers import ServerProcess
@@ -83,18 +83,20 @@ async def test_a_revoked_key_stops_at_once_and_the_list_shows_when_keys_were_use
 
 
 async def test_keys_from_the_command_line(server: ServerProcess) -> None:
-    created = playgate(server.data_dir, "keys", "create", "--name", "cli backend", "--scope", "read")
-    assert created.returncode == 0, created.stderr
+    # The commands in this process, against the server process's database: a key the command revokes is refused
+    # by the server at once.
+    created = await playgate_here(server.data_dir, "keys", "create", "--name", "cli backend", "--scope", "read")
+    assert created.exit_code == 0, created.stderr
     key = created.stdout.strip()
     key_id = key.split("_")[1]
     assert "not shown again" in created.stderr
     async with _with(server.base_url, key) as reader:
         assert (await reader.get("/v1/plans")).status_code == 200
-        listed = playgate(server.data_dir, "keys", "list")
+        listed = await playgate_here(server.data_dir, "keys", "list")
         line = next(line for line in listed.stdout.splitlines() if line.startswith(key_id))
         assert line.split("\t")[1:3] == ["read", "cli backend"]
         assert key not in listed.stdout
-        assert playgate(server.data_dir, "keys", "revoke", key_id).returncode == 0
+        assert (await playgate_here(server.data_dir, "keys", "revoke", key_id)).exit_code == 0
         assert (await reader.get("/v1/plans")).status_code == 401
 
 
