@@ -262,7 +262,11 @@ async def test_nginx_secure_link_edge_urls_valid_expired_tampered(
         "embedded", root, media_dir, PLAYGATE_EDGE_SIGNING="nginx-secure-link", PLAYGATE_EDGE_SECRET=EDGE_SECRET,
         PLAYGATE_EDGE_LINK_TTL="30",
     )  # fmt: skip
-    proc, base = start_nginx(root / "nginx", server.base_url, media_dir, PLAYGATE_EDGE_SECRET=EDGE_SECRET)
+    try:
+        proc, base = start_nginx(root / "nginx", server.base_url, media_dir, PLAYGATE_EDGE_SECRET=EDGE_SECRET)
+    except BaseException:  # skipped without nginx, or failed: the deployment is not left running
+        await server.stop()
+        raise
     try:
         async with await admin_client(server.base_url) as admin:
             user = await new_user(server.base_url, admin, limit=1)
