@@ -531,26 +531,16 @@ def _values(event: AuditEvent) -> tuple[object, ...]:
 
 
 # The SQLite ledger's change log (LedgerEvents): a row of ledger_events per event, its columns those of _FIELDS, in
-# their order ("limit" is a keyword).
-_LOG_EVENTS = (
-    "INSERT INTO ledger_events (at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, "
-    'policy, active, "limit", shadow) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'
-)
+# their order (quoted: "limit" is a keyword). The statements are built from AuditEvent's field names alone, no input.
+_EVENT_COLUMNS = ", ".join(f'"{name}"' for name in _FIELDS)
+_LOG_EVENTS = f"INSERT INTO ledger_events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' for _ in _FIELDS)})"  # noqa: S608
 _ANY_CHANGE = "SELECT 1 FROM ledger_events LIMIT 1"
 _CHUNK = "SELECT count(*), max(seq) FROM (SELECT seq FROM ledger_events ORDER BY seq LIMIT ?)"
-_LOGGED_EVENTS = (
-    "SELECT at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, policy, active, "
-    '"limit", shadow FROM ledger_events WHERE seq <= ? ORDER BY seq'
-)
+_LOGGED_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM ledger_events WHERE seq <= ? ORDER BY seq"  # noqa: S608
 _FORGET_EVENTS = "DELETE FROM ledger_events WHERE seq <= ?"
 # Every logged event up to a seq, in order, into audit_events, in SQLite alone (no Python object per event); no
 # event_id (each is recorded once: module docstring).
-_RECORD_EVENTS = (
-    "INSERT INTO audit_events (at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, "
-    'policy, active, "limit", shadow) '
-    "SELECT at, kind, user_id, video_id, device_id, outcome, request_id, stream_id, reason, policy, active, "
-    '"limit", shadow FROM ledger_events WHERE seq <= ? ORDER BY seq'
-)
+_RECORD_EVENTS = f"INSERT INTO audit_events ({_EVENT_COLUMNS}) {_LOGGED_EVENTS}"
 
 # A shadow denial's row (catalog.models.ShadowDenialRow), as Catalog.record_shadow_denials writes it elsewhere.
 _SQLITE_SHADOW_INSERT = (

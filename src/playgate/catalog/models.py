@@ -122,15 +122,10 @@ class DecisionRow(Base):
     shadow_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
-class LedgerEventRow(Base):
-    """An audit event of a SQLite ledger transaction (a decision, a stream's end), logged in it for the audit trail
-    and the webhook outbox to record later, in batches, off the hot path (ledger.sql.SqlLedger.drain_changes): the
-    columns of audit_events but its id and event id, and no index but the sequence, which keeps the order logged. A
-    row is deleted in the transaction that records it. Unused on PostgreSQL (the distributed ledger logs in Redis)."""
+class AuditColumns:
+    """The columns of an audit event (audit.AuditEvent's fields) but its time, which each table declares with its
+    own index: audit_events, and the SQLite ledger's log of events not yet recorded in it (ledger_events)."""
 
-    __tablename__ = "ledger_events"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[float] = mapped_column(Float)
     kind: Mapped[str] = mapped_column(String(16))
     user_id: Mapped[str] = mapped_column(String(64))
     video_id: Mapped[str] = mapped_column(String(64))
@@ -143,6 +138,17 @@ class LedgerEventRow(Base):
     active: Mapped[int | None] = mapped_column(Integer, nullable=True)
     limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     shadow: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class LedgerEventRow(AuditColumns, Base):
+    """An audit event of a SQLite ledger transaction (a decision, a stream's end), logged in it for the audit trail
+    and the webhook outbox to record later, in batches, off the hot path (ledger.sql.SqlLedger.drain_changes): the
+    columns of audit_events but its id and event id, and no index but the sequence, which keeps the order logged. A
+    row is deleted in the transaction that records it. Unused on PostgreSQL (the distributed ledger logs in Redis)."""
+
+    __tablename__ = "ledger_events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
 
 
 class IdempotencyRow(Base):
@@ -181,24 +187,12 @@ class ShadowDenialRow(Base):
     decided_at: Mapped[float] = mapped_column(Float, index=True)
 
 
-class AuditEventRow(Base):
+class AuditEventRow(AuditColumns, Base):
     """One entry of the audit trail: a decision or a stream's end (times in epoch seconds)."""
 
     __tablename__ = "audit_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[float] = mapped_column(Float, index=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    user_id: Mapped[str] = mapped_column(String(64))
-    video_id: Mapped[str] = mapped_column(String(64))
-    device_id: Mapped[str] = mapped_column(String(200))
-    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    stream_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    outcome: Mapped[str] = mapped_column(String(32))
-    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    policy: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    active: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    shadow: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # What the event tells of (`decision:<request id>`, `stream_end:<stream id>`): recorded once however often
     # it is written (a change log entry redelivered after a crash). NULL on rows written before it existed and on
     # those the SQLite ledger's journal records (each once, in the transaction that forgets it): only ids are
