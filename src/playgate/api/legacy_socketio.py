@@ -18,6 +18,7 @@ EVERY_USER_ROOM and gets every user's events, as the original sent them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -117,6 +118,38 @@ class LegacySession:
         return packets
 
 
+async def _disconnected(receive: Receive) -> None:
+    """Return when the HTTP client has gone (its request body, already read, is passed over)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _until_client_gone(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """An Engine.IO 4 long poll, cancelled if its client goes away first: python-engineio then closes the session
+    (a poll cancelled is a transport error to it), as engine.io does, instead of waiting out the ping period."""
+    request: Message | None = await receive()  # a GET's (empty) body: the app's to read, then nothing more for it
+    gone: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+
+    async def app_receive() -> Message:
+        nonlocal request
+        if request is not None:
+            message, request = request, None
+            return message
+        return await gone
+
+    poll = asyncio.ensure_future(app(scope, app_receive, send))
+    watch = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((poll, watch), return_when=asyncio.FIRST_COMPLETED)
+        if not poll.done():
+            gone.set_result({"type": "http.disconnect"})
+            poll.cancel()
+    finally:
+        watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await poll
+
+
 def utf16_len(text: str) -> int:
     """A string's length as JavaScript counts it (UTF-16 code units): the unit of Engine.IO 3's payload lengths."""
     return len(text) + sum(1 for char in text if ord(char) > 0xFFFF)
@@ -151,6 +184,13 @@ def is_engineio3(scope: Scope, path: str) -> bool:
     if scope["type"] not in ("http", "websocket") or scope["path"].rstrip("/") != path:
         return False
     return b"EIO=3" in scope.get("query_string", b"").split(b"&")
+
+
+def is_long_poll(scope: Scope, path: str) -> bool:
+    """Whether an ASGI request is a polling GET of an open session on the Socket.IO path (`?sid=`)."""
+    if scope["type"] != "http" or scope["method"] != "GET" or scope["path"].rstrip("/") != path:
+        return False
+    return any(part.startswith(b"sid=") for part in scope.get("query_string", b"").split(b"&"))
 
 
 def _query(scope: Scope) -> dict[str, str]:
@@ -189,6 +229,8 @@ class LegacySocketIO:
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # Not a coroutine of its own: an idle engine.io 4 socket's life runs in the app's with no frame of ours held.
         if not is_engineio3(scope, self.path):
+            if is_long_poll(scope, self.path):
+                return _until_client_gone(self.app, scope, receive, send)
             return self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return self._websocket(scope, receive, send)
@@ -339,14 +381,16 @@ class LegacySocketIO:
         elif (session := self.sio.legacy_sessions.get(query.get("sid", ""))) is None:
             await self._answer(scope, send, 400, b'{"code":1,"message":"Session ID unknown"}', json=True)
         elif method == "GET":
-            await self._poll(scope, send, session)
+            await self._poll(scope, receive, send, session)
         elif method == "POST":
             await self._post(scope, receive, send, session)
         else:
             await self._answer(scope, send, 400, b'{"code":2,"message":"Bad handshake method"}', json=True)
 
-    async def _poll(self, scope: Scope, send: Send, session: LegacySession) -> None:
-        """A long poll: the queued packets, as soon as there are any (a noop after a ping period without)."""
+    async def _poll(self, scope: Scope, receive: Receive, send: Send, session: LegacySession) -> None:
+        """A long poll: the queued packets, as soon as there are any (a noop after a ping period without). A poll
+        whose client goes away while it waits closes the session, as engine.io does ("poll connection closed
+        prematurely"): a dead client holds no task until its deadline, nor the server's graceful shutdown."""
         if session.polling or session.upgraded:
             self._close(session)
             await self._answer(scope, send, 400, b'{"code":3,"message":"Bad request"}', json=True)
@@ -355,15 +399,28 @@ class LegacySocketIO:
         try:
             if session.upgrading and not session.outbox:
                 session.push(NOOP)
-            if not session.outbox:
-                try:
-                    await asyncio.wait_for(session.ready.wait(), self.deadline_s)
-                except TimeoutError:
-                    session.push(NOOP)
+            if not session.outbox and not await self._packets_or_gone(session, receive):
+                self._close(session)
+                return
             packets = session.take()
         finally:
             session.polling = False
         await self._answer(scope, send, 200, encode_payload(packets).encode())
+
+    async def _packets_or_gone(self, session: LegacySession, receive: Receive) -> bool:
+        """Wait for a packet to send (a noop after the deadline): True; False if the client disconnects first."""
+        ready = asyncio.ensure_future(session.ready.wait())
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            done, _ = await asyncio.wait((ready, gone), timeout=self.deadline_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            gone.cancel()
+        if gone in done and ready not in done:
+            return False
+        if not done:
+            session.push(NOOP)
+        return True
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, session: LegacySession) -> None:
         body = bytearray()
