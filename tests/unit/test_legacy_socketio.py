@@ -120,12 +120,17 @@ def test_a_long_poll_is_a_get_with_a_session(query: str, expected: bool) -> None
     assert not is_long_poll({**scope, "method": "POST"}, "/socket.io")
 
 
-async def test_an_engineio3_poll_whose_client_goes_away_closes_its_session_at_once() -> None:
+def waiting_poll() -> tuple[LegacyAwareServer, LegacySession, Poll]:
+    """An Engine.IO 3 session, and a poll of it sent."""
     sio = LegacyAwareServer(async_mode="asgi", ping_interval=25, ping_timeout=20)
     adapter = LegacySocketIO(None, sio, lambda: None, path="socket.io", origins=None)
     session = LegacySession("eio-1", 0.0, on_overflow=adapter._close)
     sio.legacy_sessions[session.eio_sid] = session
-    poll = Poll(adapter, "EIO=3&transport=polling&sid=eio-1")
+    return sio, session, Poll(adapter, "EIO=3&transport=polling&sid=eio-1")
+
+
+async def test_an_engineio3_poll_whose_client_goes_away_closes_its_session_at_once() -> None:
+    sio, session, poll = waiting_poll()
     await asyncio.sleep(0.05)
     assert not poll.task.done(), "nothing to send yet: the poll waits"
     poll.inbox.put_nowait({"type": "http.disconnect"})
@@ -135,11 +140,7 @@ async def test_an_engineio3_poll_whose_client_goes_away_closes_its_session_at_on
 
 
 async def test_an_engineio3_poll_answers_what_is_pushed_while_it_waits() -> None:
-    sio = LegacyAwareServer(async_mode="asgi", ping_interval=25, ping_timeout=20)
-    adapter = LegacySocketIO(None, sio, lambda: None, path="socket.io", origins=None)
-    session = LegacySession("eio-1", 0.0, on_overflow=adapter._close)
-    sio.legacy_sessions[session.eio_sid] = session
-    poll = Poll(adapter, "EIO=3&transport=polling&sid=eio-1")
+    _, session, poll = waiting_poll()
     await asyncio.sleep(0.05)
     session.push("42")
     assert await poll.answer() == b"2:42"
