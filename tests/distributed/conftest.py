@@ -19,7 +19,7 @@ from playgate.bench.keyset import IdentityProvider, new_key
 from tests.support.pg_database import PgDatabase, create_database, drop_database, pg_unavailable_reason
 from tests.support.redis_cluster import RedisCluster, cluster_tools_installed, start_cluster
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
-from tests.support.servers import ServerProcess, migrate_playgate, start_playgate
+from tests.support.servers import ServerProcess, migrate_playgate, start_playgate, wait_until_ready
 
 # Long enough that a slow batch on a loaded machine is not taken over from a live worker.
 CLAIM_IDLE_S = 4.0
@@ -53,24 +53,31 @@ class Cluster:
     def urls(self) -> list[str]:
         return [api.base_url for api in self.apis]
 
-    def start_api(self) -> ServerProcess:
-        api = start_playgate(self.data_dir, "api", **self.env)
+    def start_api(self, *, wait_ready: bool = True) -> ServerProcess:
+        api = start_playgate(self.data_dir, "api", wait_ready=wait_ready, **self.env)
         self.apis.append(api)
         return api
 
     def start_worker(self) -> ServerProcess:
         """Start a worker and wait until it reads from the consumer group."""
+        [worker] = self.start_workers(1)
+        return worker
+
+    def start_workers(self, count: int) -> list[ServerProcess]:
+        """Start `count` workers side by side and wait until each reads from the consumer group."""
         before = self.consumers()
-        worker = start_playgate(self.data_dir, "worker", wait_ready=False, **self.env)
-        self.workers.append(worker)
+        started = [start_playgate(self.data_dir, "worker", wait_ready=False, **self.env) for _ in range(count)]
+        self.workers.extend(started)
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            if worker.proc.poll() is not None:
-                raise RuntimeError(f"playgate worker exited with {worker.proc.returncode}:\n{worker.log()}")
-            if self.consumers() > before:  # its queue connected: it is taking requests
-                return worker
+            for worker in started:
+                if worker.proc.poll() is not None:
+                    raise RuntimeError(f"playgate worker exited with {worker.proc.returncode}:\n{worker.log()}")
+            if self.consumers() >= before + count:  # their queues connected: they are taking requests
+                return started
             time.sleep(0.1)
-        raise RuntimeError(f"playgate worker never read from the queue:\n{worker.log()}")
+        logs = "\n".join(worker.log() for worker in started)
+        raise RuntimeError(f"playgate workers never all read from the queue:\n{logs}")
 
     def consumers(self) -> int:
         """Queue connections open on Redis: each process names them `playgate-queue:<consumer>`."""
@@ -85,7 +92,12 @@ class Cluster:
         return sum(name.startswith("playgate-queue:") for name in names)
 
     def stop(self) -> None:
-        for proc in (*self.apis, *self.workers):
+        """SIGTERM to every process at once, then wait for each (a second SIGTERM is harmless)."""
+        procs = (*self.apis, *self.workers)
+        for proc in procs:
+            if proc.proc.poll() is None:
+                proc.proc.send_signal(signal.SIGTERM)
+        for proc in procs:
             proc.stop()
 
 
@@ -128,9 +140,9 @@ async def deployment(
     try:
         await asyncio.to_thread(migrate_playgate, data_dir, **cluster.env)
         cluster.start_api()  # the first API loads the catalogue and the admin before the others start
-        cluster.start_api()
-        cluster.start_worker()
-        cluster.start_worker()
+        second = cluster.start_api(wait_ready=False)  # it starts beside the workers
+        await asyncio.to_thread(cluster.start_workers, 2)
+        await asyncio.to_thread(wait_until_ready, second)
         yield cluster
     finally:
         cluster.stop()

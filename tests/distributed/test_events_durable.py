@@ -63,8 +63,7 @@ async def _burst_stop_then_kill(cluster: Cluster) -> tuple[str, dict[str, str], 
     for worker in list(cluster.workers):
         kill(worker)
         cluster.workers.remove(worker)
-    cluster.start_worker()
-    cluster.start_worker()
+    await asyncio.to_thread(cluster.start_workers, 2)
     return user.id, decided, stopped
 
 
