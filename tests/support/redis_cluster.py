@@ -110,6 +110,10 @@ def start_cluster(data_dir: Path) -> RedisCluster:
                     str(node_dir / "nodes.conf"),
                     "--cluster-node-timeout",
                     "1000",
+                    # A replica's first sync starts at once, not after the default 5 s a primary waits for more
+                    # replicas to share a diskless transfer: the cluster is up in about 2 s instead of 6.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ),
             )
             node.start()
