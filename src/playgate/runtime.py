@@ -395,12 +395,14 @@ class Runtime:
 class _Tasks:
     stop: asyncio.Event
     running: list[asyncio.Task[None]]
+    # Cancelled on stop rather than waited for: the demo media is made again by the next start or media request.
+    optional: list[asyncio.Task[None]]
 
 
 def _start_tasks(role: Role, worker: Worker | None, library: MediaLibrary, catalog: Catalog) -> _Tasks:
     """The process's background tasks: worker and sweeper (where the role decides), the demo media (in a process
     that serves HTTP, or a group's owner)."""
-    tasks = _Tasks(asyncio.Event(), [])
+    tasks = _Tasks(asyncio.Event(), [], [])
     if worker is not None:
         tasks.running += [
             asyncio.create_task(worker.run(tasks.stop), name="playgate-worker"),
@@ -408,7 +410,7 @@ def _start_tasks(role: Role, worker: Worker | None, library: MediaLibrary, catal
         ]
     if role not in (Role.worker, Role.member):
         # Clips are made in the background: start-up does not wait, a first media request waits for its own.
-        tasks.running.append(asyncio.create_task(_prepare_media(library, catalog), name="playgate-media"))
+        tasks.optional.append(asyncio.create_task(_prepare_media(library, catalog), name="playgate-media"))
     return tasks
 
 
@@ -438,7 +440,9 @@ async def _stop_tasks(tasks: _Tasks, queue: PlayQueue) -> None:
     if isinstance(queue, SharedQueue):
         queue.stop_reading()  # the other workers take what is still queued
     tasks.stop.set()
-    await asyncio.gather(*tasks.running, return_exceptions=True)
+    for task in tasks.optional:
+        task.cancel()
+    await asyncio.gather(*tasks.running, *tasks.optional, return_exceptions=True)
 
 
 async def run_worker(settings: Settings, *, clock: Callable[[], float] = time.time) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from xml.etree import ElementTree
 
 import m3u8
+import psutil
 import pytest
 
 from playgate.errors import NotFound, Unavailable
@@ -101,4 +103,23 @@ async def test_a_failing_ffmpeg_is_unavailable_and_leaves_nothing_behind(tmp_pat
     library = MediaLibrary(tmp_path / "media", ffmpeg="/bin/false")
     with pytest.raises(Unavailable, match=r"could not make 1\.mp4"):
         await library.ensure("1")
+    assert list((tmp_path / "media").iterdir()) == [], "no half-made file is left behind"
+
+
+@pytest.mark.parametrize("make", ["clip", "adaptive"])
+async def test_making_media_cancelled_kills_ffmpeg_and_leaves_nothing_behind(tmp_path: Path, make: str) -> None:
+    """What a process does when it stops while the demo media is still being made."""
+    library = MediaLibrary(tmp_path / "media")
+    making = asyncio.create_task(library.ensure("1") if make == "clip" else library.ensure_adaptive("1"))
+    ffmpeg: list[psutil.Process] = []
+    for _ in range(200):  # until ffmpeg runs (at most 10 s)
+        ffmpeg = [p for p in psutil.Process().children() if "ffmpeg" in p.name()]
+        if ffmpeg:
+            break
+        await asyncio.sleep(0.05)
+    assert ffmpeg, "ffmpeg started"
+    making.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await making
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ffmpeg), "ffmpeg was killed"
     assert list((tmp_path / "media").iterdir()) == [], "no half-made file is left behind"

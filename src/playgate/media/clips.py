@@ -200,16 +200,25 @@ class MediaLibrary:
         try:
             _, stderr = await asyncio.wait_for(proc.communicate(), FFMPEG_TIMEOUT_S)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            partial.unlink(missing_ok=True)
+            await _abandon(proc, partial)
             raise Unavailable(f"ffmpeg took over {FFMPEG_TIMEOUT_S:.0f}s making {target.name}") from None
+        except asyncio.CancelledError:  # the process stops: no ffmpeg left running, no partial file left behind
+            await _abandon(proc, partial)
+            raise
         if proc.returncode != 0:
             partial.unlink(missing_ok=True)
             words = stderr.decode(errors="replace").strip()[-500:]
             raise Unavailable(f"ffmpeg could not make {target.name} (exit {proc.returncode}): {words}")
         if atomic:
             partial.replace(target)
+
+
+async def _abandon(proc: asyncio.subprocess.Process, partial: Path) -> None:
+    """Kill an ffmpeg run and remove what it wrote."""
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()
+    partial.unlink(missing_ok=True)
 
 
 def _current(folder: Path, source: str | None) -> bool:
