@@ -33,17 +33,25 @@ _PER_TEST = (
     "tests/bench/test_bench_cli.py",
     "tests/ops/test_doctor.py",
 )
-# The groups that took longest (a whole run's --durations), started first so that none ends the run alone; the
-# others by their number of tests.
+# The groups that took longest (seconds per group in a whole `make test`, longest first), started first so that
+# none ends the run alone; then the tests of _PER_TEST one by one; then the other groups by their number of tests.
 _LONGEST_FIRST = (
+    "distributed",
     "tests/distributed/test_redis_cluster.py",
     "tests/integration/test_bad_input.py",
-    "distributed",
+    "tests/ops/test_chaos.py",
+    "lifecycle-distributed",
     "tests/browser/test_viewer.py",
+    "tests/distributed/test_events_durable.py",
+    "lifecycle-embedded",
+    "tests/distributed/test_outage.py",
+    "tests/bench/test_bench_cli.py",
+    "tests/contract/test_ledger.py",
+    "tests/browser/test_admin.py",
+    "tests/browser/test_hls.py",
     "tests/ops/test_security.py",
-    "compat",
-    "tests/integration/test_import.py",
-    "tests/integration/test_keys.py",
+    "tests/integration/test_process_group.py",
+    "tests/distributed/test_redis_restart.py",
 )
 
 
@@ -90,10 +98,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
                 def first(scope: str) -> tuple[int, int]:
                     path = scope.partition("::")[0]
+                    if path in _LONGEST_FIRST:
+                        return _LONGEST_FIRST.index(path), -sizes[scope]
                     if path in _PER_TEST:
-                        return -1, 0
-                    key = scope if scope in _LONGEST_FIRST else path
-                    return (_LONGEST_FIRST.index(key) if key in _LONGEST_FIRST else len(_LONGEST_FIRST)), -sizes[scope]
+                        return len(_LONGEST_FIRST), 0
+                    return len(_LONGEST_FIRST) + 1, -sizes[scope]
 
                 for scope in sorted(self.workqueue, key=first):
                     self.workqueue.move_to_end(scope)
