@@ -218,7 +218,7 @@ async def _abandon(proc: asyncio.subprocess.Process, partial: Path) -> None:
     if proc.returncode is None:
         proc.kill()
     await proc.wait()
-    partial.unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink, after ffmpeg ended)
 
 
 def _current(folder: Path, source: str | None) -> bool:
