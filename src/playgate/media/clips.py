@@ -198,7 +198,10 @@ class MediaLibrary:
             start_new_session=True,
         )  # fmt: skip
         try:
-            _, stderr = await asyncio.wait_for(proc.communicate(), FFMPEG_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: under Python 3.11's wait_for a stopping process's cancellation of the
+            # media task was seen lost (the task went on to the next video's ffmpeg, cancelling() == 1).
+            async with asyncio.timeout(FFMPEG_TIMEOUT_S):
+                _, stderr = await proc.communicate()
         except TimeoutError:
             await _abandon(proc, partial)
             raise Unavailable(f"ffmpeg took over {FFMPEG_TIMEOUT_S:.0f}s making {target.name}") from None
