@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -108,16 +109,20 @@ async def test_a_failing_ffmpeg_is_unavailable_and_leaves_nothing_behind(tmp_pat
 
 @pytest.mark.parametrize("make", ["clip", "adaptive"])
 async def test_making_media_cancelled_kills_ffmpeg_and_leaves_nothing_behind(tmp_path: Path, make: str) -> None:
-    """What a process does when it stops while the demo media is still being made."""
-    library = MediaLibrary(tmp_path / "media")
+    """What a process does when it stops while the demo media is still being made. The ffmpeg here writes its output
+    file, then takes its time (a real one may finish first), so that the cancellation finds it running."""
+    slow = tmp_path / "slow-ffmpeg"
+    slow.write_text(f"#!{sys.executable}\nimport sys, time\nopen(sys.argv[-1], 'w').write('partial')\ntime.sleep(30)\n")
+    slow.chmod(0o755)
+    library = MediaLibrary(tmp_path / "media", ffmpeg=str(slow))
     making = asyncio.create_task(library.ensure("1") if make == "clip" else library.ensure_adaptive("1"))
     ffmpeg: list[psutil.Process] = []
-    for _ in range(200):  # until ffmpeg runs (at most 10 s)
-        ffmpeg = [p for p in psutil.Process().children() if "ffmpeg" in p.name()]
-        if ffmpeg:
+    for _ in range(200):  # until it runs and has written (at most 10 s)
+        ffmpeg = [p for p in psutil.Process().children() if str(slow) in " ".join(p.cmdline())]
+        if ffmpeg and any(f.name.endswith("partial") for f in (tmp_path / "media").rglob("*")):
             break
         await asyncio.sleep(0.05)
-    assert ffmpeg, "ffmpeg started"
+    assert ffmpeg, "ffmpeg started and wrote"
     making.cancel()
     with pytest.raises(asyncio.CancelledError):
         await making
