@@ -24,13 +24,14 @@ from playgate.bus.protocol import (
     Emitter,
     Fanout,
     ListeningFanout,
+    NoSockets,
     PlaybackOf,
     PlayQueue,
     RequestQueue,
     SharedQueue,
     conflict_message,
 )
-from playgate.bus.redis import RedisFanout, RedisQueue, socket_manager
+from playgate.bus.redis import RedisFanout, RedisQueue
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.db import reset as reset_database
 from playgate.catalog.models import ShadowDenialRow
@@ -448,13 +449,12 @@ async def _stop_tasks(tasks: _Tasks, queue: PlayQueue) -> None:
 async def run_worker(settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
     """A worker process of the distributed deployment: the Worker loop and the sweeper, no HTTP.
 
-    Decisions reach the sockets through a write-only Socket.IO Redis manager. SIGTERM or SIGINT: the batch in
+    Decisions reach the sockets through the API processes (bus.redis.RedisFanout). SIGTERM or SIGINT: the batch in
     hand is decided, published and acknowledged, nothing new is taken, and the process exits.
     """
     assert settings.redis_url is not None, "run_worker needs PLAYGATE_REDIS_URL"
-    emitter = socket_manager(settings.redis_url, write_only=True)
     runtime = await Runtime.start(
-        settings, emitter=emitter, metrics=Metrics(), clock=clock, migrate=False, role=Role.worker
+        settings, emitter=NoSockets(), metrics=Metrics(), clock=clock, migrate=False, role=Role.worker
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,11 +6,22 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import orjson
 import pytest_asyncio
 
+from playgate.bus.protocol import NoSockets
 from playgate.bus.redis import RedisFanout, RedisQueue
-from playgate.domain import Admission, Decision, Outcome, PlayRequest, Quota, Reason, Status
+from playgate.connections import (
+    DECISIONS_CHANNEL,
+    connect,
+    decision_channels,
+    decision_to_json,
+    is_cluster_url,
+    ready,
+)
+from playgate.domain import Admission, Decision, EndedStream, Outcome, PlayRequest, Quota, Reason, Status, Stream
 from playgate.ledger.redis import RedisLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
@@ -74,8 +85,10 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
         assert len(await make_queue(claim_idle_s=0.05).take(1, wait_s=0.5)) == 1
     assert (await queue.pending_count(), await queue.dead_letter_count()) == (1, 0)
     await asyncio.sleep(0.1)
-    recorder = Recorder()
-    fanout = RedisFanout(redis_url, recorder)
+    recorder = Recorder()  # an API process's sockets: the worker's fan-out holds none
+    api = RedisFanout(redis_url, recorder)
+    await api.start()
+    fanout = RedisFanout(redis_url, NoSockets())
     ledger = RedisLedger(redis_url, lease_s=90, decision_ttl_s=60, clock=time.time)
     worker = Worker(
         queue=queue,
@@ -89,6 +102,10 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
         max_attempts=2,
     )
     assert await worker.step(wait_s=0.5) == 1
+    for _ in range(100):  # the API process's listener emits it shortly
+        if recorder.events:
+            break
+        await asyncio.sleep(0.05)
     [(event, message, room)] = recorder.events
     assert (event, room) == ("message", "user:u1")
     assert (message["status"], message["reason"], message["requestId"]) == ("denied", "error", POISON)
@@ -101,6 +118,7 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
     assert (kept.status, kept.reason) == (Status.denied, Reason.error)
     await ledger.close()
     await fanout.close()
+    await api.close()
 
 
 async def test_a_malformed_entry_is_dead_lettered_not_delivered(make_queue: QueueFactory) -> None:
@@ -114,7 +132,8 @@ async def test_a_malformed_entry_is_dead_lettered_not_delivered(make_queue: Queu
 
 
 async def test_waiters_in_one_process_are_woken_by_a_worker_in_another(redis_url: str) -> None:
-    api, worker = RedisFanout(redis_url, Recorder()), RedisFanout(redis_url, Recorder())
+    sockets, workers_sockets = Recorder(), Recorder()
+    api, worker = RedisFanout(redis_url, sockets), RedisFanout(redis_url, workers_sockets)
     await api.start()
     waiter = api.watch("r1")
     other = api.watch("r2")
@@ -123,8 +142,58 @@ async def test_waiters_in_one_process_are_woken_by_a_worker_in_another(redis_url
     await worker.publish([Outcome(decision)])
     assert await asyncio.wait_for(waiter, 5.0) == decision
     assert not other.done()
+    # The socket message travelled with it, emitted by the process holding the sockets (its listener, after the
+    # waiters), not by the worker.
+    [(event, message, room)] = sockets.events
+    assert (event, room, message["requestId"], message["reason"]) == ("message", "user:u1", "r1", "limit_reached")
+    assert workers_sockets.events == []
     await api.close()
     await worker.close()
+
+
+async def test_a_stop_s_stream_ended_reaches_the_sockets_of_every_api_process(redis_url: str) -> None:
+    first, second = Recorder(), Recorder()
+    apis = [RedisFanout(redis_url, first), RedisFanout(redis_url, second)]
+    for api in apis:
+        await api.start()
+    stream = Stream("s1", "u1", "v1", "tv", 1_800_000_000.0, 1_800_000_090.0)
+    await apis[0].announce([EndedStream(stream, Reason.stopped)])
+    for _ in range(100):
+        if first.events and second.events:
+            break
+        await asyncio.sleep(0.05)
+    for sockets in (first, second):
+        [(event, message, room)] = sockets.events
+        assert (event, room, message["streamId"], message["reason"]) == ("stream_ended", "user:u1", "s1", "stopped")
+    for api in apis:
+        await api.close()
+
+
+async def test_the_listener_takes_the_version_before_s_messages_and_drops_malformed_ones(redis_url: str) -> None:
+    sockets = Recorder()
+    api = RedisFanout(redis_url, sockets)
+    await api.start()
+    publisher: Any = connect(redis_url, decode=False)
+    cluster = is_cluster_url(redis_url)
+    await ready(publisher)
+
+    async def send(payload: bytes) -> None:  # on the channel the listener hears (on a cluster: one of them)
+        if cluster:
+            await publisher.spublish(decision_channels()[0], payload)
+        else:
+            await publisher.publish(DECISIONS_CHANNEL, payload)
+
+    waiters = [api.watch("r1"), api.watch("r2")]
+    decision = Decision("r1", "u1", "v1", "tv", Status.allowed, 1, 3, 1_800_000_000.25, stream_id="s1")
+    later = Decision("r2", "u1", "v1", "tv", Status.allowed, 2, 3, 1_800_000_000.5, stream_id="s2")
+    await send(b"not json")
+    await send(orjson.dumps({"d": "no list"}))
+    await send(orjson.dumps([decision_to_json(decision)]))  # from a worker of the version before
+    await RedisFanout(redis_url, NoSockets()).publish([Outcome(later)])
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 5.0) == [decision, later]
+    assert [m["requestId"] for _, m, _ in sockets.events] == ["r2"]  # the version before sent it over socketio
+    await publisher.aclose()
+    await api.close()
 
 
 async def test_the_ledger_decides_on_after_redis_forgets_its_scripts(redis_url: str) -> None:

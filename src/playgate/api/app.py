@@ -27,7 +27,7 @@ from playgate.api.routes import account, admin, auth, content, events, health, s
 from playgate.api.socket import V2_EVENTS, create_server, heartbeat_ack, register
 from playgate.bus.hub import HoldingManager, MemberLink
 from playgate.bus.local import LeanManager
-from playgate.bus.redis import socket_manager
+from playgate.bus.redis import OwnSockets, socket_manager
 from playgate.config import Settings
 from playgate.media.gate import ContentGate
 from playgate.metrics import Metrics
@@ -83,7 +83,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(
             settings,
-            emitter=sio,
+            # Distributed, the fan-out carries every socket message to every API process: each emits to its own.
+            emitter=OwnSockets(sio) if settings.redis_url is not None else sio,
             metrics=metrics,
             clock=clock,
             migrate=role is Role.serve,

@@ -6,7 +6,7 @@ websocket (the `len:packet` payloads, the client pinging, the probe-and-upgrade)
 listening player needs (the implicit connection to the default namespace, events out, disconnect).
 
 A v2 socket is a participant of python-socketio's client manager like any v4 socket: it connects to the manager
-and enters its user's room. Every emit to a room, from this process or from a worker through the Redis manager,
+and enters its user's room. Every emit to a room, this process's own or a worker's (carried over Redis pub/sub),
 reaches the manager's participants through `_send_eio_packet`; `LegacyAwareServer` hands the packets of v2
 sessions to them. Socket.IO event packets are spelled the same in v2 and v4 (`2["message",{...}]`), only the
 Engine.IO framing around them differs.

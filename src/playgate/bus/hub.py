@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from playgate.bus.local import LeanManager, LocalQueue
-from playgate.bus.protocol import EVERY_USER_ROOM, Conflicts, Emitter, EmittingFanout, PlaybackOf, user_room
+from playgate.bus.protocol import EVERY_USER_ROOM, Conflicts, Emit, Emitter, EmittingFanout, PlaybackOf, user_room
 from playgate.bus.redis import request_from_json, request_to_json
 from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import Decision, EndedStream, Outcome, PlayRequest
@@ -55,8 +55,6 @@ CALL_TIMEOUT_S = 10.0
 RECENT_DECISIONS = 4096
 USER_ROOM_PREFIX = user_room("")
 NOTICES = frozenset({"fanout", "drop", "wait", "unwait", "ready"})
-
-Emit = list[Any]  # [event, body, room]
 
 
 def routed(room: str | None) -> bool:
@@ -80,7 +78,7 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
 
 class Relay:
     """An Emitter that sends emits (and the decisions to wake waiters for) to the process group as frames:
-    inside `batch()` they are held and leave as one frame at its end (a BatchingEmitter)."""
+    inside `batch()` they are held and leave as one frame at its end."""
 
     def __init__(self, send: Callable[[list[Emit], list[dict[str, Any]]], None]) -> None:
         self._send = send

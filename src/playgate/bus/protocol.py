@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -99,15 +98,6 @@ class ListeningFanout(Protocol):
         ...
 
 
-@runtime_checkable
-class BatchingEmitter(Protocol):
-    """An Emitter that can send the emits of a block in one round trip."""
-
-    def batch(self) -> AbstractAsyncContextManager[None]:
-        """Collect the emits made inside the block and send them at its end."""
-        ...
-
-
 async def observe_queue(queue: PlayQueue, metrics: Metrics) -> None:
     """Refresh the queue gauges: its depth, and its backlog when it is a queue that has one."""
     metrics.queue_depth.set(await queue.depth())
@@ -116,12 +106,23 @@ async def observe_queue(queue: PlayQueue, metrics: Metrics) -> None:
         metrics.queue_dead_letters.set(await queue.dead_letter_count())
 
 
+Emit = list[Any]  # [event, body, room]
+
+
 class Emitter(Protocol):
-    """What sends a Socket.IO event to a room: the server itself, or a write-only client manager."""
+    """What sends a Socket.IO event to a room of this process's sockets: its Socket.IO server (bus.redis.OwnSockets
+    when the server's client manager is a Redis one), or NoSockets."""
 
     async def emit(self, event: str, data: Any = None, *, room: str | None = None) -> None:
         """Send `event` with `data` to every socket in `room`."""
         ...
+
+
+class NoSockets:
+    """The Emitter of a process that holds no sockets (a worker): its fan-out sends to the processes that do."""
+
+    async def emit(self, event: str, data: Any = None, *, room: str | None = None) -> None:
+        """Nothing to send to."""
 
 
 class Fanout(Protocol):
@@ -260,24 +261,39 @@ class EmittingFanout:
 
     async def _emit(self, outcomes: Sequence[Outcome]) -> None:
         """Emit each decision to its user's room, then the streams it ended."""
+        for event, body, room in self._emits(outcomes):
+            await self._emitter.emit(event, body, room=room)
+
+    async def announce(self, ended: Sequence[EndedStream]) -> None:
+        """Emit `stream_ended` to each ended stream's user."""
+        for event, body, room in self._ended_emits(ended):
+            await self._emitter.emit(event, body, room=room)
+
+    def _emits(self, outcomes: Sequence[Outcome]) -> list[Emit]:
+        """What `_emit` sends: each decision's message to its user's room, then `stream_ended` of the streams it
+        ended."""
+        emits: list[Emit] = []
         for outcome in outcomes:
             decision = outcome.decision
             playback = self._playback(decision) if self._playback is not None else None
             conflicts = self._conflicts(outcome.conflicts) if self._conflicts is not None else None
-            await self._emit_for(decision.user_id, "message", decision_message(decision, playback, conflicts))
-            await self.announce([e for e in outcome.ended if e.reason in ANNOUNCED])
+            emits += self._emits_for(decision.user_id, "message", decision_message(decision, playback, conflicts))
+            emits += self._ended_emits([e for e in outcome.ended if e.reason in ANNOUNCED])
+        return emits
 
-    async def announce(self, ended: Sequence[EndedStream]) -> None:
-        """Emit `stream_ended` to each ended stream's user."""
+    def _ended_emits(self, ended: Sequence[EndedStream]) -> list[Emit]:
+        """What `announce` sends: `stream_ended` to each ended stream's user."""
+        emits: list[Emit] = []
         for item in ended:
-            await self._emit_for(item.stream.user_id, "stream_ended", ended_message(item))
+            emits += self._emits_for(item.stream.user_id, "stream_ended", ended_message(item))
+        return emits
 
-    async def _emit_for(self, user_id: str, event: str, body: dict[str, Any]) -> None:
-        """Emit to the user's room, and to EVERY_USER_ROOM when asked (auth disabled): a socket is in one or the
-        other, never both, so nobody gets an event twice."""
-        await self._emitter.emit(event, body, room=user_room(user_id))
+    def _emits_for(self, user_id: str, event: str, body: dict[str, Any]) -> list[Emit]:
+        """An event to the user's room, and to EVERY_USER_ROOM when asked (auth disabled): a socket is in one or
+        the other, never both, so nobody gets an event twice."""
         if self._to_every_user_room:
-            await self._emitter.emit(event, body, room=EVERY_USER_ROOM)
+            return [[event, body, user_room(user_id)], [event, body, EVERY_USER_ROOM]]
+        return [[event, body, user_room(user_id)]]
 
     def watch(self, request_id: str) -> asyncio.Future[Decision]:
         """A future resolved when the decision is published."""

@@ -6,10 +6,14 @@ Keys (all under playgate:):
 - `playgate:pending:<request id>` the request while it is owed a decision, so that any API process answers
   `GET /v1/plays/{id}` with "pending"; written with the XADD by one script (enqueue.lua), deleted at the ack
   (ack.lua), kept at most pending_ttl_s;
-- channel `playgate:decisions` carries every decision to the API processes' `?wait=` waiters.
+- channel `playgate:decisions` carries every socket message of the decisions and stream ends to the API processes,
+  each of which emits them to its own sockets, with the decisions themselves for their `?wait=` waiters: a worker
+  publishes a batch of decisions, an API process a stop's `stream_ended`, in one message, `{"d": [decision, ...],
+  "e": [[event, body, room], ...]}` (one PUBLISH, one parse in each API process).
 
-Socket.IO events go through python-socketio's Redis client manager (channel `socketio`): the worker holds a
-write-only manager as its Emitter, every API process's server holds a full one and delivers to its own sockets.
+Each API process's Socket.IO server has python-socketio's Redis client manager too (channel `socketio`), for what
+python-socketio itself sends between servers (an emit to one socket id, a disconnect), and for the socket messages
+of a worker of the version before this one.
 
 On a Redis Cluster (a redis+cluster:// URL) the queue is PLAYGATE_QUEUE_SHARDS streams (connections.QueueShard,
 `playgate:{b…}:requests`, `:requests:dead` and `:pending:<request id>` in one slot each, so each script runs in
@@ -33,7 +37,8 @@ import socketio
 from redis import exceptions as redis_errors
 from redis.asyncio import RedisCluster
 
-from playgate.bus.protocol import BatchingEmitter, Conflicts, Delivery, Emitter, EmittingFanout, PlaybackOf
+from playgate.bus.local import LeanManager
+from playgate.bus.protocol import Conflicts, Delivery, Emit, Emitter, EmittingFanout, PlaybackOf
 from playgate.connections import (
     DECISIONS_CHANNEL,
     GROUP,
@@ -49,7 +54,7 @@ from playgate.connections import (
     ready,
     translate_redis_errors,
 )
-from playgate.domain import Outcome, PlayRequest, id_owner
+from playgate.domain import EndedStream, Outcome, PlayRequest, id_owner
 from playgate.errors import Unavailable
 
 log = logging.getLogger("playgate.bus")
@@ -122,18 +127,17 @@ class SlotMoved(Exception):
     """A shard stopped serving a sharded channel this process listens to: subscribe again (where it now lives)."""
 
 
-def socket_manager(url: str, *, write_only: bool = False) -> socketio.AsyncRedisManager:
-    """python-socketio's Redis client manager: a full one for an API process's server, write-only for a worker;
-    both with the pool options (health checks, retries) of every PlayGate Redis client."""
-    if write_only:
-        return BatchingRedisManager(url, redis_options=pool_options())
+def socket_manager(url: str) -> socketio.AsyncRedisManager:
+    """python-socketio's Redis client manager of an API process's server, with the pool options (health checks,
+    retries) of every PlayGate Redis client."""
     if is_cluster_url(url):
         return ClusterRedisManager(url, redis_options=pool_options())
     return ResilientRedisManager(url, redis_options=pool_options())
 
 
-class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]  # python-socketio is untyped
-    """python-socketio's Redis manager with its transport hook `_listen` made to recover quickly.
+class ResilientRedisManager(socketio.AsyncRedisManager, LeanManager):  # type: ignore[misc]  # python-socketio is untyped
+    """python-socketio's Redis manager with its transport hook `_listen` made to recover quickly, delivering to
+    this process's sockets as LeanManager does (each packet encoded once, no task per socket).
 
     The library's own listener waits 1, 2, 4 ... up to 60 s between tries after it loses Redis, so that sockets
     got their decisions seconds after Redis was back; this one tries again after at most LISTEN_BACKOFF_MAX_S,
@@ -218,50 +222,6 @@ class ClusterRedisManager(ResilientRedisManager):
                         await self.redis.aclose()
             await asyncio.sleep(backoff_s)
             backoff_s = min(LISTEN_BACKOFF_MAX_S, backoff_s * 2)
-
-
-class BatchingRedisManager(ClusterRedisManager):
-    """A worker's write-only Socket.IO Redis manager: the emits made inside `batch()` leave in one pipeline.
-
-    It replaces only the transport hook `_publish` (what a pub/sub backend is meant to provide): each emit is
-    the message python-socketio builds, published on its channel, one round trip for a whole batch of
-    decisions instead of one each. A failed pipeline raises (Unavailable), so the worker retries the batch.
-    """
-
-    def __init__(self, url: str, *, redis_options: dict[str, Any] | None = None) -> None:
-        super().__init__(url, write_only=True, redis_options=redis_options)
-        self._held: list[Any] | None = None
-
-    @contextlib.asynccontextmanager
-    async def batch(self) -> AsyncIterator[None]:
-        """Hold every emit made inside, then publish them all in one pipeline, in order."""
-        self._held = []
-        try:
-            yield
-            held = self._held
-        finally:
-            self._held = None
-        if held:
-            await self._publish_all(held)
-
-    async def _publish(self, data: Any) -> Any:
-        if self._held is not None:
-            self._held.append(data)
-            return None
-        return await super()._publish(data)
-
-    async def _publish_all(self, messages: Sequence[Any]) -> None:
-        async with translate_redis_errors():
-            if not self.connected:
-                self._redis_connect()
-            cluster = is_cluster_url(self.redis_url)
-            pipe = self.redis.pipeline(transaction=False)
-            for message in messages:
-                if cluster:
-                    pipe.spublish(self.channel, self.json.dumps(message))
-                else:
-                    pipe.publish(self.channel, self.json.dumps(message))
-            await pipe.execute()
 
 
 class RedisQueue:
@@ -658,19 +618,32 @@ class RedisQueue:
         await self._redis.aclose()
 
 
+class OwnSockets:
+    """The Emitter of an API process's own sockets: its Socket.IO server, whose plain emit would go through Redis
+    to every process (`ignore_queue` keeps it here)."""
+
+    def __init__(self, server: socketio.AsyncServer) -> None:
+        self._server = server
+
+    async def emit(self, event: str, data: Any = None, *, room: str | None = None) -> None:
+        """Send `event` to the sockets of `room` held by this process."""
+        await self._server.emit(event, data, room=room, ignore_queue=True)
+
+
 class RedisFanout(EmittingFanout):
-    """Decisions to sockets through a Socket.IO Redis manager; `?wait=` waiters woken over Redis pub/sub."""
+    """Decisions and stream ends to every API process over Redis pub/sub (the channel `playgate:decisions`, above):
+    each emits the socket messages to its own sockets (`local`) and wakes its own `?wait=` waiters."""
 
     def __init__(
         self,
         url: str,
-        emitter: Emitter,
+        local: Emitter,
         playback: PlaybackOf | None = None,
         conflicts: Conflicts | None = None,
         *,
         to_every_user_room: bool = False,
     ) -> None:
-        super().__init__(emitter, playback, conflicts, to_every_user_room=to_every_user_room)
+        super().__init__(local, playback, conflicts, to_every_user_room=to_every_user_room)
         self._redis = connect(url)
         self._cluster = is_cluster_url(url)
         self._keys = layout_for(url)
@@ -687,11 +660,18 @@ class RedisFanout(EmittingFanout):
             await asyncio.wait_for(self._subscribed.wait(), ready_timeout_s)
 
     async def publish(self, outcomes: Sequence[Outcome]) -> None:
-        """Wake every API process's waiters (one PUBLISH), then emit each decision and the streams it ended
-        (in one pipeline when the emitter is a worker's BatchingRedisManager)."""
-        if not outcomes:
-            return
-        payload = orjson.dumps([decision_to_json(o.decision) for o in outcomes])
+        """Send the decisions (to wake waiters) and their socket messages to every API process: one PUBLISH."""
+        if outcomes:
+            await self._send([decision_to_json(o.decision) for o in outcomes], self._emits(outcomes))
+
+    async def announce(self, ended: Sequence[EndedStream]) -> None:
+        """Send `stream_ended` of each ended stream to every API process: one PUBLISH."""
+        emits = self._ended_emits(ended)
+        if emits:
+            await self._send([], emits)
+
+    async def _send(self, decided: list[dict[str, Any]], emits: list[Emit]) -> None:
+        payload = orjson.dumps({"d": decided, "e": emits})
         async with translate_redis_errors():
             if self._cluster:
                 # Sharded channels in turn: the load spreads over the shards; every API process hears them all.
@@ -700,14 +680,25 @@ class RedisFanout(EmittingFanout):
                 await self._redis.spublish(self._channels[self._next_channel], payload)
             else:
                 await self._redis.publish(DECISIONS_CHANNEL, payload)
-        batch = self._emitter.batch() if isinstance(self._emitter, BatchingEmitter) else contextlib.nullcontext()
-        async with batch:
-            await self._emit(outcomes)
 
-    def _resolve(self, raw: str | bytes) -> None:
-        for item in orjson.loads(raw):
-            if item["r"] in self._waiters:
-                self._wake(decision_from_json(item))
+    async def _deliver(self, raw: str | bytes) -> None:
+        """A message of the decisions channel: wake this process's waiters, then emit to its own sockets. A bare
+        list is from a worker of the version before this one (decisions only: its socket messages come over
+        python-socketio's channel)."""
+        try:
+            message = orjson.loads(raw)
+            decided, emits = (message, []) if isinstance(message, list) else (message["d"], message["e"])
+            woken = [decision_from_json(item) for item in decided if item["r"] in self._waiters]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("dropped a malformed message of the decisions channel (%s): %.200r", exc, raw)
+            return
+        for decision in woken:
+            self._wake(decision)
+        for event, body, room in emits:
+            try:
+                await self._emitter.emit(event, body, room=room)
+            except Exception:  # one emit's failure must not keep the others from their sockets
+                log.exception("could not emit %r to %s", event, room)
 
     async def _catch_up(self) -> None:
         """Wake the waiters whose decision was published while the listener was not subscribed (Redis was away):
@@ -751,7 +742,7 @@ class RedisFanout(EmittingFanout):
                     if message is not None and message.get("type") == "sunsubscribe":
                         raise SlotMoved(f"{message.get('channel')} is no longer served by its node")
                     if message is not None and message.get("type") in ("message", "smessage"):
-                        self._resolve(message["data"])
+                        await self._deliver(message["data"])
             except (redis_errors.RedisError, redis_errors.RedisClusterException, SlotMoved, OSError) as exc:
                 # Any Redis failure (on a cluster: a slot moving, a failover) ends this subscription, never the
                 # listener.
