@@ -375,13 +375,14 @@ class KeyLayout:
         return None if user_id is None else self.decision_key(request_id, user_id)
 
 
-# On a cluster decisions fan out over sharded pub/sub (SPUBLISH, Redis 7): this many channels, their hash tags
-# spread over the buckets (so over the shards); a worker takes them in turn, an API process listens to them all.
+# On a cluster decisions fan out over sharded pub/sub (SPUBLISH, Redis 7): workers publish on the first of these
+# channels, and the API processes listen to it (bus.redis.RedisFanout says why); workers of the version before took
+# them all in turn, their hash tags spread over the buckets (so over the shards).
 DECISION_CHANNELS = 8
 
 
 def decision_channels() -> list[str]:
-    """The sharded channels of decisions on a cluster."""
+    """The sharded channels of decisions on a cluster; the first carries the socket messages."""
     tags = bucket_tags()
     return [f"{DECISIONS_CHANNEL}:{{{tags[i * BUCKETS // DECISION_CHANNELS]}}}" for i in range(DECISION_CHANNELS)]
 

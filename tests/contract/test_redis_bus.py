@@ -121,6 +121,18 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
     await api.close()
 
 
+async def test_a_request_put_again_is_queued_once(make_queue: QueueFactory) -> None:
+    """The same put again (redis-py retries a call whose reply was lost on a dropped connection) adds nothing."""
+    queue = make_queue()
+    request = play("again")
+    await queue.put(request)
+    await queue.put(request)
+    taken = await queue.take(10, wait_s=1.0)
+    assert [d.request.request_id for d in taken] == ["again"]
+    await queue.ack(taken)
+    assert await queue.depth() == 0
+
+
 async def test_a_malformed_entry_is_dead_lettered_not_delivered(make_queue: QueueFactory) -> None:
     queue = make_queue()
     await queue.put(play("good"))
@@ -189,10 +201,12 @@ async def test_the_listener_takes_the_version_before_s_messages_and_drops_malfor
     await send(b"not json")
     await send(orjson.dumps({"d": "no list"}))
     await send(orjson.dumps([decision_to_json(decision)]))  # from a worker of the version before
-    await RedisFanout(redis_url, NoSockets()).publish([Outcome(later)])
+    worker = RedisFanout(redis_url, NoSockets())
+    await worker.publish([Outcome(later)])
     assert await asyncio.wait_for(asyncio.gather(*waiters), 5.0) == [decision, later]
     assert [m["requestId"] for _, m, _ in sockets.events] == ["r2"]  # the version before sent it over socketio
     await publisher.aclose()
+    await worker.close()
     await api.close()
 
 

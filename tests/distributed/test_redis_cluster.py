@@ -15,7 +15,7 @@ import redis.asyncio
 from redis.crc import key_slot
 
 from playgate.config import load_settings
-from playgate.connections import QUEUE_SHARDS, KeyLayout, translate_redis_errors
+from playgate.connections import QUEUE_SHARDS, KeyLayout, decision_channels, translate_redis_errors
 from playgate.doctor import Verdict, check_redis
 from playgate.errors import Unavailable
 from tests.distributed import test_distributed as lifecycle
@@ -26,7 +26,7 @@ from tests.support.redis_cluster import RedisCluster, wait_replicas_synced
 FAILOVER_TIMEOUT_S = 20.0
 KEYS_TIMEOUT_S = 20.0
 MIGRATE_PAUSE_S = 0.05  # between keys: the slot stays half-moved while requests arrive
-SOCKET_CHANNEL = "socketio"  # python-socketio's manager channel (its default), a sharded channel on a cluster
+SOCKET_CHANNEL = decision_channels()[0]  # the sharded channel that carries the socket messages
 
 
 def store(cluster: Cluster) -> RedisCluster:
@@ -194,7 +194,7 @@ async def kill_primary(rc: RedisCluster, slot: int) -> str:
 
 
 async def test_a_primary_killed_under_load_loses_nothing(on_redis_cluster: Cluster) -> None:
-    """kill -9 of a primary while requests arrive (not the one serving python-socketio's channel, so that every
+    """kill -9 of a primary while requests arrive (not the one serving the socket messages' channel, so that every
     socket message is checked too): every request decided once, the same on the socket as at GET, never over a
     limit, every allowed stream still counted. What a kill -9 cannot promise (a write the primary acknowledged
     and had not yet sent to its replica) is in the README; on loopback that window is too short to hit here."""
@@ -213,7 +213,7 @@ async def test_a_primary_killed_under_load_loses_nothing(on_redis_cluster: Clust
 async def test_sockets_keep_hearing_decisions_after_the_socket_channel_s_primary_fails_over(
     on_redis_cluster: Cluster,
 ) -> None:
-    """The primary serving python-socketio's sharded channel fails over during load (the requests are decided
+    """The primary serving the socket messages' sharded channel fails over during load (the requests are decided
     once each); afterwards the sockets opened before it, on both APIs, and new ones get one message per request."""
     rc = store(on_redis_cluster)
     channel_slot = key_slot(SOCKET_CHANNEL.encode())

@@ -18,8 +18,8 @@ of a worker of the version before this one.
 On a Redis Cluster (a redis+cluster:// URL) the queue is PLAYGATE_QUEUE_SHARDS streams (connections.QueueShard,
 `playgate:{b…}:requests`, `:requests:dead` and `:pending:<request id>` in one slot each, so each script runs in
 one slot), a request on its user's shard; a decision is kept in its user's slot (connections.KeyLayout); the
-decisions and python-socketio's manager use sharded pub/sub (SPUBLISH / SSUBSCRIBE) over redis-py's cluster
-client.
+decisions (on the first of connections.decision_channels()) and python-socketio's manager use sharded pub/sub
+(SPUBLISH / SSUBSCRIBE) over redis-py's cluster client.
 """
 
 from __future__ import annotations
@@ -283,7 +283,8 @@ class RedisQueue:
         return self._shards[receipt[0]]
 
     async def put(self, request: PlayRequest) -> None:
-        """Append the request to its user's shard and mark it pending there, both or neither (enqueue.lua)."""
+        """Append the request to its user's shard and mark it pending there, both or neither, once (enqueue.lua:
+        a retry of a call whose reply was lost adds nothing)."""
         shard = self._shard_of_user(request.user_id)
         body = request_to_json(request)
         keys = [shard.pending_key(request.request_id), shard.requests_key]
@@ -648,7 +649,6 @@ class RedisFanout(EmittingFanout):
         self._cluster = is_cluster_url(url)
         self._keys = layout_for(url)
         self._channels = decision_channels() if self._cluster else [DECISIONS_CHANNEL]
-        self._next_channel = 0
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -674,10 +674,11 @@ class RedisFanout(EmittingFanout):
         payload = orjson.dumps({"d": decided, "e": emits})
         async with translate_redis_errors():
             if self._cluster:
-                # Sharded channels in turn: the load spreads over the shards; every API process hears them all.
-                self._next_channel = (self._next_channel + 1) % len(self._channels)
+                # One sharded channel, so that a failover of one primary (whose subscribers hear nothing until they
+                # subscribe again) can cost socket messages only if it is that channel's, as python-socketio's one
+                # channel did (workers of the version before took the channels in turn).
                 await ready(self._redis)
-                await self._redis.spublish(self._channels[self._next_channel], payload)
+                await self._redis.spublish(self._channels[0], payload)
             else:
                 await self._redis.publish(DECISIONS_CHANNEL, payload)
 
@@ -716,8 +717,12 @@ class RedisFanout(EmittingFanout):
                 self._wake(decision_from_json(orjson.loads(raw)))
 
     async def _listen(self) -> None:
-        """Subscribe (then catch up on decisions missed meanwhile) and resolve waiters; after a lost connection,
-        subscribe again with a growing pause."""
+        """Subscribe (then catch up on decisions missed meanwhile), wake waiters and emit to the sockets; after a
+        lost connection, subscribe again with a growing pause.
+
+        On a cluster only the channel the workers publish on is heard: one subscription on one node, so that a
+        primary that carries none of the sockets' messages can fail over without the sockets missing any (a
+        subscription over several nodes is torn down when any of them goes away)."""
         backoff_s = LISTEN_BACKOFF_MIN_S
         while True:
             # redis-py's cluster pub/sub (ssubscribe, get_sharded_message) is unannotated
@@ -728,21 +733,13 @@ class RedisFanout(EmittingFanout):
                 # failover, a migration) says so with `sunsubscribe`, and the listener subscribes again.
                 pubsub = self._redis.pubsub(ignore_subscribe_messages=not self._cluster)
                 if self._cluster:
-                    await pubsub.ssubscribe(*self._channels)
+                    await pubsub.ssubscribe(self._channels[0])
                 else:
                     await pubsub.subscribe(DECISIONS_CHANNEL)
                 self._subscribed.set()
                 backoff_s = LISTEN_BACKOFF_MIN_S
                 await self._catch_up()
-                while True:
-                    if self._cluster:
-                        message = await pubsub.get_sharded_message(timeout=SHARDED_POLL_S)
-                    else:
-                        message = await pubsub.get_message(timeout=LISTEN_POLL_S)
-                    if message is not None and message.get("type") == "sunsubscribe":
-                        raise SlotMoved(f"{message.get('channel')} is no longer served by its node")
-                    if message is not None and message.get("type") in ("message", "smessage"):
-                        await self._deliver(message["data"])
+                await self._hear(pubsub)
             except (redis_errors.RedisError, redis_errors.RedisClusterException, SlotMoved, OSError) as exc:
                 # Any Redis failure (on a cluster: a slot moving, a failover) ends this subscription, never the
                 # listener.
@@ -754,6 +751,18 @@ class RedisFanout(EmittingFanout):
                         await pubsub.aclose()
             await asyncio.sleep(backoff_s)
             backoff_s = min(LISTEN_BACKOFF_MAX_S, backoff_s * 2)
+
+    async def _hear(self, pubsub: Any) -> None:
+        """Deliver each message of the subscription, until it fails (SlotMoved: a channel left its node)."""
+        while True:
+            if self._cluster:
+                message = await pubsub.get_sharded_message(timeout=SHARDED_POLL_S)
+            else:
+                message = await pubsub.get_message(timeout=LISTEN_POLL_S)
+            if message is not None and message.get("type") == "sunsubscribe":
+                raise SlotMoved(f"{message.get('channel')} is no longer served by its node")
+            if message is not None and message.get("type") in ("message", "smessage"):
+                await self._deliver(message["data"])
 
     async def close(self) -> None:
         """Stop listening, cancel anyone still waiting, close the connection pool."""
