@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from playgate.bus.protocol import (
     RequestQueue,
     SharedQueue,
     conflict_message,
+    rooms_of,
 )
 from playgate.bus.redis import RedisFanout, RedisQueue
 from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
@@ -205,7 +207,13 @@ def open_backends(
             max_attempts=MAX_ATTEMPTS,
             shards=settings.queue_shards,
         )
-        ledger: Ledger = RedisLedger(url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, clock=clock)
+        ledger: Ledger = RedisLedger(
+            url,
+            lease_s=lease_s,
+            decision_ttl_s=decision_ttl_s,
+            clock=clock,
+            end_rooms=functools.partial(rooms_of, to_every_user_room=to_every_user_room),
+        )
         return ledger, queue, RedisFanout(url, emitter, playback, conflicts, to_every_user_room=to_every_user_room)
     ledger = SqlLedger(
         settings.resolved_database_url, lease_s=lease_s, decision_ttl_s=decision_ttl_s, clock=clock, events=events

@@ -664,9 +664,9 @@ class PlayGate:
         hears it at once), or anyone's for an admin (announced `stopped_by_admin`) or a `plays` key."""
         if principal.user is not None:
             # The common case, a player stopping its own stream: one ledger write, no lookup first.
-            stopped = await self._stop_own(stream_id, principal.user.id)
+            stopped, told = await self._stop_own(stream_id, principal.user.id)
             if stopped:
-                await self._announce(stopped, Reason.stopped)
+                await self._announce(stopped, Reason.stopped, told=told)
                 return stopped[0]
         stream = await self._ledger.stream(stream_id) if principal.stops_any else None
         if stream is None:
@@ -680,18 +680,18 @@ class PlayGate:
             await self._announce(stopped, Reason.stopped_by_admin)
         return stopped[0]
 
-    async def _stop_own(self, stream_id: str, user_id: str) -> list[Stream]:
+    async def _stop_own(self, stream_id: str, user_id: str) -> tuple[list[Stream], bool]:
         """Stop a stream of the user's; while the store is down, one this process knows (stopped in the store
-        once it answers)."""
+        once it answers). True when the ledger announced it (Ledger.stop)."""
         try:
-            stopped = await self._ledger.stop([stream_id], user_id, reason=Reason.stopped)
+            stopped = await self._ledger.stop([stream_id], user_id, reason=Reason.stopped, announce=True)
         except Unavailable:
             known = self._outage.stopped(stream_id, user_id)
             if known is None:
                 raise
-            return [known]
+            return [known], False
         self._outage.forget([stream_id])
-        return stopped
+        return stopped, self._ledger.announces_stops
 
     async def stop_streams(
         self, user_id: str, video_id: str | None = None, *, device_id: str | None = None
@@ -699,11 +699,11 @@ class PlayGate:
         """Stop all of a user's streams (of one video, or of one device, if given), announced `stopped`: a device's
         log-out ends its own streams, "sign out of all devices" all of them (and those devices hear it at once)."""
         if device_id is None:
-            stopped = await self._ledger.stop(None, user_id, video_id, reason=Reason.stopped)
+            stopped = await self._ledger.stop(None, user_id, video_id, reason=Reason.stopped, announce=True)
         else:
             own = [s.id for s in await self._ledger.streams(user_id) if s.device_id == device_id]
-            stopped = await self._ledger.stop(own, user_id, video_id, reason=Reason.stopped)
-        await self._announce(stopped, Reason.stopped)
+            stopped = await self._ledger.stop(own, user_id, video_id, reason=Reason.stopped, announce=True)
+        await self._announce(stopped, Reason.stopped, told=self._ledger.announces_stops)
         return stopped
 
     # ---- devices, households, shadow denials --------------------------------------------------------
@@ -740,7 +740,8 @@ class PlayGate:
             raise NotFound(f"No user with id {user_id!r}.")
         return user_id
 
-    async def _announce(self, streams: Sequence[Stream], reason: Reason) -> None:
+    async def _announce(self, streams: Sequence[Stream], reason: Reason, *, told: bool = False) -> None:
+        """Record the ends and tell the users' sockets (`told`: the ledger did, in its stop)."""
         ended = [EndedStream(s, reason) for s in streams]
         if ended:
             if self._audit is not None:
@@ -748,20 +749,21 @@ class PlayGate:
                     self._audit.record_outage(ended=ended)  # the ledger records them when they are written back
                 else:
                     self._audit.record_ended(ended)
-            await self._tell(ended)
+            await self._tell(ended, told=told)
 
-    async def _tell(self, ended: Sequence[EndedStream]) -> None:
-        """Announce stream ends to their users' sockets (recorded already); while the store is down, once it
-        answers."""
+    async def _tell(self, ended: Sequence[EndedStream], *, told: bool = False) -> None:
+        """Announce stream ends to their users' sockets (recorded already; `told`: announced already); while the
+        store is down, once it answers."""
         if not ended:
             return
         self._outage.forget(e.stream.id for e in ended)
-        if self._outage.since is None:
-            await self._fanout.announce(ended)
-        else:
-            # The fan-out may run on the store that is down (Redis: its publisher gives up without raising):
-            # announced once the store answers (the reconciliation).
-            self._outage.unannounced(ended)
+        if not told:
+            if self._outage.since is None:
+                await self._fanout.announce(ended)
+            else:
+                # The fan-out may run on the store that is down (Redis: its publisher gives up without raising):
+                # announced once the store answers (the reconciliation).
+                self._outage.unannounced(ended)
         for item in ended:
             self._metrics.streams_ended.labels(item.reason.value).inc()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -11,7 +12,7 @@ from typing import Any
 import orjson
 import pytest_asyncio
 
-from playgate.bus.protocol import NoSockets
+from playgate.bus.protocol import NoSockets, ended_message, rooms_of
 from playgate.bus.redis import RedisFanout, RedisQueue
 from playgate.connections import (
     DECISIONS_CHANNEL,
@@ -178,6 +179,46 @@ async def test_a_stop_s_stream_ended_reaches_the_sockets_of_every_api_process(re
         [(event, message, room)] = sockets.events
         assert (event, room, message["streamId"], message["reason"]) == ("stream_ended", "user:u1", "s1", "stopped")
     for api in apis:
+        await api.close()
+
+
+async def heard(sockets: Recorder, count: int) -> list[tuple[str, Any, str | None]]:
+    """The first `count` events the sockets got (waiting at most 5 s for them), then forgotten."""
+    for _ in range(100):
+        if len(sockets.events) >= count:
+            break
+        await asyncio.sleep(0.05)
+    events, sockets.events = sockets.events[:count], sockets.events[count:]
+    return [tuple(e) for e in events]  # type: ignore[misc]
+
+
+async def test_a_stop_s_announcement_made_by_the_ledger_is_the_fan_out_s(redis_url: str) -> None:
+    """On a single server the stop script publishes `stream_ended` itself: the same message, to the same rooms, as
+    the fan-out's announce. On a cluster (the channel's slot is not the user's) the fan-out does it."""
+    rooms = functools.partial(rooms_of, to_every_user_room=True)
+    ledger = RedisLedger(redis_url, lease_s=60.0, decision_ttl_s=60.0, clock=time.time, end_rooms=rooms)
+    sockets = Recorder()
+    api = RedisFanout(redis_url, sockets, to_every_user_room=True)
+    await api.start()
+    try:
+        assert ledger.announces_stops is not is_cluster_url(redis_url)
+        [outcome] = await ledger.decide([Admission(play("r1"), Quota(2))])
+        [stream] = await ledger.stop(None, "u1", "v1", reason=Reason.stopped, announce=True)
+        assert stream.id == outcome.decision.stream_id
+        ended = EndedStream(stream, Reason.stopped)
+        if not ledger.announces_stops:
+            await api.announce([ended])  # the service's part then
+        told = await heard(sockets, 2)
+        await api.announce([ended])
+        assert told == await heard(sockets, 2) == [("stream_ended", ended_message(ended), r) for r in rooms("u1")]
+        # A stop that ends nothing active announces nothing: the next event is the one announced after it.
+        assert await ledger.stop(None, "u1", "v1", reason=Reason.stopped, announce=True) == []
+        after = EndedStream(Stream("s-after", "u1", "v2", "tv", 1_800_000_000.0, 1_800_000_090.0), Reason.stopped)
+        await api.announce([after])
+        [(_, body, _)] = await heard(sockets, 1)
+        assert body["streamId"] == "s-after"
+    finally:
+        await ledger.close()
         await api.close()
 
 

@@ -230,6 +230,12 @@ def conflict_message(stream: Stream, lease_s: float) -> dict[str, Any]:
     }
 
 
+def rooms_of(user_id: str, *, to_every_user_room: bool) -> list[str]:
+    """The rooms a user's events go to: the user's room, and EVERY_USER_ROOM when asked (auth disabled): a socket
+    is in one or the other, never both, so nobody gets an event twice."""
+    return [user_room(user_id), EVERY_USER_ROOM] if to_every_user_room else [user_room(user_id)]
+
+
 def ended_message(ended: EndedStream) -> dict[str, Any]:
     """The `stream_ended` event payload of API.md."""
     return {"streamId": ended.stream.id, "videoId": ended.stream.video_id, "reason": ended.reason.value}
@@ -289,11 +295,8 @@ class EmittingFanout:
         return emits
 
     def _emits_for(self, user_id: str, event: str, body: dict[str, Any]) -> list[Emit]:
-        """An event to the user's room, and to EVERY_USER_ROOM when asked (auth disabled): a socket is in one or
-        the other, never both, so nobody gets an event twice."""
-        if self._to_every_user_room:
-            return [[event, body, user_room(user_id)], [event, body, EVERY_USER_ROOM]]
-        return [[event, body, user_room(user_id)]]
+        """An event to each of the user's rooms (rooms_of)."""
+        return [[event, body, room] for room in rooms_of(user_id, to_every_user_room=self._to_every_user_room)]
 
     def watch(self, request_id: str) -> asyncio.Future[Decision]:
         """A future resolved when the decision is published."""

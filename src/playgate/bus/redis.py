@@ -688,7 +688,8 @@ class RedisFanout(EmittingFanout):
         python-socketio's channel)."""
         try:
             message = orjson.loads(raw)
-            decided, emits = (message, []) if isinstance(message, list) else (message["d"], message["e"])
+            # A stop's `stream_ended`, published by the ledger's own script (ledger.redis), has no "d".
+            decided, emits = (message, []) if isinstance(message, list) else (message.get("d", []), message["e"])
             woken = [decision_from_json(item) for item in decided if item["r"] in self._waiters]
         except (ValueError, KeyError, TypeError) as exc:
             log.error("dropped a malformed message of the decisions channel (%s): %.200r", exc, raw)

@@ -45,6 +45,9 @@ class ChangeLog(Protocol):
 class Ledger(Protocol):
     """Active streams and decisions; every method is atomic per user, whatever runs beside it."""
 
+    # Whether `stop(..., announce=True)` tells the users' sockets itself (see stop).
+    announces_stops: bool
+
     async def decide(self, admissions: Sequence[Admission]) -> list[Outcome]:
         """Decide a batch in order, atomically per user; a request decided before gets its first decision."""
         ...
@@ -76,9 +79,12 @@ class Ledger(Protocol):
         video_id: str | None = None,
         *,
         reason: Reason | None = None,
+        announce: bool = False,
     ) -> list[Stream]:
         """End the user's streams: these ids, or all of them (of one video, if given); the ones ended. `reason`:
-        what their ends are recorded as, by a ledger that writes the audit trail in its own transaction."""
+        what their ends are recorded as, by a ledger that writes the audit trail in its own transaction.
+        `announce`: a ledger whose `announces_stops` is true also tells the users' sockets (`stream_ended`, with
+        `reason`) in the same call; any other ignores it and the caller's fan-out tells them."""
         ...
 
     async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:

@@ -40,6 +40,7 @@ from redis.commands.core import AsyncScript
 
 from playgate.admission import SUPERSEDED_AFTER_S, by_age, device_window_s
 from playgate.connections import (
+    DECISIONS_CHANNEL,
     EVENTS_GROUP,
     LEASES_KEY,
     SLOTS_PER_BUCKET,
@@ -204,9 +205,15 @@ class RedisLedger:
         lease_s: float,
         decision_ttl_s: float,
         clock: Callable[[], float],
+        end_rooms: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
+        """`end_rooms`: the Socket.IO rooms a user's stream ends are announced to; given, and on a single server,
+        a stop asked to announce publishes `stream_ended` itself, in its own call (stop.lua), on the decisions
+        channel (on a cluster the channel's slot is not the user's: the caller publishes)."""
         self._redis: RedisClient = connect(url)
         self._keys = layout_for(url)
+        self._end_rooms = end_rooms if not self._keys.cluster else None
+        self.announces_stops = self._end_rooms is not None
         self._lease_s = lease_s
         self._decision_ttl_ms = max(1, round(decision_ttl_s * 1000))
         self._clock = clock
@@ -422,13 +429,18 @@ class RedisLedger:
         video_id: str | None = None,
         *,
         reason: Reason | None = None,
+        announce: bool = False,
     ) -> list[Stream]:
         """End the user's chosen streams, logging their ends with `reason` (None: not logged); return those that
-        were still active, oldest first."""
+        were still active, oldest first. `announce` (with a reason, when announces_stops): publish their
+        `stream_ended` in the same call."""
         if stream_ids is not None and not stream_ids:
             return []
         mode = "all" if stream_ids is None else "ids"
-        args: list[Any] = [repr(self._clock()), video_id or "", mode, user_id, reason.value if reason else ""]
+        to = ""
+        if announce and reason is not None and self._end_rooms is not None:
+            to = orjson.dumps({"c": DECISIONS_CHANNEL, "r": list(self._end_rooms(user_id))}).decode()
+        args: list[Any] = [repr(self._clock()), video_id or "", mode, user_id, reason.value if reason else "", to]
         args.extend(stream_ids or ())
         keys = [self._keys.streams_key(user_id), self._keys.leases_key(user_id), self._keys.events_key(user_id)]
         async with translate_redis_errors():

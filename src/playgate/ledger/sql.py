@@ -194,6 +194,8 @@ def database_path(url: str) -> str:
 class SqlLedger:
     """Ledger on SQLite: safe across processes sharing the file, since each call holds the write lock."""
 
+    announces_stops = False  # its process's fan-out tells the sockets
+
     def __init__(
         self,
         url: str,
@@ -405,10 +407,11 @@ class SqlLedger:
         video_id: str | None = None,
         *,
         reason: Reason | None = None,
+        announce: bool = False,
     ) -> list[Stream]:
         """Delete the user's chosen streams; return those that were still active, their ends recorded with `reason`
         (if any) in the same transaction. Stops that arrive together are committed in one transaction (answered
-        after it), as the worker's decisions are."""
+        after it), as the worker's decisions are. `announce` is the caller's to do (announces_stops is false)."""
         ids = _json_list(stream_ids) if stream_ids is not None else None
         return await self._stops((user_id, ids, video_id, reason))
 

@@ -6,8 +6,13 @@ KEYS[2]  the lease index: sorted set playgate:leases (member stream id, score ex
 KEYS[3]  the change log beside it: stream playgate:events (admission.lua says its entries)
 ARGV[1]  now, epoch seconds
 ARGV[2]  only streams of this video id; "" for any video
-ARGV[3]  "ids" to end only the stream ids in ARGV[6..], "all" to end every stream of the user
+ARGV[3]  "ids" to end only the stream ids in ARGV[7..], "all" to end every stream of the user
 ARGV[4]  the user id    ARGV[5] the reason the ends are logged with; "" logs nothing (a stop not announced)
+ARGV[6]  "" or where to announce the ended streams, as JSON {"c": channel, "r": [room, ...]}: one PUBLISH of
+         {"e": [["stream_ended", {"streamId", "videoId", "reason": ARGV[5]}, room], ...]} for the ended streams that
+         were active, the message bus.redis.RedisFanout.announce would send (the API processes emit it to the
+         rooms' sockets), so that the caller need not publish it in a call of its own
+ARGV[7..] the stream ids of "ids"
 
 Returns a JSON list of [stream id, then its wire list (record.lua)] of the ended streams whose lease had not run
 out (expired ones are deleted too, but they were no longer active; the sweeper's expire.lua has not logged them,
@@ -18,7 +23,7 @@ local now = tonumber(ARGV[1])
 local wanted = nil
 if ARGV[3] == 'ids' then
     wanted = {}
-    for i = 6, #ARGV do
+    for i = 7, #ARGV do
         wanted[ARGV[i]] = true
     end
 end
@@ -44,5 +49,16 @@ if #logged > 0 then
 end
 if #stopped == 0 then
     return '[]'
+end
+if ARGV[6] ~= '' then
+    local to = cjson.decode(ARGV[6])
+    local emits = {}
+    for _, ended in ipairs(stopped) do
+        local body = {streamId = ended[1], videoId = ended[2], reason = ARGV[5]}
+        for _, room in ipairs(to.r) do
+            emits[#emits + 1] = {'stream_ended', body, room}
+        end
+    end
+    redis.call('PUBLISH', to.c, cjson.encode({e = emits}))
 end
 return cjson.encode(stopped)
