@@ -63,11 +63,21 @@ class RedisCluster:
             return nodes
         raise RuntimeError("no cluster node answers")
 
-    def flush(self) -> None:
-        """Empty every primary (replicas follow)."""
-        for port in self.primaries():
-            with self.client(port) as c:
-                c.flushall()
+    def flush(self, tries: int = 5) -> None:
+        """Empty every primary (replicas follow). A node that turned replica meanwhile (a failover the cluster made
+        by itself: its 1 s node timeout can pass on a loaded machine) answers READONLY: the topology is read again
+        once the cluster agrees on it, at most `tries` times."""
+        for attempt in range(tries):
+            try:
+                for port in self.primaries():
+                    with self.client(port) as c:
+                        c.flushall()
+                return
+            except redis.exceptions.ReadOnlyError:
+                if attempt == tries - 1:
+                    raise
+                self.wait_ok()
+                time.sleep(0.2)
 
     def wait_ok(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until every live node says cluster_state:ok and agrees on the slots."""
