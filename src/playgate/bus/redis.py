@@ -9,7 +9,8 @@ Keys (all under playgate:):
 - channel `playgate:decisions` carries every socket message of the decisions and stream ends to the API processes,
   each of which emits them to its own sockets, with the decisions themselves for their `?wait=` waiters: a worker
   publishes a batch of decisions, an API process a stop's `stream_ended`, in one message, `{"d": [decision, ...],
-  "e": [[event, body, room], ...]}` (one PUBLISH, one parse in each API process).
+  "e": [[event, body, room], ...]}` (one PUBLISH, one parse in each API process); on a single server a player's
+  stop publishes its `stream_ended` from the stop script itself (ledger/stop.lua), without "d".
 
 Each API process's Socket.IO server has python-socketio's Redis client manager too (channel `socketio`), for what
 python-socketio itself sends between servers (an emit to one socket id, a disconnect), and for the socket messages
