@@ -37,6 +37,17 @@ def play(rid: str, user: str = "u1") -> PlayRequest:
     return PlayRequest(rid, user, "v1", "tv", accepted_at=time.time())
 
 
+async def heard(sockets: Recorder, count: int) -> list[tuple[str, Any, str | None]]:
+    """The first `count` events the sockets got (waiting at most 5 s for them: an API process's listener emits
+    them shortly), then forgotten."""
+    for _ in range(100):
+        if len(sockets.events) >= count:
+            break
+        await asyncio.sleep(0.05)
+    events, sockets.events = sockets.events[:count], sockets.events[count:]
+    return events
+
+
 @pytest_asyncio.fixture
 async def make_queue(redis_url: str) -> AsyncIterator[QueueFactory]:
     """Queues on one fresh Redis (a server, a cluster), each a consumer of its own (as worker processes are)."""
@@ -103,11 +114,8 @@ async def test_a_poison_entry_gets_an_error_decision_and_is_dead_lettered(
         max_attempts=2,
     )
     assert await worker.step(wait_s=0.5) == 1
-    for _ in range(100):  # the API process's listener emits it shortly
-        if recorder.events:
-            break
-        await asyncio.sleep(0.05)
-    [(event, message, room)] = recorder.events
+    [(event, message, room)] = await heard(recorder, 1)
+    assert recorder.events == []  # that one only
     assert (event, room) == ("message", "user:u1")
     assert (message["status"], message["reason"], message["requestId"]) == ("denied", "error", POISON)
     assert [r.request_id for r in await queue.dead_letters()] == [POISON]
@@ -171,25 +179,12 @@ async def test_a_stop_s_stream_ended_reaches_the_sockets_of_every_api_process(re
         await api.start()
     stream = Stream("s1", "u1", "v1", "tv", 1_800_000_000.0, 1_800_000_090.0)
     await apis[0].announce([EndedStream(stream, Reason.stopped)])
-    for _ in range(100):
-        if first.events and second.events:
-            break
-        await asyncio.sleep(0.05)
     for sockets in (first, second):
-        [(event, message, room)] = sockets.events
+        [(event, message, room)] = await heard(sockets, 1)
+        assert sockets.events == []  # that one only
         assert (event, room, message["streamId"], message["reason"]) == ("stream_ended", "user:u1", "s1", "stopped")
     for api in apis:
         await api.close()
-
-
-async def heard(sockets: Recorder, count: int) -> list[tuple[str, Any, str | None]]:
-    """The first `count` events the sockets got (waiting at most 5 s for them), then forgotten."""
-    for _ in range(100):
-        if len(sockets.events) >= count:
-            break
-        await asyncio.sleep(0.05)
-    events, sockets.events = sockets.events[:count], sockets.events[count:]
-    return [tuple(e) for e in events]  # type: ignore[misc]
 
 
 async def test_a_stop_s_announcement_made_by_the_ledger_is_the_fan_out_s(redis_url: str) -> None:

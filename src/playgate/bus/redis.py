@@ -649,7 +649,8 @@ class RedisFanout(EmittingFanout):
         self._redis = connect(url)
         self._cluster = is_cluster_url(url)
         self._keys = layout_for(url)
-        self._channels = decision_channels() if self._cluster else [DECISIONS_CHANNEL]
+        # On a cluster the first of the sharded channels alone (see _send and _listen).
+        self._channel = decision_channels()[0] if self._cluster else DECISIONS_CHANNEL
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -679,9 +680,9 @@ class RedisFanout(EmittingFanout):
                 # subscribe again) can cost socket messages only if it is that channel's, as python-socketio's one
                 # channel did (workers of the version before took the channels in turn).
                 await ready(self._redis)
-                await self._redis.spublish(self._channels[0], payload)
+                await self._redis.spublish(self._channel, payload)
             else:
-                await self._redis.publish(DECISIONS_CHANNEL, payload)
+                await self._redis.publish(self._channel, payload)
 
     async def _deliver(self, raw: str | bytes) -> None:
         """A message of the decisions channel: wake this process's waiters, then emit to its own sockets. A bare
@@ -735,9 +736,9 @@ class RedisFanout(EmittingFanout):
                 # failover, a migration) says so with `sunsubscribe`, and the listener subscribes again.
                 pubsub = self._redis.pubsub(ignore_subscribe_messages=not self._cluster)
                 if self._cluster:
-                    await pubsub.ssubscribe(self._channels[0])
+                    await pubsub.ssubscribe(self._channel)
                 else:
-                    await pubsub.subscribe(DECISIONS_CHANNEL)
+                    await pubsub.subscribe(self._channel)
                 self._subscribed.set()
                 backoff_s = LISTEN_BACKOFF_MIN_S
                 await self._catch_up()
