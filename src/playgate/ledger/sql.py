@@ -1,13 +1,20 @@
 """The SQLite ledger: streams and decisions in the catalogue's database, one BEGIN IMMEDIATE transaction a call.
 
-Every call runs whole, as one function, on one connection in a thread of its own: one hop off the event loop per
-batch or stop, not one per statement, and no SQL compiled at run time (sqlite3 keeps its prepared statements).
+Every call runs whole, as one function, on one connection: no SQL compiled at run time (sqlite3 keeps its
+prepared statements). The players' loop (a batch's decisions, stops, heartbeats, look-ups) runs on the event loop
+itself while SQLite grants its lock at once: a transaction there costs less than the two thread switches around
+it, and never waits (busy timeout 0; that connection leaves the WAL's checkpoints, and their fsyncs, to the
+thread). A call that finds the file locked (another process writing, a backup), the long ones (sweeps, the change
+log's drain) and any call while one is queued there run in a thread of the ledger's own, which waits for the lock
+as long as the busy timeout allows; so the event loop never waits on the file lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +44,18 @@ from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import ChangeLog, KeyClaim
 
 T = TypeVar("T")
+log = logging.getLogger("playgate.ledger")
+# SQLite's answers that mean "the lock is taken" (primary codes; the extended ones carry them in their low byte).
+_LOCK_TAKEN = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+# Write transactions on the event loop's connection between two checkpoints of the WAL (run on the thread): under
+# the 1,000 pages after which SQLite checkpoints by itself, at a few pages a transaction.
+CHECKPOINT_EVERY = 100
+
+
+class _LockTaken(Exception):
+    """An inline call found SQLite's lock taken: nothing of it was written; it runs on the thread instead."""
+
+
 # A stop's parameters as STOP takes them: the user, the stream ids (a JSON list, or None for all), the video or None;
 # then the reason its ends are recorded with (None: not recorded), which STOP does not take.
 _StopArgs = tuple[str, bytes | None, str | None, Reason | None]
@@ -212,27 +231,89 @@ class SqlLedger:
         self._lease_s = lease_s
         self._decision_ttl_s = decision_ttl_s
         self._clock = clock
-        # One thread owns the connection: calls queue in order, and the event loop never waits on the file lock.
+        # The thread's connection: calls queue there in order, and wait for the file's lock (the busy timeout).
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playgate-ledger")
         self._conn: sqlite3.Connection | None = None
+        self._queued = 0  # calls sent to the thread and not yet answered
+        # The event loop's connection (made on first use, in the loop's thread), which never waits for the lock.
+        self._inline: sqlite3.Connection | None = None
+        self._inline_thread = 0
+        self._inline_writes = 0  # write transactions since the last checkpoint was asked of the thread
+        self._checkpoint: asyncio.Future[Any] | None = None
         self._stops: GroupCommit[_StopArgs, list[Stream]] = GroupCommit(self._stop_together)
 
     # ---- the thread and its connection -------------------------------------------------------------
 
-    async def _run(self, call: Callable[..., T], *args: Any) -> T:
-        """Run `call(conn, *args)` on the ledger's thread; a failing database file becomes Unavailable."""
+    async def _run(self, call: Callable[..., T], *args: Any, inline: bool = False) -> T:
+        """Run `call(conn, *args)`: an `inline` call on the event loop if the thread has nothing queued and SQLite
+        grants the lock at once, else (and any other call) on the ledger's thread. A failing database file
+        becomes Unavailable."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, partial(self._call, call, *args))
+            if inline and not self._queued and self._inline_thread in (0, threading.get_ident()):
+                try:
+                    return self._call_inline(call, *args)
+                except _LockTaken:
+                    pass
+            self._queued += 1
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._thread, partial(self._call, call, *args))
+            finally:
+                self._queued -= 1
         except (sqlite3.OperationalError, OSError) as exc:
             raise Unavailable(f"The database does not answer: {type(exc).__name__}: {exc}") from exc
 
     def _call(self, call: Callable[..., T], *args: Any) -> T:
         if self._conn is None:
             # Made, used and closed on the ledger's thread alone (sqlite3's same-thread check stays on).
-            conn = sqlite3.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            configure_sqlite_connection(conn)
-            self._conn = conn
+            self._conn = self._connect(SQLITE_BUSY_TIMEOUT_MS)
         return call(self._conn, *args)
+
+    def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=busy_timeout_ms / 1000, isolation_level=None)
+        configure_sqlite_connection(conn)
+        if busy_timeout_ms != SQLITE_BUSY_TIMEOUT_MS:
+            conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        return conn
+
+    def _call_inline(self, call: Callable[..., T], *args: Any) -> T:
+        """`call` on the event loop's connection; _LockTaken (its transaction rolled back) if it would wait."""
+        conn = self._inline
+        if conn is None:
+            conn = self._inline = self._connect(0)
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the thread checkpoints (_checkpoint_soon)
+            self._inline_thread = threading.get_ident()
+        changes = conn.total_changes
+        try:
+            result = call(conn, *args)
+        except sqlite3.OperationalError as exc:
+            if (exc.sqlite_errorcode & 0xFF) in _LOCK_TAKEN:
+                raise _LockTaken from exc
+            raise
+        if conn.total_changes != changes:
+            self._inline_writes += 1
+            if self._inline_writes >= CHECKPOINT_EVERY and self._checkpoint is None:
+                self._checkpoint_soon()
+        return result
+
+    def _checkpoint_soon(self) -> None:
+        """Copy the WAL's pages back into the database file, on the thread. Until that is done, calls go to the
+        thread as well: behind the checkpoint, the first write finds the WAL copied back and starts it over (while
+        the event loop's connection appended to it, it would never start over, and grow). PASSIVE: it waits for no
+        reader or writer, so no call waits behind it for long."""
+        self._inline_writes = 0
+        self._queued += 1
+        future = asyncio.get_running_loop().run_in_executor(
+            self._thread, partial(self._call, lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+        )
+        self._checkpoint = future
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self._checkpoint = None
+            self._queued -= 1
+            if not f.cancelled() and f.exception() is not None:
+                log.warning("WAL checkpoint failed (tried again later): %s", f.exception())
+
+        future.add_done_callback(done)
 
     @staticmethod
     @contextmanager
@@ -253,7 +334,7 @@ class SqlLedger:
         """Decide the batch in one write transaction: read priors and streams, apply the rule, write the diff."""
         if not admissions:
             return []
-        return await self._run(self._decide, admissions)
+        return await self._run(self._decide, admissions, inline=True)
 
     def _decide(self, conn: sqlite3.Connection, admissions: Sequence[Admission]) -> list[Outcome]:
         request_ids = _json_list({a.request.request_id for a in admissions})
@@ -344,7 +425,7 @@ class SqlLedger:
 
     async def decision(self, request_id: str) -> Decision | None:
         """The stored decision of a request, if any."""
-        return await self._run(self._one_decision, request_id)
+        return await self._run(self._one_decision, request_id, inline=True)
 
     @staticmethod
     def _one_decision(conn: sqlite3.Connection, request_id: str) -> Decision | None:
@@ -368,14 +449,14 @@ class SqlLedger:
 
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's streams whose lease has not run out, oldest first."""
-        return await self._run(self._streams, user_id)
+        return await self._run(self._streams, user_id, inline=True)
 
     def _streams(self, conn: sqlite3.Connection, user_id: str) -> list[Stream]:
         return [_stream(row) for row in conn.execute(SELECT_LIVE_STREAMS, (user_id, self._clock()))]
 
     async def stream(self, stream_id: str) -> Stream | None:
         """One active stream."""
-        return await self._run(self._one_stream, stream_id)
+        return await self._run(self._one_stream, stream_id, inline=True)
 
     def _one_stream(self, conn: sqlite3.Connection, stream_id: str) -> Stream | None:
         row = conn.execute(SELECT_STREAM, (stream_id, self._clock())).fetchone()
@@ -392,7 +473,7 @@ class SqlLedger:
 
     async def heartbeat(self, stream_id: str, user_id: str | None = None) -> Stream | None:
         """Push the lease of an active stream to now + lease_s."""
-        return await self._run(self._heartbeat, stream_id, user_id)
+        return await self._run(self._heartbeat, stream_id, user_id, inline=True)
 
     def _heartbeat(self, conn: sqlite3.Connection, stream_id: str, user_id: str | None) -> Stream | None:
         with self._write(conn):
@@ -416,7 +497,7 @@ class SqlLedger:
         return await self._stops((user_id, ids, video_id, reason))
 
     async def _stop_together(self, stops: Sequence[_StopArgs]) -> list[list[Stream]]:
-        return await self._run(self._stop, stops)
+        return await self._run(self._stop, stops, inline=True)
 
     def _stop(self, conn: sqlite3.Connection, stops: Sequence[_StopArgs]) -> list[list[Stream]]:
         with self._write(conn):
@@ -469,7 +550,7 @@ class SqlLedger:
 
     async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
         """Insert the key if new; either way answer with the request it is bound to."""
-        return await self._run(self._claim_key, user_id, key, request_id, video_id)
+        return await self._run(self._claim_key, user_id, key, request_id, video_id, inline=True)
 
     def _claim_key(self, conn: sqlite3.Connection, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
         with self._write(conn):
@@ -524,12 +605,15 @@ class SqlLedger:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        """Close the connection in its thread, then end the thread."""
+        """Close the event loop's connection, then the thread's in its thread, then end the thread."""
 
         def close(conn: sqlite3.Connection) -> None:
             conn.close()
             self._conn = None
 
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         if self._conn is not None:
             await self._run(close)
         self._thread.shutdown(wait=True)

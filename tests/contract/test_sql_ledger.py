@@ -1,0 +1,72 @@
+"""The SQLite ledger's own ways (the contract itself is test_ledger.py's): the players' calls run on the event loop
+while SQLite grants its lock at once, never waiting there for a lock another connection holds; and the WAL they
+write is still checkpointed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from playgate.catalog.db import upgrade
+from playgate.domain import Status
+from playgate.ledger import sql
+from playgate.ledger.sql import SqlLedger
+from tests.contract.conftest import DECISION_TTL_S, LEASE_S, Clock
+from tests.contract.test_ledger import admit, one, play
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.sqlite3"
+    await upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+def _ledger(path: Path, clock: Clock) -> SqlLedger:
+    return SqlLedger(f"sqlite+aiosqlite:///{path}", lease_s=LEASE_S, decision_ttl_s=DECISION_TTL_S, clock=clock)
+
+
+async def test_a_lock_held_elsewhere_is_waited_for_off_the_event_loop(database: Path, clock: Clock) -> None:
+    """Another process in a write transaction (a backup, a `sqlite3` shell): the batch waits for the lock on the
+    ledger's thread, the event loop goes on meanwhile, and the batch is decided once the lock is let go."""
+    ledger = _ledger(database, clock)
+    try:
+        assert (await one(ledger, play("r0"))).status is Status.allowed  # the event loop's connection is open
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            deciding = asyncio.create_task(ledger.decide([admit(play("r1", device="phone"))]))
+            started = time.monotonic()
+            await asyncio.sleep(0.2)
+            assert time.monotonic() - started < 2, "the event loop waited for the lock"
+            assert not deciding.done()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        [outcome] = await asyncio.wait_for(deciding, 10)
+        assert outcome.decision.status is Status.allowed
+        assert len(await ledger.streams("u1")) == 2
+    finally:
+        await ledger.close()
+
+
+async def test_the_wal_written_on_the_event_loop_is_checkpointed(
+    database: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop's connection leaves checkpoints to the thread: the WAL is copied back into the database and
+    starts over, instead of growing with every transaction."""
+    monkeypatch.setattr(sql, "CHECKPOINT_EVERY", 10)
+    ledger = _ledger(database, clock)
+    try:
+        for n in range(300):
+            await one(ledger, play(f"r{n}", user=f"u{n}"))
+            await asyncio.sleep(0)  # let a checkpoint the thread finished be noted
+        page = sqlite3.connect(database).execute("PRAGMA page_size").fetchone()[0]
+        wal = database.with_name(database.name + "-wal").stat().st_size
+        assert wal < 200 * page, f"the WAL grew to {wal} bytes over 300 transactions"  # without: about 2,100 pages
+    finally:
+        await ledger.close()
