@@ -1,5 +1,6 @@
 """The lean queue behaves as asyncio.Queue for what engine.io and uvicorn use, in less memory; engine.io's pings come
-from timers, not a task per socket, and still feed the check that closes a silent socket."""
+from timers, not a task per socket, and still feed the check that closes a silent socket; messages skip an idle
+writer and still arrive in order."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import tracemalloc
 from typing import Any
 
 import pytest
+import socketio
+import uvicorn
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
-from playgate.api.lean_sockets import LeanEngineIO, LeanQueue
+from playgate.api.lean_sockets import LeanEngineIO, LeanQueue, LeanWSProtocol
+from playgate.api.socket import create_server
 
 QUEUES = [pytest.param(asyncio.Queue, id="asyncio.Queue"), pytest.param(LeanQueue, id="LeanQueue")]
 
@@ -177,3 +181,90 @@ async def test_a_polling_clients_close_answers_its_waiting_poll_at_once() -> Non
     answered = await asyncio.wait_for(poll, 1)
     assert [p.packet_type for p in answered] == [eio_packet.NOOP]
     assert socket.closed
+
+
+# ---- messages past an idle writer ----------------------------------------------------------------------------
+
+
+async def test_an_item_for_a_waiting_getter_may_be_delivered_past_the_queue() -> None:
+    queue: LeanQueue[str] = LeanQueue()
+    delivered: list[str] = []
+
+    def direct(item: str) -> bool:
+        if item.startswith("msg"):
+            delivered.append(item)
+            return True
+        return False
+
+    queue.direct = direct
+    queue.put_nowait("msg 0")  # nobody waits: queued, never past the queue
+    assert delivered == []
+    assert queue.get_nowait() == "msg 0"
+    waiting = queue.get()
+    queue.put_nowait("msg 1")  # the getter waits and nothing is queued: delivered, the getter still waits
+    assert delivered == ["msg 1"]
+    assert not waiting.done()
+    assert queue.empty()
+    queue.put_nowait("ping")  # one `direct` turns down goes to the getter
+    assert waiting.result() == "ping"
+    queue.put_nowait("msg 2")  # the getter was handed an item it has not taken: queued behind it, in order
+    assert queue.get_nowait() == "msg 2"
+    queue.get().cancel()
+    queue.put_nowait("msg 3")  # a cancelled getter waits for nothing
+    assert queue.get_nowait() == "msg 3"
+    assert delivered == ["msg 1"]
+
+
+async def test_messages_reach_a_websocket_client_in_order_past_the_idle_writer(unused_tcp_port: int) -> None:
+    """A real uvicorn with PlayGate's websocket protocol and engine.io server, and a real Socket.IO client: a burst
+    of messages, some written at once and some queued for the writer, arrive whole and in order."""
+    sio = create_server()
+    sockets: list[Any] = []
+
+    @sio.event  # type: ignore[misc]
+    async def connect(sid: str, _environ: dict[str, Any]) -> None:
+        sockets.append(sio.eio.sockets[sio.manager.eio_sid_from_sid(sid, "/")])
+
+    config = uvicorn.Config(
+        socketio.ASGIApp(sio), port=unused_tcp_port, ws=LeanWSProtocol, log_config=None, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    client = socketio.AsyncClient()
+    got: list[int] = []
+    done = asyncio.Event()
+
+    @client.on("n")  # type: ignore[misc]
+    async def on_n(data: dict[str, Any]) -> None:
+        got.append(data["i"])
+        if len(got) == COUNT:
+            done.set()
+
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        await client.connect(f"http://127.0.0.1:{unused_tcp_port}", transports=["websocket"], wait_timeout=5)
+        deadline = time.monotonic() + 5
+        while not sockets:
+            assert time.monotonic() < deadline, "the server saw no connection"
+            await asyncio.sleep(0.01)
+        assert sockets[0].queue.direct is not None  # the writer can be skipped on this connection
+        for i in range(COUNT):
+            if i % 10 == 0:
+                # A packet that goes the queue's way wakes the writer: the messages after it queue up behind it
+                # until the writer has written them all and waits again.
+                await sockets[0].send(eio_packet.Packet(eio_packet.NOOP))
+            await sio.emit("n", {"i": i, "pad": "x" * (i % 7) * 300})
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(done.wait(), 10)
+        assert got == list(range(COUNT))
+    finally:
+        await client.disconnect()
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+
+
+COUNT = 500

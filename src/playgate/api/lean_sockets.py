@@ -1,19 +1,30 @@
-"""Less memory per idle Socket.IO websocket: a lean queue, and the engine.io server and uvicorn protocol that use it.
+"""Less memory per idle Socket.IO websocket, and less work per message: a lean queue, and the engine.io server and
+uvicorn protocol that use it.
 
-Measured with tracemalloc around 360 idle sockets (bench/README.md, "Where an idle socket's memory goes"): each
-socket held two `asyncio.Queue`s (uvicorn's, engine.io's), and each allocates four deques up front (its items,
+Memory, measured with tracemalloc around 360 idle sockets (bench/README.md, "Where an idle socket's memory goes"):
+each socket held two `asyncio.Queue`s (uvicorn's, engine.io's), and each allocates four deques up front (its items,
 getters, putters, and its `join` Event's waiters), about 3 KB a queue; and engine.io kept a task per socket asleep
 until its next ping (a task, its coroutine, its sleep future and timer, about 1 KB).
+
+Work: engine.io hands every packet to a writer task per socket, through the socket's queue (a wake-up of that
+task, a timeout armed and cancelled, ASGI's send). A message for a websocket whose writer is idle (waiting on an
+empty queue) is written to the connection at once instead (`LeanQueue.direct`): the same frame, in the same order,
+since nothing is queued before it and the writer is not writing. Anything else (pings, which keep the writer's
+wait short of its timeout; a socket still upgrading from long-polling; a connection that asked us to stop writing
+until it drains) goes the queue's way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import engineio
+import wsproto.events
 from engineio import packet as eio_packet
+from engineio.async_drivers.asgi import WebSocket as AsgiWebSocket
 from engineio.async_socket import AsyncSocket
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
@@ -25,13 +36,15 @@ class LeanQueue(Generic[T]):
     empty), holding its items and waiters in lists made on first use: an idle socket's queue costs about 200 bytes
     instead of about 3 KB."""
 
-    __slots__ = ("_all_done", "_getters", "_items", "_unfinished")
+    __slots__ = ("_all_done", "_getters", "_items", "_unfinished", "direct")
 
     def __init__(self) -> None:
         self._items: list[T] = []
         self._getters: list[asyncio.Future[T]] | None = None
         self._unfinished = 0
         self._all_done: asyncio.Future[None] | None = None
+        # Delivers an item past the queue (True) when the queue is empty and a getter waits: see the module's text.
+        self.direct: Callable[[T], bool] | None = None
 
     def qsize(self) -> int:
         """Items waiting."""
@@ -42,7 +55,10 @@ class LeanQueue(Generic[T]):
         return not self._items
 
     def put_nowait(self, item: T) -> None:
-        """Add an item; the first getter still waiting is handed the oldest."""
+        """Add an item; the first getter still waiting is handed the oldest. With nothing queued and a getter
+        waiting, `direct` may deliver it instead."""
+        if self.direct is not None and not self._items and self._waiting() and self.direct(item):
+            return
         self._items.append(item)
         self._unfinished += 1
         self._hand_over()
@@ -90,6 +106,10 @@ class LeanQueue(Generic[T]):
             self._all_done = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._all_done)
 
+    def _waiting(self) -> bool:
+        """A getter waits (one not cancelled, nor handed an item it has not taken yet)."""
+        return self._getters is not None and any(not getter.done() for getter in self._getters)
+
     def _hand_over(self) -> None:
         """The oldest items to the oldest getters still waiting, in order."""
         while self._items and self._getters:
@@ -98,9 +118,39 @@ class LeanQueue(Generic[T]):
                 getter.set_result(self._items.pop(0))
 
 
+class DirectWebSocket(AsgiWebSocket):  # type: ignore[misc]  # python-engineio is untyped
+    """engine.io's ASGI websocket, which lets its socket's messages skip the writer task while it is idle (on
+    uvicorn's connection, LeanWSProtocol; on another server, everything goes the queue's way)."""
+
+    async def __call__(self, environ: dict[str, Any]) -> Any:
+        """Serve the websocket (engine.io's), its socket's queue writing messages straight to the connection."""
+        socket = getattr(self.handler, "__self__", None)
+        connection = getattr(environ.get("asgi.send"), "__self__", None)
+        queue = getattr(socket, "queue", None)
+        if isinstance(socket, AsyncSocket) and isinstance(queue, LeanQueue) and isinstance(connection, LeanWSProtocol):
+            queue.direct = _writer(socket, connection)
+        return await super().__call__(environ)
+
+
+def _writer(socket: AsyncSocket, connection: LeanWSProtocol) -> Callable[[Any], bool]:
+    def write(pkt: Any) -> bool:
+        """Write a message packet now, if the socket is on this websocket for good (not upgrading from
+        long-polling); anything else, or a connection that cannot take it now, goes the queue's way."""
+        if pkt is None or pkt.packet_type != eio_packet.MESSAGE or not socket.upgraded or socket.upgrading:
+            return False
+        return connection.send_now(pkt.encode())
+
+    return write
+
+
 class LeanEngineIO(engineio.AsyncServer):  # type: ignore[misc]  # python-engineio is untyped
-    """engine.io's server with lean socket queues, and each socket's next ping on a timer of the event loop instead
-    of a task asleep until then (the ping, its timing and the timeout check of a silent client are unchanged)."""
+    """engine.io's server with lean socket queues, whose messages skip an idle writer task (DirectWebSocket), and
+    each socket's next ping on a timer of the event loop instead of a task asleep until then (the ping, its timing
+    and the timeout check of a silent client are unchanged)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._async = {**self._async, "websocket": DirectWebSocket}  # type: ignore[has-type]  # set untyped above
 
     def create_queue(self, *_args: Any, **_kwargs: Any) -> LeanQueue[Any]:
         """A socket's outgoing packets."""
@@ -133,8 +183,24 @@ def _ping(socket: AsyncSocket) -> None:
 
 
 class LeanWSProtocol(WSProtocol):
-    """uvicorn's wsproto websocket protocol with a lean queue of ASGI events."""
+    """uvicorn's wsproto websocket protocol with a lean queue of ASGI events, and a send that does not wait."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = LeanQueue()  # type: ignore[assignment]
+
+    def send_now(self, data: str | bytes) -> bool:
+        """Write one message frame, as ASGI's `websocket.send` does, if that needs no wait: the websocket is open
+        and the connection is not asking us to hold off (its buffer full); False (nothing written) otherwise."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.response_started
+            or self.disconnected
+            or not self.writable.is_set()
+            or self.transport.is_closing()
+        ):
+            return False
+        message = wsproto.events.TextMessage(data) if isinstance(data, str) else wsproto.events.BytesMessage(data)
+        self.transport.write(self.conn.send(message))
+        return True
