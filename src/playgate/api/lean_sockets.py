@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import engineio
@@ -122,25 +122,35 @@ class DirectWebSocket(AsgiWebSocket):  # type: ignore[misc]  # python-engineio i
     """engine.io's ASGI websocket, which lets its socket's messages skip the writer task while it is idle (on
     uvicorn's connection, LeanWSProtocol; on another server, everything goes the queue's way)."""
 
-    async def __call__(self, environ: dict[str, Any]) -> Any:
-        """Serve the websocket (engine.io's), its socket's queue writing messages straight to the connection."""
+    def __call__(self, environ: dict[str, Any]) -> Awaitable[Any]:
+        """Serve the websocket (engine.io's), its socket's queue writing messages straight to the connection. Not a
+        coroutine of its own: engine.io's runs the websocket's whole life, with no frame of ours held (about 0.2 KB
+        an idle socket)."""
         socket = getattr(self.handler, "__self__", None)
         connection = getattr(environ.get("asgi.send"), "__self__", None)
         queue = getattr(socket, "queue", None)
         if isinstance(socket, AsyncSocket) and isinstance(queue, LeanQueue) and isinstance(connection, LeanWSProtocol):
-            queue.direct = _writer(socket, connection)
-        return await super().__call__(environ)
+            queue.direct = _WriteNow(socket, connection)
+        return super().__call__(environ)  # type: ignore[no-any-return]  # python-engineio is untyped
 
 
-def _writer(socket: AsyncSocket, connection: LeanWSProtocol) -> Callable[[Any], bool]:
-    def write(pkt: Any) -> bool:
+class _WriteNow:
+    """A socket's messages written past its idle writer task; an object of two slots rather than a closure, which
+    costs an idle socket about 250 bytes more."""
+
+    __slots__ = ("connection", "socket")
+
+    def __init__(self, socket: AsyncSocket, connection: LeanWSProtocol) -> None:
+        self.socket = socket
+        self.connection = connection
+
+    def __call__(self, pkt: Any) -> bool:
         """Write a message packet now, if the socket is on this websocket for good (not upgrading from
         long-polling); anything else, or a connection that cannot take it now, goes the queue's way."""
+        socket = self.socket
         if pkt is None or pkt.packet_type != eio_packet.MESSAGE or not socket.upgraded or socket.upgrading:
             return False
-        return connection.send_now(pkt.encode())
-
-    return write
+        return self.connection.send_now(pkt.encode())
 
 
 class LeanEngineIO(engineio.AsyncServer):  # type: ignore[misc]  # python-engineio is untyped
