@@ -13,6 +13,7 @@ import pytest
 
 from playgate.catalog.db import upgrade
 from playgate.domain import Status
+from playgate.errors import Unavailable
 from playgate.ledger import sql
 from playgate.ledger.sql import SqlLedger
 from tests.contract.conftest import DECISION_TTL_S, LEASE_S, Clock
@@ -80,3 +81,18 @@ def _checkpoint_sequence(wal: Path) -> int:
     """The WAL header's checkpoint sequence number: how many times the WAL started over (sqlite.org/fileformat.html)."""
     with wal.open("rb") as file:
         return int.from_bytes(file.read(16)[12:16], "big")
+
+
+async def test_a_failure_without_sqlites_code_on_the_event_loop_is_unavailable(database: Path, clock: Clock) -> None:
+    """An OperationalError that carries no SQLite error code (raised by the driver itself) is an outage, as on the
+    thread: Unavailable, which the service answers 503, never an AttributeError."""
+    ledger = _ledger(database, clock)
+
+    def fails(_conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("the driver's own")
+
+    try:
+        with pytest.raises(Unavailable):
+            await ledger._run(fails, inline=True)
+    finally:
+        await ledger.close()

@@ -290,7 +290,7 @@ class SqlLedger:
         try:
             result = call(conn, *args)
         except sqlite3.OperationalError as exc:
-            if (exc.sqlite_errorcode & 0xFF) in _LOCK_TAKEN:
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _LOCK_TAKEN:  # absent on errors not from SQLite
                 raise _LockTaken from exc
             raise
         if conn.total_changes != changes:
