@@ -66,12 +66,14 @@ def _ensure_parent(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def configure_sqlite_connection(dbapi_connection: Any) -> None:
-    """WAL, a busy timeout and foreign keys on a new SQLite connection (the engines' and the ledger's)."""
+def configure_sqlite_connection(dbapi_connection: Any, *, busy_timeout_ms: int | None = None) -> None:
+    """WAL, a busy timeout (SQLITE_BUSY_TIMEOUT_MS unless given) and foreign keys on a new SQLite connection (the
+    engines' and the ledger's)."""
+    timeout_ms = SQLITE_BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

@@ -274,9 +274,7 @@ class SqlLedger:
 
     def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=busy_timeout_ms / 1000, isolation_level=None)
-        configure_sqlite_connection(conn)
-        if busy_timeout_ms != SQLITE_BUSY_TIMEOUT_MS:
-            conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        configure_sqlite_connection(conn, busy_timeout_ms=busy_timeout_ms)
         return conn
 
     def _call_inline(self, call: Callable[..., T], *args: Any) -> T:
