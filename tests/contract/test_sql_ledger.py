@@ -96,3 +96,16 @@ async def test_a_failure_without_sqlites_code_on_the_event_loop_is_unavailable(d
             await ledger._run(fails, inline=True)
     finally:
         await ledger.close()
+
+
+async def test_closing_during_a_checkpoint_leaves_no_connection_open(
+    database: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger closed while the thread checkpoints: the checkpoint's second pass does not open the thread's
+    connection again behind the close."""
+    monkeypatch.setattr(sql, "CHECKPOINT_EVERY", 1)
+    ledger = _ledger(database, clock)
+    await one(ledger, play("r0"))  # a write on the event loop: the thread starts a checkpoint
+    await ledger.close()
+    assert ledger._conn is None
+    assert ledger._checkpoint is None

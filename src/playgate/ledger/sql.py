@@ -626,6 +626,10 @@ class SqlLedger:
         if self._inline is not None:
             self._inline.close()
             self._inline = None
+        while (checkpoint := self._checkpoint) is not None:
+            # Its passes done first (a first pass's end starts the second), so that none opens the thread's
+            # connection again after it is closed.
+            await asyncio.wait([checkpoint])
         if self._conn is not None:
             await self._run(close)
         self._thread.shutdown(wait=True)
