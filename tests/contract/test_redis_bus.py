@@ -264,9 +264,12 @@ async def test_on_a_cluster_one_user_s_requests_reach_one_worker_at_a_time(redis
     user's next one (it would decide it first, out of arrival order); once acknowledged, the next goes to one
     worker, once."""
     redis_cluster.flush()
+    # The shard leases last claim_idle_s: long enough that the first worker's lease, taken at the start of its
+    # take, has not run out by the end of the second worker's wait on a slow machine (at 0.4 s it did once in CI,
+    # and the second worker rightly took the shard over as from a dead worker).
     first, second = (
         RedisQueue(
-            redis_cluster.url, consumer=name, claim_idle_s=0.4, maxlen=10_000, pending_ttl_s=60.0, max_attempts=5
+            redis_cluster.url, consumer=name, claim_idle_s=3.0, maxlen=10_000, pending_ttl_s=60.0, max_attempts=5
         )
         for name in ("worker-a", "worker-b")
     )
