@@ -403,7 +403,9 @@ def layout_for(url: str) -> KeyLayout:
 NOT_NOW = ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY ", "CLUSTERDOWN", "MOVED", "ASK ", "UNBLOCKED")
 # The same as redis-py raises them: it parses the replies above into these classes, and their text loses the
 # prefix ("CLUSTERDOWN The cluster is down" is ClusterDownError("The cluster is down")); a cluster client that
-# ran out of redirections (ClusterError "TTL exhausted") or finds a slot unserved mid-failover says so too.
+# ran out of redirections (ClusterError "TTL exhausted") or finds a slot unserved mid-failover says so too. A
+# script still missing after redis-py loaded it again is one too: a replica just promoted has none of the scripts
+# (SCRIPT LOAD is not replicated), and the client loaded it on the nodes it knew; its next call loads it there.
 REDIS_CONNECTION_FILE = os.path.join("redis", "asyncio", "connection.py")
 NOT_NOW_ERRORS: tuple[type[Exception], ...] = (
     redis_errors.ClusterError,
@@ -411,6 +413,7 @@ NOT_NOW_ERRORS: tuple[type[Exception], ...] = (
     redis_errors.TryAgainError,
     redis_errors.ReadOnlyError,
     redis_errors.SlotNotCoveredError,
+    redis_errors.NoScriptError,
 )
 
 

@@ -277,6 +277,19 @@ async def test_a_cluster_s_refusals_are_unavailable_not_errors(on_redis_cluster:
         await client.aclose()
 
 
+async def test_a_script_missing_on_a_promoted_replica_is_unavailable_not_an_error(on_redis_cluster: Cluster) -> None:
+    """A replica promoted has none of the scripts; redis-py loads one again on the nodes it knew and may be told
+    NOSCRIPT a second time (seen as a 500 on POST /v1/plays in a failover): a 503 (Unavailable), like the failover."""
+    rc = store(on_redis_cluster)
+    client = redis.asyncio.Redis(host="127.0.0.1", port=rc.primaries()[0], socket_timeout=5)
+    try:
+        with pytest.raises(Unavailable, match="NoScriptError"):
+            async with translate_redis_errors():
+                await client.evalsha("0" * 40, 0)
+    finally:
+        await client.aclose()
+
+
 async def test_doctor_asks_every_primary(on_redis_cluster: Cluster) -> None:
     """`playgate doctor` on a redis+cluster:// URL checks each primary (it used to fail with a traceback: redis-py's
     from_url knows no cluster scheme): these keep no append-only file and Redis's default listpack bound."""
