@@ -87,7 +87,9 @@ async def call(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) 
 
 
 async def request_plays(p: Player, rng: random.Random, count: int) -> None:
-    """`count` play requests over both APIs, all at once."""
+    """`count` play requests over both APIs, all at once; each with an Idempotency-Key, as the player kit sends, so
+    that `call` trying one again after a 503 or a lost answer (the request may have been queued all the same) gets
+    that request back instead of queueing a second one that nobody here follows."""
 
     async def one(n: int) -> None:
         video = str(rng.randint(1, 6))
@@ -96,8 +98,9 @@ async def request_plays(p: Player, rng: random.Random, count: int) -> None:
             # A device asks again for the video it plays (same stream, lease renewed); a device per video, since
             # a device that asks for another title replaces its own stream, which these counts do not follow.
             body["deviceId"] = f"dev-{n % 3}-{video}"
-        response = await call(p.client(rng), "POST", "/v1/plays", json=body)
-        assert response.status_code == 202, response.text
+        key = {"Idempotency-Key": f"play-{n}-{rng.getrandbits(64):x}"}
+        response = await call(p.client(rng), "POST", "/v1/plays", json=body, headers=key)
+        assert response.status_code in (200, 202), response.text  # 200: a retry whose first try was decided
         p.request_ids.append(response.json()["requestId"])
 
     await asyncio.gather(*(one(n) for n in range(count)))
