@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import secrets
 from enum import StrEnum
+
+from playgate.domain import random_hex
 
 _KEY_LABEL = b"playgate device id key v1"
 _PREFIX = "dv1"
@@ -56,14 +57,22 @@ class DeviceIds:
     """
 
     def __init__(self, secret: str) -> None:
-        self._key = hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
+        key = hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
+        # The HMAC state after the key, copied for each id or secret (a device is issued per request that names
+        # none: the seed routes' requests all do).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def _mac(self, message: str) -> str:
+        mac = self._keyed.copy()
+        mac.update(message.encode())
+        return mac.hexdigest()
 
     def _signature(self, user_id: str, nonce: str) -> str:
-        return hmac.new(self._key, f"{user_id}\x00{nonce}".encode(), hashlib.sha256).hexdigest()[:32]
+        return self._mac(f"{user_id}\x00{nonce}")[:32]
 
     def issue(self, user_id: str) -> str:
         """A fresh device id for one of `user_id`'s devices."""
-        nonce = secrets.token_hex(12)
+        nonce = random_hex(12)
         return f"{_PREFIX}.{nonce}.{self._signature(user_id, nonce)}"
 
     def issued(self, user_id: str, device_id: str) -> bool:
@@ -73,7 +82,7 @@ class DeviceIds:
 
     def secret(self, user_id: str, device_id: str) -> str:
         """The device secret of an id issued to `user_id`: given only to the device the id was issued to."""
-        return hmac.new(self._key, f"{_SECRET_LABEL}\x00{user_id}\x00{device_id}".encode(), hashlib.sha256).hexdigest()
+        return self._mac(f"{_SECRET_LABEL}\x00{user_id}\x00{device_id}")
 
     def proven(self, user_id: str, device_id: str, secret: str | None) -> bool:
         """True when `device_id` was issued to `user_id` and `secret` is its device secret."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from playgate import imports
@@ -109,12 +109,12 @@ class Login:
 
 @dataclass(frozen=True, slots=True)
 class PlayTicket:
-    """A play request as the API answers it: its id, its decision when already known, and, when the server issued
-    the request's device, that device's secret (told only in this answer)."""
+    """A play request as the API answers it: its id, its decision when already known, and whether the server issued
+    the request's device (an answer that names devices tells that device's secret: PlayGate.device_secret)."""
 
     request: PlayRequest
     decision: Decision | None
-    device_secret: str | None = None
+    issued_device: bool = False
 
     @property
     def device_id(self) -> str:
@@ -356,11 +356,17 @@ class PlayGate:
         return self._told(ticket, issued=device_id is None)
 
     def _told(self, ticket: PlayTicket, *, issued: bool) -> PlayTicket:
-        """The ticket with the secret of the device issued for it (the device an idempotent retry's answer names:
-        the first request's)."""
-        if not issued:
-            return ticket
-        return replace(ticket, device_secret=self._devices.secret(ticket.request.user_id, ticket.device_id))
+        """The ticket, marked when its device was issued for it (the device an idempotent retry's answer names: the
+        first request's)."""
+        return PlayTicket(ticket.request, ticket.decision, issued_device=True) if issued else ticket
+
+    def device_secret(self, ticket: PlayTicket) -> str | None:
+        """The secret of the device issued for the ticket's request, told only in that request's answer; None when
+        the caller named its own device. Worked out here, when told: the seed route's answer names no device, and
+        an HMAC a request would be spent on nothing."""
+        if not ticket.issued_device:
+            return None
+        return self._devices.secret(ticket.request.user_id, ticket.device_id)
 
     async def _outage_play(self, request: PlayRequest) -> PlayTicket:
         """A new play while the ledger's store is down: refused (503) or decided here, by PLAYGATE_OUTAGE_POLICY.

@@ -84,7 +84,7 @@ async def create_play(
     if ticket.decision is not None:
         response.status_code = 200
     answer = await _play_out(gate, content, ticket.decision or ticket.request)
-    answer.device_secret = ticket.device_secret
+    answer.device_secret = gate.device_secret(ticket)
     return answer
 
 
