@@ -259,6 +259,32 @@ async def test_the_ledger_decides_on_after_redis_forgets_its_scripts(redis_url: 
         await ledger.close()
 
 
+async def test_stops_that_arrive_together_go_in_one_pipeline_and_end_each_user_s_own(redis_url: str) -> None:
+    """Five users stop at once (as the players told of one batch of decisions do): on a single server one pipeline
+    of stop.lua calls, sent again after loading the script the server forgot; each user's stream ended once, and
+    only theirs."""
+    ledger = RedisLedger(redis_url, lease_s=60.0, decision_ttl_s=60.0, clock=time.time)
+    users = [f"together-{n}" for n in range(5)]
+    try:
+        outcomes = await ledger.decide([Admission(play(f"r{n}", user), Quota(1)) for n, user in enumerate(users)])
+        await ledger._redis.script_flush()  # the pipeline meets NOSCRIPT: loaded, and sent again
+        pipelines: list[int] = []
+        sent = ledger._pipelined
+
+        async def counted(script: Any, calls: Any) -> list[Any]:
+            pipelines.append(len(calls))
+            return await sent(script, calls)
+
+        ledger._pipelined = counted  # type: ignore[method-assign]
+        stopped = await asyncio.gather(*(ledger.stop(None, user, reason=Reason.stopped) for user in users))
+        assert [[s.id for s in streams] for streams in stopped] == [[o.decision.stream_id] for o in outcomes]
+        assert pipelines == ([] if ledger._keys.cluster else [5, 5])  # a cluster routes each by its user's slot
+        assert await asyncio.gather(*(ledger.streams(user) for user in users)) == [[]] * 5
+        assert await ledger.stop(None, users[0]) == []
+    finally:
+        await ledger.close()
+
+
 async def test_on_a_cluster_one_user_s_requests_reach_one_worker_at_a_time(redis_cluster: RedisCluster) -> None:
     """Two workers on the sharded queue: while one holds a user's undecided request, the other is not handed the
     user's next one (it would decide it first, out of arrival order); once acknowledged, the next goes to one

@@ -68,6 +68,7 @@ from playgate.domain import (
     id_owner,
     owned_id,
 )
+from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import KeyClaim
 
 SWEEP_CHUNK = 500
@@ -195,6 +196,10 @@ def _rules_arg(rules: Rules, *, total: bool = False) -> dict[str, Any]:
     return body
 
 
+# One script call: its KEYS and ARGV.
+_ScriptCall = tuple[list[str], list[Any]]
+
+
 class RedisLedger:
     """Ledger on Redis: atomic per user because every change of a user's streams is one Lua script."""
 
@@ -230,6 +235,11 @@ class RedisLedger:
         self._drain = self._redis.register_script(CROSS_SLOT_SHEBANG + drain if self._keys.cluster else drain)
         oldest = _script("oldest.lua")
         self._oldest = self._redis.register_script(CROSS_SLOT_SHEBANG + oldest if self._keys.cluster else oldest)
+        # On a single server, stops that arrive together (the players told of one batch of decisions stop at once)
+        # go in one pipeline, a stop.lua call each; on a cluster each goes on its own, routed by its user's slot.
+        self._stops: GroupCommit[_ScriptCall, Any] | None = (
+            None if self._keys.cluster else GroupCommit(self._stop_together)
+        )
 
     @staticmethod
     def _request_arg(admission: Admission) -> bytes:
@@ -443,11 +453,35 @@ class RedisLedger:
         args: list[Any] = [repr(self._clock()), video_id or "", mode, user_id, reason.value if reason else "", to]
         args.extend(stream_ids or ())
         keys = [self._keys.streams_key(user_id), self._keys.leases_key(user_id), self._keys.events_key(user_id)]
-        async with translate_redis_errors():
-            raw = await self._stop(keys=keys, args=args)
+        if self._stops is not None:
+            raw = await self._stops((keys, args))
+        else:
+            async with translate_redis_errors():
+                raw = await self._stop(keys=keys, args=args)
         rows = orjson.loads(raw) or []
         stopped = [_stream_from(row[0], user_id, row[1:]) for row in rows]
         return by_age(stopped)
+
+    async def _stop_together(self, calls: Sequence[_ScriptCall]) -> list[Any]:
+        """The replies of stop.lua for calls that arrived together: one call alone, else one pipeline (each call
+        atomic, in arrival order; a script the server lost is loaded and the pipeline sent again, which ends
+        nothing twice: a stop that ran finds its streams gone)."""
+        async with translate_redis_errors():
+            if len(calls) == 1:
+                keys, args = calls[0]
+                return [await self._stop(keys=keys, args=args)]
+            try:
+                return await self._pipelined(self._stop, calls)
+            except redis_errors.NoScriptError:
+                await self._redis.script_load(self._stop.script)
+                return await self._pipelined(self._stop, calls)
+
+    async def _pipelined(self, script: AsyncScript, calls: Sequence[_ScriptCall]) -> list[Any]:
+        """`script` run once per call in one pipeline, by its hash (without redis-py's SCRIPT EXISTS first)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute())
 
     async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:
         """End every user's streams of the video: the users are found through the lease index (every stream id
