@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,7 @@ from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from playgate.domain import Decision, Status, id_owner, parse_reason
@@ -437,6 +438,32 @@ async def translate_redis_errors() -> AsyncIterator[None]:
         if message.startswith(NOT_NOW):
             raise Unavailable(f"Redis cannot serve now: {message}") from exc
         raise
+
+
+# One call of a Lua script: its KEYS and ARGV.
+ScriptCall = tuple[list[str], list[Any]]
+
+
+async def call_together(redis: RedisClient, script: AsyncScript, calls: Sequence[ScriptCall]) -> list[Any]:
+    """`script`'s replies to calls that arrived together (GroupCommit), in order: a call alone as it is, else one
+    pipeline of EVALSHAs (each call atomic, in arrival order; without redis-py's SCRIPT EXISTS first). A script the
+    server lost (a restart) is loaded and the pipeline sent again, so only for scripts that a second run of the same
+    call leaves as the first did. On a single server: a cluster routes each call by its own slot."""
+    if len(calls) == 1:
+        keys, args = calls[0]
+        return [await script(keys=keys, args=args)]
+    try:
+        return await _pipelined(redis, script, calls)
+    except redis_errors.NoScriptError:
+        await redis.script_load(script.script)
+        return await _pipelined(redis, script, calls)
+
+
+async def _pipelined(redis: RedisClient, script: AsyncScript, calls: Sequence[ScriptCall]) -> list[Any]:
+    pipe = redis.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return list(await pipe.execute())
 
 
 def _raised_in_redis_connection(exc: BaseException) -> bool:

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
+import pytest
 import pytest_asyncio
 
+from playgate import connections
 from playgate.bus.protocol import NoSockets, ended_message, rooms_of
 from playgate.bus.redis import RedisFanout, RedisQueue
 from playgate.connections import (
@@ -259,7 +261,22 @@ async def test_the_ledger_decides_on_after_redis_forgets_its_scripts(redis_url: 
         await ledger.close()
 
 
-async def test_stops_that_arrive_together_go_in_one_pipeline_and_end_each_user_s_own(redis_url: str) -> None:
+def count_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the pipelines of script calls sent together (connections.call_together), as they go."""
+    sizes: list[int] = []
+    send = connections._pipelined
+
+    async def counted(redis: Any, script: Any, calls: Any) -> list[Any]:
+        sizes.append(len(calls))
+        return await send(redis, script, calls)
+
+    monkeypatch.setattr(connections, "_pipelined", counted)
+    return sizes
+
+
+async def test_stops_that_arrive_together_go_in_one_pipeline_and_end_each_user_s_own(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Five users stop at once (as the players told of one batch of decisions do): on a single server one pipeline
     of stop.lua calls, sent again after loading the script the server forgot; each user's stream ended once, and
     only theirs."""
@@ -268,14 +285,7 @@ async def test_stops_that_arrive_together_go_in_one_pipeline_and_end_each_user_s
     try:
         outcomes = await ledger.decide([Admission(play(f"r{n}", user), Quota(1)) for n, user in enumerate(users)])
         await ledger._redis.script_flush()  # the pipeline meets NOSCRIPT: loaded, and sent again
-        pipelines: list[int] = []
-        sent = ledger._pipelined
-
-        async def counted(script: Any, calls: Any) -> list[Any]:
-            pipelines.append(len(calls))
-            return await sent(script, calls)
-
-        ledger._pipelined = counted  # type: ignore[method-assign]
+        pipelines = count_pipelines(monkeypatch)
         stopped = await asyncio.gather(*(ledger.stop(None, user, reason=Reason.stopped) for user in users))
         assert [[s.id for s in streams] for streams in stopped] == [[o.decision.stream_id] for o in outcomes]
         assert pipelines == ([] if ledger._keys.cluster else [5, 5])  # a cluster routes each by its user's slot

@@ -46,6 +46,8 @@ from playgate.connections import (
     SLOTS_PER_BUCKET,
     KeyLayout,
     RedisClient,
+    ScriptCall,
+    call_together,
     connect,
     decision_from_json,
     decision_to_json,
@@ -196,10 +198,6 @@ def _rules_arg(rules: Rules, *, total: bool = False) -> dict[str, Any]:
     return body
 
 
-# One script call: its KEYS and ARGV.
-_ScriptCall = tuple[list[str], list[Any]]
-
-
 class RedisLedger:
     """Ledger on Redis: atomic per user because every change of a user's streams is one Lua script."""
 
@@ -237,7 +235,7 @@ class RedisLedger:
         self._oldest = self._redis.register_script(CROSS_SLOT_SHEBANG + oldest if self._keys.cluster else oldest)
         # On a single server, stops that arrive together (the players told of one batch of decisions stop at once)
         # go in one pipeline, a stop.lua call each; on a cluster each goes on its own, routed by its user's slot.
-        self._stops: GroupCommit[_ScriptCall, Any] | None = (
+        self._stops: GroupCommit[ScriptCall, Any] | None = (
             None if self._keys.cluster else GroupCommit(self._stop_together)
         )
 
@@ -462,26 +460,11 @@ class RedisLedger:
         stopped = [_stream_from(row[0], user_id, row[1:]) for row in rows]
         return by_age(stopped)
 
-    async def _stop_together(self, calls: Sequence[_ScriptCall]) -> list[Any]:
-        """The replies of stop.lua for calls that arrived together: one call alone, else one pipeline (each call
-        atomic, in arrival order; a script the server lost is loaded and the pipeline sent again, which ends
-        nothing twice: a stop that ran finds its streams gone)."""
+    async def _stop_together(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """stop.lua's replies to stops that arrived together (a stop run twice ends nothing twice: its streams are
+        gone)."""
         async with translate_redis_errors():
-            if len(calls) == 1:
-                keys, args = calls[0]
-                return [await self._stop(keys=keys, args=args)]
-            try:
-                return await self._pipelined(self._stop, calls)
-            except redis_errors.NoScriptError:
-                await self._redis.script_load(self._stop.script)
-                return await self._pipelined(self._stop, calls)
-
-    async def _pipelined(self, script: AsyncScript, calls: Sequence[_ScriptCall]) -> list[Any]:
-        """`script` run once per call in one pipeline, by its hash (without redis-py's SCRIPT EXISTS first)."""
-        pipe = self._redis.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute())
+            return await call_together(self._redis, self._stop, calls)
 
     async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:
         """End every user's streams of the video: the users are found through the lease index (every stream id
