@@ -43,6 +43,9 @@ HEALTH_CHECK_INTERVAL_S = 5
 # this many times with a short jittered backoff: requests succeed as soon as Redis answers. Timeouts are not
 # retried, so a frozen Redis answers 503 after one socket timeout, not after several.
 RETRIES = 3
+# How long stop.lua keeps a call's reply: past the client's retries of a call whose reply was lost (RETRIES, each
+# within the timeouts above), which then get the first run's reply instead of "nothing was playing".
+STOP_REPLY_TTL_MS = 30_000
 RETRY_BACKOFF_BASE_S = 0.02
 RETRY_BACKOFF_CAP_S = 0.25
 REQUESTS_KEY = f"{PREFIX}requests"
@@ -329,6 +332,11 @@ class KeyLayout:
     def event_keys(self) -> list[str]:
         """Every change log (what the audit trail's drainers read)."""
         return list(_bucket_event_keys()) if self.cluster else [EVENTS_KEY]
+
+    def stop_reply_key(self, user_id: str, call_id: str) -> str:
+        """Where stop.lua keeps one call's reply a while (STOP_REPLY_TTL_MS), in the user's slot."""
+        tag = self._tag(user_id) if self.cluster else f"{PREFIX}{{{user_id}}}"
+        return f"{tag}:stopped:{call_id}"
 
     def devices_key(self, user_id: str) -> str:
         """The hash of the user's registered devices."""

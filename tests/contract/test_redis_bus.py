@@ -25,6 +25,7 @@ from playgate.connections import (
     ready,
 )
 from playgate.domain import Admission, Decision, EndedStream, Outcome, PlayRequest, Quota, Reason, Status, Stream
+from playgate.ledger import redis as redis_ledger
 from playgate.ledger.redis import RedisLedger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
@@ -291,6 +292,27 @@ async def test_stops_that_arrive_together_go_in_one_pipeline_and_end_each_user_s
         assert pipelines == ([] if ledger._keys.cluster else [5, 5])  # a cluster routes each by its user's slot
         assert await asyncio.gather(*(ledger.streams(user) for user in users)) == [[]] * 5
         assert await ledger.stop(None, users[0]) == []
+    finally:
+        await ledger.close()
+
+
+async def test_a_stop_sent_again_after_its_reply_was_lost_gets_the_first_run_s_reply(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py sends a command again when its connection drops before the reply (a Redis restart): the stop ran
+    and its streams are gone, and the same call again answers what the first run ended, not "nothing was playing"
+    (a DELETE of the stream would answer 404 for a stream it did stop)."""
+    ledger = RedisLedger(redis_url, lease_s=60.0, decision_ttl_s=60.0, clock=time.time)
+    try:
+        [outcome] = await ledger.decide([Admission(play("r1", "again"), Quota(1))])
+        stream_id = outcome.decision.stream_id
+        assert stream_id is not None
+        monkeypatch.setattr(redis_ledger, "new_id", lambda: "call-1")  # the same call twice, as a retry sends it
+        first = await ledger.stop([stream_id], "again", reason=Reason.stopped)
+        again = await ledger.stop([stream_id], "again", reason=Reason.stopped)
+        assert [s.id for s in again] == [s.id for s in first] == [stream_id]
+        monkeypatch.undo()
+        assert await ledger.stop([stream_id], "again") == []  # another call: nothing left to end
     finally:
         await ledger.close()
 

@@ -44,6 +44,7 @@ from playgate.connections import (
     EVENTS_GROUP,
     LEASES_KEY,
     SLOTS_PER_BUCKET,
+    STOP_REPLY_TTL_MS,
     KeyLayout,
     RedisClient,
     ScriptCall,
@@ -68,6 +69,7 @@ from playgate.domain import (
     Rules,
     Stream,
     id_owner,
+    new_id,
     owned_id,
 )
 from playgate.ledger.batch import GroupCommit
@@ -448,9 +450,22 @@ class RedisLedger:
         to = ""
         if announce and reason is not None and self._end_rooms is not None:
             to = orjson.dumps({"c": DECISIONS_CHANNEL, "r": list(self._end_rooms(user_id))}).decode()
-        args: list[Any] = [repr(self._clock()), video_id or "", mode, user_id, reason.value if reason else "", to]
-        args.extend(stream_ids or ())
-        keys = [self._keys.streams_key(user_id), self._keys.leases_key(user_id), self._keys.events_key(user_id)]
+        args: list[Any] = [
+            repr(self._clock()),
+            video_id or "",
+            mode,
+            user_id,
+            reason.value if reason else "",
+            to,
+            STOP_REPLY_TTL_MS,
+            *(stream_ids or ()),
+        ]
+        keys = [
+            self._keys.streams_key(user_id),
+            self._keys.leases_key(user_id),
+            self._keys.events_key(user_id),
+            self._keys.stop_reply_key(user_id, new_id()),  # one per call: its retries find the first run's reply
+        ]
         if self._stops is not None:
             raw = await self._stops((keys, args))
         else:

@@ -4,6 +4,8 @@ stop.lua: end some or all of one user's streams, and log their ends.
 KEYS[1]  the user's streams: hash playgate:{<user id>}:streams (record.lua says its records)
 KEYS[2]  the lease index: sorted set playgate:leases (member stream id, score expires_at)
 KEYS[3]  the change log beside it: stream playgate:events (admission.lua says its entries)
+KEYS[4]  this call's reply, kept ARGV[7] milliseconds: the same call again (a client's retry after the reply was
+         lost with its connection, the streams ended already) gets the first run's reply, not an empty list
 ARGV[1]  now, epoch seconds
 ARGV[2]  only streams of this video id; "" for any video
 ARGV[3]  "ids" to end only the stream ids in ARGV[7..], "all" to end every stream of the user
@@ -12,18 +14,23 @@ ARGV[6]  "" or where to announce the ended streams, as JSON {"c": channel, "r": 
          {"e": [["stream_ended", {"streamId", "videoId", "reason": ARGV[5]}, room], ...]} for the ended streams that
          were active, the message bus.redis.RedisFanout.announce would send (the API processes emit it to the
          rooms' sockets), so that the caller need not publish it in a call of its own
-ARGV[7..] the stream ids of "ids"
+ARGV[7]  how long KEYS[4] is kept, milliseconds
+ARGV[8..] the stream ids of "ids"
 
 Returns a JSON list of [stream id, then its wire list (record.lua)] of the ended streams whose lease had not run
 out (expired ones are deleted too, but they were no longer active; the sweeper's expire.lua has not logged them,
 so they are logged here as expired).
 ]]
 
+local kept = redis.call('GET', KEYS[4])
+if kept then
+    return kept
+end
 local now = tonumber(ARGV[1])
 local wanted = nil
 if ARGV[3] == 'ids' then
     wanted = {}
-    for i = 7, #ARGV do
+    for i = 8, #ARGV do
         wanted[ARGV[i]] = true
     end
 end
@@ -48,7 +55,7 @@ if #logged > 0 then
     redis.call('XADD', KEYS[3], '*', 'u', ARGV[4], 't', ARGV[1], 'e', cjson.encode(logged))
 end
 if #stopped == 0 then
-    return '[]'
+    return '[]'  -- run again, it ends nothing either
 end
 if ARGV[6] ~= '' then
     local to = cjson.decode(ARGV[6])
@@ -61,4 +68,6 @@ if ARGV[6] ~= '' then
     end
     redis.call('PUBLISH', to.c, cjson.encode({e = emits}))
 end
-return cjson.encode(stopped)
+local reply = cjson.encode(stopped)
+redis.call('SET', KEYS[4], reply, 'PX', ARGV[7])
+return reply
