@@ -476,8 +476,8 @@ class RedisLedger:
         return by_age(stopped)
 
     async def _stop_together(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """stop.lua's replies to stops that arrived together (a stop run twice ends nothing twice: its streams are
-        gone)."""
+        """stop.lua's replies to stops that arrived together (a call run again, its script loaded after NOSCRIPT or
+        its reply lost, gets its first run's reply: stop.lua keeps it)."""
         async with translate_redis_errors():
             return await call_together(self._redis, self._stop, calls)
 

@@ -8,7 +8,7 @@ KEYS[4]  this call's reply, kept ARGV[7] milliseconds: the same call again (a cl
          lost with its connection, the streams ended already) gets the first run's reply, not an empty list
 ARGV[1]  now, epoch seconds
 ARGV[2]  only streams of this video id; "" for any video
-ARGV[3]  "ids" to end only the stream ids in ARGV[7..], "all" to end every stream of the user
+ARGV[3]  "ids" to end only the stream ids in ARGV[8..], "all" to end every stream of the user
 ARGV[4]  the user id    ARGV[5] the reason the ends are logged with; "" logs nothing (a stop not announced)
 ARGV[6]  "" or where to announce the ended streams, as JSON {"c": channel, "r": [room, ...]}: one PUBLISH of
          {"e": [["stream_ended", {"streamId", "videoId", "reason": ARGV[5]}, room], ...]} for the ended streams that
