@@ -72,6 +72,11 @@ def idempotency_key(user_id: str, key: str) -> str:
     return f"{PREFIX}{{{user_id}}}:key:{key}"
 
 
+def stop_reply_key(user_id: str, call_id: str) -> str:
+    """Where stop.lua keeps the reply of one stop call a while (STOP_REPLY_TTL_MS)."""
+    return f"{PREFIX}{{{user_id}}}:stopped:{call_id}"
+
+
 def decision_key(request_id: str) -> str:
     """Where the decision of a request is kept."""
     return f"{PREFIX}decision:{request_id}"
@@ -334,9 +339,8 @@ class KeyLayout:
         return list(_bucket_event_keys()) if self.cluster else [EVENTS_KEY]
 
     def stop_reply_key(self, user_id: str, call_id: str) -> str:
-        """Where stop.lua keeps one call's reply a while (STOP_REPLY_TTL_MS), in the user's slot."""
-        tag = self._tag(user_id) if self.cluster else f"{PREFIX}{{{user_id}}}"
-        return f"{tag}:stopped:{call_id}"
+        """Where stop.lua keeps one call's reply a while, in the user's slot."""
+        return f"{self._tag(user_id)}:{user_id}:stopped:{call_id}" if self.cluster else stop_reply_key(user_id, call_id)
 
     def devices_key(self, user_id: str) -> str:
         """The hash of the user's registered devices."""
