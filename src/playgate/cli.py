@@ -148,6 +148,7 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
 def _server_config(settings: Settings, app: Any) -> uvicorn.Config:
     """uvicorn's settings for a PlayGate process serving `app`."""
     from playgate.api.guard import guarded_protocol
+    from playgate.api.hot import HotHttpProtocol
     from playgate.api.lean_sockets import LeanWSProtocol
 
     return uvicorn.Config(
@@ -158,8 +159,9 @@ def _server_config(settings: Settings, app: Any) -> uvicorn.Config:
         # Said, not guessed: uvicorn takes an app whose __call__ is not a coroutine function for ASGI 2, and the
         # outer middlewares (HttpEdge, HotRoutes) return the inner app's coroutine instead of awaiting it.
         interface="asgi3",
-        # httptools with a header timeout, a header size cap and a connection cap (playgate.api.guard)
-        http=guarded_protocol(settings),
+        # httptools with a header timeout, a header size cap and a connection cap (playgate.api.guard), answering
+        # the players' hot routes below ASGI (playgate.api.hot)
+        http=guarded_protocol(settings, HotHttpProtocol),
         timeout_keep_alive=settings.keep_alive_s,
         # wsproto: about 3 KB less per idle socket than the websockets implementations (bench idle); with a lean
         # queue of ASGI events (api/lean_sockets.py)

@@ -1,5 +1,6 @@
-"""The players' hot routes answered by the lean router (api/hot.py) answer exactly as FastAPI answers them: two
-apps side by side, one with PLAYGATE_LEAN_ROUTES off, each asked the same thing."""
+"""The players' hot routes answered by the lean router (api/hot.py) answer exactly as FastAPI answers them: apps
+side by side, one with PLAYGATE_LEAN_ROUTES off, each asked the same thing; and on uvicorn, where its HTTP protocol
+answers them below ASGI (HotHttpProtocol), the same again over TCP."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from playgate.api.hot import HotRoutes
 from tests.support.clients import admin_client, api_client, new_user
-from tests.support.inprocess import served
+from tests.support.inprocess import served, served_on_uvicorn
 
 pytestmark = pytest.mark.inprocess
 
@@ -42,6 +44,13 @@ async def lean(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
 async def framework(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
     data_dir = Path(tmp_path_factory.mktemp("framework"))
     async with served(data_dir, PLAYGATE_LEAN_ROUTES="false", **RATE) as url, await admin_client(url) as admin:
+        yield App(url, admin)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def wire(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
+    data_dir = Path(tmp_path_factory.mktemp("wire"))
+    async with served_on_uvicorn(data_dir, **RATE) as url, await admin_client(url) as admin:
         yield App(url, admin)
 
 
@@ -103,7 +112,7 @@ async def ask(app: App, method: str, path: str, *, token: str | None = "own", **
     ],
 )
 async def test_the_lean_router_answers_as_fastapi(
-    lean: App, framework: App, method: str, path: str, token: str | None, status: int
+    lean: App, framework: App, wire: App, method: str, path: str, token: str | None, status: int
 ) -> None:
     literal = token if token not in ("own", None) else None
     header = literal if literal is None or " " in literal else f"Bearer {literal}"
@@ -112,6 +121,7 @@ async def test_the_lean_router_answers_as_fastapi(
     got = await ask(lean, method, path, token=own, **kwargs)
     expected = await ask(framework, method, path, token=own, **kwargs)
     assert got == expected
+    assert await ask(wire, method, path, token=own, **kwargs) == expected
     assert got[0] == status
     if status >= 400:
         assert got[1] == PROBLEM
@@ -304,3 +314,69 @@ async def test_callers_looked_up_together_each_act_as_themselves(lean: App) -> N
     answers = await asyncio.gather(*(ask_as(u.token) for u in [*users, gone]))
     assert [a.status_code for a in answers] == [202] * len(users) + [401]
     assert [a.json()["data"]["data"]["userId"] for a in answers[:-1]] == [u.id for u in users]
+
+
+async def test_on_uvicorn_the_hot_routes_are_answered_below_asgi(wire: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the ASGI way to the hot routes failing, uvicorn's protocol still answers them, with the edge's headers,
+    the caller's request id, and counts by route template."""
+
+    async def not_here(*_args: Any) -> None:
+        raise AssertionError("a hot route went the ASGI way")
+
+    monkeypatch.setattr(HotRoutes, "_answer", not_here)
+    user = await new_user(wire.url, wire.admin)
+    async with api_client(wire.url, user.token) as client:
+        asked = await client.get(f"/videos/2/request?user={user.id}", headers={"X-Request-Id": "rid-below-asgi"})
+        assert asked.status_code == 202
+        assert asked.headers["x-request-id"] == "rid-below-asgi"
+        assert asked.headers["referrer-policy"] == "no-referrer"
+        assert asked.json()["data"]["data"] == {"videoId": "2", "userId": user.id}
+        stopped = await client.get(f"/videos/2/stop/?user={user.id}")
+        assert (stopped.status_code, stopped.content) == (204, b"")
+        refused = await client.delete("/v1/streams/x", headers={"Authorization": "Bearer nope"})
+        assert (refused.status_code, refused.headers["content-type"]) == (401, PROBLEM)
+        assert refused.headers["www-authenticate"] == "Bearer"
+    metrics = (await wire.admin.get("/metrics")).text
+    assert 'route="/videos/{videoId}/stop/",status="204"' in metrics
+    assert 'route="/v1/streams/{streamId}",status="401"' in metrics
+
+
+async def _exchange(url: str, raw: bytes, answers: int) -> list[bytes]:
+    """Send `raw` on one TCP connection; the first `answers` answers read back (headers, then the body by its
+    content-length), and b"EOF" after them if the server closed the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    got: list[bytes] = []
+    try:
+        writer.write(raw)
+        for _ in range(answers):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = re.search(rb"content-length: (\d+)", head)
+            body = await reader.readexactly(int(length.group(1))) if length else b""
+            got.append(head + body)
+        if await asyncio.wait_for(reader.read(1), 10) == b"":
+            got.append(b"EOF")
+    finally:
+        writer.close()
+    return got
+
+
+async def test_pipelined_requests_are_answered_in_order(wire: App) -> None:
+    """Three requests in one write, a hot one, another behind it, then one of FastAPI's: three answers, in order;
+    then an HTTP/1.0 request is answered and its connection closed."""
+    user = await new_user(wire.url, wire.admin)
+    auth = f"Authorization: Bearer {user.token}\r\nHost: t\r\n".encode()
+    pipelined = (
+        b"GET /videos/3/request?user=%s HTTP/1.1\r\n%sX-Request-Id: r1\r\n\r\n" % (user.id.encode(), auth)
+        + b"GET /videos/3/stop?user=%s HTTP/1.1\r\n%sX-Request-Id: r2\r\n\r\n" % (user.id.encode(), auth)
+        + b"GET /v1/streams HTTP/1.1\r\n%sX-Request-Id: r3\r\nConnection: close\r\n\r\n" % auth
+    )
+    answers = await _exchange(wire.url, pipelined, 3)
+    assert [a.split(b" ", 2)[1] for a in answers[:3]] == [b"202", b"204", b"200"]
+    assert [re.search(rb"x-request-id: (\w+)", a).group(1) for a in answers[:3]] == [b"r1", b"r2", b"r3"]
+    assert answers[3:] == [b"EOF"]
+    one_oh = b"GET /videos/3/stop?user=%s HTTP/1.0\r\n%s\r\n" % (user.id.encode(), auth)
+    answers = await _exchange(wire.url, one_oh, 1)
+    assert answers[0].startswith(b"HTTP/1.1 204 ")
+    assert b"connection: close" in answers[0]
+    assert answers[1:] == [b"EOF"]

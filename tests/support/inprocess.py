@@ -3,6 +3,8 @@
 The same app as `playgate serve` (routes, service, worker and sweeper tasks, SQLite ledger, in-process bus), with
 the same settings as tests/support/servers.py gives a real process, but no process, port or uvicorn: what a test
 of rules and routes needs, at a fraction of the cost. Socket.IO, signals, nginx and the like need a real server.
+`served_on_uvicorn` is the middle way: the app on uvicorn as `playgate serve` configures it (its HTTP protocol
+included), on a port, in the test's own process.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from starlette.types import ASGIApp, Message
 
 from playgate.api.app import create_app
+from playgate.cli import _server_config
 from playgate.config import load_settings
 from tests.support.clients import TRANSPORTS
-from tests.support.servers import playgate_env
+from tests.support.servers import free_port, playgate_env
 
 LIFESPAN_TIMEOUT_S = 30.0
 
@@ -68,3 +72,24 @@ async def served(data_dir: Path, *, clock: Callable[[], float] | None = None, **
             yield base_url
         finally:
             del TRANSPORTS[base_url]
+
+
+@asynccontextmanager
+async def served_on_uvicorn(data_dir: Path, **env: str) -> AsyncIterator[str]:
+    """Serve PlayGate on uvicorn in this process, configured as `playgate serve` does, on a free port of 127.0.0.1;
+    yields its base URL (clients reach it over TCP)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(playgate_env(data_dir, PLAYGATE_PORT=str(free_port()), **env))
+    server = uvicorn.Server(_server_config(settings, create_app(settings)))
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(int(LIFESPAN_TIMEOUT_S / 0.01)):  # bounded: start-up runs the migrations and the worker
+            if server.started or serving.done():
+                break
+            await asyncio.sleep(0.01)
+        if not server.started:
+            raise RuntimeError("uvicorn did not start")
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, LIFESPAN_TIMEOUT_S)

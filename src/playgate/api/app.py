@@ -148,10 +148,11 @@ def create_app(
     # Their heartbeat acks carry a fresh playback URL too, as a v4 socket's do.
     v2_events: dict[str, EventHandler] = {**V2_EVENTS, "heartbeat": partial(heartbeat_ack, content=content_gate)}
     app = LegacySocketIO(app, sio, gate, path=SOCKET_PATH, origins=socket_origins(settings), events=v2_events)
+    hot = None
     if settings.lean_routes:
         # The players' request → decision → stop loop and the media edge's auth_request without FastAPI's
-        # per-request machinery (api/hot.py).
-        app = HotRoutes(app, gate, content_gate)
+        # per-request machinery (api/hot.py); on uvicorn, below ASGI (HotHttpProtocol finds them on the edge).
+        app = hot = HotRoutes(app, gate, content_gate)
     # The client address (logins, households) from X-Forwarded-For of trusted proxies only, here in the app so that
     # every server and the in-process tests see the same address.
     # uvicorn types ASGI scopes more narrowly than Starlette; the middleware is plain ASGI.
@@ -162,6 +163,7 @@ def create_app(
         metrics=metrics,
         uncounted=f"/{SOCKET_PATH}/",
         import_bytes=settings.max_import_bytes,
+        hot=hot,
     )
 
 

@@ -135,11 +135,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def guarded_protocol(settings: Settings) -> type[GuardedHttpProtocol]:
-    """The protocol class for uvicorn's `http=`, with this deployment's limits."""
+def guarded_protocol(
+    settings: Settings, base: type[GuardedHttpProtocol] = GuardedHttpProtocol
+) -> type[GuardedHttpProtocol]:
+    """The protocol class for uvicorn's `http=` (`base`, or a subclass of it), with this deployment's limits."""
     limits: dict[str, Any] = {
         "header_timeout_s": settings.header_timeout_s,
         "max_header_bytes": settings.max_header_bytes,
         "max_connections": max_connections(settings),
     }
-    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), limits)
+    return type(base.__name__, (base,), limits)

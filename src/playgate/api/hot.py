@@ -14,23 +14,30 @@ tests/integration/test_hot_routes.py holds both answers side by side.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
+import httptools
 import orjson
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE
 
 from playgate.api.errors import problem, problem_for, validation_problem
+from playgate.api.guard import GuardedHttpProtocol
+from playgate.api.middleware import HttpEdge
 from playgate.api.routes import v1
 from playgate.api.schemas import PlayIn, PlayOut
-from playgate.domain import ID_PATTERN, MAX_ID_LEN
+from playgate.domain import ID_PATTERN, MAX_ID_LEN, new_id
 from playgate.errors import Invalid, PlayGateError
+from playgate.logs import REQUEST_ID_HEADER, request_id_var, sane_request_id
 from playgate.media import ContentGate
 from playgate.service import PlayGate, Principal
 from playgate.wire import MAX_STREAM_ID_LEN, Id, StreamId
@@ -40,7 +47,8 @@ log = logging.getLogger("playgate.api")
 _ID = TypeAdapter(Id)
 _STREAM_ID = TypeAdapter(StreamId)
 _PLAY_OUT = TypeAdapter(PlayOut)
-_JSON_HEADERS = (b"content-type", b"application/json")
+_JSON = b"application/json"
+_REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
 _ID_CHARS = re.compile(ID_PATTERN)
 # What this router takes as plainly valid without asking pydantic; anything else is FastAPI's to answer.
 _WAIT = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
@@ -99,6 +107,20 @@ class Answer:
     status: int
     body: bytes | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    content_type: bytes = b"application/json"
+
+    @classmethod
+    def of(cls, response: Response) -> Answer:
+        """The answer a Starlette response (a problem+json one) gives."""
+        headers = [h for h in response.raw_headers if h[0] not in (b"content-length", b"content-type")]
+        content_type = next((v for k, v in response.raw_headers if k == b"content-type"), _JSON)
+        return cls(response.status_code, bytes(response.body), headers, content_type)
+
+    def head(self) -> list[tuple[bytes, bytes]]:
+        """Its headers: content length and type (when it has a body), then its own."""
+        if self.body is None:
+            return self.headers
+        return [(b"content-length", b"%d" % len(self.body)), (b"content-type", self.content_type), *self.headers]
 
 
 def _checked(value: str | None, field: str, adapter: TypeAdapter[str], max_len: int, errors: Errors) -> str:
@@ -123,10 +145,8 @@ def _bearer(authorization: str | None) -> str | None:
 
 
 async def _answer(send: Send, answer: Answer) -> None:
-    body = answer.body
-    headers = [(b"content-length", str(len(body)).encode()), _JSON_HEADERS] if body is not None else []
-    await send({"type": "http.response.start", "status": answer.status, "headers": [*headers, *answer.headers]})
-    await send({"type": "http.response.body", "body": body or b""})
+    await send({"type": "http.response.start", "status": answer.status, "headers": answer.head()})
+    await send({"type": "http.response.body", "body": answer.body or b""})
 
 
 Handler = Callable[[Call, tuple[str, ...]], Awaitable[Answer]]
@@ -264,6 +284,7 @@ _CREATE_PLAY = Route(_create_play, Template("/v1/plays"), reads_body=True)
 _AUTHORIZE = Route(_authorize, Template("/v1/authorize"))
 # Headers the routes read (the first of each, as Starlette's `Headers.get`).
 _READ_HEADERS = frozenset((b"content-type", b"idempotency-key", b"user-agent", b"x-playback-token", b"x-original-uri"))
+_BROWSER = frozenset((b"origin",))
 
 
 def match(method: str, path: str) -> tuple[Route, tuple[str, ...]] | None:
@@ -305,31 +326,35 @@ async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
     return b"".join(chunks), messages
 
 
-def _read_headers(scope: Scope) -> tuple[str | None, dict[bytes, str]] | None:
-    """The caller's token (bearer, else X-API-Key) and the headers the routes read; None for a browser's request
-    (an `Origin` header: CORS is FastAPI's, CORSMiddleware)."""
+Read = tuple[str | None, dict[bytes, str]]
+
+
+def _read_headers(raw: Iterable[tuple[bytes, bytes]], refused: frozenset[bytes] = _BROWSER) -> Read | None:
+    """The caller's token (bearer, else X-API-Key) and the headers the routes read; None when a `refused` header
+    is there (`Origin`, a browser's request: CORS is FastAPI's, CORSMiddleware)."""
     authorization = api_key = None
     headers: dict[bytes, str] = {}
-    for name, value in scope["headers"]:
+    for name, value in raw:
         if name == b"authorization":
             authorization = value.decode("latin-1")
         elif name == b"x-api-key":
             api_key = value.decode("latin-1")
-        elif name == b"origin":
-            return None
+        elif name in refused:
+            if name != b"content-length" or value != b"0":
+                return None
         elif name in _READ_HEADERS and name not in headers:
             headers[name] = value.decode("latin-1")
     return _bearer(authorization) or api_key, headers
 
 
-def _failure(scope: Scope, exc: Exception) -> ASGIApp:
+def _failure(scope: Scope, exc: Exception) -> Answer:
     """The problem+json answer to what a handler raised, as FastAPI's exception handlers word it."""
     if isinstance(exc, PlayGateError):
-        return problem_for(exc)
+        return Answer.of(problem_for(exc))
     if isinstance(exc, Rejected):
-        return validation_problem(exc.errors)
+        return Answer.of(validation_problem(exc.errors))
     log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
-    return problem(500, "Internal error", "Something went wrong on our side; it was logged.")
+    return Answer.of(problem(500, "Internal error", "Something went wrong on our side; it was logged."))
 
 
 class HotRoutes:
@@ -343,10 +368,25 @@ class HotRoutes:
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # Not a coroutine of its own, as HttpEdge: what it hands on runs with no frame of ours held.
         found = match(scope["method"], scope["path"]) if scope["type"] == "http" else None
-        read = _read_headers(scope) if found is not None else None
+        read = _read_headers(scope["headers"]) if found is not None else None
         if found is None or read is None:
             return self.app(scope, receive, send)
         return self._answer(found, read, scope, receive, send)
+
+    def call(self, scope: Scope, read: Read) -> Call:
+        """A request to a hot route, from its scope (`method`, `path`, `query_string`, `client`) and headers."""
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        return Call(scope, self._gate(), self._content, read[0], query, read[1])
+
+    async def respond(self, route: Route, params: tuple[str, ...], call: Call) -> Answer:
+        """The route's answer to `call`: its handler's, or the problem+json of what the handler raised (Handoff
+        passes through)."""
+        try:
+            return await route.handler(call, params)
+        except Handoff:
+            raise
+        except Exception as exc:  # every failure is answered as problem+json, as by FastAPI's handlers
+            return _failure(call.scope, exc)
 
     async def _answer(
         self,
@@ -357,13 +397,12 @@ class HotRoutes:
         send: Send,
     ) -> None:
         route, params = found
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-        call = Call(scope, self._gate(), self._content, read[0], query, read[1])
+        call = self.call(scope, read)
         messages: list[Message] = []
         if route.reads_body:
             call.body, messages = await _read_body(receive)
         try:
-            answer = await route.handler(call, params)
+            answer = await self.respond(route, params, call)
         except Handoff:
 
             async def replay() -> Message:
@@ -371,9 +410,148 @@ class HotRoutes:
 
             await self.app(scope, replay, send)
             return
-        except Exception as exc:  # every failure is answered as problem+json, as by FastAPI's handlers
-            scope["route"] = route.template
-            await _failure(scope, exc)(scope, receive, send)
-            return
         scope["route"] = route.template
         await _answer(send, answer)
+
+
+# A request the protocol leaves to ASGI when it carries one of these: a browser's (CORS), one through a proxy
+# (ProxyHeadersMiddleware reads the client's address), one with a body (no hot route below ASGI reads one) or one
+# that waits for a 100 Continue.
+_NOT_BELOW_ASGI = frozenset(
+    (b"origin", b"x-forwarded-for", b"x-forwarded-proto", b"content-length", b"transfer-encoding", b"expect")
+)
+
+
+class Answering:
+    """A hot request answered below ASGI, where uvicorn's protocol keeps its request's cycle: its state as uvicorn
+    reads and sets it (`response_complete`, `disconnected`, `keep_alive`, set at shutdown)."""
+
+    __slots__ = ("disconnected", "keep_alive", "response_complete")
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+        self.response_complete = False
+        self.disconnected = False
+
+
+class HotHttpProtocol(GuardedHttpProtocol):
+    """The HTTP protocol, answering the players' hot routes below ASGI: the route is matched once the headers are
+    in, its handler (HotRoutes.respond) runs in a task of its own, and its answer is written in one piece, with what
+    HttpEdge adds (request id, security headers, metrics by route template). Not a second router: the same match,
+    handlers and answers as HotRoutes on ASGI, without building and passing ASGI's messages through two middlewares
+    and uvicorn's request cycle, and one write per answer instead of two.
+
+    Anything else goes uvicorn's way, to the ASGI app: another route, a request with a body, a browser's or a
+    proxied one (_NOT_BELOW_ASGI), a path with escapes, a request pipelined behind one still being answered, an app
+    without the hot routes (PLAYGATE_LEAN_ROUTES off) or not behind HttpEdge."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """As uvicorn's; and find the hot routes, if the app has them."""
+        super().connection_made(transport)
+        app = self.app
+        self._edge = app if isinstance(app, HttpEdge) and app.hot is not None else None
+
+    def on_headers_complete(self) -> None:
+        """Answer a hot route here, else hand the request to uvicorn (ASGI)."""
+        if not self._answer_below_asgi():
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        """A hot route answered here reads no body (none comes: a request with one is ASGI's)."""
+        if not isinstance(self.cycle, Answering):
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        """Nothing to wake for a hot route answered here."""
+        if not isinstance(self.cycle, Answering):
+            super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """A hot request still being answered is marked disconnected (its answer is not written); then uvicorn's."""
+        cycle = self.cycle
+        if isinstance(cycle, Answering):
+            cycle.disconnected = not cycle.response_complete
+            self.cycle = None  # type: ignore[assignment]  # uvicorn's own cycle has nothing to wake here
+        super().connection_lost(exc)
+
+    def _answer_below_asgi(self) -> bool:
+        edge = self._edge
+        cycle = self.cycle
+        if edge is None or edge.hot is None or (cycle is not None and not cycle.response_complete):
+            return False
+        if self.parser.should_upgrade() or self.limit_concurrency is not None:
+            return False
+        url = httptools.parse_url(self.url)
+        path = url.path.decode("latin-1")
+        method = self.parser.get_method().decode("latin-1")
+        found = match(method, path) if "%" not in path else None
+        if found is None or found[0].reads_body:
+            return False
+        read = _read_headers(self.headers, _NOT_BELOW_ASGI)
+        if read is None:
+            return False
+        self._disarm_header_timer()
+        scope = cast(Scope, self.scope)  # uvicorn types its scopes more narrowly than Starlette
+        scope["method"] = method
+        scope["path"] = path
+        scope["query_string"] = url.query or b""
+        answering = Answering(self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive())
+        self.cycle = answering  # type: ignore[assignment]  # uvicorn reads the three attributes Answering has
+        call = edge.hot.call(scope, read)
+        # The headers now: a request pipelined behind this one, parsed before the task runs, has its own.
+        request_id = next((sane_request_id(v) for k, v in self.headers if k == _REQUEST_ID), None) or new_id()
+        task = self.loop.create_task(self._answer(edge, edge.hot, answering, found, call, request_id))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        return True
+
+    async def _answer(
+        self,
+        edge: HttpEdge,
+        hot: HotRoutes,
+        answering: Answering,
+        found: tuple[Route, tuple[str, ...]],
+        call: Call,
+        request_id: str,
+    ) -> None:
+        started = time.perf_counter()
+        request_id_var.set(request_id)  # in this task's own context
+        route, params = found
+        status = 500
+        try:
+            answer = await hot.respond(route, params, call)
+            status = answer.status
+            if not answering.disconnected and not self.transport.is_closing():
+                self.transport.write(self._response(answer, edge.headers(request_id, call.scope["path"]), answering))
+        except Exception:
+            # Not an answer's failure (those are answers): it could not be written. The connection ends, as uvicorn
+            # ends one whose app failed after starting its answer.
+            log.exception("answer to %s %s not written", call.scope["method"], call.scope["path"])
+            self.transport.close()
+            return
+        except BaseException:  # cancelled (a shutdown's last resort): the connection ends
+            self.transport.close()
+            raise
+        finally:
+            answering.response_complete = True
+            edge.observe(route.template.path, call.scope["method"], status, time.perf_counter() - started)
+        if not answering.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+
+    def _response(self, answer: Answer, edge_headers: list[tuple[bytes, bytes]], answering: Answering) -> bytes:
+        """The whole answer on the wire: status line, uvicorn's default headers (date, server), the answer's, the
+        edge's, then the body."""
+        parts = [STATUS_LINE[answer.status]]
+        for name, value in (*self.server_state.default_headers, *answer.head(), *edge_headers):
+            if HEADER_VALUE_RE.search(value):
+                raise ValueError(f"invalid value of the {name!r} header")
+            parts += (name, b": ", value, b"\r\n")
+        if answer.body is None and answer.status not in (204, 304):
+            parts.append(b"content-length: 0\r\n")
+        if not answering.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        if answer.body:
+            parts.append(answer.body)
+        return b"".join(parts)

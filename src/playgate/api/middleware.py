@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,6 +16,9 @@ from playgate.api.errors import problem
 from playgate.domain import new_id
 from playgate.logs import REQUEST_ID_HEADER, incoming_request_id, request_id_var
 from playgate.metrics import Metrics
+
+if TYPE_CHECKING:
+    from playgate.api.hot import HotRoutes
 
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
 IMPORT_SUFFIX = ":import"
@@ -41,12 +44,23 @@ class HttpEdge:
     """For each HTTP request: a request id (the caller's X-Request-Id or a new one) set for the logs and echoed
     back; the security headers (and the web app's Content-Security-Policy); 413 problem+json for a body over
     max_bytes, whether its length is announced or not; a count and a duration by route template (not raw path,
-    to bound label values) and status, except under `uncounted` (the Socket.IO transport's own requests)."""
+    to bound label values) and status, except under `uncounted` (the Socket.IO transport's own requests).
+
+    `hot`, the players' hot routes in the app, is there for the HTTP protocol: on uvicorn, it answers them below
+    ASGI (api/hot.py's HotHttpProtocol), doing this edge's part itself (`request_id`, `headers`, `observe`)."""
 
     def __init__(
-        self, app: ASGIApp, *, max_bytes: int, metrics: Metrics, uncounted: str, import_bytes: int | None = None
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        metrics: Metrics,
+        uncounted: str,
+        import_bytes: int | None = None,
+        hot: HotRoutes | None = None,
     ) -> None:
         self.app = app
+        self.hot = hot
         self.max_bytes = max_bytes
         # The bulk import routes (`POST /v1/users:import` ...) take up to 100,000 rows: a cap of their own.
         self.import_bytes = import_bytes or max_bytes
@@ -60,14 +74,20 @@ class HttpEdge:
             return self.app(scope, receive, send)
         return self._http(scope, receive, send)
 
+    @staticmethod
+    def headers(request_id: str, path: str) -> list[tuple[bytes, bytes]]:
+        """The headers this edge adds to an answer: the security headers (and the web app's CSP), the request id."""
+        extra_headers = [*SECURITY_HEADERS, (_REQUEST_ID_HEADER, request_id.encode())]
+        if path.startswith(WEB_APP_PREFIX):
+            extra_headers.append((b"content-security-policy", WEB_APP_CSP))
+        return extra_headers
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = incoming_request_id(scope) or new_id()
         context = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
-        extra_headers = [*SECURITY_HEADERS, (_REQUEST_ID_HEADER, request_id.encode())]
-        if scope["path"].startswith(WEB_APP_PREFIX):
-            extra_headers.append((b"content-security-policy", WEB_APP_CSP))
+        extra_headers = self.headers(request_id, scope["path"])
 
         async def answer(message: Message) -> None:
             nonlocal status
@@ -119,14 +139,18 @@ class HttpEdge:
         path = getattr(route, "path", None)
         if path is None and scope["path"].startswith(self.uncounted):
             return
-        path = path or "unmatched"
+        self.observe(path or "unmatched", scope.get("method"), status, duration_s)
+
+    def observe(self, path: str, method: str | None, status: int, duration_s: float) -> None:
+        """Count an answered request by its route template and status, and time it (also for the hot routes
+        answered below ASGI, api/hot.py's HotHttpProtocol)."""
         self.metrics.labelled(self.metrics.http_requests, path, str(status)).inc()
         self.metrics.labelled(self.metrics.http_duration, path).observe(duration_s)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "http request",
                 extra={
-                    "method": scope.get("method"),
+                    "method": method,
                     "route": path,
                     "status": status,
                     "duration_ms": round(duration_s * 1000, 3),
