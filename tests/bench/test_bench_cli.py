@@ -188,3 +188,53 @@ def test_bench_segments_reports_requests_latency_and_cpu_for_both_modes(
         assert result["server"]["cpu_percent"] > 0
     assert results["serve"]["mb_per_s"] > 0
     assert results["authorize"]["mb_per_s"] == 0
+
+
+def _generator_result(path: Path, dialect: str, clients: int, viewers: int, per_s: float, p99: float) -> Path:
+    """A file as the outside generator (../shared/bench, loadgen.js) leaves its stdout: the result on its last line."""
+    document = {
+        "tool": "loadgen",
+        "dialect": dialect,
+        "config": {"clients": clients, "viewers": viewers},
+        "window": {"decisionsPerSec": per_s},
+        "latencyMs": {"decision": {"p99": p99}},
+    }
+    path.write_text("progress is on stderr\n" + json.dumps(document) + "\n")
+    return path
+
+
+def test_compare_tables_and_charts_the_outside_generator_s_runs(tmp_path: Path) -> None:
+    files = [
+        _generator_result(tmp_path / "o1.json", "seed", 10, 10, 1000, 5.0),
+        _generator_result(tmp_path / "o2.json", "seed", 10, 10, 1200, 6.0),
+        _generator_result(tmp_path / "p1.json", "playgate", 10, 10, 2200, 4.0),
+        _generator_result(tmp_path / "o3.json", "seed", 1000, 20, 50, 300.0),
+        _generator_result(tmp_path / "p2.json", "playgate", 1000, 20, 1000, 18.0),
+    ]
+    chart = tmp_path / "outside.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "playgate", "bench", "compare", *map(str, files), "--chart", str(chart)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()
+    assert "| 10, 10 | 1,000, 1,200 | 2,200 | 2.00x | 5.0 ms, 6.0 ms | 4.0 ms |" in rows
+    assert "| 1,000, 20 | 50.0 | 1,000 | 20.00x | 300 ms | 18.0 ms |" in rows
+    assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_compare_names_a_file_that_is_not_the_generator_s(tmp_path: Path) -> None:
+    (tmp_path / "other.json").write_text('{"tool": "something else"}\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "playgate", "bench", "compare", str(tmp_path / "other.json")],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "RESULTS" in done.stderr
+    assert "not a result of the outside generator" in done.stderr

@@ -1,4 +1,5 @@
-"""`playgate bench load | admission | idle | segments | tokens`: the benchmark commands (heavy imports inside each)."""
+"""`playgate bench load | admission | idle | segments | compare | tokens`: the benchmark commands (heavy imports
+inside each)."""
 
 from __future__ import annotations
 
@@ -476,6 +477,37 @@ def segments(
         path = write_json(folder / f"segments-{one_mode}.json", result)
         click.echo(summary(result))
         click.echo(f"  → {path}")
+
+
+@bench.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the chart to this PNG.")
+def compare(results: tuple[Path, ...], chart: Path | None) -> None:
+    """PlayGate against the original, from the outside generator's results (../shared/bench: loadgen.js's stdout,
+    whose last line is the run's JSON; `--dialect seed` runs are the original's): a Markdown table of each (C, V),
+    each run's decisions/s and p99 and the ratio of the medians, and with --chart a PNG of both against C."""
+    import json
+
+    from playgate.bench.report import outside_chart, outside_points, outside_table
+
+    documents = []
+    for path in results:
+        lines = [line for line in path.read_text().splitlines() if line.startswith("{")]
+        if not lines:
+            raise click.BadParameter(f"{path}: no JSON line (the generator's stdout is expected)", param_hint="RESULTS")
+        try:
+            documents.append(json.loads(lines[-1]))
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(
+                f"{path}: its last JSON line does not parse: {exc}", param_hint="RESULTS"
+            ) from None
+    try:
+        ours, original = outside_points(documents)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="RESULTS") from None
+    click.echo(outside_table(ours, original), nl=False)
+    if chart is not None:
+        click.echo(f"chart: {outside_chart(ours, original, chart)}")
 
 
 @bench.command()

@@ -1,11 +1,14 @@
-"""Where results go: one JSON document per run, and for a sweep a Markdown table and a PNG chart."""
+"""Where results go: one JSON document per run, and for a sweep a Markdown table and a PNG chart; and the outside
+generator's results (../shared/bench) against the original's, as a table and a chart."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 DEFAULT_OUT_DIR = Path("bench/reports")
@@ -95,42 +98,145 @@ def sweep_table(results: Sequence[dict[str, Any]]) -> str:
 def sweep_chart(results: Sequence[dict[str, Any]], path: Path) -> Path:
     """Throughput and p99 latency against C, as a PNG (matplotlib, no display needed); where the issue's table
     has the point, the original's figures too (dashed), on log scales so that both fit."""
+    lines = [
+        Line(
+            "",
+            [r["params"]["sockets"] for r in results],
+            [r["decisions_per_s"] for r in results],
+            [r["latency_ms"]["p99"] or 0.0 for r in results],
+        )
+    ]
+    known = [(r["params"]["sockets"], original) for r in results if (original := _original(r)) is not None]
+    if known:
+        lines.append(Line("original ", [c for c, _ in known], [o[0] for _, o in known], [o[1] for _, o in known], True))
+    viewers = sorted({r["params"]["viewers"] for r in results})
+    title = f"PlayGate closed loop (V = {', '.join(map(str, viewers))}): throughput and p99 against C"
+    return _chart(lines, title, path)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One service's figures on a chart: decisions/s and p99 (ms) at each C; `dashed` for the one compared to."""
+
+    label: str
+    sockets: list[int]
+    throughput: list[float]
+    p99_ms: list[float]
+    dashed: bool = False
+
+
+def _chart(lines: Sequence[Line], title: str, path: Path) -> Path:
+    """Decisions/s (left axis) and p99 (right axis) against C, one pair of lines per service, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sockets = [r["params"]["sockets"] for r in results]
-    throughput = [r["decisions_per_s"] for r in results]
-    p99 = [r["latency_ms"]["p99"] or 0.0 for r in results]
     figure, left = plt.subplots(figsize=(8, 5), dpi=100)
-    left.plot(sockets, throughput, marker="o", color="tab:blue", label="decisions/s")
+    right = left.twinx()
+    for line in lines:
+        style, alpha = ("--", 0.45) if line.dashed else ("-", 1.0)
+        left.plot(
+            line.sockets, line.throughput, "o" + style, color="tab:blue", alpha=alpha, label=f"{line.label}decisions/s"
+        )
+        right.plot(line.sockets, line.p99_ms, "s" + style, color="tab:red", alpha=alpha, label=f"{line.label}p99 (ms)")
+    sockets = sorted({c for line in lines for c in line.sockets})
     left.set_xscale("log")
     left.set_xticks(sockets, [f"{c:,}" for c in sockets])
     left.minorticks_off()
     left.set_xlabel("connected sockets C")
     left.set_ylabel("decisions/s", color="tab:blue")
-    right = left.twinx()
-    right.plot(sockets, p99, marker="s", color="tab:red", label="p99 latency (ms)")
     right.set_ylabel("p99 latency, ms", color="tab:red")
-    known = [(r["params"]["sockets"], original) for r in results if (original := _original(r)) is not None]
-    if known:
-        at = [c for c, _ in known]
-        left.plot(at, [o[0] for _, o in known], "o--", color="tab:blue", alpha=0.45, label="original decisions/s")
-        right.plot(at, [o[1] for _, o in known], "s--", color="tab:red", alpha=0.45, label="original p99 (ms)")
+    if len(lines) > 1:
         left.set_yscale("log")
         right.set_yscale("log")
     else:
         left.set_ylim(bottom=0)
         right.set_ylim(bottom=0)
-    viewers = sorted({r["params"]["viewers"] for r in results})
-    left.set_title(f"PlayGate closed loop (V = {', '.join(map(str, viewers))}): throughput and p99 against C")
+    left.set_title(title)
     left.grid(True, alpha=0.3)
-    lines = left.get_lines() + right.get_lines()
-    left.legend(
-        lines, [str(line.get_label()) for line in lines], loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4
-    )
+    handles = left.get_lines() + right.get_lines()
+    left.legend(handles, [str(h.get_label()) for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+# The outside generator (../shared/bench, loadgen.js) names the service by its dialect: `seed` is the original's.
+ORIGINAL_DIALECT = "seed"
+
+
+@dataclass
+class Point:
+    """One (C, V) point of one service in the outside generator's runs: each run's decisions/s and p99 (ms)."""
+
+    throughput: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+
+
+Points = dict[tuple[int, int], Point]
+
+
+def outside_points(documents: Iterable[dict[str, Any]]) -> tuple[Points, Points]:
+    """The outside generator's result documents (the JSON line it prints last) grouped by (C, V): PlayGate's runs
+    and the original's (`--dialect seed`). A document that is not the generator's raises ValueError."""
+    ours: Points = {}
+    original: Points = {}
+    for document in documents:
+        try:
+            config, window = document["config"], document["window"]
+            point = (int(config["clients"]), int(config["viewers"]))
+            throughput = float(window["decisionsPerSec"])
+            p99 = float(document["latencyMs"]["decision"]["p99"] or 0.0)
+            dialect = document["dialect"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a result of the outside generator (loadgen.js): {exc!r} missing or wrong") from None
+        found = (original if dialect == ORIGINAL_DIALECT else ours).setdefault(point, Point())
+        found.throughput.append(throughput)
+        found.p99_ms.append(p99)
+    return ours, original
+
+
+def _runs(values: Sequence[float], unit: str = "") -> str:
+    return ", ".join(f"{v:,.0f}{unit}" if v >= 100 else f"{v:,.1f}{unit}" for v in values) or "—"
+
+
+def outside_table(ours: Points, original: Points) -> str:
+    """PlayGate against the original at each (C, V), as a Markdown table: each run's decisions/s and p99, and the
+    ratio of the medians of decisions/s."""
+    rows = [
+        "| C, V | original decisions/s | PlayGate decisions/s | ratio (medians) | original p99 | PlayGate p99 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c, v in sorted(set(ours) | set(original)):
+        mine, theirs = ours.get((c, v), Point()), original.get((c, v), Point())
+        ratio = (
+            f"{median(mine.throughput) / median(theirs.throughput):,.2f}x"
+            if mine.throughput and theirs.throughput and median(theirs.throughput) > 0
+            else "—"
+        )
+        rows.append(
+            f"| {c:,}, {v} | {_runs(theirs.throughput)} | {_runs(mine.throughput)} | {ratio} "
+            f"| {_runs(theirs.p99_ms, ' ms')} | {_runs(mine.p99_ms, ' ms')} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def outside_chart(ours: Points, original: Points, path: Path) -> Path:
+    """PlayGate (solid) and the original (dashed) against C: the medians of each point's runs."""
+
+    def line(label: str, points: Points, dashed: bool) -> Line:
+        at = sorted(points)
+        return Line(
+            label,
+            [c for c, _ in at],
+            [median(points[p].throughput) for p in at],
+            [median(points[p].p99_ms) for p in at],
+            dashed,
+        )
+
+    lines = [line("PlayGate ", ours, False)] + ([line("original ", original, True)] if original else [])
+    viewers = sorted({v for _, v in [*ours, *original]})
+    title = f"Outside generator, closed loop (V = {', '.join(map(str, viewers))}): PlayGate and the original"
+    return _chart(lines, title, path)
