@@ -380,3 +380,25 @@ async def test_pipelined_requests_are_answered_in_order(wire: App) -> None:
     assert answers[0].startswith(b"HTTP/1.1 204 ")
     assert b"connection: close" in answers[0]
     assert answers[1:] == [b"EOF"]
+
+
+async def test_a_client_gone_before_its_answer_leaves_the_request_done_and_the_server_answering(wire: App) -> None:
+    """A play asked on a connection closed at once is still queued and decided (nothing is lost); the answer that
+    found no one is dropped, and the next caller is answered."""
+    user = await new_user(wire.url, wire.admin)
+    host, port = wire.url.removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET /videos/4/request?user=%s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n"
+        % (user.id.encode(), user.token.encode())
+    )
+    writer.close()
+    async with api_client(wire.url, user.token) as client:
+        streams: list[Any] = []
+        for _ in range(100):  # bounded: the worker decides within a few batches
+            streams = (await client.get("/v1/streams")).json()
+            if streams:
+                break
+            await asyncio.sleep(0.05)
+        assert [s["videoId"] for s in streams] == ["4"]
+        assert (await client.get(f"/videos/4/stop?user={user.id}")).status_code == 204

@@ -442,8 +442,9 @@ class HotHttpProtocol(GuardedHttpProtocol):
     and uvicorn's request cycle, and one write per answer instead of two.
 
     Anything else goes uvicorn's way, to the ASGI app: another route, a request with a body, a browser's or a
-    proxied one (_NOT_BELOW_ASGI), a path with escapes, a request pipelined behind one still being answered, an app
-    without the hot routes (PLAYGATE_LEAN_ROUTES off) or not behind HttpEdge."""
+    proxied one (_NOT_BELOW_ASGI), a path with escapes, a request pipelined behind one still being answered or on a
+    connection whose client is not reading its answers, an app without the hot routes (PLAYGATE_LEAN_ROUTES off) or
+    not behind HttpEdge."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """As uvicorn's; and find the hot routes, if the app has them."""
@@ -479,8 +480,8 @@ class HotHttpProtocol(GuardedHttpProtocol):
         cycle = self.cycle
         if edge is None or edge.hot is None or (cycle is not None and not cycle.response_complete):
             return False
-        if self.parser.should_upgrade() or self.limit_concurrency is not None:
-            return False
+        if self.parser.should_upgrade() or self.limit_concurrency is not None or self.flow.write_paused:
+            return False  # a client not reading its answers waits for them the ASGI way (uvicorn's flow control)
         url = httptools.parse_url(self.url)
         path = url.path.decode("latin-1")
         method = self.parser.get_method().decode("latin-1")
