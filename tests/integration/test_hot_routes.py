@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,14 +317,15 @@ async def test_callers_looked_up_together_each_act_as_themselves(lean: App) -> N
     assert [a.json()["data"]["data"]["userId"] for a in answers[:-1]] == [u.id for u in users]
 
 
+async def _not_the_asgi_way(*_args: Any) -> None:
+    raise AssertionError("a hot route went the ASGI way")
+
+
 async def test_on_uvicorn_the_hot_routes_are_answered_below_asgi(wire: App, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the ASGI way to the hot routes failing, uvicorn's protocol still answers them, with the edge's headers,
     the caller's request id, and counts by route template."""
 
-    async def not_here(*_args: Any) -> None:
-        raise AssertionError("a hot route went the ASGI way")
-
-    monkeypatch.setattr(HotRoutes, "_answer", not_here)
+    monkeypatch.setattr(HotRoutes, "_answer", _not_the_asgi_way)
     user = await new_user(wire.url, wire.admin)
     async with api_client(wire.url, user.token) as client:
         asked = await client.get(f"/videos/2/request?user={user.id}", headers={"X-Request-Id": "rid-below-asgi"})
@@ -402,3 +404,41 @@ async def test_a_client_gone_before_its_answer_leaves_the_request_done_and_the_s
             await asyncio.sleep(0.05)
         assert [s["videoId"] for s in streams] == ["4"]
         assert (await client.get(f"/videos/4/stop?user={user.id}")).status_code == 204
+
+
+async def _decided(client: httpx.AsyncClient, asked: httpx.Response) -> dict[str, Any]:
+    """The decision of a seed request (202), once the worker has made it."""
+    assert asked.status_code == 202, asked.text
+    path = f"/v1/plays/{asked.json()['requestId']}"
+    decided: dict[str, Any] = (await client.get(path)).json()
+    for _ in range(100):  # bounded: the worker decides within a few batches
+        if decided["status"] != "pending":
+            break
+        await asyncio.sleep(0.05)
+        decided = (await client.get(path)).json()
+    return decided
+
+
+async def test_below_asgi_a_trusted_proxy_names_the_client(wire: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a trusted proxy (127.0.0.1, the default PLAYGATE_TRUSTED_PROXIES), X-Forwarded-For names the client,
+    as ProxyHeadersMiddleware reads it for ASGI: a play from the household's network is not away; the second play
+    from elsewhere is past maxAwayStreams."""
+    monkeypatch.setattr(HotRoutes, "_answer", _not_the_asgi_way)
+    plan = await wire.admin.post(
+        "/v1/plans", json={"name": f"plan-{secrets.token_hex(4)}", "maxStreams": 4, "maxAwayStreams": 1}
+    )
+    assert plan.status_code == 201, plan.text
+    user = await new_user(wire.url, wire.admin, limit=None, plan=plan.json()["id"])
+    async with api_client(wire.url, user.token) as client:
+        assert (await client.put("/v1/household", json={"networks": ["203.0.113.0/24"]})).status_code == 200
+
+        async def play(video: str, address: str) -> dict[str, Any]:
+            headers = {"X-Forwarded-For": address, "X-Forwarded-Proto": "https"}
+            return await _decided(client, await client.get(f"/videos/{video}/request", headers=headers))
+
+        # At home (else this play would be the one away, and the next denied), then away, then one away too many;
+        # three plays: the wire app's user rate allows three at once.
+        assert (await play("1", "203.0.113.50"))["status"] == "allowed"
+        assert (await play("2", "192.0.2.1"))["status"] == "allowed"
+        refused = await play("3", "192.0.2.1")
+        assert (refused["status"], refused["reason"]) == ("denied", "household_limit")

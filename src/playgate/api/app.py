@@ -156,14 +156,15 @@ def create_app(
     # The client address (logins, households) from X-Forwarded-For of trusted proxies only, here in the app so that
     # every server and the in-process tests see the same address.
     # uvicorn types ASGI scopes more narrowly than Starlette; the middleware is plain ASGI.
-    app = ProxyHeadersMiddleware(app, trusted_hosts=settings.forwarded_allow_ips)  # type: ignore[arg-type,assignment]
+    proxied = ProxyHeadersMiddleware(app, trusted_hosts=settings.forwarded_allow_ips)  # type: ignore[arg-type]
     return HttpEdge(
-        app,
+        proxied,  # type: ignore[arg-type]
         max_bytes=settings.max_body_bytes,
         metrics=metrics,
         uncounted=f"/{SOCKET_PATH}/",
         import_bytes=settings.max_import_bytes,
         hot=hot,
+        proxies=proxied.trusted_hosts,
     )
 
 

@@ -414,12 +414,10 @@ class HotRoutes:
         await _answer(send, answer)
 
 
-# A request the protocol leaves to ASGI when it carries one of these: a browser's (CORS), one through a proxy
-# (ProxyHeadersMiddleware reads the client's address), one with a body (no hot route below ASGI reads one) or one
-# that waits for a 100 Continue.
-_NOT_BELOW_ASGI = frozenset(
-    (b"origin", b"x-forwarded-for", b"x-forwarded-proto", b"content-length", b"transfer-encoding", b"expect")
-)
+# A request the protocol leaves to ASGI when it carries one of these: a browser's (CORS), one with a body (no hot
+# route below ASGI reads one) or one that waits for a 100 Continue.
+_NOT_BELOW_ASGI = frozenset((b"origin", b"content-length", b"transfer-encoding", b"expect"))
+_FORWARDED_PROTOS = frozenset(("http", "https", "ws", "wss"))
 
 
 class Answering:
@@ -441,8 +439,11 @@ class HotHttpProtocol(GuardedHttpProtocol):
     handlers and answers as HotRoutes on ASGI, without building and passing ASGI's messages through two middlewares
     and uvicorn's request cycle, and one write per answer instead of two.
 
-    Anything else goes uvicorn's way, to the ASGI app: another route, a request with a body, a browser's or a
-    proxied one (_NOT_BELOW_ASGI), a path with escapes, a request pipelined behind one still being answered or on a
+    The client's address and scheme are a trusted proxy's X-Forwarded-For and X-Forwarded-Proto, as
+    ProxyHeadersMiddleware reads them for ASGI (with the same trusted proxies, HttpEdge.proxies).
+
+    Anything else goes uvicorn's way, to the ASGI app: another route, a request with a body or a browser's
+    (_NOT_BELOW_ASGI), a path with escapes, a request pipelined behind one still being answered or on a
     connection whose client is not reading its answers, an app without the hot routes (PLAYGATE_LEAN_ROUTES off) or
     not behind HttpEdge."""
 
@@ -496,6 +497,7 @@ class HotHttpProtocol(GuardedHttpProtocol):
         scope["method"] = method
         scope["path"] = path
         scope["query_string"] = url.query or b""
+        self._forwarded(edge, scope)
         answering = Answering(self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive())
         self.cycle = answering  # type: ignore[assignment]  # uvicorn reads the three attributes Answering has
         call = edge.hot.call(scope, read)
@@ -505,6 +507,20 @@ class HotHttpProtocol(GuardedHttpProtocol):
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
         return True
+
+    def _forwarded(self, edge: HttpEdge, scope: Scope) -> None:
+        """From a trusted proxy, the client's address and scheme it forwards, as ProxyHeadersMiddleware sets them."""
+        proxies = edge.proxies
+        if proxies is None or self.client is None or self.client[0] not in proxies:
+            return
+        addresses = [value for name, value in self.headers if name == b"x-forwarded-for"]
+        proto = next((value for name, value in self.headers if name == b"x-forwarded-proto"), None)
+        if proto is not None and (scheme := proto.decode("latin-1").strip()) in _FORWARDED_PROTOS:
+            scope["scheme"] = scheme
+        if addresses:
+            host, port = proxies.get_trusted_client_address(b", ".join(addresses).decode("latin-1"))
+            if host:
+                scope["client"] = (host, port)
 
     async def _answer(
         self,

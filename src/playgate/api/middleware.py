@@ -18,6 +18,8 @@ from playgate.logs import REQUEST_ID_HEADER, incoming_request_id, request_id_var
 from playgate.metrics import Metrics
 
 if TYPE_CHECKING:
+    from uvicorn.middleware.proxy_headers import _TrustedHosts as TrustedHosts
+
     from playgate.api.hot import HotRoutes
 
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
@@ -47,7 +49,8 @@ class HttpEdge:
     to bound label values) and status, except under `uncounted` (the Socket.IO transport's own requests).
 
     `hot`, the players' hot routes in the app, is there for the HTTP protocol: on uvicorn, it answers them below
-    ASGI (api/hot.py's HotHttpProtocol), doing this edge's part itself (`request_id`, `headers`, `observe`)."""
+    ASGI (api/hot.py's HotHttpProtocol), doing this edge's part itself (`headers`, `observe`) and reading the
+    forwarded client address from the proxies the app trusts (`proxies`, ProxyHeadersMiddleware's)."""
 
     def __init__(
         self,
@@ -58,9 +61,11 @@ class HttpEdge:
         uncounted: str,
         import_bytes: int | None = None,
         hot: HotRoutes | None = None,
+        proxies: TrustedHosts | None = None,
     ) -> None:
         self.app = app
         self.hot = hot
+        self.proxies = proxies
         self.max_bytes = max_bytes
         # The bulk import routes (`POST /v1/users:import` ...) take up to 100,000 rows: a cap of their own.
         self.import_bytes = import_bytes or max_bytes
