@@ -28,6 +28,11 @@ const POLL_MS = 1_000;
 const POLL_TRIES = 30;
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 30_000;
+// A play asked again after a 503 or no answer, with the Idempotency-Key of its first try: at most this often, a
+// jittered, doubling delay apart (0.5 s, 1 s, 2 s at most).
+const PLAY_RETRIES = 3;
+const PLAY_RETRY_MIN_MS = 500;
+const PLAY_RETRY_MAX_MS = 2_000;
 const HLS_TYPE = "application/vnd.apple.mpegurl";
 
 type Handler<T> = (event: T) => void;
@@ -226,9 +231,7 @@ export class Player {
     if (replacing.replaceOthers) body.replaceOthers = true;
     const wait = this.options.waitS ?? WAIT_S;
     const key = `play-${Date.now().toString(36)}-${Math.floor(Math.random() * 1e12).toString(36)}`;
-    let answer = (await this.http.call<PlayAnswer>("POST", `/v1/plays?wait=${wait}`, body, {
-      "Idempotency-Key": key,
-    })) as PlayAnswer;
+    let answer = await this.postPlay(`/v1/plays?wait=${wait}`, body, key);
     if (answer.deviceId && answer.deviceId !== this.deviceId) {
       this.deviceId = answer.deviceId;
       this.deviceSecret = answer.deviceSecret ?? null;
@@ -243,6 +246,22 @@ export class Player {
     }
     if (answer.status === "pending") throw new PlayGateError(504, { detail: "No decision came in time." });
     return answer;
+  }
+
+  /** POST /v1/plays. A 503 or no answer does not prove that nothing was queued (the store may have taken the
+   * request and lost its answer): it is asked again with the same Idempotency-Key, which the server answers with
+   * that first request (its decision, or still pending) instead of queueing a second one beside it. */
+  private async postPlay(path: string, body: Record<string, unknown>, key: string): Promise<PlayAnswer> {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return (await this.http.call<PlayAnswer>("POST", path, body, { "Idempotency-Key": key })) as PlayAnswer;
+      } catch (error) {
+        const unanswered = error instanceof PlayGateError && (error.status === 503 || error.status === 0);
+        if (!unanswered || attempt >= PLAY_RETRIES || this.destroyed) throw error;
+        const delay = backoffMs(attempt, PLAY_RETRY_MIN_MS, PLAY_RETRY_MAX_MS, this.options.random ?? Math.random);
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
   }
 
   /** Wait up to POLL_MS, or less if the decision is pushed over the socket meanwhile. */

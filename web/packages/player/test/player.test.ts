@@ -198,6 +198,35 @@ describe("asking to play", () => {
     expect(server.calls[3].body).toMatchObject({ deviceId: "dv1.mine", deviceSecret: "secret-1" });
   });
 
+  it("asks again after a 503 or no answer with the same Idempotency-Key, a few times at most", async () => {
+    const media = new FakeMedia();
+    const answers: Array<[number, unknown]> = [[503, { status: 503, detail: "store away" }], allowedAnswer("s1")];
+    const server = fakeServer({ "POST /v1/plays": () => answers.shift() as [number, unknown] });
+    const p = make(media, server.fetch, { random: () => 0 });
+    const done = p.play("v1");
+    await vi.advanceTimersByTimeAsync(300); // the first retry waits half of 0.5 s with this random
+    await expect(done).resolves.toMatchObject({ streamId: "s1" });
+    const keys = server.calls.map((c) => c.headers.get("Idempotency-Key"));
+    expect(keys).toHaveLength(2);
+    expect(keys[0]).toMatch(/^play-/);
+    expect(keys[1]).toBe(keys[0]);
+
+    const down = fakeServer({ "POST /v1/plays": () => [503, { status: 503, detail: "store away" }] });
+    const q = make(new FakeMedia(), down.fetch, { random: () => 0 });
+    const refused = expect(q.play("v1")).rejects.toMatchObject({ status: 503 });
+    await vi.advanceTimersByTimeAsync(5_000);
+    await refused;
+    expect(down.calls).toHaveLength(4); // the first try and three more
+    expect(new Set(down.calls.map((c) => c.headers.get("Idempotency-Key"))).size).toBe(1);
+  });
+
+  it("does not ask again after an answer that is not a 503", async () => {
+    const server = fakeServer({ "POST /v1/plays": () => [429, { status: 429, detail: "slow down" }] });
+    const p = make(new FakeMedia(), server.fetch);
+    await expect(p.play("v1")).rejects.toMatchObject({ status: 429 });
+    expect(server.calls).toHaveLength(1);
+  });
+
   it("polls GET /v1/plays/{id} over HTTP only while the decision is pending", async () => {
     const media = new FakeMedia();
     let looks = 0;
