@@ -29,7 +29,7 @@ const POLL_TRIES = 30;
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 30_000;
 // A play asked again after a 503 or no answer, with the Idempotency-Key of its first try: at most this often, a
-// jittered, doubling delay apart (0.5 s, 1 s, 2 s at most).
+// jittered, doubling delay apart (0.25 to 0.5 s, 0.5 to 1 s, then 1 to 2 s).
 const PLAY_RETRIES = 3;
 const PLAY_RETRY_MIN_MS = 500;
 const PLAY_RETRY_MAX_MS = 2_000;
