@@ -286,8 +286,8 @@ class Settings(BaseSettings):
         True,
         description="Answer the players' hot routes (GET /videos/{id}/request, /videos/{id}/stop, /videos/stop, "
         "DELETE /v1/streams/{id}, POST /v1/plays, GET /v1/authorize) with a small plain-ASGI router in front of "
-        "FastAPI, and on uvicorn (playgate serve, api) those without a body in its HTTP protocol, below ASGI: the "
-        "same answers for less CPU. Off: FastAPI answers them too.",
+        "FastAPI, and on uvicorn (playgate serve, api) in its HTTP protocol, below ASGI: the same answers for less "
+        "CPU. Off: FastAPI answers them too.",
     )
     webhook_urls: str = Field(
         "",

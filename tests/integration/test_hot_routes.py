@@ -167,7 +167,7 @@ JSON = {"Content-Type": "application/json"}
     ],
 )
 async def test_plays_answer_as_fastapi(
-    lean: App, framework: App, path: str, body: str, headers: dict[str, str], token: str | None, status: int
+    lean: App, framework: App, wire: App, path: str, body: str, headers: dict[str, str], token: str | None, status: int
 ) -> None:
     if token not in ("own", None):
         headers = {**headers, "Authorization": f"Bearer {token}"}
@@ -175,6 +175,7 @@ async def test_plays_answer_as_fastapi(
     got = await ask(lean, "POST", path, token=own, content=body, headers=headers)
     expected = await ask(framework, "POST", path, token=own, content=body, headers=headers)
     assert got == expected
+    assert await ask(wire, "POST", path, token=own, content=body, headers=headers) == expected
     assert got[0] == status
     if status >= 400:
         assert got[1] == PROBLEM
@@ -335,6 +336,9 @@ async def test_on_uvicorn_the_hot_routes_are_answered_below_asgi(wire: App, monk
         assert asked.json()["data"]["data"] == {"videoId": "2", "userId": user.id}
         stopped = await client.get(f"/videos/2/stop/?user={user.id}")
         assert (stopped.status_code, stopped.content) == (204, b"")
+        played = await client.post("/v1/plays?wait=5", json={"videoId": "5"}, headers={"Idempotency-Key": "k-below"})
+        assert (played.status_code, played.json()["status"]) == (200, "allowed")
+        assert (await client.delete(f"/v1/streams/{played.json()['streamId']}")).status_code == 204
         refused = await client.delete("/v1/streams/x", headers={"Authorization": "Bearer nope"})
         assert (refused.status_code, refused.headers["content-type"]) == (401, PROBLEM)
         assert refused.headers["www-authenticate"] == "Bearer"
@@ -442,3 +446,26 @@ async def test_below_asgi_a_trusted_proxy_names_the_client(wire: App, monkeypatc
         assert (await play("2", "192.0.2.1"))["status"] == "allowed"
         refused = await play("3", "192.0.2.1")
         assert (refused["status"], refused["reason"]) == ("denied", "household_limit")
+
+
+def _count(metrics: str, labels: str) -> float:
+    """playgate_http_requests_total with these labels in a /metrics text (0 if absent)."""
+    for line in metrics.splitlines():
+        if line.startswith(f"playgate_http_requests_total{{{labels}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_below_asgi_a_play_fastapi_words_is_counted_once(wire: App) -> None:
+    """A body the hot route hands to FastAPI (not JSON) is answered 422 by it on the same connection, and counted
+    once, as is an accepted play."""
+    user = await new_user(wire.url, wire.admin)
+    before = (await wire.admin.get("/metrics")).text
+    async with api_client(wire.url, user.token) as client:
+        bad = await client.post("/v1/plays", content="not json", headers=JSON)
+        assert (bad.status_code, bad.headers["content-type"]) == (422, PROBLEM)
+        assert bad.headers["x-content-type-options"] == "nosniff"
+        assert (await client.post("/v1/plays", json={"videoId": "6"})).status_code == 202
+    after = (await wire.admin.get("/metrics")).text
+    for labels in ('route="/v1/plays",status="422"', 'route="/v1/plays",status="202"'):
+        assert _count(after, labels) - _count(before, labels) == 1

@@ -414,38 +414,45 @@ class HotRoutes:
         await _answer(send, answer)
 
 
-# A request the protocol leaves to ASGI when it carries one of these: a browser's (CORS), one with a body (no hot
-# route below ASGI reads one) or one that waits for a 100 Continue.
-_NOT_BELOW_ASGI = frozenset((b"origin", b"content-length", b"transfer-encoding", b"expect"))
+# A request the protocol leaves to ASGI when it carries one of these: a browser's (CORS), one with a body of no
+# announced length (chunked) or one that waits for a 100 Continue; and, to a route that reads no body, one with a body.
+_NOT_BELOW_ASGI = frozenset((b"origin", b"transfer-encoding", b"expect"))
+_NO_BODY = _NOT_BELOW_ASGI | {b"content-length"}
 _FORWARDED_PROTOS = frozenset(("http", "https", "ws", "wss"))
 
 
 class Answering:
     """A hot request answered below ASGI, where uvicorn's protocol keeps its request's cycle: its state as uvicorn
-    reads and sets it (`response_complete`, `disconnected`, `keep_alive`, set at shutdown)."""
+    reads and sets it (`response_complete`, `disconnected`, `keep_alive`, set at shutdown); the body read so far,
+    and the answer to start once it is whole, for a route that reads one."""
 
-    __slots__ = ("disconnected", "keep_alive", "response_complete")
+    __slots__ = ("body", "disconnected", "keep_alive", "response_complete", "start")
 
     def __init__(self, keep_alive: bool) -> None:
         self.keep_alive = keep_alive
         self.response_complete = False
         self.disconnected = False
+        self.body = bytearray()
+        self.start: Callable[[], None] | None = None
 
 
 class HotHttpProtocol(GuardedHttpProtocol):
     """The HTTP protocol, answering the players' hot routes below ASGI: the route is matched once the headers are
-    in, its handler (HotRoutes.respond) runs in a task of its own, and its answer is written in one piece, with what
-    HttpEdge adds (request id, security headers, metrics by route template). Not a second router: the same match,
-    handlers and answers as HotRoutes on ASGI, without building and passing ASGI's messages through two middlewares
-    and uvicorn's request cycle, and one write per answer instead of two.
+    in, its handler (HotRoutes.respond) runs in a task of its own (once the body is in, for `POST /v1/plays`), and
+    its answer is written in one piece, with what HttpEdge adds (request id, security headers, metrics by route
+    template). Not a second router: the same match, handlers and answers as HotRoutes on ASGI, without building and
+    passing ASGI's messages through two middlewares and uvicorn's request cycle, and one write per answer instead of
+    two. A play whose body, `?wait=` or key the handler hands off (Handoff) is answered by the app behind the edge,
+    FastAPI, on the same connection, its body replayed (`_through`).
 
     The client's address and scheme are a trusted proxy's X-Forwarded-For and X-Forwarded-Proto, as
     ProxyHeadersMiddleware reads them for ASGI (with the same trusted proxies, HttpEdge.proxies).
 
-    Anything else goes uvicorn's way, to the ASGI app: another route, a request with a body or a browser's
-    (_NOT_BELOW_ASGI), a path with escapes, a request pipelined behind one still being answered or on a
-    connection whose client is not reading its answers, an app without the hot routes (PLAYGATE_LEAN_ROUTES off) or
-    not behind HttpEdge."""
+    Anything else goes uvicorn's way, to the ASGI app: another route; a browser's request, a chunked body or one
+    waiting for a 100 Continue (_NOT_BELOW_ASGI); a body to a route that reads none, or one over the edge's cap
+    (whose 413 is the edge's); a path with escapes; a request pipelined behind one still being answered or on a
+    connection whose client is not reading its answers; an app without the hot routes (PLAYGATE_LEAN_ROUTES off)
+    or not behind HttpEdge."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """As uvicorn's; and find the hot routes, if the app has them."""
@@ -459,14 +466,20 @@ class HotHttpProtocol(GuardedHttpProtocol):
             super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        """A hot route answered here reads no body (none comes: a request with one is ASGI's)."""
-        if not isinstance(self.cycle, Answering):
+        """A hot route answered here: its body (within the cap its announced length was checked against)."""
+        if isinstance(self.cycle, Answering):
+            self.cycle.body += body
+        else:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        """Nothing to wake for a hot route answered here."""
-        if not isinstance(self.cycle, Answering):
+        """A hot route answered here whose body is now whole: its answer starts."""
+        cycle = self.cycle
+        if not isinstance(cycle, Answering):
             super().on_message_complete()
+        elif cycle.start is not None:
+            start, cycle.start = cycle.start, None
+            start()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """A hot request still being answered is marked disconnected (its answer is not written); then uvicorn's."""
@@ -487,26 +500,39 @@ class HotHttpProtocol(GuardedHttpProtocol):
         path = url.path.decode("latin-1")
         method = self.parser.get_method().decode("latin-1")
         found = match(method, path) if "%" not in path else None
-        if found is None or found[0].reads_body:
+        if found is None:
             return False
-        read = _read_headers(self.headers, _NOT_BELOW_ASGI)
-        if read is None:
+        read = _read_headers(self.headers, _NOT_BELOW_ASGI if found[0].reads_body else _NO_BODY)
+        if read is None or (found[0].reads_body and not self._length_within(edge.max_bytes)):
             return False
         self._disarm_header_timer()
         scope = cast(Scope, self.scope)  # uvicorn types its scopes more narrowly than Starlette
         scope["method"] = method
         scope["path"] = path
+        scope["raw_path"] = url.path
         scope["query_string"] = url.query or b""
         self._forwarded(edge, scope)
         answering = Answering(self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive())
-        self.cycle = answering  # type: ignore[assignment]  # uvicorn reads the three attributes Answering has
+        self.cycle = answering  # type: ignore[assignment]  # uvicorn reads the attributes Answering has
         call = edge.hot.call(scope, read)
         # The headers now: a request pipelined behind this one, parsed before the task runs, has its own.
         request_id = next((sane_request_id(v) for k, v in self.headers if k == _REQUEST_ID), None) or new_id()
-        task = self.loop.create_task(self._answer(edge, edge.hot, answering, found, call, request_id))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
+
+        def start() -> None:
+            task = self.loop.create_task(self._answer(edge, answering, found, call, request_id))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+
+        if found[0].reads_body:
+            answering.start = start  # once the body is in (on_message_complete)
+        else:
+            start()
         return True
+
+    def _length_within(self, cap: int) -> bool:
+        """The request announces its body's length, and it is within `cap` (else HttpEdge answers 413, on ASGI)."""
+        lengths = [value for name, value in self.headers if name == b"content-length"]
+        return len(lengths) == 1 and lengths[0].isdigit() and int(lengths[0]) <= cap
 
     def _forwarded(self, edge: HttpEdge, scope: Scope) -> None:
         """From a trusted proxy, the client's address and scheme it forwards, as ProxyHeadersMiddleware sets them."""
@@ -523,23 +549,24 @@ class HotHttpProtocol(GuardedHttpProtocol):
                 scope["client"] = (host, port)
 
     async def _answer(
-        self,
-        edge: HttpEdge,
-        hot: HotRoutes,
-        answering: Answering,
-        found: tuple[Route, tuple[str, ...]],
-        call: Call,
-        request_id: str,
+        self, edge: HttpEdge, answering: Answering, found: tuple[Route, tuple[str, ...]], call: Call, request_id: str
     ) -> None:
         started = time.perf_counter()
         request_id_var.set(request_id)  # in this task's own context
         route, params = found
         status = 500
+        observed = False
+        call.body = bytes(answering.body)
         try:
-            answer = await hot.respond(route, params, call)
+            try:
+                answer = await cast(HotRoutes, edge.hot).respond(route, params, call)
+                head = [*answer.head(), *edge.headers(request_id, call.scope["path"])]
+            except Handoff:  # FastAPI's to answer (and the edge's to count): through the app, on this connection
+                observed = True
+                answer, head = await _through(edge, call.scope, call.body)
             status = answer.status
             if not answering.disconnected and not self.transport.is_closing():
-                self.transport.write(self._response(answer, edge.headers(request_id, call.scope["path"]), answering))
+                self.transport.write(self._response(answer, head, answering))
         except Exception:
             # Not an answer's failure (those are answers): it could not be written. The connection ends, as uvicorn
             # ends one whose app failed after starting its answer.
@@ -551,16 +578,17 @@ class HotHttpProtocol(GuardedHttpProtocol):
             raise
         finally:
             answering.response_complete = True
-            edge.observe(route.template.path, call.scope["method"], status, time.perf_counter() - started)
+            if not observed:
+                edge.observe(route.template.path, call.scope["method"], status, time.perf_counter() - started)
         if not answering.keep_alive:
             self.transport.close()
         self.on_response_complete()
 
-    def _response(self, answer: Answer, edge_headers: list[tuple[bytes, bytes]], answering: Answering) -> bytes:
-        """The whole answer on the wire: status line, uvicorn's default headers (date, server), the answer's, the
-        edge's, then the body."""
+    def _response(self, answer: Answer, head: list[tuple[bytes, bytes]], answering: Answering) -> bytes:
+        """The whole answer on the wire: status line, uvicorn's default headers (date, server), `head` (the answer's
+        and the edge's), then the body."""
         parts = [STATUS_LINE[answer.status]]
-        for name, value in (*self.server_state.default_headers, *answer.head(), *edge_headers):
+        for name, value in (*self.server_state.default_headers, *head):
             if HEADER_VALUE_RE.search(value):
                 raise ValueError(f"invalid value of the {name!r} header")
             parts += (name, b": ", value, b"\r\n")
@@ -572,3 +600,28 @@ class HotHttpProtocol(GuardedHttpProtocol):
         if answer.body:
             parts.append(answer.body)
         return b"".join(parts)
+
+
+async def _through(edge: HttpEdge, scope: Scope, body: bytes) -> tuple[Answer, list[tuple[bytes, bytes]]]:
+    """A request answered by the app behind the edge (FastAPI, for what HotRoutes hands off), its body replayed:
+    the answer, and its headers as the app gave them (the edge's among them)."""
+    sent: list[Message] = []
+    replayed = False
+
+    async def receive() -> Message:
+        nonlocal replayed
+        if replayed:
+            return {"type": "http.disconnect"}  # as uvicorn's cycle says once the answer is complete
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await edge(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    head = [(name.lower(), value) for name, value in start.get("headers", ())]
+    if not any(name == b"content-length" for name, _ in head) and start["status"] not in (204, 304):
+        head.append((b"content-length", b"%d" % len(content)))
+    return Answer(start["status"], content, []), head
