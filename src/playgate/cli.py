@@ -115,7 +115,7 @@ def member(index: int, link_fd: int, connections_fd: int) -> None:
     _logging(settings)
     link = MemberLink(socket.socket(fileno=link_fd), index)
     app = create_app(settings, role=Role.member, secret=secret, link=link)
-    server = MemberServer(_server_config(settings, app), socket.socket(fileno=connections_fd), link)
+    server = MemberServer(server_config(settings, app), socket.socket(fileno=connections_fd), link)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stopped)
     server.run()
@@ -135,7 +135,7 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
 
     secret = _preflight(settings)
     _logging(settings)
-    server = uvicorn.Server(_server_config(settings, create_app(settings, role=role, secret=secret)))
+    server = uvicorn.Server(server_config(settings, create_app(settings, role=role, secret=secret)))
     # uvicorn handles SIGINT and SIGTERM (graceful shutdown), then raises the signal again under the handlers it
     # found: these let the process end there with status 0, not with a KeyboardInterrupt ("Aborted!") or killed.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -145,7 +145,7 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
         sys.exit(3)
 
 
-def _server_config(settings: Settings, app: Any) -> uvicorn.Config:
+def server_config(settings: Settings, app: Any) -> uvicorn.Config:
     """uvicorn's settings for a PlayGate process serving `app`."""
     from playgate.api.guard import guarded_protocol
     from playgate.api.hot import HotHttpProtocol

@@ -205,13 +205,13 @@ def incoming_request_id(scope: Scope) -> str | None:
     """The caller's X-Request-Id when it is a sane one (printable, no spaces, bounded), else None."""
     for key, value in scope.get("headers", ()):
         if key == REQUEST_ID_HEADER.encode():
-            text = sane_request_id(bytes(value))
+            text = sane_request_id(bytes(value).decode("latin-1"))
             if text is not None:
                 return text
     return None
 
 
-def sane_request_id(value: bytes) -> str | None:
+def sane_request_id(value: str) -> str | None:
     """An X-Request-Id header's value when it is a sane one (printable, no spaces, bounded), else None."""
-    text = value.decode("latin-1").strip()
+    text = value.strip()
     return text if 0 < len(text) <= MAX_REQUEST_ID_LEN and re.fullmatch(r"[\w.:@/+=-]+", text) else None

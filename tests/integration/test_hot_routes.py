@@ -16,6 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from playgate.api import hot
 from playgate.api.hot import HotRoutes
 from tests.support.clients import admin_client, api_client, new_user
 from tests.support.inprocess import served, served_on_uvicorn
@@ -469,3 +470,29 @@ async def test_below_asgi_a_play_fastapi_words_is_counted_once(wire: App) -> Non
     after = (await wire.admin.get("/metrics")).text
     for labels in ('route="/v1/plays",status="422"', 'route="/v1/plays",status="202"'):
         assert _count(after, labels) - _count(before, labels) == 1
+
+
+def test_the_protocol_reads_what_the_asgi_middlewares_read_in_one_pass() -> None:
+    """Every X-Forwarded-For joined and the last X-Forwarded-Proto (as ProxyHeadersMiddleware reads them), the first
+    of the other headers; a body refused where none is read, but for `Content-Length: 0`."""
+    raw = [
+        (b"authorization", b"Bearer t-1"),
+        (b"x-forwarded-for", b"203.0.113.9"),
+        (b"x-forwarded-proto", b"http"),
+        (b"x-request-id", b"first"),
+        (b"x-forwarded-for", b"10.0.0.2"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-request-id", b"second"),
+        (b"content-length", b"0"),
+    ]
+    read = hot._read_headers(raw, hot._NO_BODY, hot._BELOW_ASGI_READS)
+    assert read is not None
+    token, headers = read
+    assert token == "t-1"
+    assert headers[b"x-forwarded-for"] == "203.0.113.9, 10.0.0.2"
+    assert headers[b"x-forwarded-proto"] == "https"
+    assert headers[b"x-request-id"] == "first"
+    assert b"content-length" not in headers
+    assert hot._read_headers([*raw, (b"content-length", b"5")], hot._NO_BODY, hot._BELOW_ASGI_READS) is None
+    with_body = hot._read_headers([(b"content-length", b"5")], hot._NOT_BELOW_ASGI, hot._BELOW_ASGI_READS)
+    assert with_body == (None, {b"content-length": "5"})

@@ -21,7 +21,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message
 
 from playgate.api.app import create_app
-from playgate.cli import _server_config
+from playgate.cli import server_config
 from playgate.config import load_settings
 from tests.support.clients import TRANSPORTS
 from tests.support.servers import free_port, playgate_env
@@ -80,7 +80,7 @@ async def served_on_uvicorn(data_dir: Path, **env: str) -> AsyncIterator[str]:
     yields its base URL (clients reach it over TCP)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = load_settings(playgate_env(data_dir, PLAYGATE_PORT=str(free_port()), **env))
-    server = uvicorn.Server(_server_config(settings, create_app(settings)))
+    server = uvicorn.Server(server_config(settings, create_app(settings)))
     serving = asyncio.create_task(server.serve())
     try:
         for _ in range(int(LIFESPAN_TIMEOUT_S / 0.01)):  # bounded: start-up runs the migrations and the worker

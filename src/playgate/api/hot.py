@@ -48,7 +48,6 @@ _ID = TypeAdapter(Id)
 _STREAM_ID = TypeAdapter(StreamId)
 _PLAY_OUT = TypeAdapter(PlayOut)
 _JSON = b"application/json"
-_REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
 _ID_CHARS = re.compile(ID_PATTERN)
 # What this router takes as plainly valid without asking pydantic; anything else is FastAPI's to answer.
 _WAIT = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
@@ -329,9 +328,13 @@ async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
 Read = tuple[str | None, dict[bytes, str]]
 
 
-def _read_headers(raw: Iterable[tuple[bytes, bytes]], refused: frozenset[bytes] = _BROWSER) -> Read | None:
-    """The caller's token (bearer, else X-API-Key) and the headers the routes read; None when a `refused` header
-    is there (`Origin`, a browser's request: CORS is FastAPI's, CORSMiddleware)."""
+def _read_headers(
+    raw: Iterable[tuple[bytes, bytes]], refused: frozenset[bytes] = _BROWSER, wanted: frozenset[bytes] = _READ_HEADERS
+) -> Read | None:
+    """In one pass, the caller's token (bearer, else X-API-Key) and the `wanted` headers (the first of each; every
+    X-Forwarded-For joined and the last X-Forwarded-Proto, as ProxyHeadersMiddleware reads them); None when a
+    `refused` header is there (`Origin`, a browser's request: CORS is FastAPI's, CORSMiddleware), but for a
+    `Content-Length: 0`."""
     authorization = api_key = None
     headers: dict[bytes, str] = {}
     for name, value in raw:
@@ -342,8 +345,12 @@ def _read_headers(raw: Iterable[tuple[bytes, bytes]], refused: frozenset[bytes] 
         elif name in refused:
             if name != b"content-length" or value != b"0":
                 return None
-        elif name in _READ_HEADERS and name not in headers:
-            headers[name] = value.decode("latin-1")
+        elif name in wanted:
+            text = value.decode("latin-1")
+            if name not in headers or name == b"x-forwarded-proto":
+                headers[name] = text
+            elif name == b"x-forwarded-for":
+                headers[name] = f"{headers[name]}, {text}"
     return _bearer(authorization) or api_key, headers
 
 
@@ -418,6 +425,9 @@ class HotRoutes:
 # announced length (chunked) or one that waits for a 100 Continue; and, to a route that reads no body, one with a body.
 _NOT_BELOW_ASGI = frozenset((b"origin", b"transfer-encoding", b"expect"))
 _NO_BODY = _NOT_BELOW_ASGI | {b"content-length"}
+# What the protocol reads besides the routes' headers: what HttpEdge and ProxyHeadersMiddleware read on ASGI.
+_REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
+_BELOW_ASGI_READS = _READ_HEADERS | {_REQUEST_ID, b"x-forwarded-for", b"x-forwarded-proto", b"content-length"}
 _FORWARDED_PROTOS = frozenset(("http", "https", "ws", "wss"))
 
 
@@ -458,7 +468,8 @@ class HotHttpProtocol(GuardedHttpProtocol):
         """As uvicorn's; and find the hot routes, if the app has them."""
         super().connection_made(transport)
         app = self.app
-        self._edge = app if isinstance(app, HttpEdge) and app.hot is not None else None
+        self._edge = app if isinstance(app, HttpEdge) else None
+        self._hot = app.hot if isinstance(app, HttpEdge) else None
 
     def on_headers_complete(self) -> None:
         """Answer a hot route here, else hand the request to uvicorn (ASGI)."""
@@ -490,9 +501,8 @@ class HotHttpProtocol(GuardedHttpProtocol):
         super().connection_lost(exc)
 
     def _answer_below_asgi(self) -> bool:
-        edge = self._edge
-        cycle = self.cycle
-        if edge is None or edge.hot is None or (cycle is not None and not cycle.response_complete):
+        edge, hot, cycle = self._edge, self._hot, self.cycle
+        if edge is None or hot is None or (cycle is not None and not cycle.response_complete):
             return False
         if self.parser.should_upgrade() or self.limit_concurrency is not None or self.flow.write_paused:
             return False  # a client not reading its answers waits for them the ASGI way (uvicorn's flow control)
@@ -502,8 +512,12 @@ class HotHttpProtocol(GuardedHttpProtocol):
         found = match(method, path) if "%" not in path else None
         if found is None:
             return False
-        read = _read_headers(self.headers, _NOT_BELOW_ASGI if found[0].reads_body else _NO_BODY)
-        if read is None or (found[0].reads_body and not self._length_within(edge.max_bytes)):
+        route = found[0]
+        read = _read_headers(self.headers, _NOT_BELOW_ASGI if route.reads_body else _NO_BODY, _BELOW_ASGI_READS)
+        if read is None:
+            return False
+        headers = read[1]
+        if route.reads_body and not _length_within(headers.get(b"content-length"), edge.max_bytes):
             return False
         self._disarm_header_timer()
         scope = cast(Scope, self.scope)  # uvicorn types its scopes more narrowly than Starlette
@@ -511,55 +525,57 @@ class HotHttpProtocol(GuardedHttpProtocol):
         scope["path"] = path
         scope["raw_path"] = url.path
         scope["query_string"] = url.query or b""
-        self._forwarded(edge, scope)
+        self._forwarded(edge, scope, headers)
         answering = Answering(self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive())
         self.cycle = answering  # type: ignore[assignment]  # uvicorn reads the attributes Answering has
-        call = edge.hot.call(scope, read)
-        # The headers now: a request pipelined behind this one, parsed before the task runs, has its own.
-        request_id = next((sane_request_id(v) for k, v in self.headers if k == _REQUEST_ID), None) or new_id()
+        call = hot.call(scope, read)
+        incoming = headers.get(_REQUEST_ID)
+        request_id = (sane_request_id(incoming) if incoming is not None else None) or new_id()
 
         def start() -> None:
-            task = self.loop.create_task(self._answer(edge, answering, found, call, request_id))
+            task = self.loop.create_task(self._answer(edge, hot, answering, found, call, request_id))
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
 
-        if found[0].reads_body:
+        if route.reads_body:
             answering.start = start  # once the body is in (on_message_complete)
         else:
             start()
         return True
 
-    def _length_within(self, cap: int) -> bool:
-        """The request announces its body's length, and it is within `cap` (else HttpEdge answers 413, on ASGI)."""
-        lengths = [value for name, value in self.headers if name == b"content-length"]
-        return len(lengths) == 1 and lengths[0].isdigit() and int(lengths[0]) <= cap
-
-    def _forwarded(self, edge: HttpEdge, scope: Scope) -> None:
+    def _forwarded(self, edge: HttpEdge, scope: Scope, headers: dict[bytes, str]) -> None:
         """From a trusted proxy, the client's address and scheme it forwards, as ProxyHeadersMiddleware sets them."""
         proxies = edge.proxies
         if proxies is None or self.client is None or self.client[0] not in proxies:
             return
-        addresses = [value for name, value in self.headers if name == b"x-forwarded-for"]
-        proto = next((value for name, value in self.headers if name == b"x-forwarded-proto"), None)
-        if proto is not None and (scheme := proto.decode("latin-1").strip()) in _FORWARDED_PROTOS:
+        proto = headers.get(b"x-forwarded-proto")
+        if proto is not None and (scheme := proto.strip()) in _FORWARDED_PROTOS:
             scope["scheme"] = scheme
-        if addresses:
-            host, port = proxies.get_trusted_client_address(b", ".join(addresses).decode("latin-1"))
+        addresses = headers.get(b"x-forwarded-for")
+        if addresses is not None:
+            host, port = proxies.get_trusted_client_address(addresses)
             if host:
                 scope["client"] = (host, port)
 
     async def _answer(
-        self, edge: HttpEdge, answering: Answering, found: tuple[Route, tuple[str, ...]], call: Call, request_id: str
+        self,
+        edge: HttpEdge,
+        hot: HotRoutes,
+        answering: Answering,
+        found: tuple[Route, tuple[str, ...]],
+        call: Call,
+        request_id: str,
     ) -> None:
         started = time.perf_counter()
         request_id_var.set(request_id)  # in this task's own context
         route, params = found
         status = 500
         observed = False
-        call.body = bytes(answering.body)
+        if route.reads_body:
+            call.body = bytes(answering.body)
         try:
             try:
-                answer = await cast(HotRoutes, edge.hot).respond(route, params, call)
+                answer = await hot.respond(route, params, call)
                 head = [*answer.head(), *edge.headers(request_id, call.scope["path"])]
             except Handoff:  # FastAPI's to answer (and the edge's to count): through the app, on this connection
                 observed = True
@@ -600,6 +616,12 @@ class HotHttpProtocol(GuardedHttpProtocol):
         if answer.body:
             parts.append(answer.body)
         return b"".join(parts)
+
+
+def _length_within(length: str | None, cap: int) -> bool:
+    """The request announces its body's length, and it is within `cap` (else HttpEdge answers 413, on ASGI).
+    httptools refuses a request that announces two."""
+    return length is not None and length.isdigit() and int(length) <= cap
 
 
 async def _through(edge: HttpEdge, scope: Scope, body: bytes) -> tuple[Answer, list[tuple[bytes, bytes]]]:
