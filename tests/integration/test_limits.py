@@ -61,6 +61,18 @@ async def test_a_connection_slow_to_send_its_headers_is_closed_with_408(limited:
     assert b"application/problem+json" in answer
 
 
+async def test_a_later_request_slow_to_send_its_headers_is_closed_with_408(limited: ServerProcess) -> None:
+    """The clock starts with each request, also one whose first bytes come in the read that ended the one before."""
+    reader, writer = await _open(limited.base_url)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n")
+    await writer.drain()
+    answer = await _answer(reader)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 2
+    assert b"HTTP/1.1 408" in answer
+
+
 async def test_headers_over_the_cap_get_431_and_headers_under_it_pass(limited: ServerProcess) -> None:
     reader, writer = await _open(limited.base_url)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES * 2) + b"\r\n\r\n")

@@ -65,6 +65,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """Count the connection; over the cap it is answered 503 and closed, else its header clock starts."""
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._headers_unclocked = False  # a request began, its headers are not all in, their clock not started
         self._header_bytes = 0
         self._headers_too_large = False
         if len(self.connections) > self.max_connections:
@@ -78,11 +79,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm_header_timer()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        """As uvicorn's; then, when a request began in what was read and its headers are not all in, their clock
+        starts. Armed here, not per request: most requests arrive whole, in one read, and need none."""
+        super().data_received(data)
+        if self._headers_unclocked and not self.transport.is_closing():
+            self._arm_header_timer()
+
     def on_message_begin(self) -> None:
-        """A request's first byte: its headers must be complete within header_timeout_s."""
+        """A request's first byte: its headers must be complete within header_timeout_s (from this read on)."""
         super().on_message_begin()
         self._header_bytes = 0
-        self._arm_header_timer()
+        self._disarm_header_timer()  # the wait for the connection's first request, if this is it, is over
+        self._headers_unclocked = True
 
     def on_url(self, url: bytes) -> None:
         """Count the request line against the cap."""
@@ -118,6 +127,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
 
     def _disarm_header_timer(self) -> None:
+        self._headers_unclocked = False
         timer: asyncio.TimerHandle | None = getattr(self, "_header_timer", None)
         if timer is not None:
             timer.cancel()
