@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -496,3 +497,23 @@ def test_the_protocol_reads_what_the_asgi_middlewares_read_in_one_pass() -> None
     assert hot._read_headers([*raw, (b"content-length", b"5")], hot._NO_BODY, hot._BELOW_ASGI_READS) is None
     with_body = hot._read_headers([(b"content-length", b"5")], hot._NOT_BELOW_ASGI, hot._BELOW_ASGI_READS)
     assert with_body == (None, {b"content-length": "5"})
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        b"",
+        b"user=bench17",
+        b"user=a&user=b",
+        b"a&b=&=c&&d=1=2",
+        b"user=x%20y+z",
+        b"wait=2.5&user=b1",
+        b"x=%zz",
+        b"=",
+        b"&&",
+        b"a=b;c=d",
+        b"user=\xe9",
+    ],
+)
+def test_the_query_is_read_as_starlette_reads_it(query: bytes) -> None:
+    assert hot.query_of(query) == dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
