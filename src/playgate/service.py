@@ -771,7 +771,7 @@ class PlayGate:
                 # announced once the store answers (the reconciliation).
                 self._outage.unannounced(ended)
         for item in ended:
-            self._metrics.streams_ended.labels(item.reason.value).inc()
+            self._metrics.labelled(self._metrics.streams_ended, item.reason.value).inc()
 
     async def _end_all(self, user_id: str) -> None:
         """End all of a disabled or deleted user's streams at once, and tell their players why."""

@@ -185,10 +185,10 @@ class Worker:
             latency_s = max(0.0, now - delivery.request.accepted_at)
             self._metrics.labelled(self._metrics.decisions, decision.status.value, reason).inc()
             if decision.shadow_reason is not None:
-                self._metrics.shadow_denials.labels(decision.shadow_reason).inc()
+                self._metrics.labelled(self._metrics.shadow_denials, decision.shadow_reason).inc()
             self._metrics.decision_latency.observe(latency_s)
             for ended in outcome.ended:
-                self._metrics.streams_ended.labels(ended.reason.value).inc()
+                self._metrics.labelled(self._metrics.streams_ended, ended.reason.value).inc()
             if verbose:
                 decision_log.info("decision", extra=decision_fields(decision, latency_s, delivery.attempts))
 
@@ -234,6 +234,6 @@ class Worker:
                 self._audit.record_ended(ended)
             await self._fanout.announce(ended)
             for item in ended:
-                self._metrics.streams_ended.labels(item.reason.value).inc()
+                self._metrics.labelled(self._metrics.streams_ended, item.reason.value).inc()
         self._metrics.active_streams.set(await self._ledger.count_active())
         await observe_queue(self._queue, self._metrics)
