@@ -12,12 +12,14 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
 from alembic import command
 
 from playgate.admission import denied
 from playgate.audit import LedgerEvents
 from playgate.catalog.db import alembic_config, upgrade
 from playgate.domain import Admission, PlayRequest, Policy, Quota, Reason, Rules, Status
+from playgate.ledger import sql
 from playgate.ledger.sql import SqlLedger
 from playgate.webhooks import Outbox
 from tests.support.clients import admin_client, api_client, new_user
@@ -261,3 +263,40 @@ async def test_changes_logged_before_the_upgrade_are_recorded_after_it(tmp_path:
             '"limit", shadow, event_id FROM audit_events ORDER BY id'
         ).fetchall()
     assert rows == [(*event[:13], None) for event in logged]
+
+
+async def test_a_drain_records_on_the_event_loop_a_chunk_at_a_time_with_other_calls_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain's chunks run on the event loop (not queued on the ledger's thread, where each statement would wait
+    for the GIL while the players' calls queued behind it), and yield between chunks: every event recorded once, in
+    order, with the event loop's other work run in between."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
+    await upgrade(url)
+    now = [1_000_000.0]
+    ledger = SqlLedger(url, lease_s=60, decision_ttl_s=3600, clock=lambda: now[0], events=LedgerEvents(Policy.deny))
+    try:
+        for n in range(5):
+            await ledger.decide([Admission(PlayRequest(f"r{n}", "u1", "1", f"d{n}", now[0]), Quota(limit=10))])
+        monkeypatch.setattr(sql, "DRAIN_CHUNK", 2)
+
+        def on_the_thread(*_args: object) -> None:
+            raise AssertionError("the drain ran on the ledger's thread")
+
+        monkeypatch.setattr(SqlLedger, "_call", on_the_thread)
+        turns: list[int] = []
+
+        async def meanwhile() -> None:
+            for turn in range(10):
+                turns.append(turn)
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(meanwhile())
+        assert await ledger.drain_changes() == 5
+        await other
+        assert len(turns) >= 2, "nothing else ran while the drain's chunks were recorded"
+        monkeypatch.undo()
+        events, _outbox, _sent = _stored(tmp_path / "ledger.sqlite3", "u1")
+        assert [e[2] for e in events] == [f"r{n}" for n in range(5)]
+    finally:
+        await ledger.close()

@@ -141,9 +141,12 @@ SEE_DEVICE = (
     "ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at"
 )
 FORGET_DEVICE = "DELETE FROM devices WHERE user_id = ? AND device_id = ?"
-# drain_changes: logged events recorded in one transaction (it holds the write lock and the ledger's thread), and
-# the most such transactions one call runs.
-DRAIN_CHUNK = 1024
+# drain_changes: logged events recorded in one transaction, on the event loop like the players' calls, and the most
+# such transactions one call runs. On the ledger's thread, with the event loop busy, a chunk of 1,024 took 25 to
+# 40 ms: each of its statements waited for the GIL again (up to the 5 ms switch interval), while every decision and
+# stop queued behind it; that was most of the p99 at C = 10 (about 40 ms on a slow machine). A chunk of 128 holds
+# the event loop for a few milliseconds at most.
+DRAIN_CHUNK = 128
 MAX_DRAIN_CHUNKS = 1000
 
 
@@ -479,7 +482,7 @@ class SqlLedger:
 
     async def count_active(self) -> int:
         """Streams whose lease has not run out."""
-        return await self._run(self._count_active)
+        return await self._run(self._count_active, inline=True)
 
     def _count_active(self, conn: sqlite3.Connection) -> int:
         return int(conn.execute(COUNT_ACTIVE, (self._clock(),)).fetchone()[0])
@@ -549,8 +552,9 @@ class SqlLedger:
         return written
 
     async def sweep(self) -> list[EndedStream]:
-        """Delete expired streams (returned, to be announced), and decisions and keys past decision_ttl_s."""
-        return await self._run(self._sweep)
+        """Delete expired streams (returned, to be announced), and decisions and keys past decision_ttl_s. On the event
+        loop, as the players' calls: on the thread, each second's sweep held them up for 15 to 55 ms (DRAIN_CHUNK)."""
+        return await self._run(self._sweep, inline=True)
 
     def _sweep(self, conn: sqlite3.Connection) -> list[EndedStream]:
         with self._write(conn):
@@ -583,10 +587,11 @@ class SqlLedger:
         drains. How many logged events were recorded."""
         drained = 0
         for _ in range(MAX_DRAIN_CHUNKS):
-            recorded = await self._run(self._record_changes)
+            recorded = await self._run(self._record_changes, inline=True)
             drained += recorded
             if recorded < DRAIN_CHUNK:
                 break
+            await asyncio.sleep(0)  # run inline, a chunk does not yield: the players' calls go between chunks
         return drained
 
     def _record_changes(self, conn: sqlite3.Connection) -> int:
