@@ -23,7 +23,9 @@ from tests.support.pg_database import PgDatabase, create_database, drop_database
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
 from tests.support.servers import ServerProcess, migrate_playgate, start_playgate, wait_until_ready
 
-STREAM_TTL_S = 2.0
+# Longer than test_nginx's auth cache (2 s): with a lease no longer than the cache, a stream whose last segments
+# were answered from nginx's cache could lapse before the next authorisation renewed it (seen once, on a slow machine).
+STREAM_TTL_S = 3.0
 SWEEP_INTERVAL_S = 0.2
 START_TIMEOUT_S = 90.0
 DEPLOYMENTS = ["embedded", "distributed"]
