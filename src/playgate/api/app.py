@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import socketio
 from fastapi import FastAPI
@@ -50,6 +50,7 @@ without a redirect. `/socket.io` serves Socket.IO v4 clients (Engine.IO 4) and v
 
 # The web app, built from web/ by `npm run build` (make run / make test do it); absent in a bare checkout.
 SOCKET_PATH = "socket.io"
+T = TypeVar("T")
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 
@@ -64,15 +65,18 @@ class _Running:
 
     def gate(self) -> PlayGate:
         """The PlayGate service."""
-        if self.started_gate is None:
-            raise RuntimeError("PlayGate has not started: the app's lifespan starts it")
-        return self.started_gate
+        return _started(self.started_gate)
 
     def content(self) -> ContentGate:
         """The content gate."""
-        if self.started_content is None:
-            raise RuntimeError("PlayGate has not started: the app's lifespan starts it")
-        return self.started_content
+        return _started(self.started_content)
+
+
+def _started(service: T | None) -> T:
+    """A service the lifespan started; RuntimeError before it has."""
+    if service is None:
+        raise RuntimeError("PlayGate has not started: the app's lifespan starts it")
+    return service
 
 
 def client_manager(settings: Settings, link: MemberLink | None) -> Any:
