@@ -81,6 +81,16 @@ def _stream_of(request: PlayRequest, stream_id: str, started_at: float, expires_
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DeferredStop:
+    """A stop taken while the store was down, to apply once it answers: whose stream, why it ends, and when (this
+    process's clock) it was taken."""
+
+    user_id: str
+    reason: Reason
+    at: float
+
+
 @dataclass
 class Reconciliation:
     """What an outage left to write back once the store answers: streams to restore (admitted under `allow`, or
@@ -89,7 +99,7 @@ class Reconciliation:
 
     streams: list[Stream] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
-    stopped: dict[str, tuple[str, Reason]] = field(default_factory=dict)  # stream id -> user id, why
+    stopped: dict[str, DeferredStop] = field(default_factory=dict)  # by stream id
     unannounced: list[EndedStream] = field(default_factory=list)
     down_s: float = 0.0
 
@@ -125,7 +135,7 @@ class Outage:
         self._honoured: set[str] = set()
         self._admitted: dict[str, Stream] = {}
         self._decisions: dict[str, Decision] = {}
-        self._stopped: dict[str, tuple[str, Reason]] = {}
+        self._stopped: dict[str, DeferredStop] = {}
         self._unannounced: deque[EndedStream] = deque(maxlen=MAX_UNANNOUNCED)
         self._set_mode(Mode.normal)
 
@@ -269,7 +279,7 @@ class Outage:
         known = self._leases.pop(stream_id, None)
         if known is None or known.user_id != user_id:
             return None
-        self._stopped[stream_id] = (user_id, reason)
+        self._stopped[stream_id] = DeferredStop(user_id, reason, self._clock())
         self._honoured.discard(stream_id)
         self._admitted.pop(stream_id, None)
         return known

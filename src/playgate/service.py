@@ -33,7 +33,7 @@ from playgate.imports import Format, KindName
 from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
-from playgate.outage import Mode, Outage, admitted_in_outage
+from playgate.outage import DeferredStop, Mode, Outage, admitted_in_outage
 from playgate.policy import is_away, parse_networks
 from playgate.ratelimit import UserRate
 from playgate.security import PlatformClaims, PlatformTokens, PlaybackClaims, TokenIssuer
@@ -565,10 +565,10 @@ class PlayGate:
             restored = await self._ledger.restore(work.streams)
             await self._ledger.keep(work.decisions)
             stops = 0
-            for stream_id, (user_id, why) in work.stopped.items():
+            for stream_id, stop in work.stopped.items():
                 # Announced when the player stopped it (or a play under `allow` replaced it); recorded now, by a
                 # ledger that records in its transaction (the embedded one), else by the audit trail's buffer then.
-                stops += len(await self._ledger.stop([stream_id], user_id, reason=why))
+                stops += len(await self._stop_deferred(stream_id, stop))
         except Unavailable as exc:
             log.warning("outage reconciliation failed (%s): tried again when the store answers", exc)
             self._outage.store_down(exc)
@@ -588,6 +588,20 @@ class PlayGate:
             len(work.decisions),
             stops,
         )
+
+    async def _stop_deferred(self, stream_id: str, stop: DeferredStop) -> list[Stream]:
+        """Apply a stop the outage deferred, unless the stream was played again since: the store still held it, so
+        a play of the same device and video was answered with the same stream, its lease renewed after the stop
+        was taken (the lease then runs past the stop's instant plus a lease). Ending it would end that new play.
+        Read, then stopped: a play again in the milliseconds between the two is still ended (its player hears
+        `stream_ended`)."""
+        stream = await self._ledger.stream(stream_id)
+        if stream is None:
+            return []
+        if stream.expires_at > stop.at + self._settings.stream_ttl_s:
+            log.info("stream %s played again after its stop during the outage: kept", stream_id)
+            return []
+        return await self._ledger.stop([stream_id], stop.user_id, reason=stop.reason)
 
     def _announce_late(self, ended: Sequence[EndedStream]) -> None:
         """Announce the stream ends an outage kept from the sockets (they are recorded already), in the background

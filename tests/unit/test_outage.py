@@ -8,7 +8,15 @@ import pytest
 from playgate.domain import EndedStream, PlayRequest, Reason, Status, Stream
 from playgate.errors import Unavailable
 from playgate.metrics import Metrics
-from playgate.outage import PROBE_INTERVAL_S, Mode, Outage, OutagePolicy, OutageRefused, admitted_in_outage
+from playgate.outage import (
+    PROBE_INTERVAL_S,
+    DeferredStop,
+    Mode,
+    Outage,
+    OutagePolicy,
+    OutageRefused,
+    admitted_in_outage,
+)
 
 LEASE_S = 90.0
 GRACE_S = 300.0
@@ -136,7 +144,11 @@ def test_allow_admits_within_the_known_limit_and_leaves_it_to_write_back() -> No
     assert work is not None
     assert [s.id for s in work.streams] == [following.stream_id]
     assert [d.request_id for d in work.decisions] == ["r1", "r2", "r3"]
-    assert work.stopped == {first.stream_id: ("u1", Reason.replaced), "s1": ("u1", Reason.stopped)}
+    taken = clock.now - 10  # both stops were taken before the clock moved on
+    assert work.stopped == {
+        first.stream_id: DeferredStop("u1", Reason.replaced, taken),
+        "s1": DeferredStop("u1", Reason.stopped, taken),
+    }
     assert state.decision("r1") is None
 
 
