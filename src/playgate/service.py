@@ -593,8 +593,8 @@ class PlayGate:
         """Apply a stop the outage deferred, unless the stream was played again since: the store still held it, so
         a play of the same device and video was answered with the same stream, its lease renewed after the stop
         was taken (the lease then runs past the stop's instant plus a lease). Ending it would end that new play.
-        Read, then stopped: a play again in the milliseconds between the two is still ended (its player hears
-        `stream_ended`)."""
+        Read, then stopped, not in one step: a play decided between the two (another process's, since both follow
+        the store's return) is still ended."""
         stream = await self._ledger.stream(stream_id)
         if stream is None:
             return []
