@@ -593,15 +593,15 @@ class PlayGate:
         """Apply a stop the outage deferred, unless the stream was played again since: the store still held it, so
         a play of the same device and video was answered with the same stream, its lease renewed after the stop
         was taken (the lease then runs past the stop's instant plus a lease). Ending it would end that new play.
-        Read, then stopped, not in one step: a play decided between the two (another process's, since both follow
-        the store's return) is still ended."""
-        stream = await self._ledger.stream(stream_id)
-        if stream is None:
-            return []
-        if stream.expires_at > stop.at + self._settings.stream_ttl_s:
-            log.info("stream %s played again after its stop during the outage: kept", stream_id)
-            return []
-        return await self._ledger.stop([stream_id], stop.user_id, reason=stop.reason)
+        The ledger checks and stops in one step: another process's play, decided as the store came back, races
+        this write-back."""
+        renewed_after = stop.at + self._settings.stream_ttl_s
+        stopped = await self._ledger.stop(
+            [stream_id], stop.user_id, reason=stop.reason, unless_renewed_after=renewed_after
+        )
+        if not stopped:
+            log.info("stream %s ended, or played again, since its stop during the outage: not stopped", stream_id)
+        return stopped
 
     def _announce_late(self, ended: Sequence[EndedStream]) -> None:
         """Announce the stream ends an outage kept from the sockets (they are recorded already), in the background

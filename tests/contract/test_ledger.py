@@ -123,6 +123,30 @@ async def test_same_device_and_video_reuses_its_stream_and_renews_it(make_ledger
     assert stream.expires_at == clock.now + LEASE_S
 
 
+async def test_a_stop_unless_renewed_spares_a_stream_played_again_since(
+    make_ledger: LedgerFactory, clock: Clock
+) -> None:
+    """A stop taken during an outage, written back once the store answers (unless_renewed_after: its instant plus
+    a lease): the same device played the same video again meanwhile and got the same stream, renewed; the stop
+    leaves it alone, in the same atomic step. A stream not renewed since is stopped."""
+    ledger = await make_ledger()
+    first = await one(ledger, play("r1"), limit=1)
+    taken = clock.now + 1  # the stop, deferred by the outage
+    clock.advance(5)
+    again = await one(ledger, play("r2"), limit=1)
+    assert again.stream_id == first.stream_id
+    assert again.expires_at is not None
+    assert again.expires_at > taken + LEASE_S
+    assert first.stream_id is not None
+    kept = await ledger.stop([first.stream_id], "u1", reason=Reason.stopped, unless_renewed_after=taken + LEASE_S)
+    assert kept == []
+    assert [s.id for s in await ledger.streams("u1")] == [first.stream_id]
+    later = clock.now + 1  # a stop taken after that renewal ends it
+    stopped = await ledger.stop([first.stream_id], "u1", reason=Reason.stopped, unless_renewed_after=later + LEASE_S)
+    assert [s.id for s in stopped] == [first.stream_id]
+    assert await ledger.streams("u1") == []
+
+
 async def test_a_request_is_decided_once(make_ledger: LedgerFactory, clock: Clock) -> None:
     ledger = await make_ledger()
     first = await one(ledger, play("r1"))

@@ -80,11 +80,14 @@ class Ledger(Protocol):
         *,
         reason: Reason | None = None,
         announce: bool = False,
+        unless_renewed_after: float | None = None,
     ) -> list[Stream]:
         """End the user's streams: these ids, or all of them (of one video, if given); the ones ended. `reason`:
         what their ends are recorded as, by a ledger that writes the audit trail in its own transaction.
         `announce`: a ledger whose `announces_stops` is true also tells the users' sockets (`stream_ended`, with
-        `reason`) in the same call; any other ignores it and the caller's fan-out tells them."""
+        `reason`) in the same call; any other ignores it and the caller's fan-out tells them.
+        `unless_renewed_after`: a stream whose lease runs past this instant (epoch seconds) is left alone, in the
+        same atomic step (a stop taken during an outage, written back: the stream was played again since)."""
         ...
 
     async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:

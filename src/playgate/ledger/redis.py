@@ -440,10 +440,11 @@ class RedisLedger:
         *,
         reason: Reason | None = None,
         announce: bool = False,
+        unless_renewed_after: float | None = None,
     ) -> list[Stream]:
-        """End the user's chosen streams, logging their ends with `reason` (None: not logged); return those that
-        were still active, oldest first. `announce` (with a reason, when announces_stops): publish their
-        `stream_ended` in the same call."""
+        """End the user's chosen streams (not one whose lease runs past `unless_renewed_after`), logging their ends
+        with `reason` (None: not logged); return those that were still active, oldest first. `announce` (with a
+        reason, when announces_stops): publish their `stream_ended` in the same call."""
         if stream_ids is not None and not stream_ids:
             return []
         mode = "all" if stream_ids is None else "ids"
@@ -458,6 +459,7 @@ class RedisLedger:
             reason.value if reason else "",
             to,
             STOP_REPLY_TTL_MS,
+            repr(unless_renewed_after) if unless_renewed_after is not None else "",
             *(stream_ids or ()),
         ]
         keys = [

@@ -68,7 +68,7 @@ class _LockTaken(Exception):
 
 # A stop's parameters as STOP takes them: the user, the stream ids (a JSON list, or None for all), the video or None;
 # then the reason its ends are recorded with (None: not recorded), which STOP does not take.
-_StopArgs = tuple[str, bytes | None, str | None, Reason | None]
+_StopArgs = tuple[str, bytes | None, str | None, float | None, Reason | None]  # user, ids, video, renewed after, why
 
 # The statements, whole: a list goes in as one JSON array (`IN (SELECT value FROM json_each(?))`), and an
 # optional filter as a parameter that may be NULL, so that each is one prepared statement whatever the call.
@@ -114,7 +114,7 @@ HEARTBEAT = (
 )
 STOP = (
     "DELETE FROM streams WHERE user_id = ?1 AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2))) "
-    "AND (?3 IS NULL OR video_id = ?3) "
+    "AND (?3 IS NULL OR video_id = ?3) AND (?4 IS NULL OR expires_at <= ?4) "
     "RETURNING id, user_id, video_id, device_id, started_at, expires_at, device_name, kinds, away"
 )
 STOP_VIDEO = (
@@ -510,12 +510,14 @@ class SqlLedger:
         *,
         reason: Reason | None = None,
         announce: bool = False,
+        unless_renewed_after: float | None = None,
     ) -> list[Stream]:
-        """Delete the user's chosen streams; return those that were still active, their ends recorded with `reason`
-        (if any) in the same transaction. Stops that arrive together are committed in one transaction (answered
-        after it), as the worker's decisions are. `announce` is the caller's to do (announces_stops is false)."""
+        """Delete the user's chosen streams (not one whose lease runs past `unless_renewed_after`); return those
+        that were still active, their ends recorded with `reason` (if any) in the same transaction. Stops that
+        arrive together are committed in one transaction (answered after it), as the worker's decisions are.
+        `announce` is the caller's to do (announces_stops is false)."""
         ids = _json_list(stream_ids) if stream_ids is not None else None
-        return await self._stops((user_id, ids, video_id, reason))
+        return await self._stops((user_id, ids, video_id, unless_renewed_after, reason))
 
     async def _stop_together(self, stops: Sequence[_StopArgs]) -> list[list[Stream]]:
         return await self._run(self._stop, stops, inline=len(stops) <= INLINE_BATCH)
@@ -523,9 +525,9 @@ class SqlLedger:
     def _stop(self, conn: sqlite3.Connection, stops: Sequence[_StopArgs]) -> list[list[Stream]]:
         with self._write(conn):
             now = self._clock()
-            found = [conn.execute(STOP, stop[:3]).fetchall() for stop in stops]
+            found = [conn.execute(STOP, stop[:4]).fetchall() for stop in stops]
             stopped = [by_age(s for s in map(_stream, rows) if s.live(now)) for rows in found]
-            self._ended(conn, [e for stop, ss in zip(stops, stopped, strict=True) for e in _ends(ss, stop[3])], now)
+            self._ended(conn, [e for stop, ss in zip(stops, stopped, strict=True) for e in _ends(ss, stop[4])], now)
         return stopped
 
     async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:

@@ -15,7 +15,9 @@ ARGV[6]  "" or where to announce the ended streams, as JSON {"c": channel, "r": 
          were active, the message bus.redis.RedisFanout.announce would send (the API processes emit it to the
          rooms' sockets), so that the caller need not publish it in a call of its own
 ARGV[7]  how long KEYS[4] is kept, milliseconds
-ARGV[8..] the stream ids of "ids"
+ARGV[8]  "" or an instant (epoch seconds): a stream whose lease runs past it is left alone (renewed since: a stop
+         taken during an outage, written back after the stream was played again)
+ARGV[9..] the stream ids of "ids"
 
 Returns a JSON list of [stream id, then its wire list (record.lua)] of the ended streams whose lease had not run
 out (expired ones are deleted too, but they were no longer active; the sweeper's expire.lua has not logged them,
@@ -30,13 +32,15 @@ local now = tonumber(ARGV[1])
 local wanted = nil
 if ARGV[3] == 'ids' then
     wanted = {}
-    for i = 8, #ARGV do
+    for i = 9, #ARGV do
         wanted[ARGV[i]] = true
     end
 end
+local renewed_after = tonumber(ARGV[8])
 local stopped, logged = {}, {}
 for _, stream in ipairs(load_all(KEYS[1], KEYS[2], owner_prefix(ARGV[4]))) do
-    if (wanted == nil or wanted[stream.id]) and (ARGV[2] == '' or stream.video == ARGV[2]) then
+    if (wanted == nil or wanted[stream.id]) and (ARGV[2] == '' or stream.video == ARGV[2])
+            and (renewed_after == nil or stream.expires <= renewed_after) then
         remove(KEYS[1], KEYS[2], stream)
         local reason = ARGV[5]
         if stream.expires > now then
