@@ -443,6 +443,8 @@ class AuditTrail:
                         log.info("pruned %d audit events older than the retention", pruned)
             except PlayGateError as exc:
                 log.warning("audit trail not written yet (%d waiting): %s", len(self._buffer), exc.detail)
+            except Exception:  # e.g. a row the database refuses: said loudly, and the next round tries again
+                log.exception("audit trail not written (%d waiting): the database refused a batch", len(self._buffer))
             if self._feed is not None and self._clock() >= next_trim_at:
                 next_trim_at = self._clock() + self.trim_interval_s
                 with contextlib.suppress(PlayGateError):  # the feed's store is down: nothing grows there

@@ -13,11 +13,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from playgate.audit import AuditTrail, Retention, end_event
+from playgate.audit import AuditTrail, Retention, decision_event, end_event
 from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.models import ShadowDenialRow
 from playgate.catalog.service import Catalog, ShadowDenial
-from playgate.domain import Decision, Policy, Status, Stream
+from playgate.domain import MAX_ID_LEN, Decision, Policy, Status, Stream, owned_id
 from tests.support.clients import api_client, new_user
 from tests.support.pg_database import migrated_database
 
@@ -186,6 +186,37 @@ async def test_shadow_denials_are_listed_field_for_field_on_each_database(catalo
             ShadowDenial("u1", "r2", "v2", "tv", "device_limit", "denied", 1_001.5),
             ShadowDenial("u1", "r1", "v1", "phone", "kind_limit:uhd", "allowed", 1_000.25),
         ]
+    finally:
+        await catalog.close()
+        await engine.dispose()
+
+
+async def test_the_longest_ids_are_recorded_on_each_database(catalog_url: str) -> None:
+    """A user id of the most characters makes request and stream ids of 153 (owned ids): the audit trail and the
+    shadow denials keep them. PostgreSQL refused any over 64 before migration 0012, and the distributed drainer
+    stopped recording at the first such row (a user id over 19 characters)."""
+    engine = create_engine(catalog_url)
+    trail = AuditTrail(engine, policy=Policy.deny, retention_s=3600, clock=time.time)
+    catalog = Catalog(engine, default_limit=2, cache_ttl_s=0.0, clock=time.time)
+    user = "u" * MAX_ID_LEN
+    request_id, stream_id = owned_id(user), owned_id(user)
+    assert len(request_id) == len(stream_id) == 2 * MAX_ID_LEN + 25
+    now = time.time()
+    decision = Decision(
+        request_id, user, "v1", "tv", Status.allowed, 1, 1, now, stream_id=stream_id, shadow_reason="device_limit"
+    )
+    stream = Stream(stream_id, user, "v1", "tv", started_at=now, expires_at=now + 90)
+    try:
+        trail.record([decision_event(decision, Policy.deny), end_event(stream, "stopped", now + 1)])
+        assert await trail.flush() == 2
+        stored = await trail.events(user, since=None, until=None, after_id=0, limit=10)
+        assert [(s.event.kind, s.event.request_id, s.event.stream_id) for s in stored] == [
+            ("decision", request_id, stream_id),
+            ("stream_end", None, stream_id),
+        ]
+        assert await trail.end_reason(user, stream_id) == "stopped"
+        assert await catalog.record_shadow_denials([decision]) == 1
+        assert [d.request_id for d in await catalog.shadow_denials(user)] == [request_id]
     finally:
         await catalog.close()
         await engine.dispose()

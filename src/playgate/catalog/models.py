@@ -20,6 +20,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# An owned id (domain.owned_id: a request's or a stream's) is its user id as hex, up to 2 * MAX_ID_LEN characters,
+# then 25 more: at most wire.MAX_STREAM_ID_LEN. The ids built on one (an audit event's, a webhook message's) a few
+# more. Migration 0012 widened the columns to these.
+OWNED_ID_LEN = 160
+EVENT_ID_LEN = 200
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -93,7 +99,7 @@ class StreamRow(Base):
     """An active stream held by the SQL ledger (times in epoch seconds)."""
 
     __tablename__ = "streams"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(OWNED_ID_LEN), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(64), index=True)
     video_id: Mapped[str] = mapped_column(String(64))
     device_id: Mapped[str] = mapped_column(String(200))
@@ -108,12 +114,12 @@ class DecisionRow(Base):
     """A decided play request, kept so that a redelivery or a retry gets the same answer."""
 
     __tablename__ = "decisions"
-    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(OWNED_ID_LEN), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(64))
     video_id: Mapped[str] = mapped_column(String(64))
     device_id: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
-    stream_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stream_id: Mapped[str | None] = mapped_column(String(OWNED_ID_LEN), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     active: Mapped[int] = mapped_column(Integer)
     limit: Mapped[int] = mapped_column(Integer)
@@ -131,8 +137,8 @@ class AuditColumns:
     video_id: Mapped[str] = mapped_column(String(64))
     device_id: Mapped[str] = mapped_column(String(200))
     outcome: Mapped[str] = mapped_column(String(32))
-    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    stream_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(OWNED_ID_LEN), nullable=True)
+    stream_id: Mapped[str | None] = mapped_column(String(OWNED_ID_LEN), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     policy: Mapped[str | None] = mapped_column(String(32), nullable=True)
     active: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -157,7 +163,7 @@ class IdempotencyRow(Base):
     __tablename__ = "idempotency_keys"
     user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(OWNED_ID_LEN))
     video_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
 
@@ -179,7 +185,7 @@ class ShadowDenialRow(Base):
     __tablename__ = "shadow_denials"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(String(64), index=True)
-    request_id: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(OWNED_ID_LEN))
     video_id: Mapped[str] = mapped_column(String(64))
     device_id: Mapped[str] = mapped_column(String(200))
     rule: Mapped[str] = mapped_column(String(100))
@@ -197,7 +203,7 @@ class AuditEventRow(AuditColumns, Base):
     # it is written (a change log entry redelivered after a crash). NULL on rows written before it existed and on
     # those the SQLite ledger's journal records (each once, in the transaction that forgets it): only ids are
     # indexed, so that those rows cost no index update.
-    event_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    event_id: Mapped[str | None] = mapped_column(String(EVENT_ID_LEN), nullable=True)
 
     __table_args__ = (
         Index("ix_audit_events_user_id_id", "user_id", "id"),
@@ -216,7 +222,7 @@ class WebhookEventRow(Base):
 
     __tablename__ = "webhook_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    msg_id: Mapped[str] = mapped_column(String(100), unique=True)
+    msg_id: Mapped[str] = mapped_column(String(EVENT_ID_LEN), unique=True)
     type: Mapped[str] = mapped_column(String(32))
     user_id: Mapped[str] = mapped_column(String(64))
     at: Mapped[float] = mapped_column(Float, index=True)
@@ -229,7 +235,7 @@ class WebhookDeliveryRow(Base):
 
     __tablename__ = "webhook_deliveries"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    msg_id: Mapped[str] = mapped_column(String(100))
+    msg_id: Mapped[str] = mapped_column(String(EVENT_ID_LEN))
     endpoint: Mapped[str] = mapped_column(String(2048))
     user_id: Mapped[str] = mapped_column(String(64))
     at: Mapped[float] = mapped_column(Float)
