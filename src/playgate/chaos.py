@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -18,6 +19,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -35,6 +37,7 @@ WAIT_S = 3.0
 HTTP_TIMEOUT_S = 15.0
 SAMPLE_EVERY_S = 0.5
 SETTLE_S = 30.0
+AUDIT_SETTLE_S = 2.0  # the audit trail records an event within about a second
 PAUSE_AFTER_ERROR_S = 0.2
 PAUSE_AFTER_DENIAL_S = 0.1  # a denied player shows the denial before its user asks again
 MAX_REQUESTS_PER_VIEWER = 100_000
@@ -52,6 +55,16 @@ class Asked:
     first: str  # allowed | denied | pending
     stream_id: str | None
     final: str | None = None
+
+
+@dataclass
+class LostStream:
+    """An allowed stream its viewer's first stop found gone (404): whose, and when (seconds into the run)."""
+
+    stream_id: str
+    request_id: str
+    account: Account
+    at_s: float
 
 
 @dataclass
@@ -85,7 +98,8 @@ class Report:
     stops_unconfirmed: int = 0
     faults: list[FaultResult] = field(default_factory=list)
     # What each LOST count was, to look for in the processes' logs: "stream <id> (request <id>): 404 at its stop,
-    # <s> s into the run" or "request <id>: unknown at the audit".
+    # <s> s into the run; audit trail: <its events, each with its second of the run>" or "request <id>: unknown at
+    # the audit".
     lost_detail: list[str] = field(default_factory=list)
 
     @property
@@ -214,6 +228,8 @@ class Run:
         self.failed_at: list[float] = []
         self.fault_ends: list[float] = []
         self.started = time.monotonic()
+        self.started_wall = time.time()  # the audit trail's times are wall-clock
+        self.lost_streams: list[LostStream] = []
         self.end = self.started + duration_s
         self.stopping = False
 
@@ -243,7 +259,7 @@ class Run:
             self._accepted(account, payload)
             if payload["status"] == "allowed":
                 await asyncio.sleep(PLAY_S)
-                await self._stop(http, headers, payload["streamId"], payload["requestId"])
+                await self._stop(http, account, payload["streamId"], payload["requestId"])
             else:
                 await asyncio.sleep(PAUSE_AFTER_DENIAL_S)
 
@@ -262,11 +278,10 @@ class Run:
         if asked.first != "pending":
             self.decided_at.append(time.monotonic())
 
-    async def _stop(
-        self, http: aiohttp.ClientSession, headers: dict[str, str], stream_id: str, request_id: str
-    ) -> None:
+    async def _stop(self, http: aiohttp.ClientSession, account: Account, stream_id: str, request_id: str) -> None:
         """DELETE the stream, retried on another API after a 5xx or a cut; a 404 on the first try means the
         ledger lost an allowed stream (after a retry, the first try may have stopped it)."""
+        headers = {"Authorization": f"Bearer {account.token}"}
         for attempt in range(20):
             url = random.choice(self._urls())
             try:
@@ -280,9 +295,7 @@ class Run:
                 if attempt == 0:
                     self.report.lost += 1
                     at_s = time.monotonic() - self.started
-                    self.report.lost_detail.append(
-                        f"stream {stream_id} (request {request_id}): 404 at its stop, {at_s:.1f} s into the run"
-                    )
+                    self.lost_streams.append(LostStream(stream_id, request_id, account, at_s))
                 else:
                     self.report.stops_unconfirmed += 1
                 return
@@ -402,11 +415,38 @@ class Run:
             if pending:
                 await asyncio.sleep(0.5)
         self.report.undecided = len(pending)
+        if self.lost_streams:
+            await asyncio.sleep(AUDIT_SETTLE_S)
+        for lost in self.lost_streams:
+            self.report.lost_detail.append(
+                f"stream {lost.stream_id} (request {lost.request_id}): 404 at its stop, {lost.at_s:.1f} s into the "
+                f"run; audit trail: {await self._recorded(http, lost)}"
+            )
         unknown = [a.request_id for a in self.asked.values() if a.final == "unknown"]
         self.report.lost += len(unknown)
         self.report.lost_detail += [f"request {request_id}: unknown at the audit" for request_id in unknown]
         self.report.allowed = sum(a.final == "allowed" for a in self.asked.values())
         self.report.denied = sum(a.final == "denied" for a in self.asked.values())
+
+    async def _recorded(self, http: aiohttp.ClientSession, lost: LostStream) -> str:
+        """What the audit trail recorded of a lost stream: each decision that named it and its ends (why), with
+        their seconds into the run, to tell a stream the ledger dropped from one that something ended first."""
+        url = f"{random.choice(self._urls())}/v1/users/{lost.account.user_id}/events?format=ndjson"
+        try:
+            async with http.get(url, headers={"Authorization": f"Bearer {lost.account.token}"}) as answer:
+                if answer.status != 200:
+                    return f"not read ({answer.status})"
+                lines = (await answer.read()).splitlines()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"not read ({type(exc).__name__})"
+        seen = []
+        for line in lines:
+            event = json.loads(line)
+            if event["streamId"] == lost.stream_id:
+                at_s = datetime.fromisoformat(event["at"]).timestamp() - self.started_wall
+                of = f" of request {event['requestId']}" if event["requestId"] else ""
+                seen.append(f"{event['kind']} {event['outcome']}{of} at {at_s:.2f} s")
+        return ", ".join(seen) or "nothing of it"
 
     def score_faults(self) -> None:
         """Each fault's failed requests (until the next fault) and recovery time (its end to the next decision)."""

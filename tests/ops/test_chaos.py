@@ -42,7 +42,7 @@ async def test_a_short_chaos_scenario_keeps_every_invariant() -> None:
     assert report["samples"] > 0, report
     assert report["over_limit_samples"] == 0, report
     assert report["undecided"] == 0, report
-    assert report["lost"] == 0, report["lost_detail"]  # each loss with the second of the run, to find in the logs
+    assert report["lost"] == 0, report["lost_detail"]  # each loss: when, and what the audit trail recorded of it
     assert report["changed"] == 0, report
     assert report["ok"] is True
     assert done.returncode == 0
