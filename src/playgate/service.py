@@ -705,7 +705,8 @@ class PlayGate:
         once it answers). True when the ledger announced it (Ledger.stop)."""
         try:
             stopped = await self._ledger.stop([stream_id], user_id, reason=Reason.stopped, announce=True)
-        except Unavailable:
+        except Unavailable as exc:
+            self._outage.store_down(exc)  # else, the first failed call of an outage, its stop is never written back
             known = self._outage.stopped(stream_id, user_id)
             if known is None:
                 raise

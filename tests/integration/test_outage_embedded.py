@@ -5,15 +5,17 @@ shortened for the test: reads go on (WAL), every write fails with "database is l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.clients import admin_client, api_client, new_user
+from tests.support.clients import TestUser, admin_client, api_client, new_user
 from tests.support.inprocess import served
 
 BUSY_MS = 200  # instead of 30 s: how long a ledger write waits for the lock before it fails
@@ -25,6 +27,26 @@ DEADLINE_S = 20.0
 def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("playgate.catalog.db.SQLITE_BUSY_TIMEOUT_MS", BUSY_MS)
     monkeypatch.setattr("playgate.ledger.sql.SQLITE_BUSY_TIMEOUT_MS", BUSY_MS)
+
+
+async def _user(base_url: str, limit: int) -> TestUser:
+    admin = await admin_client(base_url)
+    try:
+        return await new_user(base_url, admin, limit=limit)
+    finally:
+        await admin.aclose()
+
+
+@contextlib.contextmanager
+def _locked(tmp_path: Path) -> Iterator[None]:
+    """Another process holds the file's write lock until the block ends."""
+    lock = sqlite3.connect(tmp_path / "playgate.sqlite3", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
 
 
 async def _decided(client: httpx.AsyncClient, request_id: str) -> dict[str, Any]:
@@ -43,9 +65,7 @@ async def test_a_locked_database_file_is_an_outage(tmp_path: Path) -> None:
     queue, is neither refused nor dead-lettered, and is decided once the file takes writes again; the stop taken
     meanwhile is written back and recorded."""
     async with served(tmp_path, PLAYGATE_OUTAGE_POLICY="deny") as base_url:
-        admin = await admin_client(base_url)
-        user = await new_user(base_url, admin, limit=3)
-        await admin.aclose()
+        user = await _user(base_url, limit=3)
         async with api_client(base_url, user.token) as client:
             tv, tablet = [
                 (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": d})).json()
@@ -91,9 +111,7 @@ async def test_with_edge_signing_the_decisions_playback_token_carries_a_heartbea
     `playbackToken` is what lets a process that never saw the stream (here a fresh app on the same file) honour its
     heartbeat while the file is locked; without it, 503. The honoured answer hands out a fresh token."""
     async with served(tmp_path, **EDGE) as base_url:
-        admin = await admin_client(base_url)
-        user = await new_user(base_url, admin, limit=3)
-        await admin.aclose()
+        user = await _user(base_url, limit=3)
         async with api_client(base_url, user.token) as client:
             play = (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": "tv"})).json()
             assert play["status"] == "allowed", play
@@ -119,3 +137,44 @@ async def test_with_edge_signing_the_decisions_playback_token_carries_a_heartbea
         finally:
             lock.execute("ROLLBACK")
             lock.close()
+
+
+@pytest.mark.usefixtures("short_busy_timeout")
+async def test_a_stop_that_begins_the_outage_is_written_back(tmp_path: Path) -> None:
+    """The first call the locked file refuses is a player's stop: answered 204 from the lease cache, and written
+    back (ended, recorded `stopped`) once the file takes writes again."""
+    async with served(tmp_path, PLAYGATE_OUTAGE_POLICY="deny") as base_url:
+        user = await _user(base_url, limit=1)
+        async with api_client(base_url, user.token) as client:
+            first = (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": "tv"})).json()
+            assert first["status"] == "allowed", first
+            with _locked(tmp_path):
+                assert (await client.delete(f"/v1/streams/{first['streamId']}")).status_code == 204
+                assert (await client.get("/readyz")).json()["outage"].startswith("grace:")
+            assert (await client.get("/v1/streams")).json() == []  # the write-back comes first
+            page = (await client.get(f"/v1/users/{user.id}/events")).json()["events"]
+            ends = [(e["streamId"], e["outcome"]) for e in page if e["kind"] == "stream_end"]
+            assert ends == [(first["streamId"], "stopped")], page
+
+
+@pytest.mark.usefixtures("short_busy_timeout")
+async def test_a_stop_taken_in_the_outage_spares_the_play_of_that_device_asked_since(tmp_path: Path) -> None:
+    """The stop of a device's stream is taken while the file is locked (204, written back later); the device asks
+    for the same video again, and the ledger, which still holds the stream, answers with that stream, its lease
+    renewed. Writing the stop back then would end the new play: it is left playing."""
+    async with served(tmp_path, PLAYGATE_OUTAGE_POLICY="deny") as base_url:
+        user = await _user(base_url, limit=1)
+        async with api_client(base_url, user.token) as client:
+            play = {"videoId": "1", "deviceId": "tv"}
+            first = (await client.post("/v1/plays", params={"wait": 5}, json=play)).json()
+            assert first["status"] == "allowed", first
+            with _locked(tmp_path):
+                assert (await client.delete(f"/v1/streams/{first['streamId']}")).status_code == 204
+                again = await client.post("/v1/plays", params={"wait": 1}, json=play)
+                assert again.status_code == 202, again.text
+            answer = await _decided(client, again.json()["requestId"])
+            assert (answer["status"], answer["streamId"]) == ("allowed", first["streamId"]), answer
+            streams = (await client.get("/v1/streams")).json()  # the write-back comes first
+            assert [s["id"] for s in streams] == [first["streamId"]], streams
+            assert (await client.get("/readyz")).json()["outage"] == "normal"
+            assert (await client.delete(f"/v1/streams/{first['streamId']}")).status_code == 204
