@@ -66,9 +66,10 @@ class _LockTaken(Exception):
     """An inline call found SQLite's lock taken: nothing of it was written; it runs on the thread instead."""
 
 
-# A stop's parameters as STOP takes them: the user, the stream ids (a JSON list, or None for all), the video or None;
-# then the reason its ends are recorded with (None: not recorded), which STOP does not take.
-_StopArgs = tuple[str, bytes | None, str | None, float | None, Reason | None]  # user, ids, video, renewed after, why
+# A stop's parameters as STOP takes them: the user, the stream ids (a JSON list, or None for all), the video or None,
+# the instant a lease must not run past to be ended (None: any); then the reason its ends are recorded with (None: not
+# recorded), which STOP does not take.
+_StopArgs = tuple[str, bytes | None, str | None, float | None, Reason | None]
 
 # The statements, whole: a list goes in as one JSON array (`IN (SELECT value FROM json_each(?))`), and an
 # optional filter as a parameter that may be NULL, so that each is one prepared statement whatever the call.

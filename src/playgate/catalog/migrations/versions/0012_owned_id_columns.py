@@ -17,38 +17,36 @@ down_revision = "0011"
 branch_labels = None
 depends_on = None
 
-OWNED_ID = 160
-EVENT_ID = 200
-# (table, column, length before, length after)
-_COLUMNS = (
-    ("streams", "id", 64, OWNED_ID),
-    ("decisions", "request_id", 64, OWNED_ID),
-    ("decisions", "stream_id", 64, OWNED_ID),
-    ("audit_events", "request_id", 64, OWNED_ID),
-    ("audit_events", "stream_id", 64, OWNED_ID),
-    ("audit_events", "event_id", 100, EVENT_ID),
-    ("ledger_events", "request_id", 64, OWNED_ID),
-    ("ledger_events", "stream_id", 64, OWNED_ID),
-    ("idempotency_keys", "request_id", 64, OWNED_ID),
-    ("shadow_denials", "request_id", 64, OWNED_ID),
-    ("webhook_events", "msg_id", 100, EVENT_ID),
-    ("webhook_deliveries", "msg_id", 100, EVENT_ID),
+# Owned ids (64 -> 160), and the ids built on one: an audit event's, a webhook message's (100 -> 200).
+_OWNED_IDS = (
+    ("streams", "id"),
+    ("decisions", "request_id"),
+    ("decisions", "stream_id"),
+    ("audit_events", "request_id"),
+    ("audit_events", "stream_id"),
+    ("ledger_events", "request_id"),
+    ("ledger_events", "stream_id"),
+    ("idempotency_keys", "request_id"),
+    ("shadow_denials", "request_id"),
 )
+_EVENT_IDS = (("audit_events", "event_id"), ("webhook_events", "msg_id"), ("webhook_deliveries", "msg_id"))
+_WIDTHS = ((_OWNED_IDS, 64, 160), (_EVENT_IDS, 100, 200))
 
 
-def _alter(lengths: int) -> None:
+def _resize(*, widen: bool) -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    for table, column, before, after in _COLUMNS:
-        old, new = (before, after) if lengths == 1 else (after, before)
-        op.alter_column(table, column, type_=sa.String(length=new), existing_type=sa.String(length=old))
+    for columns, narrow, wide in _WIDTHS:
+        old, new = (narrow, wide) if widen else (wide, narrow)
+        for table, column in columns:
+            op.alter_column(table, column, type_=sa.String(length=new), existing_type=sa.String(length=old))
 
 
 def upgrade() -> None:
     """Widen the id columns (PostgreSQL: a catalogue change only, no table rewrite)."""
-    _alter(1)
+    _resize(widen=True)
 
 
 def downgrade() -> None:
     """Narrow them again (fails on PostgreSQL if a longer id is stored)."""
-    _alter(-1)
+    _resize(widen=False)
