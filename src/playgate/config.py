@@ -155,7 +155,10 @@ class Settings(BaseSettings):
         2.0,
         ge=0,
         validation_alias=AliasChoices("PLAYGATE_CACHE_TTL"),
-        description="How long users, limits and videos are cached; a change applies within this time.",
+        description=(
+            "How long users, limits and videos are cached; a change applies within this time. An entry read after"
+            " half of it is reloaded in the background, so one in use never expires on a request."
+        ),
     )
     decision_ttl_s: float = Field(
         3600.0,

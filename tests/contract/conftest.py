@@ -13,24 +13,12 @@ from playgate.catalog.db import upgrade
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
+from tests.support.clock import Clock
 from tests.support.redis_cluster import RedisCluster, cluster_tools_installed, start_cluster
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
 
 LEASE_S = 90.0
 DECISION_TTL_S = 3600.0
-
-
-class Clock:
-    """The injected clock: time moves only when a test says so (epoch seconds)."""
-
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Recorder:

@@ -24,8 +24,9 @@ from playgate.domain import LoggedChange, Policy, Reason
 from playgate.errors import Unavailable
 from playgate.ledger.redis import RedisLedger
 from playgate.webhooks import Outbox
-from tests.contract.conftest import DECISION_TTL_S, LEASE_S, Clock
+from tests.contract.conftest import DECISION_TTL_S, LEASE_S
 from tests.contract.test_ledger import one, play
+from tests.support.clock import Clock
 from tests.support.pg_database import migrated_database
 from tests.support.receiver import Receiver, dispatcher_to
 from tests.support.servers import free_port

@@ -30,7 +30,8 @@ from playgate.domain import (
     id_owner,
 )
 from playgate.ledger.protocol import Ledger
-from tests.contract.conftest import LEASE_S, Clock, LedgerFactory
+from tests.contract.conftest import LEASE_S, LedgerFactory
+from tests.support.clock import Clock
 
 USERS = ("u1", "u2", "u3")
 VIDEOS = ("v1", "v2", "v3")

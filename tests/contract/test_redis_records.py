@@ -11,8 +11,9 @@ import pytest
 from playgate.connections import connect, layout_for
 from playgate.domain import Status, Stream
 from playgate.ledger.redis import RedisLedger
-from tests.contract.conftest import DECISION_TTL_S, LEASE_S, Clock
+from tests.contract.conftest import DECISION_TTL_S, LEASE_S
 from tests.contract.test_ledger import one, play
+from tests.support.clock import Clock
 
 # Epoch seconds as a real clock gives them: 17 significant digits, no short decimal form.
 REAL_NOW = 1_796_130_932.6080668

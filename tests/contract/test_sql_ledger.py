@@ -16,8 +16,9 @@ from playgate.domain import Status
 from playgate.errors import Unavailable
 from playgate.ledger import sql
 from playgate.ledger.sql import SqlLedger
-from tests.contract.conftest import DECISION_TTL_S, LEASE_S, Clock
+from tests.contract.conftest import DECISION_TTL_S, LEASE_S
 from tests.contract.test_ledger import admit, one, play
+from tests.support.clock import Clock
 
 
 @pytest.fixture

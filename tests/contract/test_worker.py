@@ -7,7 +7,8 @@ from playgate.domain import Admission, PlayRequest, Quota, Reason, Status
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
-from tests.contract.conftest import Clock, LedgerFactory, Recorder
+from tests.contract.conftest import LedgerFactory, Recorder
+from tests.support.clock import Clock
 
 LOST = "7531-lost"  # a request id naming its user u1, as the service's do (a cluster finds its decision so)
 

@@ -17,18 +17,11 @@ from playgate.outage import (
     OutageRefused,
     admitted_in_outage,
 )
+from tests.support.clock import Clock
 
 LEASE_S = 90.0
 GRACE_S = 300.0
 T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def outage(policy: OutagePolicy = OutagePolicy.deny) -> tuple[Outage, Clock, Metrics]:
