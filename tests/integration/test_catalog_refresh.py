@@ -5,7 +5,7 @@ and a change another process wrote still applies within the TTL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -35,9 +35,10 @@ async def catalogs(tmp_path: Path) -> AsyncIterator[tuple[Catalog, Catalog, Cloc
         await engine.dispose()
 
 
-async def _until(check: object, what: str) -> None:
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait (at most SETTLE_S) for the background reload to land."""
     deadline = asyncio.get_running_loop().time() + SETTLE_S
-    while not check():  # type: ignore[operator]
+    while not await check():
         assert asyncio.get_running_loop().time() < deadline, what
         await asyncio.sleep(0.01)
 
@@ -51,7 +52,11 @@ async def test_quotas_read_late_in_the_cache_life_are_reloaded_and_still_hit_aft
     await writer.update_user(user.id, {"limit": 5})  # another process's change
     clock.now += TTL_S * 0.6
     assert (await reader.quotas([user.id]))[user.id].limit == 2  # still within the TTL: served from the cache
-    await _until(lambda: (reader.cached_user(user.id) or user).limit == 5, "the background reload never landed")
+
+    async def reloaded() -> bool:
+        return (reader.cached_user(user.id) or user).limit == 5
+
+    await _until(reloaded, "the background reload never landed")
     clock.now += TTL_S * 0.9  # the first load has expired; the reload has not
     cached = reader.cached_user(user.id)
     assert cached is not None
@@ -65,10 +70,11 @@ async def test_a_video_read_late_in_its_cache_life_is_reloaded(catalogs: tuple[C
     await writer.update_video(video.id, {"title": "Second title"})
     clock.now += TTL_S * 0.6
     assert (await reader.get_video(video.id)).title == "First title"
-    for _ in range(int(SETTLE_S / 0.01)):
-        if (await reader.get_video(video.id)).title == "Second title":
-            break
-        await asyncio.sleep(0.01)
+
+    async def reloaded() -> bool:
+        return (await reader.get_video(video.id)).title == "Second title"
+
+    await _until(reloaded, "the background reload never landed")
     clock.now += TTL_S * 0.9
     assert (await reader.get_video(video.id)).title == "Second title"
 

@@ -1,6 +1,6 @@
 """The catalogue's cache, on an injected clock and a reload the test controls: entries are served for the TTL and
 never after, a read past REFRESH_AT reloads in the background (one call for every key queued), a clear wins over a
-reload begun before it, and a failing reload lets entries expire without a retry per read."""
+load or reload begun before it, and a failing reload lets entries expire without a retry per read."""
 
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ def cache(source: Source, clock: Clock, ttl_s: float = TTL_S) -> TTLCache:
     return TTLCache(ttl_s, clock, source.reload, "things")
 
 
+async def seed(things: TTLCache, source: Source, old: dict[str, str]) -> None:
+    """Load `old` into the cache through a miss, then put the source's own values back (not counted as reloads)."""
+    now = dict(source.values)
+    source.values = old
+    await things.load(sorted(old))
+    source.values = now
+    source.reloads.clear()
+
+
 async def settle(cache_: TTLCache) -> None:
     """Let the refresh task run to its end (bounded: it makes at most a few reloads here)."""
     for _ in range(50):
@@ -49,7 +58,7 @@ async def test_an_entry_is_served_for_the_ttl_and_not_after() -> None:
     clock, source = Clock(), Source({})
     things = cache(source, clock)
     loaded_at = clock.now
-    things.put("a", "old", things.generation)
+    await seed(things, source, {"a": "old"})
     clock.now += TTL_S * REFRESH_AT * 0.9
     assert things.get("a") == "old"
     clock.now = loaded_at + TTL_S
@@ -61,7 +70,7 @@ async def test_an_entry_is_served_for_the_ttl_and_not_after() -> None:
 async def test_a_read_past_refresh_at_reloads_in_the_background_and_the_entry_lives_on() -> None:
     clock, source = Clock(), Source({"a": "new"})
     things = cache(source, clock)
-    things.put("a", "old", things.generation)
+    await seed(things, source, {"a": "old"})
     clock.now += TTL_S * 0.6
     assert things.get("a") == "old"  # served at once; the reload runs behind it
     assert things.get("a") == "old"  # queued once per life
@@ -74,8 +83,7 @@ async def test_a_read_past_refresh_at_reloads_in_the_background_and_the_entry_li
 async def test_keys_read_while_a_reload_runs_go_together_in_the_next() -> None:
     clock, source = Clock(), Source({"a": "A", "b": "B", "c": "C"})
     things = cache(source, clock)
-    for key in "abc":
-        things.put(key, "old", things.generation)
+    await seed(things, source, dict.fromkeys("abc", "old"))
     clock.now += TTL_S * 0.6
     source.gate = asyncio.Event()
     things.get("a")
@@ -91,7 +99,7 @@ async def test_keys_read_while_a_reload_runs_go_together_in_the_next() -> None:
 async def test_a_clear_during_a_reload_keeps_the_reloaded_value_out() -> None:
     clock, source = Clock(), Source({"a": "read before the change"})
     things = cache(source, clock)
-    things.put("a", "old", things.generation)
+    await seed(things, source, {"a": "old"})
     clock.now += TTL_S * 0.6
     source.gate = asyncio.Event()
     things.get("a")
@@ -103,21 +111,27 @@ async def test_a_clear_during_a_reload_keeps_the_reloaded_value_out() -> None:
     assert things.get("a") is None
 
 
-async def test_a_load_begun_before_a_clear_is_not_put_after_it() -> None:
-    things = cache(Source({}), Clock())
-    generation = things.generation
+async def test_a_miss_loaded_across_a_clear_is_not_kept() -> None:
+    source = Source({"a": "read before the clear"})
+    things = cache(source, Clock())
+    source.gate = asyncio.Event()
+    miss = asyncio.create_task(things.load(["a"]))
+    await asyncio.sleep(0)  # the load has read, and waits
     things.clear()
-    things.put("a", "read before the clear", generation)
+    source.gate.set()
+    assert await miss == {"a": "read before the clear"}  # the caller still gets what it read
     assert things.get("a") is None
-    things.put("a", "read after it", things.generation)
+    source.gate = None
+    source.values["a"] = "read after it"
+    await things.load(["a"])
     assert things.get("a") == "read after it"
 
 
 async def test_a_failing_reload_is_logged_and_not_retried_on_every_read(caplog: pytest.LogCaptureFixture) -> None:
     clock, source = Clock(), Source({"a": "new"})
-    source.fails = True
     things = cache(source, clock)
-    things.put("a", "old", things.generation)
+    await seed(things, source, {"a": "old"})
+    source.fails = True
     clock.now += TTL_S * 0.6
     with caplog.at_level(logging.WARNING, logger="playgate.catalog"):
         for _ in range(5):
@@ -133,7 +147,7 @@ async def test_a_failing_reload_is_logged_and_not_retried_on_every_read(caplog: 
 async def test_a_key_deleted_meanwhile_is_not_put_back() -> None:
     clock, source = Clock(), Source({})
     things = cache(source, clock)
-    things.put("gone", "old", things.generation)
+    await seed(things, source, {"gone": "old"})
     clock.now += TTL_S * 0.6
     things.get("gone")
     await settle(things)
@@ -142,14 +156,17 @@ async def test_a_key_deleted_meanwhile_is_not_put_back() -> None:
     assert things.get("gone") is None
 
 
-def test_a_zero_ttl_caches_nothing_and_a_read_outside_a_loop_reloads_nothing() -> None:
-    clock, source = Clock(), Source({})
-    assert cache(source, clock, ttl_s=0).get("a") is None
-    nothing = cache(source, clock, ttl_s=0)
-    nothing.put("a", "value", nothing.generation)
+async def test_a_zero_ttl_caches_nothing() -> None:
+    source = Source({"a": "value"})
+    nothing = cache(source, Clock(), ttl_s=0)
+    assert await nothing.load(["a"]) == {"a": "value"}
     assert nothing.get("a") is None
+
+
+def test_a_read_outside_an_event_loop_reloads_nothing() -> None:
+    clock, source = Clock(), Source({})
     things = cache(source, clock)
-    things.put("a", "old", things.generation)
+    asyncio.run(seed(things, source, {"a": "old"}))
     clock.now += TTL_S * 0.6
     assert things.get("a") == "old"  # no running loop: served, and simply left to expire
     assert source.reloads == []

@@ -86,7 +86,8 @@ class TTLCache:
     reloads the queued keys (all of them in one `reload` call) and puts the new values. A key read in the second
     half of each life never expires, so no request waits on the database for it: a miss waits on the database
     thread while the event loop serves everyone else, 20 to 60 ms on one busy core (py-spy and timed awaits, C=10),
-    and those misses were the benchmark's p99 tail. A load begun before a `clear` never puts its value after it.
+    and those misses were the benchmark's p99 tail. Misses and refreshes both go through `load`, so a load begun
+    before a `clear` never puts its value after it.
     """
 
     def __init__(
@@ -105,8 +106,7 @@ class TTLCache:
         self._queued: set[str] = set()  # keys read past REFRESH_AT, waiting for the refresh task
         self._refreshing: set[str] = set()  # keys queued or being reloaded: each is reloaded once per life
         self._refresher: asyncio.Task[None] | None = None
-        # Bumped by clear(): a value read from the database before a clear is not put after it.
-        self.generation = 0
+        self._generation = 0  # bumped by clear(): a value read before a clear is not put after it
 
     def get(self, key: str) -> Any:
         """The value if it is younger than the TTL, else None; queues its refresh when it is past REFRESH_AT."""
@@ -120,16 +120,22 @@ class TTLCache:
             self._queue(key)
         return hit[1]
 
-    def put(self, key: str, value: Any, generation: int) -> None:
-        """Keep `value`, read from the database during `generation`, unless a clear came since."""
-        if self._ttl_s > 0 and generation == self.generation:
-            if len(self._items) > MAX_CACHED:
+    async def load(self, keys: list[str]) -> Mapping[str, Any]:
+        """Read these keys from the database (`reload`), bypassing the cache, and keep what was found unless a
+        clear came meanwhile; a key not found is not kept."""
+        generation = self._generation
+        values = await self._reload(keys)
+        if self._ttl_s > 0 and generation == self._generation:
+            if len(self._items) + len(values) > MAX_CACHED:
                 self._items.clear()
-            self._items[key] = (self._clock(), value)
-            self._refreshing.discard(key)
+            now = self._clock()
+            for key, value in values.items():
+                self._items[key] = (now, value)
+                self._refreshing.discard(key)
+        return values
 
     def clear(self) -> None:
-        self.generation += 1
+        self._generation += 1
         self._items.clear()
         self._queued.clear()
         self._refreshing.clear()
@@ -157,15 +163,11 @@ class TTLCache:
             if not self._queued:
                 return
             keys, self._queued = list(self._queued), set()
-            generation = self.generation
             try:
-                values = await self._reload(keys)
+                await self.load(keys)  # a key gone meanwhile (deleted) expires, and the next read says NotFound
             except Exception:  # the database is away: the entries expire, and the next miss says so (503)
                 log.warning("Could not refresh %d cached %s ahead of expiry", len(keys), self._name, exc_info=True)
-                return  # the keys stay marked until they are put again, so an outage is not retried per read
-            for key, value in values.items():
-                self.put(key, value, generation)
-            # A key that is gone (deleted meanwhile) is not put: it expires, and the next read says NotFound.
+                return  # the keys stay marked until they are loaded again, so an outage is not retried per read
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,13 +291,9 @@ class Catalog:
             cached = self._users.get(user_id)
             if cached is not None:
                 return cached  # type: ignore[no-any-return]
-        generation = self._users.generation
-        async with self._session() as session:
-            row = (await session.execute(self._user_query().where(UserRow.id == user_id))).first()
-        if row is None:
+        user: User | None = (await self._users.load([user_id])).get(user_id)
+        if user is None:
             raise NotFound(f"No user with id {user_id!r}.")
-        user = self._to_user(row)
-        self._users.put(user_id, user, generation)
         return user
 
     async def find_user(self, name: str) -> User:
@@ -330,11 +328,7 @@ class Catalog:
             else:
                 result[user_id] = cached
         if missing:
-            generation = self._users.generation
-            loaded = await self._load_users(missing)
-            for user_id, user in loaded.items():
-                self._users.put(user_id, user, generation)
-            result.update(loaded)
+            result.update(await self._users.load(missing))
         return result
 
     async def _load_users(self, user_ids: list[str]) -> dict[str, User]:
@@ -518,10 +512,9 @@ class Catalog:
         cached = self._videos.get(video_id)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        generation = self._videos.generation
-        async with self._session() as session:
-            video = _video(await _get_row(session, VideoRow, video_id, "video"))
-        self._videos.put(video_id, video, generation)
+        video: Video | None = (await self._videos.load([video_id])).get(video_id)
+        if video is None:
+            raise NotFound(f"No video with id {video_id!r}.")
         return video
 
     async def _load_videos(self, video_ids: list[str]) -> dict[str, Video]:
