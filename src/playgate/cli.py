@@ -410,7 +410,8 @@ def import_rows(kind: KindName, file: Path, fmt: Format | None) -> None:
     Absent fields keep their value; a bad row is reported with its reason and the rest stored; a re-run changes
     nothing. Exit status 1 when a row was refused. Plans carry their rules as POST /v1/plans takes them (onLimit,
     kinds, maxPerTitle, maxDevices, deviceWindowDays, maxAwayStreams, onOutage, shadow; in CSV kinds and shadow are
-    JSON objects in their cells).
+    JSON objects in their cells). A user it disables (or enables again) has its tokens ended; its streams are not
+    ended, since this runs without the server: disable a user who is watching through the API.
     """
     fmt = fmt or format_of(None, file.name)
     schema = SCHEMAS[kind]

@@ -170,7 +170,7 @@ class Settings(BaseSettings):
         1.0,
         gt=0,
         validation_alias=AliasChoices("PLAYGATE_SWEEP_INTERVAL"),
-        description="How often expired streams are swept and announced.",
+        description="How often expired streams are swept and announced, and sockets whose tokens died are looked for.",
     )
     claim_idle_s: float = Field(
         15.0,

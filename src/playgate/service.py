@@ -46,6 +46,8 @@ MAX_WAIT_S = 10.0
 # listeners (Redis pub/sub) subscribe again within half a second of it, and pub/sub keeps nothing for a listener
 # that is not subscribed.
 LATE_ANNOUNCE_DELAY_S = 1.0
+# Users an import disabled whose streams are ended together (their stops go in shared transactions, GroupCommit).
+ENDS_AT_ONCE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,10 @@ class PlayGate:
         """The current token epoch of each of these users who may still act (deleted and disabled ones are left
         out): a socket opened under another epoch, or of a user left out, must close."""
         return await self._catalog.token_epochs(user_ids)
+
+    async def revoked_since(self, since: float) -> set[str]:
+        """The users whose tokens died (password changed, disabled, deleted) at or after `since` (epoch seconds)."""
+        return await self._catalog.revoked_since(since)
 
     async def _existing_user(self, user_id: str) -> User:
         return await self._catalog.get_user(user_id)
@@ -811,7 +817,8 @@ class PlayGate:
 
     async def import_rows(self, kind: KindName, data: bytes | str, fmt: Format) -> UpsertResult:
         """Create or update the rows of `data` (NDJSON, JSON array or CSV; at most imports.MAX_ROWS) by id; bad
-        rows are refused with their reason, the others stored."""
+        rows are refused with their reason, the others stored. Users it disables have their streams ended at once
+        (announced `user_disabled`), as by update_user."""
         schema = imports.SCHEMAS[kind]
         try:
             # Parsing and checking 100,000 rows takes a while: off the event loop, so that plays go on meanwhile.
@@ -820,7 +827,12 @@ class PlayGate:
             raise Invalid(f"body: not {fmt} ({exc})", field="body") from None
         if len(parsed) > imports.MAX_ROWS:
             raise TooLarge(f"At most {imports.MAX_ROWS} rows per import; this one has {len(parsed)}.")
-        return await imports.store(self._catalog, schema.kind, parsed)
+        result = await imports.store(self._catalog, schema.kind, parsed)
+        if schema.kind is USERS and result.revoked:
+            disabled = [u.id for u in (await self._catalog.users(result.revoked)).values() if u.disabled]
+            for start in range(0, len(disabled), ENDS_AT_ONCE):
+                await asyncio.gather(*(self._end_all(user_id) for user_id in disabled[start : start + ENDS_AT_ONCE]))
+        return result
 
     async def delete_user(self, user_id: str) -> None:
         """Delete a user; their streams end with them (announced `user_disabled`)."""

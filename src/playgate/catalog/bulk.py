@@ -33,12 +33,14 @@ class Refusal:
 
 @dataclass(slots=True)
 class UpsertResult:
-    """What an upsert did: rows created, updated, left unchanged (equal to what was stored), and refused."""
+    """What an upsert did: rows created, updated, left unchanged (equal to what was stored), and refused; and the
+    rows whose tokens it ended (a user disabled, enabled again or given a new password: its epoch raised)."""
 
     created: int = 0
     updated: int = 0
     unchanged: int = 0
     refused: list[Refusal] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
 
     def add(self, other: UpsertResult) -> None:
         """Add another batch's counts and refusals to these."""
@@ -46,12 +48,14 @@ class UpsertResult:
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.refused += other.refused
+        self.revoked += other.revoked
 
 
 @dataclass(frozen=True, slots=True)
 class Kind:
     """How one catalogue table is upserted: its changeable columns (with the field name that names each in a
-    refusal), the columns a new row needs, a new row's other values, its unique column and its reference."""
+    refusal), the columns a new row needs, a new row's other values, its unique column and its reference; and the
+    columns whose change ends the row's tokens (`revoking`), by raising its `epoch` column."""
 
     noun: str
     table: Table
@@ -63,6 +67,8 @@ class Kind:
     # Columns whose given value is merged into the stored one (a plan's rules: the fields given change, the others
     # stay), by a function of (stored or new row's value, given value) that raises Invalid naming a bad field.
     merge: dict[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
+    revoking: tuple[str, ...] = ()
+    epoch: str | None = None
 
 
 USERS = Kind(
@@ -89,6 +95,9 @@ USERS = Kind(
     },
     unique="name",
     reference=("plan_id", PlanRow.__table__),  # type: ignore[arg-type]
+    # As Catalog.update_user: a new password, and a disable either way (re-enabling does not revive old tokens).
+    revoking=("password_hash", "disabled"),
+    epoch="token_epoch",
 )
 VIDEOS = Kind(
     noun="video",
@@ -191,6 +200,8 @@ class _Batch:
             self.result.created += 1
         elif any(old[c] != merged[c] for c in given):
             self.updates.append({"b_id": row_id, **{f"b_{c}": merged[c] for c in self.kind.fields}})
+            if any(old[c] != merged[c] for c in self.kind.revoking if c in given):
+                self.result.revoked.append(row_id)
             self.stored[row_id] = {c: merged[c] for c in self.kind.fields}
             self.result.updated += 1
         else:
@@ -251,6 +262,10 @@ async def upsert(
     if batch.updates:
         setters: dict[str, Any] = {c: bindparam(f"b_{c}") for c in kind.fields}
         await session.execute(update(table).where(table.c.id == bindparam("b_id")).values(setters), batch.updates)
+    if kind.epoch is not None:
+        epoch = table.c[kind.epoch]
+        for chunk in _chunks(batch.result.revoked):
+            await session.execute(update(table).where(table.c.id.in_(chunk)).values({epoch: epoch + 1}))
     if batch.inserts:
         await session.execute(insert(table), batch.inserts)
     return batch.result

@@ -71,6 +71,16 @@ class UserRow(Base):
     token_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+class TokenRevocationRow(Base):
+    """A user whose tokens died (token epoch raised, disabled, deleted), kept for a while: each API process's
+    socket sweep asks about the users named here lately instead of every connected one (api/socket.py)."""
+
+    __tablename__ = "token_revocations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float, index=True)
+
+
 class VideoRow(Base):
     """A video of the catalogue."""
 

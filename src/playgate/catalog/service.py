@@ -20,7 +20,7 @@ from playgate.catalog import bulk
 from playgate.catalog.bulk import Kind, UpsertResult
 from playgate.catalog.db import create_engine, is_sqlite
 from playgate.catalog.keys import KeyStore
-from playgate.catalog.models import PlanRow, ShadowDenialRow, UserRow, VideoRow
+from playgate.catalog.models import PlanRow, ShadowDenialRow, TokenRevocationRow, UserRow, VideoRow
 from playgate.domain import Decision, Plan, Policy, Quota, Rules, User, Video
 from playgate.errors import Conflict, Invalid, NotFound, Unavailable
 from playgate.policy import resolve, rules_from_json, rules_to_json
@@ -36,6 +36,9 @@ REFRESH_AT = 0.5
 # Entries per cache before it starts over, and reloads one refresh task makes before it hands over to the next.
 MAX_CACHED = 100_000
 MAX_REFRESH_ROUNDS = 1_000
+# How long a note that a user's tokens died is kept (the writers prune older ones): far longer than a socket sweep
+# looks back (api/socket.py).
+REVOCATIONS_KEPT_S = 3600.0
 # A hash nobody's password matches, checked when a name is unknown so that timing does not tell.
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
@@ -341,6 +344,22 @@ class Catalog:
                     found[row.id] = self._to_user(row)
         return found
 
+    async def revoked_since(self, since: float) -> set[str]:
+        """The users whose tokens died (epoch raised, disabled, deleted) at or after `since`, by the clock of the
+        process that wrote it, read fresh (another process may have written it)."""
+        query = select(TokenRevocationRow.user_id).where(TokenRevocationRow.at >= since).distinct()
+        async with self._session() as session:
+            return set((await session.scalars(query)).all())
+
+    async def _note_revoked(self, session: AsyncSession, user_ids: Sequence[str]) -> None:
+        """Note, in `session`'s transaction, that these users' tokens die now (revoked_since); forget notes older
+        than REVOCATIONS_KEPT_S."""
+        if not user_ids:
+            return
+        now = self._clock()
+        await session.execute(insert(TokenRevocationRow), [{"user_id": user_id, "at": now} for user_id in user_ids])
+        await session.execute(delete(TokenRevocationRow).where(TokenRevocationRow.at < now - REVOCATIONS_KEPT_S))
+
     async def token_epochs(self, user_ids: Iterable[str]) -> dict[str, int]:
         """The token epoch of each of these users who exists and is not disabled, read fresh: two columns, no
         cache. The sockets' revocation check asks this about every connected user each sweep; through `users` it
@@ -423,6 +442,7 @@ class Catalog:
                 # Every token issued so far dies: after a password change, and across a disable (so that
                 # re-enabling the user does not revive the tokens issued before).
                 row.token_epoch += 1
+                await self._note_revoked(session, [user_id])
             await self._commit(session, f"A user named {changes.get('name')!r} exists already.", "name")
         self._users.clear()
         return await self.get_user(user_id, fresh=True)
@@ -430,6 +450,7 @@ class Catalog:
     async def delete_user(self, user_id: str) -> None:
         """Remove a user; NotFound if there is none."""
         async with self._write_session() as session:
+            await self._note_revoked(session, [user_id])
             await _delete_row(session, UserRow, user_id, "user")
         self._users.clear()
 
@@ -570,6 +591,7 @@ class Catalog:
         not raised."""
         async with self._write_session() as session:
             result = await bulk.upsert(session, kind, rows, self._clock())
+            await self._note_revoked(session, result.revoked)
             await self._commit(session, f"Rows of this import clash with each other or with other {kind.noun}s.", "id")
         self._users.clear()
         self._videos.clear()
@@ -580,13 +602,26 @@ class Catalog:
         hashed here. Invalid or Conflict (a taken name) name the field at fault."""
         values = {k: v for k, v in values.items() if not (k == "password" and v is None)}
         if "password" in values:
-            values["password"] = await self._hash(values["password"])
+            if await self._password_is(kind, row_id, values["password"]):
+                del values["password"]  # the same again: nothing changes, and the tokens issued under it live on
+            else:
+                values["password"] = await self._hash(values["password"])
         result = await self.upsert(kind, [(1, {"id": row_id, **bulk.columns_of(kind, values)})])
         if result.refused:
             refusal = result.refused[0]
             error = Conflict if refusal.field == "name" else Invalid
             raise error(f"{refusal.field}: {refusal.reason}", field=refusal.field)
         return result.created == 1
+
+    async def _password_is(self, kind: Kind, row_id: str, password: str) -> bool:
+        """Whether the stored user `row_id` has this password (False for another kind, or no such user)."""
+        if kind.table is not UserRow.__table__:
+            return False
+        async with self._session() as session:
+            stored = await session.scalar(select(UserRow.password_hash).where(UserRow.id == row_id))
+        if not stored:
+            return False
+        return await asyncio.to_thread(verify_password, stored, password)
 
     # ---- shadow denials ----------------------------------------------------------------------------
 
@@ -673,6 +708,7 @@ class Catalog:
             if not await asyncio.to_thread(verify_password, row.password_hash, password):
                 row.password_hash = await self._hash(password)
                 row.token_epoch += 1
+                await self._note_revoked(session, [admin.id])
             row.is_admin = True
             await session.commit()
         return await self.get_user(admin.id, fresh=True)

@@ -304,7 +304,11 @@ def _import_route(kind: KindName, fields: str) -> None:
     )
 
 
-_import_route("users", "`{id, name?, limit?, plan?, disabled?}`")
+_import_route(
+    "users",
+    "`{id, name?, limit?, plan?, disabled?}`; a user it disables has its streams ended at once (`stream_ended`, "
+    "`user_disabled`) and, disabled or enabled again, its tokens ended, as by `PATCH /v1/users/{userId}`",
+)
 _import_route("videos", "`{id, title?, url?}` (a new video needs both)")
 _import_route(
     "plans",
