@@ -16,7 +16,7 @@ from playgate.api.socket import FULL_CHECK_S, SocketRegistry
 from playgate.catalog.bulk import USERS
 from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.service import REVOCATIONS_KEPT_S, Catalog
-from playgate.errors import Unavailable
+from playgate.errors import NotFound, Unavailable
 from playgate.service import PlayGate
 from tests.lifecycle.helpers import play
 from tests.support.clients import OpenSocket, SocketClient, api_client, connect_socket, new_user, token_for
@@ -162,6 +162,8 @@ async def test_revoked_since_names_the_users_whose_tokens_died_and_old_notes_are
         await catalog.update_user(a.id, {"password": "a-new-password"})
         clock.advance(10)
         await catalog.delete_user(c.id)
+        with pytest.raises(NotFound):
+            await catalog.delete_user("nobody")  # nothing deleted, nothing noted
         clock.advance(10)
         assert (await catalog.upsert(USERS, [(1, {"id": b.id, "disabled": True})])).revoked == [b.id]
         assert await catalog.revoked_since(start) == {a.id, b.id, c.id}

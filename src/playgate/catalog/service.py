@@ -744,8 +744,9 @@ def _assign(row: UserRow | PlanRow | VideoRow, changes: Mapping[str, Any], *fiel
 async def _delete_row(
     session: AsyncSession, row_type: type[UserRow | PlanRow | VideoRow], row_id: str, noun: str
 ) -> None:
-    """Delete the `noun` with id `row_id` and commit; NotFound if there is none."""
+    """Delete the `noun` with id `row_id` and commit; NotFound if there is none (nothing of the transaction is
+    committed then)."""
     result = await session.execute(delete(row_type).where(row_type.id == row_id))
-    await session.commit()
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise NotFound(f"No {noun} with id {row_id!r}.")
+    await session.commit()
