@@ -205,7 +205,8 @@ def _put_answer(response: Response, created: bool) -> None:
     "/users/{userId}",
     summary="Create or update a user by id",
     description=PUT_DOC.format(noun="user") + " A new user without `name` is named by its id; without `password` "
-    "it logs in only with the platform's tokens. Disabling ends its streams at once.",
+    "it logs in only with the platform's tokens. Disabling ends its streams at once. A new password, and a disable "
+    "either way, end the tokens issued before (401 on every process); the same password again changes nothing.",
     responses={201: {"model": UserOut, "description": "Created."}, **ERRORS},
 )
 async def put_user(
