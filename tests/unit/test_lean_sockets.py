@@ -89,8 +89,8 @@ async def test_a_getter_cancelled_before_an_item_comes_is_passed_over(make: Any)
     assert queue.empty()
 
 
-async def _waiting_get_tasks(queue: Any) -> tuple[asyncio.Future[Any], set[asyncio.Task[Any]]]:
-    """A task waiting on `wait_for(queue.get(), 5)`, as engine.io's writer does, and the tasks started with it
+async def _waiting_get(queue: Any) -> tuple[asyncio.Future[Any], set[asyncio.Task[Any]]]:
+    """A task waiting on `wait_for(queue.get(), 5)`, as engine.io's writer does, and the other tasks started with it
     (other tests' tasks on the shared event loop may come and go meanwhile: they are not counted)."""
     before = asyncio.all_tasks()
     waiting = asyncio.ensure_future(asyncio.wait_for(queue.get(), 5))
@@ -98,21 +98,20 @@ async def _waiting_get_tasks(queue: Any) -> tuple[asyncio.Future[Any], set[async
     return waiting, asyncio.all_tasks() - before - {waiting}
 
 
-def _wait_for_wraps_get_in_a_task(found: tuple[asyncio.Future[Any], set[asyncio.Task[Any]]]) -> bool:
+def _wraps_get(started: set[asyncio.Task[Any]]) -> bool:
     """Whether wait_for wrapped the queue's get in a task of its own (as it does asyncio.Queue.get's coroutine)."""
-    return any(t.get_coro().__qualname__.endswith("Queue.get") for t in found[1])
+    return any(t.get_coro().__qualname__.endswith("Queue.get") for t in started)
 
 
 async def test_a_waiting_lean_get_is_a_future_that_wait_for_wraps_in_no_task() -> None:
-    plain = await _waiting_get_tasks(asyncio.Queue())
-    assert _wait_for_wraps_get_in_a_task(plain)  # asyncio.Queue.get's coroutine: wrapped in a second task
-    plain[0].cancel()
+    plain, started = await _waiting_get(asyncio.Queue())
+    assert _wraps_get(started)  # asyncio.Queue.get's coroutine: wrapped in a second task
+    plain.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await plain[0]
+        await plain
     queue: LeanQueue[str] = LeanQueue()
-    lean = await _waiting_get_tasks(queue)
-    assert not _wait_for_wraps_get_in_a_task(lean)  # the writer's task alone
-    waiting = lean[0]
+    waiting, started = await _waiting_get(queue)
+    assert not _wraps_get(started)  # the writer's task alone
     queue.put_nowait("z")
     assert await waiting == "z"
     for _ in range(3):  # timed-out getters do not pile up

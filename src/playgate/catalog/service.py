@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -62,6 +62,12 @@ _USER_COLUMNS = (
     PlanRow.rules.label("plan_rules"),
     PlanRow.shadow.label("plan_shadow"),
 )
+
+
+def _in_chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    """`ids` in slices of IDS_PER_QUERY, one IN (...) list each."""
+    for start in range(0, len(ids), IDS_PER_QUERY):
+        yield ids[start : start + IDS_PER_QUERY]
 
 
 def _new_catalog_id() -> str:
@@ -314,8 +320,7 @@ class Catalog:
             found = (await session.execute(query)).first()
         # Hashing is slow on purpose: keep it off the event loop.
         password_hash = found.password_hash if found else _DUMMY_HASH
-        async with self._hashing:
-            matches = await asyncio.to_thread(verify_password, password_hash or _DUMMY_HASH, password)
+        matches = await self._verify(password_hash or _DUMMY_HASH, password)
         if found is None or not matches:
             return None
         return self._to_user(found)
@@ -338,8 +343,8 @@ class Catalog:
         """These users that exist, read from the database (no cache)."""
         found: dict[str, User] = {}
         async with self._session() as session:
-            for start in range(0, len(user_ids), IDS_PER_QUERY):
-                query = self._user_query().where(UserRow.id.in_(user_ids[start : start + IDS_PER_QUERY]))
+            for ids in _in_chunks(user_ids):
+                query = self._user_query().where(UserRow.id.in_(ids))
                 for row in (await session.execute(query)).all():
                     found[row.id] = self._to_user(row)
         return found
@@ -350,6 +355,11 @@ class Catalog:
         query = select(TokenRevocationRow.user_id).where(TokenRevocationRow.at >= since).distinct()
         async with self._session() as session:
             return set((await session.scalars(query)).all())
+
+    async def _end_tokens(self, session: AsyncSession, row: UserRow) -> None:
+        """End every token issued to this user so far, in `session`'s transaction: raise its epoch, and note it."""
+        row.token_epoch += 1
+        await self._note_revoked(session, [row.id])
 
     async def _note_revoked(self, session: AsyncSession, user_ids: Sequence[str]) -> None:
         """Note, in `session`'s transaction, that these users' tokens die now (revoked_since); forget notes older
@@ -367,10 +377,8 @@ class Catalog:
         wanted = list(set(user_ids))
         epochs: dict[str, int] = {}
         async with self._session() as session:
-            for start in range(0, len(wanted), IDS_PER_QUERY):
-                query = select(UserRow.id, UserRow.token_epoch).where(
-                    UserRow.id.in_(wanted[start : start + IDS_PER_QUERY]), UserRow.disabled.is_(False)
-                )
+            for ids in _in_chunks(wanted):
+                query = select(UserRow.id, UserRow.token_epoch).where(UserRow.id.in_(ids), UserRow.disabled.is_(False))
                 epochs.update((user_id, epoch) for user_id, epoch in (await session.execute(query)).all())
         return epochs
 
@@ -386,6 +394,10 @@ class Catalog:
     async def _hash(self, password: str) -> str:
         async with self._hashing:
             return await asyncio.to_thread(hash_password, password)
+
+    async def _verify(self, password_hash: str, password: str) -> bool:
+        async with self._hashing:
+            return await asyncio.to_thread(verify_password, password_hash, password)
 
     async def create_user(
         self,
@@ -441,8 +453,7 @@ class Catalog:
             if revoke:
                 # Every token issued so far dies: after a password change, and across a disable (so that
                 # re-enabling the user does not revive the tokens issued before).
-                row.token_epoch += 1
-                await self._note_revoked(session, [user_id])
+                await self._end_tokens(session, row)
             await self._commit(session, f"A user named {changes.get('name')!r} exists already.", "name")
         self._users.clear()
         return await self.get_user(user_id, fresh=True)
@@ -542,8 +553,8 @@ class Catalog:
         """These videos that exist, read from the database (no cache)."""
         found: dict[str, Video] = {}
         async with self._session() as session:
-            for start in range(0, len(video_ids), IDS_PER_QUERY):
-                query = select(VideoRow).where(VideoRow.id.in_(video_ids[start : start + IDS_PER_QUERY]))
+            for ids in _in_chunks(video_ids):
+                query = select(VideoRow).where(VideoRow.id.in_(ids))
                 found.update((row.id, _video(row)) for row in (await session.scalars(query)).all())
         return found
 
@@ -615,13 +626,13 @@ class Catalog:
 
     async def _password_is(self, kind: Kind, row_id: str, password: str) -> bool:
         """Whether the stored user `row_id` has this password (False for another kind, or no such user)."""
-        if kind.table is not UserRow.__table__:
+        if kind is not bulk.USERS:
             return False
         async with self._session() as session:
             stored = await session.scalar(select(UserRow.password_hash).where(UserRow.id == row_id))
         if not stored:
             return False
-        return await asyncio.to_thread(verify_password, stored, password)
+        return await self._verify(stored, password)
 
     # ---- shadow denials ----------------------------------------------------------------------------
 
@@ -705,10 +716,9 @@ class Catalog:
             row = await session.get(UserRow, admin.id)
             assert row is not None
             # Every process sets it at start: only a new password rehashes it and ends the admin's tokens.
-            if not await asyncio.to_thread(verify_password, row.password_hash, password):
+            if not await self._verify(row.password_hash, password):
                 row.password_hash = await self._hash(password)
-                row.token_epoch += 1
-                await self._note_revoked(session, [admin.id])
+                await self._end_tokens(session, row)
             row.is_admin = True
             await session.commit()
         return await self.get_user(admin.id, fresh=True)
