@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from playgate.catalog.db import upgrade
-from playgate.domain import Status
+from playgate.domain import Reason, Status
 from playgate.errors import Unavailable
 from playgate.ledger import sql
 from playgate.ledger.sql import SqlLedger
@@ -52,6 +52,47 @@ async def test_a_lock_held_elsewhere_is_waited_for_off_the_event_loop(database: 
         [outcome] = await asyncio.wait_for(deciding, 10)
         assert outcome.decision.status is Status.allowed
         assert len(await ledger.streams("u1")) == 2
+    finally:
+        await ledger.close()
+
+
+async def test_a_stop_queued_when_a_batch_is_decided_goes_in_its_transaction_first(
+    database: Path, clock: Clock
+) -> None:
+    """A player's stop that queued for its group commit, then the worker's batch: the batch takes the stop into its
+    own transaction, ahead of its decisions (the slot it frees counts for them), and the stop is answered after it;
+    its own commit then finds nothing left to write."""
+    ledger = _ledger(database, clock)
+    try:
+        first = await one(ledger, play("r0"), limit=1)
+        assert first.status is Status.allowed
+        assert first.stream_id is not None
+        stopping = asyncio.create_task(ledger.stop([first.stream_id], "u1", reason=Reason.stopped))
+        await asyncio.sleep(0)  # the stop is queued; its group commit has not run
+        transactions = _transactions(ledger)
+        [outcome] = await ledger.decide([admit(play("r1", video="v2", device="phone"), limit=1)])
+        assert outcome.decision.status is Status.allowed, "the stop queued first did not free its slot"
+        assert [s.id for s in await stopping] == [first.stream_id]
+        assert _transactions(ledger) == transactions + 1
+        assert [s.video_id for s in await ledger.streams("u1")] == ["v2"]
+    finally:
+        await ledger.close()
+
+
+async def test_a_failed_batch_fails_the_stops_it_took(database: Path, clock: Clock) -> None:
+    """The batch's transaction fails: the stops it took are answered with its error, and nothing of them is
+    written (the stream plays on)."""
+    ledger = _ledger(database, clock)
+    try:
+        first = await one(ledger, play("r0"))
+        assert first.stream_id is not None
+        stopping = asyncio.create_task(ledger.stop([first.stream_id], "u1"))
+        await asyncio.sleep(0)
+        with pytest.raises(TypeError):
+            await ledger.decide([admit(play("r1", device="phone"), limit="three")])  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            await stopping
+        assert [s.id for s in await ledger.streams("u1")] == [first.stream_id]
     finally:
         await ledger.close()
 
@@ -110,3 +151,8 @@ async def test_closing_during_a_checkpoint_leaves_no_connection_open(
     await ledger.close()
     assert ledger._conn is None
     assert ledger._checkpoint is None
+
+
+def _transactions(ledger: SqlLedger) -> int:
+    """Write transactions on the event loop's connection so far (each counted once, when it changed something)."""
+    return ledger._inline_writes  # the count the checkpoints are driven by

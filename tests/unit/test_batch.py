@@ -1,5 +1,6 @@
 """Group commit (ledger/batch.py): what queues during a commit goes in the next one, each caller gets its own
-result only after its commit, and a failed commit fails each of its callers."""
+result only after its commit, and a failed commit fails each of its callers; what another writer takes is its to
+commit and answer."""
 
 from __future__ import annotations
 
@@ -73,3 +74,23 @@ async def test_an_item_whose_caller_went_away_is_committed_all_the_same() -> Non
     recorder.release.set()
     assert await commit(2) == 20
     assert recorder.batches == [[1], [2]]
+
+
+async def test_items_taken_by_another_writer_are_not_committed_again_and_are_answered_by_it() -> None:
+    recorder = Recorder()
+    commit = GroupCommit(recorder.commit)
+    queued = [asyncio.create_task(commit(n)) for n in (1, 2)]
+    await asyncio.sleep(0)  # both queued; the commit that would hold them has not run
+    taken = commit.take()
+    assert [item for item, _ in taken] == [1, 2]
+    await asyncio.sleep(0)
+    assert recorder.batches == []  # nothing left for the group commit
+    GroupCommit.settle(taken, [100, 200])
+    assert [await task for task in queued] == [100, 200]
+    failing = asyncio.create_task(commit(3))
+    await asyncio.sleep(0)
+    GroupCommit.settle(commit.take(), Unavailable("the database does not answer"))
+    with pytest.raises(Unavailable):
+        await failing
+    assert await commit(4) == 40  # and the group commit goes on
+    assert recorder.batches == [[4]]

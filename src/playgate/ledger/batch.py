@@ -2,7 +2,9 @@
 
 A caller is answered only once the commit that holds its item is done, so nothing it was told happened can be lost
 on a crash; there is no timer: a lone call is committed at once, and a batch is whatever queued meanwhile. The
-same shape serves reads made together (the service's look-ups of callers' users).
+same shape serves reads made together (the service's look-ups of callers' users). Another writer may take what is
+queued (`take`) into a transaction of its own, and settle each item after it (`settle`): the SQLite ledger's
+decisions take the stops queued meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+# Items queued for a commit, each with its caller's future.
+Taken = list[tuple[Item, asyncio.Future[Result]]]
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -20,7 +24,7 @@ class GroupCommit(Generic[Item, Result]):
 
     def __init__(self, commit: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]]) -> None:
         self._commit = commit
-        self._queued: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._queued: Taken[Item, Result] = []
         self._draining: asyncio.Task[None] | None = None
 
     async def __call__(self, item: Item) -> Result:
@@ -31,19 +35,32 @@ class GroupCommit(Generic[Item, Result]):
             self._draining = asyncio.create_task(self._drain(), name="playgate-group-commit")
         return await future
 
+    def take(self) -> Taken[Item, Result]:
+        """The items queued for the next commit, now the caller's to commit and `settle` (the next commit goes on
+        with what queues after)."""
+        taken, self._queued = self._queued, []
+        return taken
+
+    @staticmethod
+    def settle(taken: Taken[Item, Result], outcome: Sequence[Result] | Exception) -> None:
+        """Answer each caller of `taken`: its result (one per item, in order), or the commit's error."""
+        for i, (_, future) in enumerate(taken):
+            if future.done():  # a caller that went away meanwhile: its item is committed all the same
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome[i])
+
     async def _drain(self) -> None:
         try:
             while self._queued:
-                batch, self._queued = self._queued, []
+                batch = self.take()
                 try:
                     results = await self._commit([item for item, _ in batch])
                 except Exception as exc:  # each caller of the batch gets the error (Unavailable, say)
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    self.settle(batch, exc)
                     continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():  # a caller that went away meanwhile: its item is committed all the same
-                        future.set_result(result)
+                self.settle(batch, results)
         finally:
             self._draining = None

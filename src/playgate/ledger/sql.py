@@ -353,16 +353,36 @@ class SqlLedger:
     # ---- admission ---------------------------------------------------------------------------------
 
     async def decide(self, admissions: Sequence[Admission]) -> list[Outcome]:
-        """Decide the batch in one write transaction: read priors and streams, apply the rule, write the diff."""
+        """Decide the batch in one write transaction: read priors and streams, apply the rule, write the diff. The
+        stops queued meanwhile (waiting for their own group commit) go first in the same transaction, and are
+        answered after it: one commit where there were two, and the slots they free count for this batch."""
         if not admissions:
             return []
-        return await self._run(self._decide, admissions, inline=len(admissions) <= INLINE_BATCH)
+        stops = self._stops.take()
+        try:
+            outcomes, stopped = await self._run(
+                self._decide,
+                admissions,
+                [stop for stop, _ in stops],
+                inline=len(admissions) + len(stops) <= INLINE_BATCH,
+            )
+        except Exception as exc:
+            GroupCommit.settle(stops, exc)
+            raise
+        except BaseException:  # cancelled (a shutdown): the stops' callers are not left waiting
+            GroupCommit.settle(stops, Unavailable("The service is shutting down; the stop may not be written."))
+            raise
+        GroupCommit.settle(stops, stopped)
+        return outcomes
 
-    def _decide(self, conn: sqlite3.Connection, admissions: Sequence[Admission]) -> list[Outcome]:
+    def _decide(
+        self, conn: sqlite3.Connection, admissions: Sequence[Admission], stops: Sequence[_StopArgs]
+    ) -> tuple[list[Outcome], list[list[Stream]]]:
         request_ids = _json_list({a.request.request_id for a in admissions})
         user_ids = _json_list({a.request.user_id for a in admissions})
         with self._write(conn):
             now = self._clock()
+            stopped = self._stopped(conn, stops, now)
             priors = {row[0]: _decision(row) for row in conn.execute(SELECT_PRIORS, (request_ids,))}
             before: dict[str, list[Stream]] = defaultdict(list)
             for row in conn.execute(SELECT_USERS_STREAMS, (user_ids,)):
@@ -404,7 +424,7 @@ class SqlLedger:
                 conn.executemany(INSERT_DECISION, fresh)
             if self._events is not None and decided:
                 self._events.decided(conn, decided)
-        return outcomes
+        return outcomes, stopped
 
     def _ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:
         """Log streams this transaction ended, in it (nothing without a ChangeLog)."""
@@ -515,7 +535,8 @@ class SqlLedger:
     ) -> list[Stream]:
         """Delete the user's chosen streams (not one whose lease runs past `unless_renewed_after`); return those
         that were still active, their ends recorded with `reason` (if any) in the same transaction. Stops that
-        arrive together are committed in one transaction (answered after it), as the worker's decisions are.
+        arrive together are committed in one transaction (answered after it), as the worker's decisions are; the
+        worker's next batch takes them into its own when it comes first (decide).
         `announce` is the caller's to do (announces_stops is false)."""
         ids = _json_list(stream_ids) if stream_ids is not None else None
         return await self._stops((user_id, ids, video_id, unless_renewed_after, reason))
@@ -525,10 +546,15 @@ class SqlLedger:
 
     def _stop(self, conn: sqlite3.Connection, stops: Sequence[_StopArgs]) -> list[list[Stream]]:
         with self._write(conn):
-            now = self._clock()
-            found = [conn.execute(STOP, stop[:4]).fetchall() for stop in stops]
-            stopped = [by_age(s for s in map(_stream, rows) if s.live(now)) for rows in found]
-            self._ended(conn, [e for stop, ss in zip(stops, stopped, strict=True) for e in _ends(ss, stop[4])], now)
+            return self._stopped(conn, stops, self._clock())
+
+    def _stopped(self, conn: sqlite3.Connection, stops: Sequence[_StopArgs], now: float) -> list[list[Stream]]:
+        """In the transaction under way: the stops, each one's streams that were still active, their ends logged."""
+        if not stops:
+            return []
+        found = [conn.execute(STOP, stop[:4]).fetchall() for stop in stops]
+        stopped = [by_age(s for s in map(_stream, rows) if s.live(now)) for rows in found]
+        self._ended(conn, [e for stop, ss in zip(stops, stopped, strict=True) for e in _ends(ss, stop[4])], now)
         return stopped
 
     async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:
