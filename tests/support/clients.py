@@ -15,6 +15,10 @@ from tests.support.servers import ADMIN_PASSWORD
 
 # Base URLs of apps served in the test's own process (tests/support/inprocess.py), and the transport to each.
 TRANSPORTS: dict[str, httpx.AsyncBaseTransport] = {}
+# A server closes a connection idle for PLAYGATE_KEEP_ALIVE (5 s); a client that reuses it at that instant (httpx
+# keeps one idle for 5 s too) reads a closed connection, httpx.ReadError, as a test whose client waited 4.5 s while
+# its player fetched media did on a busy machine. The client lets go of an idle connection well before.
+_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
 
 
 async def token_for(base_url: str, name: str, password: str) -> str:
@@ -28,7 +32,9 @@ async def token_for(base_url: str, name: str, password: str) -> str:
 def api_client(base_url: str, token: str | None = None) -> httpx.AsyncClient:
     """An httpx client for the server (a real one, or one in this process), with the bearer token if given."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15.0, transport=TRANSPORTS.get(base_url))
+    return httpx.AsyncClient(
+        base_url=base_url, headers=headers, timeout=15.0, limits=_LIMITS, transport=TRANSPORTS.get(base_url)
+    )
 
 
 async def admin_client(base_url: str) -> httpx.AsyncClient:
