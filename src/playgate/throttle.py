@@ -52,7 +52,9 @@ class Throttled(PlayGateError):
 def storage_url(settings: Settings) -> str:
     """Where the counters live: Redis when the deployment has it, else this process's memory."""
     if settings.redis_url:
-        return f"async+{settings.redis_url}"
+        # `limits` names a Redis socket file async+redis+unix://, where redis-py (and PLAYGATE_REDIS_URL) say unix://.
+        scheme, sep, rest = settings.redis_url.partition("://")
+        return f"async+redis+unix://{rest}" if scheme.lower() == "unix" and sep else f"async+{settings.redis_url}"
     return "async+memory://"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.distributed.conftest import Cluster
 from tests.support.clients import admin_client, api_client, connect_socket, new_user
@@ -10,9 +11,14 @@ from tests.support.redis_server import start_redis
 from tests.support.servers import start_playgate
 
 
-async def test_serve_with_redis_and_postgres_runs_api_and_worker_in_one_process(cluster: Cluster) -> None:
-    redis = start_redis(cluster.data_dir / "serve-redis")
-    env = {**cluster.env, "PLAYGATE_REDIS_URL": redis.url}
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+async def test_serve_with_redis_and_postgres_runs_api_and_worker_in_one_process(
+    cluster: Cluster, transport: str
+) -> None:
+    # unix: Redis on the same host through its socket file (a unix:// PLAYGATE_REDIS_URL), for every client PlayGate
+    # opens: the ledger, the queue, the fan-out, Socket.IO's manager and the login throttle (the admin's log-in).
+    redis = start_redis(cluster.data_dir / f"serve-redis-{transport}", unix_socket=transport == "unix")
+    env = {**cluster.env, "PLAYGATE_REDIS_URL": redis.socket_url if transport == "unix" else redis.url}
     server = start_playgate(cluster.data_dir, "serve", **env)
     try:
         admin = await admin_client(server.base_url)

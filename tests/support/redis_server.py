@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,18 @@ class RedisServer:
     appendonly: bool
     proc: subprocess.Popen[bytes] | None = None
     extra_args: tuple[str, ...] = ()
+    # Also listening on this socket file (a path short enough for the 107 bytes a socket address may hold).
+    unix_socket: Path | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def socket_url(self) -> str:
+        """The URL of the socket file: Redis on the same host without TCP."""
+        assert self.unix_socket is not None, "started without a socket file"
+        return f"unix://{self.unix_socket}?db=0"
 
     def start(self) -> None:
         """Start the server and wait until it answers PING."""
@@ -56,6 +65,7 @@ class RedisServer:
             "--logfile",
             str(self.data_dir / "redis.log"),
             *self.extra_args,
+            *(("--unixsocket", str(self.unix_socket), "--unixsocketperm", "700") if self.unix_socket else ()),
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -102,9 +112,12 @@ class RedisServer:
             client.close()
 
 
-def start_redis(data_dir: Path, *, appendonly: bool = False) -> RedisServer:
-    """A started redis-server on a free port, keeping its files in data_dir."""
+def start_redis(data_dir: Path, *, appendonly: bool = False, unix_socket: bool = False) -> RedisServer:
+    """A started redis-server on a free port, keeping its files in data_dir; with unix_socket, listening on a socket
+    file in the system's temp dir too (removed by the server when it stops)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(free_port(), data_dir, appendonly)
+    port = free_port()
+    socket_file = Path(tempfile.gettempdir()) / f"playgate-test-redis-{port}.sock" if unix_socket else None
+    server = RedisServer(port, data_dir, appendonly, unix_socket=socket_file)
     server.start()
     return server
