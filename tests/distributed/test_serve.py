@@ -19,7 +19,11 @@ async def test_serve_with_redis_and_postgres_runs_api_and_worker_in_one_process(
     # opens: the ledger, the queue, the fan-out, Socket.IO's manager and the login throttle (the admin's log-in).
     redis = start_redis(cluster.data_dir / f"serve-redis-{transport}", unix_socket=transport == "unix")
     env = {**cluster.env, "PLAYGATE_REDIS_URL": redis.socket_url if transport == "unix" else redis.url}
-    server = start_playgate(cluster.data_dir, "serve", **env)
+    try:
+        server = start_playgate(cluster.data_dir, "serve", **env)
+    except BaseException:
+        redis.stop()  # a server that did not start leaves no redis-server behind
+        raise
     try:
         admin = await admin_client(server.base_url)
         user = await new_user(server.base_url, admin, limit=2)
