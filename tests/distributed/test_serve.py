@@ -11,16 +11,19 @@ from tests.support.redis_server import start_redis
 from tests.support.servers import start_playgate
 
 
-@pytest.mark.parametrize("transport", ["tcp", "unix"])
+@pytest.mark.parametrize("transport", ["tcp", "unix", "tls"])
 async def test_serve_with_redis_and_postgres_runs_api_and_worker_in_one_process(
     cluster: Cluster, transport: str
 ) -> None:
-    # unix: Redis on the same host through its socket file (a unix:// PLAYGATE_REDIS_URL), for every client PlayGate
-    # opens: the ledger, the queue, the fan-out, Socket.IO's manager and the login throttle (the admin's log-in).
-    redis = start_redis(cluster.data_dir / f"serve-redis-{transport}", unix_socket=transport == "unix")
-    env = {**cluster.env, "PLAYGATE_REDIS_URL": redis.socket_url if transport == "unix" else redis.url}
+    # Every client PlayGate opens (the ledger, the queue, the fan-out, Socket.IO's manager and the login throttle,
+    # which the admin's log-in goes through) over each way to reach Redis: TCP; its socket file on the same host (a
+    # unix:// PLAYGATE_REDIS_URL); TLS, the server's certificate checked against the CA the URL names (rediss://).
+    redis = start_redis(
+        cluster.data_dir / f"serve-redis-{transport}", unix_socket=transport == "unix", tls=transport == "tls"
+    )
     try:
-        server = start_playgate(cluster.data_dir, "serve", **env)
+        url = redis.socket_url if transport == "unix" else redis.tls_url if transport == "tls" else redis.url
+        server = start_playgate(cluster.data_dir, "serve", **{**cluster.env, "PLAYGATE_REDIS_URL": url})
     except BaseException:
         redis.stop()  # a server that did not start leaves no redis-server behind
         raise

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+import trustme
 
 from tests.support.servers import free_port
 
@@ -33,6 +34,9 @@ class RedisServer:
     extra_args: tuple[str, ...] = ()
     # Also listening on this socket file (a path short enough for the 107 bytes a socket address may hold).
     unix_socket: Path | None = None
+    # Also speaking TLS on this port, with a certificate for 127.0.0.1 from a test CA (its file: tls_ca).
+    tls_port: int | None = None
+    tls_ca: Path | None = None
 
     @property
     def url(self) -> str:
@@ -43,6 +47,13 @@ class RedisServer:
         """The URL of the socket file: Redis on the same host without TCP."""
         assert self.unix_socket is not None, "started without a socket file"
         return f"unix://{self.unix_socket}?db=0"
+
+    @property
+    def tls_url(self) -> str:
+        """The URL of the TLS port, naming the CA that signed the server's certificate (redis-py's ssl_ca_certs)."""
+        assert self.tls_port is not None, "started without TLS"
+        assert self.tls_ca is not None, "started without TLS"
+        return f"rediss://127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.tls_ca}"
 
     def start(self) -> None:
         """Start the server and wait until it answers PING."""
@@ -66,6 +77,7 @@ class RedisServer:
             str(self.data_dir / "redis.log"),
             *self.extra_args,
             *(("--unixsocket", str(self.unix_socket), "--unixsocketperm", "700") if self.unix_socket else ()),
+            *self._tls_args(),
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -85,6 +97,23 @@ class RedisServer:
         finally:
             client.close()
         raise RuntimeError(f"redis-server not answering on port {self.port} after {START_TIMEOUT_S}s")
+
+    def _tls_args(self) -> tuple[str, ...]:
+        """The TLS port's arguments: a certificate for 127.0.0.1 signed by a new test CA (trustme), the CA kept in
+        tls_ca for the clients; clients are not asked for certificates of their own."""
+        if self.tls_port is None:
+            return ()
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1")
+        self.tls_ca = self.data_dir / "tls-ca.pem"
+        ca.cert_pem.write_to_path(str(self.tls_ca))
+        cert_file, key_file = self.data_dir / "tls-cert.pem", self.data_dir / "tls-key.pem"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        return (
+            *("--tls-port", str(self.tls_port), "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)),
+            *("--tls-ca-cert-file", str(self.tls_ca), "--tls-auth-clients", "no"),
+        )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the server (SIGTERM: it writes its AOF and exits) and wait for it."""
@@ -112,12 +141,14 @@ class RedisServer:
             client.close()
 
 
-def start_redis(data_dir: Path, *, appendonly: bool = False, unix_socket: bool = False) -> RedisServer:
+def start_redis(
+    data_dir: Path, *, appendonly: bool = False, unix_socket: bool = False, tls: bool = False
+) -> RedisServer:
     """A started redis-server on a free port, keeping its files in data_dir; with unix_socket, listening on a socket
-    file in the system's temp dir too (removed by the server when it stops)."""
+    file in the system's temp dir too (removed by the server when it stops); with tls, on a TLS port too."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     socket_file = Path(tempfile.gettempdir()) / f"playgate-test-redis-{port}.sock" if unix_socket else None
-    server = RedisServer(port, data_dir, appendonly, unix_socket=socket_file)
+    server = RedisServer(port, data_dir, appendonly, unix_socket=socket_file, tls_port=free_port() if tls else None)
     server.start()
     return server
