@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis import exceptions as redis_errors
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
@@ -83,6 +83,9 @@ def decision_key(request_id: str) -> str:
 
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# What a rediss+cluster:// URL's query may say of TLS, as a rediss:// URL's does to redis-py: the CA that signed the
+# nodes' certificates, this client's own certificate and key, and whether the nodes' certificates are checked.
+CLUSTER_TLS_ARGS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 REDIS_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
 
 # The client of either deployment: one server (with replicas), or a Redis Cluster.
@@ -99,6 +102,7 @@ def check_redis_url(url: str) -> None:
         )
     if is_cluster_url(url):
         cluster_nodes(url)
+        cluster_tls(url)
 
 
 def pool_options() -> dict[str, Any]:
@@ -139,6 +143,20 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
     if not nodes:
         raise ConfigError("PLAYGATE_REDIS_URL: a redis+cluster:// URL names at least one host:port")
     return nodes
+
+
+def cluster_tls(url: str) -> dict[str, Any]:
+    """The TLS options of a cluster URL's clients: none for redis+cluster://; for rediss+cluster://, TLS and what its
+    query says (CLUSTER_TLS_ARGS: `?ssl_ca_certs=/path/to/ca.pem` for nodes whose certificates a private CA
+    signed). ConfigError naming PLAYGATE_REDIS_URL for any other query argument."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    tls = parts.scheme.lower().startswith("rediss")
+    unknown = sorted(set(query) - set(CLUSTER_TLS_ARGS)) if tls else sorted(query)
+    if unknown:
+        allowed = f"only {', '.join(CLUSTER_TLS_ARGS)}, with rediss+cluster://" if tls else "none"
+        raise ConfigError(f"PLAYGATE_REDIS_URL: a cluster URL takes {allowed} as arguments; got {', '.join(unknown)}")
+    return {"ssl": True, **query} if tls else {}
 
 
 def _client_options(client_name: str | None, decode: bool = True) -> dict[str, Any]:
@@ -194,7 +212,8 @@ async def forget_all(url: str) -> int:
 
 
 def connect_cluster(url: str, *, client_name: str | None = None, decode: bool = True) -> RedisCluster:
-    """redis-py's RedisCluster over the nodes a redis+cluster:// URL names (credentials from the URL)."""
+    """redis-py's RedisCluster over the nodes a redis+cluster:// URL names (credentials and TLS options from the
+    URL)."""
     parts = urlsplit(url)
     options = _client_options(client_name, decode)
     if parts.username:
@@ -202,9 +221,7 @@ def connect_cluster(url: str, *, client_name: str | None = None, decode: bool = 
     if parts.password:
         options["password"] = unquote(parts.password)
     return RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],
-        ssl=parts.scheme.lower().startswith("rediss"),
-        **options,
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)], **cluster_tls(url), **options
     )
 
 
@@ -224,7 +241,7 @@ async def primaries(url: str) -> list[Redis]:
                 port=int(node.port),
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,
-                ssl=parts.scheme.lower().startswith("rediss"),
+                **cluster_tls(url),
                 **_client_options(None),
             )
             for node in cluster.get_primaries()

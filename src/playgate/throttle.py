@@ -24,7 +24,7 @@ from limits.storage import storage_from_string
 from redis.asyncio import RedisCluster
 
 from playgate.config import Settings
-from playgate.connections import connection_pool, is_cluster_url
+from playgate.connections import cluster_tls, connection_pool, is_cluster_url
 from playgate.errors import PlayGateError, Unavailable
 
 log = logging.getLogger("playgate.throttle")
@@ -52,9 +52,15 @@ class Throttled(PlayGateError):
 def storage_url(settings: Settings) -> str:
     """Where the counters live: Redis when the deployment has it, else this process's memory."""
     if settings.redis_url:
-        # `limits` names a Redis socket file async+redis+unix://, where redis-py (and PLAYGATE_REDIS_URL) say unix://.
-        scheme, sep, rest = settings.redis_url.partition("://")
-        return f"async+redis+unix://{rest}" if scheme.lower() == "unix" and sep else f"async+{settings.redis_url}"
+        # `limits` names a Redis socket file async+redis+unix://, where redis-py (and PLAYGATE_REDIS_URL) say unix://,
+        # and knows no TLS cluster scheme: its cluster is async+redis+cluster://, told of TLS by the client's options
+        # (LoginThrottle, connections.cluster_tls), the URL's query left out.
+        scheme, _, rest = settings.redis_url.partition("://")
+        if scheme.lower() == "unix":
+            return f"async+redis+unix://{rest}"
+        if is_cluster_url(settings.redis_url):
+            return f"async+redis+cluster://{rest.partition('?')[0]}"
+        return f"async+{settings.redis_url}"
     return "async+memory://"
 
 
@@ -70,6 +76,8 @@ class LoginThrottle:
         self._pool = connection_pool(settings.redis_url) if settings.redis_url and not cluster else None
         if settings.redis_url is not None:
             options = {"implementation": "redispy", "key_prefix": KEY_PREFIX}
+        if cluster:
+            options.update(cluster_tls(settings.redis_url or ""))
         if self._pool is not None:
             options["connection_pool"] = self._pool
         self._storage = cast(AsyncStorage, storage_from_string(storage_url(settings), wrap_exceptions=True, **options))

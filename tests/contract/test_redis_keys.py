@@ -12,6 +12,7 @@ from playgate.connections import (
     KeyLayout,
     check_redis_url,
     cluster_nodes,
+    cluster_tls,
     connect,
     forget_all,
     idempotency_key,
@@ -85,6 +86,16 @@ def test_a_cluster_url_names_its_nodes() -> None:
     assert cluster_nodes(url) == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
     with pytest.raises(ConfigError, match="PLAYGATE_REDIS_URL"):
         check_redis_url("redis+cluster://10.0.0.1/0")
+
+
+def test_a_tls_cluster_url_names_its_ca_and_nothing_else() -> None:
+    assert cluster_tls("redis+cluster://10.0.0.1:7000/0") == {}
+    url = "rediss+cluster://10.0.0.1:7000,10.0.0.2:7001/0?ssl_ca_certs=%2Fetc%2Fredis%2Fca.pem&ssl_cert_reqs=required"
+    check_redis_url(url)
+    assert cluster_tls(url) == {"ssl": True, "ssl_ca_certs": "/etc/redis/ca.pem", "ssl_cert_reqs": "required"}
+    for refused in ("rediss+cluster://10.0.0.1:7000/0?timeout=3", "redis+cluster://10.0.0.1:7000/0?ssl_ca_certs=x"):
+        with pytest.raises(ConfigError, match="PLAYGATE_REDIS_URL"):
+            check_redis_url(refused)
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://cache:6380", "unix:///run/redis.sock"])

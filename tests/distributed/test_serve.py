@@ -7,22 +7,32 @@ import pytest
 
 from tests.distributed.conftest import Cluster
 from tests.support.clients import admin_client, api_client, connect_socket, new_user
+from tests.support.redis_cluster import RedisCluster, cluster_tools_installed, start_cluster
 from tests.support.redis_server import start_redis
 from tests.support.servers import start_playgate
 
 
-@pytest.mark.parametrize("transport", ["tcp", "unix", "tls"])
+@pytest.mark.parametrize("transport", ["tcp", "unix", "tls", "tls-cluster"])
 async def test_serve_with_redis_and_postgres_runs_api_and_worker_in_one_process(
     cluster: Cluster, transport: str
 ) -> None:
     # Every client PlayGate opens (the ledger, the queue, the fan-out, Socket.IO's manager and the login throttle,
     # which the admin's log-in goes through) over each way to reach Redis: TCP; its socket file on the same host (a
-    # unix:// PLAYGATE_REDIS_URL); TLS, the server's certificate checked against the CA the URL names (rediss://).
-    redis = start_redis(
-        cluster.data_dir / f"serve-redis-{transport}", unix_socket=transport == "unix", tls=transport == "tls"
+    # unix:// PLAYGATE_REDIS_URL); TLS, the server's certificate checked against the CA the URL names (rediss://);
+    # a Redis Cluster over TLS (rediss+cluster://, the CA named the same way).
+    where = cluster.data_dir / f"serve-redis-{transport}"
+    if transport == "tls-cluster" and not cluster_tools_installed():
+        pytest.skip("redis-cli is not installed (apt-get install redis-tools; .ci/run does)")
+    redis = (
+        start_cluster(where, tls=True)
+        if transport == "tls-cluster"
+        else start_redis(where, unix_socket=transport == "unix", tls=transport == "tls")
     )
     try:
-        url = redis.socket_url if transport == "unix" else redis.tls_url if transport == "tls" else redis.url
+        if isinstance(redis, RedisCluster):
+            url = redis.tls_url
+        else:
+            url = redis.socket_url if transport == "unix" else redis.tls_url if transport == "tls" else redis.url
         server = start_playgate(cluster.data_dir, "serve", **{**cluster.env, "PLAYGATE_REDIS_URL": url})
     except BaseException:
         redis.stop()  # a server that did not start leaves no redis-server behind

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import trustme
 
 from playgate.bench.cluster import cluster_port  # a free port whose cluster bus port (+10000) is free too
 from tests.support.redis_server import RedisServer, redis_binary
+from tests.support.servers import free_port
 
 PRIMARIES = 3
 REPLICAS_PER_PRIMARY = 1
@@ -33,6 +35,12 @@ class RedisCluster:
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
         return f"redis+cluster://{hosts}/0"
+
+    @property
+    def tls_url(self) -> str:
+        """The nodes' TLS ports (a cluster started with tls), naming the CA that signed their certificates."""
+        hosts = ",".join(f"127.0.0.1:{n.tls_port}" for n in self.nodes)
+        return f"rediss+cluster://{hosts}/0?ssl_ca_certs={self.nodes[0].tls_ca}"
 
     def client(self, port: int) -> redis.Redis:
         """A plain client of one node (CLUSTER commands, INFO), decoding replies."""
@@ -102,18 +110,29 @@ class RedisCluster:
             n.stop()
 
 
-def start_cluster(data_dir: Path) -> RedisCluster:
-    """Start six cluster-enabled redis-servers and join them (`redis-cli --cluster create`, one replica each)."""
+def start_cluster(data_dir: Path, *, tls: bool = False) -> RedisCluster:
+    """Start six cluster-enabled redis-servers and join them (`redis-cli --cluster create`, one replica each).
+
+    With tls, the nodes speak TLS to each other (the cluster bus, replication) and to clients on a port of their own
+    (`tls_url`), with certificates from one test CA; their plain ports stay open for the tests' own look-ups."""
     cluster = RedisCluster()
+    authority = trustme.CA() if tls else None
+    tls_args = ("--tls-cluster", "yes", "--tls-replication", "yes") if tls else ()
     try:
         for i in range(PRIMARIES * (1 + REPLICAS_PER_PRIMARY)):
             node_dir = data_dir / f"node{i}"
             node_dir.mkdir(parents=True, exist_ok=True)
+            port = cluster_port()  # its cluster bus port (+10000) is free too
             node = RedisServer(
-                cluster_port(),
+                free_port() if tls else port,
                 node_dir,
                 appendonly=False,
+                tls_port=port if tls else None,
+                authority=authority,
                 extra_args=(
+                    *tls_args,
+                    "--cluster-port",
+                    str(port + 10000),
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -128,10 +147,11 @@ def start_cluster(data_dir: Path) -> RedisCluster:
             )
             node.start()
             cluster.nodes.append(node)
-        hosts = [f"127.0.0.1:{n.port}" for n in cluster.nodes]
+        hosts = [f"127.0.0.1:{n.tls_port if tls else n.port}" for n in cluster.nodes]
         subprocess.run(
             [
                 "redis-cli",
+                *(("--tls", "--cacert", str(cluster.nodes[0].tls_ca)) if tls else ()),
                 "--cluster",
                 "create",
                 *hosts,

@@ -34,9 +34,11 @@ class RedisServer:
     extra_args: tuple[str, ...] = ()
     # Also listening on this socket file (a path short enough for the 107 bytes a socket address may hold).
     unix_socket: Path | None = None
-    # Also speaking TLS on this port, with a certificate for 127.0.0.1 from a test CA (its file: tls_ca).
+    # Also speaking TLS on this port, with a certificate for 127.0.0.1 from a test CA (its file: tls_ca): `authority`,
+    # one the nodes of a cluster share, else a new one.
     tls_port: int | None = None
     tls_ca: Path | None = None
+    authority: trustme.CA | None = None
 
     @property
     def url(self) -> str:
@@ -99,11 +101,11 @@ class RedisServer:
         raise RuntimeError(f"redis-server not answering on port {self.port} after {START_TIMEOUT_S}s")
 
     def _tls_args(self) -> tuple[str, ...]:
-        """The TLS port's arguments: a certificate for 127.0.0.1 signed by a new test CA (trustme), the CA kept in
+        """The TLS port's arguments: a certificate for 127.0.0.1 signed by the test CA (trustme), the CA kept in
         tls_ca for the clients; clients are not asked for certificates of their own."""
         if self.tls_port is None:
             return ()
-        ca = trustme.CA()
+        ca = self.authority = self.authority or trustme.CA()
         cert = ca.issue_cert("127.0.0.1")
         self.tls_ca = self.data_dir / "tls-ca.pem"
         ca.cert_pem.write_to_path(str(self.tls_ca))
