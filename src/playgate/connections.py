@@ -234,14 +234,14 @@ async def primaries(url: str) -> list[Redis]:
     cluster = connect_cluster(url)
     try:
         await cluster.initialize()
-        parts = urlsplit(url)
+        parts, tls = urlsplit(url), cluster_tls(url)
         return [
             Redis(
                 host=node.host,
                 port=int(node.port),
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,
-                **cluster_tls(url),
+                **tls,
                 **_client_options(None),
             )
             for node in cluster.get_primaries()

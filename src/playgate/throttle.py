@@ -76,8 +76,8 @@ class LoginThrottle:
         self._pool = connection_pool(settings.redis_url) if settings.redis_url and not cluster else None
         if settings.redis_url is not None:
             options = {"implementation": "redispy", "key_prefix": KEY_PREFIX}
-        if cluster:
-            options.update(cluster_tls(settings.redis_url or ""))
+            if cluster:
+                options.update(cluster_tls(settings.redis_url))
         if self._pool is not None:
             options["connection_pool"] = self._pool
         self._storage = cast(AsyncStorage, storage_from_string(storage_url(settings), wrap_exceptions=True, **options))

@@ -102,16 +102,18 @@ class RedisServer:
 
     def _tls_args(self) -> tuple[str, ...]:
         """The TLS port's arguments: a certificate for 127.0.0.1 signed by the test CA (trustme), the CA kept in
-        tls_ca for the clients; clients are not asked for certificates of their own."""
+        tls_ca for the clients; clients are not asked for certificates of their own. The files are written at the
+        first start; a restart serves the same certificate."""
         if self.tls_port is None:
             return ()
-        ca = self.authority = self.authority or trustme.CA()
-        cert = ca.issue_cert("127.0.0.1")
-        self.tls_ca = self.data_dir / "tls-ca.pem"
-        ca.cert_pem.write_to_path(str(self.tls_ca))
         cert_file, key_file = self.data_dir / "tls-cert.pem", self.data_dir / "tls-key.pem"
-        cert.cert_chain_pems[0].write_to_path(str(cert_file))
-        cert.private_key_pem.write_to_path(str(key_file))
+        if self.tls_ca is None:
+            ca = self.authority or trustme.CA()
+            cert = ca.issue_cert("127.0.0.1")
+            self.tls_ca = self.data_dir / "tls-ca.pem"
+            ca.cert_pem.write_to_path(str(self.tls_ca))
+            cert.cert_chain_pems[0].write_to_path(str(cert_file))
+            cert.private_key_pem.write_to_path(str(key_file))
         return (
             *("--tls-port", str(self.tls_port), "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)),
             *("--tls-ca-cert-file", str(self.tls_ca), "--tls-auth-clients", "no"),
