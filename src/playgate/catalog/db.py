@@ -3,37 +3,81 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from playgate.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SUPPORTED_DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
+# The schemes hosting providers and libpq hand out, and the driver PlayGate runs them with.
+DRIVER_OF_SCHEME = {"sqlite": "sqlite+aiosqlite", "postgres": "postgresql+asyncpg", "postgresql": "postgresql+asyncpg"}
+# libpq's TLS modes (`sslmode=`), which asyncpg reads from its DSN as libpq does.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+SSL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 
 def check_url(url: str) -> str:
-    """The URL's driver name, or ConfigError naming PLAYGATE_DATABASE_URL."""
+    """The driver PlayGate runs the URL with, or ConfigError naming PLAYGATE_DATABASE_URL."""
     try:
-        driver = make_url(url).drivername
+        parsed = make_url(url)
     except Exception as exc:  # SQLAlchemy raises ArgumentError, ValueError or others on nonsense
         raise ConfigError(f"PLAYGATE_DATABASE_URL: not a database URL ({exc})") from None
+    driver = DRIVER_OF_SCHEME.get(parsed.drivername, parsed.drivername)
     if driver not in SUPPORTED_DRIVERS:
-        raise ConfigError(
-            f"PLAYGATE_DATABASE_URL: driver {driver!r} is not supported; use one of {sorted(SUPPORTED_DRIVERS)}"
-        )
-    if driver.startswith("sqlite") and make_url(url).database in (None, "", ":memory:"):
+        schemes = sorted(SUPPORTED_DRIVERS | DRIVER_OF_SCHEME.keys())
+        raise ConfigError(f"PLAYGATE_DATABASE_URL: driver {parsed.drivername!r} is not supported; use one of {schemes}")
+    if driver.startswith("sqlite") and parsed.database in (None, "", ":memory:"):
         # The catalogue, the ledger and every process must open the same database: an in-memory one is per
         # connection.
         raise ConfigError("PLAYGATE_DATABASE_URL: SQLite needs a database file (sqlite+aiosqlite:///path), not memory")
+    if driver.startswith("postgresql"):
+        _check_postgres_query(parsed.query)
     return driver
+
+
+def _check_postgres_query(query: Mapping[str, str | tuple[str, ...]]) -> None:
+    mode = query.get("sslmode", query.get("ssl"))
+    if mode is not None and mode not in SSL_MODES:
+        raise ConfigError(f"PLAYGATE_DATABASE_URL: sslmode {mode!r} is not one of {', '.join(SSL_MODES)}")
+    for name in SSL_FILES:
+        path = query.get(name)
+        if isinstance(path, str) and not Path(path).expanduser().is_file():
+            raise ConfigError(f"PLAYGATE_DATABASE_URL: {name} names {path}, which is not a file here")
+    timeout = query.get("connect_timeout")
+    if timeout is not None and not (isinstance(timeout, str) and timeout.isdigit() and int(timeout) > 0):
+        raise ConfigError(f"PLAYGATE_DATABASE_URL: connect_timeout {timeout!r} is not a whole number of seconds")
+
+
+def engine_url(url: str) -> tuple[URL, dict[str, Any]]:
+    """The SQLAlchemy URL and the driver's connect arguments for a checked database URL.
+
+    A PostgreSQL URL's query is libpq's (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `host` for a socket
+    directory, `application_name`...): it goes to asyncpg as a DSN, which asyncpg reads the way libpq does, while
+    the host, user and database stay on SQLAlchemy's URL. `connect_timeout` becomes asyncpg's `timeout`.
+    """
+    parsed = make_url(url)
+    parsed = parsed.set(drivername=DRIVER_OF_SCHEME.get(parsed.drivername, parsed.drivername))
+    if not parsed.drivername.startswith("postgresql") or not parsed.query:
+        return parsed, {}
+    query = dict(parsed.query)
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" in query:
+        connect_args["timeout"] = float(str(query.pop("connect_timeout")))
+    if "ssl" in query:  # asyncpg's own name for the mode
+        query.setdefault("sslmode", query.pop("ssl"))
+    if query:
+        connect_args["dsn"] = "postgresql://?" + urlencode(query, doseq=True)
+    return parsed.set(query={}), connect_args
 
 
 def is_sqlite(url: str) -> bool:
@@ -48,13 +92,15 @@ def create_engine(url: str, *, immediate: bool = False) -> AsyncEngine:
     transaction cannot interleave with another process's (the ledger's guarantee).
     """
     check_url(url)
+    target, connect_args = engine_url(url)
     kwargs: dict[str, Any] = {}
     if is_sqlite(url):
         _ensure_parent(url)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         kwargs["pool_pre_ping"] = True
-    engine = create_async_engine(url, **kwargs)
+        kwargs["connect_args"] = connect_args
+    engine = create_async_engine(target, **kwargs)
     if is_sqlite(url):
         _configure_sqlite(engine, immediate=immediate)
     return engine

@@ -1,0 +1,108 @@
+"""PLAYGATE_DATABASE_URL as hosting providers hand it out: `postgres://` or `postgresql://` with libpq's query
+(`sslmode`, `sslrootcert`, `application_name`), against a PostgreSQL server of the test's own that takes TLS only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import trustme
+
+from tests.support.clients import admin_client, api_client, new_user
+from tests.support.pg_server import PgServer, start_postgres, unavailable_reason
+from tests.support.redis_server import redis_binary, start_redis
+from tests.support.servers import migrate_playgate, playgate_env, start_playgate
+
+APPLICATION = "playgate-tls-test"
+
+
+@pytest.fixture(scope="module")
+def tls_postgres() -> Iterator[PgServer]:
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def doctor(data_dir: Path, database_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "playgate", "doctor"],
+        env=playgate_env(data_dir, PLAYGATE_DATABASE_URL=database_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_a_libpq_url_with_sslmode_runs_playgate_over_tls(tls_postgres: PgServer, tmp_path: Path) -> None:
+    # The URL names no driver and checks the server's certificate against the CA it names (verify-full); the server
+    # refuses unencrypted connections, so every step working means every connection PlayGate made was TLS.
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    url = tls_postgres.url(f"sslmode=verify-full&sslrootcert={tls_postgres.tls_ca}&application_name={APPLICATION}")
+    migrate_playgate(tmp_path, PLAYGATE_DATABASE_URL=url)  # Alembic's engine
+    redis = start_redis(tmp_path / "redis")
+    try:
+        server = start_playgate(tmp_path, "serve", PLAYGATE_DATABASE_URL=url, PLAYGATE_REDIS_URL=redis.url)
+        try:
+            admin = await admin_client(server.base_url)
+            user = await new_user(server.base_url, admin, limit=1)
+            await admin.aclose()
+            async with api_client(server.base_url, user.token) as client:
+                answer = await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1"})
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["status"] == "allowed"
+            # asyncpg's own reading of the same libpq parameters, to look at PlayGate's connections
+            probe = await asyncpg.connect(tls_postgres.url(f"sslmode=verify-full&sslrootcert={tls_postgres.tls_ca}"))
+            try:
+                rows = await probe.fetch(
+                    "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = $1",
+                    APPLICATION,
+                )
+            finally:
+                await probe.close()
+            assert rows, "PlayGate's connections do not carry the URL's application_name"
+            assert all(row["ssl"] for row in rows)
+        finally:
+            server.stop()
+    finally:
+        redis.stop()
+    checked = doctor(tmp_path, url.replace("postgresql://", "postgres://"))
+    assert "ok    database: connected to postgres://" in checked.stdout, checked.stdout + checked.stderr
+    assert "ok    migrations" in checked.stdout
+
+
+def test_doctor_names_what_the_server_refused(tls_postgres: PgServer, tmp_path: Path) -> None:
+    plain = doctor(tmp_path, tls_postgres.url("sslmode=disable"))
+    assert plain.returncode != 0
+    assert "FAIL  database: cannot connect" in plain.stdout, plain.stdout
+    assert "no encryption" in plain.stdout, plain.stdout
+    stranger = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    unknown_ca = doctor(tmp_path, tls_postgres.url(f"sslmode=verify-full&sslrootcert={stranger}"))
+    assert unknown_ca.returncode != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in unknown_ca.stdout, unknown_ca.stdout
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("sslmode=required", "sslmode 'required' is not one of"),
+        ("sslrootcert=/nonexistent/ca.pem", "sslrootcert names /nonexistent/ca.pem, which is not a file here"),
+        ("connect_timeout=soon", "connect_timeout 'soon' is not a whole number of seconds"),
+    ],
+)
+def test_a_bad_libpq_parameter_is_named_before_connecting(tmp_path: Path, query: str, named: str) -> None:
+    checked = doctor(tmp_path, f"postgresql://postgres@127.0.0.1:9/postgres?{query}")
+    assert checked.returncode != 0
+    assert f"FAIL  settings: PLAYGATE_DATABASE_URL: {named}" in checked.stdout, checked.stdout + checked.stderr
+    assert "Traceback" not in checked.stderr
