@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         None, description="Creates or updates the `admin` user at start; without it no admin exists."
     )
     jwt_secret: str | None = Field(None, description="Token signing key; else generated once in the data dir.")
+    jwt_accepted_secrets: str = Field(
+        "",
+        description="Comma-separated keys whose access tokens, playback tokens and device ids are accepted beside "
+        "PLAYGATE_JWT_SECRET's, none of them signing: the key being rotated out (or, first, the one being rotated in).",
+    )
     token_ttl_s: int = Field(
         12 * 3600, ge=60, validation_alias=AliasChoices("PLAYGATE_TOKEN_TTL"), description="Token lifetime."
     )
@@ -419,6 +424,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def jwt_accepted_secret_list(self) -> list[str]:
+        """The keys accepted beside the signing key, in the order configured."""
+        return [k.strip() for k in self.jwt_accepted_secrets.split(",") if k.strip()]
+
+    @property
     def webhook_url_list(self) -> list[str]:
         """The webhook endpoints, in the order configured."""
         return [u.strip() for u in self.webhook_urls.split(",") if u.strip()]
@@ -560,6 +570,8 @@ def security_problems(settings: Settings) -> list[str]:
         )
     if settings.jwt_secret and len(settings.jwt_secret) < MIN_JWT_SECRET_LEN:
         problems.append(f"PLAYGATE_JWT_SECRET: must be at least {MIN_JWT_SECRET_LEN} characters")
+    if any(len(key) < MIN_JWT_SECRET_LEN for key in settings.jwt_accepted_secret_list):
+        problems.append(f"PLAYGATE_JWT_ACCEPTED_SECRETS: each key must be at least {MIN_JWT_SECRET_LEN} characters")
     if settings.edge_signing is not EdgeSigning.off and (
         not settings.edge_secret or not re.fullmatch(r"[A-Za-z0-9_.~+/=-]{32,}", settings.edge_secret)
     ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 
 from playgate.domain import random_hex
@@ -56,40 +57,57 @@ class DeviceIds:
     and an idempotent retry is told the same secret again.
     """
 
-    def __init__(self, secret: str) -> None:
-        key = hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
-        # The HMAC state after the key, copied for each id or secret (a device is issued per request that names
-        # none: the seed routes' requests all do).
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+    def __init__(self, secret: str, accepted: Sequence[str] = ()) -> None:
+        # The HMAC state after each key, copied for each id or secret (a device is issued per request that names
+        # none: the seed routes' requests all do). The first issues; the `accepted` ones (PLAYGATE_JWT_ACCEPTED_SECRETS)
+        # still vouch for the ids they issued.
+        self._keyed = [
+            hmac.new(hmac.new(s.encode(), _KEY_LABEL, hashlib.sha256).digest(), digestmod=hashlib.sha256)
+            for s in (secret, *accepted)
+        ]
 
-    def _mac(self, message: str) -> str:
-        mac = self._keyed.copy()
+    @staticmethod
+    def _mac(keyed: hmac.HMAC, message: str) -> str:
+        mac = keyed.copy()
         mac.update(message.encode())
         return mac.hexdigest()
 
-    def _signature(self, user_id: str, nonce: str) -> str:
-        return self._mac(f"{user_id}\x00{nonce}")[:32]
+    def _signature(self, keyed: hmac.HMAC, user_id: str, nonce: str) -> str:
+        return self._mac(keyed, f"{user_id}\x00{nonce}")[:32]
+
+    def _issuer(self, user_id: str, device_id: str) -> hmac.HMAC | None:
+        """The key that issued `device_id` to `user_id`, if one of this server's did."""
+        found = _ISSUED.match(device_id)
+        if found is None:
+            return None
+        for keyed in self._keyed:
+            if hmac.compare_digest(found[2], self._signature(keyed, user_id, found[1])):
+                return keyed
+        return None
 
     def issue(self, user_id: str) -> str:
         """A fresh device id for one of `user_id`'s devices."""
         nonce = random_hex(12)
-        return f"{_PREFIX}.{nonce}.{self._signature(user_id, nonce)}"
+        return f"{_PREFIX}.{nonce}.{self._signature(self._keyed[0], user_id, nonce)}"
 
     def issued(self, user_id: str, device_id: str) -> bool:
-        """True when this server issued `device_id` to `user_id`."""
-        found = _ISSUED.match(device_id)
-        return found is not None and hmac.compare_digest(found[2], self._signature(user_id, found[1]))
+        """True when this server issued `device_id` to `user_id` (under its key, or one it still accepts)."""
+        return self._issuer(user_id, device_id) is not None
 
     def secret(self, user_id: str, device_id: str) -> str:
         """The device secret of an id issued to `user_id`: given only to the device the id was issued to."""
-        return self._mac(f"{_SECRET_LABEL}\x00{user_id}\x00{device_id}")
+        return self._secret(self._issuer(user_id, device_id) or self._keyed[0], user_id, device_id)
+
+    def _secret(self, keyed: hmac.HMAC, user_id: str, device_id: str) -> str:
+        return self._mac(keyed, f"{_SECRET_LABEL}\x00{user_id}\x00{device_id}")
 
     def proven(self, user_id: str, device_id: str, secret: str | None) -> bool:
         """True when `device_id` was issued to `user_id` and `secret` is its device secret."""
+        issuer = None if secret is None else self._issuer(user_id, device_id)
         return (
             secret is not None
-            and self.issued(user_id, device_id)
-            and hmac.compare_digest(secret.encode(), self.secret(user_id, device_id).encode())
+            and issuer is not None
+            and hmac.compare_digest(secret.encode(), self._secret(issuer, user_id, device_id).encode())
         )
 
 

@@ -74,7 +74,9 @@ def check_settings(settings: Settings) -> list[Check]:
 
 def _check_secret(settings: Settings) -> Check:
     if settings.jwt_secret:
-        return Check("jwt secret", Verdict.ok, "set by PLAYGATE_JWT_SECRET")
+        accepted = len(settings.jwt_accepted_secret_list)
+        beside = f", {accepted} more accepted (PLAYGATE_JWT_ACCEPTED_SECRETS)" if accepted else ""
+        return Check("jwt secret", Verdict.ok, f"set by PLAYGATE_JWT_SECRET{beside}")
     path = settings.data_dir / JWT_SECRET_FILE
     if path.exists():
         return Check("jwt secret", Verdict.ok, f"generated earlier, kept in {path}")

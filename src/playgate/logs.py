@@ -173,7 +173,14 @@ def configure_logging(settings: Settings, *, secrets: Iterable[str | None] = (),
     """Send every logger (PlayGate's, uvicorn's, the libraries') to one handler in the configured format."""
     stream = stream or sys.stderr
     redactor = Redactor(
-        [settings.jwt_secret, settings.edge_secret, settings.admin_password, *_url_passwords(settings), *secrets]
+        [
+            settings.jwt_secret,
+            *settings.jwt_accepted_secret_list,
+            settings.edge_secret,
+            settings.admin_password,
+            *_url_passwords(settings),
+            *secrets,
+        ]
     )
     handler = logging.StreamHandler(stream)
     if resolve_format(settings.log_format, stream) is LogFormat.json:

@@ -151,7 +151,7 @@ async def _prepare_media(library: MediaLibrary, catalog: Catalog) -> None:
 
 def playback_links(settings: Settings, secret: str) -> PlaybackLinks:
     """Playback URLs as configured: tokened paths at the content gate, or signed edge links."""
-    tokens = PlaybackTokens(secret, settings.playback_token_ttl_s)
+    tokens = PlaybackTokens(secret, settings.playback_token_ttl_s, settings.jwt_accepted_secret_list)
     if settings.edge_signing is EdgeSigning.off or settings.edge_secret is None:
         return PlaybackLinks(tokens)
     signer = EdgeSigner(settings.edge_secret, settings.edge_link_ttl_s, settings.edge_prefix)
@@ -349,8 +349,8 @@ class Runtime:
                 ledger=ledger,
                 queue=queue,
                 fanout=fanout,
-                tokens=TokenIssuer(secret, settings.token_ttl_s),
-                devices=DeviceIds(secret),
+                tokens=TokenIssuer(secret, settings.token_ttl_s, settings.jwt_accepted_secret_list),
+                devices=DeviceIds(secret, settings.jwt_accepted_secret_list),
                 throttle=throttle,
                 metrics=metrics,
                 clock=clock,

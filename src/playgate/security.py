@@ -11,7 +11,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -88,6 +88,18 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
+def _decode(token: str, keys: Sequence[str], **options: Any) -> dict[str, Any]:
+    """The payload of an HS256 `token` signed with one of `keys`, tried in order (the signing key first: a token it
+    signed costs one try); the claims (expiry, audience) are checked once a key verified the signature. PyJWT's
+    errors otherwise: InvalidSignatureError when none of the keys signed it."""
+    for key in keys[:-1]:
+        try:
+            return jwt.decode(token, key, algorithms=[ALGORITHM], **options)
+        except jwt.InvalidSignatureError:
+            continue
+    return jwt.decode(token, keys[-1], algorithms=[ALGORITHM], **options)
+
+
 @dataclass(frozen=True, slots=True)
 class Claims:
     """What a valid token says: who, and whether an admin."""
@@ -98,10 +110,12 @@ class Claims:
 
 
 class TokenIssuer:
-    """Issues and checks access tokens with one secret; the clock is passed in."""
+    """Issues access tokens with one secret and checks them against it and the `accepted` ones (a key being rotated
+    out, or in: PLAYGATE_JWT_ACCEPTED_SECRETS); the clock is passed in."""
 
-    def __init__(self, secret: str, ttl_s: int) -> None:
+    def __init__(self, secret: str, ttl_s: int, accepted: Sequence[str] = ()) -> None:
         self._secret = secret
+        self._keys = (secret, *accepted)
         self.ttl_s = ttl_s
         self._checked: _Verified[Claims] = _Verified()
         # Every token issued here starts with this header ({"alg":"HS256","typ":"JWT"}, as PyJWT writes it).
@@ -126,7 +140,7 @@ class TokenIssuer:
         if checked is not None:
             return checked
         try:
-            payload = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+            payload = _decode(token, self._keys, options={"require": ["sub", "exp"]})
         except jwt.ExpiredSignatureError:
             raise Unauthorized("The token has expired.") from None
         except jwt.PyJWTError:
@@ -158,11 +172,17 @@ def _b64(data: bytes) -> bytes:
 _PLAYBACK_HEADER = _b64(b'{"alg":"HS256","typ":"JWT"}') + b"."
 
 
-class PlaybackTokens:
-    """Issues and checks playback tokens: short-lived, bound to one stream of one user; the clock is passed in."""
+def _playback_key(secret: str) -> str:
+    return hmac.new(secret.encode(), _PLAYBACK_KEY_LABEL, hashlib.sha256).hexdigest()
 
-    def __init__(self, secret: str, ttl_s: int) -> None:
-        self._key = hmac.new(secret.encode(), _PLAYBACK_KEY_LABEL, hashlib.sha256).hexdigest()
+
+class PlaybackTokens:
+    """Issues playback tokens (short-lived, bound to one stream of one user) under one secret, and checks them
+    against it and the `accepted` ones; the clock is passed in."""
+
+    def __init__(self, secret: str, ttl_s: int, accepted: Sequence[str] = ()) -> None:
+        self._keys = [_playback_key(s) for s in (secret, *accepted)]
+        self._key = self._keys[0]
         self.ttl_s = ttl_s
         self._checked: _Verified[PlaybackClaims] = _Verified()
         # The HMAC state after the key, copied for each token: one token signed per allowed decision.
@@ -193,10 +213,9 @@ class PlaybackTokens:
         if checked is not None:
             return checked
         try:
-            payload = jwt.decode(
+            payload = _decode(
                 token,
-                self._key,
-                algorithms=[ALGORITHM],
+                self._keys,
                 audience=PLAYBACK_AUDIENCE,
                 options={"require": ["sub", "sid", "vid", "exp", "aud"]},
             )

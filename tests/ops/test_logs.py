@@ -126,11 +126,19 @@ def test_the_format_is_chosen_by_setting_and_auto_means_json_off_a_terminal(
     log_format: LogFormat, is_json: bool
 ) -> None:
     stream = io.StringIO()  # not a terminal
-    settings = load_settings({"PLAYGATE_LOG_FORMAT": log_format.value, "PLAYGATE_JWT_SECRET": JWT_SECRET})
+    accepted = "a-key-being-rotated-out-0123456789abcdef"
+    settings = load_settings(
+        {
+            "PLAYGATE_LOG_FORMAT": log_format.value,
+            "PLAYGATE_JWT_SECRET": JWT_SECRET,
+            "PLAYGATE_JWT_ACCEPTED_SECRETS": accepted,
+        }
+    )
     configure_logging(settings, stream=stream)
-    logging.getLogger("playgate.test").warning("the secret %s must not show", JWT_SECRET)
+    logging.getLogger("playgate.test").warning("the secrets %s and %s must not show", JWT_SECRET, accepted)
     output = stream.getvalue()
     assert JWT_SECRET not in output
+    assert accepted not in output
     assert output.startswith("{") is is_json
 
 
