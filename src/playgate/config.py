@@ -303,7 +303,9 @@ class Settings(BaseSettings):
         "stream.ended, play.denied); empty: no webhooks. Only these URLs are ever called.",
     )
     webhook_secret: str | None = Field(
-        None, description="The Standard Webhooks signing secret, whsec_<base64 of 24+ bytes>; needed with the URLs."
+        None,
+        description="The Standard Webhooks signing secret, whsec_<base64 of 24+ bytes>; needed with the URLs. Several "
+        "separated by spaces while rotating it: each delivery is signed with each.",
     )
     webhook_backoff_s: float = Field(
         5.0,
@@ -427,6 +429,11 @@ class Settings(BaseSettings):
     def jwt_accepted_secret_list(self) -> list[str]:
         """The keys accepted beside the signing key, in the order configured."""
         return [k.strip() for k in self.jwt_accepted_secrets.split(",") if k.strip()]
+
+    @property
+    def webhook_secret_list(self) -> list[str]:
+        """The webhook signing secrets (several while one is rotated), in the order configured."""
+        return (self.webhook_secret or "").split()
 
     @property
     def webhook_url_list(self) -> list[str]:
@@ -582,11 +589,13 @@ def security_problems(settings: Settings) -> list[str]:
     problems += _platform_token_problems(settings)
     if settings.webhook_urls.strip() and not settings.webhook_secret:
         problems.append("PLAYGATE_WEBHOOK_SECRET: must be set with PLAYGATE_WEBHOOK_URLS (whsec_<base64>)")
-    if settings.webhook_secret is not None and not _webhook_secret_ok(settings.webhook_secret):
+    if settings.webhook_secret is not None and not (
+        settings.webhook_secret_list and all(_webhook_secret_ok(s) for s in settings.webhook_secret_list)
+    ):
         # Checked here, not by a validator: a validator's message would echo the secret.
         problems.append(
-            f"PLAYGATE_WEBHOOK_SECRET: must be {WEBHOOK_SECRET_PREFIX} and the base64 of at least "
-            f"{MIN_WEBHOOK_KEY_BYTES} random bytes"
+            f"PLAYGATE_WEBHOOK_SECRET: each secret must be {WEBHOOK_SECRET_PREFIX} and the base64 of at least "
+            f"{MIN_WEBHOOK_KEY_BYTES} random bytes, several separated by spaces"
         )
     if not is_loopback(settings.host):
         if not settings.jwt_secret:

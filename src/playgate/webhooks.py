@@ -61,14 +61,16 @@ _EVENTS = _E.metadata.tables[_E.__tablename__]
 _DELIVERIES = _D.metadata.tables[_D.__tablename__]
 
 
-def signer(secret: str) -> Webhook:
-    """The Standard Webhooks signer of a `whsec_<base64>` secret (Settings checked its form)."""
-    return Webhook(secret)
+def signers(secrets: Sequence[str]) -> list[Webhook]:
+    """The Standard Webhooks signers of `whsec_<base64>` secrets (Settings checked their form)."""
+    return [Webhook(secret) for secret in secrets]
 
 
-def sign(webhook: Webhook, msg_id: str, timestamp_s: int, body: str) -> str:
-    """The `webhook-signature` header: `v1,` and the base64 HMAC-SHA256 of `msg_id.timestamp.body`."""
-    return webhook.sign(msg_id, datetime.fromtimestamp(timestamp_s, tz=UTC), body)
+def sign(webhooks: Sequence[Webhook], msg_id: str, timestamp_s: int, body: str) -> str:
+    """The `webhook-signature` header: for each secret, `v1,` and the base64 HMAC-SHA256 of `msg_id.timestamp.body`,
+    separated by spaces (Standard Webhooks' form for a secret being rotated: a receiver accepts any that verifies)."""
+    at = datetime.fromtimestamp(timestamp_s, tz=UTC)
+    return " ".join(webhook.sign(msg_id, at, body) for webhook in webhooks)
 
 
 def backoff_s(attempts: int, first_s: float, max_s: float) -> float:
@@ -243,7 +245,7 @@ class Dispatcher:
         engine: AsyncEngine,
         *,
         endpoints: Sequence[str],
-        secret: str,
+        secrets: Sequence[str],
         clock: Callable[[], float],
         first_backoff_s: float,
         max_backoff_s: float,
@@ -259,7 +261,7 @@ class Dispatcher:
         self._engine = engine
         self._horizon = horizon
         self.endpoints = tuple(endpoints)
-        self._webhook = signer(secret)
+        self._webhooks = signers(secrets)
         self._clock = clock
         self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -361,7 +363,7 @@ class Dispatcher:
             "content-type": "application/json",
             "webhook-id": attempt.msg_id,
             "webhook-timestamp": str(timestamp_s),
-            "webhook-signature": sign(self._webhook, attempt.msg_id, timestamp_s, attempt.body),
+            "webhook-signature": sign(self._webhooks, attempt.msg_id, timestamp_s, attempt.body),
         }
         try:
             response = await self._http.post(attempt.endpoint, content=attempt.body.encode(), headers=headers)
@@ -489,7 +491,7 @@ def dispatcher(
     return Dispatcher(
         engine,
         endpoints=endpoints,
-        secret=settings.webhook_secret,
+        secrets=settings.webhook_secret_list,
         clock=clock,
         first_backoff_s=settings.webhook_backoff_s,
         max_backoff_s=settings.webhook_backoff_max_s,

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from playgate.audit import DECISION, AuditEvent, AuditTrail
 from playgate.catalog.db import create_engine, upgrade
 from playgate.cli import main
+from playgate.config import load_settings, security_problems
 from playgate.domain import Policy
 from playgate.webhooks import (
     DELIVERED,
@@ -67,6 +68,39 @@ async def test_signed_events_arrive_in_order_per_user(tmp_path: Path) -> None:
     assert started["timestamp"].endswith("Z")
     assert received[1].body["data"]["reason"] == "limit_reached"
     assert received[2].body["data"]["reason"] == "stopped"
+
+
+async def test_while_the_secret_is_rotated_each_delivery_verifies_with_the_old_and_the_new(tmp_path: Path) -> None:
+    # Two receivers, one still on the old secret and one already on the new: both verify every delivery, since
+    # each carries a signature per configured secret (Standard Webhooks: `v1,<old> v1,<new>`).
+    new_secret = "whsec_" + base64.b64encode(b"the-next-webhook-signing-key-32b").decode()
+    old_side, new_side = Receiver(SECRET), Receiver(new_secret)
+    for receiver in (old_side, new_side):
+        await receiver.start()
+    try:
+        urls = f"{old_side.url},{new_side.url}"
+        rotating = {**FAST, "PLAYGATE_WEBHOOK_SECRET": f"{SECRET} {new_secret}"}
+        async with served(tmp_path, PLAYGATE_WEBHOOK_URLS=urls, **rotating) as base_url:
+            admin = await admin_client(base_url)
+            user = await new_user(base_url, admin, limit=1)
+            await admin.aclose()
+            expected = await play_deny_stop(base_url, user.token, wait_s=5)
+            for receiver in (old_side, new_side):
+                assert [(r.type, r.msg_id) for r in await receiver.wait_for(len(expected))] == expected
+    finally:
+        for receiver in (old_side, new_side):
+            await receiver.stop()
+    assert old_side.bad == new_side.bad == []
+
+
+def test_a_webhook_secret_list_with_one_bad_secret_is_refused() -> None:
+    settings = load_settings(
+        {"PLAYGATE_WEBHOOK_URLS": "http://127.0.0.1:9/hooks", "PLAYGATE_WEBHOOK_SECRET": f"{SECRET} whsec_c2hvcnQ="}
+    )
+    assert security_problems(settings) == [
+        "PLAYGATE_WEBHOOK_SECRET: each secret must be whsec_ and the base64 of at least 24 random bytes, several "
+        "separated by spaces"
+    ]
 
 
 async def test_a_receiver_that_was_down_gets_every_event_in_order_per_user_when_it_returns(tmp_path: Path) -> None:

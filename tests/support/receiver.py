@@ -113,4 +113,4 @@ def dispatcher_to(receiver: Receiver, engine: AsyncEngine, clock: Callable[[], f
         "retention_s": 3600,
         **settings,
     }
-    return Dispatcher(engine, endpoints=[receiver.url], secret=receiver.secret, clock=clock, **options)
+    return Dispatcher(engine, endpoints=[receiver.url], secrets=[receiver.secret], clock=clock, **options)

@@ -13,7 +13,7 @@ import pytest
 from playgate.audit import DECISION, STREAM_END, AuditEvent
 from playgate.config import load_settings, security_problems
 from playgate.errors import ConfigError
-from playgate.webhooks import PLAY_DENIED, STREAM_ENDED, STREAM_STARTED, backoff_s, message_of, sign, signer
+from playgate.webhooks import PLAY_DENIED, STREAM_ENDED, STREAM_STARTED, backoff_s, message_of, sign, signers
 
 # The specification's published test vector (standard-webhooks spec, "Signature scheme").
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -24,14 +24,21 @@ VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
 def test_the_signature_is_the_specifications_test_vector() -> None:
-    assert sign(signer(VECTOR_SECRET), VECTOR_ID, VECTOR_TIMESTAMP_S, VECTOR_BODY) == VECTOR_SIGNATURE
+    assert sign(signers([VECTOR_SECRET]), VECTOR_ID, VECTOR_TIMESTAMP_S, VECTOR_BODY) == VECTOR_SIGNATURE
 
 
 def test_the_signature_is_hmac_sha256_of_id_timestamp_body_with_the_decoded_key() -> None:
     secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
     body = '{"type":"stream.started"}'
     mac = hmac.new(bytes(range(32)), f"msg_1.1700000000.{body}".encode(), hashlib.sha256).digest()
-    assert sign(signer(secret), "msg_1", 1700000000, body) == "v1," + base64.b64encode(mac).decode()
+    assert sign(signers([secret]), "msg_1", 1700000000, body) == "v1," + base64.b64encode(mac).decode()
+
+
+def test_with_two_secrets_the_header_carries_a_signature_for_each_in_order() -> None:
+    other = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+    one = sign(signers([other]), VECTOR_ID, VECTOR_TIMESTAMP_S, VECTOR_BODY)
+    both = sign(signers([VECTOR_SECRET, other]), VECTOR_ID, VECTOR_TIMESTAMP_S, VECTOR_BODY)
+    assert both == f"{VECTOR_SIGNATURE} {one}"
 
 
 @pytest.mark.parametrize(
