@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from playgate import __version__
 from playgate.bench.cli import bench as bench_commands
 from playgate.catalog.bulk import UpsertResult
-from playgate.catalog.db import create_engine, upgrade
+from playgate.catalog.db import create_engine, is_sqlite, upgrade
 from playgate.catalog.service import Catalog
 from playgate.config import Settings, jwt_secret, load_settings
 from playgate.domain import KeyScope
@@ -130,11 +130,21 @@ def _preflight(settings: Settings) -> str:
         raise click.ClickException(str(exc)) from None
 
 
+def _wait_for_database(settings: Settings, *, migrated: bool) -> None:
+    """A PostgreSQL catalogue may start after PlayGate (a compose file, a cluster): wait for it, then say in one
+    line why not (it never answered; `api`: its schema is not this version's) instead of a start-up traceback."""
+    from playgate.doctor import wait_for_database
+
+    if not is_sqlite(settings.resolved_database_url) or migrated:
+        _run(lambda: wait_for_database(settings, migrated=migrated))
+
+
 def _serve(settings: Settings, role: Role = Role.serve) -> None:
     from playgate.api.app import create_app  # heavy import, only for commands that serve
 
     secret = _preflight(settings)
     _logging(settings)
+    _wait_for_database(settings, migrated=role is not Role.serve)
     server = uvicorn.Server(server_config(settings, create_app(settings, role=role, secret=secret)))
     # uvicorn handles SIGINT and SIGTERM (graceful shutdown), then raises the signal again under the handlers it
     # found: these let the process end there with status 0, not with a KeyboardInterrupt ("Aborted!") or killed.

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="Catalogue (and embedded ledger) database; default a SQLite file in the data dir."
     )
+    start_wait_s: float = Field(
+        30.0,
+        ge=0,
+        validation_alias=AliasChoices("PLAYGATE_START_WAIT"),
+        description="Seconds `playgate serve` and `api` wait at start for a PostgreSQL catalogue to answer.",
+    )
     redis_url: str | None = Field(None, description="Set to run distributed: ledger, queue and fan-out on Redis.")
     admin_password: str | None = Field(
         None, description="Creates or updates the `admin` user at start; without it no admin exists."

@@ -8,6 +8,8 @@ reads: it creates no database file, no secret and no Redis key.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,9 +26,13 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from playgate.catalog.db import alembic_config, check_url, create_engine, is_sqlite
 from playgate.config import JWT_SECRET_FILE, Settings, is_loopback, security_problems
 from playgate.connections import HASH_LISTPACK_VALUE, is_cluster_url, primaries
-from playgate.errors import ConfigError
+from playgate.errors import ConfigError, Unavailable
 
 CONNECT_TIMEOUT_S = 5.0
+# A server waiting at start for its database tries again after this long, doubled each try up to the maximum.
+START_RETRY_FIRST_S = 0.5
+START_RETRY_MAX_S = 5.0
+log = logging.getLogger("playgate")
 
 
 class Verdict(StrEnum):
@@ -115,9 +121,20 @@ async def check_database(settings: Settings) -> list[Check]:
     finally:
         await engine.dispose()
     checks = [Check("database", Verdict.ok, f"connected to {shown}")]
-    heads = set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+    script = ScriptDirectory.from_config(alembic_config(url))
+    heads = set(script.get_heads())
     if current in heads:
         checks.append(Check("migrations", Verdict.ok, f"the schema is at revision {current}, the newest"))
+    elif current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
+        # A newer version migrated it (README, Upgrade: migrations stay additive, the version running keeps working)
+        checks.append(
+            Check(
+                "migrations",
+                Verdict.warn,
+                f"the schema is at revision {current}, newer than this version's {', '.join(sorted(heads))}: "
+                "a newer version migrated it; this one works on it while it rolls out",
+            )
+        )
     else:
         checks.append(
             Check(
@@ -194,6 +211,29 @@ def _reason(exc: BaseException) -> str:
         return f"no answer within {CONNECT_TIMEOUT_S:g} s"
     original = getattr(exc, "orig", None) or exc
     return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+
+
+async def wait_for_database(settings: Settings, *, migrated: bool) -> None:
+    """Before a server starts: wait up to PLAYGATE_START_WAIT for the catalogue database to answer (a warning line
+    each try), then, if `migrated`, ask that its schema is this version's. Unavailable with doctor's line when
+    it never answered, ConfigError when its schema is not this version's."""
+    patience_s = 0.0 if is_sqlite(settings.resolved_database_url) else settings.start_wait_s  # a file: no waiting
+    deadline = time.monotonic() + patience_s
+    pause_s = START_RETRY_FIRST_S
+    while True:
+        checks = await check_database(settings)
+        refused = next((c for c in checks if c.name == "database" and c.verdict is Verdict.fail), None)
+        if refused is None:
+            break
+        if time.monotonic() + pause_s > deadline:
+            waited = f" (waited {patience_s:g} s)" if patience_s else ""
+            raise Unavailable(f"PLAYGATE_DATABASE_URL: {refused.detail}{waited}")
+        log.warning("waiting for the database: %s; trying again in %g s", refused.detail, pause_s)
+        await asyncio.sleep(pause_s)
+        pause_s = min(pause_s * 2, START_RETRY_MAX_S)
+    behind = next((c for c in checks if c.verdict is Verdict.fail), None)
+    if migrated and behind is not None:
+        raise ConfigError(f"PLAYGATE_DATABASE_URL: {behind.detail}")
 
 
 async def run_checks(settings: Settings) -> list[Check]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import trustme
 from tests.support.clients import admin_client, api_client, new_user
 from tests.support.pg_server import PgServer, start_postgres, unavailable_reason
 from tests.support.redis_server import redis_binary, start_redis
-from tests.support.servers import migrate_playgate, playgate_env, start_playgate
+from tests.support.servers import migrate_playgate, run_playgate, start_playgate
 
 APPLICATION = "playgate-tls-test"
 
@@ -33,14 +32,7 @@ def tls_postgres() -> Iterator[PgServer]:
 
 
 def doctor(data_dir: Path, database_url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "playgate", "doctor"],
-        env=playgate_env(data_dir, PLAYGATE_DATABASE_URL=database_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_playgate(data_dir, "doctor", PLAYGATE_DATABASE_URL=database_url)
 
 
 async def test_a_libpq_url_with_sslmode_runs_playgate_over_tls(tls_postgres: PgServer, tmp_path: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,19 +10,12 @@ import redis
 from playgate.connections import HASH_LISTPACK_VALUE
 from tests.support.pg_database import PgDatabase
 from tests.support.redis_server import redis_binary, start_redis
-from tests.support.servers import free_port, playgate_env
+from tests.support.servers import free_port, run_playgate
 
 
 def doctor(data_dir: Path, *args: str, **env: str) -> tuple[int, str]:
     """Run `playgate <args>` (default `doctor`) with a test environment: exit code and output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "playgate", *(args or ("doctor",))],
-        env=playgate_env(data_dir, **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_playgate(data_dir, *(args or ("doctor",)), **env)
     return result.returncode, result.stdout + result.stderr
 
 

@@ -16,7 +16,7 @@ from playgate.errors import Unavailable
 from playgate.throttle import LoginThrottle, Throttled
 from tests.support.clients import api_client
 from tests.support.redis_server import redis_binary, start_redis
-from tests.support.servers import ADMIN_PASSWORD, ServerProcess, playgate_env, start_playgate
+from tests.support.servers import ADMIN_PASSWORD, ServerProcess, playgate_env, run_playgate, start_playgate
 
 SECRET = "a-secret-that-is-long-enough-for-hs256-0123"
 ORIGIN = "https://app.example.test"
@@ -64,14 +64,7 @@ def test_loopback_hosts() -> None:
 
 def _refused(data_dir: Path, **env: str) -> str:
     """Run `playgate serve` expecting it to refuse: returns its output (asserts a non-zero exit)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "playgate", "serve"],
-        env=playgate_env(data_dir, **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_playgate(data_dir, "serve", **env)
     assert result.returncode != 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 

@@ -82,16 +82,23 @@ def playgate_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def migrate_playgate(data_dir: Path, **env: str) -> None:
-    """`playgate db upgrade` with the test environment (the database the settings name), asserting it worked."""
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "playgate", "db", "upgrade"],
+def run_playgate(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `playgate <args>` to its end with the test environment (a command, or a server expected not to start):
+    its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "playgate", *args],
         env=playgate_env(data_dir, **env),
         capture_output=True,
+        text=True,
         timeout=60,
         check=False,
     )
-    assert upgrade.returncode == 0, upgrade.stderr.decode()
+
+
+def migrate_playgate(data_dir: Path, **env: str) -> None:
+    """`playgate db upgrade` with the test environment (the database the settings name), asserting it worked."""
+    upgrade = run_playgate(data_dir, "db", "upgrade", **env)
+    assert upgrade.returncode == 0, upgrade.stderr
 
 
 def start_playgate(
