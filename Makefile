@@ -80,6 +80,13 @@ $(FFPROBE):
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg
 
+# PgBouncer in transaction mode stands in front of PostgreSQL in tests/distributed/test_postgres_urls.py.
+PGBOUNCER := /usr/sbin/pgbouncer
+
+$(PGBOUNCER):
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer
+
 # pytest-xdist workers, one per core (tests/conftest.py keeps the tests that share a fixture's processes on one
 # worker); TEST_WORKERS=0 runs every test in this process alone. Three on this 2-core machine took 5 to 5.5 minutes
 # of pytest instead of 7 to 7.5, but one of seven such runs failed three Redis failover and restart tests that passed
@@ -87,7 +94,7 @@ $(FFPROBE):
 # 25), gave failures and setup errors.
 TEST_WORKERS ?= 2
 
-test: $(STAMP) web $(COMPAT_STAMP) $(CHROMIUM) $(PROMTOOL) $(NGINX) $(FFPROBE)
+test: $(STAMP) web $(COMPAT_STAMP) $(CHROMIUM) $(PROMTOOL) $(NGINX) $(FFPROBE) $(PGBOUNCER)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src

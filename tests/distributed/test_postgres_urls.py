@@ -1,18 +1,24 @@
 """PLAYGATE_DATABASE_URL as hosting providers hand it out: `postgres://` or `postgresql://` with libpq's query
-(`sslmode`, `sslrootcert`, `application_name`), against a PostgreSQL server of the test's own that takes TLS only."""
+(`sslmode`, `sslrootcert`, `application_name`), against a PostgreSQL server of the test's own that takes TLS only;
+and behind PgBouncer in transaction mode, the statement caches turned off from the URL."""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import trustme
 
 from tests.support.clients import admin_client, api_client, new_user
+from tests.support.pg_database import create_database, drop_database, pg_unavailable_reason
 from tests.support.pg_server import PgServer, start_postgres, unavailable_reason
+from tests.support.pgbouncer import pgbouncer_binary, start_pgbouncer
 from tests.support.redis_server import redis_binary, start_redis
 from tests.support.servers import migrate_playgate, run_playgate, start_playgate
 
@@ -98,3 +104,54 @@ def test_a_bad_libpq_parameter_is_named_before_connecting(tmp_path: Path, query:
     assert checked.returncode != 0
     assert f"FAIL  settings: PLAYGATE_DATABASE_URL: {named}" in checked.stdout, checked.stdout + checked.stderr
     assert "Traceback" not in checked.stderr
+
+
+async def test_behind_pgbouncer_in_transaction_mode_with_the_statement_caches_off(tmp_path: Path) -> None:
+    # Two PlayGate processes, many clients each, two PostgreSQL sessions behind the pooler: a statement prepared in
+    # one transaction is gone in the next, which PlayGate's default caches rely on (without the two arguments this
+    # test fails: `prepared statement "__asyncpg_stmt_55__" does not exist`, and some calls get no answer).
+    if pgbouncer_binary() is None:
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; make test installs it)")
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    if (reason := await pg_unavailable_reason()) is not None:
+        pytest.skip(reason)
+    db = await create_database()
+    bouncer = start_pgbouncer()
+    redis = start_redis(tmp_path / "redis")
+    servers = []
+    try:
+        env = {
+            "PLAYGATE_DATABASE_URL": bouncer.url(db.name, "statement_cache_size=0&prepared_statement_cache_size=0"),
+            "PLAYGATE_REDIS_URL": redis.url,
+        }
+        migrate_playgate(tmp_path, **env)
+        servers = [start_playgate(tmp_path, role, **env) for role in ("serve", "api")]
+        admins = [await admin_client(server.base_url) for server in servers]
+        try:
+            answers = await asyncio.gather(*(busy_admin(admin, 10) for admin in admins))
+        finally:
+            for admin in admins:
+                await admin.aclose()
+        assert [status for statuses in answers for status in statuses] == [(201, 200, 200)] * 20
+        for server in servers:
+            assert '"level":"error"' not in server.log(), server.log()
+    finally:
+        for server in servers:
+            server.stop()
+        redis.stop()
+        bouncer.stop()
+        await drop_database(db)
+
+
+async def busy_admin(admin: httpx.AsyncClient, users: int) -> list[tuple[int, int, int]]:
+    """`users` new users at once, each followed by a page of users and the catalogue: what each call answered."""
+
+    async def one(index: int) -> tuple[int, int, int]:
+        name = f"pooled-{index}-{secrets.token_hex(3)}"
+        created = await admin.post("/v1/users", json={"name": name, "password": f"{name}-password", "limit": 2})
+        listed = await admin.get("/v1/users", params={"limit": 5})
+        videos = await admin.get("/v1/videos")
+        return created.status_code, listed.status_code, videos.status_code
+
+    return list(await asyncio.gather(*(one(i) for i in range(users))))

@@ -65,9 +65,7 @@ class PgServer:
 def start_postgres() -> PgServer:
     """initdb into a new temp dir (the server user's own: pytest's are private to the user running the tests), a
     TLS certificate for 127.0.0.1, then pg_ctl start, which waits until the server accepts connections."""
-    root = Path(tempfile.mkdtemp(prefix="playgate-test-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, SERVER_USER)
+    root = server_user_dir("playgate-test-pg-")
     server = PgServer(root, free_port(), root / "tls-ca.pem")
     _as_server_user(_bin("initdb"), "-D", str(server.data_dir), "-A", "trust", "-U", "postgres", "--no-sync")
     authority = trustme.CA()
@@ -107,5 +105,18 @@ def _pg_ctl(data_dir: Path, *args: str) -> None:
 
 
 def _as_server_user(*command: str) -> None:
-    prefix = ("runuser", "-u", SERVER_USER, "--") if os.geteuid() == 0 else ()
-    subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=START_TIMEOUT_S + 10)
+    subprocess.run([*as_server_user(), *command], check=True, capture_output=True, timeout=START_TIMEOUT_S + 10)
+
+
+def as_server_user() -> tuple[str, ...]:
+    """The prefix that runs a command as the postgres user when the tests run as root (PostgreSQL's programs and
+    PgBouncer refuse root), else nothing."""
+    return ("runuser", "-u", SERVER_USER, "--") if os.geteuid() == 0 else ()
+
+
+def server_user_dir(prefix: str) -> Path:
+    """A new temp dir the postgres user owns when the tests run as root (pytest's are private to root)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        shutil.chown(root, SERVER_USER)
+    return root

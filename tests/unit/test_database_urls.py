@@ -39,6 +39,15 @@ def test_libpqs_query_goes_to_asyncpg_and_the_rest_stays_on_the_url() -> None:
     }
 
 
+def test_the_statement_caches_go_to_asyncpg_and_sqlalchemy() -> None:
+    # Behind a pooler in transaction mode (PgBouncer), both are turned off from the URL.
+    target, connect_args = engine_url(
+        "postgresql://u@pooler.example:6432/app?statement_cache_size=0&prepared_statement_cache_size=0&sslmode=require"
+    )
+    assert dict(target.query) == {"prepared_statement_cache_size": "0"}
+    assert connect_args == {"statement_cache_size": 0, "dsn": "postgresql://?sslmode=require"}
+
+
 def test_asyncpgs_name_for_the_mode_is_libpqs_too() -> None:
     _, connect_args = engine_url("postgresql+asyncpg://u@db.example/app?ssl=require")
     assert connect_args == {"dsn": "postgresql://?sslmode=require"}
@@ -55,6 +64,7 @@ def test_a_url_without_a_query_has_no_connect_arguments() -> None:
         ("postgresql://u@db.example/app?sslmode=on", "sslmode 'on' is not one of disable, allow, prefer"),
         ("postgresql://u@db.example/app?sslcert=/nonexistent.pem", "sslcert names /nonexistent.pem"),
         ("postgresql://u@db.example/app?connect_timeout=0", "connect_timeout '0' is not a whole number"),
+        ("postgresql://u@db.example/app?statement_cache_size=none", "statement_cache_size 'none' is not a whole"),
     ],
 )
 def test_a_url_playgate_cannot_use_is_refused_naming_the_setting(url: str, named: str) -> None:

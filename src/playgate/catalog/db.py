@@ -24,6 +24,8 @@ DRIVER_OF_SCHEME = {"sqlite": "sqlite+aiosqlite", "postgres": "postgresql+asyncp
 # libpq's TLS modes (`sslmode=`), which asyncpg reads from its DSN as libpq does.
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SSL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+# Query arguments SQLAlchemy's asyncpg dialect reads itself (they stay on its URL).
+SQLALCHEMY_ARGUMENTS = ("prepared_statement_cache_size",)
 
 
 def check_url(url: str) -> str:
@@ -56,6 +58,10 @@ def _check_postgres_query(query: Mapping[str, str | tuple[str, ...]]) -> None:
     timeout = query.get("connect_timeout")
     if timeout is not None and not (isinstance(timeout, str) and timeout.isdigit() and int(timeout) > 0):
         raise ConfigError(f"PLAYGATE_DATABASE_URL: connect_timeout {timeout!r} is not a whole number of seconds")
+    for name in ("statement_cache_size", *SQLALCHEMY_ARGUMENTS):
+        size = query.get(name)
+        if size is not None and not (isinstance(size, str) and size.isdigit()):
+            raise ConfigError(f"PLAYGATE_DATABASE_URL: {name} {size!r} is not a whole number")
 
 
 def engine_url(url: str) -> tuple[URL, dict[str, Any]]:
@@ -63,7 +69,8 @@ def engine_url(url: str) -> tuple[URL, dict[str, Any]]:
 
     A PostgreSQL URL's query is libpq's (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `host` for a socket
     directory, `application_name`...): it goes to asyncpg as a DSN, which asyncpg reads the way libpq does, while
-    the host, user and database stay on SQLAlchemy's URL. `connect_timeout` becomes asyncpg's `timeout`.
+    the host, user and database stay on SQLAlchemy's URL. `connect_timeout` becomes asyncpg's `timeout`;
+    `statement_cache_size` (asyncpg's) and `prepared_statement_cache_size` (SQLAlchemy's) are theirs.
     """
     parsed = make_url(url)
     parsed = parsed.set(drivername=DRIVER_OF_SCHEME.get(parsed.drivername, parsed.drivername))
@@ -73,11 +80,14 @@ def engine_url(url: str) -> tuple[URL, dict[str, Any]]:
     connect_args: dict[str, Any] = {}
     if "connect_timeout" in query:
         connect_args["timeout"] = float(str(query.pop("connect_timeout")))
+    if "statement_cache_size" in query:  # asyncpg's, 0 behind a pooler such as PgBouncer
+        connect_args["statement_cache_size"] = int(str(query.pop("statement_cache_size")))
     if "ssl" in query:  # asyncpg's own name for the mode
         query.setdefault("sslmode", query.pop("ssl"))
+    own = {key: query.pop(key) for key in SQLALCHEMY_ARGUMENTS if key in query}
     if query:
         connect_args["dsn"] = "postgresql://?" + urlencode(query, doseq=True)
-    return parsed.set(query={}), connect_args
+    return parsed.set(query=own), connect_args
 
 
 def is_sqlite(url: str) -> bool:
