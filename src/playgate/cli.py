@@ -21,15 +21,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate import __version__
 from playgate.bench.cli import bench as bench_commands
-from playgate.catalog.bulk import UpsertResult
+from playgate.catalog.bulk import USERS, UpsertResult
 from playgate.catalog.db import create_engine, is_sqlite, upgrade
 from playgate.catalog.service import Catalog
 from playgate.config import Settings, jwt_secret, load_settings
-from playgate.domain import KeyScope
+from playgate.domain import KeyScope, Reason
 from playgate.errors import ConfigError, NotFound, PlayGateError
 from playgate.imports import SCHEMAS, Format, KindName, check, csv_records, format_of, ndjson_records, records, store
 from playgate.logs import configure_logging
-from playgate.runtime import Role, catalog_on, open_catalog, preflight, prepare_catalog, reset_data, run_worker
+from playgate.runtime import (
+    Role,
+    catalog_on,
+    end_streams_of,
+    open_catalog,
+    preflight,
+    prepare_catalog,
+    reset_data,
+    run_worker,
+)
 from playgate.security import TokenIssuer
 from playgate.webhooks import DELIVERED, FAILED, PENDING, delivery_log, replay
 
@@ -420,13 +429,15 @@ def import_rows(kind: KindName, file: Path, fmt: Format | None) -> None:
     Absent fields keep their value; a bad row is reported with its reason and the rest stored; a re-run changes
     nothing. Exit status 1 when a row was refused. Plans carry their rules as POST /v1/plans takes them (onLimit,
     kinds, maxPerTitle, maxDevices, deviceWindowDays, maxAwayStreams, onOutage, shadow; in CSV kinds and shadow are
-    JSON objects in their cells). A user it disables (or enables again) has its tokens ended; its streams are not
-    ended, since this runs without the server: disable a user who is watching through the API.
+    JSON objects in their cells). A user it disables (or enables again) has its tokens ended; a user it disables has
+    its streams ended too, in the ledger the servers read (their media stop at once; distributed, their sockets are
+    told `stream_ended`; embedded, the server closes them within two sweeps).
     """
+    settings = _settings()
     fmt = fmt or format_of(None, file.name)
     schema = SCHEMAS[kind]
 
-    async def work(catalog: Catalog) -> UpsertResult:
+    async def work(catalog: Catalog) -> tuple[UpsertResult, list[str]]:
         with file.open(encoding="utf-8", newline="") as lines:
             total = sum(1 for _ in lines) - (1 if fmt == "csv" else 0)
         with (
@@ -437,13 +448,19 @@ def import_rows(kind: KindName, file: Path, fmt: Format | None) -> None:
                 numbered = records(source.read(), "json")
             else:
                 numbered = csv_records(source) if fmt == "csv" else ndjson_records(source)
-            return await store(catalog, schema.kind, check(schema, numbered), on_batch=bar.update)
+            result = await store(catalog, schema.kind, check(schema, numbered), on_batch=bar.update)
+        if schema.kind is not USERS or not result.revoked:
+            return result, []
+        return result, [user.id for user in (await catalog.users(result.revoked)).values() if user.disabled]
 
-    result = _with_catalog(work)
+    result, disabled = _with_catalog(work, settings)
     click.echo(
         f"{kind}: {result.created} created, {result.updated} updated, {result.unchanged} unchanged, "
         f"{len(result.refused)} refused"
     )
+    if disabled:
+        ended = _run(lambda: end_streams_of(settings, disabled, Reason.user_disabled))
+        click.echo(f"{len(disabled)} user(s) disabled: {ended} stream(s) of theirs ended")
     for refusal in result.refused[:100]:
         click.echo(f"row {refusal.row} ({refusal.id or '?'}): {refusal.field}: {refusal.reason}", err=True)
     if result.refused:

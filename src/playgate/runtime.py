@@ -41,7 +41,7 @@ from playgate.catalog.service import Catalog
 from playgate.config import JWT_SECRET_FILE, AuthMode, EdgeSigning, Settings, is_loopback, jwt_secret, security_problems
 from playgate.connections import check_redis_url, forget_all
 from playgate.devices import DeviceIds
-from playgate.domain import Stream
+from playgate.domain import Reason, Stream
 from playgate.errors import ConfigError, PlayGateError
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
@@ -452,6 +452,26 @@ async def _stop_tasks(tasks: _Tasks, queue: PlayQueue) -> None:
     for task in tasks.optional:
         task.cancel()
     await asyncio.gather(*tasks.running, *tasks.optional, return_exceptions=True)
+
+
+async def end_streams_of(
+    settings: Settings, user_ids: Sequence[str], reason: Reason, *, clock: Callable[[], float] = time.time
+) -> int:
+    """End every stream of these users from a process that serves no one (`playgate import`): in the ledger the
+    servers read, recorded as theirs are (audit trail, webhooks: the ledger writes the ends itself), so that their
+    players' media stop at once. Distributed, the ledger also tells the users' sockets (`stream_ended`, `reason`);
+    embedded, the server's sockets of those users close at its next sweep of revoked tokens. How many ended."""
+    events = None if settings.distributed else LedgerEvents(settings.policy, webhooks.outbox(settings, clock))
+    ledger, queue, fanout = open_backends(settings, NoSockets(), lambda _decision: None, clock, events=events)
+    try:
+        ended = 0
+        for user_id in user_ids:
+            ended += len(await ledger.stop(None, user_id, reason=reason, announce=True))
+        return ended
+    finally:
+        await ledger.close()
+        await queue.close()
+        await fanout.close()
 
 
 async def run_worker(settings: Settings, *, clock: Callable[[], float] = time.time) -> None:

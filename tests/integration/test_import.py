@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import httpx
@@ -9,6 +10,7 @@ import orjson
 
 from tests.integration.test_cli import playgate_here
 from tests.integration.test_routes import assert_problem
+from tests.support.clients import api_client, new_user
 from tests.support.servers import ServerProcess
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -181,3 +183,32 @@ async def test_a_csv_with_bare_carriage_returns_is_read_not_a_500(app_admin: htt
     answer = await app_admin.post("/v1/videos:import", content=rows.encode(), headers={"Content-Type": "text/csv"})
     assert answer.status_code == 200, answer.text
     assert (await app_admin.get(f"/v1/videos/v-{tag}")).json()["title"] == f"Title {tag}"
+
+
+async def test_a_user_the_command_line_disables_loses_their_streams_at_once(
+    server: ServerProcess, admin: httpx.AsyncClient
+) -> None:
+    # The server runs beside the command: the ends are in the ledger it reads (the media refused at once) and in
+    # its audit trail, as a PATCH's are.
+    user = await new_user(server.base_url, admin, limit=2)
+    async with api_client(server.base_url, user.token) as client:
+        plays = [(await client.post("/v1/plays?wait=5", json={"videoId": v})).json() for v in ("1", "2")]
+    assert [play["status"] for play in plays] == ["allowed", "allowed"]
+    playback_token = plays[0]["playbackUrl"].split("/v1/play/", 1)[1].split("/", 1)[0]
+    async with api_client(server.base_url) as edge:
+        assert (await edge.get("/v1/authorize", headers={"X-Playback-Token": playback_token})).status_code == 204
+        rows = server.data_dir / f"disable-{user.id}.ndjson"
+        rows.write_text(orjson.dumps({"id": user.id, "disabled": True}).decode() + "\n")
+        result = await playgate_here(server.data_dir, "import", "users", str(rows))
+        assert result.exit_code == 0, result.stderr
+        assert "1 user(s) disabled: 2 stream(s) of theirs ended" in result.stdout
+        assert (await admin.get(f"/users/{user.id}/streams")).json() == []
+        assert (await edge.get("/v1/authorize", headers={"X-Playback-Token": playback_token})).status_code != 204
+    ends: list[str] = []
+    for _ in range(50):  # the server's audit trail takes the ledger's log every half second or so
+        events = (await admin.get(f"/v1/users/{user.id}/events")).json()["events"]
+        ends = [event["outcome"] for event in events if event["kind"] == "stream_end"]
+        if len(ends) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert ends == ["user_disabled", "user_disabled"]
