@@ -23,7 +23,16 @@ _ONE_WORKER_DIRS = ("compat",)
 # deployments of their own and stay units of their own).
 _SHARED_DEPLOYMENT = tuple(
     f"tests/distributed/test_{name}.py"
-    for name in ("distributed", "audit", "connection_loss", "platform", "revocation", "serve", "socketio_v2")
+    for name in (
+        "distributed",
+        "audit",
+        "connection_loss",
+        "platform",
+        "revocation",
+        "sentinel",
+        "serve",
+        "socketio_v2",
+    )
 )
 # Files whose tests each start what they use (no module-scoped fixture): spread over the workers one by one.
 _PER_TEST = (

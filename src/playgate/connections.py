@@ -2,7 +2,9 @@
 
 Every key lives under PREFIX; a user's keys carry the `{user id}` hash tag, so that they share a hash slot. A URL
 `redis+cluster://host:port[,host:port...]` names a Redis Cluster: the client is redis-py's RedisCluster, and the
-KeyLayout puts the keys that several users share (the lease index, the decisions) in each user's slot.
+KeyLayout puts the keys that several users share (the lease index, the decisions) in each user's slot. A URL
+`redis+sentinel://host:port[,host:port...]/db/service` names the Sentinels that watch a primary and its replicas:
+the client asks them for the primary, and again after a failover.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -83,26 +86,30 @@ def decision_key(request_id: str) -> str:
 
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEME = "redis+sentinel"
 # What a rediss+cluster:// URL's query may say of TLS, as a rediss:// URL's does to redis-py: the CA that signed the
 # nodes' certificates, this client's own certificate and key, and whether the nodes' certificates are checked.
 CLUSTER_TLS_ARGS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
-REDIS_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
+REDIS_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME, *CLUSTER_SCHEMES)
 
 # The client of either deployment: one server (with replicas), or a Redis Cluster.
 RedisClient = Redis | RedisCluster
 
 
 def check_redis_url(url: str) -> None:
-    """ConfigError naming PLAYGATE_REDIS_URL unless `url` is a redis://, rediss://, unix:// or redis+cluster:// URL."""
+    """ConfigError naming PLAYGATE_REDIS_URL unless `url` is a redis://, rediss://, unix://, redis+cluster:// or
+    redis+sentinel:// URL."""
     scheme = url.partition("://")[0].lower()
     if scheme not in REDIS_SCHEMES or "://" not in url:
         raise ConfigError(
-            "PLAYGATE_REDIS_URL: not a Redis URL (use redis://host:port/db or redis+cluster://host:port,host:port), "
-            f"got scheme {scheme!r}"
+            "PLAYGATE_REDIS_URL: not a Redis URL (use redis://host:port/db, redis+cluster://host:port,host:port or "
+            f"redis+sentinel://host:port,host:port/db/service), got scheme {scheme!r}"
         )
     if is_cluster_url(url):
         cluster_nodes(url)
         cluster_tls(url)
+    if is_sentinel_url(url):
+        sentinel_service(url)
 
 
 def pool_options() -> dict[str, Any]:
@@ -121,7 +128,12 @@ def pool_options() -> dict[str, Any]:
 
 
 def connection_pool(url: str, **options: Any) -> ConnectionPool:
-    """A connection pool for `url` with pool_options() (and `options`), for clients built elsewhere (limits)."""
+    """A connection pool for `url` with pool_options() (and `options`), for clients built elsewhere (limits): of the
+    primary the Sentinels name, for a redis+sentinel:// URL."""
+    if is_sentinel_url(url):
+        named = sentinel_service(url)
+        sentinel = named.sentinel(**pool_options(), **options)
+        return SentinelConnectionPool(named.service, sentinel, **sentinel.connection_kwargs)  # type: ignore[no-untyped-call]
     return ConnectionPool.from_url(url, **pool_options(), **options)
 
 
@@ -130,19 +142,68 @@ def is_cluster_url(url: str) -> bool:
     return url.partition("://")[0].lower() in CLUSTER_SCHEMES
 
 
+def is_sentinel_url(url: str) -> bool:
+    """Whether `url` names the Sentinels of a primary (redis+sentinel://)."""
+    return url.partition("://")[0].lower() == SENTINEL_SCHEME
+
+
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
-    """The host:port pairs of a redis+cluster:// URL (the client needs one live node; naming several survives one
-    being down); ConfigError naming PLAYGATE_REDIS_URL when a pair is malformed."""
+    """The host:port pairs of a redis+cluster:// (or redis+sentinel://) URL (the client needs one live node; naming
+    several survives one being down); ConfigError naming PLAYGATE_REDIS_URL when a pair is malformed."""
     netloc = urlsplit(url).netloc.rpartition("@")[2]
+    kind = "sentinel" if is_sentinel_url(url) else "cluster node"
     nodes = []
     for item in filter(None, netloc.split(",")):
         host, colon, port = item.rpartition(":")
         if not colon or not host or not port.isdigit():
-            raise ConfigError(f"PLAYGATE_REDIS_URL: cluster node {item!r} is not host:port")
+            raise ConfigError(f"PLAYGATE_REDIS_URL: {kind} {item!r} is not host:port")
         nodes.append((host.strip("[]"), int(port)))
     if not nodes:
-        raise ConfigError("PLAYGATE_REDIS_URL: a redis+cluster:// URL names at least one host:port")
+        raise ConfigError(f"PLAYGATE_REDIS_URL: a {url.partition('://')[0]}:// URL names at least one host:port")
     return nodes
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelService:
+    """What a redis+sentinel://[user:password@]host:port[,host:port...]/db/service URL names (python-socketio's
+    form): the Sentinels, the service (the primary's name in their `sentinel monitor`), the database and the
+    primary's credentials (the Sentinels themselves are asked without)."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+
+    def sentinel(self, **options: Any) -> Sentinel:
+        """A redis-py Sentinel over these Sentinels; `options` for the primary's connections."""
+        timeouts = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
+        return Sentinel(
+            self.sentinels,
+            sentinel_kwargs=timeouts,
+            db=self.db,
+            username=self.username,
+            password=self.password,
+            **options,
+        )
+
+
+def sentinel_service(url: str) -> SentinelService:
+    """The parts of a redis+sentinel:// URL; ConfigError naming PLAYGATE_REDIS_URL when one is missing or bad."""
+    parts = urlsplit(url)
+    path = [segment for segment in parts.path.split("/") if segment]
+    if len(path) != 2 or not path[0].isdigit() or parts.query:
+        raise ConfigError(
+            "PLAYGATE_REDIS_URL: a redis+sentinel:// URL reads redis+sentinel://host:port[,host:port...]/db/service "
+            "(the service: the name the Sentinels monitor the primary by), with no query"
+        )
+    return SentinelService(
+        sentinels=cluster_nodes(url),
+        service=path[1],
+        db=int(path[0]),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
 
 
 def cluster_tls(url: str) -> dict[str, Any]:
@@ -177,6 +238,11 @@ def connect(url: str, *, client_name: str | None = None, decode: bool = True) ->
     """
     if is_cluster_url(url):
         return connect_cluster(url, client_name=client_name, decode=decode)
+    if is_sentinel_url(url):
+        named = sentinel_service(url)
+        sentinel = named.sentinel(client_name=client_name, decode_responses=decode, **pool_options())
+        primary: Redis = sentinel.master_for(named.service)
+        return primary
     client: Redis = Redis.from_url(url, client_name=client_name, decode_responses=decode, **pool_options())
     return client
 
@@ -229,6 +295,9 @@ async def primaries(url: str) -> list[Redis]:
     """A plain client of each primary of the cluster (or of the one server) that `url` names, with connect()'s
     timeouts and the URL's credentials: for what is asked of every primary (INFO, CONFIG GET, FLUSHALL). The
     caller closes them."""
+    if is_sentinel_url(url):
+        named = sentinel_service(url)
+        return [named.sentinel(**_client_options(None)).master_for(named.service)]
     if not is_cluster_url(url):
         return [Redis.from_url(url, **_client_options(None))]
     cluster = connect_cluster(url)

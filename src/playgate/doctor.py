@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from playgate.catalog.db import alembic_config, check_url, create_engine, is_sqlite
 from playgate.config import JWT_SECRET_FILE, Settings, is_loopback, security_problems
-from playgate.connections import HASH_LISTPACK_VALUE, is_cluster_url, primaries
+from playgate.connections import HASH_LISTPACK_VALUE, check_redis_url, is_cluster_url, primaries
 from playgate.errors import ConfigError, Unavailable
 
 CONNECT_TIMEOUT_S = 5.0
@@ -60,8 +61,8 @@ def safe_url(url: str) -> str:
     """A database or Redis URL with its password hidden."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):  # not a URL SQLAlchemy can parse: show only its scheme
-        return url.split("://", 1)[0] + "://…"
+    except (ArgumentError, ValueError):  # SQLAlchemy parses one host only: hide what follows the user name
+        return re.sub(r"^([^:/]+://[^:@/]*):[^@]*@", r"\1:***@", url)
 
 
 def check_settings(settings: Settings) -> list[Check]:
@@ -69,6 +70,11 @@ def check_settings(settings: Settings) -> list[Check]:
     checks = [Check("settings", Verdict.fail, problem) for problem in security_problems(settings)]
     try:
         check_url(settings.resolved_database_url)
+    except ConfigError as exc:
+        checks.append(Check("settings", Verdict.fail, exc.detail))
+    try:
+        if settings.redis_url:
+            check_redis_url(settings.redis_url)
     except ConfigError as exc:
         checks.append(Check("settings", Verdict.fail, exc.detail))
     if not checks:
@@ -153,6 +159,10 @@ async def check_redis(settings: Settings) -> list[Check]:
     if not settings.redis_url:
         return [Check("redis", Verdict.ok, "not configured: embedded deployment (in-process queue, SQLite ledger)")]
     shown = safe_url(settings.redis_url)
+    try:
+        check_redis_url(settings.redis_url)
+    except ConfigError:
+        return []  # reported by check_settings
     clients: list[Any] = []
     try:
         clients = await primaries(settings.redis_url)

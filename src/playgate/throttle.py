@@ -24,7 +24,7 @@ from limits.storage import storage_from_string
 from redis.asyncio import RedisCluster
 
 from playgate.config import Settings
-from playgate.connections import cluster_tls, connection_pool, is_cluster_url
+from playgate.connections import cluster_tls, connection_pool, is_cluster_url, is_sentinel_url
 from playgate.errors import PlayGateError, Unavailable
 
 log = logging.getLogger("playgate.throttle")
@@ -60,6 +60,8 @@ def storage_url(settings: Settings) -> str:
             return f"async+redis+unix://{rest}"
         if is_cluster_url(settings.redis_url):
             return f"async+redis+cluster://{rest.partition('?')[0]}"
+        if is_sentinel_url(settings.redis_url):
+            return "async+redis://"  # the pool given (connections.connection_pool) asks the Sentinels for the primary
         return f"async+{settings.redis_url}"
     return "async+memory://"
 

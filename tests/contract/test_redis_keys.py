@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 from redis.crc import key_slot
 
+from playgate.config import load_settings
 from playgate.connections import (
     BUCKETS,
     KeyLayout,
@@ -17,10 +18,12 @@ from playgate.connections import (
     forget_all,
     idempotency_key,
     is_cluster_url,
+    sentinel_service,
     streams_key,
 )
 from playgate.errors import ConfigError
 from playgate.ledger.redis import new_stream_id, stream_owner
+from playgate.throttle import storage_url
 from tests.support.redis_server import RedisServer
 
 
@@ -96,6 +99,21 @@ def test_a_tls_cluster_url_names_its_ca_and_nothing_else() -> None:
     for refused in ("rediss+cluster://10.0.0.1:7000/0?timeout=3", "redis+cluster://10.0.0.1:7000/0?ssl_ca_certs=x"):
         with pytest.raises(ConfigError, match="PLAYGATE_REDIS_URL"):
             check_redis_url(refused)
+
+
+def test_a_sentinel_url_names_its_sentinels_service_database_and_the_primarys_credentials() -> None:
+    named = sentinel_service("redis+sentinel://app:p%40ss@10.0.0.1:26379,sentinel-2:26380/3/playgate-main")
+    assert named.sentinels == [("10.0.0.1", 26379), ("sentinel-2", 26380)]
+    assert (named.service, named.db, named.username, named.password) == ("playgate-main", 3, "app", "p@ss")
+    assert storage_url(load_settings({"PLAYGATE_REDIS_URL": "redis+sentinel://s:26379/0/main"})) == "async+redis://"
+    for refused, named_in_error in (
+        ("redis+sentinel://10.0.0.1:26379/main", "redis+sentinel://host:port[,host:port...]/db/service"),
+        ("redis+sentinel://10.0.0.1:26379/0/main?ssl=true", "with no query"),
+        ("redis+sentinel://10.0.0.1/0/main", "sentinel '10.0.0.1' is not host:port"),
+    ):
+        with pytest.raises(ConfigError, match="PLAYGATE_REDIS_URL") as raised:
+            check_redis_url(refused)
+        assert named_in_error in raised.value.detail
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://cache:6380", "unix:///run/redis.sock"])

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tests.distributed.conftest import Cluster
-from tests.support.clients import admin_client, api_client, connect_socket, new_user
+from tests.support.clients import api_client, user_with_socket
 from tests.support.redis_cluster import RedisCluster, cluster_tools_installed, start_cluster
 from tests.support.redis_server import start_redis
 from tests.support.servers import start_playgate
@@ -38,10 +38,7 @@ async def test_serve_with_redis_and_postgres_runs_api_and_worker_in_one_process(
         redis.stop()  # a server that did not start leaves no redis-server behind
         raise
     try:
-        admin = await admin_client(server.base_url)
-        user = await new_user(server.base_url, admin, limit=2)
-        await admin.aclose()
-        sock = await connect_socket(server.base_url, token=user.token)
+        user, sock = await user_with_socket(server.base_url, limit=2)
         async with api_client(server.base_url, user.token) as client:
             answers = []
             for video in ("1", "2", "3"):

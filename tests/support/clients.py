@@ -97,3 +97,13 @@ async def connect_socket(base_url: str, *, token: str | None = None, **auth: str
 
 # What the `open_socket` fixture (tests/conftest.py) gives: connect_socket, every socket closed at the test's end.
 OpenSocket = Callable[..., Awaitable[SocketClient]]
+
+
+async def user_with_socket(base_url: str, limit: int) -> tuple[TestUser, SocketClient]:
+    """A new user with this limit (made through the admin API, the admin logged out after) and a socket of theirs."""
+    admin = await admin_client(base_url)
+    try:
+        user = await new_user(base_url, admin, limit=limit)
+    finally:
+        await admin.aclose()
+    return user, await connect_socket(base_url, token=user.token)
