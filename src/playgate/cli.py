@@ -140,8 +140,9 @@ def _preflight(settings: Settings) -> str:
 
 
 def _wait_for_database(settings: Settings, *, migrated: bool) -> None:
-    """A PostgreSQL catalogue may start after PlayGate (a compose file, a cluster): wait for it, then say in one
-    line why not (it never answered; `api`: its schema is not this version's) instead of a start-up traceback."""
+    """A PostgreSQL catalogue may start after PlayGate (a compose file, a cluster, a migration job): wait for it,
+    then say in one line why not (it never answered; `migrated`: its schema is not this version's) instead of a
+    traceback."""
     from playgate.doctor import wait_for_database
 
     if not is_sqlite(settings.resolved_database_url) or migrated:
@@ -245,6 +246,7 @@ def db() -> None:
 def db_upgrade() -> None:
     """Apply every migration to PLAYGATE_DATABASE_URL (default: the SQLite file in the data dir)."""
     settings = _settings()
+    _wait_for_database(settings, migrated=False)
     _run(lambda: upgrade(settings.resolved_database_url))
     click.echo(f"database at {_safe_url(settings.resolved_database_url)} is up to date")
 
@@ -357,6 +359,7 @@ def webhooks() -> None:
 def _with_engine(work: Callable[[AsyncEngine], Awaitable[T]], settings: Settings | None = None) -> T:
     """Run `work` on an engine of PLAYGATE_DATABASE_URL (migrated first), then dispose of it."""
     settings = settings or _settings()
+    _wait_for_database(settings, migrated=False)
 
     async def run() -> T:
         await upgrade(settings.resolved_database_url)

@@ -86,7 +86,8 @@ class Settings(BaseSettings):
         30.0,
         ge=0,
         validation_alias=AliasChoices("PLAYGATE_START_WAIT"),
-        description="Seconds `playgate serve` and `api` wait at start for a PostgreSQL catalogue to answer.",
+        description="Seconds `playgate serve`, `api`, `db upgrade` and the other commands that open the database "
+        "wait at start for a PostgreSQL catalogue to answer.",
     )
     redis_url: str | None = Field(None, description="Set to run distributed: ledger, queue and fan-out on Redis.")
     admin_password: str | None = Field(

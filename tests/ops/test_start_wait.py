@@ -1,6 +1,6 @@
-"""`playgate api` and a PostgreSQL catalogue that is not ready: it waits for one that comes up late
-(PLAYGATE_START_WAIT), and otherwise exits with one line saying why, not a start-up traceback; a schema a newer
-version migrated does not stop it (README, Upgrade)."""
+"""`playgate api` (and `db upgrade`, `import`) and a PostgreSQL catalogue that is not ready: it waits for one that
+comes up late (PLAYGATE_START_WAIT), and otherwise exits with one line saying why, not a traceback; a schema a newer
+version migrated does not stop the api (README, Upgrade)."""
 
 from __future__ import annotations
 
@@ -71,12 +71,18 @@ async def test_the_api_waits_for_a_database_that_comes_up_late(
         await proxy.close()
 
 
-def test_the_api_gives_up_in_one_line_naming_the_database(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [("api",), ("db", "upgrade"), ("import", "users", "rows.csv")])
+def test_a_command_gives_up_in_one_line_naming_the_database(tmp_path: Path, command: tuple[str, ...]) -> None:
     port = free_port()  # nobody listens there
     url = f"postgresql://playgate:db-password@127.0.0.1:{port}/playgate"
+    (tmp_path / "rows.csv").write_text("id,name\nu1,Ann\n")
     started = time.monotonic()
-    result = api_once(
-        tmp_path, PLAYGATE_DATABASE_URL=url, PLAYGATE_REDIS_URL="redis://127.0.0.1:9/0", PLAYGATE_START_WAIT="1"
+    result = run_playgate(
+        tmp_path,
+        *(str(tmp_path / arg) if arg.endswith(".csv") else arg for arg in command),
+        PLAYGATE_DATABASE_URL=url,
+        PLAYGATE_REDIS_URL="redis://127.0.0.1:9/0",
+        PLAYGATE_START_WAIT="1",
     )
     assert result.returncode == 1
     assert (
