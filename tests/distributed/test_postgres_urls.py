@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from tests.support.clients import admin_client, api_client, new_user
-from tests.support.pg_database import create_database, drop_database, pg_unavailable_reason
+from tests.support.pg_database import PG_HOST, PG_PORT, create_database, drop_database, pg_unavailable_reason
 from tests.support.pg_server import PgServer, start_postgres, unavailable_reason
 from tests.support.pgbouncer import pgbouncer_binary, start_pgbouncer
 from tests.support.redis_server import redis_binary, start_redis
@@ -155,3 +155,26 @@ async def busy_admin(admin: httpx.AsyncClient, users: int) -> list[tuple[int, in
         return created.status_code, listed.status_code, videos.status_code
 
     return list(await asyncio.gather(*(one(i) for i in range(users))))
+
+
+async def test_a_schema_of_its_own_in_a_shared_database(tmp_path: Path) -> None:
+    # A platform's database shared by services, each in its schema: libpq's `options` sets PlayGate's search_path.
+    if (reason := await pg_unavailable_reason()) is not None:
+        pytest.skip(reason)
+    db = await create_database()
+    try:
+        admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database=db.name)
+        try:
+            await admin.execute("CREATE SCHEMA streaming")
+            url = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{db.name}?options=-csearch_path%3Dstreaming"
+            migrate_playgate(tmp_path, PLAYGATE_DATABASE_URL=url)
+            placed = await admin.fetch(
+                "SELECT table_schema, count(*) AS tables FROM information_schema.tables "
+                "WHERE table_schema IN ('public', 'streaming') GROUP BY table_schema"
+            )
+        finally:
+            await admin.close()
+        assert [(row["table_schema"], row["tables"] > 10) for row in placed] == [("streaming", True)]
+        assert "ok    migrations" in doctor(tmp_path, url).stdout
+    finally:
+        await drop_database(db)
