@@ -37,8 +37,8 @@ def tls_postgres() -> Iterator[PgServer]:
         server.stop()
 
 
-def doctor(data_dir: Path, database_url: str) -> subprocess.CompletedProcess[str]:
-    return run_playgate(data_dir, "doctor", PLAYGATE_DATABASE_URL=database_url)
+def doctor(data_dir: Path, database_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_playgate(data_dir, "doctor", PLAYGATE_DATABASE_URL=database_url, **env)
 
 
 async def test_a_libpq_url_with_sslmode_runs_playgate_over_tls(tls_postgres: PgServer, tmp_path: Path) -> None:
@@ -89,6 +89,16 @@ def test_doctor_names_what_the_server_refused(tls_postgres: PgServer, tmp_path: 
     unknown_ca = doctor(tmp_path, tls_postgres.url(f"sslmode=verify-full&sslrootcert={stranger}"))
     assert unknown_ca.returncode != 0
     assert "CERTIFICATE_VERIFY_FAILED" in unknown_ca.stdout, unknown_ca.stdout
+
+
+def test_the_systems_roots_check_a_server_whose_ca_the_system_trusts(tls_postgres: PgServer, tmp_path: Path) -> None:
+    # `sslrootcert=system` (libpq 16) takes the machine's trusted roots: OpenSSL's, which SSL_CERT_FILE replaces here
+    # with the test CA, as a platform's image would carry its CA among the system's.
+    url = tls_postgres.url("sslmode=verify-full&sslrootcert=system")
+    trusted = doctor(tmp_path, url, SSL_CERT_FILE=str(tls_postgres.tls_ca))
+    assert "ok    database: connected to" in trusted.stdout, trusted.stdout + trusted.stderr
+    untrusted = doctor(tmp_path, url)
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stdout, untrusted.stdout + untrusted.stderr
 
 
 @pytest.mark.parametrize(

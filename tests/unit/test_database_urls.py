@@ -3,6 +3,8 @@ asyncpg."""
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -71,3 +73,20 @@ def test_a_url_playgate_cannot_use_is_refused_naming_the_setting(url: str, named
     with pytest.raises(ConfigError, match=r"^PLAYGATE_DATABASE_URL: ") as raised:
         check_url(url)
     assert named in raised.value.detail
+
+
+@pytest.mark.parametrize(
+    ("mode", "checks_host"), [("", True), ("&sslmode=verify-full", True), ("&sslmode=verify-ca", False)]
+)
+def test_the_systems_roots_are_a_context_of_pythons_default_roots(mode: str, checks_host: bool) -> None:
+    _, connect_args = engine_url(f"postgresql://u@db.example/app?sslrootcert=system{mode}&application_name=pg")
+    context = connect_args["ssl"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname is checks_host
+    assert connect_args["dsn"] == "postgresql://?application_name=pg"
+
+
+def test_the_systems_roots_with_a_mode_that_checks_nothing_are_refused() -> None:
+    with pytest.raises(ConfigError, match="sslrootcert=system needs sslmode verify-full or verify-ca, not require"):
+        check_url("postgresql://u@db.example/app?sslrootcert=system&sslmode=require")

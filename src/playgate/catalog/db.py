@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,9 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 SSL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 # Query arguments SQLAlchemy's asyncpg dialect reads itself (they stay on its URL).
 SQLALCHEMY_ARGUMENTS = ("prepared_statement_cache_size",)
+# `sslrootcert=system`: the machine's trusted roots (libpq 16); only with a mode that checks the server.
+SYSTEM_ROOTS = "system"
+VERIFYING_MODES = ("verify-ca", "verify-full")
 
 
 def check_url(url: str) -> str:
@@ -51,8 +55,15 @@ def _check_postgres_query(query: Mapping[str, str | tuple[str, ...]]) -> None:
     mode = query.get("sslmode", query.get("ssl"))
     if mode is not None and mode not in SSL_MODES:
         raise ConfigError(f"PLAYGATE_DATABASE_URL: sslmode {mode!r} is not one of {', '.join(SSL_MODES)}")
+    if query.get("sslrootcert") == SYSTEM_ROOTS and mode not in (None, *VERIFYING_MODES):
+        # As libpq 16 says: the system's roots are for checking the server, which a weaker mode would not do.
+        raise ConfigError(
+            f"PLAYGATE_DATABASE_URL: sslrootcert=system needs sslmode verify-full or verify-ca, not {mode}"
+        )
     for name in SSL_FILES:
         path = query.get(name)
+        if name == "sslrootcert" and path == SYSTEM_ROOTS:
+            continue
         if isinstance(path, str) and not Path(path).expanduser().is_file():
             raise ConfigError(f"PLAYGATE_DATABASE_URL: {name} names {path}, which is not a file here")
     timeout = query.get("connect_timeout")
@@ -84,10 +95,22 @@ def engine_url(url: str) -> tuple[URL, dict[str, Any]]:
         connect_args["statement_cache_size"] = int(str(query.pop("statement_cache_size")))
     if "ssl" in query:  # asyncpg's own name for the mode
         query.setdefault("sslmode", query.pop("ssl"))
+    if query.get("sslrootcert") == SYSTEM_ROOTS:
+        # libpq 16's `sslrootcert=system` (the machine's trusted roots, for a server whose certificate a public CA
+        # signed), which asyncpg does not know: a context of Python's own default roots, checking the host name
+        # unless the mode is verify-ca.
+        del query["sslrootcert"]
+        connect_args["ssl"] = _system_roots(verify_host=query.pop("sslmode", "verify-full") == "verify-full")
     own = {key: query.pop(key) for key in SQLALCHEMY_ARGUMENTS if key in query}
     if query:
         connect_args["dsn"] = "postgresql://?" + urlencode(query, doseq=True)
     return parsed.set(query=own), connect_args
+
+
+def _system_roots(*, verify_host: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = verify_host
+    return context
 
 
 def is_sqlite(url: str) -> bool:
