@@ -211,7 +211,8 @@ def _stopped(_sig: int, _frame: object) -> None:
 def api(host: str | None, port: int | None) -> None:
     """Run an API process of the distributed deployment: HTTP and Socket.IO, no worker (needs PLAYGATE_REDIS_URL).
 
-    It does not migrate: run `playgate db upgrade` once before starting API and worker processes.
+    It does not migrate: run `playgate db upgrade` once before starting API and worker processes. It waits up to
+    PLAYGATE_START_WAIT seconds for the database to answer, and will not start on a schema older than its own.
     """
     _serve(_distributed_only("api", host=host, port=port), role=Role.api)
 
