@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import re
 import secrets
 from collections.abc import Mapping
@@ -518,14 +519,47 @@ class Settings(BaseSettings):
         return self.redis_url is not None
 
 
+# The settings that hold secrets, each of which may come from a file named by <variable>_FILE instead (Docker's and
+# Kubernetes' secrets mounted as files), so that the secret is in no process environment.
+SECRET_FIELDS = (
+    "database_url",
+    "redis_url",
+    "admin_password",
+    "jwt_secret",
+    "jwt_accepted_secrets",
+    "edge_secret",
+    "webhook_secret",
+)
+
+
+def _from_files(environ: Mapping[str, str], overrides: Mapping[str, Any]) -> dict[str, str]:
+    """The secret settings that `environ` names a file for (PLAYGATE_JWT_SECRET_FILE=/run/secrets/jwt): each file's
+    text without its final line break. ConfigError naming the variable for a file that cannot be read, or for a
+    setting given both ways."""
+    found: dict[str, str] = {}
+    for name in SECRET_FIELDS:
+        variable = f"PLAYGATE_{name.upper()}"
+        path = environ.get(f"{variable}_FILE")
+        if not path or name in overrides:
+            continue
+        if environ.get(variable):
+            raise ConfigError(f"{variable}_FILE: {variable} is set too; give one or the other")
+        try:
+            found[name] = Path(path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{variable}_FILE: cannot read {path} ({type(exc).__name__})") from None
+    return found
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build Settings from `environ` (default: the process environment); a bad value raises ConfigError."""
+    """Build Settings from `environ` (default: the process environment), secrets from the files that
+    PLAYGATE_<SECRET>_FILE variables name; a bad value raises ConfigError."""
     try:
         if environ is None:
-            return Settings(**overrides)
+            return Settings(**{**_from_files(os.environ, overrides), **overrides})
         # Only this mapping is read: the process environment is not consulted.
         source = {k: v for k, v in environ.items() if k.startswith("PLAYGATE_") or k == "PORT"}
-        return _settings_from_mapping(source, overrides)
+        return _settings_from_mapping(source, {**_from_files(source, overrides), **overrides})
     except ValidationError as exc:
         error = exc.errors()[0]
         name = _env_name(error)

@@ -85,3 +85,14 @@ async def test_real_postgres_and_redis_before_and_after_the_migrations(tmp_path:
     finally:
         redis_plain.stop()
         redis_aof.stop()
+
+
+def test_a_secret_from_a_file_and_a_file_that_is_not_there(tmp_path: Path) -> None:
+    secret = tmp_path / "jwt-secret-file"
+    secret.write_text("a-signing-key-kept-in-a-mounted-file-0123456789\n")
+    _, output = doctor(tmp_path, PLAYGATE_JWT_SECRET="", PLAYGATE_JWT_SECRET_FILE=str(secret))
+    assert "ok    jwt secret: set by PLAYGATE_JWT_SECRET" in output
+    code, output = doctor(tmp_path, PLAYGATE_JWT_SECRET="", PLAYGATE_JWT_SECRET_FILE=str(tmp_path / "missing"))
+    assert code != 0
+    assert f"PLAYGATE_JWT_SECRET_FILE: cannot read {tmp_path / 'missing'}" in output
+    assert "Traceback" not in output

@@ -75,3 +75,34 @@ def test_a_short_jwt_secret_is_refused(tmp_path: Path) -> None:
     settings = load_settings({"PLAYGATE_DATA_DIR": str(tmp_path), "PLAYGATE_JWT_SECRET": "short"})
     with pytest.raises(ConfigError, match=r"^PLAYGATE_JWT_SECRET:"):
         jwt_secret(settings)
+
+
+def test_secrets_may_come_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Docker's and Kubernetes' secrets mounted as files: PLAYGATE_<SECRET>_FILE names the file, its final line break
+    # is not part of the secret; from a mapping and from the process environment alike.
+    secret = tmp_path / "jwt"
+    secret.write_text("a-signing-key-kept-in-a-mounted-file-0123456789\n")
+    database = tmp_path / "db"
+    database.write_text("postgresql://playgate:p%40ss@db.internal/playgate")
+    env = {"PLAYGATE_JWT_SECRET_FILE": str(secret), "PLAYGATE_DATABASE_URL_FILE": str(database)}
+    settings = load_settings(env)
+    assert settings.jwt_secret == "a-signing-key-kept-in-a-mounted-file-0123456789"
+    assert settings.database_url == "postgresql://playgate:p%40ss@db.internal/playgate"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().jwt_secret == settings.jwt_secret
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PLAYGATE_ADMIN_PASSWORD_FILE": "/nonexistent/admin"}, "PLAYGATE_ADMIN_PASSWORD_FILE: cannot read"),
+        (
+            {"PLAYGATE_WEBHOOK_SECRET_FILE": "/etc/hostname", "PLAYGATE_WEBHOOK_SECRET": "whsec_x"},
+            "PLAYGATE_WEBHOOK_SECRET_FILE: PLAYGATE_WEBHOOK_SECRET is set too",
+        ),
+    ],
+)
+def test_a_secret_file_that_cannot_be_used_is_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env)
