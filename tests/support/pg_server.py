@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -25,16 +26,22 @@ def postgres_bindir() -> Path | None:
     on_path = shutil.which("initdb")
     if on_path:
         return Path(on_path).parent
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
+    found = [Path(path) for path in glob.glob("/usr/lib/postgresql/*/bin/initdb")]
+    newest = max(found, key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0, default=None)
+    return newest.parent if newest else None
 
 
 def unavailable_reason() -> str | None:
     """Why no server of the tests' own can be started here, or None."""
     if postgres_bindir() is None:
         return "PostgreSQL's server programs (initdb, pg_ctl) are not installed (apt-get install postgresql)"
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        return "running as root without runuser, initdb cannot be run as another user"
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            return "running as root without runuser, initdb cannot be run as another user"
+        try:
+            pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            return f"running as root with no {SERVER_USER} user to run initdb as"
     return None
 
 
@@ -67,6 +74,15 @@ def start_postgres() -> PgServer:
     TLS certificate for 127.0.0.1, then pg_ctl start, which waits until the server accepts connections."""
     root = server_user_dir("playgate-test-pg-")
     server = PgServer(root, free_port(), root / "tls-ca.pem")
+    try:
+        _configure_and_start(server)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return server
+
+
+def _configure_and_start(server: PgServer) -> None:
     _as_server_user(_bin("initdb"), "-D", str(server.data_dir), "-A", "trust", "-U", "postgres", "--no-sync")
     authority = trustme.CA()
     authority.cert_pem.write_to_path(str(server.tls_ca))
@@ -91,7 +107,6 @@ def start_postgres() -> PgServer:
         for path in (server.data_dir / "server.crt", server.data_dir / "server.key"):
             shutil.chown(path, SERVER_USER)
     _pg_ctl(server.data_dir, "start", "-w", "-t", str(START_TIMEOUT_S), "-l", str(server.root / "postgres.log"))
-    return server
 
 
 def _bin(name: str) -> str:
