@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 from redis.crc import key_slot
 
+from playgate.bus.redis import socket_manager
 from playgate.config import load_settings
 from playgate.connections import (
     BUCKETS,
@@ -114,6 +115,21 @@ def test_a_sentinel_url_names_its_sentinels_service_database_and_the_primarys_cr
         with pytest.raises(ConfigError, match="PLAYGATE_REDIS_URL") as raised:
             check_redis_url(refused)
         assert named_in_error in raised.value.detail
+
+
+async def test_socketios_manager_takes_a_sentinel_urls_password_decoded() -> None:
+    # python-socketio's own reading of the URL leaves it percent-encoded (p%40ss); the manager uses PlayGate's client.
+    manager = socket_manager("redis+sentinel://:p%40ss@127.0.0.1:26379/2/main")
+    manager._redis_connect()
+    try:
+        pool = manager.redis.connection_pool
+        assert (pool.service_name, pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (
+            "main",
+            2,
+            "p@ss",
+        )
+    finally:
+        await manager.redis.aclose()
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://cache:6380", "unix:///run/redis.sock"])

@@ -50,6 +50,7 @@ from playgate.connections import (
     decision_from_json,
     decision_to_json,
     is_cluster_url,
+    is_sentinel_url,
     layout_for,
     pool_options,
     ready,
@@ -144,6 +145,17 @@ class ResilientRedisManager(socketio.AsyncRedisManager, LeanManager):  # type: i
     got their decisions seconds after Redis was back; this one tries again after at most LISTEN_BACKOFF_MAX_S,
     and closes the client it gives up on instead of leaving its pool behind.
     """
+
+    def _redis_connect(self) -> None:
+        if not is_sentinel_url(self.redis_url):
+            super()._redis_connect()
+            return
+        # python-socketio reads a redis+sentinel:// URL too, but leaves its user name and password percent-encoded
+        # (p%40ss for p@ss): the client every PlayGate component opens instead.
+        self.redis = connect(self.redis_url, decode=False)
+        pubsub: Any = self.redis.pubsub(ignore_subscribe_messages=True)  # None on a cluster (ClusterRedisManager)
+        self.pubsub = pubsub
+        self.connected = True
 
     async def _listen(self) -> AsyncIterator[Any]:
         channel = self.channel.encode("utf-8")
