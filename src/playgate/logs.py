@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import IO, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from starlette.types import Scope
@@ -158,7 +158,7 @@ def _url_passwords(settings: Settings) -> list[str | None]:
                 password = urlsplit(url).password
             except ValueError:
                 continue  # not a URL the settings would accept either; nothing to find in it
-            found += [password, quote(password, safe="") if password else None]
+            found += [unquote(password), password] if password else []
     return found
 
 

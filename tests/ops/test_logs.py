@@ -142,6 +142,17 @@ def test_the_format_is_chosen_by_setting_and_auto_means_json_off_a_terminal(
     assert output.startswith("{") is is_json
 
 
+@pytest.mark.usefixtures("root_logging")
+def test_a_urls_password_is_redacted_decoded_and_as_written() -> None:
+    stream = io.StringIO()
+    url = "postgresql://playgate:s3cret%40db%2Fpw@db.internal/playgate"
+    configure_logging(load_settings({"PLAYGATE_DATABASE_URL": url}), stream=stream)
+    logging.getLogger("playgate.test").warning("connecting with s3cret@db/pw, from %s", url)
+    output = stream.getvalue()
+    assert "s3cret@db/pw" not in output
+    assert "s3cret%40db%2Fpw" not in output
+
+
 async def test_a_real_run_logs_json_decision_lines_and_no_token_or_password(tmp_path: Path) -> None:
     server = start_playgate(tmp_path, PLAYGATE_LOG_LEVEL="debug", PLAYGATE_LOG_FORMAT="json")
     try:
