@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from playgate import imports
 from playgate.admission import over_rules
-from playgate.audit import AuditTrail, StoredEvent
+from playgate.audit import AuditTrail, ChangeFeed, StoredEvent
 from playgate.bus.protocol import Fanout, PlayQueue, observe_queue
 from playgate.catalog.bulk import USERS, UpsertResult
 from playgate.catalog.keys import is_api_key
@@ -48,6 +49,10 @@ MAX_WAIT_S = 10.0
 LATE_ANNOUNCE_DELAY_S = 1.0
 # Users an import disabled whose streams are ended together (their stops go in shared transactions, GroupCommit).
 ENDS_AT_ONCE = 1000
+# An erasure waits this long at most for the audit trail to take what the change log holds from before it,
+# asking this often.
+ERASE_WAIT_S = 10.0
+ERASE_POLL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -833,6 +838,26 @@ class PlayGate:
             for start in range(0, len(disabled), ENDS_AT_ONCE):
                 await asyncio.gather(*(self._end_all(user_id) for user_id in disabled[start : start + ENDS_AT_ONCE]))
         return result
+
+    async def erase_history(self, user_id: str) -> dict[str, int]:
+        """Erase what PlayGate keeps of a user's activity (a user deleted, or one who asks): the audit trail, shadow
+        denials, webhook events and deliveries, registered devices. First, on a Redis ledger, wait until the
+        change log holds nothing logged before now (the ends a delete just logged reach the trail, and are erased
+        with it): Unavailable after ERASE_WAIT_S, nothing erased then. How many of each kind went."""
+        started = self._clock()
+        if isinstance(self._ledger, ChangeFeed):
+            deadline = time.monotonic() + ERASE_WAIT_S
+            while (oldest := await self._ledger.unrecorded_since()) is not None and oldest <= started:
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"The audit trail has not taken every change logged before this call within {ERASE_WAIT_S:g} "
+                        "s; nothing was erased. Ask again."
+                    )
+                await asyncio.sleep(ERASE_POLL_S)
+        devices = 0
+        for device in await self._ledger.devices(user_id):
+            devices += await self._ledger.forget_device(user_id, device.id)
+        return {**await self._catalog.erase_history(user_id), "devices": devices}
 
     async def delete_user(self, user_id: str) -> None:
         """Delete a user; their streams end with them (announced `user_disabled`)."""

@@ -31,3 +31,26 @@ async def test_decisions_of_the_workers_are_on_record_in_postgres(cluster: Clust
                 break
             await asyncio.sleep(0.2)
     assert recorded == asked
+
+
+async def test_erasing_a_deleted_users_history_waits_for_the_ends_the_delete_logged(cluster: Cluster) -> None:
+    # The delete through one API ends the user's streams and logs their ends in Redis's change log; the erasure
+    # through the other, right after, waits until the workers' drains have recorded them, then erases them too.
+    first, second = cluster.urls[:2]
+    admin = await admin_client(first)
+    other_admin = await admin_client(second)
+    try:
+        user = await new_user(first, admin, limit=2)
+        async with api_client(first, user.token) as client:
+            plays = [(await client.post("/v1/plays?wait=5", json={"videoId": v})).json() for v in ("1", "2")]
+        assert [play["status"] for play in plays] == ["allowed", "allowed"]
+        assert (await admin.delete(f"/v1/users/{user.id}")).status_code == 204
+        erased = await other_admin.delete(f"/v1/users/{user.id}/history")
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["auditEvents"] == 4, erased.json()  # two decisions, two ends
+        await asyncio.sleep(1.5)  # a drain that came late would have written by now
+        page = (await admin.get(f"/v1/users/{user.id}/events")).json()
+        assert page["events"] == []
+    finally:
+        await admin.aclose()
+        await other_admin.aclose()

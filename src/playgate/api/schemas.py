@@ -535,6 +535,16 @@ class ImportOut(Wire):
     refused_rows: list[RefusalOut] = Field(description="Each refused row with its reason (at most 1,000 listed).")
 
 
+class ErasedOut(Wire):
+    """What an erasure of a user's history deleted, by kind."""
+
+    audit_events: int = Field(description="Decisions and stream ends of the audit trail.")
+    shadow_denials: int
+    webhook_events: int = Field(description="Events of the webhook outbox, sent or not.")
+    webhook_deliveries: int
+    devices: int = Field(description="Registered devices (a plan's device cap counts them).")
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document."""
 

@@ -20,7 +20,17 @@ from playgate.catalog import bulk
 from playgate.catalog.bulk import Kind, UpsertResult
 from playgate.catalog.db import create_engine, is_sqlite
 from playgate.catalog.keys import KeyStore
-from playgate.catalog.models import PlanRow, ShadowDenialRow, TokenRevocationRow, UserRow, VideoRow
+from playgate.catalog.models import (
+    AuditEventRow,
+    LedgerEventRow,
+    PlanRow,
+    ShadowDenialRow,
+    TokenRevocationRow,
+    UserRow,
+    VideoRow,
+    WebhookDeliveryRow,
+    WebhookEventRow,
+)
 from playgate.domain import Decision, Plan, Policy, Quota, Rules, User, Video
 from playgate.errors import Conflict, Invalid, NotFound, Unavailable
 from playgate.policy import resolve, rules_from_json, rules_to_json
@@ -464,6 +474,26 @@ class Catalog:
             await self._note_revoked(session, [user_id])
             await _delete_row(session, UserRow, user_id, "user")
         self._users.clear()
+
+    async def erase_history(self, user_id: str) -> dict[str, int]:
+        """Delete, in one transaction, what the catalogue keeps of a user's activity: audit events (with, embedded,
+        those the ledger logged that the trail has not taken yet), shadow denials, and webhook events with their
+        deliveries. How many rows of each kind went."""
+        tables = {
+            "auditEvents": (AuditEventRow, LedgerEventRow),
+            "shadowDenials": (ShadowDenialRow,),
+            "webhookDeliveries": (WebhookDeliveryRow,),
+            "webhookEvents": (WebhookEventRow,),
+        }
+        erased: dict[str, int] = {}
+        async with self._write_session() as session:
+            for kind, rows in tables.items():
+                erased[kind] = 0
+                for row in rows:
+                    result = await session.execute(delete(row).where(row.user_id == user_id))
+                    erased[kind] += result.rowcount  # type: ignore[attr-defined]
+            await session.commit()
+        return erased
 
     async def _check_plan(self, session: AsyncSession, plan: str | None) -> None:
         if plan is not None and await session.get(PlanRow, plan) is None:

@@ -11,6 +11,7 @@ from playgate.api.deps import Admin, CatalogDep, ContentDep, GateDep, Reader
 from playgate.api.errors import problem_responses
 from playgate.api.schemas import (
     AdminVideoOut,
+    ErasedOut,
     ImportOut,
     KeyCreated,
     KeyIn,
@@ -94,6 +95,23 @@ async def delete_user(user_id: UserId, gate: GateDep, _admin: Admin) -> Response
     """204; the user's streams end with them."""
     await gate.delete_user(user_id)
     return Response(status_code=204)
+
+
+@router.delete(
+    "/users/{userId}/history",
+    summary="Erase a user's history",
+    description=(
+        "Deletes what PlayGate keeps of the user's activity: the audit trail (`GET /v1/users/{userId}/events`), "
+        "shadow denials, webhook events and their deliveries (sent or not), and registered devices; for a user "
+        "deleted before (`DELETE /v1/users/{userId}`, whose streams' ends are erased with the rest) or one kept. "
+        "It first waits, up to 10 s, until the audit trail has taken every change logged before the call: 503 "
+        "(nothing erased) if it has not. Calling it again is harmless."
+    ),
+    responses={**ERRORS, 503: {"description": "The audit trail is behind, or a backend does not answer: ask again."}},
+)
+async def erase_history(user_id: UserId, gate: GateDep, _admin: Admin) -> ErasedOut:
+    """200 with what was deleted, by kind."""
+    return ErasedOut.model_validate(await gate.erase_history(user_id))
 
 
 @router.get("/videos", summary="List videos", responses=ERRORS)
