@@ -238,12 +238,7 @@ def connect(url: str, *, client_name: str | None = None, decode: bool = True) ->
     """
     if is_cluster_url(url):
         return connect_cluster(url, client_name=client_name, decode=decode)
-    if is_sentinel_url(url):
-        named = sentinel_service(url)
-        sentinel = named.sentinel(client_name=client_name, decode_responses=decode, **pool_options())
-        primary: Redis = sentinel.master_for(named.service)
-        return primary
-    client: Redis = Redis.from_url(url, client_name=client_name, decode_responses=decode, **pool_options())
+    client: Redis = Redis.from_pool(connection_pool(url, client_name=client_name, decode_responses=decode))
     return client
 
 
@@ -296,8 +291,7 @@ async def primaries(url: str) -> list[Redis]:
     timeouts and the URL's credentials: for what is asked of every primary (INFO, CONFIG GET, FLUSHALL). The
     caller closes them."""
     if is_sentinel_url(url):
-        named = sentinel_service(url)
-        return [named.sentinel(**_client_options(None)).master_for(named.service)]
+        return [Redis.from_pool(connection_pool(url))]  # the primary the Sentinels name now
     if not is_cluster_url(url):
         return [Redis.from_url(url, **_client_options(None))]
     cluster = connect_cluster(url)

@@ -103,11 +103,11 @@ class DeviceIds:
 
     def proven(self, user_id: str, device_id: str, secret: str | None) -> bool:
         """True when `device_id` was issued to `user_id` and `secret` is its device secret."""
-        issuer = None if secret is None else self._issuer(user_id, device_id)
-        return (
-            secret is not None
-            and issuer is not None
-            and hmac.compare_digest(secret.encode(), self._secret(issuer, user_id, device_id).encode())
+        if secret is None:
+            return False
+        issuer = self._issuer(user_id, device_id)
+        return issuer is not None and hmac.compare_digest(
+            secret.encode(), self._secret(issuer, user_id, device_id).encode()
         )
 
 

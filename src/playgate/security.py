@@ -114,8 +114,7 @@ class TokenIssuer:
     out, or in: PLAYGATE_JWT_ACCEPTED_SECRETS); the clock is passed in."""
 
     def __init__(self, secret: str, ttl_s: int, accepted: Sequence[str] = ()) -> None:
-        self._secret = secret
-        self._keys = (secret, *accepted)
+        self._keys = (secret, *accepted)  # the first signs
         self.ttl_s = ttl_s
         self._checked: _Verified[Claims] = _Verified()
         # Every token issued here starts with this header ({"alg":"HS256","typ":"JWT"}, as PyJWT writes it).
@@ -132,7 +131,7 @@ class TokenIssuer:
             payload["scope"] = ADMIN_SCOPE
         if epoch:
             payload["ep"] = epoch
-        return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
+        return jwt.encode(payload, self._keys[0], algorithm=ALGORITHM)
 
     def check(self, token: str) -> Claims:
         """The claims of a valid token; Unauthorized for a missing, malformed, expired or forged one."""
@@ -181,12 +180,11 @@ class PlaybackTokens:
     against it and the `accepted` ones; the clock is passed in."""
 
     def __init__(self, secret: str, ttl_s: int, accepted: Sequence[str] = ()) -> None:
-        self._keys = [_playback_key(s) for s in (secret, *accepted)]
-        self._key = self._keys[0]
+        self._keys = [_playback_key(s) for s in (secret, *accepted)]  # the first signs
         self.ttl_s = ttl_s
         self._checked: _Verified[PlaybackClaims] = _Verified()
         # The HMAC state after the key, copied for each token: one token signed per allowed decision.
-        self._signer = hmac.new(self._key.encode(), digestmod=hashlib.sha256)
+        self._signer = hmac.new(self._keys[0].encode(), digestmod=hashlib.sha256)
 
     def issue(self, *, user_id: str, stream_id: str, video_id: str, now: float) -> str:
         """A signed token for one stream, valid for ttl_s from `now`."""

@@ -24,7 +24,7 @@ from limits.storage import storage_from_string
 from redis.asyncio import RedisCluster
 
 from playgate.config import Settings
-from playgate.connections import cluster_tls, connection_pool, is_cluster_url, is_sentinel_url
+from playgate.connections import cluster_tls, connection_pool, is_cluster_url
 from playgate.errors import PlayGateError, Unavailable
 
 log = logging.getLogger("playgate.throttle")
@@ -50,20 +50,17 @@ class Throttled(PlayGateError):
 
 
 def storage_url(settings: Settings) -> str:
-    """Where the counters live: Redis when the deployment has it, else this process's memory."""
-    if settings.redis_url:
-        # `limits` names a Redis socket file async+redis+unix://, where redis-py (and PLAYGATE_REDIS_URL) say unix://,
-        # and knows no TLS cluster scheme: its cluster is async+redis+cluster://, told of TLS by the client's options
-        # (LoginThrottle, connections.cluster_tls), the URL's query left out.
-        scheme, _, rest = settings.redis_url.partition("://")
-        if scheme.lower() == "unix":
-            return f"async+redis+unix://{rest}"
-        if is_cluster_url(settings.redis_url):
-            return f"async+redis+cluster://{rest.partition('?')[0]}"
-        if is_sentinel_url(settings.redis_url):
-            return "async+redis://"  # the pool given (connections.connection_pool) asks the Sentinels for the primary
-        return f"async+{settings.redis_url}"
-    return "async+memory://"
+    """Which `limits` storage keeps the counters: Redis when the deployment has it, else this process's memory.
+
+    Off a cluster, LoginThrottle hands `limits` PlayGate's own connection pool, which says where Redis is (a server,
+    its socket file, TLS, the primary the Sentinels name: connections.connection_pool), so the URL only picks the
+    storage. On a cluster `limits` makes its client from async+redis+cluster://, a scheme of its own (it knows no
+    TLS cluster scheme: LoginThrottle passes the TLS options), the URL's query left out."""
+    if not settings.redis_url:
+        return "async+memory://"
+    if is_cluster_url(settings.redis_url):
+        return f"async+redis+cluster://{settings.redis_url.partition('://')[2].partition('?')[0]}"
+    return "async+redis://"
 
 
 class LoginThrottle:

@@ -73,7 +73,7 @@ def test_a_playback_token_is_a_jwt_that_pyjwt_verifies_with_its_claims(video_id:
     token = tokens.issue(user_id="u1", stream_id="75-00ff", video_id=video_id, now=time.time())
     header = jwt.get_unverified_header(token)
     assert header == {"alg": "HS256", "typ": "JWT"}
-    claims = jwt.decode(token, tokens._key, algorithms=["HS256"], audience=PLAYBACK_AUDIENCE)
+    claims = jwt.decode(token, tokens._keys[0], algorithms=["HS256"], audience=PLAYBACK_AUDIENCE)
     assert (claims["sub"], claims["sid"], claims["vid"]) == ("u1", "75-00ff", video_id)
     assert tokens.check(token) == PlaybackClaims(user_id="u1", stream_id="75-00ff", video_id=video_id)
     with pytest.raises(Unauthorized):

@@ -27,6 +27,12 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 SSL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 # Query arguments SQLAlchemy's asyncpg dialect reads itself (they stay on its URL).
 SQLALCHEMY_ARGUMENTS = ("prepared_statement_cache_size",)
+# The query's whole numbers: the least each may be, and what it counts.
+WHOLE_NUMBERS = (
+    ("connect_timeout", 1, " of seconds"),
+    ("statement_cache_size", 0, ""),
+    *((name, 0, "") for name in SQLALCHEMY_ARGUMENTS),
+)
 # `sslrootcert=system`: the machine's trusted roots (libpq 16); only with a mode that checks the server.
 SYSTEM_ROOTS = "system"
 VERIFYING_MODES = ("verify-ca", "verify-full")
@@ -66,13 +72,10 @@ def _check_postgres_query(query: Mapping[str, str | tuple[str, ...]]) -> None:
             continue
         if isinstance(path, str) and not Path(path).expanduser().is_file():
             raise ConfigError(f"PLAYGATE_DATABASE_URL: {name} names {path}, which is not a file here")
-    timeout = query.get("connect_timeout")
-    if timeout is not None and not (isinstance(timeout, str) and timeout.isdigit() and int(timeout) > 0):
-        raise ConfigError(f"PLAYGATE_DATABASE_URL: connect_timeout {timeout!r} is not a whole number of seconds")
-    for name in ("statement_cache_size", *SQLALCHEMY_ARGUMENTS):
-        size = query.get(name)
-        if size is not None and not (isinstance(size, str) and size.isdigit()):
-            raise ConfigError(f"PLAYGATE_DATABASE_URL: {name} {size!r} is not a whole number")
+    for name, least, unit in WHOLE_NUMBERS:
+        value = query.get(name)
+        if value is not None and not (isinstance(value, str) and value.isdigit() and int(value) >= least):
+            raise ConfigError(f"PLAYGATE_DATABASE_URL: {name} {value!r} is not a whole number{unit}")
 
 
 def engine_url(url: str) -> tuple[URL, dict[str, Any]]:
