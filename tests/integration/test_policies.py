@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.clients import TRANSPORTS, api_client, token_for
+from tests.support.clients import TRANSPORTS, admin_client, api_client, token_for
 
 pytestmark = pytest.mark.inprocess
 
@@ -224,3 +224,32 @@ async def test_a_stricter_plan_ends_the_streams_over_its_rules_at_their_next_hea
         assert "device_limit" in refused.json()["detail"]
         live = {s["id"] for s in (await player.get("/v1/streams")).json()}
         assert live == {tv["streamId"]}
+
+
+async def request_caps_hold(admin_url: str, player_url: str) -> None:
+    """The rules that read the request itself (the video's kind tags, the client's network) decided as the API
+    saw the request: a plan of 1 UHD stream and 1 away, made through `admin_url`, played through `player_url`
+    (both the same process here; other processes, with the decision made by a worker or an owner, in
+    tests/distributed/test_policies.py and tests/integration/test_process_group.py)."""
+    admin = await admin_client(admin_url)
+    async with admin:
+        plan = await new_plan(admin, maxStreams=4, kinds={"uhd": 1}, maxAwayStreams=1)
+        uhd_a = await put_video(admin, {"title": "a", "url": "/a.mp4", "kinds": ["uhd"]})
+        uhd_b = await put_video(admin, {"title": "b", "url": "/b.mp4", "kinds": ["uhd"]})
+        _, token = await account(admin_url, admin, plan["id"])
+    at_home = {"X-Forwarded-For": "203.0.113.50"}  # the caller is 127.0.0.1, a trusted proxy by default
+    away = {"X-Forwarded-For": "192.0.2.1"}
+    async with api_client(player_url, token) as player:
+        assert (await player.put("/v1/household", json={"networks": [HOME]})).status_code == 200
+        assert (await play(player, uhd_a["id"], "tv", **at_home))["status"] == "allowed"
+        kind = await play(player, uhd_b["id"], "phone", **at_home)
+        assert (kind["status"], kind["reason"]) == ("denied", "kind_limit:uhd")
+        assert (await play(player, "1", "phone", **away))["status"] == "allowed"
+        household = await play(player, "2", "laptop", **away)
+        assert (household["status"], household["reason"]) == ("denied", "household_limit")
+        streams = (await player.get("/v1/streams")).json()
+    assert sorted(s["videoId"] for s in streams) == sorted([uhd_a["id"], "1"])
+
+
+async def test_kind_and_household_caps_read_the_request(base_url: str) -> None:
+    await request_caps_hold(base_url, base_url)

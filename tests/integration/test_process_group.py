@@ -17,6 +17,7 @@ import socketio
 
 from playgate.processes import member_of_session
 from tests.integration.test_cli import playgate
+from tests.integration.test_policies import request_caps_hold
 from tests.support.clients import SocketClient, api_client, new_user, token_for
 from tests.support.servers import (
     ADMIN_PASSWORD,
@@ -235,6 +236,11 @@ async def test_a_limit_holds_under_concurrent_requests_on_both_members(group: Se
     async with api_client(group.base_url, user.token) as client:
         streams = (await client.get("/v1/streams")).json()
     assert len(streams) == 2
+
+
+async def test_kind_and_household_caps_hold_when_the_owner_decides(group: ServerProcess) -> None:
+    """A member hands the request to the owner's worker with the video's kinds and the client's network."""
+    await request_caps_hold(group.base_url, group.base_url)
 
 
 async def test_the_owner_exports_the_decisions_metrics(group: ServerProcess) -> None:

@@ -1,12 +1,17 @@
-"""The shapes shared below the API: a denial's conflicts as the socket and the HTTP answer carry them."""
+"""The shapes shared below the API: a denial's conflicts as the socket and the HTTP answer carry them; a play
+request as the queues between processes carry it."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import orjson
 import pytest
 
 from playgate.api.schemas import ConflictOut
 from playgate.bus.protocol import conflict_message
-from playgate.domain import Stream
+from playgate.bus.redis import request_from_json, request_to_json
+from playgate.domain import PlayRequest, Stream
 
 
 @pytest.mark.parametrize(
@@ -28,3 +33,32 @@ def test_a_socket_conflict_and_the_http_one_say_the_same(started_at: float, expi
         "lastSeenAt": last_seen,
     }
     assert ConflictOut.of(stream, 60.0).model_dump() == sent
+
+
+def test_a_queued_request_keeps_every_field() -> None:
+    """The Redis queue and the owner's queue (serve --processes) carry every field the rule reads: a field left
+    out was decided as its default by the worker (a video's kinds were, so kind caps held in one process only)."""
+    request = PlayRequest(
+        request_id="r1",
+        user_id="u1",
+        video_id="v1",
+        device_id="tv",
+        accepted_at=1_700_000_000.5,
+        replace_stream_ids=("s1", "s2"),
+        replace_others=True,
+        device_name="Den TV",
+        replace_device_stream=True,
+        kinds=("uhd", "live"),
+        away=True,
+    )
+    defaults = PlayRequest("", "", "", "", 0.0)
+    for field in dataclasses.fields(PlayRequest):  # a field added later is set above, or this fails
+        assert getattr(request, field.name) != getattr(defaults, field.name), field.name
+    assert request_from_json(request_to_json(request)) == request
+
+
+def test_a_request_queued_by_a_version_before_reads_with_the_defaults() -> None:
+    before = orjson.dumps({"rid": "r1", "uid": "u1", "vid": "v1", "dev": "tv", "at": 1.0, "rep": None})
+    assert request_from_json(before) == PlayRequest("r1", "u1", "v1", "tv", 1.0)
+    with pytest.raises(TypeError):
+        request_from_json(orjson.dumps({"rid": "r1", "uid": "u1", "vid": "v1", "dev": "tv", "at": 1.0, "k": "uhd"}))

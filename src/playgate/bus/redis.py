@@ -93,6 +93,8 @@ def request_to_json(request: PlayRequest) -> str:
             "all": request.replace_others,
             "dn": request.device_name,
             "own": request.replace_device_stream,
+            "k": list(request.kinds),
+            "away": request.away,
         }
     ).decode()
 
@@ -110,7 +112,18 @@ def request_from_json(raw: str | bytes) -> PlayRequest:
         replace_others=bool(body.get("all", False)),
         device_name=str(body.get("dn") or ""),
         replace_device_stream=bool(body.get("own", False)),
+        kinds=_kinds(body.get("k")),
+        away=bool(body.get("away", False)),
     )
+
+
+def _kinds(kinds: object) -> tuple[str, ...]:
+    """The video's kind tags, as kept in the queue: a list (absent from a process of a version before)."""
+    if kinds is None:
+        return ()
+    if not isinstance(kinds, list):
+        raise TypeError("k must be a list of kind tags")
+    return tuple(str(k) for k in kinds)
 
 
 def _replaced(rep: object) -> tuple[str, ...]:
