@@ -1,5 +1,5 @@
 """The shapes shared below the API: a denial's conflicts as the socket and the HTTP answer carry them; a play
-request as the queues between processes carry it."""
+request and its decision as the queues and channels between processes carry them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from playgate.api.schemas import ConflictOut
 from playgate.bus.protocol import conflict_message
 from playgate.bus.redis import request_from_json, request_to_json
-from playgate.domain import PlayRequest, Stream
+from playgate.connections import decision_from_json, decision_to_json
+from playgate.domain import Decision, PlayRequest, Reason, Status, Stream
 
 
 @pytest.mark.parametrize(
@@ -55,6 +56,29 @@ def test_a_queued_request_keeps_every_field() -> None:
     for field in dataclasses.fields(PlayRequest):  # a field added later is set above, or this fails
         assert getattr(request, field.name) != getattr(defaults, field.name), field.name
     assert request_from_json(request_to_json(request)) == request
+
+
+def test_a_published_decision_keeps_every_field() -> None:
+    """What a worker publishes (and keeps under the decision's key) is the decision the API answers with."""
+    decision = Decision(
+        request_id="r1",
+        user_id="u1",
+        video_id="v1",
+        device_id="tv",
+        status=Status.denied,
+        active=2,
+        limit=2,
+        decided_at=1_700_000_000.123456,
+        stream_id="s1",
+        reason=Reason.kind_limit,
+        expires_at=1_700_000_090.654321,
+        reason_tag="uhd",
+        shadow_reason="title_limit",
+    )
+    defaults = Decision("", "", "", "", Status.allowed, 0, 0, 0.0)
+    for field in dataclasses.fields(Decision):
+        assert getattr(decision, field.name) != getattr(defaults, field.name), field.name
+    assert decision_from_json(orjson.loads(orjson.dumps(decision_to_json(decision)))) == decision
 
 
 def test_a_request_queued_by_a_version_before_reads_with_the_defaults() -> None:
