@@ -28,6 +28,7 @@ _SHARED_DEPLOYMENT = tuple(
         "audit",
         "connection_loss",
         "platform",
+        "policies",
         "revocation",
         "sentinel",
         "serve",

@@ -59,6 +59,13 @@ class LogFormat(StrEnum):
     console = "console"
 
 
+class Tracing(StrEnum):
+    """Whether spans go to an OpenTelemetry collector: `off`, or `otlp` (OTLP over HTTP, OTEL_EXPORTER_OTLP_*)."""
+
+    off = "off"
+    otlp = "otlp"
+
+
 class Settings(BaseSettings):
     """PlayGate configuration; each field is the environment variable PLAYGATE_<NAME>."""
 
@@ -216,6 +223,13 @@ class Settings(BaseSettings):
     )
     log_format: LogFormat = Field(
         LogFormat.auto, description="`json` (one object per line), `console`, or `auto`: console on a terminal."
+    )
+    tracing: Tracing = Field(
+        Tracing.off,
+        description="`otlp`: a span per HTTP request and per decision (in the request's trace, whichever process "
+        "decides) to an OpenTelemetry collector over OTLP/HTTP, set by the standard OTEL_EXPORTER_OTLP_ENDPOINT "
+        "(default http://localhost:4318), OTEL_EXPORTER_OTLP_HEADERS, OTEL_TRACES_SAMPLER and OTEL_SERVICE_NAME "
+        "(default playgate); `off`: none.",
     )
     insecure: bool = Field(False, description="Must be true as well for PLAYGATE_AUTH=disabled to be accepted.")
     cors_origins: str = Field(

@@ -184,6 +184,8 @@ class PlayRequest:
     replace_device_stream: bool = False
     kinds: tuple[str, ...] = ()
     away: bool = False
+    # PLAYGATE_TRACING: the W3C traceparent of the API's span that queued it, for the worker's span ("": none).
+    trace: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from playgate import webhooks
+from playgate import tracing, webhooks
 from playgate.audit import AuditTrail, ChangeFeed, ChangeJournal, LedgerEvents, Retention
 from playgate.bus.hub import GroupFanout, Hub, MemberFanout, MemberLink, MemberQueue
 from playgate.bus.local import LocalFanout, LocalQueue
@@ -38,7 +38,16 @@ from playgate.catalog.db import check_url, create_engine, is_sqlite, upgrade
 from playgate.catalog.db import reset as reset_database
 from playgate.catalog.models import ShadowDenialRow
 from playgate.catalog.service import Catalog
-from playgate.config import JWT_SECRET_FILE, AuthMode, EdgeSigning, Settings, is_loopback, jwt_secret, security_problems
+from playgate.config import (
+    JWT_SECRET_FILE,
+    AuthMode,
+    EdgeSigning,
+    Settings,
+    Tracing,
+    is_loopback,
+    jwt_secret,
+    security_problems,
+)
 from playgate.connections import check_redis_url, forget_all
 from playgate.devices import DeviceIds
 from playgate.domain import Reason, Stream
@@ -287,6 +296,7 @@ class Runtime:
         if settings.auth is AuthMode.disabled:
             log.warning("PLAYGATE_AUTH=disabled: callers are believed on ?user=; for the seed's test UI only")
         async with AsyncExitStack() as stack:
+            _start_tracing(settings, role, stack)
             if migrate:
                 await upgrade(settings.resolved_database_url)
             engine, catalog = open_catalog(settings, clock)
@@ -373,6 +383,7 @@ class Runtime:
                     audit=audit,
                     sweep_hold_s=settings.stream_ttl_s,
                     lists_shadow=ledger_events is None,
+                    traced=settings.tracing is Tracing.otlp,
                 )
             library = MediaLibrary(settings.resolved_media_dir)
             content = ContentGate(
@@ -398,6 +409,13 @@ class Runtime:
     async def stop(self) -> None:
         """Let the worker finish what is queued (distributed: its batch in hand), then close every connection."""
         await self.stack.aclose()
+
+
+def _start_tracing(settings: Settings, role: Role, stack: AsyncExitStack) -> None:
+    """PLAYGATE_TRACING=otlp: spans to the collector from now on; the last of them sent as the runtime stops."""
+    if settings.tracing is Tracing.otlp:
+        tracing.start(role.value)
+        stack.callback(tracing.stop)  # closed last: the spans of the worker's final batch go too
 
 
 @dataclass

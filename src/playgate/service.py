@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from playgate import imports
+from playgate import imports, tracing
 from playgate.admission import over_rules
 from playgate.audit import AuditTrail, ChangeFeed, StoredEvent
 from playgate.bus.protocol import Fanout, PlayQueue, observe_queue
 from playgate.catalog.bulk import USERS, UpsertResult
 from playgate.catalog.keys import is_api_key
 from playgate.catalog.service import Catalog, ShadowDenial
-from playgate.config import AuthMode, Settings, UnknownVideos
+from playgate.config import AuthMode, Settings, Tracing, UnknownVideos
 from playgate.devices import DeviceIdMode, DeviceIds
 from playgate.domain import (
     Decision,
@@ -160,6 +160,7 @@ class PlayGate:
         self._metrics = metrics
         self._clock = clock
         self._user_rate = UserRate(settings.user_rate, settings.user_burst, clock)
+        self._traced = settings.tracing is Tracing.otlp
         self._audit = audit
         # Callers whose user is not cached, looked up together: with many users (each asking now and then, past
         # the catalogue's cache) one query serves every request that arrived meanwhile.
@@ -327,6 +328,7 @@ class PlayGate:
         kinds = await self._kinds(video_id)
         device = self._device(user.id, device_id, device_secret)
         away = is_away(client_address, user.household)
+        trace = tracing.parent() if self._traced else ""  # the worker's span joins the caller's trace
 
         def request(request_id: str) -> PlayRequest:
             return PlayRequest(
@@ -341,9 +343,12 @@ class PlayGate:
                 replace_device_stream=self._settings.one_stream_per_device and device_id is not None,
                 kinds=kinds,
                 away=away,
+                trace=trace,
             )
 
         request_id = owned_id(user.id)
+        if self._traced:
+            tracing.annotate(request_id)
         if self._outage.decides_without_store():
             return self._told(await self._outage_play(request(request_id)), issued=device_id is None)
         try:

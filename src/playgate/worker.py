@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
+from playgate import tracing
 from playgate.admission import denied
 from playgate.audit import AuditTrail
 from playgate.bus.protocol import Delivery, Fanout, RequestQueue, observe_queue
@@ -62,6 +63,7 @@ class Worker:
         audit: AuditTrail | None = None,
         sweep_hold_s: float = 0.0,
         lists_shadow: bool = True,
+        traced: bool = False,
     ) -> None:
         self._queue = queue
         self._ledger = ledger
@@ -80,6 +82,8 @@ class Worker:
         self.sweep_hold_s = sweep_hold_s
         # False where the ledger lists shadow denials in the transaction of their decisions (embedded, LedgerEvents).
         self.lists_shadow = lists_shadow
+        # PLAYGATE_TRACING: a span per decision, in the trace of the request (playgate.tracing).
+        self.traced = traced
 
     async def run(self, stop: asyncio.Event, *, poll_s: float = 0.5) -> None:
         """Decide batches until `stop` is set, then drain what is already queued (burst mode) and return."""
@@ -179,6 +183,7 @@ class Worker:
         now = self._clock()
         self._metrics.batch_size.observe(len(outcomes))
         verbose = decision_log.isEnabledFor(logging.INFO)
+        traced = self.traced
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
             decision = outcome.decision
             reason = decision.reason.value if decision.reason else ""  # kind tags stay out of the label
@@ -191,6 +196,15 @@ class Worker:
                 self._metrics.labelled(self._metrics.streams_ended, ended.reason.value).inc()
             if verbose:
                 decision_log.info("decision", extra=decision_fields(decision, latency_s, delivery.attempts))
+            if traced and delivery.request.trace:
+                tracing.decided(
+                    delivery.request,
+                    decision,
+                    ended=len(outcome.ended),
+                    attempts=delivery.attempts,
+                    batch=len(outcomes),
+                    now=now,
+                )
 
     async def _record_shadow(self, outcomes: Sequence[Outcome]) -> None:
         """List the shadow policy's would-be denials per account (the decisions stand whether or not this works)."""

@@ -51,6 +51,7 @@ def test_a_queued_request_keeps_every_field() -> None:
         replace_device_stream=True,
         kinds=("uhd", "live"),
         away=True,
+        trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     )
     defaults = PlayRequest("", "", "", "", 0.0)
     for field in dataclasses.fields(PlayRequest):  # a field added later is set above, or this fails

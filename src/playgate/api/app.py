@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from playgate import __version__
+from playgate import __version__, tracing
 from playgate.api import errors
 from playgate.api.hot import HotRoutes
 from playgate.api.legacy_socketio import EventHandler, LegacySocketIO
@@ -29,7 +29,7 @@ from playgate.api.socket import V2_EVENTS, create_server, heartbeat_ack, registe
 from playgate.bus.hub import HoldingManager, MemberLink
 from playgate.bus.local import LeanManager
 from playgate.bus.redis import OwnSockets, socket_manager
-from playgate.config import Settings
+from playgate.config import Settings, Tracing
 from playgate.media.gate import ContentGate
 from playgate.metrics import Metrics
 from playgate.processes import session_ids
@@ -136,7 +136,11 @@ def create_app(
                 await revocations
             await runtime.stop()
 
-    api = FastAPI(title="PlayGate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # FastAPI's own spans off: traced (PLAYGATE_TRACING), every HTTP request, FastAPI's or not, has one span, made
+    # around the whole app (playgate.tracing), not a second one for FastAPI's routes.
+    api = FastAPI(
+        title="PlayGate", version=__version__, description=DESCRIPTION, lifespan=lifespan, telemetry={"tracing": False}
+    )
     api.state.web_app = False
     if settings.cors_origin_list:
         # Without PLAYGATE_CORS_ORIGINS no CORS headers are sent, so browsers keep to the same origin.
@@ -180,7 +184,8 @@ def create_app(
     # every server and the in-process tests see the same address.
     # uvicorn types ASGI scopes more narrowly than Starlette; the middleware is plain ASGI.
     proxied = ProxyHeadersMiddleware(app, trusted_hosts=settings.forwarded_allow_ips)  # type: ignore[arg-type]
-    return HttpEdge(
+    traced = settings.tracing is Tracing.otlp
+    edge = HttpEdge(
         proxied,  # type: ignore[arg-type]
         max_bytes=settings.max_body_bytes,
         metrics=metrics,
@@ -188,7 +193,11 @@ def create_app(
         import_bytes=settings.max_import_bytes,
         hot=hot,
         proxies=proxied.trusted_hosts,
+        on_route=tracing.route_named if traced else None,
     )
+    # Traced, every HTTP request gets its span in OpenTelemetry's middleware, around the edge: the HTTP protocol then
+    # finds no edge of its own and hands the hot routes to ASGI too (HotRoutes answers them there).
+    return tracing.traced_app(edge) if traced else edge
 
 
 def socket_origins(settings: Settings) -> str | list[str] | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -62,8 +62,11 @@ class HttpEdge:
         import_bytes: int | None = None,
         hot: HotRoutes | None = None,
         proxies: TrustedHosts | None = None,
+        on_route: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self.app = app
+        # PLAYGATE_TRACING: names the request's span by its route template and method (playgate.tracing).
+        self.on_route = on_route
         self.hot = hot
         self.proxies = proxies
         self.max_bytes = max_bytes
@@ -99,6 +102,8 @@ class HttpEdge:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *extra_headers]
+                if self.on_route is not None:  # now: the span ends as the answer's last part is sent
+                    self._name_route(scope)
             await send(message)
 
         try:
@@ -138,6 +143,11 @@ class HttpEdge:
             return messages.pop(0) if messages else await receive()
 
         return replay
+
+    def _name_route(self, scope: Scope) -> None:
+        path = getattr(scope.get("route"), "path", None)
+        if path is not None and self.on_route is not None:
+            self.on_route(path, scope.get("method"))
 
     def _observe(self, scope: Scope, status: int, duration_s: float) -> None:
         route: Any = scope.get("route")

@@ -95,6 +95,7 @@ def request_to_json(request: PlayRequest) -> str:
             "own": request.replace_device_stream,
             "k": list(request.kinds),
             "away": request.away,
+            "tp": request.trace,
         }
     ).decode()
 
@@ -114,6 +115,7 @@ def request_from_json(raw: str | bytes) -> PlayRequest:
         replace_device_stream=bool(body.get("own", False)),
         kinds=_kinds(body.get("k")),
         away=bool(body.get("away", False)),
+        trace=str(body.get("tp") or ""),
     )
 
 
