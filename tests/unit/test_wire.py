@@ -8,8 +8,8 @@ import dataclasses
 import orjson
 import pytest
 
-from playgate.api.schemas import ConflictOut
-from playgate.bus.protocol import conflict_message
+from playgate.api.schemas import ConflictOut, PlayOut
+from playgate.bus.protocol import Playback, conflict_message, decision_message
 from playgate.bus.redis import request_from_json, request_to_json
 from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import Decision, PlayRequest, Reason, Status, Stream
@@ -87,3 +87,26 @@ def test_a_request_queued_by_a_version_before_reads_with_the_defaults() -> None:
     assert request_from_json(before) == PlayRequest("r1", "u1", "v1", "tv", 1.0)
     with pytest.raises(TypeError):
         request_from_json(orjson.dumps({"rid": "r1", "uid": "u1", "vid": "v1", "dev": "tv", "at": 1.0, "k": "uhd"}))
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        Decision("r1", "u1", "v1", "tv", Status.allowed, 1, 2, 1_700_000_000.0, "s1", None, 1_700_000_090.0),
+        Decision(
+            "r2", "u1", "v2", "tv", Status.denied, 1, 2, 1_700_000_000.0, reason=Reason.kind_limit, reason_tag="uhd"
+        ),
+    ],
+)
+def test_the_socket_message_says_what_the_http_answer_says(decision: Decision) -> None:
+    """A player merges a decision pushed on its socket into its pending answer (the player kit does): every field
+    both carry is the same, the lease's end (heartbeats are timed by it) and the reason's tag included."""
+    playback = Playback("/v1/play/t/master.m3u8", "t") if decision.status is Status.allowed else None
+    pushed = decision_message(decision, playback, [])
+    answered = PlayOut.of(decision, playback).model_dump(by_alias=True, exclude_none=True)
+    shared = (answered.keys() & pushed.keys()) - {"conflicts"}
+    assert shared >= {"requestId", "deviceId", "status", "active", "limit"}
+    assert {k: pushed[k] for k in shared} == {k: answered[k] for k in shared}
+    missing = answered.keys() - pushed.keys() - {"videoId"}  # the socket's video is data.videoId, as the seed's
+    assert not missing, missing
+    assert pushed["data"]["videoId"] == answered["videoId"]

@@ -192,22 +192,27 @@ PlaybackOf = Callable[[Decision], Playback | None]
 def decision_message(
     decision: Decision, playback: Playback | None = None, conflicts: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """The `message` event payload of API.md for a decision; an allowed one carries its stream's `playbackUrl` and
-    `playbackToken`, a denied one at the limit the streams holding it (`conflicts`)."""
+    """The `message` event payload of API.md for a decision, with what the HTTP answer (PlayOut) says of it: the
+    device, the reason as worded there (`kind_limit:uhd`), an allowed one's lease end (`expiresAt`, which a player
+    times its heartbeats by), `playbackUrl` and `playbackToken`, a denied one at the limit the streams holding it
+    (`conflicts`)."""
     body: dict[str, Any] = {
         "status": decision.status.value,
         "data": {"videoId": decision.video_id, "userId": decision.user_id},
         "requestId": decision.request_id,
+        "deviceId": decision.device_id,
         "active": decision.active,
         "limit": decision.limit,
     }
     if decision.stream_id is not None:
         body["streamId"] = decision.stream_id
+    if decision.expires_at is not None:
+        body["expiresAt"] = iso(decision.expires_at)
     if playback is not None:
         body["playbackUrl"] = playback.url
         body["playbackToken"] = playback.token
     if decision.reason is not None:
-        body["reason"] = decision.reason.value
+        body["reason"] = decision.why
     if decision.reason is Reason.limit_reached:
         body["conflicts"] = conflicts or []
     return body

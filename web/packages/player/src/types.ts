@@ -36,7 +36,11 @@ export interface DecisionMessage {
   status: "allowed" | "denied";
   data: { videoId: string; userId: string };
   requestId: string;
+  deviceId: string;
   streamId?: string;
+  /** Allowed: when the new stream's lease runs out, unless renewed (as the HTTP answer's). */
+  expiresAt?: string;
+  /** Denied: as the HTTP answer words it (`limit_reached`, `kind_limit:uhd`, ...). */
   reason?: string;
   active: number;
   limit: number;
