@@ -151,6 +151,38 @@ async def test_dead_letters_once_and_expired_leases_are_recorded_from_the_ledger
     assert msg_ids == deliveries == {"msg_r-dead", "msg_r-play", f"msg_end_{allowed.decision.stream_id}"}
 
 
+async def test_a_stop_that_finds_a_lease_run_out_records_it_expired(tmp_path: Path) -> None:
+    """A stream whose lease ran out, not swept yet, ended by a stop (a player's, an outage's write-back) or by its
+    video's removal: gone, not counted as stopped, and its end recorded as `expired` (the sweep would have; the
+    Redis ledger's stop does), so the trail and the webhooks never hold a stream that never ended."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
+    await upgrade(url)
+    now = [1_000_000.0]
+    ledger = SqlLedger(url, lease_s=60, decision_ttl_s=3600, clock=lambda: now[0], events=LedgerEvents(Policy.deny))
+    try:
+        played = await ledger.decide(
+            [
+                Admission(PlayRequest("r-stop", "u1", "1", "d1", now[0]), Quota(limit=2)),
+                Admission(PlayRequest("r-video", "u1", "2", "d2", now[0]), Quota(limit=2)),
+            ]
+        )
+        now[0] += 61
+        assert await ledger.stop(None, "u1", "1", reason=Reason.stopped) == []
+        assert await ledger.stop_video("2", reason=Reason.video_deleted) == []
+        assert await ledger.streams("u1") == []
+        assert await ledger.drain_changes() == 4
+    finally:
+        await ledger.close()
+    events, _, _ = _stored(tmp_path / "ledger.sqlite3", "u1")
+    stream_ids = [o.decision.stream_id for o in played]
+    assert events == [
+        ("decision", "allowed", "r-stop", stream_ids[0]),
+        ("decision", "allowed", "r-video", stream_ids[1]),
+        ("stream_end", "expired", None, stream_ids[0]),
+        ("stream_end", "expired", None, stream_ids[1]),
+    ]
+
+
 async def test_shadow_denials_are_listed_in_the_transaction_of_their_decisions(tmp_path: Path) -> None:
     """Embedded, the ledger lists the shadow policy's would-be denials with the decisions (no worker after it), and
     the worker built for it lists none again."""

@@ -213,6 +213,20 @@ def _json_list(values: Iterable[str]) -> bytes:
     return orjson.dumps(list(values))
 
 
+def _live_and_expired(rows: Iterable[Sequence[Any]], now: float) -> tuple[list[Stream], list[EndedStream]]:
+    """The streams a stop deleted: those still active, and the ends of those whose lease had run out (not swept
+    yet), recorded as `expired` whatever the stop, as the sweep would have, and as the Redis ledger's stop does."""
+    live: list[Stream] = []
+    expired: list[EndedStream] = []
+    for row in rows:
+        stream = _stream(row)
+        if stream.live(now):
+            live.append(stream)
+        else:
+            expired.append(EndedStream(stream, Reason.expired))
+    return live, expired
+
+
 def _ends(streams: Iterable[Stream], reason: Reason | None) -> list[EndedStream]:
     """Stopped streams as ends to record, if their stop has a reason to record."""
     return [] if reason is None else [EndedStream(s, reason) for s in streams]
@@ -534,7 +548,8 @@ class SqlLedger:
         unless_renewed_after: float | None = None,
     ) -> list[Stream]:
         """Delete the user's chosen streams (not one whose lease runs past `unless_renewed_after`); return those
-        that were still active, their ends recorded with `reason` (if any) in the same transaction. Stops that
+        that were still active, their ends recorded with `reason` (if any) in the same transaction, as are, `expired`,
+        the ends of those whose lease had run out. Stops that
         arrive together are committed in one transaction (answered after it), as the worker's decisions are; the
         worker's next batch takes them into its own when it comes first (decide).
         `announce` is the caller's to do (announces_stops is false)."""
@@ -552,22 +567,26 @@ class SqlLedger:
         """In the transaction under way: the stops, each one's streams that were still active, their ends logged."""
         if not stops:
             return []
-        found = [conn.execute(STOP, stop[:4]).fetchall() for stop in stops]
-        stopped = [by_age(s for s in map(_stream, rows) if s.live(now)) for rows in found]
-        self._ended(conn, [e for stop, ss in zip(stops, stopped, strict=True) for e in _ends(ss, stop[4])], now)
+        stopped: list[list[Stream]] = []
+        ends: list[EndedStream] = []
+        for stop in stops:
+            live, expired = _live_and_expired(conn.execute(STOP, stop[:4]).fetchall(), now)
+            stopped.append(by_age(live))
+            ends += _ends(live, stop[4]) + expired
+        self._ended(conn, ends, now)
         return stopped
 
     async def stop_video(self, video_id: str, *, reason: Reason | None = None) -> list[Stream]:
         """Delete every stream of the video; return those that were still active, their ends recorded with
-        `reason` (if any) in the same transaction."""
+        `reason` (if any) in the same transaction (and, `expired`, those whose lease had run out)."""
         return await self._run(self._stop_video, video_id, reason)
 
     def _stop_video(self, conn: sqlite3.Connection, video_id: str, reason: Reason | None) -> list[Stream]:
         with self._write(conn):
             now = self._clock()
-            rows = conn.execute(STOP_VIDEO, (video_id,)).fetchall()
-            stopped = sorted((s for s in map(_stream, rows) if s.live(now)), key=lambda s: (s.started_at, s.id))
-            self._ended(conn, _ends(stopped, reason), now)
+            live, expired = _live_and_expired(conn.execute(STOP_VIDEO, (video_id,)).fetchall(), now)
+            stopped = sorted(live, key=lambda s: (s.started_at, s.id))
+            self._ended(conn, _ends(stopped, reason) + expired, now)
         return stopped
 
     async def restore(self, streams: Sequence[Stream]) -> int:
