@@ -84,7 +84,7 @@ class AuditEvent:
     policy: str | None = None
     active: int | None = None
     limit: int | None = None
-    shadow: str | None = None  # the outcome a policy in shadow mode would have given, once policies have one
+    shadow: str | None = None  # the reason the plan's shadow rules would have denied it (None: they would not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +106,11 @@ def decision_event(decision: Decision, policy: Policy) -> AuditEvent:
         outcome=decision.status.value,
         request_id=decision.request_id,
         stream_id=decision.stream_id,
-        reason=decision.reason.value if decision.reason else None,
+        reason=decision.why,
         policy=policy.value,
         active=decision.active,
         limit=decision.limit,
+        shadow=decision.shadow_reason,
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from tests.distributed.conftest import Cluster
+from tests.integration.test_policies import account, new_plan, play, put_video
 from tests.support.clients import admin_client, api_client, new_user
 
 PLAYS = 10
@@ -54,3 +55,36 @@ async def test_erasing_a_deleted_users_history_waits_for_the_ends_the_delete_log
     finally:
         await admin.aclose()
         await other_admin.aclose()
+
+
+async def test_a_denials_reason_is_on_record_as_answered_with_the_shadow_rules_reason(cluster: Cluster) -> None:
+    """A kind cap's denial recorded with its tag (as long as a tag may be: PostgreSQL's column holds it), and what
+    the plan's shadow rules would have denied beside what was enforced."""
+    tag = "t" * 40
+    first, second = cluster.urls[:2]
+    admin = await admin_client(first)
+    async with admin:
+        plan = await new_plan(admin, maxStreams=3, kinds={tag: 1}, shadow={"maxStreams": 1})
+        tagged = [await put_video(admin, {"title": t, "url": f"/{t}.mp4", "kinds": [tag]}) for t in ("a", "b")]
+        user_id, token = await account(first, admin, plan["id"])
+        async with api_client(second, token) as player:
+            answers = [
+                await play(player, video, f"d{n}") for n, video in enumerate((tagged[0]["id"], tagged[1]["id"], "1"))
+            ]
+        assert [(a["status"], a["reason"]) for a in answers] == [
+            ("allowed", None),
+            ("denied", f"kind_limit:{tag}"),
+            ("allowed", None),
+        ]
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            page = (await admin.get(f"/v1/users/{user_id}/events")).json()
+            decisions = [e for e in page["events"] if e["kind"] == "decision"]
+            if len(decisions) >= len(answers) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    assert [(e["requestId"], e["outcome"], e["reason"], e["shadow"]) for e in decisions] == [
+        (answers[0]["requestId"], "allowed", None, None),
+        (answers[1]["requestId"], "denied", f"kind_limit:{tag}", "limit_reached"),
+        (answers[2]["requestId"], "allowed", None, "limit_reached"),
+    ]

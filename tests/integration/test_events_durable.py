@@ -252,7 +252,7 @@ async def test_logged_events_are_recorded_field_for_field_in_order_once(tmp_path
             None,
             None,
         ),
-        (now, "decision", "u1", "1", "d1", "denied", "r1", None, "limit_reached", "deny", 1, 1, None, None),
+        (now, "decision", "u1", "1", "d1", "denied", "r1", None, "limit_reached", "deny", 1, 1, "limit_reached", None),
         (
             now,
             "stream_end",

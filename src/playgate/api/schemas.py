@@ -580,7 +580,10 @@ class EventOut(Wire):
     policy: str | None = Field(description="The policy at the limit when it was decided.")
     active: int | None
     limit: int | None
-    shadow: str | None = Field(description="What a policy in shadow mode would have decided (when there is one).")
+    shadow: str | None = Field(
+        description="A decision's: the reason the plan's shadow rules would have denied it (`limit_reached`, "
+        "`kind_limit:uhd`, ...); null when they would not have, or none run."
+    )
 
     @classmethod
     def of(cls, stored: StoredEvent) -> EventOut:

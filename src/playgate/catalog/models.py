@@ -25,6 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # more. Migration 0012 widened the columns to these.
 OWNED_ID_LEN = 160
 EVENT_ID_LEN = 200
+# A reason as the API words it, with its rule's tag (`kind_limit:<tag>`, a tag up to 40 characters); migration 0014.
+REASON_LEN = 100
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -130,7 +132,7 @@ class DecisionRow(Base):
     device_id: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
     stream_id: Mapped[str | None] = mapped_column(String(OWNED_ID_LEN), nullable=True)
-    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(REASON_LEN), nullable=True)
     active: Mapped[int] = mapped_column(Integer)
     limit: Mapped[int] = mapped_column(Integer)
     decided_at: Mapped[float] = mapped_column(Float, index=True)
@@ -149,11 +151,11 @@ class AuditColumns:
     outcome: Mapped[str] = mapped_column(String(32))
     request_id: Mapped[str | None] = mapped_column(String(OWNED_ID_LEN), nullable=True)
     stream_id: Mapped[str | None] = mapped_column(String(OWNED_ID_LEN), nullable=True)
-    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(REASON_LEN), nullable=True)
     policy: Mapped[str | None] = mapped_column(String(32), nullable=True)
     active: Mapped[int | None] = mapped_column(Integer, nullable=True)
     limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    shadow: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    shadow: Mapped[str | None] = mapped_column(String(REASON_LEN), nullable=True)
 
 
 class LedgerEventRow(AuditColumns, Base):
