@@ -147,7 +147,7 @@ def change_events(changes: Iterable[LoggedChange], policy: Policy) -> list[Audit
     events: list[AuditEvent] = []
     for change in changes:
         if change.decision is not None:
-            events.append(decision_event(change.decision, policy))
+            events.append(decision_event(change.decision, change.policy or policy))
         events += end_events(change.ended, change.at)
     return events
 
@@ -216,13 +216,16 @@ class LedgerEvents:
         if events:
             conn.executemany(_LOG_EVENTS, map(_fields_of, events))
 
-    def decided(self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream]]]) -> None:
-        """Log new decisions and the streams each ended to make room, and list the shadow policy's would-be
-        denials among them at once (the worker then lists none: Worker.step)."""
+    def decided(
+        self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream], Policy | None]]
+    ) -> None:
+        """Log new decisions (each with the policy at the limit it was made under, else PLAYGATE_POLICY) and the
+        streams each ended to make room, and list the shadow policy's would-be denials among them at once (the
+        worker then lists none: Worker.step)."""
         events: list[AuditEvent] = []
         shadowed: list[tuple[str, str, str, str, str, str, float]] = []
-        for decision, ended in outcomes:
-            events.append(decision_event(decision, self.policy))
+        for decision, ended, policy in outcomes:
+            events.append(decision_event(decision, policy or self.policy))
             events += end_events(ended, decision.decided_at)
             if decision.shadow_reason is not None:
                 shadowed.append(_shadow_values(decision))

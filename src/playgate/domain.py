@@ -276,6 +276,9 @@ class LoggedChange:
     at: float
     decision: Decision | None = None
     ended: tuple[EndedStream, ...] = ()
+    # The policy at the limit the decision was made under (its plan's onLimit, else PLAYGATE_POLICY); None from a
+    # process of the version before, which did not log it.
+    policy: Policy | None = None
 
 
 class _RandomBits(threading.local):

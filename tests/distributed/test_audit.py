@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from tests.distributed.conftest import Cluster
+from tests.integration.test_audit import the_plans_policy_is_on_record
 from tests.integration.test_policies import account, new_plan, play, put_video
 from tests.support.clients import admin_client, api_client, new_user
 
@@ -88,3 +89,7 @@ async def test_a_denials_reason_is_on_record_as_answered_with_the_shadow_rules_r
         (answers[1]["requestId"], "denied", f"kind_limit:{tag}", "limit_reached"),
         (answers[2]["requestId"], "allowed", None, "limit_reached"),
     ]
+
+
+async def test_a_plans_own_policy_is_on_record_from_the_workers_log(cluster: Cluster) -> None:
+    await the_plans_policy_is_on_record(cluster.urls[0], cluster.urls[1])

@@ -18,7 +18,8 @@ from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.models import ShadowDenialRow
 from playgate.catalog.service import Catalog, ShadowDenial
 from playgate.domain import MAX_ID_LEN, Decision, Policy, Status, Stream, owned_id
-from tests.support.clients import api_client, new_user
+from tests.integration.test_policies import account, new_plan, play
+from tests.support.clients import admin_client, api_client, new_user
 from tests.support.pg_database import migrated_database
 
 PLAYS = 30
@@ -220,3 +221,30 @@ async def test_the_longest_ids_are_recorded_on_each_database(catalog_url: str) -
     finally:
         await catalog.close()
         await engine.dispose()
+
+
+async def the_plans_policy_is_on_record(admin_url: str, player_url: str) -> None:
+    """A plan's own onLimit (evict_oldest, where PLAYGATE_POLICY is deny) is the policy its decisions are recorded
+    under (on the distributed deployment as well: tests/distributed/test_audit.py)."""
+    admin = await admin_client(admin_url)
+    async with admin:
+        plan = await new_plan(admin, maxStreams=1, onLimit="evict_oldest")
+        user_id, token = await account(admin_url, admin, plan["id"])
+        async with api_client(player_url, token) as player:
+            answers = [await play(player, video, f"d{video}") for video in ("1", "2")]
+        assert [a["status"] for a in answers] == ["allowed", "allowed"]
+        deadline = time.monotonic() + WRITTEN_DEADLINE_S
+        while True:
+            events = (await admin.get(f"/v1/users/{user_id}/events")).json()["events"]
+            if len(events) >= 3 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    assert [(e["kind"], e["outcome"], e["policy"]) for e in events] == [
+        ("decision", "allowed", "evict_oldest"),
+        ("decision", "allowed", "evict_oldest"),
+        ("stream_end", "evicted", None),
+    ]
+
+
+async def test_a_plans_own_policy_is_on_record(base_url: str) -> None:
+    await the_plans_policy_is_on_record(base_url, base_url)

@@ -577,7 +577,10 @@ class EventOut(Wire):
     request_id: str | None
     stream_id: str | None
     reason: str | None
-    policy: str | None = Field(description="The policy at the limit when it was decided.")
+    policy: str | None = Field(
+        description="A decision's: the policy at the limit it was made under (its plan's `onLimit`, else "
+        "PLAYGATE_POLICY)."
+    )
     active: int | None
     limit: int | None
     shadow: str | None = Field(

@@ -267,10 +267,11 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
         end
         local encoded = cjson.encode(d)
         redis.call('SET', decision_key, encoded, 'PX', decision_ttl_ms)
+        local policy = (rules and rules.p) or 'deny'
         if #ended > 0 then
-            redis.call('XADD', events, '*', 'd', encoded, 'e', cjson.encode(ended))
+            redis.call('XADD', events, '*', 'd', encoded, 'p', policy, 'e', cjson.encode(ended))
         else
-            redis.call('XADD', events, '*', 'd', encoded)
+            redis.call('XADD', events, '*', 'd', encoded, 'p', policy)
         end
         return reply(d)
     end

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from playgate.domain import Admission, Decision, Device, EndedStream, Outcome, Reason, Stream
+from playgate.domain import Admission, Decision, Device, EndedStream, Outcome, Policy, Reason, Stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +24,12 @@ class ChangeLog(Protocol):
     audit.LedgerEvents), on the ledger's connection, inside a transaction the ledger holds open: each change in the
     transaction that makes it (cheap: one row), and records what it logged later, in batches (drain_changes)."""
 
-    def decided(self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream]]]) -> None:
-        """Log new decisions, each with the streams it ended to make room (and list the shadow policy's would-be
-        denials among them, at once)."""
+    def decided(
+        self, conn: sqlite3.Connection, outcomes: Sequence[tuple[Decision, Sequence[EndedStream], Policy | None]]
+    ) -> None:
+        """Log new decisions, each with the streams it ended to make room and the policy at the limit it was made
+        under (None: not made under one, a dead letter's), and list the shadow policy's would-be denials among them,
+        at once."""
         ...
 
     def ended(self, conn: sqlite3.Connection, ended: Sequence[EndedStream], at: float) -> None:

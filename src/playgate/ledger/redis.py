@@ -164,7 +164,8 @@ def _change_from(entry: str, fields: Sequence[Any]) -> LoggedChange:
     rows = orjson.loads(values["e"]) if "e" in values else []
     if "d" in values:
         decision = decision_from_json(orjson.loads(values["d"]))
-        return LoggedChange(entry, decision.decided_at, decision, _ended_from(rows or [], decision.user_id))
+        policy = Policy(values["p"]) if "p" in values else None
+        return LoggedChange(entry, decision.decided_at, decision, _ended_from(rows or [], decision.user_id), policy)
     return LoggedChange(entry, parse_time(values["t"]), None, _ended_from(rows or [], str(values["u"])))
 
 

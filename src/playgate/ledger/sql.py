@@ -33,6 +33,7 @@ from playgate.domain import (
     Device,
     EndedStream,
     Outcome,
+    Policy,
     Reason,
     Status,
     Stream,
@@ -407,7 +408,7 @@ class SqlLedger:
             seen: set[str] = set()
             outcomes = []
             fresh: list[tuple[Any, ...]] = []
-            decided: list[tuple[Decision, Sequence[EndedStream]]] = []
+            decided: list[tuple[Decision, Sequence[EndedStream], Policy | None]] = []
             for admission in admissions:
                 request = admission.request
                 prior = priors.get(request.request_id)
@@ -429,7 +430,7 @@ class SqlLedger:
                     # A duplicate later in the same batch gets this decision as its prior.
                     priors[request.request_id] = verdict.decision
                     fresh.append(_decision_values(verdict.decision))
-                    decided.append((verdict.decision, verdict.ended))
+                    decided.append((verdict.decision, verdict.ended, admission.quota.rules.on_limit or Policy.deny))
                 outcomes.append(Outcome(verdict.decision, verdict.ended, verdict.conflicts))
             self._write_diff(conn, before, after)
             for user_id in seen:
@@ -501,7 +502,7 @@ class SqlLedger:
             # One at a time to know which were new: only those are logged (a rare path: dead letters).
             kept = [d for d in decisions if conn.execute(KEEP_DECISION, _decision_values(d)).rowcount == 1]
             if kept:
-                self._events.decided(conn, [(d, ()) for d in kept])
+                self._events.decided(conn, [(d, (), None) for d in kept])
 
     async def streams(self, user_id: str) -> list[Stream]:
         """The user's streams whose lease has not run out, oldest first."""
