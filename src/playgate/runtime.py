@@ -50,7 +50,7 @@ from playgate.config import (
 )
 from playgate.connections import check_redis_url, forget_all
 from playgate.devices import DeviceIds
-from playgate.domain import Reason, Stream
+from playgate.domain import EndedStream, Reason, Stream
 from playgate.errors import ConfigError, PlayGateError
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
@@ -477,16 +477,20 @@ async def end_streams_of(
 ) -> int:
     """End every stream of these users from a process that serves no one (`playgate import`): in the ledger the
     servers read, recorded as theirs are (audit trail, webhooks: the ledger writes the ends itself), so that their
-    players' media stop at once. Distributed, the ledger also tells the users' sockets (`stream_ended`, `reason`);
-    embedded, the server closes those users' sockets within two sweeps of revoked tokens. ENDS_AT_ONCE users' stops
-    go together, as the API's import does (the SQLite ledger commits them in shared transactions). How many ended."""
+    players' media stop at once. Distributed, the users' sockets are told (`stream_ended`, `reason`: by the ledger
+    itself, or on a Redis Cluster through the fan-out); embedded, the server closes those users' sockets within two
+    sweeps of revoked tokens. ENDS_AT_ONCE users' stops go together, as the API's import does (the SQLite ledger
+    commits them in shared transactions). How many ended."""
     events = None if settings.distributed else LedgerEvents(settings.policy, webhooks.outbox(settings, clock))
     ledger, queue, fanout = open_backends(settings, NoSockets(), lambda _decision: None, clock, events=events)
     try:
         ended = 0
         for start in range(0, len(user_ids), ENDS_AT_ONCE):
             stops = (ledger.stop(None, u, reason=reason, announce=True) for u in user_ids[start : start + ENDS_AT_ONCE])
-            ended += sum(len(stopped) for stopped in await asyncio.gather(*stops))
+            stopped = [s for streams in await asyncio.gather(*stops) for s in streams]
+            if not ledger.announces_stops:  # a Redis Cluster's ledger leaves it to the fan-out (embedded: no one)
+                await fanout.announce([EndedStream(s, reason) for s in stopped])
+            ended += len(stopped)
         return ended
     finally:
         await ledger.close()

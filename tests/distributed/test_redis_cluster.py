@@ -9,6 +9,7 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -19,6 +20,7 @@ from playgate.connections import QUEUE_SHARDS, KeyLayout, decision_channels, tra
 from playgate.doctor import Verdict, check_redis
 from playgate.errors import Unavailable
 from tests.distributed import test_distributed as lifecycle
+from tests.distributed import test_revocation as revocation
 from tests.distributed.conftest import Cluster
 from tests.distributed.test_distributed import Player, close, decisions, players, request_plays, settle
 from tests.support.redis_cluster import RedisCluster, wait_replicas_synced
@@ -44,6 +46,15 @@ async def test_many_users_hammered_over_both_apis_never_exceed_their_limit(on_re
 
 async def test_a_killed_worker_s_requests_are_decided_by_the_other(on_redis_cluster: Cluster) -> None:
     await lifecycle.test_a_killed_worker_s_requests_are_decided_by_the_other(on_redis_cluster)
+
+
+async def test_a_user_playgate_import_disables_hears_their_streams_end(
+    on_redis_cluster: Cluster, tmp_path: Path
+) -> None:
+    # On a cluster the ledger's stop does not publish the ends itself: the command's fan-out does.
+    await revocation.test_a_user_playgate_import_disables_hears_their_streams_end_on_every_api(
+        on_redis_cluster, tmp_path
+    )
 
 
 async def under_load(
