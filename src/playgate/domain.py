@@ -264,6 +264,9 @@ class Outcome:
     decision: Decision
     ended: tuple[EndedStream, ...] = ()
     conflicts: tuple[Stream, ...] = ()
+    # A request decided before (delivered again: a worker died before acknowledging it), told its first decision
+    # again: listed and counted once already.
+    again: bool = False
 
 
 @dataclass(frozen=True, slots=True)

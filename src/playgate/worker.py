@@ -189,7 +189,7 @@ class Worker:
             reason = decision.reason.value if decision.reason else ""  # kind tags stay out of the label
             latency_s = max(0.0, now - delivery.request.accepted_at)
             self._metrics.labelled(self._metrics.decisions, decision.status.value, reason).inc()
-            if decision.shadow_reason is not None:
+            if decision.shadow_reason is not None and not outcome.again:
                 self._metrics.labelled(self._metrics.shadow_denials, decision.shadow_reason).inc()
             self._metrics.decision_latency.observe(latency_s)
             for ended in outcome.ended:
@@ -211,7 +211,7 @@ class Worker:
         if not self.lists_shadow or not any(o.decision.shadow_reason for o in outcomes):
             return
         try:
-            await self._catalog.record_shadow_denials(o.decision for o in outcomes)
+            await self._catalog.record_shadow_denials(o.decision for o in outcomes if not o.again)
         except Unavailable as exc:
             log.warning("shadow denials not listed (counted and logged only): %s", exc)
 

@@ -150,10 +150,12 @@ async def test_a_stop_unless_renewed_spares_a_stream_played_again_since(
 
 async def test_a_request_is_decided_once(make_ledger: LedgerFactory, clock: Clock) -> None:
     ledger = await make_ledger()
-    first = await one(ledger, play("r1"))
+    [decided] = await ledger.decide([admit(play("r1"))])
+    first = decided.decision
     clock.advance(1)
     outcomes = await ledger.decide([admit(play("r1")), admit(play("r1"))])
     assert [o.decision for o in outcomes] == [first, first]
+    assert [decided.again, *(o.again for o in outcomes)] == [False, True, True]  # told again: listed once already
     assert await ledger.decision(first.request_id) == first
     assert len(await ledger.streams("u1")) == 1
     assert await ledger.decision("nope") is None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from playgate.bus.local import LocalFanout, LocalQueue
-from playgate.domain import Admission, PlayRequest, Quota, Reason, Status
+from playgate.domain import Admission, Decision, PlayRequest, Quota, Reason, Rules, Status
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
 from playgate.worker import Worker
@@ -74,4 +76,42 @@ async def test_a_request_decided_before_it_was_given_up_on_keeps_its_decision_on
         outcome.decision.stream_id,
     )
     assert await ledger.decision(LOST) == outcome.decision
+    await fanout.close()
+
+
+class _Plans:
+    """The catalogue as the worker reads it: every user on a plan of 2 streams whose shadow rules allow 1; the
+    shadow denials it is given to list."""
+
+    def __init__(self) -> None:
+        self.listed: list[str] = []
+
+    async def quotas(self, user_ids: set[str]) -> dict[str, Quota]:
+        return {user_id: Quota(limit=2, shadow=Rules(max_streams=1)) for user_id in user_ids}
+
+    async def record_shadow_denials(self, decisions: Iterable[Decision]) -> int:
+        found = [d.request_id for d in decisions if d.shadow_reason is not None]
+        self.listed += found
+        return len(found)
+
+
+async def test_a_shadow_denial_delivered_again_is_listed_once(make_ledger: LedgerFactory, clock: Clock) -> None:
+    """A worker that died before acknowledging leaves its batch to be delivered again: the decisions are told again
+    (the players may not have heard them), the shadow's would-be denials not listed again."""
+    ledger = await make_ledger()
+    queue = LocalQueue()
+    recorder = Recorder()
+    fanout = LocalFanout(recorder)
+    plans = _Plans()
+    worker = _worker(ledger, queue, fanout, clock)
+    worker._catalog = plans  # type: ignore[assignment]
+    second = PlayRequest("7531-b", "u1", "v2", "phone", accepted_at=clock.now)
+    for request in (PlayRequest("7531-a", "u1", "v1", "tv", accepted_at=clock.now), second):
+        await queue.put(request)
+    assert await worker.step(wait_s=0) == 2
+    assert plans.listed == [second.request_id]
+    await queue.put(second)  # delivered again
+    assert await worker.step(wait_s=0) == 1
+    assert plans.listed == [second.request_id]
+    assert [m["requestId"] for _, m, _ in recorder.events] == ["7531-a", "7531-b", "7531-b"]
     await fanout.close()

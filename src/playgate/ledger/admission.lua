@@ -239,8 +239,8 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
     table.sort(live, by_age)
 
     local conflicts = {}
-    local function reply(decision)
-        return cjson.encode({decision = decision, ended = ended, conflicts = conflicts})
+    local function reply(decision, again)
+        return cjson.encode({decision = decision, ended = ended, conflicts = conflicts, again = again})
     end
 
     -- A request decided before gets its first decision again, and changes nothing (but the expired leases dropped).
@@ -249,7 +249,7 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
         if #ended > 0 then
             redis.call('XADD', events, '*', 'u', user_id, 't', fmt(now), 'e', cjson.encode(ended))
         end
-        return reply(cjson.decode(prior))
+        return reply(cjson.decode(prior), true)
     end
 
     local function decided(status, active, decision_limit, stream, reason, shadow_denial)

@@ -174,7 +174,7 @@ def _outcome_from(raw: str, user_id: str) -> Outcome:
     # cjson writes an empty list as {}
     ended = _ended_from(reply.get("ended") or [], user_id)
     conflicts = tuple(_row_stream(row, user_id) for row in reply.get("conflicts") or [])
-    return Outcome(decision_from_json(reply["decision"]), ended, conflicts)
+    return Outcome(decision_from_json(reply["decision"]), ended, conflicts, again=bool(reply.get("again")))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -431,7 +431,7 @@ class SqlLedger:
                     priors[request.request_id] = verdict.decision
                     fresh.append(_decision_values(verdict.decision))
                     decided.append((verdict.decision, verdict.ended, admission.quota.rules.on_limit or Policy.deny))
-                outcomes.append(Outcome(verdict.decision, verdict.ended, verdict.conflicts))
+                outcomes.append(Outcome(verdict.decision, verdict.ended, verdict.conflicts, again=prior is not None))
             self._write_diff(conn, before, after)
             for user_id in seen:
                 self._write_devices(conn, user_id, devices_before.get(user_id, {}), devices[user_id])
