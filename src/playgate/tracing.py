@@ -53,7 +53,29 @@ def start(role: str) -> None:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)
         _provider = provider
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(TraceIds())
     log.info("tracing on: spans to %s", _endpoint())
+
+
+class TraceIds(logging.Filter):
+    """Puts the current span's `trace_id` and `span_id` on each line logged inside one (an HTTP request's), so that
+    a line leads to its trace; a decision's line carries its request's (Worker, decision_fields)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from opentelemetry import trace
+
+        if "trace_id" not in record.__dict__:
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                record.trace_id = f"{context.trace_id:032x}"
+                record.span_id = f"{context.span_id:016x}"
+        return True
+
+
+def trace_id(traceparent: str) -> str:
+    """The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`)."""
+    return traceparent[3:35]
 
 
 def stop() -> None:

@@ -195,7 +195,10 @@ class Worker:
             for ended in outcome.ended:
                 self._metrics.labelled(self._metrics.streams_ended, ended.reason.value).inc()
             if verbose:
-                decision_log.info("decision", extra=decision_fields(decision, latency_s, delivery.attempts))
+                fields = decision_fields(decision, latency_s, delivery.attempts)
+                if traced and delivery.request.trace:
+                    fields["trace_id"] = tracing.trace_id(delivery.request.trace)
+                decision_log.info("decision", extra=fields)
             if traced and delivery.request.trace:
                 tracing.decided(
                     delivery.request,

@@ -1,11 +1,12 @@
 """PLAYGATE_TRACING=otlp for real: a `playgate serve` process sends its spans over OTLP/HTTP to a collector's
 receiving end (tests/support/collector.py); a play's HTTP span continues the caller's `traceparent`, and the
-decision's span is its child, whichever route asked. The distributed deployment's version, with the decision's
-span from a worker process: tests/distributed/test_tracing.py."""
+decision's span is its child, whichever route asked; the decision's log line names the trace. The distributed
+deployment's version, with the decision's span from a worker process: tests/distributed/test_tracing.py."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -72,7 +73,8 @@ async def collector() -> AsyncIterator[Collector]:
 
 
 async def test_a_play_and_its_decision_are_one_trace_with_the_callers(collector: Collector, tmp_path: Path) -> None:
-    server = await asyncio.to_thread(start_playgate, tmp_path, **tracing_env(collector))
+    env = {**tracing_env(collector), "PLAYGATE_LOG_LEVEL": "info", "PLAYGATE_LOG_FORMAT": "json"}
+    server = await asyncio.to_thread(start_playgate, tmp_path, **env)
     try:
         admin = await admin_client(server.base_url)
         async with admin:
@@ -98,5 +100,10 @@ async def test_a_play_and_its_decision_are_one_trace_with_the_callers(collector:
     assert (resource["service.name"], resource["playgate.role"]) == ("playgate", "serve")
     [streams] = [s for s in collector.spans if s.name == "GET /v1/streams"]
     assert streams.parent_id == ""
+    # Each decision's log line names its trace.
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    logged = {line["request_id"]: line.get("trace_id") for line in lines if line["logger"] == "playgate.decision"}
+    for traced in (allowed, denied):
+        assert logged[traced.decide.attributes["playgate.request_id"]] == traced.http.trace_id
     # Never traced: the probes (the start-up's wait polled /readyz) and the Socket.IO transport.
     assert not [s for s in collector.spans if path_of(s).startswith(("/readyz", "/healthz", "/socket.io"))]
