@@ -130,6 +130,9 @@ class Outage:
         self._clock = clock
         self._max_cached = max_cached
         self._leases: OrderedDict[str, Stream] = OrderedDict()
+        # Streams known to have ended (here, or announced by another process): never honoured, not even from a
+        # playback token; the newest max_cached of them.
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self.since: float | None = None
         self._probed_at = 0.0
         self._honoured: set[str] = set()
@@ -238,6 +241,7 @@ class Outage:
         for stream in streams:
             self._leases[stream.id] = stream
             self._leases.move_to_end(stream.id)
+            self._ended.pop(stream.id, None)  # the store gives it: it plays
         while len(self._leases) > self._max_cached:
             self._leases.popitem(last=False)
 
@@ -248,16 +252,21 @@ class Outage:
         self.remember([_stream_of(request, decision.stream_id, decision.decided_at, decision.expires_at)])
 
     def forget(self, stream_ids: Iterable[str]) -> None:
-        """Streams that ended: never honoured again."""
+        """Streams that ended (here, or in another process that announced it): never honoured again, whatever
+        playback token names them."""
         for stream_id in stream_ids:
             self._leases.pop(stream_id, None)
+            self._ended[stream_id] = None
+            self._ended.move_to_end(stream_id)
+        while len(self._ended) > self._max_cached:
+            self._ended.popitem(last=False)
 
     def honour(self, stream_id: str, user_id: str, video_id: str | None = None) -> Stream | None:
         """A playing stream's request while the store is down: the stream with its lease renewed locally, if it
         is known (from the cache, or from a playback token's claims, `video_id`) and the outage is within its
         grace; else None."""
         now = self._clock()
-        if self.mode(now) is not Mode.grace:
+        if self.mode(now) is not Mode.grace or stream_id in self._ended:
             return None
         known = self._leases.get(stream_id)
         if known is not None:

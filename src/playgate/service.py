@@ -12,7 +12,7 @@ from typing import Any
 from playgate import imports, tracing
 from playgate.admission import over_rules
 from playgate.audit import AuditTrail, ChangeFeed, StoredEvent
-from playgate.bus.protocol import Fanout, PlayQueue, observe_queue
+from playgate.bus.protocol import EmittingFanout, Fanout, PlayQueue, observe_queue
 from playgate.catalog.bulk import USERS, UpsertResult
 from playgate.catalog.keys import is_api_key
 from playgate.catalog.service import Catalog, ShadowDenial
@@ -173,6 +173,8 @@ class PlayGate:
             metrics=metrics,
             clock=clock,
         )
+        if isinstance(fanout, EmittingFanout):  # ends another process announced: never honoured in an outage
+            fanout.on_ended = self._outage.forget
 
     async def _users_of(self, user_ids: Sequence[str]) -> list[User | None]:
         found = await self._catalog.users(user_ids)

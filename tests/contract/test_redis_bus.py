@@ -181,11 +181,14 @@ async def test_a_stop_s_stream_ended_reaches_the_sockets_of_every_api_process(re
     for api in apis:
         await api.start()
     stream = Stream("s1", "u1", "v1", "tv", 1_800_000_000.0, 1_800_000_090.0)
+    ended_here: list[list[str]] = []
+    apis[1].on_ended = ended_here.append  # the API's outage policy hears of it too (never honoured again)
     await apis[0].announce([EndedStream(stream, Reason.stopped)])
     for sockets in (first, second):
         [(event, message, room)] = await heard(sockets, 1)
         assert sockets.events == []  # that one only
         assert (event, room, message["streamId"], message["reason"]) == ("stream_ended", "user:u1", "s1", "stopped")
+    assert ended_here == [["s1"]]
     for api in apis:
         await api.close()
 

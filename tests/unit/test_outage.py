@@ -170,3 +170,18 @@ def test_ends_not_announced_in_the_outage_are_left_for_after_it_and_carried_when
     again = state.store_up()
     assert again is not None
     assert [e.stream.id for e in again.unannounced] == ["s1", "s2", "s3"]
+
+
+def test_a_stream_known_ended_is_never_honoured_not_even_from_its_playback_token() -> None:
+    """Ended here or announced by another process (its `stream_ended` heard): its player's heartbeats in an outage
+    are refused, so that the write-back does not bring back a stream replaced or stopped elsewhere."""
+    state, clock, _ = outage()
+    state.remember([stream("s1"), stream("s2")])
+    state.forget(["s1", "s3"])  # s3: never seen here, its end heard
+    state.store_down(Unavailable("gone"))
+    clock.now += 60
+    assert state.honour("s1", "u1") is None
+    assert state.honour("s3", "u1", "v1") is None  # a valid playback token names it: refused all the same
+    assert state.honour("s2", "u1") is not None
+    state.remember([stream("s3")])  # the store gives it again (a later play of the same stream id): it plays
+    assert state.honour("s3", "u1") is not None

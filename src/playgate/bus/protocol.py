@@ -268,6 +268,9 @@ class EmittingFanout:
         self._playback = playback
         self._conflicts = conflicts
         self._to_every_user_room = to_every_user_room
+        # Told the ids of the streams whose `stream_ended` a listening fan-out hears from other processes (the
+        # Redis one): the API's outage policy then never honours them (PlayGate sets it).
+        self.on_ended: Callable[[list[str]], None] | None = None
         self._waiters: dict[str, set[asyncio.Future[Decision]]] = {}
 
     async def _emit(self, outcomes: Sequence[Outcome]) -> None:

@@ -725,6 +725,10 @@ class RedisFanout(EmittingFanout):
             return
         for decision in woken:
             self._wake(decision)
+        if self.on_ended is not None:
+            ended = [body["streamId"] for event, body, _room in emits if event == "stream_ended"]
+            if ended:
+                self.on_ended(ended)
         for event, body, room in emits:
             try:
                 await self._emitter.emit(event, body, room=room)
