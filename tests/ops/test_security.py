@@ -148,7 +148,8 @@ async def test_browsers_from_a_configured_origin_may_call_the_api(guarded: Serve
             headers={
                 "Origin": ORIGIN,
                 "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+                # a player traced in the browser (OpenTelemetry) sends its trace context as well
+                "Access-Control-Request-Headers": "authorization, content-type, idempotency-key, traceparent",
             },
         )
         assert preflight.status_code == 200

@@ -155,6 +155,9 @@ def create_app(
                 "X-Request-Id",
                 "X-API-Key",
                 "X-Playback-Token",
+                # W3C trace context: a browser player traced with OpenTelemetry sends it (PLAYGATE_TRACING)
+                "traceparent",
+                "tracestate",
             ],
             expose_headers=["Retry-After", "X-Request-Id", "Location"],
             max_age=600,
