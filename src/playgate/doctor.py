@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import httpx
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
@@ -24,8 +25,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from playgate import tracing
 from playgate.catalog.db import alembic_config, check_url, create_engine, is_sqlite
-from playgate.config import JWT_SECRET_FILE, Settings, is_loopback, security_problems
+from playgate.config import JWT_SECRET_FILE, Settings, Tracing, is_loopback, security_problems
 from playgate.connections import HASH_LISTPACK_VALUE, check_redis_url, is_cluster_url, primaries
 from playgate.errors import ConfigError, Unavailable
 
@@ -246,10 +248,28 @@ async def wait_for_database(settings: Settings, *, migrated: bool) -> None:
         raise ConfigError(f"PLAYGATE_DATABASE_URL: {behind.detail}")
 
 
+async def check_tracing(settings: Settings) -> list[Check]:
+    """PLAYGATE_TRACING=otlp: whether the collector takes spans (an export of none, as the exporter would send it).
+    A collector away is a warning: spans are dropped meanwhile, plays are not affected."""
+    if settings.tracing is not Tracing.otlp:
+        return []
+    url = tracing.traces_url()
+    headers = {"Content-Type": "application/x-protobuf", **tracing.exporter_headers()}
+    try:
+        async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT_S) as client:
+            answer = await client.post(url, content=b"", headers=headers)  # an export of no span
+    except httpx.HTTPError as exc:
+        away = f"the collector at {url} does not answer ({_reason(exc)}): spans are dropped until it does"
+        return [Check("tracing", Verdict.warn, f"{away} (plays are not affected)")]
+    if not answer.is_success:
+        return [Check("tracing", Verdict.warn, f"the collector at {url} refused an export: HTTP {answer.status_code}")]
+    return [Check("tracing", Verdict.ok, f"spans go to {url} (it took an export)")]
+
+
 async def run_checks(settings: Settings) -> list[Check]:
-    """Every check, in order: settings, database and migrations, Redis."""
+    """Every check, in order: settings, database and migrations, Redis, the traces' collector."""
     checks = check_settings(settings)
-    steps: list[Callable[[Settings], Awaitable[list[Check]]]] = [check_database, check_redis]
+    steps: list[Callable[[Settings], Awaitable[list[Check]]]] = [check_database, check_redis, check_tracing]
     for step in steps:
         checks += await step(settings)
     return checks

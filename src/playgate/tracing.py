@@ -13,8 +13,10 @@ Off (the default), nothing of OpenTelemetry is imported and no call here runs on
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from playgate import __version__
 from playgate.domain import Decision, PlayRequest
@@ -55,7 +57,7 @@ def start(role: str) -> None:
         _provider = provider
         for handler in logging.getLogger().handlers:
             handler.addFilter(TraceIds())
-    log.info("tracing on: spans to %s", _endpoint())
+    log.info("tracing on: spans to %s", traces_url())
 
 
 class TraceIds(logging.Filter):
@@ -88,12 +90,21 @@ def stop() -> None:
         provider.shutdown()
 
 
-def _endpoint() -> str:
-    import os
+def traces_url() -> str:
+    """Where the exporter sends spans, as it reads OpenTelemetry's variables: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as
+    it is, else OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318) with /v1/traces."""
+    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if traces:
+        return traces
+    return os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/") + "/v1/traces"
 
-    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"
-    )
+
+def exporter_headers() -> dict[str, str]:
+    """The headers the exporter sends (OTEL_EXPORTER_OTLP_TRACES_HEADERS, else OTEL_EXPORTER_OTLP_HEADERS:
+    `key=value,...`, percent-encoded)."""
+    raw = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or os.environ.get("OTEL_EXPORTER_OTLP_HEADERS", "")
+    pairs = (item.split("=", 1) for item in raw.split(",") if "=" in item)
+    return {unquote(key).strip(): unquote(value).strip() for key, value in pairs}
 
 
 def traced_app(app: ASGIApp) -> ASGIApp:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import redis
 
 from playgate.connections import HASH_LISTPACK_VALUE
+from tests.support.collector import Collector
 from tests.support.pg_database import PgDatabase
 from tests.support.redis_server import redis_binary, start_redis
 from tests.support.servers import free_port, run_playgate
@@ -96,3 +98,21 @@ def test_a_secret_from_a_file_and_a_file_that_is_not_there(tmp_path: Path) -> No
     assert code != 0
     assert f"PLAYGATE_JWT_SECRET_FILE: cannot read {tmp_path / 'missing'}" in output
     assert "Traceback" not in output
+
+
+async def test_the_traces_collector_is_tried_and_one_away_is_a_warning(tmp_path: Path) -> None:
+    assert doctor(tmp_path, "db", "upgrade")[0] == 0
+    collector = await Collector().start()
+    try:
+        env = {"PLAYGATE_TRACING": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
+        code, output = await asyncio.to_thread(doctor, tmp_path, **env)
+        assert code == 0, output
+        assert f"ok    tracing: spans go to {collector.endpoint}/v1/traces" in output
+        assert collector.spans == []  # an export of none
+    finally:
+        await collector.stop()
+    away = f"http://127.0.0.1:{free_port()}"
+    code, output = await asyncio.to_thread(doctor, tmp_path, PLAYGATE_TRACING="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=away)
+    assert code == 0, output  # a warning: plays do not need the collector
+    assert f"warn  tracing: the collector at {away}/v1/traces does not answer" in output
+    assert "tracing" not in doctor(tmp_path)[1]  # off: nothing to check
