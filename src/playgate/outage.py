@@ -251,6 +251,14 @@ class Outage:
             return
         self.remember([_stream_of(request, decision.stream_id, decision.decided_at, decision.expires_at)])
 
+    def held(self) -> str:
+        """What this process holds for the write-back, in words."""
+        streams = len(self._honoured | set(self._admitted))
+        return (
+            f"{streams} stream(s) kept playing or admitted, {len(self._decisions)} decision(s), "
+            f"{len(self._stopped)} stop(s)"
+        )
+
     def forget(self, stream_ids: Iterable[str]) -> None:
         """Streams that ended (here, or in another process that announced it): never honoured again, whatever
         playback token names them."""

@@ -407,7 +407,9 @@ class Runtime:
         return runtime
 
     async def stop(self) -> None:
-        """Let the worker finish what is queued (distributed: its batch in hand), then close every connection."""
+        """Write back what an outage left, if the store answers now; let the worker finish what is queued
+        (distributed: its batch in hand), then close every connection."""
+        await self.gate.write_back_before_stopping()
         await self.stack.aclose()
 
 

@@ -574,6 +574,22 @@ class PlayGate:
             await self._ledger.ping()
             await self._store_up()
 
+    async def write_back_before_stopping(self) -> None:
+        """The process is stopping: what an outage left in its memory (streams kept playing or admitted, decisions,
+        stops) is written back now if the store answers (no call may have come since it did); if it still does not,
+        an error line says what is lost with the process."""
+        if self._outage.since is None:
+            return
+        try:
+            await self._store_back()
+        except Unavailable as exc:
+            log.error(
+                "stopping while the ledger store does not answer (%s): what this process took during the outage "
+                "is lost with it (%s)",
+                exc,
+                self._outage.held(),
+            )
+
     async def _store_up(self) -> None:
         """The store answered: write back what an outage left (streams, decisions, stops), once."""
         work = self._outage.store_up()

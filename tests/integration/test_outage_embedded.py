@@ -178,3 +178,21 @@ async def test_a_stop_taken_in_the_outage_spares_the_play_of_that_device_asked_s
             assert [s["id"] for s in streams] == [first["streamId"]], streams
             assert (await client.get("/readyz")).json()["outage"] == "normal"
             assert (await client.delete(f"/v1/streams/{first['streamId']}")).status_code == 204
+
+
+@pytest.mark.usefixtures("short_busy_timeout")
+async def test_a_stop_taken_in_the_outage_is_written_back_by_a_process_stopping_after_it(tmp_path: Path) -> None:
+    """The file takes writes again, and the process is stopped before any call came to write the outage's stop
+    back: it writes it back as it stops, so the restarted process has the stream ended and recorded."""
+    async with served(tmp_path, PLAYGATE_OUTAGE_POLICY="deny") as base_url:
+        user = await _user(base_url, limit=1)
+        async with api_client(base_url, user.token) as client:
+            first = (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": "tv"})).json()
+            assert first["status"] == "allowed", first
+            with _locked(tmp_path):
+                assert (await client.delete(f"/v1/streams/{first['streamId']}")).status_code == 204
+    async with served(tmp_path) as base_url, api_client(base_url, user.token) as client:
+        assert (await client.get("/v1/streams")).json() == []
+        page = (await client.get(f"/v1/users/{user.id}/events")).json()["events"]
+        ends = [(e["streamId"], e["outcome"]) for e in page if e["kind"] == "stream_end"]
+        assert ends == [(first["streamId"], "stopped")], page
