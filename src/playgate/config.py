@@ -431,6 +431,25 @@ class Settings(BaseSettings):
         "within the limit once the store is back).",
     )
 
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty PLAYGATE_REDIS_URL (a template's blank) is no Redis, as doctor already read it."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        """Each trusted proxy an address or a network (`*`: any): a name or a typo would never match a peer, and
+        the proxy's clients would all count as its one address."""
+        for item in (i.strip() for i in value.split(",") if i.strip()):
+            if item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an IP address or network (such as 10.0.0.0/8), nor *") from None
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -562,6 +581,8 @@ def _from_files(environ: Mapping[str, str], overrides: Mapping[str, Any]) -> dic
             found[name] = Path(path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{variable}_FILE: cannot read {path} ({type(exc).__name__})") from None
+        if not found[name].strip():
+            raise ConfigError(f"{variable}_FILE: {path} is empty")
     return found
 
 

@@ -108,8 +108,13 @@ def check_redis_url(url: str) -> None:
     if is_cluster_url(url):
         cluster_nodes(url)
         cluster_tls(url)
-    if is_sentinel_url(url):
+    elif is_sentinel_url(url):
         sentinel_service(url)
+    elif scheme != "unix":
+        try:
+            urlsplit(url).port  # noqa: B018  # parsing it is the check
+        except ValueError:
+            raise ConfigError(f"PLAYGATE_REDIS_URL: the port is not a number: {url.partition('@')[2] or url}") from None
 
 
 def pool_options() -> dict[str, Any]:

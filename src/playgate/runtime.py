@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -74,6 +75,8 @@ def preflight(settings: Settings) -> str:
     problems = security_problems(settings)
     if problems:
         raise ConfigError(problems[0])
+    _writable_folder("PLAYGATE_DATA_DIR", settings.data_dir)
+    _writable_folder("PLAYGATE_MEDIA_DIR", settings.resolved_media_dir)
     url = settings.resolved_database_url
     check_url(url)
     if settings.redis_url is not None:
@@ -83,6 +86,17 @@ def preflight(settings: Settings) -> str:
             "PLAYGATE_DATABASE_URL: the embedded deployment keeps its ledger in SQLite; use a sqlite+aiosqlite URL"
         )
     return jwt_secret(settings)
+
+
+def _writable_folder(variable: str, folder: Path) -> None:
+    """The folder, made if missing; ConfigError naming `variable` when it cannot be made or written (the data dir
+    keeps the SQLite file and the generated key, the media dir the segments made on demand)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot create {folder} ({exc.strerror or type(exc).__name__})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{variable}: {folder} cannot be written by this process")
 
 
 def open_catalog(settings: Settings, clock: Callable[[], float]) -> tuple[AsyncEngine, Catalog]:

@@ -116,3 +116,19 @@ async def test_the_traces_collector_is_tried_and_one_away_is_a_warning(tmp_path:
     assert code == 0, output  # a warning: plays do not need the collector
     assert f"warn  tracing: the collector at {away}/v1/traces does not answer" in output
     assert "tracing" not in doctor(tmp_path)[1]  # off: nothing to check
+
+
+def test_a_folder_that_cannot_be_made_is_one_line_naming_its_variable(tmp_path: Path) -> None:
+    """A data or media folder where a file stands (or where this process may not write): one line at start, not a
+    traceback, and not a server whose every playlist answers 500."""
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    for args, env, said in (
+        (("serve",), {"PLAYGATE_DATA_DIR": str(in_the_way)}, f"Error: PLAYGATE_DATA_DIR: cannot create {in_the_way}"),
+        (("db", "upgrade"), {"PLAYGATE_DATA_DIR": str(in_the_way)}, "Error: PLAYGATE_DATABASE_URL: cannot create"),
+        (("serve",), {"PLAYGATE_MEDIA_DIR": str(in_the_way / "media")}, "Error: PLAYGATE_MEDIA_DIR: cannot create"),
+    ):
+        result = run_playgate(tmp_path / "data", *args, PLAYGATE_PORT=str(free_port()), **env)
+        assert result.returncode != 0
+        assert said in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from playgate.config import AuthMode, jwt_secret, load_settings
+from playgate.connections import check_redis_url
 from playgate.domain import Policy
 from playgate.errors import ConfigError
 
@@ -53,6 +54,9 @@ def test_plain_port_is_honoured_and_playgate_port_wins() -> None:
         ({"PLAYGATE_DEMO": "perhaps"}, "PLAYGATE_DEMO"),
         ({"PLAYGATE_DEFAULT_LIMIT": "-3"}, "PLAYGATE_DEFAULT_LIMIT"),
         ({"PLAYGATE_LOG_LEVEL": "loud"}, "PLAYGATE_LOG_LEVEL"),
+        # a typo would never match a peer: every client behind the proxy would count as its one address
+        ({"PLAYGATE_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.0/33"}, "PLAYGATE_TRUSTED_PROXIES"),
+        ({"PLAYGATE_TRUSTED_PROXIES": "ingress.local"}, "PLAYGATE_TRUSTED_PROXIES"),
     ],
 )
 def test_a_bad_value_names_the_variable(environ: dict[str, str], variable: str) -> None:
@@ -106,3 +110,20 @@ def test_secrets_may_come_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_a_secret_file_that_cannot_be_used_is_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings(env)
+
+
+def test_an_empty_secret_file_and_an_empty_redis_url(tmp_path: Path) -> None:
+    """An empty file named for a secret is refused (it was read as no secret at all: a key generated instead); an
+    empty PLAYGATE_REDIS_URL (a template's blank) is no Redis, as `playgate doctor` reads it."""
+    empty = tmp_path / "jwt"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match=f"PLAYGATE_JWT_SECRET_FILE: {empty} is empty"):
+        load_settings({"PLAYGATE_JWT_SECRET_FILE": str(empty)})
+    assert load_settings({"PLAYGATE_REDIS_URL": ""}).redis_url is None
+    assert load_settings({"PLAYGATE_TRUSTED_PROXIES": "*, 10.0.0.0/8, 192.0.2.7, ::1"}).forwarded_allow_ips
+
+
+def test_a_redis_url_whose_port_is_not_a_number_is_named_without_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_redis_url("redis://:s3cret@127.0.0.1:sixty/0")
+    assert str(caught.value) == "PLAYGATE_REDIS_URL: the port is not a number: 127.0.0.1:sixty/0"

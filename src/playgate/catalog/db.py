@@ -145,7 +145,15 @@ def create_engine(url: str, *, immediate: bool = False) -> AsyncEngine:
 def _ensure_parent(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(
+                f"PLAYGATE_DATABASE_URL: cannot create {folder} for the SQLite file ({reason}; the default file is "
+                "in PLAYGATE_DATA_DIR)"
+            ) from None
 
 
 def configure_sqlite_connection(dbapi_connection: Any, *, busy_timeout_ms: int | None = None) -> None:
