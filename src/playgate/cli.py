@@ -149,12 +149,23 @@ def _wait_for_database(settings: Settings, *, migrated: bool) -> None:
         _run(lambda: wait_for_database(settings, migrated=migrated))
 
 
+def _refuse_demo_passwords(settings: Settings) -> None:
+    """Before serving on a host other than loopback: one line, not the start-up's traceback, when a demo user still
+    logs in with its demo password."""
+    from playgate.doctor import demo_password_problem
+
+    problem = _run(lambda: demo_password_problem(settings))
+    if problem is not None:
+        raise click.ClickException(problem)
+
+
 def _serve(settings: Settings, role: Role = Role.serve) -> None:
     from playgate.api.app import create_app  # heavy import, only for commands that serve
 
     secret = _preflight(settings)
     _logging(settings)
     _wait_for_database(settings, migrated=role is not Role.serve)
+    _refuse_demo_passwords(settings)
     server = uvicorn.Server(server_config(settings, create_app(settings, role=role, secret=secret)))
     # uvicorn handles SIGINT and SIGTERM (graceful shutdown), then raises the signal again under the handlers it
     # found: these let the process end there with status 0, not with a KeyboardInterrupt ("Aborted!") or killed.

@@ -133,6 +133,9 @@ async def check_database(settings: Settings) -> list[Check]:
     heads = set(script.get_heads())
     if current in heads:
         checks.append(Check("migrations", Verdict.ok, f"the schema is at revision {current}, the newest"))
+        demo = await demo_password_problem(settings)
+        if demo is not None:
+            checks.append(Check("demo users", Verdict.fail, demo))
     elif current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
         # A newer version migrated it (README, Upgrade: migrations stay additive, the version running keeps working)
         checks.append(
@@ -223,6 +226,26 @@ def _reason(exc: BaseException) -> str:
         return f"no answer within {CONNECT_TIMEOUT_S:g} s"
     original = getattr(exc, "orig", None) or exc
     return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+
+
+async def demo_password_problem(settings: Settings) -> str | None:
+    """On a host other than loopback, the server refuses to start while an enabled demo user still logs in with
+    its demo password: that refusal, in one line naming the variable (None: none, or no catalogue to ask yet)."""
+    if is_loopback(settings.host):
+        return None
+    from playgate.runtime import open_catalog, refuse_demo_passwords  # the runtime is the doctor's patient
+
+    engine, catalog = open_catalog(settings, time.time)
+    try:
+        await refuse_demo_passwords(catalog)
+    except ConfigError as exc:
+        return f"PLAYGATE_HOST: {exc.detail}"
+    except SQLAlchemyError:
+        return None  # no catalogue yet (a server that migrates makes it, with no demo user on such a host)
+    finally:
+        await catalog.close()
+        await engine.dispose()
+    return None
 
 
 async def wait_for_database(settings: Settings, *, migrated: bool) -> None:

@@ -97,7 +97,11 @@ def test_demo_users_left_in_the_database_are_refused_on_an_open_host(tmp_path: P
         [sys.executable, "-m", "playgate", "demo"], env=playgate_env(tmp_path), check=True, capture_output=True
     )
     output = _refused(tmp_path, PLAYGATE_HOST="0.0.0.0", PLAYGATE_DEMO="false")
-    assert "demo user 'user1' still has its demo password" in output
+    assert "Error: PLAYGATE_HOST: the demo user 'user1' still has its demo password" in output
+    assert "Traceback" not in output  # one line, before the server starts (it was the start-up's traceback)
+    doctor = run_playgate(tmp_path, "doctor", PLAYGATE_HOST="0.0.0.0", PLAYGATE_DEMO="false")
+    assert doctor.returncode == 1
+    assert "FAIL  demo users: PLAYGATE_HOST: the demo user 'user1' still has its demo password" in doctor.stdout
 
 
 # ---- a server of its own: small login limits and one allowed cross origin --------------------------------
