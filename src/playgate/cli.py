@@ -159,6 +159,16 @@ def _refuse_demo_passwords(settings: Settings) -> None:
         raise click.ClickException(problem)
 
 
+def _refuse_a_refusing_redis(settings: Settings) -> None:
+    """Before serving or deciding: one line when Redis answers but refuses this process (its password, database or
+    TLS files); a Redis that does not answer is an outage, which the process starts into."""
+    from playgate.doctor import redis_refusal
+
+    problem = _run(lambda: redis_refusal(settings))
+    if problem is not None:
+        raise click.ClickException(problem)
+
+
 def _serve(settings: Settings, role: Role = Role.serve) -> None:
     from playgate.api.app import create_app  # heavy import, only for commands that serve
 
@@ -166,6 +176,7 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
     _logging(settings)
     _wait_for_database(settings, migrated=role is not Role.serve)
     _refuse_demo_passwords(settings)
+    _refuse_a_refusing_redis(settings)
     server = uvicorn.Server(server_config(settings, create_app(settings, role=role, secret=secret)))
     # uvicorn handles SIGINT and SIGTERM (graceful shutdown), then raises the signal again under the handlers it
     # found: these let the process end there with status 0, not with a KeyboardInterrupt ("Aborted!") or killed.
@@ -236,6 +247,7 @@ def worker() -> None:
     """
     settings = _distributed_only("worker")
     _logging(settings)
+    _refuse_a_refusing_redis(settings)
     _run(lambda: run_worker(settings))
 
 

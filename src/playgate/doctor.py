@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -199,6 +200,31 @@ async def check_redis(settings: Settings) -> list[Check]:
             )
         )
     return checks
+
+
+async def redis_refusal(settings: Settings) -> str | None:
+    """A Redis that answers but refuses this process (a wrong or missing password, a database number it does not
+    have, a TLS file that is missing or a CA that did not sign its certificate), in one line naming
+    PLAYGATE_REDIS_URL; None when it takes the process, or when it does not answer at all (an outage, which a
+    server rides out under the outage policy)."""
+    if not settings.redis_url:
+        return None
+    clients: list[Any] = []
+    try:
+        clients = await primaries(settings.redis_url)
+        for client in clients:
+            await client.ping()
+    except (AuthenticationError, ResponseError) as exc:
+        return f"PLAYGATE_REDIS_URL: Redis at {safe_url(settings.redis_url)} refuses this process: {_reason(exc)}"
+    except (RedisError, RedisClusterException, OSError, ValueError) as exc:
+        if isinstance(exc.__cause__, (FileNotFoundError, PermissionError, IsADirectoryError, ssl.SSLError)):
+            shown = safe_url(settings.redis_url)
+            return f"PLAYGATE_REDIS_URL: cannot connect to {shown} over TLS: {_reason(exc.__cause__)}"
+        return None
+    finally:
+        for client in clients:
+            await client.aclose()
+    return None
 
 
 async def _listpack_value(client: Any) -> int | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import redis
 
 from playgate.chaos import TcpProxy
 from tests.support.pg_database import PG_HOST, PG_PORT, PgDatabase
@@ -118,3 +119,26 @@ async def test_a_schema_a_newer_version_migrated_is_a_warning_and_the_api_starts
     )
     api = start_playgate(tmp_path, "api", **env)
     api.stop()
+
+
+def test_a_redis_that_refuses_the_process_stops_it_in_one_line(tmp_path: Path, redis_server: RedisServer) -> None:
+    """A wrong password or a database number Redis does not have is a setting to fix, not an outage to ride out:
+    `playgate api` and `worker` stop at once, naming PLAYGATE_REDIS_URL (the api served, answering 503 to every
+    log-in, before). A Redis that does not answer at all is an outage: the test of that is test_outage's."""
+    migrate_playgate(tmp_path)
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=2)
+    client.config_set("requirepass", "pw-123")
+    try:
+        for url, said in (
+            (f"redis://:wrong@127.0.0.1:{redis_server.port}/0", "refuses this process: invalid username-password"),
+            (f"redis://:pw-123@127.0.0.1:{redis_server.port}/99", "refuses this process: DB index is out of range"),
+        ):
+            for command in ("api", "worker"):
+                result = run_playgate(tmp_path, command, PLAYGATE_REDIS_URL=url, PLAYGATE_PORT=str(free_port()))
+                assert result.returncode == 1, result.stderr
+                assert result.stderr.startswith("Error: PLAYGATE_REDIS_URL: Redis at redis://:***@"), result.stderr
+                assert said in result.stderr
+                assert "Traceback" not in result.stderr
+    finally:
+        redis.Redis(host="127.0.0.1", port=redis_server.port, password="pw-123").config_set("requirepass", "")
+        client.close()
