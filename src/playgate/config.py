@@ -23,6 +23,12 @@ from playgate.domain import OutagePolicy, Policy, Rules
 from playgate.errors import ConfigError, Invalid
 from playgate.policy import rules_from_json
 
+# Upper bounds of the durations and sizes: a value past them (`inf`, 1e23) is a typo that would fail only at run
+# time (an answer's time that cannot be written, a Redis argument out of range, a loop that never sleeps).
+HOUR_S = 3600
+DAY_S = 86_400
+YEAR_S = 365 * DAY_S
+MAX_ENTRIES = 1_000_000_000
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
 MIN_JWT_SECRET_LEN = 32
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (the Standard Webhooks prefix, not a secret)
@@ -108,12 +114,17 @@ class Settings(BaseSettings):
         "PLAYGATE_JWT_SECRET's, none of them signing: the key being rotated out (or, first, the one being rotated in).",
     )
     token_ttl_s: int = Field(
-        12 * 3600, ge=60, validation_alias=AliasChoices("PLAYGATE_TOKEN_TTL"), description="Token lifetime."
+        12 * 3600,
+        ge=60,
+        le=YEAR_S,
+        validation_alias=AliasChoices("PLAYGATE_TOKEN_TTL"),
+        description="Token lifetime.",
     )
     auth: AuthMode = Field(AuthMode.enabled, description="`enabled`, or `disabled` for the seed's trust model.")
     stream_ttl_s: float = Field(
         90.0,
         gt=0,
+        le=YEAR_S,
         validation_alias=AliasChoices("PLAYGATE_STREAM_TTL"),
         description="Lease of a stream: seconds after its last heartbeat before it stops counting.",
     )
@@ -174,6 +185,7 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(
         2.0,
         ge=0,
+        le=DAY_S,
         validation_alias=AliasChoices("PLAYGATE_CACHE_TTL"),
         description=(
             "How long users, limits and videos are cached; a change applies within this time. An entry read after"
@@ -183,18 +195,21 @@ class Settings(BaseSettings):
     decision_ttl_s: float = Field(
         3600.0,
         gt=0,
+        le=YEAR_S,
         validation_alias=AliasChoices("PLAYGATE_DECISION_TTL"),
         description="How long decisions are kept for GET /v1/plays/{id} and retries.",
     )
     sweep_interval_s: float = Field(
         1.0,
         gt=0,
+        le=HOUR_S,
         validation_alias=AliasChoices("PLAYGATE_SWEEP_INTERVAL"),
         description="How often expired streams are swept and announced, and sockets whose tokens died are looked for.",
     )
     claim_idle_s: float = Field(
         15.0,
         gt=0,
+        le=DAY_S,
         validation_alias=AliasChoices("PLAYGATE_CLAIM_IDLE"),
         description=(
             "Distributed: seconds a request may stay unacknowledged with a worker before another takes it (and an "
@@ -202,7 +217,10 @@ class Settings(BaseSettings):
         ),
     )
     queue_maxlen: int = Field(
-        1_000_000, ge=1000, description="Distributed: each request stream is trimmed to about this many entries."
+        1_000_000,
+        ge=1000,
+        le=MAX_ENTRIES,
+        description="Distributed: each request stream is trimmed to about this many entries.",
     )
     queue_shards: int = Field(
         QUEUE_SHARDS,
@@ -308,6 +326,7 @@ class Settings(BaseSettings):
     audit_backlog: int = Field(
         1_000_000,
         ge=1000,
+        le=MAX_ENTRIES,
         description="Distributed: the most entries each of the Redis ledger's change logs keeps while they wait for "
         "the audit trail (PostgreSQL not answering); beyond it the oldest are removed (lost to the audit trail and "
         "the webhooks), counted in an error log line, so that Redis's memory is not exhausted.",
@@ -357,12 +376,14 @@ class Settings(BaseSettings):
     webhook_poll_s: float = Field(
         1.0,
         gt=0,
+        le=HOUR_S,
         validation_alias=AliasChoices("PLAYGATE_WEBHOOK_POLL"),
         description="Seconds between two looks at the outbox when nothing is due.",
     )
     webhook_settle_s: float = Field(
         2.0,
         ge=0,
+        le=HOUR_S,
         validation_alias=AliasChoices("PLAYGATE_WEBHOOK_SETTLE"),
         description="Seconds an event waits before it is sent, so that a user's earlier event written a little "
         "later by another process (each writes every 0.5 s) is sent first.",
@@ -418,6 +439,7 @@ class Settings(BaseSettings):
     outage_grace_s: float = Field(
         300.0,
         ge=0,
+        le=YEAR_S,
         validation_alias=AliasChoices("PLAYGATE_OUTAGE_GRACE"),
         description="Seconds a stream already playing keeps playing while the ledger's store (Redis, the database) "
         "does not answer: its heartbeats and media requests are honoured from the playback token and this "

@@ -57,6 +57,11 @@ def test_plain_port_is_honoured_and_playgate_port_wins() -> None:
         # a typo would never match a peer: every client behind the proxy would count as its one address
         ({"PLAYGATE_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.0/33"}, "PLAYGATE_TRUSTED_PROXIES"),
         ({"PLAYGATE_TRUSTED_PROXIES": "ingress.local"}, "PLAYGATE_TRUSTED_PROXIES"),
+        # past their bounds, a duration or a size failed at run time only (an answer's time, a Redis argument)
+        ({"PLAYGATE_STREAM_TTL": "inf"}, "PLAYGATE_STREAM_TTL"),
+        ({"PLAYGATE_DECISION_TTL": "1e23"}, "PLAYGATE_DECISION_TTL"),
+        ({"PLAYGATE_QUEUE_MAXLEN": "100000000000000000000000"}, "PLAYGATE_QUEUE_MAXLEN"),
+        ({"PLAYGATE_WEBHOOK_POLL": "inf"}, "PLAYGATE_WEBHOOK_POLL"),
     ],
 )
 def test_a_bad_value_names_the_variable(environ: dict[str, str], variable: str) -> None:
