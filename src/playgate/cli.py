@@ -105,6 +105,7 @@ def _serve_group(settings: Settings) -> None:
             "several `playgate api` and `playgate worker` instead"
         )
     secret = _preflight(settings)
+    _refuse_an_address_in_use(settings)
     _logging(settings)
     _run(lambda: run_group(settings, secret))
 
@@ -149,6 +150,23 @@ def _wait_for_database(settings: Settings, *, migrated: bool) -> None:
         _run(lambda: wait_for_database(settings, migrated=migrated))
 
 
+def _refuse_an_address_in_use(settings: Settings) -> None:
+    """Before serving: one line naming the setting when the host is not an address of this machine, or the port is
+    taken (uvicorn said `[Errno 98] error while attempting to bind`, naming neither)."""
+    try:
+        family = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        said = f"{settings.host!r} is not an address to listen on ({exc.strerror})"
+        raise click.ClickException(f"PLAYGATE_HOST: {said}") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            where = f"{settings.host}:{settings.port}"
+            raise click.ClickException(f"PLAYGATE_PORT: cannot listen on {where} ({exc.strerror})") from None
+
+
 def _refuse_demo_passwords(settings: Settings) -> None:
     """Before serving on a host other than loopback: one line, not the start-up's traceback, when a demo user still
     logs in with its demo password."""
@@ -173,6 +191,7 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
     from playgate.api.app import create_app  # heavy import, only for commands that serve
 
     secret = _preflight(settings)
+    _refuse_an_address_in_use(settings)
     _logging(settings)
     _wait_for_database(settings, migrated=role is not Role.serve)
     _refuse_demo_passwords(settings)

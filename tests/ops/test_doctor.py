@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,18 @@ def test_a_folder_that_cannot_be_made_is_one_line_naming_its_variable(tmp_path: 
         assert result.returncode != 0
         assert said in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_or_a_host_that_is_no_address_is_one_line_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_playgate(tmp_path, "serve", PLAYGATE_PORT=str(port))
+    assert result.returncode == 1
+    assert f"Error: PLAYGATE_PORT: cannot listen on 127.0.0.1:{port} (Address already in use)" in result.stderr
+    wrong = run_playgate(
+        tmp_path, "serve", PLAYGATE_HOST="127.0.0.1:8080", PLAYGATE_DEMO="false", PLAYGATE_PORT=str(free_port())
+    )
+    assert "Error: PLAYGATE_HOST: '127.0.0.1:8080' is not an address to listen on" in wrong.stderr, wrong.stderr
+    assert "Traceback" not in result.stderr + wrong.stderr
