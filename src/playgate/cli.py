@@ -521,8 +521,8 @@ def version() -> None:
 
 @main.command()
 def doctor() -> None:
-    """Check the settings, the database (and its migrations), Redis and the traces' collector (PLAYGATE_TRACING); say
-    what is wrong. Exit 1 on a problem."""
+    """Check the settings, the database (and its migrations), Redis, the platform's key set (PLAYGATE_JWKS_URL) and
+    the traces' collector (PLAYGATE_TRACING); say what is wrong. Exit 1 on a problem."""
     from playgate.doctor import report, run_checks
 
     settings = _settings()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
@@ -31,6 +32,7 @@ from playgate.catalog.db import alembic_config, check_url, create_engine, is_sql
 from playgate.config import JWT_SECRET_FILE, Settings, Tracing, is_loopback, security_problems
 from playgate.connections import HASH_LISTPACK_VALUE, check_redis_url, is_cluster_url, primaries
 from playgate.errors import ConfigError, Unavailable
+from playgate.security import KeySet
 
 CONNECT_TIMEOUT_S = 5.0
 # A server waiting at start for its database tries again after this long, doubled each try up to the maximum.
@@ -315,10 +317,36 @@ async def check_tracing(settings: Settings) -> list[Check]:
     return [Check("tracing", Verdict.ok, f"spans go to {url} (it took an export)")]
 
 
+async def check_platform_keys(settings: Settings) -> list[Check]:
+    """PLAYGATE_JWKS_URL or PLAYGATE_OIDC_ISSUER: the platform's key set, fetched as the API would (FAIL when it
+    cannot be: every platform token would get 503)."""
+    if not settings.platform_tokens:
+        return []
+    where = settings.jwks_url or settings.oidc_issuer
+    variable = "PLAYGATE_JWKS_URL" if settings.jwks_url else "PLAYGATE_OIDC_ISSUER"
+    keys = KeySet(jwks_url=settings.jwks_url, oidc_issuer=settings.oidc_issuer, ttl_s=0.0, refetch_s=0.0)
+    try:
+        found = [key for key in await keys.download() if key.key_id]
+    except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+        said = f"the platform's key set cannot be fetched from {where} ({_reason(exc)}): every platform token"
+        return [Check("key set", Verdict.fail, f"{variable}: {said} would get 503")]
+    finally:
+        await keys.close()
+    if not found:
+        return [Check("key set", Verdict.fail, f"{variable}: the key set at {where} holds no key with a kid")]
+    return [Check("key set", Verdict.ok, f"{len(found)} key(s) fetched from {where}")]
+
+
 async def run_checks(settings: Settings) -> list[Check]:
-    """Every check, in order: settings, database and migrations, Redis, the traces' collector."""
+    """Every check, in order: settings, database and migrations, Redis, the platform's key set, the traces'
+    collector."""
     checks = check_settings(settings)
-    steps: list[Callable[[Settings], Awaitable[list[Check]]]] = [check_database, check_redis, check_tracing]
+    steps: list[Callable[[Settings], Awaitable[list[Check]]]] = [
+        check_database,
+        check_redis,
+        check_platform_keys,
+        check_tracing,
+    ]
     for step in steps:
         checks += await step(settings)
     return checks

@@ -296,16 +296,20 @@ class KeySet:
         self.fetches += 1
         self._fetched_at = self._clock()  # a failed fetch also waits refetch_s before the next
         try:
-            url = self._jwks_url or await self._discover()
-            answer = await self._http.get(url)
-            answer.raise_for_status()
-            keys = PyJWKSet.from_dict(answer.json()).keys
+            keys = await self.download()
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
             log.warning("could not fetch the platform's key set: %s", exc)
             if not self._keys:
                 raise Unavailable("The platform's key set cannot be fetched.") from None
             return  # keep the keys we had
         self._keys = {k.key_id: k for k in keys if k.key_id}
+
+    async def download(self) -> list[PyJWK]:
+        """The key set's keys, fetched now (httpx.HTTPError, ValueError or jwt.PyJWTError when it cannot be)."""
+        url = self._jwks_url or await self._discover()
+        answer = await self._http.get(url)
+        answer.raise_for_status()
+        return list(PyJWKSet.from_dict(answer.json()).keys)
 
     async def _discover(self) -> str:
         assert self._oidc_issuer is not None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from playgate.bench.keyset import IdentityProvider, new_key
 from playgate.connections import HASH_LISTPACK_VALUE
 from tests.support.collector import Collector
 from tests.support.pg_database import PgDatabase
@@ -148,3 +149,17 @@ def test_a_port_in_use_or_a_host_that_is_no_address_is_one_line_naming_it(tmp_pa
     )
     assert "Error: PLAYGATE_HOST: '127.0.0.1:8080' is not an address to listen on" in wrong.stderr, wrong.stderr
     assert "Traceback" not in result.stderr + wrong.stderr
+
+
+def test_the_platforms_key_set_is_fetched_and_one_that_cannot_be_is_a_failure(tmp_path: Path) -> None:
+    assert doctor(tmp_path, "db", "upgrade")[0] == 0
+    idp = IdentityProvider([new_key("doctor-rsa"), new_key("doctor-ec", "ES256")]).start()
+    try:
+        code, output = doctor(tmp_path, **idp.env())
+        assert code == 0, output
+        assert f"ok    key set: 2 key(s) fetched from {idp.jwks_url}" in output
+    finally:
+        idp.stop()
+    code, output = doctor(tmp_path, **idp.env())  # the identity provider is gone
+    assert code == 1
+    assert f"FAIL  key set: PLAYGATE_JWKS_URL: the platform's key set cannot be fetched from {idp.jwks_url}" in output
