@@ -167,22 +167,20 @@ def _refuse_an_address_in_use(settings: Settings) -> None:
             raise click.ClickException(f"PLAYGATE_PORT: cannot listen on {where} ({exc.strerror})") from None
 
 
-def _refuse_demo_passwords(settings: Settings) -> None:
-    """Before serving on a host other than loopback: one line, not the start-up's traceback, when a demo user still
-    logs in with its demo password."""
-    from playgate.doctor import demo_password_problem
+def _refuse(*finds: Callable[[Settings], Awaitable[str | None]], settings: Settings) -> None:
+    """Before serving or deciding: the first problem one of doctor's start-up checks finds (a demo user with its
+    demo password on an open host; a Redis that answers but refuses this process, where one that does not answer
+    is an outage the process starts into), in one line instead of the start-up's traceback or a process that
+    cannot work."""
 
-    problem = _run(lambda: demo_password_problem(settings))
-    if problem is not None:
-        raise click.ClickException(problem)
+    async def first() -> str | None:
+        for find in finds:
+            problem = await find(settings)
+            if problem is not None:
+                return problem
+        return None
 
-
-def _refuse_a_refusing_redis(settings: Settings) -> None:
-    """Before serving or deciding: one line when Redis answers but refuses this process (its password, database or
-    TLS files); a Redis that does not answer is an outage, which the process starts into."""
-    from playgate.doctor import redis_refusal
-
-    problem = _run(lambda: redis_refusal(settings))
+    problem = _run(first)
     if problem is not None:
         raise click.ClickException(problem)
 
@@ -194,8 +192,9 @@ def _serve(settings: Settings, role: Role = Role.serve) -> None:
     _refuse_an_address_in_use(settings)
     _logging(settings)
     _wait_for_database(settings, migrated=role is not Role.serve)
-    _refuse_demo_passwords(settings)
-    _refuse_a_refusing_redis(settings)
+    from playgate.doctor import demo_password_problem, redis_refusal
+
+    _refuse(demo_password_problem, redis_refusal, settings=settings)
     server = uvicorn.Server(server_config(settings, create_app(settings, role=role, secret=secret)))
     # uvicorn handles SIGINT and SIGTERM (graceful shutdown), then raises the signal again under the handlers it
     # found: these let the process end there with status 0, not with a KeyboardInterrupt ("Aborted!") or killed.
@@ -266,7 +265,9 @@ def worker() -> None:
     """
     settings = _distributed_only("worker")
     _logging(settings)
-    _refuse_a_refusing_redis(settings)
+    from playgate.doctor import redis_refusal
+
+    _refuse(redis_refusal, settings=settings)
     _run(lambda: run_worker(settings))
 
 

@@ -330,7 +330,8 @@ class PlayGate:
         kinds = await self._kinds(video_id)
         device = self._device(user.id, device_id, device_secret)
         away = is_away(client_address, user.household)
-        trace = tracing.parent() if self._traced else ""  # the worker's span joins the caller's trace
+        request_id = owned_id(user.id)
+        trace = tracing.joined(request_id) if self._traced else ""  # the worker's span joins the caller's trace
 
         def request(request_id: str) -> PlayRequest:
             return PlayRequest(
@@ -348,9 +349,6 @@ class PlayGate:
                 trace=trace,
             )
 
-        request_id = owned_id(user.id)
-        if self._traced:
-            tracing.annotate(request_id)
         if self._outage.decides_without_store():
             return self._told(await self._outage_play(request(request_id)), issued=device_id is None)
         try:

@@ -135,14 +135,16 @@ def route_named(route: str, method: str | None) -> None:
         span.set_attribute("http.route", route)
 
 
-def parent() -> str:
-    """The W3C traceparent of the current span, for the queued request to carry ("" outside a sampled trace)."""
+def joined(request_id: str) -> str:
+    """Name the play request on the current HTTP span (to find its decision's span), and give the W3C traceparent
+    the queued request carries for the worker's span ("" outside a trace)."""
     from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return ""
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    trace.get_current_span().set_attribute("playgate.request_id", request_id)
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier.get("traceparent", "")
 
 
 def decided(request: PlayRequest, decision: Decision, *, ended: int, attempts: int, batch: int, now: float) -> None:
@@ -173,10 +175,3 @@ def decided(request: PlayRequest, decision: Decision, *, ended: int, attempts: i
         },
     )
     span.end(end_time=int(max(now, request.accepted_at) * 1e9))
-
-
-def annotate(request_id: str) -> None:
-    """Name the play request on the current HTTP span, to find its decision's span."""
-    from opentelemetry import trace
-
-    trace.get_current_span().set_attribute("playgate.request_id", request_id)

@@ -139,6 +139,23 @@ async def test_with_edge_signing_the_decisions_playback_token_carries_a_heartbea
             lock.close()
 
 
+async def _playing_on_tv(client: httpx.AsyncClient) -> dict[str, Any]:
+    """The user's play of video 1 on its tv, allowed."""
+    first: dict[str, Any] = (
+        await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": "tv"})
+    ).json()
+    assert first["status"] == "allowed", first
+    return first
+
+
+async def _stopped_and_recorded(client: httpx.AsyncClient, user_id: str, stream_id: str) -> None:
+    """The stream is gone and its one end recorded `stopped` (the write-back came first)."""
+    assert (await client.get("/v1/streams")).json() == []
+    page = (await client.get(f"/v1/users/{user_id}/events")).json()["events"]
+    ends = [(e["streamId"], e["outcome"]) for e in page if e["kind"] == "stream_end"]
+    assert ends == [(stream_id, "stopped")], page
+
+
 @pytest.mark.usefixtures("short_busy_timeout")
 async def test_a_stop_that_begins_the_outage_is_written_back(tmp_path: Path) -> None:
     """The first call the locked file refuses is a player's stop: answered 204 from the lease cache, and written
@@ -146,15 +163,11 @@ async def test_a_stop_that_begins_the_outage_is_written_back(tmp_path: Path) -> 
     async with served(tmp_path, PLAYGATE_OUTAGE_POLICY="deny") as base_url:
         user = await _user(base_url, limit=1)
         async with api_client(base_url, user.token) as client:
-            first = (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": "tv"})).json()
-            assert first["status"] == "allowed", first
+            first = await _playing_on_tv(client)
             with _locked(tmp_path):
                 assert (await client.delete(f"/v1/streams/{first['streamId']}")).status_code == 204
                 assert (await client.get("/readyz")).json()["outage"].startswith("grace:")
-            assert (await client.get("/v1/streams")).json() == []  # the write-back comes first
-            page = (await client.get(f"/v1/users/{user.id}/events")).json()["events"]
-            ends = [(e["streamId"], e["outcome"]) for e in page if e["kind"] == "stream_end"]
-            assert ends == [(first["streamId"], "stopped")], page
+            await _stopped_and_recorded(client, user.id, first["streamId"])
 
 
 @pytest.mark.usefixtures("short_busy_timeout")
@@ -187,12 +200,8 @@ async def test_a_stop_taken_in_the_outage_is_written_back_by_a_process_stopping_
     async with served(tmp_path, PLAYGATE_OUTAGE_POLICY="deny") as base_url:
         user = await _user(base_url, limit=1)
         async with api_client(base_url, user.token) as client:
-            first = (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": "tv"})).json()
-            assert first["status"] == "allowed", first
+            first = await _playing_on_tv(client)
             with _locked(tmp_path):
                 assert (await client.delete(f"/v1/streams/{first['streamId']}")).status_code == 204
     async with served(tmp_path) as base_url, api_client(base_url, user.token) as client:
-        assert (await client.get("/v1/streams")).json() == []
-        page = (await client.get(f"/v1/users/{user.id}/events")).json()["events"]
-        ends = [(e["streamId"], e["outcome"]) for e in page if e["kind"] == "stream_end"]
-        assert ends == [(first["streamId"], "stopped")], page
+        await _stopped_and_recorded(client, user.id, first["streamId"])

@@ -103,7 +103,7 @@ class HttpEdge:
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *extra_headers]
                 if self.on_route is not None:  # now: the span ends as the answer's last part is sent
-                    self._name_route(scope)
+                    self._name_route(scope, self.on_route)
             await send(message)
 
         try:
@@ -144,10 +144,11 @@ class HttpEdge:
 
         return replay
 
-    def _name_route(self, scope: Scope) -> None:
+    @staticmethod
+    def _name_route(scope: Scope, on_route: Callable[[str, str | None], None]) -> None:
         path = getattr(scope.get("route"), "path", None)
-        if path is not None and self.on_route is not None:
-            self.on_route(path, scope.get("method"))
+        if path is not None:
+            on_route(path, scope.get("method"))
 
     def _observe(self, scope: Scope, status: int, duration_s: float) -> None:
         route: Any = scope.get("route")

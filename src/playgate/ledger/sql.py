@@ -586,7 +586,7 @@ class SqlLedger:
         with self._write(conn):
             now = self._clock()
             live, expired = _live_and_expired(conn.execute(STOP_VIDEO, (video_id,)).fetchall(), now)
-            stopped = sorted(live, key=lambda s: (s.started_at, s.id))
+            stopped = by_age(live)
             self._ended(conn, _ends(stopped, reason) + expired, now)
         return stopped
 
