@@ -64,7 +64,13 @@ async def test_the_api_waits_for_a_database_that_comes_up_late(
     try:
         assert not await ready(api.base_url, 2.0)
         assert api.proc.poll() is None, api.log()
+        # Said once the process has started (its imports take seconds on a loaded machine): asked until then.
+        for _ in range(int(READY_WITHIN_S / 0.2)):
+            if "waiting for the database: cannot connect to postgresql://" in api.log():
+                break
+            await asyncio.sleep(0.2)
         assert "waiting for the database: cannot connect to postgresql://" in api.log()
+        assert not await ready(api.base_url, 0.5)  # still waiting, not serving
         proxy.restore()
         assert await ready(api.base_url, READY_WITHIN_S), api.log()
     finally:
