@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,11 +29,40 @@ def share_media_dir(folder: Path) -> None:
     _shared_media_dir[:] = [folder]
 
 
+# The test servers' ports, below the kernel's ephemeral range (32768-60999 on Linux) and the Redis Cluster nodes'
+# (20000 and up, tests/support/redis_cluster.py): a port the kernel hands out (bind to 0) can be taken, before the
+# server starts, as the source port of any outgoing connection of the suite (a clean-clone run once lost
+# `make run` that way, "Address already in use"). Each xdist worker has half of the range, and a process never
+# hands out the same port twice, so the suite's workers cannot pick one another's ports either.
+PORT_RANGE = (10000, 20000)
+_handed_out: set[int] = set()
+
+
+def _worker_ports() -> range:
+    low, high = PORT_RANGE
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    share = (high - low) // count
+    start = low + share * (int(worker) % count if worker.isdigit() else 0)
+    return range(start, start + share)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now, that no other test of the session was given."""
+    ports = _worker_ports()
+    first = random.randrange(len(ports))
+    for step in range(len(ports)):
+        port = ports[(first + step) % len(ports)]
+        if port in _handed_out:
+            continue
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {ports}")
 
 
 @dataclass
