@@ -105,7 +105,7 @@ def _serve_group(settings: Settings) -> None:
             "several `playgate api` and `playgate worker` instead"
         )
     secret = _preflight(settings)
-    _refuse_an_address_in_use(settings)
+    _refuse_an_address_in_use(settings, probes=True)
     _logging(settings)
     _run(lambda: run_group(settings, secret))
 
@@ -150,21 +150,31 @@ def _wait_for_database(settings: Settings, *, migrated: bool) -> None:
         _run(lambda: wait_for_database(settings, migrated=migrated))
 
 
-def _refuse_an_address_in_use(settings: Settings) -> None:
-    """Before serving: one line naming the setting when the host is not an address of this machine, or the port is
-    taken (uvicorn said `[Errno 98] error while attempting to bind`, naming neither)."""
-    try:
-        family = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0][0]
-    except socket.gaierror as exc:
-        said = f"{settings.host!r} is not an address to listen on ({exc.strerror})"
-        raise click.ClickException(f"PLAYGATE_HOST: {said}") from None
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+def _refuse_an_address_in_use(settings: Settings, *, port: bool = True, probes: bool = False) -> None:
+    """Before serving: one line naming the setting when the host is not an address of this machine, or a port this
+    command listens on (`port`: PLAYGATE_PORT; `probes`: PLAYGATE_METRICS_PORT, when set) is taken (uvicorn said
+    `[Errno 98] error while attempting to bind`, naming neither)."""
+    ports = [("PLAYGATE_PORT", settings.port)] if port else []
+    if probes and settings.metrics_port is not None:
+        if port and settings.metrics_port == settings.port:
+            raise click.ClickException(
+                f"PLAYGATE_METRICS_PORT: {settings.metrics_port} is PLAYGATE_PORT too; the probes and /metrics "
+                "need a port of their own"
+            )
+        ports.append(("PLAYGATE_METRICS_PORT", settings.metrics_port))
+    for variable, number in ports:
         try:
-            probe.bind((settings.host, settings.port))
-        except OSError as exc:
-            where = f"{settings.host}:{settings.port}"
-            raise click.ClickException(f"PLAYGATE_PORT: cannot listen on {where} ({exc.strerror})") from None
+            family = socket.getaddrinfo(settings.host, number, type=socket.SOCK_STREAM)[0][0]
+        except socket.gaierror as exc:
+            said = f"{settings.host!r} is not an address to listen on ({exc.strerror})"
+            raise click.ClickException(f"PLAYGATE_HOST: {said}") from None
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is free
+            try:
+                probe.bind((settings.host, number))
+            except OSError as exc:
+                where = f"{settings.host}:{number}"
+                raise click.ClickException(f"{variable}: cannot listen on {where} ({exc.strerror})") from None
 
 
 def _refuse(*finds: Callable[[Settings], Awaitable[str | None]], settings: Settings) -> None:
@@ -268,6 +278,7 @@ def worker() -> None:
     from playgate.doctor import redis_refusal
 
     _refuse(redis_refusal, settings=settings)
+    _refuse_an_address_in_use(settings, port=False, probes=True)
     _run(lambda: run_worker(settings))
 
 

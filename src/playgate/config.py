@@ -237,7 +237,7 @@ class Settings(BaseSettings):
         ge=1,
         le=65535,
         description="`playgate worker` (and the owner process of `serve --processes N`) serves /healthz, /readyz "
-        "and /metrics on this port.",
+        "and /metrics on this port (not PLAYGATE_PORT; a port in use is refused at start).",
     )
     log_format: LogFormat = Field(
         LogFormat.auto, description="`json` (one object per line), `console`, or `auto`: console on a terminal."

@@ -151,6 +151,33 @@ def test_a_port_in_use_or_a_host_that_is_no_address_is_one_line_naming_it(tmp_pa
     assert "Traceback" not in result.stderr + wrong.stderr
 
 
+def test_the_probes_port_is_checked_by_the_commands_that_serve_it(tmp_path: Path) -> None:
+    """PLAYGATE_METRICS_PORT, served by a worker and by a process group's owner: the same port as PLAYGATE_PORT, or
+    one taken, is one line naming it before anything starts (uvicorn's bind error named neither, and the group's
+    members were up by then)."""
+    port = free_port()
+    group = run_playgate(
+        tmp_path, "serve", "--processes", "2", PLAYGATE_PORT=str(port), PLAYGATE_METRICS_PORT=str(port)
+    )
+    assert group.returncode == 1
+    assert f"Error: PLAYGATE_METRICS_PORT: {port} is PLAYGATE_PORT too" in group.stderr, group.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        probes = taken.getsockname()[1]
+        # a Redis that does not answer is an outage the worker starts into: the port is what stops it
+        worker = run_playgate(
+            tmp_path,
+            "worker",
+            PLAYGATE_REDIS_URL=f"redis://127.0.0.1:{free_port()}",
+            PLAYGATE_METRICS_PORT=str(probes),
+        )
+    assert worker.returncode == 1
+    said = f"Error: PLAYGATE_METRICS_PORT: cannot listen on 127.0.0.1:{probes} (Address already in use)"
+    assert said in worker.stderr, worker.stderr
+    assert "Traceback" not in group.stderr + worker.stderr
+
+
 def test_the_platforms_key_set_is_fetched_and_one_that_cannot_be_is_a_failure(tmp_path: Path) -> None:
     assert doctor(tmp_path, "db", "upgrade")[0] == 0
     idp = IdentityProvider([new_key("doctor-rsa"), new_key("doctor-ec", "ES256")]).start()
