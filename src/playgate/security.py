@@ -157,11 +157,16 @@ class TokenIssuer:
 
 @dataclass(frozen=True, slots=True)
 class PlaybackClaims:
-    """What a valid playback token says: whose stream, which stream, which video."""
+    """What a valid playback token says: whose stream, which stream, which video; and, in tokens issued since they
+    were added, which device plays it and when it started (epoch seconds), so that a process that honours the
+    stream from its token alone during an outage knows it as the store did (a decision's token names the
+    decision's instant: its stream's start, or later when the device asked again for the stream it plays)."""
 
     user_id: str
     stream_id: str
     video_id: str
+    device_id: str = ""
+    started_at: float | None = None
 
 
 def _b64(data: bytes) -> bytes:
@@ -186,8 +191,18 @@ class PlaybackTokens:
         # The HMAC state after the key, copied for each token: one token signed per allowed decision.
         self._signer = hmac.new(self._keys[0].encode(), digestmod=hashlib.sha256)
 
-    def issue(self, *, user_id: str, stream_id: str, video_id: str, now: float) -> str:
-        """A signed token for one stream, valid for ttl_s from `now`."""
+    def issue(
+        self,
+        *,
+        user_id: str,
+        stream_id: str,
+        video_id: str,
+        now: float,
+        device_id: str = "",
+        started_at: float | None = None,
+    ) -> str:
+        """A signed token for one stream, valid for ttl_s from `now`; it names the stream's device and start when
+        given."""
         payload: dict[str, object] = {
             "sub": user_id,
             "sid": stream_id,
@@ -195,6 +210,10 @@ class PlaybackTokens:
             "aud": PLAYBACK_AUDIENCE,
             "exp": int(now) + self.ttl_s,
         }
+        if device_id:
+            payload["dev"] = device_id
+        if started_at is not None:
+            payload["st"] = started_at
         # The JWT PyJWT's jwt.encode writes (the same header, claims in this order, compact JSON), made here: a
         # third of its cost, on every allowed decision. check() verifies it with PyJWT.
         signing_input = _PLAYBACK_HEADER + _b64(orjson.dumps(payload))
@@ -224,7 +243,16 @@ class PlaybackTokens:
         claims = (payload.get("sub"), payload.get("sid"), payload.get("vid"))
         if not all(isinstance(c, str) and c for c in claims):
             raise Unauthorized("The playback token names no stream.")
-        found = PlaybackClaims(user_id=str(claims[0]), stream_id=str(claims[1]), video_id=str(claims[2]))
+        device, started = payload.get("dev", ""), payload.get("st")
+        if not isinstance(device, str) or not (started is None or type(started) in (int, float)):
+            raise Unauthorized("The playback token is not valid.")
+        found = PlaybackClaims(
+            user_id=str(claims[0]),
+            stream_id=str(claims[1]),
+            video_id=str(claims[2]),
+            device_id=device,
+            started_at=None if started is None else float(started),
+        )
         return self._checked.keep(token, found, float(payload["exp"]))
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from playgate import imports, tracing
@@ -518,7 +518,7 @@ class PlayGate:
         """Renew one of the caller's streams (anyone's for an admin or a `plays` key); 404 when it is no longer
         active. `playback`: the claims of the stream's playback token (checked by the caller), when the player
         sent it: while the ledger's store does not answer, the stream is honoured from them even on a process
-        that never saw it (the token names its user and video)."""
+        that never saw it (the token names its user, video, device and start)."""
         owner = principal.user.id if principal.user is not None else None
         if principal.stops_any:
             if playback is not None:
@@ -528,25 +528,26 @@ class PlayGate:
                 owner = stream.user_id if stream is not None else owner
         if owner is None:
             raise NotFound(f"Stream {stream_id!r} is not active.")
-        video_id = playback.video_id if playback is not None and playback.user_id == owner else None
-        return await self.renew(stream_id, owner, video_id=video_id)
+        return await self.renew(stream_id, owner, playback=playback if playback and playback.user_id == owner else None)
 
-    async def renew(self, stream_id: str, user_id: str, *, slack: float = 0.0, video_id: str | None = None) -> Stream:
+    async def renew(
+        self, stream_id: str, user_id: str, *, slack: float = 0.0, playback: PlaybackClaims | None = None
+    ) -> Stream:
         """Renew a stream of `user_id` (any heartbeat: HTTP, socket, media request); NotFound once it has ended,
         naming why (`reason`) when that is known.
 
         While the ledger's store does not answer, a stream this process knows (or whose playback token, sent with
-        the media request or the heartbeat, names its `video_id`) is renewed here for up to PLAYGATE_OUTAGE_GRACE
-        (the outage policy), and counted here from then on; beyond it, or for a stream unknown here without a
-        token, Unavailable (503)."""
+        the media request or the heartbeat, gives its claims as `playback`: its video, device and start) is renewed
+        here for up to PLAYGATE_OUTAGE_GRACE (the outage policy), and counted here from then on; beyond it, or for a
+        stream unknown here without a token, Unavailable (503)."""
         if not self._outage.should_try_store():
-            return self._honour(stream_id, user_id, video_id, None)
+            return self._honour(stream_id, user_id, playback, None)
         try:
             await self._store_back()
             stream = await self._renew_stored(stream_id, user_id, slack=slack)
         except Unavailable as exc:
             self._outage.store_down(exc)
-            return self._honour(stream_id, user_id, video_id, exc)
+            return self._honour(stream_id, user_id, playback, exc)
         except NotFound:
             self._outage.forget([stream_id])
             raise
@@ -554,8 +555,13 @@ class PlayGate:
         await self._store_up()
         return stream
 
-    def _honour(self, stream_id: str, user_id: str, video_id: str | None, exc: Unavailable | None) -> Stream:
-        stream = self._outage.honour(stream_id, user_id, video_id)
+    def _honour(self, stream_id: str, user_id: str, playback: PlaybackClaims | None, exc: Unavailable | None) -> Stream:
+        told = None
+        if playback is not None and playback.stream_id == stream_id and playback.user_id == user_id:
+            now = self._clock()
+            started = now if playback.started_at is None else playback.started_at
+            told = Stream(stream_id, user_id, playback.video_id, playback.device_id, started, now)
+        stream = self._outage.honour(stream_id, user_id, told)
         if stream is None:
             if self._outage.mode() is Mode.expired:
                 raise Unavailable(
@@ -594,7 +600,7 @@ class PlayGate:
         if work is None:
             return
         try:
-            restored = await self._ledger.restore(work.streams)
+            restored = await self._ledger.restore(await self._with_kinds(work.streams, work.told))
             await self._ledger.keep(work.decisions)
             stops = 0
             for stream_id, stop in work.stopped.items():
@@ -620,6 +626,18 @@ class PlayGate:
             len(work.decisions),
             stops,
         )
+
+    async def _with_kinds(self, streams: list[Stream], told: set[str]) -> list[Stream]:
+        """The streams to write back, those known from their playback token alone (`told`) given their video's kind
+        tags from the catalogue, so that the kind caps count them if the store lost them (one it still holds keeps
+        its own); without a catalogue answer, none."""
+        kinds: dict[str, tuple[str, ...]] = {}
+        for video_id in {s.video_id for s in streams if s.id in told}:
+            try:
+                kinds[video_id] = await self._kinds(video_id)
+            except (NotFound, Unavailable):
+                kinds[video_id] = ()
+        return [replace(s, kinds=kinds[s.video_id]) if s.id in told else s for s in streams]
 
     async def _stop_deferred(self, stream_id: str, stop: DeferredStop) -> list[Stream]:
         """Apply a stop the outage deferred, unless the stream was played again since: the store still held it, so

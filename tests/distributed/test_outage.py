@@ -130,6 +130,39 @@ async def _beat_where_never_seen(
     return held
 
 
+async def _uhd_viewer(base_url: str, admin: httpx.AsyncClient) -> tuple[TestUser, str]:
+    """A user whose plan allows 2 streams, 1 of them UHD, and a UHD video."""
+    plan = await admin.post("/v1/plans", json={"name": "2 screens, 1 in UHD", "maxStreams": 2, "kinds": {"uhd": 1}})
+    assert plan.status_code == 201, plan.text
+    video = await admin.put("/v1/videos/uhd-1", json={"title": "UHD", "url": "/uhd.mp4", "kinds": ["uhd"]})
+    assert video.status_code in (200, 201), video.text
+    return await new_user(base_url, admin, limit=None, plan=plan.json()["id"]), "uhd-1"
+
+
+async def _beat_with_token(client: httpx.AsyncClient, play: dict[str, Any]) -> httpx.Response:
+    return await client.post(f"/v1/streams/{play['streamId']}/heartbeat", headers={"X-Playback-Token": _token(play)})
+
+
+async def _uhd_stream_written_back_whole(
+    on_deny: httpx.AsyncClient,
+    on_allow: httpx.AsyncClient,
+    play: dict[str, Any],
+    before: list[dict[str, Any]],
+    video_id: str,
+) -> None:
+    """The UHD stream that only B kept playing, from its playback token, is written back into the emptied Redis
+    as it was: its device and start (the token names them), and its kind, so that the UHD cap still counts it (the
+    same title on a second device is denied, where the total would allow it). Its heartbeats keep it alive."""
+    assert (await _beat_with_token(on_allow, play)).status_code == 200
+    listed = (await on_deny.get("/v1/streams")).json()
+    assert [(s["id"], s["deviceId"], s["startedAt"]) for s in listed] == [
+        (s["id"], s["deviceId"], s["startedAt"]) for s in before
+    ], listed
+    assert listed[0]["deviceId"] == "living-room"
+    second = await _play(on_deny, video_id, "phone")
+    assert (second["status"], second["reason"]) == ("denied", "kind_limit:uhd"), second
+
+
 async def _webhooks(receiver: Receiver, wanted: set[tuple[str, str]]) -> None:
     """Wait until every (type, webhook-id) of `wanted` was delivered, signed."""
     deadline = time.monotonic() + BACK_DEADLINE_S
@@ -154,11 +187,19 @@ async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> Non
         admin = await admin_client(deny.base_url)
         watchers: list[TestUser] = [await new_user(deny.base_url, admin, limit=1) for _ in range(3)]
         latecomer = await new_user(deny.base_url, admin, limit=1)
+        uhd_viewer, uhd_video = await _uhd_viewer(deny.base_url, admin)
         await admin.aclose()
         on_deny = [api_client(deny.base_url, u.token) for u in watchers]
         clients += on_deny
         plays = [await _play(c, "1", "tv") for c in on_deny]
         assert all(p["status"] == "allowed" for p in plays), plays
+        # A UHD stream started on A, whose heartbeats reach only B through the outage (with its playback token).
+        uhd_on_deny = api_client(deny.base_url, uhd_viewer.token)
+        uhd_on_allow = api_client(allow.base_url, uhd_viewer.token)
+        clients += [uhd_on_deny, uhd_on_allow]
+        uhd_play = await _play(uhd_on_deny, uhd_video, "living-room")
+        assert uhd_play["status"] == "allowed", uhd_play
+        uhd_before = (await uhd_on_deny.get("/v1/streams")).json()
         # The first watcher also asks on B during the outage: B does not know its stream on A. The second
         # watcher's heartbeats reach B too (a balancer's choice): B never saw that stream either.
         first_on_allow = api_client(allow.base_url, watchers[0].token)
@@ -179,6 +220,7 @@ async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> Non
             rounds += 1
             for client, play in zip(on_deny, plays, strict=True):
                 assert await _watch(client, play) == (200, 204), f"round {rounds}: {play['streamId']}"
+            assert (await _beat_with_token(uhd_on_allow, uhd_play)).status_code == 200, f"round {rounds}"
             await asyncio.sleep(ROUND_PAUSE_S)
         assert rounds >= 2
 
@@ -213,6 +255,7 @@ async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> Non
         for _ in range(MAX_ROUNDS):
             for client, play in zip(on_deny[:2], plays[:2], strict=True):
                 assert await _watch(client, play) == (200, 204), play["streamId"]
+            assert (await _beat_with_token(uhd_on_allow, uhd_play)).status_code == 200
             beat = await first_on_allow.post(f"/v1/streams/{extra['streamId']}/heartbeat")
             assert beat.status_code in (200, 404), beat.text
             if beat.status_code == 404:
@@ -248,6 +291,7 @@ async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> Non
         assert kept.json()["status"] == "allowed", kept.text
         streams = await on_deny[0].get("/v1/streams")
         assert [s["id"] for s in streams.json()] == [plays[0]["streamId"]]
+        await _uhd_stream_written_back_whole(uhd_on_deny, uhd_on_allow, uhd_play, uhd_before, uhd_video)
 
         ready = await on_deny[0].get("/readyz")
         assert ready.status_code == 200, ready.text

@@ -33,6 +33,11 @@ def stream(sid: str = "s1", user: str = "u1", expires_at: float = T0 + LEASE_S) 
     return Stream(sid, user, "v1", "tv", T0 - 10, expires_at)
 
 
+def told(sid: str = "s1", user: str = "u1") -> Stream:
+    """A stream as its playback token tells it (video, device, start), its lease to be set by the outage."""
+    return Stream(sid, user, "v1", "tv", T0 - 10, T0)
+
+
 def request(rid: str = "r1", device: str = "phone") -> PlayRequest:
     return PlayRequest(rid, "u1", "v2", device, accepted_at=T0, replace_device_stream=True)
 
@@ -60,22 +65,22 @@ def test_modes_follow_the_store_and_the_grace() -> None:
 
 
 @pytest.mark.parametrize(
-    ("known", "user", "video", "honoured"),
+    ("known", "user", "token", "honoured"),
     [
         (stream(), "u1", None, True),  # renewed or admitted here
-        (None, "u1", "v1", True),  # unknown here, but a valid playback token names it
+        (None, "u1", told(), True),  # unknown here, but a valid playback token names it
         (None, "u1", None, False),  # unknown here, no token: a heartbeat of a stream never seen
         (stream(), "u2", None, False),  # another user's stream
         (stream(expires_at=T0 - 1), "u1", None, False),  # ended before the outage began
     ],
 )
-def test_which_streams_are_honoured(known: Stream | None, user: str, video: str | None, honoured: bool) -> None:
+def test_which_streams_are_honoured(known: Stream | None, user: str, token: Stream | None, honoured: bool) -> None:
     state, clock, _ = outage()
     if known is not None:
         state.remember([known])
     state.store_down(Unavailable("gone"))
     clock.now += 60
-    renewed = state.honour("s1", user, video)
+    renewed = state.honour("s1", user, token)
     assert (renewed is not None) is honoured
     if renewed is not None:
         assert renewed.expires_at == clock.now + LEASE_S
@@ -150,7 +155,7 @@ def test_a_stream_seen_only_in_a_playback_token_counts_from_then_on() -> None:
     playback token: honoured, and the stream counts against the user's limit for new plays decided here."""
     state, _, _ = outage(OutagePolicy.allow)
     state.store_down(Unavailable("gone"))
-    assert state.honour("s1", "u1", "v1") is not None
+    assert state.honour("s1", "u1", told()) is not None
     denied = state.decide(request("r1", "phone"), limit=1).decision
     assert (denied.status, denied.reason, denied.active) == (Status.denied, Reason.limit_reached, 1)
 
@@ -181,7 +186,25 @@ def test_a_stream_known_ended_is_never_honoured_not_even_from_its_playback_token
     state.store_down(Unavailable("gone"))
     clock.now += 60
     assert state.honour("s1", "u1") is None
-    assert state.honour("s3", "u1", "v1") is None  # a valid playback token names it: refused all the same
+    assert state.honour("s3", "u1", told("s3")) is None  # a valid playback token names it: refused all the same
     assert state.honour("s2", "u1") is not None
     state.remember([stream("s3")])  # the store gives it again (a later play of the same stream id): it plays
     assert state.honour("s3", "u1") is not None
+
+
+def test_a_stream_known_from_its_token_alone_is_written_back_as_the_token_tells_it() -> None:
+    """Its device and start come from the token; it is marked `told`, so that the write-back adds its video's kinds
+    (a store that lost it would otherwise hold it without them, and the kind caps would not count it)."""
+    state, clock, _ = outage()
+    state.remember([stream("s2")])
+    state.store_down(Unavailable("gone"))
+    clock.now += 60
+    assert state.honour("s1", "u1", told()) is not None
+    assert state.honour("s2", "u1") is not None
+    work = state.store_up()
+    assert work is not None
+    assert {(s.id, s.device_id, s.started_at, s.expires_at) for s in work.streams} == {
+        ("s1", "tv", T0 - 10, clock.now + LEASE_S),
+        ("s2", "tv", T0 - 10, clock.now + LEASE_S),
+    }
+    assert work.told == {"s1"}

@@ -195,7 +195,7 @@ async def heartbeat_ack(
         if token is not None and content is None:
             raise Invalid("This socket takes no playback token.", field="playbackToken")
         claims = content().heartbeat_claims(token, stream_id, user_id, field="playbackToken") if content else None
-        stream = await gate.renew(stream_id, user_id, video_id=claims.video_id if claims is not None else None)
+        stream = await gate.renew(stream_id, user_id, playback=claims)
     except PlayGateError as exc:
         return error_fields(exc)
     ack = {"streamId": stream.id, "expiresAt": iso(stream.expires_at)}

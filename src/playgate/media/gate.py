@@ -57,21 +57,32 @@ class PlaybackLinks:
         self.tokens = tokens
         self.signer = signer
 
-    def for_stream(self, *, stream_id: str, user_id: str, video_id: str, now: float) -> Playback:
+    def for_stream(self, stream: Stream, now: float) -> Playback:
         """A fresh playback URL and token for one stream: the token the URL carries, or, with edge signing, one
-        issued beside the edge's link (which carries none), for the heartbeats of an outage."""
-        token = self.tokens.issue(user_id=user_id, stream_id=stream_id, video_id=video_id, now=now)
+        issued beside the edge's link (which carries none), for the heartbeats of an outage. The token names the
+        stream's user, video, device and start."""
+        token = self.tokens.issue(
+            user_id=stream.user_id,
+            stream_id=stream.id,
+            video_id=stream.video_id,
+            now=now,
+            device_id=stream.device_id,
+            started_at=stream.started_at,
+        )
         if self.signer is not None:
-            return Playback(self.signer.url(stream_id=stream_id, video_id=video_id, now=now), token)
+            return Playback(self.signer.url(stream_id=stream.id, video_id=stream.video_id, now=now), token)
         return Playback(play_url(token), token)
 
     def for_decision(self, decision: Decision, now: float) -> Playback | None:
-        """The playback of an allowed decision; None for a denial."""
+        """The playback of an allowed decision (its stream started at the decision's instant, or earlier when the
+        device asked again for the stream it plays); None for a denial."""
         if decision.status is not Status.allowed or decision.stream_id is None:
             return None
-        return self.for_stream(
-            stream_id=decision.stream_id, user_id=decision.user_id, video_id=decision.video_id, now=now
+        expires_at = decision.decided_at if decision.expires_at is None else decision.expires_at
+        stream = Stream(
+            decision.stream_id, decision.user_id, decision.video_id, decision.device_id, decision.decided_at, expires_at
         )
+        return self.for_stream(stream, now)
 
 
 class ContentGate:
@@ -98,9 +109,7 @@ class ContentGate:
     def playback_for(self, stream: Stream) -> Playback:
         """A fresh playback URL and token for an active stream (heartbeat answers carry them: with edge signing,
         that is how a playing client gets a link that outlives the one it has)."""
-        return self.links.for_stream(
-            stream_id=stream.id, user_id=stream.user_id, video_id=stream.video_id, now=self._clock()
-        )
+        return self.links.for_stream(stream, self._clock())
 
     def playback_for_decision(self, decision: Decision) -> Playback | None:
         """The playback URL and token of an allowed decision; None for a denial."""
@@ -184,10 +193,8 @@ class ContentGate:
         if claims.stream_id != stream_id or (video_id is not None and claims.video_id != video_id):
             raise Forbidden("This playback token is for another stream.")
         try:
-            # The token's video lets the outage policy honour the stream while the ledger is down.
-            return await self.gate.renew(
-                claims.stream_id, claims.user_id, slack=MEDIA_RENEW_SLACK, video_id=claims.video_id
-            )
+            # The token's claims let the outage policy honour the stream while the ledger is down.
+            return await self.gate.renew(claims.stream_id, claims.user_id, slack=MEDIA_RENEW_SLACK, playback=claims)
         except NotFound as exc:
             reason = exc.extra.get("reason")  # why it ended, when known
             why = f" ({reason})" if reason is not None else ""
