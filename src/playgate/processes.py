@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import uvicorn
 
 from playgate.bus.hub import Hub, MemberLink, Relay
-from playgate.bus.local import LocalQueue
+from playgate.bus.local import QUEUE_KEEP_FILE, LocalQueue
 from playgate.config import Settings
 from playgate.errors import ConfigError
 from playgate.metrics import Metrics
@@ -325,7 +325,7 @@ async def run_group(settings: Settings, secret: str, *, clock: Callable[[], floa
     """The owner of `playgate serve --processes N`: until SIGTERM or SIGINT, then members first, the worker (which
     decides all that is queued) last."""
     listener = listening_socket(settings.host, settings.port)
-    hub = Hub(LocalQueue())
+    hub = Hub(LocalQueue(settings.data_dir / QUEUE_KEEP_FILE))
     try:
         runtime = await Runtime.start(
             settings,

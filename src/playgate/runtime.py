@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from playgate import tracing, webhooks
 from playgate.audit import AuditTrail, ChangeFeed, ChangeJournal, LedgerEvents, Retention
 from playgate.bus.hub import GroupFanout, Hub, MemberFanout, MemberLink, MemberQueue
-from playgate.bus.local import LocalFanout, LocalQueue
+from playgate.bus.local import QUEUE_KEEP_FILE, LocalFanout, LocalQueue
 from playgate.bus.protocol import (
     Emitter,
     Fanout,
@@ -249,7 +249,7 @@ def open_backends(
         return ledger, MemberQueue(group), member_fanout
     return (
         ledger,
-        LocalQueue(),
+        LocalQueue(settings.data_dir / QUEUE_KEEP_FILE),
         LocalFanout(emitter, playback=playback, conflicts=conflicts, to_every_user_room=to_every_user_room),
     )
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from playgate.bus.local import LocalQueue
+from playgate.bus.local import QUEUE_KEEP_FILE, LocalQueue
 from playgate.bus.protocol import RequestQueue
 from playgate.bus.redis import RedisQueue
 from playgate.domain import PlayRequest
@@ -82,3 +83,25 @@ async def test_take_waits_at_most_wait_s_on_an_empty_queue(queue: RequestQueue) 
     assert 0.2 <= time.monotonic() - started < 2.0
     assert await queue.take(5, wait_s=0) == []
     await queue.ping()
+
+
+async def test_the_embedded_queue_keeps_what_is_undecided_for_the_next_queue_on_its_file(tmp_path: Path) -> None:
+    """Closed with requests in hand and queued (the worker could not decide them), the in-process queue writes them
+    to its keep file, in hand first; the next queue on that file takes them back first, skipping a line that is no
+    request, and removes the file. Closed with nothing undecided, it writes nothing."""
+    keep = tmp_path / QUEUE_KEEP_FILE
+    first = LocalQueue(keep)
+    for rid in ("a", "b", "c"):
+        await first.put(play(rid))
+    decided, in_hand = await first.take(1, wait_s=0), await first.take(1, wait_s=0)
+    await first.ack(decided)
+    assert [d.request.request_id for d in in_hand] == ["b"]
+    await first.close()
+    keep.write_text(keep.read_text() + "not a request\n")
+    second = LocalQueue(keep)
+    assert not keep.exists()
+    assert await second.pending("b") == play("b")
+    assert [d.request for d in await second.take(10, wait_s=0)] == [play("b"), play("c")]
+    third = LocalQueue(keep)
+    await third.close()
+    assert not keep.exists()

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from playgate.bus.local import QUEUE_KEEP_FILE
+from playgate.bus.protocol import request_from_json
 from tests.support.clients import TestUser, admin_client, api_client, new_user
 from tests.support.inprocess import served
 
@@ -205,3 +207,27 @@ async def test_a_stop_taken_in_the_outage_is_written_back_by_a_process_stopping_
                 assert (await client.delete(f"/v1/streams/{first['streamId']}")).status_code == 204
     async with served(tmp_path) as base_url, api_client(base_url, user.token) as client:
         await _stopped_and_recorded(client, user.id, first["streamId"])
+
+
+@pytest.mark.usefixtures("short_busy_timeout")
+async def test_a_play_still_queued_when_the_process_stops_is_decided_by_the_next_start(tmp_path: Path) -> None:
+    """The file is still locked as the process stops, a play queued (answered 202): the in-memory queue keeps it in
+    the data dir instead of losing it, and the next start decides it (then the file is gone)."""
+    lock = sqlite3.connect(tmp_path / "playgate.sqlite3", isolation_level=None)
+    try:
+        async with served(tmp_path) as base_url:
+            user = await _user(base_url, limit=1)
+            async with api_client(base_url, user.token) as client:
+                lock.execute("BEGIN IMMEDIATE")  # held until the process has stopped
+                asked = await client.post("/v1/plays", params={"wait": 1}, json={"videoId": "1", "deviceId": "tv"})
+                assert asked.status_code == 202, asked.text
+    finally:
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+    keep = tmp_path / QUEUE_KEEP_FILE
+    assert [request_from_json(line).request_id for line in keep.read_text().splitlines()] == [asked.json()["requestId"]]
+    async with served(tmp_path) as base_url, api_client(base_url, user.token) as client:
+        answer = await _decided(client, asked.json()["requestId"])
+        assert (answer["status"], answer["videoId"], answer["deviceId"]) == ("allowed", "1", "tv"), answer
+        assert not keep.exists()

@@ -9,8 +9,7 @@ import orjson
 import pytest
 
 from playgate.api.schemas import ConflictOut, PlayOut
-from playgate.bus.protocol import Playback, conflict_message, decision_message
-from playgate.bus.redis import request_from_json, request_to_json
+from playgate.bus.protocol import Playback, conflict_message, decision_message, request_from_json, request_to_json
 from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import Decision, PlayRequest, Reason, Status, Stream
 

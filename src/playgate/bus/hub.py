@@ -36,8 +36,17 @@ from typing import Any
 import orjson
 
 from playgate.bus.local import LeanManager, LocalQueue
-from playgate.bus.protocol import EVERY_USER_ROOM, Conflicts, Emit, Emitter, EmittingFanout, PlaybackOf, user_room
-from playgate.bus.redis import request_from_json, request_to_json
+from playgate.bus.protocol import (
+    EVERY_USER_ROOM,
+    Conflicts,
+    Emit,
+    Emitter,
+    EmittingFanout,
+    PlaybackOf,
+    request_from_json,
+    request_to_json,
+    user_room,
+)
 from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import Decision, EndedStream, Outcome, PlayRequest
 from playgate.errors import Unavailable

@@ -6,26 +6,39 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
-from playgate.bus.protocol import Delivery, EmittingFanout
+from playgate.bus.protocol import Delivery, EmittingFanout, request_from_json, request_to_json
 from playgate.domain import Outcome, PlayRequest
 
 log = logging.getLogger("playgate.bus")
+# In the data dir: the requests an embedded process stopped without deciding, taken back by its next start.
+QUEUE_KEEP_FILE = "undecided-requests.ndjson"
 
 
 class LocalQueue:
-    """A FIFO in this process; requests in hand stay pending until acknowledged, released ones go first."""
+    """A FIFO in this process; requests in hand stay pending until acknowledged, released ones go first.
 
-    def __init__(self) -> None:
+    With a `keep` file (the embedded deployment's, in the data dir), the requests still undecided when the queue
+    closes (the worker could not decide them: the SQLite file was locked, full or failing as the process stopped)
+    are written there, and the next queue made on that file takes them back first, so that a request answered 202
+    is decided after a restart rather than lost with the process."""
+
+    def __init__(self, keep: Path | None = None) -> None:
         self._ready: deque[Delivery] = deque()
         self._in_hand: dict[str, Delivery] = {}
         self._pending: dict[str, PlayRequest] = {}
         self._arrived = asyncio.Event()
+        self._keep = keep
+        if keep is not None:
+            for request in _taken_back(keep):
+                self._pending[request.request_id] = request
+                self._ready.append(Delivery(request))
 
     async def put(self, request: PlayRequest) -> None:
         """Queue a request."""
@@ -73,7 +86,44 @@ class LocalQueue:
         """Always answers: it lives in this process."""
 
     async def close(self) -> None:
-        """Nothing to release."""
+        """Keep what is still undecided (in hand first, then queued, in their order) in the `keep` file."""
+        undecided = [d.request for d in self._in_hand.values()] + [d.request for d in self._ready]
+        if self._keep is None or not undecided:
+            return
+        staged = self._keep.with_name(self._keep.name + ".new")
+        try:
+            staged.write_text("".join(request_to_json(r) + "\n" for r in undecided), encoding="utf-8")
+            staged.replace(self._keep)
+        except OSError as exc:
+            log.error(
+                "%d undecided request(s) lost with the process: cannot write %s (%s)",
+                len(undecided),
+                staged,
+                exc,
+            )
+            return
+        log.warning("%d undecided request(s) kept in %s: the next start decides them first", len(undecided), self._keep)
+
+
+def _taken_back(keep: Path) -> list[PlayRequest]:
+    """The requests a queue kept in `keep` as it closed (the file is removed); a line that is not one is skipped,
+    named in a warning."""
+    try:
+        lines = keep.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.error("cannot read %s, the requests the last stop left undecided (%s): left there", keep, exc)
+        return []
+    requests: list[PlayRequest] = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            requests.append(request_from_json(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("%s line %d is not a queued request (%s): skipped", keep, number, exc)
+    keep.unlink(missing_ok=True)
+    log.warning("%d request(s) left undecided by the last stop taken back from %s", len(requests), keep)
+    return requests
 
 
 class LocalFanout(EmittingFanout):

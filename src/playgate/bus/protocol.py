@@ -330,3 +330,66 @@ class EmittingFanout:
             for waiter in waiters:
                 waiter.cancel()
         self._waiters.clear()
+
+
+# ---- a queued request as JSON: the Redis queue's entries, the process group's link, the embedded queue's keep ----
+
+
+def request_to_json(request: PlayRequest) -> str:
+    """A PlayRequest as the JSON kept in the stream and the pending marker."""
+    return orjson.dumps(
+        {
+            "rid": request.request_id,
+            "uid": request.user_id,
+            "vid": request.video_id,
+            "dev": request.device_id,
+            "at": request.accepted_at,
+            "rep": list(request.replace_stream_ids),
+            "all": request.replace_others,
+            "dn": request.device_name,
+            "own": request.replace_device_stream,
+            "k": list(request.kinds),
+            "away": request.away,
+            "tp": request.trace,
+        }
+    ).decode()
+
+
+def request_from_json(raw: str | bytes) -> PlayRequest:
+    """The PlayRequest of request_to_json; ValueError, KeyError or TypeError on anything else."""
+    body = orjson.loads(raw)
+    return PlayRequest(
+        request_id=str(body["rid"]),
+        user_id=str(body["uid"]),
+        video_id=str(body["vid"]),
+        device_id=str(body["dev"]),
+        accepted_at=float(body["at"]),
+        replace_stream_ids=_replaced(body.get("rep")),
+        replace_others=bool(body.get("all", False)),
+        device_name=str(body.get("dn") or ""),
+        replace_device_stream=bool(body.get("own", False)),
+        kinds=_kinds(body.get("k")),
+        away=bool(body.get("away", False)),
+        trace=str(body.get("tp") or ""),
+    )
+
+
+def _kinds(kinds: object) -> tuple[str, ...]:
+    """The video's kind tags, as kept in the queue: a list (absent from a process of a version before)."""
+    if kinds is None:
+        return ()
+    if not isinstance(kinds, list):
+        raise TypeError("k must be a list of kind tags")
+    return tuple(str(k) for k in kinds)
+
+
+def _replaced(rep: object) -> tuple[str, ...]:
+    """The stream ids to replace, as kept in the queue: a list (or, from a process of the version before, one id
+    or null)."""
+    if rep is None:
+        return ()
+    if isinstance(rep, str):
+        return (rep,)
+    if not isinstance(rep, list):
+        raise TypeError("rep must be a list of stream ids")
+    return tuple(str(r) for r in rep)
