@@ -167,6 +167,7 @@ class PlaybackClaims:
     video_id: str
     device_id: str = ""
     started_at: float | None = None
+    away: bool = False  # from outside the household's networks (a heartbeat's token says so; a decision's cannot)
 
 
 def _b64(data: bytes) -> bytes:
@@ -200,9 +201,10 @@ class PlaybackTokens:
         now: float,
         device_id: str = "",
         started_at: float | None = None,
+        away: bool = False,
     ) -> str:
         """A signed token for one stream, valid for ttl_s from `now`; it names the stream's device and start when
-        given."""
+        given, and whether it plays away from home."""
         payload: dict[str, object] = {
             "sub": user_id,
             "sid": stream_id,
@@ -214,6 +216,8 @@ class PlaybackTokens:
             payload["dev"] = device_id
         if started_at is not None:
             payload["st"] = started_at
+        if away:
+            payload["aw"] = True
         # The JWT PyJWT's jwt.encode writes (the same header, claims in this order, compact JSON), made here: a
         # third of its cost, on every allowed decision. check() verifies it with PyJWT.
         signing_input = _PLAYBACK_HEADER + _b64(orjson.dumps(payload))
@@ -243,8 +247,8 @@ class PlaybackTokens:
         claims = (payload.get("sub"), payload.get("sid"), payload.get("vid"))
         if not all(isinstance(c, str) and c for c in claims):
             raise Unauthorized("The playback token names no stream.")
-        device, started = payload.get("dev", ""), payload.get("st")
-        if not isinstance(device, str) or not (started is None or type(started) in (int, float)):
+        device, started, away = payload.get("dev", ""), payload.get("st"), payload.get("aw", False)
+        if not isinstance(device, str) or not isinstance(away, bool) or type(started) not in (int, float, type(None)):
             raise Unauthorized("The playback token is not valid.")
         found = PlaybackClaims(
             user_id=str(claims[0]),
@@ -252,6 +256,7 @@ class PlaybackTokens:
             video_id=str(claims[2]),
             device_id=device,
             started_at=None if started is None else float(started),
+            away=away,
         )
         return self._checked.keep(token, found, float(payload["exp"]))
 

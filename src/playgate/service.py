@@ -560,7 +560,7 @@ class PlayGate:
         if playback is not None and playback.stream_id == stream_id and playback.user_id == user_id:
             now = self._clock()
             started = now if playback.started_at is None else playback.started_at
-            told = Stream(stream_id, user_id, playback.video_id, playback.device_id, started, now)
+            told = Stream(stream_id, user_id, playback.video_id, playback.device_id, started, now, away=playback.away)
         stream = self._outage.honour(stream_id, user_id, told)
         if stream is None:
             if self._outage.mode() is Mode.expired:

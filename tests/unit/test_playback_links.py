@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
 from playgate.bus.protocol import decision_message
-from playgate.domain import Decision, Reason, Status
+from playgate.domain import Decision, Reason, Status, Stream
 from playgate.media import EdgeSigner, PlaybackLinks, play_url
 from playgate.security import PlaybackClaims, PlaybackTokens
 
@@ -42,3 +43,14 @@ def test_a_denial_has_no_playback() -> None:
     denied = Decision("r2", "u1", "v1", "tv", Status.denied, 3, 3, now, reason=Reason.limit_reached)
     assert PlaybackLinks(TOKENS, SIGNER).for_decision(denied, now) is None
     assert {"playbackUrl", "playbackToken"}.isdisjoint(decision_message(denied, None))
+
+
+def test_a_playing_streams_token_names_its_device_start_and_whether_it_plays_away() -> None:
+    """A heartbeat's fresh token tells a process that never saw the stream all it needs to hold it as the store did
+    (tests/distributed/test_outage.py writes one back from it)."""
+    now = time.time()
+    away = Stream("s1", "u1", "v1", "phone", now - 60, now + 90, away=True)
+    claims = TOKENS.check(PlaybackLinks(TOKENS).for_stream(away, now).token)
+    assert claims == PlaybackClaims("u1", "s1", "v1", device_id="phone", started_at=now - 60, away=True)
+    at_home = TOKENS.check(PlaybackLinks(TOKENS).for_stream(replace(away, away=False), now).token)
+    assert at_home.away is False
