@@ -31,6 +31,12 @@ YEAR_S = 365 * DAY_S
 MAX_ENTRIES = 1_000_000_000
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
 MIN_JWT_SECRET_LEN = 32
+# A key with fewer distinct characters is a placeholder ("x" * 32, spaces), not a random one: 32 random hex digits
+# hold all 16 but with a chance of about 1e-13 of fewer than 8.
+MIN_JWT_SECRET_DISTINCT = 8
+# The admin's password on a host other than loopback, where anyone on the network may try it (the log-in throttle
+# slows them down, it does not make a short password long).
+MIN_OPEN_ADMIN_PASSWORD_LEN = 12
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (the Standard Webhooks prefix, not a secret)
 MIN_WEBHOOK_KEY_BYTES = 24
 
@@ -673,10 +679,10 @@ def security_problems(settings: Settings) -> list[str]:
             "PLAYGATE_AUTH=disabled lets any caller act as any user and as an admin; "
             "set PLAYGATE_INSECURE=true as well if that is really meant (the seed's test UI only)"
         )
-    if settings.jwt_secret and len(settings.jwt_secret) < MIN_JWT_SECRET_LEN:
-        problems.append(f"PLAYGATE_JWT_SECRET: must be at least {MIN_JWT_SECRET_LEN} characters")
-    if any(len(key) < MIN_JWT_SECRET_LEN for key in settings.jwt_accepted_secret_list):
-        problems.append(f"PLAYGATE_JWT_ACCEPTED_SECRETS: each key must be at least {MIN_JWT_SECRET_LEN} characters")
+    if settings.jwt_secret and not _random_enough(settings.jwt_secret):
+        problems.append(f"PLAYGATE_JWT_SECRET: {KEY_RULE}")
+    if not all(_random_enough(key) for key in settings.jwt_accepted_secret_list):
+        problems.append(f"PLAYGATE_JWT_ACCEPTED_SECRETS: each key {KEY_RULE}")
     if settings.edge_signing is not EdgeSigning.off and (
         not settings.edge_secret or not re.fullmatch(r"[A-Za-z0-9_.~+/=-]{32,}", settings.edge_secret)
     ):
@@ -695,18 +701,41 @@ def security_problems(settings: Settings) -> list[str]:
             f"PLAYGATE_WEBHOOK_SECRET: each secret must be {WEBHOOK_SECRET_PREFIX} and the base64 of at least "
             f"{MIN_WEBHOOK_KEY_BYTES} random bytes, several separated by spaces"
         )
-    if not is_loopback(settings.host):
-        if not settings.jwt_secret:
-            problems.append(
-                f"PLAYGATE_JWT_SECRET: must be set when binding a non-loopback host (PLAYGATE_HOST={settings.host}), "
-                "so that every process signs tokens with one key you manage"
-            )
-        if settings.demo:
-            problems.append(
-                f"PLAYGATE_DEMO: the demo users' passwords equal their names; set PLAYGATE_DEMO=false when binding "
-                f"a non-loopback host (PLAYGATE_HOST={settings.host})"
-            )
+    return problems + _open_host_problems(settings)
+
+
+def _open_host_problems(settings: Settings) -> list[str]:
+    """What is unsafe on a host other than loopback only: anyone on the network may call."""
+    if is_loopback(settings.host):
+        return []
+    problems: list[str] = []
+    if not settings.jwt_secret:
+        problems.append(
+            f"PLAYGATE_JWT_SECRET: must be set when binding a non-loopback host (PLAYGATE_HOST={settings.host}), "
+            "so that every process signs tokens with one key you manage"
+        )
+    if settings.demo:
+        problems.append(
+            f"PLAYGATE_DEMO: the demo users' passwords equal their names; set PLAYGATE_DEMO=false when binding "
+            f"a non-loopback host (PLAYGATE_HOST={settings.host})"
+        )
+    if settings.admin_password and len(settings.admin_password) < MIN_OPEN_ADMIN_PASSWORD_LEN:
+        problems.append(
+            f"PLAYGATE_ADMIN_PASSWORD: must be at least {MIN_OPEN_ADMIN_PASSWORD_LEN} characters when binding a "
+            f"non-loopback host (PLAYGATE_HOST={settings.host})"
+        )
     return problems
+
+
+KEY_RULE = (
+    f"must be at least {MIN_JWT_SECRET_LEN} characters, {MIN_JWT_SECRET_DISTINCT} of them different (a random key: "
+    "openssl rand -hex 32)"
+)
+
+
+def _random_enough(key: str) -> bool:
+    """Whether a signing key is long enough and not a placeholder (told apart by its few distinct characters)."""
+    return len(key) >= MIN_JWT_SECRET_LEN and len(set(key)) >= MIN_JWT_SECRET_DISTINCT
 
 
 def _webhook_secret_ok(secret: str) -> bool:
@@ -747,8 +776,8 @@ def _fetchable(url: str) -> bool:
 def jwt_secret(settings: Settings) -> str:
     """The signing key: PLAYGATE_JWT_SECRET, else one generated once and kept in the data dir."""
     if settings.jwt_secret:
-        if len(settings.jwt_secret) < MIN_JWT_SECRET_LEN:
-            raise ConfigError(f"PLAYGATE_JWT_SECRET: must be at least {MIN_JWT_SECRET_LEN} characters")
+        if not _random_enough(settings.jwt_secret):
+            raise ConfigError(f"PLAYGATE_JWT_SECRET: {KEY_RULE}")
         return settings.jwt_secret
     path = settings.data_dir / JWT_SECRET_FILE
     if path.exists():

@@ -32,6 +32,28 @@ FAILURES_PER_ADDRESS = 8
         ({"PLAYGATE_AUTH": "disabled", "PLAYGATE_INSECURE": "true"}, []),
         ({"PLAYGATE_INSECURE": "true"}, []),
         ({"PLAYGATE_JWT_SECRET": "short"}, ["PLAYGATE_JWT_SECRET"]),
+        ({"PLAYGATE_JWT_SECRET": " " * 40}, ["PLAYGATE_JWT_SECRET"]),  # a placeholder, not a random key
+        ({"PLAYGATE_JWT_SECRET": "x" * 32 + "abcdef"}, ["PLAYGATE_JWT_SECRET"]),  # 7 different characters
+        ({"PLAYGATE_JWT_ACCEPTED_SECRETS": f"{SECRET},{'k' * 40}"}, ["PLAYGATE_JWT_ACCEPTED_SECRETS"]),
+        (
+            {
+                "PLAYGATE_HOST": "0.0.0.0",
+                "PLAYGATE_DEMO": "false",
+                "PLAYGATE_JWT_SECRET": SECRET,
+                "PLAYGATE_ADMIN_PASSWORD": "admin12345",
+            },
+            ["PLAYGATE_ADMIN_PASSWORD"],
+        ),
+        (
+            {
+                "PLAYGATE_HOST": "0.0.0.0",
+                "PLAYGATE_DEMO": "false",
+                "PLAYGATE_JWT_SECRET": SECRET,
+                "PLAYGATE_ADMIN_PASSWORD": "a-long-admin-password",
+            },
+            [],
+        ),
+        ({"PLAYGATE_ADMIN_PASSWORD": "admin"}, []),  # loopback: only this machine can try it
         ({"PLAYGATE_HOST": "0.0.0.0"}, ["PLAYGATE_JWT_SECRET", "PLAYGATE_DEMO"]),
         ({"PLAYGATE_HOST": "0.0.0.0", "PLAYGATE_JWT_SECRET": SECRET}, ["PLAYGATE_DEMO"]),
         ({"PLAYGATE_HOST": "0.0.0.0", "PLAYGATE_DEMO": "false"}, ["PLAYGATE_JWT_SECRET"]),
