@@ -102,7 +102,6 @@ class Reconciliation:
     stopped: dict[str, DeferredStop] = field(default_factory=dict)  # by stream id
     unannounced: list[EndedStream] = field(default_factory=list)
     down_s: float = 0.0
-    told: set[str] = field(default_factory=set)  # streams known from their playback token alone: no kinds yet
 
     @property
     def empty(self) -> bool:
@@ -137,7 +136,6 @@ class Outage:
         self.since: float | None = None
         self._probed_at = 0.0
         self._honoured: set[str] = set()
-        self._told: set[str] = set()  # honoured from a playback token alone (not cached before)
         self._admitted: dict[str, Stream] = {}
         self._decisions: dict[str, Decision] = {}
         self._stopped: dict[str, DeferredStop] = {}
@@ -214,11 +212,9 @@ class Outage:
             stopped=dict(self._stopped),
             unannounced=list(self._unannounced),
             down_s=now - self.since,
-            told=self._told & self._honoured,
         )
         self.since = None
         self._honoured.clear()
-        self._told.clear()
         self._admitted.clear()
         self._decisions.clear()
         self._stopped.clear()
@@ -232,7 +228,6 @@ class Outage:
         for stream in work.streams:
             self.remember([stream])
             self._honoured.add(stream.id)
-        self._told |= work.told
         self._decisions.update({d.request_id: d for d in work.decisions})
         self._stopped.update(work.stopped)
         self._unannounced.extendleft(reversed(work.unannounced))
@@ -277,7 +272,7 @@ class Outage:
     def honour(self, stream_id: str, user_id: str, told: Stream | None = None) -> Stream | None:
         """A playing stream's request while the store is down: the stream with its lease renewed locally, if it
         is known (from the cache, or as a playback token's claims tell it, `told`: its video, device and start;
-        its kinds are the video's, looked up when it is written back) and the outage is within its grace; else
+        no kinds: the write-back gives it its video's) and the outage is within its grace; else
         None."""
         now = self._clock()
         if self.mode(now) is not Mode.grace or stream_id in self._ended:
@@ -289,7 +284,6 @@ class Outage:
             base = known
         elif told is not None:
             base = told  # a valid playback token's stream
-            self._told.add(stream_id)
         else:
             return None  # never seen by this process
         renewed = replace(base, expires_at=now + self._lease_s)
@@ -305,7 +299,6 @@ class Outage:
             return None
         self._stopped[stream_id] = DeferredStop(user_id, reason, self._clock())
         self._honoured.discard(stream_id)
-        self._told.discard(stream_id)
         self._admitted.pop(stream_id, None)
         return known
 

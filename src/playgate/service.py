@@ -600,7 +600,7 @@ class PlayGate:
         if work is None:
             return
         try:
-            restored = await self._ledger.restore(await self._with_kinds(work.streams, work.told))
+            restored = await self._ledger.restore(await self._with_kinds(work.streams))
             await self._ledger.keep(work.decisions)
             stops = 0
             for stream_id, stop in work.stopped.items():
@@ -627,17 +627,17 @@ class PlayGate:
             stops,
         )
 
-    async def _with_kinds(self, streams: list[Stream], told: set[str]) -> list[Stream]:
-        """The streams to write back, those known from their playback token alone (`told`) given their video's kind
-        tags from the catalogue, so that the kind caps count them if the store lost them (one it still holds keeps
-        its own); without a catalogue answer, none."""
+    async def _with_kinds(self, streams: list[Stream]) -> list[Stream]:
+        """The streams to write back, each without kind tags given its video's from the catalogue (a stream known
+        from its playback token alone has none), so that the kind caps count it if the store lost it (a stream the
+        store still holds keeps its own); without a catalogue answer, none."""
         kinds: dict[str, tuple[str, ...]] = {}
-        for video_id in {s.video_id for s in streams if s.id in told}:
+        for video_id in {s.video_id for s in streams if not s.kinds}:
             try:
                 kinds[video_id] = await self._kinds(video_id)
             except (NotFound, Unavailable):
                 kinds[video_id] = ()
-        return [replace(s, kinds=kinds[s.video_id]) if s.id in told else s for s in streams]
+        return [s if s.kinds else replace(s, kinds=kinds[s.video_id]) for s in streams]
 
     async def _stop_deferred(self, stream_id: str, stop: DeferredStop) -> list[Stream]:
         """Apply a stop the outage deferred, unless the stream was played again since: the store still held it, so

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from playgate.domain import Stream
 from playgate.media import MediaLibrary
 from playgate.security import PlaybackTokens
 from tests.lifecycle.conftest import Deployment
@@ -99,10 +100,10 @@ async def test_tokens_that_do_not_open_the_stream(deny: Deployment, deny_admin: 
         # An access token is not a playback token, and a playback token from another secret is forged.
         assert (await fetch(base, f"{url}?token={alice.token}")).status_code == 401
         foreign = PlaybackTokens("another-secret-that-is-long-enough-0123456789", 60)
-        foreign_token = foreign.issue(user_id=alice.id, stream_id=mine["streamId"], video_id="1", now=time.time())
+        foreign_token = foreign.issue(Stream(mine["streamId"], alice.id, "1", "", 0.0, 0.0), now=time.time())
         assert (await fetch(base, f"{url}?token={foreign_token}")).status_code == 401
         expired = PlaybackTokens(JWT_SECRET, 1).issue(
-            user_id=alice.id, stream_id=mine["streamId"], video_id="1", now=time.time() - 120
+            Stream(mine["streamId"], alice.id, "1", "", 0.0, 0.0), now=time.time() - 120
         )
         response = await fetch(base, f"{url}?token={expired}")
         assert response.status_code == 401

@@ -15,6 +15,7 @@ import httpx
 import m3u8
 import pytest
 
+from playgate.domain import Stream
 from playgate.media import EdgeSigner
 from playgate.security import PlaybackTokens
 from tests.lifecycle.conftest import Deployment, start_deployment
@@ -225,7 +226,7 @@ async def test_nginx_refuses_ended_forged_expired_and_traversing_hls_requests(
         forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
         assert (await player.get(f"/v1/play/{forged}/{segment}")).status_code == 401
         expired = PlaybackTokens(JWT_SECRET, 1).issue(
-            user_id=alice.id, stream_id=first["streamId"], video_id="1", now=time.time() - 120
+            Stream(first["streamId"], alice.id, "1", "", 0.0, 0.0), now=time.time() - 120
         )
         assert (await player.get(f"/v1/play/{expired}/{segment}")).status_code == 401
         # Path traversal, plain and encoded: never a file outside the video's folder.

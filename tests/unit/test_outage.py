@@ -193,8 +193,8 @@ def test_a_stream_known_ended_is_never_honoured_not_even_from_its_playback_token
 
 
 def test_a_stream_known_from_its_token_alone_is_written_back_as_the_token_tells_it() -> None:
-    """Its device and start come from the token; it is marked `told`, so that the write-back adds its video's kinds
-    (a store that lost it would otherwise hold it without them, and the kind caps would not count it)."""
+    """Its device and start come from the token (its kinds, which the token does not name, are added by the
+    write-back: tests/distributed/test_outage.py)."""
     state, clock, _ = outage()
     state.remember([stream("s2")])
     state.store_down(Unavailable("gone"))
@@ -207,4 +207,3 @@ def test_a_stream_known_from_its_token_alone_is_written_back_as_the_token_tells_
         ("s1", "tv", T0 - 10, clock.now + LEASE_S),
         ("s2", "tv", T0 - 10, clock.now + LEASE_S),
     }
-    assert work.told == {"s1"}

@@ -7,6 +7,7 @@ import time
 import jwt
 import pytest
 
+from playgate.domain import Stream
 from playgate.errors import Unauthorized
 from playgate.security import (
     PLAYBACK_AUDIENCE,
@@ -70,11 +71,12 @@ def test_a_remembered_token_still_expires_and_a_forged_twin_is_refused() -> None
 @pytest.mark.parametrize("video_id", ["1", "a-video:ü|@x", "v" * 64])
 def test_a_playback_token_is_a_jwt_that_pyjwt_verifies_with_its_claims(video_id: str) -> None:
     tokens = PlaybackTokens("a-secret-of-forty-characters-or-so-1234", 300)
-    token = tokens.issue(user_id="u1", stream_id="75-00ff", video_id=video_id, now=time.time())
+    now = time.time()
+    token = tokens.issue(Stream("75-00ff", "u1", video_id, "", now, now), now=now)
     header = jwt.get_unverified_header(token)
     assert header == {"alg": "HS256", "typ": "JWT"}
     claims = jwt.decode(token, tokens._keys[0], algorithms=["HS256"], audience=PLAYBACK_AUDIENCE)
     assert (claims["sub"], claims["sid"], claims["vid"]) == ("u1", "75-00ff", video_id)
-    assert tokens.check(token) == PlaybackClaims(user_id="u1", stream_id="75-00ff", video_id=video_id)
+    assert tokens.check(token) == PlaybackClaims(user_id="u1", stream_id="75-00ff", video_id=video_id, started_at=now)
     with pytest.raises(Unauthorized):
         PlaybackTokens("another-secret-of-forty-characters-12345", 300).check(token)

@@ -61,15 +61,7 @@ class PlaybackLinks:
         """A fresh playback URL and token for one stream: the token the URL carries, or, with edge signing, one
         issued beside the edge's link (which carries none), for the heartbeats of an outage. The token names the
         stream's user, video, device, start and whether it plays away."""
-        token = self.tokens.issue(
-            user_id=stream.user_id,
-            stream_id=stream.id,
-            video_id=stream.video_id,
-            now=now,
-            device_id=stream.device_id,
-            started_at=stream.started_at,
-            away=stream.away,
-        )
+        token = self.tokens.issue(stream, now=now)
         if self.signer is not None:
             return Playback(self.signer.url(stream_id=stream.id, video_id=stream.video_id, now=now), token)
         return Playback(play_url(token), token)
