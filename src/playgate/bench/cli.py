@@ -1,5 +1,5 @@
-"""`playgate bench load | admission | idle | segments | compare | tokens`: the benchmark commands (heavy imports
-inside each)."""
+"""`playgate bench load | admission | idle | segments | simulate | compare | tokens | floor`: the benchmark commands
+(heavy imports inside each)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def _started(start: Callable[[], Target]) -> Iterator[Target]:
 @click.group()
 def bench() -> None:
     """Benchmarks: end-to-end load over HTTP and Socket.IO, the admission path alone, idle sockets, HLS segments,
-    token checks.
+    token checks, and the floor (the players' loop served with nothing but the wire).
 
     Each run writes one JSON result under --out (default bench/reports/) and prints a summary line.
     """
@@ -508,6 +508,22 @@ def compare(results: tuple[Path, ...], chart: Path | None) -> None:
     click.echo(outside_table(ours, original), nl=False)
     if chart is not None:
         click.echo(f"chart: {outside_chart(ours, original, chart)}")
+
+
+@bench.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=18320, show_default=True)
+def floor(host: str, port: int) -> None:
+    """Serve the outside generator's loop (the playgate dialect: request, the decision on the socket, stop) with
+    nothing but the wire: uvloop, httptools, a hand-written WebSocket, a count per user in memory; no ledger, no
+    signature check, no audit. Not a service: the floor of Python on this stack, to drive with ../shared/bench
+    (or `bench load --url`) and read PlayGate's own cost against (README, Performance). Ctrl-C stops it."""
+    from playgate.bench.floor import serve
+
+    _exit_on_sigterm()
+    click.echo(f"floor server on http://{host}:{port} (keeps nothing, checks nothing)")
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(serve(host, port))
 
 
 @bench.command()
