@@ -13,9 +13,13 @@ import logging
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
+import orjson
+
+from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import Decision, EndedStream, OutagePolicy, Outcome, PlayRequest, Reason, Status, Stream
 from playgate.errors import Unavailable
 from playgate.metrics import Metrics
@@ -34,6 +38,10 @@ PROBE_INTERVAL_S = 1.0
 # process renews it after the outage knows why it ends when it is over the limit (Reason.outage_reconciled).
 OUTAGE_MARK = "o"
 RETRY_AFTER_S = 5
+# What an outage left unwritten when its process stopped with the store still down, kept in the data dir (one file
+# per stopping process: KEEP_PREFIX, a unique part, KEEP_SUFFIX) and taken back by the next process started on it.
+KEEP_PREFIX = "outage-unwritten-"
+KEEP_SUFFIX = ".json"
 
 
 class Mode(StrEnum):
@@ -107,6 +115,41 @@ class Reconciliation:
     def empty(self) -> bool:
         """Nothing to write back."""
         return not (self.streams or self.decisions or self.stopped or self.unannounced)
+
+
+def _stream_from(d: dict[str, Any]) -> Stream:
+    return Stream(**{**d, "kinds": tuple(d.get("kinds", ()))})
+
+
+def reconciliation_to_json(work: Reconciliation, since: float) -> bytes:
+    """What an outage left, and when it began (`since`), as the keep file holds it."""
+    stopped = work.stopped.items()
+    return orjson.dumps(
+        {
+            "since": since,
+            "streams": [asdict(s) for s in work.streams],
+            "decisions": [decision_to_json(d) for d in work.decisions],
+            "stopped": {sid: {"user": d.user_id, "reason": d.reason.value, "at": d.at} for sid, d in stopped},
+            "unannounced": [{"stream": asdict(e.stream), "reason": e.reason.value} for e in work.unannounced],
+        }
+    )
+
+
+def reconciliation_from_json(raw: bytes, now: float) -> tuple[Reconciliation, float]:
+    """A keep file's work (its down time counted to `now`) and the instant its outage began; ValueError (or
+    KeyError, TypeError) for a file that is not one."""
+    body = orjson.loads(raw)
+    since = float(body["since"])
+    work = Reconciliation(
+        streams=[_stream_from(s) for s in body["streams"]],
+        decisions=[decision_from_json(d) for d in body["decisions"]],
+        stopped={
+            sid: DeferredStop(d["user"], Reason(d["reason"]), float(d["at"])) for sid, d in body["stopped"].items()
+        },
+        unannounced=[EndedStream(_stream_from(e["stream"]), Reason(e["reason"])) for e in body["unannounced"]],
+        down_s=max(0.0, now - since),
+    )
+    return work, since
 
 
 class Outage:
@@ -202,17 +245,10 @@ class Outage:
 
     def store_up(self) -> Reconciliation | None:
         """The store answered: the outage (if any) is over; what it left to write back."""
-        if self.since is None:
+        unwritten = self.unwritten()
+        if unwritten is None:
             return None
-        now = self._clock()
-        work = Reconciliation(
-            streams=[s for sid in self._honoured | set(self._admitted) if (s := self._leases.get(sid)) is not None]
-            + [s for sid, s in self._admitted.items() if sid not in self._leases],
-            decisions=list(self._decisions.values()),
-            stopped=dict(self._stopped),
-            unannounced=list(self._unannounced),
-            down_s=now - self.since,
-        )
+        work, _since = unwritten
         self.since = None
         self._honoured.clear()
         self._admitted.clear()
@@ -233,6 +269,29 @@ class Outage:
         self._unannounced.extendleft(reversed(work.unannounced))
         if self.since is not None:
             self.since = min(self.since, self._clock() - work.down_s)
+
+    def resume(self, work: Reconciliation) -> None:
+        """Work an earlier process on this data dir kept as it stopped with the store down: this process carries on
+        with that outage (down since then) and writes the work back when the store answers."""
+        if self.since is None:
+            self.since = self._clock() - work.down_s
+            self._set_mode(self.mode())
+        self.carry(work)
+
+    def unwritten(self) -> tuple[Reconciliation, float] | None:
+        """What the outage under way would write back (without taking it), and when it began; None when there is
+        no outage."""
+        if self.since is None:
+            return None
+        work = Reconciliation(
+            streams=[s for sid in self._honoured | set(self._admitted) if (s := self._leases.get(sid)) is not None]
+            + [s for sid, s in self._admitted.items() if sid not in self._leases],
+            decisions=list(self._decisions.values()),
+            stopped=dict(self._stopped),
+            unannounced=list(self._unannounced),
+            down_s=self._clock() - self.since,
+        )
+        return work, self.since
 
     # ---- leases -----------------------------------------------------------------------------------------
 

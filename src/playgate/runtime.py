@@ -381,6 +381,7 @@ class Runtime:
                 platform=platform,
                 audit=audit,
             )
+            await _take_back_outages(role, gate)
             worker = None
             if role.decides:  # a member only puts and looks: its owner's worker decides
                 if not isinstance(queue, RequestQueue):
@@ -425,6 +426,13 @@ class Runtime:
         (distributed: its batch in hand), then close every connection."""
         await self.gate.write_back_before_stopping()
         await self.stack.aclose()
+
+
+async def _take_back_outages(role: Role, gate: PlayGate) -> None:
+    """A process that answers players takes back what earlier processes' outages left unwritten, before its worker
+    (if any) sweeps: a stream they kept playing past its stored lease is written back, not swept as expired."""
+    if role in (Role.serve, Role.api, Role.member):
+        await gate.outage_taken_back()
 
 
 def _start_tracing(settings: Settings, role: Role, stack: AsyncExitStack) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from playgate import imports, tracing
@@ -34,7 +37,16 @@ from playgate.imports import Format, KindName
 from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
-from playgate.outage import DeferredStop, Mode, Outage, admitted_in_outage
+from playgate.outage import (
+    KEEP_PREFIX,
+    KEEP_SUFFIX,
+    DeferredStop,
+    Mode,
+    Outage,
+    admitted_in_outage,
+    reconciliation_from_json,
+    reconciliation_to_json,
+)
 from playgate.policy import is_away, parse_networks
 from playgate.ratelimit import UserRate
 from playgate.security import PlatformClaims, PlatformTokens, PlaybackClaims, TokenIssuer
@@ -175,6 +187,9 @@ class PlayGate:
         )
         if isinstance(fanout, EmittingFanout):  # ends another process announced: never honoured in an outage
             fanout.on_ended = self._outage.forget
+        # Keep files of an earlier process taken back (outage_taken_back), removed once their work is written back
+        # or kept again.
+        self._taken: list[Path] = []
 
     async def _users_of(self, user_ids: Sequence[str]) -> list[User | None]:
         found = await self._catalog.users(user_ids)
@@ -580,19 +595,92 @@ class PlayGate:
 
     async def write_back_before_stopping(self) -> None:
         """The process is stopping: what an outage left in its memory (streams kept playing or admitted, decisions,
-        stops) is written back now if the store answers (no call may have come since it did); if it still does not,
-        an error line says what is lost with the process."""
+        stops) is written back now if the store answers (no call may have come since it did); if it does not, it is
+        kept in a file of the data dir, which the next process started on it takes back (outage_taken_back)."""
         if self._outage.since is None:
             return
         try:
             await self._store_back()
         except Unavailable as exc:
+            self._keep_outage(str(exc))
+            return
+        if self._outage.since is not None:  # it answered, then failed the write-back
+            self._keep_outage("the write-back failed")
+
+    def _keep_outage(self, reason: str) -> None:
+        """Write what the outage under way left to a keep file of the data dir (whole, or not at all); only if that
+        fails does an error line say what is lost with the process."""
+        unwritten = self._outage.unwritten()
+        assert unwritten is not None  # an outage is under way
+        folder = self._settings.data_dir
+        keep = folder / f"{KEEP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{KEEP_SUFFIX}"
+        part = keep.with_name(keep.name + ".part")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            part.write_bytes(reconciliation_to_json(*unwritten))
+            part.replace(keep)  # a reader never sees half a file
+        except OSError as exc:
             log.error(
-                "stopping while the ledger store does not answer (%s): what this process took during the outage "
-                "is lost with it (%s)",
+                "stopping in an outage of the ledger store (%s), and what this process took during it cannot be "
+                "kept in %s (%s): it is lost with the process (%s)",
+                reason,
+                keep,
                 exc,
                 self._outage.held(),
             )
+            return
+        self._drop_taken()
+        log.warning(
+            "stopping in an outage of the ledger store (%s): what this process took during it (%s) is kept in %s; "
+            "the next process started on this data dir writes it back",
+            reason,
+            self._outage.held(),
+            keep,
+        )
+
+    async def outage_taken_back(self) -> None:
+        """At start: the work of outages that earlier processes on this data dir kept as they stopped with the
+        store down (write_back_before_stopping) becomes this process's outage, written back now if the store
+        answers, else once it does (or kept again at this process's stop). Each file is taken by one process only
+        (renamed first); one that does not parse is left, renamed, and named in an error line."""
+        folder = self._settings.data_dir
+        try:
+            kept = sorted(p for p in folder.iterdir() if p.name.startswith(KEEP_PREFIX) and p.suffix == KEEP_SUFFIX)
+        except OSError:
+            return
+        for path in kept:
+            taken = path.with_name(f"{path.name}.taken-{os.getpid()}")
+            try:
+                path.rename(taken)
+                raw = taken.read_bytes()
+            except OSError:
+                continue  # another process took it first
+            try:
+                work, since = reconciliation_from_json(raw, self._clock())
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("%s is not an outage's kept work (%s): left as %s", path, exc, taken)
+                continue
+            self._outage.resume(work)
+            self._taken.append(taken)
+            log.warning(
+                "taken back from %s: an outage since %s left %d stream(s), %d decision(s) and %d stop(s) to write back",
+                path,
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
+                len(work.streams),
+                len(work.decisions),
+                len(work.stopped),
+            )
+        if self._taken:
+            try:
+                await self._store_back()
+            except Unavailable as exc:
+                log.warning("the ledger store does not answer yet (%s): written back once it does", exc)
+
+    def _drop_taken(self) -> None:
+        """The taken keep files' work is written back, or kept again: the files go."""
+        for path in self._taken:
+            path.unlink(missing_ok=True)
+        self._taken.clear()
 
     async def _store_up(self) -> None:
         """The store answered: write back what an outage left (streams, decisions, stops), once."""
@@ -612,6 +700,7 @@ class PlayGate:
             self._outage.store_down(exc)
             self._outage.carry(work)
             return
+        self._drop_taken()
         self._announce_late(work.unannounced)
         self._metrics.outage_reconciled.labels("streams").inc(restored)
         self._metrics.outage_reconciled.labels("decisions").inc(len(work.decisions))

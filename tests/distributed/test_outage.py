@@ -19,6 +19,7 @@ import httpx
 import pytest
 import redis
 
+from playgate.outage import KEEP_PREFIX
 from playgate.webhooks import PLAY_DENIED, STREAM_ENDED, STREAM_STARTED
 from tests.support.clients import SocketClient, TestUser, admin_client, api_client, connect_socket, new_user
 from tests.support.receiver import Receiver
@@ -317,4 +318,47 @@ async def test_watchers_keep_watching_while_redis_is_down(tmp_path: Path) -> Non
         deny.stop()
         allow.stop()
         worker.stop()
+        server.stop()
+
+
+async def test_what_an_api_process_took_in_the_outage_is_kept_when_it_stops_in_it(tmp_path: Path) -> None:
+    """An API process stopped while Redis is down keeps what the outage gave it (a stream it kept playing) in its
+    data dir; the next API process started there writes it back once Redis answers, here an empty Redis: the
+    stream is listed again as it was. Before, it was lost with the process."""
+    server = start_redis(tmp_path / "redis", appendonly=False)
+    env = {
+        "PLAYGATE_REDIS_URL": server.url,
+        "PLAYGATE_MEDIA_DIR": str(tmp_path / "media"),
+        "PLAYGATE_STREAM_TTL": str(LEASE_S),
+        "PLAYGATE_OUTAGE_GRACE": "120",
+    }
+    await asyncio.to_thread(migrate_playgate, tmp_path, **env)
+    api = await asyncio.to_thread(start_playgate, tmp_path, "api", **env)
+    worker = await asyncio.to_thread(start_playgate, tmp_path, "worker", wait_ready=False, **env)
+    later: ServerProcess | None = None
+    try:
+        admin = await admin_client(api.base_url)
+        user = await new_user(api.base_url, admin, limit=1)
+        await admin.aclose()
+        async with api_client(api.base_url, user.token) as client:
+            play = await _play(client, "1", "tv")
+            assert play["status"] == "allowed", play
+            before = (await client.get("/v1/streams")).json()
+            await asyncio.to_thread(server.stop)
+            assert (await _beat_with_token(client, play)).status_code == 200  # kept playing
+        assert await asyncio.to_thread(api.stop) == 0, api.log()
+        assert "the next process started on this data dir writes it back" in api.log()
+        assert len(list(tmp_path.glob(f"{KEEP_PREFIX}*"))) == 1
+        await asyncio.to_thread(server.start)  # empty: it kept nothing on disk
+        later = await asyncio.to_thread(start_playgate, tmp_path, "api", **env)
+        async with api_client(later.base_url, user.token) as client:
+            streams = (await client.get("/v1/streams")).json()
+        fields = ("id", "videoId", "deviceId", "startedAt")
+        assert [[s[f] for f in fields] for s in streams] == [[s[f] for f in fields] for s in before], streams
+        assert list(tmp_path.glob(f"{KEEP_PREFIX}*")) == []
+        assert "taken back from" in later.log()
+    finally:
+        for process in (api, worker, later):
+            if process is not None:
+                process.stop()
         server.stop()

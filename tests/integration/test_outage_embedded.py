@@ -17,6 +17,7 @@ import pytest
 
 from playgate.bus.local import QUEUE_KEEP_FILE
 from playgate.bus.protocol import request_from_json
+from playgate.outage import KEEP_PREFIX
 from tests.support.clients import TestUser, admin_client, api_client, new_user
 from tests.support.inprocess import served
 
@@ -61,6 +62,16 @@ async def _decided(client: httpx.AsyncClient, request_id: str) -> dict[str, Any]
         await asyncio.sleep(0.2)
 
 
+async def _playing_on_tv_and_tablet(client: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The user's plays of video 1 on its tv and its tablet, both allowed."""
+    tv, tablet = [
+        (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": d})).json()
+        for d in ("tv", "tablet")
+    ]
+    assert (tv["status"], tablet["status"]) == ("allowed", "allowed"), (tv, tablet)
+    return tv, tablet
+
+
 @pytest.mark.usefixtures("short_busy_timeout")
 async def test_a_locked_database_file_is_an_outage(tmp_path: Path) -> None:
     """Playing streams are honoured (heartbeat, media) and /readyz says grace; a new play waits in the in-memory
@@ -69,11 +80,7 @@ async def test_a_locked_database_file_is_an_outage(tmp_path: Path) -> None:
     async with served(tmp_path, PLAYGATE_OUTAGE_POLICY="deny") as base_url:
         user = await _user(base_url, limit=3)
         async with api_client(base_url, user.token) as client:
-            tv, tablet = [
-                (await client.post("/v1/plays", params={"wait": 5}, json={"videoId": "1", "deviceId": d})).json()
-                for d in ("tv", "tablet")
-            ]
-            assert (tv["status"], tablet["status"]) == ("allowed", "allowed"), (tv, tablet)
+            tv, tablet = await _playing_on_tv_and_tablet(client)
             lock = sqlite3.connect(tmp_path / "playgate.sqlite3", isolation_level=None)
             lock.execute("BEGIN IMMEDIATE")
             try:
@@ -231,3 +238,34 @@ async def test_a_play_still_queued_when_the_process_stops_is_decided_by_the_next
         answer = await _decided(client, asked.json()["requestId"])
         assert (answer["status"], answer["videoId"], answer["deviceId"]) == ("allowed", "1", "tv"), answer
         assert not keep.exists()
+
+
+@pytest.mark.usefixtures("short_busy_timeout")
+async def test_what_an_outage_took_is_kept_by_a_process_stopped_in_it_and_written_back_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """The file is still locked as the process stops after the outage took a stop (the tablet's) and honoured a
+    heartbeat (the tv's): both are kept in the data dir, and the next start writes them back before anything
+    else: the tablet's stream ended and recorded `stopped`, the tv's still listed. Before, both were lost with the
+    process (the tablet's stream came back as playing)."""
+    lock = sqlite3.connect(tmp_path / "playgate.sqlite3", isolation_level=None)
+    try:
+        async with served(tmp_path, PLAYGATE_OUTAGE_POLICY="deny") as base_url:
+            user = await _user(base_url, limit=3)
+            async with api_client(base_url, user.token) as client:
+                tv, tablet = await _playing_on_tv_and_tablet(client)
+                lock.execute("BEGIN IMMEDIATE")  # held until the process has stopped
+                assert (await client.post(f"/v1/streams/{tv['streamId']}/heartbeat")).status_code == 200
+                assert (await client.delete(f"/v1/streams/{tablet['streamId']}")).status_code == 204
+    finally:
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+    kept = list(tmp_path.glob(f"{KEEP_PREFIX}*"))
+    assert [p.suffix for p in kept] == [".json"], kept
+    async with served(tmp_path) as base_url, api_client(base_url, user.token) as client:
+        assert list(tmp_path.glob(f"{KEEP_PREFIX}*")) == []  # written back at start
+        assert [s["id"] for s in (await client.get("/v1/streams")).json()] == [tv["streamId"]]
+        page = (await client.get(f"/v1/users/{user.id}/events")).json()["events"]
+        ends = [(e["streamId"], e["outcome"]) for e in page if e["kind"] == "stream_end"]
+        assert ends == [(tablet["streamId"], "stopped")], page

@@ -3,6 +3,8 @@ each policy, and what is left to write back."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from playgate.domain import EndedStream, PlayRequest, Reason, Status, Stream
@@ -16,6 +18,8 @@ from playgate.outage import (
     OutagePolicy,
     OutageRefused,
     admitted_in_outage,
+    reconciliation_from_json,
+    reconciliation_to_json,
 )
 from tests.support.clock import Clock
 
@@ -207,3 +211,45 @@ def test_a_stream_known_from_its_token_alone_is_written_back_as_the_token_tells_
         ("s1", "tv", T0 - 10, clock.now + LEASE_S),
         ("s2", "tv", T0 - 10, clock.now + LEASE_S),
     }
+
+
+def test_what_a_process_stopping_in_an_outage_kept_is_the_next_process_s_to_write_back() -> None:
+    """The work kept as a process stops in an outage (the keep file's JSON) becomes the next process's outage, down
+    since it began in the first: the same streams (kinds and away included), decisions, stops and unannounced
+    ends. Reading it takes nothing from the first."""
+    state, clock, _ = outage(OutagePolicy.allow)
+    state.remember([replace(stream("s1"), kinds=("uhd",), away=True), stream("s2")])
+    state.store_down(Unavailable("gone"))
+    began = clock.now
+    assert state.honour("s1", "u1") is not None
+    admitted = state.decide(request("r1", "phone"), limit=3).decision
+    assert admitted.status is Status.allowed
+    assert state.stopped("s2", "u1") is not None
+    state.unannounced([EndedStream(stream("s3"), Reason.stopped)])
+    clock.advance(30)
+    unwritten = state.unwritten()
+    assert unwritten is not None
+    kept, since = unwritten
+    assert since == began
+    assert state.unwritten() == unwritten  # nothing taken
+
+    later, later_clock, _ = outage()
+    later_clock.now = began + 100  # the next start, 70 s after the first process stopped
+    work, kept_since = reconciliation_from_json(reconciliation_to_json(kept, since), later_clock.now)
+    assert (kept_since, work.down_s) == (began, 100)
+    later.resume(work)
+    assert (later.since, later.mode()) == (began, Mode.grace)
+    back = later.store_up()
+    assert back is not None
+    assert sorted(back.streams, key=lambda s: s.id) == sorted(kept.streams, key=lambda s: s.id)
+    assert [s.kinds for s in back.streams if s.id == "s1"] == [("uhd",)]
+    assert (back.decisions, back.stopped, back.unannounced) == (kept.decisions, kept.stopped, kept.unannounced)
+    assert back.decisions == [admitted]
+    assert later.since is None
+
+
+def test_a_keep_file_that_is_not_one_is_refused() -> None:
+    for raw in (b"", b"[]", b'{"since": 1}', b'{"since": 1, "streams": [{"id": "s1"}], "decisions": [], '
+                b'"stopped": {}, "unannounced": []}'):  # fmt: skip
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            reconciliation_from_json(raw, T0)
