@@ -309,7 +309,8 @@ def db_upgrade() -> None:
 @db.command("reset")
 @click.option("--yes", is_flag=True, help="Confirm: every user, video, plan, stream and decision is deleted.")
 def db_reset(yes: bool) -> None:
-    """Delete all data: the database emptied and migrated again, PlayGate's Redis keys, the generated JWT key.
+    """Delete all data: the database emptied and migrated again, PlayGate's Redis keys, the generated JWT key, the
+    work stopped processes kept in the data dir for the next start.
 
     Stop the service first. The next `playgate serve` loads the demo catalogue again (unless PLAYGATE_DEMO=false).
     """
@@ -323,6 +324,8 @@ def db_reset(yes: bool) -> None:
         click.echo(f"deleted {done.redis_keys} Redis keys under playgate:")
     if done.jwt_secret_file:
         click.echo("deleted the generated JWT key: tokens issued before no longer work")
+    if done.kept_files:
+        click.echo(f"deleted {done.kept_files} file(s) of work stopped processes kept for the next start")
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -58,6 +59,7 @@ from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
 from playgate.media import ContentGate, EdgeSigner, MediaLibrary, PlaybackLinks
 from playgate.metrics import Metrics
+from playgate.outage import KEEP_PREFIX
 from playgate.probes import ProbeServer, probe_app
 from playgate.security import KeySet, PlatformTokens, PlaybackTokens, TokenIssuer
 from playgate.service import ENDS_AT_ONCE, PlayGate
@@ -137,20 +139,28 @@ class Reset:
 
     redis_keys: int
     jwt_secret_file: bool
+    kept_files: int = 0
 
 
 async def reset_data(settings: Settings) -> Reset:
     """Delete PlayGate's data: the database emptied and migrated again (users, videos, plans; embedded: the
-    streams and decisions too), PlayGate's Redis keys when PLAYGATE_REDIS_URL is set, and the JWT key generated
-    into the data dir (tokens issued before stop working). The media files are kept: they are made from nothing
-    but the video ids."""
+    streams and decisions too), PlayGate's Redis keys when PLAYGATE_REDIS_URL is set, the JWT key generated
+    into the data dir (tokens issued before stop working), and the work stopped processes kept there for the next
+    start (plays left undecided, what an outage took), which would otherwise be written into the emptied store.
+    The media files are kept: they are made from nothing but the video ids."""
     await reset_database(settings.resolved_database_url)
     keys = await forget_all(settings.redis_url) if settings.redis_url is not None else 0
     secret_file = settings.data_dir / JWT_SECRET_FILE
     had_secret_file = settings.jwt_secret is None and secret_file.exists()
     if had_secret_file:
         secret_file.unlink()
-    return Reset(keys, had_secret_file)
+    kept = [settings.data_dir / QUEUE_KEEP_FILE, *settings.data_dir.glob(f"{KEEP_PREFIX}*")]
+    removed = 0
+    for path in kept:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return Reset(keys, had_secret_file, removed)
 
 
 async def refuse_demo_passwords(catalog: Catalog) -> None:

@@ -11,7 +11,9 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
+from playgate.bus.local import QUEUE_KEEP_FILE
 from playgate.cli import main
+from playgate.outage import KEEP_PREFIX
 from tests.support.clients import api_client, connect_socket
 from tests.support.inprocess import served
 from tests.support.servers import playgate_env, start_playgate
@@ -79,9 +81,15 @@ def test_db_reset_asks_for_yes_then_empties_the_database(tmp_path: Path) -> None
     assert refused.exit_code != 0
     assert "--yes" in refused.output
     assert run("token", "user1", PLAYGATE_DEMO="false").exit_code == 0  # nothing was deleted
+    # work kept by stopped processes for the next start would go into the emptied store: deleted too
+    kept = [tmp_path / QUEUE_KEEP_FILE, tmp_path / f"{KEEP_PREFIX}123-abcd.json", tmp_path / "jwt-secret-not"]
+    for path in kept:
+        path.write_text("{}")
     done = run("db", "reset", "--yes")
     assert done.exit_code == 0, done.output
     assert "is empty and up to date" in done.output
+    assert "deleted 2 file(s) of work stopped processes kept" in done.output
+    assert [path.exists() for path in kept] == [False, False, True]
     gone = run("token", "user1", PLAYGATE_DEMO="false")
     assert gone.exit_code != 0
     assert "user1" in gone.output
