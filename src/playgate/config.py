@@ -98,7 +98,10 @@ class Settings(BaseSettings):
         description="Processes serving HTTP and Socket.IO in `playgate serve` (embedded); above 1, one more "
         "process owns the queue and the worker.",
     )
-    data_dir: Path = Field(Path("data"), description="Where the SQLite file and the JWT secret live.")
+    data_dir: Path = Field(
+        Path("data"),
+        description="Where the SQLite file and the JWT secret live, and what a stop left for the next start.",
+    )
     database_url: str | None = Field(
         None, description="Catalogue (and embedded ledger) database; default a SQLite file in the data dir."
     )
