@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -642,14 +643,10 @@ class PlayGate:
         """At start: the work of outages that earlier processes on this data dir kept as they stopped with the
         store down (write_back_before_stopping) becomes this process's outage, written back now if the store
         answers, else once it does (or kept again at this process's stop). Each file is taken by one process only
-        (renamed first); one that does not parse is left, renamed, and named in an error line."""
-        folder = self._settings.data_dir
-        try:
-            kept = sorted(p for p in folder.iterdir() if p.name.startswith(KEEP_PREFIX) and p.suffix == KEEP_SUFFIX)
-        except OSError:
-            return
-        for path in kept:
-            taken = path.with_name(f"{path.name}.taken-{os.getpid()}")
+        (renamed first, to `.taken-<pid>`; one taken by a process that is gone is taken again); one that does not
+        parse is renamed `.unreadable` and named in an error line."""
+        for path in _kept_outages(self._settings.data_dir):
+            taken = path.with_name(f"{path.name.split('.taken-')[0]}.taken-{os.getpid()}")
             try:
                 path.rename(taken)
                 raw = taken.read_bytes()
@@ -658,7 +655,10 @@ class PlayGate:
             try:
                 work, since = reconciliation_from_json(raw, self._clock())
             except (ValueError, KeyError, TypeError) as exc:
-                log.error("%s is not an outage's kept work (%s): left as %s", path, exc, taken)
+                unreadable = taken.with_name(f"{path.name.split('.taken-')[0]}.unreadable")
+                log.error("%s is not an outage's kept work (%s): left as %s", path, exc, unreadable)
+                with contextlib.suppress(OSError):
+                    taken.rename(unreadable)
                 continue
             self._outage.resume(work)
             self._taken.append(taken)
@@ -1063,3 +1063,33 @@ class PlayGate:
             # An outage is when the page matters most: the queue gauges keep their last values.
             log.warning("queue gauges not refreshed: %s", exc)
         return self._metrics.render(), self._metrics.content_type
+
+
+def _kept_outages(folder: Path) -> list[Path]:
+    """The keep files of the data dir a starting process may take: those no process took, and those taken by a
+    process that is gone (it stopped or was killed before writing them back). A starting process has taken none
+    yet, so one marked with its own pid is an earlier process's (a container's processes often have the same pid)."""
+    try:
+        names = sorted(p for p in folder.iterdir() if p.name.startswith(KEEP_PREFIX))
+    except OSError:
+        return []
+    kept = []
+    for path in names:
+        base, _, taker = path.name.partition(".taken-")
+        if not base.endswith(KEEP_SUFFIX):
+            continue  # a .part being written, or an .unreadable file
+        gone = taker.isdigit() and (int(taker) == os.getpid() or not _alive(int(taker)))
+        if not taker or gone:
+            kept.append(path)
+    return kept
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid runs here (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

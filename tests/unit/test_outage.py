@@ -3,7 +3,11 @@ each policy, and what is left to write back."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +15,7 @@ from playgate.domain import EndedStream, PlayRequest, Reason, Status, Stream
 from playgate.errors import Unavailable
 from playgate.metrics import Metrics
 from playgate.outage import (
+    KEEP_PREFIX,
     PROBE_INTERVAL_S,
     DeferredStop,
     Mode,
@@ -21,6 +26,7 @@ from playgate.outage import (
     reconciliation_from_json,
     reconciliation_to_json,
 )
+from playgate.service import _kept_outages
 from tests.support.clock import Clock
 
 LEASE_S = 90.0
@@ -253,3 +259,24 @@ def test_a_keep_file_that_is_not_one_is_refused() -> None:
                 b'"stopped": {}, "unannounced": []}'):  # fmt: skip
         with pytest.raises((ValueError, KeyError, TypeError)):
             reconciliation_from_json(raw, T0)
+
+
+def test_a_starting_process_takes_the_keep_files_no_live_process_holds(tmp_path: Path) -> None:
+    """Those no process took, and those taken by a process that is gone (killed before writing them back), or
+    marked with the starting process's own pid (an earlier container's process often had it); not those another
+    running process took, nor one being written or one that did not parse."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    dead = int(ended.stdout)
+    names = {
+        "free": f"{KEEP_PREFIX}1-aa.json",
+        "mine": f"{KEEP_PREFIX}2-bb.json.taken-{os.getpid()}",
+        "dead": f"{KEEP_PREFIX}3-cc.json.taken-{dead}",
+        "held": f"{KEEP_PREFIX}4-dd.json.taken-{os.getppid()}",
+        "writing": f"{KEEP_PREFIX}5-ee.json.part",
+        "unreadable": f"{KEEP_PREFIX}6-ff.json.unreadable",
+        "other": "undecided-requests.ndjson",
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in _kept_outages(tmp_path)] == [names["free"], names["mine"], names["dead"]]
+    assert _kept_outages(tmp_path / "absent") == []
