@@ -118,7 +118,24 @@ class Reconciliation:
 
 
 def _stream_from(d: dict[str, Any]) -> Stream:
-    return Stream(**{**d, "kinds": tuple(d.get("kinds", ()))})
+    """A stream of a keep file, each field of its type (ValueError, TypeError or KeyError otherwise)."""
+    kinds = d.get("kinds", [])
+    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+        raise TypeError(f"kinds must be a list of strings: {kinds!r}")
+    texts = [d[name] for name in ("id", "user_id", "video_id", "device_id", "device_name")]
+    if not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"a stream's ids and names must be strings: {texts!r}")
+    return Stream(
+        id=d["id"],
+        user_id=d["user_id"],
+        video_id=d["video_id"],
+        device_id=d["device_id"],
+        started_at=float(d["started_at"]),
+        expires_at=float(d["expires_at"]),
+        device_name=d["device_name"],
+        kinds=tuple(kinds),
+        away=bool(d["away"]),
+    )
 
 
 def reconciliation_to_json(work: Reconciliation, since: float) -> bytes:
@@ -144,7 +161,8 @@ def reconciliation_from_json(raw: bytes, now: float) -> tuple[Reconciliation, fl
         streams=[_stream_from(s) for s in body["streams"]],
         decisions=[decision_from_json(d) for d in body["decisions"]],
         stopped={
-            sid: DeferredStop(d["user"], Reason(d["reason"]), float(d["at"])) for sid, d in body["stopped"].items()
+            str(sid): DeferredStop(str(d["user"]), Reason(d["reason"]), float(d["at"]))
+            for sid, d in body["stopped"].items()
         },
         unannounced=[EndedStream(_stream_from(e["stream"]), Reason(e["reason"])) for e in body["unannounced"]],
         down_s=max(0.0, now - since),
@@ -276,6 +294,8 @@ class Outage:
         if self.since is None:
             self.since = self._clock() - work.down_s
             self._set_mode(self.mode())
+        # Streams the earlier process stopped, or ended unannounced: never honoured here, not even from a token.
+        self.forget([*work.stopped, *(e.stream.id for e in work.unannounced)])
         self.carry(work)
 
     def unwritten(self) -> tuple[Reconciliation, float] | None:

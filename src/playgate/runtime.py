@@ -409,6 +409,7 @@ class Runtime:
                     sweep_hold_s=settings.stream_ttl_s,
                     lists_shadow=ledger_events is None,
                     traced=settings.tracing is Tracing.otlp,
+                    sweep_held=gate.writes_back_taken,
                 )
             library = MediaLibrary(settings.resolved_media_dir)
             content = ContentGate(
@@ -439,9 +440,10 @@ class Runtime:
 
 
 async def _take_back_outages(role: Role, gate: PlayGate) -> None:
-    """A process that answers players takes back what earlier processes' outages left unwritten, before its worker
-    (if any) sweeps: a stream they kept playing past its stored lease is written back, not swept as expired."""
-    if role in (Role.serve, Role.api, Role.member):
+    """A process that answers players, or a group's owner (which starts before its members), takes back what
+    earlier processes' outages left unwritten, before its worker (if any) sweeps: a stream they kept playing past
+    its stored lease is written back, not swept as expired (the worker holds its sweeps while it is not)."""
+    if role is not Role.worker:
         await gate.outage_taken_back()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -188,9 +189,9 @@ class PlayGate:
         )
         if isinstance(fanout, EmittingFanout):  # ends another process announced: never honoured in an outage
             fanout.on_ended = self._outage.forget
-        # Keep files of an earlier process taken back (outage_taken_back), removed once their work is written back
-        # or kept again.
-        self._taken: list[Path] = []
+        # Keep files of earlier processes taken back (outage_taken_back), each held by an exclusive lock (its open
+        # descriptor) and removed once its work is written back or kept again.
+        self._taken: list[tuple[Path, int]] = []
 
     async def _users_of(self, user_ids: Sequence[str]) -> list[User | None]:
         found = await self._catalog.users(user_ids)
@@ -613,6 +614,8 @@ class PlayGate:
         fails does an error line say what is lost with the process."""
         unwritten = self._outage.unwritten()
         assert unwritten is not None  # an outage is under way
+        if unwritten[0].empty:  # a worker's, or nothing taken: no file
+            return
         folder = self._settings.data_dir
         keep = folder / f"{KEEP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{KEEP_SUFFIX}"
         part = keep.with_name(keep.name + ".part")
@@ -621,6 +624,7 @@ class PlayGate:
             part.write_bytes(reconciliation_to_json(*unwritten))
             part.replace(keep)  # a reader never sees half a file
         except OSError as exc:
+            part.unlink(missing_ok=True)
             log.error(
                 "stopping in an outage of the ledger store (%s), and what this process took during it cannot be "
                 "kept in %s (%s): it is lost with the process (%s)",
@@ -642,26 +646,25 @@ class PlayGate:
     async def outage_taken_back(self) -> None:
         """At start: the work of outages that earlier processes on this data dir kept as they stopped with the
         store down (write_back_before_stopping) becomes this process's outage, written back now if the store
-        answers, else once it does (or kept again at this process's stop). Each file is taken by one process only
-        (renamed first, to `.taken-<pid>`; one taken by a process that is gone is taken again); one that does not
-        parse is renamed `.unreadable` and named in an error line."""
+        answers, else once it does (or kept again at this process's stop). Each file is taken under an exclusive
+        lock held until its work is written back, so one process only takes it, and a process that dies leaves it
+        to the next; one that does not parse is renamed `.unreadable` and named in an error line."""
         for path in _kept_outages(self._settings.data_dir):
-            taken = path.with_name(f"{path.name.split('.taken-')[0]}.taken-{os.getpid()}")
-            try:
-                path.rename(taken)
-                raw = taken.read_bytes()
-            except OSError:
-                continue  # another process took it first
+            taken = _take(path)
+            if taken is None:
+                continue  # another process holds it, or took it and wrote it back
+            raw, fd = taken
             try:
                 work, since = reconciliation_from_json(raw, self._clock())
-            except (ValueError, KeyError, TypeError) as exc:
-                unreadable = taken.with_name(f"{path.name.split('.taken-')[0]}.unreadable")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                unreadable = path.with_name(path.name + ".unreadable")
                 log.error("%s is not an outage's kept work (%s): left as %s", path, exc, unreadable)
                 with contextlib.suppress(OSError):
-                    taken.rename(unreadable)
+                    path.rename(unreadable)
+                os.close(fd)
                 continue
             self._outage.resume(work)
-            self._taken.append(taken)
+            self._taken.append((path, fd))
             log.warning(
                 "taken back from %s: an outage since %s left %d stream(s), %d decision(s) and %d stop(s) to write back",
                 path,
@@ -676,10 +679,16 @@ class PlayGate:
             except Unavailable as exc:
                 log.warning("the ledger store does not answer yet (%s): written back once it does", exc)
 
+    @property
+    def writes_back_taken(self) -> bool:
+        """Whether work taken back at start is still to be written back (the worker holds its sweeps meanwhile)."""
+        return bool(self._taken)
+
     def _drop_taken(self) -> None:
-        """The taken keep files' work is written back, or kept again: the files go."""
-        for path in self._taken:
+        """The taken keep files' work is written back, or kept again: the files go (removed, then unlocked)."""
+        for path, fd in self._taken:
             path.unlink(missing_ok=True)
+            os.close(fd)
         self._taken.clear()
 
     async def _store_up(self) -> None:
@@ -1066,30 +1075,29 @@ class PlayGate:
 
 
 def _kept_outages(folder: Path) -> list[Path]:
-    """The keep files of the data dir a starting process may take: those no process took, and those taken by a
-    process that is gone (it stopped or was killed before writing them back). A starting process has taken none
-    yet, so one marked with its own pid is an earlier process's (a container's processes often have the same pid)."""
+    """The keep files of the data dir, oldest name first (not those being written, nor the unreadable)."""
     try:
-        names = sorted(p for p in folder.iterdir() if p.name.startswith(KEEP_PREFIX))
+        return sorted(p for p in folder.iterdir() if p.name.startswith(KEEP_PREFIX) and p.suffix == KEEP_SUFFIX)
     except OSError:
         return []
-    kept = []
-    for path in names:
-        base, _, taker = path.name.partition(".taken-")
-        if not base.endswith(KEEP_SUFFIX):
-            continue  # a .part being written, or an .unreadable file
-        gone = taker.isdigit() and (int(taker) == os.getpid() or not _alive(int(taker)))
-        if not taker or gone:
-            kept.append(path)
-    return kept
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process with this pid runs here (one of another user counts as running)."""
+def _take(path: Path) -> tuple[bytes, int] | None:
+    """A keep file's bytes and its descriptor, under an exclusive lock this process holds until it closes the
+    descriptor (a process that dies lets go of it); None when another process holds it, or it is gone (taken and
+    written back meanwhile: the lock won on a file no longer at `path` does not count)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise FileNotFoundError(path)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    except OSError:
+        os.close(fd)
+        return None
+    return b"".join(chunks), fd

@@ -64,6 +64,7 @@ class Worker:
         sweep_hold_s: float = 0.0,
         lists_shadow: bool = True,
         traced: bool = False,
+        sweep_held: bool = False,
     ) -> None:
         self._queue = queue
         self._ledger = ledger
@@ -80,6 +81,9 @@ class Worker:
         # After the ledger's store was down, expired leases are not swept for this long: their players could not
         # renew them meanwhile (the outage policy honoured them), and their next heartbeats renew them.
         self.sweep_hold_s = sweep_hold_s
+        # Started with an earlier process's outage still to write back (outage_taken_back): swept as after an
+        # outage, once the store answers and sweep_hold_s later.
+        self.sweep_held = sweep_held
         # False where the ledger lists shadow denials in the transaction of their decisions (embedded, LedgerEvents).
         self.lists_shadow = lists_shadow
         # PLAYGATE_TRACING: a span per decision, in the trace of the request (playgate.tracing).
@@ -227,7 +231,7 @@ class Worker:
 
     async def sweep_forever(self, stop: asyncio.Event) -> None:
         """Every sweep_interval_s: end expired streams and announce them; refresh the active-streams gauge."""
-        down = False
+        down = self.sweep_held
         held_until = 0.0
         while not stop.is_set():
             try:

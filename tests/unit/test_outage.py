@@ -4,11 +4,10 @@ each policy, and what is left to write back."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 
 from playgate.domain import EndedStream, PlayRequest, Reason, Status, Stream
@@ -26,7 +25,7 @@ from playgate.outage import (
     reconciliation_from_json,
     reconciliation_to_json,
 )
-from playgate.service import _kept_outages
+from playgate.service import _kept_outages, _take
 from tests.support.clock import Clock
 
 LEASE_S = 90.0
@@ -255,28 +254,56 @@ def test_what_a_process_stopping_in_an_outage_kept_is_the_next_process_s_to_writ
 
 
 def test_a_keep_file_that_is_not_one_is_refused() -> None:
-    for raw in (b"", b"[]", b'{"since": 1}', b'{"since": 1, "streams": [{"id": "s1"}], "decisions": [], '
-                b'"stopped": {}, "unannounced": []}'):  # fmt: skip
-        with pytest.raises((ValueError, KeyError, TypeError)):
+    """Not JSON, not an object, fields missing, or of the wrong type (which the write-back would fail on at every
+    call): refused as it is read."""
+    good = {"id": "s1", "user_id": "u1", "video_id": "v1", "device_id": "tv", "started_at": T0, "expires_at": T0}
+    good |= {"device_name": "", "kinds": [], "away": False}
+    bad_streams = [{"id": "s1"}, good | {"expires_at": "soon"}, good | {"id": 7}, good | {"kinds": "uhd"}]
+    empty = {"since": T0, "decisions": [], "stopped": {}, "unannounced": []}
+    raws = [b"", b"[]", b'{"since": 1}'] + [orjson.dumps(empty | {"streams": [s]}) for s in bad_streams]
+    raws.append(orjson.dumps(empty | {"streams": [], "stopped": {"s1": {"user": "u1", "reason": "?", "at": T0}}}))
+    for raw in raws:
+        with pytest.raises((ValueError, KeyError, TypeError, AttributeError)):
             reconciliation_from_json(raw, T0)
+    assert reconciliation_from_json(orjson.dumps(empty | {"streams": [good]}), T0)[0].streams[0].id == "s1"
 
 
-def test_a_starting_process_takes_the_keep_files_no_live_process_holds(tmp_path: Path) -> None:
-    """Those no process took, and those taken by a process that is gone (killed before writing them back), or
-    marked with the starting process's own pid (an earlier container's process often had it); not those another
-    running process took, nor one being written or one that did not parse."""
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
-    dead = int(ended.stdout)
-    names = {
-        "free": f"{KEEP_PREFIX}1-aa.json",
-        "mine": f"{KEEP_PREFIX}2-bb.json.taken-{os.getpid()}",
-        "dead": f"{KEEP_PREFIX}3-cc.json.taken-{dead}",
-        "held": f"{KEEP_PREFIX}4-dd.json.taken-{os.getppid()}",
-        "writing": f"{KEEP_PREFIX}5-ee.json.part",
-        "unreadable": f"{KEEP_PREFIX}6-ff.json.unreadable",
-        "other": "undecided-requests.ndjson",
-    }
-    for name in names.values():
-        (tmp_path / name).write_text("{}")
-    assert [p.name for p in _kept_outages(tmp_path)] == [names["free"], names["mine"], names["dead"]]
+def test_a_stream_the_earlier_process_stopped_is_never_honoured_by_the_one_that_takes_its_work_back() -> None:
+    """Its stop and its unannounced ends are taken back with the streams they end: a playback token of one of them
+    reaching the new process in the outage is not honoured (it would be written back as playing, and the stop
+    skipped as older than its lease)."""
+    state, clock, _ = outage()
+    state.remember([stream("s1"), stream("s2")])
+    state.store_down(Unavailable("gone"))
+    assert state.stopped("s1", "u1") is not None
+    state.unannounced([EndedStream(stream("s2"), Reason.replaced)])
+    unwritten = state.unwritten()
+    assert unwritten is not None
+    later, later_clock, _ = outage()
+    later_clock.now = clock.now + 5
+    later.resume(reconciliation_from_json(reconciliation_to_json(*unwritten), later_clock.now)[0])
+    assert later.honour("s1", "u1", told("s1")) is None
+    assert later.honour("s2", "u1", told("s2")) is None
+    assert later.honour("s3", "u1", told("s3")) is not None  # another stream's token still counts
+
+
+def test_a_keep_file_is_taken_by_one_process_at_a_time_and_left_by_one_that_dies(tmp_path: Path) -> None:
+    """Taken under an exclusive lock: another taker gets nothing while it is held, the next gets it once the
+    holder lets go (its process ended), and nothing once it is written back (removed); files being written or
+    unreadable are not candidates."""
+    kept = tmp_path / f"{KEEP_PREFIX}1-aa.json"
+    kept.write_bytes(b"{}")
+    for other in (f"{KEEP_PREFIX}2-bb.json.part", f"{KEEP_PREFIX}3-cc.json.unreadable", "undecided-requests.ndjson"):
+        (tmp_path / other).write_text("{}")
+    assert _kept_outages(tmp_path) == [kept]
     assert _kept_outages(tmp_path / "absent") == []
+    first = _take(kept)
+    assert first is not None
+    assert first[0] == b"{}"
+    assert _take(kept) is None  # held
+    os.close(first[1])  # as when its process ends
+    second = _take(kept)
+    assert second is not None
+    kept.unlink()  # written back
+    os.close(second[1])
+    assert _take(kept) is None
