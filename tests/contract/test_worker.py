@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from playgate.bus.local import LocalFanout, LocalQueue
@@ -114,4 +115,46 @@ async def test_a_shadow_denial_delivered_again_is_listed_once(make_ledger: Ledge
     assert await worker.step(wait_s=0) == 1
     assert plans.listed == [second.request_id]
     assert [m["requestId"] for _, m, _ in recorder.events] == ["7531-a", "7531-b", "7531-b"]
+    await fanout.close()
+
+
+async def _swept_ends(worker: Worker, recorder: Recorder, turns: int = 5) -> list[str]:
+    """The stream ends the sweeper announced in a few of its turns (sweep_interval_s apart)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.sweep_forever(stop))
+    await asyncio.sleep(worker.sweep_interval_s * turns)
+    stop.set()
+    await task
+    return [message["streamId"] for event, message, _ in recorder.events if event == "stream_ended"]
+
+
+async def test_a_worker_started_with_an_outage_to_write_back_holds_its_sweeps(
+    make_ledger: LedgerFactory, clock: Clock
+) -> None:
+    """Started while work taken back from an earlier process's outage is not yet written back (sweep_held), the
+    sweeper leaves an expired lease alone until the store has answered for sweep_hold_s: the stream it names may be
+    one that outage kept playing. Started without, it sweeps it at once."""
+    ledger = await make_ledger(lease_s=1.0)
+    request = PlayRequest("7531-held", "u1", "v1", "tv", accepted_at=clock.now)
+    [outcome] = await ledger.decide([Admission(request, Quota(limit=1))])
+    assert outcome.decision.status is Status.allowed
+    clock.advance(2)  # its lease has run out
+    recorder = Recorder()
+    fanout = LocalFanout(recorder)
+    held = Worker(
+        queue=LocalQueue(),
+        ledger=ledger,
+        fanout=fanout,
+        catalog=None,  # type: ignore[arg-type]  # the sweeper does not read it
+        metrics=Metrics(),
+        clock=clock,
+        batch_size=10,
+        sweep_interval_s=0.02,
+        sweep_hold_s=60,
+        sweep_held=True,
+    )
+    assert await _swept_ends(held, recorder) == []
+    clock.advance(61)
+    held.sweep_held = False  # a later start, with nothing left to write back
+    assert await _swept_ends(held, recorder) == [outcome.decision.stream_id]
     await fanout.close()
