@@ -45,6 +45,7 @@ from playgate.outage import (
     DeferredStop,
     Mode,
     Outage,
+    Reconciliation,
     admitted_in_outage,
     reconciliation_from_json,
     reconciliation_to_json,
@@ -192,6 +193,7 @@ class PlayGate:
         # Keep files of earlier processes taken back (outage_taken_back), each held by an exclusive lock (its open
         # descriptor) and removed once its work is written back or kept again.
         self._taken: list[tuple[Path, int]] = []
+        self._writing_back: asyncio.Event | None = None  # set when the write-back under way has ended
 
     async def _users_of(self, user_ids: Sequence[str]) -> list[User | None]:
         found = await self._catalog.users(user_ids)
@@ -599,6 +601,8 @@ class PlayGate:
         """The process is stopping: what an outage left in its memory (streams kept playing or admitted, decisions,
         stops) is written back now if the store answers (no call may have come since it did); if it does not, it is
         kept in a file of the data dir, which the next process started on it takes back (outage_taken_back)."""
+        if self._writing_back is not None:  # a write-back under way: if it fails, its work is this process's again
+            await self._writing_back.wait()
         if self._outage.since is None:
             return
         try:
@@ -696,6 +700,14 @@ class PlayGate:
         work = self._outage.store_up()
         if work is None:
             return
+        done = self._writing_back = asyncio.Event()  # a process stopping meanwhile waits for it (its outcome)
+        try:
+            await self._write_back(work)
+        finally:
+            done.set()
+            self._writing_back = None
+
+    async def _write_back(self, work: Reconciliation) -> None:
         try:
             restored = await self._ledger.restore(await self._with_kinds(work.streams))
             await self._ledger.keep(work.decisions)
