@@ -517,13 +517,23 @@ def floor(host: str, port: int) -> None:
     """Serve the outside generator's loop (the playgate dialect: request, the decision on the socket, stop) with
     nothing but the wire: uvloop, httptools, a hand-written WebSocket, a count per user in memory; no ledger, no
     signature check, no audit. Not a service: the floor of Python on this stack, to drive with ../shared/bench
-    (or `bench load --url`) and read PlayGate's own cost against (README, Performance). Ctrl-C stops it."""
+    (or `bench load --url`) and read PlayGate's own cost against (README, Performance). Ctrl-C or SIGTERM stops
+    it."""
+    import asyncio
+
     from playgate.bench.floor import serve
 
-    _exit_on_sigterm()
+    async def until_stopped() -> None:
+        """Serve until SIGTERM or SIGINT (the loop's own handlers: they cancel the serving task)."""
+        task = asyncio.current_task()
+        assert task is not None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(host, port)
+
     click.echo(f"floor server on http://{host}:{port} (keeps nothing, checks nothing)")
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(host, port))
+    uvloop.run(until_stopped())
 
 
 @bench.command()
