@@ -91,4 +91,9 @@ def test_the_command_serves_until_sigterm() -> None:
             assert answer.status_code == 200
         finally:
             server.send_signal(signal.SIGTERM)
-            assert server.wait(10) == 0
+            try:
+                stopped = server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()  # not left serving after the test
+                raise
+    assert stopped == 0
