@@ -13,13 +13,9 @@ import logging
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
 
-import orjson
-
-from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import Decision, EndedStream, OutagePolicy, Outcome, PlayRequest, Reason, Status, Stream
 from playgate.errors import Unavailable
 from playgate.metrics import Metrics
@@ -38,10 +34,6 @@ PROBE_INTERVAL_S = 1.0
 # process renews it after the outage knows why it ends when it is over the limit (Reason.outage_reconciled).
 OUTAGE_MARK = "o"
 RETRY_AFTER_S = 5
-# What an outage left unwritten when its process stopped with the store still down, kept in the data dir (one file
-# per stopping process: KEEP_PREFIX, a unique part, KEEP_SUFFIX) and taken back by the next process started on it.
-KEEP_PREFIX = "outage-unwritten-"
-KEEP_SUFFIX = ".json"
 
 
 class Mode(StrEnum):
@@ -115,59 +107,6 @@ class Reconciliation:
     def empty(self) -> bool:
         """Nothing to write back."""
         return not (self.streams or self.decisions or self.stopped or self.unannounced)
-
-
-def _stream_from(d: dict[str, Any]) -> Stream:
-    """A stream of a keep file, each field of its type (ValueError, TypeError or KeyError otherwise)."""
-    kinds = d.get("kinds", [])
-    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
-        raise TypeError(f"kinds must be a list of strings: {kinds!r}")
-    texts = [d[name] for name in ("id", "user_id", "video_id", "device_id", "device_name")]
-    if not all(isinstance(t, str) for t in texts):
-        raise TypeError(f"a stream's ids and names must be strings: {texts!r}")
-    return Stream(
-        id=d["id"],
-        user_id=d["user_id"],
-        video_id=d["video_id"],
-        device_id=d["device_id"],
-        started_at=float(d["started_at"]),
-        expires_at=float(d["expires_at"]),
-        device_name=d["device_name"],
-        kinds=tuple(kinds),
-        away=bool(d["away"]),
-    )
-
-
-def reconciliation_to_json(work: Reconciliation, since: float) -> bytes:
-    """What an outage left, and when it began (`since`), as the keep file holds it."""
-    stopped = work.stopped.items()
-    return orjson.dumps(
-        {
-            "since": since,
-            "streams": [asdict(s) for s in work.streams],
-            "decisions": [decision_to_json(d) for d in work.decisions],
-            "stopped": {sid: {"user": d.user_id, "reason": d.reason.value, "at": d.at} for sid, d in stopped},
-            "unannounced": [{"stream": asdict(e.stream), "reason": e.reason.value} for e in work.unannounced],
-        }
-    )
-
-
-def reconciliation_from_json(raw: bytes, now: float) -> tuple[Reconciliation, float]:
-    """A keep file's work (its down time counted to `now`) and the instant its outage began; ValueError (or
-    KeyError, TypeError) for a file that is not one."""
-    body = orjson.loads(raw)
-    since = float(body["since"])
-    work = Reconciliation(
-        streams=[_stream_from(s) for s in body["streams"]],
-        decisions=[decision_from_json(d) for d in body["decisions"]],
-        stopped={
-            str(sid): DeferredStop(str(d["user"]), Reason(d["reason"]), float(d["at"]))
-            for sid, d in body["stopped"].items()
-        },
-        unannounced=[EndedStream(_stream_from(e["stream"]), Reason(e["reason"])) for e in body["unannounced"]],
-        down_s=max(0.0, now - since),
-    )
-    return work, since
 
 
 class Outage:

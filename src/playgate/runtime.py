@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -54,12 +53,12 @@ from playgate.connections import check_redis_url, forget_all
 from playgate.devices import DeviceIds
 from playgate.domain import EndedStream, Reason, Stream
 from playgate.errors import ConfigError, PlayGateError
+from playgate.kept import KeptOutages
 from playgate.ledger.protocol import Ledger
 from playgate.ledger.redis import RedisLedger
 from playgate.ledger.sql import SqlLedger
 from playgate.media import ContentGate, EdgeSigner, MediaLibrary, PlaybackLinks
 from playgate.metrics import Metrics
-from playgate.outage import KEEP_PREFIX
 from playgate.probes import ProbeServer, probe_app
 from playgate.security import KeySet, PlatformTokens, PlaybackTokens, TokenIssuer
 from playgate.service import ENDS_AT_ONCE, PlayGate
@@ -154,12 +153,10 @@ async def reset_data(settings: Settings) -> Reset:
     had_secret_file = settings.jwt_secret is None and secret_file.exists()
     if had_secret_file:
         secret_file.unlink()
-    kept = [settings.data_dir / QUEUE_KEEP_FILE, *settings.data_dir.glob(f"{KEEP_PREFIX}*")]
-    removed = 0
-    for path in kept:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed += 1
+    queue_keep = settings.data_dir / QUEUE_KEEP_FILE
+    removed = int(queue_keep.exists())
+    queue_keep.unlink(missing_ok=True)
+    removed += KeptOutages(settings.data_dir).remove_all()
     return Reset(keys, had_secret_file, removed)
 
 

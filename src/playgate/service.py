@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from playgate import imports, tracing
@@ -36,20 +31,11 @@ from playgate.domain import (
 )
 from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized, Unavailable
 from playgate.imports import Format, KindName
+from playgate.kept import KeptOutages
 from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
-from playgate.outage import (
-    KEEP_PREFIX,
-    KEEP_SUFFIX,
-    DeferredStop,
-    Mode,
-    Outage,
-    Reconciliation,
-    admitted_in_outage,
-    reconciliation_from_json,
-    reconciliation_to_json,
-)
+from playgate.outage import DeferredStop, Mode, Outage, Reconciliation, admitted_in_outage
 from playgate.policy import is_away, parse_networks
 from playgate.ratelimit import UserRate
 from playgate.security import PlatformClaims, PlatformTokens, PlaybackClaims, TokenIssuer
@@ -190,9 +176,8 @@ class PlayGate:
         )
         if isinstance(fanout, EmittingFanout):  # ends another process announced: never honoured in an outage
             fanout.on_ended = self._outage.forget
-        # Keep files of earlier processes taken back (outage_taken_back), each held by an exclusive lock (its open
-        # descriptor) and removed once its work is written back or kept again.
-        self._taken: list[tuple[Path, int]] = []
+        # What a stop in an outage leaves for the next start, and what this process took back at its own.
+        self._kept = KeptOutages(settings.data_dir)
         self._writing_back: asyncio.Event | None = None  # set when the write-back under way has ended
 
     async def _users_of(self, user_ids: Sequence[str]) -> list[User | None]:
@@ -614,61 +599,40 @@ class PlayGate:
             self._keep_outage("the write-back failed")
 
     def _keep_outage(self, reason: str) -> None:
-        """Write what the outage under way left to a keep file of the data dir (whole, or not at all); only if that
-        fails does an error line say what is lost with the process."""
+        """Keep what the outage under way left in the data dir (KeptOutages); only if that fails does an error line
+        say what is lost with the process."""
         unwritten = self._outage.unwritten()
         assert unwritten is not None  # an outage is under way
         if unwritten[0].empty:  # a worker's, or nothing taken: no file
             return
-        folder = self._settings.data_dir
-        keep = folder / f"{KEEP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{KEEP_SUFFIX}"
-        part = keep.with_name(keep.name + ".part")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            part.write_bytes(reconciliation_to_json(*unwritten))
-            part.replace(keep)  # a reader never sees half a file
+            path = self._kept.keep(*unwritten)
         except OSError as exc:
-            part.unlink(missing_ok=True)
             log.error(
                 "stopping in an outage of the ledger store (%s), and what this process took during it cannot be "
                 "kept in %s (%s): it is lost with the process (%s)",
                 reason,
-                keep,
+                self._kept.folder,
                 exc,
                 self._outage.held(),
             )
             return
-        self._drop_taken()
+        self._kept.release()  # what it took back at start is in the new file
         log.warning(
             "stopping in an outage of the ledger store (%s): what this process took during it (%s) is kept in %s; "
             "the next process started on this data dir writes it back",
             reason,
             self._outage.held(),
-            keep,
+            path,
         )
 
     async def outage_taken_back(self) -> None:
         """At start: the work of outages that earlier processes on this data dir kept as they stopped with the
         store down (write_back_before_stopping) becomes this process's outage, written back now if the store
-        answers, else once it does (or kept again at this process's stop). Each file is taken under an exclusive
-        lock held until its work is written back, so one process only takes it, and a process that dies leaves it
-        to the next; one that does not parse is renamed `.unreadable` and named in an error line."""
-        for path in _kept_outages(self._settings.data_dir):
-            taken = _take(path)
-            if taken is None:
-                continue  # another process holds it, or took it and wrote it back
-            raw, fd = taken
-            try:
-                work, since = reconciliation_from_json(raw, self._clock())
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                unreadable = path.with_name(path.name + ".unreadable")
-                log.error("%s is not an outage's kept work (%s): left as %s", path, exc, unreadable)
-                with contextlib.suppress(OSError):
-                    path.rename(unreadable)
-                os.close(fd)
-                continue
+        answers, else once it does (or kept again at this process's stop). KeptOutages holds each file taken until
+        then, so that no other process takes it too."""
+        for path, work, since in self._kept.take(self._clock()):
             self._outage.resume(work)
-            self._taken.append((path, fd))
             log.warning(
                 "taken back from %s: an outage since %s left %d stream(s), %d decision(s) and %d stop(s) to write back",
                 path,
@@ -677,7 +641,7 @@ class PlayGate:
                 len(work.decisions),
                 len(work.stopped),
             )
-        if self._taken:
+        if self._kept.held:
             try:
                 await self._store_back()
             except Unavailable as exc:
@@ -686,14 +650,7 @@ class PlayGate:
     @property
     def writes_back_taken(self) -> bool:
         """Whether work taken back at start is still to be written back (the worker holds its sweeps meanwhile)."""
-        return bool(self._taken)
-
-    def _drop_taken(self) -> None:
-        """The taken keep files' work is written back, or kept again: the files go (removed, then unlocked)."""
-        for path, fd in self._taken:
-            path.unlink(missing_ok=True)
-            os.close(fd)
-        self._taken.clear()
+        return self._kept.held
 
     async def _store_up(self) -> None:
         """The store answered: write back what an outage left (streams, decisions, stops), once."""
@@ -721,7 +678,7 @@ class PlayGate:
             self._outage.store_down(exc)
             self._outage.carry(work)
             return
-        self._drop_taken()
+        self._kept.release()
         self._announce_late(work.unannounced)
         self._metrics.outage_reconciled.labels("streams").inc(restored)
         self._metrics.outage_reconciled.labels("decisions").inc(len(work.decisions))
@@ -1084,32 +1041,3 @@ class PlayGate:
             # An outage is when the page matters most: the queue gauges keep their last values.
             log.warning("queue gauges not refreshed: %s", exc)
         return self._metrics.render(), self._metrics.content_type
-
-
-def _kept_outages(folder: Path) -> list[Path]:
-    """The keep files of the data dir, oldest name first (not those being written, nor the unreadable)."""
-    try:
-        return sorted(p for p in folder.iterdir() if p.name.startswith(KEEP_PREFIX) and p.suffix == KEEP_SUFFIX)
-    except OSError:
-        return []
-
-
-def _take(path: Path) -> tuple[bytes, int] | None:
-    """A keep file's bytes and its descriptor, under an exclusive lock this process holds until it closes the
-    descriptor (a process that dies lets go of it); None when another process holds it, or it is gone (taken and
-    written back meanwhile: the lock won on a file no longer at `path` does not count)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(fd).st_ino != os.stat(path).st_ino:
-            raise FileNotFoundError(path)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-    except OSError:
-        os.close(fd)
-        return None
-    return b"".join(chunks), fd

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from playgate.outage import KEEP_PREFIX
+from playgate.kept import PREFIX as KEEP_PREFIX
 from playgate.webhooks import PLAY_DENIED, STREAM_ENDED, STREAM_STARTED
 from tests.support.clients import SocketClient, TestUser, admin_client, api_client, connect_socket, new_user
 from tests.support.receiver import Receiver

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from playgate.bus.local import QUEUE_KEEP_FILE
 from playgate.cli import main
-from playgate.outage import KEEP_PREFIX
+from playgate.kept import PREFIX as KEEP_PREFIX
 from tests.support.clients import api_client, connect_socket
 from tests.support.inprocess import served
 from tests.support.servers import playgate_env, start_playgate

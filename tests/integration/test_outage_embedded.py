@@ -17,7 +17,7 @@ import pytest
 
 from playgate.bus.local import QUEUE_KEEP_FILE
 from playgate.bus.protocol import request_from_json
-from playgate.outage import KEEP_PREFIX
+from playgate.kept import PREFIX as KEEP_PREFIX
 from tests.support.clients import TestUser, admin_client, api_client, new_user
 from tests.support.inprocess import served
 

@@ -12,9 +12,9 @@ import pytest
 
 from playgate.domain import EndedStream, PlayRequest, Reason, Status, Stream
 from playgate.errors import Unavailable
+from playgate.kept import PREFIX, KeptOutages, reconciliation_from_json, reconciliation_to_json
 from playgate.metrics import Metrics
 from playgate.outage import (
-    KEEP_PREFIX,
     PROBE_INTERVAL_S,
     DeferredStop,
     Mode,
@@ -22,10 +22,7 @@ from playgate.outage import (
     OutagePolicy,
     OutageRefused,
     admitted_in_outage,
-    reconciliation_from_json,
-    reconciliation_to_json,
 )
-from playgate.service import _kept_outages, _take
 from tests.support.clock import Clock
 
 LEASE_S = 90.0
@@ -290,20 +287,29 @@ def test_a_stream_the_earlier_process_stopped_is_never_honoured_by_the_one_that_
 def test_a_keep_file_is_taken_by_one_process_at_a_time_and_left_by_one_that_dies(tmp_path: Path) -> None:
     """Taken under an exclusive lock: another taker gets nothing while it is held, the next gets it once the
     holder lets go (its process ended), and nothing once it is written back (removed); files being written or
-    unreadable are not candidates."""
-    kept = tmp_path / f"{KEEP_PREFIX}1-aa.json"
-    kept.write_bytes(b"{}")
-    for other in (f"{KEEP_PREFIX}2-bb.json.part", f"{KEEP_PREFIX}3-cc.json.unreadable", "undecided-requests.ndjson"):
+    unreadable are not candidates, and a reset removes every keep file."""
+    state, clock, _ = outage()
+    state.remember([stream("s1")])
+    state.store_down(Unavailable("gone"))
+    assert state.stopped("s1", "u1") is not None
+    unwritten = state.unwritten()
+    assert unwritten is not None
+    first, second = KeptOutages(tmp_path), KeptOutages(tmp_path)
+    kept = first.keep(*unwritten)
+    assert kept.name.startswith(PREFIX)
+    for other in (f"{PREFIX}2-bb.json.part", f"{PREFIX}3-cc.json.unreadable", "undecided-requests.ndjson"):
         (tmp_path / other).write_text("{}")
-    assert _kept_outages(tmp_path) == [kept]
-    assert _kept_outages(tmp_path / "absent") == []
-    first = _take(kept)
-    assert first is not None
-    assert first[0] == b"{}"
-    assert _take(kept) is None  # held
-    os.close(first[1])  # as when its process ends
-    second = _take(kept)
-    assert second is not None
-    kept.unlink()  # written back
-    os.close(second[1])
-    assert _take(kept) is None
+    assert [(path, work.stopped) for path, work, _ in first.take(clock.now)] == [(kept, unwritten[0].stopped)]
+    assert first.held
+    assert second.take(clock.now) == []  # held
+    for _, fd in first._held:  # as when its process ends
+        os.close(fd)
+    first._held.clear()
+    assert [path for path, _, _ in second.take(clock.now)] == [kept]
+    second.release()
+    assert not kept.exists()
+    assert not second.held
+    assert KeptOutages(tmp_path).take(clock.now) == []
+    assert KeptOutages(tmp_path / "absent").take(clock.now) == []
+    assert KeptOutages(tmp_path).remove_all() == 2  # the .part and the .unreadable
+    assert [p.name for p in tmp_path.iterdir()] == ["undecided-requests.ndjson"]
