@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from playgate import tracing, webhooks
 from playgate.audit import AuditTrail, ChangeFeed, ChangeJournal, LedgerEvents, Retention
 from playgate.bus.hub import GroupFanout, Hub, MemberFanout, MemberLink, MemberQueue
-from playgate.bus.local import QUEUE_KEEP_FILE, LocalFanout, LocalQueue
+from playgate.bus.local import QUEUE_KEEP_FILE, LocalFanout, LocalQueue, queue_kept
 from playgate.bus.protocol import (
     Emitter,
     Fanout,
@@ -388,7 +388,7 @@ class Runtime:
                 platform=platform,
                 audit=audit,
             )
-            await _take_back_outages(role, gate)
+            await _take_back(role, gate, settings, queue)
             worker = None
             if role.decides:  # a member only puts and looks: its owner's worker decides
                 if not isinstance(queue, RequestQueue):
@@ -436,12 +436,16 @@ class Runtime:
         await self.stack.aclose()
 
 
-async def _take_back_outages(role: Role, gate: PlayGate) -> None:
-    """A process that answers players, or a group's owner (which starts before its members), takes back what
-    earlier processes' outages left unwritten, before its worker (if any) sweeps: a stream they kept playing past
-    its stored lease is written back, not swept as expired (the worker holds its sweeps while it is not)."""
+async def _take_back(role: Role, gate: PlayGate, settings: Settings, queue: PlayQueue) -> None:
+    """What stopped processes kept in the data dir for the next start. A process that answers players, or a
+    group's owner (which starts before its members), takes back what earlier processes' outages left unwritten,
+    before its worker (if any) sweeps: a stream they kept playing past its stored lease is written back, not swept
+    as expired (the worker holds its sweeps while it is not). Distributed, any process puts on the shared queue
+    the plays an embedded stop left undecided (embedded, the in-process queue takes them back itself)."""
     if role is not Role.worker:
         await gate.outage_taken_back()
+    if settings.redis_url is not None:
+        await queue_kept(settings.data_dir / QUEUE_KEEP_FILE, queue)
 
 
 def _start_tracing(settings: Settings, role: Role, stack: AsyncExitStack) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -10,10 +11,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from playgate.bus.local import QUEUE_KEEP_FILE, LocalQueue
+from playgate.bus.local import QUEUE_KEEP_FILE, LocalQueue, queue_kept
 from playgate.bus.protocol import RequestQueue
 from playgate.bus.redis import RedisQueue
 from playgate.domain import PlayRequest
+from playgate.errors import Unavailable
 from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 
@@ -105,3 +107,33 @@ async def test_the_embedded_queue_keeps_what_is_undecided_for_the_next_queue_on_
     third = LocalQueue(keep)
     await third.close()
     assert not keep.exists()
+
+
+class _Refusing(LocalQueue):
+    """A queue whose store does not answer after its first put."""
+
+    async def put(self, request: PlayRequest) -> None:
+        if await self.depth():
+            raise Unavailable("the queue's store does not answer")
+        await super().put(request)
+
+
+async def test_what_the_embedded_queue_kept_is_put_on_a_shared_queue_once_whole(tmp_path: Path) -> None:
+    """queue_kept (a distributed start): every kept request is put on the queue, then the file is removed; a queue
+    that fails midway leaves the file whole for the next start; a file another process holds is left to it."""
+    keep = tmp_path / QUEUE_KEEP_FILE
+    first = LocalQueue(keep)
+    for rid in ("a", "b"):
+        await first.put(play(rid))
+    await first.close()
+    kept = keep.read_text()
+    assert await queue_kept(keep, _Refusing()) == 0
+    assert keep.read_text() == kept
+    with keep.open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert await queue_kept(keep, LocalQueue()) == 0
+    shared = LocalQueue()
+    assert await queue_kept(keep, shared) == 2
+    assert not keep.exists()
+    assert [d.request for d in await shared.take(10, wait_s=0)] == [play("a"), play("b")]
+    assert await queue_kept(keep, shared) == 0

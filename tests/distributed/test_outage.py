@@ -19,9 +19,19 @@ import httpx
 import pytest
 import redis
 
+from playgate.bus.local import QUEUE_KEEP_FILE
 from playgate.kept import PREFIX as KEEP_PREFIX
 from playgate.webhooks import PLAY_DENIED, STREAM_ENDED, STREAM_STARTED
-from tests.support.clients import SocketClient, TestUser, admin_client, api_client, connect_socket, new_user
+from tests.support.clients import (
+    SocketClient,
+    TestUser,
+    admin_client,
+    api_client,
+    connect_socket,
+    decided,
+    new_user,
+)
+from tests.support.inprocess import play_left_undecided
 from tests.support.receiver import Receiver
 from tests.support.redis_server import RedisServer, redis_binary, start_redis
 from tests.support.servers import ServerProcess, migrate_playgate, start_playgate
@@ -361,4 +371,33 @@ async def test_what_an_api_process_took_in_the_outage_is_kept_when_it_stops_in_i
         for process in (api, worker, later):
             if process is not None:
                 process.stop()
+        server.stop()
+
+
+async def test_plays_an_embedded_stop_left_undecided_are_decided_by_a_distributed_start_on_its_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedded process stops with its SQLite file locked and a play queued (answered 202): it keeps the play in
+    its data dir. The deployment then moves to Redis on that data dir (its SQLite catalogue kept): the API process
+    started there puts the play on the Redis queue, and the worker decides it. Before, only an embedded start read
+    that file, and the play was unknown to the distributed deployment."""
+    monkeypatch.setattr("playgate.catalog.db.SQLITE_BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr("playgate.ledger.sql.SQLITE_BUSY_TIMEOUT_MS", 200)
+    media = {"PLAYGATE_MEDIA_DIR": str(tmp_path / "media")}
+    user, request_id = await play_left_undecided(tmp_path, **media)
+    keep = tmp_path / QUEUE_KEEP_FILE
+    assert keep.exists()
+    server = start_redis(tmp_path / "redis", appendonly=False)
+    env = {"PLAYGATE_REDIS_URL": server.url, **media}
+    api = await asyncio.to_thread(start_playgate, tmp_path, "api", **env)
+    worker = await asyncio.to_thread(start_playgate, tmp_path, "worker", wait_ready=False, **env)
+    try:
+        async with api_client(api.base_url, user.token) as client:
+            answer = await decided(client, request_id, BACK_DEADLINE_S)
+        assert (answer["status"], answer["videoId"], answer["deviceId"]) == ("allowed", "1", "tv"), answer
+        assert not keep.exists()
+        assert "queued from" in api.log()
+    finally:
+        for process in (api, worker):
+            process.stop()
         server.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ import pytest
 from playgate.bus.local import QUEUE_KEEP_FILE
 from playgate.bus.protocol import request_from_json
 from playgate.kept import PREFIX as KEEP_PREFIX
-from tests.support.clients import TestUser, admin_client, api_client, new_user
-from tests.support.inprocess import served
+from tests.support.clients import TestUser, admin_client, api_client, decided, new_user
+from tests.support.inprocess import play_left_undecided, served
 
 BUSY_MS = 200  # instead of 30 s: how long a ledger write waits for the lock before it fails
 LOCKED_S = 4.0  # long enough for the worker to fail its batch more often than MAX_ATTEMPTS
@@ -50,16 +49,6 @@ def _locked(tmp_path: Path) -> Iterator[None]:
     finally:
         lock.execute("ROLLBACK")
         lock.close()
-
-
-async def _decided(client: httpx.AsyncClient, request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        answer: dict[str, Any] = (await client.get(f"/v1/plays/{request_id}")).json()
-        if answer["status"] != "pending":
-            return answer
-        assert time.monotonic() < deadline, f"still pending after the lock was released: {answer}"
-        await asyncio.sleep(0.2)
 
 
 async def _playing_on_tv_and_tablet(client: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -98,7 +87,7 @@ async def test_a_locked_database_file_is_an_outage(tmp_path: Path) -> None:
             finally:
                 lock.execute("ROLLBACK")
                 lock.close()
-            answer = await _decided(client, asked.json()["requestId"])
+            answer = await decided(client, asked.json()["requestId"], DEADLINE_S)
             # Decided by the worker once the file took writes again (not refused, not dead-lettered).
             assert answer["status"] == "allowed", answer
             streams = (await client.get("/v1/streams")).json()
@@ -194,7 +183,7 @@ async def test_a_stop_taken_in_the_outage_spares_the_play_of_that_device_asked_s
                 assert (await client.delete(f"/v1/streams/{first['streamId']}")).status_code == 204
                 again = await client.post("/v1/plays", params={"wait": 1}, json=play)
                 assert again.status_code == 202, again.text
-            answer = await _decided(client, again.json()["requestId"])
+            answer = await decided(client, again.json()["requestId"], DEADLINE_S)
             assert (answer["status"], answer["streamId"]) == ("allowed", first["streamId"]), answer
             streams = (await client.get("/v1/streams")).json()  # the write-back comes first
             assert [s["id"] for s in streams] == [first["streamId"]], streams
@@ -220,22 +209,11 @@ async def test_a_stop_taken_in_the_outage_is_written_back_by_a_process_stopping_
 async def test_a_play_still_queued_when_the_process_stops_is_decided_by_the_next_start(tmp_path: Path) -> None:
     """The file is still locked as the process stops, a play queued (answered 202): the in-memory queue keeps it in
     the data dir instead of losing it, and the next start decides it (then the file is gone)."""
-    lock = sqlite3.connect(tmp_path / "playgate.sqlite3", isolation_level=None)
-    try:
-        async with served(tmp_path) as base_url:
-            user = await _user(base_url, limit=1)
-            async with api_client(base_url, user.token) as client:
-                lock.execute("BEGIN IMMEDIATE")  # held until the process has stopped
-                asked = await client.post("/v1/plays", params={"wait": 1}, json={"videoId": "1", "deviceId": "tv"})
-                assert asked.status_code == 202, asked.text
-    finally:
-        if lock.in_transaction:
-            lock.execute("ROLLBACK")
-        lock.close()
+    user, request_id = await play_left_undecided(tmp_path)
     keep = tmp_path / QUEUE_KEEP_FILE
-    assert [request_from_json(line).request_id for line in keep.read_text().splitlines()] == [asked.json()["requestId"]]
+    assert [request_from_json(line).request_id for line in keep.read_text().splitlines()] == [request_id]
     async with served(tmp_path) as base_url, api_client(base_url, user.token) as client:
-        answer = await _decided(client, asked.json()["requestId"])
+        answer = await decided(client, request_id, DEADLINE_S)
         assert (answer["status"], answer["videoId"], answer["deviceId"]) == ("allowed", "1", "tv"), answer
         assert not keep.exists()
 

@@ -3,12 +3,10 @@ over create_app), since none of this needs a socket."""
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 
-from tests.support.clients import TestUser, api_client, new_user
+from tests.support.clients import TestUser, api_client, decided, new_user
 
 PROBLEM = "application/problem+json"
 
@@ -25,16 +23,6 @@ def assert_problem(response: httpx.Response, status: int, field: str | None = No
     if field is not None:
         assert body["field"] == field, body
     return dict(body)
-
-
-async def decided(client: httpx.AsyncClient, request_id: str, timeout_s: float = 5.0) -> dict[str, object]:
-    """Poll GET /v1/plays/{id} until the request is decided."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            body = (await client.get(f"/v1/plays/{request_id}")).json()
-            if body["status"] != "pending":
-                return dict(body)
-            await asyncio.sleep(0.02)
 
 
 # ---- health and auth ------------------------------------------------------------------------------------

@@ -84,6 +84,16 @@ class SocketClient:
         await self.sio.disconnect()
 
 
+async def decided(client: httpx.AsyncClient, request_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Poll GET /v1/plays/{id} until the request is decided (TimeoutError after timeout_s)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            body: dict[str, Any] = (await client.get(f"/v1/plays/{request_id}")).json()
+            if body["status"] != "pending":
+                return body
+            await asyncio.sleep(0.05)
+
+
 async def connect_socket(base_url: str, *, token: str | None = None, **auth: str) -> SocketClient:
     """Connect a Socket.IO client with `auth: {"token": ...}` and start recording events."""
     sio = socketio.AsyncClient(reconnection=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from starlette.types import ASGIApp, Message
 from playgate.api.app import create_app
 from playgate.cli import server_config
 from playgate.config import load_settings
-from tests.support.clients import TRANSPORTS
+from tests.support.clients import TRANSPORTS, TestUser, admin_client, api_client, new_user
 from tests.support.servers import free_port, playgate_env
 
 LIFESPAN_TIMEOUT_S = 30.0
@@ -93,3 +94,27 @@ async def served_on_uvicorn(data_dir: Path, **env: str) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, LIFESPAN_TIMEOUT_S)
+
+
+async def play_left_undecided(data_dir: Path, **env: str) -> tuple[TestUser, str]:
+    """Serve on `data_dir` in this process, make a user (limit 1) and, with another connection holding the SQLite
+    file's write lock until the process has stopped, ask a play of video 1 on its tv (answered 202): the stop leaves
+    it undecided, kept in the data dir (bus.local.QUEUE_KEEP_FILE). Set a short busy timeout first
+    (playgate.catalog.db and playgate.ledger.sql's SQLITE_BUSY_TIMEOUT_MS). The user and the request's id."""
+    lock = sqlite3.connect(data_dir / "playgate.sqlite3", isolation_level=None)
+    try:
+        async with served(data_dir, **env) as base_url:
+            admin = await admin_client(base_url)
+            try:
+                user = await new_user(base_url, admin, limit=1)
+            finally:
+                await admin.aclose()
+            async with api_client(base_url, user.token) as client:
+                lock.execute("BEGIN IMMEDIATE")  # held until the process has stopped
+                asked = await client.post("/v1/plays", params={"wait": 1}, json={"videoId": "1", "deviceId": "tv"})
+                assert asked.status_code == 202, asked.text
+    finally:
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+    return user, str(asked.json()["requestId"])
