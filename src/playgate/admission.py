@@ -359,7 +359,8 @@ def _decision(
     tag: str | None = None,
     shadow: str | None = None,
 ) -> Decision:
-    """The one builder of a decision on `request`: allowed with its `stream`, or denied for `reason`."""
+    """The one builder of a decision on `request`: allowed with its `stream` (its id, lease, start and away flag),
+    or denied for `reason`."""
     return Decision(
         request_id=request.request_id,
         user_id=request.user_id,
@@ -374,6 +375,8 @@ def _decision(
         reason=reason,
         reason_tag=tag,
         shadow_reason=shadow,
+        started_at=stream.started_at if stream is not None else None,
+        away=stream.away if stream is not None else False,
     )
 
 

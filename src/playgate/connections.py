@@ -594,11 +594,16 @@ def decision_to_json(d: Decision) -> dict[str, Any]:
         body["x"] = repr(d.expires_at)
     if d.shadow_reason is not None:
         body["sh"] = d.shadow_reason
+    if d.started_at is not None:
+        body["st"] = repr(d.started_at)
+    if d.away:
+        body["aw"] = True
     return body
 
 
 def decision_from_json(d: dict[str, Any]) -> Decision:
-    """A Decision from the JSON object admission.lua keeps."""
+    """A Decision from the JSON object admission.lua keeps (one kept before decisions named their stream's start
+    and away flag, `st` and `aw`, reads as started at no known instant, at home)."""
     reason, tag = parse_reason(d["why"]) if d.get("why") else (None, None)
     return Decision(
         request_id=d["r"],
@@ -614,4 +619,6 @@ def decision_from_json(d: dict[str, Any]) -> Decision:
         expires_at=parse_time(d["x"]) if d.get("x") is not None else None,
         reason_tag=tag,
         shadow_reason=d.get("sh"),
+        started_at=parse_time(d["st"]) if d.get("st") is not None else None,
+        away=bool(d.get("aw", False)),
     )

@@ -209,7 +209,13 @@ class Stream:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome of one play request; `active` is the user's stream count after it."""
+    """The outcome of one play request; `active` is the user's stream count after it.
+
+    An allowed decision names its stream: its id, lease, start (`started_at`: the decision's instant for a new
+    stream, earlier when the device asked again for the stream it plays) and whether it plays away from the
+    household's networks, so that the decision's playback token names them as a heartbeat's would. `started_at`
+    is None for a denial, and for a decision stored before decisions carried it.
+    """
 
     request_id: str
     user_id: str
@@ -224,6 +230,8 @@ class Decision:
     expires_at: float | None = None
     reason_tag: str | None = None
     shadow_reason: str | None = None
+    started_at: float | None = None
+    away: bool = False
 
     @property
     def why(self) -> str | None:

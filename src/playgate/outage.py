@@ -66,8 +66,10 @@ def admitted_in_outage(stream_id: str) -> bool:
     return stream_id.partition("-")[2].startswith(OUTAGE_MARK)
 
 
-def _stream_of(request: PlayRequest, stream_id: str, started_at: float, expires_at: float) -> Stream:
-    """The stream an allowed request started."""
+def _stream_of(
+    request: PlayRequest, stream_id: str, started_at: float, expires_at: float, *, away: bool | None = None
+) -> Stream:
+    """The stream an allowed request started (away from the household as the request, unless `away` says)."""
     return Stream(
         id=stream_id,
         user_id=request.user_id,
@@ -77,7 +79,7 @@ def _stream_of(request: PlayRequest, stream_id: str, started_at: float, expires_
         expires_at=expires_at,
         device_name=request.device_name,
         kinds=request.kinds,
-        away=request.away,
+        away=request.away if away is None else away,
     )
 
 
@@ -264,10 +266,16 @@ class Outage:
             self._leases.popitem(last=False)
 
     def admitted(self, request: PlayRequest, decision: Decision) -> None:
-        """A decision this process answered: its stream, if allowed, is remembered."""
+        """A decision this process answered: its stream, if allowed, is remembered, with the start and away flag
+        the decision names (a decision that names no start, from a worker of the version before: the decision's
+        instant and the request's flag)."""
         if decision.stream_id is None or decision.expires_at is None:
             return
-        self.remember([_stream_of(request, decision.stream_id, decision.decided_at, decision.expires_at)])
+        if decision.started_at is None:
+            started_at, away = decision.decided_at, request.away
+        else:
+            started_at, away = decision.started_at, decision.away
+        self.remember([_stream_of(request, decision.stream_id, started_at, decision.expires_at, away=away)])
 
     def held(self) -> str:
         """What this process holds for the write-back, in words."""
@@ -371,6 +379,8 @@ class Outage:
                 reason=None,
                 stream_id=stream.id,
                 expires_at=stream.expires_at,
+                started_at=stream.started_at,
+                away=stream.away,
             )
         self._decisions[request.request_id] = decision
         self._metrics.outage_decisions.labels(decision.status.value).inc()

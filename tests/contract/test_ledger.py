@@ -124,6 +124,33 @@ async def test_same_device_and_video_reuses_its_stream_and_renews_it(make_ledger
     assert stream.expires_at == clock.now + LEASE_S
 
 
+async def test_an_allowed_decision_names_its_streams_start_and_whether_it_plays_away(
+    make_ledger: LedgerFactory, clock: Clock
+) -> None:
+    """An allowed decision names its stream's start and away flag, which its playback token names for a process
+    that honours the stream from the token alone (the away cap, oldest-first eviction): a new away stream's, and,
+    when the same device asks again for the video it plays, the first stream's start (earlier than this decision)
+    and away flag, as stored. A denial names neither. The ledger keeps them with the decision."""
+    ledger = await make_ledger()
+    away = await one(ledger, play("r1", away=True), rules=Rules(max_away_streams=1))
+    [stream] = await ledger.streams("u1")
+    assert stream.away is True
+    assert (away.started_at, away.away) == (stream.started_at, True)
+    assert away.started_at == clock.now
+    clock.advance(30)
+    again = await one(ledger, play("r2"), rules=Rules(max_away_streams=1))  # asked from home now: still away
+    assert again.stream_id == away.stream_id
+    assert again.decided_at == clock.now
+    assert (again.started_at, again.away) == (stream.started_at, True)
+    at_home = await one(ledger, play("r3", video="v2", device="phone"))
+    assert (at_home.started_at, at_home.away) == (clock.now, False)
+    refused = await one(ledger, play("r4", video="v3", device="web", away=True), rules=Rules(max_away_streams=1))
+    assert refused.reason is Reason.household_limit
+    assert (refused.started_at, refused.away) == (None, False)
+    for decision in (away, again, at_home, refused):
+        assert await ledger.decision(decision.request_id) == decision
+
+
 async def test_a_stop_unless_renewed_spares_a_stream_played_again_since(
     make_ledger: LedgerFactory, clock: Clock
 ) -> None:

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from alembic import command
 
-from playgate.catalog.db import upgrade
+from playgate.catalog.db import alembic_config, upgrade
 from playgate.domain import Reason, Status
 from playgate.errors import Unavailable
 from playgate.ledger import sql
@@ -156,3 +157,36 @@ async def test_closing_during_a_checkpoint_leaves_no_connection_open(
 def _transactions(ledger: SqlLedger) -> int:
     """Write transactions on the event loop's connection so far (each counted once, when it changed something)."""
     return ledger._inline_writes  # the count the checkpoints are driven by
+
+
+async def test_a_decision_stored_before_migration_0015_reads_without_its_streams_start(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Migration 0015 adds the stream's start and away flag to the decisions table: a row stored before it reads as
+    started at no known instant, at home (its playback token names the decision's instant); one decided after it
+    keeps both; and the migration goes down again."""
+    path = tmp_path / "ledger.sqlite3"
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0014")
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            'INSERT INTO decisions (request_id, user_id, video_id, device_id, status, active, "limit", decided_at, '
+            "stream_id, expires_at) VALUES ('r0', 'u1', 'v1', 'tv', 'allowed', 1, 3, ?, 's0', ?)",
+            (clock.now, clock.now + LEASE_S),
+        )
+    await upgrade(url)
+    ledger = _ledger(path, clock)
+    try:
+        before = await ledger.decision("r0")
+        assert before is not None
+        assert (before.status, before.stream_id, before.started_at, before.away) == (Status.allowed, "s0", None, False)
+        after = await one(ledger, play("r1", away=True))
+        assert (after.started_at, after.away) == (clock.now, True)
+        assert await ledger.decision(after.request_id) == after
+    finally:
+        await ledger.close()
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0014")
+    with sqlite3.connect(path) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+    assert {"started_at", "away"}.isdisjoint(columns)
+    assert {"decided_at", "stream_id", "shadow_reason"} <= columns

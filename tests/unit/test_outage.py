@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from playgate.domain import EndedStream, PlayRequest, Reason, Status, Stream
+from playgate.domain import Decision, EndedStream, PlayRequest, Reason, Status, Stream
 from playgate.errors import Unavailable
 from playgate.kept import PREFIX, KeptOutages, reconciliation_from_json, reconciliation_to_json
 from playgate.metrics import Metrics
@@ -154,6 +154,23 @@ def test_allow_admits_within_the_known_limit_and_leaves_it_to_write_back() -> No
         "s1": DeferredStop("u1", Reason.stopped, taken),
     }
     assert state.decision("r1") is None
+
+
+def test_decisions_name_their_streams_start_and_away_flag_before_and_in_the_outage() -> None:
+    """A decision the store gave for a stream started earlier (the device asked again for the video it plays) is
+    remembered with that start and away flag, so that the outage counts it against maxAwayStreams and by its age;
+    an allowed decision of the outage names its new stream's start and away flag as the store's decisions do."""
+    state, clock, _ = outage(OutagePolicy.allow)
+    asked_again = replace(request("r0", "tv"), video_id="v1")  # from home now; the stream plays away
+    kept = Decision("r0", "u1", "v1", "tv", Status.allowed, 1, 3, T0, "s0", expires_at=T0 + LEASE_S)
+    state.admitted(asked_again, replace(kept, started_at=T0 - 600, away=True))
+    state.store_down(Unavailable("gone"))
+    honoured = state.honour("s0", "u1")
+    assert honoured is not None
+    assert (honoured.started_at, honoured.away) == (T0 - 600, True)
+    clock.advance(1)
+    away = state.decide(replace(request("r1", "phone"), away=True), limit=3).decision
+    assert (away.status, away.started_at, away.away) == (Status.allowed, clock.now, True)
 
 
 def test_a_stream_seen_only_in_a_playback_token_counts_from_then_on() -> None:

@@ -74,11 +74,22 @@ def test_a_published_decision_keeps_every_field() -> None:
         expires_at=1_700_000_090.654321,
         reason_tag="uhd",
         shadow_reason="title_limit",
+        started_at=1_699_999_940.987654,
+        away=True,
     )
     defaults = Decision("", "", "", "", Status.allowed, 0, 0, 0.0)
     for field in dataclasses.fields(Decision):
         assert getattr(decision, field.name) != getattr(defaults, field.name), field.name
     assert decision_from_json(orjson.loads(orjson.dumps(decision_to_json(decision)))) == decision
+
+
+def test_a_decision_kept_by_a_version_before_reads_as_started_at_no_known_instant_at_home() -> None:
+    """A decision kept or published before decisions named their stream's start and away flag (no `st`, `aw`): its
+    playback token then names the decision's instant, at home (PlaybackLinks.for_decision)."""
+    before = {"r": "r1", "u": "u1", "v": "v1", "d": "tv", "s": "allowed", "a": 1, "l": 2, "t": "1.5", "sid": "s1"}
+    decision = decision_from_json(before)
+    assert (decision.started_at, decision.away) == (None, False)
+    assert decision == Decision("r1", "u1", "v1", "tv", Status.allowed, 1, 2, 1.5, stream_id="s1")
 
 
 def test_a_request_queued_by_a_version_before_reads_with_the_defaults() -> None:

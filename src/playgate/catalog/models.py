@@ -138,6 +138,10 @@ class DecisionRow(Base):
     decided_at: Mapped[float] = mapped_column(Float, index=True)
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     shadow_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # An allowed decision's stream: its start (earlier than decided_at when the device asked again for the stream
+    # it plays) and whether it plays away from the household; NULL and false for denials and older rows.
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    away: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class AuditColumns:

@@ -42,7 +42,10 @@ Returns one JSON string per request, in order: {"decision": {...}, "ended": [[st
 started_at, expires_at, reason, device name, kind tags, away], ...], "conflicts": [rows as in ended, reason ""]}
 (conflicts: the streams the denying cap counts, when a cap denies the request). A decision is {"r": request id,
 "u": user id, "v": video id, "d": device id, "s": status, "a": active, "l": limit, "t": decided_at, "sid": stream id?, "why": reason?,
-"x": expires_at?, "sh": the shadow's would-be denial?}. Times travel as '%.17g' strings: exact doubles.
+"x": expires_at?, "sh": the shadow's would-be denial?, "st": the stream's started_at?, "aw": true if the stream plays
+away from the household?} (sid, x and st: an allowed decision's stream, its start earlier than t when the device
+asked again for the stream it plays; decisions kept before st and aw were added lack them). Times travel as '%.17g'
+strings: exact doubles.
 ]]
 
 local now = tonumber(ARGV[1])
@@ -258,6 +261,10 @@ local function admit(leases, streams_key, decision_key, devices_key, request)
         if stream then
             d.sid = stream.id
             d.x = fmt(stream.expires)
+            d.st = fmt(stream.started)
+            if stream.away == 1 then
+                d.aw = true
+            end
         end
         if reason then
             d.why = reason

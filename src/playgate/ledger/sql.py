@@ -76,15 +76,15 @@ _StopArgs = tuple[str, bytes | None, str | None, float | None, Reason | None]
 # optional filter as a parameter that may be NULL, so that each is one prepared statement whatever the call.
 SELECT_PRIORS = (
     'SELECT request_id, user_id, video_id, device_id, status, active, "limit", decided_at, stream_id, reason, '
-    "expires_at, shadow_reason FROM decisions WHERE request_id IN (SELECT value FROM json_each(?))"
+    "expires_at, shadow_reason, started_at, away FROM decisions WHERE request_id IN (SELECT value FROM json_each(?))"
 )
 SELECT_DECISION = (
     'SELECT request_id, user_id, video_id, device_id, status, active, "limit", decided_at, stream_id, reason, '
-    "expires_at, shadow_reason FROM decisions WHERE request_id = ?"
+    "expires_at, shadow_reason, started_at, away FROM decisions WHERE request_id = ?"
 )
 INSERT_DECISION = (
     'INSERT INTO decisions (request_id, user_id, video_id, device_id, status, active, "limit", decided_at, '
-    "stream_id, reason, expires_at, shadow_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "stream_id, reason, expires_at, shadow_reason, started_at, away) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 KEEP_DECISION = INSERT_DECISION + " ON CONFLICT DO NOTHING"
 SELECT_USERS_STREAMS = (
@@ -185,6 +185,8 @@ def _decision(row: Sequence[Any]) -> Decision:
         expires_at=row[10],
         reason_tag=tag,
         shadow_reason=row[11],
+        started_at=row[12],
+        away=bool(row[13]),
     )
 
 
@@ -202,6 +204,8 @@ def _decision_values(d: Decision) -> tuple[Any, ...]:
         d.why,
         d.expires_at,
         d.shadow_reason,
+        d.started_at,
+        d.away,
     )
 
 
