@@ -159,15 +159,16 @@ class TokenIssuer:
 class PlaybackClaims:
     """What a valid playback token says: whose stream, which stream, which video; and, in tokens issued since they
     were added, which device plays it and when it started (epoch seconds), so that a process that honours the
-    stream from its token alone during an outage knows it as the store did (a decision's token names the
-    decision's instant: its stream's start, or later when the device asked again for the stream it plays)."""
+    stream from its token alone during an outage knows it as the store did (a decision's token names its stream's
+    start and away flag as a heartbeat's does; one of a decision stored before decisions carried them names the
+    decision's instant, at home)."""
 
     user_id: str
     stream_id: str
     video_id: str
     device_id: str = ""
     started_at: float | None = None
-    away: bool = False  # from outside the household's networks (a heartbeat's token says so; a decision's cannot)
+    away: bool = False  # from outside the household's networks
 
 
 def _b64(data: bytes) -> bytes:

@@ -26,7 +26,7 @@ def test_an_allowed_decision_carries_its_streams_playback_token(signer: EdgeSign
     now = time.time()  # the token's expiry is checked against the wall clock, when the test runs
     playback = PlaybackLinks(TOKENS, signer).for_decision(allowed(now), now)
     assert playback is not None
-    # the device and the decision's instant too: a process that never saw the stream honours it as it is
+    # the device and a start too (a decision stored before decisions named their stream's: the decision's instant)
     expected = PlaybackClaims(user_id="u1", stream_id="s1", video_id="v1", device_id="tv", started_at=now)
     assert TOKENS.check(playback.token) == expected
     if signer is None:
@@ -36,6 +36,22 @@ def test_an_allowed_decision_carries_its_streams_playback_token(signer: EdgeSign
         assert playback.token not in playback.url
     message = decision_message(allowed(now), playback)
     assert (message["playbackUrl"], message["playbackToken"]) == (playback.url, playback.token)
+
+
+@pytest.mark.parametrize("away", [True, False], ids=["away", "at home"])
+def test_an_allowed_decisions_token_names_its_streams_start_and_away_flag_as_a_heartbeats_does(away: bool) -> None:
+    """The same device asked again for the video it plays: the decision names the stream's earlier start and whether
+    it plays away, and its token says what a heartbeat's token of that stream says (a process honouring it in an
+    outage counts it against maxAwayStreams and evicts oldest first as the store would)."""
+    now = time.time()
+    stream = Stream("s1", "u1", "v1", "tv", now - 600, now + 90, away=away)
+    decision = replace(allowed(now), started_at=stream.started_at, away=away)
+    links = PlaybackLinks(TOKENS)
+    playback = links.for_decision(decision, now)
+    assert playback is not None
+    claims = TOKENS.check(playback.token)
+    assert claims == PlaybackClaims("u1", "s1", "v1", device_id="tv", started_at=now - 600, away=away)
+    assert claims == TOKENS.check(links.for_stream(stream, now).token)
 
 
 def test_a_denial_has_no_playback() -> None:

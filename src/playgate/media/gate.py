@@ -67,13 +67,22 @@ class PlaybackLinks:
         return Playback(play_url(token), token)
 
     def for_decision(self, decision: Decision, now: float) -> Playback | None:
-        """The playback of an allowed decision (its stream started at the decision's instant, or earlier when the
-        device asked again for the stream it plays); None for a denial."""
+        """The playback of an allowed decision, its token naming the stream as a heartbeat's would: its start (the
+        decision's instant for a new stream, earlier when the device asked again for the stream it plays) and
+        whether it plays away. A decision stored before decisions carried them names the decision's instant, at
+        home. None for a denial."""
         if decision.status is not Status.allowed or decision.stream_id is None:
             return None
         expires_at = decision.decided_at if decision.expires_at is None else decision.expires_at
+        started_at = decision.decided_at if decision.started_at is None else decision.started_at
         stream = Stream(
-            decision.stream_id, decision.user_id, decision.video_id, decision.device_id, decision.decided_at, expires_at
+            decision.stream_id,
+            decision.user_id,
+            decision.video_id,
+            decision.device_id,
+            started_at,
+            expires_at,
+            away=decision.away,
         )
         return self.for_stream(stream, now)
 
