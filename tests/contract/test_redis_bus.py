@@ -175,6 +175,26 @@ async def test_waiters_in_one_process_are_woken_by_a_worker_in_another(redis_url
     await worker.close()
 
 
+async def test_the_listener_hears_a_decision_after_a_silence_longer_than_the_socket_timeout(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The listener waits for the next message without a read timeout: a channel silent for longer than the
+    connections' socket timeout (shortened here to 0.3 s) is not taken for a lost Redis (which would subscribe
+    again after a pause, the sockets missing what was published meanwhile), and the next decision reaches them."""
+    monkeypatch.setattr(connections, "SOCKET_TIMEOUT_S", 0.3)
+    sockets = Recorder()
+    api, worker = RedisFanout(redis_url, sockets), RedisFanout(redis_url, Recorder())
+    await api.start()
+    await asyncio.sleep(1.0)
+    decision = Decision("r1", "u1", "v1", "tv", Status.denied, 3, 3, 1_800_000_000.25, reason=Reason.limit_reached)
+    await worker.publish([Outcome(decision)])
+    [(event, message, _room)] = await heard(sockets, 1)
+    assert (event, message["requestId"]) == ("message", "r1")
+    assert "decision listener lost Redis" not in caplog.text
+    await api.close()
+    await worker.close()
+
+
 async def test_a_stop_s_stream_ended_reaches_the_sockets_of_every_api_process(redis_url: str) -> None:
     first, second = Recorder(), Recorder()
     apis = [RedisFanout(redis_url, first), RedisFanout(redis_url, second)]

@@ -736,12 +736,17 @@ class RedisFanout(EmittingFanout):
             backoff_s = min(LISTEN_BACKOFF_MAX_S, backoff_s * 2)
 
     async def _hear(self, pubsub: Any) -> None:
-        """Deliver each message of the subscription, until it fails (SlotMoved: a channel left its node)."""
+        """Deliver each message of the subscription, until it fails (SlotMoved: a channel left its node). On one
+        server, a read that waits for the next message (pub/sub's `listen`): polled with a timeout instead, every
+        message cost an API process twice as much (the timeout's set-up, each read's own checks), and every API
+        process hears every decision of the deployment, whoever holds its sockets."""
+        if not self._cluster:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    await self._deliver(message["data"])
+            raise redis_errors.ConnectionError("the decisions channel's subscription ended")
         while True:
-            if self._cluster:
-                message = await pubsub.get_sharded_message(timeout=SHARDED_POLL_S)
-            else:
-                message = await pubsub.get_message(timeout=LISTEN_POLL_S)
+            message = await pubsub.get_sharded_message(timeout=SHARDED_POLL_S)
             if message is not None and message.get("type") == "sunsubscribe":
                 raise SlotMoved(f"{message.get('channel')} is no longer served by its node")
             if message is not None and message.get("type") in ("message", "smessage"):
