@@ -79,9 +79,13 @@ def _start(data_dir: Path, server: RedisServer, hooks_url: str) -> tuple[ServerP
 
 
 async def _play(client: httpx.AsyncClient, video_id: str, device_id: str) -> dict[str, Any]:
+    """The decision of a play; asked again until decided when it is still pending after 5 s (a worker started
+    beside the API may not read yet on a loaded machine: a make test run met that once)."""
     answer = await client.post("/v1/plays", params={"wait": 5}, json={"videoId": video_id, "deviceId": device_id})
-    assert answer.status_code == 200, answer.text
+    assert answer.status_code in (200, 202), answer.text
     body: dict[str, Any] = answer.json()
+    if answer.status_code == 202:
+        body = await decided(client, body["requestId"], BACK_DEADLINE_S)
     return body
 
 
