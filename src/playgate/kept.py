@@ -2,14 +2,13 @@
 for the next process started on it (PlayGate.write_back_before_stopping, PlayGate.outage_taken_back).
 
 One file per stopping process (`outage-unwritten-<pid>-<random>.json`, written whole or not at all). A starting
-process takes each under an exclusive lock (flock) that it holds until the work is written back or kept again, so
-that one process only takes a file, whatever pid namespace it runs in, and one that dies lets go of it.
+process takes each (taken.py: under an exclusive lock) and holds it until the work is written back or kept again, so
+that one process only takes a file, and one that dies lets go of it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -22,6 +21,7 @@ import orjson
 from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import EndedStream, Reason, Stream
 from playgate.outage import DeferredStop, Reconciliation
+from playgate.taken import Taken, take
 
 log = logging.getLogger("playgate.outage")
 
@@ -87,7 +87,7 @@ class KeptOutages:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._held: list[tuple[Path, int]] = []  # files taken, each with its locked descriptor
+        self._held: list[Taken] = []
 
     @property
     def held(self) -> bool:
@@ -112,28 +112,30 @@ class KeptOutages:
         by this process; one that does not parse is renamed `.unreadable` and named in an error line."""
         taken = []
         for path in self._candidates():
-            locked = _locked(path)
-            if locked is None:
-                continue  # another process holds it, or took it and wrote it back
-            raw, fd = locked
             try:
-                work, since = reconciliation_from_json(raw, now)
+                held = take(path)
+            except OSError as exc:
+                log.error("cannot read %s, an outage's kept work (%s): left there", path, exc)
+                continue
+            if held is None:
+                continue  # another process holds it, or took it and wrote it back
+            try:
+                work, since = reconciliation_from_json(held.raw, now)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 unreadable = path.with_name(path.name + ".unreadable")
                 log.error("%s is not an outage's kept work (%s): left as %s", path, exc, unreadable)
                 with contextlib.suppress(OSError):
                     path.rename(unreadable)
-                os.close(fd)
+                held.release()
                 continue
-            self._held.append((path, fd))
+            self._held.append(held)
             taken.append((path, work, since))
         return taken
 
     def release(self) -> None:
         """The held files' work is written back, or kept again: the files go (removed, then unlocked)."""
-        for path, fd in self._held:
-            path.unlink(missing_ok=True)
-            os.close(fd)
+        for held in self._held:
+            held.remove()
         self._held.clear()
 
     def remove_all(self) -> int:
@@ -151,23 +153,3 @@ class KeptOutages:
             return sorted(p for p in self.folder.iterdir() if p.name.startswith(PREFIX) and p.suffix == SUFFIX)
         except OSError:
             return []
-
-
-def _locked(path: Path) -> tuple[bytes, int] | None:
-    """A keep file's bytes and its descriptor, under an exclusive lock held until the descriptor is closed; None
-    when another process holds it, or it is gone (a lock won on a file no longer at `path` does not count)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(fd).st_ino != os.stat(path).st_ino:
-            raise FileNotFoundError(path)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-    except OSError:
-        os.close(fd)
-        return None
-    return b"".join(chunks), fd

@@ -3,7 +3,6 @@ each policy, and what is left to write back."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -319,8 +318,8 @@ def test_a_keep_file_is_taken_by_one_process_at_a_time_and_left_by_one_that_dies
     assert [(path, work.stopped) for path, work, _ in first.take(clock.now)] == [(kept, unwritten[0].stopped)]
     assert first.held
     assert second.take(clock.now) == []  # held
-    for _, fd in first._held:  # as when its process ends
-        os.close(fd)
+    for held in first._held:  # as when its process ends
+        held.release()
     first._held.clear()
     assert [path for path, _, _ in second.take(clock.now)] == [kept]
     second.release()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
@@ -17,6 +16,7 @@ from socketio import packet
 from playgate.bus.protocol import Delivery, EmittingFanout, PlayQueue, request_from_json, request_to_json
 from playgate.domain import Outcome, PlayRequest
 from playgate.errors import PlayGateError
+from playgate.taken import take
 
 log = logging.getLogger("playgate.bus")
 # In the data dir: the requests an embedded process stopped without deciding, taken back by its next start.
@@ -137,15 +137,19 @@ def _kept_requests(keep: Path, text: str) -> list[PlayRequest]:
 async def queue_kept(keep: Path, queue: PlayQueue) -> int:
     """Put on a shared queue (distributed: Redis) the requests an embedded process kept in `keep` as it stopped on
     this data dir, so that a deployment moved from embedded to distributed decides them rather than leave them
-    unread; how many were put. The file is taken under an exclusive lock (a process starting beside this one
-    leaves it to this one) and removed once every request is queued: a failure (the queue does not answer)
-    leaves it whole for the next start. A request queued twice (a process that died between its puts and the
-    removal) is decided once: a worker answers it the first decision again."""
-    taken = _lock_kept(keep)
-    if taken is None:
+    unread; how many were put. The file is taken (taken.py: a process starting beside this one leaves it to this
+    one) and removed once every request is queued: a failure (the queue does not answer) leaves it whole for the
+    next start. A request queued twice (a process that died between its puts and the removal) is decided once: a
+    worker answers it the first decision again."""
+    try:
+        held = take(keep)
+    except OSError as exc:
+        log.error("cannot read %s, the requests an embedded stop left undecided (%s): left there", keep, exc)
         return 0
-    handle, requests = taken
-    with handle:
+    if held is None:
+        return 0
+    with held:
+        requests = _kept_requests(keep, held.raw.decode("utf-8", errors="replace"))
         try:
             for request in requests:
                 await queue.put(request)
@@ -157,32 +161,9 @@ async def queue_kept(keep: Path, queue: PlayQueue) -> int:
                 exc.detail,
             )
             return 0
-        _remove_kept(handle, keep)
+        held.remove()
     log.warning("%d request(s) left undecided by an embedded stop queued from %s", len(requests), keep)
     return len(requests)
-
-
-def _lock_kept(keep: Path) -> tuple[TextIO, list[PlayRequest]] | None:
-    """The keep file, open and locked, and its requests; None if there is none, or another process holds it."""
-    try:
-        handle = keep.open("r+", encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.error("cannot read %s, the requests an embedded stop left undecided (%s): left there", keep, exc)
-        return None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # another process starting on this data dir is taking it
-        handle.close()
-        return None
-    return handle, _kept_requests(keep, handle.read())
-
-
-def _remove_kept(handle: TextIO, keep: Path) -> None:
-    """Empty the keep file (a process that opened it before its removal finds nothing to queue again), remove it."""
-    handle.truncate(0)
-    keep.unlink(missing_ok=True)
 
 
 class LocalFanout(EmittingFanout):
