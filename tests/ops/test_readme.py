@@ -45,3 +45,34 @@ def test_the_commands_section_names_every_command_and_subcommand() -> None:
         if isinstance(command, click.Group):
             missing += [f"{name} {sub}" for sub in command.commands if sub not in named]
     assert missing == []
+
+
+def _unclosed_fences(text: str) -> list[str]:
+    """Where a fenced code block goes wrong: a fence with an info string inside a block (the block above was never
+    closed, so the prose after it shows as code), or a block still open at the end."""
+    faults = []
+    opened_at = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        fence = re.match(r" {0,3}```(.*)$", line)
+        if fence is None:
+            continue
+        info = fence[1].strip()
+        if opened_at is None:
+            opened_at = number
+        elif info:
+            faults.append(f"line {number}: ```{info} inside the block opened at line {opened_at}")
+        else:
+            opened_at = None
+    if opened_at is not None:
+        faults.append(f"the block opened at line {opened_at} is never closed")
+    return faults
+
+
+def test_every_code_block_of_the_docs_is_closed() -> None:
+    """A stray fence turns the prose after it into code; the README's Performance section showed so for a while."""
+    assert _unclosed_fences("```bash\nls\n```\nprose\n```\n```bash\nls\n```\n") == [
+        "line 6: ```bash inside the block opened at line 5"
+    ]
+    root = README.parent
+    for path in (README, root / "bench" / "README.md", *sorted((root / "docs").glob("*.md"))):
+        assert _unclosed_fences(path.read_text()) == [], path.relative_to(root)
