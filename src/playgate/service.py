@@ -12,6 +12,7 @@ from typing import Any
 from playgate import imports, tracing
 from playgate.admission import over_rules
 from playgate.audit import AuditTrail, ChangeFeed, StoredEvent
+from playgate.batch import GroupCommit
 from playgate.bus.protocol import EmittingFanout, Fanout, PlayQueue, observe_queue
 from playgate.catalog.bulk import USERS, UpsertResult
 from playgate.catalog.keys import is_api_key
@@ -32,7 +33,6 @@ from playgate.domain import (
 from playgate.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized, Unavailable
 from playgate.imports import Format, KindName
 from playgate.kept import KeptOutages
-from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import Ledger
 from playgate.metrics import Metrics
 from playgate.outage import DeferredStop, Mode, Outage, Reconciliation, admitted_in_outage

@@ -145,6 +145,26 @@ async def test_a_request_put_again_is_queued_once(make_queue: QueueFactory) -> N
     assert await queue.depth() == 0
 
 
+async def test_requests_that_arrive_together_go_in_one_pipeline_in_their_order(
+    make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six players ask at once (as those told of one batch of decisions do): on a single server one pipeline of
+    enqueue.lua calls, sent again after loading the script the server forgot, each request queued once, in the
+    order they were put; a put again of one of them adds nothing. A cluster sends each on its own (concurrent
+    calls, in no set order)."""
+    queue = make_queue()
+    requests = [play(f"together-{n}", user="u1") for n in range(6)]
+    await queue._redis.script_flush()  # the pipeline meets NOSCRIPT: loaded, and sent again
+    pipelines = count_pipelines(monkeypatch)
+    await asyncio.gather(*(queue.put(request) for request in [*requests, requests[0]]))
+    cluster = queue._layout.cluster
+    assert pipelines == ([] if cluster else [7, 7])
+    taken = await queue.take(20, wait_s=1.0)
+    got = [d.request for d in taken]
+    assert (sorted(got, key=lambda r: r.request_id) if cluster else got) == requests
+    await queue.ack(taken)
+
+
 async def test_a_malformed_entry_is_dead_lettered_not_delivered(make_queue: QueueFactory) -> None:
     queue = make_queue()
     await queue.put(play("good"))

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 
+from playgate.batch import GroupCommit
 from playgate.errors import Unavailable
-from playgate.ledger.batch import GroupCommit
 
 
 class Recorder:

@@ -38,6 +38,7 @@ import socketio
 from redis import exceptions as redis_errors
 from redis.asyncio import RedisCluster
 
+from playgate.batch import GroupCommit
 from playgate.bus.local import LeanManager
 from playgate.bus.protocol import (
     Conflicts,
@@ -54,6 +55,8 @@ from playgate.connections import (
     GROUP,
     QUEUE_SHARDS,
     QueueShard,
+    ScriptCall,
+    call_together,
     connect,
     decision_channels,
     decision_from_json,
@@ -235,6 +238,11 @@ class RedisQueue:
         self._layout = layout_for(url)
         self._shards = self._layout.queue_shards(shards)
         self._enqueue = self._redis.register_script(_script("enqueue.lua"))
+        # On a single server, requests that arrive together (the players of one batch of decisions ask again at
+        # once) go in one pipeline, an enqueue.lua call each; on a cluster each goes on its own, to its shard's slot.
+        self._puts: GroupCommit[ScriptCall, Any] | None = (
+            None if self._layout.cluster else GroupCommit(self._put_together)
+        )
         self._ack = self._redis.register_script(_script("ack.lua"))
         self._own = self._redis.register_script(_script("own.lua"))
         self._live = self._redis.register_script(_script("workers.lua"))
@@ -265,10 +273,18 @@ class RedisQueue:
         """Append the request to its user's shard and mark it pending there, both or neither, once (enqueue.lua:
         a retry of a call whose reply was lost adds nothing)."""
         shard = self._shard_of_user(request.user_id)
-        body = request_to_json(request)
         keys = [shard.pending_key(request.request_id), shard.requests_key]
+        args: list[Any] = [request_to_json(request), self._pending_ttl_ms, self._maxlen]
         async with translate_redis_errors():
-            await self._enqueue(keys=keys, args=[body, self._pending_ttl_ms, self._maxlen])
+            if self._puts is None:
+                await self._enqueue(keys=keys, args=args)
+            else:
+                await self._puts((keys, args))
+
+    async def _put_together(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """enqueue.lua's replies to requests that arrived together, in one pipeline (a call run again, its script
+        loaded after NOSCRIPT, adds nothing: enqueue.lua finds its request pending)."""
+        return await call_together(self._redis, self._enqueue, calls)
 
     async def pending(self, request_id: str) -> PlayRequest | None:
         """The request while it is owed a decision, seen from any process: in the shard its id names (a request id

@@ -39,6 +39,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.commands.core import AsyncScript
 
 from playgate.admission import SUPERSEDED_AFTER_S, by_age, device_window_s
+from playgate.batch import GroupCommit
 from playgate.connections import (
     DECISIONS_CHANNEL,
     EVENTS_GROUP,
@@ -72,7 +73,6 @@ from playgate.domain import (
     new_id,
     owned_id,
 )
-from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import KeyClaim
 
 SWEEP_CHUNK = 500

@@ -26,6 +26,7 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from playgate.admission import by_age, decide, device_window_s
+from playgate.batch import GroupCommit
 from playgate.catalog.db import SQLITE_BUSY_TIMEOUT_MS, check_url, configure_sqlite_connection
 from playgate.domain import (
     Admission,
@@ -41,7 +42,6 @@ from playgate.domain import (
     parse_reason,
 )
 from playgate.errors import Unavailable
-from playgate.ledger.batch import GroupCommit
 from playgate.ledger.protocol import ChangeLog, KeyClaim
 
 T = TypeVar("T")
