@@ -15,8 +15,11 @@ import socketio
 import uvicorn
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.extensions import PerMessageDeflate
 
-from playgate.api.lean_sockets import LeanEngineIO, LeanQueue, LeanWSProtocol
+from playgate.api.lean_sockets import LeanEngineIO, LeanQueue, LeanWSProtocol, _extensions, text_frame
 from playgate.api.socket import create_server
 
 QUEUES = [pytest.param(asyncio.Queue, id="asyncio.Queue"), pytest.param(LeanQueue, id="LeanQueue")]
@@ -269,6 +272,14 @@ async def test_messages_reach_a_websocket_client_in_order_past_the_idle_writer(u
             assert time.monotonic() < deadline, "the server saw no connection"
             await asyncio.sleep(0.01)
         assert sockets[0].queue.direct is not None  # the writer can be skipped on this connection
+        written_now: list[bool] = []
+        write_now = sio.eio.write_now
+
+        def counted(sid: str, pkt: Any) -> bool:
+            written_now.append(write_now(sid, pkt))
+            return written_now[-1]
+
+        sio.eio.write_now = counted
         for i in range(COUNT):
             if i % 10 == 0:
                 # A packet that goes the queue's way wakes the writer: the messages after it queue up behind it
@@ -279,6 +290,8 @@ async def test_messages_reach_a_websocket_client_in_order_past_the_idle_writer(u
                 await asyncio.sleep(0)
         await asyncio.wait_for(done.wait(), 10)
         assert got == list(range(COUNT))
+        assert len(written_now) == COUNT
+        assert 0 < sum(written_now) < COUNT  # emits framed and written at once, others behind the queued ones
     finally:
         await client.disconnect()
         server.should_exit = True
@@ -286,3 +299,29 @@ async def test_messages_reach_a_websocket_client_in_order_past_the_idle_writer(u
 
 
 COUNT = 500
+
+
+def _opened(*, deflate: bool) -> WSConnection:
+    """A server websocket after its handshake with a client that offers permessage-deflate; agreed if `deflate`."""
+    server = WSConnection(ConnectionType.SERVER)
+    client = WSConnection(ConnectionType.CLIENT)
+    server.receive_data(client.send(Request(host="localhost", target="/", extensions=[PerMessageDeflate()])))
+    assert isinstance(next(server.events()), Request)
+    client.receive_data(server.send(AcceptConnection(extensions=[PerMessageDeflate()] if deflate else [])))
+    return server
+
+
+def test_frames_are_written_at_once_only_on_a_websocket_without_extensions() -> None:
+    """The guard of LeanWSProtocol.write_frame reads what the installed wsproto agreed on: none, or deflate (whose
+    messages wsproto must compress)."""
+    assert _extensions(_opened(deflate=False)) == []
+    assert [type(e) for e in _extensions(_opened(deflate=True))] == [PerMessageDeflate]
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_a_frame_written_at_once_is_the_one_wsproto_makes(size: int) -> None:
+    """text_frame, for each of the three length encodings, against wsproto's own framing of the same message on a
+    server connection without extensions."""
+    server = _opened(deflate=False)
+    text = "é" * (size // 2) + "x" * (size % 2)  # two bytes a character but the last: `size` bytes of UTF-8
+    assert text_frame(text) == server.send(TextMessage(text))

@@ -68,7 +68,8 @@ class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-s
     async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
         session = self.legacy_sessions.get(eio_sid)
         if session is None:
-            await super()._send_eio_packet(eio_sid, eio_pkt)
+            if not self.eio.write_now(eio_sid, eio_pkt):  # a websocket ready for it, at once (lean_sockets.py)
+                await super()._send_eio_packet(eio_sid, eio_pkt)
             return
         encoded = eio_pkt.encode()
         if isinstance(encoded, str):
