@@ -2,9 +2,9 @@
 outage's unwritten work, kept.py; the requests an embedded queue left undecided, bus/local.py).
 
 A process takes such a file under an exclusive lock (flock), which it holds until it removes the file, once what the
-file says is done, or lets go of it (what it says is left for the next start). A lock is a process's whatever pid
-namespace it runs in, and one that dies lets go of it. A process that opened the file before another removed it
-wins the lock on a file no longer at its path, and takes nothing.
+file says is done, or lets go of it (what it says is left for the next start). The lock holds between processes
+whatever pid namespace each runs in, and a process that dies lets go of it. A process that opened the file before
+another removed it wins the lock on a file no longer at its path, and takes nothing.
 """
 
 from __future__ import annotations

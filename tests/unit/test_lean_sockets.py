@@ -311,8 +311,8 @@ def _opened(*, deflate: bool) -> WSConnection:
     return server
 
 
-def test_frames_are_written_at_once_only_on_a_websocket_without_extensions() -> None:
-    """The guard of LeanWSProtocol.write_frame reads what the installed wsproto agreed on: none, or deflate (whose
+def test_text_is_framed_here_only_on_a_websocket_without_extensions() -> None:
+    """The guard of LeanWSProtocol.send_now reads what the installed wsproto agreed on: none, or deflate (whose
     messages wsproto must compress)."""
     assert _extensions(_opened(deflate=False)) == []
     assert [type(e) for e in _extensions(_opened(deflate=True))] == [PerMessageDeflate]

@@ -11,9 +11,9 @@ task, a timeout armed and cancelled, ASGI's send). A message for a websocket who
 empty queue) is written to the connection at once instead (`LeanQueue.direct`): the same frame, in the same order,
 since nothing is queued before it and the writer is not writing. Anything else (pings, which keep the writer's
 wait short of its timeout; a socket still upgrading from long-polling; a connection that asked us to stop writing
-until it drains) goes the queue's way. A Socket.IO emit reaches such a socket's connection in one call
-(`LeanEngineIO.write_now`): the frame built here, without passing through engine.io's send and the socket's queue
-on the way, nor wsproto's framing.
+until it drains) goes the queue's way. A Socket.IO emit takes that direct way in one call
+(`LeanEngineIO.write_now`), without engine.io's send on the way, and a text message on a websocket without
+extensions is framed here (`text_frame`), not by wsproto.
 """
 
 from __future__ import annotations
@@ -57,14 +57,15 @@ class LeanQueue(Generic[T]):
         """No item waiting."""
         return not self._items
 
-    def idle(self) -> bool:
-        """Nothing queued, and a getter waits: an item put now is taken at once, in order."""
-        return not self._items and self._waiting()
+    def put_direct(self, item: T) -> bool:
+        """Deliver `item` past the queue (`direct`), which is in order only with nothing queued and a getter
+        waiting; True if delivered, else nothing was done."""
+        return self.direct is not None and not self._items and self._waiting() and self.direct(item)
 
     def put_nowait(self, item: T) -> None:
         """Add an item; the first getter still waiting is handed the oldest. With nothing queued and a getter
         waiting, `direct` may deliver it instead."""
-        if self.direct is not None and self.idle() and self.direct(item):
+        if self.put_direct(item):
             return
         self._items.append(item)
         self._unfinished += 1
@@ -174,22 +175,17 @@ class LeanEngineIO(engineio.AsyncServer):  # type: ignore[misc]  # python-engine
         return LeanQueue()
 
     def write_now(self, sid: str, pkt: Any) -> bool:
-        """Write a text message packet to socket `sid`'s websocket now, as `send_packet` would once the socket's
-        idle writer took it (DirectWebSocket): True if written. False, with nothing done, whenever that would not
-        be so (no such socket, or closed; not a websocket for good; something queued before it, or the writer
-        busy; a client overdue for its pong, whose socket the queue's way closes; a connection asking us to hold
-        off): then `send_packet` it."""
+        """Deliver a packet to socket `sid` past its queue, as `send_packet` would through the queue's `direct`
+        (DirectWebSocket): True if written. False, with nothing done, where `send_packet` must take it (no such
+        socket, or closed; a client overdue for its pong, whose socket that way closes; anything `direct` leaves
+        to the queue)."""
         socket = self.sockets.get(sid)
-        if socket is None or socket.closed or not socket.upgraded or socket.upgrading:
-            return False
-        queue = socket.queue
-        direct = queue.direct if isinstance(queue, LeanQueue) else None
-        if not isinstance(direct, _WriteNow) or pkt.packet_type != eio_packet.MESSAGE or pkt.binary:
+        if socket is None or socket.closed or not isinstance(socket.queue, LeanQueue):
             return False
         last_ping = socket.last_ping
-        if (last_ping and time.time() - last_ping > self.ping_timeout) or not queue.idle():
+        if last_ping and time.time() - last_ping > self.ping_timeout:
             return False
-        return direct.connection.write_frame(text_frame(pkt.encode()))
+        return socket.queue.put_direct(pkt)
 
     def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         """engine.io's tasks, but a socket's `_send_ping` (started after each pong) becomes a timer."""
@@ -226,31 +222,24 @@ class LeanWSProtocol(WSProtocol):
 
     def send_now(self, data: str | bytes) -> bool:
         """Write one message frame, as ASGI's `websocket.send` does, if that needs no wait: the websocket is open
-        and the connection is not asking us to hold off (its buffer full); False (nothing written) otherwise."""
-        if not self._open_now():
-            return False
-        message = wsproto.events.TextMessage(data) if isinstance(data, str) else wsproto.events.BytesMessage(data)
-        self.transport.write(self.conn.send(message))
-        return True
-
-    def write_frame(self, frame: bytes) -> bool:
-        """Write a whole message frame made elsewhere (text_frame), under send_now's conditions, on a websocket that
-        agreed on no extension (PLAYGATE_WS_PER_MESSAGE_DEFLATE on, a client may have: wsproto then compresses each
-        message)."""
-        if not self._open_now() or _extensions(self.conn) != []:
-            return False
-        self.transport.write(frame)
-        return True
-
-    def _open_now(self) -> bool:
-        return not (
+        and the connection is not asking us to hold off (its buffer full); False (nothing written) otherwise. Text
+        on a websocket that agreed on no extension is framed here (text_frame, the frame wsproto makes); anything
+        else by wsproto (which compresses under permessage-deflate, PLAYGATE_WS_PER_MESSAGE_DEFLATE)."""
+        if (
             not self.handshake_complete
             or self.close_sent
             or self.response_started
             or self.disconnected
             or not self.writable.is_set()
             or self.transport.is_closing()
-        )
+        ):
+            return False
+        if isinstance(data, str) and _extensions(self.conn) == []:
+            self.transport.write(text_frame(data))
+            return True
+        message = wsproto.events.TextMessage(data) if isinstance(data, str) else wsproto.events.BytesMessage(data)
+        self.transport.write(self.conn.send(message))
+        return True
 
 
 def _extensions(conn: Any) -> Any:
