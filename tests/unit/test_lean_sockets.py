@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 import tracemalloc
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ import uvicorn
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
@@ -246,11 +248,6 @@ async def test_messages_reach_a_websocket_client_in_order_past_the_idle_writer(u
     async def connect(sid: str, _environ: dict[str, Any]) -> None:
         sockets.append(sio.eio.sockets[sio.manager.eio_sid_from_sid(sid, "/")])
 
-    config = uvicorn.Config(
-        socketio.ASGIApp(sio), port=unused_tcp_port, ws=LeanWSProtocol, log_config=None, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
     client = socketio.AsyncClient()
     got: list[int] = []
     done = asyncio.Event()
@@ -261,16 +258,8 @@ async def test_messages_reach_a_websocket_client_in_order_past_the_idle_writer(u
         if len(got) == COUNT:
             done.set()
 
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            await asyncio.sleep(0.01)
-        await client.connect(f"http://127.0.0.1:{unused_tcp_port}", transports=["websocket"], wait_timeout=5)
-        deadline = time.monotonic() + 5
-        while not sockets:
-            assert time.monotonic() < deadline, "the server saw no connection"
-            await asyncio.sleep(0.01)
+    async with _serving(sio, unused_tcp_port, client):
+        await _until(lambda: bool(sockets), "the server saw no connection")
         assert sockets[0].queue.direct is not None  # the writer can be skipped on this connection
         written_now: list[bool] = []
         write_now = sio.eio.write_now
@@ -292,13 +281,63 @@ async def test_messages_reach_a_websocket_client_in_order_past_the_idle_writer(u
         assert got == list(range(COUNT))
         assert len(written_now) == COUNT
         assert 0 < sum(written_now) < COUNT  # emits framed and written at once, others behind the queued ones
+
+
+COUNT = 500
+
+
+async def test_an_open_websocket_keeps_only_wsprotos_frame_protocol(unused_tcp_port: int) -> None:
+    """Once uvicorn has accepted a websocket, its connection holds wsproto's frame protocol alone, not the handshake
+    around it (about 3 KB an idle socket), and messages still go both ways and the close still ends it."""
+    sio = create_server()
+    heard: list[Any] = []
+    left: list[str] = []
+
+    @sio.on("hello")  # type: ignore[misc]
+    async def hello(sid: str, data: Any) -> None:
+        heard.append(data)
+        await sio.emit("back", {"got": data}, to=sid)
+
+    @sio.event  # type: ignore[misc]
+    async def disconnect(sid: str, *_reason: Any) -> None:
+        left.append(sid)
+
+    client = socketio.AsyncClient()
+    back: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    client.on("back", lambda data: back.done() or back.set_result(data))
+    async with _serving(sio, unused_tcp_port, client) as server:
+        websockets = [c for c in server.server_state.connections if isinstance(c, LeanWSProtocol)]
+        assert [type(c.conn) for c in websockets] == [Connection]
+        await client.emit("hello", "x" * 200)
+        assert await asyncio.wait_for(back, 5) == {"got": "x" * 200}
+        assert heard == ["x" * 200]
+        await client.disconnect()
+        await _until(lambda: bool(left), "the server did not see the client go")
+        await _until(lambda: not server.server_state.connections, "the websocket was not closed")
+
+
+@contextlib.asynccontextmanager
+async def _serving(sio: socketio.AsyncServer, port: int, client: socketio.AsyncClient) -> AsyncIterator[uvicorn.Server]:
+    """A real uvicorn with PlayGate's websocket protocol serving `sio` on `port`, and `client` connected to it over a
+    websocket; on the way out the client leaves (if it has not) and the server stops."""
+    config = uvicorn.Config(socketio.ASGIApp(sio), port=port, ws=LeanWSProtocol, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await _until(lambda: server.started, "uvicorn did not start", timeout_s=10)
+        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=5)
+        yield server
     finally:
         await client.disconnect()
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
 
 
-COUNT = 500
+async def _until(done: Callable[[], bool], what: str, *, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
 
 
 def _opened(*, deflate: bool) -> WSConnection:
@@ -316,6 +355,9 @@ def test_text_is_framed_here_only_on_a_websocket_without_extensions() -> None:
     messages wsproto must compress)."""
     assert _extensions(_opened(deflate=False)) == []
     assert [type(e) for e in _extensions(_opened(deflate=True))] == [PerMessageDeflate]
+    opened = _opened(deflate=True).connection  # the frame protocol alone, as an open LeanWSProtocol keeps it
+    assert [type(e) for e in _extensions(opened)] == [PerMessageDeflate]
+    assert _extensions(WSConnection(ConnectionType.SERVER)) is None  # before its handshake
 
 
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])

@@ -4,7 +4,9 @@ uvicorn protocol that use it.
 Memory, measured with tracemalloc around 360 idle sockets (bench/README.md, "Where an idle socket's memory goes"):
 each socket held two `asyncio.Queue`s (uvicorn's, engine.io's), and each allocates four deques up front (its items,
 getters, putters, and its `join` Event's waiters), about 3 KB a queue; and engine.io kept a task per socket asleep
-until its next ping (a task, its coroutine, its sleep future and timer, about 1 KB).
+until its next ping (a task, its coroutine, its sleep future and timer, about 1 KB). And uvicorn's connection kept
+wsproto's whole handshake for the websocket's life (the h11 connection that read the upgrade request, the request
+and its headers, about 3 KB), where only the frame protocol it opened is used again (`LeanWSProtocol.send`).
 
 Work: engine.io hands every packet to a writer task per socket, through the socket's queue (a wake-up of that
 task, a timeout armed and cancelled, ASGI's send). A message for a websocket whose writer is idle (waiting on an
@@ -21,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 import engineio
+import wsproto.connection
 import wsproto.events
 from engineio import packet as eio_packet
 from engineio.async_drivers.asgi import WebSocket as AsgiWebSocket
@@ -220,6 +223,20 @@ class LeanWSProtocol(WSProtocol):
         super().__init__(*args, **kwargs)
         self.queue = LeanQueue()  # type: ignore[assignment]
 
+    def send(self, message: Any) -> Coroutine[Any, Any, None]:
+        """uvicorn's ASGI send; the one that accepts the websocket also lets go of its handshake (_opened)."""
+        sending = super().send(message)
+        return sending if self.handshake_complete else self._opened(sending)
+
+    async def _opened(self, sending: Coroutine[Any, Any, None]) -> None:
+        """Send (the accept, or a refusal); once the websocket is open, keep only wsproto's frame protocol: its
+        `Connection` answers send, receive_data, events and state as the `WSConnection` around it does once open
+        (all uvicorn asks of it), and the handshake beside it (the h11 connection that read the upgrade request,
+        the request and its headers: about 3 KB) is not used again."""
+        await sending
+        if isinstance(self.conn, wsproto.WSConnection) and self.conn.connection is not None:
+            self.conn = self.conn.connection  # type: ignore[assignment]  # the same calls, see above
+
     def send_now(self, data: str | bytes) -> bool:
         """Write one message frame, as ASGI's `websocket.send` does, if that needs no wait: the websocket is open
         and the connection is not asking us to hold off (its buffer full); False (nothing written) otherwise. Text
@@ -243,9 +260,9 @@ class LeanWSProtocol(WSProtocol):
 
 
 def _extensions(conn: Any) -> Any:
-    """The extensions a wsproto connection agreed on (its frame protocol's); None where this wsproto keeps them
-    elsewhere."""
-    return getattr(getattr(conn.connection, "_proto", None), "extensions", None)
+    """The extensions a wsproto connection agreed on (its frame protocol's: the `Connection` itself, or the one a
+    `WSConnection` opened); None where this wsproto keeps them elsewhere, or before the handshake."""
+    return getattr(getattr(getattr(conn, "connection", conn), "_proto", None), "extensions", None)
 
 
 def text_frame(text: str) -> bytes:
