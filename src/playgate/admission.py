@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from playgate.domain import (
     Decision,
@@ -17,9 +17,10 @@ from playgate.domain import (
     Stream,
     reason_text,
 )
+from playgate.values import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Verdict:
     """A decision and the user's streams after it: what the ledger must write."""
 
@@ -135,7 +136,7 @@ def _seen(request: PlayRequest, known: Mapping[str, float], quota: Quota, now: f
     return kept
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Check:
     """A rule that denies: its reason, and the kind tag for `kind_limit`."""
 
@@ -148,7 +149,7 @@ class Check:
         return reason_text(self.reason, self.tag)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Room:
     """Whether a new stream fits: the streams kept and those ended to make room, or the rule that denies."""
 

@@ -49,10 +49,13 @@ from playgate.catalog.models import AuditEventRow
 from playgate.catalog.service import translate_db_errors
 from playgate.domain import Decision, EndedStream, LoggedChange, Outcome, Policy, Stream
 from playgate.errors import PlayGateError
+from playgate.values import frozen
 
 log = logging.getLogger("playgate.audit")
 
 
+# Not playgate.values.frozen: mypy reads a descriptor field of a dataclass_transform class through the descriptor
+# (a float here, not the column); and one is made at start-up, not per request.
 @dataclass(frozen=True, slots=True)
 class Retention:
     """Rows of another table pruned beside the audit trail, on its schedule: those whose `column` (epoch seconds)
@@ -68,7 +71,7 @@ STREAM_END = "stream_end"
 PAGE_MAX = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AuditEvent:
     """One decision (`outcome` allowed or denied) or one stream's end (`outcome` the reason it ended)."""
 
@@ -87,7 +90,7 @@ class AuditEvent:
     shadow: str | None = None  # the reason the plan's shadow rules would have denied it (None: they would not)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoredEvent:
     """An AuditEvent as stored, with its id (ids grow: the cursor of the queries)."""
 

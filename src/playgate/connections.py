@@ -14,7 +14,6 @@ import os
 import traceback
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -29,6 +28,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from playgate.domain import Decision, Status, id_owner, parse_reason
 from playgate.errors import ConfigError, Unavailable
+from playgate.values import frozen
 
 PREFIX = "playgate:"
 LEASES_KEY = f"{PREFIX}leases"
@@ -168,7 +168,7 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
     return nodes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SentinelService:
     """What a redis+sentinel://[user:password@]host:port[,host:port...]/db/service URL names (python-socketio's
     form): the Sentinels, the service (the primary's name in their `sentinel monitor`), the database and the
@@ -363,7 +363,7 @@ def user_bucket(user_id: str) -> int:
     return key_slot(user_id.encode()) // SLOTS_PER_BUCKET
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class QueueShard:
     """One stream of the request queue; its pending markers and dead letters share its slot (enqueue.lua and
     ack.lua each run in one slot)."""
@@ -389,7 +389,7 @@ class QueueShard:
         return f"{self.requests_key}:workers"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyLayout:
     """Where the keys an admission touches live. One server: `playgate:{<user id>}:streams`, one lease index
     (`playgate:leases`), decisions under their request id. A cluster: every key an admission touches in the user's

@@ -13,7 +13,6 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from playgate.config import JWT_SECRET_FILE, Settings, Tracing, is_loopback, sec
 from playgate.connections import HASH_LISTPACK_VALUE, check_redis_url, is_cluster_url, primaries
 from playgate.errors import ConfigError, Unavailable
 from playgate.security import KeySet
+from playgate.values import frozen
 
 CONNECT_TIMEOUT_S = 5.0
 # A server waiting at start for its database tries again after this long, doubled each try up to the maximum.
@@ -49,7 +49,7 @@ class Verdict(StrEnum):
     fail = "FAIL"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Check:
     """One line of the report: what was checked, the verdict, and what was found in plain words."""
 

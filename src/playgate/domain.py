@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from enum import StrEnum
+
+from playgate.values import frozen
 
 # Ids of users, videos, plans, requests: what platforms' identity providers use too (`auth0|5f7c...`,
 # `user@example.com`, UUIDs), and nothing that could break a Redis hash tag ({}), a path or a log line.
@@ -74,7 +75,7 @@ def parse_reason(text: str) -> tuple[Reason, str | None]:
     return Reason(name), (tag if colon else None)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Rules:
     """The admission rules of a plan beside its total limit; None (or no entry) means no such cap.
 
@@ -95,7 +96,7 @@ class Rules:
     on_outage: OutagePolicy | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Plan:
     """A subscription plan: how many streams its users may watch at once, its other rules and a shadow policy."""
 
@@ -106,7 +107,7 @@ class Plan:
     shadow: Rules | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class User:
     """An account; `limit` is the effective limit (own, else the plan's, else the default)."""
 
@@ -132,7 +133,7 @@ class KeyScope(StrEnum):
     read = "read"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ApiKey:
     """An API key as stored (never the key itself): its id, name, scope, and when it was made, last used, revoked."""
 
@@ -144,7 +145,7 @@ class ApiKey:
     revoked_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Video:
     """Something to watch."""
 
@@ -155,7 +156,7 @@ class Video:
     kinds: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Quota:
     """What the admission rule needs to know of a user at decision time."""
 
@@ -166,7 +167,7 @@ class Quota:
     shadow: Rules | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PlayRequest:
     """A user's wish to start a video on a device, as queued for the worker (times in epoch seconds)."""
 
@@ -188,7 +189,7 @@ class PlayRequest:
     trace: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Stream:
     """An active (or, once its lease ran out, expired) stream."""
 
@@ -207,7 +208,7 @@ class Stream:
         return self.expires_at > now
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Decision:
     """The outcome of one play request; `active` is the user's stream count after it.
 
@@ -239,7 +240,7 @@ class Decision:
         return reason_text(self.reason, self.reason_tag) if self.reason is not None else None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Device:
     """A device an account played on, and when it last started a stream (epoch seconds)."""
 
@@ -248,7 +249,7 @@ class Device:
     last_seen_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EndedStream:
     """A stream that stopped counting, and why."""
 
@@ -256,7 +257,7 @@ class EndedStream:
     reason: Reason
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Admission:
     """One request to decide, with the user's quota as known at decision time."""
 
@@ -264,7 +265,7 @@ class Admission:
     quota: Quota
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outcome:
     """What deciding one admission did: the decision, the streams it ended to make room (if any), and, for a
     request denied at the limit, the streams that hold the limit (`conflicts`)."""
@@ -277,7 +278,7 @@ class Outcome:
     again: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LoggedChange:
     """A change as a ledger logged it beside making it (distributed: an entry of its change log), for the audit
     trail to record: a decision (with the streams it ended) or streams ended at `at` without one. `entry` names it

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -17,6 +16,7 @@ from playgate.catalog import bulk
 from playgate.catalog.bulk import Kind, Refusal, UpsertResult
 from playgate.catalog.service import Catalog
 from playgate.policy import FIELDS, rules_to_json
+from playgate.values import frozen
 from playgate.wire import Id, Limit, Name, RulesWire, ShadowRules, Text, VideoUrl
 
 MAX_ROWS = 100_000
@@ -72,7 +72,7 @@ class PlanRowIn(_Row, RulesWire):
         return given
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Schema:
     """One importable kind: its row model and how it is stored."""
 

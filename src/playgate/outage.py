@@ -19,6 +19,7 @@ from enum import StrEnum
 from playgate.domain import Decision, EndedStream, OutagePolicy, Outcome, PlayRequest, Reason, Status, Stream
 from playgate.errors import Unavailable
 from playgate.metrics import Metrics
+from playgate.values import frozen
 
 log = logging.getLogger("playgate.outage")
 
@@ -83,7 +84,7 @@ def _stream_of(
     )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeferredStop:
     """A stop taken while the store was down, to apply once it answers: whose stream, why it ends, and when (this
     process's clock) it was taken."""

@@ -63,6 +63,7 @@ from playgate.probes import ProbeServer, probe_app
 from playgate.security import KeySet, PlatformTokens, PlaybackTokens, TokenIssuer
 from playgate.service import ENDS_AT_ONCE, PlayGate
 from playgate.throttle import LoginThrottle
+from playgate.values import frozen
 from playgate.worker import MAX_ATTEMPTS, Worker
 
 log = logging.getLogger("playgate")
@@ -132,7 +133,7 @@ async def prepare_catalog(settings: Settings, catalog: Catalog) -> None:
         await refuse_demo_passwords(catalog)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reset:
     """What `playgate db reset` removed."""
 

@@ -12,7 +12,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -24,6 +23,7 @@ from jwt import PyJWK, PyJWKSet
 
 from playgate.domain import ID_PATTERN, MAX_ID_LEN, Stream
 from playgate.errors import Unauthorized, Unavailable
+from playgate.values import frozen
 
 log = logging.getLogger("playgate.security")
 
@@ -100,7 +100,7 @@ def _decode(token: str, keys: Sequence[str], **options: Any) -> dict[str, Any]:
     return jwt.decode(token, keys[-1], algorithms=[ALGORITHM], **options)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Claims:
     """What a valid token says: who, and whether an admin."""
 
@@ -155,7 +155,7 @@ class TokenIssuer:
         return self._checked.keep(token, claims, float(payload["exp"]))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PlaybackClaims:
     """What a valid playback token says: whose stream, which stream, which video; and, in tokens issued since they
     were added, which device plays it and when it started (epoch seconds), so that a process that honours the
@@ -364,7 +364,7 @@ def _unverified_header(token: str) -> dict[str, Any]:
     return header
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PlatformClaims:
     """What a valid platform token says: the user id, and the plan and own limit when the claims carry them."""
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from playgate import imports, tracing
@@ -40,6 +40,7 @@ from playgate.policy import is_away, parse_networks
 from playgate.ratelimit import UserRate
 from playgate.security import PlatformClaims, PlatformTokens, PlaybackClaims, TokenIssuer
 from playgate.throttle import LoginThrottle, Throttled
+from playgate.values import frozen
 
 log = logging.getLogger("playgate.service")
 
@@ -56,7 +57,7 @@ ERASE_WAIT_S = 10.0
 ERASE_POLL_S = 0.1
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Principal:
     """Who is calling: a user, and whether they may act as an admin; or a platform's backend with an API key of
     some scope (`user` None)."""
@@ -91,7 +92,7 @@ class Principal:
         return self.admin or self.scope is KeyScope.plays
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Readiness:
     """Each backend's state ("ok" or why not), and the outage mode in force; ready when every backend answers, or
     while an outage is within its grace (this process still serves the streams playing)."""
@@ -106,7 +107,7 @@ class Readiness:
         return self.in_grace or all(state == "ok" for state in self.checks.values())
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Login:
     """A logged-in user's access token and how long it is valid."""
 
@@ -115,7 +116,7 @@ class Login:
     user: User
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PlayTicket:
     """A play request as the API answers it: its id, its decision when already known, and whether the server issued
     the request's device (an answer that names devices tells that device's secret: PlayGate.device_secret)."""

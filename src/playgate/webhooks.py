@@ -24,7 +24,6 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +38,7 @@ from playgate.catalog.models import WebhookDeliveryRow, WebhookEventRow
 from playgate.catalog.service import translate_db_errors
 from playgate.config import Settings
 from playgate.errors import PlayGateError
+from playgate.values import frozen
 
 log = logging.getLogger("playgate.webhooks")
 
@@ -78,7 +78,7 @@ def backoff_s(attempts: int, first_s: float, max_s: float) -> float:
     return float(min(max_s, first_s * 2 ** max(0, attempts - 1)))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Message:
     """An outbound event: its Standard Webhooks id, its type, whose it is, when, and the JSON body as sent."""
 
@@ -199,7 +199,7 @@ def _new_delivery(msg_id: str, user_id: str, at: float, endpoint: str, now: floa
     }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Attempt:
     """A delivery taken for one try, and what the try gave."""
 
@@ -218,7 +218,7 @@ class Attempt:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeliveryLogEntry:
     """A row of the delivery log."""
 

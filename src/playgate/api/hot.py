@@ -40,6 +40,7 @@ from playgate.errors import Invalid, PlayGateError
 from playgate.logs import REQUEST_ID_HEADER, request_id_var, sane_request_id
 from playgate.media import ContentGate
 from playgate.service import PlayGate, Principal
+from playgate.values import frozen
 from playgate.wire import MAX_STREAM_ID_LEN, Id, StreamId
 
 log = logging.getLogger("playgate.api")
@@ -54,7 +55,7 @@ _WAIT = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Template:
     """The route template a request matched: HttpEdge labels its metrics with `path`, as for FastAPI's routes."""
 
@@ -272,7 +273,7 @@ async def _authorize(call: Call, _params: tuple[str, ...]) -> Answer:
     return Answer(204, None, headers)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Route:
     """A hot route: its handler, its template, and whether it reads the request's body."""
 

@@ -19,6 +19,7 @@ from playgate.bench.rawhttp import HttpClient
 from playgate.bench.stats import CpuWindow, LoopLag, percentiles_ms
 from playgate.bench.target import HTTP_TIMEOUT_S, Account, BenchError, Target
 from playgate.media.clips import ADAPTIVE_SECONDS, SEGMENT_S
+from playgate.values import frozen
 
 MODES = ("serve", "authorize")
 VIDEO_IDS = ("1", "2", "3", "4", "5", "6")
@@ -27,7 +28,7 @@ STREAMS_PER_USER = 4  # as a household would: the gate reads a user's streams on
 PLAY_CONCURRENCY = 16
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SegmentSpec:
     """One run: how many players, how often each fetches, for how long, and what the gate does."""
 

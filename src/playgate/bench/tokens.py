@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from playgate.bench.keyset import AUDIENCE, IdentityProvider, new_key
 from playgate.security import KeySet, PlatformTokens
+from playgate.values import frozen
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TokenFigures:
     """Checks of one algorithm per second of this process's CPU time (what one core does, however busy the
     machine), and per second of wall time: distinct tokens (each verified), and tokens seen before (remembered)."""

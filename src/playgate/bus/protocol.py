@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
 from playgate.domain import Decision, EndedStream, Outcome, PlayRequest, Reason, Stream
 from playgate.metrics import Metrics
+from playgate.values import frozen
 from playgate.wire import iso
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Delivery:
     """A request handed to a worker; `attempts` counts deliveries including this one."""
 
@@ -174,7 +174,7 @@ def user_room(user_id: str) -> str:
 EVERY_USER_ROOM = "users:every"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Playback:
     """How a player plays an allowed stream: its media's URL (`playbackUrl`) and the stream's PlayGate playback
     token (`playbackToken`): the token the URL carries, or, when the URL is an edge's signed link (which carries

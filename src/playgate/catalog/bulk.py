@@ -16,12 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from playgate.catalog.models import PlanRow, UserRow, VideoRow
 from playgate.errors import Invalid
 from playgate.policy import rules_from_json, rules_to_json
+from playgate.values import frozen
 
 # Ids per IN (...) list: well under SQLite's and asyncpg's limits on bound parameters.
 CHUNK = 2000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Refusal:
     """A row that was not stored: its number in the input (1-based), its id, the field at fault and why."""
 
@@ -51,7 +52,7 @@ class UpsertResult:
         self.revoked += other.revoked
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Kind:
     """How one catalogue table is upserted: its changeable columns (with the field name that names each in a
     refusal), the columns a new row needs, a new row's other values, its unique column and its reference; and the

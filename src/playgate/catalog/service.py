@@ -9,7 +9,6 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Row, Select, delete, func, insert, select
@@ -35,6 +34,7 @@ from playgate.domain import Decision, Plan, Policy, Quota, Rules, User, Video
 from playgate.errors import Conflict, Invalid, NotFound, Unavailable
 from playgate.policy import resolve, rules_from_json, rules_to_json
 from playgate.security import hash_password, verify_password
+from playgate.values import frozen
 
 ADMIN_NAME = "admin"
 DEMO_USERS = (("1", "user1", 3), ("2", "user2", 4), ("3", "user3", 3))
@@ -189,7 +189,7 @@ class TTLCache:
                 return  # the keys stay marked until they are loaded again, so an outage is not retried per read
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ShadowDenial:
     """A request the shadow policy would have denied: which rule, and what the enforced policy decided."""
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from playgate.domain import Admission, Decision, Device, EndedStream, Outcome, Policy, Reason, Stream
+from playgate.values import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyClaim:
     """The request an idempotency key is bound to; `created` when this call bound it."""
 

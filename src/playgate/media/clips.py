@@ -10,10 +10,10 @@ import os
 import re
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from playgate.errors import NotFound, Unavailable
+from playgate.values import frozen
 
 log = logging.getLogger("playgate.media")
 
@@ -33,7 +33,7 @@ DASH_MANIFEST = "manifest.mpd"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MediaFiles:
     """The clip and the poster of one video."""
 

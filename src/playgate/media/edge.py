@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass
 
 from playgate.media.clips import MASTER_PLAYLIST
+from playgate.values import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EdgeSigner:
     """Signs links to a stream's adaptive set for an nginx `secure_link` edge sharing `secret`."""
 

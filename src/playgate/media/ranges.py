@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from playgate.errors import PlayGateError
+from playgate.values import frozen
 
 _SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 
@@ -21,7 +21,7 @@ class RangeNotSatisfiable(PlayGateError):
         self.size_bytes = size_bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ByteRange:
     """Bytes `start`..`end` of a file of `size_bytes`, both ends included (as Content-Range writes them)."""
 
