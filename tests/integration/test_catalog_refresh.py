@@ -5,7 +5,7 @@ and a change another process wrote still applies within the TTL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ import pytest
 from playgate.catalog.db import create_engine, upgrade
 from playgate.catalog.service import Catalog
 from tests.support.clock import Clock
+from tests.support.wait import until
 
 TTL_S = 2.0
 SETTLE_S = 5.0
@@ -35,14 +36,6 @@ async def catalogs(tmp_path: Path) -> AsyncIterator[tuple[Catalog, Catalog, Cloc
         await engine.dispose()
 
 
-async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait (at most SETTLE_S) for the background reload to land."""
-    deadline = asyncio.get_running_loop().time() + SETTLE_S
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.01)
-
-
 async def test_quotas_read_late_in_the_cache_life_are_reloaded_and_still_hit_after_it(
     catalogs: tuple[Catalog, Catalog, Clock],
 ) -> None:
@@ -56,7 +49,7 @@ async def test_quotas_read_late_in_the_cache_life_are_reloaded_and_still_hit_aft
     async def reloaded() -> bool:
         return (reader.cached_user(user.id) or user).limit == 5
 
-    await _until(reloaded, "the background reload never landed")
+    await until(reloaded, "the background reload never landed", timeout_s=SETTLE_S)
     clock.now += TTL_S * 0.9  # the first load has expired; the reload has not
     cached = reader.cached_user(user.id)
     assert cached is not None
@@ -74,7 +67,7 @@ async def test_a_video_read_late_in_its_cache_life_is_reloaded(catalogs: tuple[C
     async def reloaded() -> bool:
         return (await reader.get_video(video.id)).title == "Second title"
 
-    await _until(reloaded, "the background reload never landed")
+    await until(reloaded, "the background reload never landed", timeout_s=SETTLE_S)
     clock.now += TTL_S * 0.9
     assert (await reader.get_video(video.id)).title == "Second title"
 

@@ -27,6 +27,7 @@ from tests.support.clients import admin_client, new_user
 from tests.support.inprocess import served
 from tests.support.receiver import Receiver, dispatcher_to, play_deny_stop
 from tests.support.servers import playgate_env
+from tests.support.wait import until
 
 SECRET = "whsec_" + base64.b64encode(b"playgate-webhook-test-key-32-byt").decode()
 FAST = {
@@ -38,14 +39,6 @@ FAST = {
 USERS = 4
 RETRIES_SEEN = 3
 DEADLINE_S = 20.0
-
-
-async def _until(check: object, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not await check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE_S}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_signed_events_arrive_in_order_per_user(tmp_path: Path) -> None:
@@ -120,7 +113,12 @@ async def test_a_receiver_that_was_down_gets_every_event_in_order_per_user_when_
                 tries = sorted((e.attempts for e in log), reverse=True)
                 return len(log) == expected and tries[:USERS] >= [RETRIES_SEEN] * USERS
 
-            await _until(retried, "every user's first delivery retried while the receiver is down")
+            await until(
+                retried,
+                "every user's first delivery retried while the receiver is down",
+                timeout_s=DEADLINE_S,
+                every_s=0.05,
+            )
             pending = await delivery_log(engine, status=PENDING, limit=1000)
             tried = [e for e in pending if e.attempts > 0]
             assert sorted(e.msg_id for e in tried) == sorted(events[0][1] for events in per_user)

@@ -81,19 +81,27 @@ async def served_on_uvicorn(data_dir: Path, **env: str) -> AsyncIterator[str]:
     yields its base URL (clients reach it over TCP)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = load_settings(playgate_env(data_dir, PLAYGATE_PORT=str(free_port()), **env))
-    server = uvicorn.Server(server_config(settings, create_app(settings)))
+    # start-up runs the migrations and the worker: LIFESPAN_TIMEOUT_S bounds it
+    async with uvicorn_serving(uvicorn.Server(server_config(settings, create_app(settings)))):
+        yield f"http://127.0.0.1:{settings.port}"
+
+
+@asynccontextmanager
+async def uvicorn_serving(server: uvicorn.Server, timeout_s: float = LIFESPAN_TIMEOUT_S) -> AsyncIterator[None]:
+    """`server` serving in this process while the block runs (RuntimeError if it has not started within
+    `timeout_s`), then stopped (within `timeout_s` too)."""
     serving = asyncio.create_task(server.serve())
     try:
-        for _ in range(int(LIFESPAN_TIMEOUT_S / 0.01)):  # bounded: start-up runs the migrations and the worker
+        for _ in range(int(timeout_s / 0.01)):
             if server.started or serving.done():
                 break
             await asyncio.sleep(0.01)
         if not server.started:
             raise RuntimeError("uvicorn did not start")
-        yield f"http://127.0.0.1:{settings.port}"
+        yield
     finally:
         server.should_exit = True
-        await asyncio.wait_for(serving, LIFESPAN_TIMEOUT_S)
+        await asyncio.wait_for(serving, timeout_s)
 
 
 async def play_left_undecided(data_dir: Path, **env: str) -> tuple[TestUser, str]:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,6 +23,8 @@ from wsproto.extensions import PerMessageDeflate
 
 from playgate.api.lean_sockets import LeanEngineIO, LeanQueue, LeanWSProtocol, _extensions, text_frame
 from playgate.api.socket import create_server
+from tests.support.inprocess import uvicorn_serving
+from tests.support.wait import until
 
 QUEUES = [pytest.param(asyncio.Queue, id="asyncio.Queue"), pytest.param(LeanQueue, id="LeanQueue")]
 
@@ -259,7 +261,7 @@ async def test_messages_reach_a_websocket_client_in_order_past_the_idle_writer(u
             done.set()
 
     async with _serving(sio, unused_tcp_port, client):
-        await _until(lambda: bool(sockets), "the server saw no connection")
+        await until(lambda: bool(sockets), "the server saw no connection")
         assert sockets[0].queue.direct is not None  # the writer can be skipped on this connection
         written_now: list[bool] = []
         write_now = sio.eio.write_now
@@ -312,8 +314,8 @@ async def test_an_open_websocket_keeps_only_wsprotos_frame_protocol(unused_tcp_p
         assert await asyncio.wait_for(back, 5) == {"got": "x" * 200}
         assert heard == ["x" * 200]
         await client.disconnect()
-        await _until(lambda: bool(left), "the server did not see the client go")
-        await _until(lambda: not server.server_state.connections, "the websocket was not closed")
+        await until(lambda: bool(left), "the server did not see the client go")
+        await until(lambda: not server.server_state.connections, "the websocket was not closed")
 
 
 @contextlib.asynccontextmanager
@@ -322,22 +324,12 @@ async def _serving(sio: socketio.AsyncServer, port: int, client: socketio.AsyncC
     websocket; on the way out the client leaves (if it has not) and the server stops."""
     config = uvicorn.Config(socketio.ASGIApp(sio), port=port, ws=LeanWSProtocol, log_config=None, lifespan="off")
     server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        await _until(lambda: server.started, "uvicorn did not start", timeout_s=10)
-        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=5)
-        yield server
-    finally:
-        await client.disconnect()
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
-
-
-async def _until(done: Callable[[], bool], what: str, *, timeout_s: float = 5) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.01)
+    async with uvicorn_serving(server, timeout_s=10):
+        try:
+            await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=5)
+            yield server
+        finally:
+            await client.disconnect()
 
 
 def _opened(*, deflate: bool) -> WSConnection:
