@@ -347,6 +347,16 @@ async def test_admin_manages_plans_users_and_videos(base_url: str, admin: httpx.
         login = await anonymous.post("/auth/token", json={"username": carol["name"], "password": "pw-new"})
         assert login.status_code == 200
     assert_problem(await admin.post("/v1/users", json={"name": carol["name"], "password": "x"}), 409, "name")
+    # ... also with a change that ends the user's tokens (found by schemathesis: a 500), and it changes nothing
+    before = (await admin.get(f"/v1/users/{carol['id']}")).json()
+    renamed = await admin.patch(
+        f"/v1/users/{carol['id']}", json={"name": "admin", "password": "pw-other", "disabled": True}
+    )
+    assert_problem(renamed, 409, "name")
+    assert (await admin.get(f"/v1/users/{carol['id']}")).json() == before
+    async with api_client(base_url) as anonymous:
+        login = await anonymous.post("/auth/token", json={"username": carol["name"], "password": "pw-new"})
+        assert login.status_code == 200
     assert_problem(
         await admin.post("/v1/users", json={"name": "dave", "password": "x", "plan": "no-plan"}), 422, "plan"
     )

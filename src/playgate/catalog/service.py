@@ -377,8 +377,11 @@ class Catalog:
         if not user_ids:
             return
         now = self._clock()
-        await session.execute(insert(TokenRevocationRow), [{"user_id": user_id, "at": now} for user_id in user_ids])
-        await session.execute(delete(TokenRevocationRow).where(TokenRevocationRow.at < now - REVOCATIONS_KEPT_S))
+        # Without flushing the session's pending changes: a user's row renamed to a taken name must fail at the
+        # caller's _commit, which answers Conflict on the name, not here, where it would be a 500.
+        with session.no_autoflush:
+            await session.execute(insert(TokenRevocationRow), [{"user_id": u, "at": now} for u in user_ids])
+            await session.execute(delete(TokenRevocationRow).where(TokenRevocationRow.at < now - REVOCATIONS_KEPT_S))
 
     async def token_epochs(self, user_ids: Iterable[str]) -> dict[str, int]:
         """The token epoch of each of these users who exists and is not disabled, read fresh: two columns, no
