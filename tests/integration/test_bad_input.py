@@ -42,6 +42,10 @@ async def test_huge_bodies_are_refused(base_url: str, admin: httpx.AsyncClient) 
     [
         ("GET", "/videos/..%2F..%2Fetc%2Fpasswd", 404),
         ("GET", "/videos/%00", 422),
+        # a final newline, which Starlette's `$` let through to the parent route (`/videos/`, the list: a 200)
+        ("GET", "/videos/%0A", 404),
+        ("GET", "/users/%0A", 404),
+        ("GET", "/v1/plays/%0A", 404),
         ("GET", "/videos/1%27%20OR%201=1", 422),
         ("GET", "/videos/" + "9" * 65, 422),
         ("GET", "/videos/../users", 403),

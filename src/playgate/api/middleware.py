@@ -34,6 +34,7 @@ SECURITY_HEADERS = (
 # The web app's pages load their scripts, styles, posters, clips and socket from this origin alone; hls.js feeds
 # the <video> through a blob: URL (Media Source Extensions) and may parse in a blob: worker, both made on the page.
 WEB_APP_PREFIX = "/app"
+_NEWLINE_PATH = problem(404, "Not found", "No route has a path that ends in a newline.")
 WEB_APP_CSP = (
     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
     b"worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
@@ -45,8 +46,9 @@ log = logging.getLogger("playgate.http")
 class HttpEdge:
     """For each HTTP request: a request id (the caller's X-Request-Id or a new one) set for the logs and echoed
     back; the security headers (and the web app's Content-Security-Policy); 413 problem+json for a body over
-    max_bytes, whether its length is announced or not; a count and a duration by route template (not raw path,
-    to bound label values) and status, except under `uncounted` (the Socket.IO transport's own requests).
+    max_bytes, whether its length is announced or not; 404 problem+json for a path that ends in a newline; a count
+    and a duration by route template (not raw path, to bound label values) and status, except under `uncounted`
+    (the Socket.IO transport's own requests).
 
     `hot`, the players' hot routes in the app, is there for the HTTP protocol: on uvicorn, it answers them below
     ASGI (api/hot.py's HotHttpProtocol), doing this edge's part itself (`headers`, `observe`) and reading the
@@ -107,6 +109,11 @@ class HttpEdge:
             await send(message)
 
         try:
+            if scope["path"].endswith("\n"):
+                # Starlette's route patterns end with `$`, which in Python also matches before a final newline:
+                # `GET /videos/%0A` would be answered as `GET /videos/`, the list (found by schemathesis).
+                await _NEWLINE_PATH(scope, _no_body, answer)
+                return
             cap = self.import_bytes if scope["path"].endswith(IMPORT_SUFFIX) else self.max_bytes
             body = await self._within_cap(scope, receive, cap)
             if body is None:
