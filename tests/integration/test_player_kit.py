@@ -121,12 +121,18 @@ async def test_a_beacon_stops_the_stream_with_the_token_in_its_body(app: httpx.A
     token = auth["Authorization"].removeprefix("Bearer ")
     stream_id = (await play(app, auth, "1", deviceId="tab"))["streamId"]
     beacon = f"/v1/streams/{stream_id}/stop"
-    assert (await app.post(beacon, content=b"not json")).status_code == 422
+    for body in (b"not json", b"[]", b'{"token": ""}', b'{"token": 5}'):
+        refused = await app.post(beacon, content=body)
+        assert (refused.status_code, refused.json()["field"]) == (422, "token"), body
     assert (await app.post(beacon, content=b'{"token": "forged"}')).status_code == 401
     stopped = await app.post(beacon, content=f'{{"token": "{token}"}}', headers={"Content-Type": "text/plain"})
     assert stopped.status_code == 204
     assert (await app.get("/v1/streams", headers=auth)).json() == []
     assert (await app.post(beacon, content=f'{{"token": "{token}"}}')).status_code == 404
+    documented = (await app.get("/openapi.json")).json()["paths"]["/v1/streams/{streamId}/stop"]["post"]
+    body = documented["requestBody"]["content"]
+    assert set(body) == {"application/json", "text/plain"}
+    assert body["text/plain"]["schema"]["required"] == ["token"]
 
 
 async def test_issued_device_ids_are_required_when_the_platform_says_so(tmp_path: Path) -> None:

@@ -222,6 +222,13 @@ class TokenIn(Input):
     password: Password
 
 
+class StopBeaconIn(Wire):
+    """The body of POST /v1/streams/{streamId}/stop: the access token a header would carry (navigator.sendBeacon
+    cannot set headers). Read as JSON whatever the content type; other fields are ignored."""
+
+    token: str = Field(min_length=1, description="The caller's access token (`accessToken` of POST /auth/token).")
+
+
 class TokenOut(Wire):
     """An access token and who it is for."""
 

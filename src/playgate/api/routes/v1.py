@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from pydantic import ValidationError
 
 from playgate.api.deps import Caller, ClientAddress, ContentDep, GateDep
 from playgate.api.errors import RATE_LIMITED, problem_responses
-from playgate.api.schemas import ConflictOut, HeartbeatOut, PlayIn, PlayOut, StreamOut
+from playgate.api.schemas import ConflictOut, HeartbeatOut, PlayIn, PlayOut, StopBeaconIn, StreamOut
 from playgate.devices import clean_name, device_name
 from playgate.domain import Decision, PlayRequest, Reason
 from playgate.errors import Invalid
@@ -154,6 +154,16 @@ async def stop_stream(
     return Response(status_code=204)
 
 
+# The body as sendBeacon sends it: JSON, as text/plain (no CORS preflight) or as JSON; the route reads it itself.
+_BEACON_SCHEMA = StopBeaconIn.model_json_schema()
+_BEACON_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _BEACON_SCHEMA}, "text/plain": {"schema": _BEACON_SCHEMA}},
+    }
+}
+
+
 @router.post(
     "/streams/{streamId}/stop",
     status_code=204,
@@ -163,17 +173,16 @@ async def stop_stream(
     'JSON `{"token": "<accessToken>"}` sent as any content type (text/plain avoids a CORS preflight). '
     "204 when stopped; 401 for a missing or bad token; 404 if not active.",
     responses=ERRORS,
+    openapi_extra=_BEACON_BODY,
 )
 async def stop_stream_by_beacon(
     request: Request, gate: GateDep, stream_id: Annotated[StreamId, Path(alias="streamId")]
 ) -> Response:
     """Stop the token's user's stream; the token is read from the body."""
     try:
-        token = orjson.loads(await request.body()).get("token")
-    except (orjson.JSONDecodeError, AttributeError):
-        token = None
-    if not isinstance(token, str) or not token:
-        raise Invalid('Send the body {"token": "<accessToken>"}.', field="token")
+        token = StopBeaconIn.model_validate_json(await request.body()).token
+    except ValidationError:
+        raise Invalid('Send the body {"token": "<accessToken>"}.', field="token") from None
     await gate.stop_stream(await gate.principal(token), stream_id)
     return Response(status_code=204)
 
