@@ -34,12 +34,12 @@ SECURITY_HEADERS = (
 # The web app's pages load their scripts, styles, posters, clips and socket from this origin alone; hls.js feeds
 # the <video> through a blob: URL (Media Source Extensions) and may parse in a blob: worker, both made on the page.
 WEB_APP_PREFIX = "/app"
-_NEWLINE_PATH = problem(404, "Not found", "No route has a path that ends in a newline.")
 WEB_APP_CSP = (
     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
     b"worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
     b"frame-ancestors 'none'"
 )
+_NEWLINE_PATH = problem(404, "Not found", "No route has a path that ends in a newline.")
 log = logging.getLogger("playgate.http")
 
 

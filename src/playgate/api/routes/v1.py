@@ -154,7 +154,8 @@ async def stop_stream(
     return Response(status_code=204)
 
 
-# The body as sendBeacon sends it: JSON, as text/plain (no CORS preflight) or as JSON; the route reads it itself.
+# The body as a page sends it: JSON, as text/plain (sendBeacon's, with no CORS preflight) or application/json; the
+# route reads it itself, whatever the content type.
 _BEACON_SCHEMA = StopBeaconIn.model_json_schema()
 _BEACON_BODY = {
     "requestBody": {
