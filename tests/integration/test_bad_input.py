@@ -115,42 +115,51 @@ def fuzzed_server(tmp_path: Path) -> Iterator[ServerProcess]:
     server.stop()
 
 
+async def _fuzzing_header(base: str, caller: str) -> str:
+    """The header schemathesis calls with as `caller`: a user's token, the admin's, or a platform backend's key."""
+    async with await admin_client(base) as admin:
+        if caller == "user":
+            return f"Authorization: Bearer {(await new_user(base, admin, limit=3)).token}"
+        if caller == "plays key":
+            made = await admin.post("/v1/keys", json={"name": "fuzzing", "scope": "plays"})
+            assert made.status_code == 201, made.text
+            return f"X-API-Key: {made.json()['key']}"
+    return f"Authorization: Bearer {await token_for(base, 'admin', ADMIN_PASSWORD)}"
+
+
 @pytest.mark.timeout(300)
-async def test_schemathesis_finds_no_5xx_and_no_schema_violation(fuzzed_server: ServerProcess) -> None:
+@pytest.mark.parametrize("caller", ["user", "admin", "plays key"])
+async def test_schemathesis_finds_no_5xx_and_no_schema_violation(fuzzed_server: ServerProcess, caller: str) -> None:
     base = fuzzed_server.base_url
-    admin = await admin_client(base)
-    user = await new_user(base, admin, limit=3)
-    await admin.aclose()
-    admin_token = await token_for(base, "admin", ADMIN_PASSWORD)
+    header = await _fuzzing_header(base, caller)
     checks = "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance"
-    for token in (user.token, admin_token):
-        run = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "st"),
-                "run",
-                f"{base}/openapi.json",
-                "-H",
-                f"Authorization: Bearer {token}",
-                "--checks",
-                checks,
-                "--phases",
-                "examples,coverage,fuzzing",
-                "--max-time",
-                "25",
-                # One worker: hypothesis parses lambda sources with `ast`, which CPython 3.11.7 cannot do from two
-                # threads at once ("SystemError: AST constructor recursion depth mismatch", seen in CI).
-                "--workers",
-                "1",
-                "--seed",
-                "20261129",
-            ],
-            cwd=fuzzed_server.data_dir,  # schemathesis keeps its replay files in the working directory
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
-        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "st"),
+            "run",
+            f"{base}/openapi.json",
+            "-H",
+            header,
+            "--checks",
+            checks,
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-time",
+            "25",
+            # One worker: hypothesis parses lambda sources with `ast`, which CPython 3.11.7 cannot do from two
+            # threads at once ("SystemError: AST constructor recursion depth mismatch", seen in CI).
+            "--workers",
+            "1",
+            "--seed",
+            "20261129",
+        ],
+        cwd=fuzzed_server.data_dir,  # schemathesis keeps its replay files in the working directory
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "unhandled error" not in fuzzed_server.log(), fuzzed_server.log()[-4000:]
     async with api_client(base) as client:
         assert (await client.get("/readyz")).status_code == 200
