@@ -130,9 +130,9 @@ async def test_a_beacon_stops_the_stream_with_the_token_in_its_body(app: httpx.A
     assert (await app.get("/v1/streams", headers=auth)).json() == []
     assert (await app.post(beacon, content=f'{{"token": "{token}"}}')).status_code == 404
     documented = (await app.get("/openapi.json")).json()["paths"]["/v1/streams/{streamId}/stop"]["post"]
-    body = documented["requestBody"]["content"]
-    assert set(body) == {"application/json", "text/plain"}
-    assert body["text/plain"]["schema"]["required"] == ["token"]
+    media = documented["requestBody"]["content"]
+    assert set(media) == {"application/json", "text/plain"}
+    assert media["text/plain"]["schema"]["required"] == ["token"]
 
 
 async def test_issued_device_ids_are_required_when_the_platform_says_so(tmp_path: Path) -> None:
