@@ -117,14 +117,15 @@ def fuzzed_server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 async def _fuzzing_header(base: str, caller: str) -> str:
     """The header schemathesis calls with as `caller`: a user's token, the admin's, or a platform backend's key."""
+    if caller == "admin":
+        return f"Authorization: Bearer {await token_for(base, 'admin', ADMIN_PASSWORD)}"
     async with await admin_client(base) as admin:
         if caller == "user":
             return f"Authorization: Bearer {(await new_user(base, admin, limit=3)).token}"
-        if caller == "plays key":
-            made = await admin.post("/v1/keys", json={"name": "fuzzing", "scope": "plays"})
-            assert made.status_code == 201, made.text
-            return f"X-API-Key: {made.json()['key']}"
-    return f"Authorization: Bearer {await token_for(base, 'admin', ADMIN_PASSWORD)}"
+        assert caller == "plays key", caller
+        made = await admin.post("/v1/keys", json={"name": "fuzzing", "scope": "plays"})
+        assert made.status_code == 201, made.text
+        return f"X-API-Key: {made.json()['key']}"
 
 
 @pytest.mark.timeout(300)
