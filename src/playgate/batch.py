@@ -4,7 +4,8 @@ A caller is answered only once the commit that holds its item is done, so nothin
 on a crash; there is no timer: a lone call is committed at once, and a batch is whatever queued meanwhile. The
 same shape serves reads made together (the service's look-ups of callers' users). Another writer may take what is
 queued (`take`) into a transaction of its own, and settle each item after it (`settle`): the SQLite ledger's
-decisions take the stops queued meanwhile.
+decisions take the stops queued meanwhile. For that writer's sake a batch may linger a few turns of the event loop
+before it commits (`linger_turns`): still no timer, and a lone call waits microseconds, not a tick.
 """
 
 from __future__ import annotations
@@ -22,8 +23,14 @@ Taken = list[tuple[Item, asyncio.Future[Result]]]
 class GroupCommit(Generic[Item, Result]):
     """Feeds `commit` (items in, one result per item out, in order) with every item that queued meanwhile."""
 
-    def __init__(self, commit: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]]) -> None:
+    def __init__(
+        self, commit: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]], *, linger_turns: int = 0
+    ) -> None:
         self._commit = commit
+        # Turns of the event loop a batch waits before its commit, for more items to join or for another writer to
+        # `take` it into a commit that was coming anyway (a turn is one pass over the loop's ready callbacks and a
+        # poll of its sockets that does not block).
+        self._linger_turns = linger_turns
         self._queued: Taken[Item, Result] = []
         self._draining: asyncio.Task[None] | None = None
 
@@ -55,6 +62,12 @@ class GroupCommit(Generic[Item, Result]):
     async def _drain(self) -> None:
         try:
             while self._queued:
+                for _ in range(self._linger_turns):
+                    await asyncio.sleep(0)
+                    if not self._queued:
+                        break
+                if not self._queued:  # another writer took the batch
+                    break
                 batch = self.take()
                 try:
                     results = await self._commit([item for item, _ in batch])

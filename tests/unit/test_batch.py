@@ -94,3 +94,22 @@ async def test_items_taken_by_another_writer_are_not_committed_again_and_are_ans
         await failing
     assert await commit(4) == 40  # and the group commit goes on
     assert recorder.batches == [[4]]
+
+
+async def test_a_lingering_batch_takes_the_calls_of_its_turns_and_leaves_a_batch_taken_meanwhile() -> None:
+    recorder = Recorder()
+    commit = GroupCommit(recorder.commit, linger_turns=3)
+    first = asyncio.create_task(commit(1))
+    await asyncio.sleep(0)  # queued; its batch lingers
+    second = asyncio.create_task(commit(2))
+    assert [await first, await second] == [10, 20]
+    assert recorder.batches == [[1, 2]]  # one commit, where a batch that does not linger makes two
+
+    queued = asyncio.create_task(commit(3))
+    await asyncio.sleep(0)
+    taken = commit.take()  # another writer's transaction, in one of the turns
+    GroupCommit.settle(taken, [300])
+    assert await queued == 300
+    await asyncio.sleep(0)
+    assert recorder.batches == [[1, 2]]  # nothing committed twice
+    assert await commit(4) == 40
