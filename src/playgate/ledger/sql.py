@@ -65,8 +65,9 @@ INLINE_BATCH = 64
 # Turns of the event loop a batch of stops waits for the worker's next decisions to take it into their transaction
 # (decide) before committing on its own. At C = 10 (10 viewers) without it, nine stops in ten went in transactions of
 # their own and the ledger wrote one transaction for every 2.3 decisions; after 4 turns three stops in ten did, one
-# transaction for every 3.9 decisions, and the outside generator's C = 10 line gave 3.5 to 6.5% more decisions (both
-# builds on one core at once, four pairs). After 2 turns two stops in three still went alone; 8 gained no more.
+# transaction for every 3.9 decisions, and the outside generator's C = 10 line gave 4.9 to 8.1% more decisions (the
+# builds with and without it on one core at once, four pairs). After 2 turns two stops in three still went alone;
+# 8 turns made 1.006 and 1.027x the decisions of 4 in two pairs, within what two pairs can tell apart.
 STOP_LINGER_TURNS = 4
 
 
