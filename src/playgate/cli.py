@@ -488,15 +488,20 @@ def import_rows(kind: KindName, file: Path, fmt: Format | None) -> None:
     """Create or update users, videos or plans by id from FILE (CSV with a header row, NDJSON, or a JSON array).
 
     Absent fields keep their value; a bad row is reported with its reason and the rest stored; a re-run changes
-    nothing. Exit status 1 when a row was refused. Plans carry their rules as POST /v1/plans takes them (onLimit,
-    kinds, maxPerTitle, maxDevices, deviceWindowDays, maxAwayStreams, onOutage, shadow; in CSV kinds and shadow are
-    JSON objects in their cells). A user it disables (or enables again) has its tokens ended; a user it disables has
-    its streams ended too, in the ledger the servers read (their media stop at once; distributed, their sockets are
-    told `stream_ended`; embedded, the server closes them within two sweeps).
+    nothing. Exit status 1 when a row was refused, or with one error line when the file holds no rows to read
+    (empty, JSON that is not an array, a CSV header without an `id` column). Plans carry their rules as POST
+    /v1/plans takes them (onLimit, kinds, maxPerTitle, maxDevices, deviceWindowDays, maxAwayStreams, onOutage,
+    shadow; in CSV kinds and shadow are JSON objects in their cells). A user it disables (or enables again) has
+    its tokens ended; a user it disables has its streams ended too, in the ledger the servers read (their media
+    stop at once; distributed, their sockets are told `stream_ended`; embedded, the server closes them within two
+    sweeps).
     """
     settings = _settings()
     fmt = fmt or format_of(None, file.name)
     schema = SCHEMAS[kind]
+    with file.open("rb") as raw:
+        if not any(line.strip() for line in raw):
+            raise click.ClickException(f"{file} is empty: no rows to import")
 
     async def work(catalog: Catalog) -> tuple[UpsertResult, list[str]]:
         with file.open(encoding="utf-8", newline="") as lines:
@@ -514,7 +519,10 @@ def import_rows(kind: KindName, file: Path, fmt: Format | None) -> None:
             return result, []
         return result, [user.id for user in (await catalog.users(result.revoked)).values() if user.disabled]
 
-    result, disabled = _with_catalog(work, settings)
+    try:
+        result, disabled = _with_catalog(work, settings)
+    except (ValueError, UnicodeDecodeError) as exc:  # the file as a whole: not JSON, not UTF-8, a CSV without ids
+        raise click.ClickException(f"{file}: not {fmt} ({exc})") from None
     click.echo(
         f"{kind}: {result.created} created, {result.updated} updated, {result.unchanged} unchanged, "
         f"{len(result.refused)} refused"

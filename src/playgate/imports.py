@@ -17,7 +17,7 @@ from playgate.catalog.bulk import Kind, Refusal, UpsertResult
 from playgate.catalog.service import Catalog
 from playgate.policy import FIELDS, rules_to_json
 from playgate.values import frozen
-from playgate.wire import Id, Limit, Name, RulesWire, ShadowRules, Text, VideoUrl
+from playgate.wire import Flag, Id, Limit, Name, RulesWire, ShadowRules, Text, VideoUrl
 
 MAX_ROWS = 100_000
 # Rows per transaction: big enough for bulk statements, small enough to let other writers in between.
@@ -41,7 +41,7 @@ class UserRowIn(_Row):
     name: Name | None = None
     limit: Limit | None = Field(None, description="Own limit; null falls back to the plan, then the default.")
     plan: Id | None = None
-    disabled: bool | None = None
+    disabled: Flag | None = None
 
 
 class VideoRowIn(_Row):
@@ -117,6 +117,12 @@ def ndjson_records(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
 def csv_records(stream: Iterable[str]) -> Iterator[tuple[int, Any]]:
     """One record per CSV row after the header (numbered from 1); an empty cell is an absent field."""
     rows = csv.DictReader(stream)
+    try:
+        header = rows.fieldnames  # reads the header row
+    except csv.Error as exc:
+        raise ValueError(f"the header row is not CSV ({exc})") from None
+    if header is not None and "id" not in header:
+        raise ValueError("the header row names no `id` column, and every row is created or updated by its id")
     number = 0
     while True:
         number += 1

@@ -932,6 +932,8 @@ class PlayGate:
         rows are refused with their reason, the others stored. Users it disables have their streams ended at once
         (announced `user_disabled`), as by update_user."""
         schema = imports.SCHEMAS[kind]
+        if not data.strip():  # a file that was not sent (curl's -d @ of a missing path), not an import of nothing
+            raise Invalid(f"body: empty; send the rows as {fmt}", field="body")
         try:
             # Parsing and checking 100,000 rows takes a while: off the event loop, so that plays go on meanwhile.
             parsed = await asyncio.to_thread(lambda: list(imports.check(schema, imports.records(data, fmt))))

@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from playgate.domain import ID_PATTERN, MAX_ID_LEN, OutagePolicy, Policy, Rules
@@ -40,7 +40,10 @@ def _playable(url: str) -> str:
 VideoUrl = Annotated[str, StringConstraints(min_length=1, max_length=2000), AfterValidator(_playable)]
 Password = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Limit = Annotated[int, Field(ge=0, le=10_000)]
+# A body's numbers and flags are JSON's own: `true` is no limit of 1, nor "3" a limit, nor 0 a flag (pydantic's lax
+# mode would take them, against the schema the OpenAPI document shows). The CSV import spells its cells as JSON first.
+Limit = Annotated[int, Strict(), Field(ge=0, le=10_000)]
+Flag = Annotated[bool, Strict()]
 DeviceSecret = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
 DeviceName = Annotated[str, StringConstraints(min_length=1, max_length=80, pattern=r"^[^\x00-\x1f\x7f]+$")]
 KindTag = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -50,6 +53,20 @@ Networks = Annotated[
     list[Network],
     Field(max_length=20, description="The household's networks in CIDR form (`203.0.113.0/24`); [] for none."),
 ]
+
+
+def _not_a_number(value: object) -> object:
+    """A time is ISO-8601 text: pydantic would read "0.5" or "1700000000" as seconds since the epoch."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("an ISO-8601 time such as 2026-12-01T00:00:00Z, not a number")
+    return value
+
+
+Instant = Annotated[datetime, BeforeValidator(_not_a_number)]
 
 
 def iso(epoch_s: float) -> str:
@@ -86,7 +103,7 @@ class RulesWire(Wire):
     max_devices: Limit | None = Field(
         None, description="Distinct devices that started a stream within deviceWindowDays; a new one is denied."
     )
-    device_window_days: Annotated[float, Field(gt=0, le=3650)] | None = Field(
+    device_window_days: Annotated[float, Strict(), Field(gt=0, le=3650)] | None = Field(
         None, description="How long a device stays registered after its last stream start (default 30)."
     )
     max_away_streams: Limit | None = Field(

@@ -77,6 +77,9 @@ async def test_path_tricks_and_unknown_routes(
         (b"videoId=1", "application/x-www-form-urlencoded"),
         (b'{"videoId": {"$gt": ""}}', "application/json"),
         (b'{"videoId": "1", "deviceId": 12}', "application/json"),
+        # JSON's own types: pydantic's lax mode read 0 as false
+        (b'{"videoId": "1", "replaceOthers": 0}', "application/json"),
+        (b'{"videoId": "1", "replaceOthers": "true"}', "application/json"),
     ],
 )
 async def test_wrong_bodies_are_422(base_url: str, admin: httpx.AsyncClient, body: bytes, content_type: str) -> None:
@@ -96,13 +99,51 @@ async def test_wrong_types_in_admin_bodies(base_url: str, admin: httpx.AsyncClie
         ("/v1/users", {"name": "a\nb", "password": "y"}, "name"),
         ("/v1/plans", {"name": "p", "maxStreams": 1.5}, "maxStreams"),
         ("/v1/videos", {"title": "", "url": "u"}, "title"),
+        # numbers and flags are JSON's own: pydantic's lax mode made `true` a limit of 1, "3" a limit and "yes" a flag
+        ("/v1/users", {"name": "x", "password": "y", "limit": True}, "limit"),
+        ("/v1/users", {"name": "x", "password": "y", "limit": "3"}, "limit"),
+        ("/v1/users", {"name": "x", "password": "y", "disabled": "yes"}, "disabled"),
+        ("/v1/users", {"name": "x", "password": "y", "disabled": 0}, "disabled"),
+        ("/v1/plans", {"name": "p", "maxStreams": "2"}, "maxStreams"),
+        ("/v1/plans", {"name": "p", "maxStreams": 2, "kinds": {"live": True}}, "kinds.live"),
+        ("/v1/plans", {"name": "p", "maxStreams": 2, "deviceWindowDays": "7"}, "deviceWindowDays"),
     ):
         response = await admin.post(path, json=body)
         assert response.status_code == 422, response.text
         assert response.json()["field"] == field
     before = (await admin.get("/v1/users")).json()
     assert (await admin.patch(f"/v1/users/{before[0]['id']}", json={"limit": "x"})).status_code == 422
+    assert (await admin.patch(f"/v1/users/{before[0]['id']}", json={"limit": True})).status_code == 422
     assert (await admin.get("/v1/users")).json() == before, "a refused change changes nothing"
+
+
+async def test_a_time_is_iso_8601_not_a_number(base_url: str, admin: httpx.AsyncClient) -> None:
+    user = await new_user(base_url, admin)
+    for query in ("until=0.5", "since=1700000000"):
+        response = await admin.get(f"/v1/users/{user.id}/events?{query}")
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == query.partition("=")[0]
+    assert (await admin.get(f"/v1/users/{user.id}/events?since=2026-12-01T00:00:00Z")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/v1/users", "GET, POST"),
+        ("/v1/users/u1", "DELETE, GET, PATCH, PUT"),
+        ("/v1/streams", "DELETE, GET"),
+        ("/v1/plays", "POST"),  # a hot route (PLAYGATE_LEAN_ROUTES) hands other methods on to FastAPI
+        ("/videos/1/poster", "GET, HEAD"),
+    ],
+)
+async def test_a_405_names_every_method_of_its_path(base_url: str, path: str, allowed: str) -> None:
+    # Starlette's Allow named only the methods of the first route matching the path (one route a method in FastAPI).
+    async with api_client(base_url) as client:
+        for method in ("OPTIONS", "TRACE"):
+            response = await client.request(method, path)
+            assert response.status_code == 405, response.text
+            assert response.headers["allow"] == allowed
+            assert response.headers["content-type"].startswith(PROBLEM)
 
 
 # ---- schemathesis against the service's own OpenAPI document ---------------------------------------------
@@ -133,7 +174,13 @@ async def _fuzzing_header(base: str, caller: str) -> str:
 async def test_schemathesis_finds_no_5xx_and_no_schema_violation(fuzzed_server: ServerProcess, caller: str) -> None:
     base = fuzzed_server.base_url
     header = await _fuzzing_header(base, caller)
-    checks = "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance"
+    # Also what the service refuses (schema-violating input is a 4xx, a 405 names its path's methods in Allow); not
+    # positive_data_acceptance (the schema cannot say that a plan must exist or a network parse) nor ignored_auth
+    # (its probes without a credential still carry the -H header given here).
+    checks = (
+        "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance,"
+        "negative_data_rejection,unsupported_method"
+    )
     run = subprocess.run(
         [
             str(Path(sys.executable).parent / "st"),

@@ -43,6 +43,18 @@ async def test_put_creates_then_updates_by_id_and_a_repeat_changes_nothing(app_a
     assert_problem(await app_admin.put(f"/v1/users/x-{tag}", json={"plan": "no-such-plan"}), 422, field="plan")
     assert_problem(await app_admin.put(f"/v1/users/y-{tag}", json={"name": f"named-{tag}"}), 409, field="name")
     assert_problem(await app_admin.put("/v1/users/bad%20id", json={}), 422)
+    # ... and the PUTs' schemas show those fields without null (schemathesis sent the null the schema allowed).
+    schemas = (await app_admin.get("/openapi.json")).json()["components"]["schemas"]
+    for model, fields in (
+        ("UserPut", "name disabled household"),
+        ("VideoPut", "title url kinds"),
+        ("PlanPut", "name maxStreams"),
+    ):
+        for name in fields.split():
+            shown = schemas[model]["properties"][name]
+            assert "anyOf" not in shown, (model, name, shown)
+            assert "default" not in shown, (model, name, shown)
+            assert shown["type"] != "null", (model, name, shown)
 
 
 async def test_an_import_of_100000_users_counts_reports_bad_rows_and_a_rerun_changes_nothing(
@@ -169,6 +181,42 @@ async def test_a_plan_csv_import_from_the_command_line_carries_the_rules(
     stored = (await admin.get(f"/v1/plans/sports-{tag}")).json()
     assert (stored["kinds"], stored["maxPerTitle"], stored["maxDevices"]) == ({"live": 1}, 1, 4)
     assert (stored["deviceWindowDays"], stored["maxAwayStreams"], stored["onLimit"]) == (2.5, 1, "deny")
+
+
+async def test_an_empty_body_is_refused_not_an_import_of_nothing(app_admin: httpx.AsyncClient) -> None:
+    """Schemathesis sent no body and got 200 with nothing imported: a file that was not sent looked like success."""
+    for kind in ("users", "videos", "plans"):
+        for content_type in ("application/x-ndjson", "text/csv", "application/json"):
+            for body in (b"", b"\n  \r\n"):
+                answer = await app_admin.post(
+                    f"/v1/{kind}:import", content=body, headers={"Content-Type": content_type}
+                )
+                assert_problem(answer, 422, field="body")
+    no_ids = await app_admin.post("/v1/videos:import", content=b"{}", headers={"Content-Type": "text/csv"})
+    assert_problem(no_ids, 422, field="body")  # a CSV whose header names no id column: no row could be stored
+    header_only = await app_admin.post(
+        "/v1/videos:import", content=b"id,title,url\n", headers={"Content-Type": "text/csv"}
+    )
+    assert (header_only.status_code, header_only.json()["created"]) == (200, 0)
+
+
+async def test_a_file_the_command_line_cannot_read_is_one_error_not_a_traceback(
+    server: ServerProcess,
+) -> None:
+    """A JSON file that is not an array ended `playgate import` with a traceback."""
+    tag = secrets.token_hex(4)
+    for name, text, said in (
+        (f"object-{tag}.json", "{}", "not json (a JSON import is an array of objects)"),
+        (f"names-{tag}.csv", "name,limit\nAnn,2\n", "not csv (the header row names no `id` column"),
+        (f"empty-{tag}.ndjson", "\n \n", "is empty: no rows to import"),
+    ):
+        path = server.data_dir / name
+        path.write_text(text)
+        result = await playgate_here(server.data_dir, "import", "users", str(path))
+        assert result.exit_code == 1, result.stdout
+        assert f"Error: {path}" in result.stderr
+        assert said in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 async def test_a_csv_with_bare_carriage_returns_is_read_not_a_500(app_admin: httpx.AsyncClient) -> None:

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from playgate.api.schemas import Problem
 from playgate.errors import PlayGateError, Unauthorized
@@ -95,7 +96,7 @@ def validation_problem(found: Sequence[Mapping[str, Any]]) -> JSONResponse:
     )
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400:
         # FastAPI's answer to a body it cannot parse (not JSON, not UTF-8): a client error about the body.
@@ -109,7 +110,25 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     response = problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        response.headers["Allow"] = _allowed_methods(request) or response.headers.get("Allow", "")
     return response
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the request's path answers (RFC 9110 wants them all in a 405's Allow): Starlette names only
+    those of the first route that matched the path, and FastAPI makes a route of each method. Each method is tried
+    on the app's routes (BaseRoute.matches, FastAPI's included routers as well)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 
 async def _client_gone(request: Request, exc: Exception) -> JSONResponse:

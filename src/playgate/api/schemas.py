@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -24,6 +25,7 @@ from playgate.wire import (
     DeviceId,
     DeviceName,
     DeviceSecret,
+    Flag,
     Id,
     Input,
     Kinds,
@@ -266,7 +268,7 @@ class PlayIn(Input):
         "decision, and only if it is allowed (a denial ends nothing). Ids of streams no longer active are passed "
         f"over. At most {MAX_REPLACED}.",
     )
-    replace_others: bool = Field(
+    replace_others: Flag = Field(
         False,
         description='"Watch here" for all: every other stream of yours ends in exchange for this one, in the same '
         "atomic step as the decision, and only if it is allowed.",
@@ -385,7 +387,7 @@ class UserIn(Input):
     password: Password
     limit: Limit | None = Field(None, description="Own limit; null falls back to the plan, then the default.")
     plan: Id | None = None
-    disabled: bool = False
+    disabled: Flag = False
     household: Networks = []
 
 
@@ -396,7 +398,7 @@ class UserPatch(Input):
     password: Password | None = None
     limit: Limit | None = None
     plan: Id | None = None
-    disabled: bool | None = None
+    disabled: Flag | None = None
     household: Networks | None = None
 
 
@@ -468,22 +470,41 @@ def _left_out_not_null(value: Any) -> Any:
     return value
 
 
+def _not_nullable(*names: str) -> Callable[[dict[str, Any]], None]:
+    """A PUT's JSON schema: the fields _left_out_not_null keeps (wire names) show their type without null."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        for name in names:
+            field = schema["properties"][name]
+            field.pop("default", None)
+            options = [option for option in field.pop("anyOf") if option.get("type") != "null"]
+            if len(options) == 1:
+                field.update(options[0])
+            else:
+                field["anyOf"] = options
+
+    return edit
+
+
 class UserPut(UserPatch):
     """A user by id, created or updated: absent fields keep their value (a new user is named by its id and has no
     password unless given: it logs in with the platform's tokens)."""
 
+    model_config = ConfigDict(json_schema_extra=_not_nullable("name", "disabled", "household"))
     keep_when_left_out = field_validator("name", "disabled", "household")(_left_out_not_null)
 
 
 class VideoPut(VideoPatch):
     """A video by id, created or updated (a new one needs title and url)."""
 
+    model_config = ConfigDict(json_schema_extra=_not_nullable("title", "url", "kinds"))
     keep_when_left_out = field_validator("title", "url", "kinds")(_left_out_not_null)
 
 
 class PlanPut(PlanPatch):
     """A plan by id, created or updated (a new one needs name and maxStreams)."""
 
+    model_config = ConfigDict(json_schema_extra=_not_nullable("name", "maxStreams"))
     keep_when_left_out = field_validator("name", "max_streams")(_left_out_not_null)
 
 

@@ -277,7 +277,14 @@ IMPORT_BODY: dict[str, Any] = {
         "required": True,
         "content": {
             "application/x-ndjson": {"schema": {"type": "string", "description": "One JSON object per line."}},
-            "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+            # Items of any type: a row that is not an object is refused in `refusedRows`, as a bad object is, and
+            # the other rows are stored; the whole body is refused only when it is not an array.
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "items": {"description": "A row: an object (another value is a refused row)."},
+                }
+            },
             "text/csv": {"schema": {"type": "string", "description": "A header row naming the fields, then rows."}},
         },
     }
@@ -287,7 +294,7 @@ IMPORT_ERRORS = problem_responses(
         401: "No valid token or key.",
         403: "Not an admin.",
         413: f"More than {MAX_ROWS:,} rows, or a body over PLAYGATE_MAX_IMPORT_BYTES.",
-        422: "The body is not NDJSON, a JSON array or CSV.",
+        422: "The body is empty, or not NDJSON, a JSON array or CSV.",
     }
 )
 MAX_REFUSALS_LISTED = 1000

@@ -14,7 +14,7 @@ from playgate.api.deps import Caller, GateDep
 from playgate.api.errors import problem_responses
 from playgate.api.schemas import EventOut, EventsOut
 from playgate.audit import PAGE_MAX, StoredEvent
-from playgate.wire import Id
+from playgate.wire import Id, Instant
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 
@@ -56,8 +56,8 @@ async def user_events(
     gate: GateDep,
     caller: Caller,
     user_id: Annotated[Id, Path(alias="userId")],
-    since: Annotated[datetime | None, Query(description="Events at or after this time.")] = None,
-    until: Annotated[datetime | None, Query(description="Events before this time.")] = None,
+    since: Annotated[Instant | None, Query(description="Events at or after this time.")] = None,
+    until: Annotated[Instant | None, Query(description="Events before this time.")] = None,
     cursor: Annotated[str | None, Query(max_length=20, description="The nextCursor of the page before.")] = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX, description="Events per page.")] = 100,
     output: Annotated[
