@@ -488,15 +488,15 @@ def test_the_protocol_reads_what_the_asgi_middlewares_read_in_one_pass() -> None
     ]
     read = hot._read_headers(raw, hot._NO_BODY, hot._BELOW_ASGI_READS)
     assert read is not None
-    token, headers = read
-    assert token == "t-1"
+    credentials, headers = read
+    assert credentials == ("Bearer t-1", None)  # as sent: deps.credential reads them when the caller is asked for
     assert headers[b"x-forwarded-for"] == "203.0.113.9, 10.0.0.2"
     assert headers[b"x-forwarded-proto"] == "https"
     assert headers[b"x-request-id"] == "first"
     assert b"content-length" not in headers
     assert hot._read_headers([*raw, (b"content-length", b"5")], hot._NO_BODY, hot._BELOW_ASGI_READS) is None
     with_body = hot._read_headers([(b"content-length", b"5")], hot._NOT_BELOW_ASGI, hot._BELOW_ASGI_READS)
-    assert with_body == (None, {b"content-length": "5"})
+    assert with_body == ((None, None), {b"content-length": "5"})
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.integration.test_cli import playgate_here
 from tests.integration.test_routes import assert_problem
@@ -118,3 +119,43 @@ async def test_the_openapi_document_describes_both_schemes_and_the_new_routes(ap
         ("/v1/plans:import", "post"),
     ):
         assert paths[path][method].get("description"), (path, method)
+
+
+@pytest.fixture(params=["in process", "served"])
+def both_ways(request: pytest.FixtureRequest) -> tuple[str, httpx.AsyncClient]:
+    """The app in this process (the hot routes answered in ASGI) and the shared server (below ASGI): a URL and an
+    admin's client for each."""
+    served = request.param == "served"
+    url: str = request.getfixturevalue("server_url" if served else "app_url")
+    admin: httpx.AsyncClient = request.getfixturevalue("server_admin" if served else "app_admin")
+    return url, admin
+
+
+async def test_a_request_presents_one_credential_and_a_malformed_one_is_not_passed_over(
+    both_ways: tuple[str, httpx.AsyncClient],
+) -> None:
+    """Schemathesis found an `Authorization` header of another scheme passed over for a valid X-API-Key."""
+    url, admin = both_ways
+    user = await new_user(url, admin)
+    key = await _key(admin, "plays")
+    token = admin.headers["Authorization"].removeprefix("Bearer ")
+    calls = (("GET", f"/v1/streams?userId={user.id}", None), ("POST", "/v1/plays", {"videoId": "1", "userId": user.id}))
+    async with api_client(url) as client:
+        for method, path, body in calls:
+            for headers in (
+                {"X-API-Key": key, "Authorization": "Basic Zm9vOmJhcg=="},
+                {"X-API-Key": key, "Authorization": "Bearer"},
+                {"X-API-Key": key, "Authorization": f"Bearer {token}"},  # two different credentials
+                {"X-API-Key": "pgk_forged", "Authorization": f"Bearer {token}"},
+            ):
+                answer = await client.request(method, path, json=body, headers=headers)
+                assert_problem(answer, 401)
+            # One credential, in either header or in both alike, is taken; an empty header is none.
+            for headers in (
+                {"X-API-Key": key},
+                {"Authorization": f"Bearer {key}"},
+                {"X-API-Key": key, "Authorization": f"Bearer {key}"},
+                {"X-API-Key": key, "Authorization": ""},
+            ):
+                answer = await client.request(method, path, json=body, headers=headers)
+                assert answer.status_code in (200, 202), (headers, answer.text)

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from playgate.catalog.service import Catalog
-from playgate.errors import Forbidden
+from playgate.errors import Forbidden, Unauthorized
 from playgate.media import ContentGate
 from playgate.service import PlayGate, Principal
 
@@ -61,14 +61,30 @@ async def get_client_address(request: Request) -> str | None:
 ClientAddress = Annotated[str | None, Depends(get_client_address)]
 
 
+def credential(authorization: str | None, api_key: str | None) -> str | None:
+    """A request's one credential: `Authorization: Bearer <token or key>`, or `X-API-Key: <key>`. Unauthorized for
+    an Authorization header of another form, or for both headers with different credentials: what a request
+    presents is never passed over for something else it carries (an empty header is as good as none)."""
+    api_key = api_key or None
+    if authorization is None or not authorization.strip():
+        return api_key
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("Authorization takes `Bearer <token>`; an API key may go there or in X-API-Key.")
+    if api_key is not None and api_key != token:
+        raise Unauthorized("Send one credential: Authorization and X-API-Key name different ones.")
+    return token
+
+
 async def get_caller(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    api_key: Annotated[str | None, Depends(_api_key)],
+    _bearer_shown: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _key_shown: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
     """The authenticated caller: a bearer token or API key, or X-API-Key (401 without a valid one; with auth
-    disabled, `?user=` is believed)."""
-    token = credentials.credentials if credentials else api_key
+    disabled, `?user=` is believed). The two security schemes are there for the OpenAPI document; the credential
+    is read from the headers themselves (credential)."""
+    token = credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
     # The service straight from the app, not through GateDep: each dependency costs every request a resolution.
     gate: PlayGate = request.app.state.gate
     return await gate.principal(token, request.query_params.get("user"))

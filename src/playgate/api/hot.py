@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE
 
+from playgate.api.deps import credential
 from playgate.api.errors import problem, problem_for, validation_problem
 from playgate.api.guard import GuardedHttpProtocol
 from playgate.api.middleware import HttpEdge
@@ -69,7 +70,7 @@ class Call:
     scope: Scope
     gate: PlayGate
     content: Callable[[], ContentGate]
-    token: str | None
+    credentials: tuple[str | None, str | None]  # the Authorization and X-API-Key headers
     query: dict[str, str]
     headers: dict[bytes, str]
     body: bytes = b""
@@ -82,7 +83,7 @@ class Call:
 
     async def caller(self) -> Principal:
         """The authenticated caller (401 without a valid token), as the routes' `Caller` dependency."""
-        return await self.gate.principal(self.token, self.query.get("user"))
+        return await self.gate.principal(credential(*self.credentials), self.query.get("user"))
 
 
 class Rejected(Exception):
@@ -142,16 +143,6 @@ def query_of(query_string: bytes) -> dict[str, str]:
     if "%" in text or "+" in text:
         return dict(parse_qsl(text, keep_blank_values=True))
     return {name: value for name, _, value in (part.partition("=") for part in text.split("&") if part)}
-
-
-def _bearer(authorization: str | None) -> str | None:
-    """The credentials of `Authorization: Bearer <token>` (as FastAPI's HTTPBearer reads them), else None."""
-    if not authorization:
-        return None
-    scheme, _, credentials = authorization.partition(" ")
-    if not scheme or not credentials or scheme.lower() != "bearer":
-        return None
-    return credentials
 
 
 async def _answer(send: Send, answer: Answer) -> None:
@@ -336,15 +327,15 @@ async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
     return b"".join(chunks), messages
 
 
-Read = tuple[str | None, dict[bytes, str]]
+Read = tuple[tuple[str | None, str | None], dict[bytes, str]]
 
 
 def _read_headers(
     raw: Iterable[tuple[bytes, bytes]], refused: frozenset[bytes] = _BROWSER, wanted: frozenset[bytes] = _READ_HEADERS
 ) -> Read | None:
-    """In one pass, the caller's token (bearer, else X-API-Key) and the `wanted` headers (the first of each; every
-    X-Forwarded-For joined and the last X-Forwarded-Proto, as ProxyHeadersMiddleware reads them); None when a
-    `refused` header is there (`Origin`, a browser's request: CORS is FastAPI's, CORSMiddleware), but for a
+    """In one pass, the caller's credentials (Authorization, X-API-Key) and the `wanted` headers (the first of
+    each; every X-Forwarded-For joined and the last X-Forwarded-Proto, as ProxyHeadersMiddleware reads them); None
+    when a `refused` header is there (`Origin`, a browser's request: CORS is FastAPI's, CORSMiddleware), but for a
     `Content-Length: 0`."""
     authorization = api_key = None
     headers: dict[bytes, str] = {}
@@ -362,7 +353,7 @@ def _read_headers(
                 headers[name] = text
             elif name == b"x-forwarded-for":
                 headers[name] = f"{headers[name]}, {text}"
-    return _bearer(authorization) or api_key, headers
+    return (authorization, api_key), headers
 
 
 def _failure(scope: Scope, exc: Exception) -> Answer:
@@ -408,7 +399,7 @@ class HotRoutes:
     async def _answer(
         self,
         found: tuple[Route, tuple[str, ...]],
-        read: tuple[str | None, dict[bytes, str]],
+        read: Read,
         scope: Scope,
         receive: Receive,
         send: Send,
