@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 import uvicorn
 import uvloop
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from playgate import __version__
@@ -41,6 +42,7 @@ from playgate.runtime import (
 )
 from playgate.security import TokenIssuer
 from playgate.webhooks import DELIVERED, FAILED, PENDING, delivery_log, replay
+from playgate.wire import Name
 
 T = TypeVar("T")
 
@@ -378,8 +380,19 @@ def _with_catalog(work: Callable[[Catalog], Awaitable[T]], settings: Settings | 
     return _with_engine(on_engine, settings)
 
 
+def _key_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """The name as POST /v1/keys takes it (1 to 200 characters, no control characters): `keys list` prints it
+    tab-separated, a line a key."""
+    try:
+        return TypeAdapter(Name).validate_python(value)
+    except ValidationError as exc:
+        error = exc.errors(include_input=False)[0]
+        said = "no control characters (tabs, line breaks)" if error["type"] == "string_pattern_mismatch" else None
+        raise click.BadParameter(said or error["msg"]) from None
+
+
 @keys.command("create")
-@click.option("--name", required=True, help="Who the key is for (a backend, a team).")
+@click.option("--name", required=True, callback=_key_name, help="Who the key is for (a backend, a team).")
 @click.option(
     "--scope",
     type=click.Choice([s.value for s in KeyScope]),

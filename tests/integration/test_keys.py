@@ -99,6 +99,11 @@ async def test_keys_from_the_command_line(server: ServerProcess) -> None:
         assert key not in listed.stdout
         assert (await playgate_here(server.data_dir, "keys", "revoke", key_id)).exit_code == 0
         assert (await reader.get("/v1/plans")).status_code == 401
+    # A name POST /v1/keys refuses is refused here too (an empty one was created; a tab broke `keys list`'s line).
+    for name, said in (("", "at least 1 character"), ("a\tb", "no control characters")):
+        refused = await playgate_here(server.data_dir, "keys", "create", "--name", name, "--scope", "read")
+        assert refused.exit_code == 2, refused.stdout
+        assert said in refused.stderr
 
 
 async def test_the_openapi_document_describes_both_schemes_and_the_new_routes(app_url: str) -> None:
