@@ -176,6 +176,16 @@ def admin(request: pytest.FixtureRequest) -> httpx.AsyncClient:
     return client
 
 
+@pytest.fixture(params=["in process", "served"])
+def both_ways(request: pytest.FixtureRequest) -> tuple[str, httpx.AsyncClient]:
+    """The app in this process (the hot routes answered in ASGI) and the shared server (below ASGI): a URL and an
+    admin's client for each."""
+    served = request.param == "served"
+    url: str = request.getfixturevalue("server_url" if served else "app_url")
+    admin: httpx.AsyncClient = request.getfixturevalue("server_admin" if served else "app_admin")
+    return url, admin
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def app_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """PlayGate served in this process (tests/support/inprocess.py), shared by the session: its base URL, which

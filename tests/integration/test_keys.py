@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from tests.integration.test_cli import playgate_here
 from tests.integration.test_routes import assert_problem
@@ -124,16 +123,6 @@ async def test_the_openapi_document_describes_both_schemes_and_the_new_routes(ap
         ("/v1/plans:import", "post"),
     ):
         assert paths[path][method].get("description"), (path, method)
-
-
-@pytest.fixture(params=["in process", "served"])
-def both_ways(request: pytest.FixtureRequest) -> tuple[str, httpx.AsyncClient]:
-    """The app in this process (the hot routes answered in ASGI) and the shared server (below ASGI): a URL and an
-    admin's client for each."""
-    served = request.param == "served"
-    url: str = request.getfixturevalue("server_url" if served else "app_url")
-    admin: httpx.AsyncClient = request.getfixturevalue("server_admin" if served else "app_admin")
-    return url, admin
 
 
 async def test_a_request_presents_one_credential_and_a_malformed_one_is_not_passed_over(

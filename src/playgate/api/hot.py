@@ -33,7 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE
 from playgate.api.deps import credential
 from playgate.api.errors import problem, problem_for, validation_problem
 from playgate.api.guard import GuardedHttpProtocol
-from playgate.api.middleware import HttpEdge
+from playgate.api.middleware import HttpEdge, repeated_parameter
 from playgate.api.routes import v1
 from playgate.api.schemas import PlayIn, PlayOut
 from playgate.domain import ID_PATTERN, MAX_ID_LEN, new_id
@@ -511,8 +511,8 @@ class HotHttpProtocol(GuardedHttpProtocol):
         path = url.path.decode("latin-1")
         method = self.parser.get_method().decode("latin-1")
         found = match(method, path) if "%" not in path else None
-        if found is None:
-            return False
+        if found is None or (url.query and repeated_parameter(url.query) is not None):
+            return False  # the ASGI way (a repeated parameter: the edge refuses it)
         route = found[0]
         read = _read_headers(self.headers, _NOT_BELOW_ASGI if route.reads_body else _NO_BODY, _BELOW_ASGI_READS)
         if read is None:

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,6 +41,26 @@ WEB_APP_CSP = (
     b"frame-ancestors 'none'"
 )
 _NEWLINE_PATH = problem(404, "Not found", "No route has a path that ends in a newline.")
+
+
+def repeated_parameter(query_string: bytes) -> str | None:
+    """The first name the query string gives more than once, if any. No route takes a list in its query, and
+    which of two `userId`s (or `user`s) a request means must not depend on who reads it: a platform's backend
+    that checked the first and PlayGate, which would read the last, would act for different users."""
+    if b"&" not in query_string:
+        return None
+    seen: set[str] = set()
+    for part in query_string.decode("latin-1").split("&"):
+        name = part.partition("=")[0]
+        if "%" in name or "+" in name:
+            name = unquote_plus(name, encoding="latin-1")
+        if name in seen:
+            return name
+        if name:
+            seen.add(name)
+    return None
+
+
 log = logging.getLogger("playgate.http")
 
 
@@ -113,6 +134,13 @@ class HttpEdge:
                 # Starlette's route patterns end with `$`, which in Python also matches before a final newline:
                 # `GET /videos/%0A` would be answered as `GET /videos/`, the list (found by schemathesis).
                 await _NEWLINE_PATH(scope, _no_body, answer)
+                return
+            repeated = None if scope["path"].startswith(self.uncounted) else repeated_parameter(scope["query_string"])
+            if repeated is not None:
+                refused = problem(
+                    422, "Unprocessable content", f"{repeated}: given more than once; send it once.", field=repeated
+                )
+                await refused(scope, _no_body, answer)
                 return
             cap = self.import_bytes if scope["path"].endswith(IMPORT_SUFFIX) else self.max_bytes
             body = await self._within_cap(scope, receive, cap)
