@@ -79,12 +79,12 @@ def credential(authorization: str | None, api_key: str | None) -> str | None:
 async def get_caller(
     request: Request,
     _bearer_shown: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    _key_shown: Annotated[str | None, Depends(_api_key)],
+    api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
     """The authenticated caller: a bearer token or API key, or X-API-Key (401 without a valid one; with auth
-    disabled, `?user=` is believed). The two security schemes are there for the OpenAPI document; the credential
-    is read from the headers themselves (credential)."""
-    token = credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    disabled, `?user=` is believed). The bearer scheme is there for the OpenAPI document: it reads a malformed
+    Authorization header as none, so credential reads the header itself."""
+    token = credential(request.headers.get("authorization"), api_key)
     # The service straight from the app, not through GateDep: each dependency costs every request a resolution.
     gate: PlayGate = request.app.state.gate
     return await gate.principal(token, request.query_params.get("user"))
