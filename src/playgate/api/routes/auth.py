@@ -16,12 +16,22 @@ from playgate.api.schemas import TokenIn, TokenOut, UserOut
 router = APIRouter(tags=["auth"])
 
 _TOKEN_IN = TokenIn.model_json_schema()
+# The OAuth2 password form (RFC 6749 §4.3.2) as it is read: `username` and `password`; its other fields
+# (`grant_type`, `scope`, client credentials) and any unknown one are ignored, as RFC 6749 §3.2 has an authorization
+# server ignore unrecognized parameters. The JSON body takes the two fields alone.
+_TOKEN_FORM = {
+    **_TOKEN_IN,
+    "additionalProperties": True,
+    "description": "The OAuth2 password form: `username` and `password`; other fields (`grant_type`, `scope`, "
+    "client credentials, unknown ones) are ignored (RFC 6749 §3.2).",
+}
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 _BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": _TOKEN_IN},
-            "application/x-www-form-urlencoded": {"schema": _TOKEN_IN},
+            **{form: {"schema": _TOKEN_FORM} for form in _FORMS},
         },
     }
 }
@@ -30,7 +40,7 @@ _BODY: dict[str, Any] = {
 async def _credentials(request: Request) -> TokenIn:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
-        if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        if content_type in _FORMS:
             form = await request.form()
             values = {k: v for k, v in form.items() if k in ("username", "password") and isinstance(v, str)}
             return TokenIn.model_validate(values)
@@ -49,8 +59,8 @@ async def _credentials(request: Request) -> TokenIn:
     "/auth/token",
     response_model=TokenOut,
     summary="Log in: a bearer token for username and password",
-    description="JSON `{username, password}` or the OAuth2 password form. Wrong credentials: 401; a disabled "
-    "account (right password): 403 saying so.",
+    description="JSON `{username, password}` (nothing else), or the OAuth2 password form (urlencoded or multipart; "
+    "its other fields are ignored). Wrong credentials: 401; a disabled account (right password): 403 saying so.",
     openapi_extra=_BODY,
     responses=problem_responses(
         {
