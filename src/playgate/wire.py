@@ -37,7 +37,14 @@ def _playable(url: str) -> str:
     raise ValueError("a video URL is http(s)://… or a path on this server such as /media/clip.mp4")
 
 
-VideoUrl = Annotated[str, StringConstraints(min_length=1, max_length=2000), AfterValidator(_playable)]
+# What _playable takes, for the OpenAPI document (the validator words the refusal).
+PLAYABLE_PATTERN = r"^(/([^/\x00-\x20\x7f][^\x00-\x20\x7f]*)?|[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f]+)$"
+VideoUrl = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=2000),
+    AfterValidator(_playable),
+    Field(json_schema_extra={"pattern": PLAYABLE_PATTERN}),
+]
 Password = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 # A body's numbers and flags are JSON's own: `true` is no limit of 1, nor "3" a limit, nor 0 a flag (pydantic's lax

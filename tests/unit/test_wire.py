@@ -1,17 +1,21 @@
 """The shapes shared below the API: a denial's conflicts as the socket and the HTTP answer carry them; a play
-request and its decision as the queues and channels between processes carry them."""
+request and its decision as the queues and channels between processes carry them; a video URL as the OpenAPI
+document and the validator take it."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
-from playgate.api.schemas import ConflictOut, PlayOut
+from playgate.api.schemas import ConflictOut, PlayOut, VideoIn
 from playgate.bus.protocol import Playback, conflict_message, decision_message, request_from_json, request_to_json
 from playgate.connections import decision_from_json, decision_to_json
 from playgate.domain import Decision, PlayRequest, Reason, Status, Stream
+from playgate.wire import PLAYABLE_PATTERN
 
 
 @pytest.mark.parametrize(
@@ -120,3 +124,38 @@ def test_the_socket_message_says_what_the_http_answer_says(decision: Decision) -
     missing = answered.keys() - pushed.keys() - {"videoId"}  # the socket's video is data.videoId, as the seed's
     assert not missing, missing
     assert pushed["data"]["videoId"] == answered["videoId"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/",
+        "/media/clip.mp4",
+        "/a//b",
+        "http://cdn.example/v.m3u8",
+        "HTTPS://x",
+        "https:///",
+        "//cdn.example/v.m3u8",  # scheme-relative: another host, not this server's path
+        "http://",
+        "http:/x",
+        "ftp://x",
+        "javascript:alert(1)",
+        "data:text/html,x",
+        "/a b",
+        "/a\x7f",
+        "0",
+        "",
+    ],
+)
+def test_the_openapi_pattern_of_a_video_url_takes_what_the_validator_takes(url: str) -> None:
+    """The document's `url` pattern (what a client or a fuzzer checks against) and the validator (which words the
+    refusal) agree, both ways."""
+    schema = VideoIn.model_json_schema()["properties"]["url"]
+    assert schema["pattern"] == PLAYABLE_PATTERN
+    matches = re.fullmatch(PLAYABLE_PATTERN.removeprefix("^").removesuffix("$"), url) is not None
+    try:
+        VideoIn.model_validate({"title": "t", "url": url})
+    except ValidationError:
+        assert not matches
+    else:
+        assert matches

@@ -285,7 +285,13 @@ IMPORT_BODY: dict[str, Any] = {
                     "items": {"description": "A row: an object (another value is a refused row)."},
                 }
             },
-            "text/csv": {"schema": {"type": "string", "description": "A header row naming the fields, then rows."}},
+            "text/csv": {
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "A header row naming the fields (`id` among them), then rows.",
+                }
+            },
         },
     }
 }
