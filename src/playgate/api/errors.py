@@ -81,11 +81,21 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return validation_problem(exc.errors())
 
 
+def _error(found: Mapping[str, Any]) -> dict[str, Any]:
+    """One of pydantic's (or FastAPI's) errors as a problem names it. A body that is not JSON is FastAPI's
+    `json_invalid` at ("body", offset): the field is the body, and the offset goes into the message."""
+    loc, kind = found.get("loc", ()), found.get("type", "")
+    if kind == "json_invalid" and len(loc) == 2 and loc[0] == "body" and isinstance(loc[1], int):
+        why = str((found.get("ctx") or {}).get("error") or "")
+        # json's reasons read on into a place ("Expecting value", "Unterminated string starting at").
+        message = f"not valid JSON: {why or 'unreadable'}{'' if why.endswith(' at') else ' at'} character {loc[1]}"
+        return {"field": "body", "message": message, "type": kind}
+    return {"field": _field(loc), "message": found.get("msg", ""), "type": kind}
+
+
 def validation_problem(found: Sequence[Mapping[str, Any]]) -> JSONResponse:
     """The 422 problem+json for pydantic's errors (`loc`, `msg`, `type` each): `field` names the first one's field."""
-    errors = [
-        {"field": _field(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")} for e in found
-    ]
+    errors = [_error(e) for e in found]
     first = errors[0] if errors else {"field": "body", "message": "invalid"}
     return problem(
         422,
