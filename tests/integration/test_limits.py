@@ -139,6 +139,16 @@ async def test_a_users_sockets_beyond_the_cap_are_refused(limited: ServerProcess
         await sockets.pop().close()
         await asyncio.sleep(0.2)
         sockets.append(await connect_socket(limited.base_url, token=user.token))
+        # Socket.IO's own events, sent by a client as if they were its own: they run no handler. A live socket's
+        # `disconnect` freed its slot (and hid it from the revocation check), a `connect` logged a traceback.
+        for event in ("disconnect", "connect", "disconnecting"):
+            await sockets[0].sio.emit(event, {"token": user.token})
+        await asyncio.sleep(0.2)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await connect_socket(limited.base_url, token=user.token)
+        ack = await sockets[0].sio.call("heartbeat", {"streamId": "no-such-stream"}, timeout=5)
+        assert ack["status"] == 404, ack
+        assert "Task exception was never retrieved" not in limited.log()
     finally:
         for sock in sockets:
             await sock.close()

@@ -48,6 +48,12 @@ SIO_CONNECT, SIO_DISCONNECT, SIO_EVENT, SIO_ACK, SIO_ERROR = "0", "1", "2", "3",
 
 # An event a v2 socket may emit: (the service, the socket's user or None, the event's argument) → its ack.
 EventHandler = Callable[[PlayGate, str | None, Any], Awaitable[Any]]
+# Socket.IO's reserved event names, which socket.io-client refuses to emit. python-socketio would run the handler of
+# the same name for a client that sends one anyway: a `disconnect` sent by a live socket took it out of its user's
+# count (PLAYGATE_MAX_SOCKETS_PER_USER) and out of reach of the revocation check, and a `connect` logged a traceback.
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
 
 
 class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-socketio is untyped
@@ -60,6 +66,14 @@ class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-s
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.legacy_sessions: dict[str, LegacySession] = {}
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
+        """A client's event, unless it names one of Socket.IO's own (RESERVED_EVENTS): those are dropped, as an
+        event with no handler is (no ack)."""
+        if isinstance(data, list) and data and data[0] in RESERVED_EVENTS:
+            log.debug("dropped the reserved event %r sent by socket %s", data[0], eio_sid)
+            return
+        await super()._handle_event(eio_sid, namespace, id, data)
 
     def _engineio_server_class(self) -> type[LeanEngineIO]:
         # Less memory per socket (api/lean_sockets.py).
