@@ -1,14 +1,18 @@
-"""Socket.IO over a real server: tokens at connect, decisions to the user's sockets only, heartbeats with acks."""
+"""Socket.IO over a real server: tokens at connect, decisions to the user's sockets only, heartbeats with acks, and
+what a client sends that is not Socket.IO."""
 
 from __future__ import annotations
 
 import asyncio
 
 import httpx
+import orjson
 import pytest
 import socketio
+import websockets
 
 from tests.support.clients import OpenSocket, api_client, connect_socket, new_user
+from tests.support.servers import ServerProcess
 
 
 @pytest.mark.parametrize("auth", [{}, {"token": "garbage"}, {"token": ""}])
@@ -133,3 +137,64 @@ async def test_a_denial_at_the_limit_carries_the_streams_holding_it(base_url: st
         assert conflict["startedAt"] <= conflict["lastSeenAt"]
     finally:
         await sock.close()
+
+
+async def _raw_socket(server: ServerProcess, token: str) -> websockets.ClientConnection:
+    """A websocket speaking Engine.IO 4 by hand, connected to the default namespace as `token`'s user."""
+    ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.recv()).startswith("0{")  # Engine.IO's open
+    await ws.send("40" + orjson.dumps({"token": token}).decode())
+    assert (await ws.recv()).startswith("40{")  # the namespace's connect
+    return ws
+
+
+async def _next_or_closed(ws: websockets.ClientConnection) -> str:
+    try:
+        return str(await asyncio.wait_for(ws.recv(), 5))
+    except websockets.ConnectionClosed:
+        return "(closed)"
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "4x",  # no packet type
+        "49",  # a type Socket.IO has not
+        "42",  # an event with no data
+        '42{"name":"heartbeat"}',  # an event that is no list
+        "42[1]",  # a name that is no string
+        '42["heartbeat",{"streamId":',  # JSON cut short
+        '45-["heartbeat",{"_placeholder":true,"num":0}]',  # binary: no event of PlayGate's takes it
+        '44"refused"',  # CONNECT_ERROR is the server's to send
+    ],
+)
+async def test_a_packet_that_is_not_socketio_closes_its_socket_without_an_error_logged(
+    server: ServerProcess, server_admin: httpx.AsyncClient, sent: str
+) -> None:
+    """As the JavaScript server does on a parse error; python-socketio logged a traceback at error level for each
+    and kept the socket."""
+    user = await new_user(server.base_url, server_admin)
+    logged = len(server.log())
+    ws = await _raw_socket(server, user.token)
+    try:
+        await ws.send(sent)
+        assert await _next_or_closed(ws) in ("1", "(closed)")  # Engine.IO's close, or the connection's end
+    finally:
+        await ws.close()
+    await asyncio.sleep(0.2)
+    assert '"level":"error"' not in server.log()[logged:]
+
+
+async def test_an_event_with_more_arguments_than_its_handler_takes_is_answered(
+    server: ServerProcess, server_admin: httpx.AsyncClient
+) -> None:
+    """The arguments past the first are ignored: python-socketio's call failed (a traceback, no ack)."""
+    user = await new_user(server.base_url, server_admin)
+    ws = await _raw_socket(server, user.token)
+    try:
+        await ws.send('427["heartbeat",{"streamId":"no-such-stream"},"more",3]')
+        ack = await _next_or_closed(ws)
+        assert ack.startswith("437["), ack
+        assert orjson.loads(ack[3:])[0]["status"] == 404
+    finally:
+        await ws.close()

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 import orjson
 import socketio
 from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from playgate.api.lean_sockets import LeanEngineIO
@@ -37,6 +38,8 @@ from playgate.errors import PlayGateError
 from playgate.service import PlayGate
 
 log = logging.getLogger("playgate.socket.v2")
+# What every socket's client sends, v2 or not (LegacyAwareServer's own checks).
+socket_log = logging.getLogger("playgate.socket")
 
 NAMESPACE = "/"
 # A client that stops reading is dropped once this many packets wait for it.
@@ -54,6 +57,9 @@ EventHandler = Callable[[PlayGate, str | None, Any], Awaitable[Any]]
 RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
 )
+# The Socket.IO packets a client may send: connect, disconnect, an event, an ack. No event of PlayGate's takes binary
+# data, so a binary event or ack is refused as unreadable, with it the attachments python-socketio would wait for.
+CLIENT_PACKETS = frozenset({sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK})
 
 
 class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-socketio is untyped
@@ -67,11 +73,38 @@ class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-s
         super().__init__(*args, **kwargs)
         self.legacy_sessions: dict[str, LegacySession] = {}
 
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        """python-socketio's, but a packet that does not read as Socket.IO (unparsable, of no type a client sends, or
+        an event that is no `["name", ...]` list) closes its client, as the JavaScript server closes one on a parse
+        error: python-socketio logged a traceback at error level for each such packet and kept the socket."""
+        why = None if eio_sid in self._binary_packet else self._unreadable(data)
+        if why is not None:
+            socket_log.info("closed socket %s: it sent a packet that is not Socket.IO (%s)", eio_sid, why)
+            await self.eio.disconnect(eio_sid)
+            return
+        await super()._handle_eio_message(eio_sid, data)
+
+    def _unreadable(self, data: Any) -> str | None:
+        """Why a client's Engine.IO message is no Socket.IO packet PlayGate takes; None if it is one."""
+        if not isinstance(data, str):
+            return "binary data"
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except (ValueError, TypeError, IndexError, KeyError) as exc:  # python-socketio's decoder raises these
+            return f"{type(exc).__name__}: {str(exc)[:80]}"
+        if pkt.packet_type not in CLIENT_PACKETS:
+            return f"packet type {str(pkt.packet_type)[:10]!r}"
+        if pkt.packet_type == sio_packet.EVENT and not (
+            isinstance(pkt.data, list) and pkt.data and isinstance(pkt.data[0], str)
+        ):
+            return "an event is a list that starts with its name"
+        return None
+
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
         """A client's event, unless it names one of Socket.IO's own (RESERVED_EVENTS): those are dropped, as an
         event with no handler is (no ack)."""
         if isinstance(data, list) and data and data[0] in RESERVED_EVENTS:
-            log.debug("dropped the reserved event %r sent by socket %s", data[0], eio_sid)
+            socket_log.debug("dropped the reserved event %r sent by socket %s", data[0], eio_sid)
             return
         await super()._handle_event(eio_sid, namespace, id, data)
 

@@ -161,7 +161,8 @@ def register(
         sockets.give_back((await sio.get_session(sid)).get("user_id"), sid)
 
     @sio.on("heartbeat")  # type: ignore[untyped-decorator]
-    async def heartbeat(sid: str, data: Any = None) -> dict[str, Any]:
+    async def heartbeat(sid: str, data: Any = None, *_more: Any) -> dict[str, Any]:
+        # `_more`: arguments past the first are ignored (python-socketio hands every one of the event's over).
         session = await sio.get_session(sid)
         ack = await heartbeat_ack(gate(), session["user_id"], data, content)
         if ack.get("status") == TooManyRequests.status:
