@@ -166,6 +166,10 @@ async def _next_or_closed(ws: websockets.ClientConnection) -> str:
         '42["heartbeat",{"streamId":',  # JSON cut short
         '45-["heartbeat",{"_placeholder":true,"num":0}]',  # binary: no event of PlayGate's takes it
         '44"refused"',  # CONNECT_ERROR is the server's to send
+        # and below Socket.IO, frames that are no Engine.IO packet (engine.io raised out of the ASGI application)
+        "",
+        "x",
+        "9",
     ],
 )
 async def test_a_packet_that_is_not_socketio_closes_its_socket_without_an_error_logged(
@@ -198,3 +202,22 @@ async def test_an_event_with_more_arguments_than_its_handler_takes_is_answered(
         assert orjson.loads(ack[3:])[0]["status"] == 404
     finally:
         await ws.close()
+
+
+async def test_over_long_polling_an_unreadable_packet_is_answered_and_closes_the_session(
+    server: ServerProcess, server_admin: httpx.AsyncClient
+) -> None:
+    """The close does not wait for the packet that says so to be taken: a polling client takes it with its next
+    GET, which it sends once its POST is answered (the POST was held until a timeout)."""
+    user = await new_user(server.base_url, server_admin)
+    polling = {"EIO": "4", "transport": "polling"}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+        opened = await client.get("/socket.io/", params=polling)
+        session = {**polling, "sid": orjson.loads(opened.text[1:])["sid"]}
+        joined = await client.post("/socket.io/", params=session, content=f'40{{"token":"{user.token}"}}')
+        assert joined.status_code == 200
+        assert (await client.get("/socket.io/", params=session)).text.startswith("40{")
+        refused = await client.post("/socket.io/", params=session, content="4x")
+        assert (refused.status_code, refused.text) == (200, "OK")
+        after = await client.get("/socket.io/", params=session)
+        assert after.status_code == 400 or after.text == "1", after.text  # closed, or told so

@@ -21,6 +21,7 @@ extensions is framed here (`text_frame`), not by wsproto.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -35,6 +36,9 @@ from engineio.async_socket import AsyncSocket
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 T = TypeVar("T")
+log = logging.getLogger("playgate.socket")
+# The first character of an Engine.IO 4 packet a client sends as text: close, ping, pong, message, upgrade, noop.
+CLIENT_PACKET_TYPES = frozenset("123456")
 
 
 class LeanQueue(Generic[T]):
@@ -143,6 +147,16 @@ class DirectWebSocket(AsgiWebSocket):  # type: ignore[misc]  # python-engineio i
         if isinstance(socket, AsyncSocket) and isinstance(queue, LeanQueue) and isinstance(connection, LeanWSProtocol):
             queue.direct = _WriteNow(socket, connection)
         return super().__call__(environ)  # type: ignore[no-any-return]  # python-engineio is untyped
+
+    async def wait(self) -> Any:
+        """The next message, as engine.io's; but a text frame that is no Engine.IO packet a client sends (empty, or
+        of another type) ends the connection, as its close does (OSError): engine.io decoded it out of its handler
+        (an error from the ASGI application, with a traceback) or logged an unknown type as an error, each time."""
+        data = await super().wait()
+        if isinstance(data, str) and data[:1] not in CLIENT_PACKET_TYPES:
+            log.info("closed a websocket: it sent a frame that is not Engine.IO (%r)", data[:20])
+            raise OSError("not an Engine.IO packet")
+        return data
 
 
 class _WriteNow:

@@ -80,7 +80,11 @@ class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-s
         why = None if eio_sid in self._binary_packet else self._unreadable(data)
         if why is not None:
             socket_log.info("closed socket %s: it sent a packet that is not Socket.IO (%s)", eio_sid, why)
-            await self.eio.disconnect(eio_sid)
+            socket = self.eio.sockets.get(eio_sid)
+            if socket is not None:
+                # Not waiting for the close packet to be taken: a polling client takes it with its next GET, while
+                # this runs within its POST (engine.io's disconnect, which waits, held the POST until a timeout).
+                await socket.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
             return
         await super()._handle_eio_message(eio_sid, data)
 
