@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -55,6 +56,16 @@ ENDS_AT_ONCE = 1000
 # asking this often.
 ERASE_WAIT_S = 10.0
 ERASE_POLL_S = 0.1
+
+
+def request_fingerprint(
+    video_id: str, device_id: str | None, device_name: str, replace_stream_ids: Sequence[str], replace_others: bool
+) -> str:
+    """What a play request asks, as an Idempotency-Key is bound to it: the same key with another body is refused, as
+    the IETF draft on the header has it, instead of answered with the first request's decision. The device's secret
+    is not part of it (a credential, not what is asked); a 64-character digest, which the ledgers store as is."""
+    asked = [video_id, device_id, device_name, sorted(set(replace_stream_ids)), replace_others]
+    return hashlib.sha256(repr(asked).encode()).hexdigest()
 
 
 @frozen
@@ -359,11 +370,14 @@ class PlayGate:
         try:
             await self._store_back()
             if idempotency_key is not None:
-                claim = await self._ledger.claim_key(user.id, idempotency_key, request_id, video_id)
+                asked = request_fingerprint(video_id, device_id, device_name, replace_stream_ids, replace_others)
+                claim = await self._ledger.claim_key(user.id, idempotency_key, request_id, asked)
                 if not claim.created:
-                    if claim.video_id != video_id:
+                    # A key bound before keys covered the whole request holds its video alone.
+                    if claim.fingerprint not in (asked, video_id):
                         raise Invalid(
-                            "This Idempotency-Key was used for another video; use a new key.",
+                            "This Idempotency-Key was used for another request (another video, device, device name "
+                            "or streams to replace); use a new key.",
                             field="Idempotency-Key",
                         )
                     return self._told(await self._replay(request(claim.request_id), wait_s), issued=device_id is None)

@@ -362,7 +362,7 @@ async def test_idempotency_keys_bind_once_per_user(make_ledger: LedgerFactory) -
     again = await ledger.claim_key("u1", "k", "r2", "v2")
     other = await ledger.claim_key("u2", "k", "r3", "v1")
     assert (first.request_id, first.created) == ("r1", True)
-    assert (again.request_id, again.video_id, again.created) == ("r1", "v1", False)
+    assert (again.request_id, again.fingerprint, again.created) == ("r1", "v1", False)
     assert (other.request_id, other.created) == ("r3", True)
 
 

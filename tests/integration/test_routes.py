@@ -262,17 +262,35 @@ async def test_a_user_with_a_long_id_finds_its_requests(base_url: str, admin: ht
     assert_problem(await admin.get(f"/v1/plays/{'a' * 161}"), 422, "requestId")
 
 
+def _decided(answer: dict[str, object]) -> dict[str, object]:
+    """A play's answer without its playback link and token, which are issued afresh (their expiry from now) each
+    time the decision is told."""
+    return {k: v for k, v in answer.items() if k not in ("playbackUrl", "playbackToken")}
+
+
 async def test_idempotency_key_gives_the_same_request_and_decision(base_url: str, admin: httpx.AsyncClient) -> None:
     user = await new_user(base_url, admin, limit=1)
     async with api_client(base_url, user.token) as client:
         headers = {"Idempotency-Key": "play-42"}
         first = (await client.post("/v1/plays?wait=5", json={"videoId": "1"}, headers=headers)).json()
         second = (await client.post("/v1/plays?wait=5", json={"videoId": "1"}, headers=headers)).json()
-        assert first == second
+        assert _decided(first) == _decided(second)
         assert first["status"] == "allowed"
         assert len((await client.get("/v1/streams")).json()) == 1
-        # the same key for another video is a client error, not a silent new request
-        assert_problem(await client.post("/v1/plays", json={"videoId": "2"}, headers=headers), 422, "Idempotency-Key")
+        # the same key for another request is a client error, not a silent new request nor the first one's answer:
+        # another video, device, device name or streams to replace
+        for other_body in (
+            {"videoId": "2"},
+            {"videoId": "1", "deviceId": "phone"},
+            {"videoId": "1", "deviceName": "Den TV"},
+            {"videoId": "1", "replaceOthers": True},
+            {"videoId": "1", "replaceStreamIds": [first["streamId"]]},
+        ):
+            refused = await client.post("/v1/plays", json=other_body, headers=headers)
+            assert_problem(refused, 422, "Idempotency-Key")
+        # what is not part of the request is not compared: how long the answer waits
+        again = await client.post("/v1/plays?wait=1", json={"videoId": "1"}, headers=headers)
+        assert _decided(again.json()) == _decided(first)
     # keys are scoped to the user
     other = await new_user(base_url, admin, limit=1)
     async with api_client(base_url, other.token) as client:

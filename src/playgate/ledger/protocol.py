@@ -12,10 +12,11 @@ from playgate.values import frozen
 
 @frozen
 class KeyClaim:
-    """The request an idempotency key is bound to; `created` when this call bound it."""
+    """The request an idempotency key is bound to, and what that request asked (`fingerprint`, as the service words
+    it: service.request_fingerprint); `created` when this call bound it."""
 
     request_id: str
-    video_id: str
+    fingerprint: str
     created: bool
 
 
@@ -109,8 +110,9 @@ class Ledger(Protocol):
         """End every stream whose lease ran out, forget old decisions and keys; what was ended."""
         ...
 
-    async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
-        """Bind an Idempotency-Key of this user to `request_id`, or return the request it is bound to."""
+    async def claim_key(self, user_id: str, key: str, request_id: str, fingerprint: str) -> KeyClaim:
+        """Bind an Idempotency-Key of this user to `request_id` and what it asks (`fingerprint`, at most 64
+        characters), or return the request it is bound to and its fingerprint."""
         ...
 
     async def devices(self, user_id: str) -> list[Device]:

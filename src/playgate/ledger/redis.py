@@ -667,15 +667,16 @@ class RedisLedger:
         found = [int(ms) for ms in replies if ms is not None]
         return min(found) / 1000 if found else None
 
-    async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
+    async def claim_key(self, user_id: str, key: str, request_id: str, fingerprint: str) -> KeyClaim:
         """Bind the key to request_id unless it is bound already (SET NX GET: one atomic command)."""
-        value = orjson.dumps({"r": request_id, "v": video_id}).decode()
+        # `v`: the fingerprint (the video alone in a key bound before a key covered the whole request).
+        value = orjson.dumps({"r": request_id, "v": fingerprint}).decode()
         async with translate_redis_errors():
             previous = await self._redis.set(
                 idempotency_key(user_id, key), value, nx=True, get=True, px=self._decision_ttl_ms
             )
         if not isinstance(previous, str | bytes):
-            return KeyClaim(request_id, video_id, created=True)
+            return KeyClaim(request_id, fingerprint, created=True)
         bound = orjson.loads(previous)
         return KeyClaim(bound["r"], bound["v"], created=False)
 

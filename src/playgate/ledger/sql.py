@@ -633,15 +633,19 @@ class SqlLedger:
             self._ended(conn, ended, now)
         return ended
 
-    async def claim_key(self, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
+    async def claim_key(self, user_id: str, key: str, request_id: str, fingerprint: str) -> KeyClaim:
         """Insert the key if new; either way answer with the request it is bound to."""
-        return await self._run(self._claim_key, user_id, key, request_id, video_id, inline=True)
+        return await self._run(self._claim_key, user_id, key, request_id, fingerprint, inline=True)
 
-    def _claim_key(self, conn: sqlite3.Connection, user_id: str, key: str, request_id: str, video_id: str) -> KeyClaim:
+    def _claim_key(
+        self, conn: sqlite3.Connection, user_id: str, key: str, request_id: str, fingerprint: str
+    ) -> KeyClaim:
+        # The fingerprint goes in the `video_id` column, which held the video alone before (a key is bound to the
+        # whole request since): the same width, no migration, and a key bound before reads as its video.
         with self._write(conn):
-            inserted = conn.execute(CLAIM_KEY, (user_id, key, request_id, video_id, self._clock()))
+            inserted = conn.execute(CLAIM_KEY, (user_id, key, request_id, fingerprint, self._clock()))
             if inserted.rowcount == 1:
-                return KeyClaim(request_id, video_id, created=True)
+                return KeyClaim(request_id, fingerprint, created=True)
             row = conn.execute(SELECT_KEY, (user_id, key)).fetchone()
         return KeyClaim(row[0], row[1], created=False)
 

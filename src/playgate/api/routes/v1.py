@@ -42,7 +42,8 @@ ERRORS = problem_responses(
     description=(
         "Queues the request: 202 `{requestId, status: pending}`. With `?wait=<s>` (at most 10; larger values "
         "are taken as 10) the answer waits for the decision: 200 with it when it comes in time, else the 202. "
-        "`Idempotency-Key` (per user): a retry with the same key gets the same request and decision. "
+        "`Idempotency-Key` (per user): a retry with the same key and body gets the same request and decision; "
+        "the same key with another body (video, device, device name, streams to replace) is a 422. "
         "A platform's backend with an API key of scope `plays` (or an admin) names the user in `userId`. "
         "Without `deviceId` the answer carries the one issued for this new device, and its `deviceSecret`. "
         "A request from a device that "
