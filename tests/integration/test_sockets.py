@@ -159,6 +159,7 @@ async def _next_or_closed(ws: websockets.ClientConnection) -> str:
     "sent",
     [
         "4x",  # no packet type
+        "4",  # an empty message
         "49",  # a type Socket.IO has not
         "42",  # an event with no data
         '42{"name":"heartbeat"}',  # an event that is no list

@@ -62,47 +62,61 @@ RESERVED_EVENTS = frozenset(
 CLIENT_PACKETS = frozenset({sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK})
 
 
+class UnreadablePacket(Exception):
+    """What a client sent is no Socket.IO packet PlayGate takes; the message says why."""
+
+
+class ClientPacket(sio_packet.Packet):  # type: ignore[misc]  # python-socketio is untyped
+    """python-socketio's packet, whose decoding (the server decodes only what its clients send) raises
+    UnreadablePacket for what PlayGate does not take: what does not parse, a type a client does not send (binary
+    among them), an event that is no `["name", ...]` list. It overrides `decode` alone: the emits, which encode,
+    cost what they did."""
+
+    def decode(self, encoded_packet: Any) -> int:
+        """The packet's fields from its text; how many binary attachments follow (none are taken)."""
+        if not isinstance(encoded_packet, str):
+            raise UnreadablePacket("binary data")
+        try:
+            attachments: int = super().decode(encoded_packet)
+        except (ValueError, TypeError, IndexError, KeyError) as exc:  # python-socketio's decoder raises these
+            raise UnreadablePacket(f"{type(exc).__name__}: {str(exc)[:80]}") from None
+        if self.packet_type not in CLIENT_PACKETS:
+            raise UnreadablePacket(f"packet type {str(self.packet_type)[:10]!r}")
+        if self.packet_type == sio_packet.EVENT and not (
+            isinstance(self.data, list) and self.data and isinstance(self.data[0], str)
+        ):
+            raise UnreadablePacket("an event is a list that starts with its name")
+        return attachments
+
+
 class LegacyAwareServer(socketio.AsyncServer):  # type: ignore[misc]  # python-socketio is untyped
     """python-socketio's server, delivering the packets of Engine.IO 3 sessions to them instead of to engineio.
 
     The manager sends every participant's packet through `_send_eio_packet` (one encoded packet for a room) or
-    `_send_packet` (a packet with an ack id); these two hooks are all this class changes.
+    `_send_packet` (a packet with an ack id); these two hooks are all this class changes of the sending. Of what
+    clients send, it closes a client whose packet ClientPacket refuses (_handle_eio_message) and drops Socket.IO's
+    reserved events (_handle_event).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, serializer=ClientPacket, **kwargs)
         self.legacy_sessions: dict[str, LegacySession] = {}
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        """python-socketio's, but a packet that does not read as Socket.IO (unparsable, of no type a client sends, or
-        an event that is no `["name", ...]` list) closes its client, as the JavaScript server closes one on a parse
-        error: python-socketio logged a traceback at error level for each such packet and kept the socket."""
-        why = None if eio_sid in self._binary_packet else self._unreadable(data)
-        if why is not None:
-            socket_log.info("closed socket %s: it sent a packet that is not Socket.IO (%s)", eio_sid, why)
+        """python-socketio's, but a packet that does not read as Socket.IO (ClientPacket) closes its client, as the
+        JavaScript server closes one on a parse error: python-socketio logged a traceback at error level for each
+        such packet and kept the socket."""
+        try:
+            if not data:  # a packet decodes nothing from it, and reads as an event of None
+                raise UnreadablePacket("an empty message")
+            await super()._handle_eio_message(eio_sid, data)
+        except UnreadablePacket as exc:
+            socket_log.info("closed socket %s: it sent a packet that is not Socket.IO (%s)", eio_sid, exc)
             socket = self.eio.sockets.get(eio_sid)
             if socket is not None:
                 # Not waiting for the close packet to be taken: a polling client takes it with its next GET, while
                 # this runs within its POST (engine.io's disconnect, which waits, held the POST until a timeout).
                 await socket.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
-            return
-        await super()._handle_eio_message(eio_sid, data)
-
-    def _unreadable(self, data: Any) -> str | None:
-        """Why a client's Engine.IO message is no Socket.IO packet PlayGate takes; None if it is one."""
-        if not isinstance(data, str):
-            return "binary data"
-        try:
-            pkt = self.packet_class(encoded_packet=data)
-        except (ValueError, TypeError, IndexError, KeyError) as exc:  # python-socketio's decoder raises these
-            return f"{type(exc).__name__}: {str(exc)[:80]}"
-        if pkt.packet_type not in CLIENT_PACKETS:
-            return f"packet type {str(pkt.packet_type)[:10]!r}"
-        if pkt.packet_type == sio_packet.EVENT and not (
-            isinstance(pkt.data, list) and pkt.data and isinstance(pkt.data[0], str)
-        ):
-            return "an event is a list that starts with its name"
-        return None
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
         """A client's event, unless it names one of Socket.IO's own (RESERVED_EVENTS): those are dropped, as an
